@@ -1,0 +1,269 @@
+"""The schema of params.yaml and its validation.
+
+Each section is a dataclass; stages parse their section from command-line flags with
+`bowflow.cli.parse_section`, and `validate_params` checks a whole params.yaml up front
+(unknown keys, wrong types, impossible values, generation parents) so that a mistake
+stops the pipeline with a message naming the key before any work starts.
+
+    python -m bowflow.config params.yaml     # check a params file (make run does this)
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bowflow.methods import get_method
+from bowflow.methods.base import fraction, positive
+
+TEACHER_NAME = "g0"   # the RotNet teacher is generation 0; students are named in params.yaml
+
+
+@dataclass
+class DataParams:
+    source: str = field(default="digits", metadata={"help": "digits | imagefolder | cifar10 | cifar100 | stl10 | svhn"})
+    root: str = field(default="", metadata={"help": "folder (or .tar.gz) of the images, or torchvision root"})
+    download: bool = field(default=False, metadata={"help": "let torchvision download into root"})
+    image_size: int = field(default=16, metadata={"help": "pixels; every image is resized to it"})
+    test_fraction: float = field(default=0.25, metadata={"help": "test share when the source has no split"})
+    novel_classes: list[str] = field(default_factory=lambda: ["5", "6", "7", "8", "9"],
+                                     metadata={"help": "class names held out for few-shot"})
+    ssl_classes: str = field(default="base", metadata={"help": "classes self-supervised stages see: base | all"})
+    ssl_max_images: int = field(default=0, metadata={"help": "subsample SSL training images (0 = all)"})
+    max_bad_fraction: float = field(default=0.01, metadata={"help": "tolerated share of unreadable images"})
+
+    def validate(self) -> None:
+        sources = ("digits", "imagefolder", "cifar10", "cifar100", "stl10", "svhn")
+        if self.source not in sources:
+            raise ValueError(f"source must be one of {list(sources)}, got '{self.source}'")
+        if self.source == "imagefolder" and not self.root:
+            raise ValueError("root must name the image folder when source is 'imagefolder'")
+        positive("image_size", self.image_size)
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8 pixels, got {self.image_size}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if len(self.novel_classes) < 2:
+            raise ValueError(f"novel_classes needs at least 2 class names, got {self.novel_classes}")
+        if self.ssl_classes not in ("base", "all"):
+            raise ValueError(f"ssl_classes must be 'base' or 'all', got '{self.ssl_classes}'")
+        positive("ssl_max_images", self.ssl_max_images, allow_zero=True)
+        fraction("max_bad_fraction", self.max_bad_fraction)
+
+
+@dataclass
+class VocabParams:
+    layer: str = field(default="stage2", metadata={"help": "teacher stage whose map is quantised"})
+    size: int = field(default=256, metadata={"help": "K, the number of visual words"})
+    samples: int = field(default=50000, metadata={"help": "local features sampled for k-means"})
+    iters: int = field(default=20, metadata={"help": "k-means iterations"})
+    drop_border: int = field(default=0, metadata={"help": "map cells dropped on each side"})
+    batch_size: int = field(default=256, metadata={"help": "images per teacher forward pass"})
+
+    def validate(self) -> None:
+        for name in ("size", "samples", "iters", "batch_size"):
+            positive(name, getattr(self, name))
+        positive("drop_border", self.drop_border, allow_zero=True)
+        if not (self.layer == "last" or self.layer.startswith("stage")):
+            raise ValueError(f"layer must be 'last' or 'stageN', got '{self.layer}'")
+        if self.size > self.samples:
+            raise ValueError(f"size (K={self.size}) must not exceed samples ({self.samples}): "
+                             f"k-means needs at least one sampled feature per word")
+
+
+@dataclass
+class EvalParams:
+    layer: str = field(default="last", metadata={"help": "stage whose pooled features are evaluated"})
+    batch_size: int = 256
+    linear_epochs: int = field(default=100, metadata={"help": "epochs of the linear probe"})
+    knn_k: int = field(default=20, metadata={"help": "neighbours for k-NN"})
+    knn_temperature: float = field(default=0.07, metadata={"help": "vote weight exp(sim / T)"})
+    few_shot_way: int = field(default=5, metadata={"help": "novel classes per episode"})
+    few_shot_shots: list[int] = field(default_factory=lambda: [1, 5, 10, 50])
+    few_shot_queries: int = field(default=15, metadata={"help": "query images per class and episode"})
+    few_shot_episodes: int = field(default=1000, metadata={"help": "episodes per shot count"})
+
+    def validate(self) -> None:
+        for name in ("batch_size", "linear_epochs", "knn_k", "knn_temperature", "few_shot_way",
+                     "few_shot_queries", "few_shot_episodes"):
+            positive(name, getattr(self, name))
+        if not self.few_shot_shots or min(self.few_shot_shots) < 1:
+            raise ValueError(f"few_shot_shots must be positive integers, got {self.few_shot_shots}")
+        if self.few_shot_way < 2:
+            raise ValueError(f"few_shot_way must be >= 2, got {self.few_shot_way}")
+
+    def check_against(self, manifest: dict) -> None:
+        """Shots and ways against the prepared novel classes (needs the prepared manifest)."""
+        novel = manifest["novel_classes"]
+        if self.few_shot_way > len(novel):
+            raise ValueError(f"few_shot_way={self.few_shot_way} but only {len(novel)} novel classes")
+        need = max(self.few_shot_shots) + self.few_shot_queries
+        counts = novel_counts(manifest)
+        short = {c: n for c, n in counts.items() if n < need}
+        if short:
+            raise ValueError(f"few_shot_shots max {max(self.few_shot_shots)} + few_shot_queries "
+                             f"{self.few_shot_queries} needs {need} images per novel class, but "
+                             + ", ".join(f"'{c}' has {n}" for c, n in short.items()))
+
+
+def novel_counts(manifest: dict) -> dict[str, int]:
+    """Images per novel class over both splits (novel classes are never trained on)."""
+    counts = manifest["counts"]
+    return {c: sum(counts[split].get(c, 0) for split in counts) for c in manifest["novel_classes"]}
+
+
+@dataclass
+class ReportParams:
+    words_shown: int = field(default=8, metadata={"help": "visual words pictured in the report"})
+    patches_per_word: int = field(default=8, metadata={"help": "image patches per pictured word"})
+
+    def validate(self) -> None:
+        positive("words_shown", self.words_shown)
+        positive("patches_per_word", self.patches_per_word)
+
+
+# ---------------------------------------------------------------------------- params.yaml
+class ParamsError(ValueError):
+    pass
+
+
+TOP_LEVEL = {"seed": int, "device": str, "data": DataParams, "teacher": None,
+             "generations": dict, "evaluate": EvalParams, "report": ReportParams}
+
+
+def check_section(cls: type, values: Any, where: str) -> Any:
+    """Check keys and types of one section against dataclass `cls`; return an instance."""
+    if not isinstance(values, dict):
+        raise ParamsError(f"{where}: expected a mapping of {cls.__name__} keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ParamsError(f"{where}.{unknown[0]}: unknown key (expected one of {names})")
+    for key, value in values.items():
+        check_type(f"{where}.{key}", value, hints[key])
+    try:
+        section = cls(**values)
+        section.validate()
+    except ValueError as error:
+        raise ParamsError(f"{where}: {error}") from None
+    return section
+
+
+def check_type(where: str, value: Any, kind: Any) -> None:
+    origin = typing.get_origin(kind)
+    if origin in (list, tuple):
+        (item,) = typing.get_args(kind)[:1]
+        if not isinstance(value, list):
+            raise ParamsError(f"{where}: expected a list of {item.__name__}, got {value!r}")
+        for i, v in enumerate(value):
+            check_type(f"{where}[{i}]", v, item)
+        return
+    ok = (isinstance(value, bool) if kind is bool else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+          isinstance(value, int) and not isinstance(value, bool) if kind is int else
+          isinstance(value, kind))
+    if not ok:
+        raise ParamsError(f"{where}: expected {kind.__name__}, got {value!r}")
+
+
+def check_generations(generations: Any) -> dict:
+    """Every generation names an existing parent (g0 or an earlier-defined generation)."""
+    if not isinstance(generations, dict) or not generations:
+        raise ParamsError("generations: expected a non-empty mapping name -> {parent, vocab, student}")
+    checked, known = {}, {TEACHER_NAME}
+    for name, item in generations.items():
+        where = f"generations.{name}"
+        if name == TEACHER_NAME:
+            raise ParamsError(f"{where}: '{TEACHER_NAME}' is the RotNet teacher's name; pick another")
+        if not isinstance(item, dict) or set(item) != {"parent", "vocab", "student"}:
+            got = sorted(item) if isinstance(item, dict) else item
+            raise ParamsError(f"{where}: expected exactly the keys ['parent', 'student', 'vocab'], got {got}")
+        if item["parent"] not in known:
+            raise ParamsError(f"{where}.parent: '{item['parent']}' is not '{TEACHER_NAME}' or a "
+                              f"generation defined above it (known: {sorted(known)})")
+        vocab = check_section(VocabParams, item["vocab"], f"{where}.vocab")
+        student = check_section(method_params(item["student"], f"{where}.student"), item["student"],
+                                f"{where}.student")
+        checked[name] = {"parent": item["parent"], "vocab": vocab, "student": student}
+        known.add(name)
+    return checked
+
+
+def method_params(section: Any, where: str) -> type:
+    if not isinstance(section, dict) or "method" not in section:
+        raise ParamsError(f"{where}.method: missing (expected a registered method name)")
+    try:
+        return get_method(section["method"]).Params
+    except ValueError as error:
+        raise ParamsError(f"{where}.method: {error}") from None
+
+
+def validate_params(params: dict, manifest: dict | None = None) -> dict:
+    """Check a loaded params.yaml; raise ParamsError naming the first bad key."""
+    if not isinstance(params, dict):
+        raise ParamsError("params.yaml: expected a mapping at the top level")
+    unknown = sorted(set(params) - set(TOP_LEVEL))
+    if unknown:
+        raise ParamsError(f"{unknown[0]}: unknown top-level key (expected {sorted(TOP_LEVEL)})")
+    missing = sorted(set(TOP_LEVEL) - set(params))
+    if missing:
+        raise ParamsError(f"{missing[0]}: missing top-level key")
+    check_type("seed", params["seed"], int)
+    check_type("device", params["device"], str)
+    if not (params["device"] in ("auto", "cpu") or params["device"].startswith("cuda")):
+        raise ParamsError(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got '{params['device']}'")
+    checked = {"data": check_section(DataParams, params["data"], "data"),
+               "teacher": check_section(method_params(params["teacher"], "teacher"),
+                                        params["teacher"], "teacher"),
+               "generations": check_generations(params["generations"]),
+               "evaluate": check_section(EvalParams, params["evaluate"], "evaluate"),
+               "report": check_section(ReportParams, params["report"], "report")}
+    for name, gen in checked["generations"].items():
+        student = gen["student"]
+        if student.init == "parent":
+            parent = checked["teacher"] if gen["parent"] == TEACHER_NAME else checked["generations"][gen["parent"]]["student"]
+            if (parent.arch, parent.width, parent.depth) != (student.arch, student.width, student.depth):
+                raise ParamsError(f"generations.{name}.student.init: 'parent' needs the parent's "
+                                  f"architecture ({parent.arch}, width {parent.width}, depth {parent.depth})")
+    if manifest is not None:
+        try:
+            checked["evaluate"].check_against(manifest)
+        except ValueError as error:
+            raise ParamsError(f"evaluate: {error}") from None
+    return checked
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Load YAML the way DVC does (YAML 1.2, so 5e-4 is a float, anchors allowed)."""
+    from ruamel.yaml import YAML
+    return YAML(typ="safe").load(Path(path).read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Check a params.yaml before any work.")
+    parser.add_argument("params", type=Path, nargs="?", default=Path("params.yaml"))
+    parser.add_argument("--manifest", type=Path, default=Path("data/prepared/manifest.json"),
+                        help="prepared manifest, to check shots against novel class sizes if present")
+    parser.add_argument("--stamp", type=Path, help="file to write when the params are valid")
+    args = parser.parse_args(argv)
+    manifest = load_yaml(args.manifest) if args.manifest.exists() else None
+    try:
+        validate_params(load_yaml(args.params), manifest)
+    except ParamsError as error:
+        print(f"{args.params}: {error}", file=sys.stderr)
+        return 2
+    if args.stamp:
+        from bowflow.io import write_text
+        write_text(args.stamp, "params valid\n")   # constant content: downstream stays cached
+    print(f"{args.params}: ok", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""BoWNet (Gidaris et al., CVPR 2020): predict the teacher's bag of visual words.
+
+The frozen teacher's BoW codes of the clean training images are computed once per
+generation by the vocab stage (`codes` [N, L] word indices) and arrive here in `context`.
+Each step: targets y [B, K] from the codes -> the student sees a perturbed view (crop,
+flip, colour jitter, grayscale) and CutMix pastes boxes between images, mixing targets by
+kept area -> normalised linear head with learnable scale -> soft cross-entropy.
+
+Logged per epoch: the loss, the targets' entropy and perplexity, and `captured`, the
+fraction of the learnable loss the student has captured:
+    (CE(y, mean histogram) - loss) / (CE(y, mean histogram) - H(y))
+0 = no better than predicting the training set's mean histogram, 1 = perfect prediction.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bowflow import augment
+from bowflow.bow import bow_targets, entropy, soft_cross_entropy
+from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+
+
+@dataclass
+class BoWNetParams(TrainParams):
+    method: str = "bownet"
+    pooling: str = field(default="histogram", metadata={"help": "'histogram' counts or 'binary' presence"})
+    init: str = field(default="scratch", metadata={"help": "'scratch' (paper) or 'parent' (warm start)"})
+    crop_scale_min: float = field(default=0.35, metadata={"help": "smallest crop area fraction"})
+    jitter: float = field(default=0.4, metadata={"help": "brightness/contrast/saturation strength"})
+    hue: float = field(default=0.1, metadata={"help": "hue shift, fraction of a turn"})
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    cutmix_p: float = field(default=0.5, metadata={"help": "probability an image gets a CutMix box"})
+    head_scale: float = field(default=10.0, metadata={"help": "initial value of the learnable logit scale"})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.pooling not in ("histogram", "binary"):
+            raise ValueError(f"pooling must be 'histogram' or 'binary', got '{self.pooling}'")
+        if self.init not in ("scratch", "parent"):
+            raise ValueError(f"init must be 'scratch' or 'parent', got '{self.init}'")
+        fraction("crop_scale_min", self.crop_scale_min, low_open=True)
+        for name in ("jitter_p", "gray_p", "cutmix_p"):
+            fraction(name, getattr(self, name))
+        positive("jitter", self.jitter, allow_zero=True)
+        positive("hue", self.hue, allow_zero=True)
+        positive("head_scale", self.head_scale)
+
+
+class NormalizedLinear(nn.Module):
+    """logits_k = gamma * <w_k / ||w_k||, f>: rows re-normalised at every forward pass,
+    learnable scalar gamma, no bias, f not normalised. f [B, C] -> logits [B, K]."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / math.sqrt(in_features))
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.linear(features, F.normalize(self.weight, dim=1))
+
+
+@register_method("bownet")
+class BoWNet(Method):
+    Params = BoWNetParams
+
+    def __init__(self, params, backbone, context):
+        super().__init__(params, backbone, context)
+        self.num_words = int(context["num_words"])
+        self.normalizer = context["normalizer"]
+        self.register_buffer("codes", context["codes"].long(), persistent=False)  # [N, L]
+        self.head = NormalizedLinear(backbone.out_channels, self.num_words, params.head_scale)
+        mean_histogram = bow_targets(self.codes, self.num_words, params.pooling).mean(0)
+        self.register_buffer("log_mean_histogram", torch.log(mean_histogram.clamp_min(1e-8)),
+                             persistent=False)
+        image_size = context["image_size"]
+        self.view = augment.ViewSpec(size=image_size, crop_scale=(params.crop_scale_min, 1.0),
+                                     jitter=params.jitter, hue=params.hue,
+                                     jitter_p=params.jitter_p, gray_p=params.gray_p)
+
+    def training_step(self, images, index, generator):
+        targets = bow_targets(self.codes[index], self.num_words, self.params.pooling)  # [B, K]
+        x = augment.make_view(images, self.view, generator)
+        x, targets = augment.cutmix(x, targets, p=self.params.cutmix_p, generator=generator)
+        logits = self.head(self.backbone(self.normalizer.normalize(x)))
+        loss = soft_cross_entropy(logits, targets)
+        with torch.no_grad():
+            target_entropy = entropy(targets).mean()
+            mean_histogram_ce = -(targets * self.log_mean_histogram).sum(1).mean()
+        return loss, {"loss": loss.detach(), "target_entropy": target_entropy,
+                      "mean_histogram_ce": mean_histogram_ce, "head_scale": self.head.scale.detach()}
+
+    def summarize(self, means):
+        learnable = means["mean_histogram_ce"] - means["target_entropy"]
+        means["captured"] = (means["mean_histogram_ce"] - means["loss"]) / max(learnable, 1e-8)
+        means["target_perplexity"] = math.exp(means["target_entropy"])
+        return means

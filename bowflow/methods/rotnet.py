@@ -1,0 +1,44 @@
+"""RotNet (Gidaris et al., ICLR 2018): predict which of 4 rotations was applied.
+
+All four exact rotations of every image go into the same batch (B images -> 4B inputs),
+after the standard crop-with-padding + flip. Head: global average pool -> linear(C, 4).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bowflow import augment
+from bowflow.methods.base import Method, TrainParams, positive, register_method
+
+
+@dataclass
+class RotNetParams(TrainParams):
+    padding: int = field(default=4, metadata={"help": "pixels of zero padding for the random crop "
+                                                      "(4 of 32 in the official CIFAR recipe)"})
+
+    def validate(self) -> None:
+        super().validate()
+        positive("padding", self.padding, allow_zero=True)
+
+
+@register_method("rotnet")
+class RotNet(Method):
+    Params = RotNetParams
+
+    def __init__(self, params, backbone, context):
+        super().__init__(params, backbone, context)
+        self.head = nn.Linear(backbone.out_channels, 4)
+        self.normalizer = context["normalizer"]
+
+    def training_step(self, images, index, generator):
+        x = augment.pad_crop_flip(augment.to_float(images), padding=self.params.padding,
+                                  generator=generator)
+        x, rotation = augment.rotate_four(x)                        # [4B, 3, H, W], [4B]
+        logits = self.head(self.backbone(self.normalizer.normalize(x)))
+        loss = F.cross_entropy(logits, rotation)
+        accuracy = (logits.argmax(1) == rotation).float().mean() * 100
+        return loss, {"loss": loss.detach(), "rotation_accuracy": accuracy}

@@ -1,0 +1,163 @@
+"""The results report: the talk's table, training curves, accuracy by generation and
+pictures of visual words.
+
+Inputs are the metrics and curves the other stages wrote; nothing here trains or
+evaluates. Rows follow the lineage: RotNet (g0), then BoWNet, BoWNet x2, ...
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def model_label(record: dict) -> str:
+    generation = record.get("generation", 0)
+    if generation == 0:
+        return "RotNet" if record.get("method") == "rotnet" else record.get("method", "teacher")
+    method = "BoWNet" if record.get("method") == "bownet" else record["method"]
+    return method if generation == 1 else f"{method} x{generation}"
+
+
+def load_lineage(eval_dir: Path) -> list[dict]:
+    """Evaluation records ordered teacher-first along parent links."""
+    records = {p.stem: json.loads(p.read_text()) for p in sorted(Path(eval_dir).glob("*.json"))}
+    ordered = sorted(records.values(), key=lambda r: (r.get("generation", 0), r["name"]))
+    for record in ordered:
+        record["label"] = model_label(record)
+    return ordered
+
+
+def shots_of(records: list[dict]) -> list[str]:
+    return sorted({n for r in records for n in r["few_shot"]}, key=int)
+
+
+def markdown_table(records: list[dict]) -> str:
+    shots = shots_of(records)
+    header = ["Model"] + [f"n = {n}" for n in shots] + ["Base linear", "k-NN"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in records:
+        cells = [f"{r['label']} ({r['name']})"]
+        cells += [f"{r['few_shot'][n]['mean']:.1f} ± {r['few_shot'][n]['ci95']:.1f}" if n in r["few_shot"]
+                  else "-" for n in shots]
+        cells += [f"{r['linear_base']:.1f}", f"{r['knn_all']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def generations_rows(records: list[dict]) -> list[dict]:
+    rows = []
+    for r in records:
+        row = {"generation": r.get("generation", 0), "name": r["name"], "label": r["label"],
+               "linear_base": r["linear_base"], "knn_all": r["knn_all"]}
+        row.update({f"few_shot_{n}": r["few_shot"][n]["mean"] for n in r["few_shot"]})
+        rows.append(row)
+    return rows
+
+
+def read_curve(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def plot_training_curves(train_dir: Path, records: list[dict], out: Path) -> None:
+    """Loss per epoch of every model, and the captured fraction of the students."""
+    fig, (ax_loss, ax_cap) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in records:
+        path = Path(train_dir) / f"{r['name']}.csv"
+        if not path.exists():
+            continue
+        curve = read_curve(path)
+        epochs = [c["epoch"] for c in curve]
+        ax_loss.plot(epochs, [c["loss"] for c in curve], label=r["label"])
+        if "captured" in curve[0]:
+            ax_cap.plot(epochs, [c["captured"] for c in curve], label=r["label"])
+    ax_loss.set(xlabel="epoch", ylabel="training loss (nats)", title="Training loss")
+    ax_cap.set(xlabel="epoch", ylabel="fraction", ylim=(0, 1),
+               title="Students: fraction of the learnable BoW loss captured")
+    for ax in (ax_loss, ax_cap):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_generations(records: list[dict], out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = list(range(len(records)))
+    for n in shots_of(records):
+        ax.plot(x, [r["few_shot"][n]["mean"] for r in records], marker="o", label=f"{n}-shot")
+    ax.plot(x, [r["linear_base"] for r in records], marker="s", label="base linear")
+    ax.plot(x, [r["knn_all"] for r in records], marker="^", label="k-NN")
+    ax.set_xticks(x, [r["label"] for r in records])
+    ax.set(ylabel="accuracy (%)", title="Accuracy by generation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def word_patches(images: torch.Tensor, codes: torch.Tensor, words_shown: int, per_word: int,
+                 seed: int) -> tuple[list[int], list[list[torch.Tensor]]]:
+    """Image patches under the map cells assigned to some visual words.
+
+    images uint8 [N, 3, H, W]; codes [N, h*w] word per cell (h = w). The `words_shown`
+    most used words are pictured with `per_word` random cells each; a cell's patch is the
+    3 x 3-cell neighbourhood of the image centred on it (about its receptive field's core).
+    -> (word ids, per word a list of uint8 patches [3, P, P]).
+    """
+    n, cells = codes.shape
+    side = int(round(cells ** 0.5))
+    stride = images.shape[-1] / side
+    patch = max(4, int(round(3 * stride)))
+    counts = torch.bincount(codes.flatten().long(), minlength=int(codes.max()) + 1)
+    words = counts.argsort(descending=True)[:words_shown].tolist()
+    generator = torch.Generator().manual_seed(seed)
+    padded = torch.nn.functional.pad(images, (patch, patch, patch, patch))
+    patches = []
+    for word in words:
+        where = torch.nonzero(codes.long() == word)
+        pick = where[torch.randperm(len(where), generator=generator)[:per_word]]
+        row = []
+        for image_index, cell in pick.tolist():
+            cy, cx = (cell // side + 0.5) * stride, (cell % side + 0.5) * stride
+            top, left = int(round(cy - patch / 2)) + patch, int(round(cx - patch / 2)) + patch
+            row.append(padded[image_index, :, top:top + patch, left:left + patch])
+        patches.append(row)
+    return words, patches
+
+
+def plot_word_patches(words: list[int], patches: list[list[torch.Tensor]], title: str, out: Path) -> None:
+    per_word = max(len(row) for row in patches)
+    fig, axes = plt.subplots(len(words), per_word, figsize=(per_word * 0.9, len(words) * 0.9),
+                             squeeze=False)
+    for i, (word, row) in enumerate(zip(words, patches)):
+        for j in range(per_word):
+            ax = axes[i][j]
+            ax.axis("off")
+            if j < len(row):
+                ax.imshow(row[j].permute(1, 2, 0).numpy(), interpolation="nearest")
+        axes[i][0].set_title(f"word {word}", fontsize=7, loc="left")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def stage_times(metrics_root: Path) -> list[tuple[str, float]]:
+    """(stage file, wall seconds) of every metrics file under metrics_root."""
+    out = []
+    for path in sorted(Path(metrics_root).rglob("*.json")):
+        data = json.loads(path.read_text())
+        if "wall_seconds" in data:
+            out.append((f"{path.parent.name}/{path.stem}", data["wall_seconds"]))
+    return out

@@ -1,0 +1,122 @@
+"""The one training loop every method uses.
+
+Data: the training images live in memory as one uint8 tensor [N, 3, H, W] on the training
+device; each epoch draws a permutation from a generator seeded by (seed, epoch) and feeds
+index slices to `method.training_step`, which builds its views on the device. Because
+every epoch's randomness is a function of (seed, epoch), resuming from the checkpoint of
+epoch e continues exactly as an uninterrupted run would.
+
+Optimisation: SGD with Nesterov momentum, weight decay on conv/linear weights only,
+linear warm-up then cosine decay to 0, stepped per iteration.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from bowflow.io import load_torch, save_torch
+from bowflow.methods.base import Method, TrainParams
+from bowflow.runtime import log
+
+
+def fingerprint(*parts) -> str:
+    """A short hash of JSON-able parts: a checkpoint is only resumed by the same run."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def learning_rate(step: int, total: int, warmup: int, peak: float) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def autocast_context(device: torch.device, bf16: bool):
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def train(method: Method, images: torch.Tensor, params: TrainParams, seed: int,
+          checkpoint_path: Path, run_id: str, bf16: bool = False, channels_last: bool = False,
+          show_progress: bool = True) -> list[dict]:
+    """Train `method` on uint8 `images` [N, 3, H, W] (already on the training device).
+
+    Returns the per-epoch history (means of the step statistics, lr, images/s, seconds).
+    Saves a checkpoint after every epoch to `checkpoint_path` and resumes from it when its
+    `run_id` matches; the caller deletes it once the final model is written.
+    """
+    device = images.device
+    n = len(images)
+    batch_size = min(params.batch_size, n)
+    steps_per_epoch = n // batch_size
+    total_steps = steps_per_epoch * params.epochs
+    warmup_steps = int(params.warmup_epochs * steps_per_epoch)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(param_groups(method, params.weight_decay), lr=params.lr,
+                                momentum=params.momentum, nesterov=params.momentum > 0)
+    history: list[dict] = []
+    first_epoch = 0
+    if checkpoint_path.exists():
+        state = load_torch(checkpoint_path)
+        if state.get("run_id") == run_id:
+            method.load_state_dict(state["method"])
+            optimizer.load_state_dict(state["optimizer"])
+            history, first_epoch = state["history"], state["epoch"]
+            log(f"resumed from checkpoint {checkpoint_path} at epoch {first_epoch}/{params.epochs}")
+        else:
+            log(f"ignoring checkpoint {checkpoint_path}: it belongs to another configuration")
+
+    for epoch in range(first_epoch, params.epochs):
+        method.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        generator = torch.Generator(device=device).manual_seed(seed * 100003 + epoch + 7919)
+        sums: dict[str, float] = {}
+        start = time.perf_counter()
+        bar = tqdm(range(steps_per_epoch), desc=f"{method.name} epoch {epoch + 1}/{params.epochs}",
+                   disable=not show_progress, leave=False, mininterval=2.0)
+        for i in bar:
+            step = epoch * steps_per_epoch + i
+            lr = learning_rate(step, total_steps, warmup_steps, params.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            index = order[i * batch_size:(i + 1) * batch_size].to(device)
+            with autocast_context(device, bf16):
+                loss, stats = method.training_step(images[index], index, generator)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{method.name}: loss became {loss.item()} at epoch "
+                                         f"{epoch + 1}, step {i}; lower lr (now {params.lr})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            method.after_step(step, total_steps)
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        seconds = time.perf_counter() - start
+        means = method.summarize({k: v / steps_per_epoch for k, v in sums.items()})
+        record = {"epoch": epoch + 1, **{k: round(v, 5) for k, v in means.items()},
+                  "lr": round(lr, 6), "images_per_second": round(steps_per_epoch * batch_size / seconds, 1),
+                  "seconds": round(seconds, 2)}
+        history.append(record)
+        log(" ".join(f"{k}={v}" for k, v in record.items()))
+        save_torch({"run_id": run_id, "epoch": epoch + 1, "method": method.state_dict(),
+                    "optimizer": optimizer.state_dict(), "history": history}, checkpoint_path)
+    if channels_last:
+        method.to(memory_format=torch.contiguous_format)
+    return history

@@ -1,0 +1,51 @@
+"""Stage student: train one BoWNet generation to predict its teacher's cached BoW targets.
+
+    python -m stages.student --prepared data/prepared --vocab data/vocab/g1/vocab.pt \
+        --parent-model data/models/g0/model.pt --model data/models/g1/model.pt \
+        --metrics data/metrics/train/g1.json --history data/plots/train/g1.csv \
+        --seed 0 --device auto --method bownet --epochs 60 ...
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from bowflow.cli import parse_method_section
+from bowflow.io import load_torch
+from bowflow.runs import run_training
+from bowflow.train import fingerprint
+
+
+def paths(parser):
+    parser.add_argument("--prepared", type=Path, required=True)
+    parser.add_argument("--vocab", type=Path, required=True)
+    parser.add_argument("--parent-model", type=Path, required=True)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--history", type=Path, required=True)
+    parser.add_argument("--checkpoints", type=Path, default=Path("data/checkpoints"))
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--device", default="auto")
+
+
+def main(argv=None):
+    params, args = parse_method_section(argv, __doc__, paths)
+    vocab = load_torch(args.vocab)
+    parent = load_torch(args.parent_model)
+    init_state = None
+    if params.init == "parent":
+        if (parent["arch"], parent["width"], parent["depth"]) != (params.arch, params.width, params.depth):
+            raise SystemExit(f"--init parent: {args.parent_model} is a {parent['arch']} "
+                             f"(width {parent['width']}, depth {parent['depth']}), not {params.arch}")
+        init_state = parent["state_dict"]
+    codes_hash = hashlib.sha256(vocab["codes"].numpy().tobytes()).hexdigest()
+    context = {"codes": vocab["codes"], "num_words": len(vocab["words"]),
+               "fingerprint": fingerprint(codes_hash, vocab["params"], params.init, parent["name"])}
+    record = {"name": args.model.parent.name, "parent": parent["name"],
+              "generation": parent["generation"] + 1}
+    run_training(params, args.prepared, args.model, args.metrics, args.history, args.checkpoints,
+                 args.seed, args.device, record=record, context=context, init_state=init_state)
+
+
+if __name__ == "__main__":
+    main()
