@@ -38,6 +38,8 @@ _RGB_TO_YIQ = (
     (0.595716, -0.274453, -0.321263),
     (0.211456, -0.522591, 0.311135),
 )
+_YIQ_TO_RGB = tuple(
+    map(tuple, torch.linalg.inv(torch.tensor(_RGB_TO_YIQ, dtype=torch.float64)).tolist()))
 
 
 def _check_images(x: torch.Tensor, name: str = "x", rgb: bool = False) -> None:
@@ -192,9 +194,8 @@ def rotate_four(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _hue_matrices(hue_turns: torch.Tensor) -> torch.Tensor:
     """[B] hue shifts in turns -> [B, 3, 3] RGB matrices rotating the YIQ chroma plane."""
     dtype, dev = hue_turns.dtype, hue_turns.device
-    to_yiq = torch.tensor(_RGB_TO_YIQ, dtype=torch.float64)
-    from_yiq = torch.linalg.inv(to_yiq)
-    to_yiq, from_yiq = to_yiq.to(dev, dtype), from_yiq.to(dev, dtype)
+    to_yiq = torch.tensor(_RGB_TO_YIQ, dtype=dtype, device=dev)
+    from_yiq = torch.tensor(_YIQ_TO_RGB, dtype=dtype, device=dev)
     angle = 2.0 * math.pi * hue_turns
     cos, sin = torch.cos(angle), torch.sin(angle)
     rot = torch.zeros(hue_turns.shape[0], 3, 3, dtype=dtype, device=dev)
@@ -213,7 +214,7 @@ def _jitter_affine(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Te
     such that the four (unclamped) steps equal `A @ pixel + t` for every pixel:
 
         brightness  p -> b p
-        contrast    p -> c p + (1 - c) m      m = mean luma of the brightened image = b * mean luma(x)
+        contrast    p -> c p + (1 - c) m      m = mean luma after brightness = b * mean luma(x)
         saturation  p -> s p + (1 - s) (luma . p) 1          =: S p
         hue         p -> Hm p                 (rotation of the YIQ I-Q plane)
 
@@ -273,9 +274,10 @@ def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4
 
 def random_grayscale(x: torch.Tensor, p: float = 0.2, *, generator: torch.Generator
                      ) -> torch.Tensor:
-    """With probability `p` per image, replace RGB by its luma (0.299, 0.587, 0.114) on all 3 channels.
+    """With probability `p` per image, replace RGB by its luma on all 3 channels.
 
-    x: float [B, 3, H, W]  ->  float [B, 3, H, W]. Default p = 0.2 as in SimCLR.
+    x: float [B, 3, H, W]  ->  float [B, 3, H, W]. Luma = 0.299 R + 0.587 G + 0.114 B
+    (BT.601). Default p = 0.2 as in SimCLR.
     """
     _check_images(x, rgb=True)
     convert = torch.rand(x.shape[0], generator=generator, device=x.device) < p
@@ -309,7 +311,8 @@ def cutmix(x: torch.Tensor, targets: torch.Tensor, p: float = 1.0,
     """
     _check_images(x)
     if targets.dim() != 2 or targets.shape[0] != x.shape[0]:
-        raise ValueError(f"targets must be [B, K] with B={x.shape[0]}, got {tuple(targets.shape)}")
+        raise ValueError(f"targets must be [B, K] with B = {x.shape[0]}, "
+                         f"got {tuple(targets.shape)}")
     batch, _, height, width = x.shape
     dev = x.device
     perm = torch.randperm(batch, generator=generator, device=dev)
@@ -324,7 +327,8 @@ def cutmix(x: torch.Tensor, targets: torch.Tensor, p: float = 1.0,
     y1 = (cy - cut_h // 2 + cut_h).clamp(0, height)
     x0 = (cx - cut_w // 2).clamp(0, width)
     x1 = (cx - cut_w // 2 + cut_w).clamp(0, width)
-    y0, y1, x0, x1 = (torch.where(apply, v, 0) for v in (y0, y1, x0, x1))  # empty box if not applied
+    # Samples not selected get an empty box.
+    y0, y1, x0, x1 = (torch.where(apply, v, 0) for v in (y0, y1, x0, x1))
 
     ys = torch.arange(height, device=dev)[None, :, None]                  # [1, H, 1]
     xs = torch.arange(width, device=dev)[None, None, :]                   # [1, 1, W]

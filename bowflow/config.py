@@ -203,7 +203,11 @@ def method_params(section: Any, where: str) -> type:
 
 
 def validate_params(params: dict, manifest: dict | None = None) -> dict:
-    """Check a loaded params.yaml; raise ParamsError naming the first bad key."""
+    """Check a loaded params.yaml; raise ParamsError naming the first bad key.
+
+    With the manifest of prepared data made from the same `data` section, the few-shot
+    settings are also checked against the novel classes' sizes.
+    """
     if not isinstance(params, dict):
         raise ParamsError("params.yaml: expected a mapping at the top level")
     unknown = sorted(set(params) - set(TOP_LEVEL))
@@ -229,7 +233,8 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
             if (parent.arch, parent.width, parent.depth) != (student.arch, student.width, student.depth):
                 raise ParamsError(f"generations.{name}.student.init: 'parent' needs the parent's "
                                   f"architecture ({parent.arch}, width {parent.width}, depth {parent.depth})")
-    if manifest is not None:
+    recorded = (manifest or {}).get("source", {})
+    if manifest is not None and all(recorded.get(k) == v for k, v in params["data"].items()):
         try:
             checked["evaluate"].check_against(manifest)
         except ValueError as error:

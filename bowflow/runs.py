@@ -21,16 +21,18 @@ from bowflow.train import fingerprint, train
 def ssl_rows(labels: torch.Tensor, manifest: dict) -> torch.Tensor:
     """Rows of the train split that self-supervised stages may use, in a fixed order.
 
-    `manifest["ssl_classes"]` is 'base' (the few-shot protocol: novel classes are never
-    seen) or 'all'; `manifest["ssl_max_images"]` > 0 keeps a seeded random subset.
+    The data parameters recorded in the manifest decide: `ssl_classes` is 'base' (the
+    few-shot protocol: novel classes are never seen) or 'all'; `ssl_max_images` > 0 keeps
+    a seeded random subset.
     """
+    source = manifest["source"]
     names = manifest["class_names"]
-    allowed = manifest["base_classes"] if manifest["ssl_classes"] == "base" else names
+    allowed = manifest["base_classes"] if source["ssl_classes"] == "base" else names
     allowed_ids = torch.tensor([names.index(c) for c in allowed])
     rows = torch.nonzero(torch.isin(labels, allowed_ids)).flatten()
-    limit = manifest.get("ssl_max_images", 0)
+    limit = source["ssl_max_images"]
     if 0 < limit < len(rows):
-        keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(manifest["seed"]))[:limit]
+        keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(source["seed"]))[:limit]
         rows = rows[keep.sort().values]
     return rows
 

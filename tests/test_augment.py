@@ -101,7 +101,8 @@ def test_random_resized_crop_identity_and_flip(floats):
 
 def test_crop_boxes_inside_image():
     h, w = 24, 40
-    cx, cy, bw, bh = _sample_crop_boxes(4096, h, w, (0.05, 1.0), (0.3, 3.0), gen(), torch.device("cpu"))
+    cx, cy, bw, bh = _sample_crop_boxes(4096, h, w, (0.05, 1.0), (0.3, 3.0), gen(),
+                                        torch.device("cpu"))
     eps = 1e-4
     assert (cx - bw / 2 >= -eps).all() and (cx + bw / 2 <= w + eps).all()
     assert (cy - bh / 2 >= -eps).all() and (cy + bh / 2 <= h + eps).all()
@@ -118,7 +119,8 @@ def test_random_resized_crop_of_constant_image_is_constant():
 
 def test_pad_crop_flip_identity_and_exactness(images):
     assert torch.equal(pad_crop_flip(images, padding=0, flip_p=0.0, generator=gen()), images)
-    assert torch.equal(pad_crop_flip(images, padding=0, flip_p=1.0, generator=gen()), images.flip(-1))
+    flipped = pad_crop_flip(images, padding=0, flip_p=1.0, generator=gen())
+    assert torch.equal(flipped, images.flip(-1))
     # With padding, every output is an integer shift (possibly flipped) of its input with
     # zeros shifted in: compare against a straightforward per-image reference.
     x = images[:, :, :12, :12] // 2 + 1            # no zeros inside, so padding is visible
@@ -227,6 +229,19 @@ def test_cutmix_p0_is_identity(floats):
     mixed, t = cutmix(floats, targets, p=0.0, generator=gen())
     assert torch.equal(mixed, floats) and torch.equal(t, targets)
     assert torch.allclose(t.sum(1), torch.ones(16))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_everything_runs_on_cuda_with_cuda_generator(images):
+    x = images.cuda()
+    g = lambda: torch.Generator(device="cuda").manual_seed(0)  # noqa: E731
+    a = make_view(x, ViewSpec(size=24), g())
+    assert a.is_cuda and torch.equal(a, make_view(x, ViewSpec(size=24), g()))
+    assert pad_crop_flip(x, generator=g()).is_cuda
+    mixed, t = cutmix(a, torch.eye(16, device="cuda"), generator=g())
+    assert mixed.is_cuda and torch.allclose(t.sum(1), torch.ones(16, device="cuda"))
+    x4, labels = rotate_four(a)
+    assert x4.is_cuda and labels.is_cuda
 
 
 # --------------------------------------------------------------------------- benchmark

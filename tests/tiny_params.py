@@ -1,0 +1,52 @@
+"""A tiny configuration of the real pipeline (digits at 8 px, minutes -> seconds) and a
+helper that lays out a scratch copy of the project to run DVC or Snakemake in."""
+import copy
+import shutil
+import subprocess
+from pathlib import Path
+
+from bowflow.config import load_yaml
+
+import yaml_writer
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT_FILES = ["bowflow", "stages", "workflow", "dvc.yaml", ".dvc/config", ".dvcignore"]
+
+
+def tiny_params() -> dict:
+    params = copy.deepcopy(load_yaml(ROOT / "params.yaml"))
+    params["device"] = "cpu"
+    params["data"].update(image_size=8, ssl_max_images=300)
+    params["teacher"].update(width=8, epochs=2, batch_size=32, padding=1)
+    vocab = {"layer": "stage2", "size": 16, "samples": 2000, "iters": 5, "drop_border": 0, "batch_size": 256}
+    student = dict(params["generations"]["g1"]["student"], width=8, epochs=2, batch_size=32,
+                   warmup_epochs=0.5)
+    params["generations"] = {"g1": {"parent": "g0", "vocab": dict(vocab), "student": dict(student)},
+                             "g2": {"parent": "g1", "vocab": dict(vocab), "student": dict(student)}}
+    params["evaluate"].update(linear_epochs=5, few_shot_shots=[1, 5], few_shot_episodes=50,
+                              batch_size=256)
+    params["report"].update(words_shown=3, patches_per_word=4)
+    return params
+
+
+def make_project(where: Path, params: dict) -> Path:
+    """Copy the project's code and pipeline files into a fresh git repository."""
+    where.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, where / name, ignore=shutil.ignore_patterns("__pycache__", ".snakemake"))
+        elif source.exists():
+            (where / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, where / name)
+    (where / ".dvc" / ".gitignore").write_text("/config.local\n/tmp\n/cache\n")
+    (where / ".gitignore").write_text("/data/\n.snakemake/\n__pycache__/\n")
+    write_params(where, params)
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
+        subprocess.run(command, cwd=where, check=True)
+    return where
+
+
+def write_params(where: Path, params: dict) -> None:
+    yaml_writer.dump(params, where / "params.yaml")
