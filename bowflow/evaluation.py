@@ -16,7 +16,9 @@ is not blurred by episode sampling noise.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +59,23 @@ def _check_pair(x: Tensor, y: Tensor, name: str, num_classes: int | None = None)
 
 # ----------------------------------------------------------------------------------------
 # Linear probe
+
+
+@contextlib.contextmanager
+def _one_intra_op_thread() -> Iterator[None]:
+    """Run the block with torch's intra-op thread pool at 1 thread, then restore it.
+
+    The probe makes ~10^4 sequential steps whose matmuls are tiny ([256, D] x [D, C]).
+    Splitting them over threads buys nothing, and when the cores are shared with other jobs
+    every step waits for a descheduled worker: measured 90 s instead of 8 s for N=25,000,
+    D=256 on a busy 2-core machine.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def linear_probe(
@@ -128,7 +147,7 @@ def linear_probe(
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
     step = 0
-    with torch.enable_grad():
+    with torch.enable_grad(), _one_intra_op_thread():
         for _ in range(epochs):
             perm = torch.randperm(n, generator=gen).to(train_x.device)
             for start in range(0, n, batch_size):
@@ -227,45 +246,44 @@ def check_few_shot(counts_per_class: dict[str, int], n_way: int, shots: list[int
         )
 
 
-# Upper bound on the random sort keys held at once by the sampler (float64: 32 MB).
+# Upper bound on the random sort keys the sampler holds at once (float64: 32 MB).
 _SAMPLER_MAX_KEYS = 1 << 22
 
 
-def sample_episodes(
-    y: Tensor, n_way: int, n_shot: int, n_query: int, n_episodes: int, seed: int
-) -> tuple[Tensor, Tensor]:
-    """Draw few-shot episodes from the labels alone.
+def _draw_episode_images(
+    y: Tensor, n_way: int, per_class: int, n_episodes: int, seed: int
+) -> Tensor:
+    """Random classes and images for E episodes, from the labels and the seed only.
 
-    y [N] int64 labels of the few-shot pool. Returns
-        support [E, n_way, n_shot]  and  query [E, n_way, n_query]
-    int64 indices into y (E = n_episodes); row w of an episode is its class w, so the
-    episode-local label of query[e, w, :] is w. Each episode picks n_way distinct classes
-    among those present in y, then n_shot + n_query distinct images of each class, uniformly.
+    y [N] int64 labels. Returns int64 indices into y, [E, n_way, per_class]: row w of
+    episode e holds per_class distinct images of that episode's class w (the n_way classes
+    of an episode are distinct, drawn uniformly among the classes present in y).
 
-    Depends only on (y, n_way, n_shot, n_query, n_episodes, seed), never on features, so
-    every model sees the same episodes. With one seed, different n_shot values share their
-    class draws and image orderings: the 1-shot support is the first image of the 5-shot one.
+    Every image of a class gets a uniform float64 key and the per_class smallest keys are
+    kept, in increasing order. So the first k columns are the same for any per_class >= k:
+    one draw at max(shots) + n_query serves every shot count, and equals what
+    `sample_episodes` returns for each of them. (float64 keys: a tie, the only thing that
+    could break this, has probability ~N^2 / 2^53.)
     """
     classes, y_class = torch.unique(y.cpu(), return_inverse=True)  # y_class [N] in 0..C-1
     num_cls = classes.numel()
     counts = torch.bincount(y_class, minlength=num_cls)            # [C]
-    by_class = torch.argsort(y_class, stable=True)                 # [N] indices grouped by class
-    offsets = torch.cumsum(counts, 0) - counts                     # [C] start of each group
-    per_class = n_shot + n_query
     if n_way > num_cls or int(counts.min()) < per_class:
         raise ValueError(
             f"few-shot: cannot draw {n_way}-way episodes with {per_class} images per class "
             f"from {num_cls} classes of at least {int(counts.min())} images"
         )
+    by_class = torch.argsort(y_class, stable=True)                 # [N] indices grouped by class
+    offsets = torch.cumsum(counts, 0) - counts                     # [C] start of each group
 
     gen = torch.Generator().manual_seed(seed)
-    # Random class subset per episode: the n_way smallest of C uniform keys.
-    ep_cls = torch.rand(n_episodes, num_cls, generator=gen, dtype=torch.float64)
-    ep_cls = ep_cls.argsort(dim=1, stable=True)[:, :n_way]         # [E, W]
+    # Classes of each episode: the n_way smallest of C uniform keys.
+    cls_keys = torch.rand(n_episodes, num_cls, generator=gen, dtype=torch.float64)
+    ep_cls = cls_keys.topk(n_way, dim=1, largest=False, sorted=True).indices  # [E, W]
 
-    # Random image subset per (episode, class): one uniform key per member of the class
-    # (padded to the largest class, padding keyed 2.0 so it always loses), keep the
-    # per_class smallest. Chunked over episodes so at most _SAMPLER_MAX_KEYS keys exist.
+    # Images: one key per member of each chosen class, padded to the largest class with
+    # key 2.0 (> any uniform, so padding is never picked). Chunked over episodes so at
+    # most _SAMPLER_MAX_KEYS keys exist; the chunk size depends on y and n_way only.
     max_count = int(counts.max())
     slot = torch.arange(max_count)                                  # [maxC]
     chunk = max(1, _SAMPLER_MAX_KEYS // (n_way * max_count))
@@ -274,10 +292,27 @@ def sample_episodes(
         cls = ep_cls[start : start + chunk]                         # [e, W]
         keys = torch.rand(*cls.shape, max_count, generator=gen, dtype=torch.float64)
         keys.masked_fill_(slot >= counts[cls].unsqueeze(-1), 2.0)   # [e, W, maxC]
-        pos = keys.topk(per_class, dim=-1, largest=False, sorted=True).indices  # [e, W, S+Q]
-        picked.append(by_class[offsets[cls].unsqueeze(-1) + pos])
-    idx = torch.cat(picked).to(y.device)                            # [E, W, S+Q]
-    return idx[..., :n_shot].contiguous(), idx[..., n_shot:].contiguous()
+        pos = keys.topk(per_class, dim=-1, largest=False, sorted=True).indices  # [e, W, P]
+        picked.append(by_class[offsets[cls].unsqueeze(-1) + pos])  # position in class -> index
+    return torch.cat(picked).to(y.device)                           # [E, W, P]
+
+
+def sample_episodes(
+    y: Tensor, n_way: int, n_shot: int, n_query: int, n_episodes: int, seed: int
+) -> tuple[Tensor, Tensor]:
+    """The episodes `few_shot` evaluates for shot count n_shot (for inspection and tests).
+
+    y [N] int64 labels. Returns support [E, n_way, n_shot] and query [E, n_way, n_query],
+    int64 indices into y; row w of an episode is its class w, so the episode-local label of
+    query[e, w, :] is w. Support and query images never overlap.
+
+    Depends only on (y, n_way, n_shot, n_query, n_episodes, seed), never on features, so
+    every model evaluated with the same seed sees the same episodes. For one seed the shot
+    counts are nested: the 1-shot support is the first image of the 5-shot support, and all
+    shot counts share each episode's classes.
+    """
+    images = _draw_episode_images(y, n_way, n_shot + n_query, n_episodes, seed)
+    return images[..., :n_shot], images[..., n_shot:]
 
 
 def _summarise(correct: Tensor, n_queries: int) -> dict:
@@ -297,17 +332,36 @@ def _summarise(correct: Tensor, n_queries: int) -> dict:
 
 
 def _prepare_few_shot(
-    x: Tensor, y: Tensor, n_way: int, shots: list[int], n_query: int, n_episodes: int
-) -> Tensor:
-    """Validate inputs and return the L2-normalised features in float64, [N, D]."""
+    x: Tensor, y: Tensor, n_way: int, shots: list[int], n_query: int, n_episodes: int, seed: int
+) -> tuple[Tensor, Tensor]:
+    """Validate, then return (normalised float64 features [N, D], episode images [E, W, P]).
+
+    P = max(shots) + n_query; for shot count n, support = images[..., :n] and
+    query = images[..., n : n + n_query] (see `_draw_episode_images`).
+    """
     _check_pair(x, y, "few_shot")
     if n_episodes < 1:
         raise ValueError(f"few-shot: n_episodes must be >= 1, got {n_episodes}")
     labels, counts = torch.unique(y.cpu(), return_counts=True)
     check_few_shot({str(int(c)): int(n) for c, n in zip(labels, counts)}, n_way, shots, n_query)
-    # float64 so that the batched and per-episode paths, whose reductions may be ordered
-    # differently by the BLAS, cannot disagree on an argmax through rounding.
-    return F.normalize(x.detach().double(), dim=1)
+    images = _draw_episode_images(y, n_way, max(shots) + n_query, n_episodes, seed)
+    # float64 so that the batched (bmm) and per-episode (mm) paths, which a BLAS may sum in
+    # different orders, cannot disagree on an argmax through rounding (costs ~2x over
+    # float32 in the batched path, which is still dominated by reading the query rows).
+    return F.normalize(x.detach().double(), dim=1), images
+
+
+def _prototypes(xn: Tensor, support: Tensor) -> Tensor:
+    """xn [N, D] normalised features, support [..., W, n] indices -> prototypes [..., W, D].
+
+    Prototype = mean of the class's normalised support features, then L2-normalised so that
+    its dot product with a normalised query is their cosine. `embedding_bag(mode="mean")`
+    averages each row of indices without materialising the [..., W, n, D] gather (3x faster
+    at 50 shots), and gives bit-identical bags whether called on one episode or on a batch.
+    """
+    n_shot = support.shape[-1]
+    bags = F.embedding_bag(support.reshape(-1, n_shot), xn, mode="mean")  # [(...)*W, D]
+    return F.normalize(bags, dim=-1).reshape(*support.shape[:-1], xn.shape[1])
 
 
 def few_shot(
@@ -330,25 +384,24 @@ def few_shot(
     protocol's cosine classifier multiplies similarities by a scale of 10 before the
     softmax; a positive scale never changes the argmax, so it is omitted.)
 
-    Episodes come from `sample_episodes` (labels + seed only), so two models evaluated with
-    the same seed answer the same episodes. A batch of B = episodes_per_batch episodes is
-    one gather and one bmm; peak memory is about B * n_way * (n + n_query) * D * 8 bytes
-    (256 * 5 * 65 * 256 * 8 = 170 MB for 50-shot, D=256: lower episodes_per_batch for big D).
+    Episodes come from the labels and the seed only (`sample_episodes`), so two models
+    evaluated with the same seed answer the same episodes. A batch of B = episodes_per_batch
+    episodes is one embedding_bag (prototypes), one gather (queries) and one bmm; its largest
+    temporary is the float64 query block, B * n_way * n_query * D * 8 bytes
+    (256 * 5 * 15 * 256 * 8 = 39 MB).
     """
-    xn = _prepare_few_shot(x, y, n_way, shots, n_query, n_episodes)
+    xn, images = _prepare_few_shot(x, y, n_way, shots, n_query, n_episodes, seed)
     labels = torch.arange(n_way, device=xn.device).repeat_interleave(n_query)  # [W*Q]
     results = {}
     for n in shots:
-        support, query = sample_episodes(y, n_way, n, n_query, n_episodes, seed)
+        support, query = images[..., :n], images[..., n : n + n_query]          # [E, W, n|Q]
         correct = []
         for start in range(0, n_episodes, episodes_per_batch):
-            s_idx = support[start : start + episodes_per_batch]     # [B, W, n]
-            q_idx = query[start : start + episodes_per_batch]       # [B, W, Q]
-            b = s_idx.shape[0]
-            protos = F.normalize(xn[s_idx].mean(dim=2), dim=-1)     # [B, W, D]
-            queries = xn[q_idx].reshape(b, n_way * n_query, -1)     # [B, W*Q, D]
-            sim = torch.bmm(queries, protos.transpose(1, 2))        # [B, W*Q, W]
-            correct.append((sim.argmax(dim=2) == labels).sum(dim=1))  # [B]
+            protos = _prototypes(xn, support[start : start + episodes_per_batch])  # [B, W, D]
+            q_idx = query[start : start + episodes_per_batch]                     # [B, W, Q]
+            queries = xn[q_idx.reshape(q_idx.shape[0], -1)]                       # [B, W*Q, D]
+            sim = torch.bmm(queries, protos.transpose(1, 2))                      # [B, W*Q, W]
+            correct.append((sim.argmax(dim=2) == labels).sum(dim=1))             # [B]
         results[n] = _summarise(torch.cat(correct), n_way * n_query)
     return results
 
@@ -370,16 +423,16 @@ def few_shot_reference_loop(
     `episodes_per_batch` is accepted for signature parity and ignored.
     """
     del episodes_per_batch
-    xn = _prepare_few_shot(x, y, n_way, shots, n_query, n_episodes)
+    xn, images = _prepare_few_shot(x, y, n_way, shots, n_query, n_episodes, seed)
     labels = torch.arange(n_way, device=xn.device).repeat_interleave(n_query)  # [W*Q]
     results = {}
     for n in shots:
-        support, query = sample_episodes(y, n_way, n, n_query, n_episodes, seed)
         correct = torch.zeros(n_episodes, dtype=torch.int64)
         for e in range(n_episodes):
-            protos = F.normalize(xn[support[e]].mean(dim=1), dim=-1)  # [W, D]
-            queries = xn[query[e]].reshape(n_way * n_query, -1)       # [W*Q, D]
-            pred = (queries @ protos.T).argmax(dim=1)                 # [W*Q]
+            support, query = images[e, :, :n], images[e, :, n : n + n_query]  # [W, n], [W, Q]
+            protos = _prototypes(xn, support)                                 # [W, D]
+            queries = xn[query.reshape(-1)]                                   # [W*Q, D]
+            pred = (queries @ protos.T).argmax(dim=1)                         # [W*Q]
             correct[e] = int((pred == labels).sum())
         results[n] = _summarise(correct, n_way * n_query)
     return results

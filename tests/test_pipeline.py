@@ -1,0 +1,149 @@
+"""The real pipeline, end to end, on a tiny configuration: DVC caching and partial reruns,
+Snakemake producing the same metrics, bad params stopping before any work, and a killed
+training stage resuming from its checkpoint."""
+import copy
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tiny_params import make_project, tiny_params, write_params
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+TIMING_KEYS = {"wall_seconds", "peak_rss_mb", "peak_gpu_mb"}
+
+pytestmark = pytest.mark.slow
+
+
+def run(project: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(list(command), cwd=project, capture_output=True, text=True, env=ENV)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def repro(project: Path) -> set[str]:
+    """Run `dvc repro`; return the names of the stages that ran."""
+    result = run(project, "dvc", "repro")
+    return set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr))
+
+
+def eval_metrics(project: Path) -> dict:
+    out = {}
+    for path in sorted((project / "data/metrics/eval").glob("*.json")):
+        out[path.stem] = {k: v for k, v in json.loads(path.read_text()).items() if k not in TIMING_KEYS}
+    return out
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory):
+    project = make_project(tmp_path_factory.mktemp("dvc") / "project", tiny_params())
+    ran = repro(project)
+    return project, ran, eval_metrics(project)   # metrics before any test edits the project
+
+
+def test_dvc_runs_every_stage_and_writes_the_report(dvc_project):
+    project, ran, _ = dvc_project
+    assert ran == {"check_params", "prepare", "teacher", "vocab@g1", "vocab@g2", "student@g1",
+                   "student@g2", "evaluate_teacher", "evaluate@g1", "evaluate@g2", "report"}
+    report = (project / "data/report/report.md").read_text()
+    for row in ("RotNet (g0)", "BoWNet (g1)", "BoWNet x2 (g2)"):
+        assert row in report
+    for figure in ("training_curves.png", "accuracy_by_generation.png", "visual_words_g1.png"):
+        assert (project / "data/report" / figure).stat().st_size > 1000
+    for group in ("train", "eval", "vocab"):
+        for path in (project / "data/metrics" / group).glob("*.json"):
+            metrics = json.loads(path.read_text())
+            assert metrics["wall_seconds"] > 0 and metrics["peak_rss_mb"] > 0 and metrics["parameters"] > 0
+    vocab = json.loads((project / "data/metrics/vocab/g1.json").read_text())
+    assert vocab["inertia"] > 0 and 0 < vocab["words_used"] <= 16
+    history = (project / "data/plots/train/g1.csv").read_text()
+    assert "captured" in history and "target_perplexity" in history
+    assert not list((project / "data").rglob("*.tmp")), "a temporary file was left behind"
+
+
+def test_dvc_reruns_only_what_a_change_touches(dvc_project):
+    project, _, _ = dvc_project
+    params = tiny_params()
+    assert repro(project) == set(), "a second dvc repro must do nothing"
+
+    params["generations"]["g1"]["vocab"]["size"] = 12
+    write_params(project, params)
+    assert repro(project) == {"check_params", "vocab@g1", "student@g1", "evaluate@g1",
+                              "vocab@g2", "student@g2", "evaluate@g2", "report"}
+
+    params["evaluate"]["knn_k"] = 10
+    write_params(project, params)
+    assert repro(project) == {"check_params", "evaluate_teacher", "evaluate@g1", "evaluate@g2", "report"}
+
+    params["generations"]["g3"] = copy.deepcopy(params["generations"]["g2"]) | {"parent": "g2"}
+    write_params(project, params)
+    assert repro(project) == {"check_params", "vocab@g3", "student@g3", "evaluate@g3", "report"}
+    assert "BoWNet x3 (g3)" in (project / "data/report/report.md").read_text()
+
+    params["generations"]["g2"]["student"]["epochs"] = 1
+    write_params(project, params)
+    assert repro(project) == {"check_params", "student@g2", "evaluate@g2", "vocab@g3", "student@g3",
+                              "evaluate@g3", "report"}
+
+
+def test_snakemake_agrees_with_dvc(dvc_project, tmp_path):
+    _, _, dvc_metrics = dvc_project
+    project = make_project(tmp_path / "project", tiny_params())
+    run(project, "snakemake", "--cores", "2", "--quiet")
+    assert eval_metrics(project) == dvc_metrics, "same params and seed: identical metrics"
+    run(project, "snakemake", "--cores", "1", "--report", "report.html")
+    assert (project / "report.html").stat().st_size > 10000
+
+
+def test_bad_params_stop_before_any_work(tmp_path):
+    params = tiny_params()
+    params["generations"]["g1"]["vocab"]["size"] = 5000
+    project = make_project(tmp_path / "project", params)
+    result = run(project, "dvc", "repro", check=False)
+    assert result.returncode != 0
+    assert "generations.g1.vocab" in result.stderr + result.stdout
+    assert not (project / "data/prepared").exists()
+    result = run(project, "snakemake", "--cores", "1", "-n", check=False)
+    assert result.returncode != 0 and "generations.g1.vocab" in result.stderr + result.stdout
+
+
+def test_killed_training_resumes_from_its_checkpoint(dvc_project, tmp_path):
+    project, _, _ = dvc_project
+    params = tiny_params()["teacher"] | {"epochs": 6}
+    flags = [f"--{k}={v}" for k, v in params.items()]
+
+    def command(name):
+        return [sys.executable, "-m", "stages.teacher", "--prepared", "data/prepared",
+                "--model", str(tmp_path / name / "model.pt"), "--metrics", str(tmp_path / name / "m.json"),
+                "--history", str(tmp_path / name / "h.csv"), "--checkpoints", str(tmp_path / name / "ckpt"),
+                "--seed", "0", "--device", "cpu", *flags]
+
+    process = subprocess.Popen(command("killed"), cwd=project, env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "ckpt" / "killed-rotnet.ckpt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists() and not (tmp_path / "killed" / "model.pt").exists()
+    resumed = subprocess.run(command("killed"), cwd=project, env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from checkpoint" in resumed.stderr
+    assert not checkpoint.exists(), "the checkpoint is removed once the model is written"
+    subprocess.run(command("straight"), cwd=project, env=ENV, capture_output=True, check=True)
+
+    def losses(name):
+        rows = (tmp_path / name / "h.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        return [[r.split(",")[header.index(k)] for k in ("epoch", "loss", "rotation_accuracy")] for r in rows[1:]]
+
+    assert losses("killed") == losses("straight"), "a resumed run must continue exactly"
