@@ -13,7 +13,7 @@ from bowflow.methods import get_method
 from bowflow.methods.base import TrainParams
 from bowflow.models import Normalizer, save_model
 from bowflow.networks import build_backbone, count_parameters
-from bowflow.runtime import StageClock, log, resolve_device, seed_everything
+from bowflow.runtime import StageClock, configure_threads, log, resolve_device, seed_everything
 from bowflow.compute import select_compute
 from bowflow.train import fingerprint, train
 
@@ -67,6 +67,7 @@ def run_training(params: TrainParams, prepared: str | Path, out_model: Path, met
     context = {"normalizer": normalizer, "image_size": image_size, **(context or {})}
     method = get_method(params.method)(params, backbone, context).to(device)
     compute = select_compute(device)
+    configure_threads(compute.get("threads", 0))
     run_id = fingerprint(asdict(params), seed, manifest["content_hash"], len(images),
                          context.get("fingerprint", ""), compute)
     checkpoint = checkpoint_dir / f"{out_model.parent.name}-{params.method}.ckpt"

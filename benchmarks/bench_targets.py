@@ -1,0 +1,154 @@
+"""BoW targets per training step: per-image teacher loop vs batched vs cached codes.
+
+All three produce the BoWNet targets y [B, K] (L1-normalised histograms of the frozen
+teacher's nearest visual words over the `--layer` map of the clean image) for the same
+batches of one epoch (a seeded permutation, --batch-size images per step):
+
+BASELINE  per step, per image: teacher `feature_map` of one image [1, C, h, w] ->
+          `bow.nearest_words` -> `torch.bincount` / L. The "targets computed per batch,
+          one image at a time" anti-pattern.
+A         per step, batched on the device: one teacher forward of the batch ->
+          `bow.nearest_words` -> `bow.bow_targets`.
+B         what the pipeline does: `bow.assign_codes` once per generation (timed
+          separately), then per step only `bow.bow_targets(codes[index])`.
+
+Setup: synthetic random uint8 images, a randomly initialised convnet teacher in eval mode,
+a vocabulary from `bow.sample_local_features` + `bow.kmeans` on that teacher. The three
+targets (and the word codes behind them) are compared; the script reports how many
+differ. Rates: images/s over the epoch, ratios vs the baseline; B is also reported with
+its one-time assignment amortised over one epoch (its worst case).
+
+    python -m benchmarks.bench_targets            # 4096 images 16 px, K=64, B=64 (pipeline)
+    python -m benchmarks.bench_targets --smoke    # seconds
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from bowflow import bow
+from bowflow.models import Normalizer
+from bowflow.networks import build_backbone
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def targets_per_image(teacher, normalizer, images, batches, layer, words, k, device):
+    """BASELINE. -> (targets [N_steps * B, K], codes [N_steps * B, L], seconds)."""
+    out, codes, start = [], [], time.perf_counter()
+    for index in batches:
+        for i in index.tolist():
+            maps = teacher.feature_map(normalizer(images[i:i + 1]), layer)   # [1, C, h, w]
+            c = bow.nearest_words(maps, words)[0]                            # [L]
+            out.append(torch.bincount(c, minlength=k).float() / c.numel())   # [K]
+            codes.append(c)
+    _sync(device)
+    return torch.stack(out), torch.stack(codes), time.perf_counter() - start
+
+
+@torch.no_grad()
+def targets_batched(teacher, normalizer, images, batches, layer, words, k, device):
+    """A. -> (targets [N_steps * B, K], codes [N_steps * B, L], seconds)."""
+    out, codes, start = [], [], time.perf_counter()
+    for index in batches:
+        maps = teacher.feature_map(normalizer(images[index]), layer)         # [B, C, h, w]
+        c = bow.nearest_words(maps, words)                                   # [B, L]
+        out.append(bow.bow_targets(c, k))                                    # [B, K]
+        codes.append(c)
+    _sync(device)
+    return torch.cat(out), torch.cat(codes), time.perf_counter() - start
+
+
+def targets_cached(teacher, normalizer, images, batches, layer, words, k, device, batch_size):
+    """B. -> (targets, codes, per-step seconds, one-time assign_codes seconds)."""
+    start = time.perf_counter()
+    all_codes = bow.assign_codes(teacher, images, layer, words, batch_size, device,
+                                 normalizer).to(device)                     # [N, L] int16
+    _sync(device)
+    assign_seconds = time.perf_counter() - start
+    out, codes, start = [], [], time.perf_counter()
+    for index in batches:
+        out.append(bow.bow_targets(all_codes[index], k))                     # [B, K]
+        codes.append(all_codes[index])
+    _sync(device)
+    return torch.cat(out), torch.cat(codes).long(), time.perf_counter() - start, assign_seconds
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=4096)
+    parser.add_argument("--size", type=int, default=16, help="image side, px")
+    parser.add_argument("--width", type=int, default=32, help="convnet teacher width")
+    parser.add_argument("--layer", default="stage2")
+    parser.add_argument("--words", type=int, default=64, help="vocabulary size K")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per training step")
+    parser.add_argument("--assign-batch-size", type=int, default=256, help="B's assign_codes batch")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny, seconds")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.images, args.size, args.width, args.words, args.batch_size = 128, 8, 8, 16, 32
+    device = torch.device(args.device)
+
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8,
+                           generator=gen).to(device)                         # [N, 3, S, S]
+    teacher = build_backbone("convnet", args.width).to(device).eval()
+    normalizer = Normalizer.fit(images.cpu())
+    features = bow.sample_local_features(teacher, images, args.layer, min(20000, 8 * args.images),
+                                         args.assign_batch_size, device, normalizer, seed=0)
+    words = bow.kmeans(features, args.words, iters=10, seed=0, use_gpu=False)["words"].to(device)
+    order = torch.randperm(args.images, generator=gen).to(device)
+    steps = args.images // args.batch_size
+    batches = [order[i * args.batch_size:(i + 1) * args.batch_size] for i in range(steps)]
+    n = steps * args.batch_size
+    common = (teacher, normalizer, images, batches, args.layer, words, args.words, device)
+
+    # Warm-up (allocator, oneDNN primitives) on one batch each, then the timed epoch.
+    targets_per_image(*common[:3], batches[:1], *common[4:])
+    targets_batched(*common[:3], batches[:1], *common[4:])
+    y0, c0, base_s = targets_per_image(*common)
+    ya, ca, a_s = targets_batched(*common)
+    yb, cb, b_s, assign_s = targets_cached(*common, args.assign_batch_size)
+
+    agree = {"baseline_vs_A": (c0 == ca).float().mean().item(),
+             "baseline_vs_B": (c0 == cb).float().mean().item(),
+             "A_vs_B": (ca == cb).float().mean().item()}
+    identical = torch.equal(y0, ya) and torch.equal(y0, yb)
+    max_diff = max((y0 - ya).abs().max().item(), (y0 - yb).abs().max().item())
+    rates = {"baseline": n / base_s, "A": n / a_s, "B": n / b_s, "B_with_assign": n / (b_s + assign_s)}
+
+    print(f"{n} images {args.size}x{args.size} in {steps} steps of {args.batch_size}, convnet "
+          f"w{args.width} teacher, {args.layer} codes ({c0.shape[1]} per image), K={args.words}, "
+          f"{device}, torch threads {torch.get_num_threads()}")
+    print(f"{'method':<58}{'images/s':>12}{'ratio':>9}")
+    labels = {"baseline": "BASELINE per-image teacher + nearest words + bincount",
+              "A": "A batched teacher + nearest_words + bow_targets",
+              "B": "B cached codes, bow_targets(codes[index]) per step",
+              "B_with_assign": "B incl. one-time assign_codes, amortised over 1 epoch"}
+    for key, label in labels.items():
+        print(f"{label:<58}{rates[key]:>12.0f}{rates[key] / rates['baseline']:>9.1f}")
+    print(f"assign_codes once: {assign_s:.3f} s ({args.images / assign_s:.0f} images/s); "
+          f"targets identical: {identical} (max |diff| {max_diff:.2g}); code agreement {agree}")
+    result = {"images": n, "size": args.size, "width": args.width, "layer": args.layer,
+              "words": args.words, "batch_size": args.batch_size, "device": str(device),
+              "threads": torch.get_num_threads(), "codes_per_image": int(c0.shape[1]),
+              **{f"{key}_images_per_s": round(rate, 1) for key, rate in rates.items()},
+              **{f"ratio_{key}": round(rate / rates["baseline"], 2)
+                 for key, rate in rates.items() if key != "baseline"},
+              "assign_seconds": round(assign_s, 4), "targets_identical": identical,
+              "targets_max_abs_diff": max_diff, "code_agreement": agree}
+    print("RESULT " + json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
