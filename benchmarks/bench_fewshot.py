@@ -11,7 +11,7 @@ Timing: one untimed warm-up call of each, then `--rounds` rounds that alternate 
 (so a change of machine load hits both alike); each reports its median round. Episode
 drawing (shared by both, part of both timings) is also timed on its own.
 
-    python -m benchmarks.bench_fewshot            # 5 x 1000 images, D=256, shots 1/5/10/50, 1000 episodes
+    python -m benchmarks.bench_fewshot            # 5 x 1000 x D=256, shots 1/5/10/50, 1000 eps.
     python -m benchmarks.bench_fewshot --smoke    # tiny, about a second
     python -m benchmarks.bench_fewshot --threads 1
 
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, about a second")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's own choice)")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3, smoke 1)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="timed rounds (default 3, smoke 1)")
     args = parser.parse_args(argv)
 
     if args.threads is not None:
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
     for n in shots:
         print(f"{n:>5}  {batched_res[n]['mean']:8.3f}  {batched_res[n]['ci95']:7.3f}")
     print(f"reference loop (BASELINE)   {loop_s:8.3f} s")
-    print(f"batched ({per_batch}/batch)         {batched_s:8.3f} s   speed-up x{loop_s / batched_s:.2f}")
+    print(f"batched ({per_batch}/batch)         {batched_s:8.3f} s   "
+          f"speed-up x{loop_s / batched_s:.2f}")
     print(f"  of which episode drawing  {draw_s:8.3f} s (shared by both)")
     print(f"results identical: {match}")
 

@@ -121,6 +121,9 @@ def load_source(
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; valid sources: {', '.join(SOURCES)}")
     _check_image_size(image_size)
+    if source != "digits" and not str(root).strip():
+        raise ValueError(f"source {source!r} needs a data root: set `data.root` to a folder "
+                         f"(or, for imagefolder, a .tar.gz)")
     report: dict[str, Any] = {
         "source": source,
         "root": None if source == "digits" else str(root),

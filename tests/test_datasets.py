@@ -174,6 +174,8 @@ def test_imagefolder_tarball(tmp_path):
 
 
 def test_imagefolder_errors(tmp_path):
+    with pytest.raises(ValueError, match="data.root"):
+        load_source("imagefolder", "")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_source("imagefolder", str(tmp_path / "nowhere"))
     (tmp_path / "flat").mkdir()
