@@ -18,6 +18,17 @@ from bowflow.compute import select_compute
 from bowflow.train import fingerprint, train
 
 
+def add_training_arguments(parser) -> None:
+    """The paths and run flags both training stages (teacher, student) take."""
+    parser.add_argument("--prepared", type=Path, required=True)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--history", type=Path, required=True)
+    parser.add_argument("--checkpoints", type=Path, default=Path("data/checkpoints"))
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--device", default="auto")
+
+
 def ssl_rows(labels: torch.Tensor, manifest: dict) -> torch.Tensor:
     """Rows of the train split that self-supervised stages may use, in a fixed order.
 

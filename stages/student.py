@@ -12,20 +12,14 @@ from pathlib import Path
 
 from bowflow.cli import parse_method_section
 from bowflow.io import load_torch
-from bowflow.runs import run_training
+from bowflow.runs import add_training_arguments, run_training
 from bowflow.train import fingerprint
 
 
 def paths(parser):
-    parser.add_argument("--prepared", type=Path, required=True)
+    add_training_arguments(parser)
     parser.add_argument("--vocab", type=Path, required=True)
     parser.add_argument("--parent-model", type=Path, required=True)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--history", type=Path, required=True)
-    parser.add_argument("--checkpoints", type=Path, default=Path("data/checkpoints"))
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--device", default="auto")
 
 
 def main(argv=None):

@@ -6,24 +6,12 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from bowflow.cli import parse_method_section
-from bowflow.runs import run_training
-
-
-def paths(parser):
-    parser.add_argument("--prepared", type=Path, required=True)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--history", type=Path, required=True)
-    parser.add_argument("--checkpoints", type=Path, default=Path("data/checkpoints"))
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--device", default="auto")
+from bowflow.runs import add_training_arguments, run_training
 
 
 def main(argv=None):
-    params, args = parse_method_section(argv, __doc__, paths)
+    params, args = parse_method_section(argv, __doc__, add_training_arguments)
     run_training(params, args.prepared, args.model, args.metrics, args.history, args.checkpoints,
                  args.seed, args.device,
                  record={"name": args.model.parent.name, "parent": "", "generation": 0})

@@ -1,0 +1,134 @@
+"""Vocabulary building: faiss k-means (`bowflow.bow.kmeans`) vs scikit-learn KMeans.
+
+Both cluster the same float32 features [S, C] into K words with the same recipe:
+    faiss    bow.kmeans(features, K, iters, seed, use_gpu=False)  (random-sample init)
+    BASELINE sklearn.cluster.KMeans(K, init="random", n_init=1, max_iter=iters, tol=0,
+             algorithm="lloyd")                                   (random-sample init)
+i.e. one initialisation from K random feature vectors, then `iters` Lloyd iterations,
+then a final assignment, all on every feature (faiss does not subsample here: its
+max_points_per_centroid is at least S / K). Time is the wall time of the whole call.
+Inertia (sum of squared distances to the nearest centroid) is recomputed for both
+centroid sets by `inertia` below: nearest centroid by a float32 matmul, then the exact
+squared distance to it in float64.
+
+Features (--features):
+    convnet  (default) "real-ish": smooth random images (8x8 uniform noise, bilinearly
+             upsampled to --image-size) through a randomly initialised convnet whose stage2
+             has C channels (width C / 2), sampled by `bow.sample_local_features`;
+    gmm      a Gaussian mixture: 4K random unit-variance centres in C dims, spread 4.
+
+The brief's size (200,000 x 256, K = 2048, 10 iterations) is the default; on a small CPU
+sklearn needs minutes for it, --samples / --words shrink it.
+
+    python -m benchmarks.bench_vocab                   # 200000 x 256, K=2048, 10 iters
+    python -m benchmarks.bench_vocab --smoke           # seconds
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bowflow import bow
+from bowflow.models import Normalizer
+from bowflow.networks import build_backbone
+
+
+def convnet_features(samples: int, channels: int, image_size: int, seed: int) -> torch.Tensor:
+    """[samples, channels] float32 local features of a random convnet's stage2 map."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    per_image = (image_size // 2) ** 2
+    n_images = -(-samples // per_image) + 1
+    low = torch.rand(n_images, 3, 8, 8, generator=gen)
+    smooth = F.interpolate(low, size=image_size, mode="bilinear", align_corners=False)
+    images = (smooth * 255).round().to(torch.uint8)                 # [N, 3, S, S]
+    teacher = build_backbone("convnet", channels // 2).eval()
+    return bow.sample_local_features(teacher, images, "stage2", samples, 128, torch.device("cpu"),
+                                     Normalizer.fit(images), seed)
+
+
+def gmm_features(samples: int, channels: int, components: int, seed: int) -> torch.Tensor:
+    """[samples, channels] float32 from a Gaussian mixture (unit variance, centres ~ N(0, 4^2))."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = 4.0 * torch.randn(components, channels, generator=gen)
+    which = torch.randint(0, components, (samples,), generator=gen)
+    return centres[which] + torch.randn(samples, channels, generator=gen)
+
+
+def inertia(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 16384) -> float:
+    """Sum over x [S, C] of the squared distance to the nearest of centroids [K, C]."""
+    c = centroids.float()
+    c_norm = (c * c).sum(1)
+    total = 0.0
+    for start in range(0, len(x), chunk):
+        part = x[start:start + chunk].float()
+        nearest = (c_norm - 2.0 * part @ c.t()).argmin(1)                   # [chunk]
+        total += float((part.double() - c[nearest].double()).pow(2).sum())
+    return total
+
+
+def run_faiss(x: torch.Tensor, k: int, iters: int, seed: int) -> tuple[torch.Tensor, float]:
+    start = time.perf_counter()
+    words = bow.kmeans(x, k, iters, seed, use_gpu=False)["words"]
+    return words, time.perf_counter() - start
+
+
+def run_sklearn(x: torch.Tensor, k: int, iters: int, seed: int) -> tuple[torch.Tensor, float]:
+    from sklearn.cluster import KMeans
+
+    data = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+    start = time.perf_counter()
+    km = KMeans(n_clusters=k, init="random", n_init=1, max_iter=iters, tol=0.0,
+                algorithm="lloyd", random_state=seed).fit(data)
+    seconds = time.perf_counter() - start
+    return torch.from_numpy(km.cluster_centers_.astype(np.float32)), seconds
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--samples", type=int, default=200_000, help="feature vectors S")
+    parser.add_argument("--channels", type=int, default=256, help="feature dimension C")
+    parser.add_argument("--words", type=int, default=2048, help="K")
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--features", choices=("convnet", "gmm"), default="convnet")
+    parser.add_argument("--image-size", type=int, default=16, help="convnet features: image side")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="tiny, seconds")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.samples, args.channels, args.words, args.iters = 2000, 32, 16, 3
+
+    start = time.perf_counter()
+    if args.features == "convnet":
+        x = convnet_features(args.samples, args.channels, args.image_size, args.seed)
+    else:
+        x = gmm_features(args.samples, args.channels, 4 * args.words, args.seed)
+    feature_seconds = time.perf_counter() - start
+
+    faiss_words, faiss_s = run_faiss(x, args.words, args.iters, args.seed)
+    sk_words, sk_s = run_sklearn(x, args.words, args.iters, args.seed)
+    faiss_inertia, sk_inertia = inertia(x, faiss_words), inertia(x, sk_words)
+
+    print(f"{args.features} features {tuple(x.shape)} ({feature_seconds:.1f} s to make), "
+          f"K={args.words}, {args.iters} iterations, torch threads {torch.get_num_threads()}")
+    print(f"{'k-means':<40}{'seconds':>10}{'inertia':>16}")
+    print(f"{'BASELINE sklearn KMeans lloyd':<40}{sk_s:>10.2f}{sk_inertia:>16.6g}")
+    print(f"{'faiss bow.kmeans':<40}{faiss_s:>10.2f}{faiss_inertia:>16.6g}")
+    print(f"speed-up faiss vs sklearn {sk_s / faiss_s:.1f}x; inertia ratio faiss / sklearn "
+          f"{faiss_inertia / sk_inertia:.4f}")
+    result = {"features": args.features, "samples": int(x.shape[0]), "channels": int(x.shape[1]),
+              "words": args.words, "iters": args.iters, "threads": torch.get_num_threads(),
+              "sklearn_seconds": round(sk_s, 3), "faiss_seconds": round(faiss_s, 3),
+              "speedup": round(sk_s / faiss_s, 2), "sklearn_inertia": sk_inertia,
+              "faiss_inertia": faiss_inertia, "inertia_ratio": round(faiss_inertia / sk_inertia, 5)}
+    print("RESULT " + json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
