@@ -9,11 +9,12 @@ exits with status 1 if they are not.
 
 Timing: one untimed warm-up call of each, then `--rounds` rounds that alternate the two
 (so a change of machine load hits both alike); each reports its median round. Episode
-drawing (shared by both, part of both timings) is also timed on its own.
+drawing (shared by both, part of both timings) is also timed on its own. Everything runs
+on one torch intra-op thread, as both evaluated functions do whatever the process setting
+(see `bowflow.evaluation._one_intra_op_thread`).
 
     python -m benchmarks.bench_fewshot            # 5 x 1000 x D=256, shots 1/5/10/50, 1000 eps.
     python -m benchmarks.bench_fewshot --smoke    # tiny, about a second
-    python -m benchmarks.bench_fewshot --threads 1
 
 The last line is `RESULT {json}`.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from typing import Callable
@@ -53,14 +55,11 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, about a second")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's own choice)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="timed rounds (default 3, smoke 1)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # what few_shot / few_shot_reference_loop use internally anyway
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     if args.smoke:
         n_classes, per_class, dim, shots, episodes, rounds = 5, 100, 64, [1, 5], 100, 1
     else:
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"few-shot {n_way}-way, {n_query} queries/class, {episodes} episodes per shot count, "
           f"shots {shots}; features {n_classes} x {per_class} x D={dim}; "
-          f"torch threads {torch.get_num_threads()}; median of {rounds} rounds")
+          f"{os.cpu_count()} CPUs; median of {rounds} rounds")
     print(f"{'shots':>5}  {'mean %':>8}  {'ci95 %':>7}")
     for n in shots:
         print(f"{n:>5}  {batched_res[n]['mean']:8.3f}  {batched_res[n]['ci95']:7.3f}")
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         "smoke": args.smoke,
         "n_classes": n_classes, "per_class": per_class, "dim": dim,
         "n_way": n_way, "n_query": n_query, "shots": shots, "episodes": episodes,
-        "episodes_per_batch": per_batch, "threads": torch.get_num_threads(), "rounds": rounds,
+        "episodes_per_batch": per_batch, "cpus": os.cpu_count(), "rounds": rounds,
         "loop_s": round(loop_s, 4), "batched_s": round(batched_s, 4),
         "draw_s": round(draw_s, 4), "speedup": round(loop_s / batched_s, 2),
         "match": match,

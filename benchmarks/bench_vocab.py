@@ -17,8 +17,9 @@ Features (--features):
              has C channels (width C / 2), sampled by `bow.sample_local_features`;
     gmm      a Gaussian mixture: 4K random unit-variance centres in C dims, spread 4.
 
-The brief's size (200,000 x 256, K = 2048, 10 iterations) is the default; on a small CPU
-sklearn needs minutes for it, --samples / --words shrink it.
+Threads: --threads sets faiss's OpenMP, sklearn's (threadpoolctl) and torch's counts
+alike. The default size (200,000 x 256, K = 2048, 10 iterations) takes minutes on a
+2-core CPU; --samples / --words shrink it.
 
     python -m benchmarks.bench_vocab                   # 200000 x 256, K=2048, 10 iters
     python -m benchmarks.bench_vocab --smoke           # seconds
@@ -98,11 +99,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--features", choices=("convnet", "gmm"), default="convnet")
     parser.add_argument("--image-size", type=int, default=16, help="convnet features: image side")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads of both (faiss OpenMP, sklearn OpenMP/BLAS, torch); 0 = default")
     parser.add_argument("--smoke", action="store_true", help="tiny, seconds")
     args = parser.parse_args(argv)
     if args.smoke:
         args.samples, args.channels, args.words, args.iters = 2000, 32, 16, 3
+    import faiss
+    from threadpoolctl import threadpool_limits
 
+    threads_before = (torch.get_num_threads(), faiss.omp_get_max_threads())
+    threads = args.threads or threads_before[0]
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            return _run(args, threads)
+    finally:              # main() may be called in-process (tests): restore global state
+        torch.set_num_threads(threads_before[0])
+        faiss.omp_set_num_threads(threads_before[1])
+
+
+def _run(args: argparse.Namespace, threads: int) -> dict:
     start = time.perf_counter()
     if args.features == "convnet":
         x = convnet_features(args.samples, args.channels, args.image_size, args.seed)
@@ -115,14 +133,14 @@ def main(argv: list[str] | None = None) -> dict:
     faiss_inertia, sk_inertia = inertia(x, faiss_words), inertia(x, sk_words)
 
     print(f"{args.features} features {tuple(x.shape)} ({feature_seconds:.1f} s to make), "
-          f"K={args.words}, {args.iters} iterations, torch threads {torch.get_num_threads()}")
+          f"K={args.words}, {args.iters} iterations, {threads} threads each")
     print(f"{'k-means':<40}{'seconds':>10}{'inertia':>16}")
     print(f"{'BASELINE sklearn KMeans lloyd':<40}{sk_s:>10.2f}{sk_inertia:>16.6g}")
     print(f"{'faiss bow.kmeans':<40}{faiss_s:>10.2f}{faiss_inertia:>16.6g}")
     print(f"speed-up faiss vs sklearn {sk_s / faiss_s:.1f}x; inertia ratio faiss / sklearn "
           f"{faiss_inertia / sk_inertia:.4f}")
     result = {"features": args.features, "samples": int(x.shape[0]), "channels": int(x.shape[1]),
-              "words": args.words, "iters": args.iters, "threads": torch.get_num_threads(),
+              "words": args.words, "iters": args.iters, "threads": threads,
               "sklearn_seconds": round(sk_s, 3), "faiss_seconds": round(faiss_s, 3),
               "speedup": round(sk_s / faiss_s, 2), "sklearn_inertia": sk_inertia,
               "faiss_inertia": faiss_inertia, "inertia_ratio": round(faiss_inertia / sk_inertia, 5)}

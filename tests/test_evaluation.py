@@ -82,13 +82,15 @@ def test_linear_probe_matches_sklearn_logistic_regression():
     assert abs(ours - ref_acc) < 3.0, (ours, ref_acc)
 
 
-def test_linear_probe_deterministic_and_restores_threads():
+def test_linear_probe_deterministic_and_thread_count_restored():
     x, y = clusters(4, 60, 16, spread=6.0)
     a = linear_probe(x[:160], y[:160], x[160:], y[160:], 4, epochs=10, seed=3)
-    torch.set_num_threads(2)  # the probe runs on one thread internally and must restore this
+    torch.set_num_threads(2)  # probe and few-shot run on one thread and must restore this
     b = linear_probe(x[:160], y[:160], x[160:], y[160:], 4, epochs=10, seed=3)
     assert torch.get_num_threads() == 2
     assert a == b
+    few_shot(x, y, n_way=3, shots=[1], n_query=5, n_episodes=4)
+    assert torch.get_num_threads() == 2
 
 
 def test_linear_probe_rejects_bad_labels():
