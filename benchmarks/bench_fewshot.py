@@ -52,19 +52,13 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, about a second")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="timed rounds (default 3, smoke 1)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # what few_shot / few_shot_reference_loop use internally anyway
-
-    if args.smoke:
-        n_classes, per_class, dim, shots, episodes, rounds = 5, 100, 64, [1, 5], 100, 1
+def benchmark(smoke: bool, rounds: int | None = None) -> dict:
+    """Time both implementations on the same episodes, print a table; return the RESULT dict."""
+    if smoke:
+        n_classes, per_class, dim, shots, episodes = 5, 100, 64, [1, 5], 100
     else:
-        n_classes, per_class, dim, shots, episodes, rounds = 5, 1000, 256, [1, 5, 10, 50], 1000, 3
-    rounds = args.rounds or rounds
+        n_classes, per_class, dim, shots, episodes = 5, 1000, 256, [1, 5, 10, 50], 1000
+    rounds = rounds or (1 if smoke else 3)
     n_way, n_query, seed, per_batch = 5, 15, 0, 256
 
     x, y = synthetic_features(n_classes, per_class, dim)
@@ -91,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"few-shot {n_way}-way, {n_query} queries/class, {episodes} episodes per shot count, "
           f"shots {shots}; features {n_classes} x {per_class} x D={dim}; "
-          f"{os.cpu_count()} CPUs; median of {rounds} rounds")
+          f"{os.cpu_count()} CPUs, 1 torch thread; median of {rounds} rounds")
     print(f"{'shots':>5}  {'mean %':>8}  {'ci95 %':>7}")
     for n in shots:
         print(f"{n:>5}  {batched_res[n]['mean']:8.3f}  {batched_res[n]['ci95']:7.3f}")
@@ -101,9 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  of which episode drawing  {draw_s:8.3f} s (shared by both)")
     print(f"results identical: {match}")
 
-    result = {
+    return {
         "benchmark": "fewshot",
-        "smoke": args.smoke,
+        "smoke": smoke,
         "n_classes": n_classes, "per_class": per_class, "dim": dim,
         "n_way": n_way, "n_query": n_query, "shots": shots, "episodes": episodes,
         "episodes_per_batch": per_batch, "cpus": os.cpu_count(), "rounds": rounds,
@@ -113,8 +107,23 @@ def main(argv: list[str] | None = None) -> dict:
         "accuracy": {str(n): {"mean": round(r["mean"], 3), "ci95": round(r["ci95"], 3)}
                      for n, r in batched_res.items()},
     }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, about a second")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="timed rounds (default 3, smoke 1)")
+    args = parser.parse_args(argv)
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as few_shot / few_shot_reference_loop do internally anyway
+    try:
+        result = benchmark(args.smoke, args.rounds)
+    finally:
+        torch.set_num_threads(previous_threads)
     print("RESULT " + json.dumps(result))
-    if not match:
+    if not result["match"]:
         raise SystemExit("batched few_shot differs from the reference loop")
     return result
 

@@ -272,10 +272,10 @@ def _draw_episode_images(
     of an episode are distinct, drawn uniformly among the classes present in y).
 
     Every image of a class gets a uniform float64 key and the per_class smallest keys are
-    kept, in increasing order. So the first k columns are the same for any per_class >= k:
-    one draw at max(shots) + n_query serves every shot count, and equals what
-    `sample_episodes` returns for each of them. (float64 keys: a tie, the only thing that
-    could break this, has probability ~N^2 / 2^53.)
+    kept, in increasing order. So the first k columns are the same for any per_class >= k,
+    and one draw at n_query + max(shots) serves every shot count (see `sample_episodes` for
+    how columns are split). (float64 keys: a tie, the only thing that could break this, has
+    probability ~count^2 / 2^53 per class, about 1e-10 for 1,000 images.)
     """
     classes, y_class = torch.unique(y.cpu(), return_inverse=True)  # y_class [N] in 0..C-1
     num_cls = classes.numel()
@@ -319,12 +319,15 @@ def sample_episodes(
     query[e, w, :] is w. Support and query images never overlap.
 
     Depends only on (y, n_way, n_shot, n_query, n_episodes, seed), never on features, so
-    every model evaluated with the same seed sees the same episodes. For one seed the shot
-    counts are nested: the 1-shot support is the first image of the 5-shot support, and all
-    shot counts share each episode's classes.
+    every model evaluated with the same seed sees the same episodes. Within one seed the
+    shot counts are paired: the queries are the first n_query drawn images of each class and
+    the support the next n_shot, so every shot count answers the same queries with nested
+    supports (the 1-shot support is the first image of the 5-shot one). Differences between
+    shot counts are then free of query-sampling noise, and `few_shot` gathers each query
+    batch once for all shot counts.
     """
-    images = _draw_episode_images(y, n_way, n_shot + n_query, n_episodes, seed)
-    return images[..., :n_shot], images[..., n_shot:]
+    images = _draw_episode_images(y, n_way, n_query + n_shot, n_episodes, seed)
+    return images[..., n_query:], images[..., :n_query]
 
 
 def _summarise(correct: Tensor, n_queries: int) -> dict:
@@ -348,15 +351,15 @@ def _prepare_few_shot(
 ) -> tuple[Tensor, Tensor]:
     """Validate, then return (normalised float32 features [N, D], episode images [E, W, P]).
 
-    P = max(shots) + n_query; for shot count n, support = images[..., :n] and
-    query = images[..., n : n + n_query] (see `_draw_episode_images`).
+    P = n_query + max(shots); query = images[..., :n_query] for every shot count n, and
+    support = images[..., n_query : n_query + n] (as in `sample_episodes`).
     """
     _check_pair(x, y, "few_shot")
     if n_episodes < 1:
         raise ValueError(f"few-shot: n_episodes must be >= 1, got {n_episodes}")
     labels, counts = torch.unique(y.cpu(), return_counts=True)
     check_few_shot({str(int(c)): int(n) for c, n in zip(labels, counts)}, n_way, shots, n_query)
-    images = _draw_episode_images(y, n_way, max(shots) + n_query, n_episodes, seed)
+    images = _draw_episode_images(y, n_way, n_query + max(shots), n_episodes, seed)
     # float32: the batched path is bound by reading the query rows, and float64 made it
     # 2-3x slower. Both paths share every float op (same normalised features, same
     # embedding_bag prototypes, same gathered queries) except bmm vs mm for the final
@@ -402,24 +405,22 @@ def few_shot(
 
     Episodes come from the labels and the seed only (`sample_episodes`), so two models
     evaluated with the same seed answer the same episodes. A batch of B = episodes_per_batch
-    episodes is one embedding_bag (prototypes), one gather (queries) and one bmm; its largest
-    temporary is the query block, B * n_way * n_query * D * 4 bytes
-    (256 * 5 * 15 * 256 * 4 = 20 MB). Runs on one intra-op thread (_one_intra_op_thread).
+    episodes is one gather of its queries (shared by all shot counts), then per shot count
+    one embedding_bag (prototypes) and one bmm. The largest temporary is the query block,
+    B * n_way * n_query * D * 4 bytes (256 * 5 * 15 * 256 * 4 = 20 MB). Runs on one
+    intra-op thread (_one_intra_op_thread).
     """
     xn, images = _prepare_few_shot(x, y, n_way, shots, n_query, n_episodes, seed)
     labels = torch.arange(n_way, device=xn.device).repeat_interleave(n_query)  # [W*Q]
-    results = {}
-    for n in shots:
-        support, query = images[..., :n], images[..., n : n + n_query]          # [E, W, n|Q]
-        correct = []
-        for start in range(0, n_episodes, episodes_per_batch):
-            protos = _prototypes(xn, support[start : start + episodes_per_batch])  # [B, W, D]
-            q_idx = query[start : start + episodes_per_batch]                     # [B, W, Q]
-            queries = xn[q_idx.reshape(q_idx.shape[0], -1)]                       # [B, W*Q, D]
-            sim = torch.bmm(queries, protos.transpose(1, 2))                      # [B, W*Q, W]
-            correct.append((sim.argmax(dim=2) == labels).sum(dim=1))             # [B]
-        results[n] = _summarise(torch.cat(correct), n_way * n_query)
-    return results
+    correct = {n: [] for n in shots}
+    for start in range(0, n_episodes, episodes_per_batch):
+        batch = images[start : start + episodes_per_batch]                 # [B, W, P]
+        queries = xn[batch[..., :n_query].reshape(batch.shape[0], -1)]     # [B, W*Q, D]
+        for n in shots:  # same queries for every shot count; only the prototypes change
+            protos = _prototypes(xn, batch[..., n_query : n_query + n])    # [B, W, D]
+            sim = torch.bmm(queries, protos.transpose(1, 2))               # [B, W*Q, W]
+            correct[n].append((sim.argmax(dim=2) == labels).sum(dim=1))   # [B]
+    return {n: _summarise(torch.cat(correct[n]), n_way * n_query) for n in shots}
 
 
 @_one_intra_op_thread()
@@ -446,10 +447,11 @@ def few_shot_reference_loop(
     for n in shots:
         correct = torch.zeros(n_episodes, dtype=torch.int64)
         for e in range(n_episodes):
-            support, query = images[e, :, :n], images[e, :, n : n + n_query]  # [W, n], [W, Q]
-            protos = _prototypes(xn, support)                                 # [W, D]
-            queries = xn[query.reshape(-1)]                                   # [W*Q, D]
-            pred = (queries @ protos.T).argmax(dim=1)                         # [W*Q]
+            query = images[e, :, :n_query]                      # [W, Q]
+            support = images[e, :, n_query : n_query + n]       # [W, n]
+            protos = _prototypes(xn, support)                   # [W, D]
+            queries = xn[query.reshape(-1)]                     # [W*Q, D]
+            pred = (queries @ protos.T).argmax(dim=1)           # [W*Q]
             correct[e] = int((pred == labels).sum())
         results[n] = _summarise(correct, n_way * n_query)
     return results

@@ -22,10 +22,11 @@ from bowflow.evaluation import (
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    """Run each test on one intra-op thread, then restore the count.
+    """Run each test on one intra-op thread, then restore the count (tests may change it).
 
-    The tensors here are tiny, so threads only add synchronisation; on a shared machine a
-    2-thread run of the per-episode loop measured 20x slower than this.
+    The probe and few-shot functions pin themselves to one thread; this does the same for
+    k-NN and the helpers, whose tensors here are tiny, so that test time does not swing
+    with the load of a shared machine.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -188,8 +189,9 @@ def test_sample_episodes_are_valid_nested_and_feature_free():
     assert torch.equal(again[0], support) and torch.equal(again[1], query)
     other = sample_episodes(y, 5, 5, 6, 50, seed=2)
     assert not torch.equal(other[0], support)
-    one_shot, _ = sample_episodes(y, 5, 1, 6, 50, seed=1)
-    assert torch.equal(one_shot, support[..., :1]), "shot counts share classes and orderings"
+    one_shot, one_shot_query = sample_episodes(y, 5, 1, 6, 50, seed=1)
+    assert torch.equal(one_shot, support[..., :1]), "supports are nested across shot counts"
+    assert torch.equal(one_shot_query, query), "every shot count answers the same queries"
 
 
 def episode_accuracies_numpy(x, y, n_way, n, n_query, n_episodes, seed):

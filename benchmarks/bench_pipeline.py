@@ -1,0 +1,158 @@
+"""Pipeline overhead: a no-op `dvc repro`, and the way from a params edit to training.
+
+Everything runs in a scratch copy of the project (`tests/tiny_params.make_project` with
+the tiny params: digits at 8 px, seconds per stage), with the project venv's bin first on
+PATH and PYTHONUNBUFFERED=1:
+
+1. `dvc repro` once, so that everything is cached (timed, for reference).
+2. BASELINE: a bare `python -c "import torch"`, the fixed cost of one stage process.
+   Candidate: a no-op `dvc repro` (nothing changed, nothing runs). Both are repeated
+   --repeats times, alternately; medians and their ratio are reported.
+3. `generations.g2.student.epochs` += 1 (via `write_params`), then `dvc repro`, reading
+   its merged output line by line (tqdm's carriage returns split lines too) and stamping
+   the wall time since launch of:
+       check_params   "Running stage 'check_params'" (params.yaml changed)
+       student_start  "Running stage 'student@g2'"
+       first_log      the stage's first "[bowflow ...]" log line (process up, imports done)
+       first_step     tqdm's first render of "epoch 1/": the loop is about to run step 1
+       first_epoch    the "epoch=1 " log line: epoch 1 done
+       done           dvc exits (evaluate@g2 and report rerun after the student)
+   The student's startup (student_start -> first_step) is also given as a ratio to the
+   bare `import torch` baseline. No project code is changed for any of this.
+
+    python -m benchmarks.bench_pipeline            # full tiny pipeline, ~minutes
+    python -m benchmarks.bench_pipeline --smoke    # only the check_params stage, seconds
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS = {  # name -> regex of the line that marks it (searched after the previous event)
+    "check_params": r"Running stage 'check_params'",
+    "student_start": r"Running stage 'student@g2'",
+    "first_log": r"^\[bowflow \d\d:\d\d:\d\d\]",
+    "first_step": r"epoch 1/\d+",
+    "first_epoch": r"\bepoch=1 ",
+}
+
+
+def _env() -> dict:
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1"}
+
+
+def timed(command: list[str], cwd: Path) -> float:
+    """Wall seconds of one command (which must succeed)."""
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return seconds
+
+
+def stamped_run(command: list[str], cwd: Path, events: dict[str, str]) -> tuple[dict, list[str]]:
+    """Run `command`, stamping (seconds since launch) the first line matching each event's
+    regex in order. -> ({event: seconds or None, "done": seconds}, names of stages run)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=cwd, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    pending = list(events.items())
+    stamps: dict[str, float | None] = {name: None for name in events}
+    lines, buffer = [], b""
+    while True:
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        now = time.perf_counter() - start
+        parts = re.split(rb"[\r\n]", buffer + chunk)
+        buffer = parts.pop()
+        for raw in parts:
+            line = raw.decode(errors="replace")
+            lines.append(line)
+            while pending and re.search(pending[0][1], line):
+                stamps[pending.pop(0)[0]] = now
+    lines.append(buffer.decode(errors="replace"))
+    code = proc.wait()
+    stamps["done"] = time.perf_counter() - start
+    if code != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n" + "\n".join(lines[-40:]))
+    stages = re.findall(r"Running stage '([^']+)'", "\n".join(lines))
+    return stamps, stages
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="no-op repro / import torch runs")
+    parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--smoke", action="store_true", help="only the check_params stage")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.repeats = 1
+    if args.workdir is not None:
+        return _run(args, args.workdir)
+    with tempfile.TemporaryDirectory(prefix="bowflow-bench-") as scratch:
+        return _run(args, Path(scratch))
+
+
+def _run(args: argparse.Namespace, scratch: Path) -> dict:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_params import make_project, tiny_params, write_params
+
+    params = tiny_params()
+    project = make_project(scratch / "project", params)
+    target = ["check_params"] if args.smoke else []
+    repro = ["dvc", "repro", *target]
+    initial = timed(repro, project)
+
+    imports, noops = [], []
+    for _ in range(args.repeats):
+        imports.append(timed([sys.executable, "-c", "import torch"], project))
+        noops.append(timed(repro, project))
+    import_s, noop_s = statistics.median(imports), statistics.median(noops)
+
+    params["generations"]["g2"]["student"]["epochs"] += 1
+    write_params(project, params)
+    events = {"check_params": EVENTS["check_params"]} if args.smoke else EVENTS
+    stamps, stages = stamped_run(repro, project, events)
+    startup = (stamps["first_step"] - stamps["student_start"]
+               if stamps.get("first_step") is not None and stamps.get("student_start") is not None
+               else None)
+
+    print(f"scratch project {project} ({'check_params only' if args.smoke else 'tiny params'}); "
+          f"first full dvc repro {initial:.1f} s")
+    print(f"{'process':<40}{'seconds':>10}{'ratio':>8}")
+    baseline = 'BASELINE python -c "import torch"'
+    print(f"{baseline:<40}{import_s:>10.2f}{1.0:>8.2f}")
+    print(f"{'no-op dvc repro':<40}{noop_s:>10.2f}{noop_s / import_s:>8.2f}")
+    print(f"after editing generations.g2.student.epochs, dvc repro reran {stages}:")
+    for name, seconds in stamps.items():
+        shown = "-" if seconds is None else f"{seconds:.2f} s"
+        print(f"  {name:<16}{shown:>10}")
+    if startup is not None:
+        print(f"student@g2 startup (stage start -> first step) {startup:.2f} s = "
+              f"{startup / import_s:.2f} x import torch")
+    result = {"smoke": args.smoke, "repeats": args.repeats, "initial_repro_seconds": round(initial, 3),
+              "import_torch_seconds": round(import_s, 3), "noop_repro_seconds": round(noop_s, 3),
+              "ratio_noop_vs_import": round(noop_s / import_s, 2),
+              "rerun_stages": stages,
+              "rerun_seconds": {k: (None if v is None else round(v, 3)) for k, v in stamps.items()},
+              "student_startup_seconds": None if startup is None else round(startup, 3),
+              "ratio_startup_vs_import": None if startup is None else round(startup / import_s, 2)}
+    print("RESULT " + json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The benchmarks run (--smoke) and report what they promise; select_compute reads the cache
+that bench_compute --save writes. No timing is asserted anywhere."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bowflow import compute
+from bowflow.methods import get_method
+from bowflow.methods.bownet import BoWNetParams
+from bowflow.methods.rotnet import RotNetParams
+from bowflow.models import Normalizer
+from bowflow.networks import build_backbone
+from bowflow.train import autocast_context
+
+
+def positive(result: dict, *keys: str) -> None:
+    for key in keys:
+        assert result[key] > 0, key
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOWFLOW_CACHE", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("method", ["rotnet", "bownet"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_training_steps_run_under_cpu_bf16_autocast(method, channels_last):
+    images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
+    context = {"normalizer": Normalizer([0.5] * 3, [0.25] * 3), "image_size": 8,
+               "codes": torch.randint(0, 16, (8, 16)), "num_words": 16}
+    params = (RotNetParams if method == "rotnet" else BoWNetParams)(method=method, width=8)
+    model = get_method(method)(params, build_backbone("convnet", 8), context)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    with autocast_context(torch.device("cpu"), bf16=True):
+        loss, stats = model.training_step(images, torch.arange(8), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in stats.values())
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_select_compute_defaults_and_broken_cache(cache_dir):
+    assert compute.select_compute(torch.device("cpu")) == compute.DEFAULT_CPU
+    assert compute.select_compute(torch.device("cuda")) == {"bf16": True, "channels_last": True,
+                                                            "threads": 0}
+    compute.cache_path().write_text("{not json")
+    assert compute.select_compute(torch.device("cpu")) == compute.DEFAULT_CPU
+    compute.cache_path().write_text(json.dumps({"choice": {"bf16": "yes"}}))
+    assert compute.select_compute(torch.device("cpu")) == compute.DEFAULT_CPU
+
+
+def test_bench_compute_smoke_saves_the_choice(cache_dir, capsys):
+    from benchmarks.bench_compute import MODES, main
+
+    threads = torch.get_num_threads()
+    result = main(["--smoke", "--save"])
+    assert torch.get_num_threads() == threads
+    assert "RESULT " in capsys.readouterr().out
+    assert {row["mode"] for row in result["modes"]} == set(MODES)
+    for row in result["modes"]:
+        positive(row, "images_per_s", "ratio", "gflops")
+    for peak in result["matmul_gflops"].values():
+        positive(peak, "fp32", "bf16")
+    for fastest in result["fastest"].values():
+        positive(fastest, "gflops", "fraction_of_fp32_matmul")
+    assert all(v > 0 for v in result["gflop_per_step"].values())
+    assert result["saved"].startswith(str(cache_dir))
+    assert compute.select_compute(torch.device("cpu")) == result["choice"]
+
+
+def test_bench_targets_smoke_methods_agree(capsys):
+    from benchmarks.bench_targets import main
+
+    result = main(["--smoke"])
+    assert "RESULT " in capsys.readouterr().out
+    positive(result, "baseline_images_per_s", "A_images_per_s", "B_images_per_s",
+             "B_with_assign_images_per_s", "ratio_A", "ratio_B", "assign_seconds")
+    assert result["agree"]
+    assert result["code_agreement"]["A_vs_B"] == 1.0
+
+
+def test_bench_vocab_smoke(capsys):
+    from benchmarks.bench_vocab import main
+
+    result = main(["--smoke"])
+    assert "RESULT " in capsys.readouterr().out
+    positive(result, "sklearn_seconds", "faiss_seconds", "speedup", "sklearn_inertia",
+             "faiss_inertia", "inertia_ratio")
+
+
+def test_bench_pipeline_smoke(capsys):
+    from benchmarks.bench_pipeline import main
+
+    result = main(["--smoke"])
+    assert "RESULT " in capsys.readouterr().out
+    positive(result, "initial_repro_seconds", "import_torch_seconds", "noop_repro_seconds",
+             "ratio_noop_vs_import")
+    assert result["rerun_stages"] == ["check_params"]
+    positive(result["rerun_seconds"], "check_params", "done")
