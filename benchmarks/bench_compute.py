@@ -5,14 +5,16 @@ head, soft cross-entropy) on synthetic uint8 images [B, 3, S, S] with random BoW
 then backward and an SGD (Nesterov) step, exactly as the inner loop of `bowflow.train`.
 Modes (each with its own model and optimiser):
     eager_fp32           the default
-    channels_last_fp32   model and inputs in NHWC (`to(memory_format=channels_last)`)
+    channels_last_fp32   model in NHWC as `train(channels_last=True)` does (convolutions
+                         then produce NHWC activations)
     bf16                 `torch.autocast("cpu", bfloat16)` around the step
     bf16_channels_last   both
 each at every torch thread count in --threads (plus torch's default count).
 
 BASELINE: eager_fp32 at torch's default thread count; every mode prints its ratio to it.
-Timing: after warm-up steps, rounds interleave all (mode, threads) pairs so that a change
-of machine load hits them alike; each pair's rate is from its median round.
+Timing: after warm-up steps, rounds interleave all (mode, threads) pairs and the peak
+matmuls, so that a change of machine load hits them alike; each pair's rate (and each
+peak) is its best round, the least disturbed one on a shared machine.
 
 FLOPs per step: `torch.utils.flop_counter.FlopCounterMode` over one eager fp32 step,
 forward + backward (2 FLOPs per multiply-add of aten mm/bmm/baddbmm/convolution and
@@ -24,6 +26,11 @@ AVX512-BF16 or AMX it is well above the fp32 peak, so a bf16 step can exceed 100
 
     python -m benchmarks.bench_compute                # 16 and 32 px, B=128, convnet w32
     python -m benchmarks.bench_compute --save         # ... and cache the fastest mode
+
+--save writes the (mode, threads) with the best geometric-mean ratio over --sizes (kept
+at eager fp32 unless it gains --min-gain) to `bowflow.compute.cache_path()`, which
+`select_compute` reads. Measure on an otherwise idle machine: under load from other
+processes two OpenMP threads on two cores wait on each other and one thread wins.
     python -m benchmarks.bench_compute --smoke        # tiny, seconds
 """
 from __future__ import annotations
@@ -96,22 +103,25 @@ def step_flops(size: int, width: int, batch: int, words: int) -> int:
 
 
 def matmul_gflops(n: int, dtype: torch.dtype, reps: int) -> float:
-    """Median GFLOP/s of a dense n x n @ n x n matmul (2 n^3 FLOPs) at the current threads."""
+    """Best-of-`reps` GFLOP/s of a dense n x n @ n x n matmul (2 n^3 FLOPs), current threads."""
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(dtype)
     b = torch.randn(n, n, generator=gen).to(dtype)
     out = torch.empty(n, n, dtype=dtype)
     torch.mm(a, b, out=out)                                      # warm-up
-    times = []
+    best = float("inf")
     for _ in range(reps):
         start = time.perf_counter()
         torch.mm(a, b, out=out)
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
 
 
-def measure_size(size: int, args, thread_counts: list[int]) -> dict[tuple[str, int], float]:
-    """-> images/s of every (mode, threads) pair at one image size (median round)."""
+def measure_size(size: int, args, thread_counts: list[int], peak: dict) -> dict[tuple[str, int], float]:
+    """-> images/s of every (mode, threads) pair at one image size (best round).
+
+    Each round also re-measures the matmul peaks, updating `peak[threads][dtype]` (max).
+    """
     runners = {mode: StepRunner(size, args.width, args.batch_size, args.words, bf16, cl)
                for mode, (bf16, cl) in MODES.items()}
     for threads in thread_counts:                                # warm-up every pair
@@ -119,17 +129,20 @@ def measure_size(size: int, args, thread_counts: list[int]) -> dict[tuple[str, i
         for runner in runners.values():
             for _ in range(args.warmup):
                 runner.step()
-    rounds: dict[tuple[str, int], list[float]] = {}
+    rates: dict[tuple[str, int], float] = {}
     for _ in range(args.rounds):
         for threads in thread_counts:
             torch.set_num_threads(threads)
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+                gflops = matmul_gflops(args.matmul, dtype, args.matmul_reps)
+                peak.setdefault(threads, {})[name] = max(peak.get(threads, {}).get(name, 0.0), gflops)
             for mode, runner in runners.items():
                 start = time.perf_counter()
                 for _ in range(args.steps):
                     runner.step()
-                seconds = time.perf_counter() - start
-                rounds.setdefault((mode, threads), []).append(args.steps * args.batch_size / seconds)
-    return {key: statistics.median(rates) for key, rates in rounds.items()}
+                rate = args.steps * args.batch_size / (time.perf_counter() - start)
+                rates[(mode, threads)] = max(rates.get((mode, threads), 0.0), rate)
+    return rates
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -144,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per pair per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--matmul", type=int, default=2048, help="N of the peak matmul")
+    parser.add_argument("--matmul-reps", type=int, default=3, help="matmuls per dtype per round")
     parser.add_argument("--min-gain", type=float, default=0.03,
                         help="--save keeps the default mode unless another is this much faster")
     parser.add_argument("--save", action="store_true",
@@ -175,22 +189,18 @@ def _run(args: argparse.Namespace, default_threads: int) -> dict:
     if args.smoke:
         args.sizes, args.width, args.batch_size, args.words = "8", 8, 16, 16
         args.threads, args.warmup, args.steps, args.rounds, args.matmul = "1", 1, 1, 1, 256
+        args.matmul_reps = 2
     sizes = [int(s) for s in args.sizes.split(",")]
     thread_counts = sorted({int(t) for t in args.threads.split(",")} | {default_threads})
 
-    peak = {}
-    for threads in thread_counts:
-        torch.set_num_threads(threads)
-        reps = 3 if args.smoke else 10
-        peak[threads] = {"fp32": matmul_gflops(args.matmul, torch.float32, reps),
-                         "bf16": matmul_gflops(args.matmul, torch.bfloat16, reps)}
-    torch.set_num_threads(default_threads)
-
+    peak: dict[int, dict[str, float]] = {}
     rates, flops, rows, fastest = {}, {}, [], {}
     for size in sizes:
         torch.set_num_threads(default_threads)
         flops[size] = step_flops(size, args.width, args.batch_size, args.words)
-        rates[size] = measure_size(size, args, thread_counts)
+        rates[size] = measure_size(size, args, thread_counts, peak)
+    torch.set_num_threads(default_threads)
+    for size in sizes:
         base = rates[size][(BASELINE, default_threads)]
         print(f"\nconvnet w{args.width}, {size}x{size}, batch {args.batch_size}, K={args.words}: "
               f"{flops[size] / 1e9:.2f} GFLOP per step (fwd+bwd)")

@@ -83,6 +83,9 @@ def stamped_run(command: list[str], cwd: Path, events: dict[str, str]) -> tuple[
             lines.append(line)
             while pending and re.search(pending[0][1], line):
                 stamps[pending.pop(0)[0]] = now
+        partial = buffer.decode(errors="replace")   # tqdm's first render ends in no newline
+        while pending and re.search(pending[0][1], partial):
+            stamps[pending.pop(0)[0]] = now
     lines.append(buffer.decode(errors="replace"))
     code = proc.wait()
     stamps["done"] = time.perf_counter() - start
@@ -131,7 +134,7 @@ def _run(args: argparse.Namespace, scratch: Path) -> dict:
                else None)
 
     print(f"scratch project {project} ({'check_params only' if args.smoke else 'tiny params'}); "
-          f"first full dvc repro {initial:.1f} s")
+          f"first {' '.join(repro)} {initial:.1f} s")
     print(f"{'process':<40}{'seconds':>10}{'ratio':>8}")
     baseline = 'BASELINE python -c "import torch"'
     print(f"{baseline:<40}{import_s:>10.2f}{1.0:>8.2f}")

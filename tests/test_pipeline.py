@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +17,9 @@ import pytest
 from tiny_params import make_project, tiny_params, write_params
 
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+# An empty BOWFLOW_CACHE: no per-machine compute choice (bench_compute --save) leaks in.
+ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
+       "BOWFLOW_CACHE": tempfile.mkdtemp(prefix="bowflow-test-cache-")}
 TIMING_KEYS = {"wall_seconds", "peak_rss_mb", "peak_gpu_mb"}
 
 pytestmark = pytest.mark.slow
