@@ -10,7 +10,6 @@ Features are extracted once per model and shared by the three protocols:
 """
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import torch

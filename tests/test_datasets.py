@@ -1,7 +1,6 @@
 """Tests for bowflow.datasets: sources, robustness, Parquet round trip, class splits."""
 from __future__ import annotations
 
-import json
 import tarfile
 from pathlib import Path
 
