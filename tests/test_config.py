@@ -27,6 +27,26 @@ def test_shipped_params_are_valid(params):
     assert list(checked["generations"]) == ["g1", "g2"]
 
 
+@pytest.mark.parametrize("preset", sorted((ROOT / "presets").glob("*.yaml")), ids=lambda p: p.name)
+def test_presets_are_valid(preset):
+    checked = validate_params(load_yaml(preset))
+    assert checked["data"].source == "imagefolder"
+
+
+def test_gpu_preset_scales_the_cpu_preset_through_params_only():
+    """Same data split and recipe; only network size, epochs, batch and vocabulary differ."""
+    cpu, gpu = (load_yaml(ROOT / "presets" / f"cifar10-{kind}.yaml") for kind in ("cpu", "gpu"))
+    assert cpu["data"] == gpu["data"] and cpu["seed"] == gpu["seed"]
+    scale = {"arch", "width", "depth", "epochs", "batch_size", "size", "samples"}
+    for name in ("teacher", "evaluate"):
+        assert {k for k in cpu[name] if cpu[name][k] != gpu[name][k]} <= scale
+    for gen in cpu["generations"]:
+        for part in ("vocab", "student"):
+            a, b = cpu["generations"][gen][part], gpu["generations"][gen][part]
+            assert {k for k in a if a[k] != b[k]} <= scale
+    assert gpu["teacher"]["epochs"] > cpu["teacher"]["epochs"]
+
+
 def test_unknown_key_is_named(params):
     bad = copy.deepcopy(params)
     bad["teacher"]["epoch"] = 3
