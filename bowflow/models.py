@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from bowflow.io import load_torch, save_torch
 from bowflow.networks import Backbone, build_backbone
@@ -64,11 +65,16 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Ba
 
 @torch.no_grad()
 def pooled_features(backbone: Backbone, normalizer: Normalizer, images: torch.Tensor, layer: str,
-                    batch_size: int, device: torch.device) -> torch.Tensor:
-    """uint8 images [N, 3, H, W] -> globally average-pooled features [N, C] of `layer` (CPU)."""
+                    batch_size: int, device: torch.device, progress: str = "") -> torch.Tensor:
+    """uint8 images [N, 3, H, W] -> globally average-pooled features [N, C] of `layer` (CPU).
+
+    Runs in fp32 in the default layout, so that evaluation does not depend on the training
+    compute choice. `progress`, when given, labels a progress bar over the batches.
+    """
     backbone.eval()
     chunks = []
-    for start in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc=progress, disable=not progress, leave=False, mininterval=2.0):
         x = normalizer(images[start:start + batch_size].to(device))
         chunks.append(backbone.pooled(x, layer).float().cpu())
     return torch.cat(chunks)

@@ -10,6 +10,7 @@ Features are extracted once per model and shared by the three protocols:
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -49,10 +50,14 @@ def main(argv=None):
     backbone, normalizer, record = load_model(args.model, device)
     train, test = load_prepared(args.prepared, "train"), load_prepared(args.prepared, "test")
     names = manifest["class_names"]
-    log(f"extracting {params.layer} features of {record['name']} for "
-        f"{len(train['labels']) + len(test['labels'])} images")
-    f_train = pooled_features(backbone, normalizer, train["images"], params.layer, params.batch_size, device)
-    f_test = pooled_features(backbone, normalizer, test["images"], params.layer, params.batch_size, device)
+    n_images = len(train["labels"]) + len(test["labels"])
+    log(f"extracting {params.layer} features of {record['name']} for {n_images} images")
+    started = time.perf_counter()
+    f_train, f_test = (pooled_features(backbone, normalizer, split["images"], params.layer,
+                                       params.batch_size, device, progress=f"features ({name})")
+                       for name, split in (("train", train), ("test", test)))
+    seconds = time.perf_counter() - started
+    log(f"features {list(f_train.shape[1:])} in {seconds:.1f} s ({n_images / seconds:.0f} images/s)")
     y_train, y_test = train["labels"], test["labels"]
 
     base_train, base_test = (class_mask(y_train, names, manifest["base_classes"]),
@@ -74,7 +79,8 @@ def main(argv=None):
                "layer": params.layer, "feature_dim": f_train.shape[1],
                "linear_base": round(linear["accuracy"], 3), "knn_all": round(knn, 3),
                "few_shot": {str(n): {k: round(v, 3) for k, v in r.items()} for n, r in few.items()},
-               "parameters": count_parameters(backbone), **clock.summary()}
+               "parameters": count_parameters(backbone),
+               "feature_images_per_second": round(n_images / seconds, 1), **clock.summary()}
     write_json(args.out, metrics)
     log(f"{record['name']}: linear {metrics['linear_base']:.2f} k-NN {metrics['knn_all']:.2f} "
         + " ".join(f"{n}-shot {r['mean']:.2f}±{r['ci95']:.2f}" for n, r in few.items()))

@@ -20,7 +20,7 @@ BIN = Path(sys.executable).parent
 # An empty BOWFLOW_CACHE: no per-machine compute choice (bench_compute --save) leaks in.
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
        "BOWFLOW_CACHE": tempfile.mkdtemp(prefix="bowflow-test-cache-")}
-TIMING_KEYS = {"wall_seconds", "peak_rss_mb", "peak_gpu_mb"}
+TIMING_KEYS = {"wall_seconds", "peak_rss_mb", "peak_gpu_mb", "feature_images_per_second"}
 
 pytestmark = pytest.mark.slow
 
