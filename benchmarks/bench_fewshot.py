@@ -62,19 +62,18 @@ def benchmark(smoke: bool, rounds: int | None = None) -> dict:
     n_way, n_query, seed, per_batch = 5, 15, 0, 256
 
     x, y = synthetic_features(n_classes, per_class, dim)
-    run = dict(n_way=n_way, shots=shots, n_query=n_query, n_episodes=episodes, seed=seed,
-               episodes_per_batch=per_batch)
+    run = dict(n_way=n_way, shots=shots, n_query=n_query, n_episodes=episodes, seed=seed)
 
     # Warm-up: first-call allocations and lazy initialisation stay out of the timings.
     warm = dict(run, shots=[1], n_episodes=8)
     few_shot_reference_loop(x, y, **warm)
-    few_shot(x, y, **warm)
+    few_shot(x, y, **warm, episodes_per_batch=per_batch)
 
     loop_times, batched_times, draw_times = [], [], []
     for _ in range(rounds):
         t, loop_res = timed(lambda: few_shot_reference_loop(x, y, **run))
         loop_times.append(t)
-        t, batched_res = timed(lambda: few_shot(x, y, **run))
+        t, batched_res = timed(lambda: few_shot(x, y, **run, episodes_per_batch=per_batch))
         batched_times.append(t)
         t, _ = timed(lambda: sample_episodes(y, n_way, max(shots), n_query, episodes, seed))
         draw_times.append(t)

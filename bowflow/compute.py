@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from bowflow.io import write_json
+
 DEFAULT_CPU = {"bf16": False, "channels_last": False, "threads": 0}
 GPU = {"bf16": True, "channels_last": True, "threads": 0}
 
@@ -61,12 +63,9 @@ def save_choice(choice: dict, details: dict | None = None) -> Path:
     if not _valid(choice):
         raise ValueError(f"not a compute choice: {choice}")
     path = cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {"choice": {k: choice[k] for k in DEFAULT_CPU}, "cpu_model": cpu_model(),
               "hostname": socket.gethostname(), "torch": torch.__version__, **(details or {})}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
+    write_json(path, record)
     return path
 
 

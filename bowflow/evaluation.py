@@ -432,15 +432,12 @@ def few_shot_reference_loop(
     n_query: int = 15,
     n_episodes: int = 1000,
     seed: int = 0,
-    episodes_per_batch: int = 256,
 ) -> dict[int, dict]:
     """Same protocol and episodes as `few_shot`, one Python iteration per episode.
 
     Kept as the plain, obviously-correct baseline: the tests check that `few_shot` returns
     exactly the same numbers, and benchmarks/bench_fewshot.py times the two.
-    `episodes_per_batch` is accepted for signature parity and ignored.
     """
-    del episodes_per_batch
     xn, images = _prepare_few_shot(x, y, n_way, shots, n_query, n_episodes, seed)
     labels = torch.arange(n_way, device=xn.device).repeat_interleave(n_query)  # [W*Q]
     results = {}

@@ -53,9 +53,10 @@ def main(argv=None):
     n_images = len(train["labels"]) + len(test["labels"])
     log(f"extracting {params.layer} features of {record['name']} for {n_images} images")
     started = time.perf_counter()
-    f_train, f_test = (pooled_features(backbone, normalizer, split["images"], params.layer,
-                                       params.batch_size, device, progress=f"features ({name})")
-                       for name, split in (("train", train), ("test", test)))
+    f_train = pooled_features(backbone, normalizer, train["images"], params.layer,
+                              params.batch_size, device, progress="features (train)")
+    f_test = pooled_features(backbone, normalizer, test["images"], params.layer,
+                             params.batch_size, device, progress="features (test)")
     seconds = time.perf_counter() - started
     log(f"features {list(f_train.shape[1:])} in {seconds:.1f} s ({n_images / seconds:.0f} images/s)")
     y_train, y_test = train["labels"], test["labels"]
