@@ -227,12 +227,11 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
                "evaluate": check_section(EvalParams, params["evaluate"], "evaluate"),
                "report": check_section(ReportParams, params["report"], "report")}
     for name, gen in checked["generations"].items():
-        student = gen["student"]
-        if student.init == "parent":
-            parent = checked["teacher"] if gen["parent"] == TEACHER_NAME else checked["generations"][gen["parent"]]["student"]
-            if (parent.arch, parent.width, parent.depth) != (student.arch, student.width, student.depth):
-                raise ParamsError(f"generations.{name}.student.init: 'parent' needs the parent's "
-                                  f"architecture ({parent.arch}, width {parent.width}, depth {parent.depth})")
+        parent = checked["teacher"] if gen["parent"] == TEACHER_NAME else checked["generations"][gen["parent"]]["student"]
+        try:
+            gen["student"].check_parent(parent)
+        except ValueError as error:
+            raise ParamsError(f"generations.{name}.student: {error}") from None
     recorded = (manifest or {}).get("source", {})
     if manifest is not None and all(recorded.get(k) == v for k, v in params["data"].items()):
         try:

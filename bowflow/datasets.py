@@ -47,6 +47,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -785,3 +786,37 @@ def load_prepared(prepared_dir: str | os.PathLike, split: str) -> dict[str, Any]
     labels = table.column("label").to_numpy().astype(np.int64)
     return {"images": torch.from_numpy(images), "labels": torch.from_numpy(labels),
             "class_names": json.loads(meta["class_names"])}
+
+
+def ssl_rows(labels: torch.Tensor, manifest: dict) -> torch.Tensor:
+    """Rows of the train split that self-supervised stages may use, in a fixed order.
+
+    The data parameters recorded in the manifest decide: `ssl_classes` is 'base' (the
+    few-shot protocol: novel classes are never seen) or 'all'; `ssl_max_images` > 0 keeps
+    a seeded random subset.
+    """
+    source = manifest["source"]
+    names = manifest["class_names"]
+    allowed = manifest["base_classes"] if source["ssl_classes"] == "base" else names
+    allowed_ids = torch.tensor([names.index(c) for c in allowed])
+    rows = torch.nonzero(torch.isin(labels, allowed_ids)).flatten()
+    limit = source["ssl_max_images"]
+    if 0 < limit < len(rows):
+        keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(source["seed"]))[:limit]
+        rows = rows[keep.sort().values]
+    return rows
+
+
+def load_ssl_split(prepared: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """-> (uint8 images [N_ssl, 3, H, W], labels [N_ssl] int64, manifest): the train-split
+    rows self-supervised stages may use (`ssl_rows`)."""
+    manifest = read_manifest(prepared)
+    train = load_prepared(prepared, "train")
+    rows = ssl_rows(train["labels"], manifest)
+    return train["images"][rows].contiguous(), train["labels"][rows].contiguous(), manifest
+
+
+def load_ssl_images(prepared: str | Path) -> tuple[torch.Tensor, dict]:
+    """-> (uint8 images [N_ssl, 3, H, W], manifest)."""
+    images, _, manifest = load_ssl_split(prepared)
+    return images, manifest

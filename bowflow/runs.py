@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from bowflow.datasets import load_prepared, read_manifest
+from bowflow.datasets import load_ssl_split
 from bowflow.io import write_csv, write_json
 from bowflow.methods import get_method
 from bowflow.methods.base import TrainParams
@@ -15,7 +15,7 @@ from bowflow.models import Normalizer, save_model
 from bowflow.networks import build_backbone, count_parameters
 from bowflow.runtime import StageClock, configure_threads, log, resolve_device, seed_everything
 from bowflow.compute import select_compute
-from bowflow.train import fingerprint, train
+from bowflow.train import TrainingFailed, fingerprint, train
 
 
 def add_training_arguments(parser) -> None:
@@ -29,53 +29,25 @@ def add_training_arguments(parser) -> None:
     parser.add_argument("--device", default="auto")
 
 
-def ssl_rows(labels: torch.Tensor, manifest: dict) -> torch.Tensor:
-    """Rows of the train split that self-supervised stages may use, in a fixed order.
-
-    The data parameters recorded in the manifest decide: `ssl_classes` is 'base' (the
-    few-shot protocol: novel classes are never seen) or 'all'; `ssl_max_images` > 0 keeps
-    a seeded random subset.
-    """
-    source = manifest["source"]
-    names = manifest["class_names"]
-    allowed = manifest["base_classes"] if source["ssl_classes"] == "base" else names
-    allowed_ids = torch.tensor([names.index(c) for c in allowed])
-    rows = torch.nonzero(torch.isin(labels, allowed_ids)).flatten()
-    limit = source["ssl_max_images"]
-    if 0 < limit < len(rows):
-        keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(source["seed"]))[:limit]
-        rows = rows[keep.sort().values]
-    return rows
-
-
-def load_ssl_images(prepared: str | Path) -> tuple[torch.Tensor, dict]:
-    """-> (uint8 images [N_ssl, 3, H, W], manifest)."""
-    manifest = read_manifest(prepared)
-    train = load_prepared(prepared, "train")
-    rows = ssl_rows(train["labels"], manifest)
-    return train["images"][rows].contiguous(), manifest
-
-
 def run_training(params: TrainParams, prepared: str | Path, out_model: Path, metrics_path: Path,
                  history_path: Path, checkpoint_dir: Path, seed: int, device_name: str,
-                 record: dict, context: dict | None = None,
-                 init_state: dict | None = None) -> dict:
+                 record: dict, context: dict | None = None) -> dict:
     """Train `params.method` on the SSL images and write model, metrics and curve.
 
     `record` (name, parent, generation) is stored in the model file; `context` is
-    method-specific (e.g. BoW codes); `init_state` optionally warm-starts the backbone.
-    Returns the metrics written to `metrics_path`.
+    method-specific (e.g. BoW codes, a parent model); every method also gets the images'
+    `labels` [N], their `normalizer` and `image_size`. Returns the metrics written to
+    `metrics_path`. A diverged or collapsed run exits with a message naming run and epoch.
     """
     device = resolve_device(device_name)
     clock = StageClock(device)
     seed_everything(seed)
-    images, manifest = load_ssl_images(prepared)
+    images, labels, manifest = load_ssl_split(prepared)
     image_size = images.shape[-1]
     normalizer = Normalizer.fit(images)
     backbone = build_backbone(params.arch, params.width, params.depth)
-    if init_state is not None:
-        backbone.load_state_dict(init_state)
-    context = {"normalizer": normalizer, "image_size": image_size, **(context or {})}
+    context = {"normalizer": normalizer, "image_size": image_size, "labels": labels.to(device),
+               "num_classes": len(manifest["class_names"]), **(context or {})}
     method = get_method(params.method)(params, backbone, context).to(device)
     compute = select_compute(device)
     configure_threads(compute.get("threads", 0))
@@ -84,9 +56,13 @@ def run_training(params: TrainParams, prepared: str | Path, out_model: Path, met
     checkpoint = checkpoint_dir / f"{out_model.parent.name}-{params.method}.ckpt"
     log(f"training {params.method} ({params.arch}, {count_parameters(backbone):,} backbone parameters) "
         f"on {len(images)} images of {image_size}x{image_size} for {params.epochs} epochs on {device}")
-    history = train(method, images.to(device), params, seed, checkpoint, run_id,
-                    bf16=compute.get("bf16", False), channels_last=compute.get("channels_last", False))
-    save_model(out_model, backbone, normalizer, params, image_size, extra=record)
+    try:
+        history = train(method, images.to(device), params, seed, checkpoint, run_id,
+                        bf16=compute.get("bf16", False), channels_last=compute.get("channels_last", False),
+                        run_name=record["name"])
+    except TrainingFailed as failure:
+        raise SystemExit(f"{params.method}: {failure}") from None
+    save_model(out_model, method.export_backbone(), normalizer, params, image_size, extra=record)
     write_csv(history_path, history)
     last = history[-1]
     metrics = {**record, "method": params.method, "compute": compute, "final": {k: v for k, v in last.items() if k != "epoch"},

@@ -6,15 +6,20 @@ index slices to `method.training_step`, which builds its views on the device. Be
 every epoch's randomness is a function of (seed, epoch), resuming from the checkpoint of
 epoch e continues exactly as an uninterrupted run would.
 
-Optimisation: SGD with Nesterov momentum, weight decay on conv/linear weights only,
-linear warm-up then cosine decay to 0, stepped per iteration.
+Optimisation: the method's parameter groups (`Method.optimizer_groups`) under the
+optimizer `params.optimizer` names (SGD Nesterov by default, LARS, AdamW), linear warm-up
+then cosine decay to 0 stepped per iteration, optional global gradient clipping, and the
+method's hooks before and after each optimizer step (bowflow.methods.base).
+
+Failure: a non-finite loss, or an epoch whose `embedding_std` falls below
+`params.collapse_std`, stops training with a `TrainingFailed` naming the run, the epoch
+and the statistic.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
 
@@ -23,27 +28,17 @@ from tqdm import tqdm
 
 from bowflow.io import load_torch, save_torch
 from bowflow.methods.base import Method, TrainParams
+from bowflow.optim import build_optimizer, learning_rate, set_learning_rate
 from bowflow.runtime import log
+
+
+class TrainingFailed(RuntimeError):
+    """A run diverged (non-finite loss) or collapsed; the message names run, epoch, statistic."""
 
 
 def fingerprint(*parts) -> str:
     """A short hash of JSON-able parts: a checkpoint is only resumed by the same run."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def learning_rate(step: int, total: int, warmup: int, peak: float) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def autocast_context(device: torch.device, bf16: bool):
@@ -54,7 +49,7 @@ def autocast_context(device: torch.device, bf16: bool):
 
 def train(method: Method, images: torch.Tensor, params: TrainParams, seed: int,
           checkpoint_path: Path, run_id: str, bf16: bool = False, channels_last: bool = False,
-          show_progress: bool = True) -> list[dict]:
+          show_progress: bool = True, run_name: str = "") -> list[dict]:
     """Train `method` on uint8 `images` [N, 3, H, W] (already on the training device).
 
     Returns the per-epoch history (means of the step statistics, lr, images/s, seconds).
@@ -67,10 +62,12 @@ def train(method: Method, images: torch.Tensor, params: TrainParams, seed: int,
     steps_per_epoch = n // batch_size
     total_steps = steps_per_epoch * params.epochs
     warmup_steps = int(params.warmup_epochs * steps_per_epoch)
+    run_name = run_name or method.name
     if channels_last:
         method.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(param_groups(method, params.weight_decay), lr=params.lr,
-                                momentum=params.momentum, nesterov=params.momentum > 0)
+    method.configure_schedule(steps_per_epoch, total_steps)
+    optimizer = build_optimizer(params.optimizer, method.optimizer_groups(), params.lr, params.momentum)
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
     history: list[dict] = []
     first_epoch = 0
     if checkpoint_path.exists():
@@ -94,16 +91,18 @@ def train(method: Method, images: torch.Tensor, params: TrainParams, seed: int,
         for i in bar:
             step = epoch * steps_per_epoch + i
             lr = learning_rate(step, total_steps, warmup_steps, params.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_learning_rate(optimizer, lr, params.lr)
             index = order[i * batch_size:(i + 1) * batch_size].to(device)
             with autocast_context(device, bf16):
                 loss, stats = method.training_step(images[index], index, generator)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"{method.name}: loss became {loss.item()} at epoch "
-                                         f"{epoch + 1}, step {i}; lower lr (now {params.lr})")
+                raise TrainingFailed(f"run '{run_name}' ({method.name}) diverged at epoch {epoch + 1}, "
+                                     f"step {i}: loss = {loss.item()}; lower lr (now {params.lr})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            method.before_optimizer_step(step)
+            if params.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(trained, params.clip_grad)
             optimizer.step()
             method.after_step(step, total_steps)
             for key, value in stats.items():
@@ -115,6 +114,11 @@ def train(method: Method, images: torch.Tensor, params: TrainParams, seed: int,
                   "seconds": round(seconds, 2)}
         history.append(record)
         log(" ".join(f"{k}={v}" for k, v in record.items()))
+        spread = means.get("embedding_std")
+        if spread is not None and spread < params.collapse_std:
+            raise TrainingFailed(f"run '{run_name}' ({method.name}) collapsed at epoch {epoch + 1}: "
+                                 f"embedding_std = {spread:.5f} < collapse_std = {params.collapse_std} "
+                                 f"(per-dimension std of its normalised embeddings x sqrt(D))")
         save_torch({"run_id": run_id, "epoch": epoch + 1, "method": method.state_dict(),
                     "optimizer": optimizer.state_dict(), "history": history}, checkpoint_path)
     if channels_last:

@@ -1,7 +1,7 @@
 """Stage report: the results table (Markdown), figures, and the accuracy-by-generation CSV.
 
     python -m stages.report --prepared data/prepared --eval data/metrics/eval \
-        --train data/plots/train --vocab data/vocab --models data/models --out data/report \
+        --train data/plots/train --vocab data/vocab --out data/report \
         --generations-csv data/plots/generations.csv --words_shown 8 --patches_per_word 8
 """
 from __future__ import annotations
@@ -14,11 +14,11 @@ from bowflow import report
 from bowflow.cli import parse_section
 from bowflow.config import ReportParams
 from bowflow.io import load_torch, write_csv
-from bowflow.runs import load_ssl_images
+from bowflow.datasets import load_ssl_images
 
 
 def paths(parser):
-    for name in ("prepared", "eval", "train", "vocab", "models", "out", "generations-csv"):
+    for name in ("prepared", "eval", "train", "vocab", "out", "generations-csv"):
         parser.add_argument(f"--{name}", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
 

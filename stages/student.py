@@ -26,19 +26,18 @@ def main(argv=None):
     params, args = parse_method_section(argv, __doc__, paths)
     vocab = load_torch(args.vocab)
     parent = load_torch(args.parent_model)
-    init_state = None
-    if params.init == "parent":
-        if (parent["arch"], parent["width"], parent["depth"]) != (params.arch, params.width, params.depth):
-            raise SystemExit(f"--init parent: {args.parent_model} is a {parent['arch']} "
-                             f"(width {parent['width']}, depth {parent['depth']}), not {params.arch}")
-        init_state = parent["state_dict"]
+    try:
+        params.check_parent_model(parent)
+    except ValueError as error:
+        raise SystemExit(f"{args.parent_model}: {error}")
     codes_hash = hashlib.sha256(vocab["codes"].numpy().tobytes()).hexdigest()
-    context = {"codes": vocab["codes"], "num_words": len(vocab["words"]),
-               "fingerprint": fingerprint(codes_hash, vocab["params"], params.init, parent["name"])}
+    context = {"codes": vocab["codes"], "num_words": len(vocab["words"]), "parent": parent,
+               "fingerprint": fingerprint(codes_hash, vocab["params"], parent["name"],
+                                          hashlib.sha256(args.parent_model.read_bytes()).hexdigest())}
     record = {"name": args.model.parent.name, "parent": parent["name"],
               "generation": parent["generation"] + 1}
     run_training(params, args.prepared, args.model, args.metrics, args.history, args.checkpoints,
-                 args.seed, args.device, record=record, context=context, init_state=init_state)
+                 args.seed, args.device, record=record, context=context)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from bowflow.config import VocabParams
 from bowflow.io import save_torch, write_json
 from bowflow.models import load_model
 from bowflow.networks import count_parameters
-from bowflow.runs import load_ssl_images
+from bowflow.datasets import load_ssl_images
 from bowflow.runtime import StageClock, log, resolve_device, seed_everything
 
 

@@ -1,14 +1,14 @@
 """Methods plug into the shared trainer through the registry."""
 import torch
 
-from bowflow.methods import METHODS, get_method
+from bowflow.methods import available_methods, get_method
 from bowflow.models import Normalizer
 from bowflow.networks import ARCHITECTURES, build_backbone
 from bowflow.train import train
 
 
 def test_registries():
-    assert {"rotnet", "bownet"} <= set(METHODS)
+    assert {"rotnet", "bownet"} <= set(available_methods())
     assert {"convnet", "resnet", "wrn"} <= set(ARCHITECTURES)
     for arch, width, depth in [("convnet", 8, 0), ("resnet", 8, 18), ("wrn", 1, 10)]:
         net = build_backbone(arch, width, depth)

@@ -14,12 +14,19 @@ from pathlib import Path
 
 import pytest
 
+from dvc.repo import Repo
+
+from test_code_deps import code_run_by
 from tiny_params import make_project, tiny_params, write_params
 
 BIN = Path(sys.executable).parent
-# An empty BOWFLOW_CACHE: no per-machine compute choice (bench_compute --save) leaks in.
-ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
-       "BOWFLOW_CACHE": tempfile.mkdtemp(prefix="bowflow-test-cache-")}
+# A user's fresh shell: the project's environment is NOT on PATH (commands are typed as
+# the README shows them, `.venv/bin/dvc repro`), and an empty BOWFLOW_CACHE, so no
+# per-machine compute choice leaks in.
+USER_PATH = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                            if Path(p).resolve() != BIN.resolve())
+ENV = {**{k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")},
+       "PATH": USER_PATH, "BOWFLOW_CACHE": tempfile.mkdtemp(prefix="bowflow-test-cache-")}
 TIMING_KEYS = {"wall_seconds", "peak_rss_mb", "peak_gpu_mb", "feature_images_per_second"}
 
 pytestmark = pytest.mark.slow
@@ -34,7 +41,7 @@ def run(project: Path, *command: str, check: bool = True) -> subprocess.Complete
 
 def repro(project: Path) -> set[str]:
     """Run `dvc repro`; return the names of the stages that ran."""
-    result = run(project, "dvc", "repro")
+    result = run(project, ".venv/bin/dvc", "repro")
     return set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr))
 
 
@@ -97,12 +104,43 @@ def test_dvc_reruns_only_what_a_change_touches(dvc_project):
                               "evaluate@g3", "report"}
 
 
+def stale_stages(project: Path) -> set[str]:
+    """Stages `dvc status` reports as changed (they would rerun)."""
+    result = run(project, ".venv/bin/dvc", "status", "--json")
+    return set(json.loads(result.stdout or "{}"))
+
+
+def test_every_code_edit_reruns_what_runs_it(dvc_project):
+    """Edit each library and stage module in turn: `dvc status` must list every stage whose
+    command runs that file (its import closure, tests/code_deps.py), so no cached output
+    ever describes code that no longer exists."""
+    project, _, _ = dvc_project
+    assert repro(project) is not None and stale_stages(project) == set()
+    with Repo(str(project)) as repo:
+        commands = {s.addressing: s.cmd for s in repo.index.stages if s.cmd}
+    runs = {name: code_run_by(cmd) for name, cmd in commands.items()}
+    modules = sorted(str(p.relative_to(project)) for folder in ("bowflow", "stages")
+                     for p in (project / folder).rglob("*.py"))
+    assert len(modules) > 15
+    for module in modules:
+        path = project / module
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# an edit\n")
+        try:
+            expected = {name for name, files in runs.items() if module in files}
+            stale = stale_stages(project)
+        finally:
+            path.write_bytes(original)
+        assert expected <= stale, f"editing {module} leaves {sorted(expected - stale)} stale"
+    assert stale_stages(project) == set()
+
+
 def test_snakemake_agrees_with_dvc(dvc_project, tmp_path):
     _, _, dvc_metrics = dvc_project
     project = make_project(tmp_path / "project", tiny_params())
-    run(project, "snakemake", "--cores", "2", "--quiet")
+    run(project, ".venv/bin/snakemake", "--cores", "2", "--quiet")
     assert eval_metrics(project) == dvc_metrics, "same params and seed: identical metrics"
-    run(project, "snakemake", "--cores", "1", "--report", "report.html")
+    run(project, ".venv/bin/snakemake", "--cores", "1", "--report", "report.html")
     assert (project / "report.html").stat().st_size > 10000
 
 
@@ -110,11 +148,11 @@ def test_bad_params_stop_before_any_work(tmp_path):
     params = tiny_params()
     params["generations"]["g1"]["vocab"]["size"] = 5000
     project = make_project(tmp_path / "project", params)
-    result = run(project, "dvc", "repro", check=False)
+    result = run(project, ".venv/bin/dvc", "repro", check=False)
     assert result.returncode != 0
     assert "generations.g1.vocab" in result.stderr + result.stdout
     assert not (project / "data/prepared").exists()
-    result = run(project, "snakemake", "--cores", "1", "-n", check=False)
+    result = run(project, ".venv/bin/snakemake", "--cores", "1", "-n", check=False)
     assert result.returncode != 0 and "generations.g1.vocab" in result.stderr + result.stdout
 
 
@@ -150,3 +188,41 @@ def test_killed_training_resumes_from_its_checkpoint(dvc_project, tmp_path):
         return [[r.split(",")[header.index(k)] for k in ("epoch", "loss", "rotation_accuracy")] for r in rows[1:]]
 
     assert losses("killed") == losses("straight"), "a resumed run must continue exactly"
+
+
+def readme_commands() -> list[str]:
+    """Every command line in the README's bash blocks (comments stripped)."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line and not line.startswith("#"):
+                lines.append(line)
+    return lines
+
+
+# Commands the README shows that this test does not type, and why.
+NOT_TYPED_HERE = {
+    "make run": "the full default run; typed by hand in a fresh clone before every release",
+    "make test": "this test suite itself (CI runs it through .ci/run)",
+    "cp presets/": "hours of CIFAR-10 training",
+    "/path/to/": "a placeholder for the user's own data",
+}
+
+
+def test_readme_commands_work_as_typed(dvc_project):
+    """The README's commands, typed in a fresh shell (no venv on PATH) in a project whose
+    pipeline has run. Runs last: `dvc exp run` leaves its experiment in the workspace."""
+    project, _, _ = dvc_project
+    commands = readme_commands()
+    assert any(c.startswith(".venv/bin/dvc") for c in commands)
+    typed = 0
+    for command in commands:
+        if any(marker in command for marker in NOT_TYPED_HERE):
+            continue
+        result = subprocess.run(["bash", "-c", command], cwd=project, capture_output=True,
+                                text=True, env=ENV)
+        assert result.returncode == 0, f"README command failed: {command}\n{result.stderr[-2000:]}"
+        typed += 1
+    assert typed >= 8

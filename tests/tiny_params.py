@@ -3,6 +3,7 @@ helper that lays out a scratch copy of the project to run DVC or Snakemake in.""
 import copy
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from bowflow.config import load_yaml
@@ -10,7 +11,7 @@ from bowflow.config import load_yaml
 import yaml_writer
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ["bowflow", "stages", "workflow", "dvc.yaml", ".dvc/config", ".dvcignore"]
+PROJECT_FILES = ["bin", "bowflow", "stages", "workflow", "dvc.yaml", ".dvc/config", ".dvcignore"]
 
 
 def tiny_params() -> dict:
@@ -40,7 +41,10 @@ def make_project(where: Path, params: dict) -> Path:
             (where / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, where / name)
     (where / ".dvc" / ".gitignore").write_text("/config.local\n/tmp\n/cache\n")
-    (where / ".gitignore").write_text("/data/\n.snakemake/\n__pycache__/\n")
+    (where / ".gitignore").write_text("/data/\n.snakemake/\n__pycache__/\n/.venv\n")
+    # The environment the tests run in stands where `make` puts it in a fresh clone, so the
+    # tests type the README's commands (`.venv/bin/dvc repro`) exactly as a user does.
+    (where / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     write_params(where, params)
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):

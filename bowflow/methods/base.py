@@ -3,18 +3,34 @@
 A method owns its views (augmentations), its targets (from a frozen teacher, a cached
 vocabulary, an EMA teacher, labels...), its head(s) and its loss. The trainer owns
 everything else: data order, optimisation, schedules, checkpoints, logging. A new method
-(OBoW, BYOL, SimSiam, DINO, Barlow Twins, KD, CRD...) is a subclass registered with
-`@register_method("name")` plus a `Params` dataclass with its hyperparameters.
+(OBoW, BYOL, SimSiam, DINO, Barlow Twins, KD, CRD...) is one module in this package: a
+`Method` subclass registered with `@register_method("name")` plus a `Params` dataclass
+(extending `TrainParams`) with its hyperparameters. The hooks, each with a default that
+suits RotNet and BoWNet:
+
+    optimizer_groups()          parameter groups (lr_scale, fixed_lr, weight decay, LARS)
+    configure_schedule(s, t)    told the steps per epoch and total steps before training
+    training_step(...)          -> (loss, stats); log `embedding_std` to be collapse-checked
+    before_optimizer_step(step) after backward, before the step (freeze a layer's grads)
+    after_step(step, total)     after the step (EMA teachers, queues)
+    export_backbone()           the network the evaluate stage gets (DINO: the EMA teacher)
+
+Everything a method keeps between steps (EMA networks, queues, centres, prototypes,
+running statistics) must be a submodule, parameter or persistent buffer, so that it is in
+`state_dict()` and a killed run resumes bit-for-bit from its checkpoint.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from bowflow.networks import ARCHITECTURES, Backbone
+from bowflow.optim import OPTIMIZERS, default_groups
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -27,9 +43,30 @@ def register_method(name: str):
     return wrap
 
 
+def method_modules() -> list[str]:
+    """The method modules of this package (every file but base.py and __init__.py)."""
+    folder = Path(__file__).parent
+    return sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("base", "__init__"))
+
+
+def available_methods() -> list[str]:
+    """Every registered method name (imports every method module)."""
+    for module in method_modules():
+        importlib.import_module(f"bowflow.methods.{module}")
+    return sorted(METHODS)
+
+
 def get_method(name: str) -> type["Method"]:
-    if name not in METHODS:
-        raise ValueError(f"unknown method '{name}': expected one of {sorted(METHODS)}")
+    """The method class registered as `name`.
+
+    Methods load lazily: `bowflow/methods/<name>.py` is imported only when a run names it
+    (a module may register several names; then every module is imported to find it). So
+    a training stage runs, and depends on, its own method's file and no other method's.
+    """
+    if name not in METHODS and name in method_modules():
+        importlib.import_module(f"bowflow.methods.{name}")
+    if name not in METHODS and name not in available_methods():
+        raise ValueError(f"unknown method '{name}': expected one of {available_methods()}")
     return METHODS[name]
 
 
@@ -57,9 +94,19 @@ class TrainParams:
     momentum: float = 0.9
     weight_decay: float = field(default=5e-4, metadata={"help": "L2 on weights (not on BN/bias/scale)"})
     warmup_epochs: float = field(default=1.0, metadata={"help": "linear lr warm-up, then cosine to 0"})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd (Nesterov) | lars | adamw"})
+    clip_grad: float = field(default=0.0, metadata={"help": "max global gradient L2 norm (0 = off; "
+                                                            "DINO clips at 3.0)"})
+    collapse_std: float = field(default=0.01, metadata={
+        "help": "stop when the epoch's embedding_std (per-dimension std of L2-normalised "
+                "embeddings x sqrt(D): ~1 spread, 0 collapsed) falls below this; 0 = off"})
 
     def validate(self) -> None:
         get_method(self.method)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got '{self.optimizer}'")
+        positive("clip_grad", self.clip_grad, allow_zero=True)
+        positive("collapse_std", self.collapse_std, allow_zero=True)
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got '{self.arch}'")
         for name in ("width", "epochs", "batch_size", "lr"):
@@ -67,6 +114,9 @@ class TrainParams:
         positive("weight_decay", self.weight_decay, allow_zero=True)
         positive("warmup_epochs", self.warmup_epochs, allow_zero=True)
         fraction("momentum", self.momentum)
+
+    def check_parent(self, parent: "TrainParams") -> None:
+        """Raise ValueError if this run cannot start from `parent`'s model (default: any)."""
 
 
 class Method(nn.Module):
@@ -84,6 +134,14 @@ class Method(nn.Module):
         super().__init__()
         self.params = params
         self.backbone = backbone
+        self.steps_per_epoch, self.total_steps = 1, 1
+
+    def optimizer_groups(self) -> list[dict]:
+        """Parameter groups for the optimizer (see bowflow.optim for the keys)."""
+        return default_groups(self, self.params.weight_decay)
+
+    def configure_schedule(self, steps_per_epoch: int, total_steps: int) -> None:
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
 
     def training_step(self, images: torch.Tensor, index: torch.Tensor,
                       generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -94,5 +152,20 @@ class Method(nn.Module):
     def summarize(self, means: dict[str, float]) -> dict[str, float]:
         return means
 
+    def before_optimizer_step(self, step: int) -> None:
+        """After backward, before the optimizer step (e.g. DINO zeroes its last layer's
+        gradients during the first epoch). Default: nothing."""
+
     def after_step(self, step: int, total_steps: int) -> None:
         """Hook for EMA teachers, queues, temperature schedules. Default: nothing."""
+
+    def export_backbone(self) -> Backbone:
+        """The backbone written to model.pt and evaluated. Default: the trained one."""
+        return self.backbone
+
+
+def embedding_std(z: torch.Tensor) -> torch.Tensor:
+    """Collapse monitor: z [B, D] -> the mean per-dimension std of the L2-normalised rows,
+    times sqrt(D); about 1 for embeddings spread over the sphere, 0 when collapsed."""
+    z = torch.nn.functional.normalize(z.detach().float(), dim=1)
+    return z.std(dim=0).mean() * z.shape[1] ** 0.5

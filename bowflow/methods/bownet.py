@@ -51,6 +51,19 @@ class BoWNetParams(TrainParams):
         positive("hue", self.hue, allow_zero=True)
         positive("head_scale", self.head_scale)
 
+    def check_parent(self, parent: TrainParams) -> None:
+        if self.init == "parent" and (parent.arch, parent.width, parent.depth) != (
+                self.arch, self.width, self.depth):
+            raise ValueError(f"init 'parent' needs the parent's architecture ({parent.arch}, "
+                             f"width {parent.width}, depth {parent.depth})")
+
+    def check_parent_model(self, record: dict) -> None:
+        """The same check against a parent's model file record."""
+        if self.init == "parent" and (record["arch"], record["width"], record["depth"]) != (
+                self.arch, self.width, self.depth):
+            raise ValueError(f"init 'parent' needs the parent's architecture, but the parent is a "
+                             f"{record['arch']} (width {record['width']}, depth {record['depth']})")
+
 
 class NormalizedLinear(nn.Module):
     """logits_k = gamma * <w_k / ||w_k||, f>: rows re-normalised at every forward pass,
@@ -71,6 +84,9 @@ class BoWNet(Method):
 
     def __init__(self, params, backbone, context):
         super().__init__(params, backbone, context)
+        if params.init == "parent":             # warm start from the teacher's weights
+            params.check_parent_model(context["parent"])
+            backbone.load_state_dict(context["parent"]["state_dict"])
         self.num_words = int(context["num_words"])
         self.normalizer = context["normalizer"]
         self.register_buffer("codes", context["codes"].long(), persistent=False)  # [N, L]

@@ -1,0 +1,73 @@
+"""Every pipeline stage declares, as DVC dependencies, exactly the code it runs.
+
+The code a stage runs is the import closure of its `-m` module (tests/code_deps.py), plus
+the method module its `--method` flag names (methods load lazily by name). A file in the
+closure but not declared would let an edit leave the stage's cached output stale; a
+declared file outside it would rerun the stage for nothing. The edit-and-`dvc status`
+proof on a real pipeline is `test_every_code_edit_reruns_what_runs_it` in test_pipeline.py.
+"""
+import re
+from pathlib import Path
+
+from dvc.dependency.param import ParamsDependency
+from dvc.repo import Repo
+
+from bowflow.methods import available_methods
+from code_deps import ROOT, closure
+
+CODE_FOLDERS = ("bowflow", "stages")
+
+
+def code_run_by(cmd: str) -> set[str]:
+    """Project files the stage command runs."""
+    module = re.search(r"-m (\S+)", cmd).group(1)
+    files = closure(module)
+    if module == "bowflow.config":            # validates every method a params file names
+        files |= set().union(*(closure(f"bowflow.methods.{m}") for m in method_modules()))
+    method = re.search(r"--method (\S+)", cmd)
+    if method:
+        files |= closure(f"bowflow.methods.{method.group(1)}")
+    return files
+
+
+def method_modules() -> list[str]:
+    available_methods()
+    return sorted(p.stem for p in (ROOT / "bowflow/methods").glob("*.py")
+                  if p.stem not in ("__init__", "base"))
+
+
+def declared_code(stage) -> list[str]:
+    deps = [str(Path(d.fs_path).relative_to(ROOT)) for d in stage.deps
+            if not isinstance(d, ParamsDependency)]
+    return [d for d in deps if d.split("/")[0] in CODE_FOLDERS]
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+def pipeline_stages():
+    with Repo(str(ROOT)) as repo:
+        return [s for s in repo.index.stages if s.cmd]
+
+
+def test_every_stage_declares_the_code_it_runs():
+    stages = pipeline_stages()
+    assert len(stages) >= 8
+    for stage in stages:
+        declared = declared_code(stage)
+        missing = sorted(f for f in code_run_by(stage.cmd) if not covered(f, declared))
+        assert not missing, f"{stage.addressing}: runs {missing} but does not list them as deps"
+
+
+def test_no_stage_declares_code_it_does_not_run():
+    # A training stage may list what any method's module imports (augment, bow, losses):
+    # its method is chosen in params, so that part of the list is shared by all methods.
+    any_method = set().union(*(closure(f"bowflow.methods.{m}") for m in method_modules()))
+    any_method -= {f"bowflow/methods/{m}.py" for m in method_modules()}
+    for stage in pipeline_stages():
+        runs = code_run_by(stage.cmd)
+        allowed = runs | (any_method if "--method" in stage.cmd else set())
+        for dep in declared_code(stage):
+            inside = {f for f in allowed if f == dep or f.startswith(dep + "/")}
+            assert inside, f"{stage.addressing}: declares {dep}, which it never runs"
