@@ -10,6 +10,7 @@ stops the pipeline with a message naming the key before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -18,9 +19,6 @@ from typing import Any
 
 from bowflow.methods import get_method
 from bowflow.methods.base import fraction, positive
-
-TEACHER_NAME = "g0"   # the RotNet teacher is generation 0; students are named in params.yaml
-
 
 @dataclass
 class DataParams:
@@ -130,8 +128,27 @@ class ParamsError(ValueError):
     pass
 
 
-TOP_LEVEL = {"seed": int, "device": str, "data": DataParams, "teacher": None,
+TOP_LEVEL = {"seed": int, "device": str, "data": DataParams, "pretrain": dict,
              "generations": dict, "evaluate": EvalParams, "report": ReportParams}
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")   # becomes data/models/<name>/
+
+
+def check_run_name(name: Any, where: str) -> None:
+    if not isinstance(name, str) or not RUN_NAME.match(name):
+        raise ParamsError(f"{where}: run names must be letters, digits, '_', '.' or '-' "
+                          f"(they name folders), got {name!r}")
+
+
+def check_pretrain(pretrain: Any) -> dict:
+    """Each entry of `pretrain:` is a named run: a method and its parameters."""
+    if not isinstance(pretrain, dict) or not pretrain:
+        raise ParamsError("pretrain: expected a non-empty mapping run name -> {method: ..., ...}")
+    checked = {}
+    for name, section in pretrain.items():
+        check_run_name(name, f"pretrain.{name}")
+        where = f"pretrain.{name}"
+        checked[name] = check_section(method_params(section, where), section, where)
+    return checked
 
 
 def check_section(cls: type, values: Any, where: str) -> Any:
@@ -170,20 +187,22 @@ def check_type(where: str, value: Any, kind: Any) -> None:
         raise ParamsError(f"{where}: expected {kind.__name__}, got {value!r}")
 
 
-def check_generations(generations: Any) -> dict:
-    """Every generation names an existing parent (g0 or an earlier-defined generation)."""
-    if not isinstance(generations, dict) or not generations:
-        raise ParamsError("generations: expected a non-empty mapping name -> {parent, vocab, student}")
-    checked, known = {}, {TEACHER_NAME}
+def check_generations(generations: Any, pretrain: dict) -> dict:
+    """Every generation names an existing parent: a pretrain run or a generation defined
+    above it (so the chain has no cycle), and no name is used twice."""
+    if not isinstance(generations, dict):
+        raise ParamsError("generations: expected a mapping name -> {parent, vocab, student} ({} for none)")
+    checked, known = {}, set(pretrain)
     for name, item in generations.items():
         where = f"generations.{name}"
-        if name == TEACHER_NAME:
-            raise ParamsError(f"{where}: '{TEACHER_NAME}' is the RotNet teacher's name; pick another")
+        check_run_name(name, where)
+        if name in pretrain:
+            raise ParamsError(f"{where}: '{name}' is already a pretrain run's name; pick another")
         if not isinstance(item, dict) or set(item) != {"parent", "vocab", "student"}:
             got = sorted(item) if isinstance(item, dict) else item
             raise ParamsError(f"{where}: expected exactly the keys ['parent', 'student', 'vocab'], got {got}")
         if item["parent"] not in known:
-            raise ParamsError(f"{where}.parent: '{item['parent']}' is not '{TEACHER_NAME}' or a "
+            raise ParamsError(f"{where}.parent: '{item['parent']}' is not a pretrain run or a "
                               f"generation defined above it (known: {sorted(known)})")
         vocab = check_section(VocabParams, item["vocab"], f"{where}.vocab")
         student = check_section(method_params(item["student"], f"{where}.student"), item["student"],
@@ -220,14 +239,14 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
     check_type("device", params["device"], str)
     if not (params["device"] in ("auto", "cpu") or params["device"].startswith("cuda")):
         raise ParamsError(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got '{params['device']}'")
+    pretrain = check_pretrain(params["pretrain"])
     checked = {"data": check_section(DataParams, params["data"], "data"),
-               "teacher": check_section(method_params(params["teacher"], "teacher"),
-                                        params["teacher"], "teacher"),
-               "generations": check_generations(params["generations"]),
+               "pretrain": pretrain,
+               "generations": check_generations(params["generations"], pretrain),
                "evaluate": check_section(EvalParams, params["evaluate"], "evaluate"),
                "report": check_section(ReportParams, params["report"], "report")}
     for name, gen in checked["generations"].items():
-        parent = checked["teacher"] if gen["parent"] == TEACHER_NAME else checked["generations"][gen["parent"]]["student"]
+        parent = pretrain.get(gen["parent"]) or checked["generations"][gen["parent"]]["student"]
         try:
             gen["student"].check_parent(parent)
         except ValueError as error:

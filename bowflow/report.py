@@ -18,20 +18,46 @@ import torch  # noqa: E402
 
 
 def model_label(record: dict) -> str:
+    """'RotNet', 'BYOL' for pretrain runs; 'BoWNet', 'BoWNet x2' ... along a generation chain."""
     generation = record.get("generation", 0)
-    if generation == 0:
-        return "RotNet" if record.get("method") == "rotnet" else record.get("method", "teacher")
-    method = "BoWNet" if record.get("method") == "bownet" else record["method"]
-    return method if generation == 1 else f"{method} x{generation}"
+    method = record.get("method_label") or record.get("method", "model")
+    return method if generation <= 1 else f"{method} x{generation}"
 
 
 def load_lineage(eval_dir: Path) -> list[dict]:
-    """Evaluation records ordered teacher-first along parent links."""
+    """Evaluation records, pretrain runs first, then each generation along parent links.
+    Each record gets its `label` and, when its training metrics sit beside the evaluation
+    folder (data/metrics/train/<name>.json), their cost figures under `train`."""
     records = {p.stem: json.loads(p.read_text()) for p in sorted(Path(eval_dir).glob("*.json"))}
     ordered = sorted(records.values(), key=lambda r: (r.get("generation", 0), r["name"]))
+    train_dir = Path(eval_dir).parent / "train"
     for record in ordered:
         record["label"] = model_label(record)
+        train = train_dir / f"{record['name']}.json"
+        record["train"] = json.loads(train.read_text()) if train.exists() else {}
     return ordered
+
+
+def comparison_table(records: list[dict]) -> str:
+    """The talk's "evaluating self-supervised pre-trained networks" table: one row per run
+    with its training cost (epochs, batch, parameters, wall time, peak memory, images/s)
+    and its accuracy (base linear, k-NN, few-shot with 95% intervals)."""
+    shots = shots_of(records)
+    header = (["Run", "Method", "Parent", "Epochs", "Batch", "Params", "Train time", "Peak RSS",
+               "img/s", "Linear", "k-NN"] + [f"{n}-shot" for n in shots])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in records:
+        t = r.get("train", {})
+        cells = [r["name"], r["label"], r.get("parent") or "-", str(t.get("epochs", "-")),
+                 str(t.get("batch_size", "-")), f"{r['parameters'] / 1e6:.2f}M",
+                 f"{t['wall_seconds'] / 60:.1f} min" if "wall_seconds" in t else "-",
+                 f"{t['peak_rss_mb'] / 1024:.1f} GB" if "peak_rss_mb" in t else "-",
+                 f"{t['images_per_second']:.0f}" if "images_per_second" in t else "-",
+                 f"{r['linear_base']:.1f}", f"{r['knn_all']:.1f}"]
+        cells += [f"{r['few_shot'][n]['mean']:.1f} ± {r['few_shot'][n]['ci95']:.1f}"
+                  if n in r["few_shot"] else "-" for n in shots]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def shots_of(records: list[dict]) -> list[str]:

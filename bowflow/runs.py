@@ -62,10 +62,12 @@ def run_training(params: TrainParams, prepared: str | Path, out_model: Path, met
                         run_name=record["name"])
     except TrainingFailed as failure:
         raise SystemExit(f"{params.method}: {failure}") from None
-    save_model(out_model, method.export_backbone(), normalizer, params, image_size, extra=record)
+    save_model(out_model, method.export_backbone(), normalizer, params, image_size,
+               extra={**record, "method_label": method.label})
     write_csv(history_path, history)
     last = history[-1]
-    metrics = {**record, "method": params.method, "compute": compute, "final": {k: v for k, v in last.items() if k != "epoch"},
+    metrics = {**record, "method": params.method, "method_label": method.label,
+               "batch_size": params.batch_size, "compute": compute, "final": {k: v for k, v in last.items() if k != "epoch"},
                "epochs": params.epochs, "train_images": len(images),
                "parameters": count_parameters(backbone),
                "head_parameters": count_parameters(method) - count_parameters(backbone),

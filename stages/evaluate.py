@@ -77,6 +77,7 @@ def main(argv=None):
                               seed=args.seed)
     metrics = {"name": record["name"], "parent": record.get("parent", ""),
                "generation": record.get("generation", 0), "method": record["method"],
+               "method_label": record.get("method_label", record["method"]),
                "layer": params.layer, "feature_dim": f_train.shape[1],
                "linear_base": round(linear["accuracy"], 3), "knn_all": round(knn, 3),
                "few_shot": {str(n): {k: round(v, 3) for k, v in r.items()} for n, r in few.items()},

@@ -47,12 +47,17 @@ def main(argv=None):
                                      f"(vocabulary of {record['label']})", work / name)
             figures.append(name)
         table = report.markdown_table(records)
+        comparison = report.comparison_table(records)
         times = report.stage_times(args.eval.parent)
         text = "\n".join([
             "# bowflow results", "",
             "Few-shot accuracy on the novel classes (mean ± 95% interval over episodes), "
             "linear probe on the base classes, k-NN on all classes; top-1 %.", "",
             table, "",
+            "## Every run side by side", "",
+            "Training cost (wall time and peak resident memory of the training stage, mean "
+            "images/s) beside the same accuracies.", "",
+            comparison, "",
             "![training curves](training_curves.png)", "",
             "![accuracy by generation](accuracy_by_generation.png)", "",
             *[f"![{f}]({f})\n" for f in figures],

@@ -16,7 +16,7 @@ DVC_PARSING = {"bool": "boolean_optional", "list": "nargs"}
 def sections():
     params = load_yaml(ROOT / "params.yaml")
     yield params["data"]
-    yield params["teacher"]
+    yield params["pretrain"]["g0"]
     yield params["evaluate"]
     for generation in params["generations"].values():
         yield generation["vocab"]

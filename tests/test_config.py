@@ -38,26 +38,26 @@ def test_gpu_preset_scales_the_cpu_preset_through_params_only():
     cpu, gpu = (load_yaml(ROOT / "presets" / f"cifar10-{kind}.yaml") for kind in ("cpu", "gpu"))
     assert cpu["data"] == gpu["data"] and cpu["seed"] == gpu["seed"]
     scale = {"arch", "width", "depth", "epochs", "batch_size", "size", "samples"}
-    for name in ("teacher", "evaluate"):
-        assert {k for k in cpu[name] if cpu[name][k] != gpu[name][k]} <= scale
+    for a, b in [(cpu["evaluate"], gpu["evaluate"]), (cpu["pretrain"]["g0"], gpu["pretrain"]["g0"])]:
+        assert {k for k in a if a[k] != b[k]} <= scale
     for gen in cpu["generations"]:
         for part in ("vocab", "student"):
             a, b = cpu["generations"][gen][part], gpu["generations"][gen][part]
             assert {k for k in a if a[k] != b[k]} <= scale
-    assert gpu["teacher"]["epochs"] > cpu["teacher"]["epochs"]
+    assert gpu["pretrain"]["g0"]["epochs"] > cpu["pretrain"]["g0"]["epochs"]
 
 
 def test_unknown_key_is_named(params):
     bad = copy.deepcopy(params)
-    bad["teacher"]["epoch"] = 3
+    bad["pretrain"]["g0"]["epoch"] = 3
     message = error_of(bad)
-    assert "teacher.epoch" in message and "unknown key" in message
+    assert "pretrain.g0.epoch" in message and "unknown key" in message
 
 
 def test_wrong_type_is_named(params):
     bad = copy.deepcopy(params)
-    bad["teacher"]["epochs"] = "ten"
-    assert "teacher.epochs: expected int, got 'ten'" in error_of(bad)
+    bad["pretrain"]["g0"]["epochs"] = "ten"
+    assert "pretrain.g0.epochs: expected int, got 'ten'" in error_of(bad)
 
 
 def test_vocabulary_larger_than_sample(params):
@@ -75,10 +75,10 @@ def test_unknown_parent(params):
 
 def test_unknown_method_and_arch(params):
     bad = copy.deepcopy(params)
-    bad["teacher"]["method"] = "rotnett"
-    assert "teacher.method" in error_of(bad) and "rotnet" in error_of(bad)
+    bad["pretrain"]["g0"]["method"] = "rotnett"
+    assert "pretrain.g0.method" in error_of(bad) and "rotnet" in error_of(bad)
     bad = copy.deepcopy(params)
-    bad["teacher"]["arch"] = "vgg"
+    bad["pretrain"]["g0"]["arch"] = "vgg"
     assert "arch must be one of" in error_of(bad)
 
 

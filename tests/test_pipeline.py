@@ -61,8 +61,9 @@ def dvc_project(tmp_path_factory):
 
 def test_dvc_runs_every_stage_and_writes_the_report(dvc_project):
     project, ran, _ = dvc_project
-    assert ran == {"check_params", "prepare", "teacher", "vocab@g1", "vocab@g2", "student@g1",
-                   "student@g2", "evaluate_teacher", "evaluate@g1", "evaluate@g2", "report"}
+    assert ran == {"check_params", "prepare", "pretrain@g0", "vocab@g1", "vocab@g2", "student@g1",
+                   "student@g2", "evaluate_pretrain@g0", "evaluate_student@g1", "evaluate_student@g2",
+                   "report"}
     report = (project / "data/report/report.md").read_text()
     for row in ("RotNet (g0)", "BoWNet (g1)", "BoWNet x2 (g2)"):
         assert row in report
@@ -86,22 +87,23 @@ def test_dvc_reruns_only_what_a_change_touches(dvc_project):
 
     params["generations"]["g1"]["vocab"]["size"] = 12
     write_params(project, params)
-    assert repro(project) == {"check_params", "vocab@g1", "student@g1", "evaluate@g1",
-                              "vocab@g2", "student@g2", "evaluate@g2", "report"}
+    assert repro(project) == {"check_params", "vocab@g1", "student@g1", "evaluate_student@g1",
+                              "vocab@g2", "student@g2", "evaluate_student@g2", "report"}
 
     params["evaluate"]["knn_k"] = 10
     write_params(project, params)
-    assert repro(project) == {"check_params", "evaluate_teacher", "evaluate@g1", "evaluate@g2", "report"}
+    assert repro(project) == {"check_params", "evaluate_pretrain@g0", "evaluate_student@g1",
+                              "evaluate_student@g2", "report"}
 
     params["generations"]["g3"] = copy.deepcopy(params["generations"]["g2"]) | {"parent": "g2"}
     write_params(project, params)
-    assert repro(project) == {"check_params", "vocab@g3", "student@g3", "evaluate@g3", "report"}
+    assert repro(project) == {"check_params", "vocab@g3", "student@g3", "evaluate_student@g3", "report"}
     assert "BoWNet x3 (g3)" in (project / "data/report/report.md").read_text()
 
     params["generations"]["g2"]["student"]["epochs"] = 1
     write_params(project, params)
-    assert repro(project) == {"check_params", "student@g2", "evaluate@g2", "vocab@g3", "student@g3",
-                              "evaluate@g3", "report"}
+    assert repro(project) == {"check_params", "student@g2", "evaluate_student@g2", "vocab@g3",
+                              "student@g3", "evaluate_student@g3", "report"}
 
 
 def stale_stages(project: Path) -> set[str]:
@@ -117,7 +119,7 @@ def test_every_code_edit_reruns_what_runs_it(dvc_project):
     project, _, _ = dvc_project
     assert repro(project) is not None and stale_stages(project) == set()
     with Repo(str(project)) as repo:
-        commands = {s.addressing: s.cmd for s in repo.index.stages if s.cmd}
+        commands = {s.name: s.cmd for s in repo.index.stages if s.cmd}
     runs = {name: code_run_by(cmd) for name, cmd in commands.items()}
     modules = sorted(str(p.relative_to(project)) for folder in ("bowflow", "stages")
                      for p in (project / folder).rglob("*.py"))
@@ -158,11 +160,11 @@ def test_bad_params_stop_before_any_work(tmp_path):
 
 def test_killed_training_resumes_from_its_checkpoint(dvc_project, tmp_path):
     project, _, _ = dvc_project
-    params = tiny_params()["teacher"] | {"epochs": 6}
+    params = tiny_params()["pretrain"]["g0"] | {"epochs": 6}
     flags = [f"--{k}={v}" for k, v in params.items()]
 
     def command(name):
-        return [sys.executable, "-m", "stages.teacher", "--prepared", "data/prepared",
+        return [sys.executable, "-m", "stages.pretrain", "--prepared", "data/prepared",
                 "--model", str(tmp_path / name / "model.pt"), "--metrics", str(tmp_path / name / "m.json"),
                 "--history", str(tmp_path / name / "h.csv"), "--checkpoints", str(tmp_path / name / "ckpt"),
                 "--seed", "0", "--device", "cpu", *flags]

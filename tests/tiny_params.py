@@ -18,7 +18,7 @@ def tiny_params() -> dict:
     params = copy.deepcopy(load_yaml(ROOT / "params.yaml"))
     params["device"] = "cpu"
     params["data"].update(image_size=8, ssl_max_images=300)
-    params["teacher"].update(width=8, epochs=2, batch_size=32, padding=1)
+    params["pretrain"]["g0"].update(width=8, epochs=2, batch_size=32, padding=1)
     vocab = {"layer": "stage2", "size": 16, "samples": 2000, "iters": 5, "drop_border": 0, "batch_size": 256}
     student = dict(params["generations"]["g1"]["student"], width=8, epochs=2, batch_size=32, lr=0.03,
                    warmup_epochs=0.5)

@@ -1,10 +1,9 @@
 """Read dvc.yaml and resolve its stages the way DVC does, for the Snakemake front-end.
 
 dvc.yaml is the single definition of the pipeline's stages: command templates, inputs,
-outputs. The Snakefile declares one rule per DVC stage (wildcard rules for the `foreach`
-stages) and takes each rule's command, inputs and outputs from here, so the two
-front-ends cannot drift apart; tests/test_frontends.py checks the resolved commands
-against DVC's own.
+outputs. The Snakefile generates one rule per concrete stage (`instances`) and takes each
+rule's command, inputs and outputs from here, so the two front-ends cannot drift apart;
+tests/test_frontends.py checks the resolved commands against DVC's own.
 
 Template rules (DVC's): `${a.b}` looks up params.yaml, `${key}` / `${item.x}` the
 current foreach entry; a mapping renders as `--flag value` pairs (bowflow.cli.render_args).
@@ -92,14 +91,6 @@ class Pipeline:
             paths += [render(path, context) for path in entry_paths(body.get(section))]
         return paths
 
-    def out_patterns(self, stage: str, wildcard: str) -> list[str]:
-        """Outputs with the foreach key left as a Snakemake wildcard `{wildcard}`."""
-        body = self.body(stage)
-        paths = []
-        for section in ("outs", "metrics", "plots"):
-            paths += [p.replace("${key}", "{" + wildcard + "}") for p in entry_paths(body.get(section))]
-        return paths
-
     def instances(self) -> list[tuple[str, str | None]]:
         """Every concrete stage: (stage, None) or (stage, key) for foreach stages."""
         out = []
@@ -122,6 +113,12 @@ class Pipeline:
             inside = sorted(p for p in outputs if p.startswith(dep.rstrip("/") + "/"))
             expanded += inside if dep not in outputs and inside else [dep]
         return expanded
+
+
+def rule_name(stage: str, key: str | None) -> str:
+    """DVC's `student@g1` -> the Snakemake rule name `student__g1` (identifiers only)."""
+    name = stage if key is None else f"{stage}__{key}"
+    return re.sub(r"\W", "_", name)
 
 
 def is_directory(path: str) -> bool:

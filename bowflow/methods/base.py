@@ -38,6 +38,7 @@ METHODS: dict[str, type["Method"]] = {}
 def register_method(name: str):
     def wrap(cls):
         cls.name = name
+        cls.label = cls.__dict__.get("label") or name
         METHODS[name] = cls
         return cls
     return wrap
@@ -128,6 +129,7 @@ class Method(nn.Module):
     """
 
     name = "base"
+    label = ""            # how reports name the method ("BYOL"); defaults to `name`
     Params = TrainParams
 
     def __init__(self, params: TrainParams, backbone: Backbone, context: dict[str, Any]):

@@ -80,6 +80,7 @@ class NormalizedLinear(nn.Module):
 
 @register_method("bownet")
 class BoWNet(Method):
+    label = "BoWNet"
     Params = BoWNetParams
 
     def __init__(self, params, backbone, context):

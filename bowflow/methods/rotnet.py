@@ -26,6 +26,7 @@ class RotNetParams(TrainParams):
 
 @register_method("rotnet")
 class RotNet(Method):
+    label = "RotNet"
     Params = RotNetParams
 
     def __init__(self, params, backbone, context):

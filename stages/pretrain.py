@@ -1,8 +1,12 @@
-"""Stage teacher: pretrain generation 0 (RotNet by default) on the prepared SSL images.
+"""Stage pretrain: train one method on the prepared SSL images, from scratch, with no
+other input: RotNet as generation 0 of the BoWNet chain (`teacher` in params.yaml) and
+every named run of the `pretrain:` map (BYOL, SimSiam, DINO, Barlow Twins, ...).
 
-    python -m stages.teacher --prepared data/prepared --model data/models/g0/model.pt \
+    python -m stages.pretrain --prepared data/prepared --model data/models/g0/model.pt \
         --metrics data/metrics/train/g0.json --history data/plots/train/g0.csv \
         --seed 0 --device auto --method rotnet --arch convnet --epochs 30 ...
+
+The run's name is its model's folder (`data/models/<name>/model.pt`).
 """
 from __future__ import annotations
 

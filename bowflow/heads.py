@@ -1,0 +1,79 @@
+"""Heads and teacher networks shared by the self-supervised methods.
+
+- `mlp`: the projector / predictor MLPs of BYOL, SimSiam, SimCLR, MoCo v2, SwAV, Barlow
+  Twins (Linear -> BN -> ReLU blocks, an optional BN on the output).
+- `DINOHead`: DINO's projection head, an MLP to a bottleneck, L2-normalised, then a
+  weight-normalised linear layer to D prototypes.
+- `ema_update` and `cosine_momentum`: the exponential moving average teachers of BYOL,
+  DINO, MoCo and OBoW, with the momentum raised from its base value to 1 on a cosine over
+  the optimizer steps (BYOL's schedule).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_bn: bool = False,
+        last_bn_affine: bool = True) -> nn.Sequential:
+    """[B, in_dim] -> [B, out_dim]: (layers - 1) x (Linear, BN, ReLU), then Linear
+    (+ BN when `last_bn`: SimSiam's projector and Barlow Twins' output have one)."""
+    blocks: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(layers - 1):
+        blocks += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        dim = hidden_dim
+    blocks.append(nn.Linear(dim, out_dim, bias=not last_bn))
+    if last_bn:
+        blocks.append(nn.BatchNorm1d(out_dim, affine=last_bn_affine))
+    return nn.Sequential(*blocks)
+
+
+class DINOHead(nn.Module):
+    """DINO's head: [B, in_dim] -> MLP (GELU, no BN) -> [B, bottleneck], L2-normalised ->
+    weight-normalised Linear(bottleneck, out_dim) without bias -> logits [B, out_dim].
+    The last layer's norm (its `weight_g`) is fixed at 1, as in the authors' code."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 512, bottleneck_dim: int = 128,
+                 layers: int = 3):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(layers - 1):
+            blocks += [nn.Linear(dim, hidden_dim), nn.GELU()]
+            dim = hidden_dim
+        blocks.append(nn.Linear(dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*blocks)
+        self.last_direction = nn.Parameter(torch.randn(out_dim, bottleneck_dim) / math.sqrt(bottleneck_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(self.mlp(x), dim=-1)
+        return F.linear(z, F.normalize(self.last_direction, dim=-1))
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy of `module` for an EMA teacher: same weights, no gradients."""
+    teacher = copy.deepcopy(module)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter.
+    Buffers (BN running statistics) are copied, not averaged (OBoW, BYOL)."""
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(momentum).add_(s.detach(), alpha=1.0 - momentum)
+    for t, s in zip(teacher.buffers(), student.buffers()):
+        t.copy_(s)
+
+
+def cosine_momentum(step: int, total_steps: int, base: float) -> float:
+    """base at step 0 -> 1 at the last step, on a cosine: 1 - (1 - base)(cos(pi t / T) + 1) / 2."""
+    progress = min(step / max(1, total_steps), 1.0)
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0

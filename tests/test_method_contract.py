@@ -1,0 +1,132 @@
+"""The method contract: every registered method, the same three checks.
+
+1. A few epochs train with finite losses and statistics.
+2. Killed in the middle of an epoch, a run resumed from its last checkpoint ends with the
+   same weights, buffers (EMA networks, queues, centres...) and history as a run that was
+   never interrupted: bit for bit.
+3. What the method exports is a model file that the evaluate stage loads and scores.
+
+A method that needs inputs a stage would give it (BoWNet: cached BoW codes) gets them from
+`STAGE_INPUTS`; every other method trains on images (and labels) alone.
+"""
+import json
+import math
+
+import pytest
+import torch
+
+from bowflow.methods import available_methods, get_method
+from bowflow.models import Normalizer, save_model
+from bowflow.networks import build_backbone
+from bowflow.train import train
+from stages import evaluate, prepare
+
+IMAGE_SIZE = 16
+NUM_CLASSES = 4
+
+# What the stage that trains a method passes it besides images and labels.
+STAGE_INPUTS = {
+    "bownet": lambda n: {"codes": torch.randint(0, 8, (n, 16), generator=torch.Generator().manual_seed(1)),
+                         "num_words": 8},
+}
+
+
+class Killed(Exception):
+    """Stands for SIGKILL in the middle of an epoch: nothing after it is saved."""
+
+
+def data(n: int = 48):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(n) % NUM_CLASSES
+    return images, labels
+
+
+def build(name: str, images, labels, epochs: int = 2):
+    cls = get_method(name)
+    params = cls.Params(method=name, arch="convnet", width=4, epochs=epochs, batch_size=16,
+                        lr=0.03, warmup_epochs=0.5, collapse_std=0.0)
+    params.validate()
+    torch.manual_seed(0)
+    context = {"normalizer": Normalizer.fit(images), "image_size": IMAGE_SIZE, "labels": labels,
+               "num_classes": NUM_CLASSES, **STAGE_INPUTS.get(name, lambda n: {})(len(images))}
+    return cls(params, build_backbone("convnet", 4), context), params
+
+
+def run(method, params, images, checkpoint):
+    return train(method, images, params, seed=0, checkpoint_path=checkpoint, run_id="contract",
+                 show_progress=False, run_name="contract")
+
+
+def untimed(history):
+    return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_second")} for row in history]
+
+
+METHODS = available_methods()
+
+
+def test_every_method_module_registers_a_method():
+    assert {"rotnet", "bownet"} <= set(METHODS)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_trains_with_finite_loss(name, tmp_path):
+    images, labels = data()
+    method, params = build(name, images, labels)
+    history = run(method, params, images, tmp_path / "ck.pt")
+    assert len(history) == params.epochs
+    for row in history:
+        assert all(math.isfinite(v) for v in row.values() if isinstance(v, float)), row
+    assert all(torch.isfinite(p).all() for p in method.state_dict().values() if p.is_floating_point())
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_resumes_bit_for_bit_after_a_kill(name, tmp_path):
+    images, labels = data()
+    straight, params = build(name, images, labels, epochs=3)
+    straight_history = run(straight, params, images, tmp_path / "straight.pt")
+
+    killed, _ = build(name, images, labels, epochs=3)
+    steps_per_epoch = len(images) // params.batch_size
+    original_after_step = killed.after_step
+
+    def after_step(step, total_steps):
+        original_after_step(step, total_steps)
+        if step == steps_per_epoch + 1:          # one step into the second epoch
+            raise Killed
+
+    killed.after_step = after_step
+    with pytest.raises(Killed):
+        run(killed, params, images, tmp_path / "killed.pt")
+
+    resumed, _ = build(name, images, labels, epochs=3)
+    resumed_history = run(resumed, params, images, tmp_path / "killed.pt")
+    assert untimed(resumed_history) == untimed(straight_history)
+    expected, got = straight.state_dict(), resumed.state_dict()
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), f"{name}: {key} differs after resuming"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared") / "prepared"
+    prepare.main(["--out", str(out), "--seed", "0", "--source", "digits", "--image_size", str(IMAGE_SIZE)])
+    return out
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_export_loads_in_the_evaluate_stage(name, prepared, tmp_path):
+    images, labels = data()
+    method, params = build(name, images, labels, epochs=1)
+    run(method, params, images, tmp_path / "ck.pt")
+    model = tmp_path / name / "model.pt"
+    save_model(model, method.export_backbone(), Normalizer.fit(images), params, IMAGE_SIZE,
+               extra={"name": name, "parent": "", "generation": 0, "method_label": method.label})
+    out = tmp_path / "eval.json"
+    evaluate.main(["--prepared", str(prepared), "--model", str(model), "--out", str(out), "--seed", "0",
+                   "--device", "cpu", "--linear_epochs", "2", "--few_shot_shots", "1",
+                   "--few_shot_episodes", "10"])
+    metrics = json.loads(out.read_text())
+    assert metrics["method"] == name and 0 <= metrics["linear_base"] <= 100
+    assert 0 <= metrics["few_shot"]["1"]["mean"] <= 100
