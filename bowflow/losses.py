@@ -166,21 +166,21 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
 
     scores [B, K]: cosine similarities of L2-normalised embeddings and prototypes.
     Q = exp(scores / epsilon), then alternately scale columns (each prototype gets 1/K of
-    the mass) and rows (each sample gets 1/B). Returns codes [B, K] (no gradient): rows
-    sum to 1, columns sum to about B/K (exactly after many iterations), so the batch
-    cannot all go to one prototype (the collapse this prevents).
+    the mass) and rows (each sample gets 1/B); done on log Q (logsumexp), so no score range
+    can overflow or underflow. Returns codes [B, K] (no gradient): rows sum to 1, columns
+    sum to about B/K (exactly after many iterations), so the batch cannot all go to one
+    prototype (the collapse this prevents).
     epsilon = 0.05 (SwAV): small epsilon gives sharp codes, large ones blur them to uniform;
     iterations = 3 (SwAV): enough for approximately equal partition.
     """
     if iterations < 1:
         raise ValueError(f"sinkhorn needs at least one iteration, got {iterations}")
     b, k = scores.shape
-    codes = torch.exp((scores - scores.max()) / epsilon)      # max subtracted: no overflow
-    codes = codes / codes.sum()
+    log_codes = scores / epsilon
     for _ in range(iterations):
-        codes = codes / codes.sum(dim=0, keepdim=True) / k                   # prototypes
-        codes = codes / codes.sum(dim=1, keepdim=True) / b                   # samples
-    return codes * b
+        log_codes = log_codes - log_codes.logsumexp(dim=0, keepdim=True) - math.log(k)  # prototypes
+        log_codes = log_codes - log_codes.logsumexp(dim=1, keepdim=True) - math.log(b)  # samples
+    return torch.exp(log_codes + math.log(b))
 
 
 @_float32
