@@ -112,9 +112,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     2B - 1 others (1 positive, 2B - 2 in-batch negatives), by softmax over cosine / T.
 
     z1, z2 [B, D] (row i of both = two views of image i; L2-normalised here). Symmetric:
-    both views act as anchors, mean over the 2B anchors. temperature = 0.5: the paper's
-    choice for CIFAR-10 (0.1 for ImageNet with batch 4096); lower T weights hard
-    negatives more.
+    both views act as anchors, mean over the 2B anchors. temperature = 0.5: best for
+    CIFAR-10 at every batch size in the paper's appendix (its ImageNet runs use 0.1);
+    a lower T weights the hardest negatives more.
     """
     b = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)                              # [2B, D]
@@ -298,7 +298,8 @@ def kl_to_target(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     the batch. logits, targets [B, K]; targets detached. Same gradient as the soft
     cross-entropy but 0 at a perfect prediction (the target entropy is subtracted)."""
     targets = targets.detach()
-    return (torch.xlogy(targets, targets) - targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    pointwise = torch.xlogy(targets, targets) - targets * F.log_softmax(logits, dim=1)
+    return pointwise.sum(dim=1).mean()
 
 
 @torch.no_grad()

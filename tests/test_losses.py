@@ -59,7 +59,7 @@ def test_barlow_twins_cross_correlation_matches_a_hand_loop():
     on, off = 0.0, 0.0
     for i in range(d):
         for j in range(d):
-            c_ij = sum(s1[n, i] * s2[n, j] for n in range(b)) / b   # dim i of view 1 vs dim j of view 2
+            c_ij = sum(s1[n, i] * s2[n, j] for n in range(b)) / b   # view 1 dim i, view 2 dim j
             if i == j:
                 on += (1 - c_ij) ** 2
             else:
