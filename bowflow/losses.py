@@ -112,9 +112,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     2B - 1 others (1 positive, 2B - 2 in-batch negatives), by softmax over cosine / T.
 
     z1, z2 [B, D] (row i of both = two views of image i; L2-normalised here). Symmetric:
-    both views act as anchors, mean over the 2B anchors. temperature = 0.5: the paper's
-    choice for CIFAR-10 (0.1 for ImageNet with batch 4096); lower T weights hard
-    negatives more.
+    both views act as anchors, mean over the 2B anchors. temperature = 0.5: best for
+    CIFAR-10 at every batch size in the paper's appendix (its ImageNet runs use 0.1);
+    a lower T weights the hardest negatives more.
     """
     b = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)                              # [2B, D]
@@ -166,21 +166,21 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
 
     scores [B, K]: cosine similarities of L2-normalised embeddings and prototypes.
     Q = exp(scores / epsilon), then alternately scale columns (each prototype gets 1/K of
-    the mass) and rows (each sample gets 1/B). Returns codes [B, K] (no gradient): rows
-    sum to 1, columns sum to about B/K (exactly after many iterations), so the batch
-    cannot all go to one prototype (the collapse this prevents).
+    the mass) and rows (each sample gets 1/B); done on log Q (logsumexp), so no score range
+    can overflow or underflow. Returns codes [B, K] (no gradient): rows sum to 1, columns
+    sum to about B/K (exactly after many iterations), so the batch cannot all go to one
+    prototype (the collapse this prevents).
     epsilon = 0.05 (SwAV): small epsilon gives sharp codes, large ones blur them to uniform;
     iterations = 3 (SwAV): enough for approximately equal partition.
     """
     if iterations < 1:
         raise ValueError(f"sinkhorn needs at least one iteration, got {iterations}")
     b, k = scores.shape
-    codes = torch.exp((scores - scores.max()) / epsilon)      # max subtracted: no overflow
-    codes = codes / codes.sum()
+    log_codes = scores / epsilon
     for _ in range(iterations):
-        codes = codes / codes.sum(dim=0, keepdim=True) / k                   # prototypes
-        codes = codes / codes.sum(dim=1, keepdim=True) / b                   # samples
-    return codes * b
+        log_codes = log_codes - log_codes.logsumexp(dim=0, keepdim=True) - math.log(k)  # prototypes
+        log_codes = log_codes - log_codes.logsumexp(dim=1, keepdim=True) - math.log(b)  # samples
+    return torch.exp(log_codes + math.log(b))
 
 
 @_float32
@@ -298,7 +298,8 @@ def kl_to_target(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     the batch. logits, targets [B, K]; targets detached. Same gradient as the soft
     cross-entropy but 0 at a perfect prediction (the target entropy is subtracted)."""
     targets = targets.detach()
-    return (torch.xlogy(targets, targets) - targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    pointwise = torch.xlogy(targets, targets) - targets * F.log_softmax(logits, dim=1)
+    return pointwise.sum(dim=1).mean()
 
 
 @torch.no_grad()
