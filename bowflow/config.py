@@ -148,6 +148,10 @@ def check_pretrain(pretrain: Any) -> dict:
         check_run_name(name, f"pretrain.{name}")
         where = f"pretrain.{name}"
         checked[name] = check_section(method_params(section, where), section, where)
+        needs = get_method(section["method"]).stage_inputs
+        if needs:
+            raise ParamsError(f"{where}.method: '{section['method']}' needs {list(needs)} from its own "
+                              f"stages; it cannot be a pretrain run (BoWNet belongs in generations:)")
     return checked
 
 
@@ -207,6 +211,9 @@ def check_generations(generations: Any, pretrain: dict) -> dict:
         vocab = check_section(VocabParams, item["vocab"], f"{where}.vocab")
         student = check_section(method_params(item["student"], f"{where}.student"), item["student"],
                                 f"{where}.student")
+        if "codes" not in get_method(student.method).stage_inputs:
+            raise ParamsError(f"{where}.student.method: '{student.method}' does not learn from a "
+                              f"vocabulary's BoW codes; a generation's student must (e.g. bownet)")
         checked[name] = {"parent": item["parent"], "vocab": vocab, "student": student}
         known.add(name)
     return checked
