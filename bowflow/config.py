@@ -163,7 +163,9 @@ def check_section(cls: type, values: Any, where: str) -> Any:
         section = cls(**values)
         section.validate()
     except ValueError as error:
-        raise ParamsError(f"{where}: {error}") from None
+        first = str(error).split(" ", 1)[0]
+        key = f"{where}.{first}" if first in names else where   # name the key when the message does
+        raise ParamsError(f"{key}: {error}") from None
     return section
 
 
@@ -272,6 +274,8 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
     if missing:
         raise ParamsError(f"{missing[0]}: missing top-level key")
     check_type("seed", params["seed"], int)
+    if not 0 <= params["seed"] < 2**32:
+        raise ParamsError(f"seed: expected an integer in [0, 2**32 - 1] (numpy's seed range), got {params['seed']}")
     check_type("device", params["device"], str)
     if not (params["device"] in ("auto", "cpu") or params["device"].startswith("cuda")):
         raise ParamsError(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got '{params['device']}'")
@@ -316,8 +320,12 @@ def read_yaml(path: Path, what: str) -> Any:
     try:
         return load_yaml(path)
     except YAMLError as error:
-        detail = " ".join(str(error).split())
-        raise ParamsError(f"{path}: not valid YAML: {detail}") from None
+        mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+        if mark is not None and problem:
+            detail = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+        else:
+            detail = " ".join(str(error).split())
+        raise ParamsError(f"{path}: not valid YAML at {detail}") from None
     except UnicodeDecodeError as error:
         raise ParamsError(f"{path}: not UTF-8 text ({error}): expected a YAML file") from None
 

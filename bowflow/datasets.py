@@ -402,8 +402,9 @@ def extract_tarball(tarball: Path) -> Path:
                     else:
                         tar.extractall(tmp, members=members)
             except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+                detail = " ".join(str(e).split())   # one line, even for tarfile's list of methods
                 raise DataError(f"data.root: '{tarball}' is not a readable tar archive "
-                                f"({type(e).__name__}: {e}); expected a complete .tar.gz, .tgz or "
+                                f"({type(e).__name__}: {detail}); expected a complete .tar.gz, .tgz or "
                                 f".tar of class folders") from None
             try:
                 os.rename(tmp, final)

@@ -24,6 +24,8 @@ def paths(parser):
 
 def main(argv=None):
     params, args = parse_section(DataParams, argv, __doc__, paths)
+    if not 0 <= args.seed < 2**32:
+        raise SystemExit(f"prepare: --seed: expected an integer in [0, 2**32 - 1], got {args.seed}")
     clock = StageClock()
     try:
         train, test, report = load_source(params.source, params.root, params.image_size,
