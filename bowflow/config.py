@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bowflow.datasets import DIGITS_CLASSES, SOURCES
+from bowflow.datasets import DIGITS_CLASSES, SOURCES, TARBALL_SUFFIXES
 from bowflow.methods import get_method
 from bowflow.methods.base import fraction, positive
 
@@ -275,7 +275,8 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
         raise ParamsError(f"{missing[0]}: missing top-level key")
     check_type("seed", params["seed"], int)
     if not 0 <= params["seed"] < 2**32:
-        raise ParamsError(f"seed: expected an integer in [0, 2**32 - 1] (numpy's seed range), got {params['seed']}")
+        raise ParamsError(f"seed: expected an integer in [0, 2**32 - 1] (numpy's seed range), "
+                          f"got {params['seed']}")
     check_type("device", params["device"], str)
     if not (params["device"] in ("auto", "cpu") or params["device"].startswith("cuda")):
         raise ParamsError(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got '{params['device']}'")
@@ -344,10 +345,11 @@ def check_environment(checked: dict, params: dict) -> None:
     if data.source == "imagefolder" and not root.exists():
         raise ParamsError(f"data.root: '{data.root}' does not exist: expected a folder of class "
                           f"folders, or a .tar.gz of one")
-    if data.source == "imagefolder" and root.is_file() and not root.name.lower().endswith((".tar.gz", ".tgz", ".tar")):
+    if data.source == "imagefolder" and root.is_file() and not root.name.lower().endswith(TARBALL_SUFFIXES):
         raise ParamsError(f"data.root: '{data.root}' is a file but not a tarball: expected a folder "
-                          f"of class folders or a .tar.gz, .tgz or .tar of one")
-    if data.source not in ("digits", "imagefolder") and not data.download and (root is None or not root.exists()):
+                          f"of class folders or a {', '.join(TARBALL_SUFFIXES)} of one")
+    torchvision = data.source not in ("digits", "imagefolder")
+    if torchvision and not data.download and (root is None or not root.exists()):
         raise ParamsError(f"data.root: '{data.root}' does not exist: expected a folder holding a local "
                           f"copy of {data.source}, or set data.download: true")
     try:

@@ -40,7 +40,8 @@ def main(argv=None):
         f"({len(base)} base, {len(novel)} novel classes) in {clock.summary()['wall_seconds']} s")
 
 
-def split_classes(class_names: list[str], novel_classes: list[str], report: dict) -> tuple[list[str], list[str]]:
+def split_classes(class_names: list[str], novel_classes: list[str],
+                  report: dict) -> tuple[list[str], list[str]]:
     """(base, novel) classes; a novel class whose every image was unreadable is named as such."""
     dropped = [c for c in novel_classes if c in report.get("dropped_classes", [])]
     if dropped:

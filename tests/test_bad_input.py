@@ -16,7 +16,7 @@ and expects one of two outcomes:
                      data/prepared/manifest.json and the dataset right (classes, counts,
                      and pixels where the row checks them).
 
-Speed: starting a fresh interpreter costs ~5 s here (importing torch), too slow for ~70
+Speed: starting a fresh interpreter costs ~5 s here (importing torch), too slow for ~80
 rows on 2 cores. So each row runs in a child forked from this already-warm interpreter,
 which executes the module as `__main__` with the row's argv (`runpy`, as `python -m`
 does), its own stdout/stderr files and exit code, and an uncaught exception printed as a
