@@ -237,13 +237,15 @@ def check_generations(generations: Any) -> dict:
 
 
 def parent_cycle(generations: dict, start: str) -> str:
-    """' : the parents form a cycle a -> b -> a' when following parents from `start` loops."""
+    """Why `start`'s parent is not known yet: '; the parents form a cycle a -> b -> a' when
+    following parents loops back, '; move 'b' above 'a'' when the parent is defined below."""
     chain, name = [start], start
     while True:
         item = generations.get(name)
         parent = item.get("parent") if isinstance(item, dict) else None
         if not isinstance(parent, str) or parent not in generations:
-            return ""
+            later = generations[start].get("parent")
+            return f"; move '{later}' above '{start}'" if later in generations else ""
         chain.append(parent)
         if parent in chain[:-1]:
             return f"; the parents form a cycle {' -> '.join(chain[chain.index(parent):])}"

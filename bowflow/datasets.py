@@ -18,8 +18,11 @@ Image policy (imagefolder; the array sources use the same resize):
       ratio (no stretching) at the cost of the borders of non-square images;
     - a large JPEG is decoded at a reduced scale (libjpeg "draft" mode), never below
       twice the target size, before the bilinear resize: much faster for photos;
-    - hidden files and folders (".name", "__MACOSX") and non-image files are ignored;
-      unreadable images are skipped and listed in the report.
+    - hidden files and folders (".name", "__MACOSX") are ignored; non-image files in
+      class folders and unreadable images are skipped and listed in the report;
+    - class and file names are kept as text: NFC-normalised (so a folder name written
+      in NFD, as macOS does, matches the same name typed in params.yaml), bytes that are
+      not UTF-8 shown as backslash escapes.
 
 Bad input (a root that is missing or not a folder/tarball, a corrupt tarball, too few
 classes, unknown novel classes, too many unreadable files...) raises `DataError`, whose
@@ -62,7 +65,7 @@ from tqdm import tqdm
 
 from bowflow.io import atomic_path, read_json, write_json
 
-SOURCES = ("digits", "imagefolder", "cifar10", "cifar100", "svhn", "stl10")   # the one list (config imports it)
+SOURCES = ("digits", "imagefolder", "cifar10", "cifar100", "svhn", "stl10")   # the one list; config imports it
 DIGITS_CLASSES = [str(i) for i in range(10)]
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")

@@ -504,6 +504,11 @@ def _cycle(params):
     params["generations"]["g2"]["parent"] = "g1"
 
 
+def _parent_below(params):
+    params["generations"]["g1"]["parent"] = "g2"
+    params["generations"]["g2"]["parent"] = "g0"
+
+
 def _bad_generation_name(params):
     params["generations"]["../g3"] = params["generations"]["g2"]
 
@@ -629,6 +634,8 @@ ROWS = [
      fails("generations.g1.parent", "its own parent", "expected 'g0'")),
     ("parents form a cycle", lambda t: check_params(t, _cycle),
      fails("generations.g1.parent", "'g2'", "cycle g1 -> g2 -> g1")),
+    ("parent defined below its child", lambda t: check_params(t, _parent_below),
+     fails("generations.g1.parent", "'g2'", "generation defined above it", "move 'g2' above 'g1'")),
     ("parent that is a list", lambda t: check_params(t, setter("generations.g1.parent", ["g0"])),
      fails("generations.g1.parent", "expected the name of one generation")),
     ("generation name with a slash", lambda t: check_params(t, _bad_generation_name),
