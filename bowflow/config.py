@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bowflow.datasets import DIGITS_CLASSES, SOURCES, TARBALL_SUFFIXES
+from bowflow.datasets import (DIGITS_CLASSES, SOURCES, TARBALL_SUFFIXES, DataError, check_novel_classes,
+                               count_class_images)
 from bowflow.methods import get_method
 from bowflow.methods.base import fraction, positive
 
@@ -335,7 +336,9 @@ def read_yaml(path: Path, what: str) -> Any:
 
 def check_environment(checked: dict, params: dict) -> None:
     """What `validate_params` cannot see from the file alone: the data root exists (for an
-    image folder, or a torchvision source without download), and a requested GPU is here.
+    image folder, or a torchvision source without download); for an image folder (not a
+    tarball), its class folders hold the novel classes with enough images for the few-shot
+    episodes (files counted, nothing decoded); and a requested GPU is here.
 
     Run by the check_params stage (`main`); relative paths are taken from the working
     directory, as the stages see them.
@@ -350,6 +353,18 @@ def check_environment(checked: dict, params: dict) -> None:
     if data.source == "imagefolder" and root.is_file() and not root.name.lower().endswith(TARBALL_SUFFIXES):
         raise ParamsError(f"data.root: '{data.root}' is a file but not a tarball: expected a folder "
                           f"of class folders or a {', '.join(TARBALL_SUFFIXES)} of one")
+    if data.source == "imagefolder":
+        try:
+            found = count_class_images(root)
+            if found is not None:
+                folder, counts = found
+                check_novel_classes(data.novel_classes, counts, folder)
+                checked["evaluate"].check_against({"novel_classes": data.novel_classes,
+                                                   "counts": {"all": counts}})
+        except DataError as error:
+            raise ParamsError(str(error)) from None
+        except ValueError as error:
+            raise ParamsError(f"evaluate: {error} (image files under '{data.root}')") from None
     torchvision = data.source not in ("digits", "imagefolder")
     if torchvision and not data.download and (root is None or not root.exists()):
         raise ParamsError(f"data.root: '{data.root}' does not exist: expected a folder holding a local "

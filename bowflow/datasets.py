@@ -198,9 +198,10 @@ def _check_fraction(name: str, value: Any, open_interval: bool) -> None:
 
 
 def _warn(report: dict[str, Any], message: str) -> None:
-    """Record a warning in the report and print it to stderr."""
+    """Record a warning in the report and print it to stderr (unless report["quiet"])."""
     report["warnings"].append(message)
-    print(f"warning: {message}", file=sys.stderr)
+    if not report.get("quiet"):
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def _warn_missing_classes(train: ImageSet, test: ImageSet, report: dict[str, Any]) -> None:
@@ -511,23 +512,49 @@ def _scan_tree(data_root: Path, report: dict[str, Any]) -> tuple[list[tuple[str,
     return entries, sorted(class_names)
 
 
-def _check_novel_names(novel_classes: Sequence[str], entries: list[tuple[str, str, str]],
-                       class_names: list[str], data_root: Path) -> None:
-    """Before decoding: enough class folders, and every novel class has a non-empty folder."""
-    with_images = sorted({name for _, name, _ in entries})
+def _class_counts(entries: list[tuple[str, str, str]], class_names: list[str]) -> dict[str, int]:
+    """Image files per class name, both splits together (0 for an empty class folder)."""
+    counts = dict.fromkeys(class_names, 0)
+    for _, name, _ in entries:
+        counts[name] += 1
+    return counts
+
+
+def check_novel_classes(novel_classes: Sequence[str], counts: dict[str, int], data_root: Path) -> None:
+    """Before decoding: enough classes with image files, and every novel class has some.
+
+    counts: image files per class folder name (see `count_class_images`).
+    """
+    with_images = sorted(name for name, n in counts.items() if n)
     if len(with_images) < 3:
         raise DataError(f"data.root: only {len(with_images)} class folder(s) with images under "
                         f"'{data_root}' ({with_images}): expected at least 3, 1 base class and "
                         f"the 2 or more novel classes of data.novel_classes")
     novel = [unicodedata.normalize("NFC", c) if isinstance(c, str) else c for c in novel_classes]
-    unknown = [c for c in novel if c not in class_names]
+    unknown = [c for c in novel if c not in counts]
     if unknown:
         raise DataError(f"data.novel_classes: {unknown} not found under '{data_root}': expected "
-                        f"names of its class folders {class_names}")
-    empty = [c for c in novel if c not in with_images]
+                        f"names of its class folders {sorted(counts)}")
+    empty = [c for c in novel if not counts[c]]
     if empty:
         raise DataError(f"data.novel_classes: class folder(s) {empty} under '{data_root}' hold no "
                         f"image files: expected images of every novel class")
+
+
+def count_class_images(root: str | os.PathLike) -> tuple[Path, dict[str, int]] | None:
+    """(folder read, image files per class over both splits) of an image-folder root,
+    without decoding anything; None when root is not a folder (a tarball is only opened
+    by the prepare stage). Lets the check_params stage check class names and few-shot
+    sizes before any work. Raises DataError when the folder holds no class folders.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    inner = _single_top_folder(root)
+    data_root = inner if inner is not None and inner.name not in SPLITS else root
+    report = {"warnings": [], "skipped": [], "quiet": True}
+    entries, class_names = _scan_tree(data_root, report)
+    return data_root, _class_counts(entries, class_names)
 
 
 # --------------------------------------------------------------------------------------
@@ -660,7 +687,7 @@ def _load_imagefolder(root: Path, image_size: int, test_fraction: float, seed: i
 
     entries, class_dirs = _scan_tree(data_root, report)
     if novel_classes is not None:
-        _check_novel_names(novel_classes, entries, class_dirs, data_root)
+        check_novel_classes(novel_classes, _class_counts(entries, class_dirs), data_root)
     if entries[0][0] == "all":
         _check_fraction("test_fraction", test_fraction, open_interval=True)
     rel_paths = [rel for _, _, rel in entries]

@@ -642,8 +642,17 @@ ROWS = [
      fails("generations.../g3", "expected a name of letters")),
     ("more ways than novel classes", lambda t: check_params(t, setter("evaluate.few_shot_way", 6)),
      fails("evaluate.few_shot_way", "data.novel_classes lists 5")),
-    ("shots + queries above a novel class's images", _shots_exceed_novel,
+    ("shots + queries above a novel class's images (prepared manifest)", _shots_exceed_novel,
      fails("evaluate", "65 images per novel class", "'c' has 3")),
+    ("novel class not in the image folder (check_params)", lambda t: check_params(
+        t, imagefolder_data(tree(t / "data"), ("c", "zebra"))),
+     fails("data.novel_classes", "zebra", "not found", "expected names of its class folders")),
+    ("single class (check_params)", lambda t: check_params(
+        t, imagefolder_data(tree(t / "data", classes=("c",)), ("c", "d"))),
+     fails("data.root", "only 1 class folder", "expected at least 3")),
+    ("shots + queries above the image files of a novel class (check_params)", lambda t: check_params(
+        t, imagefolder_data(tree(t / "data"))),
+     fails("evaluate", "65 images per novel class", "'c' has 3", "image files under")),
     ("novel class not in the data (digits)", lambda t: check_params(t, setter("data.novel_classes", ["5", "10"])),
      fails("data", "novel_classes ['10']", "expected names among")),
     ("novel class listed twice", lambda t: check_params(t, setter("data.novel_classes", ["5", "6", "5"])),
@@ -703,7 +712,7 @@ def test_bad_input(case, build, expected, tmp_path):
     check_outcome(result, expected, tmp_path)
 
 
-FRESH_ROWS = ("root does not exist", "unknown key in a section", "truncated PNG")
+FRESH_ROWS = ("unknown key in a section", "truncated PNG")   # one per entry point, one of each outcome
 
 
 @pytest.mark.parametrize("case", FRESH_ROWS)
