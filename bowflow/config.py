@@ -15,6 +15,7 @@ import math
 import re
 import sys
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,8 +360,8 @@ def check_environment(checked: dict, params: dict) -> None:
             if found is not None:
                 folder, counts = found
                 check_novel_classes(data.novel_classes, counts, folder)
-                checked["evaluate"].check_against({"novel_classes": data.novel_classes,
-                                                   "counts": {"all": counts}})
+                novel = [unicodedata.normalize("NFC", c) for c in data.novel_classes]  # as folders are
+                checked["evaluate"].check_against({"novel_classes": novel, "counts": {"all": counts}})
         except DataError as error:
             raise ParamsError(str(error)) from None
         except ValueError as error:
