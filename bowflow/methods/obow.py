@@ -1,0 +1,204 @@
+"""OBoW (Gidaris et al., CVPR 2021): predict an online teacher's bag of visual words.
+
+Each step, for a batch of B images:
+  teacher (EMA of the student backbone) on the plain full image -> maps of the last two
+  stages [B, C_l, h_l, w_l] -> soft BoW targets y_l [B, K] against the level's vocabulary
+  (a queue of K teacher features, `losses.obow_bow_targets`; running-mean distance m_l);
+  student on 2 large crops + 5 of the 9 cells of a 3x3 grid (colour jitter, grayscale) ->
+  its pooled last-stage feature f [V*B, C] -> per level, a weight generator turns each
+  L2-normalised word into a classifier weight W_l [K, C]; logits = kappa * f W_l^T ->
+  KL(y_l || softmax) averaged over levels, summed over the 7 crops (the paper);
+  then each level's queue receives one random location of the 3x3-average-pooled teacher
+  map per image, replacing the oldest words, and after the optimizer step the teacher
+  follows the student with momentum 0.99 -> 1 (cosine over steps).
+
+As in the authors' code, the student predicts both levels from its final pooled feature
+(generator: Linear(C_l, 2C) -> BN over the K words -> ReLU -> Linear(2C, C) -> L2), the
+teacher runs in train mode (batch statistics) and its BN running statistics are copied
+from the student, not averaged (`heads.ema_update`). The evaluated network is the student.
+Queues start from random locations of the first batch's teacher maps (not random vectors:
+distances to random vectors say nothing about the features' scale).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bowflow import augment, losses
+from bowflow.heads import cosine_momentum, ema_update, frozen_copy
+from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+
+
+@dataclass
+class OBoWParams(TrainParams):
+    method: str = "obow"
+    lr: float = field(default=0.05, metadata={"help": "peak SGD lr (authors: 0.05 at batch 256 for "
+                                                      "ResNet-18, cosine; kept for batch 64-256)"})
+    num_words: int = field(default=2048, metadata={"help": "K, words per level (a queue; paper 8192 on "
+                                                           "ImageNet, fewer for 10-class small images); "
+                                                           "a multiple of batch_size"})
+    base_momentum: float = field(default=0.99, metadata={"help": "EMA teacher momentum at step 0, "
+                                                                 "-> 1 on a cosine (paper 0.99)"})
+    inv_delta: float = field(default=10.0, metadata={"help": "soft-assignment sharpness, in units of "
+                                                             "1 / running mean distance (paper: 10 for ResNet-18)"})
+    distance_decay: float = field(default=0.99, metadata={"help": "decay of the running mean of the "
+                                                                  "nearest-word distance (paper 0.99, init 0.5)"})
+    kappa: float = field(default=5.0, metadata={"help": "fixed logit scale (paper: 5 for ResNet-18)"})
+    drop_border: int = field(default=1, metadata={"help": "map cells dropped on each side before BoW "
+                                                          "(paper 1); 0 where fewer than 2x2 would remain"})
+    num_crops: int = field(default=2, metadata={"help": "large student crops (paper 2)"})
+    crop_size: float = field(default=1.0, metadata={"help": "large crop side, fraction of the image "
+                                                            "(paper 160 of 224 px; full size on small images)"})
+    crop_scale_min: float = field(default=0.25, metadata={"help": "large crop area range, fraction of the "
+                                                                  "image (paper 0.08-0.6; raised for 16-32 px)"})
+    crop_scale_max: float = field(default=0.7, metadata={"help": "see crop_scale_min"})
+    num_patches: int = field(default=5, metadata={"help": "grid cells (of 9) given to the student (paper 5)"})
+    patch_size: float = field(default=0.5, metadata={"help": "patch side, fraction of the image, >= 4 px "
+                                                             "(paper 96 of 224 px, ~0.6 of the 160 px crops)"})
+    jitter: float = field(default=0.4, metadata={"help": "brightness/contrast/saturation strength (paper 0.4)"})
+    hue: float = field(default=0.1, metadata={"help": "hue shift, fraction of a turn (paper 0.1)"})
+    jitter_p: float = field(default=0.8, metadata={"help": "probability of colour jitter per view (paper 0.8)"})
+    gray_p: float = field(default=0.2, metadata={"help": "probability of grayscale per view (paper 0.2)"})
+
+    def validate(self) -> None:
+        super().validate()
+        positive("num_words", self.num_words)
+        if self.num_words % self.batch_size:
+            raise ValueError(f"num_words ({self.num_words}) must be a multiple of batch_size "
+                             f"({self.batch_size}): each step pushes one word per image")
+        fraction("base_momentum", self.base_momentum)
+        fraction("distance_decay", self.distance_decay)
+        for name in ("inv_delta", "kappa", "num_crops"):
+            positive(name, getattr(self, name))
+        positive("drop_border", self.drop_border, allow_zero=True)
+        if not 0 <= self.num_patches <= 9:
+            raise ValueError(f"num_patches must be in [0, 9] (cells of a 3x3 grid), got {self.num_patches}")
+        for name in ("crop_size", "patch_size", "crop_scale_min", "crop_scale_max"):
+            fraction(name, getattr(self, name), low_open=True)
+        if self.crop_scale_min > self.crop_scale_max:
+            raise ValueError(f"crop_scale_min ({self.crop_scale_min}) must be <= crop_scale_max "
+                             f"({self.crop_scale_max})")
+        for name in ("jitter_p", "gray_p"):
+            fraction(name, getattr(self, name))
+        positive("jitter", self.jitter, allow_zero=True)
+        positive("hue", self.hue, allow_zero=True)
+
+
+def grid_cells(images: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` distinct random cells per image of a 3x3 grid: uint8 [B, 3, H, W] ->
+    [count * B, 3, c, c] (cell-major: cell j of every image, then cell j + 1), with
+    c = max(H // 3, min(H, 4)); cells overlap when H < 12 so none is below 4 px."""
+    b, _, h, w = images.shape
+    side = max(min(h, w) // 3, min(h, w, 4))
+    tops = torch.linspace(0, h - side, 3).round().long().tolist()
+    lefts = torch.linspace(0, w - side, 3).round().long().tolist()
+    cells = torch.stack([images[:, :, t:t + side, l:l + side] for t in tops for l in lefts], 1)
+    chosen = torch.rand(b, 9, generator=generator, device=images.device).argsort(1)[:, :count]
+    picked = cells[torch.arange(b, device=images.device)[:, None], chosen]    # [B, count, 3, c, c]
+    return picked.transpose(0, 1).reshape(count * b, *cells.shape[2:])
+
+
+class WeightGenerator(nn.Module):
+    """Words [K, C_l] -> classifier weights [K, C]: L2-normalise, Linear(C_l, 2C) -> BN over
+    the K words -> ReLU -> Linear(2C, C) -> L2-normalise (OBoW's dynamic BoW head)."""
+
+    def __init__(self, word_dim: int, feature_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(word_dim, 2 * feature_dim, bias=False),
+                                 nn.BatchNorm1d(2 * feature_dim), nn.ReLU(inplace=True),
+                                 nn.Linear(2 * feature_dim, feature_dim))
+
+    def forward(self, words: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(F.normalize(words, dim=1)), dim=1)
+
+
+@register_method("obow")
+class OBoW(Method):
+    label = "OBoW"
+    Params = OBoWParams
+    levels = 2                                   # BoW from the last two backbone stages
+
+    def __init__(self, params, backbone, context):
+        super().__init__(params, backbone, context)
+        self.normalizer = context["normalizer"]
+        self.teacher = frozen_copy(backbone)
+        self.first_stage = len(backbone.channels) - self.levels
+        dims = backbone.channels[self.first_stage:]
+        self.generators = nn.ModuleList(WeightGenerator(c, backbone.out_channels) for c in dims)
+        for level, c in enumerate(dims):
+            self.register_buffer(f"words{level}", torch.zeros(params.num_words, c))
+            self.register_buffer(f"mean_distance{level}", torch.tensor(0.5))
+        self.register_buffer("pointer", torch.tensor(0))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("momentum", torch.tensor(params.base_momentum, dtype=torch.float64))
+        size = context["image_size"]
+        common = dict(jitter=params.jitter, hue=params.hue, jitter_p=params.jitter_p, gray_p=params.gray_p)
+        self.crop = augment.ViewSpec(size=augment.scaled_size(size, params.crop_size),
+                                     crop_scale=(params.crop_scale_min, params.crop_scale_max), **common)
+        self.patch = augment.ViewSpec(size=augment.scaled_size(size, params.patch_size),
+                                      crop_scale=(0.6, 1.0), **common)
+
+    def _border(self, side: int) -> int:
+        return self.params.drop_border if side - 2 * self.params.drop_border >= 2 else 0
+
+    @torch.no_grad()
+    def _local_features(self, maps: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+        """`count` random locations per image of the 3x3-average-pooled map [B, C, h, w]
+        -> [count * B, C] (kernel shrinks to the map on maps under 3x3)."""
+        k = min(3, maps.shape[2], maps.shape[3])
+        pooled = F.avg_pool2d(maps.float(), k, stride=1).flatten(2)             # [B, C, L]
+        where = torch.randint(pooled.shape[2], (count, maps.shape[0]), generator=generator,
+                              device=maps.device)
+        return torch.cat([pooled[torch.arange(maps.shape[0], device=maps.device), :, w] for w in where])
+
+    def training_step(self, images, index, generator):
+        p, b = self.params, images.shape[0]
+        with torch.no_grad():
+            plain = self.normalizer.normalize(augment.to_float(images))
+            maps = self.teacher.feature_maps(plain)[self.first_stage:]
+            if not bool(self.initialized):             # fill each queue from the first batch
+                count = -(-p.num_words // b)
+                for level, m in enumerate(maps):
+                    getattr(self, f"words{level}").copy_(self._local_features(m, count, generator)[:p.num_words])
+                self.initialized.fill_(True)
+            targets, stats = [], {}
+            for level, m in enumerate(maps):
+                y, distance = losses.obow_bow_targets(
+                    m, getattr(self, f"words{level}"), p.inv_delta, getattr(self, f"mean_distance{level}"),
+                    self._border(min(m.shape[2:])), p.distance_decay)
+                getattr(self, f"mean_distance{level}").copy_(distance)
+                targets.append(y)
+                stats[f"mean_distance{level}"] = distance
+                stats[f"perplexity_batch{level}"] = losses.perplexity(y.mean(0))
+                stats[f"perplexity_image{level}"] = losses.perplexity(y).mean()
+
+        views = [augment.make_view(images, self.crop, generator) for _ in range(p.num_crops)]
+        student = [self.backbone(self.normalizer.normalize(v)) for v in views]   # [B, C] each
+        if p.num_patches:
+            cells = grid_cells(images, p.num_patches, generator)
+            patches = augment.make_view(cells, self.patch, generator)             # [n*B, 3, s, s]
+            student += list(self.backbone(self.normalizer.normalize(patches)).split(b))
+        weights = [g(getattr(self, f"words{level}")) for level, g in enumerate(self.generators)]
+        loss = images.new_zeros((), dtype=torch.float32)
+        for level, (y, w) in enumerate(zip(targets, weights)):
+            level_loss = sum(losses.kl_to_target(p.kappa * F.linear(f, w), y) for f in student)
+            stats[f"loss{level}"] = level_loss.detach() / len(student)
+            loss = loss + level_loss / self.levels
+
+        with torch.no_grad():                          # push one word per image per level
+            pointer = int(self.pointer)
+            for level, m in enumerate(maps):
+                queue = getattr(self, f"words{level}")
+                new, next_pointer = losses.update_queue(queue, self._local_features(m, 1, generator), pointer)
+                queue.copy_(new)
+            self.pointer.fill_(next_pointer)
+        stats.update(loss=loss.detach(), embedding_std=losses.embedding_std(torch.cat(student[:p.num_crops])),
+                     momentum=self.momentum.float())
+        return loss, stats
+
+    def after_step(self, step, total_steps):
+        self.momentum.fill_(cosine_momentum(step, total_steps, self.params.base_momentum))
+        ema_update(self.teacher, self.backbone, float(self.momentum))
