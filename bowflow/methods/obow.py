@@ -7,7 +7,8 @@ Each step, for a batch of B images:
   student on 2 large crops + 5 of the 9 cells of a 3x3 grid (colour jitter, grayscale) ->
   its pooled last-stage feature f [V*B, C] -> per level, a weight generator turns each
   L2-normalised word into a classifier weight W_l [K, C]; logits = kappa * f W_l^T ->
-  KL(y_l || softmax) averaged over levels, summed over the 7 crops (the paper);
+  KL(y_l || softmax) averaged over levels and over the 7 crops (the authors' code
+  averages over B x crops; a sum would scale the lr by 7);
   then each level's queue receives one random location of the 3x3-average-pooled teacher
   map per image, replacing the oldest words, and after the optimizer step the teacher
   follows the student with momentum 0.99 -> 1 (cosine over steps).
@@ -47,6 +48,10 @@ class OBoWParams(TrainParams):
     distance_decay: float = field(default=0.99, metadata={"help": "decay of the running mean of the "
                                                                   "nearest-word distance (paper 0.99, init 0.5)"})
     kappa: float = field(default=5.0, metadata={"help": "fixed logit scale (paper: 5 for ResNet-18)"})
+    normalize_features: bool = field(default=True, metadata={"help": "L2-normalise the student's pooled "
+                                                                     "feature before the kappa-scaled "
+                                                                     "dot product (a cosine classifier: "
+                                                                     "the logit range is then fixed by kappa)"})
     drop_border: int = field(default=1, metadata={"help": "map cells dropped on each side before BoW "
                                                           "(paper 1); 0 where fewer than 2x2 would remain"})
     num_crops: int = field(default=2, metadata={"help": "large student crops (paper 2)"})
@@ -181,11 +186,12 @@ class OBoW(Method):
             cells = grid_cells(images, p.num_patches, generator)
             patches = augment.make_view(cells, self.patch, generator)             # [n*B, 3, s, s]
             student += list(self.backbone(self.normalizer.normalize(patches)).split(b))
+        features = [F.normalize(f, dim=1) if p.normalize_features else f for f in student]
         weights = [g(getattr(self, f"words{level}")) for level, g in enumerate(self.generators)]
         loss = images.new_zeros((), dtype=torch.float32)
         for level, (y, w) in enumerate(zip(targets, weights)):
-            level_loss = sum(losses.kl_to_target(p.kappa * F.linear(f, w), y) for f in student)
-            stats[f"loss{level}"] = level_loss.detach() / len(student)
+            level_loss = sum(losses.kl_to_target(p.kappa * F.linear(f, w), y) for f in features) / len(features)
+            stats[f"loss{level}"] = level_loss.detach()
             loss = loss + level_loss / self.levels
 
         with torch.no_grad():                          # push one word per image per level
