@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -52,10 +53,11 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")       # native bf16 dot products
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
 # The measurement: a convnet of the CIFAR preset's width at 32 px (the layers training
-# runs), batch 16 so that one step stays under ~0.1 s even on a slow 2-core CPU.
+# runs), batch 8 so that one step stays near 0.05 s on a 2-core AVX2 CPU (0.8 s at
+# 2 threads when other jobs load it to 9: a decision then took 11.5 s with batch 16).
 MEASURE_WIDTH = 32          # convnet stage-1 channels (as presets/cifar10-cpu.yaml)
 MEASURE_SIZE = 32           # pixels
-MEASURE_BATCH = 16          # images per step
+MEASURE_BATCH = 8           # images per step
 MEASURE_BUDGET_S = 5.0      # seconds in all (building, warm-up, rounds); one round may overrun
 MEASURE_MAX_ROUNDS = 5      # timed steps per candidate at most (median of these)
 MIN_GAIN = 0.05             # another mode must be 5% faster than eager fp32 to be chosen
@@ -232,28 +234,37 @@ def measure(modes: list[dict], budget_s: float = MEASURE_BUDGET_S,
             clock: Callable[[], float] = time.perf_counter) -> dict:
     """Median seconds per training step of each mode, interleaved A/B/C/A/B/C...
 
-    One untimed warm-up step per mode (oneDNN builds its kernels), then rounds of one
-    timed step per mode until `budget_s` have passed since the start, building and
-    warm-up included (checked after each round, so at least one round runs and the last
-    may overrun the budget by one round), or after `max_rounds`.
-    Within a round the modes run grouped by thread count; after a change of thread count
-    one untimed step spins the new OpenMP team up (otherwise the first mode timed after
-    the switch pays for it: 4x slower in a first version of this loop).
-    Restores torch's thread count. Returns {"seconds": [median s/step per mode],
-    "rounds": int, "elapsed_s": float}.
+    1. Warm-up: one timed step per mode (oneDNN builds its kernels), in order; modes not
+       reached within 2 x `budget_s` of the start are skipped (the first, the baseline,
+       always runs).
+    2. Rounds of one timed step per contender (a mode whose warm-up step was at most 4x
+       the fastest warm-up: a slower one cannot win, and under heavy load a 2-thread step
+       can take seconds) until `budget_s` have passed since the start (checked after each
+       round: at least one round runs) or after `max_rounds`. Within a round the modes run
+       grouped by thread count; after a change of thread count one untimed step spins the
+       new OpenMP team up (else the first mode timed after the switch pays for it: 4x
+       slower in a first version of this loop).
+    A mode's figure is its median round, or its warm-up step when it had no round, or
+    inf when skipped. Restores torch's thread count. Returns {"seconds": [per mode],
+    "rounds": int, "elapsed_s": float, "skipped": [indices], "warmup_only": [indices]}.
     """
     threads_before = torch.get_num_threads()
     start = clock()
-    groups: dict[int, list[int]] = {}
-    for i, mode in enumerate(modes):
-        groups.setdefault(mode["threads"] or threads_before, []).append(i)
     try:
-        probes = []
+        probes, warm = [], []
         for mode in modes:
+            if probes and clock() - start >= 2 * budget_s:
+                break
             torch.set_num_threads(mode["threads"] or threads_before)
             probe = _Probe(mode, width, size, batch)
+            t0 = clock()
             probe.step()                                                   # warm-up
+            warm.append(clock() - t0)
             probes.append(probe)
+        contenders = [i for i, w in enumerate(warm) if w <= 4 * min(warm)]
+        groups: dict[int, list[int]] = {}
+        for i in contenders:
+            groups.setdefault(modes[i]["threads"] or threads_before, []).append(i)
         times: list[list[float]] = [[] for _ in modes]
         rounds = 0
         while rounds < max_rounds:
@@ -270,8 +281,11 @@ def measure(modes: list[dict], budget_s: float = MEASURE_BUDGET_S,
                 break
     finally:
         torch.set_num_threads(threads_before)
-    return {"seconds": [statistics.median(t) for t in times], "rounds": rounds,
-            "elapsed_s": round(clock() - start, 3)}
+    seconds = [statistics.median(times[i]) if times[i] else warm[i] if i < len(warm)
+               else math.inf for i in range(len(modes))]
+    return {"seconds": seconds, "rounds": rounds, "elapsed_s": round(clock() - start, 3),
+            "skipped": list(range(len(warm), len(modes))),
+            "warmup_only": [i for i in range(len(warm)) if i not in contenders]}
 
 
 def pick(modes: list[dict], seconds: list[float], min_gain: float = MIN_GAIN) -> tuple[dict, float]:
@@ -307,22 +321,28 @@ def measure_and_save(flags: set[str], budget_s: float = MEASURE_BUDGET_S) -> Dec
     best, gain = pick(modes, result["seconds"])
     names = [describe(m) for m in modes]
     rates = {n: round(MEASURE_BATCH / s, 1) for n, s in zip(names, result["seconds"])}
+    notes = "".join(f"; {names[i]} {what}" for key, what in
+                    (("warmup_only", "slow at warm-up, not in the rounds"), ("skipped", "skipped: time up"))
+                    for i in result.get(key, []))
     native = "native bf16 (" + ", ".join(f for f in BF16_FLAGS if f in flags) + ")" \
         if bf16_native(flags) else "no amx_bf16/avx512_bf16: fp32 only"
     reason = (f"measured {len(modes)} modes ({native}; {result['rounds']} rounds, "
               f"{result['elapsed_s']:.1f} s, load {os.getloadavg()[0]:.1f}): images/s "
               + ", ".join(f"{n} {r}" for n, r in rates.items())
-              + f"; {describe(best)} x{gain:.2f} over eager fp32")
+              + notes + f"; {describe(best)} x{gain:.2f} over eager fp32")
     details = {"source": "measured", "reason": reason, "cpu_flags": relevant_flags(flags),
                "default_threads": default_threads, "loadavg": list(os.getloadavg()),
                "measurement": {"images_per_s": rates, "rounds": result["rounds"],
                                "elapsed_s": result["elapsed_s"], "width": MEASURE_WIDTH,
                                "size": MEASURE_SIZE, "batch": MEASURE_BATCH}}
-    try:
-        path = save_choice(best, details)
-        reason += f"; saved to {path}"
-    except OSError as error:                       # a read-only home must not stop training
-        reason += f"; not saved ({error})"
+    if result.get("skipped"):                      # incomplete: the next stage measures again
+        reason += "; not saved (time ran out before every mode was measured)"
+    else:
+        try:
+            path = save_choice(best, details)
+            reason += f"; saved to {path}"
+        except OSError as error:                   # a read-only home must not stop training
+            reason += f"; not saved ({error})"
     return Decision(best, "measured", reason, relevant_flags(flags))
 
 

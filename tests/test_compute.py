@@ -182,3 +182,24 @@ def test_decision_record_for_metrics():
                                 ["avx2"])
     assert decision.record() == {"compute": compute.DEFAULT_CPU, "compute_source": "override",
                                  "compute_reason": "BOWFLOW_COMPUTE=default", "cpu_flags": ["avx2"]}
+
+
+def test_measurement_skips_what_the_deadline_does_not_reach():
+    modes = compute.candidates(AVX2, default_threads=max(2, torch.get_num_threads()))
+    ticks = iter(range(10**6))                  # 1 s per clock reading: warm-up 1 s each
+    result = compute.measure(modes, budget_s=1.0, max_rounds=50, width=4, size=8, batch=2,
+                             clock=lambda: float(next(ticks)))
+    assert result["skipped"] == [1, 2, 3] and result["rounds"] == 1
+    assert result["seconds"][0] > 0 and all(s == float("inf") for s in result["seconds"][1:])
+    choice, gain = compute.pick(modes, result["seconds"])
+    assert choice == compute.DEFAULT_CPU and gain == 1.0
+
+
+def test_an_incomplete_measurement_is_used_but_not_saved(cache_dir, monkeypatch):
+    def measure(modes, **kwargs):
+        return {"seconds": [1.0] + [float("inf")] * (len(modes) - 1), "rounds": 1,
+                "elapsed_s": 12.0, "skipped": list(range(1, len(modes))), "warmup_only": []}
+    monkeypatch.setattr(compute, "measure", measure)
+    decision = compute.decide_compute(torch.device("cpu"))
+    assert decision.source == "measured" and decision.choice == compute.DEFAULT_CPU
+    assert "not saved" in decision.reason and not compute.cache_path().exists()
