@@ -240,7 +240,7 @@ def measure(modes: list[dict], budget_s: float = MEASURE_BUDGET_S,
     2. Rounds of one timed step per contender (a mode whose warm-up step was at most 4x
        the fastest warm-up: a slower one cannot win, and under heavy load a 2-thread step
        can take seconds) until `budget_s` have passed since the start (checked after each
-       round: at least one round runs) or after `max_rounds`. Within a round the modes run
+       round; no round at all when the warm-ups used the budget) or after `max_rounds`. Within a round the modes run
        grouped by thread count; after a change of thread count one untimed step spins the
        new OpenMP team up (else the first mode timed after the switch pays for it: 4x
        slower in a first version of this loop).
@@ -267,6 +267,8 @@ def measure(modes: list[dict], budget_s: float = MEASURE_BUDGET_S,
             groups.setdefault(modes[i]["threads"] or threads_before, []).append(i)
         times: list[list[float]] = [[] for _ in modes]
         rounds = 0
+        if clock() - start >= budget_s:          # the warm-ups used the budget: no rounds
+            max_rounds = 0
         while rounds < max_rounds:
             for threads, members in groups.items():
                 torch.set_num_threads(threads)
