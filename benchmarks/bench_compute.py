@@ -73,6 +73,11 @@ COMPILE_MODES = {"compile_fp32": (False, False, True, True),
 BASELINE = "eager_fp32"
 
 
+def sig(value: float) -> float:
+    """3 significant digits (a smoke run's or an emulated mode's figures stay non-zero)."""
+    return float(f"{value:.3g}")
+
+
 class StepRunner:
     """One method (BoWNet or RotNet) + SGD optimiser in one mode; `step()` runs one full
     training step."""
@@ -279,9 +284,9 @@ def _run(args: argparse.Namespace, default_threads: int) -> dict:
         for (mode, threads), rate in rates[size].items():
             gflops = flops[size] * rate / args.batch_size / 1e9
             row = {"size": size, "mode": mode, "threads": threads,
-                   "images_per_s": round(rate, 1), "best_images_per_s": round(best_rates[size][(mode, threads)], 1),
-                   "ratio": round(rate / base, 3), "gflops": round(gflops, 2),
-                   "fraction_of_fp32_matmul": round(gflops / peak[threads]["fp32"], 3)}
+                   "images_per_s": sig(rate), "best_images_per_s": sig(best_rates[size][(mode, threads)]),
+                   "ratio": sig(rate / base), "gflops": sig(gflops),
+                   "fraction_of_fp32_matmul": sig(gflops / peak[threads]["fp32"])}
             if mode in compile_s[size]:
                 row["compile_seconds"] = compile_s[size][mode]
             rows.append(row)
@@ -290,10 +295,10 @@ def _run(args: argparse.Namespace, default_threads: int) -> dict:
                   + (f"  (compile {compile_s[size][mode]:.0f} s)" if mode in compile_s[size] else ""))
         (mode, threads), rate = max(rates[size].items(), key=lambda item: item[1])
         gflops = flops[size] * rate / args.batch_size / 1e9
-        fastest[size] = {"mode": mode, "threads": threads, "images_per_s": round(rate, 1),
-                         "ratio": round(rate / base, 3), "gflops": round(gflops, 2),
-                         "fraction_of_fp32_matmul": round(gflops / peak[threads]["fp32"], 3),
-                         "fraction_of_bf16_matmul": round(gflops / peak[threads]["bf16"], 3)}
+        fastest[size] = {"mode": mode, "threads": threads, "images_per_s": sig(rate),
+                         "ratio": sig(rate / base), "gflops": sig(gflops),
+                         "fraction_of_fp32_matmul": sig(gflops / peak[threads]["fp32"]),
+                         "fraction_of_bf16_matmul": sig(gflops / peak[threads]["bf16"])}
         print(f"fastest: {mode} x{threads} threads = {gflops:.1f} GFLOP/s = "
               f"{gflops / peak[threads]['fp32']:.1%} of fp32 matmul, "
               f"{gflops / peak[threads]['bf16']:.1%} of bf16 matmul (at {threads} threads)")
@@ -311,9 +316,9 @@ def _run(args: argparse.Namespace, default_threads: int) -> dict:
               "cpu_flags": compute.relevant_flags(compute.cpu_flags()),
               "words": args.words, "default_threads": default_threads,
               "baseline": f"{BASELINE} x{default_threads} threads",
-              "gflop_per_step": {str(s): round(f / 1e9, 3) for s, f in flops.items()},
+              "gflop_per_step": {str(s): sig(f / 1e9) for s, f in flops.items()},
               "matmul_n": args.matmul,
-              "matmul_gflops": {str(t): {k: round(v, 1) for k, v in p.items()} for t, p in peak.items()},
+              "matmul_gflops": {str(t): {k: sig(v) for k, v in p.items()} for t, p in peak.items()},
               "modes": rows, "fastest": {str(s): f for s, f in fastest.items()}, **choice}
     if args.save:
         path = compute.save_choice(choice["choice"], {
