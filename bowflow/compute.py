@@ -17,13 +17,16 @@ training. `decide_compute(device)` returns it with how it was decided, in this o
    worth trying: bf16 only with `amx_bf16` or `avx512_bf16` (elsewhere bf16 is emulated
    in fp32 registers with extra conversions and is slower than fp32). Then every candidate
    (precision x layout x thread count) trains a small convnet for a few steps, interleaved
-   round by round, within `MEASURE_BUDGET_S`; the fastest by median step time wins if it
-   beats eager fp32 by `MIN_GAIN`, else eager fp32 stays. The result is saved to the cache.
+   round by round, within `MEASURE_BUDGET_S` (see `measure` for the deadlines); the
+   fastest by median step time wins if it beats eager fp32 by `MIN_GAIN`, else eager
+   fp32 stays. The result is saved to the cache unless time ran out before every
+   candidate was measured (then the next stage measures again).
 
-`compile` is never measured here (inductor needs 15-55 s for the convnet's forward +
+`compile` is never measured here (inductor needs 14-94 s for the convnet's forward +
 backward on a 2-core CPU, beyond the budget of a decision) and the automatic choice
-leaves it off: on the AVX2-only machine of docs/BENCHMARKS.md (section 2b) it gained
-nothing over channels-last. `BOWFLOW_COMPUTE=...-compile` turns it on.
+leaves it off: on the AVX2-only machine of docs/BENCHMARKS.md (section 8) it gained
+less than channels-last alone and nothing on top of it. `BOWFLOW_COMPUTE=...-compile`
+turns it on.
 """
 from __future__ import annotations
 
