@@ -140,12 +140,15 @@ def repro(project: Path, env: dict, kill: tuple[str, float] | None = None) -> Ru
                 killed_at = time.perf_counter() - start
                 os.killpg(proc.pid, signal.SIGKILL)
     returncode = proc.wait()
-    if killed_at is not None:
-        try:   # anything of the group that outlived the kill would be a bug of its own
-            os.killpg(proc.pid, 0)
-            raise RuntimeError(f"process group {proc.pid} survived SIGKILL")
-        except ProcessLookupError:
-            pass
+    if killed_at is not None:   # wait until init has reaped the orphaned stage process too
+        for _ in range(1000):
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.01)
+        else:
+            raise RuntimeError(f"process group {proc.pid} still exists 10 s after SIGKILL")
     reader.join()
     return Run(returncode, "".join(lines), starts, time.perf_counter() - start, killed_at)
 
@@ -220,15 +223,21 @@ class Trial:
         return not self.problems
 
 
-def baseline(scratch: Path, params: dict) -> tuple[Run, dict]:
-    """The uninterrupted run: -> (its Run, its final state)."""
+def baseline(scratch: Path, params: dict, reuse: bool = False) -> tuple[Run, dict]:
+    """The uninterrupted run: -> (its Run, its final state). Its stage starts are saved to
+    scratch/baseline.json; with `reuse`, an earlier baseline in `scratch` is read instead."""
     from tiny_params import make_project
 
+    project, saved = scratch / "baseline", scratch / "baseline.json"
+    if reuse and saved.exists():
+        record = json.loads(saved.read_text())
+        return Run(0, "", [tuple(s) for s in record["starts"]], record["seconds"]), final_state(project)
     env = environment(Path(tempfile.mkdtemp(prefix="cache-", dir=scratch)))
-    project = make_project(scratch / "baseline", params)
+    project = make_project(project, params)
     run = repro(project, env)
     if run.returncode != 0:
         raise RuntimeError(f"baseline dvc repro failed:\n{run.output[-3000:]}")
+    saved.write_text(json.dumps({"starts": run.starts, "seconds": run.seconds}))
     return run, final_state(project)
 
 
@@ -280,19 +289,22 @@ HEADER = f"{'#':>3}  {'planned stage':<17}{'+s':>7}  {'killed in':<17}{'at s':>7
 
 
 def run_faults(trials: int, seed: int, scratch: Path, params: dict | None = None,
-               stages: list[str] | None = None, keep: bool = False, say=print) -> list[Trial]:
+               stages: list[str] | None = None, keep: bool = False, say=print,
+               reuse_baseline: bool = False, first: int = 1) -> list[Trial]:
     """The whole check: baseline, plan, trials. Returns the trials (see `Trial.passed`)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_params import tiny_params
 
     params = tiny_params() if params is None else params
-    base_run, expected = baseline(scratch, params)
+    base_run, expected = baseline(scratch, params, reuse_baseline)
     stage_windows = windows(base_run)
     say(f"uninterrupted dvc repro: {base_run.seconds:.1f} s; stage windows (s after launch): "
         + ", ".join(f"{s} {a:.1f}-{b:.1f}" for s, (a, b) in stage_windows.items()))
     say(HEADER)
     results = []
     for i, planned in enumerate(plan(stage_windows, trials, seed, stages)):
+        if i + 1 < first:
+            continue
         trial = run_trial(i + 1, planned, scratch, params, expected, keep)
         say(trial_line(trial))
         results.append(trial)
@@ -307,10 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep every trial's project")
+    parser.add_argument("--reuse-baseline", action="store_true",
+                        help="use the uninterrupted run already in --workdir")
+    parser.add_argument("--first", type=int, default=1, help="start at this trial of the plan")
     args = parser.parse_args(argv)
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        results = run_faults(args.trials, args.seed, args.workdir, keep=args.keep)
+        results = run_faults(args.trials, args.seed, args.workdir, keep=args.keep,
+                             reuse_baseline=args.reuse_baseline, first=args.first)
     else:
         with tempfile.TemporaryDirectory(prefix="bowflow-faults-") as scratch:
             results = run_faults(args.trials, args.seed, Path(scratch), keep=args.keep)
