@@ -27,8 +27,10 @@ PYTHONUNBUFFERED=1 and an empty BOWFLOW_CACHE (no per-machine compute choice lea
    One line per trial: the stage the kill landed in (the last `Running stage` line before
    it), seconds after launch, whether the rerun resumed a training checkpoint, and the result.
 
-    python -m benchmarks.bench_faults                       # 10 trials, seed 0 (~15 min)
+    python -m benchmarks.bench_faults                       # 10 trials, seed 0
     python -m benchmarks.bench_faults --trials 3 --seed 1
+    python -m benchmarks.bench_faults --workdir W --reuse-baseline --first 6   # trials 6.. only,
+                                                            # on the uninterrupted run kept in W
 Exits 1 if any trial fails.
 """
 from __future__ import annotations
