@@ -318,6 +318,8 @@ def run_faults(trials: int, seed: int, scratch: Path, params: dict | None = None
 def core_params() -> dict:
     """The tiny configuration with only the RotNet -> BoWNet chain (11 stages), so that 10
     trials reach every stage; the family's pretrain runs are stages of the same kind."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_params import tiny_params
     params = tiny_params()
     params["pretrain"] = {"g0": params["pretrain"]["g0"]}
     return params
