@@ -10,19 +10,24 @@ stops the pipeline with a message naming the key before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import re
 import sys
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bowflow.datasets import (DIGITS_CLASSES, SOURCES, TARBALL_SUFFIXES, DataError, check_novel_classes,
+                               count_class_images)
 from bowflow.methods import get_method
 from bowflow.methods.base import fraction, positive
 
 @dataclass
 class DataParams:
-    source: str = field(default="digits", metadata={"help": "digits | imagefolder | cifar10 | cifar100 | stl10 | svhn"})
+    source: str = field(default="digits", metadata={"help": " | ".join(SOURCES)})
     root: str = field(default="", metadata={"help": "folder (or .tar.gz) of the images, or torchvision root"})
     download: bool = field(default=False, metadata={"help": "let torchvision download into root"})
     image_size: int = field(default=16, metadata={"help": "pixels; every image is resized to it"})
@@ -34,9 +39,8 @@ class DataParams:
     max_bad_fraction: float = field(default=0.01, metadata={"help": "tolerated share of unreadable images"})
 
     def validate(self) -> None:
-        sources = ("digits", "imagefolder", "cifar10", "cifar100", "stl10", "svhn")
-        if self.source not in sources:
-            raise ValueError(f"source must be one of {list(sources)}, got '{self.source}'")
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {list(SOURCES)}, got '{self.source}'")
         if self.source == "imagefolder" and not self.root:
             raise ValueError("root must name the image folder when source is 'imagefolder'")
         positive("image_size", self.image_size)
@@ -46,6 +50,16 @@ class DataParams:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if len(self.novel_classes) < 2:
             raise ValueError(f"novel_classes needs at least 2 class names, got {self.novel_classes}")
+        repeated = sorted({c for c in self.novel_classes if self.novel_classes.count(c) > 1})
+        if repeated:
+            raise ValueError(f"novel_classes lists {repeated} more than once")
+        if self.source == "digits":
+            unknown = [c for c in self.novel_classes if c not in DIGITS_CLASSES]
+            if unknown:
+                raise ValueError(f"novel_classes {unknown} are not digits classes: expected names "
+                                 f"among {DIGITS_CLASSES}")
+            if len(set(self.novel_classes)) >= len(DIGITS_CLASSES):
+                raise ValueError("novel_classes name every digits class: expected at least 1 left as base")
         if self.ssl_classes not in ("base", "all"):
             raise ValueError(f"ssl_classes must be 'base' or 'all', got '{self.ssl_classes}'")
         positive("ssl_max_images", self.ssl_max_images, allow_zero=True)
@@ -130,13 +144,13 @@ class ParamsError(ValueError):
 
 TOP_LEVEL = {"seed": int, "device": str, "data": DataParams, "pretrain": dict,
              "generations": dict, "evaluate": EvalParams, "report": ReportParams}
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")   # becomes data/models/<name>/
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")   # names data/models/<name>/ and stages
 
 
 def check_run_name(name: Any, where: str) -> None:
     if not isinstance(name, str) or not RUN_NAME.match(name):
-        raise ParamsError(f"{where}: run names must be letters, digits, '_', '.' or '-' "
-                          f"(they name folders), got {name!r}")
+        raise ParamsError(f"{where}: expected a name of letters, digits, '_' and '-' (it names "
+                          f"folders and stages), got {name!r}")
 
 
 def check_pretrain(pretrain: Any) -> dict:
@@ -148,6 +162,10 @@ def check_pretrain(pretrain: Any) -> dict:
         check_run_name(name, f"pretrain.{name}")
         where = f"pretrain.{name}"
         checked[name] = check_section(method_params(section, where), section, where)
+        needs = get_method(section["method"]).stage_inputs
+        if needs:
+            raise ParamsError(f"{where}.method: '{section['method']}' needs {list(needs)} from its own "
+                              f"stages; it cannot be a pretrain run (BoWNet belongs in generations:)")
     return checked
 
 
@@ -157,17 +175,25 @@ def check_section(cls: type, values: Any, where: str) -> Any:
         raise ParamsError(f"{where}: expected a mapping of {cls.__name__} keys, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
+    unknown = sorted(set(values) - set(names), key=str)
     if unknown:
-        raise ParamsError(f"{where}.{unknown[0]}: unknown key (expected one of {names})")
+        raise ParamsError(f"{where}.{unknown[0]}: unknown key{did_you_mean(unknown[0], names)} "
+                          f"(expected one of {names})")
     for key, value in values.items():
         check_type(f"{where}.{key}", value, hints[key])
     try:
         section = cls(**values)
         section.validate()
     except ValueError as error:
-        raise ParamsError(f"{where}: {error}") from None
+        first = str(error).split(" ", 1)[0]
+        key = f"{where}.{first}" if first in names else where   # name the key when the message does
+        raise ParamsError(f"{key}: {error}") from None
     return section
+
+
+def did_you_mean(key: Any, names: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), names, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def check_type(where: str, value: Any, kind: Any) -> None:
@@ -184,7 +210,11 @@ def check_type(where: str, value: Any, kind: Any) -> None:
           isinstance(value, int) and not isinstance(value, bool) if kind is int else
           isinstance(value, kind))
     if not ok:
-        raise ParamsError(f"{where}: expected {kind.__name__}, got {value!r}")
+        hint = (f" (quote it: '{value}')" if kind is str and isinstance(value, (int, float))
+                and not isinstance(value, bool) else "")
+        raise ParamsError(f"{where}: expected {kind.__name__}, got {value!r}{hint}")
+    if kind is float and not math.isfinite(value):
+        raise ParamsError(f"{where}: expected a finite number, got {value!r}")
 
 
 def check_generations(generations: Any, pretrain: dict) -> dict:
@@ -199,17 +229,48 @@ def check_generations(generations: Any, pretrain: dict) -> dict:
         if name in pretrain:
             raise ParamsError(f"{where}: '{name}' is already a pretrain run's name; pick another")
         if not isinstance(item, dict) or set(item) != {"parent", "vocab", "student"}:
-            got = sorted(item) if isinstance(item, dict) else item
+            if isinstance(item, dict) and set(item) - {"parent", "vocab", "student"}:
+                extra = sorted(set(item) - {"parent", "vocab", "student"}, key=str)[0]
+                raise ParamsError(f"{where}.{extra}: unknown key"
+                                  f"{did_you_mean(extra, ['parent', 'student', 'vocab'])} (expected "
+                                  f"exactly the keys ['parent', 'student', 'vocab'])")
+            got = sorted(item, key=str) if isinstance(item, dict) else item
             raise ParamsError(f"{where}: expected exactly the keys ['parent', 'student', 'vocab'], got {got}")
-        if item["parent"] not in known:
-            raise ParamsError(f"{where}.parent: '{item['parent']}' is not a pretrain run or a "
-                              f"generation defined above it (known: {sorted(known)})")
+        parent = item["parent"]
+        if not isinstance(parent, str):
+            raise ParamsError(f"{where}.parent: expected the name of one run (str), got {parent!r}")
+        if parent == name:
+            raise ParamsError(f"{where}.parent: a generation cannot be its own parent "
+                              f"(expected a pretrain run or a generation defined above '{name}')")
+        if parent not in known:
+            raise ParamsError(f"{where}.parent: '{parent}' is not a pretrain run or a "
+                              f"generation defined above it (known: {sorted(known)})"
+                              + parent_cycle(generations, name))
         vocab = check_section(VocabParams, item["vocab"], f"{where}.vocab")
         student = check_section(method_params(item["student"], f"{where}.student"), item["student"],
                                 f"{where}.student")
-        checked[name] = {"parent": item["parent"], "vocab": vocab, "student": student}
+        if "codes" not in get_method(student.method).stage_inputs:
+            raise ParamsError(f"{where}.student.method: '{student.method}' does not learn from a "
+                              f"vocabulary's BoW codes; a generation's student must (e.g. bownet)")
+        checked[name] = {"parent": parent, "vocab": vocab, "student": student}
         known.add(name)
     return checked
+
+
+def parent_cycle(generations: dict, start: str) -> str:
+    """Why `start`'s parent is not known yet: '; the parents form a cycle a -> b -> a' when
+    following parents loops back, '; move 'b' above 'a'' when the parent is defined below."""
+    chain, name = [start], start
+    while True:
+        item = generations.get(name)
+        parent = item.get("parent") if isinstance(item, dict) else None
+        if not isinstance(parent, str) or parent not in generations:
+            later = generations[start].get("parent")
+            return f"; move '{later}' above '{start}'" if later in generations else ""
+        chain.append(parent)
+        if parent in chain[:-1]:
+            return f"; the parents form a cycle {' -> '.join(chain[chain.index(parent):])}"
+        name = parent
 
 
 def method_params(section: Any, where: str) -> type:
@@ -228,7 +289,7 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
     settings are also checked against the novel classes' sizes.
     """
     if not isinstance(params, dict):
-        raise ParamsError("params.yaml: expected a mapping at the top level")
+        raise ParamsError(f"top level: expected a mapping of sections {sorted(TOP_LEVEL)}, got {params!r}")
     unknown = sorted(set(params) - set(TOP_LEVEL))
     if unknown:
         raise ParamsError(f"{unknown[0]}: unknown top-level key (expected {sorted(TOP_LEVEL)})")
@@ -236,6 +297,9 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
     if missing:
         raise ParamsError(f"{missing[0]}: missing top-level key")
     check_type("seed", params["seed"], int)
+    if not 0 <= params["seed"] < 2**32:
+        raise ParamsError(f"seed: expected an integer in [0, 2**32 - 1] (numpy's seed range), "
+                          f"got {params['seed']}")
     check_type("device", params["device"], str)
     if not (params["device"] in ("auto", "cpu") or params["device"].startswith("cuda")):
         raise ParamsError(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got '{params['device']}'")
@@ -251,6 +315,10 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
             gen["student"].check_parent(parent)
         except ValueError as error:
             raise ParamsError(f"generations.{name}.student: {error}") from None
+    novel = checked["data"].novel_classes
+    if checked["evaluate"].few_shot_way > len(novel):
+        raise ParamsError(f"evaluate.few_shot_way: {checked['evaluate'].few_shot_way}-way episodes need "
+                          f"as many novel classes, but data.novel_classes lists {len(novel)}")
     recorded = (manifest or {}).get("source", {})
     if manifest is not None and all(recorded.get(k) == v for k, v in params["data"].items()):
         try:
@@ -266,6 +334,66 @@ def load_yaml(path: str | Path) -> Any:
     return YAML(typ="safe").load(Path(path).read_text())
 
 
+def read_yaml(path: Path, what: str) -> Any:
+    """`load_yaml` for a user's file: a missing or malformed file is a ParamsError naming it."""
+    from ruamel.yaml import YAMLError
+    if not path.is_file():
+        raise ParamsError(f"{path}: {what} not found" + (" (it is a folder)" if path.is_dir() else "")
+                          + ": expected a YAML file")
+    try:
+        return load_yaml(path)
+    except YAMLError as error:
+        mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+        if mark is not None and problem:
+            detail = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+        else:
+            detail = " ".join(str(error).split())
+        raise ParamsError(f"{path}: not valid YAML at {detail}") from None
+    except UnicodeDecodeError as error:
+        raise ParamsError(f"{path}: not UTF-8 text ({error}): expected a YAML file") from None
+
+
+def check_environment(checked: dict, params: dict) -> None:
+    """What `validate_params` cannot see from the file alone: the data root exists (for an
+    image folder, or a torchvision source without download); for an image folder (not a
+    tarball), its class folders hold the novel classes with enough images for the few-shot
+    episodes (files counted, nothing decoded); and a requested GPU is here.
+
+    Run by the check_params stage (`main`); relative paths are taken from the working
+    directory, as the stages see them.
+    """
+    from bowflow.runtime import resolve_device
+
+    data = checked["data"]
+    root = Path(data.root) if data.root else None
+    if data.source == "imagefolder" and not root.exists():
+        raise ParamsError(f"data.root: '{data.root}' does not exist: expected a folder of class "
+                          f"folders, or a .tar.gz of one")
+    if data.source == "imagefolder" and root.is_file() and not root.name.lower().endswith(TARBALL_SUFFIXES):
+        raise ParamsError(f"data.root: '{data.root}' is a file but not a tarball: expected a folder "
+                          f"of class folders or a {', '.join(TARBALL_SUFFIXES)} of one")
+    if data.source == "imagefolder":
+        try:
+            found = count_class_images(root)
+            if found is not None:
+                folder, counts = found
+                check_novel_classes(data.novel_classes, counts, folder)
+                novel = [unicodedata.normalize("NFC", c) for c in data.novel_classes]  # as folders are
+                checked["evaluate"].check_against({"novel_classes": novel, "counts": {"all": counts}})
+        except DataError as error:
+            raise ParamsError(str(error)) from None
+        except ValueError as error:
+            raise ParamsError(f"evaluate: {error} (image files under '{data.root}')") from None
+    torchvision = data.source not in ("digits", "imagefolder")
+    if torchvision and not data.download and (root is None or not root.exists()):
+        raise ParamsError(f"data.root: '{data.root}' does not exist: expected a folder holding a local "
+                          f"copy of {data.source}, or set data.download: true")
+    try:
+        resolve_device(params["device"])
+    except SystemExit as error:
+        raise ParamsError(str(error.code)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -275,11 +403,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="prepared manifest, to check shots against novel class sizes if present")
     parser.add_argument("--stamp", type=Path, help="file to write when the params are valid")
     args = parser.parse_args(argv)
-    manifest = load_yaml(args.manifest) if args.manifest.exists() else None
     try:
-        validate_params(load_yaml(args.params), manifest)
+        manifest = read_yaml(args.manifest, "prepared manifest") if args.manifest.exists() else None
+        params = read_yaml(args.params, "params file")
+        checked = validate_params(params, manifest)
+        check_environment(checked, params)
     except ParamsError as error:
-        print(f"{args.params}: {error}", file=sys.stderr)
+        message = str(error)
+        prefix = "" if message.startswith(f"{args.params}:") or message.startswith(f"{args.manifest}:") \
+            else f"{args.params}: "
+        print(f"{prefix}{message}", file=sys.stderr)
         return 2
     if args.stamp:
         from bowflow.io import write_text

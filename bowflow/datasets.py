@@ -18,8 +18,18 @@ Image policy (imagefolder; the array sources use the same resize):
       ratio (no stretching) at the cost of the borders of non-square images;
     - a large JPEG is decoded at a reduced scale (libjpeg "draft" mode), never below
       twice the target size, before the bilinear resize: much faster for photos;
-    - hidden files and folders (".name", "__MACOSX") and non-image files are ignored;
-      unreadable images are skipped and listed in the report.
+    - hidden files and folders (".name", "__MACOSX") are ignored; non-image files in
+      class folders and unreadable images are skipped and listed in the report;
+    - class and file names are kept as text: NFC-normalised (so a folder name written
+      in NFD, as macOS does, matches the same name typed in params.yaml), bytes that are
+      not UTF-8 shown as backslash escapes.
+
+Bad input (a root that is missing or not a folder/tarball, a corrupt tarball, too few
+classes, unknown novel classes, too many unreadable files...) raises `DataError`, whose
+message names the parameter (`data.root`, `data.novel_classes`, ...) or the file and what
+was expected; `stages.prepare` prints it as one line, without a traceback. Files that
+can be skipped (unreadable, truncated or empty images, non-image files inside class
+folders) are listed by name in the report's `skipped` entry, with the reason.
 
 Prepared layout (see `write_prepared`):
 
@@ -30,6 +40,7 @@ Prepared layout (see `write_prepared`):
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import multiprocessing as mp
@@ -40,6 +51,8 @@ import sys
 import tarfile
 import tempfile
 import time
+import unicodedata
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,12 +61,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from bowflow.io import atomic_path, read_json, write_json
 
-SOURCES = ("digits", "imagefolder", "cifar10", "cifar100", "svhn", "stl10")
+SOURCES = ("digits", "imagefolder", "cifar10", "cifar100", "svhn", "stl10")   # the one list; config imports it
+DIGITS_CLASSES = [str(i) for i in range(10)]
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -64,6 +78,14 @@ _DECODE_CHUNK = 256         # files per pool task (and per progress-bar update)
 _MIN_FILES_FOR_POOL = 1000  # below this, decoding in-process is faster than starting workers
 _MAX_LISTED = 5             # bad files named in an error message / printed as warnings
 _PARQUET_GROUP_BYTES = 64 << 20
+
+
+class DataError(ValueError):
+    """Bad data or data parameters; the message names the key or file and what was expected."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """The data root (or the files a source needs) does not exist."""
 
 
 @dataclass
@@ -106,6 +128,7 @@ def load_source(
     seed: int = 0,
     download: bool = False,
     max_bad_fraction: float = 0.01,
+    novel_classes: Sequence[str] | None = None,
 ) -> tuple[ImageSet, ImageSet, dict[str, Any]]:
     """Load `source` as (train, test, report), every image resized to image_size^2.
 
@@ -118,13 +141,17 @@ def load_source(
     resize_policy, source_sizes ({"WxH": count}, top 10), warnings [str], and timing
     {seconds, images_per_second[, decode_images_per_second]} (the only part that changes
     between identical runs).
+
+    novel_classes, when given, are checked against the image folder's class folders right
+    after the (cheap) scan, so a misspelt class stops before any image is decoded.
+    Bad input raises `DataError` naming the parameter or file.
     """
     if source not in SOURCES:
-        raise ValueError(f"unknown data source {source!r}; valid sources: {', '.join(SOURCES)}")
+        raise DataError(f"data.source: unknown data source {source!r}; expected one of: {', '.join(SOURCES)}")
     _check_image_size(image_size)
     if source != "digits" and not str(root).strip():
-        raise ValueError(f"source {source!r} needs a data root: set `data.root` to a folder "
-                         f"(or, for imagefolder, a .tar.gz)")
+        raise DataError(f"data.root: source {source!r} needs a data root: set `data.root` to a folder "
+                        f"(or, for imagefolder, a .tar.gz)")
     report: dict[str, Any] = {
         "source": source,
         "root": None if source == "digits" else str(root),
@@ -146,7 +173,7 @@ def load_source(
     elif source == "imagefolder":
         _check_fraction("max_bad_fraction", max_bad_fraction, open_interval=False)
         train, test = _load_imagefolder(Path(root), int(image_size), test_fraction, seed,
-                                        max_bad_fraction, report)
+                                        max_bad_fraction, report, novel_classes)
     else:
         train, test = _load_torchvision(source, Path(root), int(image_size), download, report)
     seconds = time.perf_counter() - start
@@ -159,7 +186,7 @@ def load_source(
 
 def _check_image_size(image_size: Any) -> None:
     if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size <= 0:
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+        raise DataError(f"data.image_size: expected a positive integer, got {image_size!r}")
 
 
 def _check_fraction(name: str, value: Any, open_interval: bool) -> None:
@@ -168,13 +195,14 @@ def _check_fraction(name: str, value: Any, open_interval: bool) -> None:
         ok = 0 < value < 1 if open_interval else 0 <= value <= 1
     if not ok:
         bounds = "strictly between 0 and 1" if open_interval else "between 0 and 1"
-        raise ValueError(f"{name} must be a number {bounds}, got {value!r}")
+        raise DataError(f"data.{name}: expected a number {bounds}, got {value!r}")
 
 
 def _warn(report: dict[str, Any], message: str) -> None:
-    """Record a warning in the report and print it to stderr."""
+    """Record a warning in the report and print it to stderr (unless report["quiet"])."""
     report["warnings"].append(message)
-    print(f"warning: {message}", file=sys.stderr)
+    if not report.get("quiet"):
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def _warn_missing_classes(train: ImageSet, test: ImageSet, report: dict[str, Any]) -> None:
@@ -263,7 +291,7 @@ def _load_digits(image_size: int, test_fraction: float, seed: int,
     gray = resize_images(gray, image_size)                               # [N, S, S]
     images = np.repeat(gray[..., None], 3, axis=-1)                      # [N, S, S, 3]
     labels = digits.target.astype(np.int64)
-    class_names = [str(i) for i in range(10)]
+    class_names = list(DIGITS_CLASSES)
     report["layout"] = "embedded, split by test_fraction"
     report["found"] = len(labels)
     _note_sizes(report, [(8, 8)] * len(labels), image_size)
@@ -299,13 +327,14 @@ def _load_torchvision(source: str, root: Path, image_size: int, download: bool,
             ds = build(split)
         except RuntimeError as e:
             if download:
-                raise
-            raise FileNotFoundError(
-                f"{source}: no usable copy under data root '{root}' ({e}). Set `data.download: true` "
+                raise DataError(f"data.root: {source} could not be downloaded into or read from "
+                                f"'{root}' ({e}); expected a writable folder, online") from e
+            raise DataNotFoundError(
+                f"data.root: {source}: no usable copy under data root '{root}' ({e}). Set `data.download: true` "
                 f"to download it there, or point `data.root` at a folder holding a local copy."
             ) from e
         except OSError as e:  # network failures surface as URLError, an OSError
-            raise RuntimeError(f"{source}: downloading into '{root}' failed: {e}") from e
+            raise DataError(f"data.download: {source}: downloading into '{root}' failed: {e}") from e
         if source in ("cifar10", "cifar100"):
             images = np.asarray(ds.data, dtype=np.uint8)                          # [N, 32, 32, 3]
             labels = np.asarray(ds.targets, dtype=np.int64)
@@ -333,6 +362,16 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
 
 
+def _shown(name: str) -> str:
+    """A file or folder name as text: NFC-normalised, undecodable bytes as backslash escapes.
+
+    Names come from the file system as str with surrogate escapes for bytes that are not
+    UTF-8; those cannot go into Parquet or JSON as they are.
+    """
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return unicodedata.normalize("NFC", text)
+
+
 def cache_dir() -> Path:
     """Where tarballs are extracted: $BOWFLOW_CACHE, else ~/.cache/bowflow."""
     return Path(os.environ.get("BOWFLOW_CACHE") or Path.home() / ".cache" / "bowflow")
@@ -343,8 +382,9 @@ def extract_tarball(tarball: Path) -> Path:
 
     The cache entry is keyed by the tarball's name, size and mtime, so a changed file is
     extracted afresh. Extraction goes to a temporary folder renamed into place, so an
-    interrupted run leaves no half-extracted entry. If the archive holds a single
-    top-level folder with sub-folders, that folder is returned.
+    interrupted run (or a corrupt archive, reported as `DataError`) leaves no
+    half-extracted entry. If the archive holds a single top-level folder with
+    sub-folders, that folder is returned.
     """
     st = tarball.stat()
     stem = tarball.name
@@ -359,12 +399,18 @@ def extract_tarball(tarball: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".tmp", dir=parent))
         try:
             print(f"extracting {tarball} to {final} (once)", file=sys.stderr)
-            with tarfile.open(tarball) as tar:
-                members = tqdm(tar, desc="extract", unit="file", mininterval=0.5)
-                if hasattr(tarfile, "data_filter"):  # rejects absolute paths and links out
-                    tar.extractall(tmp, members=members, filter="data")
-                else:
-                    tar.extractall(tmp, members=members)
+            try:
+                with tarfile.open(tarball) as tar:
+                    members = tqdm(tar, desc="extract", unit="file", mininterval=0.5)
+                    if hasattr(tarfile, "data_filter"):  # rejects absolute paths and links out
+                        tar.extractall(tmp, members=members, filter="data")
+                    else:
+                        tar.extractall(tmp, members=members)
+            except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+                detail = " ".join(str(e).split())   # one line, even for tarfile's list of methods
+                raise DataError(f"data.root: '{tarball}' is not a readable tar archive "
+                                f"({type(e).__name__}: {detail}); expected a complete .tar.gz, .tgz or "
+                                f".tar of class folders") from None
             try:
                 os.rename(tmp, final)
             except OSError:  # another process got there first
@@ -372,28 +418,35 @@ def extract_tarball(tarball: Path) -> Path:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    entries = [p for p in final.iterdir() if not _is_hidden(p.name)]
+    return _single_top_folder(final) or final
+
+
+def _single_top_folder(folder: Path) -> Path | None:
+    """The only entry of `folder` when that is a folder holding sub-folders, else None."""
+    entries = [p for p in folder.iterdir() if not _is_hidden(p.name)]
     if len(entries) == 1 and entries[0].is_dir() and _subdirs(entries[0]):
         return entries[0]
-    return final
+    return None
 
 
 def _is_tarball(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(TARBALL_SUFFIXES)
 
 
-def _image_files(folder: Path, data_root: Path) -> list[str]:
-    """Image files anywhere under `folder` as sorted POSIX paths relative to `data_root`.
+def _class_files(folder: Path, data_root: Path) -> tuple[list[str], list[str]]:
+    """Files anywhere under `folder` as sorted POSIX paths relative to `data_root`:
+    (image files, other files). Hidden names are skipped.
 
-    Hidden names are skipped. Plain strings, not Path objects: this runs on 60,000 files.
+    Plain strings, not Path objects: this runs on 60,000 files.
     """
-    found = []
+    images, others = [], []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
         rel_dir = Path(dirpath).relative_to(data_root).as_posix()
-        found += [f"{rel_dir}/{name}" for name in sorted(filenames)
-                  if not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS)]
-    return found
+        for name in sorted(filenames):
+            if not _is_hidden(name):
+                (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(f"{rel_dir}/{name}")
+    return images, others
 
 
 def _loose_images(folder: Path) -> int:
@@ -402,22 +455,25 @@ def _loose_images(folder: Path) -> int:
 
 
 def _scan_tree(data_root: Path, report: dict[str, Any]) -> tuple[list[tuple[str, str, str]], list[str]]:
-    """List (split, class, path relative to data_root) per image, and all class folder names.
+    """List (split, class, path relative to data_root) per image, and all class names.
 
     split is "train" or "test" for the train/test layout, "all" when the caller must split.
+    Class names are the folder names as text (see `_shown`); paths keep the raw names.
+    Non-image files inside class folders go to report["skipped"] (not counted as bad).
     """
     folders = _subdirs(data_root)
     names = [p.name for p in folders]
     if not folders:
-        raise ValueError(
-            f"no class folders under '{data_root}': expected train/ and test/ folders holding "
-            f"one folder per class, or one folder per class")
+        raise DataError(
+            f"data.root: no class folders under '{data_root}': expected train/ and test/ folders "
+            f"holding one folder per class, or one folder per class")
     if "train" in names and "test" in names:
         report["layout"] = "train/ and test/ folders"
         splits = {"train": data_root / "train", "test": data_root / "test"}
         others = [n for n in names if n not in splits]
         if others:
-            _warn(report, f"ignoring folder(s) {others} under '{data_root}' (only train/ and test/ are read)")
+            _warn(report, f"ignoring folder(s) {[_shown(n) for n in others]} under '{data_root}' "
+                          "(only train/ and test/ are read)")
     elif "train" in names:
         _warn(report, f"'{data_root}' has train/ but no test/: splitting train/ by test_fraction")
         report["layout"] = "train/ folder, split by test_fraction"
@@ -427,24 +483,79 @@ def _scan_tree(data_root: Path, report: dict[str, Any]) -> tuple[list[tuple[str,
         splits = {"all": data_root}
 
     entries = []
+    not_images: list[str] = []
     class_names: set[str] = set()
     for split, split_dir in splits.items():
         class_dirs = _subdirs(split_dir)
         if not class_dirs:
-            raise ValueError(f"no class folders under '{split_dir}'")
+            raise DataError(f"data.root: no class folders under '{split_dir}': expected one folder per class")
         loose = _loose_images(split_dir)
         if loose:
             _warn(report, f"ignoring {loose} image file(s) directly in '{split_dir}': "
                           "images must sit in one folder per class")
         for class_dir in class_dirs:
-            class_names.add(class_dir.name)
-            files = _image_files(class_dir, data_root)
+            name = _shown(class_dir.name)
+            class_names.add(name)
+            files, others = _class_files(class_dir, data_root)
+            not_images += others
             if not files:
                 _warn(report, f"empty class folder '{class_dir}' (no image files): skipped")
-            entries += [(split, class_dir.name, f) for f in files]
+            entries += [(split, name, f) for f in files]
+    if not_images:
+        report["skipped"] += [{"path": _shown(p), "reason": "not an image file (expected one of "
+                                                             f"{', '.join(IMAGE_EXTENSIONS)})"}
+                              for p in not_images]
+        _warn(report, f"skipped {len(not_images)} non-image file(s) in class folders, e.g. "
+                      f"'{_shown(not_images[0])}' (listed in the report)")
     if not entries:
-        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under '{data_root}'")
+        raise DataError(f"data.root: no image files ({', '.join(IMAGE_EXTENSIONS)}) found under "
+                        f"'{data_root}'")
     return entries, sorted(class_names)
+
+
+def _class_counts(entries: list[tuple[str, str, str]], class_names: list[str]) -> dict[str, int]:
+    """Image files per class name, both splits together (0 for an empty class folder)."""
+    counts = dict.fromkeys(class_names, 0)
+    for _, name, _ in entries:
+        counts[name] += 1
+    return counts
+
+
+def check_novel_classes(novel_classes: Sequence[str], counts: dict[str, int], data_root: Path) -> None:
+    """Before decoding: enough classes with image files, and every novel class has some.
+
+    counts: image files per class folder name (see `count_class_images`).
+    """
+    with_images = sorted(name for name, n in counts.items() if n)
+    if len(with_images) < 3:
+        raise DataError(f"data.root: only {len(with_images)} class folder(s) with images under "
+                        f"'{data_root}' ({with_images}): expected at least 3, 1 base class and "
+                        f"the 2 or more novel classes of data.novel_classes")
+    novel = [unicodedata.normalize("NFC", c) if isinstance(c, str) else c for c in novel_classes]
+    unknown = [c for c in novel if c not in counts]
+    if unknown:
+        raise DataError(f"data.novel_classes: {unknown} not found under '{data_root}': expected "
+                        f"names of its class folders {sorted(counts)}")
+    empty = [c for c in novel if not counts[c]]
+    if empty:
+        raise DataError(f"data.novel_classes: class folder(s) {empty} under '{data_root}' hold no "
+                        f"image files: expected images of every novel class")
+
+
+def count_class_images(root: str | os.PathLike) -> tuple[Path, dict[str, int]] | None:
+    """(folder read, image files per class over both splits) of an image-folder root,
+    without decoding anything; None when root is not a folder (a tarball is only opened
+    by the prepare stage). Lets the check_params stage check class names and few-shot
+    sizes before any work. Raises DataError when the folder holds no class folders.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    inner = _single_top_folder(root)
+    data_root = inner if inner is not None and inner.name not in SPLITS else root
+    report = {"warnings": [], "skipped": [], "quiet": True}
+    entries, class_names = _scan_tree(data_root, report)
+    return data_root, _class_counts(entries, class_names)
 
 
 # --------------------------------------------------------------------------------------
@@ -452,11 +563,17 @@ def _scan_tree(data_root: Path, report: dict[str, Any]) -> tuple[list[tuple[str,
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB; transparent pixels are composited onto white."""
+    """Any PIL mode -> RGB; transparent pixels are composited onto white.
+
+    16-bit grayscale (I;16*, and 16-bit PNGs that older Pillow opens as mode I) keeps the
+    high byte; 32-bit float images are taken to lie in [0, 1].
+    """
     if im.mode == "RGB":
         return im
-    if im.mode.startswith("I;16"):  # 16-bit grayscale: keep the high byte
-        im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
+    if im.mode.startswith("I;16") or im.mode == "I":
+        im = Image.fromarray((np.clip(np.asarray(im, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8))
+    elif im.mode == "F":
+        im = Image.fromarray(np.round(np.clip(np.asarray(im, dtype=np.float64), 0, 1) * 255).astype(np.uint8))
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -474,6 +591,22 @@ def _decode_image(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
         return np.asarray(_fit_square(_to_rgb(im), size), dtype=np.uint8), source_size
 
 
+def _unreadable_reason(path: str, error: Exception) -> str:
+    """Why a file could not be decoded, in words (no absolute paths)."""
+    try:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+    except OSError:
+        pass
+    if isinstance(error, PermissionError):
+        return "permission denied (not readable by this user)"
+    if isinstance(error, FileNotFoundError):
+        return "file not found (a broken link?)"
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image PIL can read (wrong extension or damaged header)"
+    return f"{type(error).__name__}: {error}"
+
+
 def _decode_chunk(task: tuple[list[str], int]) -> tuple[np.ndarray, list, list]:
     """Decode a list of files -> (uint8 [n, S, S, 3] with zeros for failures, sizes, errors)."""
     paths, size = task
@@ -487,7 +620,7 @@ def _decode_chunk(task: tuple[list[str], int]) -> tuple[np.ndarray, list, list]:
             errors.append(None)
         except Exception as e:  # any failure means "unreadable": report it, move on
             sizes.append(None)
-            errors.append(f"{type(e).__name__}: {e}")
+            errors.append(_unreadable_reason(path, e))
     return out, sizes, errors
 
 
@@ -532,19 +665,30 @@ def _decode_files(files: list[str], size: int) -> tuple[np.ndarray, list, list, 
 
 
 def _load_imagefolder(root: Path, image_size: int, test_fraction: float, seed: int,
-                      max_bad_fraction: float, report: dict[str, Any]) -> tuple[ImageSet, ImageSet]:
+                      max_bad_fraction: float, report: dict[str, Any],
+                      novel_classes: Sequence[str] | None = None) -> tuple[ImageSet, ImageSet]:
     """Image-folder tree (or tarball of one) -> (train, test) ImageSets."""
     if not root.exists():
-        raise FileNotFoundError(f"data root '{root}' does not exist")
+        raise DataNotFoundError(f"data.root: '{root}' does not exist: expected a folder of class "
+                                f"folders, or a .tar.gz of one")
     if _is_tarball(root):
         data_root = extract_tarball(root)
         report["extracted_to"] = str(data_root)
     elif root.is_dir():
         data_root = root
+        inner = _single_top_folder(root)
+        if inner is not None and inner.name not in SPLITS:
+            _warn(report, f"'{root}' holds only the folder '{_shown(inner.name)}': reading the class "
+                          f"folders inside it")
+            data_root = inner
     else:
-        raise ValueError(f"data root '{root}' is neither a folder nor a tarball ({', '.join(TARBALL_SUFFIXES)})")
+        hint = " (unpack it, or repack it as .tar.gz)" if root.suffix.lower() == ".zip" else ""
+        raise DataError(f"data.root: '{root}' is a file but not a tarball{hint}: expected a folder of "
+                        f"class folders or a {', '.join(TARBALL_SUFFIXES)} of one")
 
     entries, class_dirs = _scan_tree(data_root, report)
+    if novel_classes is not None:
+        check_novel_classes(novel_classes, _class_counts(entries, class_dirs), data_root)
     if entries[0][0] == "all":
         _check_fraction("test_fraction", test_fraction, open_interval=True)
     rel_paths = [rel for _, _, rel in entries]
@@ -559,13 +703,14 @@ def _load_imagefolder(root: Path, image_size: int, test_fraction: float, seed: i
           f"({len(entries) / max(seconds, 1e-9):.0f} images/s, {workers} worker(s))", file=sys.stderr)
 
     # Unreadable files: list them all, fail if there are too many.
-    bad = [{"path": p, "reason": e} for p, e in zip(rel_paths, errors) if e is not None]
-    report["skipped"] = bad
+    shown = [_shown(p) for p in rel_paths]
+    bad = [{"path": p, "reason": e} for p, e in zip(shown, errors) if e is not None]
+    report["skipped"] = sorted(report["skipped"] + bad, key=lambda b: b["path"])
     if len(bad) > max_bad_fraction * len(entries):
         listed = "; ".join(f"{b['path']} ({b['reason']})" for b in bad[:_MAX_LISTED])
-        raise ValueError(
-            f"{len(bad)} of {len(entries)} image files under '{data_root}' are unreadable, more than "
-            f"max_bad_fraction={max_bad_fraction}. First ones: {listed}")
+        raise DataError(
+            f"data.max_bad_fraction: {len(bad)} of {len(entries)} image files under '{data_root}' are "
+            f"unreadable, more than max_bad_fraction={max_bad_fraction} allows. First ones: {listed}")
     for b in bad[:_MAX_LISTED]:
         _warn(report, f"skipped unreadable image '{data_root / b['path']}': {b['reason']}")
     if len(bad) > _MAX_LISTED:
@@ -582,11 +727,11 @@ def _load_imagefolder(root: Path, image_size: int, test_fraction: float, seed: i
             where = name if split == "all" else f"{split}/{name}"
             _warn(report, f"class folder '{where}' under '{data_root}' has no readable images: skipped")
     class_names = sorted({name for (_, name), n in by_split_class.items() if n})
-    for name in class_dirs:
-        if name not in class_names:
-            _warn(report, f"class {name!r} has no images in any split: dropped")
+    report["dropped_classes"] = [name for name in class_dirs if name not in class_names]
+    for name in report["dropped_classes"]:
+        _warn(report, f"class {name!r} has no readable images in any split: dropped")
     if not class_names:
-        raise ValueError(f"no readable images under '{data_root}'")
+        raise DataError(f"data.root: no readable images under '{data_root}'")
 
     index = {name: i for i, name in enumerate(class_names)}
     split_of = np.array([split for split, _, _ in entries])
@@ -599,10 +744,10 @@ def _load_imagefolder(root: Path, image_size: int, test_fraction: float, seed: i
         train_rows = np.flatnonzero(ok & (split_of == "train"))
         test_rows = np.flatnonzero(ok & (split_of == "test"))
     if len(train_rows) == 0:
-        raise ValueError(f"no readable training images under '{data_root}'")
+        raise DataError(f"data.root: no readable training images under '{data_root}'")
 
     def take(rows: np.ndarray) -> ImageSet:
-        return ImageSet(pixels[rows], labels[rows], class_names, [rel_paths[i] for i in rows])
+        return ImageSet(pixels[rows], labels[rows], class_names, [shown[i] for i in rows])
 
     return take(train_rows), take(test_rows)
 
@@ -618,20 +763,21 @@ def base_novel_split(class_names: list[str], novel_classes: list[str]) -> tuple[
     """
     wrong_type = [c for c in novel_classes if not isinstance(c, str)]
     if wrong_type:
-        raise ValueError(f"novel classes must be given by name (strings), got {wrong_type}; "
-                         f"e.g. {[str(c) for c in wrong_type]}")
+        raise DataError(f"novel classes must be given by name (strings), got {wrong_type}; "
+                        f"e.g. {[str(c) for c in wrong_type]}")
+    novel_classes = [unicodedata.normalize("NFC", c) for c in novel_classes]
     unknown = [c for c in novel_classes if c not in class_names]
     if unknown:
-        raise ValueError(f"unknown novel class(es) {unknown}; available classes: {list(class_names)}")
+        raise DataError(f"unknown novel class(es) {unknown}; available classes: {list(class_names)}")
     duplicates = sorted({c for c in novel_classes if list(novel_classes).count(c) > 1})
     if duplicates:
-        raise ValueError(f"novel classes listed more than once: {duplicates}")
+        raise DataError(f"novel classes listed more than once: {duplicates}")
     novel = [c for c in class_names if c in novel_classes]
     base = [c for c in class_names if c not in novel_classes]
     if len(novel) < 2:
-        raise ValueError(f"need at least 2 novel classes, got {novel}")
+        raise DataError(f"need at least 2 novel classes, got {novel}")
     if not base:
-        raise ValueError(f"novel classes {novel} leave no base class; at least 1 is needed")
+        raise DataError(f"novel classes {novel} leave no base class; at least 1 is needed")
     return base, novel
 
 

@@ -21,12 +21,28 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cpu' / 'cuda' / 'cuda:1' as given."""
+    """'auto' -> cuda when available, else cpu; 'cpu' / 'cuda' / 'cuda:1' as given.
+
+    A device this machine cannot provide stops the stage with a one-line message naming
+    the `device` parameter (SystemExit, so no traceback), before any work.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name} requested but no CUDA device is available")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise SystemExit(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"device: '{name}' requested but no CUDA GPU is available on this machine "
+                             f"(torch.cuda.is_available() is False): expected 'auto' (a GPU only "
+                             f"when present) or 'cpu'")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise SystemExit(f"device: '{name}' requested but this machine has {count} CUDA "
+                             f"device(s): expected 'cuda', 'auto' or one of cuda:0..cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise SystemExit(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {name!r}")
     return device
 
 

@@ -104,3 +104,16 @@ def test_command_line_check_exits_nonzero(tmp_path, params):
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert "evaluate" in result.stderr and "knn_k must be > 0" in result.stderr
+
+
+def test_sources_are_defined_once():
+    """config validates data.source against the list datasets.load_source serves."""
+    import bowflow.config
+    import bowflow.datasets
+    assert bowflow.config.SOURCES is bowflow.datasets.SOURCES
+
+
+def test_bad_key_of_a_section_is_named_in_full(params):
+    bad = copy.deepcopy(params)
+    bad["generations"]["g1"]["student"] = dict(bad["generations"]["g1"]["student"], epochs=-3)
+    assert error_of(bad).startswith("generations.g1.student.epochs: epochs must be > 0")

@@ -67,6 +67,8 @@ METHODS = available_methods()
 
 def test_every_method_module_registers_a_method():
     assert {"rotnet", "bownet"} <= set(METHODS)
+    for name in METHODS:      # what a method needs from its stage, the contract test gives it
+        assert set(get_method(name).stage_inputs) <= set(STAGE_INPUTS.get(name, lambda n: {})(8)) | {"parent"}
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -61,9 +61,10 @@ def dvc_project(tmp_path_factory):
 
 def test_dvc_runs_every_stage_and_writes_the_report(dvc_project):
     project, ran, _ = dvc_project
-    assert ran == {"check_params", "prepare", "pretrain@g0", "vocab@g1", "vocab@g2", "student@g1",
-                   "student@g2", "evaluate_pretrain@g0", "evaluate_student@g1", "evaluate_student@g2",
-                   "report"}
+    runs = tiny_params()["pretrain"]
+    assert ran == {"check_params", "prepare", "vocab@g1", "vocab@g2", "student@g1", "student@g2",
+                   "evaluate_student@g1", "evaluate_student@g2", "report",
+                   *{f"pretrain@{r}" for r in runs}, *{f"evaluate_pretrain@{r}" for r in runs}}
     report = (project / "data/report/report.md").read_text()
     for row in ("RotNet (g0)", "BoWNet (g1)", "BoWNet x2 (g2)"):
         assert row in report
@@ -92,8 +93,8 @@ def test_dvc_reruns_only_what_a_change_touches(dvc_project):
 
     params["evaluate"]["knn_k"] = 10
     write_params(project, params)
-    assert repro(project) == {"check_params", "evaluate_pretrain@g0", "evaluate_student@g1",
-                              "evaluate_student@g2", "report"}
+    assert repro(project) == {"check_params", "evaluate_student@g1", "evaluate_student@g2", "report",
+                              *{f"evaluate_pretrain@{r}" for r in params["pretrain"]}}
 
     params["generations"]["g3"] = copy.deepcopy(params["generations"]["g2"]) | {"parent": "g2"}
     write_params(project, params)
@@ -104,6 +105,21 @@ def test_dvc_reruns_only_what_a_change_touches(dvc_project):
     write_params(project, params)
     assert repro(project) == {"check_params", "student@g2", "evaluate_student@g2", "vocab@g3",
                               "student@g3", "evaluate_student@g3", "report"}
+
+    # A new pretrain run reruns nothing that exists; changing it reruns only its branch.
+    params["pretrain"]["rot2"] = params["pretrain"]["g0"] | {"epochs": 1}
+    write_params(project, params)
+    assert repro(project) == {"check_params", "pretrain@rot2", "evaluate_pretrain@rot2", "report"}
+    params["pretrain"]["rot2"]["lr"] = 0.05
+    write_params(project, params)
+    assert repro(project) == {"check_params", "pretrain@rot2", "evaluate_pretrain@rot2", "report"}
+
+    # A BoWNet generation may start from any trained run: here the first family method.
+    parent = next((r for r in params["pretrain"] if r not in ("g0", "rot2")), "rot2")
+    params["generations"]["gx"] = copy.deepcopy(params["generations"]["g1"]) | {"parent": parent}
+    write_params(project, params)
+    assert repro(project) == {"check_params", "vocab@gx", "student@gx", "evaluate_student@gx", "report"}
+    assert f"data/models/{parent}/model.pt" in (project / "dvc.lock").read_text()
 
 
 def stale_stages(project: Path) -> set[str]:

@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dataclasses import asdict
+
 from bowflow.config import load_yaml
+from bowflow.methods import available_methods, get_method
 
 import yaml_writer
 
@@ -24,10 +27,25 @@ def tiny_params() -> dict:
                    warmup_epochs=0.5)
     params["generations"] = {"g1": {"parent": "g0", "vocab": dict(vocab), "student": dict(student)},
                              "g2": {"parent": "g1", "vocab": dict(vocab), "student": dict(student)}}
+    params["pretrain"].update(family_runs())
     params["evaluate"].update(linear_epochs=5, few_shot_shots=[1, 5], few_shot_episodes=50,
                               batch_size=256)
     params["report"].update(words_shown=3, patches_per_word=4)
     return params
+
+
+def family_runs(methods: list[str] | None = None) -> dict:
+    """One tiny pretrain run per registered method that trains on images alone (every
+    method but RotNet, which is g0, and those needing a stage's inputs, like BoWNet),
+    each with all of its method's defaults written out, as a params.yaml entry would be."""
+    runs = {}
+    for name in methods if methods is not None else available_methods():
+        cls = get_method(name)
+        if cls.stage_inputs or name == "rotnet":
+            continue
+        runs[name] = asdict(cls.Params(method=name)) | dict(
+            arch="convnet", width=8, depth=0, epochs=2, batch_size=32, warmup_epochs=0.5)
+    return runs
 
 
 def make_project(where: Path, params: dict) -> Path:

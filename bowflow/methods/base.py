@@ -10,7 +10,8 @@ suits RotNet and BoWNet:
 
     optimizer_groups()          parameter groups (lr_scale, fixed_lr, weight decay, LARS)
     configure_schedule(s, t)    told the steps per epoch and total steps before training
-    training_step(...)          -> (loss, stats); log `embedding_std` to be collapse-checked
+    training_step(...)          -> (loss, stats); stats['embedding_std'] (losses.embedding_std)
+                                is checked against params.collapse_std every epoch
     before_optimizer_step(step) after backward, before the step (freeze a layer's grads)
     after_step(step, total)     after the step (EMA teachers, queues)
     export_backbone()           the network the evaluate stage gets (DINO: the EMA teacher)
@@ -130,6 +131,9 @@ class Method(nn.Module):
 
     name = "base"
     label = ""            # how reports name the method ("BYOL"); defaults to `name`
+    # Inputs only a particular stage gives the method (BoWNet: the vocab stage's codes). A
+    # method without any trains as a run of `pretrain:` on images (and labels) alone.
+    stage_inputs: tuple[str, ...] = ()
     Params = TrainParams
 
     def __init__(self, params: TrainParams, backbone: Backbone, context: dict[str, Any]):
@@ -165,9 +169,3 @@ class Method(nn.Module):
         """The backbone written to model.pt and evaluated. Default: the trained one."""
         return self.backbone
 
-
-def embedding_std(z: torch.Tensor) -> torch.Tensor:
-    """Collapse monitor: z [B, D] -> the mean per-dimension std of the L2-normalised rows,
-    times sqrt(D); about 1 for embeddings spread over the sphere, 0 when collapsed."""
-    z = torch.nn.functional.normalize(z.detach().float(), dim=1)
-    return z.std(dim=0).mean() * z.shape[1] ** 0.5

@@ -81,6 +81,7 @@ class NormalizedLinear(nn.Module):
 @register_method("bownet")
 class BoWNet(Method):
     label = "BoWNet"
+    stage_inputs = ("codes", "num_words", "parent")   # from the vocab and student stages
     Params = BoWNetParams
 
     def __init__(self, params, backbone, context):
