@@ -84,7 +84,8 @@ def test_center_is_an_ema_of_the_teachers_batch_mean():
 
 
 def test_teacher_temperature_warms_up_linearly_by_epoch():
-    method, params, images = build(teacher_temp_warmup_epochs=4)
+    method, params, images = build(teacher_temp_warmup_epochs=4, warmup_teacher_temp=0.04,
+                                   teacher_temp=0.07)
     seen = []
     for epoch in (0, 2, 4, 9):
         method.steps_done.fill_(epoch * method.steps_per_epoch)
