@@ -33,19 +33,21 @@ from bowflow.methods.base import Method, TrainParams, fraction, positive, regist
 @dataclass
 class DINOParams(TrainParams):
     method: str = "dino"
-    lr: float = field(default=0.05, metadata={"help": "peak SGD lr (batch 64); see `optimizer`"})
+    lr: float = field(default=0.05, metadata={
+        "help": "peak SGD lr at batch 64 (lightly's CIFAR DINO: SGD 0.06 x batch/128)"})
     weight_decay: float = field(default=5e-4, metadata={
-        "help": "fixed L2 factor: DINO raises it 0.04 -> 0.4 on a cosine for ViTs with AdamW; "
-                "the trainer has no wd schedule, and a constant SGD value is what its "
-                "ResNet/convnet recipes use"})
+        "help": "fixed L2 factor (the trainer has no wd schedule): DINO's cosine 0.04 -> 0.4 "
+                "belongs to its AdamW ViT recipe and would be far too strong with SGD; 5e-4 "
+                "is the SGD convnet value RotNet/BoWNet use here"})
     optimizer: str = field(default="sgd", metadata={
-        "help": "sgd (Nesterov): DINO's ViTs use AdamW (lr 5e-4 x batch/256), its ResNet-50 "
-                "LARS; with BN in a small convnet and batches of 64, plain SGD learns fastest"})
+        "help": "sgd (Nesterov). DINO: AdamW (lr 5e-4 x batch/256) for ViTs, LARS/SGD for "
+                "ResNet-50. On digits AdamW (lr 1e-3, wd 0.04) drifted towards uniform "
+                "targets as fast as SGD in a 30-step probe, so SGD, like the other convnets"})
     clip_grad: float = field(default=3.0, metadata={"help": "max global gradient norm (DINO: 3.0)"})
     out_dim: int = field(default=2048, metadata={
-        "help": "D, prototypes of the head's last layer (DINO: 65536 for ImageNet). About 2k "
-                "keeps D well above the classes of CIFAR/digits yet small enough that a "
-                "batch of 64 estimates the centre over all of them"})
+        "help": "D, prototypes of the head's last layer (DINO: 65536 for ImageNet). 2048 as "
+                "in lightly's CIFAR DINO: far more than the classes, while 65536 would make "
+                "the last layer larger than the convnet and leave most prototypes unused"})
     hidden_dim: int = field(default=512, metadata={"help": "head MLP width (DINO: 2048)"})
     head_bn: bool = field(default=True, metadata={
         "help": "BN after each hidden layer of the head MLP (DINO's use_bn_in_head, its "
