@@ -358,6 +358,9 @@ class ViewSpec:
     hue: hue shift range in turns ([-hue, hue]).
     jitter_p: probability of applying colour jitter to an image.
     gray_p: probability of converting an image to grayscale.
+    blur_p: probability of a Gaussian blur, sigma ~ Uniform(blur_sigma) pixels at 224 px
+        (scaled with the view's size, see `gaussian_blur`). 0 draws no random numbers.
+    solarize_p: probability of solarizing (pixels >= 0.5 become 1 - x). 0 draws none.
     """
 
     size: int
@@ -368,18 +371,85 @@ class ViewSpec:
     hue: float = 0.1
     jitter_p: float = 0.8
     gray_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
 
 
 def make_view(images_uint8: torch.Tensor, spec: ViewSpec, generator: torch.Generator
               ) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> float [B, 3, size, size] in [0, 1] (not normalised).
 
-    to_float -> random_resized_crop (+ flip) -> color_jitter -> random_grayscale, all
-    batched on the device of `images_uint8`, randomness from `generator`.
+    to_float -> random_resized_crop (+ flip) -> color_jitter -> random_grayscale
+    [-> gaussian_blur] [-> solarize], all batched on the device of `images_uint8`,
+    randomness from `generator`. Blur and solarize draw random numbers only when their
+    probability is > 0, so views without them are the same as before they existed.
     """
     x = to_float(images_uint8)
     x = random_resized_crop(x, spec.size, spec.crop_scale, spec.crop_ratio, spec.flip_p,
                             generator=generator)
     x = color_jitter(x, spec.jitter, spec.jitter, spec.jitter, spec.hue, spec.jitter_p,
                      generator=generator)
-    return random_grayscale(x, spec.gray_p, generator=generator)
+    x = random_grayscale(x, spec.gray_p, generator=generator)
+    if spec.blur_p > 0:
+        x = gaussian_blur(x, spec.blur_p, spec.blur_sigma, generator=generator)
+    if spec.solarize_p > 0:
+        x = solarize(x, spec.solarize_p, generator=generator)
+    return x
+
+
+def make_views(images_uint8: torch.Tensor, specs: Sequence[ViewSpec],
+               generator: torch.Generator) -> list[torch.Tensor]:
+    """One view per spec of the same images (multi-crop: e.g. 2 global + n local specs).
+    uint8 [B, 3, H, W] -> [float [B, 3, spec.size, spec.size] for spec in specs]."""
+    return [make_view(images_uint8, spec, generator) for spec in specs]
+
+
+def scaled_size(image_size: int, fraction: float, minimum: int = 4) -> int:
+    """A view's side in pixels as a fraction of the image's (DINO's 96/224 local crops),
+    never below `minimum` so that a tiny image still gives a usable crop."""
+    return max(minimum, min(image_size, int(round(image_size * fraction))))
+
+
+# ---------------------------------------------------------------------------------------
+# Blur and solarization (BYOL / DINO / Barlow Twins views)
+# ---------------------------------------------------------------------------------------
+
+def gaussian_blur(x: torch.Tensor, p: float, sigma: tuple[float, float] = (0.1, 2.0),
+                  *, generator: torch.Generator) -> torch.Tensor:
+    """Blur each image with probability p by a Gaussian of its own sigma.
+
+    x: float [B, C, H, W] -> same shape. sigma ~ Uniform(sigma) pixels (SimCLR/BYOL:
+    (0.1, 2.0)); the kernel spans about 10% of the side (their recipe), at least 3 taps,
+    so on a 32 px view it is 3 px wide and large sigmas flatten to a box blur, as with
+    torchvision's GaussianBlur(kernel_size=3) in small-image recipes. Separable,
+    reflect-padded, one grouped conv per direction over the whole batch; images not
+    selected are returned unchanged.
+    """
+    _check_images(x)
+    batch, channels, height, width = x.shape
+    dev = x.device
+    chosen = torch.rand(batch, generator=generator, device=dev) < p
+    s = _uniform(batch, sigma[0], sigma[1], generator, dev)
+    radius = max(1, round(0.05 * min(height, width)))          # kernel 2r+1 ~ 10% of the side
+    offsets = torch.arange(-radius, radius + 1, device=dev, dtype=x.dtype)
+    kernels = torch.exp(-offsets[None, :] ** 2 / (2 * s[:, None].clamp_min(1e-3) ** 2))
+    kernels = kernels / kernels.sum(1, keepdim=True)            # [B, 2r+1]
+    weight = kernels.repeat_interleave(channels, 0)             # [B*C, 2r+1]
+    flat = x.reshape(1, batch * channels, height, width)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"),
+                    weight[:, None, None, :], groups=batch * channels)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"),
+                    weight[:, None, :, None], groups=batch * channels)
+    blurred = flat.view(batch, channels, height, width)
+    return torch.where(chosen[:, None, None, None], blurred, x)
+
+
+def solarize(x: torch.Tensor, p: float, threshold: float = 0.5, *,
+             generator: torch.Generator) -> torch.Tensor:
+    """With probability p per image, pixels >= threshold become 1 - x (BYOL, DINO).
+    x: float [B, C, H, W] in [0, 1] -> same shape."""
+    _check_images(x)
+    chosen = torch.rand(x.shape[0], generator=generator, device=x.device) < p
+    flipped = torch.where(x >= threshold, 1.0 - x, x)
+    return torch.where(chosen[:, None, None, None], flipped, x)

@@ -252,3 +252,25 @@ def test_benchmark_smoke(capsys):
     result = main(["--smoke"])
     assert result["baseline_images_per_s"] > 0 and result["batched_images_per_s"] > 0
     assert "RESULT " in capsys.readouterr().out
+
+
+def test_blur_and_solarize_views():
+    from bowflow.augment import ViewSpec, gaussian_blur, make_view, make_views, scaled_size, solarize
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    assert torch.equal(gaussian_blur(x, 0.0, generator=g), x)
+    blurred = gaussian_blur(x, 1.0, (1.5, 2.0), generator=g)
+    assert torch.allclose(blurred.mean((1, 2, 3)), x.mean((1, 2, 3)), atol=2e-2)
+    assert blurred.diff(dim=3).abs().mean() < 0.6 * x.diff(dim=3).abs().mean()   # high frequencies damped
+    assert torch.equal(solarize(x, 0.0, generator=g), x)
+    s = solarize(x, 1.0, generator=g)
+    assert torch.equal(s, torch.where(x >= 0.5, 1 - x, x))
+    # Views without blur/solarize draw exactly the random numbers they drew before.
+    images = (x * 255).to(torch.uint8)
+    plain = make_view(images, ViewSpec(32), torch.Generator().manual_seed(3))
+    explicit = make_view(images, ViewSpec(32, blur_p=0.0, solarize_p=0.0), torch.Generator().manual_seed(3))
+    assert torch.equal(plain, explicit)
+    views = make_views(images, [ViewSpec(32, blur_p=1.0), ViewSpec(scaled_size(32, 3 / 7), solarize_p=0.2)],
+                       torch.Generator().manual_seed(3))
+    assert [v.shape[-1] for v in views] == [32, 14]
+    assert scaled_size(8, 3 / 7) == 4
