@@ -44,6 +44,10 @@ def test_views_have_the_declared_sizes_and_count():
         global_x, local_x = method.views(images[:5], torch.Generator().manual_seed(0))
         assert global_x.shape == (2 * 5, 3, image_size, image_size)
         assert local_x.shape == (3 * 5, 3, local, local)
+    method, _, _ = build(blur_p=1.0, solarize_p=0.2, local_crops=2)   # DINO's per-view recipe
+    assert [s.blur_p for s in method.specs] == [1.0, 0.1, 0.5, 0.5]
+    assert [s.solarize_p for s in method.specs] == [0.0, 0.2, 0.0, 0.0]
+    assert method.specs[0].crop_scale == (0.4, 1.0) and method.specs[2].crop_scale == (0.05, 0.4)
     method, _, images = build(local_crops=0)
     assert method.views(images[:5], torch.Generator().manual_seed(0))[1] is None
     loss, _ = method.training_step(images[:8], torch.arange(8), torch.Generator().manual_seed(0))
