@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from bowflow import augment, losses
-from bowflow.heads import DINOHead, cosine_momentum, frozen_copy, mlp
+from bowflow.heads import DINOHead, cosine_momentum, ema_update, frozen_copy
 from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
 
 
@@ -118,24 +118,6 @@ class DINOParams(TrainParams):
                              f"local_scale_max ({self.local_scale_max})")
 
 
-def head_outputs(head: DINOHead, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """features [N, C] -> (bottleneck [N, bottleneck_dim], logits [N, D]): DINOHead's
-    forward, keeping the bottleneck for the collapse monitor."""
-    bottleneck = head.mlp(features)
-    logits = F.linear(F.normalize(bottleneck, dim=-1), F.normalize(head.last_direction, dim=-1))
-    return bottleneck, logits
-
-
-@torch.no_grad()
-def ema_parameters(teacher: torch.nn.Module, student: torch.nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, parameters only. Unlike
-    heads.ema_update the BN running statistics are NOT copied from the student: the teacher
-    runs in train mode on the global crops and keeps statistics of its own activations (as
-    in the authors' code), which is what its exported backbone is evaluated with."""
-    for t, s in zip(teacher.parameters(), student.parameters()):
-        t.mul_(momentum).add_(s.detach(), alpha=1.0 - momentum)
-
-
 @register_method("dino")
 class DINO(Method):
     label = "DINO"
@@ -145,9 +127,7 @@ class DINO(Method):
         super().__init__(params, backbone, context)
         self.normalizer = context["normalizer"]
         self.head = DINOHead(backbone.out_channels, params.out_dim, params.hidden_dim,
-                             params.bottleneck_dim)
-        if params.head_bn:          # Linear-BN-ReLU x 2, then Linear to the bottleneck
-            self.head.mlp = mlp(backbone.out_channels, params.hidden_dim, params.bottleneck_dim, layers=3)
+                             params.bottleneck_dim, bn=params.head_bn)
         self.teacher_backbone = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)
         self.register_buffer("center", torch.zeros(1, params.out_dim), persistent=True)
@@ -181,8 +161,8 @@ class DINO(Method):
                                                   p.warmup_teacher_temp, p.teacher_temp)
         global_x, local_x = self.views(images, generator)
         with torch.no_grad():
-            _, teacher_logits = head_outputs(self.teacher_head, self.teacher_backbone(global_x))
-        bottleneck, student_logits = head_outputs(self.head, self.backbone(global_x))
+            _, teacher_logits = self.teacher_head.outputs(self.teacher_backbone(global_x))
+        bottleneck, student_logits = self.head.outputs(self.backbone(global_x))
         if local_x is not None:
             student_logits = torch.cat([student_logits,
                                         self.head(self.backbone(local_x))])
@@ -210,8 +190,8 @@ class DINO(Method):
 
     def after_step(self, step, total_steps):
         momentum = self.momentum(step)
-        ema_parameters(self.teacher_backbone, self.backbone, momentum)
-        ema_parameters(self.teacher_head, self.head, momentum)
+        ema_update(self.teacher_backbone, self.backbone, momentum, copy_buffers=False)
+        ema_update(self.teacher_head, self.head, momentum, copy_buffers=False)
         self.steps_done.fill_(step + 1)
 
     def export_backbone(self):
