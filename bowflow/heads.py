@@ -34,25 +34,34 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_bn: bo
 
 
 class DINOHead(nn.Module):
-    """DINO's head: [B, in_dim] -> MLP (GELU, no BN) -> [B, bottleneck], L2-normalised ->
+    """DINO's head: [B, in_dim] -> MLP -> [B, bottleneck], L2-normalised ->
     weight-normalised Linear(bottleneck, out_dim) without bias -> logits [B, out_dim].
-    The last layer's norm (its `weight_g`) is fixed at 1, as in the authors' code."""
+    The last layer's norm (its `weight_g`) is fixed at 1, as in the authors' code. The MLP
+    uses GELU (their ViT head) or, with `bn`, Linear-BN-ReLU blocks (their ResNet head,
+    `use_bn_in_head`)."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 512, bottleneck_dim: int = 128,
-                 layers: int = 3):
+                 layers: int = 3, bn: bool = False):
         super().__init__()
-        blocks: list[nn.Module] = []
-        dim = in_dim
-        for _ in range(layers - 1):
-            blocks += [nn.Linear(dim, hidden_dim), nn.GELU()]
-            dim = hidden_dim
-        blocks.append(nn.Linear(dim, bottleneck_dim))
-        self.mlp = nn.Sequential(*blocks)
+        if bn:
+            self.mlp = mlp(in_dim, hidden_dim, bottleneck_dim, layers=layers)
+        else:
+            blocks: list[nn.Module] = []
+            dim = in_dim
+            for _ in range(layers - 1):
+                blocks += [nn.Linear(dim, hidden_dim), nn.GELU()]
+                dim = hidden_dim
+            blocks.append(nn.Linear(dim, bottleneck_dim))
+            self.mlp = nn.Sequential(*blocks)
         self.last_direction = nn.Parameter(torch.randn(out_dim, bottleneck_dim) / math.sqrt(bottleneck_dim))
 
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, in_dim] -> (bottleneck [B, bottleneck_dim] before the norm, logits [B, out_dim])."""
+        bottleneck = self.mlp(x)
+        return bottleneck, F.linear(F.normalize(bottleneck, dim=-1), F.normalize(self.last_direction, dim=-1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = F.normalize(self.mlp(x), dim=-1)
-        return F.linear(z, F.normalize(self.last_direction, dim=-1))
+        return self.outputs(x)[1]
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -64,13 +73,16 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, copy_buffers: bool = True) -> None:
     """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter.
-    Buffers (BN running statistics) are copied, not averaged (OBoW, BYOL)."""
+    Buffers (BN running statistics) are copied, not averaged (OBoW, BYOL), unless
+    `copy_buffers` is False: a teacher that runs in train mode on its own inputs keeps
+    statistics of its own activations (DINO, MoCo's key encoder)."""
     for t, s in zip(teacher.parameters(), student.parameters()):
         t.mul_(momentum).add_(s.detach(), alpha=1.0 - momentum)
-    for t, s in zip(teacher.buffers(), student.buffers()):
-        t.copy_(s)
+    if copy_buffers:
+        for t, s in zip(teacher.buffers(), student.buffers()):
+            t.copy_(s)
 
 
 def cosine_momentum(step: int, total_steps: int, base: float) -> float:

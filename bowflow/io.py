@@ -7,6 +7,7 @@ no file) stays until the new one is complete.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -22,10 +23,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     The temporary file lives in the same folder so the final `os.replace` is atomic on
     POSIX file systems. On an exception the temporary file is removed and `path` is left
-    untouched.
+    untouched; temporary files of `path` left by a killed process are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)   # left by a writer killed mid-write (no `finally` ran)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)

@@ -14,7 +14,7 @@ from bowflow.methods.base import TrainParams
 from bowflow.models import Normalizer, save_model
 from bowflow.networks import build_backbone, count_parameters
 from bowflow.runtime import StageClock, configure_threads, log, resolve_device, seed_everything
-from bowflow.compute import select_compute
+from bowflow.compute import decide_compute
 from bowflow.train import TrainingFailed, fingerprint, train
 
 
@@ -49,8 +49,11 @@ def run_training(params: TrainParams, prepared: str | Path, out_model: Path, met
     context = {"normalizer": normalizer, "image_size": image_size, "labels": labels.to(device),
                "num_classes": len(manifest["class_names"]), **(context or {})}
     method = get_method(params.method)(params, backbone, context).to(device)
-    compute = select_compute(device)
-    configure_threads(compute.get("threads", 0))
+    decision = decide_compute(device)               # logged; recorded in the metrics below
+    compute = decision.choice
+    configure_threads(compute["threads"])
+    if compute["compile"]:          # in place: state_dict keys and the model file unchanged
+        backbone.compile()
     run_id = fingerprint(asdict(params), seed, manifest["content_hash"], len(images),
                          context.get("fingerprint", ""), compute)
     checkpoint = checkpoint_dir / f"{out_model.parent.name}-{params.method}.ckpt"
@@ -67,7 +70,8 @@ def run_training(params: TrainParams, prepared: str | Path, out_model: Path, met
     write_csv(history_path, history)
     last = history[-1]
     metrics = {**record, "method": params.method, "method_label": method.label,
-               "batch_size": params.batch_size, "compute": compute, "final": {k: v for k, v in last.items() if k != "epoch"},
+               "batch_size": params.batch_size, **decision.record(),
+               "final": {k: v for k, v in last.items() if k != "epoch"},
                "epochs": params.epochs, "train_images": len(images),
                "parameters": count_parameters(backbone),
                "head_parameters": count_parameters(method) - count_parameters(backbone),

@@ -29,6 +29,9 @@ def main(argv=None):
     if not records:
         raise SystemExit(f"report: no evaluation metrics in {args.eval}")
     # Build the whole report in a temporary folder, then swap it in: never half a report.
+    # A run killed mid-build leaves its folder behind (its `finally` never ran): remove it.
+    for stale in args.out.parent.glob(".report-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=".report-", dir=args.out.parent))
     try:
         report.plot_training_curves(args.train, records, work / "training_curves.png")

@@ -1,5 +1,6 @@
 """The benchmarks run (--smoke) and report what they promise; select_compute reads the cache
-that bench_compute --save writes. No timing is asserted anywhere."""
+that bench_compute --save writes (the rest of the compute choice: tests/test_compute.py).
+No timing is asserted anywhere."""
 from __future__ import annotations
 
 import json
@@ -24,6 +25,7 @@ def positive(result: dict, *keys: str) -> None:
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("BOWFLOW_CACHE", str(tmp_path))
+    monkeypatch.delenv(compute.ENV_OVERRIDE, raising=False)     # conftest pins "default"
     return tmp_path
 
 
@@ -44,16 +46,6 @@ def test_training_steps_run_under_cpu_bf16_autocast(method, channels_last):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_select_compute_defaults_and_broken_cache(cache_dir):
-    assert compute.select_compute(torch.device("cpu")) == compute.DEFAULT_CPU
-    assert compute.select_compute(torch.device("cuda")) == {"bf16": True, "channels_last": True,
-                                                            "threads": 0}
-    compute.cache_path().write_text("{not json")
-    assert compute.select_compute(torch.device("cpu")) == compute.DEFAULT_CPU
-    compute.cache_path().write_text(json.dumps({"choice": {"bf16": "yes"}}))
-    assert compute.select_compute(torch.device("cpu")) == compute.DEFAULT_CPU
-
-
 def test_bench_compute_smoke_saves_the_choice(cache_dir, capsys):
     from benchmarks.bench_compute import MODES, main
 
@@ -70,7 +62,18 @@ def test_bench_compute_smoke_saves_the_choice(cache_dir, capsys):
         positive(fastest, "gflops", "fraction_of_fp32_matmul")
     assert all(v > 0 for v in result["gflop_per_step"].values())
     assert result["saved"].startswith(str(cache_dir))
-    assert compute.select_compute(torch.device("cpu")) == result["choice"]
+    assert len(result["loadavg_before"]) == 3 and len(result["loadavg_after"]) == 3
+    decision = compute.decide_compute(torch.device("cpu"))
+    assert decision.source == "cache" and decision.choice == result["choice"]
+    assert "bench_compute --save" in decision.reason
+
+
+def test_bench_compute_smoke_rotnet_with_compile_modes_listed(cache_dir, capsys):
+    from benchmarks.bench_compute import main
+
+    result = main(["--smoke", "--method", "rotnet", "--modes", "channels_last_fp32"])
+    assert {row["mode"] for row in result["modes"]} == {"eager_fp32", "channels_last_fp32"}
+    assert result["method"] == "rotnet" and "saved" not in result
 
 
 def test_bench_targets_smoke_methods_agree(capsys):

@@ -9,10 +9,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from dvc.repo import Repo
 
@@ -174,37 +174,59 @@ def test_bad_params_stop_before_any_work(tmp_path):
     assert result.returncode != 0 and "generations.g1.vocab" in result.stderr + result.stdout
 
 
-def test_killed_training_resumes_from_its_checkpoint(dvc_project, tmp_path):
-    project, _, _ = dvc_project
-    params = tiny_params()["pretrain"]["g0"] | {"epochs": 6}
+# Runs a stage module with the trainer's checkpoint writer wrapped so that the process
+# SIGKILLs itself right after the checkpoint of epoch KILL_AFTER_EPOCH is on disk: a kill at a
+# known point of training, independent of how fast this machine runs.
+KILL_AFTER_CHECKPOINT = """
+import os, runpy, signal, sys
+import bowflow.train
+stop = int(os.environ["KILL_AFTER_EPOCH"])
+write = bowflow.train.save_torch
+def save_then_die(state, path):
+    write(state, path)
+    if state["epoch"] == stop:
+        os.kill(os.getpid(), signal.SIGKILL)
+bowflow.train.save_torch = save_then_die
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def test_killed_training_resumes_from_its_checkpoint(tmp_path):
+    project = make_project(tmp_path / "project", tiny_params())
+    run(project, ".venv/bin/dvc", "repro", "prepare")
+    params = tiny_params()["pretrain"]["g0"] | {"epochs": 4}
     flags = [f"--{k}={v}" for k, v in params.items()]
 
-    def command(name):
-        return [sys.executable, "-m", "stages.pretrain", "--prepared", "data/prepared",
+    def args(name):
+        return ["--prepared", "data/prepared",
                 "--model", str(tmp_path / name / "model.pt"), "--metrics", str(tmp_path / name / "m.json"),
                 "--history", str(tmp_path / name / "h.csv"), "--checkpoints", str(tmp_path / name / "ckpt"),
                 "--seed", "0", "--device", "cpu", *flags]
 
-    process = subprocess.Popen(command("killed"), cwd=project, env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_CHECKPOINT, "stages.pretrain", *args("killed")],
+                            cwd=project, env={**ENV, "KILL_AFTER_EPOCH": "2"}, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     checkpoint = tmp_path / "killed" / "ckpt" / "killed-rotnet.ckpt"
-    deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert checkpoint.exists() and not (tmp_path / "killed" / "model.pt").exists()
-    resumed = subprocess.run(command("killed"), cwd=project, env=ENV, capture_output=True, text=True)
+    assert torch.load(checkpoint, weights_only=False)["epoch"] == 2
+    assert not (tmp_path / "killed" / "model.pt").exists()
+    assert not (tmp_path / "killed" / "h.csv").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "stages.pretrain", *args("killed")], cwd=project,
+                             env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from checkpoint" in resumed.stderr
+    assert "at epoch 2/4" in resumed.stderr and "resumed from checkpoint" in resumed.stderr
+    assert "epoch=1 " not in resumed.stderr and "epoch=3 " in resumed.stderr, "epochs 1-2 are not redone"
     assert not checkpoint.exists(), "the checkpoint is removed once the model is written"
-    subprocess.run(command("straight"), cwd=project, env=ENV, capture_output=True, check=True)
+    subprocess.run([sys.executable, "-m", "stages.pretrain", *args("straight")], cwd=project, env=ENV,
+                   capture_output=True, check=True)
 
     def losses(name):
         rows = (tmp_path / name / "h.csv").read_text().splitlines()
         header = rows[0].split(",")
         return [[r.split(",")[header.index(k)] for k in ("epoch", "loss", "rotation_accuracy")] for r in rows[1:]]
 
+    assert len(losses("straight")) == 4
     assert losses("killed") == losses("straight"), "a resumed run must continue exactly"
 
 

@@ -1,0 +1,349 @@
+"""Fault injection: `dvc repro` killed with SIGKILL at random moments, then run again.
+
+Everything runs in scratch copies of the project (`tests/tiny_params.make_project` with the
+tiny params: digits at 8 px, seconds per stage), with the project venv's bin first on PATH,
+PYTHONUNBUFFERED=1 and an empty BOWFLOW_CACHE (no per-machine compute choice leaks in).
+
+1. Baseline: `dvc repro` once, uninterrupted, in a fresh project. Its final state is
+   recorded (every data/metrics/**/*.json and every training curve data/plots/train/*.csv,
+   minus timing values: `wall_seconds`, `peak_rss_mb`, `images_per_second`, `seconds`,
+   any `*_seconds` / `*_per_second` / `peak_*` key or column), and each stage's window:
+   from its `Running stage '...'` line to the next one (or to the end of the run), so the
+   window covers the stage process and DVC's own work after it (hashing, cache, dvc.lock).
+2. Plan: trial i kills in stage `rotation[i % n]`, at a uniform fraction of that stage's
+   window drawn from `random.Random(--seed)`. The rotation is every stage, longest window
+   first, so 10 trials on the 11-stage tiny pipeline leave out only the shortest stage.
+3. Each trial, in a fresh project: `dvc repro` in a new process group
+   (start_new_session=True); when the planned stage's `Running stage` line appears, wait
+   the planned fraction of its baseline window, then `os.killpg(pgid, SIGKILL)` (DVC and
+   the stage process die together, as on a power cut or an OOM kill of the group). Then
+   `dvc repro` again, to completion, and check:
+     - it exits 0;
+     - the final state equals the baseline's exactly (non-timing values);
+     - `dvc status --json` is clean;
+     - nothing half-written is left: no `*.tmp` file, no `.report-*` folder, no file under
+       data/checkpoints, no stray file next to the outputs (every file under data/ is an
+       output or metric of a stage in dvc.lock, or inside a directory output).
+   One line per trial: the stage the kill landed in (the last `Running stage` line before
+   it), seconds after launch, whether the rerun resumed a training checkpoint, and the result.
+
+    python -m benchmarks.bench_faults                       # 10 trials, seed 0
+    python -m benchmarks.bench_faults --trials 3 --seed 1
+    python -m benchmarks.bench_faults --workdir W --reuse-baseline --first 6   # trials 6.. only,
+                                                            # on the uninterrupted run kept in W
+Exits 1 if any trial fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGE_LINE = re.compile(r"Running stage '([^']+)'")
+TIMING_KEYS = {"wall_seconds", "peak_rss_mb", "peak_gpu_mb", "feature_images_per_second",
+               "images_per_second", "seconds"}
+
+
+def is_timing(key: str) -> bool:
+    """Keys (or CSV columns) whose values are measurements of time or memory, not results."""
+    return (key in TIMING_KEYS or key.endswith("_seconds") or key.endswith("per_second")
+            or key.startswith("peak_"))
+
+
+def strip_timing(value):
+    """`value` with every timing key removed, recursively through dicts and lists."""
+    if isinstance(value, dict):
+        return {k: strip_timing(v) for k, v in value.items() if not is_timing(k)}
+    if isinstance(value, list):
+        return [strip_timing(v) for v in value]
+    return value
+
+
+def final_state(project: Path) -> dict:
+    """{relative path: content without timing values} of every metrics JSON and curve CSV."""
+    state = {}
+    data = project / "data"
+    for path in sorted((data / "metrics").rglob("*.json")):
+        state[str(path.relative_to(project))] = strip_timing(json.loads(path.read_text()))
+    for path in sorted((data / "plots" / "train").glob("*.csv")):
+        rows = [line.split(",") for line in path.read_text().splitlines()]
+        keep = [i for i, name in enumerate(rows[0]) if not is_timing(name)]
+        state[str(path.relative_to(project))] = [[row[i] for i in keep] for row in rows]
+    return state
+
+
+def environment(cache_dir: Path) -> dict:
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1", "BOWFLOW_CACHE": str(cache_dir)}
+
+
+@dataclass
+class Run:
+    """One `dvc repro`: exit code, merged output, and (stage, seconds since launch) starts."""
+    returncode: int
+    output: str
+    starts: list[tuple[str, float]]
+    seconds: float
+    killed_at: float | None = None
+
+    def stage_at(self, seconds: float) -> str:
+        """The stage running `seconds` after launch (DVC's own start-up counts as 'dvc')."""
+        current = "dvc"
+        for name, start in self.starts:
+            if start <= seconds:
+                current = name
+        return current
+
+
+def repro(project: Path, env: dict, kill: tuple[str, float] | None = None) -> Run:
+    """`dvc repro` in its own process group; with `kill=(stage, delay)`, SIGKILL the whole
+    group `delay` seconds after `stage`'s `Running stage` line appears."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(["dvc", "repro"], cwd=project, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    starts: list[tuple[str, float]] = []
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read():
+        for raw in iter(proc.stdout.readline, b""):
+            line = raw.decode(errors="replace")
+            lines.append(line)
+            match = STAGE_LINE.search(line)
+            if match:
+                starts.append((match.group(1), time.perf_counter() - start))
+                if kill is not None and match.group(1) == kill[0]:
+                    seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    killed_at = None
+    if kill is not None:
+        while not seen.wait(0.05) and proc.poll() is None:
+            pass
+        if seen.is_set():
+            deadline = start + dict(starts)[kill[0]] + kill[1]
+            while proc.poll() is None and time.perf_counter() < deadline:
+                time.sleep(min(0.01, max(0.0, deadline - time.perf_counter())))
+            if proc.poll() is None:
+                killed_at = time.perf_counter() - start
+                os.killpg(proc.pid, signal.SIGKILL)
+    returncode = proc.wait()
+    if killed_at is not None:   # wait until init has reaped the orphaned stage process too
+        for _ in range(1000):
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.01)
+        else:
+            raise RuntimeError(f"process group {proc.pid} still exists 10 s after SIGKILL")
+    reader.join()
+    return Run(returncode, "".join(lines), starts, time.perf_counter() - start, killed_at)
+
+
+def windows(run: Run) -> dict[str, tuple[float, float]]:
+    """{stage: (start, end)} seconds since launch, each ending where the next begins."""
+    bounds = [s for _, s in run.starts[1:]] + [run.seconds]
+    return {name: (start, end) for (name, start), end in zip(run.starts, bounds)}
+
+
+def plan(stage_windows: dict[str, tuple[float, float]], trials: int, seed: int,
+         stages: list[str] | None = None) -> list[tuple[str, float]]:
+    """[(stage, seconds after its start)] for each trial: stages round-robin (longest window
+    first, or the given `stages` in order), a uniform moment inside each stage's window."""
+    rng = random.Random(seed)
+    if stages is None:
+        order = list(stage_windows)
+        stages = sorted(order, key=lambda s: (-(stage_windows[s][1] - stage_windows[s][0]), order.index(s)))
+    out = []
+    for i in range(trials):
+        stage = stages[i % len(stages)]
+        begin, end = stage_windows[stage]
+        out.append((stage, rng.uniform(0.0, end - begin)))
+    return out
+
+
+def leftovers(project: Path) -> list[str]:
+    """Files under data/ that no completed stage owns: temporary files, report work folders,
+    training checkpoints, stray partial outputs."""
+    lock = _lock_paths(project)
+    found = []
+    data = project / "data"
+    for path in sorted(data.rglob("*")):
+        relative = path.relative_to(project).as_posix()
+        if path.name.endswith(".tmp") or path.name.startswith(".report-"):
+            found.append(relative)
+        elif path.is_file():
+            if relative.startswith("data/checkpoints/"):
+                found.append(relative)
+            elif not any(relative == p or relative.startswith(p + "/") for p in lock):
+                found.append(relative)
+    return found
+
+
+def _lock_paths(project: Path) -> set[str]:
+    """Every output path (file or directory) recorded in dvc.lock."""
+    import yaml  # PyYAML is a DVC dependency
+
+    lock = yaml.safe_load((project / "dvc.lock").read_text()) or {}
+    return {out["path"] for stage in lock.get("stages", {}).values() for out in stage.get("outs", [])}
+
+
+def status_clean(project: Path, env: dict) -> tuple[bool, str]:
+    result = subprocess.run(["dvc", "status", "--json"], cwd=project, env=env,
+                            capture_output=True, text=True)
+    text = result.stdout.strip()
+    return result.returncode == 0 and text in ("{}", ""), (text or result.stderr)[-500:]
+
+
+@dataclass
+class Trial:
+    index: int
+    planned: tuple[str, float]
+    killed_stage: str = ""
+    killed_at: float | None = None
+    checkpoints_after_kill: int = 0
+    resumed: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+def baseline(scratch: Path, params: dict, reuse: bool = False) -> tuple[Run, dict]:
+    """The uninterrupted run: -> (its Run, its final state). Its stage starts are saved to
+    scratch/baseline.json; with `reuse`, an earlier baseline in `scratch` is read instead."""
+    from tiny_params import make_project
+
+    project, saved = scratch / "baseline", scratch / "baseline.json"
+    if reuse and saved.exists():
+        record = json.loads(saved.read_text())
+        return Run(0, "", [tuple(s) for s in record["starts"]], record["seconds"]), final_state(project)
+    env = environment(Path(tempfile.mkdtemp(prefix="cache-", dir=scratch)))
+    project = make_project(project, params)
+    run = repro(project, env)
+    if run.returncode != 0:
+        raise RuntimeError(f"baseline dvc repro failed:\n{run.output[-3000:]}")
+    saved.write_text(json.dumps({"starts": run.starts, "seconds": run.seconds}))
+    return run, final_state(project)
+
+
+def run_trial(index: int, planned: tuple[str, float], scratch: Path, params: dict,
+              expected: dict, keep: bool = False) -> Trial:
+    """Kill one `dvc repro` as planned, rerun it, and check the result (see the module doc)."""
+    from tiny_params import make_project
+
+    trial = Trial(index, planned)
+    where = scratch / f"trial{index}"
+    env = environment(where / "cache")
+    project = make_project(where / "project", params)
+    killed = repro(project, env, kill=planned)
+    if killed.killed_at is None:
+        trial.problems.append(f"not killed: dvc repro ended first (exit {killed.returncode})")
+    else:
+        trial.killed_at = killed.killed_at
+        trial.killed_stage = killed.stage_at(killed.killed_at)
+    trial.checkpoints_after_kill = sum(1 for p in (project / "data/checkpoints").glob("*") if p.is_file()) \
+        if (project / "data/checkpoints").exists() else 0
+    rerun = repro(project, env)
+    trial.resumed = "resumed from checkpoint" in rerun.output
+    if rerun.returncode != 0:
+        trial.problems.append(f"rerun exit {rerun.returncode}: {rerun.output[-1500:]}")
+    else:
+        state = final_state(project)
+        if state != expected:
+            differ = sorted(k for k in set(state) | set(expected) if state.get(k) != expected.get(k))
+            trial.problems.append(f"final state differs from the uninterrupted run in {differ}")
+        clean, text = status_clean(project, env)
+        if not clean:
+            trial.problems.append(f"dvc status not clean: {text}")
+        left = leftovers(project)
+        if left:
+            trial.problems.append(f"left behind: {left}")
+    if trial.passed and not keep:
+        shutil.rmtree(where, ignore_errors=True)
+    return trial
+
+
+def trial_line(trial: Trial) -> str:
+    when = "-" if trial.killed_at is None else f"{trial.killed_at:.1f}"
+    result = "PASS" if trial.passed else "FAIL: " + "; ".join(trial.problems)
+    return (f"{trial.index:>3}  {trial.planned[0]:<17}{trial.planned[1]:>7.2f}  {trial.killed_stage:<17}"
+            f"{when:>7}  {trial.checkpoints_after_kill:>5}  {'yes' if trial.resumed else 'no':<7}  {result}")
+
+
+HEADER = f"{'#':>3}  {'planned stage':<17}{'+s':>7}  {'killed in':<17}{'at s':>7}  {'ckpts':>5}  {'resumed':<7}  result"
+
+
+def run_faults(trials: int, seed: int, scratch: Path, params: dict | None = None,
+               stages: list[str] | None = None, keep: bool = False, say=print,
+               reuse_baseline: bool = False, first: int = 1) -> list[Trial]:
+    """The whole check: baseline, plan, trials. Returns the trials (see `Trial.passed`)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_params import tiny_params
+
+    params = core_params() if params is None else params
+    base_run, expected = baseline(scratch, params, reuse_baseline)
+    stage_windows = windows(base_run)
+    say(f"uninterrupted dvc repro: {base_run.seconds:.1f} s; stage windows (s after launch): "
+        + ", ".join(f"{s} {a:.1f}-{b:.1f}" for s, (a, b) in stage_windows.items()))
+    say(HEADER)
+    results = []
+    for i, planned in enumerate(plan(stage_windows, trials, seed, stages)):
+        if i + 1 < first:
+            continue
+        trial = run_trial(i + 1, planned, scratch, params, expected, keep)
+        say(trial_line(trial))
+        results.append(trial)
+    failed = sum(not t.passed for t in results)
+    say(f"{len(results) - failed} passed, {failed} failed")
+    return results
+
+
+def core_params() -> dict:
+    """The tiny configuration with only the RotNet -> BoWNet chain (11 stages), so that 10
+    trials reach every stage; the family's pretrain runs are stages of the same kind."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_params import tiny_params
+    params = tiny_params()
+    params["pretrain"] = {"g0": params["pretrain"]["g0"]}
+    return params
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--keep", action="store_true", help="keep every trial's project")
+    parser.add_argument("--reuse-baseline", action="store_true",
+                        help="use the uninterrupted run already in --workdir")
+    parser.add_argument("--first", type=int, default=1, help="start at this trial of the plan")
+    args = parser.parse_args(argv)
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        results = run_faults(args.trials, args.seed, args.workdir, keep=args.keep,
+                             reuse_baseline=args.reuse_baseline, first=args.first)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bowflow-faults-") as scratch:
+            results = run_faults(args.trials, args.seed, Path(scratch), keep=args.keep)
+    return 0 if all(t.passed for t in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

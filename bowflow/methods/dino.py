@@ -1,0 +1,198 @@
+"""DINO (Caron et al., ICCV 2021): self-distillation with no labels.
+
+A student (backbone + DINOHead) learns to match the output distribution of a teacher
+that is an exponential moving average of itself. Each step:
+
+    images [B] -> 2 global crops (full size) + L local crops (small), all augmented
+    teacher (EMA, no gradient): global crops -> logits t_g [B, D]
+    student: every crop -> logits s_v [B, D]   (globals and locals batched separately)
+    loss = mean over pairs (g, v != g) of CE(softmax((t_g - c) / tau_t), softmax(s_v / tau_s))
+    c <- 0.9 c + 0.1 mean(t)          (centring: no dimension may dominate)
+    teacher <- m teacher + (1 - m) student, m: 0.996 -> 1 on a cosine over the steps
+
+Centring pushes the teacher towards uniform outputs and the low teacher temperature
+(sharpening) towards one-hot outputs; together they avoid both collapses. The logs show
+which way a run drifts: `teacher_entropy` (mean entropy of one image's target, nats) falls
+towards 0 when it collapses onto one dimension, and `teacher_batch_entropy` (entropy of
+the batch-mean target) falls when all images share the same target; both approach
+log D when the targets go uniform. The evaluated network is the teacher's backbone (the
+authors report the teacher, which is better than the student throughout training).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from bowflow import augment, losses
+from bowflow.heads import DINOHead, cosine_momentum, ema_update, frozen_copy
+from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+
+
+@dataclass
+class DINOParams(TrainParams):
+    method: str = "dino"
+    lr: float = field(default=0.05, metadata={
+        "help": "peak SGD lr at batch 64 (lightly's CIFAR DINO: SGD 0.06 x batch/128)"})
+    weight_decay: float = field(default=5e-4, metadata={
+        "help": "fixed L2 factor (the trainer has no wd schedule): DINO's cosine 0.04 -> 0.4 "
+                "belongs to its AdamW ViT recipe and would be far too strong with SGD; 5e-4 "
+                "is the SGD convnet value RotNet/BoWNet use here"})
+    optimizer: str = field(default="sgd", metadata={
+        "help": "sgd (Nesterov). DINO: AdamW (lr 5e-4 x batch/256) for ViTs, LARS/SGD for "
+                "ResNet-50. On digits AdamW (lr 1e-3, wd 0.04) drifted towards uniform "
+                "targets as fast as SGD in a 30-step probe, so SGD, like the other convnets"})
+    clip_grad: float = field(default=3.0, metadata={"help": "max global gradient norm (DINO: 3.0)"})
+    out_dim: int = field(default=2048, metadata={
+        "help": "D, prototypes of the head's last layer (DINO: 65536 for ImageNet). 2048 as "
+                "in lightly's CIFAR DINO: far more than the classes, while 65536 would make "
+                "the last layer larger than the convnet and leave most prototypes unused"})
+    hidden_dim: int = field(default=512, metadata={"help": "head MLP width (DINO: 2048)"})
+    head_bn: bool = field(default=True, metadata={
+        "help": "BN after each hidden layer of the head MLP (DINO's use_bn_in_head, its "
+                "ResNet-50 recipe). Without it a small convnet's pooled features are nearly "
+                "identical across images at init, the centred targets are uniform and the "
+                "run collapses within 2 epochs (digits: embedding_std 0.15 -> 0.02)"})
+    bottleneck_dim: int = field(default=128, metadata={"help": "head bottleneck before the "
+                                                               "L2 norm (DINO: 256)"})
+    teacher_momentum: float = field(default=0.99, metadata={
+        "help": "EMA momentum at step 0, raised to 1 on a cosine (DINO: 0.996 for ~1000 "
+                "steps/epoch x 100+ epochs; runs of a few hundred steps need a faster teacher)"})
+    center_momentum: float = field(default=0.9, metadata={"help": "EMA of the teacher's batch mean (DINO)"})
+    student_temp: float = field(default=0.1, metadata={"help": "student softmax temperature (DINO)"})
+    warmup_teacher_temp: float = field(default=0.02, metadata={
+        "help": "teacher temperature at epoch 0 (DINO: 0.04). Halved, as the authors advise "
+                "when targets drift to uniform: at 0.04 a convnet on digits loses its spread "
+                "(teacher entropy -> log D) within 30 steps, at 0.02 it recovers"})
+    teacher_temp: float = field(default=0.04, metadata={
+        "help": "teacher temperature after the warm-up (DINO: 0.04-0.07; 0.04 here, see above)"})
+    teacher_temp_warmup_epochs: int = field(default=10, metadata={
+        "help": "epochs of linear teacher temperature warm-up (DINO: 30 of 100-800 epochs; "
+                "scaled to our 20-60 epoch runs)"})
+    freeze_last_layer_epochs: int = field(default=1, metadata={
+        "help": "epochs during which the head's last layer gets no update (DINO: 1)"})
+    local_crops: int = field(default=0, metadata={
+        "help": "local crops per image, seen by the student only (DINO: 10 at 96 px of 224, "
+                "recipe 4-6 elsewhere). 0 on small images: on 16 px digits 4 local crops "
+                "(7 px, 5-40% of the image) drove the teacher's targets to uniform within 4 "
+                "epochs (teacher entropy 2.9 -> 6.1 of log D = 7.6) while the 2 global crops "
+                "alone learned; try 4-6 from 32 px up"})
+    global_scale_min: float = field(default=0.4, metadata={
+        "help": "smallest global crop area fraction, largest is 1 (DINO multi-crop: 0.4; "
+                "0.14 with the ImageNet 2-crop recipe)"})
+    local_scale_min: float = field(default=0.05, metadata={"help": "local crop area fraction, "
+                                                                   "lower end (DINO: 0.05)"})
+    local_scale_max: float = field(default=0.4, metadata={"help": "local crop area fraction, "
+                                                                  "upper end (DINO: 0.4)"})
+    local_size: float = field(default=3 / 7, metadata={
+        "help": "local crop side as a fraction of the image side (DINO: 96/224), at least 4 px"})
+    jitter: float = field(default=0.4, metadata={"help": "brightness/contrast/saturation "
+                                                         "strength (DINO: 0.4, 0.4, 0.2)"})
+    hue: float = field(default=0.1, metadata={"help": "hue shift, fraction of a turn (DINO)"})
+    jitter_p: float = field(default=0.8, metadata={"help": "colour jitter probability (DINO)"})
+    gray_p: float = field(default=0.2, metadata={"help": "grayscale probability (DINO)"})
+    blur_p: float = field(default=0.0, metadata={
+        "help": "Gaussian blur probability of the first global view; a tenth of it on the "
+                "second, half on the locals (DINO: 1.0 / 0.1 / 0.5). 0 on small images: the "
+                "3-tap blur of a 16-32 px view erases thin strokes and edges"})
+    solarize_p: float = field(default=0.0, metadata={
+        "help": "solarization probability of the second global view (DINO: 0.2). 0 for "
+                "digits, whose bright strokes on black would vanish; 0.2 for natural images"})
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("out_dim", "hidden_dim", "bottleneck_dim", "student_temp",
+                     "warmup_teacher_temp", "teacher_temp"):
+            positive(name, getattr(self, name))
+        for name in ("teacher_temp_warmup_epochs", "freeze_last_layer_epochs", "local_crops",
+                     "jitter", "hue"):
+            positive(name, getattr(self, name), allow_zero=True)
+        for name in ("teacher_momentum", "center_momentum", "jitter_p", "gray_p", "blur_p",
+                     "solarize_p"):
+            fraction(name, getattr(self, name))
+        for name in ("global_scale_min", "local_scale_min", "local_scale_max", "local_size"):
+            fraction(name, getattr(self, name), low_open=True)
+        if self.local_scale_min > self.local_scale_max:
+            raise ValueError(f"local_scale_min ({self.local_scale_min}) must be <= "
+                             f"local_scale_max ({self.local_scale_max})")
+
+
+@register_method("dino")
+class DINO(Method):
+    label = "DINO"
+    Params = DINOParams
+
+    def __init__(self, params, backbone, context):
+        super().__init__(params, backbone, context)
+        self.normalizer = context["normalizer"]
+        self.head = DINOHead(backbone.out_channels, params.out_dim, params.hidden_dim,
+                             params.bottleneck_dim, bn=params.head_bn)
+        self.teacher_backbone = frozen_copy(backbone)
+        self.teacher_head = frozen_copy(self.head)
+        self.register_buffer("center", torch.zeros(1, params.out_dim), persistent=True)
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long), persistent=True)
+        size = context["image_size"]
+        colour = dict(jitter=params.jitter, hue=params.hue, jitter_p=params.jitter_p,
+                      gray_p=params.gray_p)
+        global_scale = (params.global_scale_min, 1.0)
+        local = augment.ViewSpec(size=augment.scaled_size(size, params.local_size),
+                                 crop_scale=(params.local_scale_min, params.local_scale_max),
+                                 blur_p=params.blur_p / 2, **colour)
+        self.specs = [augment.ViewSpec(size=size, crop_scale=global_scale, blur_p=params.blur_p,
+                                       **colour),
+                      augment.ViewSpec(size=size, crop_scale=global_scale, blur_p=params.blur_p / 10,
+                                       solarize_p=params.solarize_p, **colour),
+                      *[local] * params.local_crops]
+
+    def views(self, images: torch.Tensor, generator: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 [B, 3, H, W] -> (globals [2B, 3, H, H], locals [L*B, 3, h, h] or None),
+        normalised, view-major (rows k*B .. (k+1)*B - 1 are view k of every image)."""
+        crops = augment.make_views(images, self.specs, generator)
+        norm = self.normalizer.normalize
+        local = torch.cat(crops[2:]) if len(crops) > 2 else None
+        return norm(torch.cat(crops[:2])), norm(local) if local is not None else None
+
+    def training_step(self, images, index, generator):
+        p, batch = self.params, images.shape[0]
+        epoch = int(self.steps_done) // self.steps_per_epoch
+        teacher_temp = losses.teacher_temperature(epoch, p.teacher_temp_warmup_epochs,
+                                                  p.warmup_teacher_temp, p.teacher_temp)
+        global_x, local_x = self.views(images, generator)
+        with torch.no_grad():
+            _, teacher_logits = self.teacher_head.outputs(self.teacher_backbone(global_x))
+        bottleneck, student_logits = self.head.outputs(self.backbone(global_x))
+        if local_x is not None:
+            student_logits = torch.cat([student_logits,
+                                        self.head(self.backbone(local_x))])
+        teacher_views = list(teacher_logits.split(batch))             # 2 x [B, D]
+        loss = losses.dino_loss(list(student_logits.split(batch)), teacher_views, self.center,
+                                teacher_temp, p.student_temp)
+        with torch.no_grad():
+            targets = F.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=1)
+            stats = {"loss": loss.detach(),
+                     "embedding_std": losses.embedding_std(bottleneck[:batch]),
+                     "teacher_entropy": -torch.xlogy(targets, targets).sum(1).mean(),
+                     "teacher_batch_entropy": -torch.xlogy(targets.mean(0), targets.mean(0)).sum(),
+                     "center_norm": self.center.norm(),
+                     "teacher_temp": torch.tensor(teacher_temp),
+                     "teacher_momentum": torch.tensor(self.momentum(int(self.steps_done)))}
+            self.center.copy_(losses.update_center(self.center, teacher_views, p.center_momentum))
+        return loss, stats
+
+    def momentum(self, step: int) -> float:
+        return cosine_momentum(step, self.total_steps, self.params.teacher_momentum)
+
+    def before_optimizer_step(self, step):
+        if step < self.params.freeze_last_layer_epochs * self.steps_per_epoch:
+            self.head.last_direction.grad = None        # the optimizer skips it entirely
+
+    def after_step(self, step, total_steps):
+        momentum = self.momentum(step)
+        ema_update(self.teacher_backbone, self.backbone, momentum, copy_buffers=False)
+        ema_update(self.teacher_head, self.head, momentum, copy_buffers=False)
+        self.steps_done.fill_(step + 1)
+
+    def export_backbone(self):
+        return self.teacher_backbone
