@@ -1,0 +1,47 @@
+"""The control every method must beat: a network that is never trained.
+
+The backbone keeps its random initial weights (the loss is 0 and carries no gradient, and
+weight decay is 0, so SGD leaves every weight as it is); only its BatchNorm running
+statistics are estimated, over `epochs` passes of the clean training images in train
+mode. On easy small data such a network is a strong baseline: on the 16 px digits its
+k-NN accuracy is above RotNet's (README), so a method's row means little without it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from bowflow import augment
+from bowflow.losses import embedding_std
+from bowflow.methods.base import Method, TrainParams, register_method
+
+
+@dataclass
+class RandomInitParams(TrainParams):
+    method: str = "random_init"
+    epochs: int = field(default=1, metadata={"help": "passes that estimate the BN statistics "
+                                                     "(one is enough: nothing else changes)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "must stay 0: decay would shrink "
+                                                               "the random weights"})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.weight_decay != 0:
+            raise ValueError(f"weight_decay must be 0 for random_init (it would change the "
+                             f"random weights), got {self.weight_decay}")
+
+
+@register_method("random_init")
+class RandomInit(Method):
+    label = "Random init"
+    Params = RandomInitParams
+
+    def __init__(self, params, backbone, context):
+        super().__init__(params, backbone, context)
+        self.normalizer = context["normalizer"]
+
+    def training_step(self, images, index, generator):
+        features = self.backbone(self.normalizer.normalize(augment.to_float(images)))   # [B, C]
+        loss = (features * 0.0).sum()            # zero, and zero gradients: weights stay put
+        return loss, {"loss": loss.detach(), "embedding_std": embedding_std(features)}
