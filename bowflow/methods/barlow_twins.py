@@ -1,0 +1,162 @@
+"""Barlow Twins (Zbontar et al., ICML 2021): make the two views' cross-correlation the identity.
+
+Each step: two views of every image (BYOL's asymmetric augmentations: view 1 always
+blurred, view 2 sometimes blurred and solarised) -> one backbone -> projector MLP
+(3 x Linear, BN + ReLU between) -> z1, z2 [B, D] -> `losses.barlow_twins_loss`: the
+dimensions are standardised over the batch, C = z1n.T @ z2n / B [D, D], and
+loss = sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2, times `loss_scale`.
+No teacher, no negatives, no stop-gradient: redundancy reduction alone avoids collapse.
+
+Logged: loss, on_diag and off_diag (the two unweighted terms), embedding_std of z1.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from bowflow import augment, losses
+from bowflow.heads import mlp
+from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+from bowflow.optim import default_groups
+
+MIN_VIEW_PX = 4
+
+
+@dataclass
+class BarlowTwinsParams(TrainParams):
+    method: str = "barlow_twins"
+    lr: float = field(default=0.1, metadata={"help": "peak learning rate of the weights. SGD "
+                                                     "(default) at batch <= 256; the paper's "
+                                                     "LARS lr is 0.2 at batch 2048"})
+    weight_decay: float = field(default=5e-4, metadata={
+        "help": "L2 on weights. 5e-4 suits SGD on small data; the paper: 1.5e-6 with LARS"})
+    proj_dim: int = field(default=1024, metadata={
+        "help": "width D of the 3 projector layers (paper: 8192 on a 2048-d ResNet-50, i.e. 4x; "
+                "scaled to 1024 = 8x the 128-d convnet feature: the paper finds larger D better, "
+                "and the D x D correlation stays cheap next to the backbone at this size)"})
+    proj_layers: int = field(default=3, metadata={"help": "projector Linear layers (paper: 3)"})
+    lambda_offdiag: float = field(default=5e-3, metadata={
+        "help": "weight of the off-diagonal (redundancy) term. Paper: 5e-3 at D = 8192, B = 2048. "
+                "With B < D the off-diagonal sum cannot fall below about D^2 / B, so its pull "
+                "against the D diagonal terms grows like lambda D / B (0.02 in the paper). "
+                "Scaling lambda like 1/D (0.04 at D = 1024) gives 0.64 at B = 64 and the "
+                "diagonal stopped learning on digits (on_diag stuck near D); 5e-3 keeps "
+                "lambda D / B at 0.02-0.08 for B = 256-64"})
+    loss_scale: float = field(default=0.0, metadata={
+        "help": "multiplier of the summed loss; 0 = 1 / proj_dim, i.e. the per-dimension loss "
+                "(about 1 at the start), so SGD learning rates are comparable with the other "
+                "methods. LARS is invariant to it except on its excluded groups"})
+    bias_lr_scale: float = field(default=0.024, metadata={
+        "help": "LARS only: lr of biases and BN parameters relative to the weights' (paper: "
+                "0.0048 / 0.2). Ignored by SGD/AdamW"})
+    crop_size: float = field(default=1.0, metadata={
+        "help": "side of both views, as a fraction of the image side (>= 4 px)"})
+    crop_scale_min: float = field(default=0.2, metadata={
+        "help": "smallest crop area fraction (paper 0.08 at 224 px; 0.2 keeps a 16-32 px digit "
+                "or object recognisable, as in solo-learn's CIFAR settings)"})
+    brightness: float = field(default=0.4, metadata={"help": "colour jitter: factor in [1-s, 1+s] (BYOL: 0.4)"})
+    contrast: float = field(default=0.4, metadata={"help": "colour jitter contrast strength (BYOL: 0.4)"})
+    saturation: float = field(default=0.2, metadata={"help": "colour jitter saturation strength (BYOL: 0.2)"})
+    hue: float = field(default=0.1, metadata={"help": "hue shift range, fraction of a turn (BYOL: 0.1)"})
+    jitter_p: float = field(default=0.8, metadata={"help": "probability of colour jitter per view (BYOL: 0.8)"})
+    gray_p: float = field(default=0.2, metadata={"help": "probability of grayscale per view (BYOL: 0.2)"})
+    blur_p1: float = field(default=1.0, metadata={"help": "Gaussian blur probability, view 1 (BYOL: 1.0)"})
+    blur_p2: float = field(default=0.1, metadata={"help": "Gaussian blur probability, view 2 (BYOL: 0.1)"})
+    blur_sigma_max: float = field(default=0.05, metadata={
+        "help": "largest blur sigma as a fraction of the view side; sigma ~ U[0.1 px, max]. "
+                "BYOL: up to 2 px at 224 (0.009) is invisible at 16-32 px, so 0.05 (0.8 px at "
+                "16, 1.6 px at 32) keeps the blur a real perturbation"})
+    solarize_p1: float = field(default=0.0, metadata={"help": "solarize probability, view 1 (BYOL: 0)"})
+    solarize_p2: float = field(default=0.2, metadata={"help": "solarize probability, view 2 (BYOL: 0.2)"})
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("proj_dim", "proj_layers", "crop_size", "blur_sigma_max", "bias_lr_scale"):
+            positive(name, getattr(self, name))
+        for name in ("lambda_offdiag", "loss_scale", "brightness", "contrast", "saturation"):
+            positive(name, getattr(self, name), allow_zero=True)
+        if self.proj_layers < 2:
+            raise ValueError(f"proj_layers must be >= 2 (hidden layers with BN + ReLU), got {self.proj_layers}")
+        if not 0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5] turns, got {self.hue}")
+        if self.crop_size > 1:
+            raise ValueError(f"crop_size is a fraction of the image side, in (0, 1], got {self.crop_size}")
+        fraction("crop_scale_min", self.crop_scale_min, low_open=True)
+        for name in ("jitter_p", "gray_p", "blur_p1", "blur_p2", "solarize_p1", "solarize_p2"):
+            fraction(name, getattr(self, name))
+
+    @property
+    def effective_loss_scale(self) -> float:
+        return self.loss_scale or 1.0 / self.proj_dim
+
+
+def gaussian_blur(x: torch.Tensor, p: float, sigma: tuple[float, float],
+                  generator: torch.Generator) -> torch.Tensor:
+    """Per-image Gaussian blur with probability p, sigma ~ U[sigma] px; x float [B, 3, H, W].
+    Separable, one grouped conv per axis, reflect padding; unselected images are unchanged."""
+    b, c, h, w = x.shape
+    u = torch.rand(b, 2, generator=generator, device=x.device)
+    s = sigma[0] + (sigma[1] - sigma[0]) * u[:, 0]
+    radius = max(1, min(math.ceil(3 * sigma[1]), (min(h, w) - 1) // 2))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-t[None] ** 2 / (2 * s[:, None].to(x.dtype) ** 2))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)   # [B*C, k]
+    y = F.pad(x.reshape(1, b * c, h, w), (radius,) * 4, mode="reflect")
+    y = F.conv2d(y, kernel[:, None, :, None], groups=b * c)                  # vertical
+    y = F.conv2d(y, kernel[:, None, None, :], groups=b * c).view(b, c, h, w)  # horizontal
+    return torch.where((u[:, 1] < p)[:, None, None, None], y, x)
+
+
+def solarize(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """With probability p per image, invert pixels >= 0.5 (x -> 1 - x); x float in [0, 1]."""
+    apply = torch.rand(x.shape[0], generator=generator, device=x.device) < p
+    return torch.where(apply[:, None, None, None] & (x >= 0.5), 1.0 - x, x)
+
+
+@register_method("barlow_twins")
+class BarlowTwins(Method):
+    label = "Barlow Twins"
+    Params = BarlowTwinsParams
+
+    def __init__(self, params, backbone, context):
+        super().__init__(params, backbone, context)
+        self.normalizer = context["normalizer"]
+        self.view_size = max(MIN_VIEW_PX, round(params.crop_size * context["image_size"]))
+        self.projector = mlp(backbone.out_channels, params.proj_dim, params.proj_dim,
+                             layers=params.proj_layers)
+
+    def optimizer_groups(self):
+        groups = default_groups(self, self.params.weight_decay)
+        if self.params.optimizer == "lars":          # biases and BN: no trust ratio, small lr
+            groups[1]["lr_scale"] = self.params.bias_lr_scale
+        return groups
+
+    def make_view(self, images: torch.Tensor, blur_p: float, solarize_p: float,
+                  generator: torch.Generator) -> torch.Tensor:
+        """uint8 [B, 3, H, W] -> float [B, 3, S, S] in [0, 1], S = view_size."""
+        p = self.params
+        x = augment.random_resized_crop(augment.to_float(images), self.view_size,
+                                        (p.crop_scale_min, 1.0), generator=generator)
+        x = augment.color_jitter(x, p.brightness, p.contrast, p.saturation, p.hue, p.jitter_p,
+                                 generator=generator)
+        x = augment.random_grayscale(x, p.gray_p, generator=generator)
+        x = gaussian_blur(x, blur_p, (0.1, max(0.1, p.blur_sigma_max * self.view_size)), generator)
+        return solarize(x, solarize_p, generator)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """float views [B, 3, S, S] -> projector output [B, D]."""
+        return self.projector(self.backbone(self.normalizer.normalize(x)))
+
+    def training_step(self, images, index, generator):
+        p = self.params
+        x1 = self.make_view(images, p.blur_p1, p.solarize_p1, generator)
+        x2 = self.make_view(images, p.blur_p2, p.solarize_p2, generator)
+        # One forward over both views: BN statistics are shared, as with a 2B batch.
+        z1, z2 = self.embed(torch.cat([x1, x2])).chunk(2)                     # [B, D] each
+        loss, terms = losses.barlow_twins_loss(z1, z2, p.lambda_offdiag)
+        loss = loss * p.effective_loss_scale
+        return loss, {"loss": loss.detach(), "on_diag": terms["on_diag"], "off_diag": terms["off_diag"],
+                      "embedding_std": losses.embedding_std(z1)}

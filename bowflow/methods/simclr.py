@@ -1,0 +1,103 @@
+"""SimCLR (Chen et al., ICML 2020): pick out the other view of the same image among the batch.
+
+Each step: two views of every image (crop + flip, strong colour jitter, grayscale; no blur,
+as in the paper's CIFAR-10 recipe) -> one backbone -> projector MLP (Linear, BN, ReLU,
+Linear to 128) -> z1, z2 [B, 128] -> `losses.nt_xent`: cosine similarities / temperature,
+each of the 2B embeddings must pick its partner among the 2B - 1 others (2B - 2 in-batch
+negatives). The backbone (before the projector) is what gets evaluated.
+
+Logged: loss, embedding_std of the projector output, `positive_accuracy` (% of anchors
+whose most similar other embedding is their partner: the contrastive task's accuracy) and
+`positive_cos` / `negative_cos` (mean cosine to the partner / to the other images).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from bowflow import augment, losses
+from bowflow.heads import mlp
+from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+
+MIN_VIEW_PX = 4
+
+
+@dataclass
+class SimCLRParams(TrainParams):
+    method: str = "simclr"
+    lr: float = field(default=0.1, metadata={"help": "peak learning rate. SGD (default) at batch "
+                                                     "<= 256; the paper's LARS lr is 0.3 x B / 256"})
+    weight_decay: float = field(default=5e-4, metadata={
+        "help": "L2 on weights. 5e-4 suits SGD on small data; the paper: 1e-6 with LARS"})
+    temperature: float = field(default=0.5, metadata={
+        "help": "NT-Xent temperature T: 0.5, the best value for CIFAR-10 at every batch size "
+                "in the paper's appendix (its ImageNet runs use 0.1); small batches give few "
+                "negatives, and a low T would weight the few hardest ones too much"})
+    proj_hidden: int = field(default=512, metadata={
+        "help": "projector hidden width (paper: the backbone's 2048 features; 4x the 128-d "
+                "convnet feature here, as solo-learn's 2048 on a 512-d ResNet-18)"})
+    proj_dim: int = field(default=128, metadata={"help": "projector output size (paper: 128)"})
+    crop_size: float = field(default=1.0, metadata={
+        "help": "side of both views, as a fraction of the image side (>= 4 px)"})
+    crop_scale_min: float = field(default=0.2, metadata={
+        "help": "smallest crop area fraction (paper 0.08 at 224 px; 0.2 keeps a 16-32 px digit "
+                "or object recognisable)"})
+    color_strength: float = field(default=0.5, metadata={
+        "help": "colour distortion strength s: brightness/contrast/saturation 0.8 s, hue 0.2 s "
+                "(paper: s = 1 on ImageNet, 0.5 on CIFAR-10 -> 0.4/0.4/0.4/0.1)"})
+    jitter_p: float = field(default=0.8, metadata={"help": "probability of colour jitter per view (paper: 0.8)"})
+    gray_p: float = field(default=0.2, metadata={"help": "probability of grayscale per view (paper: 0.2)"})
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("temperature", "proj_hidden", "proj_dim", "crop_size"):
+            positive(name, getattr(self, name))
+        if self.crop_size > 1:
+            raise ValueError(f"crop_size is a fraction of the image side, in (0, 1], got {self.crop_size}")
+        if not 0 <= self.color_strength <= 2.5:
+            raise ValueError(f"color_strength must be in [0, 2.5] (hue 0.2 s <= 0.5 turn), "
+                             f"got {self.color_strength}")
+        fraction("crop_scale_min", self.crop_scale_min, low_open=True)
+        fraction("jitter_p", self.jitter_p)
+        fraction("gray_p", self.gray_p)
+
+
+@register_method("simclr")
+class SimCLR(Method):
+    label = "SimCLR"
+    Params = SimCLRParams
+
+    def __init__(self, params, backbone, context):
+        super().__init__(params, backbone, context)
+        self.normalizer = context["normalizer"]
+        self.view_size = max(MIN_VIEW_PX, round(params.crop_size * context["image_size"]))
+        self.projector = mlp(backbone.out_channels, params.proj_hidden, params.proj_dim, layers=2)
+
+    def make_view(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """uint8 [B, 3, H, W] -> float [B, 3, S, S] in [0, 1], S = view_size."""
+        p, s = self.params, self.params.color_strength
+        x = augment.random_resized_crop(augment.to_float(images), self.view_size,
+                                        (p.crop_scale_min, 1.0), generator=generator)
+        x = augment.color_jitter(x, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p.jitter_p, generator=generator)
+        return augment.random_grayscale(x, p.gray_p, generator=generator)
+
+    def training_step(self, images, index, generator):
+        x = torch.cat([self.make_view(images, generator), self.make_view(images, generator)])
+        # One forward over both views: BN statistics come from all 2B views, as with the
+        # paper's global BN.
+        z1, z2 = self.projector(self.backbone(self.normalizer.normalize(x))).chunk(2)  # [B, D]
+        loss = losses.nt_xent(z1, z2, self.params.temperature)
+        with torch.no_grad():
+            z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+            cos = (z @ z.T).fill_diagonal_(-2.0)                                  # [2B, 2B]
+            partner = torch.arange(len(z), device=z.device).roll(len(z1))
+            positive_cos = cos[torch.arange(len(z)), partner]
+            others = cos.clone()
+            others[torch.arange(len(z)), partner] = -2.0
+            negative_cos = others[others > -2.0].mean()
+            accuracy = (cos.argmax(1) == partner).float().mean() * 100
+        return loss, {"loss": loss.detach(), "embedding_std": losses.embedding_std(z1),
+                      "positive_accuracy": accuracy, "positive_cos": positive_cos.mean(),
+                      "negative_cos": negative_cos}
