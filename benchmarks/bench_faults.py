@@ -294,9 +294,7 @@ def run_faults(trials: int, seed: int, scratch: Path, params: dict | None = None
                stages: list[str] | None = None, keep: bool = False, say=print,
                reuse_baseline: bool = False, first: int = 1) -> list[Trial]:
     """The whole check: baseline, plan, trials. Returns the trials (see `Trial.passed`)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_params import tiny_params
-
+    sys.path.insert(0, str(ROOT / "tests"))          # tests/tiny_params.py lays out projects
     params = core_params() if params is None else params
     base_run, expected = baseline(scratch, params, reuse_baseline)
     stage_windows = windows(base_run)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 
 from bowflow.datasets import load_ssl_split
 from bowflow.io import write_csv, write_json

@@ -3,7 +3,6 @@ that bench_compute --save writes (the rest of the compute choice: tests/test_com
 No timing is asserted anywhere."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch

@@ -4,7 +4,6 @@ import torch
 
 from bowflow import losses
 from bowflow.methods import get_method
-from bowflow.methods.barlow_twins import gaussian_blur, solarize
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
 from bowflow.optim import build_optimizer
@@ -29,19 +28,6 @@ def test_views_have_the_declared_size_with_a_floor():
     assert view.shape == (8, 3, 8, 8) and 0 <= view.min() and view.max() <= 1
     small, images = build(image_size=8, crop_size=0.25)
     assert small.make_view(images, 1.0, 0.2, torch.Generator().manual_seed(0)).shape[-1] == 4
-
-
-def test_blur_and_solarize_follow_their_probabilities():
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(6, 3, 8, 8, generator=g)
-    assert torch.equal(gaussian_blur(x, 0.0, (0.1, 2.0), g), x)
-    blurred = gaussian_blur(x, 1.0, (1.0, 2.0), g)
-    assert (blurred - x).abs().amax(dim=(1, 2, 3)).min() > 0.01          # every image changed
-    assert blurred.var() < x.var()                                       # a low-pass filter
-    flat = torch.full((2, 3, 8, 8), 0.3)                                 # kernels sum to 1
-    assert torch.allclose(gaussian_blur(flat, 1.0, (0.5, 2.0), g), flat, atol=1e-6)
-    assert torch.equal(solarize(x, 0.0, g), x)
-    assert torch.equal(solarize(x, 1.0, g), torch.where(x >= 0.5, 1 - x, x))
 
 
 def test_loss_scale_default_follows_the_projector_size():

@@ -11,11 +11,9 @@ Logged: loss, on_diag and off_diag (the two unweighted terms), embedding_std of 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from bowflow import augment, losses
 from bowflow.heads import mlp
@@ -93,29 +91,6 @@ class BarlowTwinsParams(TrainParams):
         return self.loss_scale or 1.0 / self.proj_dim
 
 
-def gaussian_blur(x: torch.Tensor, p: float, sigma: tuple[float, float],
-                  generator: torch.Generator) -> torch.Tensor:
-    """Per-image Gaussian blur with probability p, sigma ~ U[sigma] px; x float [B, 3, H, W].
-    Separable, one grouped conv per axis, reflect padding; unselected images are unchanged."""
-    b, c, h, w = x.shape
-    u = torch.rand(b, 2, generator=generator, device=x.device)
-    s = sigma[0] + (sigma[1] - sigma[0]) * u[:, 0]
-    radius = max(1, min(math.ceil(3 * sigma[1]), (min(h, w) - 1) // 2))
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-t[None] ** 2 / (2 * s[:, None].to(x.dtype) ** 2))
-    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)   # [B*C, k]
-    y = F.pad(x.reshape(1, b * c, h, w), (radius,) * 4, mode="reflect")
-    y = F.conv2d(y, kernel[:, None, :, None], groups=b * c)                  # vertical
-    y = F.conv2d(y, kernel[:, None, None, :], groups=b * c).view(b, c, h, w)  # horizontal
-    return torch.where((u[:, 1] < p)[:, None, None, None], y, x)
-
-
-def solarize(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    """With probability p per image, invert pixels >= 0.5 (x -> 1 - x); x float in [0, 1]."""
-    apply = torch.rand(x.shape[0], generator=generator, device=x.device) < p
-    return torch.where(apply[:, None, None, None] & (x >= 0.5), 1.0 - x, x)
-
-
 @register_method("barlow_twins")
 class BarlowTwins(Method):
     label = "Barlow Twins"
@@ -143,8 +118,9 @@ class BarlowTwins(Method):
         x = augment.color_jitter(x, p.brightness, p.contrast, p.saturation, p.hue, p.jitter_p,
                                  generator=generator)
         x = augment.random_grayscale(x, p.gray_p, generator=generator)
-        x = gaussian_blur(x, blur_p, (0.1, max(0.1, p.blur_sigma_max * self.view_size)), generator)
-        return solarize(x, solarize_p, generator)
+        x = augment.gaussian_blur(x, blur_p, (0.1, max(0.1, p.blur_sigma_max * self.view_size)),
+                                  generator=generator)
+        return augment.solarize(x, solarize_p, generator=generator)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """float views [B, 3, S, S] -> projector output [B, D]."""

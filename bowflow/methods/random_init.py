@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 
 from bowflow import augment
 from bowflow.losses import embedding_std
