@@ -1,0 +1,116 @@
+"""MoCo v2 (Chen et al., 2020; He et al., CVPR 2020): pick out your key among a queue of
+keys from past batches, the keys coming from a slowly moving (EMA) key encoder.
+
+Each step, for images [B]:
+    two views v1, v2 (crop, flip, colour jitter, grayscale, blur)
+    queries  q_i = normalise(head(backbone(v_i)))            [B, D]   (gradient)
+    keys     k_i = normalise(head_k(backbone_k(v_i)))        [B, D]   (EMA encoder, no gradient)
+    loss = (InfoNCE(q1, k2, queue) + InfoNCE(q2, k1, queue)) / 2, temperature 0.2
+    queue <- the newest 2B keys (a ring buffer of `queue_size` rows), after the loss
+    encoder_k <- m encoder_k + (1 - m) encoder, m = key_momentum
+
+The loss is symmetrised over the two views (as the CIFAR re-implementations of MoCo v2 do;
+the paper computes one direction): both views then serve as queries, which doubles the
+signal per image at the same cost of the key encoder's two forward passes. Shuffle-BN is
+not implemented: it hides which keys share a batch-norm batch with their query across GPUs,
+and one process computes BN over the whole batch, where the key encoder's statistics come
+from its own forward passes (train mode) and are not copied from the query encoder. This
+is a known deviation: a small leak through BN statistics is possible.
+The evaluated network is the query encoder's backbone (the paper's choice).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from bowflow import augment, losses
+from bowflow.heads import ema_update, frozen_copy, mlp
+from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+
+
+@dataclass
+class MoCoParams(TrainParams):
+    method: str = "moco"
+    lr: float = field(default=0.06, metadata={"help": "peak SGD lr at batch 64-256 (MoCo v2: "
+                                                      "0.03 at batch 256 on 8 GPUs; CIFAR "
+                                                      "re-implementations use 0.06)"})
+    temperature: float = field(default=0.2, metadata={"help": "InfoNCE temperature (MoCo v2: 0.2)"})
+    queue_size: int = field(default=4096, metadata={
+        "help": "keys in the queue, K (MoCo: 65536 on ImageNet's 1.28M images; 4096 for "
+                "CIFAR-size data keeps keys from the last ~epoch's fraction, not stale ones)"})
+    key_momentum: float = field(default=0.99, metadata={
+        "help": "EMA momentum of the key encoder (MoCo: 0.999 at ~5000 steps/epoch; 0.99 for "
+                "runs of a few thousand steps, as CIFAR recipes)"})
+    proj_hidden: int = field(default=512, metadata={"help": "head hidden width (MoCo v2: 2048)"})
+    proj_dim: int = field(default=128, metadata={"help": "key/query size D (MoCo v2: 128)"})
+    crop_scale_min: float = field(default=0.2, metadata={"help": "smallest crop area (MoCo v2: 0.2)"})
+    jitter: float = field(default=0.4, metadata={"help": "brightness/contrast/saturation (MoCo v2: 0.4)"})
+    hue: float = field(default=0.1, metadata={"help": "hue shift in turns (MoCo v2: 0.1)"})
+    jitter_p: float = field(default=0.8, metadata={"help": "jitter probability (MoCo v2: 0.8)"})
+    gray_p: float = field(default=0.2, metadata={"help": "grayscale probability (MoCo v2: 0.2)"})
+    blur_p: float = field(default=0.5, metadata={"help": "blur probability (MoCo v2: 0.5; the "
+                                                         "kernel is ~10% of the side)"})
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("temperature", "queue_size", "proj_hidden", "proj_dim"):
+            positive(name, getattr(self, name))
+        if self.queue_size < 2 * self.batch_size:
+            raise ValueError(f"queue_size ({self.queue_size}) must hold at least one step's "
+                             f"2 x batch_size = {2 * self.batch_size} keys")
+        fraction("key_momentum", self.key_momentum)
+        fraction("crop_scale_min", self.crop_scale_min, low_open=True)
+        for name in ("jitter_p", "gray_p", "blur_p"):
+            fraction(name, getattr(self, name))
+        positive("jitter", self.jitter, allow_zero=True)
+        positive("hue", self.hue, allow_zero=True)
+
+
+@register_method("moco")
+class MoCo(Method):
+    label = "MoCo v2"
+    Params = MoCoParams
+
+    def __init__(self, params, backbone, context):
+        super().__init__(params, backbone, context)
+        self.normalizer = context["normalizer"]
+        self.head = mlp(backbone.out_channels, params.proj_hidden, params.proj_dim)
+        self.key_backbone = frozen_copy(backbone)
+        self.key_head = frozen_copy(self.head)
+        initial = F.normalize(torch.randn(params.queue_size, params.proj_dim,
+                                          generator=torch.Generator().manual_seed(0)), dim=1)
+        self.register_buffer("queue", initial, persistent=True)                  # [K, D]
+        self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long), persistent=True)
+        self.view = augment.ViewSpec(size=context["image_size"], crop_scale=(params.crop_scale_min, 1.0),
+                                     jitter=params.jitter, hue=params.hue, jitter_p=params.jitter_p,
+                                     gray_p=params.gray_p, blur_p=params.blur_p)
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        """float views [B, 3, S, S] -> query embeddings [B, D] (not normalised)."""
+        return self.head(self.backbone(self.normalizer.normalize(x)))
+
+    @torch.no_grad()
+    def keys(self, x: torch.Tensor) -> torch.Tensor:
+        """float views [B, 3, S, S] -> L2-normalised keys [B, D] of the EMA encoder."""
+        return F.normalize(self.key_head(self.key_backbone(self.normalizer.normalize(x))).float(), dim=1)
+
+    def training_step(self, images, index, generator):
+        v1, v2 = augment.make_views(images, [self.view, self.view], generator)
+        q1, q2 = self.queries(v1), self.queries(v2)
+        k1, k2 = self.keys(v1), self.keys(v2)
+        p = self.params
+        loss = (losses.infonce_with_queue(q1, k2, self.queue, p.temperature)
+                + losses.infonce_with_queue(q2, k1, self.queue, p.temperature)) / 2
+        # A new queue tensor (the loss's backward still needs the old one), same buffer name.
+        self.queue, pointer = losses.update_queue(self.queue, torch.cat([k1, k2]), int(self.queue_pointer))
+        self.queue_pointer.fill_(pointer)
+        with torch.no_grad():
+            positive_cos = (F.normalize(q1.float(), dim=1) * k2).sum(1).mean()
+        return loss, {"loss": loss.detach(), "embedding_std": losses.embedding_std(q1),
+                      "positive_cos": positive_cos}
+
+    def after_step(self, step, total_steps):
+        ema_update(self.key_backbone, self.backbone, self.params.key_momentum, copy_buffers=False)
+        ema_update(self.key_head, self.head, self.params.key_momentum, copy_buffers=False)

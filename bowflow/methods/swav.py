@@ -1,0 +1,115 @@
+"""SwAV (Caron et al., NeurIPS 2020): predict the cluster code of one view from another.
+
+Each step, for images [B]:
+    views: 2 global crops (+ `local_crops` small ones, multi-crop)
+    z_v = normalise(projector(backbone(v)))                  [B, D]
+    scores_v = z_v @ normalise(prototypes).T                  [B, K]   (cosine to K prototypes)
+    codes_g = sinkhorn(scores_g) for the two global views     [B, K]   (equal partition, no grad)
+    loss = mean over (global g, view v != g) of CE(codes_g, softmax(scores_v / T))
+           (swapped prediction: each view predicts the other views' codes)
+The prototypes are a free [K, D] parameter, L2-normalised in every forward pass, and
+frozen (no update) during the first `freeze_prototypes_epochs`, as in the paper.
+The paper's feature queue (which fills the Sinkhorn batch when B is small next to K) is
+left out: with K = 128 and batches of 64-256 it is not needed; with K much larger than the
+batch, the equal partition only constrains soft codes and the codes blur.
+Logged: loss, embedding_std of z, and the perplexity of the mean code (how many prototypes
+the batch really uses; collapse drives it to 1).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bowflow import augment, losses
+from bowflow.heads import mlp
+from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+
+
+@dataclass
+class SwAVParams(TrainParams):
+    method: str = "swav"
+    lr: float = field(default=0.06, metadata={"help": "peak SGD lr (SwAV: LARS 4.8 at batch 4096; "
+                                                      "SGD for small batches)"})
+    prototypes: int = field(default=128, metadata={
+        "help": "K, prototypes (SwAV: 3000 on ImageNet; ~10x the classes for CIFAR-size data, "
+                "not far above the batch size: there is no feature queue)"})
+    proj_hidden: int = field(default=512, metadata={"help": "projector hidden width (SwAV: 2048)"})
+    proj_dim: int = field(default=128, metadata={"help": "embedding size D (SwAV: 128)"})
+    temperature: float = field(default=0.1, metadata={"help": "softmax temperature of the prediction (SwAV: 0.1)"})
+    epsilon: float = field(default=0.05, metadata={"help": "Sinkhorn entropy weight (SwAV: 0.05)"})
+    sinkhorn_iterations: int = field(default=3, metadata={"help": "Sinkhorn iterations (SwAV: 3)"})
+    freeze_prototypes_epochs: int = field(default=1, metadata={"help": "epochs without prototype "
+                                                                       "updates (SwAV: 1)"})
+    local_crops: int = field(default=0, metadata={
+        "help": "small crops per image (SwAV: 6 at 96 px of 224; 0 by default on 16-32 px "
+                "images, where a 3/7-size crop keeps little of the object)"})
+    local_size: float = field(default=3 / 7, metadata={"help": "local crop side / image side (SwAV: 96/224)"})
+    crop_scale_min: float = field(default=0.2, metadata={"help": "smallest global crop area "
+                                                                 "(SwAV: 0.14 at 224 px)"})
+    jitter: float = field(default=0.4, metadata={"help": "colour jitter strength (SwAV: 0.8 x 0.5)"})
+    hue: float = field(default=0.1, metadata={"help": "hue shift in turns"})
+    jitter_p: float = field(default=0.8, metadata={"help": "jitter probability (SwAV: 0.8)"})
+    gray_p: float = field(default=0.2, metadata={"help": "grayscale probability (SwAV: 0.2)"})
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("prototypes", "proj_hidden", "proj_dim", "temperature", "epsilon",
+                     "sinkhorn_iterations", "local_size"):
+            positive(name, getattr(self, name))
+        for name in ("freeze_prototypes_epochs", "local_crops"):
+            positive(name, getattr(self, name), allow_zero=True)
+        fraction("local_size", self.local_size, low_open=True)
+        fraction("crop_scale_min", self.crop_scale_min, low_open=True)
+        for name in ("jitter_p", "gray_p"):
+            fraction(name, getattr(self, name))
+
+
+@register_method("swav")
+class SwAV(Method):
+    label = "SwAV"
+    Params = SwAVParams
+
+    def __init__(self, params, backbone, context):
+        super().__init__(params, backbone, context)
+        self.normalizer = context["normalizer"]
+        self.projector = mlp(backbone.out_channels, params.proj_hidden, params.proj_dim)
+        self.prototypes = nn.Parameter(torch.randn(params.prototypes, params.proj_dim)
+                                       / math.sqrt(params.proj_dim))
+        size = context["image_size"]
+        colour = dict(jitter=params.jitter, hue=params.hue, jitter_p=params.jitter_p, gray_p=params.gray_p)
+        self.global_view = augment.ViewSpec(size=size, crop_scale=(params.crop_scale_min, 1.0), **colour)
+        self.local_view = augment.ViewSpec(size=augment.scaled_size(size, params.local_size),
+                                           crop_scale=(0.05, params.crop_scale_min), **colour)
+
+    def scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """float views [N, 3, S, S] -> (embeddings z [N, D], cosine scores [N, K])."""
+        z = F.normalize(self.projector(self.backbone(self.normalizer.normalize(x))).float(), dim=1)
+        return z, z @ F.normalize(self.prototypes.float(), dim=1).T
+
+    def training_step(self, images, index, generator):
+        p = self.params
+        specs = [self.global_view] * 2 + [self.local_view] * p.local_crops
+        views = augment.make_views(images, specs, generator)
+        b = len(images)
+        z_global, s_global = self.scores(torch.cat(views[:2]))               # [2B, D], [2B, K]
+        scores = list(s_global.split(b))
+        if p.local_crops:
+            scores += list(self.scores(torch.cat(views[2:]))[1].split(b))
+        codes = [losses.sinkhorn(s, p.epsilon, p.sinkhorn_iterations) for s in scores[:2]]
+        # The two global views predict each other's codes; each local view predicts both.
+        # Every term averages two predictions, so this is the mean over all 2 + 2L pairs.
+        terms = [losses.swav_loss(scores[0], scores[1], codes[0], codes[1], p.temperature)]
+        terms += [losses.swav_loss(s, s, codes[0], codes[1], p.temperature) for s in scores[2:]]
+        loss = torch.stack(terms).mean()
+        with torch.no_grad():
+            mean_code = torch.cat(codes).mean(0)
+        return loss, {"loss": loss.detach(), "embedding_std": losses.embedding_std(z_global),
+                      "code_perplexity": losses.perplexity(mean_code)}
+
+    def before_optimizer_step(self, step):
+        if step < self.params.freeze_prototypes_epochs * self.steps_per_epoch:
+            self.prototypes.grad = None          # SGD then leaves the prototypes as they are
