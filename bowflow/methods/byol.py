@@ -15,11 +15,9 @@ Logged: loss, embedding_std (online projections z), momentum (tau of the EMA), a
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from bowflow import augment, heads, losses
 from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
@@ -84,39 +82,6 @@ class BYOLParams(TrainParams):
             raise ValueError(f"blur_sigma must be (low, high) with 0 < low <= high, got {self.blur_sigma}")
 
 
-def view_side(image_size: int, fraction_of_image: float) -> int:
-    """The side in pixels of a view `fraction_of_image` of the image side, at least 4 px."""
-    return max(4, round(fraction_of_image * image_size))
-
-
-def gaussian_blur(x: torch.Tensor, p: float, sigma: tuple[float, float], *,
-                  generator: torch.Generator) -> torch.Tensor:
-    """With probability p per image, a separable Gaussian blur with sigma ~ U(sigma) px.
-
-    x float [B, C, H, W] -> [B, C, H, W]; kernel radius ceil(2 sigma_max), capped at H // 2,
-    reflect padding. Images not selected are returned unchanged."""
-    batch, channels, height, width = x.shape
-    u = torch.rand(batch, 2, generator=generator, device=x.device)
-    s = (sigma[0] + (sigma[1] - sigma[0]) * u[:, 0]).to(x.dtype)
-    radius = max(1, min(math.ceil(2 * sigma[1]), min(height, width) // 2 - 1))
-    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-taps[None] ** 2 / (2 * s[:, None] ** 2))
-    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(channels, 0)   # [B*C, k]
-    k = kernel.shape[1]
-    h = x.reshape(1, batch * channels, height, width)
-    h = F.conv2d(F.pad(h, (radius, radius, 0, 0), mode="reflect"), kernel.view(-1, 1, 1, k),
-                 groups=batch * channels)
-    h = F.conv2d(F.pad(h, (0, 0, radius, radius), mode="reflect"), kernel.view(-1, 1, k, 1),
-                 groups=batch * channels)
-    return torch.where((u[:, 1] < p)[:, None, None, None], h.view_as(x), x)
-
-
-def solarize(x: torch.Tensor, p: float, *, generator: torch.Generator) -> torch.Tensor:
-    """With probability p per image, invert pixels >= 0.5: x -> 1 - x (float [B, C, H, W])."""
-    apply = torch.rand(x.shape[0], generator=generator, device=x.device) < p
-    return torch.where(apply[:, None, None, None] & (x >= 0.5), 1.0 - x, x)
-
-
 @register_method("byol")
 class BYOL(Method):
     label = "BYOL"
@@ -125,7 +90,7 @@ class BYOL(Method):
     def __init__(self, params, backbone, context):
         super().__init__(params, backbone, context)
         self.normalizer = context["normalizer"]
-        self.size = view_side(context["image_size"], params.view_size)
+        self.size = augment.scaled_size(context["image_size"], params.view_size)
         self.projector = heads.mlp(backbone.out_channels, params.hidden_dim, params.out_dim)
         self.predictor = heads.mlp(params.out_dim, params.hidden_dim, params.out_dim)
         self.target_backbone = heads.frozen_copy(backbone)
@@ -142,9 +107,9 @@ class BYOL(Method):
         x = augment.color_jitter(x, brightness, contrast, saturation, hue, p.jitter_p, generator=generator)
         x = augment.random_grayscale(x, p.gray_p, generator=generator)
         scale = self.size / 224
-        x = gaussian_blur(x, p.blur_p[which], (p.blur_sigma[0] * scale, p.blur_sigma[1] * scale),
-                          generator=generator)
-        return solarize(x, p.solarize_p[which], generator=generator)
+        x = augment.gaussian_blur(x, p.blur_p[which], (p.blur_sigma[0] * scale, p.blur_sigma[1] * scale),
+                                  generator=generator)
+        return augment.solarize(x, p.solarize_p[which], generator=generator)
 
     def training_step(self, images, index, generator):
         b = images.shape[0]
