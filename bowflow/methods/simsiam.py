@@ -1,0 +1,98 @@
+"""SimSiam (Chen & He, CVPR 2021): BYOL without the EMA teacher.
+
+    x -> backbone -> projector (mlp ending in BN, no affine) -> z -> predictor (bottleneck) -> p
+    loss = (simsiam_loss(p1, z2) + simsiam_loss(p2, z1)) / 2,  simsiam_loss = -cos(p, sg(z))
+
+One network encodes both views; collapse is avoided by the stop-gradient on the target
+branch (inside losses.simsiam_loss) together with the predictor. The predictor is trained
+at a fixed learning rate (the paper: a decayed predictor lr hurts), through a `fixed_lr`
+optimizer group. Views: the SimCLR/MoCo v2 recipe the paper uses on CIFAR (crop, flip,
+colour jitter 0.4/0.4/0.4/0.1 p 0.8, grayscale p 0.2; no blur at CIFAR size).
+
+Logged: loss (in [-1, 1], -1 = perfect), embedding_std of z, and `p_std`, the same
+spread measure on the predictor output (the paper's collapse plot is the std of z).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from bowflow import augment, heads, losses
+from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+from bowflow.optim import default_groups
+
+
+@dataclass
+class SimSiamParams(TrainParams):
+    method: str = "simsiam"
+    lr: float = field(default=0.05, metadata={
+        "help": "peak lr (paper: SGD 0.05 x batch/256 on ImageNet, 0.03 x batch/256 on CIFAR; "
+                "at batch 64-128 the linear rule gives 0.01-0.03, too slow for a 30-epoch budget "
+                "on the small convnet, so the unscaled base lr 0.05 is the default)"})
+    weight_decay: float = field(default=5e-4, metadata={
+        "help": "L2 on conv/linear weights (paper: 1e-4 on ImageNet, 5e-4 on CIFAR)"})
+    proj_dim: int = field(default=512, metadata={
+        "help": "projector hidden and output size (paper 2048 for ResNet-50 / ResNet-18 on "
+                "CIFAR; 512 = 4x the 128-d convnet features at width 32)"})
+    proj_layers: int = field(default=2, metadata={
+        "help": "projector linear layers (paper: 3 on ImageNet, 2 on CIFAR)"})
+    pred_dim: int = field(default=128, metadata={
+        "help": "predictor bottleneck (paper 512 = proj_dim / 4; kept at a quarter: 128)"})
+    view_size: float = field(default=1.0, metadata={
+        "help": "view side as a fraction of the image side (full size on 16-32 px), at least 4 px"})
+    crop_scale_min: float = field(default=0.2, metadata={
+        "help": "smallest crop area fraction (paper's CIFAR recipe 0.2; ImageNet 0.08)"})
+    jitter: float = field(default=0.4, metadata={
+        "help": "brightness/contrast/saturation strength (paper: 0.4)"})
+    hue: float = field(default=0.1, metadata={"help": "hue shift in turns (paper: 0.1)"})
+    jitter_p: float = field(default=0.8, metadata={"help": "colour jitter probability (paper)"})
+    gray_p: float = field(default=0.2, metadata={"help": "grayscale probability (paper)"})
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("proj_dim", "pred_dim", "jitter"):
+            positive(name, getattr(self, name), allow_zero=name == "jitter")
+        if self.proj_layers < 1:
+            raise ValueError(f"proj_layers must be >= 1, got {self.proj_layers}")
+        fraction("view_size", self.view_size, low_open=True)
+        fraction("crop_scale_min", self.crop_scale_min, low_open=True)
+        if not 0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5] turns, got {self.hue}")
+        fraction("jitter_p", self.jitter_p)
+        fraction("gray_p", self.gray_p)
+
+
+@register_method("simsiam")
+class SimSiam(Method):
+    label = "SimSiam"
+    Params = SimSiamParams
+
+    def __init__(self, params, backbone, context):
+        super().__init__(params, backbone, context)
+        self.normalizer = context["normalizer"]
+        self.projector = heads.mlp(backbone.out_channels, params.proj_dim, params.proj_dim,
+                                   layers=params.proj_layers, last_bn=True, last_bn_affine=False)
+        self.predictor = heads.mlp(params.proj_dim, params.pred_dim, params.proj_dim, layers=2)
+        self.spec = augment.ViewSpec(size=max(4, round(params.view_size * context["image_size"])),
+                                     crop_scale=(params.crop_scale_min, 1.0), jitter=params.jitter,
+                                     hue=params.hue, jitter_p=params.jitter_p, gray_p=params.gray_p)
+
+    def optimizer_groups(self):
+        """Backbone + projector on the schedule; the predictor at the fixed peak lr."""
+        wd = self.params.weight_decay
+        predictor = {id(p) for p in self.predictor.parameters()}
+        scheduled = [g | {"params": [p for p in g["params"] if id(p) not in predictor]}
+                     for g in default_groups(self, wd)]
+        fixed = [g | {"fixed_lr": True} for g in default_groups(self.predictor, wd)]
+        return scheduled + fixed
+
+    def training_step(self, images, index, generator):
+        b = images.shape[0]
+        x = torch.cat([augment.make_view(images, self.spec, generator),
+                       augment.make_view(images, self.spec, generator)])
+        z = self.projector(self.backbone(self.normalizer.normalize(x)))      # [2B, D]
+        p = self.predictor(z)                                                # [2B, D]
+        loss = (losses.simsiam_loss(p[:b], z[b:]) + losses.simsiam_loss(p[b:], z[:b])) / 2
+        return loss, {"loss": loss.detach(), "embedding_std": losses.embedding_std(z.detach().float()),
+                      "p_std": losses.embedding_std(p.detach().float())}
