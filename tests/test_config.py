@@ -30,7 +30,18 @@ def test_shipped_params_are_valid(params):
 @pytest.mark.parametrize("preset", sorted((ROOT / "presets").glob("*.yaml")), ids=lambda p: p.name)
 def test_presets_are_valid(preset):
     checked = validate_params(load_yaml(preset))
-    assert checked["data"].source == "imagefolder"
+    assert checked["data"].source == ("digits" if "digits" in preset.name else "imagefolder")
+
+
+def test_family_presets_train_every_method_the_same_way():
+    from bowflow.methods import available_methods, get_method
+    for name in ("family-digits.yaml", "family-cpu.yaml"):
+        runs = load_yaml(ROOT / "presets" / name)["pretrain"]
+        trained = {m for m in available_methods() if not get_method(m).stage_inputs}
+        assert {r["method"] for r in runs.values()} == trained, name
+        budgets = {(r["arch"], r["width"], r["epochs"], r["batch_size"]) for r in runs.values()
+                   if r["method"] not in ("rotnet", "random_init")}
+        assert len(budgets) == 1, f"{name}: every family method gets the same backbone and budget"
 
 
 def test_gpu_preset_scales_the_cpu_preset_through_params_only():
