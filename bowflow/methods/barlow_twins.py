@@ -20,7 +20,6 @@ from bowflow.heads import mlp
 from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
 from bowflow.optim import default_groups
 
-MIN_VIEW_PX = 4
 
 
 @dataclass
@@ -99,7 +98,7 @@ class BarlowTwins(Method):
     def __init__(self, params, backbone, context):
         super().__init__(params, backbone, context)
         self.normalizer = context["normalizer"]
-        self.view_size = max(MIN_VIEW_PX, round(params.crop_size * context["image_size"]))
+        self.view_size = augment.scaled_size(context["image_size"], params.crop_size)
         self.projector = mlp(backbone.out_channels, params.proj_dim, params.proj_dim,
                              layers=params.proj_layers)
 

@@ -21,7 +21,6 @@ from bowflow import augment, losses
 from bowflow.heads import mlp
 from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
 
-MIN_VIEW_PX = 4
 
 
 @dataclass
@@ -72,7 +71,7 @@ class SimCLR(Method):
     def __init__(self, params, backbone, context):
         super().__init__(params, backbone, context)
         self.normalizer = context["normalizer"]
-        self.view_size = max(MIN_VIEW_PX, round(params.crop_size * context["image_size"]))
+        self.view_size = augment.scaled_size(context["image_size"], params.crop_size)
         self.projector = mlp(backbone.out_channels, params.proj_hidden, params.proj_dim, layers=2)
 
     def make_view(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
