@@ -2,12 +2,16 @@
 
 Everything runs in scratch copies of the project (`tests/tiny_params.make_project` with the
 tiny params: digits at 8 px, seconds per stage), with the project venv's bin first on PATH,
-PYTHONUNBUFFERED=1 and an empty BOWFLOW_CACHE (no per-machine compute choice leaks in).
+PYTHONUNBUFFERED=1 and one BOWFLOW_CACHE shared by the baseline and every trial (the
+machine's compute choice is measured once, by the baseline, as on a user's machine; the
+user's own cache does not leak in).
 
 1. Baseline: `dvc repro` once, uninterrupted, in a fresh project. Its final state is
    recorded (every data/metrics/**/*.json and every training curve data/plots/train/*.csv,
    minus timing values: `wall_seconds`, `peak_rss_mb`, `images_per_second`, `seconds`,
-   any `*_seconds` / `*_per_second` / `peak_*` key or column), and each stage's window:
+   any `*_seconds` / `*_per_second` / `peak_*` key or column, and minus the compute choice's
+   provenance `compute_source` / `compute_reason` (measured here or read from the cache: the
+   chosen mode itself, `compute`, is compared), and each stage's window:
    from its `Running stage '...'` line to the next one (or to the end of the run), so the
    window covers the stage process and DVC's own work after it (hashing, cache, dvc.lock).
 2. Plan: trial i kills in stage `rotation[i % n]`, at a uniform fraction of that stage's
@@ -16,7 +20,9 @@ PYTHONUNBUFFERED=1 and an empty BOWFLOW_CACHE (no per-machine compute choice lea
 3. Each trial, in a fresh project: `dvc repro` in a new process group
    (start_new_session=True); when the planned stage's `Running stage` line appears, wait
    the planned fraction of its baseline window, then `os.killpg(pgid, SIGKILL)` (DVC and
-   the stage process die together, as on a power cut or an OOM kill of the group). Then
+   the stage process die together, as on a power cut or an OOM kill of the group). If the
+   run ends before the planned moment (a faster machine, a lighter load), the trial starts
+   over in a fresh project at half the delay, up to 4 times. Then
    `dvc repro` again, to completion, and check:
      - it exits 0;
      - the final state equals the baseline's exactly (non-timing values);
@@ -54,11 +60,14 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
 TIMING_KEYS = {"wall_seconds", "peak_rss_mb", "peak_gpu_mb", "feature_images_per_second",
                "images_per_second", "seconds"}
+PROVENANCE_KEYS = {"compute_source", "compute_reason"}
+KILL_ATTEMPTS = 4
 
 
 def is_timing(key: str) -> bool:
-    """Keys (or CSV columns) whose values are measurements of time or memory, not results."""
-    return (key in TIMING_KEYS or key.endswith("_seconds") or key.endswith("per_second")
+    """Keys (or CSV columns) whose values are measurements of time or memory, or the compute
+    choice's provenance, not results."""
+    return (key in TIMING_KEYS or key in PROVENANCE_KEYS or key.endswith("_seconds") or key.endswith("per_second")
             or key.startswith("peak_"))
 
 
@@ -216,6 +225,8 @@ class Trial:
     planned: tuple[str, float]
     killed_stage: str = ""
     killed_at: float | None = None
+    attempts: int = 0          # projects started until a kill landed (see KILL_ATTEMPTS)
+    delay: float = 0.0         # seconds after the stage's start actually used
     checkpoints_after_kill: int = 0
     resumed: bool = False
     problems: list[str] = field(default_factory=list)
@@ -234,7 +245,7 @@ def baseline(scratch: Path, params: dict, reuse: bool = False) -> tuple[Run, dic
     if reuse and saved.exists():
         record = json.loads(saved.read_text())
         return Run(0, "", [tuple(s) for s in record["starts"]], record["seconds"]), final_state(project)
-    env = environment(Path(tempfile.mkdtemp(prefix="cache-", dir=scratch)))
+    env = environment(scratch / "cache")
     project = make_project(project, params)
     run = repro(project, env)
     if run.returncode != 0:
@@ -250,11 +261,19 @@ def run_trial(index: int, planned: tuple[str, float], scratch: Path, params: dic
 
     trial = Trial(index, planned)
     where = scratch / f"trial{index}"
-    env = environment(where / "cache")
-    project = make_project(where / "project", params)
-    killed = repro(project, env, kill=planned)
+    env = environment(scratch / "cache")
+    stage, delay = planned
+    for attempt in range(KILL_ATTEMPTS):
+        shutil.rmtree(where, ignore_errors=True)
+        project = make_project(where / "project", params)
+        killed = repro(project, env, kill=(stage, delay))
+        if killed.killed_at is not None or killed.returncode != 0:
+            break
+        delay /= 2                     # the run ended before the kill: start over, sooner
+    trial.attempts, trial.delay = attempt + 1, delay
     if killed.killed_at is None:
-        trial.problems.append(f"not killed: dvc repro ended first (exit {killed.returncode})")
+        trial.problems.append(f"not killed in {KILL_ATTEMPTS} attempts: dvc repro ended first "
+                              f"(exit {killed.returncode})")
     else:
         trial.killed_at = killed.killed_at
         trial.killed_stage = killed.stage_at(killed.killed_at)
@@ -283,11 +302,13 @@ def run_trial(index: int, planned: tuple[str, float], scratch: Path, params: dic
 def trial_line(trial: Trial) -> str:
     when = "-" if trial.killed_at is None else f"{trial.killed_at:.1f}"
     result = "PASS" if trial.passed else "FAIL: " + "; ".join(trial.problems)
-    return (f"{trial.index:>3}  {trial.planned[0]:<17}{trial.planned[1]:>7.2f}  {trial.killed_stage:<17}"
-            f"{when:>7}  {trial.checkpoints_after_kill:>5}  {'yes' if trial.resumed else 'no':<7}  {result}")
+    return (f"{trial.index:>3}  {trial.planned[0]:<17}{trial.delay:>7.2f}{trial.attempts:>4}  "
+            f"{trial.killed_stage:<17}{when:>7}  {trial.checkpoints_after_kill:>5}  "
+            f"{'yes' if trial.resumed else 'no':<7}  {result}")
 
 
-HEADER = f"{'#':>3}  {'planned stage':<17}{'+s':>7}  {'killed in':<17}{'at s':>7}  {'ckpts':>5}  {'resumed':<7}  result"
+HEADER = (f"{'#':>3}  {'planned stage':<17}{'+s':>7}{'try':>4}  {'killed in':<17}{'at s':>7}  "
+          f"{'ckpts':>5}  {'resumed':<7}  result")
 
 
 def run_faults(trials: int, seed: int, scratch: Path, params: dict | None = None,
