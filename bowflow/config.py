@@ -22,7 +22,7 @@ from typing import Any
 
 from bowflow.datasets import (DIGITS_CLASSES, SOURCES, TARBALL_SUFFIXES, DataError, check_novel_classes,
                                count_class_images)
-from bowflow.methods import get_method
+from bowflow.methods import available_methods, get_method
 from bowflow.methods.base import fraction, positive
 
 @dataclass
@@ -143,7 +143,8 @@ class ParamsError(ValueError):
 
 
 TOP_LEVEL = {"seed": int, "device": str, "data": DataParams, "pretrain": dict,
-             "generations": dict, "evaluate": EvalParams, "report": ReportParams}
+             "generations": dict, "teachers": dict, "distill": dict, "evaluate": EvalParams,
+             "report": ReportParams}
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")   # names data/models/<name>/ and stages
 
 
@@ -257,6 +258,43 @@ def check_generations(generations: Any, pretrain: dict) -> dict:
     return checked
 
 
+def check_supervised(teachers: Any, distill: Any, taken: set[str]) -> tuple[dict, dict]:
+    """`teachers:` entries train from labels alone (method `supervised`); each `distill:`
+    entry names a distillation method and a `teacher` from `teachers:`. Every name is new
+    (run names share data/models/). -> (checked teachers, checked distill runs)."""
+    checked = []
+    for section, entries in (("teachers", teachers), ("distill", distill)):
+        if not isinstance(entries, dict):
+            raise ParamsError(f"{section}: expected a mapping run name -> {{method: ..., ...}} ({{}} for none)")
+        runs = {}
+        for name, values in entries.items():
+            where = f"{section}.{name}"
+            check_run_name(name, where)
+            if name in taken:
+                raise ParamsError(f"{where}: '{name}' is already the name of another run; pick another")
+            run = check_section(method_params(values, where), values, where)
+            cls = get_method(run.method)
+            if section == "teachers" and (not cls.supervised or cls.stage_inputs):
+                raise ParamsError(f"{where}.method: '{run.method}' does not train from labels alone; "
+                                  f"a teachers: entry must (method: supervised)")
+            if section == "distill":
+                if "teacher" not in cls.stage_inputs:
+                    raise ParamsError(f"{where}.method: '{run.method}' is not a distillation method "
+                                      f"(expected one of {distillation_methods()})")
+                if run.teacher not in checked[0]:
+                    raise ParamsError(f"{where}.teacher: {run.teacher!r} is not an entry of teachers: "
+                                      f"(known: {sorted(checked[0])})")
+            runs[name] = run
+            taken.add(name)
+        checked.append(runs)
+    return checked[0], checked[1]
+
+
+def distillation_methods() -> list[str]:
+    """Registered methods that distil a teacher (they need one from their stage)."""
+    return [m for m in available_methods() if "teacher" in get_method(m).stage_inputs]
+
+
 def parent_cycle(generations: dict, start: str) -> str:
     """Why `start`'s parent is not known yet: '; the parents form a cycle a -> b -> a' when
     following parents loops back, '; move 'b' above 'a'' when the parent is defined below."""
@@ -309,6 +347,8 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
                "generations": check_generations(params["generations"], pretrain),
                "evaluate": check_section(EvalParams, params["evaluate"], "evaluate"),
                "report": check_section(ReportParams, params["report"], "report")}
+    checked["teachers"], checked["distill"] = check_supervised(
+        params["teachers"], params["distill"], set(pretrain) | set(checked["generations"]))
     for name, gen in checked["generations"].items():
         parent = pretrain.get(gen["parent"]) or checked["generations"][gen["parent"]]["student"]
         try:

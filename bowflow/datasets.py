@@ -962,6 +962,13 @@ def load_ssl_split(prepared: str | Path) -> tuple[torch.Tensor, torch.Tensor, di
     return train["images"][rows].contiguous(), train["labels"][rows].contiguous(), manifest
 
 
+def load_labelled_split(prepared: str | Path, split: str = "train") -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """-> (uint8 images [N, 3, H, W], labels [N] int64, manifest): every row of `split`, all
+    classes (supervised teachers and distillation train on train and score on test)."""
+    data = load_prepared(prepared, split)
+    return data["images"], data["labels"], read_manifest(prepared)
+
+
 def load_ssl_images(prepared: str | Path) -> tuple[torch.Tensor, dict]:
     """-> (uint8 images [N_ssl, 3, H, W], manifest)."""
     images, _, manifest = load_ssl_split(prepared)

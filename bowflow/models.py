@@ -63,6 +63,28 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Ba
     return backbone, Normalizer(record["mean"], record["std"]), record
 
 
+def load_classifier(record: dict, path: str | Path = "model.pt") -> torch.nn.Linear:
+    """The linear classifier a supervised model file stores (pooled [B, C] -> logits [B, K]),
+    in eval mode on the CPU. A model file without one (self-supervised) is a ValueError."""
+    if "classifier" not in record:
+        raise ValueError(f"{path}: has no classifier: it was trained by '{record.get('method')}', "
+                         f"expected a supervised or distillation run (a teachers: entry)")
+    weight = record["classifier"]["weight"]
+    classifier = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    classifier.load_state_dict(record["classifier"])
+    return classifier.eval()
+
+
+@torch.no_grad()
+def classifier_top1(backbone: Backbone, normalizer: Normalizer, classifier: torch.nn.Linear,
+                    images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                    device: torch.device) -> float:
+    """Top-1 accuracy (%) of backbone + classifier on uint8 images [N, 3, H, W], labels [N]."""
+    logits = classifier.to(device)(pooled_features(backbone, normalizer, images, "last",
+                                                   batch_size, device).to(device))
+    return round(float((logits.argmax(1).cpu() == labels).float().mean()) * 100, 2)
+
+
 @torch.no_grad()
 def pooled_features(backbone: Backbone, normalizer: Normalizer, images: torch.Tensor, layer: str,
                     batch_size: int, device: torch.device, progress: str = "") -> torch.Tensor:

@@ -19,12 +19,20 @@ import math
 import torch
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
+SCHEDULES = ("cosine", "step")
 
 
-def learning_rate(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `total` steps."""
+def learning_rate(step: int, total: int, warmup: int, peak: float, schedule: str = "cosine",
+                  decay_at: tuple[float, ...] = (), decay: float = 0.1) -> float:
+    """Linear warm-up over `warmup` steps, then
+    - `cosine`: cosine decay to 0 at `total` steps (the self-supervised recipes);
+    - `step`: peak x decay^m, m = how many of the `decay_at` fractions of `total` steps have
+      passed (the distillation recipe: x0.1 at epochs 150/180/210 of 240 = 0.625/0.75/0.875).
+    """
     if step < warmup:
         return peak * (step + 1) / warmup
+    if schedule == "step":
+        return peak * decay ** sum(step >= fraction * total for fraction in decay_at)
     progress = (step - warmup) / max(1, total - warmup)
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 

@@ -187,3 +187,73 @@ def stage_times(metrics_root: Path) -> list[tuple[str, float]]:
         if "wall_seconds" in data:
             out.append((f"{path.parent.name}/{path.stem}", data["wall_seconds"]))
     return out
+
+
+# ------------------------------------------------------------------ distillation tables
+
+def arch_label(metrics: dict) -> str:
+    """'resnet56' for a named architecture; 'convnet-16' / 'wrn-28-4' when width (and depth)
+    choose the size."""
+    parts = [metrics["arch"]] + [str(metrics[k]) for k in ("depth", "width") if metrics.get(k)]
+    return "-".join(parts)
+
+
+def load_supervised(train_dir: Path, names: list[str] | None = None) -> dict[str, dict]:
+    """{run name: training metrics} of the runs that report a test top-1 (teachers: and
+    distill: entries), in name order."""
+    runs = {}
+    for path in sorted(Path(train_dir).glob("*.json")):
+        record = json.loads(path.read_text())
+        if "top1" in record:
+            runs[path.stem] = record
+    return runs
+
+
+DISTILL_COLUMNS = {   # table title -> (cell value of a run's metrics, format, unit note)
+    "Top-1 accuracy (%)": (lambda r: r["top1"], "{:.2f}", "test split, last epoch"),
+    "Peak memory (GB)": (lambda r: r.get("peak_gpu_mb", r["peak_rss_mb"]) / 1024, "{:.2f}",
+                         "of the training process: GPU memory on a GPU, resident memory on a CPU"),
+    "Parameters (M)": (lambda r: r["trained_parameters"] / 1e6, "{:.3f}",
+                       "student + the method's extra modules (not the frozen teacher)"),
+    "Training time (min)": (lambda r: r["wall_seconds"] / 60, "{:.1f}", "wall clock"),
+}
+
+
+def distill_tables(runs: dict[str, dict]) -> str:
+    """The IFACD talk's four tables (accuracy, memory, parameters, time): one column per
+    teacher -> student pair, rows 'Teacher (vanilla)', 'Student (vanilla)' and one per
+    distillation method, and the average over pairs. Empty when there is no distill run.
+
+    A pair's vanilla student is the teachers: run with the student's architecture (the
+    first by name that is not the teacher itself)."""
+    distilled = {n: r for n, r in runs.items() if r.get("parent")}
+    if not distilled:
+        return ""
+    pairs: dict[str, dict[str, dict]] = {}          # pair label -> row label -> metrics
+    for record in distilled.values():
+        teacher = runs.get(record["parent"])
+        if teacher is None:
+            continue
+        student_arch = arch_label(record)
+        pair = f"{arch_label(teacher)} → {student_arch}"
+        rows = pairs.setdefault(pair, {"Teacher (vanilla)": teacher})
+        vanilla = next((r for n, r in runs.items() if not r.get("parent") and n != record["parent"]
+                        and arch_label(r) == student_arch), None)
+        if vanilla is not None:
+            rows["Student (vanilla)"] = vanilla
+        rows[record["method_label"]] = record
+    labels = ["Teacher (vanilla)", "Student (vanilla)"]
+    labels += sorted({label for rows in pairs.values() for label in rows} - set(labels))
+    columns = list(pairs)
+    text = []
+    for title, (value, fmt, note) in DISTILL_COLUMNS.items():
+        text += [f"### {title}", "", f"{note}.", "",
+                 "| Method | " + " | ".join(columns) + " | Average |", "|---|" + "---|" * (len(columns) + 1)]
+        for label in labels:
+            cells = [pairs[c].get(label) for c in columns]
+            values = [value(r) for r in cells if r is not None]
+            shown = [fmt.format(value(r)) if r is not None else "-" for r in cells]
+            average = fmt.format(sum(values) / len(values)) if len(values) == len(cells) else "-"
+            text.append(f"| {label} | " + " | ".join(shown) + f" | {average} |")
+        text.append("")
+    return "\n".join(text)

@@ -6,7 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 
-from bowflow.datasets import load_ssl_split
+from bowflow.datasets import load_labelled_split, load_ssl_split
 from bowflow.io import write_csv, write_json
 from bowflow.methods import get_method
 from bowflow.methods.base import TrainParams
@@ -30,18 +30,22 @@ def add_training_arguments(parser) -> None:
 
 def run_training(params: TrainParams, prepared: str | Path, out_model: Path, metrics_path: Path,
                  history_path: Path, checkpoint_dir: Path, seed: int, device_name: str,
-                 record: dict, context: dict | None = None) -> dict:
+                 record: dict, context: dict | None = None, split: str = "ssl",
+                 finish=None) -> dict:
     """Train `params.method` on the SSL images and write model, metrics and curve.
 
     `record` (name, parent, generation) is stored in the model file; `context` is
     method-specific (e.g. BoW codes, a parent model); every method also gets the images'
-    `labels` [N], their `normalizer` and `image_size`. Returns the metrics written to
+    `labels` [N], their `normalizer` and `image_size`. `split`: "ssl" trains on the rows
+    self-supervised stages may use, "train" on every labelled train row (supervised and
+    distillation runs). `finish(model_path) -> dict`, when given, adds metrics computed on
+    the written model (a classifier's test top-1). Returns the metrics written to
     `metrics_path`. A diverged or collapsed run exits with a message naming run and epoch.
     """
     device = resolve_device(device_name)
     clock = StageClock(device)
     seed_everything(seed)
-    images, labels, manifest = load_ssl_split(prepared)
+    images, labels, manifest = load_ssl_split(prepared) if split == "ssl" else load_labelled_split(prepared)
     image_size = images.shape[-1]
     normalizer = Normalizer.fit(images)
     backbone = build_backbone(params.arch, params.width, params.depth)
@@ -65,17 +69,21 @@ def run_training(params: TrainParams, prepared: str | Path, out_model: Path, met
     except TrainingFailed as failure:
         raise SystemExit(f"{params.method}: {failure}") from None
     save_model(out_model, method.export_backbone(), normalizer, params, image_size,
-               extra={**record, "method_label": method.label})
+               extra={**record, "method_label": method.label, **method.export_extra()})
     write_csv(history_path, history)
     last = history[-1]
     metrics = {**record, "method": params.method, "method_label": method.label,
+               "arch": params.arch, "width": params.width, "depth": params.depth,
                "batch_size": params.batch_size, **decision.record(),
                "final": {k: v for k, v in last.items() if k != "epoch"},
                "epochs": params.epochs, "train_images": len(images),
                "parameters": count_parameters(backbone),
                "head_parameters": count_parameters(method) - count_parameters(backbone),
+               "trained_parameters": count_parameters(method),
                "images_per_second": round(sum(h["images_per_second"] for h in history) / len(history), 1),
                "device": str(device), **clock.summary()}
+    if finish is not None:
+        metrics.update(finish(out_model))
     write_json(metrics_path, metrics)
     checkpoint.unlink(missing_ok=True)
     return metrics

@@ -90,7 +90,8 @@ def train(method: Method, images: torch.Tensor, params: TrainParams, seed: int,
                    disable=not show_progress, leave=False, mininterval=2.0)
         for i in bar:
             step = epoch * steps_per_epoch + i
-            lr = learning_rate(step, total_steps, warmup_steps, params.lr)
+            lr = learning_rate(step, total_steps, warmup_steps, params.lr, params.lr_schedule,
+                               tuple(params.lr_decay_at))
             set_learning_rate(optimizer, lr, params.lr)
             index = order[i * batch_size:(i + 1) * batch_size].to(device)
             with autocast_context(device, bf16):

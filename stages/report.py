@@ -51,6 +51,7 @@ def main(argv=None):
             figures.append(name)
         table = report.markdown_table(records)
         comparison = report.comparison_table(records)
+        distillation = report.distill_tables(report.load_supervised(args.eval.parent / "train"))
         times = report.stage_times(args.eval.parent)
         text = "\n".join([
             "# bowflow results", "",
@@ -61,6 +62,10 @@ def main(argv=None):
             "Training cost (wall time and peak resident memory of the training stage, mean "
             "images/s) beside the same accuracies.", "",
             comparison, "",
+            *(["## Distillation", "",
+               "Rows: the teacher and the student trained alone, then each distillation method; "
+               "columns: teacher → student pairs (the IFACD talk's tables).", "",
+               distillation] if distillation else []),
             "![training curves](training_curves.png)", "",
             "![accuracy by generation](accuracy_by_generation.png)", "",
             *[f"![{f}]({f})\n" for f in figures],

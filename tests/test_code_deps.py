@@ -6,7 +6,9 @@ closure but not declared would let an edit leave the stage's cached output stale
 declared file outside it would rerun the stage for nothing. The edit-and-`dvc status`
 proof on a real pipeline is `test_every_code_edit_reruns_what_runs_it` in test_pipeline.py.
 """
+import functools
 import re
+import tempfile
 from pathlib import Path
 
 from dvc.dependency.param import ParamsDependency
@@ -14,6 +16,7 @@ from dvc.repo import Repo
 
 from bowflow.methods import available_methods
 from code_deps import ROOT, closure
+from tiny_params import make_project, tiny_params
 
 CODE_FOLDERS = ("bowflow", "stages")
 
@@ -37,7 +40,7 @@ def method_modules() -> list[str]:
 
 
 def declared_code(stage) -> list[str]:
-    deps = [str(Path(d.fs_path).relative_to(ROOT)) for d in stage.deps
+    deps = [str(Path(d.fs_path).relative_to(stage.repo.root_dir)) for d in stage.deps
             if not isinstance(d, ParamsDependency)]
     return [d for d in deps if d.split("/")[0] in CODE_FOLDERS]
 
@@ -46,8 +49,12 @@ def covered(path: str, deps: list[str]) -> bool:
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
 
 
+@functools.cache
 def pipeline_stages():
-    with Repo(str(ROOT)) as repo:
+    """Every stage of dvc.yaml expanded over the tiny params, which have an entry of every
+    kind (pretrain runs of each method, generations, teachers, distillation runs)."""
+    project = make_project(Path(tempfile.mkdtemp(prefix="bowflow-deps-")) / "project", tiny_params())
+    with Repo(str(project)) as repo:
         return [s for s in repo.index.stages if s.cmd]
 
 

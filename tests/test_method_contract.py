@@ -6,8 +6,9 @@
    never interrupted: bit for bit.
 3. What the method exports is a model file that the evaluate stage loads and scores.
 
-A method that needs inputs a stage would give it (BoWNet: cached BoW codes) gets them from
-`STAGE_INPUTS`; every other method trains on images (and labels) alone.
+A method that needs inputs a stage would give it (BoWNet: cached BoW codes; distillation
+methods: a frozen teacher) gets them from `STAGE_INPUTS`; every other method trains on
+images (and labels) alone.
 """
 import json
 import math
@@ -15,20 +16,38 @@ import math
 import pytest
 import torch
 
+from bowflow.distill import Teacher
 from bowflow.methods import available_methods, get_method
-from bowflow.models import Normalizer, save_model
+from bowflow.models import Normalizer, load_classifier, load_model, save_model
 from bowflow.networks import build_backbone
 from bowflow.train import train
-from stages import evaluate, prepare
+from stages import distill, evaluate, prepare
 
 IMAGE_SIZE = 16
 NUM_CLASSES = 4
 
+def random_teacher() -> Teacher:
+    """A frozen convnet (width 6, wider than the width-4 students) with a 4-class head."""
+    torch.manual_seed(2)
+    images, _ = data()
+    return Teacher(build_backbone("convnet", 6), Normalizer.fit(images), torch.nn.Linear(24, NUM_CLASSES))
+
+
 # What the stage that trains a method passes it besides images and labels.
-STAGE_INPUTS = {
-    "bownet": lambda n: {"codes": torch.randint(0, 8, (n, 16), generator=torch.Generator().manual_seed(1)),
-                         "num_words": 8},
+STAGE_INPUT_MAKERS = {
+    "codes": lambda n: {"codes": torch.randint(0, 8, (n, 16), generator=torch.Generator().manual_seed(1)),
+                        "num_words": 8},
+    "num_words": lambda n: {"num_words": 8},
+    "parent": lambda n: {},        # only read with init: parent; the contract trains from scratch
+    "teacher": lambda n: {"teacher": random_teacher()},
 }
+
+
+def stage_inputs(name: str, n: int) -> dict:
+    out = {}
+    for need in get_method(name).stage_inputs:
+        out.update(STAGE_INPUT_MAKERS[need](n))
+    return out
 
 
 class Killed(Exception):
@@ -49,7 +68,7 @@ def build(name: str, images, labels, epochs: int = 2):
     params.validate()
     torch.manual_seed(0)
     context = {"normalizer": Normalizer.fit(images), "image_size": IMAGE_SIZE, "labels": labels,
-               "num_classes": NUM_CLASSES, **STAGE_INPUTS.get(name, lambda n: {})(len(images))}
+               "num_classes": NUM_CLASSES, **stage_inputs(name, len(images))}
     return cls(params, build_backbone("convnet", 4), context), params
 
 
@@ -68,7 +87,7 @@ METHODS = available_methods()
 def test_every_method_module_registers_a_method():
     assert {"rotnet", "bownet"} <= set(METHODS)
     for name in METHODS:      # what a method needs from its stage, the contract test gives it
-        assert set(get_method(name).stage_inputs) <= set(STAGE_INPUTS.get(name, lambda n: {})(8)) | {"parent"}
+        assert set(get_method(name).stage_inputs) <= set(STAGE_INPUT_MAKERS)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -124,7 +143,8 @@ def test_export_loads_in_the_evaluate_stage(name, prepared, tmp_path):
     run(method, params, images, tmp_path / "ck.pt")
     model = tmp_path / name / "model.pt"
     save_model(model, method.export_backbone(), Normalizer.fit(images), params, IMAGE_SIZE,
-               extra={"name": name, "parent": "", "generation": 0, "method_label": method.label})
+               extra={"name": name, "parent": "", "generation": 0, "method_label": method.label,
+                      **method.export_extra()})
     out = tmp_path / "eval.json"
     evaluate.main(["--prepared", str(prepared), "--model", str(model), "--out", str(out), "--seed", "0",
                    "--device", "cpu", "--linear_epochs", "2", "--few_shot_shots", "1",
@@ -132,3 +152,7 @@ def test_export_loads_in_the_evaluate_stage(name, prepared, tmp_path):
     metrics = json.loads(out.read_text())
     assert metrics["method"] == name and 0 <= metrics["linear_base"] <= 100
     assert 0 <= metrics["few_shot"]["1"]["mean"] <= 100
+    record = load_model(model)[2]
+    if "classifier" in record:       # supervised and distillation runs: the test top-1 too
+        assert load_classifier(record).out_features == NUM_CLASSES
+        assert 0 <= distill.test_top1(prepared, torch.device("cpu"))(model)["top1"] <= 100

@@ -28,6 +28,7 @@ def tiny_params() -> dict:
     params["generations"] = {"g1": {"parent": "g0", "vocab": dict(vocab), "student": dict(student)},
                              "g2": {"parent": "g1", "vocab": dict(vocab), "student": dict(student)}}
     params["pretrain"].update(family_runs())
+    params["teachers"], params["distill"] = distill_runs()
     params["evaluate"].update(linear_epochs=5, few_shot_shots=[1, 5], few_shot_episodes=50,
                               batch_size=256)
     params["report"].update(words_shown=3, patches_per_word=4)
@@ -36,16 +37,34 @@ def tiny_params() -> dict:
 
 def family_runs(methods: list[str] | None = None) -> dict:
     """One tiny pretrain run per registered method that trains on images alone (every
-    method but RotNet, which is g0, and those needing a stage's inputs, like BoWNet),
+    method but RotNet, which is g0, those needing a stage's inputs, like BoWNet, and the
+    supervised one, whose runs are teachers),
     each with all of its method's defaults written out, as a params.yaml entry would be."""
     runs = {}
     for name in methods if methods is not None else available_methods():
         cls = get_method(name)
-        if cls.stage_inputs or name == "rotnet":
+        if cls.stage_inputs or cls.supervised or name == "rotnet":
             continue
         runs[name] = asdict(cls.Params(method=name)) | dict(
             arch="convnet", width=8, depth=0, epochs=2, batch_size=32, warmup_epochs=0.5)
     return runs
+
+
+def distill_runs(methods: list[str] | None = None) -> tuple[dict, dict]:
+    """A tiny teacher (convnet width 12) and vanilla student (width 6) in `teachers:`, and
+    one `distill:` run per registered distillation method from that teacher to a width-6
+    student, each with its method's defaults written out. -> (teachers, distill)."""
+    from bowflow.distill import Distiller
+
+    tiny = dict(arch="convnet", depth=0, epochs=2, batch_size=32, padding=1, lr_decay_at=[0.5])
+    supervised = asdict(get_method("supervised").Params()) | tiny
+    teachers = {"teacher": supervised | {"width": 12}, "vanilla": supervised | {"width": 6}}
+    distill = {}
+    for name in methods if methods is not None else available_methods():
+        cls = get_method(name)
+        if issubclass(cls, Distiller):
+            distill[name] = asdict(cls.Params(method=name)) | tiny | {"width": 6, "teacher": "teacher"}
+    return teachers, distill
 
 
 def make_project(where: Path, params: dict) -> Path:

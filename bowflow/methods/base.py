@@ -15,6 +15,7 @@ suits RotNet and BoWNet:
     before_optimizer_step(step) after backward, before the step (freeze a layer's grads)
     after_step(step, total)     after the step (EMA teachers, queues)
     export_backbone()           the network the evaluate stage gets (DINO: the EMA teacher)
+    export_extra()              more to store in model.pt (a classifier head)
 
 Everything a method keeps between steps (EMA networks, queues, centres, prototypes,
 running statistics) must be a submodule, parameter or persistent buffer, so that it is in
@@ -31,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from bowflow.networks import ARCHITECTURES, Backbone
-from bowflow.optim import OPTIMIZERS, default_groups
+from bowflow.optim import OPTIMIZERS, SCHEDULES, default_groups
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -95,7 +96,10 @@ class TrainParams:
     lr: float = field(default=0.1, metadata={"help": "peak SGD learning rate"})
     momentum: float = 0.9
     weight_decay: float = field(default=5e-4, metadata={"help": "L2 on weights (not on BN/bias/scale)"})
-    warmup_epochs: float = field(default=1.0, metadata={"help": "linear lr warm-up, then cosine to 0"})
+    warmup_epochs: float = field(default=1.0, metadata={"help": "linear lr warm-up, then the schedule"})
+    lr_schedule: str = field(default="cosine", metadata={"help": "cosine (to 0) | step (x0.1 at lr_decay_at)"})
+    lr_decay_at: list[float] = field(default_factory=lambda: [0.625, 0.75, 0.875], metadata={
+        "help": "step schedule: fractions of the run where lr drops x0.1 (150/180/210 of 240 epochs)"})
     optimizer: str = field(default="sgd", metadata={"help": "sgd (Nesterov) | lars | adamw"})
     clip_grad: float = field(default=0.0, metadata={"help": "max global gradient L2 norm (0 = off; "
                                                             "DINO clips at 3.0)"})
@@ -107,6 +111,11 @@ class TrainParams:
         get_method(self.method)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got '{self.optimizer}'")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {list(SCHEDULES)}, got '{self.lr_schedule}'")
+        if not all(0.0 < f < 1.0 for f in self.lr_decay_at) or list(self.lr_decay_at) != sorted(self.lr_decay_at):
+            raise ValueError(f"lr_decay_at must be increasing fractions of the run in (0, 1), "
+                             f"got {self.lr_decay_at}")
         positive("clip_grad", self.clip_grad, allow_zero=True)
         positive("collapse_std", self.collapse_std, allow_zero=True)
         if self.arch not in ARCHITECTURES:
@@ -134,6 +143,8 @@ class Method(nn.Module):
     # Inputs only a particular stage gives the method (BoWNet: the vocab stage's codes). A
     # method without any trains as a run of `pretrain:` on images (and labels) alone.
     stage_inputs: tuple[str, ...] = ()
+    # True for methods trained on labels that export a classifier (`teachers:` entries).
+    supervised = False
     Params = TrainParams
 
     def __init__(self, params: TrainParams, backbone: Backbone, context: dict[str, Any]):
@@ -168,4 +179,9 @@ class Method(nn.Module):
     def export_backbone(self) -> Backbone:
         """The backbone written to model.pt and evaluated. Default: the trained one."""
         return self.backbone
+
+    def export_extra(self) -> dict[str, Any]:
+        """More of the model to store in model.pt beside the backbone (a supervised method:
+        its classifier's weights). Default: nothing."""
+        return {}
 
