@@ -271,9 +271,11 @@ def run_trial(index: int, planned: tuple[str, float], scratch: Path, params: dic
             break
         delay /= 2                     # the run ended before the kill: start over, sooner
     trial.attempts, trial.delay = attempt + 1, delay
-    if killed.killed_at is None:
-        trial.problems.append(f"not killed in {KILL_ATTEMPTS} attempts: dvc repro ended first "
-                              f"(exit {killed.returncode})")
+    if killed.killed_at is None and killed.returncode != 0:
+        trial.problems.append(f"dvc repro failed before the kill (exit {killed.returncode}): "
+                              f"{killed.output[-800:]}")
+    elif killed.killed_at is None:
+        trial.problems.append(f"not killed in {KILL_ATTEMPTS} attempts: dvc repro ended first")
     else:
         trial.killed_at = killed.killed_at
         trial.killed_stage = killed.stage_at(killed.killed_at)
@@ -336,11 +338,13 @@ def run_faults(trials: int, seed: int, scratch: Path, params: dict | None = None
 
 def core_params() -> dict:
     """The tiny configuration with only the RotNet -> BoWNet chain (11 stages), so that 10
-    trials reach every stage; the family's pretrain runs are stages of the same kind."""
+    trials reach every stage; the family's pretrain runs and the teacher/distill runs are
+    stages of the same kind (run_training: checkpoint, resume, atomic writes)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_params import tiny_params
     params = tiny_params()
     params["pretrain"] = {"g0": params["pretrain"]["g0"]}
+    params["teachers"], params["distill"] = {}, {}   # trained by the same code as pretrain runs
     return params
 
 
