@@ -1,0 +1,353 @@
+"""Distillation losses (bowflow.distill_losses, bowflow.contrastive_distill): values on tiny
+hand-computed cases, zeros and invariances where the maths says so, gradients that reach
+the student only, CRD's memory banks and IFACD's SupCon."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bowflow import contrastive_distill as cd
+from bowflow import distill_losses as dl
+from bowflow import losses
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def student_and_teacher(*shape):
+    return randn(*shape).requires_grad_(), randn(*shape, seed=1).requires_grad_()
+
+
+# Every loss whose teacher input is a raw teacher tensor must not send it a gradient.
+TEACHER_DETACHED = {
+    "kd": (lambda s, t: dl.kd_loss(s, t), (6, 5)),
+    "hint": (lambda s, t: dl.hint_loss(s, t), (2, 3, 4, 4)),
+    "attention": (lambda s, t: dl.attention_loss([s], [t]), (2, 3, 4, 4)),
+    "similarity": (lambda s, t: dl.similarity_loss(s, t), (4, 3, 2, 2)),
+    "rkd": (lambda s, t: dl.rkd_loss(s, t), (5, 4)),
+    "pkt": (lambda s, t: dl.pkt_loss(s, t), (5, 4)),
+    "nst": (lambda s, t: dl.nst_loss(s, t), (2, 3, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEACHER_DETACHED))
+def test_gradient_reaches_the_student_only_and_loss_is_positive(name):
+    loss_fn, shape = TEACHER_DETACHED[name]
+    s, t = student_and_teacher(*shape)
+    loss = loss_fn(s, t)
+    assert loss.dtype == torch.float32 and loss.item() > 1e-6
+    loss.backward()
+    assert t.grad is None
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert loss_fn(t.detach(), t.detach()).item() == pytest.approx(0, abs=1e-6)
+
+
+# ---------------------------------------------------------------- KD
+
+def test_kd_loss_hand_value_temperature_scaling_and_shift_invariance():
+    # p_t = softmax([2 ln 3, 0] / 2) = [3/4, 1/4]; p_s uniform; KL * T^2 with T = 2
+    s = torch.zeros(1, 2)
+    t = torch.tensor([[2 * math.log(3), 0.0]])
+    expected = 4 * (0.75 * math.log(1.5) + 0.25 * math.log(0.5))
+    assert dl.kd_loss(s, t, temperature=2).item() == pytest.approx(expected, rel=1e-5)
+    logits = randn(4, 10)
+    assert dl.kd_loss(logits + 7.0, logits).item() == pytest.approx(0, abs=1e-5)
+    # batchmean: repeating the batch does not change the value
+    s, t = randn(3, 10), randn(3, 10, seed=1)
+    assert torch.allclose(dl.kd_loss(s, t), dl.kd_loss(torch.cat([s, s]), torch.cat([t, t])))
+
+
+# ---------------------------------------------------------------- FitNets
+
+def test_hint_adapter_matches_teacher_shape_and_learns_a_linear_hint():
+    torch.manual_seed(0)
+    student = randn(8, 3, 8, 8)
+    mixing = randn(5, 3, seed=1)
+    teacher = torch.einsum("tc,bchw->bthw", mixing, F.avg_pool2d(student, 2))   # [8, 5, 4, 4]
+    for kernel_size in (1, 3):
+        adapter = dl.HintAdapter(3, 5, kernel_size)
+        assert adapter(student, size=teacher.shape[-2:]).shape == teacher.shape
+    adapter = dl.HintAdapter(3, 5, kernel_size=1)
+    optimiser = torch.optim.Adam(adapter.parameters(), lr=0.1)
+    values = []
+    for _ in range(10):
+        loss = dl.hint_loss(adapter(student, size=(4, 4)), teacher)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        values.append(loss.item())
+    assert values[-1] < 0.2 * values[0]
+    with pytest.raises(ValueError, match="adapt the student map"):
+        dl.hint_loss(student, teacher)
+    with pytest.raises(ValueError, match="kernel_size"):
+        dl.HintAdapter(3, 5, kernel_size=2)
+
+
+# ---------------------------------------------------------------- AT
+
+def test_attention_loss_hand_value_invariances_and_sum_over_stages():
+    s = torch.tensor([[[[1.0, 0.0]]]])                  # attention [1, 0]
+    t = torch.tensor([[[[1.0, 1.0]]]])                  # attention [1, 1] / sqrt 2
+    assert dl.attention_loss([s], [t]).item() == pytest.approx((2 - math.sqrt(2)) / 2, rel=1e-5)
+    # scale and channel count do not matter: the channel mean of squares is normalised
+    f = randn(2, 3, 4, 4)
+    assert dl.attention_loss([f], [3 * f.repeat(1, 2, 1, 1)]).item() == pytest.approx(0, abs=1e-7)
+    # sign does not matter for |a|^p, with p = 1 as well as p = 2
+    assert dl.attention_loss([f], [-f], p=1).item() == pytest.approx(0, abs=1e-7)
+    # a student map twice the teacher's size, constant on 2 x 2 blocks, is pooled to it
+    g = randn(2, 3, 2, 2, seed=1)
+    big = g.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    assert dl.attention_loss([big], [g]).item() == pytest.approx(0, abs=1e-7)
+    assert dl.attention_loss([g], [big]).item() == pytest.approx(0, abs=1e-7)
+    a, b, c, d = (randn(2, 3, 4, 4, seed=i) for i in range(4))
+    both = dl.attention_loss([a, b], [c, d])
+    assert both.item() == pytest.approx(
+        (dl.attention_loss([a], [c]) + dl.attention_loss([b], [d])).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="as many student as teacher stages"):
+        dl.attention_loss([a, b], [c])
+
+
+# ---------------------------------------------------------------- SP
+
+def test_similarity_loss_hand_value_and_scale_invariance():
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])          # G_s = I
+    t = torch.tensor([[1.0, 0.0], [1.0, 0.0]])          # G_t rows [1, 1] / sqrt 2
+    assert dl.similarity_loss(s, t).item() == pytest.approx((2 - math.sqrt(2)) / 2, rel=1e-5)
+    f = randn(6, 3, 4, 4)
+    assert dl.similarity_loss(f, 5 * f).item() == pytest.approx(0, abs=1e-6)
+    # shapes may differ between networks: only the B x B Gram is compared
+    assert dl.similarity_loss(f, randn(6, 7, 2, 2, seed=1)).item() > 0
+
+
+# ---------------------------------------------------------------- CC
+
+def test_correlation_congruence_hand_values_symmetry_and_exact_limit():
+    gamma = 0.4
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])          # cos 0 off the diagonal
+    t = torch.tensor([[1.0, 0.0], [2.0, 0.0]])          # cos 1 everywhere
+    exact = 2 * (1 - math.exp(-2 * gamma)) ** 2 / 4
+    assert dl.correlation_congruence_loss(s, t, gamma, order=None).item() == pytest.approx(exact, rel=1e-5)
+    taylor = 2 * (math.exp(-2 * gamma) * (2 * gamma + 2 * gamma ** 2)) ** 2 / 4
+    assert dl.correlation_congruence_loss(s, t, gamma, order=2).item() == pytest.approx(taylor, rel=1e-5)
+    a, b = randn(8, 16), randn(8, 16, seed=1)
+    assert dl.correlation_congruence_loss(a, b).item() == pytest.approx(
+        dl.correlation_congruence_loss(b, a).item(), rel=1e-6)
+    assert dl.correlation_congruence_loss(a, 3 * a).item() == pytest.approx(0, abs=1e-7)
+    assert dl.correlation_congruence_loss(a, b, order=12).item() == pytest.approx(
+        dl.correlation_congruence_loss(a, b, order=None).item(), rel=1e-4)
+    # the teacher side is not detached (it may come from a trainable embed head)
+    a, b = a.requires_grad_(), b.requires_grad_()
+    dl.correlation_congruence_loss(a, b).backward()
+    assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- VID
+
+def test_vid_loss_hand_value_and_optimal_variance():
+    mean, target = torch.zeros(1, 1, 1, 1), torch.full((1, 1, 1, 1), 2.0)
+    assert dl.vid_loss(mean, torch.ones(1, 1, 1, 1), target).item() == pytest.approx(2.0)
+    var = torch.full((1, 1, 1, 1), 4.0, requires_grad=True)      # = squared error: optimum
+    loss = dl.vid_loss(mean, var, target)
+    assert loss.item() == pytest.approx(0.5 * (1 + math.log(4)), rel=1e-6)
+    loss.backward()
+    assert var.grad.abs().item() < 1e-6
+
+
+def test_vid_regressor_initial_variance_shapes_and_gradients():
+    regressor = dl.VIDRegressor(3, 5, c_mid=4)
+    s, t = randn(2, 3, 8, 8).requires_grad_(), randn(2, 5, 4, 4, seed=1).requires_grad_()
+    mean, var = regressor(s, size=t.shape[-2:])
+    assert mean.shape == t.shape and var.shape == (1, 5, 1, 1)
+    assert torch.allclose(var, torch.full_like(var, 5.0), atol=1e-5)
+    dl.vid_loss(mean, var, t).backward()
+    assert t.grad is None and s.grad.abs().sum() > 0 and regressor.raw_var.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- RKD
+
+def test_rkd_hand_value_on_collinear_points():
+    # distances t: 1, 2, 1 (mean 4/3), s: 1, 3, 2 (mean 2); normalised differences
+    # -1/4, 0, 1/4, each pair twice: smooth-L1 4 * (1/2)(1/16) over 9 entries = 1/72.
+    # collinear points in the same order have the same angles: angle loss 0.
+    t = torch.tensor([[0.0], [1.0], [2.0]])
+    s = torch.tensor([[0.0], [1.0], [3.0]])
+    assert dl.rkd_loss(s, t).item() == pytest.approx(25 / 72, rel=1e-4)
+    assert dl.rkd_loss(s, t, w_distance=0).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_rkd_is_invariant_to_rotation_translation_and_scale():
+    t = randn(6, 4)
+    rotation, _ = torch.linalg.qr(randn(4, 4, seed=1))
+    s = 3 * t @ rotation + 2.0
+    assert dl.rkd_loss(s, t).item() == pytest.approx(0, abs=1e-4)
+    assert dl.rkd_loss(randn(6, 4, seed=2), t).item() > 0.1
+
+
+# ---------------------------------------------------------------- PKT
+
+def test_pkt_hand_value_and_per_sample_scale_invariance():
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])          # rows of P: [2/3, 1/3], [1/3, 2/3]
+    t = torch.tensor([[1.0, 0.0], [1.0, 0.0]])          # rows of P: [1/2, 1/2]
+    row_kl = 0.5 * math.log(0.5 / (2 / 3)) + 0.5 * math.log(0.5 / (1 / 3))
+    assert dl.pkt_loss(s, t).item() == pytest.approx(2 * row_kl / 4, rel=1e-4)
+    t = randn(8, 5)
+    scales = torch.rand(8, 1, generator=torch.Generator().manual_seed(1)) + 0.1
+    assert dl.pkt_loss(t * scales, t).item() == pytest.approx(0, abs=1e-6)
+
+
+# ---------------------------------------------------------------- NST
+
+def test_nst_hand_values_and_channel_order_invariance():
+    one, other = torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([[[[0.0, 1.0]]]])
+    assert dl.nst_loss(one, other).item() == pytest.approx(2.0)          # 1 + 1 - 2 * 0
+    assert dl.nst_loss(one, torch.tensor([[[[1.0, 1.0]]]])).item() == pytest.approx(1.0)
+    f = randn(2, 6, 4, 4)
+    assert dl.nst_loss(f[:, torch.randperm(6)], 2 * f).item() == pytest.approx(0, abs=1e-6)
+    assert dl.nst_loss(randn(2, 3, 8, 8, seed=1), f).item() > 0          # other C and H x W
+
+
+# ---------------------------------------------------------------- CRD
+
+def test_nce_loss_matches_the_probability_form():
+    log_scores = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.0, -0.5]])
+    n_data, k = 4, 2
+    noise = k / n_data
+    expected = 0.0
+    for row in log_scores.exp().tolist():
+        expected -= math.log(row[0] / (row[0] + noise))
+        expected -= sum(math.log(noise / (p + noise)) for p in row[1:])
+    assert cd.nce_loss(log_scores, n_data).item() == pytest.approx(expected / 2, rel=1e-5)
+    assert torch.isfinite(cd.nce_loss(torch.full((2, 3), 1 / 0.07 * 50), n_data))
+
+
+@pytest.mark.parametrize("n_data", [3, 100])     # [B, N] product then pick; gathered rows
+def test_bank_scores_pick_the_right_rows(n_data):
+    memory, emb = randn(n_data, 4), randn(2, 4, seed=1)
+    rows = torch.randint(0, n_data, (2, 3), generator=torch.Generator().manual_seed(2))
+    expected = torch.stack([torch.stack([memory[r] @ emb[b] for r in rows[b]]) for b in range(2)])
+    assert torch.allclose(cd._bank_scores(memory, rows, emb), expected, atol=1e-6)
+
+
+def test_negatives_avoid_the_own_index_and_are_reproducible():
+    index = torch.tensor([0, 3, 9])
+    draw = cd.sample_negatives(index, 10, 500, torch.Generator().manual_seed(0))
+    assert draw.shape == (3, 500) and draw.min() >= 0 and draw.max() <= 9
+    assert not (draw == index.unsqueeze(1)).any()
+    assert len(draw[1].unique()) == 9                              # every other index occurs
+    again = cd.sample_negatives(index, 10, 500, torch.Generator().manual_seed(0))
+    assert torch.equal(draw, again)
+    assert not torch.equal(draw, cd.sample_negatives(index, 10, 500, torch.Generator().manual_seed(1)))
+    assert cd.ContrastiveMemory(n_data=5).n_negatives == 4         # 16384 clamped to N - 1
+
+
+@pytest.mark.parametrize("n", [20, 200])    # B(1 + K) = 21: [B, N] product path; gather path
+def test_contrastive_memory_update_state_dict_and_determinism(n):
+    dim = 8
+    memory = cd.ContrastiveMemory(n, dim, n_negatives=6)
+    assert {"memory_s", "memory_t", "log_z_s", "log_z_t"} <= set(memory.state_dict())
+    index = torch.tensor([2, 5, 11])
+    s = F.normalize(randn(3, dim), dim=1).requires_grad_()
+    t = F.normalize(randn(3, dim, seed=1), dim=1).requires_grad_()
+    old_s, old_t = memory.memory_s.clone(), memory.memory_t.clone()
+    resumed = cd.ContrastiveMemory(n, dim, n_negatives=6, seed=123)
+    resumed.load_state_dict(memory.state_dict())                   # a resume before step 1
+
+    loss = memory(s, t, index, generator=torch.Generator().manual_seed(7))
+    loss.backward()
+    assert torch.isfinite(loss) and s.grad.abs().sum() > 0 and t.grad.abs().sum() > 0
+    expected = F.normalize(0.5 * old_s[index] + 0.5 * s.detach(), dim=1)
+    assert torch.allclose(memory.memory_s[index], expected, atol=1e-6)
+    assert torch.allclose(memory.memory_t[index],
+                          F.normalize(0.5 * old_t[index] + 0.5 * t.detach(), dim=1), atol=1e-6)
+    others = torch.ones(n, dtype=torch.bool)
+    others[index] = False
+    assert torch.equal(memory.memory_s[others], old_s[others])
+    assert torch.isfinite(memory.log_z_s) and torch.isfinite(memory.log_z_t)
+
+    again = resumed(s.detach(), t.detach(), index, generator=torch.Generator().manual_seed(7))
+    assert again.item() == loss.item()
+    for name, value in memory.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    # Z is fixed by the first batch; update=False leaves the banks alone
+    log_z, bank = memory.log_z_s.clone(), memory.memory_s.clone()
+    memory(s.detach(), t.detach(), index, generator=torch.Generator().manual_seed(8), update=False)
+    assert torch.equal(memory.log_z_s, log_z) and torch.equal(memory.memory_s, bank)
+
+
+def test_crd_loss_is_lower_when_the_student_matches_its_teacher_row():
+    memory = cd.ContrastiveMemory(50, 16, n_negatives=20)
+    index = torch.arange(8)
+    t = memory.memory_s[index].clone()                             # teacher agrees with bank
+    generator = torch.Generator().manual_seed(0)
+    memory(F.normalize(randn(8, 16), dim=1), t, index, update=False, generator=generator)
+    matched = memory(memory.memory_t[index].clone(), t, index, update=False,
+                     generator=torch.Generator().manual_seed(1))
+    unmatched = memory(F.normalize(randn(8, 16, seed=2), dim=1), t, index, update=False,
+                       generator=torch.Generator().manual_seed(1))
+    assert matched < unmatched
+
+
+def test_embed_head_and_rescaler_shapes_and_unit_norm():
+    head = cd.EmbedHead(12, dim=6)
+    assert torch.allclose(head(randn(4, 12)).norm(dim=1), torch.ones(4), atol=1e-6)
+    for norm, act in [("bn", "relu"), ("ln", "gelu")]:
+        rescaler = cd.RescalerMLP(12, dim=6, hidden=10, norm=norm, act=act)
+        for x in (randn(4, 12, 3, 3), randn(4, 5, 12), randn(4, 12)):    # map, tokens, pooled
+            z = rescaler(x)
+            assert z.shape == (4, 6) and torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-6)
+    types = [type(m) for m in cd.RescalerMLP(12, norm="ln", act="gelu").mlp]
+    assert types == [torch.nn.Linear, torch.nn.LayerNorm, torch.nn.GELU, torch.nn.Linear]
+    with pytest.raises(ValueError, match="norm must be one of"):
+        cd.RescalerMLP(12, norm="gn")
+
+
+# ---------------------------------------------------------------- IFACD / SupCon
+
+def supcon_by_hand(vectors, groups, temperature):
+    z = [(x / math.hypot(x, y), y / math.hypot(x, y)) for x, y in vectors]
+    total = 0.0
+    for i in range(len(z)):
+        dots = {a: (z[i][0] * z[a][0] + z[i][1] * z[a][1]) / temperature
+                for a in range(len(z)) if a != i}
+        log_denominator = math.log(sum(math.exp(x) for x in dots.values()))
+        positives = [p for p in dots if groups[p] == groups[i]]
+        total += -sum(dots[p] - log_denominator for p in positives) / len(positives)
+    return total / len(z)
+
+
+def test_supcon_two_images_two_views_by_hand():
+    # image 0: student view, teacher view; image 1: the same. Row order image-major.
+    vectors = [(1.0, 0.0), (0.8, 0.6), (0.0, 1.0), (-0.6, 0.8)]
+    views = torch.tensor(vectors).view(2, 2, 2)
+    # dots / T (T = 0.5): z0.z1 = z2.z3 = 0.8 -> 1.6 (the positive pairs), z1.z2 = 0.6 ->
+    # 1.2, z0.z3 = -0.6 -> -1.2, z0.z2 = z1.z3 = 0. Anchors 0 and 3 see {1.6, 0, -1.2},
+    # anchors 1 and 2 see {1.6, 1.2, 0}; each has one positive, at 1.6.
+    def lse(*x):
+        return math.log(sum(math.exp(v) for v in x))
+    by_hand = (lse(1.6, 0, -1.2) + lse(1.6, 1.2, 0)) / 2 - 1.6
+    assert cd.supcon_loss(views, temperature=0.5).item() == pytest.approx(by_hand, rel=1e-5)
+    assert supcon_by_hand(vectors, [0, 0, 1, 1], 0.5) == pytest.approx(by_hand)
+    # labels: both images in one class -> the three other views are all positives
+    same = supcon_by_hand(vectors, [0, 0, 0, 0], 0.5)
+    assert cd.supcon_loss(views, torch.tensor([4, 4]), 0.5).item() == pytest.approx(same, rel=1e-5)
+    # distinct labels are the unlabelled loss; the default temperature is 0.07
+    assert cd.supcon_loss(views, torch.tensor([1, 2])).item() == pytest.approx(
+        supcon_by_hand(vectors, [0, 0, 1, 1], 0.07), rel=1e-5)
+
+
+def test_supcon_with_two_views_is_nt_xent_and_trains_every_view():
+    student, teacher = randn(6, 8), randn(6, 8, seed=1)
+    views = torch.stack([student, teacher], dim=1)
+    assert cd.supcon_loss(views, temperature=0.2).item() == pytest.approx(
+        losses.nt_xent(student, teacher, temperature=0.2).item(), rel=1e-5)
+    three = torch.stack([student, teacher, randn(6, 8, seed=2)], dim=1).requires_grad_()
+    cd.supcon_loss(three).backward()
+    assert (three.grad.abs().sum(dim=(0, 2)) > 0).all()
+    # aligned views of each image give a lower loss than shuffled ones
+    aligned = torch.stack([student, student + 0.1 * teacher], dim=1)
+    shuffled = torch.stack([student, (student + 0.1 * teacher)[torch.arange(6).roll(1)]], dim=1)
+    assert cd.supcon_loss(aligned) < cd.supcon_loss(shuffled)
+    with pytest.raises(ValueError, match="at least 2 views"):
+        cd.supcon_loss(views[:, :1])
