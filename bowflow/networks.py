@@ -12,9 +12,29 @@ Architectures
   18 or 34; `width` = channels of stage 1 (64 for the standard ResNet-18), 4 stages.
 - `wrn`: Wide ResNet WRN-d-k (Zagoruyko & Komodakis) with pre-activation blocks; `depth`
   = 6n + 4 (28 for WRN-28-4), `width` = widening factor k; 3 stages of 16k/32k/64k channels.
+
+Named architectures of the CIFAR distillation benchmark (CRD / RepDistiller, the IFACD
+table), fixed in size: `width` and `depth` must be 0 (the architecture's own) or equal to
+its own values (`OWN_SIZES`), anything else is a ValueError. Sizes with a 100-class
+`Classifier`, as published:
+- `resnet20`, `resnet32`, `resnet56`, `resnet110` (0.28M, 0.47M, 0.86M, 1.73M): CIFAR
+  ResNet-d, 3x3 stem of 16 channels, 3 stages of 16/32/64 channels with (d - 2) / 6 basic
+  blocks each; own width 16 (stage-1 channels), depth d.
+- `resnet8x4`, `resnet32x4` (1.23M, 7.43M): the same with a 32-channel stem and 4x wider
+  stages 64/128/256; own width 64, depth 8 or 32.
+- `wrn_40_2`, `wrn_16_2`, `wrn_40_1` (2.25M, 0.70M, 0.57M): `wrn` with depth d and
+  widening factor k (own width k, depth d).
+- `vgg8`, `vgg13` (3.96M, 9.46M): VGG with BN, 5 stages of 64/128/256/512/512 channels
+  with one (vgg8) or two (vgg13) 3x3 conv-BN-ReLU each; a 2x2 max-pool starts stages 2-4
+  and, as in RepDistiller on 32x32 inputs, none precedes stage 5 (stage maps at 1, 1/2,
+  1/4, 1/8, 1/8 resolution); own width 64, depth 8 or 13.
+
+`Classifier` puts a linear layer on a backbone's pooled last stage and returns, in one
+pass, what distillation losses read: stage maps, pooled features and logits.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import torch
@@ -35,6 +55,33 @@ def build_backbone(arch: str, width: int, depth: int = 0) -> "Backbone":
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch '{arch}': expected one of {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[arch](width=width, depth=depth)
+
+
+OWN_SIZES: dict[str, tuple[int, int]] = {}   # named architecture -> its own (width, depth)
+
+
+def register_named(name: str, width: int, depth: int, build: Callable[[], "Backbone"]) -> None:
+    """Register a fixed-size architecture: `build()` makes it; params give it `width` and
+    `depth` 0 (the architecture's own) or its own values, checked by `check_size`."""
+    OWN_SIZES[name] = (width, depth)
+
+    def builder(width: int = 0, depth: int = 0) -> Backbone:
+        check_size(name, width, depth)
+        return build()
+    ARCHITECTURES[name] = builder
+
+
+def check_size(arch: str, width: int, depth: int) -> None:
+    """A named architecture takes width/depth 0 or its own values: ValueError otherwise.
+    Architectures sized by width/depth (convnet, resnet, wrn) check them when built."""
+    if arch not in OWN_SIZES:
+        return
+    own = dict(zip(("width", "depth"), OWN_SIZES[arch]))
+    for key, value in (("width", width), ("depth", depth)):
+        if value not in (0, own[key]):
+            raise ValueError(f"{key} must be 0 (the architecture's own) or {own[key]} for arch "
+                             f"'{arch}' (its own width {own['width']}, depth {own['depth']}), "
+                             f"got {value}")
 
 
 class Backbone(nn.Module):
@@ -96,15 +143,33 @@ def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
+def plain_backbone(blocks: list[list[int]], pools: list[bool]) -> Backbone:
+    """VGG-style net without a stem: stage i is a 2x2 max-pool (where `pools[i]`) then one
+    3x3 conv-BN-ReLU per entry of `blocks[i]` (its output channels)."""
+    stages, channels, reductions, c_in, reduction = [], [], [], 3, 1
+    for widths, pool in zip(blocks, pools):
+        layers = [nn.MaxPool2d(2)] if pool else []
+        for c_out in widths:
+            layers.append(conv_bn_relu(c_in, c_out))
+            c_in = c_out
+        reduction *= 2 if pool else 1
+        stages.append(nn.Sequential(*layers))
+        channels.append(c_in)
+        reductions.append(reduction)
+    return Backbone(nn.Identity(), stages, channels, reductions)
+
+
 @register("convnet")
 def convnet(width: int = 32, depth: int = 0) -> Backbone:
     """3 stages at full, 1/2 and 1/4 resolution with width, 2x, 4x channels."""
-    widths = [width, 2 * width, 4 * width]
-    stages = [nn.Sequential(conv_bn_relu(3, widths[0]), conv_bn_relu(widths[0], widths[0]))]
-    for c_in, c_out in zip(widths[:-1], widths[1:]):
-        stages.append(nn.Sequential(nn.MaxPool2d(2), conv_bn_relu(c_in, c_out),
-                                    conv_bn_relu(c_out, c_out)))
-    return Backbone(nn.Identity(), stages, widths, [1, 2, 4])
+    return plain_backbone([[c, c] for c in (width, 2 * width, 4 * width)], [False, True, True])
+
+
+def vgg(convs_per_stage: int) -> Backbone:
+    """RepDistiller's CIFAR VGG with BN (vgg8: 1, vgg13: 2 convs per stage), classifier-free:
+    stages of 64/128/256/512/512 channels at 1, 1/2, 1/4, 1/8, 1/8 of the input size."""
+    return plain_backbone([[c] * convs_per_stage for c in (64, 128, 256, 512, 512)],
+                          [False, True, True, True, False])
 
 
 class BasicBlock(nn.Module):
@@ -125,20 +190,34 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x), inplace=True)
 
 
+def basic_resnet(stem: int, widths: list[int], blocks: list[int]) -> Backbone:
+    """3x3 conv-BN-ReLU stem of `stem` channels (no pooling), then stage i of `blocks[i]`
+    basic blocks with `widths[i]` channels; every stage after the first halves the size."""
+    stem_layers = conv_bn_relu(3, stem)        # made first: seeded inits stay as they were
+    stages, c_in = [], stem
+    for i, (n, c_out) in enumerate(zip(blocks, widths)):
+        layers = [BasicBlock(c_in if j == 0 else c_out, c_out, 2 if (i > 0 and j == 0) else 1)
+                  for j in range(n)]
+        stages.append(nn.Sequential(*layers))
+        c_in = c_out
+    return Backbone(stem_layers, stages, widths, [2 ** i for i in range(len(widths))])
+
+
 @register("resnet")
 def resnet(width: int = 64, depth: int = 18) -> Backbone:
     blocks = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
     if depth not in blocks:
         raise ValueError(f"resnet depth must be one of {sorted(blocks)}, got {depth}")
-    widths = [width, 2 * width, 4 * width, 8 * width]
-    stem = conv_bn_relu(3, width)
-    stages, c_in = [], width
-    for i, (n, c_out) in enumerate(zip(blocks[depth], widths)):
-        layers = [BasicBlock(c_in if j == 0 else c_out, c_out, 2 if (i > 0 and j == 0) else 1)
-                  for j in range(n)]
-        stages.append(nn.Sequential(*layers))
-        c_in = c_out
-    return Backbone(stem, stages, widths, [1, 2, 4, 8])
+    return basic_resnet(width, [width, 2 * width, 4 * width, 8 * width], blocks[depth])
+
+
+def cifar_resnet(depth: int, stem: int, widths: list[int]) -> Backbone:
+    """He et al.'s CIFAR ResNet-depth: 3 stages of (depth - 2) / 6 basic blocks (2 convs
+    each, + stem conv + classifier = depth layers); 1x1 conv-BN shortcuts where the shape
+    changes (as RepDistiller)."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"CIFAR resnet depth must be 6n + 2 (e.g. 20, 32, 56), got {depth}")
+    return basic_resnet(stem, widths, [(depth - 2) // 6] * 3)
 
 
 class PreActBlock(nn.Module):
@@ -177,6 +256,41 @@ def wide_resnet(width: int = 4, depth: int = 28) -> Backbone:
     # output so that pooled features and BoW maps of the last stage are activated.
     head_norm = nn.Sequential(nn.BatchNorm2d(widths[-1]), nn.ReLU(inplace=True))
     return Backbone(stem, stages, widths, [1, 2, 4], head_norm=head_norm)
+
+
+# The distillation benchmark's architectures, by the talk's names, with their own (width, depth).
+for _depth in (20, 32, 56, 110):
+    register_named(f"resnet{_depth}", 16, _depth, partial(cifar_resnet, _depth, 16, [16, 32, 64]))
+for _depth in (8, 32):
+    register_named(f"resnet{_depth}x4", 64, _depth, partial(cifar_resnet, _depth, 32, [64, 128, 256]))
+for _depth, _k in ((40, 2), (16, 2), (40, 1)):
+    register_named(f"wrn_{_depth}_{_k}", _k, _depth, partial(wide_resnet, _k, _depth))
+register_named("vgg8", 64, 8, partial(vgg, 1))
+register_named("vgg13", 64, 13, partial(vgg, 2))
+del _depth, _k
+
+
+class Classifier(nn.Module):
+    """A backbone with a linear classifier on its pooled last stage (a distillation
+    teacher or student): `forward(x)` gives logits, `features_and_logits(x)` everything a
+    distillation loss reads, in one pass."""
+
+    def __init__(self, backbone: Backbone, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.fc = nn.Linear(backbone.out_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, 3, H, W] -> logits [B, num_classes]."""
+        return self.fc(self.backbone(x))
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor,
+                                                            torch.Tensor]:
+        """x [B, 3, H, W] -> (stage maps [B, C_i, H / r_i, W / r_i], the last being the
+        pre-pool feature; pooled last stage [B, C]; logits [B, num_classes])."""
+        maps = self.backbone.feature_maps(x)
+        pooled = maps[-1].mean(dim=(2, 3))
+        return maps, pooled, self.fc(pooled)
 
 
 def count_parameters(module: nn.Module) -> int:

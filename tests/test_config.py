@@ -94,6 +94,22 @@ def test_unknown_method_and_arch(params):
     assert "arch must be one of" in error_of(bad)
 
 
+@pytest.mark.parametrize("arch, width, depth", [("resnet56", 0, 0), ("resnet56", 16, 56), ("resnet8x4", 0, 8),
+                                                ("wrn_40_2", 0, 0), ("wrn_40_2", 2, 40), ("vgg8", 64, 0)])
+def test_named_arch_takes_width_and_depth_zero_or_its_own(params, arch, width, depth):
+    run = dict(params["pretrain"]["g0"], arch=arch, width=width, depth=depth)
+    checked = validate_params(dict(params, pretrain={"g0": run}, generations={}))
+    assert checked["pretrain"]["g0"].arch == arch
+
+
+@pytest.mark.parametrize("arch, width, depth, key", [("resnet56", 4, 0, "width"), ("wrn_40_2", 0, 28, "depth"),
+                                                     ("vgg13", 64, 8, "depth")])
+def test_named_arch_with_another_size_is_named(params, arch, width, depth, key):
+    run = dict(params["pretrain"]["g0"], arch=arch, width=width, depth=depth)
+    message = error_of(dict(params, pretrain={"g0": run}, generations={}))
+    assert f"pretrain.g0.{key}: {key} must be 0" in message and f"'{arch}'" in message
+
+
 def test_more_shots_than_a_novel_class_holds(params):
     manifest = {"source": params["data"], "novel_classes": ["5", "6"],
                 "counts": {"train": {"5": 30, "6": 100}, "test": {"5": 10, "6": 20}}}

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from bowflow.networks import ARCHITECTURES, Backbone
+from bowflow.networks import ARCHITECTURES, OWN_SIZES, Backbone, check_size
 from bowflow.optim import OPTIMIZERS, SCHEDULES, default_groups
 
 METHODS: dict[str, type["Method"]] = {}
@@ -89,8 +89,10 @@ class TrainParams:
 
     method: str = field(default="rotnet", metadata={"help": "registered method name"})
     arch: str = field(default="convnet", metadata={"help": "registered backbone"})
-    width: int = field(default=32, metadata={"help": "convnet/resnet: stage-1 channels; wrn: widening factor"})
-    depth: int = field(default=0, metadata={"help": "resnet 18/34, wrn 6n+4; ignored by convnet"})
+    width: int = field(default=32, metadata={"help": "convnet/resnet: stage-1 channels; wrn: widening "
+                                                     "factor; named archs (resnet56, wrn_40_2, vgg8...): 0"})
+    depth: int = field(default=0, metadata={"help": "resnet 18/34, wrn 6n+4; ignored by convnet; "
+                                                    "named archs: 0"})
     epochs: int = field(default=30, metadata={"help": "passes over the training images"})
     batch_size: int = field(default=128, metadata={"help": "images per step"})
     lr: float = field(default=0.1, metadata={"help": "peak SGD learning rate"})
@@ -120,7 +122,11 @@ class TrainParams:
         positive("collapse_std", self.collapse_std, allow_zero=True)
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got '{self.arch}'")
-        for name in ("width", "epochs", "batch_size", "lr"):
+        if self.arch in OWN_SIZES:             # fixed size: width/depth 0 (its own) or its own
+            check_size(self.arch, self.width, self.depth)
+        else:
+            positive("width", self.width)
+        for name in ("epochs", "batch_size", "lr"):
             positive(name, getattr(self, name))
         positive("weight_decay", self.weight_decay, allow_zero=True)
         positive("warmup_epochs", self.warmup_epochs, allow_zero=True)
