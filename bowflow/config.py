@@ -284,6 +284,12 @@ def check_supervised(teachers: Any, distill: Any, taken: set[str]) -> tuple[dict
                 if run.teacher not in checked[0]:
                     raise ParamsError(f"{where}.teacher: {run.teacher!r} is not an entry of teachers: "
                                       f"(known: {sorted(checked[0])})")
+                teacher = checked[0][run.teacher]
+                try:
+                    cls.check_pair(run, build_backbone(run.arch, run.width, run.depth),
+                                   build_backbone(teacher.arch, teacher.width, teacher.depth))
+                except ValueError as error:
+                    raise ParamsError(f"{where}: {error} (teacher '{run.teacher}': {teacher.arch})") from None
             runs[name] = run
             taken.add(name)
         checked.append(runs)

@@ -57,6 +57,13 @@ def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> Teache
     return Teacher(backbone, normalizer, load_classifier(record, path).to(device), record.get("name", ""))
 
 
+def check_same_stages(method: str, student_channels: list[int], teacher_channels: list[int]) -> None:
+    """Stage-by-stage methods (AT, VID, NST) pair the i-th stages of both networks."""
+    if len(student_channels) != len(teacher_channels):
+        raise ValueError(f"{method} pairs the networks' stages one to one, but the student has "
+                         f"{len(student_channels)} stages and the teacher {len(teacher_channels)}")
+
+
 @dataclass
 class DistillParams(SupervisedParams):
     teacher: str = field(default="", metadata={"help": "the teachers: entry distilled from (recorded)"})
@@ -84,7 +91,13 @@ class Distiller(Supervised):
         super().__init__(params, backbone, context)
         teacher = context["teacher"]
         object.__setattr__(self, "teacher", teacher)      # not a submodule: frozen, never saved
+        self.check_pair(params, backbone, teacher.backbone)
         self.build_extras(backbone.channels, teacher.backbone.channels, context)
+
+    @classmethod
+    def check_pair(cls, params: DistillParams, student: Backbone, teacher: Backbone) -> None:
+        """Raise ValueError if this method cannot pair these two networks (check_params calls
+        it before any training). Default: any pair."""
 
     def build_extras(self, student_channels: list[int], teacher_channels: list[int], context: dict) -> None:
         """Create the method's trainable modules (adapters, heads, memory). Default: none."""
