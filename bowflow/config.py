@@ -24,6 +24,7 @@ from bowflow.datasets import (DIGITS_CLASSES, SOURCES, TARBALL_SUFFIXES, DataErr
                                count_class_images)
 from bowflow.methods import available_methods, get_method
 from bowflow.methods.base import fraction, positive
+from bowflow.networks import build_backbone
 
 @dataclass
 class DataParams:
@@ -272,15 +273,16 @@ def check_supervised(teachers: Any, distill: Any, taken: set[str]) -> tuple[dict
             check_run_name(name, where)
             if name in taken:
                 raise ParamsError(f"{where}: '{name}' is already the name of another run; pick another")
-            run = check_section(method_params(values, where), values, where)
-            cls = get_method(run.method)
+            params_cls = method_params(values, where)
+            cls = get_method(values["method"])
             if section == "teachers" and (not cls.supervised or cls.stage_inputs):
-                raise ParamsError(f"{where}.method: '{run.method}' does not train from labels alone; "
+                raise ParamsError(f"{where}.method: '{values['method']}' does not train from labels alone; "
                                   f"a teachers: entry must (method: supervised)")
+            if section == "distill" and "teacher" not in cls.stage_inputs:
+                raise ParamsError(f"{where}.method: '{values['method']}' is not a distillation method "
+                                  f"(expected one of {distillation_methods()})")
+            run = check_section(params_cls, values, where)
             if section == "distill":
-                if "teacher" not in cls.stage_inputs:
-                    raise ParamsError(f"{where}.method: '{run.method}' is not a distillation method "
-                                      f"(expected one of {distillation_methods()})")
                 if run.teacher not in checked[0]:
                     raise ParamsError(f"{where}.teacher: {run.teacher!r} is not an entry of teachers: "
                                       f"(known: {sorted(checked[0])})")

@@ -962,11 +962,19 @@ def load_ssl_split(prepared: str | Path) -> tuple[torch.Tensor, torch.Tensor, di
     return train["images"][rows].contiguous(), train["labels"][rows].contiguous(), manifest
 
 
-def load_labelled_split(prepared: str | Path, split: str = "train") -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """-> (uint8 images [N, 3, H, W], labels [N] int64, manifest): every row of `split`, all
-    classes (supervised teachers and distillation train on train and score on test)."""
+def load_labelled_split(prepared: str | Path, split: str = "train", max_images: int = 0
+                        ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """-> (uint8 images [N, 3, H, W], labels [N] int64, manifest): the rows of `split`, all
+    classes (supervised teachers and distillation train on train and score on test);
+    `max_images` > 0 keeps a subset drawn with the data seed (the same for every run)."""
     data = load_prepared(prepared, split)
-    return data["images"], data["labels"], read_manifest(prepared)
+    manifest = read_manifest(prepared)
+    images, labels = data["images"], data["labels"]
+    if 0 < max_images < len(labels):
+        generator = torch.Generator().manual_seed(manifest["source"]["seed"])
+        rows = torch.randperm(len(labels), generator=generator)[:max_images].sort().values
+        images, labels = images[rows].contiguous(), labels[rows].contiguous()
+    return images, labels, manifest
 
 
 def load_ssl_images(prepared: str | Path) -> tuple[torch.Tensor, dict]:

@@ -45,7 +45,8 @@ def run_training(params: TrainParams, prepared: str | Path, out_model: Path, met
     device = resolve_device(device_name)
     clock = StageClock(device)
     seed_everything(seed)
-    images, labels, manifest = load_ssl_split(prepared) if split == "ssl" else load_labelled_split(prepared)
+    images, labels, manifest = (load_ssl_split(prepared) if split == "ssl" else
+                                load_labelled_split(prepared, "train", getattr(params, "max_images", 0)))
     image_size = images.shape[-1]
     normalizer = Normalizer.fit(images)
     backbone = build_backbone(params.arch, params.width, params.depth)

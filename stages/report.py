@@ -1,7 +1,7 @@
 """Stage report: the results table (Markdown), figures, and the accuracy-by-generation CSV.
 
     python -m stages.report --prepared data/prepared --eval data/metrics/eval \
-        --train data/plots/train --vocab data/vocab --out data/report \
+        --train data/plots/train --vocab data/models --out data/report \
         --generations-csv data/plots/generations.csv --words_shown 8 --patches_per_word 8
 """
 from __future__ import annotations

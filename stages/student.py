@@ -1,6 +1,6 @@
 """Stage student: train one BoWNet generation to predict its teacher's cached BoW targets.
 
-    python -m stages.student --prepared data/prepared --vocab data/vocab/g1/vocab.pt \
+    python -m stages.student --prepared data/prepared --vocab data/models/g1/vocab.pt \
         --parent-model data/models/g0/model.pt --model data/models/g1/model.pt \
         --metrics data/metrics/train/g1.json --history data/plots/train/g1.csv \
         --seed 0 --device auto --method bownet --epochs 60 ...

@@ -2,7 +2,7 @@
 BoW codes of every SSL training image under that vocabulary.
 
     python -m stages.vocab --prepared data/prepared --teacher data/models/g0/model.pt \
-        --out data/vocab/g1/vocab.pt --metrics data/metrics/vocab/g1.json --seed 0 \
+        --out data/models/g1/vocab.pt --metrics data/metrics/vocab/g1.json --seed 0 \
         --device auto --layer stage2 --size 256 --samples 50000 --iters 20 ...
 """
 from __future__ import annotations

@@ -30,7 +30,8 @@ def test_shipped_params_are_valid(params):
 @pytest.mark.parametrize("preset", sorted((ROOT / "presets").glob("*.yaml")), ids=lambda p: p.name)
 def test_presets_are_valid(preset):
     checked = validate_params(load_yaml(preset))
-    assert checked["data"].source == ("digits" if "digits" in preset.name else "imagefolder")
+    expected = "digits" if "digits" in preset.name else "cifar100" if "cifar100" in preset.name else "imagefolder"
+    assert checked["data"].source == expected
 
 
 def test_family_presets_train_every_method_the_same_way():
@@ -43,6 +44,18 @@ def test_family_presets_train_every_method_the_same_way():
         budgets = {(r["arch"], r["width"], r["epochs"], r["batch_size"]) for r in runs.values()
                    if r["method"] not in ("rotnet", "random_init")}
         assert len(budgets) == 1, f"{name}: every family method gets the same backbone and budget"
+
+
+def test_distill_presets_run_every_method_on_the_talks_pairs():
+    from bowflow.config import distillation_methods
+    cpu, gpu = (load_yaml(ROOT / "presets" / f"distill-{kind}.yaml") for kind in ("cpu", "cifar100-gpu"))
+    assert {r["method"] for r in cpu["distill"].values()} == set(distillation_methods())
+    assert len(cpu["distill"]) == 13 and {r["teacher"] for r in cpu["distill"].values()} == {"resnet56"}
+    pairs = {(r["teacher"], r["arch"]) for r in gpu["distill"].values()}
+    assert len(pairs) == 6 and len(gpu["distill"]) == 6 * 13
+    assert all(r["epochs"] == 240 and r["lr_schedule"] == "step" for r in gpu["distill"].values())
+    for teacher, student in pairs:     # each pair's vanilla student is a teachers: run too
+        assert teacher in gpu["teachers"] and any(t["arch"] == student for t in gpu["teachers"].values())
 
 
 def test_gpu_preset_scales_the_cpu_preset_through_params_only():
@@ -145,3 +158,40 @@ def test_bad_key_of_a_section_is_named_in_full(params):
     bad = copy.deepcopy(params)
     bad["generations"]["g1"]["student"] = dict(bad["generations"]["g1"]["student"], epochs=-3)
     assert error_of(bad).startswith("generations.g1.student.epochs: epochs must be > 0")
+
+
+def distill_params(params, **changes):
+    """The shipped params plus a teacher (resnet56), a vanilla resnet20 and one `distill` run."""
+    from tiny_params import distill_runs
+    p = copy.deepcopy(params)
+    teachers, distill = distill_runs(["kd"])
+    p["teachers"] = {"t56": dict(teachers["teacher"], arch="resnet56", width=0),
+                     "s20": dict(teachers["vanilla"], arch="resnet20", width=0)}
+    p["distill"] = {"run": dict(distill["kd"], arch="resnet20", width=0, teacher="t56") | changes}
+    return p
+
+
+def test_distillation_runs_are_checked(params):
+    checked = validate_params(distill_params(params))
+    assert checked["distill"]["run"].teacher == "t56"
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"teacher": "nobody"}, "distill.run.teacher: 'nobody' is not an entry of teachers:"),
+    ({"method": "byol"}, "distill.run.method: 'byol' is not a distillation method"),
+    ({"method": "at", "arch": "vgg8"}, "at pairs the networks' stages one to one"),
+    ({"method": "ifacd", "layers": 4}, "distill.run: layers = 4, but the teacher has only 3 stages"),
+    ({"method": "fitnet", "hint_stage": "stage5"}, "hint_stage: the student has no stage 'stage5'"),
+    ({"gamma": -1.0}, "distill.run.gamma: gamma must be >= 0"),
+])
+def test_bad_distillation_run_is_named(params, changes, expected):
+    assert expected in error_of(distill_params(params, **changes))
+
+
+def test_teacher_must_train_from_labels(params):
+    p = distill_params(params)
+    p["teachers"]["t56"]["method"] = "kd"
+    assert "teachers.t56.method: 'kd' does not train from labels alone" in error_of(p)
+    p = distill_params(params)
+    p["distill"]["g1"] = p["distill"].pop("run")
+    assert "distill.g1: 'g1' is already the name of another run" in error_of(p)

@@ -32,10 +32,14 @@ class SupervisedParams(TrainParams):
     lr_schedule: str = field(default="step", metadata={"help": "step: x0.1 at lr_decay_at"})
     padding: int = field(default=4, metadata={"help": "zero padding of the random crop, pixels "
                                                       "(4 of 32 in the CIFAR recipe)"})
+    max_images: int = field(default=0, metadata={
+        "help": "train on a seeded subset of this many labelled train images (0 = all; the same "
+                "subset for every run of a seed, so teachers and students see the same images)"})
 
     def validate(self) -> None:
         super().validate()
         positive("padding", self.padding, allow_zero=True)
+        positive("max_images", self.max_images, allow_zero=True)
 
 
 @register_method("supervised")
