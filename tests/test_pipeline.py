@@ -46,9 +46,14 @@ def repro(project: Path) -> set[str]:
 
 
 def eval_metrics(project: Path) -> dict:
+    """Every evaluation record, and the test top-1 of every teacher/distill run, untimed."""
     out = {}
     for path in sorted((project / "data/metrics/eval").glob("*.json")):
         out[path.stem] = {k: v for k, v in json.loads(path.read_text()).items() if k not in TIMING_KEYS}
+    for path in sorted((project / "data/metrics/train").glob("*.json")):
+        record = json.loads(path.read_text())
+        if "top1" in record:
+            out[f"top1/{path.stem}"] = record["top1"]
     return out
 
 
@@ -61,10 +66,12 @@ def dvc_project(tmp_path_factory):
 
 def test_dvc_runs_every_stage_and_writes_the_report(dvc_project):
     project, ran, _ = dvc_project
-    runs = tiny_params()["pretrain"]
+    params = tiny_params()
+    runs = params["pretrain"]
     assert ran == {"check_params", "prepare", "vocab@g1", "vocab@g2", "student@g1", "student@g2",
                    "evaluate_student@g1", "evaluate_student@g2", "report",
-                   *{f"pretrain@{r}" for r in runs}, *{f"evaluate_pretrain@{r}" for r in runs}}
+                   *{f"pretrain@{r}" for r in runs}, *{f"evaluate_pretrain@{r}" for r in runs},
+                   *{f"teacher@{r}" for r in params["teachers"]}, *{f"distill@{r}" for r in params["distill"]}}
     report = (project / "data/report/report.md").read_text()
     for row in ("RotNet (g0)", "BoWNet (g1)", "BoWNet x2 (g2)"):
         assert row in report
@@ -79,6 +86,17 @@ def test_dvc_runs_every_stage_and_writes_the_report(dvc_project):
     history = (project / "data/plots/train/g1.csv").read_text()
     assert "captured" in history and "target_perplexity" in history
     assert not list((project / "data").rglob("*.tmp")), "a temporary file was left behind"
+    # The distillation tables: one row per method plus the two vanilla runs, every cell filled.
+    tables = report.split("## Distillation")[1]
+    for title in ("Top-1 accuracy (%)", "Peak memory (GB)", "Parameters (M)", "Training time (min)"):
+        assert f"### {title}" in tables
+    accuracy = tables.split("### Peak memory")[0]
+    rows = [line for line in accuracy.splitlines() if line.startswith("| ") and "Method" not in line]
+    assert len(rows) == 2 + len(params["distill"]) and all(" - " not in row for row in rows)
+    for name in params["distill"]:
+        metrics = json.loads((project / f"data/metrics/train/{name}.json").read_text())
+        assert 0 <= metrics["top1"] <= 100 and metrics["trained_parameters"] >= metrics["parameters"]
+        assert metrics["parent"] == "teacher"
 
 
 def test_dvc_reruns_only_what_a_change_touches(dvc_project):
@@ -120,6 +138,17 @@ def test_dvc_reruns_only_what_a_change_touches(dvc_project):
     write_params(project, params)
     assert repro(project) == {"check_params", "vocab@gx", "student@gx", "evaluate_student@gx", "report"}
     assert f"data/models/{parent}/model.pt" in (project / "dvc.lock").read_text()
+
+    # Distillation: one run's gamma reruns that run and the report; a new run only itself.
+    params["distill"]["at"]["gamma"] = 500.0
+    write_params(project, params)
+    assert repro(project) == {"check_params", "distill@at", "report"}
+    params["distill"]["kd_t8"] = params["distill"]["kd"] | {"temperature": 8.0}
+    write_params(project, params)
+    assert repro(project) == {"check_params", "distill@kd_t8", "report"}
+    params["teachers"]["vanilla"]["epochs"] = 1        # a vanilla student: no distill run uses it
+    write_params(project, params)
+    assert repro(project) == {"check_params", "teacher@vanilla", "report"}
 
 
 def stale_stages(project: Path) -> set[str]:
