@@ -62,14 +62,16 @@ Differences the two libraries leave (stated, not hidden):
 Same budget: each side first trains a throw-away model for 2 epochs on its first
 --calibration-steps batches (the same trainer and loop as the real run; not counted in the
 budget, reported apart) and takes the second (warm) epoch's seconds, scaled to the full
-epoch, as its epoch time; it then trains E = max(1, floor(--seconds / epoch time)) epochs
+epoch, as its epoch time; it then trains E = max(1, round(--seconds / epoch time)) epochs (the
+nearest whole number: each side ends within about half an epoch of the budget, over or
+under; rounding down would leave up to a whole epoch unused, a different share per side)
 with the lr and EMA schedules laid out over those E epochs, so both finish their schedules.
 A side that is faster gets more epochs. The actual training seconds of each side are
-printed: under a changing machine load a side may end a little over or under the budget
-(images/s are measured on the actual seconds, so the throughput ratio is not affected).
+printed (a change of machine load after calibration moves them too); images/s are measured
+on the actual seconds, so the throughput ratio does not depend on the rounding.
 
 Commands (from the repository root; the run for docs/BENCHMARKS.md):
-    .venv/bin/python -m benchmarks.bench_peer --seconds 240 --images 5000
+    .venv/bin/python -m benchmarks.bench_peer --seconds 300 --images 5000
     .venv/bin/python -m benchmarks.bench_peer --source digits --size 16 --seconds 60
     .venv/bin/python -m benchmarks.bench_peer --venv /tmp/peer-venv ...   # keep the env
     .venv/bin/python -m benchmarks.bench_peer --only ours --source digits  # no lightly
@@ -148,10 +150,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def epochs_for_budget(seconds: float, epoch_seconds: float) -> int:
-    """Whole epochs that fit in `seconds` at `epoch_seconds` each, at least 1."""
+    """The whole number of epochs of `epoch_seconds` nearest to `seconds` (halves up), at
+    least 1: each side ends within half an epoch of the budget, over or under. (Rounding
+    down would leave each side up to a whole epoch unused, a different share per side.)"""
     if epoch_seconds <= 0:
         raise ValueError(f"epoch_seconds must be > 0, got {epoch_seconds}")
-    return max(1, math.floor(seconds / epoch_seconds))
+    return max(1, math.floor(seconds / epoch_seconds + 0.5))
 
 
 def full_epoch_seconds(calibration_seconds: float, calibration_steps: int, steps_per_epoch: int) -> float:

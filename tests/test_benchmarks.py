@@ -128,7 +128,8 @@ def test_bench_peer_arguments_and_helpers():
         with pytest.raises(SystemExit):
             bp.parse_args(bad)                       # lightly never gets more cores than ours
 
-    assert bp.epochs_for_budget(240, 50) == 4 and bp.epochs_for_budget(10, 50) == 1
+    assert bp.epochs_for_budget(240, 50) == 5 and bp.epochs_for_budget(220, 50) == 4
+    assert bp.epochs_for_budget(225, 50) == 5 and bp.epochs_for_budget(10, 50) == 1
     with pytest.raises(ValueError):
         bp.epochs_for_budget(10, 0)
     assert bp.full_epoch_seconds(2.0, 4, 39) == pytest.approx(19.5)
