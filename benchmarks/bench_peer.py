@@ -32,7 +32,8 @@ Same for both: the images (a seeded subset of the train split; k-NN on the test 
 the backbone (`convnet`, same width, and the same initial weights: the parent builds it
 once from the seed and both sides load that state), batch size, torch thread count
 (`torch.set_num_threads(--threads)`; the lightly DataLoader gets `--workers`, default 0,
-at most --threads), single process each, run one after the other (lightly first), the
+at most --threads), single process each, run one after the other (lightly first, or ours
+first with --ours-first), the
 per-channel normalisation (fitted on the training images, as the pipeline does), the
 optimizer and schedules: SGD momentum 0.9 Nesterov, peak lr 0.1 with 1 epoch of linear
 warm-up then cosine to 0, per step (lightly: `CosineWarmupScheduler` per step); weight
@@ -70,8 +71,10 @@ A side that is faster gets more epochs. The actual training seconds of each side
 printed (a change of machine load after calibration moves them too); images/s are measured
 on the actual seconds, so the throughput ratio does not depend on the rounding.
 
-Commands (from the repository root; the run for docs/BENCHMARKS.md):
+Commands (from the repository root; the two runs in docs/BENCHMARKS.md section 10, about
+9-10 minutes each on a loaded 2-core CPU):
     .venv/bin/python -m benchmarks.bench_peer --seconds 300 --images 5000
+    .venv/bin/python -m benchmarks.bench_peer --seconds 300 --images 5000 --ours-first
     .venv/bin/python -m benchmarks.bench_peer --source digits --size 16 --seconds 60
     .venv/bin/python -m benchmarks.bench_peer --venv /tmp/peer-venv ...   # keep the env
     .venv/bin/python -m benchmarks.bench_peer --only ours --source digits  # no lightly
@@ -134,6 +137,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--venv", type=Path, default=None,
                         help="folder of the lightly env (kept and reused; default: a temp folder, removed)")
     parser.add_argument("--only", choices=["both", *SIDES], default="both")
+    parser.add_argument("--ours-first", action="store_true",
+                        help="run ours before lightly (default: lightly first); alternate the "
+                             "order between runs to spread a trend in the machine's load")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
     for name in ("size", "width", "batch_size", "threads", "calibration_steps"):
@@ -405,7 +411,7 @@ def _run(args, workdir: Path) -> dict:
 
     rows: dict[str, dict] = {}
     load = {}
-    for side in SIDES:
+    for side in (SIDES[::-1] if args.ours_first else SIDES):
         if args.only not in ("both", side):
             continue
         before = os.getloadavg()
