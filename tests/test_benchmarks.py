@@ -104,3 +104,92 @@ def test_bench_pipeline_smoke(capsys):
              "ratio_noop_vs_import")
     assert result["rerun_stages"] == ["check_params"]
     positive(result["rerun_seconds"], "check_params", "done")
+
+
+# ---------------------------------------------------------------- bench_peer (no lightly env made)
+
+LSCPU = """Architecture:                            x86_64
+CPU(s):                                  2
+Model name:                              Intel(R) Xeon(R) Platinum 8480+
+Flags:                                   fpu sse4_2 avx avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile
+"""
+
+
+def test_bench_peer_arguments_and_helpers():
+    from benchmarks import bench_peer as bp
+
+    args = bp.parse_args([])
+    assert (args.source, args.size, args.images, args.threads, args.workers, args.only) == \
+        ("imagefolder", 32, 5000, 1, 0, "both")
+    assert args.root == bp.DEFAULT_TARBALL and args.root.name == "cifar10-jpeg.tar.gz"
+    args = bp.parse_args(["--source", "digits", "--seconds", "60", "--threads", "2", "--workers", "2"])
+    assert (args.source, args.seconds, args.workers) == ("digits", 60.0, 2)
+    for bad in (["--workers", "2"], ["--seconds", "0"], ["--width", "0"], ["--images", "-1"]):
+        with pytest.raises(SystemExit):
+            bp.parse_args(bad)                       # lightly never gets more cores than ours
+
+    assert bp.epochs_for_budget(240, 50) == 5 and bp.epochs_for_budget(220, 50) == 4
+    assert bp.epochs_for_budget(225, 50) == 5 and bp.epochs_for_budget(10, 50) == 1
+    with pytest.raises(ValueError):
+        bp.epochs_for_budget(10, 0)
+    assert bp.full_epoch_seconds(2.0, 4, 39) == pytest.approx(19.5)
+    rows = bp.subset(100, 10, seed=3)
+    assert len(rows) == 10 and rows.unique().numel() == 10 and torch.equal(rows, rows.sort().values)
+    assert torch.equal(rows, bp.subset(100, 10, seed=3)) and not torch.equal(rows, bp.subset(100, 10, seed=4))
+    assert torch.equal(bp.subset(5, 0, 0), torch.arange(5)) and torch.equal(bp.subset(5, 9, 0), torch.arange(5))
+    machine = bp.lscpu_machine(LSCPU)
+    assert machine == {"model": "Intel(R) Xeon(R) Platinum 8480+", "cpus": "2",
+                       "flags": ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]}
+    assert bp.lscpu_machine("")["model"] == "unknown"
+    assert bp.ratios({"images_per_second": 300.0, "knn": 40.0}, {"images_per_second": 100.0, "knn": 42.5}) == \
+        {"images_per_second_ratio": 3.0, "knn_points": -2.5}
+
+
+def test_bench_peer_missing_tarball_names_the_file(tmp_path):
+    from benchmarks import bench_peer as bp
+
+    missing = tmp_path / "cifar10-jpeg.tar.gz"
+    with pytest.raises(SystemExit, match="cifar10-jpeg.tar.gz.*--source digits"):
+        bp.main(["--root", str(missing), "--only", "ours"])
+
+
+def test_bench_peer_runner_imports_and_config_keys():
+    """The lightly runner imports only lightly, torch, numpy, PIL, the standard library and
+    bowflow.networks, and reads no config key that bench_peer does not write."""
+    import ast
+    import re
+    import sys as _sys
+
+    from benchmarks import bench_peer as bp
+    from bowflow.models import Normalizer
+
+    source = bp.RUNNER.read_text()
+    modules = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            modules.add(node.module)
+    outside = {m for m in modules if m.split(".")[0] not in _sys.stdlib_module_names
+               and m.split(".")[0] not in ("lightly", "torch", "numpy", "PIL")}
+    assert outside == {"bowflow.networks"}
+    args = bp.parse_args(["--source", "digits"])
+    config = bp.lightly_config(args, Normalizer([0.5] * 3, [0.25] * 3))
+    assert set(re.findall(r'cfg\["(\w+)"\]', source)) <= set(config)
+    assert config["lr"] == 0.1 and config["loss_scale"] == 4.0 and config["blur_p"] == [1.0, 0.1]
+
+
+def test_bench_peer_ours_side_smoke(capsys):
+    from benchmarks.bench_peer import main
+
+    threads = torch.get_num_threads()
+    result = main(["--source", "digits", "--only", "ours", "--size", "8", "--width", "4",
+                   "--images", "256", "--test-images", "64", "--batch-size", "32",
+                   "--seconds", "1", "--calibration-steps", "2"])
+    assert torch.get_num_threads() == threads
+    assert "RESULT " in capsys.readouterr().out
+    ours = result["sides"]["ours"]
+    assert ours["epochs"] >= 1 and ours["steps"] == 8 * ours["epochs"]
+    positive(ours, "images_per_second", "seconds", "cpu_seconds", "calibration_seconds")
+    assert 0 <= ours["knn"] <= 100 and 0 <= result["sides"]["init"]["knn"] <= 100
+    assert "lightly" not in result["sides"] and "images_per_second_ratio" not in result
