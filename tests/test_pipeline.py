@@ -3,6 +3,7 @@ Snakemake producing the same metrics, bad params stopping before any work, and a
 training stage resuming from its checkpoint."""
 import copy
 import json
+import shlex
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ import torch
 from dvc.repo import Repo
 
 from test_code_deps import code_run_by
+from bowflow.cli import render_args
 from tiny_params import make_project, tiny_params, write_params
 
 BIN = Path(sys.executable).parent
@@ -225,7 +227,7 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     project = make_project(tmp_path / "project", tiny_params())
     run(project, ".venv/bin/dvc", "repro", "prepare")
     params = tiny_params()["pretrain"]["g0"] | {"epochs": 4}
-    flags = [f"--{k}={v}" for k, v in params.items()]
+    flags = shlex.split(render_args(params))         # as DVC renders them (lists: one flag, items)
 
     def args(name):
         return ["--prepared", "data/prepared",
