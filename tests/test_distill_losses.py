@@ -351,3 +351,21 @@ def test_supcon_with_two_views_is_nt_xent_and_trains_every_view():
     assert cd.supcon_loss(aligned) < cd.supcon_loss(shuffled)
     with pytest.raises(ValueError, match="at least 2 views"):
         cd.supcon_loss(views[:, :1])
+
+
+def test_crd_negatives_come_from_other_classes_uniformly_and_reproducibly():
+    from bowflow.methods.crd import OtherClassSampler
+    labels = torch.tensor([2, 0, 1, 0, 2, 2, 1, 0, 0, 1])
+    sampler = OtherClassSampler(labels)
+    index = torch.tensor([0, 1, 2, 9])
+    draw = sampler(index, 3000, torch.Generator().manual_seed(0))
+    assert draw.shape == (4, 3000)
+    assert not (labels[draw] == labels[index].unsqueeze(1)).any()           # never the own class
+    for row, i in zip(draw, index):                                        # every other-class image,
+        others = (labels != labels[i]).nonzero().flatten()                 # about equally often
+        counts = torch.bincount(row, minlength=len(labels))[others].float()
+        assert set(row.unique().tolist()) == set(others.tolist())
+        assert counts.min() > 0.7 * counts.mean()
+    assert torch.equal(draw, sampler(index, 3000, torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="same label"):
+        OtherClassSampler(torch.zeros(5, dtype=torch.long))

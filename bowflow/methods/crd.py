@@ -4,14 +4,16 @@ many others, held in memory banks over the dataset's indices.
 
 Both pooled features pass a linear embedding (128-d, L2-normalised, both trainable);
 `ContrastiveMemory` keeps one student and one teacher embedding per training image
-(buffers: they are checkpointed and survive resume), draws `negatives` other indices
-uniformly per image, and scores with NCE at temperature 0.07 (momentum 0.5 bank update).
-gamma = 0.8, the benchmark's weight. The paper's CIFAR recipe draws negatives from other
-classes only; uniform draws are the simpler variant (they rarely hit the same image).
+(buffers: they are checkpointed and survive resume), draws `negatives` indices per image
+from the images of the other classes (the authors' CIFAR recipe; `other_class_negatives`),
+and scores with NCE at temperature 0.07 (momentum 0.5 bank update). gamma = 0.8, the
+benchmark's weight.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import torch
 
 from bowflow.contrastive_distill import ContrastiveMemory, EmbedHead
 from bowflow.distill import DistillParams, Distiller
@@ -34,6 +36,38 @@ class CRDParams(DistillParams):
             positive(name, getattr(self, name))
 
 
+class OtherClassSampler:
+    """Draws CRD's negatives: for each image, K dataset indices uniformly (with replacement)
+    among the images whose label differs from its own.
+
+    labels [N] -> sampler; sampler(index [B], k, generator) -> [B, K] on index's device.
+    The dataset's indices are sorted by class once (`order`); an image of class c draws a
+    position u in [0, N - n_c) of the sorted list with class c's block cut out.
+    """
+
+    def __init__(self, labels: torch.Tensor):
+        labels = labels.long().cpu()
+        self.labels = labels
+        self.order = torch.argsort(labels, stable=True)                        # [N]
+        counts = torch.bincount(labels)                                       # [C]
+        self.start = torch.cumsum(counts, 0) - counts                         # [C] block starts
+        self.count = counts
+        if (counts == len(labels)).any():
+            raise ValueError("CRD draws its negatives from other classes, but every training "
+                             "image has the same label")
+
+    def __call__(self, index: torch.Tensor, k: int,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        device = generator.device if generator is not None else torch.device("cpu")
+        label = self.labels[index.cpu()]                                      # [B]
+        pool = (len(self.labels) - self.count[label]).to(device)              # [B] other-class images
+        u = (torch.rand(len(index), k, generator=generator, device=device)
+             * pool.unsqueeze(1)).long().clamp_max_(pool.unsqueeze(1) - 1).cpu()
+        start, count = self.start[label].unsqueeze(1), self.count[label].unsqueeze(1)
+        position = u + (u >= start).long() * count                            # skip the own block
+        return self.order[position].to(index.device)
+
+
 @register_method("crd")
 class CRD(Distiller):
     label = "CRD"
@@ -45,6 +79,7 @@ class CRD(Distiller):
         self.embed_teacher = EmbedHead(teacher_channels[-1], p.embed_dim)
         self.memory = ContrastiveMemory(len(context["labels"]), p.embed_dim, p.negatives,
                                         p.nce_temperature, p.memory_momentum)
+        self.sample_negatives = OtherClassSampler(context["labels"])
         self.generator = None
 
     def training_step(self, images, index, generator):
@@ -52,5 +87,6 @@ class CRD(Distiller):
         return super().training_step(images, index, generator)
 
     def method_loss(self, student, teacher, labels, index):
+        negatives = self.sample_negatives(index, self.memory.n_negatives, self.generator)
         return self.memory(self.embed_student(student.pooled), self.embed_teacher(teacher.pooled),
-                           index, generator=self.generator)
+                           index, negatives=negatives)
