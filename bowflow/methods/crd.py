@@ -5,7 +5,7 @@ many others, held in memory banks over the dataset's indices.
 Both pooled features pass a linear embedding (128-d, L2-normalised, both trainable);
 `ContrastiveMemory` keeps one student and one teacher embedding per training image
 (buffers: they are checkpointed and survive resume), draws `negatives` indices per image
-from the images of the other classes (the authors' CIFAR recipe; `other_class_negatives`),
+from the images of the other classes (the authors' CIFAR recipe; `OtherClassSampler`),
 and scores with NCE at temperature 0.07 (momentum 0.5 bank update). gamma = 0.8, the
 benchmark's weight.
 """
@@ -46,26 +46,23 @@ class OtherClassSampler:
     """
 
     def __init__(self, labels: torch.Tensor):
-        labels = labels.long().cpu()
-        self.labels = labels
-        self.order = torch.argsort(labels, stable=True)                        # [N]
-        counts = torch.bincount(labels)                                       # [C]
-        self.start = torch.cumsum(counts, 0) - counts                         # [C] block starts
-        self.count = counts
-        if (counts == len(labels)).any():
+        self.labels = labels.long()                                           # [N], on the run's device
+        self.order = torch.argsort(self.labels, stable=True)                  # [N]
+        self.count = torch.bincount(self.labels)                              # [C]
+        self.start = torch.cumsum(self.count, 0) - self.count                 # [C] block starts
+        if (self.count == len(self.labels)).any():
             raise ValueError("CRD draws its negatives from other classes, but every training "
                              "image has the same label")
 
     def __call__(self, index: torch.Tensor, k: int,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         device = generator.device if generator is not None else torch.device("cpu")
-        label = self.labels[index.cpu()]                                      # [B]
-        pool = (len(self.labels) - self.count[label]).to(device)              # [B] other-class images
-        u = (torch.rand(len(index), k, generator=generator, device=device)
-             * pool.unsqueeze(1)).long().clamp_max_(pool.unsqueeze(1) - 1).cpu()
+        u = torch.rand(len(index), k, generator=generator, device=device).to(self.labels.device)
+        label = self.labels[index.to(self.labels.device)]                     # [B]
+        pool = (len(self.labels) - self.count[label]).unsqueeze(1)            # [B, 1] other-class images
+        u = (u * pool).long().clamp_max_(pool - 1)                            # [B, K]
         start, count = self.start[label].unsqueeze(1), self.count[label].unsqueeze(1)
-        position = u + (u >= start).long() * count                            # skip the own block
-        return self.order[position].to(index.device)
+        return self.order[u + (u >= start).long() * count].to(index.device)   # skip the own block
 
 
 @register_method("crd")
