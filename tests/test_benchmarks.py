@@ -193,3 +193,23 @@ def test_bench_peer_ours_side_smoke(capsys):
     positive(ours, "images_per_second", "seconds", "cpu_seconds", "calibration_seconds")
     assert 0 <= ours["knn"] <= 100 and 0 <= result["sides"]["init"]["knn"] <= 100
     assert "lightly" not in result["sides"] and "images_per_second_ratio" not in result
+
+
+def test_distill_seeds_reseeds_only_the_seed_and_the_outputs(tmp_path):
+    from benchmarks.distill_seeds import reseeded_command, spread
+    cmd = ("bin/python -m stages.distill --prepared data/prepared --model data/models/kd/model.pt "
+           "--metrics data/metrics/train/kd.json --history data/plots/train/kd.csv --seed 0 "
+           "--teacher_model data/models/resnet56/model.pt --method kd --gamma 0.0")
+    argv, metrics = reseeded_command(cmd, 3, tmp_path)
+    flags = dict(zip(argv[3::2], argv[4::2]))
+    assert flags["--seed"] == "3"
+    assert flags["--model"] == str(tmp_path / "s3" / "models" / "kd" / "model.pt")
+    assert flags["--metrics"] == str(metrics) == str(tmp_path / "s3" / "kd.json")
+    assert flags["--history"] == str(tmp_path / "s3" / "kd.csv")
+    assert flags["--checkpoints"] == str(tmp_path / "s3" / "checkpoints")
+    unchanged = {"--prepared": "data/prepared", "--method": "kd", "--gamma": "0.0",
+                 "--teacher_model": "data/models/resnet56/model.pt"}
+    assert {k: flags[k] for k in unchanged} == unchanged
+    rows = {r["row"]: r for r in spread({"v": [50.0, 52.0], "kd": [53.0, 53.5]}, "v")}
+    assert rows["kd"]["margin"] == 2.25 and rows["kd"]["margin_min"] == 1.5
+    assert rows["kd"]["margin_max"] == 3.0 and "margin" not in rows["v"]
