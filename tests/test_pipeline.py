@@ -6,6 +6,7 @@ import json
 import shlex
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from dvc.repo import Repo
 
 from test_code_deps import code_run_by
 from bowflow.cli import render_args
-from tiny_params import make_project, tiny_params, write_params
+from tiny_params import ROOT, make_project, tiny_params, write_params
 
 BIN = Path(sys.executable).parent
 # A user's fresh shell: the project's environment is NOT on PATH (commands are typed as
@@ -279,7 +280,31 @@ NOT_TYPED_HERE = {
     "make test": "this test suite itself (CI runs it through .ci/run)",
     "cp presets/": "hours of CIFAR-10 training",
     "/path/to/": "a placeholder for the user's own data",
+    "benchmarks.distill_seeds": "26 CIFAR-10 runs; test_distill_seeds_reruns_locked_stages types "
+                                "it on the tiny pipeline",
 }
+
+
+def test_distill_seeds_reruns_locked_stages(dvc_project, tmp_path):
+    """benchmarks.distill_seeds reruns dvc.lock's commands with another seed into its own
+    folder: new models, the pipeline's outputs untouched, seed 0 read from the pipeline."""
+    project, _, _ = dvc_project
+    shutil.copytree(ROOT / "benchmarks", project / "benchmarks", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    own = project / "data/metrics/train/kd.json"
+    before = own.read_text(), (project / "data/models/kd/model.pt").read_bytes()
+    out = tmp_path / "seeds"
+    result = run(project, ".venv/bin/python", "-m", "benchmarks.distill_seeds", "--vanilla",
+                 "teacher@vanilla", "--stages", "distill@kd", "--seeds", "1", "--out", str(out))
+    rows = {r["row"]: r for r in json.loads(result.stdout.splitlines()[-1].removeprefix("RESULT "))["rows"]}
+    assert rows["distill@kd"]["top1"][0] == json.loads(before[0])["top1"]
+    assert rows["distill@kd"]["top1"][1] == json.loads((out / "s1/kd.json").read_text())["top1"]
+    assert "margin" in rows["distill@kd"] and "margin" not in rows["teacher@vanilla"]
+    assert (own.read_text(), (project / "data/models/kd/model.pt").read_bytes()) == before
+    reseeded = torch.load(out / "s1/models/kd/model.pt", weights_only=False)["state_dict"]
+    original = torch.load(project / "data/models/kd/model.pt", weights_only=False)["state_dict"]
+    assert any(not torch.equal(reseeded[k], original[k]) for k in original), "seed 1 = seed 0"
+    assert json.loads((out / "seeds.json").read_text())["seeds"] == [0, 1]
 
 
 def test_readme_commands_work_as_typed(dvc_project):
