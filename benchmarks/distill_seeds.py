@@ -29,27 +29,29 @@ import yaml
 
 from bowflow.io import write_json
 
-# The stage flags that name an output of the run: rewritten per seed.
-OUTPUT_FLAGS = ("--model", "--metrics", "--history", "--checkpoints")
+def flag(argv: list[str], name: str) -> str:
+    """The value after `name` in a stage command's argv."""
+    if name not in argv:
+        raise SystemExit(f"not a training stage command (no {name}): {shlex.join(argv)}")
+    return argv[argv.index(name) + 1]
 
 
 def reseeded_command(cmd: str, seed: int, out: Path) -> tuple[list[str], Path]:
     """`cmd` (a stage command of dvc.lock) with `--seed seed` and every output under
     out/s<seed>/ (same file names) -> (argv, the new metrics path)."""
     argv = shlex.split(cmd)
-    if "--seed" not in argv or "--metrics" not in argv:
-        raise SystemExit(f"not a training stage command (no --seed/--metrics): {cmd}")
-    name = Path(argv[argv.index("--model") + 1]).parent.name
+    flag(argv, "--seed")                          # fails unless a training stage command
     root = out / f"s{seed}"
-    new = {"--seed": str(seed), "--model": str(root / "models" / name / "model.pt"),
+    new = {"--seed": str(seed),
+           "--model": str(root / "models" / Path(flag(argv, "--model")).parent.name / "model.pt"),
+           "--metrics": str(root / Path(flag(argv, "--metrics")).name),
+           "--history": str(root / Path(flag(argv, "--history")).name),
            "--checkpoints": str(root / "checkpoints")}
-    for flag in ("--metrics", "--history"):
-        new[flag] = str(root / Path(argv[argv.index(flag) + 1]).name)
-    for flag, value in new.items():
-        if flag in argv:
-            argv[argv.index(flag) + 1] = value
+    for name, value in new.items():
+        if name in argv:
+            argv[argv.index(name) + 1] = value
         else:
-            argv += [flag, value]
+            argv += [name, value]
     return argv, Path(new["--metrics"])
 
 
@@ -84,11 +86,11 @@ def main(argv=None) -> None:
     missing = [s for s in names if s not in locked]
     if missing:
         raise SystemExit(f"{args.lock}: no recorded stage {missing}: run `dvc repro` of them first")
+    seed0 = int(flag(shlex.split(locked[args.vanilla]["cmd"]), "--seed"))
     top1 = {}
     for stage in names:
         cmd = locked[stage]["cmd"]
-        argv0 = shlex.split(cmd)
-        own = Path(argv0[argv0.index("--metrics") + 1])
+        own = Path(flag(shlex.split(cmd), "--metrics"))
         values = [json.loads(own.read_text())["top1"]]
         for seed in args.seeds:
             run, metrics = reseeded_command(cmd, seed, args.out)
@@ -98,7 +100,6 @@ def main(argv=None) -> None:
             values.append(json.loads(metrics.read_text())["top1"])
         top1[stage] = values
     rows = spread(top1, args.vanilla)
-    seed0 = int(argv0[argv0.index("--seed") + 1])
     print(f"{'row':<22} {'top-1 by seed ' + str([seed0, *args.seeds]):<32} mean   sd    margin [min, max]")
     for r in rows:
         margin = (f"{r['margin']:+.2f} [{r['margin_min']:+.2f}, {r['margin_max']:+.2f}]"
