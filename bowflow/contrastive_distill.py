@@ -31,15 +31,18 @@ def _pool(x: torch.Tensor) -> torch.Tensor:
 
 
 class EmbedHead(nn.Module):
-    """CRD's embed head: features [B, C] (or a map / tokens, pooled first) -> linear(dim)
-    -> L2-normalised [B, dim]. dim = 128 (CRD)."""
+    """RepDistiller's embed heads: features [B, C] (or a map / tokens, pooled first) ->
+    linear(dim, with bias) -> [B, dim], L2-normalised per row (CRD's `Embed`) or, with
+    normalize=False, left as is (`LinearEmbed`, CC's). dim = 128 (the benchmark's)."""
 
-    def __init__(self, c_in: int, dim: int = 128):
+    def __init__(self, c_in: int, dim: int = 128, normalize: bool = True):
         super().__init__()
         self.linear = nn.Linear(c_in, dim)
+        self.normalize = normalize
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.linear(_pool(x)), dim=1)
+        z = self.linear(_pool(x))
+        return F.normalize(z, dim=1) if self.normalize else z
 
 
 # ---------------------------------------------------------------- CRD (Tian et al. 2020)

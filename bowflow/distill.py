@@ -30,8 +30,8 @@ from bowflow.networks import Backbone
 class Outputs:
     """One network's outputs on a batch of B images."""
 
-    maps: list[torch.Tensor]        # stage feature maps, [B, C_i, H_i, W_i] each
-    pooled: torch.Tensor            # globally average-pooled last map (pre-logit feature) [B, C]
+    maps: list[torch.Tensor]        # stage maps [B, C_i, H_i, W_i]: the benchmark's feat[1:-1]
+    pooled: torch.Tensor            # pre-logit feature [B, C]: the benchmark's feat[-1]
     logits: torch.Tensor            # [B, K]
 
 
@@ -46,8 +46,7 @@ class Teacher:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> Outputs:
         """x float [B, 3, H, W] in [0, 1] (the student's augmented batch) -> Outputs."""
-        maps = self.backbone.feature_maps(self.normalizer.normalize(x))
-        pooled = maps[-1].mean(dim=(2, 3))
+        maps, pooled = self.backbone.distill_features(self.normalizer.normalize(x))
         return Outputs(maps, pooled, self.classifier(pooled))
 
 
@@ -108,8 +107,7 @@ class Distiller(Supervised):
         return None
 
     def student_outputs(self, x: torch.Tensor) -> Outputs:
-        maps = self.backbone.feature_maps(self.normalizer.normalize(x))
-        pooled = maps[-1].mean(dim=(2, 3))
+        maps, pooled = self.backbone.distill_features(self.normalizer.normalize(x))
         return Outputs(maps, pooled, self.classifier(pooled))
 
     def training_step(self, images, index, generator):

@@ -27,9 +27,9 @@ from torch import nn
 from bowflow.losses import _float32
 
 
-def _match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Adaptive-average-pool the larger of two maps [B, C, H, W] to the other's H x W
-    (RepDistiller's rule for AT and NST); maps of equal size are returned unchanged."""
+    (RepDistiller's rule for AT, NST and VID); maps of equal size are returned unchanged."""
     if a.shape[-2:] == b.shape[-2:]:
         return a, b
     if a.shape[-2] * a.shape[-1] > b.shape[-2] * b.shape[-1]:
@@ -57,31 +57,39 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 # ---------------------------------------------------------------- FitNets (Romero et al. 2015)
 
 class HintAdapter(nn.Module):
-    """FitNets' regressor: student map [B, c_s, H, W] -> [B, c_t, h, w] to compare with
-    the teacher's hint map. Adaptive average pooling to `size` (the teacher's h x w,
-    applied first, so it shrinks or replicates), then a `kernel_size` (1 or 3, padded to
-    keep the size) conv without bias, then BatchNorm. (RepDistiller's version uses a
-    strided or transposed conv for a 2x size change and adds a ReLU; here pooling handles
-    any size change and the output is left linear.)"""
+    """FitNets' regressor, as RepDistiller's `ConvReg`: student map [B, c_s, H, W] ->
+    [B, c_t, h, w], conv (with bias) -> BatchNorm -> ReLU. `ratio` = the student map's
+    side / the teacher map's (from the networks' `reductions`) picks the conv:
+    1: 1x1 conv; 2: 3x3 conv, stride 2, padding 1; 0.5: 4x4 transposed conv, stride 2,
+    padding 1. Any other ratio: adaptive average pooling to the teacher's h x w, then the
+    1x1 conv (RepDistiller uses a valid conv whose kernel grows with the size gap, or
+    fails). The ReLU is the benchmark's: the target maps of its post-activation nets are
+    non-negative (a WRN's hint map is a raw block output and may be negative; the
+    benchmark keeps the ReLU there too, and so do we).
+    forward(x, size=teacher (h, w)) -> adapted map."""
 
-    def __init__(self, c_s: int, c_t: int, kernel_size: int = 1):
+    def __init__(self, c_s: int, c_t: int, ratio: float = 1.0):
         super().__init__()
-        if kernel_size not in (1, 3):
-            raise ValueError(f"kernel_size must be 1 or 3, got {kernel_size}")
-        self.conv = nn.Conv2d(c_s, c_t, kernel_size, padding=kernel_size // 2, bias=False)
+        if ratio == 2:
+            self.conv = nn.Conv2d(c_s, c_t, 3, stride=2, padding=1)
+        elif ratio == 0.5:
+            self.conv = nn.ConvTranspose2d(c_s, c_t, 4, stride=2, padding=1)
+        else:
+            self.conv = nn.Conv2d(c_s, c_t, 1)
+        self.pool_first = ratio not in (0.5, 1, 2)
         self.bn = nn.BatchNorm2d(c_t)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        if self.pool_first and size is not None and tuple(x.shape[-2:]) != tuple(size):
             x = F.adaptive_avg_pool2d(x, size)
-        return self.bn(self.conv(x))
+        return F.relu(self.bn(self.conv(x)))
 
 
 @_float32
 def hint_loss(student_map_adapted: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
     """FitNets' hint: mean squared error over all elements between the adapted student map
     and the teacher map (detached here), both [B, C_t, H, W] (pass the student map through
-    `HintAdapter(c_s, c_t)(s, size=teacher_map.shape[-2:])` first)."""
+    `HintAdapter(c_s, c_t, ratio)(s, size=teacher_map.shape[-2:])` first)."""
     if student_map_adapted.shape != teacher_map.shape:
         raise ValueError(f"hint shapes differ: {tuple(student_map_adapted.shape)} vs "
                          f"{tuple(teacher_map.shape)}; adapt the student map first")
@@ -112,7 +120,7 @@ def attention_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Te
                          f"{len(student_maps)} and {len(teacher_maps)}")
     total = 0.0
     for s, t in zip(student_maps, teacher_maps):
-        s, t = _match_spatial(s, t.detach())
+        s, t = match_spatial(s, t.detach())
         total = total + (attention_map(s, p) - attention_map(t, p)).pow(2).mean()
     return total
 
@@ -138,29 +146,22 @@ def similarity_loss(s_map: torch.Tensor, t_map: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- CC (Peng et al. 2019)
 
 @_float32
-def correlation_congruence_loss(s_emb: torch.Tensor, t_emb: torch.Tensor, gamma: float = 0.4,
-                                order: int | None = 2) -> torch.Tensor:
-    """Correlation congruence: match the B x B correlation (kernel) matrices of the batch.
+def cc_loss(s_emb: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+    """Correlation congruence as the benchmark computes it (RepDistiller's `Correlation`,
+    from code the CC authors sent; the seed's gamma = 0.02 is tuned for it).
 
-    s_emb, t_emb [B, D]; L2-normalised here. Variant: the paper's Gaussian RBF kernel
-    k(x, y) = exp(-gamma ||x - y||^2) = exp(-2 gamma) exp(2 gamma x.y) on unit vectors,
-    with exp(2 gamma x.y) replaced by its Taylor series up to power `order` (the paper's
-    P = 2 approximation; order=None gives the exact kernel). loss = ||K_s - K_t||_F^2 / B^2.
-    Not RepDistiller's "Correlation" (a product of |s - t| between consecutive samples,
-    from code the CC authors emailed), so the seed's CC gamma may not transfer.
-    t_emb is NOT detached: as in RepDistiller it may come from a trainable teacher-side
-    embed head (detach the teacher's features before that head).
+    s_emb, t_emb [B, D]: the two networks' pooled features through their own trainable,
+    UNnormalised linear embeddings (`EmbedHead(..., normalize=False)`); t_emb is NOT
+    detached (its head is trained too). With delta_i = |s_i - t_i| [D] for image i of
+    the batch, loss = mean over the B - 1 neighbouring pairs (i, i + 1) of
+    sum_d delta_i,d * delta_i+1,d. It is not the paper's kernel-matrix congruence: it
+    compares each image's two embeddings and couples consecutive images only. 0 when
+    the embeddings agree; B >= 2.
     """
-    def kernel(x):
-        x = F.normalize(x, dim=1)
-        cos = x @ x.T
-        if order is None:
-            return torch.exp(-2 * gamma + 2 * gamma * cos)
-        series = sum((2 * gamma * cos) ** n / math.factorial(n) for n in range(order + 1))
-        return math.exp(-2 * gamma) * series
-
-    b = s_emb.shape[0]
-    return (kernel(s_emb) - kernel(t_emb)).pow(2).sum() / b ** 2
+    if s_emb.shape[0] < 2:
+        raise ValueError(f"cc_loss needs a batch of at least 2, got {s_emb.shape[0]}")
+    delta = (s_emb - t_emb).abs()                                         # [B, D]
+    return (delta[:-1] * delta[1:]).sum(dim=1).mean()
 
 
 # ---------------------------------------------------------------- VID (Ahn et al. 2019)
@@ -170,8 +171,8 @@ class VIDRegressor(nn.Module):
     -> c_t, ReLU between, no bias) and a learned per-channel variance
     softplus(w_c) + eps, initialised to `init_var` = 5 (the authors' value).
 
-    forward(s [B, c_s, H, W], size=teacher (h, w)) -> (mean [B, c_t, h, w],
-    var [1, c_t, 1, 1]); the student map is adaptive-average-pooled to `size` first.
+    forward(s [B, c_s, H, W]) -> (mean [B, c_t, H, W], var [1, c_t, 1, 1]). Bring the
+    two maps to one size with `match_spatial` first (the benchmark pools the larger).
     """
 
     def __init__(self, c_s: int, c_t: int, c_mid: int | None = None, init_var: float = 5.0,
@@ -186,10 +187,7 @@ class VIDRegressor(nn.Module):
         self.raw_var = nn.Parameter(torch.full((c_t,), inverse_softplus))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        if size is not None and tuple(x.shape[-2:]) != tuple(size):
-            x = F.adaptive_avg_pool2d(x, size)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         var = F.softplus(self.raw_var) + self.eps
         return self.mean(x), var.view(1, -1, 1, 1)
 
@@ -279,7 +277,7 @@ def nst_loss(s_map: torch.Tensor, t_map: torch.Tensor) -> torch.Tensor:
     c = 0), averaged over the batch. >= 0, and 0 when the channel sets coincide (in any
     order).
     """
-    s, t = _match_spatial(s_map, t_map.detach())
+    s, t = match_spatial(s_map, t_map.detach())
     s = F.normalize(s.flatten(2), dim=2)                                  # [B, C_s, HW]
     t = F.normalize(t.flatten(2), dim=2)
 

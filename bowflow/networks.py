@@ -24,10 +24,18 @@ its own values (`OWN_SIZES`), anything else is a ValueError. Sizes with a 100-cl
   stages 64/128/256; own width 64, depth 8 or 32.
 - `wrn_40_2`, `wrn_16_2`, `wrn_40_1` (2.25M, 0.70M, 0.57M): `wrn` with depth d and
   widening factor k (own width k, depth d).
-- `vgg8`, `vgg13` (3.96M, 9.46M): VGG with BN, 5 stages of 64/128/256/512/512 channels
-  with one (vgg8) or two (vgg13) 3x3 conv-BN-ReLU each; a 2x2 max-pool starts stages 2-4
-  and, as in RepDistiller on 32x32 inputs, none precedes stage 5 (stage maps at 1, 1/2,
-  1/4, 1/8, 1/8 resolution); own width 64, depth 8 or 13.
+- `vgg8`, `vgg13` (3.96M, 9.46M): VGG with BN, five blocks of 64/128/256/512/512 channels
+  with one (vgg8) or two (vgg13) 3x3 conv-BN-ReLU each. Block 0 (64 channels, full size)
+  is the stem, blocks 1-4 are `stage1`..`stage4`: RepDistiller's `is_feat` list starts at
+  block 0 and its distillation losses skip it (`feat[1:-1]`), as they skip a ResNet's
+  stem, so stage i is the benchmark's feat[i] in every family. A 2x2 max-pool starts
+  stages 1-3 and, as in RepDistiller on 32x32 inputs, none precedes stage 4 (stage maps at
+  1/2, 1/4, 1/8, 1/8 resolution); own width 64, depth 8 or 13.
+
+Distillation reads `Backbone.distill_features`: the stage maps as the benchmark's
+`forward(is_feat=True)` returns them (feat[1:-1]) and the pooled feature (feat[-1]); for
+the pre-activation `wrn` family the last map is the raw last block output, before the
+final BN-ReLU that the pooled feature goes through.
 
 `Classifier` puts a linear layer on a backbone's pooled last stage and returns, in one
 pass, what distillation losses read: stage maps, pooled features and logits.
@@ -112,15 +120,28 @@ class Backbone(nn.Module):
             raise ValueError(f"unknown layer '{layer}': expected 'last' or one of {self.stage_names}")
         return self.stage_names.index(layer)
 
-    def feature_maps(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
-        """x [B, 3, H, W] -> maps [B, C_i, H / r_i, W / r_i] for stages 0..upto (default all)."""
+    def feature_maps(self, x: torch.Tensor, upto: int | None = None,
+                     final_norm: bool = True) -> list[torch.Tensor]:
+        """x [B, 3, H, W] -> maps [B, C_i, H / r_i, W / r_i] for stages 0..upto (default all).
+        The last stage's map goes through `head_norm` (the final BN-ReLU of pre-activation
+        nets) unless final_norm=False."""
         last = len(self.stages) - 1 if upto is None else upto
         maps = []
         h = self.stem(x)
         for i, stage in enumerate(self.stages[: last + 1]):
             h = stage(h)
-            maps.append(self.head_norm(h) if i == len(self.stages) - 1 else h)
+            maps.append(self.head_norm(h) if final_norm and i == len(self.stages) - 1 else h)
         return maps
+
+    def distill_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """x [B, 3, H, W] -> (maps, pooled): what RepDistiller's `forward(x, is_feat=True)`
+        gives its distillation losses, without the stem output: maps = feat[1:-1], one
+        [B, C_i, H / r_i, W / r_i] per stage, each the raw output of its stage (no
+        `head_norm`: the benchmark's WRN returns its last block before the final BN-ReLU);
+        pooled = feat[-1] [B, C], the global average of head_norm(last map), the feature
+        the classifier reads."""
+        maps = self.feature_maps(x, final_norm=False)
+        return maps, self.head_norm(maps[-1]).mean(dim=(2, 3))
 
     def feature_map(self, x: torch.Tensor, layer: str) -> torch.Tensor:
         """x [B, 3, H, W] -> the map of one stage [B, C, h, w] (computes no later stage)."""
@@ -143,10 +164,15 @@ def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
-def plain_backbone(blocks: list[list[int]], pools: list[bool]) -> Backbone:
-    """VGG-style net without a stem: stage i is a 2x2 max-pool (where `pools[i]`) then one
-    3x3 conv-BN-ReLU per entry of `blocks[i]` (its output channels)."""
-    stages, channels, reductions, c_in, reduction = [], [], [], 3, 1
+def plain_backbone(blocks: list[list[int]], pools: list[bool], stem: list[int] = ()) -> Backbone:
+    """VGG-style net: a stem of one 3x3 conv-BN-ReLU per entry of `stem` (its output
+    channels; none: an identity stem), then stage i: a 2x2 max-pool (where `pools[i]`) and
+    one 3x3 conv-BN-ReLU per entry of `blocks[i]`."""
+    stem_layers, c_in = [], 3
+    for c_out in stem:
+        stem_layers.append(conv_bn_relu(c_in, c_out))
+        c_in = c_out
+    stages, channels, reductions, reduction = [], [], [], 1
     for widths, pool in zip(blocks, pools):
         layers = [nn.MaxPool2d(2)] if pool else []
         for c_out in widths:
@@ -156,7 +182,8 @@ def plain_backbone(blocks: list[list[int]], pools: list[bool]) -> Backbone:
         stages.append(nn.Sequential(*layers))
         channels.append(c_in)
         reductions.append(reduction)
-    return Backbone(nn.Identity(), stages, channels, reductions)
+    return Backbone(nn.Sequential(*stem_layers) if stem_layers else nn.Identity(),
+                    stages, channels, reductions)
 
 
 @register("convnet")
@@ -166,10 +193,11 @@ def convnet(width: int = 32, depth: int = 0) -> Backbone:
 
 
 def vgg(convs_per_stage: int) -> Backbone:
-    """RepDistiller's CIFAR VGG with BN (vgg8: 1, vgg13: 2 convs per stage), classifier-free:
-    stages of 64/128/256/512/512 channels at 1, 1/2, 1/4, 1/8, 1/8 of the input size."""
-    return plain_backbone([[c] * convs_per_stage for c in (64, 128, 256, 512, 512)],
-                          [False, True, True, True, False])
+    """RepDistiller's CIFAR VGG with BN (vgg8: 1, vgg13: 2 convs per block), classifier-free:
+    its block 0 (64 channels, full size) as the stem, blocks 1-4 as stages of
+    128/256/512/512 channels at 1/2, 1/4, 1/8, 1/8 of the input size."""
+    return plain_backbone([[c] * convs_per_stage for c in (128, 256, 512, 512)],
+                          [True, True, True, False], stem=[64] * convs_per_stage)
 
 
 class BasicBlock(nn.Module):
@@ -286,10 +314,9 @@ class Classifier(nn.Module):
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor,
                                                             torch.Tensor]:
-        """x [B, 3, H, W] -> (stage maps [B, C_i, H / r_i, W / r_i], the last being the
-        pre-pool feature; pooled last stage [B, C]; logits [B, num_classes])."""
-        maps = self.backbone.feature_maps(x)
-        pooled = maps[-1].mean(dim=(2, 3))
+        """x [B, 3, H, W] -> (stage maps [B, C_i, H / r_i, W / r_i] and pooled feature [B, C]
+        as `Backbone.distill_features` gives them; logits [B, num_classes])."""
+        maps, pooled = self.backbone.distill_features(x)
         return maps, pooled, self.fc(pooled)
 
 

@@ -16,8 +16,8 @@ STAGES = {**{f"resnet{d}": ([16, 32, 64], [32, 16, 8]) for d in (20, 32, 56, 110
           "resnet8x4": ([64, 128, 256], [32, 16, 8]), "resnet32x4": ([64, 128, 256], [32, 16, 8]),
           "wrn_40_2": ([32, 64, 128], [32, 16, 8]), "wrn_16_2": ([32, 64, 128], [32, 16, 8]),
           "wrn_40_1": ([16, 32, 64], [32, 16, 8]),
-          "vgg8": ([64, 128, 256, 512, 512], [32, 16, 8, 4, 4]),
-          "vgg13": ([64, 128, 256, 512, 512], [32, 16, 8, 4, 4])}
+          "vgg8": ([128, 256, 512, 512], [16, 8, 4, 4]),
+          "vgg13": ([128, 256, 512, 512], [16, 8, 4, 4])}
 
 
 def test_every_benchmark_arch_is_registered():
@@ -43,6 +43,47 @@ def test_forward_shapes(arch):
         assert pooled.shape == (2, channels[-1]) and logits.shape == (2, 100)
         assert torch.allclose(pooled, model.backbone(x), atol=1e-6)       # pooled last stage map
         assert torch.allclose(logits, model(x), atol=1e-6)
+
+
+# What RepDistiller's `forward(x, is_feat=True)` returns on a 32x32 input, per family
+# (models/resnet.py, wrn.py, vgg.py): feat[0] the stem / VGG block 0 output, feat[1:-1]
+# the block outputs its AT, NST and VID losses read, feat[-1] the pooled vector; the hint
+# is feat[2]. (channels, side) of feat[0] and of each of feat[1:-1].
+BENCHMARK_FEAT = {
+    "resnet20": ((16, 32), [(16, 32), (32, 16), (64, 8)]),
+    "resnet8x4": ((32, 32), [(64, 32), (128, 16), (256, 8)]),
+    "wrn_40_2": ((16, 32), [(32, 32), (64, 16), (128, 8)]),
+    "wrn_16_2": ((16, 32), [(32, 32), (64, 16), (128, 8)]),
+    "vgg8": ((64, 32), [(128, 16), (256, 8), (512, 4), (512, 4)]),
+    "vgg13": ((64, 32), [(128, 16), (256, 8), (512, 4), (512, 4)])}
+
+
+@pytest.mark.parametrize("arch", sorted(BENCHMARK_FEAT))
+def test_distill_features_are_the_benchmarks_feature_list(arch):
+    stem_shape, feat_shapes = BENCHMARK_FEAT[arch]
+    net = build_backbone(arch, 0, 0).eval()
+    with torch.no_grad():
+        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)           # so BN-ReLU visibly changes a map
+        x = torch.randn(2, 3, 32, 32)
+        maps, pooled = net.distill_features(x)
+        # the benchmark's forward, restated on our modules: stem (feat[0], excluded), then
+        # each stage's raw output, then the pooled vector after any final BN-ReLU
+        h = net.stem(x)
+        assert tuple(h.shape[1:]) == (stem_shape[0], stem_shape[1], stem_shape[1])
+        expected = []
+        for stage in net.stages:
+            h = stage(h)
+            expected.append(h)
+    assert [(m.shape[1], m.shape[2]) for m in maps] == feat_shapes
+    for ours, reference in zip(maps, expected):
+        assert torch.equal(ours, reference)
+    assert torch.allclose(pooled, net.head_norm(expected[-1]).mean(dim=(2, 3)), atol=1e-6)
+    assert torch.allclose(pooled, net(x), atol=1e-6)                       # = the classifier's input
+    # FitNet's hint_stage 'stage2' is the benchmark's hint layer 2
+    assert maps[net.stage_index("stage2")].shape[1:3] == torch.Size(feat_shapes[1])
+    if arch.startswith("wrn"):       # pre-activation: the last map is the raw block output
+        assert (maps[-1] < 0).any() and not torch.allclose(maps[-1], net.feature_maps(x)[-1])
 
 
 def test_own_width_and_depth_build_the_same_net():

@@ -1,9 +1,11 @@
 """FitNets (Romero et al., ICLR 2015): the student's middle stage, through a trainable
-conv adapter, regresses the teacher's middle stage ("hint").
+conv regressor, regresses the teacher's middle stage ("hint").
 
-L_method = MSE(adapter(student[hint_stage]), teacher[hint_stage]) (`distill_losses.hint_loss`);
-gamma = 100, the distillation benchmark's weight. Trained jointly with CE + KD (the
-benchmark's single-stage variant, not the paper's two-stage hint pre-training).
+L_method = MSE(adapter(student[hint_stage]), teacher[hint_stage]) (`distill_losses.hint_loss`,
+adapter = `HintAdapter`, RepDistiller's `ConvReg`: conv -> BN -> ReLU); gamma = 100, the
+distillation benchmark's weight. hint_stage = stage2 is the benchmark's hint layer 2
+(feat[2]) in every architecture family (see `networks`). Trained jointly with CE + KD
+(the benchmark's single-stage variant, not the paper's two-stage hint pre-training).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ class FitNetParams(DistillParams):
     method: str = "fitnet"
     gamma: float = field(default=100.0, metadata={"help": "hint weight (the benchmark's 100)"})
     hint_stage: str = field(default="stage2", metadata={
-        "help": "stage of both networks whose maps are matched (the middle one of a 3-stage CIFAR net)"})
+        "help": "stage of both networks whose maps are matched (stage2: the benchmark's hint layer 2)"})
 
 
 @register_method("fitnet")
@@ -37,7 +39,11 @@ class FitNet(Distiller):
     def build_extras(self, student_channels, teacher_channels, context):
         self.student_stage = self.backbone.stage_index(self.params.hint_stage)
         self.teacher_stage = self.teacher.backbone.stage_index(self.params.hint_stage)
-        self.adapter = HintAdapter(student_channels[self.student_stage], teacher_channels[self.teacher_stage])
+        # student map side / teacher map side, from the down-sampling factors
+        ratio = (self.teacher.backbone.reductions[self.teacher_stage]
+                 / self.backbone.reductions[self.student_stage])
+        self.adapter = HintAdapter(student_channels[self.student_stage],
+                                   teacher_channels[self.teacher_stage], ratio)
 
     def method_loss(self, student, teacher, labels, index):
         target = teacher.maps[self.teacher_stage]                           # [B, C_t, h, w]

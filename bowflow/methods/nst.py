@@ -1,6 +1,7 @@
-"""Neuron selectivity transfer (Huang & Wang, 2017): at every stage but the last, the
-set of the student's channel activation patterns matches the teacher's (squared MMD with
-a polynomial kernel, `distill_losses.nst_loss`), as the benchmark applies it.
+"""Neuron selectivity transfer (Huang & Wang, 2017): at every stage, the set of the
+student's channel activation patterns matches the teacher's (squared MMD with a
+polynomial kernel, `distill_losses.nst_loss`), summed over the stages: the benchmark's
+feat[1:-1], every block output but the stem and the pooled vector.
 
 gamma = 50, the benchmark's weight. Both networks must have the same number of stages.
 """
@@ -29,5 +30,4 @@ class NST(Distiller):
         check_same_stages("nst", student.channels, teacher.channels)
 
     def method_loss(self, student, teacher, labels, index):
-        pairs = list(zip(student.maps, teacher.maps))[:-1] or list(zip(student.maps, teacher.maps))
-        return sum(nst_loss(s, t) for s, t in pairs)
+        return sum(nst_loss(s, t) for s, t in zip(student.maps, teacher.maps))

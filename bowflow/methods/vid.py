@@ -3,8 +3,9 @@ student predicts a Gaussian over the teacher's map; maximising its likelihood ma
 a lower bound on their mutual information.
 
 One `VIDRegressor` per stage (three 1x1 convs for the mean, a learned per-channel
-variance); L_method = sum over stages of `distill_losses.vid_loss`; gamma = 1, the
-benchmark's weight. Both networks must have the same number of stages.
+variance); per stage the larger of the two maps is pooled to the other's size first (as
+the benchmark does); L_method = sum over stages of `distill_losses.vid_loss`; gamma = 1,
+the benchmark's weight. Both networks must have the same number of stages.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 
 from bowflow.distill import DistillParams, Distiller, check_same_stages
-from bowflow.distill_losses import VIDRegressor, vid_loss
+from bowflow.distill_losses import VIDRegressor, match_spatial, vid_loss
 from bowflow.methods.base import register_method
 
 
@@ -38,6 +39,7 @@ class VID(Distiller):
     def method_loss(self, student, teacher, labels, index):
         total = 0.0
         for regressor, s, t in zip(self.regressors, student.maps, teacher.maps):
-            mean, var = regressor(s, size=t.shape[-2:])
+            s, t = match_spatial(s, t)
+            mean, var = regressor(s)
             total = total + vid_loss(mean, var, t)
         return total
