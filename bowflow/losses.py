@@ -39,8 +39,10 @@ def _float32(fn):
         for v in values:
             if torch.is_tensor(v):
                 return v
-            if isinstance(v, (list, tuple)) and v and torch.is_tensor(v[0]):
-                return v[0]
+            if isinstance(v, (list, tuple)):
+                found = first_tensor(v)
+                if found is not None:
+                    return found
         return None
 
     @functools.wraps(fn)
@@ -300,6 +302,28 @@ def kl_to_target(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     targets = targets.detach()
     pointwise = torch.xlogy(targets, targets) - targets * F.log_softmax(logits, dim=1)
     return pointwise.sum(dim=1).mean()
+
+
+@_float32
+def obow_loss(logits: list[list[torch.Tensor]], targets: list[torch.Tensor]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """OBoW's loss, combined over crop types and BoW levels as the authors' code does.
+
+    logits: T lists, one per crop type (OBoW: the 2 large crops, the 5 patches), each of
+    L tensors [n_t * B, K] (one per level), view-major: rows j*B .. (j+1)*B - 1 are crop j
+    of every image. targets: L tensors [B, K] (the teacher's BoW of each level, detached).
+    Per crop type t and level l: KL(y_l || softmax(logits[t][l])) averaged over all
+    n_t * B rows (each crop of an image predicts that image's target); then averaged over
+    the levels; then SUMMED over the crop types:
+        loss = sum_t mean_l mean_rows KL.
+    So the 2 large crops and the 5 patches weigh the same whatever their counts, and a
+    2-type run has twice the gradient of a plain mean over all 7 crops' rows.
+    Returns (loss, terms [T, L] of the unweighted per-type, per-level KLs, detached).
+    """
+    terms = torch.stack([torch.stack([kl_to_target(x, y.repeat(x.shape[0] // y.shape[0], 1))
+                                      for x, y in zip(per_type, targets)])
+                         for per_type in logits])                                 # [T, L]
+    return terms.mean(dim=1).sum(), terms.detach()
 
 
 @torch.no_grad()

@@ -359,3 +359,46 @@ def test_losses_run_in_float32_under_bf16_autocast():
         nt = losses.nt_xent(z1, z2, temperature=0.1)
     assert loss.dtype == torch.float32 and nt.dtype == torch.float32
     assert loss.item() == pytest.approx(exact.item(), rel=1e-5)
+
+
+def obow_authors_loss(predictions, targets):
+    """valeoai/obow builder_obow.py restated: `expand_target` repeats each image's target for
+    its crops (image-major rows), `_bow_loss` is the level-mean of F.kl_div(log_softmax(p), t,
+    reduction="batchmean") for one crop type, and the solver sums the crop types' losses."""
+    def expand_target(target, prediction):
+        num_crops = prediction.size(0) // target.size(0)
+        if num_crops > 1:
+            target = target.unsqueeze(1).repeat(1, num_crops, 1).view(-1, target.size(1))
+        return target
+
+    def bow_loss(prediction, target):
+        return torch.stack([F.kl_div(F.log_softmax(p, dim=1), expand_target(t, p), reduction="batchmean")
+                            for p, t in zip(prediction, target)]).mean()
+
+    return torch.stack([bow_loss(pred, targets) for pred in predictions]).sum()
+
+
+def test_obow_loss_matches_the_authors_combination_over_crop_types_and_levels():
+    b, k, levels = 4, 12, 2
+    targets = [F.softmax(randn(b, k, seed=40 + l) * 3, dim=1) for l in range(levels)]
+    counts = [2, 5]                                            # 2 large crops, 5 patches
+    ours = [[randn(n * b, k, seed=10 * n + l) * 4 for l in range(levels)] for n in counts]
+    # ours are view-major (crop j of every image is a block of B rows); theirs image-major
+    theirs = [[x.view(n, b, k).transpose(0, 1).reshape(n * b, k) for x in per_type]
+              for n, per_type in zip(counts, ours)]
+    loss, terms = losses.obow_loss(ours, targets)
+    expected = obow_authors_loss(theirs, targets)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert terms.shape == (2, levels)
+    # not a mean over the 7 crops' rows: the 2 crop types weigh the same
+    per_row_mean = sum(losses.kl_to_target(x, t.repeat(n, 1)) * n
+                       for n, per_type in zip(counts, ours) for x, t in zip(per_type, targets)) / (7 * levels)
+    assert abs(loss.item() - per_row_mean.item()) > 1e-3
+
+
+def test_kl_to_target_is_torch_kl_div_batchmean_as_in_obow():
+    logits, targets = randn(6, 9, seed=3) * 5, F.softmax(randn(6, 9, seed=4) * 2, dim=1)
+    targets[0, :3] = 0                                          # zero entries: 0 log 0 = 0
+    targets = targets / targets.sum(1, keepdim=True)
+    expected = F.kl_div(F.log_softmax(logits, dim=1), targets, reduction="batchmean")
+    assert losses.kl_to_target(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
