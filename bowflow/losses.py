@@ -239,12 +239,15 @@ def update_center(center: torch.Tensor, teacher_logits: list[torch.Tensor],
 
 def teacher_temperature(epoch: int, warmup_epochs: int, start: float = 0.04,
                         end: float = 0.07) -> float:
-    """DINO's teacher temperature: linear from `start` at epoch 0 to `end` at
-    `warmup_epochs`, then constant (the paper: 0.04 -> 0.07 over the first 30 epochs).
-    A low temperature (sharp teacher) early on keeps training stable; 0.07 later."""
+    """DINO's teacher temperature at `epoch`: the authors' schedule
+    np.linspace(start, end, warmup_epochs) over epochs 0 .. warmup_epochs - 1 (so `end` is
+    reached at epoch warmup_epochs - 1), then `end` (the paper: 0.04 -> 0.07 over the first
+    30 epochs). A low temperature (sharp teacher) early on keeps training stable."""
     if epoch >= warmup_epochs:
         return end
-    return start + (end - start) * epoch / warmup_epochs
+    if warmup_epochs == 1:
+        return start
+    return start + (end - start) * epoch / (warmup_epochs - 1)
 
 
 # ---------------------------------------------------------------- OBoW

@@ -1,6 +1,7 @@
 """Each method's loss: values at known points, hand-written reference loops, gradients."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -255,12 +256,15 @@ def test_update_center_is_an_ema_of_the_teacher_batch_mean():
     assert torch.allclose(center, batch_mean, atol=1e-6)
 
 
-def test_teacher_temperature_warms_up_linearly():
-    assert losses.teacher_temperature(0, 30) == pytest.approx(0.04)
-    assert losses.teacher_temperature(15, 30) == pytest.approx(0.055)
-    assert losses.teacher_temperature(30, 30) == pytest.approx(0.07)
-    assert losses.teacher_temperature(100, 30) == pytest.approx(0.07)
-    assert losses.teacher_temperature(0, 0) == pytest.approx(0.07)
+@pytest.mark.parametrize("warmup", [0, 1, 2, 30])
+def test_teacher_temperature_is_the_authors_schedule(warmup):
+    """facebookresearch/dino DINOLoss: np.concatenate((np.linspace(0.04, 0.07, warmup),
+    np.ones(epochs - warmup) * 0.07)), indexed by epoch."""
+    epochs = 40
+    schedule = np.concatenate((np.linspace(0.04, 0.07, warmup), np.ones(epochs - warmup) * 0.07))
+    ours = [losses.teacher_temperature(e, warmup, 0.04, 0.07) for e in range(epochs)]
+    assert ours == pytest.approx(schedule.tolist(), abs=1e-12)
+    assert losses.teacher_temperature(100, warmup) == pytest.approx(0.07)
 
 
 # ---------------------------------------------------------------- OBoW

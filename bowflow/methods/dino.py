@@ -43,7 +43,12 @@ class DINOParams(TrainParams):
         "help": "sgd (Nesterov). DINO: AdamW (lr 5e-4 x batch/256) for ViTs, LARS/SGD for "
                 "ResNet-50. On digits AdamW (lr 1e-3, wd 0.04) drifted towards uniform "
                 "targets as fast as SGD in a 30-step probe, so SGD, like the other convnets"})
-    clip_grad: float = field(default=3.0, metadata={"help": "max global gradient norm (DINO: 3.0)"})
+    clip_grad: float = field(default=3.0, metadata={
+        "help": "max gradient L2 norm of each parameter tensor (DINO: 3.0, clipped per "
+                "parameter by its utils.clip_gradients; see clip_grad_per_parameter)"})
+    clip_grad_per_parameter: bool = field(default=True, metadata={
+        "help": "clip each parameter tensor's gradient norm separately (DINO's "
+                "clip_gradients) instead of the global norm of all of them"})
     out_dim: int = field(default=2048, metadata={
         "help": "D, prototypes of the head's last layer (DINO: 65536 for ImageNet). 2048 as "
                 "in lightly's CIFAR DINO: far more than the classes, while 65536 would make "
