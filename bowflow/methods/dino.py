@@ -97,10 +97,11 @@ class DINOParams(TrainParams):
     hue: float = field(default=0.1, metadata={"help": "hue shift, fraction of a turn (DINO)"})
     jitter_p: float = field(default=0.8, metadata={"help": "colour jitter probability (DINO)"})
     gray_p: float = field(default=0.2, metadata={"help": "grayscale probability (DINO)"})
-    blur_p: float = field(default=0.0, metadata={
+    blur_p: float = field(default=1.0, metadata={
         "help": "Gaussian blur probability of the first global view; a tenth of it on the "
-                "second, half on the locals (DINO: 1.0 / 0.1 / 0.5). 0 on small images: the "
-                "3-tap blur of a 16-32 px view erases thin strokes and edges"})
+                "second, half on the locals (DINO: 1.0 / 0.1 / 0.5). Sigma 0.1-2.0 px at 224 "
+                "scaled to the view (augment.blur_sigma_px): negligible at 16-32 px, as in "
+                "every other method's views"})
     solarize_p: float = field(default=0.0, metadata={
         "help": "solarization probability of the second global view (DINO: 0.2). 0 for "
                 "digits, whose bright strokes on black would vanish; 0.2 for natural images"})

@@ -53,8 +53,9 @@ class MoCoParams(TrainParams):
     hue: float = field(default=0.1, metadata={"help": "hue shift in turns (MoCo v2: 0.1)"})
     jitter_p: float = field(default=0.8, metadata={"help": "jitter probability (MoCo v2: 0.8)"})
     gray_p: float = field(default=0.2, metadata={"help": "grayscale probability (MoCo v2: 0.2)"})
-    blur_p: float = field(default=0.5, metadata={"help": "blur probability (MoCo v2: 0.5; the "
-                                                         "kernel is ~10% of the side)"})
+    blur_p: float = field(default=0.5, metadata={"help": "blur probability (MoCo v2: 0.5); sigma "
+                                                         "0.1-2.0 px at 224 scaled to the view "
+                                                         "(augment.blur_sigma_px), negligible at 16-32 px"})
 
     def validate(self) -> None:
         super().validate()
