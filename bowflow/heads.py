@@ -19,13 +19,18 @@ import torch.nn.functional as F
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_bn: bool = False,
-        last_bn_affine: bool = True) -> nn.Sequential:
+        last_bn_affine: bool = True, bn: bool = True) -> nn.Sequential:
     """[B, in_dim] -> [B, out_dim]: (layers - 1) x (Linear, BN, ReLU), then Linear
-    (+ BN when `last_bn`: SimSiam's projector and Barlow Twins' output have one)."""
+    (+ BN when `last_bn`: SimSiam's projector and Barlow Twins' output have one).
+    `bn=False` drops the hidden BNs and gives the hidden Linears a bias: MoCo v2's head,
+    Linear(C, C) -> ReLU -> Linear(C, 128)."""
     blocks: list[nn.Module] = []
     dim = in_dim
     for _ in range(layers - 1):
-        blocks += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        if bn:
+            blocks += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        else:
+            blocks += [nn.Linear(dim, hidden_dim), nn.ReLU(inplace=True)]
         dim = hidden_dim
     blocks.append(nn.Linear(dim, out_dim, bias=not last_bn))
     if last_bn:

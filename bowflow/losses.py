@@ -39,8 +39,10 @@ def _float32(fn):
         for v in values:
             if torch.is_tensor(v):
                 return v
-            if isinstance(v, (list, tuple)) and v and torch.is_tensor(v[0]):
-                return v[0]
+            if isinstance(v, (list, tuple)):
+                found = first_tensor(v)
+                if found is not None:
+                    return found
         return None
 
     @functools.wraps(fn)
@@ -237,12 +239,15 @@ def update_center(center: torch.Tensor, teacher_logits: list[torch.Tensor],
 
 def teacher_temperature(epoch: int, warmup_epochs: int, start: float = 0.04,
                         end: float = 0.07) -> float:
-    """DINO's teacher temperature: linear from `start` at epoch 0 to `end` at
-    `warmup_epochs`, then constant (the paper: 0.04 -> 0.07 over the first 30 epochs).
-    A low temperature (sharp teacher) early on keeps training stable; 0.07 later."""
+    """DINO's teacher temperature at `epoch`: the authors' schedule
+    np.linspace(start, end, warmup_epochs) over epochs 0 .. warmup_epochs - 1 (so `end` is
+    reached at epoch warmup_epochs - 1), then `end` (the paper: 0.04 -> 0.07 over the first
+    30 epochs). A low temperature (sharp teacher) early on keeps training stable."""
     if epoch >= warmup_epochs:
         return end
-    return start + (end - start) * epoch / warmup_epochs
+    if warmup_epochs == 1:
+        return start
+    return start + (end - start) * epoch / (warmup_epochs - 1)
 
 
 # ---------------------------------------------------------------- OBoW
@@ -300,6 +305,28 @@ def kl_to_target(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     targets = targets.detach()
     pointwise = torch.xlogy(targets, targets) - targets * F.log_softmax(logits, dim=1)
     return pointwise.sum(dim=1).mean()
+
+
+@_float32
+def obow_loss(logits: list[list[torch.Tensor]], targets: list[torch.Tensor]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """OBoW's loss, combined over crop types and BoW levels as the authors' code does.
+
+    logits: T lists, one per crop type (OBoW: the 2 large crops, the 5 patches), each of
+    L tensors [n_t * B, K] (one per level), view-major: rows j*B .. (j+1)*B - 1 are crop j
+    of every image. targets: L tensors [B, K] (the teacher's BoW of each level, detached).
+    Per crop type t and level l: KL(y_l || softmax(logits[t][l])) averaged over all
+    n_t * B rows (each crop of an image predicts that image's target); then averaged over
+    the levels; then SUMMED over the crop types:
+        loss = sum_t mean_l mean_rows KL.
+    So the 2 large crops and the 5 patches weigh the same whatever their counts, and a
+    2-type run has twice the gradient of a plain mean over all 7 crops' rows.
+    Returns (loss, terms [T, L] of the unweighted per-type, per-level KLs, detached).
+    """
+    terms = torch.stack([torch.stack([kl_to_target(x, y.repeat(x.shape[0] // y.shape[0], 1))
+                                      for x, y in zip(per_type, targets)])
+                         for per_type in logits])                                 # [T, L]
+    return terms.mean(dim=1).sum(), terms.detach()
 
 
 @torch.no_grad()

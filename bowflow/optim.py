@@ -93,3 +93,26 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, scheduled: float, peak: 
     """Apply the step's scheduled lr to every group (fixed groups stay at their peak)."""
     for group in optimizer.param_groups:
         group["lr"] = group["lr_scale"] * (peak if group["fixed_lr"] else scheduled)
+
+
+@torch.no_grad()
+def clip_gradients(parameters, max_norm: float, per_parameter: bool = False) -> None:
+    """Clip the gradients of `parameters` (those with a .grad) in place.
+
+    - global (default): the L2 norm of all gradients together is scaled down to at most
+      `max_norm` (torch.nn.utils.clip_grad_norm_);
+    - per_parameter: each parameter tensor's gradient is scaled down separately, by
+      min(1, max_norm / (||grad|| + 1e-6)), as DINO's `utils.clip_gradients` (3.0 there).
+      A large gradient in one layer (the head at the start, say) then leaves the other
+      layers' steps alone, where a global clip would shrink them all.
+    No host sync: the factors stay tensors on the gradients' device.
+    """
+    with_grad = [p for p in parameters if p.grad is not None]
+    if not with_grad:
+        return
+    if not per_parameter:
+        torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
+        return
+    grads = [p.grad for p in with_grad]
+    for grad, norm in zip(grads, torch._foreach_norm(grads)):
+        grad.mul_((max_norm / (norm + 1e-6)).clamp(max=1.0))

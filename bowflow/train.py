@@ -8,7 +8,8 @@ epoch e continues exactly as an uninterrupted run would.
 
 Optimisation: the method's parameter groups (`Method.optimizer_groups`) under the
 optimizer `params.optimizer` names (SGD Nesterov by default, LARS, AdamW), linear warm-up
-then cosine decay to 0 stepped per iteration, optional global gradient clipping, and the
+then cosine decay to 0 stepped per iteration, optional gradient clipping (global, or per
+parameter tensor where the method's params say `clip_grad_per_parameter`), and the
 method's hooks before and after each optimizer step (bowflow.methods.base).
 
 Failure: a non-finite loss, or an epoch whose `embedding_std` falls below
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from bowflow.io import load_torch, save_torch
 from bowflow.methods.base import Method, TrainParams
-from bowflow.optim import build_optimizer, learning_rate, set_learning_rate
+from bowflow.optim import build_optimizer, clip_gradients, learning_rate, set_learning_rate
 from bowflow.runtime import log
 
 
@@ -102,8 +103,9 @@ def train(method: Method, images: torch.Tensor, params: TrainParams, seed: int,
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             method.before_optimizer_step(step)
-            if params.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(trained, params.clip_grad)
+            if params.clip_grad > 0:         # DINO: per parameter tensor, as its authors
+                clip_gradients(trained, params.clip_grad,
+                               per_parameter=getattr(params, "clip_grad_per_parameter", False))
             optimizer.step()
             method.after_step(step, total_steps)
             for key, value in stats.items():

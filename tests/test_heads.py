@@ -12,6 +12,18 @@ def test_mlp_shapes_and_last_bn():
     assert len([m for m in head if isinstance(m, torch.nn.Linear)]) == 3
 
 
+def test_mlp_without_bn_is_the_moco_v2_head():
+    """facebookresearch/moco builder.py (mlp=True): fc = Sequential(Linear(dim_mlp, dim_mlp),
+    ReLU(), Linear(dim_mlp, dim)), both Linears with a bias, no BatchNorm."""
+    head = mlp(16, 16, 8, bn=False)
+    assert [type(m) for m in head] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+    assert head[0].bias is not None and head[2].bias is not None
+    x = torch.randn(5, 16)
+    expected = torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(x, head[0].weight, head[0].bias)),
+                                          head[2].weight, head[2].bias)
+    torch.testing.assert_close(head(x), expected)
+
+
 def test_dino_head_is_scale_invariant_in_its_last_layer():
     head = DINOHead(16, 10, hidden_dim=32, bottleneck_dim=8)
     x = torch.randn(4, 16)

@@ -1,6 +1,7 @@
 """Each method's loss: values at known points, hand-written reference loops, gradients."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -255,12 +256,15 @@ def test_update_center_is_an_ema_of_the_teacher_batch_mean():
     assert torch.allclose(center, batch_mean, atol=1e-6)
 
 
-def test_teacher_temperature_warms_up_linearly():
-    assert losses.teacher_temperature(0, 30) == pytest.approx(0.04)
-    assert losses.teacher_temperature(15, 30) == pytest.approx(0.055)
-    assert losses.teacher_temperature(30, 30) == pytest.approx(0.07)
-    assert losses.teacher_temperature(100, 30) == pytest.approx(0.07)
-    assert losses.teacher_temperature(0, 0) == pytest.approx(0.07)
+@pytest.mark.parametrize("warmup", [0, 1, 2, 30])
+def test_teacher_temperature_is_the_authors_schedule(warmup):
+    """facebookresearch/dino DINOLoss: np.concatenate((np.linspace(0.04, 0.07, warmup),
+    np.ones(epochs - warmup) * 0.07)), indexed by epoch."""
+    epochs = 40
+    schedule = np.concatenate((np.linspace(0.04, 0.07, warmup), np.ones(epochs - warmup) * 0.07))
+    ours = [losses.teacher_temperature(e, warmup, 0.04, 0.07) for e in range(epochs)]
+    assert ours == pytest.approx(schedule.tolist(), abs=1e-12)
+    assert losses.teacher_temperature(100, warmup) == pytest.approx(0.07)
 
 
 # ---------------------------------------------------------------- OBoW
@@ -359,3 +363,270 @@ def test_losses_run_in_float32_under_bf16_autocast():
         nt = losses.nt_xent(z1, z2, temperature=0.1)
     assert loss.dtype == torch.float32 and nt.dtype == torch.float32
     assert loss.item() == pytest.approx(exact.item(), rel=1e-5)
+
+
+def obow_authors_loss(predictions, targets):
+    """valeoai/obow builder_obow.py restated: `expand_target` repeats each image's target for
+    its crops (image-major rows), `_bow_loss` is the level-mean of F.kl_div(log_softmax(p), t,
+    reduction="batchmean") for one crop type, and the solver sums the crop types' losses."""
+    def expand_target(target, prediction):
+        num_crops = prediction.size(0) // target.size(0)
+        if num_crops > 1:
+            target = target.unsqueeze(1).repeat(1, num_crops, 1).view(-1, target.size(1))
+        return target
+
+    def bow_loss(prediction, target):
+        return torch.stack([F.kl_div(F.log_softmax(p, dim=1), expand_target(t, p), reduction="batchmean")
+                            for p, t in zip(prediction, target)]).mean()
+
+    return torch.stack([bow_loss(pred, targets) for pred in predictions]).sum()
+
+
+def test_obow_loss_matches_the_authors_combination_over_crop_types_and_levels():
+    b, k, levels = 4, 12, 2
+    targets = [F.softmax(randn(b, k, seed=40 + l) * 3, dim=1) for l in range(levels)]
+    counts = [2, 5]                                            # 2 large crops, 5 patches
+    ours = [[randn(n * b, k, seed=10 * n + l) * 4 for l in range(levels)] for n in counts]
+    # ours are view-major (crop j of every image is a block of B rows); theirs image-major
+    theirs = [[x.view(n, b, k).transpose(0, 1).reshape(n * b, k) for x in per_type]
+              for n, per_type in zip(counts, ours)]
+    loss, terms = losses.obow_loss(ours, targets)
+    expected = obow_authors_loss(theirs, targets)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert terms.shape == (2, levels)
+    # not a mean over the 7 crops' rows: the 2 crop types weigh the same
+    per_row_mean = sum(losses.kl_to_target(x, t.repeat(n, 1)) * n
+                       for n, per_type in zip(counts, ours) for x, t in zip(per_type, targets)) / (7 * levels)
+    assert abs(loss.item() - per_row_mean.item()) > 1e-3
+
+
+def test_kl_to_target_is_torch_kl_div_batchmean_as_in_obow():
+    logits, targets = randn(6, 9, seed=3) * 5, F.softmax(randn(6, 9, seed=4) * 2, dim=1)
+    targets[0, :3] = 0                                          # zero entries: 0 log 0 = 0
+    targets = targets / targets.sum(1, keepdim=True)
+    expected = F.kl_div(F.log_softmax(logits, dim=1), targets, reduction="batchmean")
+    assert losses.kl_to_target(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- the authors' code, restated
+# Each test below restates, step by step in plain torch, what the authors' public code
+# computes (repository and file named in the docstring), and compares it with our function
+# on random tensors. These are restatements of their formulas, not of our derivations.
+
+def test_byol_matches_deepmind_regression_loss():
+    """deepmind-research byol/utils/helpers.py: l2_normalize (x * rsqrt(max(sum x^2, 1e-12)))
+    then sum((nx - ny)^2, -1); byol_experiment.py adds both directions, then jnp.mean."""
+    def l2_normalize(x):
+        return x * torch.rsqrt(torch.clamp((x * x).sum(-1, keepdim=True), min=1e-12))
+
+    def regression_loss(x, y):
+        return ((l2_normalize(x) - l2_normalize(y)) ** 2).sum(-1)
+
+    p1, p2, z1, z2 = (randn(16, 8, seed=s) * (s + 1) for s in range(4))
+    theirs = (regression_loss(p1, z2) + regression_loss(p2, z1)).mean()
+    ours = losses.byol_loss(p1, z2) + losses.byol_loss(p2, z1)
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-6)
+
+
+def test_simsiam_matches_facebookresearch_main_simsiam():
+    """facebookresearch/simsiam main_simsiam.py: criterion = nn.CosineSimilarity(dim=1);
+    loss = -(criterion(p1, z2).mean() + criterion(p2, z1).mean()) * 0.5."""
+    criterion = torch.nn.CosineSimilarity(dim=1)
+    p1, p2, z1, z2 = (randn(16, 8, seed=s) for s in range(4))
+    theirs = -(criterion(p1, z2).mean() + criterion(p2, z1).mean()) * 0.5
+    ours = (losses.simsiam_loss(p1, z2) + losses.simsiam_loss(p2, z1)) / 2
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-6)
+
+
+def test_barlow_twins_matches_facebookresearch_main():
+    """facebookresearch/barlowtwins main.py: bn = BatchNorm1d(D, affine=False) (train mode:
+    batch mean, biased variance, eps 1e-5); c = bn(z1).T @ bn(z2) / batch_size;
+    on_diag = (diag(c) - 1)^2 summed; off_diag = off-diagonal c^2 summed;
+    loss = on_diag + lambd * off_diag."""
+    z1, z2 = randn(32, 16) * 3 + 1, randn(32, 16, seed=1) * 0.5
+    bn = torch.nn.BatchNorm1d(16, affine=False).train()
+    c = bn(z1).T @ bn(z2)
+    c = c / 32
+    on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+    n = c.shape[0]
+    off_diag = c.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten().pow(2).sum()
+    loss, parts = losses.barlow_twins_loss(z1, z2, lambda_offdiag=0.0051)
+    assert loss.item() == pytest.approx((on_diag + 0.0051 * off_diag).item(), rel=1e-6)
+    assert parts["off_diag"].item() == pytest.approx(off_diag.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 0.1])
+def test_nt_xent_matches_google_research_simclr_objective(temperature):
+    """google-research/simclr objective.py add_contrastive_loss (one replica): h normalised;
+    logits_aa = h1 h1^T / T - mask * LARGE_NUM, logits_bb likewise, logits_ab = h1 h2^T / T,
+    logits_ba = h2 h1^T / T; labels one-hot over 2B at index i;
+    loss_a = CE(labels, [logits_ab, logits_aa]), loss_b = CE(labels, [logits_ba, logits_bb]),
+    each a batch mean; they return loss_a + loss_b. Ours is the mean over the 2B anchors,
+    (loss_a + loss_b) / 2: half their scale (documented in docs/fidelity)."""
+    large_num = 1e9
+    z1, z2 = randn(8, 6) * 2, randn(8, 6, seed=1)
+    h1, h2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
+    b = h1.shape[0]
+    labels = F.one_hot(torch.arange(b), 2 * b).float()
+    masks = F.one_hot(torch.arange(b), b).float()
+    logits_aa = h1 @ h1.T / temperature - masks * large_num
+    logits_bb = h2 @ h2.T / temperature - masks * large_num
+    logits_ab = h1 @ h2.T / temperature
+    logits_ba = h2 @ h1.T / temperature
+    loss_a = -(labels * F.log_softmax(torch.cat([logits_ab, logits_aa], 1), dim=1)).sum(1).mean()
+    loss_b = -(labels * F.log_softmax(torch.cat([logits_ba, logits_bb], 1), dim=1)).sum(1).mean()
+    assert losses.nt_xent(z1, z2, temperature).item() == pytest.approx(((loss_a + loss_b) / 2).item(),
+                                                                       rel=1e-6)
+
+
+def test_infonce_matches_facebookresearch_moco_builder():
+    """facebookresearch/moco moco/builder.py forward: q, k normalised; l_pos = einsum(nc,nc->n)
+    [N, 1]; l_neg = einsum(nc,ck->nk) with the queue stored [C, K]; logits = cat / T;
+    labels zeros; main_moco.py: nn.CrossEntropyLoss (batch mean)."""
+    q, k = randn(8, 16) * 3, randn(8, 16, seed=1)
+    queue_ck = F.normalize(randn(16, 40, seed=2), dim=0)            # theirs: [dim, K]
+    qn, kn = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    l_pos = torch.einsum("nc,nc->n", qn, kn).unsqueeze(-1)
+    l_neg = torch.einsum("nc,ck->nk", qn, queue_ck)
+    logits = torch.cat([l_pos, l_neg], dim=1) / 0.2
+    theirs = F.cross_entropy(logits, torch.zeros(8, dtype=torch.long))
+    ours = losses.infonce_with_queue(q, k, queue_ck.T.contiguous(), temperature=0.2)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+
+
+def swav_authors_sinkhorn(out, epsilon=0.05, iterations=3):
+    """facebookresearch/swav main_swav.py distributed_sinkhorn, one process."""
+    q = torch.exp(out / epsilon).t()                           # K x B
+    b, k = q.shape[1], q.shape[0]
+    q = q / q.sum()
+    for _ in range(iterations):
+        q = q / q.sum(dim=1, keepdim=True)
+        q = q / k
+        q = q / q.sum(dim=0, keepdim=True)
+        q = q / b
+    q = q * b
+    return q.t()
+
+
+def test_sinkhorn_matches_facebookresearch_swav():
+    scores = F.normalize(randn(32, 8), dim=1) @ F.normalize(randn(10, 8, seed=1), dim=1).T  # [B, K]
+    for iterations in (1, 3, 10):
+        torch.testing.assert_close(losses.sinkhorn(scores, iterations=iterations),
+                                   swav_authors_sinkhorn(scores, iterations=iterations),
+                                   rtol=1e-5, atol=1e-7)
+
+
+def test_swav_loss_matches_facebookresearch_swav_two_crops():
+    """main_swav.py with nmb_crops [2], crops_for_assign [0, 1], no queue: for each crop_id,
+    q = sinkhorn(output of crop_id); subloss over the other crop v of
+    -mean(sum(q * log_softmax(output_v / T))), divided by (crops - 1); loss / len(crops_for_assign)."""
+    bs = 16
+    output = F.normalize(randn(2 * bs, 8), dim=1) @ F.normalize(randn(12, 8, seed=1), dim=1).T
+    loss = 0
+    for crop_id in (0, 1):
+        q = swav_authors_sinkhorn(output[bs * crop_id: bs * (crop_id + 1)])
+        subloss = 0
+        for v in np.delete(np.arange(2), crop_id):
+            x = output[bs * v: bs * (v + 1)] / 0.1
+            subloss -= torch.mean(torch.sum(q * F.log_softmax(x, dim=1), dim=1))
+        loss += subloss / (2 - 1)
+    loss /= 2
+    s1, s2 = output[:bs], output[bs:]
+    ours = losses.swav_loss(s1, s2, losses.sinkhorn(s1), losses.sinkhorn(s2), temperature=0.1)
+    assert ours.item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_dino_loss_matches_facebookresearch_dinoloss():
+    """facebookresearch/dino main_dino.py DINOLoss.forward: student_out = cat(views) / T_s
+    chunked into ncrops; teacher_out = softmax((t - center) / T_t) chunked into 2; for each
+    teacher chunk iq and student chunk v != iq: sum(-q * log_softmax(s_v), -1).mean(),
+    summed, divided by the number of terms; update_center: EMA with the batch mean."""
+    ncrops, b, d = 5, 6, 20
+    student = randn(ncrops * b, d) * 3
+    teacher = randn(2 * b, d, seed=1) * 3
+    center = randn(1, d, seed=2) * 0.3
+    temp, student_temp = 0.04, 0.1
+    student_out = (student / student_temp).chunk(ncrops)
+    teacher_out = F.softmax((teacher - center) / temp, dim=-1).detach().chunk(2)
+    total_loss, n_loss_terms = 0, 0
+    for iq, q in enumerate(teacher_out):
+        for v in range(len(student_out)):
+            if v == iq:
+                continue
+            total_loss += torch.sum(-q * F.log_softmax(student_out[v], dim=-1), dim=-1).mean()
+            n_loss_terms += 1
+    total_loss /= n_loss_terms
+    their_center = center * 0.9 + teacher.sum(0, keepdim=True) / len(teacher) * (1 - 0.9)
+    ours = losses.dino_loss(list(student.split(b)), list(teacher.split(b)), center, temp, student_temp)
+    assert ours.item() == pytest.approx(total_loss.item(), rel=1e-6)
+    torch.testing.assert_close(losses.update_center(center, list(teacher.split(b)), 0.9), their_center)
+
+
+def test_obow_soft_assignment_matches_valeoai_bow_extractor():
+    """valeoai/obow builder_obow.py BoWExtractor.forward (training): drop the 1-cell border;
+    dist = ||f||^2 + conv2d(f, -2 * words, bias=||words||^2) [B, K, h, w]; m <- 0.99 m +
+    0.01 mean(min_k dist); codes = softmax(-(inv_delta / m) * dist) over words; bow = max over
+    locations, then F.normalize(p=1)."""
+    maps, words = randn(3, 8, 6, 6), randn(16, 8, seed=1)
+    inv_delta, m = 10.0, torch.tensor(0.5)
+    f = maps[:, :, 1:-1, 1:-1].contiguous()
+    dist = (f.pow(2).sum(1, keepdim=True)
+            + F.conv2d(f, weight=-2 * words[:, :, None, None], bias=words.pow(2).sum(1)))
+    m_new = m * 0.99 + dist.min(dim=1).values.mean() * 0.01
+    codes = F.softmax(-(inv_delta / m_new) * dist, dim=1)
+    bow = F.normalize(F.adaptive_max_pool2d(codes, 1).flatten(1), p=1, dim=1)
+    ours, ours_m = losses.obow_bow_targets(maps, words, inv_delta, m)
+    torch.testing.assert_close(ours, bow, rtol=1e-5, atol=1e-6)
+    assert ours_m.item() == pytest.approx(m_new.item(), rel=1e-6)
+
+
+def test_rotnet_step_matches_gidariss_feature_learning_rotnet():
+    """gidariss/FeatureLearningRotNet dataloader.py: each (augmented) image is followed by its
+    rotations rotate_img(img, 90) = flipud(transpose(img)), 180 = fliplr(flipud(img)),
+    270 = transpose(flipud(img)) (HWC numpy), labels [0, 1, 2, 3], image-major [B*4];
+    ClassificationModel: nn.CrossEntropyLoss on the 4-way head. Our step must give the same
+    loss from the same crop-and-flip (BN over the same 4B inputs, in another order)."""
+    from bowflow import augment
+    from bowflow.methods import get_method
+    from bowflow.models import Normalizer
+    from bowflow.networks import build_backbone
+
+    images = torch.randint(0, 256, (6, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cls = get_method("rotnet")
+    params = cls.Params(method="rotnet", width=4, batch_size=6)
+    torch.manual_seed(0)
+    method = cls(params, build_backbone("convnet", 4), {"normalizer": Normalizer.fit(images), "image_size": 12})
+    ours, _ = method.training_step(images, torch.arange(6), torch.Generator().manual_seed(1))
+
+    x = augment.pad_crop_flip(augment.to_float(images), padding=params.padding,
+                              generator=torch.Generator().manual_seed(1))   # the same crops
+    h, w = -2, -1                                                 # CHW: rows, columns
+
+    def rotate_img(img, rot):
+        if rot == 0:
+            return img
+        if rot == 90:
+            return img.transpose(h, w).flip(h)
+        if rot == 180:
+            return img.flip(h).flip(w)
+        return img.flip(h).transpose(h, w)
+
+    batch = torch.stack([torch.stack([rotate_img(im, r) for r in (0, 90, 180, 270)]) for im in x])
+    labels = torch.tensor([0, 1, 2, 3]).repeat(6)
+    logits = method.head(method.backbone(method.normalizer.normalize(batch.view(24, 3, 12, 12))))
+    assert ours.item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+
+
+def test_bownet_loss_is_the_papers_normalised_linear_soft_cross_entropy():
+    """BoWNet (no public code; the paper's eq.): logits_k = gamma <w_k / ||w_k||, f> with f not
+    normalised, loss = -sum_k y_k log softmax(logits)_k, batch mean."""
+    from bowflow.bow import soft_cross_entropy
+    from bowflow.methods.bownet import NormalizedLinear
+
+    head = NormalizedLinear(8, 12, scale=10.0)
+    f = randn(5, 8)
+    y = F.softmax(randn(5, 12, seed=1) * 2, dim=1)
+    w = head.weight / head.weight.norm(dim=1, keepdim=True)
+    logits = (10.0 * (f @ w.T)).double()                          # float64: exp of ~40 is fine
+    theirs = -(y.double() * torch.log(torch.exp(logits) / torch.exp(logits).sum(1, keepdim=True))).sum(1).mean()
+    assert soft_cross_entropy(head(f), y).item() == pytest.approx(theirs.item(), rel=1e-5)

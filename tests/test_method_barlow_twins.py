@@ -81,3 +81,23 @@ def test_bf16_autocast_step_is_finite():
 def test_validate_names_the_bad_field(field, value):
     with pytest.raises(ValueError, match=field):
         Method.Params(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_views_have_byols_strength_blur_included(size):
+    """Barlow Twins uses BYOL's view recipe, and both scale the blur sigma (0.1-2.0 px at
+    224) to the view: with the same random numbers the two methods' views are identical,
+    so neither row gets a stronger blur than the other."""
+    method, images = build(image_size=size)
+    byol_params = get_method("byol").Params(method="byol", width=4)
+    byol = get_method("byol")(byol_params, build_backbone("convnet", 4),
+                              {"normalizer": Normalizer.fit(images), "image_size": size})
+    for which, (blur_p, solarize_p) in enumerate([(1.0, 0.0), (0.1, 0.2)]):
+        ours = method.make_view(images, blur_p, solarize_p, torch.Generator().manual_seed(5))
+        theirs = byol.view(images, which, torch.Generator().manual_seed(5))
+        assert torch.equal(ours, theirs)
+    # and the blur itself is the scaled one: visible at 224 px, not at 32
+    blurred = method.make_view(images, 1.0, 0.0, torch.Generator().manual_seed(5))
+    sharp = method.make_view(images, 0.0, 0.0, torch.Generator().manual_seed(5))
+    change = (blurred - sharp).abs().mean().item()
+    assert change > 1e-3 if size == 224 else change < 1e-2

@@ -6,6 +6,7 @@ from bowflow.heads import cosine_momentum
 from bowflow.methods import get_method
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
+from bowflow.optim import clip_gradients
 from bowflow.train import train
 
 
@@ -95,7 +96,7 @@ def test_teacher_temperature_warms_up_linearly_by_epoch():
         method.steps_done.fill_(epoch * method.steps_per_epoch)
         _, stats = method.training_step(images[:16], torch.arange(16), torch.Generator().manual_seed(0))
         seen.append(float(stats["teacher_temp"]))
-    assert seen == pytest.approx([0.04, 0.055, 0.07, 0.07])
+    assert seen == pytest.approx([0.04, 0.06, 0.07, 0.07])      # np.linspace(0.04, 0.07, 4)
 
 
 def test_last_layer_is_frozen_during_the_first_epoch_only(tmp_path):
@@ -139,3 +140,40 @@ def test_bf16_autocast_step_is_finite():
 def test_validate_names_the_bad_field(field, value):
     with pytest.raises(ValueError, match=field):
         get_method("dino").Params(**{field: value}).validate()
+
+
+def dino_authors_clip_gradients(parameters, clip):
+    """facebookresearch/dino utils.clip_gradients restated: each parameter's gradient norm,
+    clip_coef = clip / (norm + 1e-6), scaled in place where clip_coef < 1."""
+    for p in parameters:
+        if p.grad is not None:
+            param_norm = p.grad.data.norm(2)
+            clip_coef = clip / (param_norm + 1e-6)
+            if clip_coef < 1:
+                p.grad.data.mul_(clip_coef)
+
+
+def test_gradients_are_clipped_per_parameter_as_the_authors():
+    assert get_method("dino").Params().clip_grad_per_parameter is True
+    assert get_method("dino").Params().clip_grad == 3.0
+    generator = torch.Generator().manual_seed(0)
+    scales = [0.01, 1.0, 10.0, 100.0]                   # some tensors under 3.0, some over
+    ours = [torch.nn.Parameter(torch.zeros(5, 4)) for _ in scales] + [torch.nn.Parameter(torch.zeros(3))]
+    theirs = [torch.nn.Parameter(torch.zeros(5, 4)) for _ in scales] + [torch.nn.Parameter(torch.zeros(3))]
+    for a, b, s in zip(ours, theirs, scales):
+        a.grad = torch.randn(5, 4, generator=generator) * s
+        b.grad = a.grad.clone()
+    clip_gradients(ours, 3.0, per_parameter=True)
+    dino_authors_clip_gradients(theirs, 3.0)
+    for a, b in zip(ours[:-1], theirs[:-1]):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=0)
+    assert ours[-1].grad is None                          # no gradient: left alone
+    norms = [a.grad.norm().item() for a in ours[:-1]]
+    assert norms[0] < 3.0 and norms[1] < 3.0 and norms[2] == pytest.approx(3.0, rel=1e-5)
+    # the global clip would also have shrunk the small gradients
+    glob = [torch.nn.Parameter(torch.zeros(5, 4)) for _ in scales]
+    for g, b, s in zip(glob, theirs, scales):
+        g.grad = torch.randn(5, 4, generator=torch.Generator().manual_seed(1)) * s
+    small = glob[1].grad.clone()
+    clip_gradients(glob, 3.0)
+    assert glob[1].grad.norm() < small.norm() * 0.1

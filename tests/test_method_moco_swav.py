@@ -18,6 +18,17 @@ def test_moco_queue_is_a_ring_of_the_newest_keys_and_the_key_encoder_gets_no_gra
     assert set(stats) >= {"loss", "embedding_std", "positive_cos"}
 
 
+def test_moco_head_is_the_authors_mlp_head():
+    """MoCo v2: Linear(C, C) -> ReLU -> Linear(C, 128), C the backbone's feature size, no BN."""
+    images, labels = data(48)
+    method, params = build("moco", images, labels, epochs=1)
+    c = method.backbone.out_channels
+    assert [type(m) for m in method.head] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+    assert (method.head[0].in_features, method.head[0].out_features) == (c, c)
+    assert method.head[2].out_features == params.proj_dim == 128
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in method.key_head.modules())
+
+
 def test_swav_prototypes_stay_frozen_for_the_first_epoch_then_move(tmp_path):
     images, labels = data(48)
     method, params = build("swav", images, labels, epochs=2)

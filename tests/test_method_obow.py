@@ -100,3 +100,37 @@ def test_validation_names_the_field():
         cls.Params(method="obow", num_patches=10).validate()
     with pytest.raises(ValueError, match="crop_scale_min"):
         cls.Params(method="obow", crop_scale_min=0.8, crop_scale_max=0.5).validate()
+
+
+def _last_bn(backbone):
+    return [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)][-1]
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_student_head_scores_the_raw_pooled_feature_by_default(normalize):
+    """The authors' BoWPredictor multiplies the un-normalised pooled feature by kappa: doubling
+    the student's last BN (features x 2, ReLU is positively homogeneous) changes the logits,
+    and so the loss. With normalize_features the head is a cosine classifier and ignores it."""
+    assert get_method("obow").Params().normalize_features is False
+    results = []
+    for factor in (1.0, 2.0):
+        method, images = build(normalize_features=normalize)
+        with torch.no_grad():
+            bn = _last_bn(method.backbone)               # the student only: the teacher is a copy
+            bn.weight.mul_(factor), bn.bias.mul_(factor)
+        results.append(step(method, images)[0].item())
+    if normalize:
+        assert results[1] == pytest.approx(results[0], rel=1e-4)
+    else:
+        assert abs(results[1] - results[0]) > 1e-3 * abs(results[0])
+
+
+def test_loss_sums_the_crop_types_each_averaged_over_its_rows_and_levels():
+    method, images = build()
+    loss, stats = step(method, images)
+    # authors: loss_total = sum over crop types (2 large crops, 5 patches) of the level-mean KL
+    assert loss.item() == pytest.approx(float(stats["loss_crops"]) + float(stats["loss_patches"]), rel=1e-5)
+    assert loss.item() == pytest.approx((float(stats["loss0"]) + float(stats["loss1"])) / 2, rel=1e-5)
+    only_crops, crop_stats = step(*build(num_patches=0))
+    assert "loss_patches" not in crop_stats
+    assert only_crops.item() == pytest.approx(float(crop_stats["loss_crops"]), rel=1e-5)

@@ -62,17 +62,19 @@ class BarlowTwinsParams(TrainParams):
     gray_p: float = field(default=0.2, metadata={"help": "probability of grayscale per view (BYOL: 0.2)"})
     blur_p1: float = field(default=1.0, metadata={"help": "Gaussian blur probability, view 1 (BYOL: 1.0)"})
     blur_p2: float = field(default=0.1, metadata={"help": "Gaussian blur probability, view 2 (BYOL: 0.1)"})
-    blur_sigma_max: float = field(default=0.05, metadata={
-        "help": "largest blur sigma as a fraction of the view side; sigma ~ U[0.1 px, max]. "
-                "BYOL: up to 2 px at 224 (0.009) is invisible at 16-32 px, so 0.05 (0.8 px at "
-                "16, 1.6 px at 32) keeps the blur a real perturbation"})
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0], metadata={
+        "help": "blur sigma range in px at 224 px, scaled to the view size (Barlow Twins / "
+                "BYOL: 0.1-2.0); at 16-32 px a negligible blur, the same rule as every other "
+                "method (augment.blur_sigma_px), so the rows differ by method, not view strength"})
     solarize_p1: float = field(default=0.0, metadata={"help": "solarize probability, view 1 (BYOL: 0)"})
     solarize_p2: float = field(default=0.2, metadata={"help": "solarize probability, view 2 (BYOL: 0.2)"})
 
     def validate(self) -> None:
         super().validate()
-        for name in ("proj_dim", "proj_layers", "crop_size", "blur_sigma_max", "bias_lr_scale"):
+        for name in ("proj_dim", "proj_layers", "crop_size", "bias_lr_scale"):
             positive(name, getattr(self, name))
+        if len(self.blur_sigma) != 2 or not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"blur_sigma must be (low, high) with 0 < low <= high, got {self.blur_sigma}")
         for name in ("lambda_offdiag", "loss_scale", "brightness", "contrast", "saturation"):
             positive(name, getattr(self, name), allow_zero=True)
         if self.proj_layers < 2:
@@ -117,7 +119,7 @@ class BarlowTwins(Method):
         x = augment.color_jitter(x, p.brightness, p.contrast, p.saturation, p.hue, p.jitter_p,
                                  generator=generator)
         x = augment.random_grayscale(x, p.gray_p, generator=generator)
-        x = augment.gaussian_blur(x, blur_p, (0.1, max(0.1, p.blur_sigma_max * self.view_size)),
+        x = augment.gaussian_blur(x, blur_p, augment.blur_sigma_px(p.blur_sigma, self.view_size),
                                   generator=generator)
         return augment.solarize(x, solarize_p, generator=generator)
 

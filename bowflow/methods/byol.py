@@ -56,7 +56,8 @@ class BYOLParams(TrainParams):
         "help": "Gaussian blur probability of view 1 and view 2 (BYOL's asymmetric recipe)"})
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0], metadata={
         "help": "blur sigma range in px at 224 px, scaled to the view size (BYOL: 0.1-2.0 with a "
-                "23 px kernel, 10% of 224); at 16 px sigma tops out at 0.14 px"})
+                "23 px kernel, 10% of 224); at 16-32 px sigma tops out at 0.14-0.29 px, a "
+                "negligible blur, the same rule as every other method (augment.blur_sigma_px)"})
     solarize_p: list[float] = field(default_factory=lambda: [0.0, 0.2], metadata={
         "help": "solarize probability of view 1 and view 2 (BYOL's asymmetric recipe)"})
 
@@ -106,8 +107,7 @@ class BYOL(Method):
         brightness, contrast, saturation, hue = p.jitter
         x = augment.color_jitter(x, brightness, contrast, saturation, hue, p.jitter_p, generator=generator)
         x = augment.random_grayscale(x, p.gray_p, generator=generator)
-        scale = self.size / 224
-        x = augment.gaussian_blur(x, p.blur_p[which], (p.blur_sigma[0] * scale, p.blur_sigma[1] * scale),
+        x = augment.gaussian_blur(x, p.blur_p[which], augment.blur_sigma_px(p.blur_sigma, self.size),
                                   generator=generator)
         return augment.solarize(x, p.solarize_p[which], generator=generator)
 

@@ -43,7 +43,12 @@ class DINOParams(TrainParams):
         "help": "sgd (Nesterov). DINO: AdamW (lr 5e-4 x batch/256) for ViTs, LARS/SGD for "
                 "ResNet-50. On digits AdamW (lr 1e-3, wd 0.04) drifted towards uniform "
                 "targets as fast as SGD in a 30-step probe, so SGD, like the other convnets"})
-    clip_grad: float = field(default=3.0, metadata={"help": "max global gradient norm (DINO: 3.0)"})
+    clip_grad: float = field(default=3.0, metadata={
+        "help": "max gradient L2 norm of each parameter tensor (DINO: 3.0, clipped per "
+                "parameter by its utils.clip_gradients; see clip_grad_per_parameter)"})
+    clip_grad_per_parameter: bool = field(default=True, metadata={
+        "help": "clip each parameter tensor's gradient norm separately (DINO's "
+                "clip_gradients) instead of the global norm of all of them"})
     out_dim: int = field(default=2048, metadata={
         "help": "D, prototypes of the head's last layer (DINO: 65536 for ImageNet). 2048 as "
                 "in lightly's CIFAR DINO: far more than the classes, while 65536 would make "
@@ -92,10 +97,11 @@ class DINOParams(TrainParams):
     hue: float = field(default=0.1, metadata={"help": "hue shift, fraction of a turn (DINO)"})
     jitter_p: float = field(default=0.8, metadata={"help": "colour jitter probability (DINO)"})
     gray_p: float = field(default=0.2, metadata={"help": "grayscale probability (DINO)"})
-    blur_p: float = field(default=0.0, metadata={
+    blur_p: float = field(default=1.0, metadata={
         "help": "Gaussian blur probability of the first global view; a tenth of it on the "
-                "second, half on the locals (DINO: 1.0 / 0.1 / 0.5). 0 on small images: the "
-                "3-tap blur of a 16-32 px view erases thin strokes and edges"})
+                "second, half on the locals (DINO: 1.0 / 0.1 / 0.5). Sigma 0.1-2.0 px at 224 "
+                "scaled to the view (augment.blur_sigma_px): negligible at 16-32 px, as in "
+                "every other method's views"})
     solarize_p: float = field(default=0.0, metadata={
         "help": "solarization probability of the second global view (DINO: 0.2). 0 for "
                 "digits, whose bright strokes on black would vanish; 0.2 for natural images"})

@@ -4,6 +4,7 @@ keys from past batches, the keys coming from a slowly moving (EMA) key encoder.
 Each step, for images [B]:
     two views v1, v2 (crop, flip, colour jitter, grayscale, blur)
     queries  q_i = normalise(head(backbone(v_i)))            [B, D]   (gradient)
+             head: Linear(C, C) -> ReLU -> Linear(C, 128), no BN (MoCo v2's MLP head)
     keys     k_i = normalise(head_k(backbone_k(v_i)))        [B, D]   (EMA encoder, no gradient)
     loss = (InfoNCE(q1, k2, queue) + InfoNCE(q2, k1, queue)) / 2, temperature 0.2
     queue <- the newest 2B keys (a ring buffer of `queue_size` rows), after the loss
@@ -43,20 +44,24 @@ class MoCoParams(TrainParams):
     key_momentum: float = field(default=0.99, metadata={
         "help": "EMA momentum of the key encoder (MoCo: 0.999 at ~5000 steps/epoch; 0.99 for "
                 "runs of a few thousand steps, as CIFAR recipes)"})
-    proj_hidden: int = field(default=512, metadata={"help": "head hidden width (MoCo v2: 2048)"})
+    proj_hidden: int = field(default=0, metadata={
+        "help": "head hidden width; 0 = the backbone's feature size, as MoCo v2's head "
+                "Linear(C, C) -> ReLU -> Linear(C, 128) (2048 for its ResNet-50)"})
     proj_dim: int = field(default=128, metadata={"help": "key/query size D (MoCo v2: 128)"})
     crop_scale_min: float = field(default=0.2, metadata={"help": "smallest crop area (MoCo v2: 0.2)"})
     jitter: float = field(default=0.4, metadata={"help": "brightness/contrast/saturation (MoCo v2: 0.4)"})
     hue: float = field(default=0.1, metadata={"help": "hue shift in turns (MoCo v2: 0.1)"})
     jitter_p: float = field(default=0.8, metadata={"help": "jitter probability (MoCo v2: 0.8)"})
     gray_p: float = field(default=0.2, metadata={"help": "grayscale probability (MoCo v2: 0.2)"})
-    blur_p: float = field(default=0.5, metadata={"help": "blur probability (MoCo v2: 0.5; the "
-                                                         "kernel is ~10% of the side)"})
+    blur_p: float = field(default=0.5, metadata={"help": "blur probability (MoCo v2: 0.5); sigma "
+                                                         "0.1-2.0 px at 224 scaled to the view "
+                                                         "(augment.blur_sigma_px), negligible at 16-32 px"})
 
     def validate(self) -> None:
         super().validate()
-        for name in ("temperature", "queue_size", "proj_hidden", "proj_dim"):
+        for name in ("temperature", "queue_size", "proj_dim"):
             positive(name, getattr(self, name))
+        positive("proj_hidden", self.proj_hidden, allow_zero=True)
         if self.queue_size < 2 * self.batch_size:
             raise ValueError(f"queue_size ({self.queue_size}) must hold at least one step's "
                              f"2 x batch_size = {2 * self.batch_size} keys")
@@ -76,7 +81,10 @@ class MoCo(Method):
     def __init__(self, params, backbone, context):
         super().__init__(params, backbone, context)
         self.normalizer = context["normalizer"]
-        self.head = mlp(backbone.out_channels, params.proj_hidden, params.proj_dim)
+        # MoCo v2's head (facebookresearch/moco, builder.py with mlp=True): no BatchNorm,
+        # which here would also leak batch statistics between queries (no Shuffle-BN)
+        self.head = mlp(backbone.out_channels, params.proj_hidden or backbone.out_channels,
+                        params.proj_dim, bn=False)
         self.key_backbone = frozen_copy(backbone)
         self.key_head = frozen_copy(self.head)
         initial = F.normalize(torch.randn(params.queue_size, params.proj_dim,

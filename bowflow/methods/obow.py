@@ -5,16 +5,20 @@ Each step, for a batch of B images:
   stages [B, C_l, h_l, w_l] -> soft BoW targets y_l [B, K] against the level's vocabulary
   (a queue of K teacher features, `losses.obow_bow_targets`; running-mean distance m_l);
   student on 2 large crops + 5 of the 9 cells of a 3x3 grid (colour jitter, grayscale) ->
-  its pooled last-stage feature f [V*B, C] -> per level, a weight generator turns each
-  L2-normalised word into a classifier weight W_l [K, C]; logits = kappa * f W_l^T ->
-  KL(y_l || softmax) averaged over levels and over the 7 crops (the authors' code
-  averages over B x crops; a sum would scale the lr by 7);
+  its pooled last-stage feature f (not normalised, as the authors) -> per level, a weight
+  generator turns each L2-normalised word into a classifier weight W_l [K, C];
+  logits = kappa * f W_l^T -> `losses.obow_loss`: KL(y_l || softmax) averaged over the
+  rows of one crop type (2B large-crop rows, 5B patch rows) and over the levels, then
+  summed over the 2 crop types (the authors' `_bow_loss` per crop type, `losses.sum()`
+  in their solver): large crops and patches weigh the same;
   then each level's queue receives one random location of the 3x3-average-pooled teacher
   map per image, replacing the oldest words, and after the optimizer step the teacher
   follows the student with momentum 0.99 -> 1 (cosine over steps).
 
-As in the authors' code, the student predicts both levels from its final pooled feature
-(generator: Linear(C_l, 2C) -> BN over the K words -> ReLU -> Linear(2C, C) -> L2), the
+As in the authors' code (valeoai/obow, obow/builder_obow.py), the student predicts both
+levels from its final pooled feature (generator: Linear(C_l, 2C) -> BN over the K words ->
+ReLU -> Linear(2C, C) -> L2), each crop type is one forward pass (BN statistics over the
+2B large crops, over the 5B patches), the
 teacher runs in train mode (batch statistics) and its BN running statistics are copied
 from the student, not averaged (`heads.ema_update`). The evaluated network is the student.
 Queues start from random locations of the first batch's teacher maps (not random vectors:
@@ -36,7 +40,7 @@ from bowflow.methods.base import Method, TrainParams, fraction, positive, regist
 @dataclass
 class OBoWParams(TrainParams):
     method: str = "obow"
-    lr: float = field(default=0.05, metadata={"help": "peak SGD lr (authors: 0.05 at batch 256 for "
+    lr: float = field(default=0.05, metadata={"help": "peak SGD lr (authors: 0.05 at batch 128 for "
                                                       "ResNet-18, cosine; kept for batch 64-256)"})
     num_words: int = field(default=2048, metadata={"help": "K, words per level (a queue; paper 8192 on "
                                                            "ImageNet, fewer for 10-class small images); "
@@ -48,10 +52,11 @@ class OBoWParams(TrainParams):
     distance_decay: float = field(default=0.99, metadata={"help": "decay of the running mean of the "
                                                                   "nearest-word distance (paper 0.99, init 0.5)"})
     kappa: float = field(default=5.0, metadata={"help": "fixed logit scale (paper: 5 for ResNet-18)"})
-    normalize_features: bool = field(default=True, metadata={"help": "L2-normalise the student's pooled "
-                                                                     "feature before the kappa-scaled "
-                                                                     "dot product (a cosine classifier: "
-                                                                     "the logit range is then fixed by kappa)"})
+    normalize_features: bool = field(default=False, metadata={"help": "L2-normalise the student's pooled "
+                                                                      "feature before the kappa-scaled "
+                                                                      "dot product (a cosine classifier). "
+                                                                      "Authors: no (BoWPredictor scales "
+                                                                      "the raw feature by kappa)"})
     drop_border: int = field(default=1, metadata={"help": "map cells dropped on each side before BoW "
                                                           "(paper 1); 0 where fewer than 2x2 would remain"})
     num_crops: int = field(default=2, metadata={"help": "large student crops (paper 2)"})
@@ -180,19 +185,22 @@ class OBoW(Method):
                 stats[f"perplexity_batch{level}"] = losses.perplexity(y.mean(0))
                 stats[f"perplexity_image{level}"] = losses.perplexity(y).mean()
 
-        views = [augment.make_view(images, self.crop, generator) for _ in range(p.num_crops)]
-        student = [self.backbone(self.normalizer.normalize(v)) for v in views]   # [B, C] each
+        # One forward per crop type, as the authors: BN statistics over the 2B large crops
+        crops = torch.cat([augment.make_view(images, self.crop, generator) for _ in range(p.num_crops)])
+        student = [self.backbone(self.normalizer.normalize(crops))]             # [2B, C]
         if p.num_patches:
             cells = grid_cells(images, p.num_patches, generator)
             patches = augment.make_view(cells, self.patch, generator)             # [n*B, 3, s, s]
-            student += list(self.backbone(self.normalizer.normalize(patches)).split(b))
+            student.append(self.backbone(self.normalizer.normalize(patches)))     # [n*B, C]
         features = [F.normalize(f, dim=1) if p.normalize_features else f for f in student]
         weights = [g(getattr(self, f"words{level}")) for level, g in enumerate(self.generators)]
-        loss = images.new_zeros((), dtype=torch.float32)
-        for level, (y, w) in enumerate(zip(targets, weights)):
-            level_loss = sum(losses.kl_to_target(p.kappa * F.linear(f, w), y) for f in features) / len(features)
-            stats[f"loss{level}"] = level_loss.detach()
-            loss = loss + level_loss / self.levels
+        logits = [[p.kappa * F.linear(f, w) for w in weights] for f in features]  # T x L x [n_t*B, K]
+        loss, terms = losses.obow_loss(logits, targets)
+        for level in range(self.levels):
+            stats[f"loss{level}"] = terms[:, level].sum()     # this level's share, summed over crop types
+        stats["loss_crops"] = terms[0].mean()
+        if p.num_patches:
+            stats["loss_patches"] = terms[1].mean()
 
         with torch.no_grad():                          # push one word per image per level
             pointer = int(self.pointer)
@@ -201,7 +209,7 @@ class OBoW(Method):
                 new, next_pointer = losses.update_queue(queue, self._local_features(m, 1, generator), pointer)
                 queue.copy_(new)
             self.pointer.fill_(next_pointer)
-        stats.update(loss=loss.detach(), embedding_std=losses.embedding_std(torch.cat(student[:p.num_crops])),
+        stats.update(loss=loss.detach(), embedding_std=losses.embedding_std(student[0]),
                      momentum=self.momentum.float())
         return loss, stats
 
