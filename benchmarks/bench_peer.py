@@ -165,11 +165,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "the order alternates from seed to seed")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SMOKE.items()))
+                        help="tiny, unless given: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SMOKE.items()))
     args = parser.parse_args(argv)
-    if args.smoke:
+    if args.smoke:                       # the tiny sizes, where not given on the command line
         for key, value in SMOKE.items():
-            setattr(args, key, value)
+            if getattr(args, key) == parser.get_default(key):
+                setattr(args, key, value)
     for name in ("size", "width", "batch_size", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
