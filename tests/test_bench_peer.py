@@ -186,6 +186,7 @@ def test_bench_peer_ours_two_speeds_get_equal_seconds(tmp_path):
     history has exactly the budget's epochs."""
     from bowflow.models import Normalizer
     from bowflow.networks import build_backbone
+    from bowflow.optim import learning_rate
 
     args = bp.parse_args(["--smoke", "--seconds", "1.5"])
     x_train, *_ = bp.load_images(args, seed=0)
@@ -204,6 +205,10 @@ def test_bench_peer_ours_two_speeds_get_equal_seconds(tmp_path):
         assert abs(stats["seconds"] - 1.5) < max(stats["epoch_seconds"])
         assert stats["plans"][-1] == stats["epochs"] and stats["wall_seconds"] >= stats["seconds"]
         assert [h["epoch"] for h in stats["history"]] == list(range(1, stats["epochs"] + 1))
+        # the trainer's lr schedule was laid out over the budget's last plan
+        steps = n // 32
+        last_lr = learning_rate(stats["steps"] - 1, stats["schedule_epochs"] * steps, steps, 0.1)
+        assert stats["history"][-1]["lr"] == pytest.approx(last_lr, abs=1e-6)
     torch.set_num_threads(threads)
     assert runs[128]["epochs"] > runs[1024]["epochs"]
     assert not list(tmp_path.glob("*.ckpt"))
