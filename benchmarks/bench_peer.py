@@ -1,20 +1,21 @@
 """Peer benchmark: bowflow's BYOL against lightly's BYOL, same images, backbone and budget.
 
 What it measures, per side: training throughput (training images per second: optimizer
-steps x batch / wall seconds of the training loop, each image counted once, not per view;
-also per CPU-second of the training process) and the quality reached in the same wall-clock
-budget, as k-NN top-1 (`bowflow.evaluation.knn_accuracy`, k 20, T 0.07, cosine) on the
+steps x batch / training seconds (the budget's measure, below), each image counted once, not
+per view; also per CPU-second of the training process, lightly's DataLoader workers
+included) and the quality reached in the same budget of training seconds, as k-NN top-1 (`bowflow.evaluation.knn_accuracy`, k 20, T 0.07, cosine) on the
 globally pooled last-stage features (`bowflow.models.pooled_features`) of the clean
 training images (the bank) and the test images. The randomly initialised backbone both
-sides start from is evaluated too, as the floor. Printed: a table, the ratios
-ours/lightly (images/s) and ours - lightly (k-NN points), the machine (`lscpu` model name,
+sides start from is evaluated too, as the floor. Printed: a table per seed, the ratios
+ours/lightly (images/s) and ours - lightly (k-NN points) with the gap in training seconds,
+a summary over the seeds, the machine (`lscpu` model name,
 avx2/avx512*/amx* flags) and a `RESULT {json}` line.
 
 The two sides:
 - ours: `bowflow.methods.byol.BYOL` through `bowflow.train.train` (the trainer every
   pipeline stage uses), on the images as one in-memory uint8 tensor, views built batched
   by the method; eager fp32 (bf16/channels-last off, whatever the machine's saved compute
-  choice), default `BYOLParams` except width, batch size and epochs.
+  choice), default `BYOLParams` except width, batch size and epochs (set by the budget).
 - lightly 1.6 (`benchmarks/peer_lightly_byol.py`): written as lightly's BYOL example
   (its `BYOLTransform` per PIL image, a `torch.utils.data.DataLoader` with shuffle and
   drop_last, `BYOLProjectionHead`/`BYOLPredictionHead`, `NegativeCosineSimilarity`,
@@ -25,15 +26,15 @@ The two sides:
   is downloaded), then the project's pip installs into it (`pip --python VENV/bin/python
   install --no-deps`) `lightly==1.6.*` plus the only modules the parts used import that
   torch does not bring: `lightning-utilities` (imported by `lightly.transforms`) and
-  `packaging` (imported by lightning-utilities). The runner imports from bowflow only
-  `bowflow/networks.py`, so the backbone is the same `convnet`.
+  `packaging` (imported by lightning-utilities). The runner imports from the project only
+  `bowflow/networks.py`, so the backbone is the same `convnet`, and the standard-library
+  budget rule `benchmarks/peer_budget.py`.
 
 Same for both: the images (a seeded subset of the train split; k-NN on the test split),
 the backbone (`convnet`, same width, and the same initial weights: the parent builds it
 once from the seed and both sides load that state), batch size, torch thread count
 (`torch.set_num_threads(--threads)`; the lightly DataLoader gets `--workers`, default 0,
-at most --threads), single process each, run one after the other (lightly first, or ours
-first with --ours-first), the
+at most --threads), run one after the other (the order alternating between seeds), the
 per-channel normalisation (fitted on the training images, as the pipeline does), the
 optimizer and schedules: SGD momentum 0.9 Nesterov, peak lr 0.1 with 1 epoch of linear
 warm-up then cosine to 0, per step (lightly: `CosineWarmupScheduler` per step); weight
@@ -60,24 +61,41 @@ Differences the two libraries leave (stated, not hidden):
   32 px); the random streams necessarily differ, seeded from the same seed;
 - lightly's `cosine_schedule` ends at exactly 1 on the last step (bowflow one step later).
 
-Same budget: each side first trains a throw-away model for 2 epochs on its first
---calibration-steps batches (the same trainer and loop as the real run; not counted in the
-budget, reported apart) and takes the second (warm) epoch's seconds, scaled to the full
-epoch, as its epoch time; it then trains E = max(1, round(--seconds / epoch time)) epochs (the
-nearest whole number: each side ends within about half an epoch of the budget, over or
-under; rounding down would leave up to a whole epoch unused, a different share per side)
-with the lr and EMA schedules laid out over those E epochs, so both finish their schedules.
-A side that is faster gets more epochs. The actual training seconds of each side are
-printed (a change of machine load after calibration moves them too); images/s are measured
-on the actual seconds, so the throughput ratio does not depend on the rounding.
+Same budget, by measured time (`benchmarks/peer_budget.py`, one rule for both sides): each
+side trains until its measured training time reaches --seconds. Its training time is the sum
+of its epochs' seconds, each from asking for the epoch's first batch (ours: the first
+training_step call, its batch a slice of the in-memory images) to the end of its last
+optimizer step, EMA update included, so lightly's DataLoader worker start-up is counted in every epoch it happens
+(lightly's example pays it each epoch; ours has no workers), and process start, imports, model
+building and the bookkeeping between epochs (ours: checkpoint save, resume after a re-plan;
+lightly: worker shut-down) are counted for neither. The clock is checked after every epoch,
+never within one: a side stops at the first epoch boundary at or past the budget (or at the
+last epoch of its plan, which can end a little short). After each epoch the side re-plans:
+epochs done + ceil(seconds left / mean of its last 3 epochs), and its lr and EMA schedules are
+laid out over the planned steps (moved when the plan moves), so both finish, or nearly
+finish, their schedules at the budget. There is no calibration: the first epoch, the lr
+warm-up, does not depend on the plan. Either side ends within one of its epochs of the budget
+(|training seconds - budget| < its longest epoch); the k-NN of both sides is taken at that
+end, at equal seconds to within an epoch, and the printed `equal within` is the gap. A
+faster side gets more epochs. bowflow's side stays in `bowflow.train.train`: the budget is a
+hook on the method's training_step/after_step that times the epochs and, at the next
+epoch's first step, interrupts the trainer to stop or to resume from its own epoch
+checkpoint with the new plan (the trainer resumes exactly as an uninterrupted run would,
+only with the new total of steps). images/s are training images / training seconds.
 
-Commands (from the repository root; the two runs in docs/BENCHMARKS.md section 10, about
-9-10 minutes each on a loaded 2-core CPU):
-    .venv/bin/python -m benchmarks.bench_peer --seconds 300 --images 5000
-    .venv/bin/python -m benchmarks.bench_peer --seconds 300 --images 5000 --ours-first
-    .venv/bin/python -m benchmarks.bench_peer --source digits --size 16 --seconds 60
+Seeds: --seeds S1 S2 ... runs the whole comparison once per seed (the training subset, the
+shared initial weights and both sides' random streams follow the seed); the order of the two
+sides alternates from seed to seed (lightly first at the first seed, or ours with
+--ours-first), to spread a trend in the machine's load. The summary gives the mean, min and
+max over seeds. --json PATH writes everything (per seed: both sides' training seconds,
+epochs, per-epoch seconds and plans, k-NN, images/s; the summary) for the record.
+
+Commands (from the repository root):
+    .venv/bin/python -m benchmarks.bench_peer --smoke --only ours      # seconds, no lightly env
+    .venv/bin/python -m benchmarks.bench_peer --smoke                  # + lightly env (~30 s)
+    .venv/bin/python -m benchmarks.bench_peer --seconds 900 --seeds 0 1 2 --threads 2 \
+        --workers 1 --json docs/results/peer-budget/result.json      # the record: ~95 min
     .venv/bin/python -m benchmarks.bench_peer --venv /tmp/peer-venv ...   # keep the env
-    .venv/bin/python -m benchmarks.bench_peer --only ours --source digits  # no lightly
 Data: default `--source imagefolder --root ../shared/datasets/cifar10-jpeg.tar.gz` (the
 CIFAR-10 JPEG tarball beside the project, read by `bowflow.datasets.load_source`,
 extracted once into the bowflow cache) at --size 32; a missing file stops with a message
@@ -87,7 +105,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -95,9 +112,12 @@ import sys
 import sysconfig
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+
+from benchmarks.peer_budget import EpochBudget
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TARBALL = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -113,6 +133,10 @@ SIDES = ("lightly", "ours")
 
 # ------------------------------------------------------------------ pure helpers
 
+SMOKE = {"source": "digits", "size": 8, "width": 4, "images": 256, "test_images": 64,
+         "batch_size": 32, "seconds": 2.0}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", default="imagefolder", choices=["imagefolder", "digits"])
@@ -124,50 +148,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-images", type=int, default=2000,
                         help="k-NN test images (seeded subset of the test split; 0 = all)")
     parser.add_argument("--seconds", type=float, default=240.0,
-                        help="training budget of each side, wall-clock seconds")
+                        help="training budget of each side: measured training seconds")
     parser.add_argument("--width", type=int, default=16,
                         help="convnet width, both sides (16: the CPU preset's BYOL width)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
     parser.add_argument("--workers", type=int, default=0,
                         help="lightly DataLoader workers (at most --threads; 0: single process)")
-    parser.add_argument("--calibration-steps", type=int, default=4,
-                        help="batches per calibration epoch (2 epochs, the second timed)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="one comparison per seed (data subset, initial weights, random streams)")
     parser.add_argument("--venv", type=Path, default=None,
                         help="folder of the lightly env (kept and reused; default: a temp folder, removed)")
     parser.add_argument("--only", choices=["both", *SIDES], default="both")
     parser.add_argument("--ours-first", action="store_true",
-                        help="run ours before lightly (default: lightly first); alternate the "
-                             "order between runs to spread a trend in the machine's load")
+                        help="run ours before lightly at the first seed (default: lightly first); "
+                             "the order alternates from seed to seed")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny, unless given: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SMOKE.items()))
     args = parser.parse_args(argv)
-    for name in ("size", "width", "batch_size", "threads", "calibration_steps"):
+    if args.smoke:                       # the tiny sizes, where not given on the command line
+        for key, value in SMOKE.items():
+            if getattr(args, key) == parser.get_default(key):
+                setattr(args, key, value)
+    for name in ("size", "width", "batch_size", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.seconds <= 0:
         parser.error("--seconds must be > 0")
     if args.images < 0 or args.test_images < 0:
         parser.error("--images and --test-images must be >= 0")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error("--seeds must be distinct")
     if not 0 <= args.workers <= args.threads:
         parser.error(f"--workers must be between 0 and --threads ({args.threads}): the lightly "
                      f"side gets no more cores than ours")
     return args
 
 
-def epochs_for_budget(seconds: float, epoch_seconds: float) -> int:
-    """The whole number of epochs of `epoch_seconds` nearest to `seconds` (halves up), at
-    least 1: each side ends within half an epoch of the budget, over or under. (Rounding
-    down would leave each side up to a whole epoch unused, a different share per side.)"""
-    if epoch_seconds <= 0:
-        raise ValueError(f"epoch_seconds must be > 0, got {epoch_seconds}")
-    return max(1, math.floor(seconds / epoch_seconds + 0.5))
-
-
-def full_epoch_seconds(calibration_seconds: float, calibration_steps: int, steps_per_epoch: int) -> float:
-    """A calibration epoch of `calibration_steps` steps took `calibration_seconds`: the time
-    of a full epoch of `steps_per_epoch` steps."""
-    return calibration_seconds * steps_per_epoch / calibration_steps
+def side_order(seed_index: int, ours_first: bool) -> tuple[str, ...]:
+    """The order of the two sides at the seed_index-th seed: alternating, starting with
+    lightly (or ours when ours_first)."""
+    return SIDES[::-1] if (seed_index % 2 == 1) != ours_first else SIDES
 
 
 def subset(n_total: int, n: int, seed: int) -> torch.Tensor:
@@ -198,28 +220,51 @@ def lscpu_machine(lscpu_text: str | None = None) -> dict:
 
 
 def ratios(ours: dict, lightly: dict) -> dict:
-    """images/s ours / lightly and k-NN ours - lightly (points)."""
+    """images/s ours / lightly, k-NN ours - lightly (points), and how equal the training
+    seconds were: ours - lightly, and the longer of the two sides' longest epochs (the
+    budget rule keeps each side within its longest epoch of the budget)."""
     return {"images_per_second_ratio": round(ours["images_per_second"] / lightly["images_per_second"], 3),
-            "knn_points": round(ours["knn"] - lightly["knn"], 2)}
+            "knn_points": round(ours["knn"] - lightly["knn"], 2),
+            "seconds_gap": round(ours["seconds"] - lightly["seconds"], 3),
+            "longest_epoch_seconds": round(max(max(ours["epoch_seconds"]), max(lightly["epoch_seconds"])), 3)}
+
+
+def summarize(per_seed: list[dict]) -> dict:
+    """Mean, min and max over seeds of each side's k-NN, training seconds and epochs, and of
+    the ours - lightly k-NN points and images/s ratio (where both sides ran)."""
+    def stats(values: list[float]) -> dict:
+        return {"mean": round(sum(values) / len(values), 3), "min": min(values), "max": max(values)}
+
+    out: dict = {"seeds": [r["seed"] for r in per_seed]}
+    for side in (*SIDES, "init"):
+        rows = [r["sides"][side] for r in per_seed if side in r["sides"]]
+        if rows:
+            out[side] = {key: stats([row[key] for row in rows])
+                         for key in ("knn", "seconds", "epochs") if key in rows[0]}
+    for key in ("knn_points", "images_per_second_ratio", "seconds_gap"):
+        values = [r[key] for r in per_seed if key in r]
+        if values:
+            out[key] = stats(values)
+    return out
 
 
 def format_table(rows: dict[str, dict]) -> str:
-    head = (f"{'side':<10}{'epochs':>7}{'steps':>7}{'train s':>9}{'images/s':>10}"
-            f"{'img/CPU-s':>10}{'calib s':>9}{'k-NN top-1':>11}")
+    head = (f"{'side':<10}{'epochs':>7}{'steps':>7}{'train s':>9}{'wall s':>9}{'images/s':>10}"
+            f"{'img/CPU-s':>10}{'k-NN top-1':>11}")
     lines = [head]
     for name, r in rows.items():
         if "epochs" not in r:                                   # the untrained floor
-            lines.append(f"{name:<10}{'-':>7}{'-':>7}{'-':>9}{'-':>10}{'-':>10}{'-':>9}{r['knn']:>10.2f}%")
+            lines.append(f"{name:<10}{'-':>7}{'-':>7}{'-':>9}{'-':>9}{'-':>10}{'-':>10}{r['knn']:>10.2f}%")
             continue
-        lines.append(f"{name:<10}{r['epochs']:>7}{r['steps']:>7}{r['seconds']:>9.1f}"
+        lines.append(f"{name:<10}{r['epochs']:>7}{r['steps']:>7}{r['seconds']:>9.1f}{r['wall_seconds']:>9.1f}"
                      f"{r['images_per_second']:>10.1f}{r['images'] / r['cpu_seconds']:>10.1f}"
-                     f"{r['calibration_seconds']:>9.1f}{r['knn']:>10.2f}%")
+                     f"{r['knn']:>10.2f}%")
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ data
 
-def load_images(args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
+def load_images(args, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """-> (train uint8 [N, 3, S, S], train labels [N], test uint8 [M, 3, S, S], test labels, what)."""
     from bowflow.datasets import load_source
 
@@ -228,15 +273,15 @@ def load_images(args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.T
         raise SystemExit(f"bench_peer: data file not found: {root} (the CIFAR-10 JPEG tarball, "
                          f"cifar10-jpeg.tar.gz, expected in ../shared/datasets/ beside the "
                          f"project). Point --root at it, or run with --source digits.")
-    train, test, report = load_source(args.source, str(root), image_size=args.size, seed=args.seed)
+    train, test, report = load_source(args.source, str(root), image_size=args.size, seed=seed)
 
     def pick(s, n, seed):
         rows = subset(len(s), n, seed)
         images = torch.from_numpy(s.images).permute(0, 3, 1, 2)[rows].contiguous()
         return images, torch.from_numpy(s.labels)[rows].contiguous()
 
-    x_train, y_train = pick(train, args.images, args.seed)
-    x_test, y_test = pick(test, args.test_images, args.seed + 1)
+    x_train, y_train = pick(train, args.images, seed)
+    x_test, y_test = pick(test, args.test_images, seed + 1)
     what = (f"{args.source} ({report.get('layout')}), {len(x_train)} of {len(train)} train and "
             f"{len(x_test)} of {len(test)} test images at {args.size} px, {len(train.class_names)} classes")
     return x_train, y_train, x_test, y_test, what
@@ -250,48 +295,88 @@ def byol_params(args, epochs: int):
     return BYOLParams(width=args.width, batch_size=args.batch_size, epochs=epochs)
 
 
-def train_ours(images: torch.Tensor, normalizer, init_state: dict, args, epochs: int,
-               workdir: Path, tag: str) -> tuple[torch.nn.Module, dict]:
-    """bowflow's BYOL through bowflow.train.train for `epochs` epochs."""
+class _Interrupt(Exception):
+    """Raised by the budget hook at an epoch's first step: stop, or resume with a new plan."""
+
+
+def train_ours(images: torch.Tensor, normalizer, init_state: dict, args, seed: int,
+               workdir: Path) -> tuple[torch.nn.Module, dict]:
+    """bowflow's BYOL through bowflow.train.train until its measured training time reaches
+    args.seconds (benchmarks.peer_budget.EpochBudget; module docstring: the budget)."""
+    from bowflow.io import load_torch
     from bowflow.methods import get_method
     from bowflow.networks import build_backbone
     from bowflow.runtime import seed_everything
     from bowflow.train import train
 
-    params = byol_params(args, epochs)
-    seed_everything(args.seed)
+    batch = min(args.batch_size, len(images))
+    steps_per_epoch = len(images) // batch
+    budget = EpochBudget(args.seconds, steps_per_epoch)
+    params = byol_params(args, budget.planned)
+    seed_everything(seed)
     backbone = build_backbone("convnet", args.width)
     backbone.load_state_dict(init_state)
     method = get_method("byol")(params, backbone, {"normalizer": normalizer, "image_size": args.size})
-    checkpoint = workdir / f"ours-{tag}.ckpt"
+
+    # The hook: time each epoch from its first training_step call to its last after_step
+    # return; at the next epoch's first step, interrupt the trainer if the budget says stop
+    # or the plan (its total of steps) changed. Nothing of the model has moved at that point.
+    inner_step, inner_after = method.training_step, method.after_step
+    clock = {"steps": 0, "start": 0.0, "go_on": True, "trainer_epochs": params.epochs}
+
+    def training_step(batch_images, index, generator):
+        if clock["steps"] % steps_per_epoch == 0:
+            if clock["steps"] and (not clock["go_on"] or budget.planned != clock["trainer_epochs"]):
+                raise _Interrupt
+            clock["start"] = time.perf_counter()
+        return inner_step(batch_images, index, generator)
+
+    def after_step(step, total_steps):
+        inner_after(step, total_steps)
+        clock["steps"] += 1
+        if clock["steps"] % steps_per_epoch == 0:
+            clock["go_on"] = budget.end_epoch(time.perf_counter() - clock["start"])
+
+    method.training_step, method.after_step = training_step, after_step
+    checkpoint = workdir / f"ours-s{seed}.ckpt"
     checkpoint.unlink(missing_ok=True)
+    # torch imports its compiler stack at the first optimizer it builds (seconds on a loaded
+    # 2-core machine): done here, before the clocks, as the lightly runner builds its
+    # optimizer before its clocks start.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     cpu_start, start = time.process_time(), time.perf_counter()
-    history = train(method, images, params, args.seed, checkpoint, run_id=f"peer-{tag}",
-                    bf16=False, channels_last=False, show_progress=False, run_name=f"peer-{tag}")
-    seconds = time.perf_counter() - start
+    resumes = 0
+    while True:
+        clock["trainer_epochs"] = budget.planned
+        try:
+            train(method, images, replace(params, epochs=budget.planned), seed, checkpoint,
+                  run_id=f"peer-ours-s{seed}", bf16=False, channels_last=False, show_progress=False,
+                  run_name=f"peer-ours-s{seed}")
+        except _Interrupt:
+            if not budget.stopped:
+                resumes += 1
+                continue                    # resume from the epoch checkpoint with the new plan
+        break
+    wall_seconds = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu_start
+    if not budget.stopped:
+        raise RuntimeError("bench_peer: the trainer ended before the budget said stop")
+    history = load_torch(checkpoint)["history"]
     checkpoint.unlink(missing_ok=True)
-    steps = len(images) // min(params.batch_size, len(images)) * epochs
-    images_seen = steps * min(params.batch_size, len(images))
+    del method.training_step, method.after_step
+    images_seen = clock["steps"] * batch
     return method.export_backbone(), {
-        "epochs": epochs, "steps": steps, "images": images_seen, "seconds": round(seconds, 3),
-        "cpu_seconds": round(cpu_seconds, 3), "images_per_second": round(images_seen / seconds, 2),
-        "history": history, "threads": torch.get_num_threads()}
+        **budget.record(), "steps": clock["steps"], "images": images_seen,
+        "seconds": round(budget.elapsed, 3), "wall_seconds": round(wall_seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3), "images_per_second": round(images_seen / budget.elapsed, 2),
+        "resumes": resumes, "history": history, "threads": torch.get_num_threads()}
 
 
-def run_ours(x_train, normalizer, init_state, args, workdir: Path) -> tuple[dict, dict]:
+def run_ours(x_train, normalizer, init_state, args, seed: int, workdir: Path) -> tuple[dict, dict]:
     torch.set_num_threads(args.threads)
-    steps = len(x_train) // min(args.batch_size, len(x_train))
-    k = min(args.calibration_steps, steps)
-    start = time.perf_counter()
-    _, calib = train_ours(x_train[:k * args.batch_size], normalizer, init_state, args, 2, workdir, "calibrate")
-    calibration_seconds = time.perf_counter() - start
-    epoch_s = full_epoch_seconds(calib["history"][1]["seconds"], k, steps)
-    epochs = epochs_for_budget(args.seconds, epoch_s)
-    print(f"ours: calibration {calibration_seconds:.1f} s, warm epoch {epoch_s:.2f} s -> {epochs} epochs",
-          flush=True)
-    backbone, stats = train_ours(x_train, normalizer, init_state, args, epochs, workdir, "train")
-    stats.update(calibration_seconds=round(calibration_seconds, 2), epoch_seconds_estimate=round(epoch_s, 3))
+    backbone, stats = train_ours(x_train, normalizer, init_state, args, seed, workdir)
+    print(f"ours: {stats['epochs']} epochs in {stats['seconds']:.1f} training s "
+          f"(budget {args.seconds:g} s, {stats['resumes']} re-plans)", flush=True)
     return backbone.state_dict(), stats
 
 
@@ -324,7 +409,7 @@ def lightly_env(folder: Path) -> Path:
     return python
 
 
-def lightly_config(args, normalizer) -> dict:
+def lightly_config(args, normalizer, seed: int) -> dict:
     p = byol_params(args, 1)
     return {"image_size": args.size, "width": args.width, "batch_size": args.batch_size,
             "lr": p.lr, "momentum": p.momentum, "weight_decay": p.weight_decay,
@@ -333,37 +418,25 @@ def lightly_config(args, normalizer) -> dict:
             "jitter": list(p.jitter), "jitter_p": p.jitter_p, "gray_p": p.gray_p,
             "blur_p": list(p.blur_p), "blur_sigma": list(p.blur_sigma), "solarize_p": list(p.solarize_p),
             "mean": normalizer.mean, "std": normalizer.std, "loss_scale": 4.0,
-            "threads": args.threads, "workers": args.workers, "seed": args.seed,
-            "calibration_steps": args.calibration_steps}
+            "threads": args.threads, "workers": args.workers, "seed": seed,
+            "seconds": args.seconds}
 
 
-def run_lightly(x_train, normalizer, init_state, args, workdir: Path) -> tuple[dict, dict]:
+def run_lightly(x_train, normalizer, init_state, args, seed: int, workdir: Path) -> tuple[dict, dict]:
     venv = args.venv or workdir / "lightly-venv"
     python = lightly_env(Path(venv))
     inputs, config, out = workdir / "lightly-inputs.pt", workdir / "lightly-config.json", workdir / "lightly"
     torch.save({"images": x_train.permute(0, 2, 3, 1).contiguous(), "init_backbone": init_state}, inputs)
-    config.write_text(json.dumps(lightly_config(args, normalizer), indent=1))
+    config.write_text(json.dumps(lightly_config(args, normalizer, seed), indent=1))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "PYTHONNOUSERSITE": "1"}
     env.pop("PYTHONPATH", None)
-
-    def runner(mode: str, epochs: int = 1) -> dict:
-        cmd = [str(python), str(RUNNER), "--inputs", str(inputs), "--config", str(config),
-               "--out", str(out), "--mode", mode, "--epochs", str(epochs)]
-        subprocess.run(cmd, check=True, env=env, cwd=ROOT)
-        return json.loads((out / f"{mode}.json").read_text())
-
-    steps = len(x_train) // min(args.batch_size, len(x_train))
-    k = min(args.calibration_steps, steps)
-    start = time.perf_counter()
-    calib = runner("calibrate")
-    calibration_seconds = time.perf_counter() - start
-    epoch_s = full_epoch_seconds(calib["epoch_seconds"], k, steps)
-    epochs = epochs_for_budget(args.seconds, epoch_s)
-    print(f"lightly: calibration {calibration_seconds:.1f} s (process included), warm epoch "
-          f"{epoch_s:.2f} s -> {epochs} epochs", flush=True)
-    stats = runner("train", epochs)
-    stats.update(calibration_seconds=round(calibration_seconds, 2), epoch_seconds_estimate=round(epoch_s, 3))
+    (out / "train.json").unlink(missing_ok=True)
+    subprocess.run([str(python), str(RUNNER), "--inputs", str(inputs), "--config", str(config),
+                    "--out", str(out)], check=True, env=env, cwd=ROOT)
+    stats = json.loads((out / "train.json").read_text())
+    print(f"lightly: {stats['epochs']} epochs in {stats['seconds']:.1f} training s "
+          f"(budget {args.seconds:g} s)", flush=True)
     return torch.load(out / "backbone.pt", weights_only=True), stats
 
 
@@ -394,29 +467,26 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)       # the default lightly env lives here too
 
 
-def _run(args, workdir: Path) -> dict:
+def run_seed(args, seed: int, order: tuple[str, ...], workdir: Path) -> dict:
+    """One comparison: both sides (in `order`) and the random-init floor, at `seed`."""
     from bowflow.models import Normalizer
     from bowflow.networks import build_backbone
 
-    wall_start = time.perf_counter()
-    machine = lscpu_machine()
-    x_train, y_train, x_test, y_test, what = load_images(args)
+    x_train, y_train, x_test, y_test, what = load_images(args, seed)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     normalizer = Normalizer.fit(x_train)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     init_state = {k: v.clone() for k, v in build_backbone("convnet", args.width).state_dict().items()}
-    print(f"data: {what}\nmachine: {machine['model']}, {machine['cpus']} CPUs, flags "
-          f"{' '.join(machine['flags']) or '(none of avx2/avx512/amx)'}; {args.threads} torch thread(s), "
-          f"lightly workers {args.workers}; budget {args.seconds:g} s per side", flush=True)
+    print(f"\n=== seed {seed}: {what}; order {' then '.join(order)}", flush=True)
 
     rows: dict[str, dict] = {}
     load = {}
-    for side in (SIDES[::-1] if args.ours_first else SIDES):
+    for side in order:
         if args.only not in ("both", side):
             continue
         before = os.getloadavg()
         run = run_lightly if side == "lightly" else run_ours
-        state, stats = run(x_train, normalizer, init_state, args, workdir)
+        state, stats = run(x_train, normalizer, init_state, args, seed, workdir)
         load[side] = [round(before[0], 2), round(os.getloadavg()[0], 2)]
         torch.set_num_threads(args.threads)
         stats["knn"] = round(knn_of(state, args, normalizer, x_train, y_train, x_test, y_test, num_classes), 2)
@@ -424,27 +494,52 @@ def _run(args, workdir: Path) -> dict:
     torch.set_num_threads(args.threads)
     rows["init"] = {"knn": round(knn_of(init_state, args, normalizer, x_train, y_train, x_test, y_test,
                                         num_classes), 2)}
-
-    print(f"\nBYOL, convnet w{args.width}, {args.size} px, batch {args.batch_size}, "
-          f"{len(x_train)} training images, budget {args.seconds:g} s each; k-NN (k 20) on "
-          f"{len(x_test)} test images, bank = the training images")
     print(format_table(rows))
     print("load average (1 min) before/after each side: "
           + ", ".join(f"{side} {a:.2f} -> {b:.2f}" for side, (a, b) in load.items()))
-    result = {"data": what, "machine": machine, "args": {k: str(v) if isinstance(v, Path) else v
-                                                          for k, v in vars(args).items()},
+    result = {"seed": seed, "data": what, "order": [s for s in order if s in rows],
               "sides": {k: {key: v for key, v in r.items() if key != "history"} for k, r in rows.items()},
               "history": {k: r.get("history") for k, r in rows.items() if "history" in r},
               "loadavg": load}
     if "ours" in rows and "lightly" in rows:
         result.update(ratios(rows["ours"], rows["lightly"]))
-        print(f"images/s ours/lightly: {result['images_per_second_ratio']:.2f}x; "
-              f"k-NN ours - lightly: {result['knn_points']:+.2f} points")
-    result["seconds_total"] = round(time.perf_counter() - wall_start, 1)
+        print(f"images/s ours/lightly: {result['images_per_second_ratio']:.2f}x; k-NN ours - lightly: "
+              f"{result['knn_points']:+.2f} points at training seconds ours - lightly "
+              f"{result['seconds_gap']:+.1f} s (equal within the longest epoch, "
+              f"{result['longest_epoch_seconds']:.1f} s)", flush=True)
+    return result
+
+
+def _run(args, workdir: Path) -> dict:
+    wall_start = time.perf_counter()
+    machine = lscpu_machine()
+    print(f"machine: {machine['model']}, {machine['cpus']} CPUs, flags "
+          f"{' '.join(machine['flags']) or '(none of avx2/avx512/amx)'}; {args.threads} torch thread(s), "
+          f"lightly workers {args.workers}; budget {args.seconds:g} training s per side; "
+          f"seeds {' '.join(map(str, args.seeds))}", flush=True)
+    per_seed = [run_seed(args, seed, side_order(i, args.ours_first), workdir)
+                for i, seed in enumerate(args.seeds)]
+    summary = summarize(per_seed)
+    print(f"\nBYOL, convnet w{args.width}, {args.size} px, batch {args.batch_size}, budget "
+          f"{args.seconds:g} training s each, {len(args.seeds)} seed(s); k-NN (k 20) top-1 %")
+    for side in (*SIDES, "init"):
+        if side in summary:
+            k = summary[side]["knn"]
+            print(f"  {side:<8} mean {k['mean']:.2f} (min {k['min']:.2f}, max {k['max']:.2f})")
+    if "knn_points" in summary:
+        k, r = summary["knn_points"], summary["images_per_second_ratio"]
+        print(f"  ours - lightly: mean {k['mean']:+.2f} points (min {k['min']:+.2f}, max {k['max']:+.2f}); "
+              f"images/s ours/lightly mean {r['mean']:.2f}x")
+    result = {"machine": machine,
+              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "per_seed": per_seed, "summary": summary,
+              "seconds_total": round(time.perf_counter() - wall_start, 1)}
     print(f"total {result['seconds_total']:.0f} s")
-    print("RESULT " + json.dumps({k: v for k, v in result.items() if k != "history"}))
+    print("RESULT " + json.dumps({"summary": summary, "seconds_total": result["seconds_total"]}))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
     return result
 
 

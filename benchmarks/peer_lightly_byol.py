@@ -12,14 +12,16 @@ shuffle and drop_last; `update_momentum` with `cosine_schedule` before each step
 `0.5 * (criterion(p0, z1) + criterion(p1, z0))`), with the hyperparameters bench_peer
 passes (bowflow's BYOL defaults; see bench_peer's docstring for what differs and why).
 
-    python benchmarks/peer_lightly_byol.py --inputs IN.pt --config CFG.json --out DIR \
-        --mode calibrate|train [--epochs E]
+    python benchmarks/peer_lightly_byol.py --inputs IN.pt --config CFG.json --out DIR
 
-IN.pt: {"images": uint8 [N, H, W, 3], "init_backbone": state_dict}. calibrate trains a
-throw-away model for 2 epochs on the first `calibration_steps` batches and reports the
-second epoch's seconds; train trains E epochs on all images and writes DIR/backbone.pt
-(the online backbone's state_dict). Both write DIR/<mode>.json (seconds, CPU seconds,
-images/s, per-epoch loss and seconds).
+IN.pt: {"images": uint8 [N, H, W, 3], "init_backbone": state_dict}. Trains on all images
+until the measured training time reaches the config's `seconds`, by the rule of
+`benchmarks/peer_budget.py` (the one bowflow's side uses too): the clock is checked after
+each epoch, the epochs left are re-planned from the measured ones, and lightly's schedules
+(`CosineWarmupScheduler` for the lr, `cosine_schedule` for the EMA momentum) are laid out
+over the planned steps, their total moved when the plan changes. Writes DIR/backbone.pt (the
+online backbone's state_dict) and DIR/train.json (training seconds, epochs, per-epoch
+seconds and plans, wall and CPU seconds, images/s, per-epoch loss).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import argparse
 import copy
 import json
 import random
+import resource
 import sys
 import time
 from pathlib import Path
@@ -37,6 +40,7 @@ from PIL import Image
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.peer_budget import EpochBudget  # noqa: E402  (standard library only)
 from bowflow.networks import build_backbone  # noqa: E402  (torch only: the same convnet)
 
 import lightly  # noqa: E402
@@ -107,8 +111,23 @@ def byol_transform(cfg: dict) -> BYOLTransform:
                                             solarization_prob=cfg["solarize_p"][1], **common))
 
 
-def train(images: np.ndarray, cfg: dict, epochs: int, init_backbone: dict | None) -> tuple[BYOL, dict]:
-    """Train lightly's BYOL for `epochs` epochs on uint8 images [N, H, W, 3]."""
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's finished children (DataLoader workers, joined each epoch)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def set_total_steps(scheduler: CosineWarmupScheduler, optimizer, total_steps: int) -> None:
+    """Lay lightly's lr schedule out over `total_steps` from now on: its `max_epochs`, and the
+    lr of the coming step (LambdaLR set it at its last step() from the old total)."""
+    scheduler.max_epochs = total_steps
+    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * scheduler.scale_lr(scheduler.last_epoch)
+
+
+def train(images: np.ndarray, cfg: dict, init_backbone: dict | None) -> tuple[BYOL, dict]:
+    """Train lightly's BYOL on uint8 images [N, H, W, 3] until the measured training time
+    reaches cfg["seconds"] (benchmarks.peer_budget.EpochBudget)."""
     seed = cfg["seed"]
     random.seed(seed)
     np.random.seed(seed)
@@ -123,7 +142,8 @@ def train(images: np.ndarray, cfg: dict, epochs: int, init_backbone: dict | None
         dataset, batch_size=cfg["batch_size"], shuffle=True, drop_last=True,
         num_workers=cfg["workers"], generator=torch.Generator().manual_seed(seed))
     steps_per_epoch = len(dataloader)
-    total_steps = epochs * steps_per_epoch
+    budget = EpochBudget(cfg["seconds"], steps_per_epoch)
+    total_steps = budget.total_steps()
 
     criterion = NegativeCosineSimilarity()
     # 0.5 * (-cos - cos) has 1/4 of the gradient of bowflow's (2 - 2cos) + (2 - 2cos): with
@@ -135,17 +155,20 @@ def train(images: np.ndarray, cfg: dict, epochs: int, init_backbone: dict | None
         [{"params": decay, "weight_decay": cfg["weight_decay"] / scale},
          {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg["lr"] * scale, momentum=cfg["momentum"], nesterov=cfg["momentum"] > 0)
-    warmup_steps = min(int(cfg["warmup_epochs"] * steps_per_epoch), total_steps)
+    # warm-up in steps, fixed: 1 epoch whatever the plan (the plan is never under 1 epoch)
+    warmup_steps = int(cfg["warmup_epochs"] * steps_per_epoch)
     scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup_steps, max_epochs=total_steps,
                                       end_value=0.0)
 
     history = []
     step = 0
-    cpu_start, wall_start = time.process_time(), time.perf_counter()
-    for epoch in range(epochs):
+    cpu_start, children_start = time.process_time(), children_cpu_seconds()
+    wall_start = time.perf_counter()
+    while True:
+        epoch = budget.epochs
         model.train()
         total_loss = 0.0
-        epoch_start = time.perf_counter()
+        epoch_start = step_end = time.perf_counter()        # before the iterator (and its workers)
         for batch in dataloader:
             x0, x1 = batch[0]
             momentum_val = cosine_schedule(step, total_steps, cfg["momentum_base"], 1.0)
@@ -159,22 +182,34 @@ def train(images: np.ndarray, cfg: dict, epochs: int, init_backbone: dict | None
             if not torch.isfinite(loss):
                 raise SystemExit(f"lightly BYOL diverged at epoch {epoch + 1}: loss {loss.item()}")
             total_loss += float(loss.detach())
+            lr = optimizer.param_groups[0]["lr"] / scale             # this step's, in bowflow's units
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
             scheduler.step()
             step += 1
-        seconds = time.perf_counter() - epoch_start
+            step_end = time.perf_counter()
+        seconds = step_end - epoch_start                    # to the end of the last step
+        go_on = budget.end_epoch(seconds)
         history.append({"epoch": epoch + 1, "loss": round(total_loss / steps_per_epoch, 5),
-                        "seconds": round(seconds, 3),
+                        "lr": round(lr, 6),
+                        "seconds": round(seconds, 3), "planned_epochs": budget.planned,
                         "images_per_second": round(steps_per_epoch * cfg["batch_size"] / seconds, 1)})
-        print(f"[lightly] epoch {epoch + 1}/{epochs} loss {history[-1]['loss']:.4f} "
-              f"{history[-1]['images_per_second']:.1f} images/s", file=sys.stderr, flush=True)
-    seconds = time.perf_counter() - wall_start
-    images_seen = total_steps * cfg["batch_size"]
-    stats = {"epochs": epochs, "steps": total_steps, "images": images_seen,
-             "seconds": round(seconds, 3), "cpu_seconds": round(time.process_time() - cpu_start, 3),
-             "images_per_second": round(images_seen / seconds, 2), "history": history,
+        print(f"[lightly] epoch {epoch + 1}/{budget.planned} loss {history[-1]['loss']:.4f} "
+              f"{history[-1]['images_per_second']:.1f} images/s, {budget.elapsed:.1f}/{budget.seconds:g} s",
+              file=sys.stderr, flush=True)
+        if not go_on:
+            break
+        if budget.total_steps() != total_steps:
+            total_steps = budget.total_steps()
+            set_total_steps(scheduler, optimizer, total_steps)
+    wall_seconds = time.perf_counter() - wall_start
+    cpu_seconds = time.process_time() - cpu_start + children_cpu_seconds() - children_start
+    images_seen = step * cfg["batch_size"]
+    stats = {**budget.record(), "steps": step, "images": images_seen,
+             "seconds": round(budget.elapsed, 3), "wall_seconds": round(wall_seconds, 3),
+             "cpu_seconds": round(cpu_seconds, 3),
+             "images_per_second": round(images_seen / budget.elapsed, 2), "history": history,
              "lightly": lightly.__version__, "torch": torch.__version__,
              "threads": torch.get_num_threads(), "workers": cfg["workers"]}
     return model, stats
@@ -185,22 +220,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inputs", type=Path, required=True)
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--mode", choices=["calibrate", "train"], required=True)
-    parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args(argv)
     cfg = json.loads(args.config.read_text())
     torch.set_num_threads(cfg["threads"])
     inputs = torch.load(args.inputs, weights_only=True)
     images = inputs["images"].numpy()                                   # [N, H, W, 3] uint8
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.mode == "calibrate":
-        images = images[:cfg["calibration_steps"] * cfg["batch_size"]]
-        _, stats = train(images, cfg, 2, inputs["init_backbone"])
-        stats["epoch_seconds"] = stats["history"][1]["seconds"]         # the warm epoch
-    else:
-        model, stats = train(images, cfg, args.epochs, inputs["init_backbone"])
-        torch.save(model.backbone.state_dict(), args.out / "backbone.pt")
-    (args.out / f"{args.mode}.json").write_text(json.dumps(stats, indent=1))
+    model, stats = train(images, cfg, inputs["init_backbone"])
+    torch.save(model.backbone.state_dict(), args.out / "backbone.pt")
+    (args.out / "train.json").write_text(json.dumps(stats, indent=1))
 
 
 if __name__ == "__main__":
