@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import runpy
 import shlex
 import signal
@@ -797,3 +798,47 @@ def test_fresh_interpreter(case, tmp_path):
     result = run_entry(argv, tmp_path, fresh=True)
     result.argv = argv
     check_outcome(result, expected, tmp_path)
+
+
+def test_met_needs_change_no_prepared_file(tmp_path):
+    """Data needs the digits meet: prepare with --needs writes exactly the files it writes
+    without (so adding the checks to the prepare stage invalidates no downstream stage)."""
+    argv = check_params(tmp_path, lambda params: None) + ["--stamp", str(tmp_path / "stamp.txt")]
+    assert run_entry(argv, tmp_path).rc == 0
+    params = shipped_params()
+    common = ["--seed", str(params["seed"]), *shlex.split(render_args(params["data"]))]
+    with_needs = run_entry(["stages.prepare", "--out", str(tmp_path / "a"), "--needs",
+                            str(tmp_path / "stamp.txt"), *common], tmp_path)
+    assert with_needs.rc == 0, with_needs.stderr
+    assert run_entry(["stages.prepare", "--out", str(tmp_path / "b"), *common], tmp_path).rc == 0
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == ["manifest.json", "test.parquet", "train.parquet"]
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+# The real pipeline on the tiny configuration (tests/tiny_params.py): each bad value stops
+# `dvc repro` in check_params or prepare, naming the key, before any training stage.
+TRAINING_STAGES = ("pretrain@", "vocab@", "student@", "teacher@", "distill@", "evaluate_")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key, value, phrases, last_stage", [
+    ("generations.g1.vocab.layer", "stage4", ("not a stage of the parent 'g0'",), "check_params"),
+    ("evaluate.few_shot_shots", [1, 200], ("215 images of each novel class", "class '5' has 182"), "prepare"),
+    ("teachers.teacher.batch_size", 1500, ("1500 images per step", "only 1346 images"), "prepare"),
+], ids=["layer", "few-shot", "batch"])
+def test_dvc_repro_stops_before_training(key, value, phrases, last_stage, tmp_path):
+    from test_pipeline import run   # the user's shell: PATH without the venv, empty cache
+    from tiny_params import make_project, tiny_params
+
+    params = tiny_params()
+    setter(key, value)(params)
+    project = make_project(tmp_path / "project", params)
+    result = run(project, ".venv/bin/dvc", "repro", check=False)
+    output = result.stdout + result.stderr
+    ran = re.findall(r"Running stage '([^']+)'", output)
+    assert result.returncode != 0, output[-3000:]
+    assert any(key in line and all(p in line for p in phrases) for line in output.splitlines()), output[-3000:]
+    assert ran[-1] == last_stage and not [s for s in ran if s.startswith(TRAINING_STAGES)], ran
+    assert not (project / "data" / "models").exists() and not (project / "data" / "prepared").exists()
