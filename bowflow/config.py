@@ -2,8 +2,12 @@
 
 Each section is a dataclass; stages parse their section from command-line flags with
 `bowflow.cli.parse_section`, and `validate_params` checks a whole params.yaml up front
-(unknown keys, wrong types, impossible values, generation parents) so that a mistake
-stops the pipeline with a message naming the key before any work starts.
+(unknown keys, wrong types, impossible values, generation parents, every layer name
+against its run's architecture) so that a mistake stops the pipeline with a message naming
+the key before any work starts. What only the images can answer (enough novel-class images
+for the few-shot episodes, a batch no larger than its run's training images) is written
+into the check_params stamp (`data_needs`) and checked by the prepare stage as soon as it
+has read the images, still before any training stage.
 
     python -m bowflow.config params.yaml     # check a params file (make run does this)
 """
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import json
 import math
 import re
 import sys
@@ -108,18 +114,30 @@ class EvalParams:
         if self.few_shot_way < 2:
             raise ValueError(f"few_shot_way must be >= 2, got {self.few_shot_way}")
 
-    def check_against(self, manifest: dict) -> None:
-        """Shots and ways against the prepared novel classes (needs the prepared manifest)."""
-        novel = manifest["novel_classes"]
-        if self.few_shot_way > len(novel):
-            raise ValueError(f"few_shot_way={self.few_shot_way} but only {len(novel)} novel classes")
-        need = max(self.few_shot_shots) + self.few_shot_queries
-        counts = novel_counts(manifest)
-        short = {c: n for c, n in counts.items() if n < need}
-        if short:
-            raise ValueError(f"few_shot_shots max {max(self.few_shot_shots)} + few_shot_queries "
-                             f"{self.few_shot_queries} needs {need} images per novel class, but "
-                             + ", ".join(f"'{c}' has {n}" for c, n in short.items()))
+    def check_against(self, manifest: dict, where: str = "the prepared data") -> None:
+        """Shots and ways against the prepared novel classes (needs the prepared manifest).
+        The message starts with the key at fault (`few_shot_way:` or `few_shot_shots:`)."""
+        check_few_shot(self.few_shot_way, max(self.few_shot_shots), self.few_shot_queries,
+                       manifest["novel_classes"], manifest["counts"], where)
+
+
+def check_few_shot(way: int, shots: int, queries: int, novel: list[str],
+                   counts: dict[str, dict[str, int]], where: str) -> None:
+    """ValueError unless every `way`-way episode can draw `shots` support + `queries` query
+    images of each novel class from the images evaluation gives it: both splits of each
+    novel class (`novel_counts`). counts: {split: {class name: images}}; `where` names the
+    data in the message."""
+    if way > len(novel):
+        raise ValueError(f"few_shot_way: {way}-way episodes need as many novel classes, but {where} "
+                         f"has {len(novel)} ({novel})")
+    need = shots + queries
+    have = novel_counts({"novel_classes": novel, "counts": counts})
+    short = {c: n for c, n in have.items() if n < need}
+    if short:
+        raise ValueError(f"few_shot_shots: {shots} support (its largest) + {queries} queries "
+                         f"(evaluate.few_shot_queries) per class need {need} images of each novel class "
+                         f"(train and test splits together, as the episodes draw them), but "
+                         + ", ".join(f"class '{c}' has {n}" for c, n in short.items()) + f" in {where}")
 
 
 def novel_counts(manifest: dict) -> dict[str, int]:
@@ -282,16 +300,17 @@ def check_supervised(teachers: Any, distill: Any, taken: set[str]) -> tuple[dict
                 raise ParamsError(f"{where}.method: '{values['method']}' is not a distillation method "
                                   f"(expected one of {distillation_methods()})")
             run = check_section(params_cls, values, where)
+            network = run_architecture(run, where)
             if section == "distill":
                 if run.teacher not in checked[0]:
                     raise ParamsError(f"{where}.teacher: {run.teacher!r} is not an entry of teachers: "
                                       f"(known: {sorted(checked[0])})")
                 teacher = checked[0][run.teacher]
                 try:
-                    cls.check_pair(run, build_backbone(run.arch, run.width, run.depth),
-                                   build_backbone(teacher.arch, teacher.width, teacher.depth))
+                    cls.check_pair(run, network, run_architecture(teacher, f"teachers.{run.teacher}"))
                 except ValueError as error:
-                    raise ParamsError(f"{where}: {error} (teacher '{run.teacher}': {teacher.arch})") from None
+                    raise ParamsError(keyed(where, str(error), params_cls)
+                                      + f" (teacher '{run.teacher}': {teacher.arch})") from None
             runs[name] = run
             taken.add(name)
         checked.append(runs)
@@ -301,6 +320,151 @@ def check_supervised(teachers: Any, distill: Any, taken: set[str]) -> tuple[dict
 def distillation_methods() -> list[str]:
     """Registered methods that distil a teacher (they need one from their stage)."""
     return [m for m in available_methods() if "teacher" in get_method(m).stage_inputs]
+
+
+@functools.lru_cache(maxsize=None)
+def architecture(arch: str, width: int, depth: int):
+    """The Backbone a run builds, made on PyTorch's meta device: stage names, channels and
+    reductions without allocating or initialising a weight (a WRN-28-10 in 0.1 s instead of
+    1.5 s), so check_params can check every run's layer names. Cached; never run it."""
+    import torch
+
+    with torch.device("meta"):
+        return build_backbone(arch, width, depth)
+
+
+def run_architecture(run: Any, where: str):
+    """`architecture` of a checked run section; a size the builder refuses (a resnet depth
+    other than 18/34, a wrn depth not 6n + 4) is a ParamsError naming `where`'s key."""
+    try:
+        return architecture(run.arch, run.width, run.depth)
+    except ValueError as error:
+        key = next((k for k in ("depth", "width") if k in str(error).split()), "arch")
+        raise ParamsError(f"{where}.{key}: {error} (arch '{run.arch}', width {run.width}, "
+                          f"depth {run.depth})") from None
+
+
+def keyed(where: str, message: str, cls: type) -> str:
+    """'hint_stage: the student has ...' from section `where` -> 'where.hint_stage: the
+    student has ...': a message that starts with one of `cls`'s keys names it in full."""
+    first, _, rest = message.partition(" ")
+    name = first.rstrip(":=")
+    if name in {f.name for f in dataclasses.fields(cls)}:
+        return f"{where}.{name}: {rest if first.endswith(':') else message}"
+    return f"{where}: {message}"
+
+
+def check_layers(checked: dict) -> None:
+    """Every layer name against the architecture that must have it, before any training:
+    a generation's `vocab.layer` against its parent's backbone, `evaluate.layer` against
+    every evaluated model (each pretrain run and generation student). A layer is 'last' or
+    one of the backbone's stage names ('stage1', ...). Distillation layer names
+    (FitNet's hint_stage) are the methods' `check_pair`, called by `check_supervised`."""
+    runs = {name: (run, f"pretrain.{name}") for name, run in checked["pretrain"].items()}
+    runs |= {name: (gen["student"], f"generations.{name}.student")
+             for name, gen in checked["generations"].items()}
+    stages = {name: run_architecture(run, where).stage_names for name, (run, where) in runs.items()}
+
+    def describe(name: str) -> str:
+        run, where = runs[name]
+        return f"'{name}' ({where}.arch: {run.arch}, stages {stages[name]})"
+
+    for name, gen in checked["generations"].items():
+        layer, parent = gen["vocab"].layer, gen["parent"]
+        if layer != "last" and layer not in stages[parent]:
+            raise ParamsError(f"generations.{name}.vocab.layer: '{layer}' is not a stage of the parent "
+                              f"{describe(parent)}: expected 'last' or one of its stages")
+    layer = checked["evaluate"].layer
+    missing = [name for name in runs if layer != "last" and layer not in stages[name]]
+    if missing:
+        raise ParamsError(f"evaluate.layer: '{layer}' is not a stage of {describe(missing[0])}"
+                          + (f" (nor of {missing[1:]})" if len(missing) > 1 else "")
+                          + ": expected 'last' or a stage every pretrain run and generation student has")
+
+
+# ---------------------------------------------------------------------------- data needs
+# What params.yaml asks of the data that only the prepared images can answer (how many
+# images each novel class and each run's training set hold). check_params works these out
+# (`data_needs`) and writes them in its stamp; the prepare stage checks them against the
+# images it has just read, before writing anything (`check_data_needs`), so a few-shot
+# shape or a batch the data cannot fill stops before any training stage. The stamp holds
+# only the largest demand per image pool, so an edit that does not change one (a new run
+# with an ordinary batch, an lr) leaves the stamp, and so the prepare stage, unchanged.
+
+def data_needs(checked: dict) -> dict:
+    """-> {"few_shot": {way, shots (the largest), queries}, "ssl_batch": {key, size} | None,
+    "labelled_batch": {key, size} | None}: the largest batch of each image pool and the
+    first key asking for it (params order)."""
+    def largest(runs: list[tuple[str, Any]]) -> dict | None:
+        best = None
+        for key, run in runs:
+            if best is None or run.batch_size > best["size"]:
+                best = {"key": f"{key}.batch_size", "size": run.batch_size}
+        return best
+
+    evaluate = checked["evaluate"]
+    ssl = [(f"pretrain.{n}", r) for n, r in checked["pretrain"].items()]
+    ssl += [(f"generations.{n}.student", g["student"]) for n, g in checked["generations"].items()]
+    labelled = [(f"teachers.{n}", r) for n, r in checked["teachers"].items()]
+    labelled += [(f"distill.{n}", r) for n, r in checked["distill"].items()]
+    return {"few_shot": {"way": evaluate.few_shot_way, "shots": max(evaluate.few_shot_shots),
+                         "queries": evaluate.few_shot_queries},
+            "ssl_batch": largest(ssl), "labelled_batch": largest(labelled)}
+
+
+def check_batches_static(checked: dict) -> None:
+    """A batch above the image cap its run trains on (data.ssl_max_images for the SSL runs,
+    the run's own max_images for a labelled one) is known from the params alone."""
+    cap = checked["data"].ssl_max_images
+    ssl = [(f"pretrain.{n}", r) for n, r in checked["pretrain"].items()]
+    ssl += [(f"generations.{n}.student", g["student"]) for n, g in checked["generations"].items()]
+    for where, run in ssl:
+        if 0 < cap < run.batch_size:
+            raise ParamsError(f"{where}.batch_size: {run.batch_size} images per step, but the run trains "
+                              f"on data.ssl_max_images = {cap} images: expected a batch_size <= {cap}")
+    for section in ("teachers", "distill"):
+        for name, run in checked[section].items():
+            cap = getattr(run, "max_images", 0)
+            if 0 < cap < run.batch_size:
+                raise ParamsError(f"{section}.{name}.batch_size: {run.batch_size} images per step, but "
+                                  f"the run trains on its max_images = {cap} images: expected a "
+                                  f"batch_size <= {cap}")
+
+
+def check_data_needs(needs: dict, counts: dict[str, dict[str, int]], base: list[str], novel: list[str],
+                     ssl_classes: str, ssl_max_images: int, where: str) -> None:
+    """ParamsError naming the key when the data cannot give what `needs` (`data_needs`)
+    asks: few-shot episodes over the novel classes, and each pool's largest batch at most
+    the images that pool trains on. counts: {split: {class name: images}} (the prepared
+    manifest's `counts`); base/novel: the class lists; ssl_classes and ssl_max_images: the
+    data section's (they decide the SSL rows, as `datasets.ssl_rows` does); `where` names
+    the data in the message."""
+    few = needs["few_shot"]
+    try:
+        check_few_shot(few["way"], few["shots"], few["queries"], novel, counts, where)
+    except ValueError as error:
+        raise ParamsError(f"evaluate.{error}") from None
+    train = counts["train"]
+    ssl = sum(train.get(c, 0) for c in (base if ssl_classes == "base" else list(base) + list(novel)))
+    pools = [("ssl_batch", min(ssl, ssl_max_images) if ssl_max_images > 0 else ssl,
+              f"the train split's {ssl_classes} classes, data.ssl_classes"
+              + (", at most data.ssl_max_images" if ssl_max_images > 0 else "")),
+             ("labelled_batch", sum(train.values()), "every image of the train split")]
+    for pool, images, what in pools:
+        batch = needs.get(pool)
+        if batch and batch["size"] > images:
+            raise ParamsError(f"{batch['key']}: {batch['size']} images per step, but the run trains on "
+                              f"only {images} images ({what}) of {where}: expected a batch_size <= {images}")
+
+
+def read_data_needs(path: str | Path) -> dict:
+    """The data needs in the stamp check_params writes (`main --stamp`)."""
+    try:
+        return json.loads(Path(path).read_text())["data_needs"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ParamsError(f"{path}: no data needs in it ({type(error).__name__}: {error}): expected the "
+                          f"stamp `python -m bowflow.config params.yaml --stamp {path}` writes "
+                          f"(rerun the check_params stage)") from None
 
 
 def parent_cycle(generations: dict, start: str) -> str:
@@ -367,12 +531,16 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
     if checked["evaluate"].few_shot_way > len(novel):
         raise ParamsError(f"evaluate.few_shot_way: {checked['evaluate'].few_shot_way}-way episodes need "
                           f"as many novel classes, but data.novel_classes lists {len(novel)}")
+    check_layers(checked)
+    check_batches_static(checked)
     recorded = (manifest or {}).get("source", {})
+    # counts per class do not depend on the seed (stratified_split), so a manifest of the
+    # same data section answers for any seed
     if manifest is not None and all(recorded.get(k) == v for k, v in params["data"].items()):
-        try:
-            checked["evaluate"].check_against(manifest)
-        except ValueError as error:
-            raise ParamsError(f"evaluate: {error}") from None
+        data = checked["data"]
+        check_data_needs(data_needs(checked), manifest["counts"], manifest["base_classes"],
+                         manifest["novel_classes"], data.ssl_classes, data.ssl_max_images,
+                         "the prepared data (its manifest)")
     return checked
 
 
@@ -427,11 +595,12 @@ def check_environment(checked: dict, params: dict) -> None:
                 folder, counts = found
                 check_novel_classes(data.novel_classes, counts, folder)
                 novel = [unicodedata.normalize("NFC", c) for c in data.novel_classes]  # as folders are
-                checked["evaluate"].check_against({"novel_classes": novel, "counts": {"all": counts}})
+                checked["evaluate"].check_against({"novel_classes": novel, "counts": {"all": counts}},
+                                                  f"the image files under '{data.root}'")
         except DataError as error:
             raise ParamsError(str(error)) from None
         except ValueError as error:
-            raise ParamsError(f"evaluate: {error} (image files under '{data.root}')") from None
+            raise ParamsError(f"evaluate.{error}") from None
     torchvision = data.source not in ("digits", "imagefolder")
     if torchvision and not data.download and (root is None or not root.exists()):
         raise ParamsError(f"data.root: '{data.root}' does not exist: expected a folder holding a local "
@@ -449,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("params", type=Path, nargs="?", default=Path("params.yaml"))
     parser.add_argument("--manifest", type=Path, default=Path("data/prepared/manifest.json"),
                         help="prepared manifest, to check shots against novel class sizes if present")
-    parser.add_argument("--stamp", type=Path, help="file to write when the params are valid")
+    parser.add_argument("--stamp", type=Path, help="file to write when the params are valid: JSON of "
+                        "what they ask of the data, for `stages.prepare --needs`")
     args = parser.parse_args(argv)
     try:
         manifest = read_yaml(args.manifest, "prepared manifest") if args.manifest.exists() else None
@@ -462,9 +632,9 @@ def main(argv: list[str] | None = None) -> int:
             else f"{args.params}: "
         print(f"{prefix}{message}", file=sys.stderr)
         return 2
-    if args.stamp:
-        from bowflow.io import write_text
-        write_text(args.stamp, "params valid\n")   # constant content: downstream stays cached
+    if args.stamp:   # read by the prepare stage; constant unless a data need changes (see data_needs)
+        from bowflow.io import write_json
+        write_json(args.stamp, {"params": "valid", "data_needs": data_needs(checked)})
     print(f"{args.params}: ok", file=sys.stderr)
     return 0
 

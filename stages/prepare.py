@@ -1,18 +1,27 @@
 """Stage prepare: read a data source and write Parquet tables plus a manifest.
 
-    python -m stages.prepare --out data/prepared --seed 0 --source digits --image_size 16 ...
+    python -m stages.prepare --out data/prepared --seed 0 --needs data/checked_params.txt \
+        --source digits --image_size 16 ...
 
 Writes data/prepared/{train,test}.parquet (uint8 pixels, labels, class names) and
 manifest.json (the data parameters, base/novel classes, counts per class, image size,
 content hash, and every skipped or resized file by name).
+
+`--needs` is the stamp of the check_params stage: what the rest of params.yaml asks of the
+data (few-shot images per novel class, each image pool's largest batch;
+`bowflow.config.data_needs`). Once the images are read, and before anything is written,
+they are checked against it, so a demand the data cannot meet stops here with the params
+key named, before any training stage. The needs change no output of this stage.
 """
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from bowflow.cli import parse_section
-from bowflow.config import DataParams
+from bowflow.config import DataParams, ParamsError, check_data_needs, read_data_needs
 from bowflow.datasets import DataError, base_novel_split, load_source, write_prepared
 from bowflow.runtime import StageClock, log
 
@@ -20,6 +29,8 @@ from bowflow.runtime import StageClock, log
 def paths(parser):
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--needs", type=Path, default=None,
+                        help="check_params' stamp: check the data against what params.yaml asks of it")
 
 
 def main(argv=None):
@@ -32,12 +43,28 @@ def main(argv=None):
                                           params.test_fraction, args.seed, params.download,
                                           params.max_bad_fraction, params.novel_classes)
         base, novel = split_classes(train.class_names, params.novel_classes, report)
-    except DataError as error:     # bad data or data params: one line naming them, no traceback
+        if args.needs is not None:
+            check_data_needs(read_data_needs(args.needs), split_counts(train, test), base, novel,
+                             params.ssl_classes, params.ssl_max_images, describe_source(params))
+    except (DataError, ParamsError) as error:   # bad data or params: one line naming them, no traceback
         raise SystemExit(f"prepare: {error}")
     manifest = write_prepared(args.out, train, test, base, novel, report,
                               {**asdict(params), "seed": args.seed})
     log(f"prepared {len(train)} train / {len(test)} test images of {manifest['image_size']} "
         f"({len(base)} base, {len(novel)} novel classes) in {clock.summary()['wall_seconds']} s")
+
+
+def split_counts(train, test) -> dict[str, dict[str, int]]:
+    """{split: {class name: images}} of the two ImageSets, as the manifest's `counts`."""
+    return {split: dict(zip(s.class_names, np.bincount(s.labels, minlength=len(s.class_names)).tolist()))
+            for split, s in (("train", train), ("test", test))}
+
+
+def describe_source(params: DataParams) -> str:
+    """The data just read, for messages: 'the digits data' / "the image folder '...'"."""
+    if params.source == "imagefolder":
+        return f"the image folder '{params.root}' (data.root)"
+    return f"the {params.source} data (data.source)"
 
 
 def split_classes(class_names: list[str], novel_classes: list[str],

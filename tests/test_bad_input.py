@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import runpy
 import shlex
 import signal
@@ -494,6 +495,41 @@ def _teacher_on_missing_gpu(tmp):
             "--seed", "0", "--device", NO_GPU_DEVICE, "--method", "rotnet", "--epochs", "1"]
 
 
+def _distill_pair(edit_run: dict) -> Callable[[dict], None]:
+    """A teachers: entry 't' and a FitNet distill: entry 'fit' from it (their methods'
+    defaults, small convnets), the FitNet run changed by `edit_run`."""
+    def edit(params: dict) -> None:
+        from tiny_params import distill_runs   # tests/ is on sys.path (conftest.py)
+        teachers, distill = distill_runs(["fitnet"])
+        params["teachers"] = {"t": teachers["teacher"]}
+        params["distill"] = {"fit": distill["fitnet"] | {"teacher": "t"} | edit_run}
+    return edit
+
+
+def _with_needs(edit: Callable[[dict], None]) -> Callable[[Path], list[str]]:
+    """check_params on the shipped params changed by `edit` (digits), which must pass and
+    write its stamp, then the prepare argv that reads the stamp: what `dvc repro` runs."""
+    def build(tmp: Path) -> list[str]:
+        argv = check_params(tmp, edit) + ["--stamp", str(tmp / "checked_params.txt")]
+        result = run_entry(argv, tmp)
+        assert result.rc == 0, result.stderr
+        params = load_yaml(tmp / "params.yaml")
+        return ["stages.prepare", "--out", str(tmp / "prepared"), "--seed", str(params["seed"]),
+                "--needs", str(tmp / "checked_params.txt"), *shlex.split(render_args(params["data"]))]
+    return build
+
+
+def _batch_over_prepared_manifest(tmp):
+    """Data already prepared (digits): check_params reads its manifest and stops a batch
+    larger than the SSL images without rerunning prepare."""
+    params = shipped_params()
+    argv = ["stages.prepare", "--out", str(tmp / "prepared"), "--seed", str(params["seed"]),
+            *shlex.split(render_args(params["data"]))]
+    result = run_entry(argv, tmp)
+    assert result.rc == 0, result.stderr
+    return check_params(tmp, setter("pretrain.g0.batch_size", 1000), manifest=tmp / "prepared" / "manifest.json")
+
+
 def _params_root_plain_file(tmp):
     (tmp / "list.txt").write_text("a/0.png\n")
     return check_params(tmp, imagefolder_data(tmp / "list.txt"))
@@ -643,7 +679,7 @@ ROWS = [
     ("more ways than novel classes", lambda t: check_params(t, setter("evaluate.few_shot_way", 6)),
      fails("evaluate.few_shot_way", "data.novel_classes lists 5")),
     ("shots + queries above a novel class's images (prepared manifest)", _shots_exceed_novel,
-     fails("evaluate", "65 images per novel class", "'c' has 3")),
+     fails("evaluate.few_shot_shots", "65 images of each novel class", "class 'c' has 3")),
     ("novel class not in the image folder (check_params)", lambda t: check_params(
         t, imagefolder_data(tree(t / "data"), ("c", "zebra"))),
      fails("data.novel_classes", "zebra", "not found", "expected names of its class folders")),
@@ -652,7 +688,46 @@ ROWS = [
      fails("data.root", "only 1 class folder", "expected at least 3")),
     ("shots + queries above the image files of a novel class (check_params)", lambda t: check_params(
         t, imagefolder_data(tree(t / "data"))),
-     fails("evaluate", "65 images per novel class", "'c' has 3", "image files under")),
+     fails("evaluate.few_shot_shots", "65 images of each novel class", "class 'c' has 3",
+           "image files under")),
+    # ---- layer names against the run's architecture (check_params, before any stage)
+    ("vocabulary layer the parent does not have", lambda t: check_params(
+        t, setter("generations.g1.vocab.layer", "stage4")),
+     fails("generations.g1.vocab.layer", "'stage4'", "not a stage of the parent 'g0'",
+           "['stage1', 'stage2', 'stage3']", "expected 'last' or one of its stages")),
+    ("evaluation layer an evaluated model does not have", lambda t: check_params(
+        t, setter("evaluate.layer", "stage9")),
+     fails("evaluate.layer", "'stage9'", "not a stage of 'g0'", "expected 'last' or a stage")),
+    ("FitNet hint stage the networks do not have", lambda t: check_params(
+        t, _distill_pair({"hint_stage": "stage5"})),
+     fails("distill.fit.hint_stage", "no stage 'stage5'", "stage3")),
+    ("architecture size the builder refuses", lambda t: check_params(t, edits(
+        setter("pretrain.g0.arch", "resnet"), setter("pretrain.g0.depth", 20))),
+     fails("pretrain.g0.depth", "resnet depth must be one of [18, 34]", "got 20")),
+    # ---- batch and few-shot sizes against the images (check_params when params alone
+    # tell, else the prepare stage as soon as it has read the images, before writing)
+    ("batch above data.ssl_max_images", lambda t: check_params(t, edits(
+        setter("data.ssl_max_images", 50), setter("pretrain.g0.batch_size", 64))),
+     fails("pretrain.g0.batch_size", "data.ssl_max_images = 50", "expected a batch_size <= 50")),
+    ("batch above a labelled run's max_images", lambda t: check_params(
+        t, _distill_pair({"max_images": 20, "batch_size": 32})),
+     fails("distill.fit.batch_size", "its max_images = 20", "expected a batch_size <= 20")),
+    ("shots + queries above a digits novel class (prepare)", _with_needs(
+        setter("evaluate.few_shot_shots", [1, 5, 170])),
+     fails("evaluate.few_shot_shots", "170 support", "15 queries", "185 images of each novel class",
+           "class '7' has 179", "class '8' has 174", "digits")),
+    ("SSL batch above the SSL images (prepare)", _with_needs(setter("pretrain.g0.batch_size", 1000)),
+     fails("pretrain.g0.batch_size", "1000 images per step", "only 675 images", "base classes",
+           "expected a batch_size <= 675")),
+    ("student batch above the SSL images (prepare)", _with_needs(
+        setter("generations.g2.student.batch_size", 700)),
+     fails("generations.g2.student.batch_size", "700 images per step", "only 675 images")),
+    ("teacher batch above the labelled train images (prepare)", _with_needs(edits(
+        _distill_pair({}), setter("teachers.t.batch_size", 1500))),
+     fails("teachers.t.batch_size", "1500 images per step", "only 1346 images", "train split")),
+    ("SSL batch above the prepared SSL images (check_params, prepared manifest)",
+     _batch_over_prepared_manifest,
+     fails("pretrain.g0.batch_size", "1000 images per step", "only 675 images", "prepared data")),
     ("novel class not in the data (digits)", lambda t: check_params(t, setter("data.novel_classes", ["5", "10"])),
      fails("data", "novel_classes ['10']", "expected names among")),
     ("novel class listed twice", lambda t: check_params(t, setter("data.novel_classes", ["5", "6", "5"])),
@@ -723,3 +798,47 @@ def test_fresh_interpreter(case, tmp_path):
     result = run_entry(argv, tmp_path, fresh=True)
     result.argv = argv
     check_outcome(result, expected, tmp_path)
+
+
+def test_met_needs_change_no_prepared_file(tmp_path):
+    """Data needs the digits meet: prepare with --needs writes exactly the files it writes
+    without (so adding the checks to the prepare stage invalidates no downstream stage)."""
+    argv = check_params(tmp_path, lambda params: None) + ["--stamp", str(tmp_path / "stamp.txt")]
+    assert run_entry(argv, tmp_path).rc == 0
+    params = shipped_params()
+    common = ["--seed", str(params["seed"]), *shlex.split(render_args(params["data"]))]
+    with_needs = run_entry(["stages.prepare", "--out", str(tmp_path / "a"), "--needs",
+                            str(tmp_path / "stamp.txt"), *common], tmp_path)
+    assert with_needs.rc == 0, with_needs.stderr
+    assert run_entry(["stages.prepare", "--out", str(tmp_path / "b"), *common], tmp_path).rc == 0
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == ["manifest.json", "test.parquet", "train.parquet"]
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+# The real pipeline on the tiny configuration (tests/tiny_params.py): each bad value stops
+# `dvc repro` in check_params or prepare, naming the key, before any training stage.
+TRAINING_STAGES = ("pretrain@", "vocab@", "student@", "teacher@", "distill@", "evaluate_")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key, value, phrases, last_stage", [
+    ("generations.g1.vocab.layer", "stage4", ("not a stage of the parent 'g0'",), "check_params"),
+    ("evaluate.few_shot_shots", [1, 200], ("215 images of each novel class", "class '5' has 182"), "prepare"),
+    ("teachers.teacher.batch_size", 1500, ("1500 images per step", "only 1346 images"), "prepare"),
+], ids=["layer", "few-shot", "batch"])
+def test_dvc_repro_stops_before_training(key, value, phrases, last_stage, tmp_path):
+    from test_pipeline import run   # the user's shell: PATH without the venv, empty cache
+    from tiny_params import make_project, tiny_params
+
+    params = tiny_params()
+    setter(key, value)(params)
+    project = make_project(tmp_path / "project", params)
+    result = run(project, ".venv/bin/dvc", "repro", check=False)
+    output = result.stdout + result.stderr
+    ran = re.findall(r"Running stage '([^']+)'", output)
+    assert result.returncode != 0, output[-3000:]
+    assert any(key in line and all(p in line for p in phrases) for line in output.splitlines()), output[-3000:]
+    assert ran[-1] == last_stage and not [s for s in ran if s.startswith(TRAINING_STAGES)], ran
+    assert not (project / "data" / "models").exists() and not (project / "data" / "prepared").exists()

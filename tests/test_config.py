@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bowflow.config import ParamsError, load_yaml, validate_params
+from bowflow.config import ParamsError, check_data_needs, data_needs, load_yaml, validate_params
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,14 +124,15 @@ def test_named_arch_with_another_size_is_named(params, arch, width, depth, key):
 
 
 def test_more_shots_than_a_novel_class_holds(params):
-    manifest = {"source": params["data"], "novel_classes": ["5", "6"],
-                "counts": {"train": {"5": 30, "6": 100}, "test": {"5": 10, "6": 20}}}
+    manifest = {"source": params["data"], "base_classes": ["0"], "novel_classes": ["5", "6"],
+                "counts": {"train": {"0": 900, "5": 30, "6": 100}, "test": {"0": 90, "5": 10, "6": 20}}}
     bad = copy.deepcopy(params)
     bad["evaluate"]["few_shot_way"] = 2
     with pytest.raises(ParamsError) as info:
         validate_params(bad, manifest)
     message = str(info.value)
-    assert "evaluate" in message and "'5' has 40" in message and "65 images per novel class" in message
+    assert message.startswith("evaluate.few_shot_shots: 50 support") and "class '5' has 40" in message
+    assert "65 images of each novel class" in message and "'6' has" not in message
 
 
 def test_command_line_check_exits_nonzero(tmp_path, params):
@@ -180,8 +181,8 @@ def test_distillation_runs_are_checked(params):
     ({"teacher": "nobody"}, "distill.run.teacher: 'nobody' is not an entry of teachers:"),
     ({"method": "byol"}, "distill.run.method: 'byol' is not a distillation method"),
     ({"method": "at", "arch": "vgg8"}, "at pairs the networks' stages one to one"),
-    ({"method": "ifacd", "layers": 4}, "distill.run: layers = 4, but the teacher has only 3 stages"),
-    ({"method": "fitnet", "hint_stage": "stage5"}, "hint_stage: the student has no stage 'stage5'"),
+    ({"method": "ifacd", "layers": 4}, "distill.run.layers: layers = 4, but the teacher has only 3 stages"),
+    ({"method": "fitnet", "hint_stage": "stage5"}, "distill.run.hint_stage: the student has no stage 'stage5'"),
     ({"gamma": -1.0}, "distill.run.gamma: gamma must be >= 0"),
 ])
 def test_bad_distillation_run_is_named(params, changes, expected):
@@ -195,3 +196,52 @@ def test_teacher_must_train_from_labels(params):
     p = distill_params(params)
     p["distill"]["g1"] = p["distill"].pop("run")
     assert "distill.g1: 'g1' is already the name of another run" in error_of(p)
+
+
+COUNTS = {"train": {"a": 40, "b": 60, "n1": 30, "n2": 30}, "test": {"a": 10, "b": 10, "n1": 10, "n2": 10}}
+NEEDS = {"few_shot": {"way": 2, "shots": 20, "queries": 15},
+         "ssl_batch": {"key": "pretrain.g0.batch_size", "size": 100},
+         "labelled_batch": {"key": "teachers.t.batch_size", "size": 160}}
+
+
+def needs_error(needs=NEEDS, ssl_classes="base", ssl_max_images=0) -> str | None:
+    try:
+        check_data_needs(needs, COUNTS, ["a", "b"], ["n1", "n2"], ssl_classes, ssl_max_images, "the data")
+    except ParamsError as error:
+        return str(error)
+    return None
+
+
+def test_data_needs_at_the_limits_pass():
+    """A batch equal to its pool's images, and shots + queries equal to a class's images
+    over both splits (40 = 30 train + 10 test), are allowed; one more is named."""
+    assert needs_error() is None                                   # base: 40 + 60 = 100 SSL images
+    assert needs_error(NEEDS | {"ssl_batch": {"key": "k.batch_size", "size": 101}}) \
+        == ("k.batch_size: 101 images per step, but the run trains on only 100 images (the train "
+            "split's base classes, data.ssl_classes) of the data: expected a batch_size <= 100")
+    few = {"way": 2, "shots": 26, "queries": 15}
+    assert needs_error(NEEDS | {"few_shot": few}).startswith(
+        "evaluate.few_shot_shots: 26 support (its largest) + 15 queries (evaluate.few_shot_queries) "
+        "per class need 41 images of each novel class")
+    assert "few_shot_way: 3-way" in needs_error(NEEDS | {"few_shot": {"way": 3, "shots": 1, "queries": 1}})
+
+
+def test_data_needs_count_the_pool_each_run_trains_on():
+    bigger = NEEDS | {"ssl_batch": {"key": "k.batch_size", "size": 160}}
+    assert needs_error(bigger, ssl_classes="all") is None          # all classes: 160 SSL images
+    assert "only 150 images" in needs_error(bigger, ssl_classes="all", ssl_max_images=150)
+    labelled = NEEDS | {"labelled_batch": {"key": "teachers.t.batch_size", "size": 161}}
+    assert needs_error(labelled).startswith("teachers.t.batch_size: 161 images per step, but the run "
+                                            "trains on only 160 images (every image of the train split)")
+    assert needs_error(NEEDS | {"ssl_batch": None, "labelled_batch": None}) is None
+
+
+def test_data_needs_name_the_first_largest_batch(params):
+    """The stamp holds each pool's largest batch and the first key asking for it, so a new
+    run with an ordinary batch leaves it (and the prepare stage) unchanged."""
+    more = copy.deepcopy(params)
+    more["pretrain"]["rot2"] = dict(more["pretrain"]["g0"], lr=0.05)
+    assert data_needs(validate_params(more)) == data_needs(validate_params(params))
+    more["generations"]["g2"]["student"] = dict(more["generations"]["g2"]["student"], batch_size=65)
+    assert data_needs(validate_params(more))["ssl_batch"] == {"key": "generations.g2.student.batch_size",
+                                                              "size": 65}
