@@ -496,6 +496,8 @@ def check(root: Path, allow_missing: set[str] = frozenset(), verbose: bool = Tru
     out, checked, unrecorded, skipped = [], 0, [], []
     reported: dict[str, tuple[set[str], set[str]]] = {}     # record -> (kinds, runs)
     for name in DOCS:
+        if not (root / name).exists():
+            continue
         text = plain((root / name).read_text())
         for table in find_tables(root / name, name):
             where = f"{name}:{table.line}"
@@ -561,7 +563,7 @@ def check_root_lock(root: Path) -> list[str]:
 def render(root: Path, record: str, kind: str | None) -> str:
     folder = root / record if (root / record).is_dir() else root / "docs" / "results" / record
     rel = str(folder.relative_to(root))
-    kinds = [kind] if kind else sorted({t.kind for name in DOCS
+    kinds = [kind] if kind else sorted({t.kind for name in DOCS if (root / name).exists()
                                         for t in find_tables(root / name, name) if t.record == rel})
     if not kinds:
         raise SystemExit(f"no table of README.md / docs/BENCHMARKS.md names {rel}: give --table")
