@@ -128,3 +128,41 @@ def test_render_prints_the_table_to_paste(project):
     assert result.returncode == 0, result.stderr
     assert "<!-- record: docs/results/fake table=generations -->" in result.stdout
     assert "| RotNet (g0) | 40.0 ± 0.5 | 70.0 | 60.0 |" in result.stdout
+
+
+# --------------------------------------------------------------- the seed in every model file
+
+def test_every_training_stage_records_its_seed_in_the_model_file(tmp_path):
+    """pretrain, student, teacher and distill stages each store the seed that trained the
+    model (a distinct seed per stage here, so a stage writing another's would fail)."""
+    import shlex
+
+    from bowflow.cli import render_args
+    from bowflow.io import load_torch
+    from stages import distill, prepare, pretrain, student, vocab
+    from tiny_params import tiny_params
+
+    params = tiny_params()
+    prepared = tmp_path / "prepared"
+    prepare.main(["--out", str(prepared), "--seed", "0", "--source", "digits", "--image_size", "8",
+                  "--ssl_max_images", "300"])
+
+    def train(stage, name: str, seed: int, section: dict, *extra: str) -> dict:
+        section = dict(section, epochs=1)
+        model = tmp_path / name / "model.pt"
+        stage.main(["--prepared", str(prepared), "--model", str(model),
+                    "--metrics", str(tmp_path / f"{name}.json"), "--history", str(tmp_path / f"{name}.csv"),
+                    "--checkpoints", str(tmp_path / "ckpt"), "--seed", str(seed), "--device", "cpu",
+                    *extra, *shlex.split(render_args(section))])
+        return load_torch(model)
+
+    assert train(pretrain, "g0", 3, params["pretrain"]["g0"])["seed"] == 3
+    g1 = params["generations"]["g1"]
+    vocab.main(["--prepared", str(prepared), "--teacher", str(tmp_path / "g0/model.pt"),
+                "--out", str(tmp_path / "g1/vocab.pt"), "--metrics", str(tmp_path / "vocab.json"),
+                "--seed", "0", "--device", "cpu", *shlex.split(render_args(g1["vocab"]))])
+    assert train(student, "g1", 4, g1["student"], "--vocab", str(tmp_path / "g1/vocab.pt"),
+                 "--parent-model", str(tmp_path / "g0/model.pt"))["seed"] == 4
+    assert train(distill, "teacher", 5, params["teachers"]["teacher"])["seed"] == 5
+    assert train(distill, "kd", 6, params["distill"]["kd"],
+                 "--teacher_model", str(tmp_path / "teacher/model.pt"))["seed"] == 6
