@@ -356,6 +356,12 @@ def claims_family(record: Path) -> list[str]:
                              + f" {'is' if len(rs) == 1 else 'are'} below it ({fmt1(value[c](control))})")
             out.append(text)
     by = {r["name"]: r for r in records}
+    if "obow" in by:                 # OBoW's training throughput against the other pretrain runs
+        speed = {n: r["train"]["images_per_second"] for n, r in by.items()
+                 if r["generation"] == 0 and r["method"] not in ("random_init", "obow")}
+        ratios = [v / by["obow"]["train"]["images_per_second"] for v in speed.values()]
+        out.append(f"OBoW is {min(ratios):.1f}-{max(ratios):.1f}x slower per image than the "
+                   f"other pretrain runs")
     if {"g0", "g1"} <= set(by):
         out.append(f"({fmt1(by['g1']['few_shot']['1']['mean'])} vs "
                    f"{fmt1(by['g0']['few_shot']['1']['mean'])})")
@@ -389,8 +395,9 @@ def claims_distill_margins(record: Path) -> list[str]:
 
 
 def claims_distill_seeds(record: Path) -> list[str]:
-    """The vanilla student's mean; the rows ahead at every seed and their mean margins; the
-    rows not ahead on average; RKD-like rows below at every seed; the sd range."""
+    """The vanilla student's mean; the stages' summed wall time; the rows ahead at every
+    seed and their mean margins; rows below at every seed or level on average; the sd range;
+    how many extra runs."""
     seeds, top1, vanilla, metrics = seed_study(record)
     rows = spread(top1, vanilla)
     label = lambda r: metrics[r["row"]]["method_label"]
@@ -398,7 +405,9 @@ def claims_distill_seeds(record: Path) -> list[str]:
     every = sorted([r for r in students if r["margin_min"] > 0], key=lambda r: -r["margin"])
     base = next(r for r in rows if r["row"] == vanilla)
     sds = [r["sd"] for r in students]
+    total = sum(seconds for _, seconds in report.stage_times(record / "metrics")) / 60
     out = [f"the vanilla student's mean ({base['mean']:.2f})",
+           f"The preset's stages took {total:.1f} min there by their own wall times",
            f"{join([label(r) for r in every])} beat the vanilla student at every seed "
            f"(mean {every[0]['margin']:+.2f} to {every[-1]['margin']:+.2f})",
            f"sd {min(sds):.2f} to {max(sds):.2f} against {base['sd']:.2f}",
