@@ -48,6 +48,10 @@ class Normalizer:
 
 def save_model(path: str | Path, backbone: Backbone, normalizer: Normalizer, params, image_size: int,
                extra: dict | None = None) -> None:
+    """A model file: the backbone's architecture and weights, its input normalizer, the
+    method's params and `extra`, the run's record. The training stages put in it the run's
+    name, parent, generation and `seed` (the seed that trained it: with the params, what
+    reproduces the weights), the method's label and what the method exports."""
     save_torch({"arch": params.arch, "width": params.width, "depth": params.depth,
                 "state_dict": backbone.state_dict(), "mean": normalizer.mean, "std": normalizer.std,
                 "method": params.method, "params": asdict(params), "image_size": image_size,

@@ -60,7 +60,7 @@ def main(argv=None):
     run_training(params, args.prepared, args.model, args.metrics, args.history, args.checkpoints,
                  args.seed, args.device, split="train", context=context,
                  record={"name": args.model.parent.name, "parent": getattr(params, "teacher", ""),
-                         "generation": 0},
+                         "generation": 0, "seed": args.seed},
                  finish=test_top1(args.prepared, device))
 
 

@@ -18,7 +18,8 @@ def main(argv=None):
     params, args = parse_method_section(argv, __doc__, add_training_arguments)
     run_training(params, args.prepared, args.model, args.metrics, args.history, args.checkpoints,
                  args.seed, args.device,
-                 record={"name": args.model.parent.name, "parent": "", "generation": 0})
+                 record={"name": args.model.parent.name, "parent": "", "generation": 0,
+                         "seed": args.seed})
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def main(argv=None):
                "fingerprint": fingerprint(codes_hash, vocab["params"], parent["name"],
                                           hashlib.sha256(args.parent_model.read_bytes()).hexdigest())}
     record = {"name": args.model.parent.name, "parent": parent["name"],
-              "generation": parent["generation"] + 1}
+              "generation": parent["generation"] + 1, "seed": args.seed}
     run_training(params, args.prepared, args.model, args.metrics, args.history, args.checkpoints,
                  args.seed, args.device, record=record, context=context)
 

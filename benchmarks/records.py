@@ -1,0 +1,614 @@
+"""Every published figure has its run record: re-derive the results tables of README.md and
+docs/BENCHMARKS.md from the records in docs/results/ and list every difference.
+
+    python -m benchmarks.records check                 # exit 1 and list every difference
+    python -m benchmarks.records render family-cpu     # the tables (and claims) of one record
+    python -m benchmarks.records root-lock             # dvc.lock's stages against dvc.yaml's
+
+A results table is marked by an HTML comment on the line above it (blank lines between are
+allowed), naming its record and how to build it:
+
+    <!-- record: docs/results/family-cpu table=family -->
+    <!-- record: none (measured by hand: python -m benchmarks.bench_vocab) -->
+
+A record is a folder with the run's `dvc.lock`, `metrics/` (train/, eval/, vocab/ as the
+pipeline wrote them), `plots/train/` and its `report.md`; a seed study adds `seeds/`
+(benchmarks.distill_seeds's output). `check` rebuilds each marked table with the functions
+bowflow.report builds the pipeline's report with, compares it with the published one cell
+by cell (rows matched by their first cell; `**` emphasis ignored), checks the figures quoted
+in prose beside the tables (each claim is a sentence fragment rendered from the record that
+must appear in the document, case, whitespace and `**` ignored), and checks the record itself:
+every metrics file and curve has the md5 its lock recorded, and every stage in the lock
+belongs to a reported run (or to check_params / prepare / report, or to a run the preset
+needs but does not report: the distill presets' `random_init` placeholder). Tables marked
+`record: none` are counted, not checked; the counts are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from benchmarks.distill_seeds import spread
+from bowflow import report
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ("README.md", "docs/BENCHMARKS.md")
+MARKER = re.compile(r"^\s*<!--\s*record:\s*(?P<body>.*?)\s*-->\s*$")
+INFRA_STAGES = {"check_params", "prepare", "report"}
+# Runs a preset needs but no table reports: the distill presets' `pretrain:` holds one run
+# because the pipeline's SSL branch needs one (presets/distill-*.yaml say so).
+SUPPORT_RUNS = {kind: {"random_init"} for kind in ("distill", "distill-margins", "distill-seeds")}
+
+
+@dataclass
+class Table:
+    """A marked Markdown table: where it is, what its marker says, and its cells."""
+    file: str
+    line: int                      # 1-based line of the marker
+    record: str | None             # folder relative to the repository root; None: unrecorded
+    kind: str | None
+    note: str = ""
+    rows: list[list[str]] = field(default_factory=list)   # header first, separator dropped
+
+
+# ----------------------------------------------------------------------------- parsing
+
+def split_row(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def parse_marker(body: str) -> tuple[str | None, str | None, str]:
+    """'docs/results/x table=kind' -> (record, kind, ''); 'none (measured by hand: ...)'
+    -> (None, kind or None, the note)."""
+    kind = re.search(r"\btable=(\S+)", body)
+    if body.startswith("none"):
+        return None, kind.group(1) if kind else None, body[4:].strip()
+    if not kind:
+        raise ValueError(f"record marker without table=KIND: {body!r}")
+    return body.split()[0], kind.group(1), ""
+
+
+def find_tables(path: Path, name: str) -> list[Table]:
+    """Every marked table of a Markdown file."""
+    lines = path.read_text().splitlines()
+    tables = []
+    for i, line in enumerate(lines):
+        match = MARKER.match(line)
+        if not match:
+            continue
+        record, kind, note = parse_marker(match.group("body"))
+        table = Table(name, i + 1, record, kind, note)
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        while j < len(lines) and lines[j].lstrip().startswith("|"):
+            cells = split_row(lines[j])
+            if not all(re.fullmatch(r":?-+:?", c) for c in cells):
+                table.rows.append(cells)
+            j += 1
+        if not table.rows:
+            raise ValueError(f"{name}:{i + 1}: record marker not followed by a table")
+        tables.append(table)
+    return tables
+
+
+def plain(text: str) -> str:
+    """Cell or prose text as compared: emphasis dropped, whitespace collapsed."""
+    return " ".join(text.replace("**", "").split())
+
+
+def md_cells(markdown: str) -> list[list[str]]:
+    """The rows of the first Markdown table in `markdown` (header first, no separator)."""
+    rows = [split_row(line) for line in markdown.splitlines() if line.startswith("|")]
+    return [r for r in rows if not all(re.fullmatch(r":?-+:?", c) for c in r)]
+
+
+# ----------------------------------------------------------------------------- records
+
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def lineage(record: Path) -> list[dict]:
+    """bowflow.report.load_lineage of the record, with each run's method label taken from
+    the method registry when its metrics predate `method_label` (the cifar10-cpu run)."""
+    from bowflow.methods import get_method
+    records = report.load_lineage(record / "metrics" / "eval")
+    for r in records:
+        if "method_label" not in r:
+            r["method_label"] = get_method(r["method"]).label
+            r["label"] = report.model_label(r)
+    return records
+
+
+def lock_stages(record: Path) -> dict:
+    return yaml.safe_load((record / "dvc.lock").read_text())["stages"]
+
+
+def stage_run(stage: str) -> str | None:
+    """The run a stage of a lock trains or evaluates (None for check_params/prepare/report).
+    `teacher` and `evaluate_teacher` are the RotNet g0 stages of the pipeline before
+    `pretrain:` existed (the cifar10-cpu run)."""
+    if stage in INFRA_STAGES:
+        return None
+    if "@" in stage:
+        return stage.split("@", 1)[1]
+    if stage in ("teacher", "evaluate_teacher"):
+        return "g0"
+    return stage
+
+
+def minutes_seconds(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+# ----------------------------------------------------------------------------- tables
+
+def table_generations(record: Path) -> tuple[list[list[str]], set[str]]:
+    """The report's first table (bowflow.report.markdown_table): model, few-shot, linear, k-NN."""
+    records = lineage(record)
+    return md_cells(report.markdown_table(records)), {r["name"] for r in records}
+
+
+def table_stage_times(record: Path) -> tuple[list[list[str]], set[str]]:
+    """Wall time of each stage of a generations run, from its metrics (bowflow.report
+    .stage_times): the RotNet teacher, each vocabulary and student, the evaluations as a
+    range. `prepare` writes no metrics, so it has no cell."""
+    times = dict(report.stage_times(record / "metrics"))
+    generations = sorted({name.split("/")[1] for name in times if name.startswith("vocab/")})
+    header, cells = ["stage"], ["wall time"]
+    header.append("teacher")
+    cells.append(minutes_seconds(times["train/g0"]))
+    for g in generations:
+        header += [f"vocab {g}", f"student {g}"]
+        cells += [minutes_seconds(times[f"vocab/{g}"]), minutes_seconds(times[f"train/{g}"])]
+    evals = [round(v) for k, v in times.items() if k.startswith("eval/")]
+    header.append("evaluate (each)")
+    cells.append(f"{min(evals)}-{max(evals)} s" if min(evals) != max(evals) else f"{min(evals)} s")
+    return [header, cells], {"g0", *generations}
+
+
+def family_method(r: dict, by_name: dict[str, dict]) -> str:
+    label = r["label"]
+    if r.get("method") == "random_init":
+        return f"{label} (control)"
+    if r.get("parent"):
+        parent = by_name[r["parent"]]
+        return f"{label} (from {parent['label']} {parent['name']})"
+    return label
+
+
+def table_family(record: Path) -> tuple[list[list[str]], set[str]]:
+    """The report's side-by-side table (bowflow.report.comparison_table) without its Parent
+    and Params columns (one width for all), the parent and the control named in Method."""
+    records = lineage(record)
+    by_name = {r["name"]: r for r in records}
+    rows = md_cells(report.comparison_table(records))
+    header = rows[0]
+    keep = [i for i, h in enumerate(header) if h not in ("Parent", "Params")]
+    out = [[header[i] for i in keep]]
+    method = header.index("Method")
+    for row in rows[1:]:
+        row = list(row)
+        row[method] = family_method(by_name[row[0]], by_name)
+        out.append([row[i] for i in keep])
+    return out, set(by_name)
+
+
+def distill_pair(record: Path) -> tuple[str, str, dict[str, dict[str, str]], list[str], dict]:
+    """The one teacher -> student pair of a distillation record, from
+    bowflow.report.distill_tables: (teacher arch, student arch, {column title: {row label:
+    cell}}, row labels in the lock's stage order, the runs' metrics)."""
+    runs = report.load_supervised(record / "metrics" / "train")
+    text = report.distill_tables(runs)
+    columns: dict[str, dict[str, str]] = {}
+    for block in text.split("### ")[1:]:
+        title = block.splitlines()[0].strip()
+        rows = md_cells(block)
+        if len(rows[0]) != 3:
+            raise ValueError(f"{record}: {len(rows[0]) - 2} teacher -> student pairs; "
+                             f"this table layout has one")
+        pair = rows[0][1]
+        columns[title] = {r[0]: r[1] for r in rows[1:]}
+    teacher, student = pair.split(" → ")
+    labels = ["Teacher (vanilla)", "Student (vanilla)"]
+    for stage in lock_stages(record):
+        name = stage_run(stage)
+        if stage.startswith("distill@") and name in runs:
+            labels.append(runs[name]["method_label"])
+    return teacher, student, columns, labels, runs
+
+
+def distill_label(label: str, teacher: str, student: str) -> str:
+    return {"Teacher (vanilla)": f"Teacher {teacher} (vanilla)",
+            "Student (vanilla)": f"Student {student} (vanilla)"}.get(label, label)
+
+
+def table_distill(record: Path, margins: bool = False) -> tuple[list[list[str]], set[str]]:
+    """One pair's distillation results as rows: top-1, with `margins` its margin over the
+    vanilla student, parameters, peak memory, training time; cells as
+    bowflow.report.DISTILL_COLUMNS formats them."""
+    teacher, student, columns, labels, runs = distill_pair(record)
+    top1 = report.DISTILL_COLUMNS["Top-1 accuracy (%)"][0]
+    by_label = {r["method_label"]: r for n, r in runs.items() if r.get("parent")}
+    vanilla = next(r for n, r in runs.items() if not r.get("parent")
+                   and report.arch_label(r) == student)
+    header = ["Row", "Top-1 (%)", *(["vs vanilla student"] if margins else []), "Params (M)",
+              "Peak RSS (GB)", "Train time (min)"]
+    rows = [header]
+    for label in labels:
+        margin = (f"{top1(by_label[label]) - top1(vanilla):+.2f}" if label in by_label else "")
+        rows.append([distill_label(label, teacher, student),
+                     columns["Top-1 accuracy (%)"][label], *([margin] if margins else []),
+                     columns["Parameters (M)"][label], columns["Peak memory (GB)"][label],
+                     columns["Training time (min)"][label]])
+    return rows, set(runs)
+
+
+def seed_study(record: Path) -> tuple[list[int], dict[str, list[float]], str, dict]:
+    """The seed study of a record: (seeds, {stage: top-1 per seed}, the vanilla stage,
+    the runs' seed-0 metrics by stage). Seed 0 is the pipeline's run (metrics/train/), the
+    others seeds/s<seed>/<run>.json (benchmarks.distill_seeds)."""
+    study = load_json(record / "seeds" / "seeds.json")
+    seeds = study["seeds"]
+    stages = [row["row"] for row in study["rows"]]
+    top1, metrics = {}, {}
+    for stage in stages:
+        name = stage_run(stage)
+        metrics[stage] = load_json(record / "metrics" / "train" / f"{name}.json")
+        top1[stage] = [metrics[stage]["top1"]] + [
+            load_json(record / "seeds" / f"s{s}" / f"{name}.json")["top1"] for s in seeds[1:]]
+    return seeds, top1, stages[0], metrics
+
+
+def table_distill_seeds(record: Path) -> tuple[list[list[str]], set[str]]:
+    """Top-1 of each student row by seed, mean, sample sd and the margin over the vanilla
+    student (benchmarks.distill_seeds.spread), the teacher's single seed above them."""
+    seeds, top1, vanilla, metrics = seed_study(record)
+    teacher_name = metrics[next(s for s in top1 if s != vanilla)]["parent"]
+    teacher = load_json(record / "metrics" / "train" / f"{teacher_name}.json")
+    student = report.arch_label(metrics[vanilla])
+    header = ["Row"] + [f"seed {s}" for s in seeds] + ["mean", "sd", "margin [min, max]"]
+    rows = [header, [f"Teacher {report.arch_label(teacher)} (vanilla)", f"{teacher['top1']:.2f}"]
+            + [""] * (len(seeds) + 2)]
+    for r in spread(top1, vanilla):
+        label = ("Student (vanilla)" if r["row"] == vanilla else metrics[r["row"]]["method_label"])
+        margin = (f"{r['margin']:+.2f} [{r['margin_min']:+.2f}, {r['margin_max']:+.2f}]"
+                  if "margin" in r else "")
+        rows.append([distill_label(label, "", student)]
+                    + [f"{v:.2f}" for v in r["top1"]] + [f"{r['mean']:.2f}", f"{r['sd']:.2f}", margin])
+    return rows, {teacher_name, *(stage_run(s) for s in top1)}
+
+
+TABLES = {"generations": table_generations, "stage-times": table_stage_times,
+          "family": table_family, "distill": table_distill,
+          "distill-margins": lambda record: table_distill(record, margins=True),
+          "distill-seeds": table_distill_seeds}
+
+
+# ----------------------------------------------------------------------------- prose claims
+
+def fmt1(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def generation_gap(r: dict, a: str, b: str, key: str) -> float:
+    """Run a minus run b on one evaluation: 'linear_base', 'knn_all' or a shot count."""
+    if key in ("linear_base", "knn_all"):
+        return r[a][key] - r[b][key]
+    return r[a]["few_shot"][key]["mean"] - r[b]["few_shot"][key]["mean"]
+
+
+def claims_digits(record: Path) -> list[str]:
+    """The first student's margins over its RotNet teacher, in whole points."""
+    r = {x["name"]: x for x in lineage(record)}
+    d = lambda key: generation_gap(r, "g1", "g0", key)
+    return [f"(+{d('1'):.0f} points 1-shot, +{d('5'):.0f} points 5-shot)"]
+
+
+def claims_cifar10(record: Path) -> list[str]:
+    """The first student's margins over its teacher, the second generation against the
+    first, the backbone's size, each student's captured fraction at its last epoch."""
+    r = {x["name"]: x for x in lineage(record)}
+    d = lambda a, b, key: generation_gap(r, a, b, key)
+    losses = sorted([-d("g2", "g1", "1"), -d("g2", "g1", "5")])
+    captured = [f"{report.read_curve(record / 'plots' / 'train' / f'{g}.csv')[-1]['captured']:.2f} "
+                f"for {g}" for g in ("g1", "g2")]
+    return [f"+{d('g1', 'g0', '1'):.1f} (1-shot), +{d('g1', 'g0', '5'):.1f} (5-shot), "
+            f"+{d('g1', 'g0', 'linear_base'):.1f} (linear) and +{d('g1', 'g0', 'knn_all'):.1f} (k-NN)",
+            f"gains another {d('g2', 'g1', 'linear_base'):.1f} on linear but loses "
+            f"{losses[0]:.1f}-{losses[1]:.1f} on 1- and 5-shot",
+            f"({round(r['g0']['parameters'] / 1000)}k parameters)",
+            " and ".join(captured)]
+
+
+def claims_family(record: Path) -> list[str]:
+    """The stages' wall-time sum; which trained runs fall below the untrained control, and
+    on which columns; BoWNet g1 against its RotNet teacher at 1 shot."""
+    records = lineage(record)
+    total = sum(s for _, s in report.stage_times(record / "metrics")) / 60
+    out = [f"the stages' own wall times sum to {total:.1f} min"]
+    value = {"linear": lambda r: r["linear_base"], "k-NN": lambda r: r["knn_all"]}
+    for n in report.shots_of(records):
+        value[f"{n}-shot"] = lambda r, n=n: r["few_shot"][n]["mean"]
+    control = next((r for r in records if r["method"] == "random_init"), None)
+    if control is not None:
+        trained = [r for r in records if r is not control]
+        below = {c: [r for r in trained if round(f(r), 1) <= round(f(control), 1)]
+                 for c, f in value.items()}
+        if not any(below.values()):
+            out.append("every trained method beats the untrained control on every column")
+        else:
+            clean = [c for c, rs in below.items() if not rs]
+            text = "every trained method beats the untrained control on " + join(clean)
+            for c, rs in below.items():
+                if rs:
+                    text += (f"; on {c} " + join([f"{r['label']} ({fmt1(value[c](r))})" for r in rs])
+                             + f" {'is' if len(rs) == 1 else 'are'} below it ({fmt1(value[c](control))})")
+            out.append(text)
+    by = {r["name"]: r for r in records}
+    if "obow" in by:                 # OBoW's training throughput against the other pretrain runs
+        speed = {n: r["train"]["images_per_second"] for n, r in by.items()
+                 if r["generation"] == 0 and r["method"] not in ("random_init", "obow")}
+        ratios = [v / by["obow"]["train"]["images_per_second"] for v in speed.values()]
+        out.append(f"OBoW is {min(ratios):.1f}-{max(ratios):.1f}x slower per image than the "
+                   f"other pretrain runs")
+    if {"g0", "g1"} <= set(by):
+        out.append(f"({fmt1(by['g1']['few_shot']['1']['mean'])} vs "
+                   f"{fmt1(by['g0']['few_shot']['1']['mean'])})")
+    return out
+
+
+def join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def claims_distill(record: Path) -> list[str]:
+    """The vanilla student against its teacher (the digits preset's point)."""
+    teacher, student, columns, labels, runs = distill_pair(record)
+    top1 = {label: float(columns["Top-1 accuracy (%)"][label]) for label in labels}
+    return [f"({fmt1(top1['Student (vanilla)'])} vs {fmt1(top1['Teacher (vanilla)'])})"]
+
+
+def claims_distill_margins(record: Path) -> list[str]:
+    """How many distilled students beat the vanilla one; the best and worst margins."""
+    teacher, student, columns, labels, runs = distill_pair(record)
+    top1 = {label: float(columns["Top-1 accuracy (%)"][label]) for label in labels}
+    methods = labels[2:]
+    vanilla = top1["Student (vanilla)"]
+    ahead = [m for m in methods if top1[m] > vanilla]
+    best, worst = max(methods, key=top1.get), min(methods, key=top1.get)
+    out = [f"{len(ahead)} of the {len(methods)} distilled students beat the vanilla student",
+           f"{best} by {top1[best] - vanilla:+.2f} points ({top1[best]:.2f}"]
+    if top1[worst] < vanilla:
+        out.append(f"{worst} is {vanilla - top1[worst]:.2f} points below it ({top1[worst]:.2f})")
+    return out
+
+
+def claims_distill_seeds(record: Path) -> list[str]:
+    """The vanilla student's mean; the stages' summed wall time; the rows ahead at every
+    seed and their mean margins; rows below at every seed or level on average; the sd range;
+    how many extra runs."""
+    seeds, top1, vanilla, metrics = seed_study(record)
+    rows = spread(top1, vanilla)
+    label = lambda r: metrics[r["row"]]["method_label"]
+    students = [r for r in rows if r["row"] != vanilla]
+    every = sorted([r for r in students if r["margin_min"] > 0], key=lambda r: -r["margin"])
+    base = next(r for r in rows if r["row"] == vanilla)
+    sds = [r["sd"] for r in students]
+    total = sum(seconds for _, seconds in report.stage_times(record / "metrics")) / 60
+    out = [f"the vanilla student's mean ({base['mean']:.2f})",
+           f"The preset's stages took {total:.1f} min there by their own wall times",
+           f"{join([label(r) for r in every])} beat the vanilla student at every seed "
+           f"(mean {every[0]['margin']:+.2f} to {every[-1]['margin']:+.2f})",
+           f"sd {min(sds):.2f} to {max(sds):.2f} against {base['sd']:.2f}",
+           f"the {len(students) * (len(seeds) - 1)} extra runs"]
+    for r in students:
+        if r["margin_max"] < 0:
+            out.append(f"{label(r)} is below it at every seed ({r['margin']:+.2f} on average)")
+        elif abs(r["margin"]) < 0.5:
+            out.append(f"{label(r)} does not beat it here ({r['margin']:+.2f}")
+    return out
+
+
+# Figures quoted in the prose beside a record's tables, by record folder name.
+CLAIMS = {"digits": claims_digits, "cifar10-cpu": claims_cifar10, "family-cpu": claims_family,
+          "distill-digits": claims_distill, "distill-cpu": claims_distill_margins,
+          "distill-cpu-seeds": claims_distill_seeds}
+
+
+def claims_faults(table: Table) -> list[str]:
+    """Section 9's summary from its own table (no record): passes, fails, stages hit."""
+    header, rows = table.rows[0], table.rows[1:]
+    result, killed = header.index("result"), header.index("killed in")
+    passed = sum(r[result] == "PASS" for r in rows)
+    hit = {r[killed] for r in rows}
+    words = {7: "Seven", 8: "Eight", 9: "Nine", 10: "Ten", 11: "Eleven"}
+    return [f"Summary: {passed} passed, {len(rows) - passed} failed.",
+            f"{words.get(len(hit), len(hit))} stages were hit"]
+
+
+# ----------------------------------------------------------------------------- checking
+
+def compare(table: Table, rendered: list[list[str]]) -> list[str]:
+    """Cell-by-cell differences between a published table and the one its record gives."""
+    where = f"{table.file}:{table.line} table={table.kind}"
+    published = [[plain(c) for c in row] for row in table.rows]
+    recorded = [[plain(c) for c in row] for row in rendered]
+    if published[0] != recorded[0]:
+        return [f"{where}: columns: published {published[0]} vs recorded {recorded[0]}"]
+    header = recorded[0]
+    pub = {row[0]: row for row in published[1:]}
+    rec = {row[0]: row for row in recorded[1:]}
+    out = []
+    for key, row in rec.items():
+        if key not in pub:
+            out.append(f"{where}: row '{key}': recorded but not published")
+            continue
+        for column, p, r in zip(header[1:], pub[key][1:], row[1:]):
+            if p != r:
+                out.append(f"{where}: row '{key}' column '{column}': published '{p}' vs recorded '{r}'")
+    out += [f"{where}: row '{key}': published but not in the record" for key in pub if key not in rec]
+    return out
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def check_record(root: Path, record: str, kinds: set[str], runs: set[str]) -> list[str]:
+    """The record's own consistency. Every stage of its lock is check_params, prepare or
+    report, or trains or evaluates a reported run (or a support run) and wrote the record's
+    metrics and curves, with the md5 the lock holds; every metrics file and curve of the
+    record was written by exactly one stage of the lock. A stage left over from another
+    pipeline or preset fails one of these: its run is not reported, or the files it locked
+    are not the record's."""
+    folder = root / record
+    stages = lock_stages(folder)
+    allowed = runs | {run for kind in kinds for run in SUPPORT_RUNS.get(kind, ())}
+    files = {"data/" + str(p.relative_to(folder)): p
+             for p in [*folder.glob("metrics/*/*.json"), *folder.glob("plots/train/*.csv")]}
+    writers: dict[str, list[str]] = {path: [] for path in files}
+    out = []
+    for name, stage in stages.items():
+        run = stage_run(name)
+        if run is not None and run not in allowed:
+            out.append(f"{record}/dvc.lock: stage '{name}' belongs to no reported run")
+            continue
+        for entry in stage.get("outs", []):
+            path = entry["path"]
+            if not path.startswith(("data/metrics/", "data/plots/train/")) or path.endswith("generations.csv"):
+                continue
+            if path not in files:
+                continue                      # a record may keep only some of a run's files
+            if entry.get("md5") != md5(files[path]):
+                out.append(f"{record}/dvc.lock: stage '{name}' wrote another {path} than the record's")
+            else:
+                writers[path].append(name)
+    for path, names in writers.items():
+        if len(names) != 1:
+            out.append(f"{record}/{path[5:]}: written by {len(names)} stages of the lock {names}")
+    return out
+
+
+def check(root: Path, allow_missing: set[str] = frozenset(), verbose: bool = True) -> list[str]:
+    """Every difference between the documents and the records, as lines; prints counts."""
+    out, checked, unrecorded, skipped = [], 0, [], []
+    reported: dict[str, tuple[set[str], set[str]]] = {}     # record -> (kinds, runs)
+    for name in DOCS:
+        if not (root / name).exists():
+            continue
+        text = plain((root / name).read_text())
+        for table in find_tables(root / name, name):
+            where = f"{name}:{table.line}"
+            if table.record is None:
+                unrecorded.append(f"{where} {table.note}")
+                if table.kind == "faults":
+                    out += [f"{where} table=faults: summary not found: '{c}'"
+                            for c in claims_faults(table) if plain(c).lower() not in text.lower()]
+                continue
+            folder = root / table.record
+            if not folder.is_dir():
+                if table.record in allow_missing:
+                    skipped.append(f"{where} {table.record}")
+                else:
+                    out.append(f"{where} table={table.kind}: record missing: {table.record}")
+                continue
+            if table.kind not in TABLES:
+                out.append(f"{where}: unknown table kind '{table.kind}' (known: {sorted(TABLES)})")
+                continue
+            rendered, runs = TABLES[table.kind](folder)
+            out += compare(table, rendered)
+            if table.record not in reported:          # a record's claims: once, in its first file
+                claims = CLAIMS.get(folder.name, lambda _: [])(folder)
+                out += [f"{where} {table.record}: claim not found in {name}: '{c}'"
+                        for c in claims if plain(c).lower() not in text.lower()]
+            kinds, all_runs = reported.setdefault(table.record, (set(), set()))
+            kinds.add(table.kind)
+            all_runs |= runs
+            checked += 1
+    for record, (kinds, runs) in reported.items():
+        out += check_record(root, record, kinds, runs)
+    if verbose:
+        print(f"{checked} tables checked against their records, {len(unrecorded)} unrecorded, "
+              f"{len(skipped)} skipped (record absent, allowed)")
+        for line in unrecorded:
+            print(f"  unrecorded: {line}")
+        for line in skipped:
+            print(f"  skipped: {line}")
+    return out
+
+
+def expand_stages(dvc_yaml: dict, params: dict) -> set[str]:
+    """Stage names of dvc.yaml with every `foreach: ${section}` expanded over params.yaml."""
+    names = set()
+    for name, stage in dvc_yaml["stages"].items():
+        if "foreach" in stage:
+            section = re.fullmatch(r"\$\{(\w+)\}", stage["foreach"]).group(1)
+            names |= {f"{name}@{key}" for key in params.get(section) or {}}
+        else:
+            names.add(name)
+    return names
+
+
+def check_root_lock(root: Path) -> list[str]:
+    """The root dvc.lock must describe dvc.yaml's pipeline for params.yaml: same stages."""
+    expected = expand_stages(yaml.safe_load((root / "dvc.yaml").read_text()),
+                             yaml.safe_load((root / "params.yaml").read_text()))
+    locked = set(yaml.safe_load((root / "dvc.lock").read_text())["stages"])
+    return ([f"dvc.lock: stage '{s}' is not in dvc.yaml" for s in sorted(locked - expected)]
+            + [f"dvc.lock: dvc.yaml stage '{s}' is not locked" for s in sorted(expected - locked)])
+
+
+def render(root: Path, record: str, kind: str | None) -> str:
+    folder = root / record if (root / record).is_dir() else root / "docs" / "results" / record
+    rel = str(folder.relative_to(root))
+    kinds = [kind] if kind else sorted({t.kind for name in DOCS if (root / name).exists()
+                                        for t in find_tables(root / name, name) if t.record == rel})
+    if not kinds:
+        raise SystemExit(f"no table of README.md / docs/BENCHMARKS.md names {rel}: give --table")
+    text = []
+    for k in kinds:
+        rows, _ = TABLES[k](folder)
+        text += [f"<!-- record: {rel} table={k} -->",
+                 "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        text += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+        text.append("")
+    text += [f"claim: {c}" for c in CLAIMS.get(folder.name, lambda _: [])(folder)]
+    return "\n".join(text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=ROOT, help="repository root")
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="compare every marked table with its record")
+    c.add_argument("--allow-missing", nargs="*", default=[],
+                   help="record folders whose absence is not a failure")
+    r = sub.add_parser("render", help="print the tables of one record")
+    r.add_argument("record", help="docs/results/NAME or NAME")
+    r.add_argument("--table", choices=sorted(TABLES))
+    sub.add_parser("root-lock", help="dvc.lock's stage names against dvc.yaml's")
+    args = parser.parse_args(argv)
+    if args.command == "render":
+        print(render(args.root, args.record, args.table))
+        return 0
+    problems = (check(args.root, set(args.allow_missing)) if args.command == "check"
+                else check_root_lock(args.root))
+    for line in problems:
+        print(line)
+    print(f"{len(problems)} differences" if problems else "no differences")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
