@@ -11,14 +11,28 @@ Pipeline for one generation (BoWNet, METHODS.md):
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bowflow.losses import _float32
 from bowflow.networks import Backbone
+
+
+def _float32(fn):
+    """Run `fn` with autocast off and its floating-point tensor arguments cast to float32
+    (the guard every loss of bowflow.losses has; `__wrapped__` is the unguarded `fn`).
+    Written here rather than imported from bowflow.losses so that the vocab stage, which
+    runs this module, does not depend on the losses file (an edit there would otherwise
+    invalidate every cached vocabulary)."""
+    @functools.wraps(fn)
+    def run(*args):
+        device = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
+        with torch.autocast(device_type=device, enabled=False):
+            return fn(*(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args))
+    return run
 
 
 @torch.no_grad()
