@@ -11,6 +11,7 @@ Pipeline for one generation (BoWNet, METHODS.md):
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -18,6 +19,20 @@ import torch
 import torch.nn.functional as F
 
 from bowflow.networks import Backbone
+
+
+def _float32(fn):
+    """Run `fn` with autocast off and its floating-point tensor arguments cast to float32
+    (the guard every loss of bowflow.losses has; `__wrapped__` is the unguarded `fn`).
+    Written here rather than imported from bowflow.losses so that the vocab stage, which
+    runs this module, does not depend on the losses file (an edit there would otherwise
+    invalidate every cached vocabulary)."""
+    @functools.wraps(fn)
+    def run(*args):
+        device = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
+        with torch.autocast(device_type=device, enabled=False):
+            return fn(*(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args))
+    return run
 
 
 @torch.no_grad()
@@ -92,11 +107,14 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+@_float32
 def nearest_words(maps: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     """maps [B, C, h, w], words [K, C] -> index of the nearest word [B, h*w] (squared L2).
 
     One batched matrix product: ||f - w||^2 = ||f||^2 - 2 f.w + ||w||^2, and ||f||^2 does not
-    change the argmin, so it is skipped.
+    change the argmin, so it is skipped. In float32 with autocast off (`_float32`): under
+    bf16 autocast the product would round f.w to 8 bits of mantissa and pick another word
+    for features between two nearby words.
     """
     flat = maps.flatten(2).transpose(1, 2)                          # [B, L, C]
     scores = flat @ words.t() * -2.0 + (words * words).sum(1)       # [B, L, K]
@@ -135,8 +153,14 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p.clamp_min(1e-12))).sum(dim=1)
 
 
+@_float32
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """-sum_k y_k log softmax(logits)_k, averaged over the batch: logits, targets [B, K]."""
+    """-sum_k y_k log softmax(logits)_k, averaged over the batch: logits, targets [B, K].
+
+    In float32 with autocast off (`_float32`), as every loss of bowflow.losses: CPU
+    autocast keeps log_softmax in the input's dtype, so bf16 logits (BoWNet's head is a
+    linear layer) gave log-probabilities and their gradient in bf16 (log-probabilities
+    near log(1/64) = -4.2 then carry +-0.016 of rounding; docs/precision.md)."""
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 

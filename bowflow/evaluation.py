@@ -31,11 +31,32 @@ __all__ = [
     "sample_episodes",
     "few_shot",
     "few_shot_reference_loop",
+    "full_precision",
 ]
 
 
 # ----------------------------------------------------------------------------------------
 # Shared helpers
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """Autocast off (CPU and CUDA) for the enclosed feature extraction and protocols.
+
+    The evaluate stage extracts features and scores them in float32 whatever the training
+    compute mode (docs/precision.md). The protocols below cast their inputs to float32,
+    but a cast cannot restore what a bf16 forward pass already rounded (8 bits of
+    mantissa: cosine similarities near 1 and k-NN neighbour ranks move), and under an
+    autocast region their own matrix products (k-NN similarities, the linear probe, the
+    few-shot prototypes) would run in bf16 too. This makes both independent of any
+    autocast region the caller may be in.
+    """
+    with torch.autocast("cpu", enabled=False):
+        if torch.cuda.is_available():
+            with torch.autocast("cuda", enabled=False):
+                yield
+        else:
+            yield
 
 
 def _check_pair(x: Tensor, y: Tensor, name: str, num_classes: int | None = None) -> None:

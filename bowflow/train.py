@@ -43,6 +43,15 @@ def fingerprint(*parts) -> str:
 
 
 def autocast_context(device: torch.device, bf16: bool):
+    """The autocast region of a training step: bf16 autocast when `bf16`, else nothing.
+
+    It encloses `method.training_step` only (views, forward, loss); backward, gradient
+    clipping, the optimizer step and the method's hooks (EMA teachers, queues, centres)
+    run after it, outside, on float32 parameters. Inside it convs and linears run in bf16;
+    losses and softmax targets are float32 by their `_float32` guards (bowflow.losses,
+    bowflow.bow), BatchNorm keeps float32 statistics. docs/precision.md lists every op;
+    tests/test_precision.py checks it.
+    """
     if not bf16:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

@@ -203,3 +203,19 @@ def test_an_incomplete_measurement_is_used_but_not_saved(cache_dir, monkeypatch)
     decision = compute.decide_compute(torch.device("cpu"))
     assert decision.source == "measured" and decision.choice == compute.DEFAULT_CPU
     assert "not saved" in decision.reason and not compute.cache_path().exists()
+
+
+def test_a_bf16_choice_says_what_stays_float32(cache_dir, monkeypatch):
+    """Wherever bf16 is chosen (measured, cached, GPU, override), the logged and recorded
+    reason names what stays float32 and where its accuracy cost is recorded; fp32 does not."""
+    monkeypatch.setattr(compute, "cpu_flags", lambda: set(AMX))
+    monkeypatch.setattr(compute, "measure", fake_measure({"fp32": 100, "bf16-channels-last": 250}, []))
+    measured = compute.decide_compute(torch.device("cpu"))
+    cached = compute.decide_compute(torch.device("cpu"))
+    gpu = compute.decide_compute(torch.device("cuda"))
+    assert (measured.source, cached.source, gpu.source) == ("measured", "cache", "gpu")
+    for decision in (measured, cached, gpu):
+        assert decision.choice["bf16"] and decision.reason.endswith(compute.BF16_PRECISION)
+    assert "docs/precision.md" in compute.BF16_PRECISION
+    monkeypatch.setenv(compute.ENV_OVERRIDE, "default")
+    assert "float32" not in compute.decide_compute(torch.device("cpu")).reason
