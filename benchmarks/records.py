@@ -289,7 +289,32 @@ def table_distill_seeds(record: Path) -> tuple[list[list[str]], set[str]]:
     return rows, {teacher_name, *(stage_run(s) for s in top1)}
 
 
-TABLES = {"generations": table_generations, "stage-times": table_stage_times,
+PRECISION_LABELS = {"default": "fp32 (`default`)", "bf16-channels-last": "`bf16-channels-last` (now)",
+                    "bf16-channels-last+bf16-softmax": "bf16 + bf16 softmax (before)"}
+
+
+def table_precision(record: Path) -> tuple[list[list[str]], set[str]]:
+    """docs/BENCHMARKS.md section 11 from benchmarks.bench_precision's JSON: per mode the
+    per-seed k-NN and 5-shot, their mean ± sd, the paired difference against fp32 (mean,
+    min..max) and the mean final training loss."""
+    data = load_json(record / "precision.json")
+    header = ["mode", "k-NN (3 seeds)", "mean ± sd", "diff vs fp32 (min..max)", "5-shot (3 seeds)",
+              "mean ± sd", "diff vs fp32 (min..max)", "final loss"]
+    out = [header]
+    for mode in data["config"]["modes"]:
+        summary, cells = data["summary"][mode], [PRECISION_LABELS.get(mode, mode)]
+        for metric in ("knn", "five_shot"):
+            m = summary[metric]
+            cells += [" / ".join(f"{v:.2f}" for v in m["values"]), f"{m['mean']:.2f} ± {m['sd']:.2f}",
+                      "" if mode == "default" else
+                      f"{m['diff_mean']:+.2f} ({m['diff_min']:+.2f}..{m['diff_max']:+.2f})"]
+        losses = [r["final_loss"] for r in data["rows"] if r["mode"] == mode]
+        cells.append(f"{statistics.mean(losses):.3f}")
+        out.append(cells)
+    return out, set()
+
+
+TABLES = {"precision": table_precision, "generations": table_generations, "stage-times": table_stage_times,
           "family": table_family, "distill": table_distill,
           "distill-margins": lambda record: table_distill(record, margins=True),
           "distill-seeds": table_distill_seeds}
@@ -473,6 +498,8 @@ def check_record(root: Path, record: str, kinds: set[str], runs: set[str]) -> li
     pipeline or preset fails one of these: its run is not reported, or the files it locked
     are not the record's."""
     folder = root / record
+    if not (folder / "dvc.lock").exists():       # a benchmark's JSON record: no stages to check
+        return []
     stages = lock_stages(folder)
     allowed = runs | {run for kind in kinds for run in SUPPORT_RUNS.get(kind, ())}
     files = {"data/" + str(p.relative_to(folder)): p
