@@ -16,6 +16,9 @@ from bowflow.methods import get_method
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
 
+import test_method_learning as learning
+from test_method_learning import control, task  # noqa: F401  (fixtures of the learning test)
+
 WIDTH, HIDDEN, OUT, BATCH = 4, 24, 12, 8
 
 
@@ -50,7 +53,8 @@ def test_projector_and_predictor_shapes():
 
 def test_target_starts_as_a_copy_and_gets_no_gradient():
     method, images = build()
-    for online, target in ((method.backbone, method.target_backbone), (method.projector, method.target_projector)):
+    pairs = ((method.backbone, method.target_backbone), (method.projector, method.target_projector))
+    for online, target in pairs:
         for (name, p), t in zip(online.named_parameters(), target.parameters()):
             assert torch.equal(p, t) and t is not p and not t.requires_grad, name
     loss, _ = method.training_step(images, torch.arange(BATCH), torch.Generator().manual_seed(0))
@@ -123,3 +127,14 @@ def test_tau_is_saved_with_the_method():
     method, _ = build()
     method.after_step(5, 10)
     assert "tau" in method.state_dict() and float(method.state_dict()["tau"]) == float(method.tau)
+
+
+@pytest.mark.slow
+def test_learns_on_the_shapes_task(task, control, tmp_path):
+    """Trained with the shared trainer, BYOL's k-NN beats the untrained network's by the
+    learning tests' margin (tests/test_method_learning.py: task, recipe and margin)."""
+    method, params = learning.build("byol", task)
+    learning.fit(method, params, task, tmp_path)
+    trained, untrained = learning.knn(method.export_backbone(), task), learning.knn(control, task)
+    assert trained >= untrained + learning.KNN_MARGIN, f"k-NN {trained:.1f} vs control {untrained:.1f}"
+    assert float(method.tau) == pytest.approx(1.0, abs=1e-3)         # tau reached ~1 by the end
