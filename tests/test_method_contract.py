@@ -121,7 +121,19 @@ def test_resumes_bit_for_bit_after_a_kill(name, tmp_path):
         run(killed, params, images, tmp_path / "killed.pt")
 
     resumed, _ = build(name, images, labels, epochs=3)
+    steps_taken = []
+    original_training_step = resumed.training_step
+
+    def training_step(*args):
+        steps_taken.append(1)
+        return original_training_step(*args)
+
+    resumed.training_step = training_step
     resumed_history = run(resumed, params, images, tmp_path / "killed.pt")
+    # The checkpoint of epoch 1 was loaded: only epochs 2 and 3 ran. (A resume that silently
+    # retrained from scratch would end with the same weights, so the next check alone
+    # cannot tell it from a real resume.)
+    assert len(steps_taken) == 2 * steps_per_epoch, f"{name}: resumed run did not start at epoch 2"
     assert untimed(resumed_history) == untimed(straight_history)
     expected, got = straight.state_dict(), resumed.state_dict()
     assert expected.keys() == got.keys()
