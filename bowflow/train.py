@@ -68,7 +68,9 @@ def train(method: Method, images: torch.Tensor, params: TrainParams, seed: int,
     """
     device = images.device
     n = len(images)
-    batch_size = min(params.batch_size, n)
+    if params.batch_size > n:      # check_params/prepare refuse such params before training
+        raise ValueError(f"batch_size {params.batch_size} is larger than the {n} training images")
+    batch_size = params.batch_size
     steps_per_epoch = n // batch_size
     total_steps = steps_per_epoch * params.epochs
     warmup_steps = int(params.warmup_epochs * steps_per_epoch)
