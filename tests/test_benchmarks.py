@@ -124,3 +124,26 @@ def test_distill_seeds_reseeds_only_the_seed_and_the_outputs(tmp_path):
     rows = {r["row"]: r for r in spread({"v": [50.0, 52.0], "kd": [53.0, 53.5]}, "v")}
     assert rows["kd"]["margin"] == 2.25 and rows["kd"]["margin_min"] == 1.5
     assert rows["kd"]["margin_max"] == 3.0 and "margin" not in rows["v"]
+
+
+def test_ablate_generation_changes_only_the_named_flags_and_the_outputs(tmp_path):
+    from benchmarks.ablate_generation import parse_variant, variant_commands
+    locked = {"vocab@g2": {"cmd": "bin/python -m stages.vocab --teacher data/models/g1/model.pt "
+                                  "--out data/models/g2/vocab.pt --metrics m.json --layer stage2 --size 64"},
+              "student@g2": {"cmd": "bin/python -m stages.student --vocab data/models/g2/vocab.pt "
+                                    "--model data/models/g2/model.pt --metrics t.json --history h.csv "
+                                    "--epochs 60 --lr_decay_at 0.5 0.75 --init scratch"},
+              "evaluate_student@g2": {"cmd": "bin/python -m stages.evaluate --model data/models/g2/model.pt "
+                                             "--out e.json --few_shot_shots 1 5"}}
+    changes = parse_variant("vocab.size=256,student.lr_decay_at=0.6 0.8")
+    vocab, student, evaluate = variant_commands(locked, "g2", changes, tmp_path)
+    assert vocab[vocab.index("--size") + 1] == "256" and vocab[vocab.index("--layer") + 1] == "stage2"
+    assert vocab[vocab.index("--teacher") + 1] == "data/models/g1/model.pt"      # the parent is shared
+    assert student[student.index("--lr_decay_at") + 1:student.index("--lr_decay_at") + 3] == ["0.6", "0.8"]
+    assert student[student.index("--vocab") + 1] == vocab[vocab.index("--out") + 1] == str(tmp_path / "vocab.pt")
+    assert evaluate[evaluate.index("--model") + 1] == student[student.index("--model") + 1]
+    assert student[-2:] == ["--checkpoints", str(tmp_path / "checkpoints")]
+    assert all(str(tmp_path) in argv[argv.index(f) + 1]
+               for argv, f in [(vocab, "--metrics"), (student, "--history"), (evaluate, "--out")])
+    with pytest.raises(SystemExit, match="STAGE.FLAG=VALUE"):
+        parse_variant("size=256")
