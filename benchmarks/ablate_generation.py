@@ -78,7 +78,7 @@ def summary(vocab: dict, history: list[dict], evaluation: dict) -> dict:
     the student captured, and the evaluation."""
     last = history[-1]
     return {"layer": vocab["layer"], "words": vocab["size"], "target_entropy": round(vocab["target_entropy"], 3),
-            "target_perplexity": round(vocab["mean_histogram_perplexity"], 1),
+            "usage_perplexity": round(vocab["mean_histogram_perplexity"], 1),
             "epochs": int(last["epoch"]), "captured": round(float(last["captured"]), 3),
             "linear": evaluation["linear_base"], "knn": evaluation["knn_all"],
             **{f"shot_{n}": evaluation["few_shot"][n]["mean"] for n in evaluation["few_shot"]}}

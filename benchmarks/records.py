@@ -314,7 +314,22 @@ def table_precision(record: Path) -> tuple[list[list[str]], set[str]]:
     return out, set()
 
 
-TABLES = {"precision": table_precision, "generations": table_generations, "stage-times": table_stage_times,
+def table_ablation(record: Path) -> tuple[list[list[str]], set[str]]:
+    """docs/BENCHMARKS.md section 12 from benchmarks.ablate_generation's JSON files (one per
+    generation, <record>/<gN>.json): each variant's targets, captured fraction and evaluation."""
+    header = ["run", "layer", "words", "usage perplexity", "captured", "Linear", "k-NN",
+              "1-shot", "5-shot", "10-shot", "50-shot"]
+    out = [header]
+    for path in sorted(record.glob("g*.json")):
+        data = load_json(path)
+        for r in data["rows"]:
+            out.append([f"{data['generation']} {r['variant']}", r["layer"], str(r["words"]), f"{r['usage_perplexity']:.1f}",
+                        f"{r['captured']:.2f}", f"{r['linear']:.1f}", f"{r['knn']:.1f}",
+                        *(f"{r[f'shot_{n}']:.1f}" for n in (1, 5, 10, 50))])
+    return out, set()
+
+
+TABLES = {"ablation": table_ablation, "precision": table_precision, "generations": table_generations, "stage-times": table_stage_times,
           "family": table_family, "distill": table_distill,
           "distill-margins": lambda record: table_distill(record, margins=True),
           "distill-seeds": table_distill_seeds}
