@@ -57,7 +57,7 @@ import time
 import torch
 
 from bowflow import compute
-from bowflow.methods import get_method
+from bowflow.roles.base import get_method
 from bowflow.methods.bownet import BoWNetParams
 from bowflow.methods.rotnet import RotNetParams
 from bowflow.models import Normalizer
@@ -93,9 +93,10 @@ class StepRunner:
         codes = torch.randint(0, words, (batch, (size // 2) ** 2), generator=gen)  # [B, L]
         params = (BoWNetParams(width=width, batch_size=batch, lr=0.03) if method == "bownet"
                   else RotNetParams(width=width, batch_size=batch, lr=0.1))
-        context = {"codes": codes, "num_words": words, "image_size": size,
+        context = {"codes": codes, "num_words": words, "parent": {}, "image_size": size,
                    "normalizer": Normalizer([0.5] * 3, [0.25] * 3)}
-        self.method = get_method(method)(params, build_backbone("convnet", width), context)
+        cls = get_method(method)
+        self.method = cls(params, build_backbone("convnet", width), cls.inputs(**context))
         self.method.train()
         if channels_last:
             self.method.to(memory_format=torch.channels_last)

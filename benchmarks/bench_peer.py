@@ -304,7 +304,7 @@ def train_ours(images: torch.Tensor, normalizer, init_state: dict, args, seed: i
     """bowflow's BYOL through bowflow.train.train until its measured training time reaches
     args.seconds (benchmarks.peer_budget.EpochBudget; module docstring: the budget)."""
     from bowflow.io import load_torch
-    from bowflow.methods import get_method
+    from bowflow.roles.base import get_method
     from bowflow.networks import build_backbone
     from bowflow.runtime import seed_everything
     from bowflow.train import train
@@ -316,7 +316,7 @@ def train_ours(images: torch.Tensor, normalizer, init_state: dict, args, seed: i
     seed_everything(seed)
     backbone = build_backbone("convnet", args.width)
     backbone.load_state_dict(init_state)
-    method = get_method("byol")(params, backbone, {"normalizer": normalizer, "image_size": args.size})
+    method = get_method("byol")(params, backbone, get_method("byol").inputs(**{"normalizer": normalizer, "image_size": args.size}))
 
     # The hook: time each epoch from its first training_step call to its last after_step
     # return; at the next epoch's first step, interrupt the trainer if the budget says stop

@@ -120,7 +120,7 @@ def load_json(path: Path) -> dict:
 def lineage(record: Path) -> list[dict]:
     """bowflow.report.load_lineage of the record, with each run's method label taken from
     the method registry when its metrics predate `method_label` (the cifar10-cpu run)."""
-    from bowflow.methods import get_method
+    from bowflow.roles.base import get_method
     records = report.load_lineage(record / "metrics" / "eval")
     for r in records:
         if "method_label" not in r:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from bowflow.networks import Backbone
 
 
-def _float32(fn):
+def float32(fn):
     """Run `fn` with autocast off and its floating-point tensor arguments cast to float32
     (the guard every loss of bowflow.losses has; `__wrapped__` is the unguarded `fn`).
     Written here rather than imported from bowflow.losses so that the vocab stage, which
@@ -107,12 +107,12 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-@_float32
+@float32
 def nearest_words(maps: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     """maps [B, C, h, w], words [K, C] -> index of the nearest word [B, h*w] (squared L2).
 
     One batched matrix product: ||f - w||^2 = ||f||^2 - 2 f.w + ||w||^2, and ||f||^2 does not
-    change the argmin, so it is skipped. In float32 with autocast off (`_float32`): under
+    change the argmin, so it is skipped. In float32 with autocast off (`float32`): under
     bf16 autocast the product would round f.w to 8 bits of mantissa and pick another word
     for features between two nearby words.
     """
@@ -153,11 +153,11 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p.clamp_min(1e-12))).sum(dim=1)
 
 
-@_float32
+@float32
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """-sum_k y_k log softmax(logits)_k, averaged over the batch: logits, targets [B, K].
 
-    In float32 with autocast off (`_float32`), as every loss of bowflow.losses: CPU
+    In float32 with autocast off (`float32`), as every loss of bowflow.losses: CPU
     autocast keeps log_softmax in the input's dtype, so bf16 logits (BoWNet's head is a
     linear layer) gave log-probabilities and their gradient in bf16 (log-probabilities
     near log(1/64) = -4.2 then carry +-0.016 of rounding; docs/precision.md)."""

@@ -96,7 +96,7 @@ def parse_section(cls: type, argv: list[str] | None = None, description: str = "
 def parse_method_section(argv: list[str] | None, description: str,
                          extra: typing.Callable[[argparse.ArgumentParser], None]):
     """Like `parse_section`, with the dataclass chosen by the `--method` flag's value."""
-    from bowflow.methods import get_method
+    from bowflow.roles.base import get_method
 
     peek = argparse.ArgumentParser(add_help=False)
     peek.add_argument("--method", required=True)

@@ -18,6 +18,34 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+# ---------------------------------------------------------------- embedding heads of the distillers (CC, CRD)
+
+def global_pool(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> global average pool; [B, N, C] (tokens) -> mean over N; [B, C] as is."""
+    if x.dim() == 4:
+        return x.mean(dim=(2, 3))
+    if x.dim() == 3:
+        return x.mean(dim=1)
+    if x.dim() == 2:
+        return x
+    raise ValueError(f"expected [B, C], [B, N, C] or [B, C, H, W], got {tuple(x.shape)}")
+
+
+class EmbedHead(nn.Module):
+    """RepDistiller's embed heads: features [B, C] (or a map / tokens, pooled first) ->
+    linear(dim, with bias) -> [B, dim], L2-normalised per row (CRD's `Embed`) or, with
+    normalize=False, left as is (`LinearEmbed`, CC's). dim = 128 (the benchmark's)."""
+
+    def __init__(self, c_in: int, dim: int = 128, normalize: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(c_in, dim)
+        self.normalize = normalize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.linear(global_pool(x))
+        return F.normalize(z, dim=1) if self.normalize else z
+
+
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_bn: bool = False,
         last_bn_affine: bool = True, bn: bool = True) -> nn.Sequential:
     """[B, in_dim] -> [B, out_dim]: (layers - 1) x (Linear, BN, ReLU), then Linear

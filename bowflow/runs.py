@@ -8,8 +8,8 @@ from pathlib import Path
 
 from bowflow.datasets import load_labelled_split, load_ssl_split
 from bowflow.io import write_csv, write_json
-from bowflow.methods import get_method
-from bowflow.methods.base import TrainParams
+from bowflow.roles.base import get_method
+from bowflow.roles.base import TrainParams
 from bowflow.models import Normalizer, save_model
 from bowflow.networks import build_backbone, count_parameters
 from bowflow.runtime import StageClock, configure_threads, log, resolve_device, seed_everything
@@ -28,15 +28,26 @@ def add_training_arguments(parser) -> None:
     parser.add_argument("--device", default="auto")
 
 
+def check_stage(method: str, stage: str) -> type:
+    """The method class, if its role is trained by `stage`; SystemExit naming --method if not."""
+    cls = get_method(method)
+    if cls.stage != stage:
+        raise SystemExit(f"--method: '{method}' is a {cls.role} method, trained by stage "
+                         f"'{cls.stage}' (params section {cls.section}:), not by '{stage}'")
+    return cls
+
+
 def run_training(params: TrainParams, prepared: str | Path, out_model: Path, metrics_path: Path,
                  history_path: Path, checkpoint_dir: Path, seed: int, device_name: str,
-                 record: dict, context: dict | None = None, split: str = "ssl",
-                 finish=None) -> dict:
+                 record: dict, inputs: dict | None = None, input_fingerprint: str = "",
+                 split: str = "ssl", finish=None) -> dict:
     """Train `params.method` on the SSL images and write model, metrics and curve.
 
-    `record` (name, parent, generation) is stored in the model file; `context` is
-    method-specific (e.g. BoW codes, a parent model); every method also gets the images'
-    `labels` [N], their `normalizer` and `image_size`. `split`: "ssl" trains on the rows
+    `record` (name, parent, generation) is stored in the model file. The method gets its
+    role's typed `Inputs`, filled from what every stage has (the images' `normalizer` and
+    `image_size`, their `labels` [N] and `num_classes`) and the stage's own `inputs` (BoW
+    codes, a parent model, a teacher); `input_fingerprint` identifies those stage inputs in
+    the checkpoint's run id. `split`: "ssl" trains on the rows
     self-supervised stages may use, "train" on every labelled train row (supervised and
     distillation runs). `finish(model_path) -> dict`, when given, adds metrics computed on
     the written model (a classifier's test top-1). Returns the metrics written to
@@ -50,16 +61,17 @@ def run_training(params: TrainParams, prepared: str | Path, out_model: Path, met
     image_size = images.shape[-1]
     normalizer = Normalizer.fit(images)
     backbone = build_backbone(params.arch, params.width, params.depth)
-    context = {"normalizer": normalizer, "image_size": image_size, "labels": labels.to(device),
-               "num_classes": len(manifest["class_names"]), **(context or {})}
-    method = get_method(params.method)(params, backbone, context).to(device)
+    cls = get_method(params.method)
+    given = {"normalizer": normalizer, "image_size": image_size, "labels": labels.to(device),
+             "num_classes": len(manifest["class_names"]), **(inputs or {})}
+    method = cls(params, backbone, cls.inputs(**given)).to(device)
     decision = decide_compute(device)               # logged; recorded in the metrics below
     compute = decision.choice
     configure_threads(compute["threads"])
     if compute["compile"]:          # in place: state_dict keys and the model file unchanged
         backbone.compile()
     run_id = fingerprint(asdict(params), seed, manifest["content_hash"], len(images),
-                         context.get("fingerprint", ""), compute)
+                         input_fingerprint, compute)
     checkpoint = checkpoint_dir / f"{out_model.parent.name}-{params.method}.ckpt"
     log(f"training {params.method} ({params.arch}, {count_parameters(backbone):,} backbone parameters) "
         f"on {len(images)} images of {image_size}x{image_size} for {params.epochs} epochs on {device}")

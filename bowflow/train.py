@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from bowflow.io import load_torch, save_torch
-from bowflow.methods.base import Method, TrainParams
+from bowflow.roles.base import Method, TrainParams
 from bowflow.optim import build_optimizer, clip_gradients, learning_rate, set_learning_rate
 from bowflow.runtime import log
 
@@ -48,7 +48,7 @@ def autocast_context(device: torch.device, bf16: bool):
     It encloses `method.training_step` only (views, forward, loss); backward, gradient
     clipping, the optimizer step and the method's hooks (EMA teachers, queues, centres)
     run after it, outside, on float32 parameters. Inside it convs and linears run in bf16;
-    losses and softmax targets are float32 by their `_float32` guards (bowflow.losses,
+    losses and softmax targets are float32 by their `float32` guards (bowflow.losses,
     bowflow.bow), BatchNorm keeps float32 statistics. docs/precision.md lists every op;
     tests/test_precision.py checks it.
     """

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from bowflow.cli import parse_method_section
 from bowflow.datasets import load_labelled_split
-from bowflow.distill import Distiller, load_teacher
-from bowflow.methods import get_method
+from bowflow.roles.distiller import load_teacher
+from bowflow.roles.base import get_method
 from bowflow.models import classifier_top1, load_classifier, load_model
-from bowflow.runs import add_training_arguments, run_training
+from bowflow.runs import add_training_arguments, check_stage, run_training
 from bowflow.runtime import resolve_device
 
 
@@ -47,7 +47,10 @@ def test_top1(prepared: Path, device, batch_size: int = 256):
 
 def main(argv=None):
     params, args = parse_method_section(argv, __doc__, arguments)
-    distills = issubclass(get_method(params.method), Distiller)
+    cls = get_method(params.method)
+    if cls.stage not in ("teacher", "distill"):
+        check_stage(params.method, "distill")
+    distills = cls.stage == "distill"
     if distills != (args.teacher_model is not None):
         raise SystemExit(f"--teacher_model: method '{params.method}' "
                          + ("distils from a teacher: give its model.pt" if distills else
@@ -56,9 +59,9 @@ def main(argv=None):
         raise SystemExit(f"--teacher_model: {args.teacher_model} does not exist (train teacher "
                          f"'{params.teacher}' first: dvc repro teacher@{params.teacher})")
     device = resolve_device(args.device)
-    context = {"teacher": load_teacher(args.teacher_model, device)} if distills else {}
+    inputs = {"teacher": load_teacher(args.teacher_model, device)} if distills else {}
     run_training(params, args.prepared, args.model, args.metrics, args.history, args.checkpoints,
-                 args.seed, args.device, split="train", context=context,
+                 args.seed, args.device, split="train", inputs=inputs,
                  record={"name": args.model.parent.name, "parent": getattr(params, "teacher", ""),
                          "generation": 0, "seed": args.seed},
                  finish=test_top1(args.prepared, device))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bowflow.cli import parse_section
-from bowflow.config import DataParams, ParamsError, check_data_needs, read_data_needs
+from bowflow.sections import DataParams, ParamsError, check_data_needs, read_data_needs
 from bowflow.datasets import DataError, base_novel_split, load_source, write_prepared
 from bowflow.runtime import StageClock, log
 

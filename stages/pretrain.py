@@ -11,11 +11,12 @@ The run's name is its model's folder (`data/models/<name>/model.pt`).
 from __future__ import annotations
 
 from bowflow.cli import parse_method_section
-from bowflow.runs import add_training_arguments, run_training
+from bowflow.runs import add_training_arguments, check_stage, run_training
 
 
 def main(argv=None):
     params, args = parse_method_section(argv, __doc__, add_training_arguments)
+    check_stage(params.method, "pretrain")
     run_training(params, args.prepared, args.model, args.metrics, args.history, args.checkpoints,
                  args.seed, args.device,
                  record={"name": args.model.parent.name, "parent": "", "generation": 0,

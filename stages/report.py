@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bowflow import report
 from bowflow.cli import parse_section
-from bowflow.config import ReportParams
+from bowflow.sections import ReportParams
 from bowflow.io import load_torch, write_csv
 from bowflow.datasets import load_ssl_images
 

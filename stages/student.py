@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bowflow.cli import parse_method_section
 from bowflow.io import load_torch
-from bowflow.runs import add_training_arguments, run_training
+from bowflow.runs import add_training_arguments, check_stage, run_training
 from bowflow.train import fingerprint
 
 
@@ -24,6 +24,7 @@ def paths(parser):
 
 def main(argv=None):
     params, args = parse_method_section(argv, __doc__, paths)
+    check_stage(params.method, "student")
     vocab = load_torch(args.vocab)
     parent = load_torch(args.parent_model)
     try:
@@ -31,13 +32,13 @@ def main(argv=None):
     except ValueError as error:
         raise SystemExit(f"{args.parent_model}: {error}")
     codes_hash = hashlib.sha256(vocab["codes"].numpy().tobytes()).hexdigest()
-    context = {"codes": vocab["codes"], "num_words": len(vocab["words"]), "parent": parent,
-               "fingerprint": fingerprint(codes_hash, vocab["params"], parent["name"],
-                                          hashlib.sha256(args.parent_model.read_bytes()).hexdigest())}
+    inputs = {"codes": vocab["codes"], "num_words": len(vocab["words"]), "parent": parent}
+    stamp = fingerprint(codes_hash, vocab["params"], parent["name"],
+                        hashlib.sha256(args.parent_model.read_bytes()).hexdigest())
     record = {"name": args.model.parent.name, "parent": parent["name"],
               "generation": parent["generation"] + 1, "seed": args.seed}
     run_training(params, args.prepared, args.model, args.metrics, args.history, args.checkpoints,
-                 args.seed, args.device, record=record, context=context)
+                 args.seed, args.device, record=record, inputs=inputs, input_fingerprint=stamp)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import torch
 
 from bowflow import bow
 from bowflow.cli import parse_section
-from bowflow.config import VocabParams
+from bowflow.sections import VocabParams
 from bowflow.io import save_torch, write_json
 from bowflow.models import load_model
 from bowflow.networks import count_parameters

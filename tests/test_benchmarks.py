@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bowflow import compute
-from bowflow.methods import get_method
+from bowflow.roles.base import get_method
 from bowflow.methods.bownet import BoWNetParams
 from bowflow.methods.rotnet import RotNetParams
 from bowflow.models import Normalizer
@@ -33,9 +33,9 @@ def cache_dir(tmp_path, monkeypatch):
 def test_training_steps_run_under_cpu_bf16_autocast(method, channels_last):
     images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
     context = {"normalizer": Normalizer([0.5] * 3, [0.25] * 3), "image_size": 8,
-               "codes": torch.randint(0, 16, (8, 16)), "num_words": 16}
+               "codes": torch.randint(0, 16, (8, 16)), "num_words": 16, "parent": {}}
     params = (RotNetParams if method == "rotnet" else BoWNetParams)(method=method, width=8)
-    model = get_method(method)(params, build_backbone("convnet", 8), context)
+    model = get_method(method)(params, build_backbone("convnet", 8), get_method(method).inputs(**context))
     if channels_last:
         model.to(memory_format=torch.channels_last)
     with autocast_context(torch.device("cpu"), bf16=True):

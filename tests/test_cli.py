@@ -7,7 +7,7 @@ import pytest
 from dvc.parsing.interpolate import to_str
 
 from bowflow.cli import parse_method_section, parse_section, render_args
-from bowflow.config import DataParams, EvalParams, load_yaml
+from bowflow.sections import DataParams, EvalParams, load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DVC_PARSING = {"bool": "boolean_optional", "list": "nargs"}

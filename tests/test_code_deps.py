@@ -14,7 +14,7 @@ from pathlib import Path
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
-from bowflow.methods import available_methods
+from bowflow.roles.base import available_methods
 from code_deps import ROOT, closure
 from tiny_params import make_project, tiny_params
 

@@ -35,11 +35,11 @@ def test_presets_are_valid(preset):
 
 
 def test_family_presets_train_every_method_the_same_way():
-    from bowflow.methods import available_methods, get_method
+    from bowflow.roles.base import available_methods, get_method
     for name in ("family-digits.yaml", "family-cpu.yaml"):
         runs = load_yaml(ROOT / "presets" / name)["pretrain"]
-        trained = {m for m in available_methods()      # self-supervised: no labels, no stage inputs
-                   if not get_method(m).stage_inputs and not get_method(m).supervised}
+        trained = {m for m in available_methods()      # every method of the self-supervised role
+                   if get_method(m).section == "pretrain"}
         assert {r["method"] for r in runs.values()} == trained, name
         budgets = {(r["arch"], r["width"], r["epochs"], r["batch_size"]) for r in runs.values()
                    if r["method"] not in ("rotnet", "random_init")}

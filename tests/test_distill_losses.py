@@ -6,10 +6,20 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from bowflow.heads import EmbedHead
+from bowflow.methods.at import attention_loss
+from bowflow.methods.cc import cc_loss
+from bowflow.methods.crd import ContrastiveMemory, _bank_scores, nce_loss, sample_negatives
+from bowflow.methods.fitnet import HintAdapter, hint_loss
+from bowflow.methods.ifacd import RescalerMLP, supcon_loss
+from bowflow.methods.nst import nst_loss
+from bowflow.methods.pkt import pkt_loss
+from bowflow.methods.rkd import rkd_loss
+from bowflow.methods.simclr import nt_xent
+from bowflow.methods.sp import similarity_loss
+from bowflow.methods.vid import VIDRegressor, vid_loss
+from bowflow.roles.distiller import kd_loss, match_spatial
 
-from bowflow import contrastive_distill as cd
-from bowflow import distill_losses as dl
-from bowflow import losses
 
 
 def randn(*shape, seed=0):
@@ -22,13 +32,13 @@ def student_and_teacher(*shape):
 
 # Every loss whose teacher input is a raw teacher tensor must not send it a gradient.
 TEACHER_DETACHED = {
-    "kd": (lambda s, t: dl.kd_loss(s, t), (6, 5)),
-    "hint": (lambda s, t: dl.hint_loss(s, t), (2, 3, 4, 4)),
-    "attention": (lambda s, t: dl.attention_loss([s], [t]), (2, 3, 4, 4)),
-    "similarity": (lambda s, t: dl.similarity_loss(s, t), (4, 3, 2, 2)),
-    "rkd": (lambda s, t: dl.rkd_loss(s, t), (5, 4)),
-    "pkt": (lambda s, t: dl.pkt_loss(s, t), (5, 4)),
-    "nst": (lambda s, t: dl.nst_loss(s, t), (2, 3, 4, 4)),
+    "kd": (lambda s, t: kd_loss(s, t), (6, 5)),
+    "hint": (lambda s, t: hint_loss(s, t), (2, 3, 4, 4)),
+    "attention": (lambda s, t: attention_loss([s], [t]), (2, 3, 4, 4)),
+    "similarity": (lambda s, t: similarity_loss(s, t), (4, 3, 2, 2)),
+    "rkd": (lambda s, t: rkd_loss(s, t), (5, 4)),
+    "pkt": (lambda s, t: pkt_loss(s, t), (5, 4)),
+    "nst": (lambda s, t: nst_loss(s, t), (2, 3, 4, 4)),
 }
 
 
@@ -51,12 +61,12 @@ def test_kd_loss_hand_value_temperature_scaling_and_shift_invariance():
     s = torch.zeros(1, 2)
     t = torch.tensor([[2 * math.log(3), 0.0]])
     expected = 4 * (0.75 * math.log(1.5) + 0.25 * math.log(0.5))
-    assert dl.kd_loss(s, t, temperature=2).item() == pytest.approx(expected, rel=1e-5)
+    assert kd_loss(s, t, temperature=2).item() == pytest.approx(expected, rel=1e-5)
     logits = randn(4, 10)
-    assert dl.kd_loss(logits + 7.0, logits).item() == pytest.approx(0, abs=1e-5)
+    assert kd_loss(logits + 7.0, logits).item() == pytest.approx(0, abs=1e-5)
     # batchmean: repeating the batch does not change the value
     s, t = randn(3, 10), randn(3, 10, seed=1)
-    assert torch.allclose(dl.kd_loss(s, t), dl.kd_loss(torch.cat([s, s]), torch.cat([t, t])))
+    assert torch.allclose(kd_loss(s, t), kd_loss(torch.cat([s, s]), torch.cat([t, t])))
 
 
 # ---------------------------------------------------------------- FitNets
@@ -65,7 +75,7 @@ def test_kd_loss_hand_value_temperature_scaling_and_shift_invariance():
     (1, 4, torch.nn.Conv2d), (2, 8, torch.nn.Conv2d), (0.5, 2, torch.nn.ConvTranspose2d),
     (4, 16, torch.nn.Conv2d)])          # other ratios: pooled to the teacher's size, 1x1 conv
 def test_hint_adapter_is_convreg_shaped(ratio, side, conv):
-    adapter = dl.HintAdapter(3, 5, ratio)
+    adapter = HintAdapter(3, 5, ratio)
     assert type(adapter.conv) is conv and adapter.conv.bias is not None
     kernel = {1: 1, 2: 3, 0.5: 4, 4: 1}[ratio]
     assert adapter.conv.kernel_size == (kernel, kernel)
@@ -77,18 +87,18 @@ def test_hint_adapter_learns_a_linear_hint():
     torch.manual_seed(0)
     student = randn(8, 3, 4, 4)
     teacher = torch.einsum("tc,bchw->bthw", randn(5, 3, seed=1), student).relu()   # [8, 5, 4, 4]
-    adapter = dl.HintAdapter(3, 5)
+    adapter = HintAdapter(3, 5)
     optimiser = torch.optim.Adam(adapter.parameters(), lr=0.1)
     values = []
     for _ in range(10):
-        loss = dl.hint_loss(adapter(student, size=(4, 4)), teacher)
+        loss = hint_loss(adapter(student, size=(4, 4)), teacher)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         values.append(loss.item())
     assert values[-1] < 0.3 * values[0]
     with pytest.raises(ValueError, match="adapt the student map"):
-        dl.hint_loss(randn(8, 3, 8, 8), teacher)
+        hint_loss(randn(8, 3, 8, 8), teacher)
 
 
 # ---------------------------------------------------------------- AT
@@ -96,23 +106,23 @@ def test_hint_adapter_learns_a_linear_hint():
 def test_attention_loss_hand_value_invariances_and_sum_over_stages():
     s = torch.tensor([[[[1.0, 0.0]]]])                  # attention [1, 0]
     t = torch.tensor([[[[1.0, 1.0]]]])                  # attention [1, 1] / sqrt 2
-    assert dl.attention_loss([s], [t]).item() == pytest.approx((2 - math.sqrt(2)) / 2, rel=1e-5)
+    assert attention_loss([s], [t]).item() == pytest.approx((2 - math.sqrt(2)) / 2, rel=1e-5)
     # scale and channel count do not matter: the channel mean of squares is normalised
     f = randn(2, 3, 4, 4)
-    assert dl.attention_loss([f], [3 * f.repeat(1, 2, 1, 1)]).item() == pytest.approx(0, abs=1e-7)
+    assert attention_loss([f], [3 * f.repeat(1, 2, 1, 1)]).item() == pytest.approx(0, abs=1e-7)
     # sign does not matter for |a|^p, with p = 1 as well as p = 2
-    assert dl.attention_loss([f], [-f], p=1).item() == pytest.approx(0, abs=1e-7)
+    assert attention_loss([f], [-f], p=1).item() == pytest.approx(0, abs=1e-7)
     # a student map twice the teacher's size, constant on 2 x 2 blocks, is pooled to it
     g = randn(2, 3, 2, 2, seed=1)
     big = g.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
-    assert dl.attention_loss([big], [g]).item() == pytest.approx(0, abs=1e-7)
-    assert dl.attention_loss([g], [big]).item() == pytest.approx(0, abs=1e-7)
+    assert attention_loss([big], [g]).item() == pytest.approx(0, abs=1e-7)
+    assert attention_loss([g], [big]).item() == pytest.approx(0, abs=1e-7)
     a, b, c, d = (randn(2, 3, 4, 4, seed=i) for i in range(4))
-    both = dl.attention_loss([a, b], [c, d])
+    both = attention_loss([a, b], [c, d])
     assert both.item() == pytest.approx(
-        (dl.attention_loss([a], [c]) + dl.attention_loss([b], [d])).item(), rel=1e-6)
+        (attention_loss([a], [c]) + attention_loss([b], [d])).item(), rel=1e-6)
     with pytest.raises(ValueError, match="as many student as teacher stages"):
-        dl.attention_loss([a, b], [c])
+        attention_loss([a, b], [c])
 
 
 # ---------------------------------------------------------------- SP
@@ -120,11 +130,11 @@ def test_attention_loss_hand_value_invariances_and_sum_over_stages():
 def test_similarity_loss_hand_value_and_scale_invariance():
     s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])          # G_s = I
     t = torch.tensor([[1.0, 0.0], [1.0, 0.0]])          # G_t rows [1, 1] / sqrt 2
-    assert dl.similarity_loss(s, t).item() == pytest.approx((2 - math.sqrt(2)) / 2, rel=1e-5)
+    assert similarity_loss(s, t).item() == pytest.approx((2 - math.sqrt(2)) / 2, rel=1e-5)
     f = randn(6, 3, 4, 4)
-    assert dl.similarity_loss(f, 5 * f).item() == pytest.approx(0, abs=1e-6)
+    assert similarity_loss(f, 5 * f).item() == pytest.approx(0, abs=1e-6)
     # shapes may differ between networks: only the B x B Gram is compared
-    assert dl.similarity_loss(f, randn(6, 7, 2, 2, seed=1)).item() > 0
+    assert similarity_loss(f, randn(6, 7, 2, 2, seed=1)).item() > 0
 
 
 # ---------------------------------------------------------------- CC
@@ -133,17 +143,17 @@ def test_cc_hand_value_zero_and_gradients_to_both_heads():
     # |s - t| rows: [1, 2], [3, 0], [1, 1]: neighbouring products sum to 3 and 3, mean 3
     s = torch.tensor([[1.0, 2.0], [3.0, 0.0], [0.0, 1.0]])
     t = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
-    assert dl.cc_loss(s, t).item() == pytest.approx(3.0)
+    assert cc_loss(s, t).item() == pytest.approx(3.0)
     a, b = randn(8, 16).requires_grad_(), randn(8, 16, seed=1).requires_grad_()
-    assert dl.cc_loss(a, a.detach()).item() == 0
-    dl.cc_loss(a, b).backward()          # the teacher side comes from a trainable head
+    assert cc_loss(a, a.detach()).item() == 0
+    cc_loss(a, b).backward()          # the teacher side comes from a trainable head
     assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="at least 2"):
-        dl.cc_loss(a[:1], b[:1])
+        cc_loss(a[:1], b[:1])
 
 
 def test_cc_embed_heads_are_unnormalised_linear_maps():
-    head = cd.EmbedHead(12, dim=6, normalize=False)
+    head = EmbedHead(12, dim=6, normalize=False)
     x = randn(4, 12)
     assert torch.allclose(head(x), head.linear(x)) and not torch.allclose(
         head(x).norm(dim=1), torch.ones(4))
@@ -153,22 +163,22 @@ def test_cc_embed_heads_are_unnormalised_linear_maps():
 
 def test_vid_loss_hand_value_and_optimal_variance():
     mean, target = torch.zeros(1, 1, 1, 1), torch.full((1, 1, 1, 1), 2.0)
-    assert dl.vid_loss(mean, torch.ones(1, 1, 1, 1), target).item() == pytest.approx(2.0)
+    assert vid_loss(mean, torch.ones(1, 1, 1, 1), target).item() == pytest.approx(2.0)
     var = torch.full((1, 1, 1, 1), 4.0, requires_grad=True)      # = squared error: optimum
-    loss = dl.vid_loss(mean, var, target)
+    loss = vid_loss(mean, var, target)
     assert loss.item() == pytest.approx(0.5 * (1 + math.log(4)), rel=1e-6)
     loss.backward()
     assert var.grad.abs().item() < 1e-6
 
 
 def test_vid_regressor_initial_variance_shapes_and_gradients():
-    regressor = dl.VIDRegressor(3, 5, c_mid=4)
+    regressor = VIDRegressor(3, 5, c_mid=4)
     s, t = randn(2, 3, 8, 8).requires_grad_(), randn(2, 5, 4, 4, seed=1).requires_grad_()
-    s_pooled, t = dl.match_spatial(s, t)
+    s_pooled, t = match_spatial(s, t)
     mean, var = regressor(s_pooled)
     assert mean.shape == t.shape and var.shape == (1, 5, 1, 1)
     assert torch.allclose(var, torch.full_like(var, 5.0), atol=1e-5)
-    dl.vid_loss(mean, var, t).backward()
+    vid_loss(mean, var, t).backward()
     assert t.grad is None and s.grad.abs().sum() > 0 and regressor.raw_var.grad.abs().sum() > 0
 
 
@@ -180,16 +190,16 @@ def test_rkd_hand_value_on_collinear_points():
     # collinear points in the same order have the same angles: angle loss 0.
     t = torch.tensor([[0.0], [1.0], [2.0]])
     s = torch.tensor([[0.0], [1.0], [3.0]])
-    assert dl.rkd_loss(s, t).item() == pytest.approx(25 / 72, rel=1e-4)
-    assert dl.rkd_loss(s, t, w_distance=0).item() == pytest.approx(0, abs=1e-6)
+    assert rkd_loss(s, t).item() == pytest.approx(25 / 72, rel=1e-4)
+    assert rkd_loss(s, t, w_distance=0).item() == pytest.approx(0, abs=1e-6)
 
 
 def test_rkd_is_invariant_to_rotation_translation_and_scale():
     t = randn(6, 4)
     rotation, _ = torch.linalg.qr(randn(4, 4, seed=1))
     s = 3 * t @ rotation + 2.0
-    assert dl.rkd_loss(s, t).item() == pytest.approx(0, abs=1e-4)
-    assert dl.rkd_loss(randn(6, 4, seed=2), t).item() > 0.1
+    assert rkd_loss(s, t).item() == pytest.approx(0, abs=1e-4)
+    assert rkd_loss(randn(6, 4, seed=2), t).item() > 0.1
 
 
 # ---------------------------------------------------------------- PKT
@@ -198,21 +208,21 @@ def test_pkt_hand_value_and_per_sample_scale_invariance():
     s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])          # rows of P: [2/3, 1/3], [1/3, 2/3]
     t = torch.tensor([[1.0, 0.0], [1.0, 0.0]])          # rows of P: [1/2, 1/2]
     row_kl = 0.5 * math.log(0.5 / (2 / 3)) + 0.5 * math.log(0.5 / (1 / 3))
-    assert dl.pkt_loss(s, t).item() == pytest.approx(2 * row_kl / 4, rel=1e-4)
+    assert pkt_loss(s, t).item() == pytest.approx(2 * row_kl / 4, rel=1e-4)
     t = randn(8, 5)
     scales = torch.rand(8, 1, generator=torch.Generator().manual_seed(1)) + 0.1
-    assert dl.pkt_loss(t * scales, t).item() == pytest.approx(0, abs=1e-6)
+    assert pkt_loss(t * scales, t).item() == pytest.approx(0, abs=1e-6)
 
 
 # ---------------------------------------------------------------- NST
 
 def test_nst_hand_values_and_channel_order_invariance():
     one, other = torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([[[[0.0, 1.0]]]])
-    assert dl.nst_loss(one, other).item() == pytest.approx(2.0)          # 1 + 1 - 2 * 0
-    assert dl.nst_loss(one, torch.tensor([[[[1.0, 1.0]]]])).item() == pytest.approx(1.0)
+    assert nst_loss(one, other).item() == pytest.approx(2.0)          # 1 + 1 - 2 * 0
+    assert nst_loss(one, torch.tensor([[[[1.0, 1.0]]]])).item() == pytest.approx(1.0)
     f = randn(2, 6, 4, 4)
-    assert dl.nst_loss(f[:, torch.randperm(6)], 2 * f).item() == pytest.approx(0, abs=1e-6)
-    assert dl.nst_loss(randn(2, 3, 8, 8, seed=1), f).item() > 0          # other C and H x W
+    assert nst_loss(f[:, torch.randperm(6)], 2 * f).item() == pytest.approx(0, abs=1e-6)
+    assert nst_loss(randn(2, 3, 8, 8, seed=1), f).item() > 0          # other C and H x W
 
 
 # ---------------------------------------------------------------- CRD
@@ -225,8 +235,8 @@ def test_nce_loss_matches_the_probability_form():
     for row in log_scores.exp().tolist():
         expected -= math.log(row[0] / (row[0] + noise))
         expected -= sum(math.log(noise / (p + noise)) for p in row[1:])
-    assert cd.nce_loss(log_scores, n_data).item() == pytest.approx(expected / 2, rel=1e-5)
-    assert torch.isfinite(cd.nce_loss(torch.full((2, 3), 1 / 0.07 * 50), n_data))
+    assert nce_loss(log_scores, n_data).item() == pytest.approx(expected / 2, rel=1e-5)
+    assert torch.isfinite(nce_loss(torch.full((2, 3), 1 / 0.07 * 50), n_data))
 
 
 @pytest.mark.parametrize("n_data", [3, 100])     # [B, N] product then pick; gathered rows
@@ -234,31 +244,31 @@ def test_bank_scores_pick_the_right_rows(n_data):
     memory, emb = randn(n_data, 4), randn(2, 4, seed=1)
     rows = torch.randint(0, n_data, (2, 3), generator=torch.Generator().manual_seed(2))
     expected = torch.stack([torch.stack([memory[r] @ emb[b] for r in rows[b]]) for b in range(2)])
-    assert torch.allclose(cd._bank_scores(memory, rows, emb), expected, atol=1e-6)
+    assert torch.allclose(_bank_scores(memory, rows, emb), expected, atol=1e-6)
 
 
 def test_negatives_avoid_the_own_index_and_are_reproducible():
     index = torch.tensor([0, 3, 9])
-    draw = cd.sample_negatives(index, 10, 500, torch.Generator().manual_seed(0))
+    draw = sample_negatives(index, 10, 500, torch.Generator().manual_seed(0))
     assert draw.shape == (3, 500) and draw.min() >= 0 and draw.max() <= 9
     assert not (draw == index.unsqueeze(1)).any()
     assert len(draw[1].unique()) == 9                              # every other index occurs
-    again = cd.sample_negatives(index, 10, 500, torch.Generator().manual_seed(0))
+    again = sample_negatives(index, 10, 500, torch.Generator().manual_seed(0))
     assert torch.equal(draw, again)
-    assert not torch.equal(draw, cd.sample_negatives(index, 10, 500, torch.Generator().manual_seed(1)))
-    assert cd.ContrastiveMemory(n_data=5).n_negatives == 4         # 16384 clamped to N - 1
+    assert not torch.equal(draw, sample_negatives(index, 10, 500, torch.Generator().manual_seed(1)))
+    assert ContrastiveMemory(n_data=5).n_negatives == 4         # 16384 clamped to N - 1
 
 
 @pytest.mark.parametrize("n", [20, 200])    # B(1 + K) = 21: [B, N] product path; gather path
 def test_contrastive_memory_update_state_dict_and_determinism(n):
     dim = 8
-    memory = cd.ContrastiveMemory(n, dim, n_negatives=6)
+    memory = ContrastiveMemory(n, dim, n_negatives=6)
     assert {"memory_s", "memory_t", "log_z_s", "log_z_t"} <= set(memory.state_dict())
     index = torch.tensor([2, 5, 11])
     s = F.normalize(randn(3, dim), dim=1).requires_grad_()
     t = F.normalize(randn(3, dim, seed=1), dim=1).requires_grad_()
     old_s, old_t = memory.memory_s.clone(), memory.memory_t.clone()
-    resumed = cd.ContrastiveMemory(n, dim, n_negatives=6, seed=123)
+    resumed = ContrastiveMemory(n, dim, n_negatives=6, seed=123)
     resumed.load_state_dict(memory.state_dict())                   # a resume before step 1
 
     loss = memory(s, t, index, generator=torch.Generator().manual_seed(7))
@@ -284,7 +294,7 @@ def test_contrastive_memory_update_state_dict_and_determinism(n):
 
 
 def test_crd_loss_is_lower_when_the_student_matches_its_teacher_row():
-    memory = cd.ContrastiveMemory(50, 16, n_negatives=20)
+    memory = ContrastiveMemory(50, 16, n_negatives=20)
     index = torch.arange(8)
     t = memory.memory_s[index].clone()                             # teacher agrees with bank
     generator = torch.Generator().manual_seed(0)
@@ -297,17 +307,17 @@ def test_crd_loss_is_lower_when_the_student_matches_its_teacher_row():
 
 
 def test_embed_head_and_rescaler_shapes_and_unit_norm():
-    head = cd.EmbedHead(12, dim=6)
+    head = EmbedHead(12, dim=6)
     assert torch.allclose(head(randn(4, 12)).norm(dim=1), torch.ones(4), atol=1e-6)
     for norm, act in [("bn", "relu"), ("ln", "gelu")]:
-        rescaler = cd.RescalerMLP(12, dim=6, hidden=10, norm=norm, act=act)
+        rescaler = RescalerMLP(12, dim=6, hidden=10, norm=norm, act=act)
         for x in (randn(4, 12, 3, 3), randn(4, 5, 12), randn(4, 12)):    # map, tokens, pooled
             z = rescaler(x)
             assert z.shape == (4, 6) and torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-6)
-    types = [type(m) for m in cd.RescalerMLP(12, norm="ln", act="gelu").mlp]
+    types = [type(m) for m in RescalerMLP(12, norm="ln", act="gelu").mlp]
     assert types == [torch.nn.Linear, torch.nn.LayerNorm, torch.nn.GELU, torch.nn.Linear]
     with pytest.raises(ValueError, match="norm must be one of"):
-        cd.RescalerMLP(12, norm="gn")
+        RescalerMLP(12, norm="gn")
 
 
 # ---------------------------------------------------------------- IFACD / SupCon
@@ -334,30 +344,30 @@ def test_supcon_two_images_two_views_by_hand():
     def lse(*x):
         return math.log(sum(math.exp(v) for v in x))
     by_hand = (lse(1.6, 0, -1.2) + lse(1.6, 1.2, 0)) / 2 - 1.6
-    assert cd.supcon_loss(views, temperature=0.5).item() == pytest.approx(by_hand, rel=1e-5)
+    assert supcon_loss(views, temperature=0.5).item() == pytest.approx(by_hand, rel=1e-5)
     assert supcon_by_hand(vectors, [0, 0, 1, 1], 0.5) == pytest.approx(by_hand)
     # labels: both images in one class -> the three other views are all positives
     same = supcon_by_hand(vectors, [0, 0, 0, 0], 0.5)
-    assert cd.supcon_loss(views, torch.tensor([4, 4]), 0.5).item() == pytest.approx(same, rel=1e-5)
+    assert supcon_loss(views, torch.tensor([4, 4]), 0.5).item() == pytest.approx(same, rel=1e-5)
     # distinct labels are the unlabelled loss; the default temperature is 0.07
-    assert cd.supcon_loss(views, torch.tensor([1, 2])).item() == pytest.approx(
+    assert supcon_loss(views, torch.tensor([1, 2])).item() == pytest.approx(
         supcon_by_hand(vectors, [0, 0, 1, 1], 0.07), rel=1e-5)
 
 
 def test_supcon_with_two_views_is_nt_xent_and_trains_every_view():
     student, teacher = randn(6, 8), randn(6, 8, seed=1)
     views = torch.stack([student, teacher], dim=1)
-    assert cd.supcon_loss(views, temperature=0.2).item() == pytest.approx(
-        losses.nt_xent(student, teacher, temperature=0.2).item(), rel=1e-5)
+    assert supcon_loss(views, temperature=0.2).item() == pytest.approx(
+        nt_xent(student, teacher, temperature=0.2).item(), rel=1e-5)
     three = torch.stack([student, teacher, randn(6, 8, seed=2)], dim=1).requires_grad_()
-    cd.supcon_loss(three).backward()
+    supcon_loss(three).backward()
     assert (three.grad.abs().sum(dim=(0, 2)) > 0).all()
     # aligned views of each image give a lower loss than shuffled ones
     aligned = torch.stack([student, student + 0.1 * teacher], dim=1)
     shuffled = torch.stack([student, (student + 0.1 * teacher)[torch.arange(6).roll(1)]], dim=1)
-    assert cd.supcon_loss(aligned) < cd.supcon_loss(shuffled)
+    assert supcon_loss(aligned) < supcon_loss(shuffled)
     with pytest.raises(ValueError, match="at least 2 views"):
-        cd.supcon_loss(views[:, :1])
+        supcon_loss(views[:, :1])
 
 
 def test_crd_negatives_come_from_other_classes_uniformly_and_reproducibly():
@@ -412,13 +422,13 @@ def ref_kd(y_s, y_t, temperature):                               # DistillKL
 def test_kd_matches_the_reference():
     s, t = randn(16, 100) * 3, randn(16, 100, seed=1) * 3
     for temperature in (1.0, 4.0):
-        close(dl.kd_loss(s, t, temperature), ref_kd(*d64(s, t), temperature))
+        close(kd_loss(s, t, temperature), ref_kd(*d64(s, t), temperature))
 
 
 def test_hint_matches_the_reference():                           # HintLoss: nn.MSELoss()
     s, t = randn(4, 8, 5, 5), randn(4, 8, 5, 5, seed=1)
     s64, t64 = d64(s, t)
-    close(dl.hint_loss(s, t), ((s64 - t64) ** 2).sum() / s64.numel())
+    close(hint_loss(s, t), ((s64 - t64) ** 2).sum() / s64.numel())
 
 
 def ref_at(g_s, g_t, p=2):                                       # Attention, summed as loops.py
@@ -434,7 +444,7 @@ def ref_at(g_s, g_t, p=2):                                       # Attention, su
 def test_attention_matches_the_reference():
     g_s = [randn(4, 3, 8, 8), randn(4, 6, 4, 4, seed=2), randn(4, 6, 4, 4, seed=4)]
     g_t = [randn(4, 5, 8, 8, seed=1), randn(4, 7, 8, 8, seed=3), randn(4, 9, 2, 2, seed=5)]
-    close(dl.attention_loss(g_s, g_t), ref_at(d64(*g_s), d64(*g_t)))
+    close(attention_loss(g_s, g_t), ref_at(d64(*g_s), d64(*g_t)))
 
 
 def ref_sp(f_s, f_t):                                            # Similarity
@@ -448,7 +458,7 @@ def ref_sp(f_s, f_t):                                            # Similarity
 
 def test_similarity_matches_the_reference():
     s, t = randn(8, 4, 3, 3), randn(8, 6, 2, 2, seed=1)
-    close(dl.similarity_loss(s, t), ref_sp(*d64(s, t)))
+    close(similarity_loss(s, t), ref_sp(*d64(s, t)))
 
 
 def ref_cc(f_s, f_t):                                            # Correlation
@@ -458,17 +468,17 @@ def ref_cc(f_s, f_t):                                            # Correlation
 
 def test_cc_matches_the_reference():
     s, t = randn(16, 128) * 5, randn(16, 128, seed=1) * 5
-    close(dl.cc_loss(s, t), ref_cc(*d64(s, t)))
+    close(cc_loss(s, t), ref_cc(*d64(s, t)))
 
 
 @pytest.mark.parametrize("s_side, t_side", [(4, 4), (8, 4), (4, 8)])
 def test_vid_matches_the_reference(s_side, t_side):             # VIDLoss(s, t, t)
-    regressor = dl.VIDRegressor(3, 5)
+    regressor = VIDRegressor(3, 5)
     with torch.no_grad():
         regressor.raw_var.copy_(randn(5, seed=3))                # not the constant init
     s, t = randn(2, 3, s_side, s_side), randn(2, 5, t_side, t_side, seed=1)
-    s_pooled, t_pooled = dl.match_spatial(s, t)
-    ours = dl.vid_loss(*regressor(s_pooled), t_pooled)
+    s_pooled, t_pooled = match_spatial(s, t)
+    ours = vid_loss(*regressor(s_pooled), t_pooled)
     s64, t64 = ref_pool_larger(*d64(s, t))
     regressor64 = regressor.double()
     pred_mean = regressor64.mean(s64)
@@ -501,7 +511,7 @@ def ref_rkd(f_s, f_t, w_d=25, w_a=50):                           # RKDLoss
 
 def test_rkd_matches_the_reference():
     s, t = randn(12, 6), randn(12, 10, seed=1) * 4
-    close(dl.rkd_loss(s, t), ref_rkd(*d64(s, t)))
+    close(rkd_loss(s, t), ref_rkd(*d64(s, t)))
 
 
 def ref_pkt(output_net, target_net, eps=1e-7):                   # PKT.cosine_similarity_loss
@@ -517,7 +527,7 @@ def ref_pkt(output_net, target_net, eps=1e-7):                   # PKT.cosine_si
 
 def test_pkt_matches_the_reference():
     s, t = randn(16, 32), randn(16, 64, seed=1)
-    close(dl.pkt_loss(s, t), ref_pkt(*d64(s, t)))
+    close(pkt_loss(s, t), ref_pkt(*d64(s, t)))
 
 
 def ref_nst(f_s, f_t):                                           # NSTLoss.nst_loss, full_loss
@@ -534,7 +544,7 @@ def ref_nst(f_s, f_t):                                           # NSTLoss.nst_l
 def test_nst_matches_the_reference():
     for s, t in [(randn(3, 4, 8, 8), randn(3, 6, 4, 4, seed=1)),
                  (randn(3, 5, 4, 4, seed=2), randn(3, 5, 4, 4, seed=3))]:
-        close(dl.nst_loss(s, t), ref_nst(*d64(s, t)))
+        close(nst_loss(s, t), ref_nst(*d64(s, t)))
 
 
 def ref_contrast_loss(x, n_data, eps=1e-7):                      # crd ContrastLoss
@@ -550,14 +560,14 @@ def ref_contrast_loss(x, n_data, eps=1e-7):                      # crd ContrastL
 def test_crd_nce_matches_the_reference():
     n_data, k = 256, 128                              # K / N = 0.5: the reference's eps negligible
     x = torch.rand(8, 1 + k, generator=torch.Generator().manual_seed(0)) * 2
-    close(cd.nce_loss(x.log(), n_data), ref_contrast_loss(x.double(), n_data))
+    close(nce_loss(x.log(), n_data), ref_contrast_loss(x.double(), n_data))
 
 
 def test_crd_memory_matches_the_reference_memory_and_loss():
     """crd/memory.py ContrastMemory.forward (the first batch, which fixes Z) + CRDLoss's two
     ContrastLoss terms, given the same banks, embeddings and indices."""
     n_data, dim, k, temperature, momentum = 64, 8, 40, 0.07, 0.5
-    memory = cd.ContrastiveMemory(n_data, dim, n_negatives=k, temperature=temperature,
+    memory = ContrastiveMemory(n_data, dim, n_negatives=k, temperature=temperature,
                                   momentum=momentum)
     v1 = F.normalize(randn(6, dim, seed=1), dim=1)       # student embedding
     v2 = F.normalize(randn(6, dim, seed=2), dim=1)       # teacher embedding
@@ -611,6 +621,6 @@ def ref_supcon(features, labels=None, temperature=0.07, base_temperature=0.07):
 def test_supcon_matches_the_reference(views):
     # the IFACD authors normalise the stacked views before SupConLoss
     z = F.normalize(randn(10, views, 16), dim=2)
-    close(cd.supcon_loss(z, None, 0.07), ref_supcon(z.double()))
+    close(supcon_loss(z, None, 0.07), ref_supcon(z.double()))
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 3, 3, 0, 4])
-    close(cd.supcon_loss(z, labels, 0.07), ref_supcon(z.double(), labels))
+    close(supcon_loss(z, labels, 0.07), ref_supcon(z.double(), labels))

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from bowflow import losses
-from bowflow.methods import get_method
+from bowflow.methods.barlow_twins import barlow_twins_loss
+from bowflow.roles.base import get_method
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
 from bowflow.optim import build_optimizer
@@ -17,8 +17,8 @@ def build(image_size=16, **overrides):
     params = Method.Params(method="barlow_twins", width=4, proj_dim=64, **overrides)
     params.validate()
     torch.manual_seed(0)
-    method = Method(params, build_backbone("convnet", 4), {"normalizer": Normalizer.fit(images),
-                                                          "image_size": image_size})
+    method = Method(params, build_backbone("convnet", 4), Method.inputs(**{"normalizer": Normalizer.fit(images),
+                                                          "image_size": image_size}))
     return method, images
 
 
@@ -53,7 +53,7 @@ def test_step_is_the_scaled_barlow_loss_and_trains_backbone_and_projector():
 
 def test_identical_views_leave_only_the_redundancy_term():
     z = torch.randn(32, 16)
-    loss, terms = losses.barlow_twins_loss(z, z, 0.1)
+    loss, terms = barlow_twins_loss(z, z, 0.1)
     assert terms["on_diag"] < 1e-3 and loss == pytest.approx(0.1 * terms["off_diag"].item(), rel=1e-2)
 
 
@@ -90,8 +90,9 @@ def test_views_have_byols_strength_blur_included(size):
     so neither row gets a stronger blur than the other."""
     method, images = build(image_size=size)
     byol_params = get_method("byol").Params(method="byol", width=4)
-    byol = get_method("byol")(byol_params, build_backbone("convnet", 4),
-                              {"normalizer": Normalizer.fit(images), "image_size": size})
+    BYOL = get_method("byol")
+    byol = BYOL(byol_params, build_backbone("convnet", 4),
+                BYOL.inputs(normalizer=Normalizer.fit(images), image_size=size))
     for which, (blur_p, solarize_p) in enumerate([(1.0, 0.0), (0.1, 0.2)]):
         ours = method.make_view(images, blur_p, solarize_p, torch.Generator().manual_seed(5))
         theirs = byol.view(images, which, torch.Generator().manual_seed(5))

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bowflow.methods import get_method
+from bowflow.roles.base import get_method
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
 
@@ -29,8 +29,8 @@ def build(**overrides):
     torch.manual_seed(0)
     images = torch.randint(0, 256, (BATCH, 3, 16, 16), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
-    method = cls(params, build_backbone("convnet", WIDTH), {"normalizer": Normalizer.fit(images),
-                                                             "image_size": 16})
+    method = cls(params, build_backbone("convnet", WIDTH), cls.inputs(**{"normalizer": Normalizer.fit(images),
+                                                             "image_size": 16}))
     return method.train(), images
 
 

@@ -16,8 +16,8 @@ import math
 import pytest
 import torch
 
-from bowflow.distill import Teacher
-from bowflow.methods import available_methods, get_method
+from bowflow.roles.distiller import Teacher
+from bowflow.roles.base import available_methods, get_method
 from bowflow.models import Normalizer, load_classifier, load_model, save_model
 from bowflow.networks import build_backbone
 from bowflow.train import train
@@ -33,21 +33,16 @@ def random_teacher() -> Teacher:
     return Teacher(build_backbone("convnet", 6), Normalizer.fit(images), torch.nn.Linear(24, NUM_CLASSES))
 
 
-# What the stage that trains a method passes it besides images and labels.
-STAGE_INPUT_MAKERS = {
-    "codes": lambda n: {"codes": torch.randint(0, 8, (n, 16), generator=torch.Generator().manual_seed(1)),
-                        "num_words": 8},
-    "num_words": lambda n: {"num_words": 8},
-    "parent": lambda n: {},        # only read with init: parent; the contract trains from scratch
-    "teacher": lambda n: {"teacher": random_teacher()},
-}
-
-
 def stage_inputs(name: str, n: int) -> dict:
-    out = {}
-    for need in get_method(name).stage_inputs:
-        out.update(STAGE_INPUT_MAKERS[need](n))
-    return out
+    """What the stage that trains the method gives it besides the images, by its role's
+    typed Inputs (bowflow/roles/): a BoW student's codes, a distiller's teacher."""
+    stage = get_method(name).stage
+    if stage == "student":      # parent is read only with init: parent; the contract trains from scratch
+        return {"codes": torch.randint(0, 8, (n, 16), generator=torch.Generator().manual_seed(1)),
+                "num_words": 8, "parent": {}}
+    if stage == "distill":
+        return {"teacher": random_teacher()}
+    return {}
 
 
 class Killed(Exception):
@@ -69,7 +64,7 @@ def build(name: str, images, labels, epochs: int = 2):
     torch.manual_seed(0)
     context = {"normalizer": Normalizer.fit(images), "image_size": IMAGE_SIZE, "labels": labels,
                "num_classes": NUM_CLASSES, **stage_inputs(name, len(images))}
-    return cls(params, build_backbone("convnet", 4), context), params
+    return cls(params, build_backbone("convnet", 4), cls.inputs(**context)), params
 
 
 def run(method, params, images, checkpoint):
@@ -86,8 +81,8 @@ METHODS = available_methods()
 
 def test_every_method_module_registers_a_method():
     assert {"rotnet", "bownet"} <= set(METHODS)
-    for name in METHODS:      # what a method needs from its stage, the contract test gives it
-        assert set(get_method(name).stage_inputs) <= set(STAGE_INPUT_MAKERS)
+    for name in METHODS:      # every method takes a role whose stage's inputs the contract gives
+        assert get_method(name).stage in ("pretrain", "student", "teacher", "distill"), name
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bowflow.heads import cosine_momentum
-from bowflow.methods import get_method
+from bowflow.roles.base import get_method
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
 from bowflow.optim import clip_gradients
@@ -20,7 +20,7 @@ def build(image_size=16, n=32, **overrides):
     params.validate()
     torch.manual_seed(0)
     context = {"normalizer": Normalizer.fit(images), "image_size": image_size}
-    method = cls(params, build_backbone("convnet", 4), context)
+    method = cls(params, build_backbone("convnet", 4), cls.inputs(**context))
     method.configure_schedule(n // params.batch_size, params.epochs * n // params.batch_size)
     return method, params, images
 

@@ -29,9 +29,9 @@ import pytest
 import torch
 
 from bowflow import bow
-from bowflow.distill import Teacher
+from bowflow.roles.distiller import Teacher
 from bowflow.evaluation import knn_accuracy
-from bowflow.methods import available_methods, get_method
+from bowflow.roles.base import available_methods, get_method
 from bowflow.models import Normalizer, classifier_top1, pooled_features
 from bowflow.networks import build_backbone
 from bowflow.train import train
@@ -94,7 +94,7 @@ VOCABULARY = {"layer": "stage3", "size": 16, "samples": 8192, "iters": 10}
 
 
 def recipe(name: str) -> dict:
-    if "teacher" in get_method(name).stage_inputs:
+    if get_method(name).stage == "distill":
         return {**COMMON, **DISTILL_RECIPE, **DISTILL_EXTRAS.get(name, {})}
     return {**COMMON, **RECIPES[name]}
 
@@ -117,7 +117,7 @@ def build(name: str, task, width: int = WIDTH, **inputs):
     torch.manual_seed(0)
     context = {"normalizer": normalizer, "image_size": IMAGE_SIZE, "labels": train_y,
                "num_classes": NUM_CLASSES, **inputs}
-    return cls(params, build_backbone("convnet", width), context), params
+    return cls(params, build_backbone("convnet", width), cls.inputs(**context)), params
 
 
 def fit(method, params, task, tmp_path):
@@ -176,12 +176,12 @@ def bow_codes(rotnet, task) -> dict:
                                          normalizer, seed=0)
     words = bow.kmeans(features, v["size"], v["iters"], seed=0, use_gpu=False)["words"]
     codes = bow.assign_codes(rotnet.backbone, images, v["layer"], words, 256, CPU, normalizer)
-    return {"codes": codes, "num_words": v["size"]}
+    return {"codes": codes, "num_words": v["size"], "parent": {}}   # parent: read only with init: parent
 
 
 METHODS = available_methods()
-SELF_SUPERVISED = [m for m in METHODS if m != "random_init" and not get_method(m).supervised]
-SUPERVISED = [m for m in METHODS if get_method(m).supervised]
+SELF_SUPERVISED = [m for m in METHODS if m != "random_init" and get_method(m).stage in ("pretrain", "student")]
+SUPERVISED = [m for m in METHODS if get_method(m).stage in ("teacher", "distill")]
 
 
 def test_every_method_is_covered():
@@ -225,7 +225,7 @@ def test_self_supervised_method_beats_the_untrained_control(name, task, control,
 
 @pytest.mark.parametrize("name", SUPERVISED)
 def test_supervised_student_beats_the_untrained_student(name, task, control, teacher, tmp_path):
-    inputs = {"teacher": teacher} if "teacher" in get_method(name).stage_inputs else {}
+    inputs = {"teacher": teacher} if get_method(name).stage == "distill" else {}
     method, params = build(name, task, **inputs)
     assert_same_initial_weights(method, control)
     untrained = top1(control, method.classifier, task)     # the student before its first step

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bowflow.heads import cosine_momentum
-from bowflow.methods import get_method
+from bowflow.roles.base import get_method
 from bowflow.methods.obow import grid_cells
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
@@ -16,8 +16,8 @@ def build(size=16, batch=8, **overrides):
     torch.manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
-    method = cls(params, build_backbone("convnet", 4), {"normalizer": Normalizer.fit(images),
-                                                        "image_size": size})
+    method = cls(params, build_backbone("convnet", 4), cls.inputs(**{"normalizer": Normalizer.fit(images),
+                                                        "image_size": size}))
     return method, images
 
 

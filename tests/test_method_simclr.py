@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from bowflow import losses
-from bowflow.methods import get_method
+from bowflow.methods import simclr
+from bowflow.methods.simclr import nt_xent
+from bowflow.roles.base import get_method
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
 
@@ -16,8 +17,8 @@ def build(image_size=16, **overrides):
     params = Method.Params(method="simclr", width=4, **overrides)
     params.validate()
     torch.manual_seed(0)
-    method = Method(params, build_backbone("convnet", 4), {"normalizer": Normalizer.fit(images),
-                                                          "image_size": image_size})
+    method = Method(params, build_backbone("convnet", 4), Method.inputs(**{"normalizer": Normalizer.fit(images),
+                                                          "image_size": image_size}))
     return method, images
 
 
@@ -37,14 +38,14 @@ def test_projector_shape_and_export():
 
 def test_step_is_nt_xent_at_the_configured_temperature(monkeypatch):
     seen = {}
-    real = losses.nt_xent
+    real = nt_xent
 
     def spy(z1, z2, temperature):
         seen["temperature"], seen["shapes"] = temperature, (z1.shape, z2.shape)
         seen["value"] = real(z1, z2, temperature)
         return seen["value"]
 
-    monkeypatch.setattr(losses, "nt_xent", spy)
+    monkeypatch.setattr(simclr, "nt_xent", spy)
     method, images = build(temperature=0.2)
     loss, stats = method.training_step(images, torch.arange(8), torch.Generator().manual_seed(1))
     assert seen["temperature"] == 0.2 and seen["shapes"] == ((8, 128), (8, 128))

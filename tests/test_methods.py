@@ -1,7 +1,7 @@
 """Methods plug into the shared trainer through the registry."""
 import torch
 
-from bowflow.methods import available_methods, get_method
+from bowflow.roles.base import available_methods, get_method
 from bowflow.models import Normalizer
 from bowflow.networks import ARCHITECTURES, build_backbone
 from bowflow.train import train
@@ -22,8 +22,8 @@ def small_run(method, tmp_path, context=None, **overrides):
     params = get_method(method).Params(method=method, arch="convnet", width=4, epochs=2,
                                        batch_size=16, lr=0.03, **overrides)
     backbone = build_backbone("convnet", 4)
-    m = get_method(method)(params, backbone, {"normalizer": Normalizer.fit(images), "image_size": 8,
-                                             **(context or {})})
+    m = get_method(method)(params, backbone, get_method(method).inputs(**{"normalizer": Normalizer.fit(images), "image_size": 8,
+                                             **(context or {})}))
     return train(m, images, params, seed=0, checkpoint_path=tmp_path / "ck.pt", run_id="t",
                  show_progress=False), m
 
@@ -35,7 +35,7 @@ def test_rotnet_trains_and_logs(tmp_path):
 
 def test_bownet_head_normalises_every_forward_and_logs_captured(tmp_path):
     codes = torch.randint(0, 8, (64, 16))
-    history, method = small_run("bownet", tmp_path, {"codes": codes, "num_words": 8})
+    history, method = small_run("bownet", tmp_path, {"codes": codes, "num_words": 8, "parent": {}})
     assert {"captured", "target_perplexity", "mean_histogram_ce", "target_entropy"} <= set(history[-1])
     head = method.head
     with torch.no_grad():

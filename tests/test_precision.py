@@ -18,7 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bowflow import bow, evaluation
-from bowflow.methods import get_method
+from bowflow.roles.base import get_method
 from bowflow.models import Normalizer, pooled_features, save_model
 from bowflow.networks import build_backbone
 from bowflow.train import autocast_context, train

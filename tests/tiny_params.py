@@ -8,8 +8,8 @@ from pathlib import Path
 
 from dataclasses import asdict
 
-from bowflow.config import load_yaml
-from bowflow.methods import available_methods, get_method
+from bowflow.sections import load_yaml
+from bowflow.roles.base import available_methods, get_method
 
 import yaml_writer
 
@@ -43,7 +43,7 @@ def family_runs(methods: list[str] | None = None) -> dict:
     runs = {}
     for name in methods if methods is not None else available_methods():
         cls = get_method(name)
-        if cls.stage_inputs or cls.supervised or name == "rotnet":
+        if cls.section != "pretrain" or name == "rotnet":
             continue
         runs[name] = asdict(cls.Params(method=name)) | dict(
             arch="convnet", width=8, depth=0, epochs=2, batch_size=32, warmup_epochs=0.5)
@@ -54,15 +54,13 @@ def distill_runs(methods: list[str] | None = None) -> tuple[dict, dict]:
     """A tiny teacher (convnet width 12) and vanilla student (width 6) in `teachers:`, and
     one `distill:` run per registered distillation method from that teacher to a width-6
     student, each with its method's defaults written out. -> (teachers, distill)."""
-    from bowflow.distill import Distiller
-
     tiny = dict(arch="convnet", depth=0, epochs=2, batch_size=32, padding=1, lr_decay_at=[0.5])
     supervised = asdict(get_method("supervised").Params()) | tiny
     teachers = {"teacher": supervised | {"width": 12}, "vanilla": supervised | {"width": 6}}
     distill = {}
     for name in methods if methods is not None else available_methods():
         cls = get_method(name)
-        if issubclass(cls, Distiller):
+        if cls.section == "distill":
             # collapse_std 0: at 8 px the benchmark's gammas (tuned for 32 px maps) can swamp
             # CE for two epochs; the tiny runs check the plumbing, not the recipe
             distill[name] = asdict(cls.Params(method=name)) | tiny | {"width": 6, "teacher": "teacher",

@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bowflow.cli import render_args  # noqa: E402
-from bowflow.config import load_yaml  # noqa: E402
+from bowflow.sections import load_yaml  # noqa: E402
 
 TEMPLATE = re.compile(r"\$\{\s*([^}]+?)\s*\}")
 

@@ -1,6 +1,4 @@
-"""Registry of teacher-student methods: one module per method, loaded when a run names it
-(`get_method`), so a stage imports only the method it trains."""
-from bowflow.methods.base import (METHODS, Method, TrainParams, available_methods, get_method,
-                                  register_method)
-
-__all__ = ["METHODS", "Method", "TrainParams", "available_methods", "get_method", "register_method"]
+"""The methods: one module per method (its params, views, head and loss), each a subclass
+of a role in bowflow/roles/ registered by name. The registry (`bowflow.roles.base`)
+imports a module only when a run names its method, so a training stage runs, and depends
+on, its own method's file and no other method's."""

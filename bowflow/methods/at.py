@@ -7,11 +7,42 @@ gamma = 1000, the distillation benchmark's weight.
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
+import torch
 from dataclasses import dataclass, field
 
-from bowflow.distill import DistillParams, Distiller, check_same_stages
-from bowflow.distill_losses import attention_loss
-from bowflow.methods.base import register_method
+from bowflow.losses import float32
+from bowflow.roles.distiller import DistillParams, Distiller, check_same_stages, match_spatial
+from bowflow.roles.base import register_method
+
+
+# ---------------------------------------------------------------- loss
+
+def attention_map(feature_map: torch.Tensor, p: float = 2) -> torch.Tensor:
+    """AT's spatial attention: [B, C, H, W] -> mean over channels of |a|^p, flattened and
+    L2-normalised per sample -> [B, H*W]. Invariant to scaling the map."""
+    return F.normalize(feature_map.abs().pow(p).mean(dim=1).flatten(1), dim=1)
+
+
+@float32
+def attention_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor],
+                   p: float = 2) -> torch.Tensor:
+    """Attention transfer, summed over stages.
+
+    student_maps, teacher_maps: lists of S maps [B, C_i, H_i, W_i] (stage i of each
+    network; channel counts may differ, the channel mean removes them). Per stage, the
+    larger map is first adaptive-average-pooled to the smaller one's size; then the mean
+    over B x HW of (attention_map(s) - attention_map(t))^2. The stages' terms are summed,
+    as RepDistiller does (it weights the sum by gamma = 1000). p = 2 (the paper).
+    """
+    if len(student_maps) != len(teacher_maps) or not student_maps:
+        raise ValueError(f"AT needs as many student as teacher stages (>= 1), got "
+                         f"{len(student_maps)} and {len(teacher_maps)}")
+    total = 0.0
+    for s, t in zip(student_maps, teacher_maps):
+        s, t = match_spatial(s, t.detach())
+        total = total + (attention_map(s, p) - attention_map(t, p)).pow(2).mean()
+    return total
 
 
 @dataclass

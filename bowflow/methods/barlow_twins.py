@@ -2,7 +2,7 @@
 
 Each step: two views of every image (BYOL's asymmetric augmentations: view 1 always
 blurred, view 2 sometimes blurred and solarised) -> one backbone -> projector MLP
-(3 x Linear, BN + ReLU between) -> z1, z2 [B, D] -> `losses.barlow_twins_loss`: the
+(3 x Linear, BN + ReLU between) -> z1, z2 [B, D] -> `barlow_twins_loss`: the
 dimensions are standardised over the batch, C = z1n.T @ z2n / B [D, D], and
 loss = sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2, times `loss_scale`.
 No teacher, no negatives, no stop-gradient: redundancy reduction alone avoids collapse.
@@ -15,11 +15,42 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bowflow import augment, losses
+from bowflow.losses import embedding_std, float32
+from bowflow import augment
 from bowflow.heads import mlp
-from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+from bowflow.checks import fraction, positive
+from bowflow.roles.base import TrainParams, register_method
+from bowflow.roles.self_supervised import SelfSupervised
 from bowflow.optim import default_groups
 
+
+# ---------------------------------------------------------------- loss
+
+@float32
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambda_offdiag: float = 5e-3,
+                      eps: float = 1e-5) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Barlow Twins: make the cross-correlation of the two views' embeddings the identity.
+
+    z1, z2 [B, D] -> each dimension standardised over the batch (zero mean, unit biased
+    variance, `eps` added to the variance as BatchNorm does, so a dead dimension gives 0,
+    not NaN) -> C = z1n.T @ z2n / B [D, D], the correlation of dimension i of view 1 with
+    dimension j of view 2 -> loss = sum_i (1 - C_ii)^2 + lambda * sum_{i!=j} C_ij^2.
+    The first term makes each dimension invariant to the augmentation, the second removes
+    redundancy between dimensions.
+    lambda_offdiag = 5e-3 (paper, D = 8192): there are D(D-1) off-diagonal terms against
+    D diagonal ones, so lambda must be small for both terms to matter.
+    Returns (loss, {"on_diag": sum (1 - C_ii)^2, "off_diag": sum_{i!=j} C_ij^2}), the two
+    terms unweighted and detached, for logging.
+    """
+    def standardise(z):
+        return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
+
+    c = standardise(z1).T @ standardise(z2) / z1.shape[0]                    # [D, D]
+    diagonal = torch.diagonal(c)
+    on_diag = (1 - diagonal).pow(2).sum()
+    off_diag = (c - torch.diag(diagonal)).pow(2).sum()
+    return on_diag + lambda_offdiag * off_diag, {"on_diag": on_diag.detach(),
+                                                 "off_diag": off_diag.detach()}
 
 
 @dataclass
@@ -93,14 +124,13 @@ class BarlowTwinsParams(TrainParams):
 
 
 @register_method("barlow_twins")
-class BarlowTwins(Method):
+class BarlowTwins(SelfSupervised):
     label = "Barlow Twins"
     Params = BarlowTwinsParams
 
-    def __init__(self, params, backbone, context):
-        super().__init__(params, backbone, context)
-        self.normalizer = context["normalizer"]
-        self.view_size = augment.scaled_size(context["image_size"], params.crop_size)
+    def __init__(self, params, backbone, inputs):
+        super().__init__(params, backbone, inputs)
+        self.view_size = augment.scaled_size(inputs.image_size, params.crop_size)
         self.projector = mlp(backbone.out_channels, params.proj_dim, params.proj_dim,
                              layers=params.proj_layers)
 
@@ -133,7 +163,7 @@ class BarlowTwins(Method):
         x2 = self.make_view(images, p.blur_p2, p.solarize_p2, generator)
         # One forward over both views: BN statistics are shared, as with a 2B batch.
         z1, z2 = self.embed(torch.cat([x1, x2])).chunk(2)                     # [B, D] each
-        loss, terms = losses.barlow_twins_loss(z1, z2, p.lambda_offdiag)
+        loss, terms = barlow_twins_loss(z1, z2, p.lambda_offdiag)
         loss = loss * p.effective_loss_scale
         return loss, {"loss": loss.detach(), "on_diag": terms["on_diag"], "off_diag": terms["off_diag"],
-                      "embedding_std": losses.embedding_std(z1)}
+                      "embedding_std": embedding_std(z1)}

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 
 from bowflow import augment
 from bowflow.bow import bow_targets, entropy, soft_cross_entropy
-from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+from bowflow.checks import fraction, positive
+from bowflow.roles.base import TrainParams, register_method
+from bowflow.roles.bow_student import BoWStudent
 
 
 @dataclass
@@ -79,24 +81,22 @@ class NormalizedLinear(nn.Module):
 
 
 @register_method("bownet")
-class BoWNet(Method):
+class BoWNet(BoWStudent):
     label = "BoWNet"
-    stage_inputs = ("codes", "num_words", "parent")   # from the vocab and student stages
     Params = BoWNetParams
 
-    def __init__(self, params, backbone, context):
-        super().__init__(params, backbone, context)
+    def __init__(self, params, backbone, inputs):
+        super().__init__(params, backbone, inputs)
         if params.init == "parent":             # warm start from the teacher's weights
-            params.check_parent_model(context["parent"])
-            backbone.load_state_dict(context["parent"]["state_dict"])
-        self.num_words = int(context["num_words"])
-        self.normalizer = context["normalizer"]
-        self.register_buffer("codes", context["codes"].long(), persistent=False)  # [N, L]
+            params.check_parent_model(inputs.parent)
+            backbone.load_state_dict(inputs.parent["state_dict"])
+        self.num_words = int(inputs.num_words)
+        self.register_buffer("codes", inputs.codes.long(), persistent=False)  # [N, L]
         self.head = NormalizedLinear(backbone.out_channels, self.num_words, params.head_scale)
         mean_histogram = bow_targets(self.codes, self.num_words, params.pooling).mean(0)
         self.register_buffer("log_mean_histogram", torch.log(mean_histogram.clamp_min(1e-8)),
                              persistent=False)
-        image_size = context["image_size"]
+        image_size = inputs.image_size
         self.view = augment.ViewSpec(size=image_size, crop_scale=(params.crop_scale_min, 1.0),
                                      jitter=params.jitter, hue=params.hue,
                                      jitter_p=params.jitter_p, gray_p=params.gray_p)

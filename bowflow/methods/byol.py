@@ -15,12 +15,29 @@ Logged: loss, embedding_std (online projections z), momentum (tau of the EMA), a
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
 from dataclasses import dataclass, field
 
 import torch
 
-from bowflow import augment, heads, losses
-from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+from bowflow.losses import embedding_std, float32
+from bowflow import augment, heads
+from bowflow.checks import fraction, positive
+from bowflow.roles.base import TrainParams, register_method
+from bowflow.roles.self_supervised import SelfSupervised
+
+
+# ---------------------------------------------------------------- loss
+
+@float32
+def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL: mean over the batch of 2 - 2 cos(p, sg(z)) = ||p/|p| - z/|z|||^2.
+
+    p [B, D]: online predictor output; z [B, D]: target projection (EMA network), detached
+    here. Range [0, 4]: 0 when aligned, 4 when opposite. The paper sums both directions:
+    `byol_loss(p1, z2) + byol_loss(p2, z1)`.
+    """
+    return 2 - 2 * F.cosine_similarity(p, z.detach(), dim=1).mean()
 
 
 @dataclass
@@ -84,14 +101,13 @@ class BYOLParams(TrainParams):
 
 
 @register_method("byol")
-class BYOL(Method):
+class BYOL(SelfSupervised):
     label = "BYOL"
     Params = BYOLParams
 
-    def __init__(self, params, backbone, context):
-        super().__init__(params, backbone, context)
-        self.normalizer = context["normalizer"]
-        self.size = augment.scaled_size(context["image_size"], params.view_size)
+    def __init__(self, params, backbone, inputs):
+        super().__init__(params, backbone, inputs)
+        self.size = augment.scaled_size(inputs.image_size, params.view_size)
         self.projector = heads.mlp(backbone.out_channels, params.hidden_dim, params.out_dim)
         self.predictor = heads.mlp(params.out_dim, params.hidden_dim, params.out_dim)
         self.target_backbone = heads.frozen_copy(backbone)
@@ -120,10 +136,10 @@ class BYOL(Method):
         with torch.no_grad():
             z_target = self.target_projector(self.target_backbone(x))      # [2B, D]
         p1, p2, t1, t2 = p[:b], p[b:], z_target[:b], z_target[b:]
-        loss = losses.byol_loss(p1, t2) + losses.byol_loss(p2, t1)
+        loss = byol_loss(p1, t2) + byol_loss(p2, t1)
         with torch.no_grad():
             agreement = 1 - loss.detach() / 4          # mean cos(p, z') over both directions
-        return loss, {"loss": loss.detach(), "embedding_std": losses.embedding_std(z.detach().float()),
+        return loss, {"loss": loss.detach(), "embedding_std": embedding_std(z.detach().float()),
                       "momentum": self.tau.detach().float(), "target_agreement": agreement}
 
     @torch.no_grad()

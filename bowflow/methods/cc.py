@@ -11,12 +11,35 @@ parameters of the run (counted in its parameters, not in the exported student).
 """
 from __future__ import annotations
 
+import torch
 from dataclasses import dataclass, field
 
-from bowflow.contrastive_distill import EmbedHead
-from bowflow.distill import DistillParams, Distiller
-from bowflow.distill_losses import cc_loss
-from bowflow.methods.base import positive, register_method
+from bowflow.losses import float32
+from bowflow.heads import EmbedHead
+from bowflow.roles.distiller import DistillParams, Distiller
+from bowflow.checks import positive
+from bowflow.roles.base import register_method
+
+
+# ---------------------------------------------------------------- loss
+
+@float32
+def cc_loss(s_emb: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+    """Correlation congruence as the benchmark computes it (RepDistiller's `Correlation`,
+    from code the CC authors sent; the seed's gamma = 0.02 is tuned for it).
+
+    s_emb, t_emb [B, D]: the two networks' pooled features through their own trainable,
+    UNnormalised linear embeddings (`EmbedHead(..., normalize=False)`); t_emb is NOT
+    detached (its head is trained too). With delta_i = |s_i - t_i| [D] for image i of
+    the batch, loss = mean over the B - 1 neighbouring pairs (i, i + 1) of
+    sum_d delta_i,d * delta_i+1,d. It is not the paper's kernel-matrix congruence: it
+    compares each image's two embeddings and couples consecutive images only. 0 when
+    the embeddings agree; B >= 2.
+    """
+    if s_emb.shape[0] < 2:
+        raise ValueError(f"cc_loss needs a batch of at least 2, got {s_emb.shape[0]}")
+    delta = (s_emb - t_emb).abs()                                         # [B, D]
+    return (delta[:-1] * delta[1:]).sum(dim=1).mean()
 
 
 @dataclass
@@ -35,7 +58,7 @@ class CC(Distiller):
     label = "CC"
     Params = CCParams
 
-    def build_extras(self, student_channels, teacher_channels, context):
+    def build_extras(self, student_channels, teacher_channels, inputs):
         self.embed_student = EmbedHead(student_channels[-1], self.params.embed_dim, normalize=False)
         self.embed_teacher = EmbedHead(teacher_channels[-1], self.params.embed_dim, normalize=False)
 

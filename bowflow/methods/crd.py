@@ -11,13 +11,119 @@ benchmark's weight.
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
+import math
+from torch import nn
 from dataclasses import dataclass, field
 
 import torch
 
-from bowflow.contrastive_distill import ContrastiveMemory, EmbedHead
-from bowflow.distill import DistillParams, Distiller
-from bowflow.methods.base import positive, register_method
+from bowflow.losses import float32
+from bowflow.heads import EmbedHead
+from bowflow.roles.distiller import DistillParams, Distiller
+from bowflow.checks import positive
+from bowflow.roles.base import register_method
+
+
+# ---------------------------------------------------------------- loss
+
+@float32
+def nce_loss(log_scores: torch.Tensor, n_data: int) -> torch.Tensor:
+    """CRD's NCE: tell the positive (column 0) from K noise samples (columns 1..K).
+
+    log_scores [B, 1 + K]: log of the model's unnormalised probability of each pair,
+    s / T - log Z. With noise probability 1/N, the posterior that a pair is data is
+    h = P / (P + K/N); loss = -[sum_i log h(pos_i) + sum_{i,k} log(1 - h(neg_ik))] / B.
+    Computed in log space (softplus), so exp(1 / 0.07) never overflows.
+    """
+    b, k = log_scores.shape[0], log_scores.shape[1] - 1
+    log_noise = math.log(k / n_data)                                 # log(K * P_noise)
+    positive = -F.softplus(log_noise - log_scores[:, 0])             # log h
+    negative = -F.softplus(log_scores[:, 1:] - log_noise)            # log (1 - h)
+    return -(positive.sum() + negative.sum()) / b
+
+
+def _bank_scores(memory: torch.Tensor, rows: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """memory [N, D], rows [B, 1 + K] indices, emb [B, D] -> [B, 1 + K] dot products of
+    emb_b with memory[rows[b, j]]. Whichever is cheaper: gathering B(1 + K) rows, or one
+    [B, N] product and then picking (when B(1 + K) > N, e.g. CIFAR with K = 16384).
+    That path multiplies by a copy of the bank (smaller than the gather it replaces):
+    autograd keeps it for the backward pass, and the bank is updated in place before."""
+    if rows.numel() > memory.shape[0]:
+        return (emb @ memory.clone().T).gather(1, rows)
+    return torch.einsum("bkd,bd->bk", memory[rows], emb)
+
+
+def sample_negatives(index: torch.Tensor, n_data: int, k: int,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """K indices per row, uniformly (with replacement) from the N - 1 indices other than
+    index[b]: index [B] -> [B, K], on index's device. Drawn on the generator's device
+    (CPU by default); a seeded generator gives the same negatives every time."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    draw = torch.randint(0, n_data - 1, (len(index), k), generator=generator, device=device)
+    draw = draw.to(index.device)
+    return draw + (draw >= index.unsqueeze(1)).long()                # skip the own index
+
+
+class ContrastiveMemory(nn.Module):
+    """CRD's two memory banks and its two-sided NCE loss.
+
+    memory_s, memory_t [N, dim]: one unit-norm embedding per dataset image, of the student
+    and of the teacher; buffers, so they are saved in state_dict and restored on resume
+    (also log_z_s, log_z_t: the NCE normalising constants, NaN until the first batch fixes
+    them to log(mean exp(s / T) * N), as the authors do). Initialised to random unit rows
+    drawn from `seed` (CRD draws uniform rows of about unit norm).
+
+    forward(s_emb [B, dim], t_emb [B, dim] (unit norm, from `EmbedHead`s), index [B]
+    dataset indices, generator=None, negatives=None [B, K']) -> loss:
+    1. rows = [index, K negatives]; negatives sampled by `sample_negatives` unless given
+       (CRD's CIFAR recipe draws them from other classes: pass those).
+    2. the student embedding is scored against the teacher bank, the teacher embedding
+       against the student bank (banks detached), exp(dot / T) / Z; loss = the two
+       `nce_loss`es summed.
+    3. if `update`, memory[index] <- normalise(momentum * memory[index] + (1 - momentum)
+       * emb), for both banks (after scoring, so a sample is never its own positive).
+    K = min(n_negatives, N - 1); defaults: K = 16384, T = 0.07, momentum 0.5 (CRD).
+    Memory: 2 N dim floats (51 MB for CIFAR-100 at dim 128).
+    """
+
+    def __init__(self, n_data: int, dim: int = 128, n_negatives: int = 16384,
+                 temperature: float = 0.07, momentum: float = 0.5, seed: int = 0):
+        super().__init__()
+        if n_data < 2:
+            raise ValueError(f"CRD needs at least 2 samples, got n_data={n_data}")
+        self.n_data, self.temperature, self.momentum = n_data, temperature, momentum
+        self.n_negatives = min(n_negatives, n_data - 1)
+        init = torch.Generator().manual_seed(seed)
+        for name in ("memory_s", "memory_t"):
+            self.register_buffer(name, F.normalize(torch.randn(n_data, dim, generator=init), dim=1))
+        self.register_buffer("log_z_s", torch.tensor(float("nan")))
+        self.register_buffer("log_z_t", torch.tensor(float("nan")))
+
+    def forward(self, s_emb: torch.Tensor, t_emb: torch.Tensor, index: torch.Tensor,
+                generator: torch.Generator | None = None,
+                negatives: torch.Tensor | None = None, update: bool = True) -> torch.Tensor:
+        if negatives is None:
+            negatives = sample_negatives(index, self.n_data, self.n_negatives, generator)
+        rows = torch.cat([index.unsqueeze(1), negatives], dim=1)
+        with torch.autocast(device_type=s_emb.device.type, enabled=False):
+            s_emb, t_emb = s_emb.float(), t_emb.float()
+            loss = (self._side(s_emb, self.memory_t, rows, self.log_z_s)
+                    + self._side(t_emb, self.memory_s, rows, self.log_z_t))
+        if update:
+            with torch.no_grad():
+                for bank, emb in ((self.memory_s, s_emb), (self.memory_t, t_emb)):
+                    mixed = self.momentum * bank[index] + (1 - self.momentum) * emb.detach()
+                    bank.index_copy_(0, index, F.normalize(mixed, dim=1).to(bank.dtype))
+        return loss
+
+    def _side(self, emb, bank, rows, log_z):
+        log_p = _bank_scores(bank.detach().float(), rows, emb) / self.temperature
+        if torch.isnan(log_z):                                       # first batch fixes Z
+            with torch.no_grad():
+                log_z.copy_(torch.logsumexp(log_p.flatten(), 0) - math.log(log_p.numel())
+                            + math.log(self.n_data))
+        return nce_loss(log_p - log_z, self.n_data)
 
 
 @dataclass
@@ -70,13 +176,13 @@ class CRD(Distiller):
     label = "CRD"
     Params = CRDParams
 
-    def build_extras(self, student_channels, teacher_channels, context):
+    def build_extras(self, student_channels, teacher_channels, inputs):
         p = self.params
         self.embed_student = EmbedHead(student_channels[-1], p.embed_dim)
         self.embed_teacher = EmbedHead(teacher_channels[-1], p.embed_dim)
-        self.memory = ContrastiveMemory(len(context["labels"]), p.embed_dim, p.negatives,
+        self.memory = ContrastiveMemory(len(inputs.labels), p.embed_dim, p.negatives,
                                         p.nce_temperature, p.memory_momentum)
-        self.sample_negatives = OtherClassSampler(context["labels"])
+        self.sample_negatives = OtherClassSampler(inputs.labels)
         self.generator = None
 
     def training_step(self, images, index, generator):

@@ -25,9 +25,62 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bowflow import augment, losses
+from bowflow.losses import embedding_std, float32
+from bowflow import augment
 from bowflow.heads import DINOHead, cosine_momentum, ema_update, frozen_copy
-from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+from bowflow.checks import fraction, positive
+from bowflow.roles.base import TrainParams, register_method
+from bowflow.roles.self_supervised import SelfSupervised
+
+
+# ---------------------------------------------------------------- loss
+
+@float32
+def dino_loss(student_logits: list[torch.Tensor], teacher_logits: list[torch.Tensor],
+              center: torch.Tensor, teacher_temp: float, student_temp: float = 0.1) -> torch.Tensor:
+    """DINO: cross-entropy between the teacher's centred, sharpened softmax of one view and
+    the student's softmax of every other view.
+
+    student_logits: V tensors [B, D], the global views first, then the local crops;
+    teacher_logits: G tensors [B, D] (G <= V) of the same global views in the same order
+    (the teacher sees global views only). center [1, D] (see `update_center`).
+    teacher p_t = softmax((t - center) / teacher_temp), detached; student log p_s =
+    log_softmax(s / student_temp). loss = mean over pairs (g, v) with v != g of
+    mean_batch sum_D -p_t[g] log p_s[v]: same-view pairs are skipped (trivial to match).
+    student_temp = 0.1 (DINO); teacher_temp from `teacher_temperature`. Centring alone
+    would push towards uniform outputs and sharpening alone towards one dimension; DINO
+    balances the two to avoid both collapses.
+    """
+    if len(student_logits) < 2 or len(teacher_logits) > len(student_logits):
+        raise ValueError("DINO needs at least two student views, the teacher's views first")
+    targets = [F.softmax((t - center) / teacher_temp, dim=1).detach() for t in teacher_logits]
+    log_probs = [F.log_softmax(s / student_temp, dim=1) for s in student_logits]
+    terms = [-(p * log_p).sum(dim=1).mean()
+             for g, p in enumerate(targets) for v, log_p in enumerate(log_probs) if v != g]
+    return torch.stack(terms).mean()
+
+
+@torch.no_grad()
+def update_center(center: torch.Tensor, teacher_logits: list[torch.Tensor],
+                  momentum: float = 0.9) -> torch.Tensor:
+    """EMA of the teacher's batch-mean output: center [1, D], teacher_logits G x [B, D]
+    -> momentum * center + (1 - momentum) * mean over all G*B rows. momentum = 0.9 (DINO).
+    Call after `dino_loss` with the same teacher logits."""
+    batch_center = torch.cat(teacher_logits).float().mean(dim=0, keepdim=True)
+    return momentum * center + (1 - momentum) * batch_center
+
+
+def teacher_temperature(epoch: int, warmup_epochs: int, start: float = 0.04,
+                        end: float = 0.07) -> float:
+    """DINO's teacher temperature at `epoch`: the authors' schedule
+    np.linspace(start, end, warmup_epochs) over epochs 0 .. warmup_epochs - 1 (so `end` is
+    reached at epoch warmup_epochs - 1), then `end` (the paper: 0.04 -> 0.07 over the first
+    30 epochs). A low temperature (sharp teacher) early on keeps training stable."""
+    if epoch >= warmup_epochs:
+        return end
+    if warmup_epochs == 1:
+        return start
+    return start + (end - start) * epoch / (warmup_epochs - 1)
 
 
 @dataclass
@@ -125,20 +178,19 @@ class DINOParams(TrainParams):
 
 
 @register_method("dino")
-class DINO(Method):
+class DINO(SelfSupervised):
     label = "DINO"
     Params = DINOParams
 
-    def __init__(self, params, backbone, context):
-        super().__init__(params, backbone, context)
-        self.normalizer = context["normalizer"]
+    def __init__(self, params, backbone, inputs):
+        super().__init__(params, backbone, inputs)
         self.head = DINOHead(backbone.out_channels, params.out_dim, params.hidden_dim,
                              params.bottleneck_dim, bn=params.head_bn)
         self.teacher_backbone = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)
         self.register_buffer("center", torch.zeros(1, params.out_dim), persistent=True)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long), persistent=True)
-        size = context["image_size"]
+        size = inputs.image_size
         colour = dict(jitter=params.jitter, hue=params.hue, jitter_p=params.jitter_p,
                       gray_p=params.gray_p)
         global_scale = (params.global_scale_min, 1.0)
@@ -163,7 +215,7 @@ class DINO(Method):
     def training_step(self, images, index, generator):
         p, batch = self.params, images.shape[0]
         epoch = int(self.steps_done) // self.steps_per_epoch
-        teacher_temp = losses.teacher_temperature(epoch, p.teacher_temp_warmup_epochs,
+        teacher_temp = teacher_temperature(epoch, p.teacher_temp_warmup_epochs,
                                                   p.warmup_teacher_temp, p.teacher_temp)
         global_x, local_x = self.views(images, generator)
         with torch.no_grad():
@@ -173,18 +225,18 @@ class DINO(Method):
             student_logits = torch.cat([student_logits,
                                         self.head(self.backbone(local_x))])
         teacher_views = list(teacher_logits.split(batch))             # 2 x [B, D]
-        loss = losses.dino_loss(list(student_logits.split(batch)), teacher_views, self.center,
+        loss = dino_loss(list(student_logits.split(batch)), teacher_views, self.center,
                                 teacher_temp, p.student_temp)
         with torch.no_grad():
             targets = F.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=1)
             stats = {"loss": loss.detach(),
-                     "embedding_std": losses.embedding_std(bottleneck[:batch]),
+                     "embedding_std": embedding_std(bottleneck[:batch]),
                      "teacher_entropy": -torch.xlogy(targets, targets).sum(1).mean(),
                      "teacher_batch_entropy": -torch.xlogy(targets.mean(0), targets.mean(0)).sum(),
                      "center_norm": self.center.norm(),
                      "teacher_temp": torch.tensor(teacher_temp),
                      "teacher_momentum": torch.tensor(self.momentum(int(self.steps_done)))}
-            self.center.copy_(losses.update_center(self.center, teacher_views, p.center_momentum))
+            self.center.copy_(update_center(self.center, teacher_views, p.center_momentum))
         return loss, stats
 
     def momentum(self, step: int) -> float:

@@ -9,11 +9,56 @@ distillation benchmark's weight. hint_stage = stage2 is the benchmark's hint lay
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
+from torch import nn
+import torch
 from dataclasses import dataclass, field
 
-from bowflow.distill import DistillParams, Distiller
-from bowflow.distill_losses import HintAdapter, hint_loss
-from bowflow.methods.base import register_method
+from bowflow.losses import float32
+from bowflow.roles.distiller import DistillParams, Distiller
+from bowflow.roles.base import register_method
+
+
+# ---------------------------------------------------------------- loss
+
+class HintAdapter(nn.Module):
+    """FitNets' regressor, as RepDistiller's `ConvReg`: student map [B, c_s, H, W] ->
+    [B, c_t, h, w], conv (with bias) -> BatchNorm -> ReLU. `ratio` = the student map's
+    side / the teacher map's (from the networks' `reductions`) picks the conv:
+    1: 1x1 conv; 2: 3x3 conv, stride 2, padding 1; 0.5: 4x4 transposed conv, stride 2,
+    padding 1. Any other ratio: adaptive average pooling to the teacher's h x w, then the
+    1x1 conv (RepDistiller uses a valid conv whose kernel grows with the size gap, or
+    fails). The ReLU is the benchmark's: the target maps of its post-activation nets are
+    non-negative (a WRN's hint map is a raw block output and may be negative; the
+    benchmark keeps the ReLU there too, and so do we).
+    forward(x, size=teacher (h, w)) -> adapted map."""
+
+    def __init__(self, c_s: int, c_t: int, ratio: float = 1.0):
+        super().__init__()
+        if ratio == 2:
+            self.conv = nn.Conv2d(c_s, c_t, 3, stride=2, padding=1)
+        elif ratio == 0.5:
+            self.conv = nn.ConvTranspose2d(c_s, c_t, 4, stride=2, padding=1)
+        else:
+            self.conv = nn.Conv2d(c_s, c_t, 1)
+        self.pool_first = ratio not in (0.5, 1, 2)
+        self.bn = nn.BatchNorm2d(c_t)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        if self.pool_first and size is not None and tuple(x.shape[-2:]) != tuple(size):
+            x = F.adaptive_avg_pool2d(x, size)
+        return F.relu(self.bn(self.conv(x)))
+
+
+@float32
+def hint_loss(student_map_adapted: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+    """FitNets' hint: mean squared error over all elements between the adapted student map
+    and the teacher map (detached here), both [B, C_t, H, W] (pass the student map through
+    `HintAdapter(c_s, c_t, ratio)(s, size=teacher_map.shape[-2:])` first)."""
+    if student_map_adapted.shape != teacher_map.shape:
+        raise ValueError(f"hint shapes differ: {tuple(student_map_adapted.shape)} vs "
+                         f"{tuple(teacher_map.shape)}; adapt the student map first")
+    return F.mse_loss(student_map_adapted, teacher_map.detach())
 
 
 @dataclass
@@ -36,7 +81,7 @@ class FitNet(Distiller):
                 raise ValueError(f"hint_stage: the {who} has no stage '{params.hint_stage}' "
                                  f"(its stages: {network.stage_names})")
 
-    def build_extras(self, student_channels, teacher_channels, context):
+    def build_extras(self, student_channels, teacher_channels, inputs):
         self.student_stage = self.backbone.stage_index(self.params.hint_stage)
         self.teacher_stage = self.teacher.backbone.stage_index(self.params.hint_stage)
         # student map side / teacher map side, from the down-sampling factors

@@ -11,14 +11,76 @@ on CRD's) keeps. Trainable extras: L + 1 rescalers (the talk counts them as para
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
-from bowflow.contrastive_distill import RescalerMLP, supcon_loss
-from bowflow.distill import DistillParams, Distiller
-from bowflow.methods.base import positive, register_method
+from bowflow.heads import global_pool
+from bowflow.losses import float32
+from bowflow.roles.distiller import DistillParams, Distiller
+from bowflow.checks import positive
+from bowflow.roles.base import register_method
+
+
+# ---------------------------------------------------------------- loss
+
+class RescalerMLP(nn.Module):
+    """IFACD's rescaler: one per view, mapping a network's layer to the common space.
+
+    [B, C, H, W] (global average pool) / [B, N, C] (tokens, mean) / [B, C] -> linear(c_in,
+    hidden) -> BatchNorm1d or LayerNorm -> ReLU or GELU -> linear(hidden, dim) ->
+    L2-normalised [B, dim]. hidden defaults to dim (as in the authors' code); the talk
+    pairs BN with ReLU (CNNs) and LN with GELU (ViTs). Note BN needs B > 1 in training.
+    """
+
+    def __init__(self, c_in: int, dim: int = 128, hidden: int | None = None,
+                 norm: str = "bn", act: str = "relu"):
+        super().__init__()
+        hidden = hidden or dim
+        norms = {"bn": nn.BatchNorm1d, "ln": nn.LayerNorm}
+        acts = {"relu": nn.ReLU, "gelu": nn.GELU}
+        if norm not in norms or act not in acts:
+            raise ValueError(f"norm must be one of {sorted(norms)} and act one of "
+                             f"{sorted(acts)}, got {norm!r}, {act!r}")
+        self.mlp = nn.Sequential(nn.Linear(c_in, hidden), norms[norm](hidden), acts[act](),
+                                 nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(global_pool(x)), dim=1)
+
+
+@float32
+def supcon_loss(views: torch.Tensor, labels: torch.Tensor | None = None,
+                temperature: float = 0.07) -> torch.Tensor:
+    """Supervised-contrastive loss (Khosla et al. 2020, L_out) over V views per image.
+
+    views [B, V, D] (L2-normalised here again; for IFACD view 0 is the student's
+    embedding and views 1.. the rescaled teacher layers, ifacd1: V = 2, ifacd2: V = 3);
+    labels [B] or None. Every one of the BV embeddings is an anchor; its candidates are
+    the other BV - 1; its positives P(i) are the other views of the same image and, with
+    labels, every view of the same-class images. loss_i = -mean_{p in P(i)}
+    log softmax_{a != i}(z_i.z_a / T)[p]; the mean over the BV anchors is returned
+    (SupCon's T / T_base factor is 1 at the authors' T = T_base = 0.07).
+    Positives for IFACD (the talk: "representation for a given image across different
+    layers should be closer between each other than to any other image in same layer or
+    in other layers"; the authors' code calls SupCon without labels): labels=None, so
+    the views of one image are the positives and every view of every other image is a
+    negative, a SimCLR-style multi-view InfoNCE (= `nt_xent` when V = 2). The
+    labels option is SupCon's supervised form, not what the seed reports.
+    """
+    b, v, d = views.shape
+    if v < 2:
+        raise ValueError(f"supcon_loss needs at least 2 views per image, got {v}")
+    z = F.normalize(views.reshape(b * v, d), dim=1)                 # row i * V + j
+    self_pair = torch.eye(b * v, dtype=torch.bool, device=z.device)
+    log_prob = F.log_softmax((z @ z.T / temperature).masked_fill(self_pair, float("-inf")), dim=1)
+    group = torch.arange(b, device=z.device) if labels is None else labels.to(z.device)
+    group = group.repeat_interleave(v)
+    positive = (group.unsqueeze(0) == group.unsqueeze(1)) & ~self_pair
+    per_anchor = -log_prob.masked_fill(~positive, 0).sum(1) / positive.sum(1)
+    return per_anchor.mean()
 
 
 @dataclass
@@ -47,7 +109,7 @@ class IFACD(Distiller):
             raise ValueError(f"layers = {params.layers}, but the teacher has only "
                              f"{len(teacher.channels)} stages")
 
-    def build_extras(self, student_channels, teacher_channels, context):
+    def build_extras(self, student_channels, teacher_channels, inputs):
         p = self.params
         self.label = f"IFACD-{p.layers}"
         self.student_rescaler = RescalerMLP(student_channels[-1], p.embed_dim)

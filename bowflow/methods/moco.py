@@ -26,9 +26,33 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bowflow import augment, losses
+from bowflow.losses import embedding_std, float32, update_queue
+from bowflow import augment
 from bowflow.heads import ema_update, frozen_copy, mlp
-from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+from bowflow.checks import fraction, positive
+from bowflow.roles.base import TrainParams, register_method
+from bowflow.roles.self_supervised import SelfSupervised
+
+
+# ---------------------------------------------------------------- loss
+
+@float32
+def infonce_with_queue(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
+                       temperature: float = 0.2) -> torch.Tensor:
+    """MoCo v2's InfoNCE: query i must pick its key k_i against the K queued keys.
+
+    q [B, D] query-encoder output (gradient flows here only); k [B, D] key-encoder (EMA)
+    output of the other view; queue [K, D] keys of past batches, L2-normalised. q and k are
+    L2-normalised here, k and queue detached. logits [B, 1 + K] = [q.k, q.queue^T] / T,
+    cross-entropy with the positive at index 0.
+    temperature = 0.2 (MoCo v2; MoCo v1 used 0.07). Authors' queue K = 65536 with key
+    encoder momentum 0.999: a slowly moving encoder keeps old keys comparable.
+    """
+    q, k = F.normalize(q, dim=1), F.normalize(k.detach(), dim=1)
+    positives = (q * k).sum(dim=1, keepdim=True)                            # [B, 1]
+    negatives = q @ queue.detach().T                                        # [B, K]
+    logits = torch.cat([positives, negatives], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
 
 @dataclass
@@ -74,13 +98,12 @@ class MoCoParams(TrainParams):
 
 
 @register_method("moco")
-class MoCo(Method):
+class MoCo(SelfSupervised):
     label = "MoCo v2"
     Params = MoCoParams
 
-    def __init__(self, params, backbone, context):
-        super().__init__(params, backbone, context)
-        self.normalizer = context["normalizer"]
+    def __init__(self, params, backbone, inputs):
+        super().__init__(params, backbone, inputs)
         # MoCo v2's head (facebookresearch/moco, builder.py with mlp=True): no BatchNorm,
         # which here would also leak batch statistics between queries (no Shuffle-BN)
         self.head = mlp(backbone.out_channels, params.proj_hidden or backbone.out_channels,
@@ -91,7 +114,7 @@ class MoCo(Method):
                                           generator=torch.Generator().manual_seed(0)), dim=1)
         self.register_buffer("queue", initial, persistent=True)                  # [K, D]
         self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long), persistent=True)
-        self.view = augment.ViewSpec(size=context["image_size"], crop_scale=(params.crop_scale_min, 1.0),
+        self.view = augment.ViewSpec(size=inputs.image_size, crop_scale=(params.crop_scale_min, 1.0),
                                      jitter=params.jitter, hue=params.hue, jitter_p=params.jitter_p,
                                      gray_p=params.gray_p, blur_p=params.blur_p)
 
@@ -109,14 +132,14 @@ class MoCo(Method):
         q1, q2 = self.queries(v1), self.queries(v2)
         k1, k2 = self.keys(v1), self.keys(v2)
         p = self.params
-        loss = (losses.infonce_with_queue(q1, k2, self.queue, p.temperature)
-                + losses.infonce_with_queue(q2, k1, self.queue, p.temperature)) / 2
+        loss = (infonce_with_queue(q1, k2, self.queue, p.temperature)
+                + infonce_with_queue(q2, k1, self.queue, p.temperature)) / 2
         # A new queue tensor (the loss's backward still needs the old one), same buffer name.
-        self.queue, pointer = losses.update_queue(self.queue, torch.cat([k1, k2]), int(self.queue_pointer))
+        self.queue, pointer = update_queue(self.queue, torch.cat([k1, k2]), int(self.queue_pointer))
         self.queue_pointer.fill_(pointer)
         with torch.no_grad():
             positive_cos = (F.normalize(q1.float(), dim=1) * k2).sum(1).mean()
-        return loss, {"loss": loss.detach(), "embedding_std": losses.embedding_std(q1),
+        return loss, {"loss": loss.detach(), "embedding_std": embedding_std(q1),
                       "positive_cos": positive_cos}
 
     def after_step(self, step, total_steps):

@@ -7,11 +7,36 @@ gamma = 50, the benchmark's weight. Both networks must have the same number of s
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
+import torch
 from dataclasses import dataclass, field
 
-from bowflow.distill import DistillParams, Distiller, check_same_stages
-from bowflow.distill_losses import nst_loss
-from bowflow.methods.base import register_method
+from bowflow.losses import float32
+from bowflow.roles.distiller import DistillParams, Distiller, check_same_stages, match_spatial
+from bowflow.roles.base import register_method
+
+
+# ---------------------------------------------------------------- loss
+
+@float32
+def nst_loss(s_map: torch.Tensor, t_map: torch.Tensor) -> torch.Tensor:
+    """Neuron selectivity transfer: squared MMD between the two networks' channels.
+
+    s_map [B, C_s, H, W], t_map [B, C_t, h, w] (teacher detached; the larger map is
+    adaptive-average-pooled to the smaller size). Each channel's spatial map, flattened
+    and L2-normalised, is one sample; per image, MMD^2 = mean k(t, t') + mean k(s, s')
+    - 2 mean k(s, t) with the polynomial kernel k(x, y) = (x.y)^2 (the paper's d = 2,
+    c = 0), averaged over the batch. >= 0, and 0 when the channel sets coincide (in any
+    order).
+    """
+    s, t = match_spatial(s_map, t_map.detach())
+    s = F.normalize(s.flatten(2), dim=2)                                  # [B, C_s, HW]
+    t = F.normalize(t.flatten(2), dim=2)
+
+    def kernel_mean(a, b):
+        return (a @ b.transpose(1, 2)).pow(2).mean()
+
+    return kernel_mean(t, t) + kernel_mean(s, s) - 2 * kernel_mean(s, t)
 
 
 @dataclass

@@ -3,13 +3,13 @@
 Each step, for a batch of B images:
   teacher (EMA of the student backbone) on the plain full image -> maps of the last two
   stages [B, C_l, h_l, w_l] -> soft BoW targets y_l [B, K] against the level's vocabulary
-  (a queue of K teacher features, `losses.obow_bow_targets`; running-mean distance m_l);
+  (a queue of K teacher features, `obow_bow_targets`; running-mean distance m_l);
   student on 2 large crops + 5 of the 9 cells of a 3x3 grid (colour jitter, grayscale) ->
   its pooled last-stage feature f (not normalised, as the authors) -> per level, a weight
   generator turns each L2-normalised word into a classifier weight W_l [K, C];
-  logits = kappa * f W_l^T -> `losses.obow_loss`: KL(y_l || softmax) averaged over the
+  logits = kappa * f W_l^T -> `obow_loss`: KL(y_l || softmax) averaged over the
   rows of one crop type (2B large-crop rows, 5B patch rows) and over the levels, then
-  summed over the 2 crop types (the authors' `_bow_loss` per crop type, `losses.sum()`
+  summed over the 2 crop types (the authors' `_bow_loss` per crop type, `sum()`
   in their solver): large crops and patches weigh the same;
   then each level's queue receives one random location of the 3x3-average-pooled teacher
   map per image, replacing the oldest words, and after the optimizer step the teacher
@@ -32,9 +32,91 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bowflow import augment, losses
+from bowflow.losses import embedding_std, float32, perplexity, update_queue
+from bowflow import augment
 from bowflow.heads import cosine_momentum, ema_update, frozen_copy
-from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+from bowflow.checks import fraction, positive
+from bowflow.roles.base import TrainParams, register_method
+from bowflow.roles.self_supervised import SelfSupervised
+
+
+# ---------------------------------------------------------------- loss
+
+@torch.no_grad()
+@float32
+def soft_assign(features: torch.Tensor, words: torch.Tensor, inv_delta: float,
+                mean_distance: torch.Tensor | float,
+                decay: float = 0.99) -> tuple[torch.Tensor, torch.Tensor]:
+    """OBoW soft assignment of local features to visual words.
+
+    features [N, C], words [K, C] -> squared L2 distances d [N, K];
+    m' = decay * m + (1 - decay) * mean_n min_k d[n, k]  (running mean of the distance to
+    the nearest word, updated with this batch first, as the authors do);
+    codes = softmax_k(-(inv_delta / m') * d) [N, K], rows sum to 1.
+    Dividing by m' makes the sharpness independent of the feature scale, which drifts
+    as the teacher trains. Returns (codes, m' as a 0-d tensor), no gradient.
+    Authors: m starts at 0.5, decay 0.99; inv_delta 10 (ResNet-18) or 15 (ResNet-50).
+    decay = 1 keeps m fixed (e.g. evaluation). inv_delta -> infinity gives one-hot
+    nearest-word codes (BoWNet's hard assignment).
+    """
+    distances = ((features * features).sum(1, keepdim=True) - 2 * features @ words.T
+                 + (words * words).sum(1)).clamp_min(0)                       # [N, K]
+    mean_distance = torch.as_tensor(mean_distance, dtype=torch.float32, device=features.device)
+    mean_distance = decay * mean_distance + (1 - decay) * distances.min(dim=1).values.mean()
+    return F.softmax(-(inv_delta / mean_distance) * distances, dim=1), mean_distance
+
+
+@torch.no_grad()
+@float32
+def obow_bow_targets(maps: torch.Tensor, words: torch.Tensor, inv_delta: float,
+                     mean_distance: torch.Tensor | float, drop_border: int = 1,
+                     decay: float = 0.99) -> tuple[torch.Tensor, torch.Tensor]:
+    """OBoW targets of one level: teacher maps [B, C, h, w], words [K, C] -> BoW [B, K].
+
+    Drops `drop_border` locations on each side (border cells see the zero padding;
+    authors: 1), soft-assigns every location (`soft_assign`), max-pools the codes over
+    locations (does word k appear anywhere, softly), L1-normalises each row.
+    Returns (targets [B, K] rows summing to 1, the updated running mean distance).
+    """
+    if drop_border:
+        maps = maps[:, :, drop_border:-drop_border, drop_border:-drop_border]
+    b, c = maps.shape[:2]
+    codes, mean_distance = soft_assign(maps.flatten(2).transpose(1, 2).reshape(-1, c), words,
+                                       inv_delta, mean_distance, decay)
+    bow = codes.view(b, -1, words.shape[0]).amax(dim=1)                      # [B, K]
+    return bow / bow.sum(dim=1, keepdim=True), mean_distance
+
+
+@float32
+def kl_to_target(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """KL(y || softmax(logits)) = sum_k y_k (log y_k - log softmax(logits)_k), mean over
+    the batch. logits, targets [B, K]; targets detached. Same gradient as the soft
+    cross-entropy but 0 at a perfect prediction (the target entropy is subtracted)."""
+    targets = targets.detach()
+    pointwise = torch.xlogy(targets, targets) - targets * F.log_softmax(logits, dim=1)
+    return pointwise.sum(dim=1).mean()
+
+
+@float32
+def obow_loss(logits: list[list[torch.Tensor]], targets: list[torch.Tensor]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """OBoW's loss, combined over crop types and BoW levels as the authors' code does.
+
+    logits: T lists, one per crop type (OBoW: the 2 large crops, the 5 patches), each of
+    L tensors [n_t * B, K] (one per level), view-major: rows j*B .. (j+1)*B - 1 are crop j
+    of every image. targets: L tensors [B, K] (the teacher's BoW of each level, detached).
+    Per crop type t and level l: KL(y_l || softmax(logits[t][l])) averaged over all
+    n_t * B rows (each crop of an image predicts that image's target); then averaged over
+    the levels; then SUMMED over the crop types:
+        loss = sum_t mean_l mean_rows KL.
+    So the 2 large crops and the 5 patches weigh the same whatever their counts, and a
+    2-type run has twice the gradient of a plain mean over all 7 crops' rows.
+    Returns (loss, terms [T, L] of the unweighted per-type, per-level KLs, detached).
+    """
+    terms = torch.stack([torch.stack([kl_to_target(x, y.repeat(x.shape[0] // y.shape[0], 1))
+                                      for x, y in zip(per_type, targets)])
+                         for per_type in logits])                                 # [T, L]
+    return terms.mean(dim=1).sum(), terms.detach()
 
 
 @dataclass
@@ -126,14 +208,13 @@ class WeightGenerator(nn.Module):
 
 
 @register_method("obow")
-class OBoW(Method):
+class OBoW(SelfSupervised):
     label = "OBoW"
     Params = OBoWParams
     levels = 2                                   # BoW from the last two backbone stages
 
-    def __init__(self, params, backbone, context):
-        super().__init__(params, backbone, context)
-        self.normalizer = context["normalizer"]
+    def __init__(self, params, backbone, inputs):
+        super().__init__(params, backbone, inputs)
         self.teacher = frozen_copy(backbone)
         self.first_stage = len(backbone.channels) - self.levels
         dims = backbone.channels[self.first_stage:]
@@ -144,7 +225,7 @@ class OBoW(Method):
         self.register_buffer("pointer", torch.tensor(0))
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("momentum", torch.tensor(params.base_momentum, dtype=torch.float64))
-        size = context["image_size"]
+        size = inputs.image_size
         common = dict(jitter=params.jitter, hue=params.hue, jitter_p=params.jitter_p, gray_p=params.gray_p)
         self.crop = augment.ViewSpec(size=augment.scaled_size(size, params.crop_size),
                                      crop_scale=(params.crop_scale_min, params.crop_scale_max), **common)
@@ -176,14 +257,14 @@ class OBoW(Method):
                 self.initialized.fill_(True)
             targets, stats = [], {}
             for level, m in enumerate(maps):
-                y, distance = losses.obow_bow_targets(
+                y, distance = obow_bow_targets(
                     m, getattr(self, f"words{level}"), p.inv_delta, getattr(self, f"mean_distance{level}"),
                     self._border(min(m.shape[2:])), p.distance_decay)
                 getattr(self, f"mean_distance{level}").copy_(distance)
                 targets.append(y)
                 stats[f"mean_distance{level}"] = distance
-                stats[f"perplexity_batch{level}"] = losses.perplexity(y.mean(0))
-                stats[f"perplexity_image{level}"] = losses.perplexity(y).mean()
+                stats[f"perplexity_batch{level}"] = perplexity(y.mean(0))
+                stats[f"perplexity_image{level}"] = perplexity(y).mean()
 
         # One forward per crop type, as the authors: BN statistics over the 2B large crops
         crops = torch.cat([augment.make_view(images, self.crop, generator) for _ in range(p.num_crops)])
@@ -195,7 +276,7 @@ class OBoW(Method):
         features = [F.normalize(f, dim=1) if p.normalize_features else f for f in student]
         weights = [g(getattr(self, f"words{level}")) for level, g in enumerate(self.generators)]
         logits = [[p.kappa * F.linear(f, w) for w in weights] for f in features]  # T x L x [n_t*B, K]
-        loss, terms = losses.obow_loss(logits, targets)
+        loss, terms = obow_loss(logits, targets)
         for level in range(self.levels):
             stats[f"loss{level}"] = terms[:, level].sum()     # this level's share, summed over crop types
         stats["loss_crops"] = terms[0].mean()
@@ -206,10 +287,10 @@ class OBoW(Method):
             pointer = int(self.pointer)
             for level, m in enumerate(maps):
                 queue = getattr(self, f"words{level}")
-                new, next_pointer = losses.update_queue(queue, self._local_features(m, 1, generator), pointer)
+                new, next_pointer = update_queue(queue, self._local_features(m, 1, generator), pointer)
                 queue.copy_(new)
             self.pointer.fill_(next_pointer)
-        stats.update(loss=loss.detach(), embedding_std=losses.embedding_std(student[0]),
+        stats.update(loss=loss.detach(), embedding_std=embedding_std(student[0]),
                      momentum=self.momentum.float())
         return loss, stats
 

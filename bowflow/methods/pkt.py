@@ -7,11 +7,34 @@ over B^2 entries, hence the large weight).
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
+import torch
 from dataclasses import dataclass, field
 
-from bowflow.distill import DistillParams, Distiller
-from bowflow.distill_losses import pkt_loss
-from bowflow.methods.base import register_method
+from bowflow.losses import float32
+from bowflow.roles.distiller import DistillParams, Distiller
+from bowflow.roles.base import register_method
+
+
+# ---------------------------------------------------------------- loss
+
+@float32
+def pkt_loss(s_emb: torch.Tensor, t_emb: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Probabilistic knowledge transfer: match the distributions of neighbours.
+
+    s_emb [B, ...], t_emb [B, ...] (flattened, L2-normalised; teacher detached). Row i of
+    P = (cos + 1) / 2 divided by its row sum is a distribution over the batch (self
+    included); loss = mean over all B^2 entries of p_t log((p_t + eps) / (p_s + eps)),
+    i.e. the mean per-row KL(p_t || p_s) divided by B (RepDistiller's scale, which the
+    seed's gamma = 30000 assumes).
+    """
+    def neighbours(x):
+        x = F.normalize(x.flatten(1), dim=1)
+        p = (x @ x.T + 1) / 2
+        return p / p.sum(dim=1, keepdim=True)
+
+    p_s, p_t = neighbours(s_emb), neighbours(t_emb.detach())
+    return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
 
 
 @dataclass

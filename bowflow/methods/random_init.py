@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from bowflow import augment
 from bowflow.losses import embedding_std
-from bowflow.methods.base import Method, TrainParams, register_method
+from bowflow.roles.base import TrainParams, register_method
+from bowflow.roles.self_supervised import SelfSupervised
 
 
 @dataclass
@@ -32,13 +33,12 @@ class RandomInitParams(TrainParams):
 
 
 @register_method("random_init")
-class RandomInit(Method):
+class RandomInit(SelfSupervised):
     label = "Random init"
     Params = RandomInitParams
 
-    def __init__(self, params, backbone, context):
-        super().__init__(params, backbone, context)
-        self.normalizer = context["normalizer"]
+    def __init__(self, params, backbone, inputs):
+        super().__init__(params, backbone, inputs)
 
     def training_step(self, images, index, generator):
         features = self.backbone(self.normalizer.normalize(augment.to_float(images)))   # [B, C]

@@ -11,7 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bowflow import augment
-from bowflow.methods.base import Method, TrainParams, positive, register_method
+from bowflow.checks import positive
+from bowflow.roles.base import TrainParams, register_method
+from bowflow.roles.self_supervised import SelfSupervised
 
 
 @dataclass
@@ -25,14 +27,13 @@ class RotNetParams(TrainParams):
 
 
 @register_method("rotnet")
-class RotNet(Method):
+class RotNet(SelfSupervised):
     label = "RotNet"
     Params = RotNetParams
 
-    def __init__(self, params, backbone, context):
-        super().__init__(params, backbone, context)
+    def __init__(self, params, backbone, inputs):
+        super().__init__(params, backbone, inputs)
         self.head = nn.Linear(backbone.out_channels, 4)
-        self.normalizer = context["normalizer"]
 
     def training_step(self, images, index, generator):
         x = augment.pad_crop_flip(augment.to_float(images), padding=self.params.padding,

@@ -2,7 +2,7 @@
 
 Each step: two views of every image (crop + flip, strong colour jitter, grayscale; no blur,
 as in the paper's CIFAR-10 recipe) -> one backbone -> projector MLP (Linear, BN, ReLU,
-Linear to 128) -> z1, z2 [B, 128] -> `losses.nt_xent`: cosine similarities / temperature,
+Linear to 128) -> z1, z2 [B, 128] -> `nt_xent`: cosine similarities / temperature,
 each of the 2B embeddings must pick its partner among the 2B - 1 others (2B - 2 in-batch
 negatives). The backbone (before the projector) is what gets evaluated.
 
@@ -17,10 +17,31 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bowflow import augment, losses
+from bowflow.losses import embedding_std, float32
+from bowflow import augment
 from bowflow.heads import mlp
-from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+from bowflow.checks import fraction, positive
+from bowflow.roles.base import TrainParams, register_method
+from bowflow.roles.self_supervised import SelfSupervised
 
+
+# ---------------------------------------------------------------- loss
+
+@float32
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """SimCLR's NT-Xent: each of the 2B embeddings must pick its other view among the
+    2B - 1 others (1 positive, 2B - 2 in-batch negatives), by softmax over cosine / T.
+
+    z1, z2 [B, D] (row i of both = two views of image i; L2-normalised here). Symmetric:
+    both views act as anchors, mean over the 2B anchors. temperature = 0.5: best for
+    CIFAR-10 at every batch size in the paper's appendix (its ImageNet runs use 0.1);
+    a lower T weights the hardest negatives more.
+    """
+    b = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)                              # [2B, D]
+    logits = (z @ z.T / temperature).fill_diagonal_(float("-inf"))          # no self-pairs
+    positive = torch.arange(2 * b, device=z.device).roll(b)                  # i <-> i + B
+    return F.cross_entropy(logits, positive)
 
 
 @dataclass
@@ -64,14 +85,13 @@ class SimCLRParams(TrainParams):
 
 
 @register_method("simclr")
-class SimCLR(Method):
+class SimCLR(SelfSupervised):
     label = "SimCLR"
     Params = SimCLRParams
 
-    def __init__(self, params, backbone, context):
-        super().__init__(params, backbone, context)
-        self.normalizer = context["normalizer"]
-        self.view_size = augment.scaled_size(context["image_size"], params.crop_size)
+    def __init__(self, params, backbone, inputs):
+        super().__init__(params, backbone, inputs)
+        self.view_size = augment.scaled_size(inputs.image_size, params.crop_size)
         self.projector = mlp(backbone.out_channels, params.proj_hidden, params.proj_dim, layers=2)
 
     def make_view(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -87,7 +107,7 @@ class SimCLR(Method):
         # One forward over both views: BN statistics come from all 2B views, as with the
         # paper's global BN.
         z1, z2 = self.projector(self.backbone(self.normalizer.normalize(x))).chunk(2)  # [B, D]
-        loss = losses.nt_xent(z1, z2, self.params.temperature)
+        loss = nt_xent(z1, z2, self.params.temperature)
         with torch.no_grad():
             z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
             cos = (z @ z.T).fill_diagonal_(-2.0)                                  # [2B, 2B]
@@ -97,6 +117,6 @@ class SimCLR(Method):
             others[torch.arange(len(z)), partner] = -2.0
             negative_cos = others[others > -2.0].mean()
             accuracy = (cos.argmax(1) == partner).float().mean() * 100
-        return loss, {"loss": loss.detach(), "embedding_std": losses.embedding_std(z1),
+        return loss, {"loss": loss.detach(), "embedding_std": embedding_std(z1),
                       "positive_accuracy": accuracy, "positive_cos": positive_cos.mean(),
                       "negative_cos": negative_cos}

@@ -4,7 +4,7 @@
     loss = (simsiam_loss(p1, z2) + simsiam_loss(p2, z1)) / 2,  simsiam_loss = -cos(p, sg(z))
 
 One network encodes both views; collapse is avoided by the stop-gradient on the target
-branch (inside losses.simsiam_loss) together with the predictor. The predictor is trained
+branch (inside simsiam_loss) together with the predictor. The predictor is trained
 at a fixed learning rate (the paper: a decayed predictor lr hurts), through a `fixed_lr`
 optimizer group. Views: the SimCLR/MoCo v2 recipe the paper uses on CIFAR (crop, flip,
 colour jitter 0.4/0.4/0.4/0.1 p 0.8, grayscale p 0.2; no blur at CIFAR size).
@@ -14,13 +14,29 @@ spread measure on the predictor output (the paper's collapse plot is the std of 
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
 from dataclasses import dataclass, field
 
 import torch
 
-from bowflow import augment, heads, losses
-from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+from bowflow.losses import embedding_std, float32
+from bowflow import augment, heads
+from bowflow.checks import fraction, positive
+from bowflow.roles.base import TrainParams, register_method
+from bowflow.roles.self_supervised import SelfSupervised
 from bowflow.optim import default_groups
+
+
+# ---------------------------------------------------------------- loss
+
+@float32
+def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam: -mean cos(p, sg(z)). p [B, D] predictor output; z [B, D] projection of the
+    other view by the same network, detached here (the stop-gradient is what prevents
+    collapse without an EMA teacher). Range [-1, 1]. The paper averages both directions:
+    `(simsiam_loss(p1, z2) + simsiam_loss(p2, z1)) / 2`.
+    """
+    return -F.cosine_similarity(p, z.detach(), dim=1).mean()
 
 
 @dataclass
@@ -64,17 +80,16 @@ class SimSiamParams(TrainParams):
 
 
 @register_method("simsiam")
-class SimSiam(Method):
+class SimSiam(SelfSupervised):
     label = "SimSiam"
     Params = SimSiamParams
 
-    def __init__(self, params, backbone, context):
-        super().__init__(params, backbone, context)
-        self.normalizer = context["normalizer"]
+    def __init__(self, params, backbone, inputs):
+        super().__init__(params, backbone, inputs)
         self.projector = heads.mlp(backbone.out_channels, params.proj_dim, params.proj_dim,
                                    layers=params.proj_layers, last_bn=True, last_bn_affine=False)
         self.predictor = heads.mlp(params.proj_dim, params.pred_dim, params.proj_dim, layers=2)
-        self.spec = augment.ViewSpec(size=max(4, round(params.view_size * context["image_size"])),
+        self.spec = augment.ViewSpec(size=max(4, round(params.view_size * inputs.image_size)),
                                      crop_scale=(params.crop_scale_min, 1.0), jitter=params.jitter,
                                      hue=params.hue, jitter_p=params.jitter_p, gray_p=params.gray_p)
 
@@ -93,6 +108,6 @@ class SimSiam(Method):
                        augment.make_view(images, self.spec, generator)])
         z = self.projector(self.backbone(self.normalizer.normalize(x)))      # [2B, D]
         p = self.predictor(z)                                                # [2B, D]
-        loss = (losses.simsiam_loss(p[:b], z[b:]) + losses.simsiam_loss(p[b:], z[:b])) / 2
-        return loss, {"loss": loss.detach(), "embedding_std": losses.embedding_std(z.detach().float()),
-                      "p_std": losses.embedding_std(p.detach().float())}
+        loss = (simsiam_loss(p[:b], z[b:]) + simsiam_loss(p[b:], z[:b])) / 2
+        return loss, {"loss": loss.detach(), "embedding_std": embedding_std(z.detach().float()),
+                      "p_std": embedding_std(p.detach().float())}

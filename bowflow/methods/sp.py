@@ -6,11 +6,31 @@ stage maps (`distill_losses.similarity_loss`); gamma = 3000, the benchmark's wei
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
+import torch
 from dataclasses import dataclass, field
 
-from bowflow.distill import DistillParams, Distiller
-from bowflow.distill_losses import similarity_loss
-from bowflow.methods.base import register_method
+from bowflow.losses import float32
+from bowflow.roles.distiller import DistillParams, Distiller
+from bowflow.roles.base import register_method
+
+
+# ---------------------------------------------------------------- loss
+
+@float32
+def similarity_loss(s_map: torch.Tensor, t_map: torch.Tensor) -> torch.Tensor:
+    """Similarity-preserving KD: the two networks should find the same images alike.
+
+    s_map [B, ...], t_map [B, ...] (any shapes with the same batch; teacher detached).
+    Each is flattened to [B, N], G = f f^T [B, B], each row L2-normalised; loss =
+    ||G_s - G_t||_F^2 / B^2. Invariant to scaling either map.
+    """
+    def gram(f):
+        f = f.flatten(1)
+        return F.normalize(f @ f.T, dim=1)
+
+    b = s_map.shape[0]
+    return (gram(s_map) - gram(t_map.detach())).pow(2).sum() / b ** 2
 
 
 @dataclass

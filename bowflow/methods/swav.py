@@ -24,9 +24,53 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bowflow import augment, losses
+from bowflow.losses import embedding_std, float32, perplexity
+from bowflow import augment
 from bowflow.heads import mlp
-from bowflow.methods.base import Method, TrainParams, fraction, positive, register_method
+from bowflow.checks import fraction, positive
+from bowflow.roles.base import TrainParams, register_method
+from bowflow.roles.self_supervised import SelfSupervised
+
+
+# ---------------------------------------------------------------- loss
+
+@torch.no_grad()
+@float32
+def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+    """SwAV's codes: soft assignments of B samples to K prototypes with equal partition.
+
+    scores [B, K]: cosine similarities of L2-normalised embeddings and prototypes.
+    Q = exp(scores / epsilon), then alternately scale columns (each prototype gets 1/K of
+    the mass) and rows (each sample gets 1/B); done on log Q (logsumexp), so no score range
+    can overflow or underflow. Returns codes [B, K] (no gradient): rows sum to 1, columns
+    sum to about B/K (exactly after many iterations), so the batch cannot all go to one
+    prototype (the collapse this prevents).
+    epsilon = 0.05 (SwAV): small epsilon gives sharp codes, large ones blur them to uniform;
+    iterations = 3 (SwAV): enough for approximately equal partition.
+    """
+    if iterations < 1:
+        raise ValueError(f"sinkhorn needs at least one iteration, got {iterations}")
+    b, k = scores.shape
+    log_codes = scores / epsilon
+    for _ in range(iterations):
+        log_codes = log_codes - log_codes.logsumexp(dim=0, keepdim=True) - math.log(k)  # prototypes
+        log_codes = log_codes - log_codes.logsumexp(dim=1, keepdim=True) - math.log(b)  # samples
+    return torch.exp(log_codes + math.log(b))
+
+
+@float32
+def swav_loss(scores1: torch.Tensor, scores2: torch.Tensor, codes1: torch.Tensor,
+              codes2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """SwAV swapped prediction: view 1's scores predict view 2's codes and vice versa.
+
+    scores [B, K] prototype similarities; codes [B, K] from `sinkhorn` of the same view's
+    scores (detached here). loss = 1/2 [CE(codes2, softmax(scores1 / T))
+    + CE(codes1, softmax(scores2 / T))]. temperature = 0.1 (SwAV).
+    """
+    def cross_entropy(scores, codes):
+        return -(codes.detach() * F.log_softmax(scores / temperature, dim=1)).sum(dim=1).mean()
+
+    return (cross_entropy(scores1, codes2) + cross_entropy(scores2, codes1)) / 2
 
 
 @dataclass
@@ -69,17 +113,16 @@ class SwAVParams(TrainParams):
 
 
 @register_method("swav")
-class SwAV(Method):
+class SwAV(SelfSupervised):
     label = "SwAV"
     Params = SwAVParams
 
-    def __init__(self, params, backbone, context):
-        super().__init__(params, backbone, context)
-        self.normalizer = context["normalizer"]
+    def __init__(self, params, backbone, inputs):
+        super().__init__(params, backbone, inputs)
         self.projector = mlp(backbone.out_channels, params.proj_hidden, params.proj_dim)
         self.prototypes = nn.Parameter(torch.randn(params.prototypes, params.proj_dim)
                                        / math.sqrt(params.proj_dim))
-        size = context["image_size"]
+        size = inputs.image_size
         colour = dict(jitter=params.jitter, hue=params.hue, jitter_p=params.jitter_p, gray_p=params.gray_p)
         self.global_view = augment.ViewSpec(size=size, crop_scale=(params.crop_scale_min, 1.0), **colour)
         self.local_view = augment.ViewSpec(size=augment.scaled_size(size, params.local_size),
@@ -99,16 +142,16 @@ class SwAV(Method):
         scores = list(s_global.split(b))
         if p.local_crops:
             scores += list(self.scores(torch.cat(views[2:]))[1].split(b))
-        codes = [losses.sinkhorn(s, p.epsilon, p.sinkhorn_iterations) for s in scores[:2]]
+        codes = [sinkhorn(s, p.epsilon, p.sinkhorn_iterations) for s in scores[:2]]
         # The two global views predict each other's codes; each local view predicts both.
         # Every term averages two predictions, so this is the mean over all 2 + 2L pairs.
-        terms = [losses.swav_loss(scores[0], scores[1], codes[0], codes[1], p.temperature)]
-        terms += [losses.swav_loss(s, s, codes[0], codes[1], p.temperature) for s in scores[2:]]
+        terms = [swav_loss(scores[0], scores[1], codes[0], codes[1], p.temperature)]
+        terms += [swav_loss(s, s, codes[0], codes[1], p.temperature) for s in scores[2:]]
         loss = torch.stack(terms).mean()
         with torch.no_grad():
             mean_code = torch.cat(codes).mean(0)
-        return loss, {"loss": loss.detach(), "embedding_std": losses.embedding_std(z_global),
-                      "code_perplexity": losses.perplexity(mean_code)}
+        return loss, {"loss": loss.detach(), "embedding_std": embedding_std(z_global),
+                      "code_perplexity": perplexity(mean_code)}
 
     def before_optimizer_step(self, step):
         if step < self.params.freeze_prototypes_epochs * self.steps_per_epoch:

@@ -9,13 +9,57 @@ the benchmark's weight. Both networks must have the same number of stages.
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
+import math
+import torch
 from dataclasses import dataclass, field
 
 import torch.nn as nn
 
-from bowflow.distill import DistillParams, Distiller, check_same_stages
-from bowflow.distill_losses import VIDRegressor, match_spatial, vid_loss
-from bowflow.methods.base import register_method
+from bowflow.losses import float32
+from bowflow.roles.distiller import DistillParams, Distiller, check_same_stages, match_spatial
+from bowflow.roles.base import register_method
+
+
+# ---------------------------------------------------------------- loss
+
+class VIDRegressor(nn.Module):
+    """VID's variational q(t | s): mean mu(s) by three 1x1 convs (c_s -> c_mid -> c_mid
+    -> c_t, ReLU between, no bias) and a learned per-channel variance
+    softplus(w_c) + eps, initialised to `init_var` = 5 (the authors' value).
+
+    forward(s [B, c_s, H, W]) -> (mean [B, c_t, H, W], var [1, c_t, 1, 1]). Bring the
+    two maps to one size with `match_spatial` first (the benchmark pools the larger).
+    """
+
+    def __init__(self, c_s: int, c_t: int, c_mid: int | None = None, init_var: float = 5.0,
+                 eps: float = 1e-5):
+        super().__init__()
+        c_mid = c_mid or c_t
+        self.mean = nn.Sequential(
+            nn.Conv2d(c_s, c_mid, 1, bias=False), nn.ReLU(),
+            nn.Conv2d(c_mid, c_mid, 1, bias=False), nn.ReLU(),
+            nn.Conv2d(c_mid, c_t, 1, bias=False))
+        inverse_softplus = math.log(math.expm1(init_var - eps))
+        self.raw_var = nn.Parameter(torch.full((c_t,), inverse_softplus))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        var = F.softplus(self.raw_var) + self.eps
+        return self.mean(x), var.view(1, -1, 1, 1)
+
+
+@float32
+def vid_loss(mean: torch.Tensor, var: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+    """VID: negative log-likelihood of the teacher map under N(mean, var), per element,
+    averaged: mean of 1/2 [(t - mean)^2 / var + log var] (the constant log(2 pi) / 2 is
+    dropped, as the authors do). mean [B, C, H, W] and var (broadcastable, e.g.
+    [1, C, 1, 1]) from `VIDRegressor`; teacher_map [B, C, H, W], detached here.
+    For a fixed error the loss is lowest at var = (t - mean)^2, so the variance learns
+    how predictable each teacher channel is from the student.
+    """
+    t = teacher_map.detach()
+    return (0.5 * ((t - mean).pow(2) / var + torch.log(var))).mean()
 
 
 @dataclass
@@ -33,7 +77,7 @@ class VID(Distiller):
     def check_pair(cls, params, student, teacher):
         check_same_stages("vid", student.channels, teacher.channels)
 
-    def build_extras(self, student_channels, teacher_channels, context):
+    def build_extras(self, student_channels, teacher_channels, inputs):
         self.regressors = nn.ModuleList(VIDRegressor(s, t) for s, t in zip(student_channels, teacher_channels))
 
     def method_loss(self, student, teacher, labels, index):

@@ -1,29 +1,58 @@
-"""What every distillation method shares: a frozen teacher, the student's classifier, and
-the loss alpha * CE + beta * KD + gamma * L_method (METHODS.md, "Knowledge distillation").
+"""Role: a distiller of a frozen teacher. Runs are entries of `distill:`, trained by
+stages.distill on every labelled train image with the model of a `teachers:` entry. What
+every distillation method shares: the frozen teacher, the student's classifier, and the
+loss alpha * CE + beta * KD + gamma * L_method (METHODS.md, "Knowledge distillation").
 
 A distillation method is one module in `bowflow/methods/` that subclasses `Distiller`,
 builds its trainable extras (adapters, embedding heads, memory banks) in `build_extras`,
-and computes its own term in `method_loss`; its loss functions live in
-`bowflow/distill_losses.py`. The teacher is loaded by the stage from its model file
-(`load_teacher`) and given in `context["teacher"]`. It is frozen, in eval mode, and never
+and computes its own term in `method_loss`, with its loss function in the same module.
+The teacher is loaded by the stage from its model file (`load_teacher`) and given in
+`inputs.teacher`. It is frozen, in eval mode, and never
 registered as a submodule: not in the optimizer, not in `state_dict()` (so not in
 checkpoints or the exported model); the model file records only its name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bowflow.losses import float32
 from bowflow import augment
-from bowflow.distill_losses import kd_loss
-from bowflow.methods.base import positive
-from bowflow.methods.supervised import Supervised, SupervisedParams
+from bowflow.checks import param
+from bowflow.roles.supervised import LabelledInputs, Supervised, SupervisedParams
 from bowflow.models import Normalizer, load_classifier, load_model
 from bowflow.networks import Backbone
+
+
+# ---------------------------------------------------------------- shared by the distillers
+
+def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive-average-pool the larger of two maps [B, C, H, W] to the other's H x W
+    (RepDistiller's rule for AT, NST and VID); maps of equal size are returned unchanged."""
+    if a.shape[-2:] == b.shape[-2:]:
+        return a, b
+    if a.shape[-2] * a.shape[-1] > b.shape[-2] * b.shape[-1]:
+        return F.adaptive_avg_pool2d(a, b.shape[-2:]), b
+    return a, F.adaptive_avg_pool2d(b, a.shape[-2:])
+
+
+@float32
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+            temperature: float = 4.0) -> torch.Tensor:
+    """Hinton's KD: KL(p_t || p_s) * T^2 with p = softmax(logits / T), mean over the batch.
+
+    student_logits, teacher_logits [B, K] (teacher detached here). The T^2 keeps the
+    gradient's size comparable to the cross-entropy term as T changes. T = 4 (the seed's
+    benchmark). 0 when the logits agree up to a per-row constant.
+    """
+    target = F.softmax(teacher_logits.detach() / temperature, dim=1)
+    log_student = F.log_softmax(student_logits / temperature, dim=1)
+    kl = (torch.xlogy(target, target) - target * log_student).sum(dim=1).mean()
+    return kl * temperature ** 2
 
 
 @dataclass
@@ -65,40 +94,43 @@ def check_same_stages(method: str, student_channels: list[int], teacher_channels
 
 @dataclass
 class DistillParams(SupervisedParams):
-    teacher: str = field(default="", metadata={"help": "the teachers: entry distilled from (recorded)"})
-    alpha: float = field(default=1.0, metadata={"help": "weight of cross-entropy on the labels"})
-    beta: float = field(default=1.0, metadata={"help": "weight of KL to the teacher at temperature T"})
-    gamma: float = field(default=0.0, metadata={"help": "weight of the method's own term"})
-    temperature: float = field(default=4.0, metadata={"help": "KD temperature T (the KL is scaled "
-                                                               "by T^2); 4 in the benchmark"})
+    teacher: str = param("", "the teachers: entry distilled from (recorded)")
+    alpha: float = param(1.0, "weight of cross-entropy on the labels", low=0)
+    beta: float = param(1.0, "weight of KL to the teacher at temperature T", low=0)
+    gamma: float = param(0.0, "weight of the method's own term", low=0)
+    temperature: float = param(4.0, "KD temperature T (the KL is scaled by T^2); 4 in the benchmark",
+                               above=0)
 
-    def validate(self) -> None:
-        super().validate()
-        for name in ("alpha", "beta", "gamma"):
-            positive(name, getattr(self, name), allow_zero=True)
-        positive("temperature", self.temperature)
+
+@dataclass
+class DistillInputs(LabelledInputs):
+    teacher: Teacher                # the frozen teacher (not a submodule: never trained or saved)
 
 
 class Distiller(Supervised):
     """Supervised training of the student plus a frozen teacher's guidance."""
 
+    role = "distiller"
+    section = "distill"
+    stage = "distill"
     label = "Distiller"
+    Inputs = DistillInputs
     Params = DistillParams
-    stage_inputs = ("teacher",)
 
-    def __init__(self, params, backbone, context):
-        super().__init__(params, backbone, context)
-        teacher = context["teacher"]
+    def __init__(self, params, backbone, inputs: DistillInputs):
+        super().__init__(params, backbone, inputs)
+        teacher = inputs.teacher
         object.__setattr__(self, "teacher", teacher)      # not a submodule: frozen, never saved
         self.check_pair(params, backbone, teacher.backbone)
-        self.build_extras(backbone.channels, teacher.backbone.channels, context)
+        self.build_extras(backbone.channels, teacher.backbone.channels, inputs)
 
     @classmethod
     def check_pair(cls, params: DistillParams, student: Backbone, teacher: Backbone) -> None:
         """Raise ValueError if this method cannot pair these two networks (check_params calls
         it before any training). Default: any pair."""
 
-    def build_extras(self, student_channels: list[int], teacher_channels: list[int], context: dict) -> None:
+    def build_extras(self, student_channels: list[int], teacher_channels: list[int],
+                     inputs: DistillInputs) -> None:
         """Create the method's trainable modules (adapters, heads, memory). Default: none."""
 
     def method_loss(self, student: Outputs, teacher: Outputs, labels: torch.Tensor,
