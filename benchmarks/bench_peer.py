@@ -97,7 +97,7 @@ Commands (from the repository root):
         --workers 1 --json docs/results/peer-budget/result.json      # the record: ~95 min
     .venv/bin/python -m benchmarks.bench_peer --venv /tmp/peer-venv ...   # keep the env
 Data: default `--source imagefolder --root ../shared/datasets/cifar10-jpeg.tar.gz` (the
-CIFAR-10 JPEG tarball beside the project, read by `bowflow.datasets.load_source`,
+CIFAR-10 JPEG tarball beside the project, read by `bowflow.data.sources.load_source`,
 extracted once into the bowflow cache) at --size 32; a missing file stops with a message
 naming it (and `--source digits`, which works anywhere).
 """
@@ -266,7 +266,7 @@ def format_table(rows: dict[str, dict]) -> str:
 
 def load_images(args, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """-> (train uint8 [N, 3, S, S], train labels [N], test uint8 [M, 3, S, S], test labels, what)."""
-    from bowflow.datasets import load_source
+    from bowflow.data.sources import load_source
 
     root = args.root
     if args.source == "imagefolder" and not Path(root).exists():

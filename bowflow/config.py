@@ -24,7 +24,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from bowflow.datasets import TARBALL_SUFFIXES, DataError, check_novel_classes, count_class_images
+from bowflow.data.scan import check_novel_classes, count_class_images
+from bowflow.data.specs import TARBALL_SUFFIXES, DataError
 from bowflow.roles.base import available_methods, get_method
 from bowflow.sections import (DataParams, EvalParams, ParamsError, ReportParams, VocabParams,
                               check_data_needs, load_yaml)
@@ -316,6 +317,11 @@ def check_batches_static(checked: dict) -> None:
                                   f"batch_size <= {cap}")
 
 
+from bowflow.data.scan import check_novel_classes, count_class_images
+from bowflow.data.specs import TARBALL_SUFFIXES, DataError
+from bowflow.roles.base import available_methods, get_method
+from bowflow.sections import (DataParams, EvalParams, ParamsError, ReportParams, VocabParams,
+                              check_data_needs, load_yaml)
 def parent_cycle(generations: dict, start: str) -> str:
     """Why `start`'s parent is not known yet: '; the parents form a cycle a -> b -> a' when
     following parents loops back, '; move 'b' above 'a'' when the parent is defined below."""

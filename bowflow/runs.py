@@ -6,7 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 
-from bowflow.datasets import load_labelled_split, load_ssl_split
+from bowflow.data.prepared import load_labelled_split, load_ssl_split
 from bowflow.io import write_csv, write_json
 from bowflow.roles.base import get_method
 from bowflow.roles.base import TrainParams

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bowflow.checks import fraction, positive
-from bowflow.datasets import DIGITS_CLASSES, SOURCES
+from bowflow.data.specs import DIGITS_CLASSES, SOURCES
 
 
 @dataclass
@@ -147,7 +147,7 @@ def check_data_needs(needs: dict, counts: dict[str, dict[str, int]], base: list[
     asks: few-shot episodes over the novel classes, and each pool's largest batch at most
     the images that pool trains on. counts: {split: {class name: images}} (the prepared
     manifest's `counts`); base/novel: the class lists; ssl_classes and ssl_max_images: the
-    data section's (they decide the SSL rows, as `datasets.ssl_rows` does); `where` names
+    data section's (they decide the SSL rows, as `data.prepared.ssl_rows` does); `where` names
     the data in the message."""
     few = needs["few_shot"]
     try:

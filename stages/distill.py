@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bowflow.cli import parse_method_section
-from bowflow.datasets import load_labelled_split
+from bowflow.data.prepared import load_labelled_split
 from bowflow.roles.distiller import load_teacher
 from bowflow.roles.base import get_method
 from bowflow.models import classifier_top1, load_classifier, load_model

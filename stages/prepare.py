@@ -22,7 +22,10 @@ import numpy as np
 
 from bowflow.cli import parse_section
 from bowflow.sections import DataParams, ParamsError, check_data_needs, read_data_needs
-from bowflow.datasets import DataError, base_novel_split, load_source, write_prepared
+from bowflow.data.sources import load_source
+from bowflow.data.specs import DataError
+from bowflow.data.splits import base_novel_split
+from bowflow.data.write import write_prepared
 from bowflow.runtime import StageClock, log
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from bowflow import report
 from bowflow.cli import parse_section
 from bowflow.sections import ReportParams
+from bowflow.data.prepared import load_ssl_images
 from bowflow.io import load_torch, write_csv
-from bowflow.datasets import load_ssl_images
 
 
 def paths(parser):

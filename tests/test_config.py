@@ -149,10 +149,10 @@ def test_command_line_check_exits_nonzero(tmp_path, params):
 
 
 def test_sources_are_defined_once():
-    """config validates data.source against the list datasets.load_source serves."""
+    """config validates data.source against the list data.sources.load_source serves."""
     import bowflow.config
-    import bowflow.datasets
-    assert bowflow.config.SOURCES is bowflow.datasets.SOURCES
+    import bowflow.data.sources
+    assert bowflow.config.SOURCES is bowflow.data.sources.SOURCES
 
 
 def test_bad_key_of_a_section_is_named_in_full(params):

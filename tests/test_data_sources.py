@@ -1,4 +1,5 @@
-"""Tests for bowflow.datasets: sources, robustness, Parquet round trip, class splits."""
+"""Tests for the data sources (bowflow.data.sources, image_folder, scan, decode, resize):
+digits, image folders and tarballs, bad input, the process pool."""
 from __future__ import annotations
 
 import tarfile
@@ -6,20 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from bowflow import datasets as D
-from bowflow.datasets import (
-    ImageSet,
-    base_novel_split,
-    load_prepared,
-    load_source,
-    read_manifest,
-    stratified_split,
-    subset_classes,
-    write_prepared,
-)
+from bowflow.data import decode
+from bowflow.data.sources import load_source
 
 REAL_TARBALL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
@@ -92,13 +83,6 @@ def test_digits_deterministic_per_seed():
     assert report["resized"] == 0
 
 
-def test_stratified_split_keeps_a_training_row():
-    labels = np.array([0] * 10 + [1] * 2 + [2])
-    train, test = stratified_split(labels, 0.3, seed=0)
-    assert sorted(np.concatenate([train, test]).tolist()) == list(range(13))
-    assert np.bincount(labels[test], minlength=3).tolist() == [3, 1, 0]
-
-
 # --------------------------------------------------------------------------------------
 # imagefolder
 
@@ -150,8 +134,8 @@ def test_imagefolder_class_folders_split(tmp_path):
 def test_imagefolder_process_pool_matches_serial(tmp_path, monkeypatch):
     root = _class_tree(tmp_path / "flat", per_class=6)
     serial, _, _ = load_source("imagefolder", str(root), image_size=8, test_fraction=0.5)
-    monkeypatch.setattr(D, "_MIN_FILES_FOR_POOL", 0)
-    monkeypatch.setattr(D, "_DECODE_CHUNK", 4)
+    monkeypatch.setattr(decode, "_MIN_FILES_FOR_POOL", 0)
+    monkeypatch.setattr(decode, "_DECODE_CHUNK", 4)
     pooled, _, _ = load_source("imagefolder", str(root), image_size=8, test_fraction=0.5)
     assert np.array_equal(serial.images, pooled.images) and serial.paths == pooled.paths
 
@@ -202,72 +186,6 @@ def test_cifar10_missing_without_download(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"data\.download: true") as info:
         load_source("cifar10", str(tmp_path / "empty"), download=False)
     assert str(tmp_path / "empty") in str(info.value) and "data.root" in str(info.value)
-
-
-# --------------------------------------------------------------------------------------
-# Parquet round trip, class splits
-
-
-def test_parquet_round_trip_and_stable_manifest(tmp_path):
-    train, test, report = load_source("digits", image_size=12, test_fraction=0.2, seed=0)
-    base, novel = base_novel_split(train.class_names, ["9", "7"])
-    manifests = [write_prepared(tmp_path / d, train, test, base, novel, report, {"name": "digits"})
-                 for d in ("one", "two")]
-    assert manifests[0] == manifests[1]
-    assert (tmp_path / "one/manifest.json").read_bytes() == (tmp_path / "two/manifest.json").read_bytes()
-    m = read_manifest(tmp_path / "one")
-    assert m["image_size"] == [12, 12, 3] and m["novel_classes"] == ["7", "9"]
-    assert m["totals"] == {"train": len(train), "test": len(test)}
-    assert sum(m["counts"]["test"].values()) == len(test)
-    assert m["content_hash"].startswith("sha256:") and "timing" not in m["report"]
-    for split, s in (("train", train), ("test", test)):
-        d = load_prepared(tmp_path / "one", split)
-        assert d["images"].dtype == torch.uint8 and d["images"].is_contiguous()
-        assert d["images"].shape == (len(s), 3, 12, 12)
-        assert np.array_equal(d["images"].permute(0, 2, 3, 1).numpy(), s.images)
-        assert d["labels"].dtype == torch.int64 and np.array_equal(d["labels"].numpy(), s.labels)
-        assert d["class_names"] == s.class_names
-
-
-def test_parquet_many_row_groups_and_empty_split(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "_PARQUET_GROUP_BYTES", 1000)               # ~1 image per group
-    rng = np.random.default_rng(0)
-    names = ["x", "y", "z"]
-    train = ImageSet(rng.integers(0, 256, (7, 10, 10, 3), dtype=np.uint8),
-                     np.array([0, 1, 2, 0, 1, 2, 0]), names, [f"f{i}" for i in range(7)])
-    test = ImageSet(np.zeros((0, 10, 10, 3), np.uint8), np.zeros(0, np.int64), names, [])
-    m = write_prepared(tmp_path, train, test, ["x"], ["y", "z"], {"warnings": []}, {})
-    assert m["counts"]["test"] == {"x": 0, "y": 0, "z": 0}
-    d = load_prepared(tmp_path, "train")
-    assert np.array_equal(d["images"].permute(0, 2, 3, 1).numpy(), train.images)
-    assert load_prepared(tmp_path, "test")["images"].shape == (0, 3, 10, 10)
-    with pytest.raises(ValueError, match="split"):
-        load_prepared(tmp_path, "val")
-
-
-def test_base_novel_split_rules():
-    names = ["a", "b", "c", "d"]
-    assert base_novel_split(names, ["d", "b"]) == (["a", "c"], ["b", "d"])
-    with pytest.raises(ValueError, match=r"\['q'\].*available classes: \['a', 'b', 'c', 'd'\]"):
-        base_novel_split(names, ["a", "q"])
-    with pytest.raises(ValueError, match="at least 2 novel"):
-        base_novel_split(names, ["a"])
-    with pytest.raises(ValueError, match="no base class"):
-        base_novel_split(names, names)
-    with pytest.raises(ValueError, match="strings"):
-        base_novel_split(["0", "1", "2"], [1, 2])
-
-
-def test_subset_classes_numpy_and_torch():
-    names = ["a", "b", "c"]
-    labels = np.array([0, 1, 2, 1, 0])
-    images = np.arange(5)[:, None]
-    sub_images, sub_labels = subset_classes(images, labels, names, ["b", "c"])
-    assert sub_labels.tolist() == [1, 2, 1] and sub_images[:, 0].tolist() == [1, 2, 3]
-    t_images, t_labels = subset_classes(torch.from_numpy(images), torch.from_numpy(labels), names, ["a"])
-    assert t_labels.tolist() == [0, 0] and t_images[:, 0].tolist() == [0, 4]
-    with pytest.raises(ValueError, match="unknown"):
-        subset_classes(images, labels, names, ["z"])
 
 
 # --------------------------------------------------------------------------------------
