@@ -57,12 +57,12 @@ import time
 import torch
 
 from bowflow import compute
-from bowflow.roles.base import get_method
 from bowflow.methods.bownet import BoWNetParams
 from bowflow.methods.rotnet import RotNetParams
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
 from bowflow.optim import build_optimizer
+from bowflow.roles.base import get_method
 from bowflow.train import autocast_context
 
 # name -> (bf16, channels_last, compile, oneDNN on)

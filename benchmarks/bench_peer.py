@@ -304,8 +304,8 @@ def train_ours(images: torch.Tensor, normalizer, init_state: dict, args, seed: i
     """bowflow's BYOL through bowflow.train.train until its measured training time reaches
     args.seconds (benchmarks.peer_budget.EpochBudget; module docstring: the budget)."""
     from bowflow.io import load_torch
-    from bowflow.roles.base import get_method
     from bowflow.networks import build_backbone
+    from bowflow.roles.base import get_method
     from bowflow.runtime import seed_everything
     from bowflow.train import train
 

@@ -91,18 +91,3 @@ def parse_section(cls: type, argv: list[str] | None = None, description: str = "
         except ValueError as error:
             parser.error(str(error))
     return section, namespace
-
-
-def parse_method_section(argv: list[str] | None, description: str,
-                         extra: typing.Callable[[argparse.ArgumentParser], None]):
-    """Like `parse_section`, with the dataclass chosen by the `--method` flag's value."""
-    from bowflow.roles.base import get_method
-
-    peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--method", required=True)
-    known, _ = peek.parse_known_args(argv)
-    try:
-        params_cls = get_method(known.method).Params
-    except ValueError as error:
-        raise SystemExit(f"--method: {error}")
-    return parse_section(params_cls, argv, description, extra)

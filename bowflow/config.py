@@ -26,11 +26,10 @@ from typing import Any
 
 from bowflow.data.scan import check_novel_classes, count_class_images
 from bowflow.data.specs import TARBALL_SUFFIXES, DataError
+from bowflow.networks import build_backbone
 from bowflow.roles.base import available_methods, get_method
 from bowflow.sections import (DataParams, EvalParams, ParamsError, ReportParams, VocabParams,
                               check_data_needs, load_yaml)
-from bowflow.networks import build_backbone
-
 
 # ---------------------------------------------------------------------------- params.yaml
 
@@ -317,11 +316,6 @@ def check_batches_static(checked: dict) -> None:
                                   f"batch_size <= {cap}")
 
 
-from bowflow.data.scan import check_novel_classes, count_class_images
-from bowflow.data.specs import TARBALL_SUFFIXES, DataError
-from bowflow.roles.base import available_methods, get_method
-from bowflow.sections import (DataParams, EvalParams, ParamsError, ReportParams, VocabParams,
-                              check_data_needs, load_yaml)
 def parent_cycle(generations: dict, start: str) -> str:
     """Why `start`'s parent is not known yet: '; the parents form a cycle a -> b -> a' when
     following parents loops back, '; move 'b' above 'a'' when the parent is defined below."""

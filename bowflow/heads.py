@@ -17,7 +17,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
 # ---------------------------------------------------------------- embedding heads of the distillers (CC, CRD)
 
 def global_pool(x: torch.Tensor) -> torch.Tensor:

@@ -2,18 +2,19 @@
 fresh backbone, training it with checkpoints, and writing the model, metrics and curve."""
 from __future__ import annotations
 
+import argparse
+import typing
 from dataclasses import asdict
 from pathlib import Path
 
-
+from bowflow.cli import parse_section
+from bowflow.compute import decide_compute
 from bowflow.data.prepared import load_labelled_split, load_ssl_split
 from bowflow.io import write_csv, write_json
-from bowflow.roles.base import get_method
-from bowflow.roles.base import TrainParams
 from bowflow.models import Normalizer, save_model
 from bowflow.networks import build_backbone, count_parameters
+from bowflow.roles.base import TrainParams, get_method
 from bowflow.runtime import StageClock, configure_threads, log, resolve_device, seed_everything
-from bowflow.compute import decide_compute
 from bowflow.train import TrainingFailed, fingerprint, train
 
 
@@ -100,3 +101,17 @@ def run_training(params: TrainParams, prepared: str | Path, out_model: Path, met
     write_json(metrics_path, metrics)
     checkpoint.unlink(missing_ok=True)
     return metrics
+
+
+def parse_method_section(argv: list[str] | None, description: str,
+                         extra: typing.Callable[[argparse.ArgumentParser], None]):
+    """Like `bowflow.cli.parse_section`, with the dataclass chosen by the `--method` flag's
+    value (a training stage's flags)."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--method", required=True)
+    known, _ = peek.parse_known_args(argv)
+    try:
+        params_cls = get_method(known.method).Params
+    except ValueError as error:
+        raise SystemExit(f"--method: {error}")
+    return parse_section(params_cls, argv, description, extra)

@@ -10,7 +10,7 @@ Optimisation: the method's parameter groups (`Method.optimizer_groups`) under th
 optimizer `params.optimizer` names (SGD Nesterov by default, LARS, AdamW), linear warm-up
 then cosine decay to 0 stepped per iteration, optional gradient clipping (global, or per
 parameter tensor where the method's params say `clip_grad_per_parameter`), and the
-method's hooks before and after each optimizer step (bowflow.methods.base).
+method's hooks before and after each optimizer step (bowflow.roles.base).
 
 Failure: a non-finite loss, or an epoch whose `embedding_std` falls below
 `params.collapse_std`, stops training with a `TrainingFailed` naming the run, the epoch
@@ -28,8 +28,8 @@ import torch
 from tqdm import tqdm
 
 from bowflow.io import load_torch, save_torch
-from bowflow.roles.base import Method, TrainParams
 from bowflow.optim import build_optimizer, clip_gradients, learning_rate, set_learning_rate
+from bowflow.roles.base import Method, TrainParams
 from bowflow.runtime import log
 
 

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bowflow.cli import parse_method_section
 from bowflow.data.prepared import load_labelled_split
-from bowflow.roles.distiller import load_teacher
-from bowflow.roles.base import get_method
+from bowflow.frozen_teacher import load_teacher
 from bowflow.models import classifier_top1, load_classifier, load_model
-from bowflow.runs import add_training_arguments, check_stage, run_training
+from bowflow.roles.base import get_method
+from bowflow.runs import add_training_arguments, check_stage, parse_method_section, run_training
 from bowflow.runtime import resolve_device
 
 

@@ -17,12 +17,12 @@ import torch
 
 from bowflow import evaluation
 from bowflow.cli import parse_section
-from bowflow.sections import EvalParams
 from bowflow.data.prepared import load_prepared, read_manifest
 from bowflow.io import write_json
 from bowflow.models import load_model, pooled_features
 from bowflow.networks import count_parameters
 from bowflow.runtime import StageClock, log, resolve_device, seed_everything
+from bowflow.sections import EvalParams
 
 
 def paths(parser):

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from bowflow.cli import parse_section
-from bowflow.sections import DataParams, ParamsError, check_data_needs, read_data_needs
 from bowflow.data.sources import load_source
 from bowflow.data.specs import DataError
 from bowflow.data.splits import base_novel_split
 from bowflow.data.write import write_prepared
 from bowflow.runtime import StageClock, log
+from bowflow.sections import DataParams, ParamsError, check_data_needs, read_data_needs
 
 
 def paths(parser):

@@ -10,8 +10,7 @@ The run's name is its model's folder (`data/models/<name>/model.pt`).
 """
 from __future__ import annotations
 
-from bowflow.cli import parse_method_section
-from bowflow.runs import add_training_arguments, check_stage, run_training
+from bowflow.runs import add_training_arguments, check_stage, parse_method_section, run_training
 
 
 def main(argv=None):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from bowflow import report
 from bowflow.cli import parse_section
-from bowflow.sections import ReportParams
 from bowflow.data.prepared import load_ssl_images
 from bowflow.io import load_torch, write_csv
+from bowflow.sections import ReportParams
 
 
 def paths(parser):

@@ -10,9 +10,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from bowflow.cli import parse_method_section
 from bowflow.io import load_torch
-from bowflow.runs import add_training_arguments, check_stage, run_training
+from bowflow.runs import add_training_arguments, check_stage, parse_method_section, run_training
 from bowflow.train import fingerprint
 
 

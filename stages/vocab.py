@@ -15,12 +15,12 @@ import torch
 
 from bowflow import bow
 from bowflow.cli import parse_section
-from bowflow.sections import VocabParams
 from bowflow.data.prepared import load_ssl_images
 from bowflow.io import save_torch, write_json
 from bowflow.models import load_model
 from bowflow.networks import count_parameters
 from bowflow.runtime import StageClock, log, resolve_device, seed_everything
+from bowflow.sections import VocabParams
 
 
 def paths(parser):

@@ -18,7 +18,7 @@ PACKAGES = ("bowflow", "stages")
 
 
 def module_file(module: str) -> Path | None:
-    """'bowflow.methods.base' -> bowflow/methods/base.py (or the package's __init__.py)."""
+    """'bowflow.roles.base' -> bowflow/roles/base.py (or the package's __init__.py)."""
     path = ROOT.joinpath(*module.split("."))
     if path.with_suffix(".py").is_file():
         return path.with_suffix(".py")

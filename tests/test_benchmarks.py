@@ -3,16 +3,15 @@ that bench_compute --save writes (the rest of the compute choice: tests/test_com
 No timing is asserted anywhere."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 from bowflow import compute
-from bowflow.roles.base import get_method
 from bowflow.methods.bownet import BoWNetParams
 from bowflow.methods.rotnet import RotNetParams
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
+from bowflow.roles.base import get_method
 from bowflow.train import autocast_context
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from dvc.parsing.interpolate import to_str
 
-from bowflow.cli import parse_method_section, parse_section, render_args
+from bowflow.cli import parse_section, render_args
+from bowflow.runs import parse_method_section
 from bowflow.sections import DataParams, EvalParams, load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent

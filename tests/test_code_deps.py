@@ -11,12 +11,12 @@ import re
 import tempfile
 from pathlib import Path
 
+from code_deps import ROOT, closure
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
+from tiny_params import make_project, tiny_params
 
 from bowflow.roles.base import available_methods
-from code_deps import ROOT, closure
-from tiny_params import make_project, tiny_params
 
 CODE_FOLDERS = ("bowflow", "stages")
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from bowflow.heads import EmbedHead
 from bowflow.methods.at import attention_loss
 from bowflow.methods.cc import cc_loss
@@ -19,7 +20,6 @@ from bowflow.methods.simclr import nt_xent
 from bowflow.methods.sp import similarity_loss
 from bowflow.methods.vid import VIDRegressor, vid_loss
 from bowflow.roles.distiller import kd_loss, match_spatial
-
 
 
 def randn(*shape, seed=0):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from bowflow.losses import embedding_std, perplexity, update_queue
 from bowflow.methods.barlow_twins import barlow_twins_loss
 from bowflow.methods.byol import byol_loss
@@ -14,7 +15,6 @@ from bowflow.methods.obow import kl_to_target, obow_bow_targets, obow_loss, soft
 from bowflow.methods.simclr import nt_xent
 from bowflow.methods.simsiam import simsiam_loss
 from bowflow.methods.swav import sinkhorn, swav_loss
-
 
 
 def randn(*shape, seed=0):
@@ -595,9 +595,9 @@ def test_rotnet_step_matches_gidariss_feature_learning_rotnet():
     ClassificationModel: nn.CrossEntropyLoss on the 4-way head. Our step must give the same
     loss from the same crop-and-flip (BN over the same 4B inputs, in another order)."""
     from bowflow import augment
-    from bowflow.roles.base import get_method
     from bowflow.models import Normalizer
     from bowflow.networks import build_backbone
+    from bowflow.roles.base import get_method
 
     images = torch.randint(0, 256, (6, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     cls = get_method("rotnet")

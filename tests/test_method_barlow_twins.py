@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from bowflow.methods.barlow_twins import barlow_twins_loss
-from bowflow.roles.base import get_method
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
 from bowflow.optim import build_optimizer
+from bowflow.roles.base import get_method
 
 Method = get_method("barlow_twins")
 

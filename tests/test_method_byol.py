@@ -8,16 +8,15 @@ tau(k) = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2; loss = sum over the two view
 import math
 
 import pytest
+import test_method_learning as learning
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from test_method_learning import control, task  # noqa: F401  (fixtures of the learning test)
 
-from bowflow.roles.base import get_method
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
-
-import test_method_learning as learning
-from test_method_learning import control, task  # noqa: F401  (fixtures of the learning test)
+from bowflow.roles.base import get_method
 
 WIDTH, HIDDEN, OUT, BATCH = 4, 24, 12, 8
 

@@ -16,10 +16,10 @@ import math
 import pytest
 import torch
 
-from bowflow.roles.distiller import Teacher
-from bowflow.roles.base import available_methods, get_method
+from bowflow.frozen_teacher import Teacher
 from bowflow.models import Normalizer, load_classifier, load_model, save_model
 from bowflow.networks import build_backbone
+from bowflow.roles.base import available_methods, get_method
 from bowflow.train import train
 from stages import distill, evaluate, prepare
 

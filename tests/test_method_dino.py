@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from bowflow.heads import cosine_momentum
-from bowflow.roles.base import get_method
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
 from bowflow.optim import clip_gradients
+from bowflow.roles.base import get_method
 from bowflow.train import train
 
 

@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from synthetic_shapes import IMAGE_SIZE, NUM_CLASSES, shapes
 
 from bowflow import bow
-from bowflow.roles.distiller import Teacher
 from bowflow.evaluation import knn_accuracy
-from bowflow.roles.base import available_methods, get_method
+from bowflow.frozen_teacher import Teacher
 from bowflow.models import Normalizer, classifier_top1, pooled_features
 from bowflow.networks import build_backbone
+from bowflow.roles.base import available_methods, get_method
 from bowflow.train import train
-from synthetic_shapes import IMAGE_SIZE, NUM_CLASSES, shapes
 
 pytestmark = pytest.mark.slow
 

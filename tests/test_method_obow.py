@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from bowflow.heads import cosine_momentum
-from bowflow.roles.base import get_method
 from bowflow.methods.obow import grid_cells
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
+from bowflow.roles.base import get_method
 
 
 def build(size=16, batch=8, **overrides):

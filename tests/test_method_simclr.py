@@ -4,9 +4,9 @@ import torch
 
 from bowflow.methods import simclr
 from bowflow.methods.simclr import nt_xent
-from bowflow.roles.base import get_method
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
+from bowflow.roles.base import get_method
 
 Method = get_method("simclr")
 

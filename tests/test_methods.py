@@ -1,9 +1,9 @@
 """Methods plug into the shared trainer through the registry."""
 import torch
 
-from bowflow.roles.base import available_methods, get_method
 from bowflow.models import Normalizer
 from bowflow.networks import ARCHITECTURES, build_backbone
+from bowflow.roles.base import available_methods, get_method
 from bowflow.train import train
 
 

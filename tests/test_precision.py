@@ -15,15 +15,14 @@ import json
 
 import pytest
 import torch
+from test_method_contract import METHODS, build, data
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bowflow import bow, evaluation
-from bowflow.roles.base import get_method
 from bowflow.models import Normalizer, pooled_features, save_model
 from bowflow.networks import build_backbone
+from bowflow.roles.base import get_method
 from bowflow.train import autocast_context, train
-
-from test_method_contract import METHODS, build, data
 
 # aten ops that must never see a bf16 tensor inside a training step (overload packet names)
 SENSITIVE = {"_softmax", "_log_softmax", "_softmax_backward_data", "_log_softmax_backward_data",
@@ -175,5 +174,5 @@ def test_bench_precision_smoke(capsys):
     knn = result["summary"]["bf16-channels-last+bf16-softmax"]["knn"]
     assert knn["diff_mean"] == pytest.approx(rows["bf16-channels-last+bf16-softmax"]["knn"]
                                              - rows["default"]["knn"], abs=1e-3)
-    import bowflow.methods.bownet as bownet            # the unguarded loss was put back
+    import bowflow.methods.bownet as bownet  # the unguarded loss was put back
     assert hasattr(bownet.soft_cross_entropy, "__wrapped__")

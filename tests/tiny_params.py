@@ -4,14 +4,13 @@ import copy
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
-from dataclasses import asdict
-
-from bowflow.sections import load_yaml
-from bowflow.roles.base import available_methods, get_method
-
 import yaml_writer
+
+from bowflow.roles.base import available_methods, get_method
+from bowflow.sections import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_FILES = ["bin", "bowflow", "stages", "workflow", "dvc.yaml", ".dvc/config", ".dvcignore"]

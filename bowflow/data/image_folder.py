@@ -28,8 +28,8 @@ from tqdm import tqdm
 from bowflow.data.decode import decode_files
 from bowflow.data.image_set import ImageSet
 from bowflow.data.resize import note_sizes
-from bowflow.data.scan import (SPLIT_FOLDERS, check_novel_classes, class_counts, scan_tree,
-                               single_top_folder, text_name)
+from bowflow.data.scan import (SPLIT_FOLDERS, check_novel_classes, class_counts, scan_tree, single_top_folder,
+                               text_name)
 from bowflow.data.specs import TARBALL_SUFFIXES, DataError, DataNotFoundError, check_fraction, warn
 from bowflow.data.splits import stratified_split
 

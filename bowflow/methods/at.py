@@ -7,14 +7,14 @@ gamma = 1000, the distillation benchmark's weight.
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
-import torch
 from dataclasses import dataclass, field
 
-from bowflow.losses import float32
-from bowflow.roles.distiller import DistillParams, Distiller, check_same_stages, match_spatial
-from bowflow.roles.base import register_method
+import torch
+import torch.nn.functional as F
 
+from bowflow.losses import float32
+from bowflow.roles.base import register_method
+from bowflow.roles.distiller import Distiller, DistillParams, check_same_stages, match_spatial
 
 # ---------------------------------------------------------------- loss
 

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bowflow.losses import embedding_std, float32
 from bowflow import augment
-from bowflow.heads import mlp
 from bowflow.checks import fraction, positive
+from bowflow.heads import mlp
+from bowflow.losses import embedding_std, float32
+from bowflow.optim import default_groups
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
-from bowflow.optim import default_groups
-
 
 # ---------------------------------------------------------------- loss
 

@@ -15,17 +15,16 @@ Logged: loss, embedding_std (online projections z), momentum (tau of the EMA), a
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
-from bowflow.losses import embedding_std, float32
 from bowflow import augment, heads
 from bowflow.checks import fraction, positive
+from bowflow.losses import embedding_std, float32
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
-
 
 # ---------------------------------------------------------------- loss
 

@@ -11,15 +11,15 @@ parameters of the run (counted in its parameters, not in the exported student).
 """
 from __future__ import annotations
 
-import torch
 from dataclasses import dataclass, field
 
-from bowflow.losses import float32
-from bowflow.heads import EmbedHead
-from bowflow.roles.distiller import DistillParams, Distiller
-from bowflow.checks import positive
-from bowflow.roles.base import register_method
+import torch
 
+from bowflow.checks import positive
+from bowflow.heads import EmbedHead
+from bowflow.losses import float32
+from bowflow.roles.base import register_method
+from bowflow.roles.distiller import Distiller, DistillParams
 
 # ---------------------------------------------------------------- loss
 

@@ -11,19 +11,18 @@ benchmark's weight.
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
 import math
-from torch import nn
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from bowflow.losses import float32
-from bowflow.heads import EmbedHead
-from bowflow.roles.distiller import DistillParams, Distiller
 from bowflow.checks import positive
+from bowflow.heads import EmbedHead
+from bowflow.losses import float32
 from bowflow.roles.base import register_method
-
+from bowflow.roles.distiller import Distiller, DistillParams
 
 # ---------------------------------------------------------------- loss
 

@@ -9,15 +9,15 @@ distillation benchmark's weight. hint_stage = stage2 is the benchmark's hint lay
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import nn
-import torch
 from dataclasses import dataclass, field
 
-from bowflow.losses import float32
-from bowflow.roles.distiller import DistillParams, Distiller
-from bowflow.roles.base import register_method
+import torch
+import torch.nn.functional as F
+from torch import nn
 
+from bowflow.losses import float32
+from bowflow.roles.base import register_method
+from bowflow.roles.distiller import Distiller, DistillParams
 
 # ---------------------------------------------------------------- loss
 

@@ -11,18 +11,17 @@ on CRD's) keeps. Trainable extras: L + 1 rescalers (the talk counts them as para
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from bowflow.checks import positive
 from bowflow.heads import global_pool
 from bowflow.losses import float32
-from bowflow.roles.distiller import DistillParams, Distiller
-from bowflow.checks import positive
 from bowflow.roles.base import register_method
-
+from bowflow.roles.distiller import Distiller, DistillParams
 
 # ---------------------------------------------------------------- loss
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bowflow.roles.distiller import DistillParams, Distiller
 from bowflow.roles.base import register_method
+from bowflow.roles.distiller import Distiller, DistillParams
 
 
 @dataclass

@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bowflow.losses import embedding_std, float32, update_queue
 from bowflow import augment
-from bowflow.heads import ema_update, frozen_copy, mlp
 from bowflow.checks import fraction, positive
+from bowflow.heads import ema_update, frozen_copy, mlp
+from bowflow.losses import embedding_std, float32, update_queue
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
-
 
 # ---------------------------------------------------------------- loss
 

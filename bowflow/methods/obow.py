@@ -32,13 +32,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bowflow.losses import embedding_std, float32, perplexity, update_queue
 from bowflow import augment
-from bowflow.heads import cosine_momentum, ema_update, frozen_copy
 from bowflow.checks import fraction, positive
+from bowflow.heads import cosine_momentum, ema_update, frozen_copy
+from bowflow.losses import embedding_std, float32, perplexity, update_queue
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
-
 
 # ---------------------------------------------------------------- loss
 

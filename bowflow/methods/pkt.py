@@ -7,14 +7,14 @@ over B^2 entries, hence the large weight).
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
-import torch
 from dataclasses import dataclass, field
 
-from bowflow.losses import float32
-from bowflow.roles.distiller import DistillParams, Distiller
-from bowflow.roles.base import register_method
+import torch
+import torch.nn.functional as F
 
+from bowflow.losses import float32
+from bowflow.roles.base import register_method
+from bowflow.roles.distiller import Distiller, DistillParams
 
 # ---------------------------------------------------------------- loss
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 from bowflow import augment
 from bowflow.losses import embedding_std
 from bowflow.roles.base import TrainParams, register_method

@@ -14,18 +14,17 @@ spread measure on the predictor output (the paper's collapse plot is the std of 
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
-from bowflow.losses import embedding_std, float32
 from bowflow import augment, heads
 from bowflow.checks import fraction, positive
+from bowflow.losses import embedding_std, float32
+from bowflow.optim import default_groups
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
-from bowflow.optim import default_groups
-
 
 # ---------------------------------------------------------------- loss
 

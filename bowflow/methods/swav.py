@@ -24,13 +24,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bowflow.losses import embedding_std, float32, perplexity
 from bowflow import augment
-from bowflow.heads import mlp
 from bowflow.checks import fraction, positive
+from bowflow.heads import mlp
+from bowflow.losses import embedding_std, float32, perplexity
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
-
 
 # ---------------------------------------------------------------- loss
 

@@ -9,17 +9,16 @@ the benchmark's weight. Both networks must have the same number of stages.
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
 import math
-import torch
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from bowflow.losses import float32
-from bowflow.roles.distiller import DistillParams, Distiller, check_same_stages, match_spatial
 from bowflow.roles.base import register_method
-
+from bowflow.roles.distiller import Distiller, DistillParams, check_same_stages, match_spatial
 
 # ---------------------------------------------------------------- loss
 

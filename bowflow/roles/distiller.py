@@ -14,19 +14,16 @@ checkpoints or the exported model); the model file records only its name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from bowflow.losses import float32
 from bowflow import augment
 from bowflow.checks import param
-from bowflow.roles.supervised import LabelledInputs, Supervised, SupervisedParams
-from bowflow.models import Normalizer, load_classifier, load_model
+from bowflow.frozen_teacher import Outputs, Teacher
+from bowflow.losses import float32
 from bowflow.networks import Backbone
-
+from bowflow.roles.supervised import LabelledInputs, Supervised, SupervisedParams
 
 # ---------------------------------------------------------------- shared by the distillers
 
@@ -53,36 +50,6 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     log_student = F.log_softmax(student_logits / temperature, dim=1)
     kl = (torch.xlogy(target, target) - target * log_student).sum(dim=1).mean()
     return kl * temperature ** 2
-
-
-@dataclass
-class Outputs:
-    """One network's outputs on a batch of B images."""
-
-    maps: list[torch.Tensor]        # stage maps [B, C_i, H_i, W_i]: the benchmark's feat[1:-1]
-    pooled: torch.Tensor            # pre-logit feature [B, C]: the benchmark's feat[-1]
-    logits: torch.Tensor            # [B, K]
-
-
-class Teacher:
-    """A frozen supervised model: backbone + classifier in eval mode, no gradients."""
-
-    def __init__(self, backbone: Backbone, normalizer: Normalizer, classifier: nn.Linear, name: str = ""):
-        self.backbone, self.normalizer, self.classifier, self.name = backbone, normalizer, classifier, name
-        for module in (backbone, classifier):
-            module.eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> Outputs:
-        """x float [B, 3, H, W] in [0, 1] (the student's augmented batch) -> Outputs."""
-        maps, pooled = self.backbone.distill_features(self.normalizer.normalize(x))
-        return Outputs(maps, pooled, self.classifier(pooled))
-
-
-def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> Teacher:
-    """The teacher a distillation run names, from its model file (a supervised run's)."""
-    backbone, normalizer, record = load_model(path, device)
-    return Teacher(backbone, normalizer, load_classifier(record, path).to(device), record.get("name", ""))
 
 
 def check_same_stages(method: str, student_channels: list[int], teacher_channels: list[int]) -> None:
