@@ -31,22 +31,28 @@ def param(default: Any, help: str = "", *, above: float | None = None, low: floa
     return field(default=default, metadata=metadata)
 
 
+def bounds_text(meta: dict) -> str:
+    """'> 0', '>= 0', 'in [0, 1]', 'in (0, 1)' ... for the bounds in `meta`."""
+    low = ("(", meta["above"]) if "above" in meta else ("[", meta["low"]) if "low" in meta else None
+    high = (")", meta["below"]) if "below" in meta else ("]", meta["high"]) if "high" in meta else None
+    if low and high:
+        return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
+    if low:
+        return f"{'>' if low[0] == '(' else '>='} {low[1]}"
+    return f"{'<' if high[0] == ')' else '<='} {high[1]}"
+
+
 def check_value(name: str, value: Any, meta: dict) -> None:
     """Raise ValueError naming `name` if `value` breaks the constraint in `meta`."""
     if "choices" in meta and value not in meta["choices"]:
         raise ValueError(f"{name} must be one of {list(meta['choices'])}, got {value!r}")
-    items = value if isinstance(value, list) else [value]
-    for item in items:
+    for item in value if isinstance(value, list) else [value]:
         if not isinstance(item, (int, float)) or isinstance(item, bool):
             continue
-        if "above" in meta and not item > meta["above"]:
-            raise ValueError(f"{name} must be > {meta['above']}, got {value}")
-        if "low" in meta and not item >= meta["low"]:
-            raise ValueError(f"{name} must be >= {meta['low']}, got {value}")
-        if "high" in meta and not item <= meta["high"]:
-            raise ValueError(f"{name} must be <= {meta['high']}, got {value}")
-        if "below" in meta and not item < meta["below"]:
-            raise ValueError(f"{name} must be < {meta['below']}, got {value}")
+        if (("above" in meta and not item > meta["above"]) or ("low" in meta and not item >= meta["low"])
+                or ("high" in meta and not item <= meta["high"])
+                or ("below" in meta and not item < meta["below"])):
+            raise ValueError(f"{name} must be {bounds_text(meta)}, got {value}")
 
 
 CONSTRAINTS = ("above", "low", "high", "below", "choices")

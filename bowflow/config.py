@@ -54,8 +54,9 @@ def check_pretrain(pretrain: Any) -> dict:
     for name, section in pretrain.items():
         check_run_name(name, f"pretrain.{name}")
         where = f"pretrain.{name}"
-        checked[name] = check_section(method_params(section, where), section, where)
+        params_cls = method_params(section, where)
         check_role(section["method"], "pretrain", where)
+        checked[name] = check_section(params_cls, section, where)
     return checked
 
 
@@ -137,9 +138,9 @@ def check_generations(generations: Any, pretrain: dict) -> dict:
                               f"generation defined above it (known: {sorted(known)})"
                               + parent_cycle(generations, name))
         vocab = check_section(VocabParams, item["vocab"], f"{where}.vocab")
-        student = check_section(method_params(item["student"], f"{where}.student"), item["student"],
-                                f"{where}.student")
-        check_role(student.method, "generations", f"{where}.student")
+        student_cls = method_params(item["student"], f"{where}.student")
+        check_role(item["student"]["method"], "generations", f"{where}.student")
+        student = check_section(student_cls, item["student"], f"{where}.student")
         checked[name] = {"parent": parent, "vocab": vocab, "student": student}
         known.add(name)
     return checked

@@ -149,10 +149,10 @@ def test_command_line_check_exits_nonzero(tmp_path, params):
 
 
 def test_sources_are_defined_once():
-    """config validates data.source against the list data.sources.load_source serves."""
+    """sections.DataParams validates data.source against the list data.sources.load_source serves."""
     import bowflow.config
     import bowflow.data.sources
-    assert bowflow.config.SOURCES is bowflow.data.sources.SOURCES
+    assert bowflow.sections.SOURCES is bowflow.data.sources.SOURCES
 
 
 def test_bad_key_of_a_section_is_named_in_full(params):
@@ -179,7 +179,7 @@ def test_distillation_runs_are_checked(params):
 
 @pytest.mark.parametrize("changes, expected", [
     ({"teacher": "nobody"}, "distill.run.teacher: 'nobody' is not an entry of teachers:"),
-    ({"method": "byol"}, "distill.run.method: 'byol' is not a distillation method"),
+    ({"method": "byol"}, "distill.run.method: 'byol' is a self-supervised method"),
     ({"method": "at", "arch": "vgg8"}, "at pairs the networks' stages one to one"),
     ({"method": "ifacd", "layers": 4}, "distill.run.layers: layers = 4, but the teacher has only 3 stages"),
     ({"method": "fitnet", "hint_stage": "stage5"}, "distill.run.hint_stage: the student has no stage 'stage5'"),
@@ -192,7 +192,7 @@ def test_bad_distillation_run_is_named(params, changes, expected):
 def test_teacher_must_train_from_labels(params):
     p = distill_params(params)
     p["teachers"]["t56"]["method"] = "kd"
-    assert "teachers.t56.method: 'kd' does not train from labels alone" in error_of(p)
+    assert "teachers.t56.method: 'kd' is a distillation method (learns from a teacher), so its runs belong in distill:" in error_of(p)
     p = distill_params(params)
     p["distill"]["g1"] = p["distill"].pop("run")
     assert "distill.g1: 'g1' is already the name of another run" in error_of(p)
@@ -245,3 +245,15 @@ def test_data_needs_name_the_first_largest_batch(params):
     more["generations"]["g2"]["student"] = dict(more["generations"]["g2"]["student"], batch_size=65)
     assert data_needs(validate_params(more))["ssl_batch"] == {"key": "generations.g2.student.batch_size",
                                                               "size": 65}
+
+
+@pytest.mark.parametrize("section, method, role", [
+    ("pretrain", "bownet", "a BoW student"), ("pretrain", "supervised", "a supervised method"),
+    ("pretrain", "kd", "a distillation method")])
+def test_a_run_in_the_wrong_section_names_its_role(params, section, method, role):
+    """Each section's stage gives only its role's inputs: a method of another role is refused
+    by check_params, naming the key, the method's role and where its runs belong."""
+    p = copy.deepcopy(params)
+    p[section]["g0"]["method"] = method
+    message = error_of(p)
+    assert message.startswith(f"{section}.g0.method: '{method}' is {role}"), message
