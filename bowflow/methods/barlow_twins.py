@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bowflow import augment
-from bowflow.checks import fraction, positive
+from bowflow import views
+from bowflow.checks import positive
 from bowflow.heads import mlp
 from bowflow.losses import embedding_std, float32
 from bowflow.optim import default_groups
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
+from bowflow.views import TwoViews
 
 # ---------------------------------------------------------------- loss
 
@@ -53,7 +54,9 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambda_offdiag: float 
 
 
 @dataclass
-class BarlowTwinsParams(TrainParams):
+class BarlowTwinsParams(TwoViews, TrainParams):
+    """Barlow Twins' hyperparameters; its views are BYOL's recipe (bowflow/views.py), as in the paper."""
+
     method: str = "barlow_twins"
     lr: float = field(default=0.1, metadata={"help": "peak learning rate of the weights. SGD "
                                                      "(default) at batch <= 256; the paper's "
@@ -79,43 +82,14 @@ class BarlowTwinsParams(TrainParams):
     bias_lr_scale: float = field(default=0.024, metadata={
         "help": "LARS only: lr of biases and BN parameters relative to the weights' (paper: "
                 "0.0048 / 0.2). Ignored by SGD/AdamW"})
-    crop_size: float = field(default=1.0, metadata={
-        "help": "side of both views, as a fraction of the image side (>= 4 px)"})
-    crop_scale_min: float = field(default=0.2, metadata={
-        "help": "smallest crop area fraction (paper 0.08 at 224 px; 0.2 keeps a 16-32 px digit "
-                "or object recognisable, as in solo-learn's CIFAR settings)"})
-    brightness: float = field(default=0.4, metadata={"help": "colour jitter: factor in [1-s, 1+s] (BYOL: 0.4)"})
-    contrast: float = field(default=0.4, metadata={"help": "colour jitter contrast strength (BYOL: 0.4)"})
-    saturation: float = field(default=0.2, metadata={"help": "colour jitter saturation strength (BYOL: 0.2)"})
-    hue: float = field(default=0.1, metadata={"help": "hue shift range, fraction of a turn (BYOL: 0.1)"})
-    jitter_p: float = field(default=0.8, metadata={"help": "probability of colour jitter per view (BYOL: 0.8)"})
-    gray_p: float = field(default=0.2, metadata={"help": "probability of grayscale per view (BYOL: 0.2)"})
-    blur_p1: float = field(default=1.0, metadata={"help": "Gaussian blur probability, view 1 (BYOL: 1.0)"})
-    blur_p2: float = field(default=0.1, metadata={"help": "Gaussian blur probability, view 2 (BYOL: 0.1)"})
-    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0], metadata={
-        "help": "blur sigma range in px at 224 px, scaled to the view size (Barlow Twins / "
-                "BYOL: 0.1-2.0); at 16-32 px a negligible blur, the same rule as every other "
-                "method (augment.blur_sigma_px), so the rows differ by method, not view strength"})
-    solarize_p1: float = field(default=0.0, metadata={"help": "solarize probability, view 1 (BYOL: 0)"})
-    solarize_p2: float = field(default=0.2, metadata={"help": "solarize probability, view 2 (BYOL: 0.2)"})
-
     def validate(self) -> None:
         super().validate()
-        for name in ("proj_dim", "proj_layers", "crop_size", "bias_lr_scale"):
+        for name in ("proj_dim", "proj_layers", "bias_lr_scale"):
             positive(name, getattr(self, name))
-        if len(self.blur_sigma) != 2 or not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise ValueError(f"blur_sigma must be (low, high) with 0 < low <= high, got {self.blur_sigma}")
-        for name in ("lambda_offdiag", "loss_scale", "brightness", "contrast", "saturation"):
+        for name in ("lambda_offdiag", "loss_scale"):
             positive(name, getattr(self, name), allow_zero=True)
         if self.proj_layers < 2:
             raise ValueError(f"proj_layers must be >= 2 (hidden layers with BN + ReLU), got {self.proj_layers}")
-        if not 0 <= self.hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5] turns, got {self.hue}")
-        if self.crop_size > 1:
-            raise ValueError(f"crop_size is a fraction of the image side, in (0, 1], got {self.crop_size}")
-        fraction("crop_scale_min", self.crop_scale_min, low_open=True)
-        for name in ("jitter_p", "gray_p", "blur_p1", "blur_p2", "solarize_p1", "solarize_p2"):
-            fraction(name, getattr(self, name))
 
     @property
     def effective_loss_scale(self) -> float:
@@ -129,7 +103,7 @@ class BarlowTwins(SelfSupervised):
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)
-        self.view_size = augment.scaled_size(inputs.image_size, params.crop_size)
+        self.view_size = views.view_size(params, inputs.image_size)
         self.projector = mlp(backbone.out_channels, params.proj_dim, params.proj_dim,
                              layers=params.proj_layers)
 
@@ -139,18 +113,9 @@ class BarlowTwins(SelfSupervised):
             groups[1]["lr_scale"] = self.params.bias_lr_scale
         return groups
 
-    def make_view(self, images: torch.Tensor, blur_p: float, solarize_p: float,
-                  generator: torch.Generator) -> torch.Tensor:
-        """uint8 [B, 3, H, W] -> float [B, 3, S, S] in [0, 1], S = view_size."""
-        p = self.params
-        x = augment.random_resized_crop(augment.to_float(images), self.view_size,
-                                        (p.crop_scale_min, 1.0), generator=generator)
-        x = augment.color_jitter(x, p.brightness, p.contrast, p.saturation, p.hue, p.jitter_p,
-                                 generator=generator)
-        x = augment.random_grayscale(x, p.gray_p, generator=generator)
-        x = augment.gaussian_blur(x, blur_p, augment.blur_sigma_px(p.blur_sigma, self.view_size),
-                                  generator=generator)
-        return augment.solarize(x, solarize_p, generator=generator)
+    def make_view(self, images: torch.Tensor, which: int, generator: torch.Generator) -> torch.Tensor:
+        """uint8 [B, 3, H, W] -> view `which` (0 or 1), float [B, 3, S, S] in [0, 1], S = view_size."""
+        return views.two_view(images, self.params, which, self.view_size, generator)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """float views [B, 3, S, S] -> projector output [B, D]."""
@@ -158,8 +123,7 @@ class BarlowTwins(SelfSupervised):
 
     def training_step(self, images, index, generator):
         p = self.params
-        x1 = self.make_view(images, p.blur_p1, p.solarize_p1, generator)
-        x2 = self.make_view(images, p.blur_p2, p.solarize_p2, generator)
+        x1, x2 = self.make_view(images, 0, generator), self.make_view(images, 1, generator)
         # One forward over both views: BN statistics are shared, as with a 2B batch.
         z1, z2 = self.embed(torch.cat([x1, x2])).chunk(2)                     # [B, D] each
         loss, terms = barlow_twins_loss(z1, z2, p.lambda_offdiag)

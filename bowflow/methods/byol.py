@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bowflow import augment, heads
+from bowflow import heads, views
 from bowflow.checks import fraction, positive
 from bowflow.losses import embedding_std, float32
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
+from bowflow.views import TwoViews
 
 # ---------------------------------------------------------------- loss
 
@@ -40,7 +41,9 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class BYOLParams(TrainParams):
+class BYOLParams(TwoViews, TrainParams):
+    """BYOL's hyperparameters; its views are the shared two-view recipe (bowflow/views.py)."""
+
     method: str = "byol"
     lr: float = field(default=0.1, metadata={
         "help": "peak lr of SGD Nesterov (BYOL: LARS 0.2 x batch/256 at batch 4096; on the small "
@@ -58,45 +61,11 @@ class BYOLParams(TrainParams):
         "help": "EMA momentum tau at step 0, raised to 1 on a cosine over all steps (paper 0.996 "
                 "at batch 4096 on ImageNet; 0.99 is the CIFAR choice of solo-learn and lightly: "
                 "with ~10-100x fewer steps the target must follow the online net faster)"})
-    view_size: float = field(default=1.0, metadata={
-        "help": "view side as a fraction of the image side (paper: 224 of ~256 ImageNet px; on "
-                "16-32 px images the views keep the full size), at least 4 px"})
-    crop_scale_min: float = field(default=0.2, metadata={
-        "help": "smallest crop area fraction (paper 0.08; 0.2 on 32 px images, as lightly's "
-                "CIFAR example: an 8% crop of a 32 px image is 9 px and shows too little)"})
-    jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.2, 0.1], metadata={
-        "help": "colour jitter strengths brightness, contrast, saturation, hue (turns) (BYOL)"})
-    jitter_p: float = field(default=0.8, metadata={"help": "colour jitter probability (BYOL)"})
-    gray_p: float = field(default=0.2, metadata={"help": "grayscale probability (BYOL)"})
-    blur_p: list[float] = field(default_factory=lambda: [1.0, 0.1], metadata={
-        "help": "Gaussian blur probability of view 1 and view 2 (BYOL's asymmetric recipe)"})
-    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0], metadata={
-        "help": "blur sigma range in px at 224 px, scaled to the view size (BYOL: 0.1-2.0 with a "
-                "23 px kernel, 10% of 224); at 16-32 px sigma tops out at 0.14-0.29 px, a "
-                "negligible blur, the same rule as every other method (augment.blur_sigma_px)"})
-    solarize_p: list[float] = field(default_factory=lambda: [0.0, 0.2], metadata={
-        "help": "solarize probability of view 1 and view 2 (BYOL's asymmetric recipe)"})
-
     def validate(self) -> None:
         super().validate()
         for name in ("hidden_dim", "out_dim"):
             positive(name, getattr(self, name))
         fraction("momentum_base", self.momentum_base)
-        fraction("view_size", self.view_size, low_open=True)
-        fraction("crop_scale_min", self.crop_scale_min, low_open=True)
-        fraction("jitter_p", self.jitter_p)
-        fraction("gray_p", self.gray_p)
-        if len(self.jitter) != 4 or any(v < 0 for v in self.jitter) or self.jitter[3] > 0.5:
-            raise ValueError(f"jitter must be 4 strengths >= 0 (brightness, contrast, saturation, "
-                             f"hue <= 0.5), got {self.jitter}")
-        for name in ("blur_p", "solarize_p"):
-            values = getattr(self, name)
-            if len(values) != 2:
-                raise ValueError(f"{name} must give one probability per view (2), got {values}")
-            for v in values:
-                fraction(name, v)
-        if len(self.blur_sigma) != 2 or not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise ValueError(f"blur_sigma must be (low, high) with 0 < low <= high, got {self.blur_sigma}")
 
 
 @register_method("byol")
@@ -106,7 +75,7 @@ class BYOL(SelfSupervised):
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)
-        self.size = augment.scaled_size(inputs.image_size, params.view_size)
+        self.size = views.view_size(params, inputs.image_size)
         self.projector = heads.mlp(backbone.out_channels, params.hidden_dim, params.out_dim)
         self.predictor = heads.mlp(params.out_dim, params.hidden_dim, params.out_dim)
         self.target_backbone = heads.frozen_copy(backbone)
@@ -116,15 +85,7 @@ class BYOL(SelfSupervised):
 
     def view(self, images: torch.Tensor, which: int, generator: torch.Generator) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> view `which` (0 or 1), float [B, 3, size, size] in [0, 1]."""
-        p = self.params
-        x = augment.random_resized_crop(augment.to_float(images), self.size, (p.crop_scale_min, 1.0),
-                                        generator=generator)
-        brightness, contrast, saturation, hue = p.jitter
-        x = augment.color_jitter(x, brightness, contrast, saturation, hue, p.jitter_p, generator=generator)
-        x = augment.random_grayscale(x, p.gray_p, generator=generator)
-        x = augment.gaussian_blur(x, p.blur_p[which], augment.blur_sigma_px(p.blur_sigma, self.size),
-                                  generator=generator)
-        return augment.solarize(x, p.solarize_p[which], generator=generator)
+        return views.two_view(images, self.params, which, self.size, generator)
 
     def training_step(self, images, index, generator):
         b = images.shape[0]
