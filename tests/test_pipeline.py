@@ -20,6 +20,7 @@ from dvc.repo import Repo
 
 from test_code_deps import code_run_by
 from bowflow.cli import render_args
+from bowflow.roles.base import available_methods
 from tiny_params import ROOT, make_project, tiny_params, write_params
 
 BIN = Path(sys.executable).parent
@@ -172,6 +173,8 @@ def test_every_code_edit_reruns_what_runs_it(dvc_project):
     modules = sorted(str(p.relative_to(project)) for folder in ("bowflow", "stages")
                      for p in (project / folder).rglob("*.py"))
     assert len(modules) > 15
+    method_modules = [m for m in modules if m.startswith("bowflow/methods/") and not m.endswith("__init__.py")]
+    assert len(method_modules) == len(available_methods())   # one module per method, each edited below
     for module in modules:
         path = project / module
         original = path.read_bytes()
@@ -182,7 +185,32 @@ def test_every_code_edit_reruns_what_runs_it(dvc_project):
         finally:
             path.write_bytes(original)
         assert expected <= stale, f"editing {module} leaves {sorted(expected - stale)} stale"
+        if module in method_modules:     # a method's module: its own runs and check_params, no other
+            assert stale == expected, f"editing {module} also marks {sorted(stale - expected)} stale"
     assert stale_stages(project) == set()
+
+
+def test_adding_a_method_reruns_nothing_that_exists(dvc_project):
+    """VICReg, the method added last, is one module and one params entry. Take both out of
+    the finished tiny project, then put them back: each time only its own branch, the
+    params check and the report run."""
+    project, _, _ = dvc_project
+    assert repro(project) is not None and stale_stages(project) == set()
+    params = tiny_params()
+    module = project / "bowflow/methods/vicreg.py"
+    source = module.read_bytes()
+    without = copy.deepcopy(params)
+    del without["pretrain"]["vicreg"]
+    module.unlink()
+    for output in ("data/models/vicreg", "data/metrics/train/vicreg.json", "data/metrics/eval/vicreg.json",
+                   "data/plots/train/vicreg.csv"):      # as if it had never run
+        shutil.rmtree(project / output) if (project / output).is_dir() else (project / output).unlink()
+    write_params(project, without)
+    assert repro(project) == {"check_params", "report"}
+    module.write_bytes(source)
+    write_params(project, params)
+    assert stale_stages(project) == {"check_params", "pretrain@vicreg", "evaluate_pretrain@vicreg", "report"}
+    assert repro(project) == {"check_params", "pretrain@vicreg", "evaluate_pretrain@vicreg", "report"}
 
 
 def test_snakemake_agrees_with_dvc(dvc_project, tmp_path):
