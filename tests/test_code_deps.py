@@ -78,3 +78,30 @@ def test_no_stage_declares_code_it_does_not_run():
         for dep in declared_code(stage):
             inside = {f for f in allowed if f == dep or f.startswith(dep + "/")}
             assert inside, f"{stage.addressing}: declares {dep}, which it never runs"
+
+
+def test_stages_that_train_nothing_run_no_method_code():
+    """prepare, vocab, evaluate and report import no method, role or loss module, so a
+    method edit can never rerun them; only prepare runs the decoding side of bowflow/data."""
+    for module in ("stages.prepare", "stages.vocab", "stages.evaluate", "stages.report"):
+        files = closure(module)
+        method_code = sorted(f for f in files if f.startswith(("bowflow/methods/", "bowflow/roles/"))
+                             or f in ("bowflow/losses.py", "bowflow/heads.py", "bowflow/views.py"))
+        assert not method_code, f"{module} runs {method_code}"
+        if module != "stages.prepare":
+            preparing = sorted(f for f in files if f.startswith("bowflow/data/")
+                               and f not in ("bowflow/data/__init__.py", "bowflow/data/prepared.py",
+                                             "bowflow/data/specs.py"))
+            assert not preparing, f"{module} runs the preparing side of bowflow/data: {preparing}"
+
+
+def test_the_library_imports_no_method():
+    """Plug-ins depend on the library, never the reverse: no module outside bowflow/methods/
+    imports one of its modules (the registry loads them by name)."""
+    for path in sorted((ROOT / "bowflow").rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        if rel.startswith("bowflow/methods/"):
+            continue
+        imported = closure(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        plugins = sorted(f for f in imported if f.startswith("bowflow/methods/") and not f.endswith("__init__.py"))
+        assert not plugins, f"{rel} imports the method modules {plugins}"
