@@ -133,7 +133,7 @@ class CRDParams(DistillParams):
     negatives: int = param(16384, "noise samples per image (CRD's 16384; capped at the training images "
                                   "- 1)", above=0)
     nce_temperature: float = param(0.07, "NCE temperature (CRD's 0.07)", above=0)
-    memory_momentum: float = param(0.5, "bank update momentum (CRD's 0.5)")
+    memory_momentum: float = param(0.5, "bank update momentum (CRD's 0.5)", low=0, high=1)
 
 
 class OtherClassSampler:

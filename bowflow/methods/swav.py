@@ -90,8 +90,8 @@ class SwAVParams(TrainParams):
     local_size: float = param(3 / 7, "local crop side / image side (SwAV: 96/224)", above=0, high=1)
     crop_scale_min: float = param(0.2, "smallest global crop area (SwAV: 0.14 at 224 px)",
                                        above=0, high=1)
-    jitter: float = param(0.4, "colour jitter strength (SwAV: 0.8 x 0.5)")
-    hue: float = param(0.1, "hue shift in turns")
+    jitter: float = param(0.4, "colour jitter strength (SwAV: 0.8 x 0.5)", low=0)
+    hue: float = param(0.1, "hue shift in turns", low=0)
     jitter_p: float = param(0.8, "jitter probability (SwAV: 0.8)", low=0, high=1)
     gray_p: float = param(0.2, "grayscale probability (SwAV: 0.2)", low=0, high=1)
 
