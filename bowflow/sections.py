@@ -5,37 +5,41 @@ params.yaml, methods included, for the check_params stage)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bowflow.checks import fraction, positive
+from bowflow.checks import check_fields, param
 from bowflow.data.specs import DIGITS_CLASSES, SOURCES
 
 
-@dataclass
-class DataParams:
-    source: str = field(default="digits", metadata={"help": " | ".join(SOURCES)})
-    root: str = field(default="", metadata={"help": "folder (or .tar.gz) of the images, or torchvision root"})
-    download: bool = field(default=False, metadata={"help": "let torchvision download into root"})
-    image_size: int = field(default=16, metadata={"help": "pixels; every image is resized to it"})
-    test_fraction: float = field(default=0.25, metadata={"help": "test share when the source has no split"})
-    novel_classes: list[str] = field(default_factory=lambda: ["5", "6", "7", "8", "9"],
-                                     metadata={"help": "class names held out for few-shot"})
-    ssl_classes: str = field(default="base", metadata={"help": "classes self-supervised stages see: base | all"})
-    ssl_max_images: int = field(default=0, metadata={"help": "subsample SSL training images (0 = all)"})
-    max_bad_fraction: float = field(default=0.01, metadata={"help": "tolerated share of unreadable images"})
+class Section:
+    """A params section: its fields' constraints (`bowflow.checks.param`) are checked by
+    `validate()`; a section's own `validate()` calls it first and adds what relates fields."""
 
     def validate(self) -> None:
-        if self.source not in SOURCES:
-            raise ValueError(f"source must be one of {list(SOURCES)}, got '{self.source}'")
+        check_fields(self)
+
+
+@dataclass
+class DataParams(Section):
+    source: str = param("digits", " | ".join(SOURCES), choices=tuple(SOURCES))
+    root: str = param("", "folder (or .tar.gz) of the images, or torchvision root")
+    download: bool = param(False, "let torchvision download into root")
+    image_size: int = param(16, "pixels; every image is resized to it", above=0)
+    test_fraction: float = param(0.25, "test share when the source has no split", above=0, below=1)
+    novel_classes: list[str] = param(["5", "6", "7", "8", "9"], "class names held out for few-shot")
+    ssl_classes: str = param("base", "classes self-supervised stages see: base | all",
+                                     choices=("base", "all"))
+    ssl_max_images: int = param(0, "subsample SSL training images (0 = all)", low=0)
+    max_bad_fraction: float = param(0.01, "tolerated share of unreadable images", low=0, high=1)
+
+    def validate(self) -> None:
+        super().validate()
         if self.source == "imagefolder" and not self.root:
             raise ValueError("root must name the image folder when source is 'imagefolder'")
-        positive("image_size", self.image_size)
-        if self.image_size < 8:
+        if self.image_size < 8:                 # after image_size > 0, whose message is its own
             raise ValueError(f"image_size must be >= 8 pixels, got {self.image_size}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if len(self.novel_classes) < 2:
             raise ValueError(f"novel_classes needs at least 2 class names, got {self.novel_classes}")
         repeated = sorted({c for c in self.novel_classes if self.novel_classes.count(c) > 1})
@@ -48,25 +52,19 @@ class DataParams:
                                  f"among {DIGITS_CLASSES}")
             if len(set(self.novel_classes)) >= len(DIGITS_CLASSES):
                 raise ValueError("novel_classes name every digits class: expected at least 1 left as base")
-        if self.ssl_classes not in ("base", "all"):
-            raise ValueError(f"ssl_classes must be 'base' or 'all', got '{self.ssl_classes}'")
-        positive("ssl_max_images", self.ssl_max_images, allow_zero=True)
-        fraction("max_bad_fraction", self.max_bad_fraction)
 
 
 @dataclass
-class VocabParams:
-    layer: str = field(default="stage2", metadata={"help": "teacher stage whose map is quantised"})
-    size: int = field(default=256, metadata={"help": "K, the number of visual words"})
-    samples: int = field(default=50000, metadata={"help": "local features sampled for k-means"})
-    iters: int = field(default=20, metadata={"help": "k-means iterations"})
-    drop_border: int = field(default=0, metadata={"help": "map cells dropped on each side"})
-    batch_size: int = field(default=256, metadata={"help": "images per teacher forward pass"})
+class VocabParams(Section):
+    layer: str = param("stage2", "teacher stage whose map is quantised")
+    size: int = param(256, "K, the number of visual words", above=0)
+    samples: int = param(50000, "local features sampled for k-means", above=0)
+    iters: int = param(20, "k-means iterations", above=0)
+    drop_border: int = param(0, "map cells dropped on each side", low=0)
+    batch_size: int = param(256, "images per teacher forward pass", above=0)
 
     def validate(self) -> None:
-        for name in ("size", "samples", "iters", "batch_size"):
-            positive(name, getattr(self, name))
-        positive("drop_border", self.drop_border, allow_zero=True)
+        super().validate()
         if not (self.layer == "last" or self.layer.startswith("stage")):
             raise ValueError(f"layer must be 'last' or 'stageN', got '{self.layer}'")
         if self.size > self.samples:
@@ -75,25 +73,21 @@ class VocabParams:
 
 
 @dataclass
-class EvalParams:
-    layer: str = field(default="last", metadata={"help": "stage whose pooled features are evaluated"})
-    batch_size: int = 256
-    linear_epochs: int = field(default=100, metadata={"help": "epochs of the linear probe"})
-    knn_k: int = field(default=20, metadata={"help": "neighbours for k-NN"})
-    knn_temperature: float = field(default=0.07, metadata={"help": "vote weight exp(sim / T)"})
-    few_shot_way: int = field(default=5, metadata={"help": "novel classes per episode"})
-    few_shot_shots: list[int] = field(default_factory=lambda: [1, 5, 10, 50])
-    few_shot_queries: int = field(default=15, metadata={"help": "query images per class and episode"})
-    few_shot_episodes: int = field(default=1000, metadata={"help": "episodes per shot count"})
+class EvalParams(Section):
+    layer: str = param("last", "stage whose pooled features are evaluated")
+    batch_size: int = param(256, above=0)
+    linear_epochs: int = param(100, "epochs of the linear probe", above=0)
+    knn_k: int = param(20, "neighbours for k-NN", above=0)
+    knn_temperature: float = param(0.07, "vote weight exp(sim / T)", above=0)
+    few_shot_way: int = param(5, "novel classes per episode", low=2)
+    few_shot_shots: list[int] = param([1, 5, 10, 50])
+    few_shot_queries: int = param(15, "query images per class and episode", above=0)
+    few_shot_episodes: int = param(1000, "episodes per shot count", above=0)
 
     def validate(self) -> None:
-        for name in ("batch_size", "linear_epochs", "knn_k", "knn_temperature", "few_shot_way",
-                     "few_shot_queries", "few_shot_episodes"):
-            positive(name, getattr(self, name))
+        super().validate()
         if not self.few_shot_shots or min(self.few_shot_shots) < 1:
             raise ValueError(f"few_shot_shots must be positive integers, got {self.few_shot_shots}")
-        if self.few_shot_way < 2:
-            raise ValueError(f"few_shot_way must be >= 2, got {self.few_shot_way}")
 
     def check_against(self, manifest: dict, where: str = "the prepared data") -> None:
         """Shots and ways against the prepared novel classes (needs the prepared manifest).
@@ -128,13 +122,9 @@ def novel_counts(manifest: dict) -> dict[str, int]:
 
 
 @dataclass
-class ReportParams:
-    words_shown: int = field(default=8, metadata={"help": "visual words pictured in the report"})
-    patches_per_word: int = field(default=8, metadata={"help": "image patches per pictured word"})
-
-    def validate(self) -> None:
-        positive("words_shown", self.words_shown)
-        positive("patches_per_word", self.patches_per_word)
+class ReportParams(Section):
+    words_shown: int = param(8, "visual words pictured in the report", above=0)
+    patches_per_word: int = param(8, "image patches per pictured word", above=0)
 
 
 class ParamsError(ValueError):

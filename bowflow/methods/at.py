@@ -7,11 +7,12 @@ gamma = 1000, the distillation benchmark's weight.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from bowflow.checks import param
 from bowflow.losses import float32
 from bowflow.roles.base import register_method
 from bowflow.roles.distiller import Distiller, DistillParams, check_same_stages, match_spatial
@@ -48,7 +49,7 @@ def attention_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Te
 @dataclass
 class ATParams(DistillParams):
     method: str = "at"
-    gamma: float = field(default=1000.0, metadata={"help": "attention weight (the benchmark's 1000)"})
+    gamma: float = param(1000.0, "attention weight (the benchmark's 1000)")
 
 
 @register_method("at")

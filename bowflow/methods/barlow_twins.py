@@ -11,12 +11,12 @@ Logged: loss, on_diag and off_diag (the two unweighted terms), embedding_std of 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from bowflow import views
-from bowflow.checks import positive
+from bowflow.checks import param
 from bowflow.heads import mlp
 from bowflow.losses import embedding_std, float32
 from bowflow.optim import default_groups
@@ -58,38 +58,29 @@ class BarlowTwinsParams(TwoViews, TrainParams):
     """Barlow Twins' hyperparameters; its views are BYOL's recipe (bowflow/views.py), as in the paper."""
 
     method: str = "barlow_twins"
-    lr: float = field(default=0.1, metadata={"help": "peak learning rate of the weights. SGD "
-                                                     "(default) at batch <= 256; the paper's "
-                                                     "LARS lr is 0.2 at batch 2048"})
-    weight_decay: float = field(default=5e-4, metadata={
-        "help": "L2 on weights. 5e-4 suits SGD on small data; the paper: 1.5e-6 with LARS"})
-    proj_dim: int = field(default=1024, metadata={
-        "help": "width D of the 3 projector layers (paper: 8192 on a 2048-d ResNet-50, i.e. 4x; "
-                "scaled to 1024 = 8x the 128-d convnet feature: the paper finds larger D better, "
-                "and the D x D correlation stays cheap next to the backbone at this size)"})
-    proj_layers: int = field(default=3, metadata={"help": "projector Linear layers (paper: 3)"})
-    lambda_offdiag: float = field(default=5e-3, metadata={
-        "help": "weight of the off-diagonal (redundancy) term. Paper: 5e-3 at D = 8192, B = 2048. "
-                "With B < D the off-diagonal sum cannot fall below about D^2 / B, so its pull "
-                "against the D diagonal terms grows like lambda D / B (0.02 in the paper). "
-                "Scaling lambda like 1/D (0.04 at D = 1024) gives 0.64 at B = 64 and the "
-                "diagonal stopped learning on digits (on_diag stuck near D); 5e-3 keeps "
-                "lambda D / B at 0.02-0.08 for B = 256-64"})
-    loss_scale: float = field(default=0.0, metadata={
-        "help": "multiplier of the summed loss; 0 = 1 / proj_dim, i.e. the per-dimension loss "
-                "(about 1 at the start), so SGD learning rates are comparable with the other "
-                "methods. LARS is invariant to it except on its excluded groups"})
-    bias_lr_scale: float = field(default=0.024, metadata={
-        "help": "LARS only: lr of biases and BN parameters relative to the weights' (paper: "
-                "0.0048 / 0.2). Ignored by SGD/AdamW"})
-    def validate(self) -> None:
-        super().validate()
-        for name in ("proj_dim", "proj_layers", "bias_lr_scale"):
-            positive(name, getattr(self, name))
-        for name in ("lambda_offdiag", "loss_scale"):
-            positive(name, getattr(self, name), allow_zero=True)
-        if self.proj_layers < 2:
-            raise ValueError(f"proj_layers must be >= 2 (hidden layers with BN + ReLU), got {self.proj_layers}")
+    lr: float = param(0.1, "peak learning rate of the weights. SGD (default) at batch <= 256; the "
+                           "paper's LARS lr is 0.2 at batch 2048")
+    weight_decay: float = param(5e-4, "L2 on weights. 5e-4 suits SGD on small data; the paper: 1.5e-6 "
+                                      "with LARS")
+    proj_dim: int = param(1024, "width D of the 3 projector layers (paper: 8192 on a 2048-d ResNet-50, "
+                                "i.e. 4x; scaled to 1024 = 8x the 128-d convnet feature: the paper "
+                                "finds larger D better, and the D x D correlation stays cheap next to "
+                                "the backbone at this size)", above=0)
+    proj_layers: int = param(3, "projector Linear layers (paper: 3)", low=2)
+    lambda_offdiag: float = param(5e-3, "weight of the off-diagonal (redundancy) term. Paper: 5e-3 at "
+                                        "D = 8192, B = 2048. With B < D the off-diagonal sum cannot "
+                                        "fall below about D^2 / B, so its pull against the D diagonal "
+                                        "terms grows like lambda D / B (0.02 in the paper). Scaling "
+                                        "lambda like 1/D (0.04 at D = 1024) gives 0.64 at B = 64 and "
+                                        "the diagonal stopped learning on digits (on_diag stuck near "
+                                        "D); 5e-3 keeps lambda D / B at 0.02-0.08 for B = 256-64",
+                                        low=0)
+    loss_scale: float = param(0.0, "multiplier of the summed loss; 0 = 1 / proj_dim, i.e. the "
+                                   "per-dimension loss (about 1 at the start), so SGD learning rates "
+                                   "are comparable with the other methods. LARS is invariant to it "
+                                   "except on its excluded groups", low=0)
+    bias_lr_scale: float = param(0.024, "LARS only: lr of biases and BN parameters relative to the "
+                                        "weights' (paper: 0.0048 / 0.2). Ignored by SGD/AdamW", above=0)
 
     @property
     def effective_loss_scale(self) -> float:

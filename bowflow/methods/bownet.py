@@ -14,7 +14,7 @@ fraction of the learnable loss the student has captured:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from bowflow import augment
 from bowflow.bow import bow_targets, entropy, soft_cross_entropy
-from bowflow.checks import fraction, positive
+from bowflow.checks import param
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.bow_student import BoWStudent
 
@@ -30,28 +30,17 @@ from bowflow.roles.bow_student import BoWStudent
 @dataclass
 class BoWNetParams(TrainParams):
     method: str = "bownet"
-    pooling: str = field(default="histogram", metadata={"help": "'histogram' counts or 'binary' presence"})
-    init: str = field(default="scratch", metadata={"help": "'scratch' (paper) or 'parent' (warm start)"})
-    crop_scale_min: float = field(default=0.35, metadata={"help": "smallest crop area fraction"})
-    jitter: float = field(default=0.4, metadata={"help": "brightness/contrast/saturation strength"})
-    hue: float = field(default=0.1, metadata={"help": "hue shift, fraction of a turn"})
-    jitter_p: float = 0.8
-    gray_p: float = 0.2
-    cutmix_p: float = field(default=0.5, metadata={"help": "probability an image gets a CutMix box"})
-    head_scale: float = field(default=10.0, metadata={"help": "initial value of the learnable logit scale"})
-
-    def validate(self) -> None:
-        super().validate()
-        if self.pooling not in ("histogram", "binary"):
-            raise ValueError(f"pooling must be 'histogram' or 'binary', got '{self.pooling}'")
-        if self.init not in ("scratch", "parent"):
-            raise ValueError(f"init must be 'scratch' or 'parent', got '{self.init}'")
-        fraction("crop_scale_min", self.crop_scale_min, low_open=True)
-        for name in ("jitter_p", "gray_p", "cutmix_p"):
-            fraction(name, getattr(self, name))
-        positive("jitter", self.jitter, allow_zero=True)
-        positive("hue", self.hue, allow_zero=True)
-        positive("head_scale", self.head_scale)
+    pooling: str = param("histogram", "'histogram' counts or 'binary' presence",
+                                      choices=("histogram", "binary"))
+    init: str = param("scratch", "'scratch' (paper) or 'parent' (warm start)",
+                                 choices=("scratch", "parent"))
+    crop_scale_min: float = param(0.35, "smallest crop area fraction", above=0, high=1)
+    jitter: float = param(0.4, "brightness/contrast/saturation strength", low=0)
+    hue: float = param(0.1, "hue shift, fraction of a turn", low=0)
+    jitter_p: float = param(0.8, low=0, high=1)
+    gray_p: float = param(0.2, low=0, high=1)
+    cutmix_p: float = param(0.5, "probability an image gets a CutMix box", low=0, high=1)
+    head_scale: float = param(10.0, "initial value of the learnable logit scale", above=0)
 
     def check_parent(self, parent: TrainParams) -> None:
         if self.init == "parent" and (parent.arch, parent.width, parent.depth) != (

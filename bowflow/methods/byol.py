@@ -15,13 +15,13 @@ Logged: loss, embedding_std (online projections z), momentum (tau of the EMA), a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from bowflow import heads, views
-from bowflow.checks import fraction, positive
+from bowflow.checks import param
 from bowflow.losses import embedding_std, float32
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
@@ -45,27 +45,23 @@ class BYOLParams(TwoViews, TrainParams):
     """BYOL's hyperparameters; its views are the shared two-view recipe (bowflow/views.py)."""
 
     method: str = "byol"
-    lr: float = field(default=0.1, metadata={
-        "help": "peak lr of SGD Nesterov (BYOL: LARS 0.2 x batch/256 at batch 4096; on the small "
-                "convnet at batch 64-256 plain SGD at 0.1 is stable and learns within 30 epochs)"})
-    weight_decay: float = field(default=5e-4, metadata={
-        "help": "L2 on conv/linear weights (BYOL: 1.5e-6 with LARS; 5e-4 is the SGD CIFAR value "
-                "of lightly's example and of the RotNet recipe here)"})
-    hidden_dim: int = field(default=512, metadata={
-        "help": "projector and predictor hidden width (paper 4096 for a 2048-d ResNet-50, 2x its "
-                "features; 512 = 4x the 128-d convnet at width 32, and small enough for CPU)"})
-    out_dim: int = field(default=128, metadata={
-        "help": "projection size (paper 256; 128 = the convnet's feature size at width 32: a "
-                "projection wider than the features it comes from adds nothing)"})
-    momentum_base: float = field(default=0.99, metadata={
-        "help": "EMA momentum tau at step 0, raised to 1 on a cosine over all steps (paper 0.996 "
-                "at batch 4096 on ImageNet; 0.99 is the CIFAR choice of solo-learn and lightly: "
-                "with ~10-100x fewer steps the target must follow the online net faster)"})
-    def validate(self) -> None:
-        super().validate()
-        for name in ("hidden_dim", "out_dim"):
-            positive(name, getattr(self, name))
-        fraction("momentum_base", self.momentum_base)
+    lr: float = param(0.1, "peak lr of SGD Nesterov (BYOL: LARS 0.2 x batch/256 at batch 4096; on the "
+                           "small convnet at batch 64-256 plain SGD at 0.1 is stable and learns within "
+                           "30 epochs)")
+    weight_decay: float = param(5e-4, "L2 on conv/linear weights (BYOL: 1.5e-6 with LARS; 5e-4 is the "
+                                      "SGD CIFAR value of lightly's example and of the RotNet recipe "
+                                      "here)")
+    hidden_dim: int = param(512, "projector and predictor hidden width (paper 4096 for a 2048-d "
+                                 "ResNet-50, 2x its features; 512 = 4x the 128-d convnet at width 32, "
+                                 "and small enough for CPU)", above=0)
+    out_dim: int = param(128, "projection size (paper 256; 128 = the convnet's feature size at width "
+                              "32: a projection wider than the features it comes from adds nothing)",
+                              above=0)
+    momentum_base: float = param(0.99, "EMA momentum tau at step 0, raised to 1 on a cosine over all "
+                                       "steps (paper 0.996 at batch 4096 on ImageNet; 0.99 is the "
+                                       "CIFAR choice of solo-learn and lightly: with ~10-100x fewer "
+                                       "steps the target must follow the online net faster)",
+                                       low=0, high=1)
 
 
 @register_method("byol")

@@ -11,11 +11,11 @@ parameters of the run (counted in its parameters, not in the exported student).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from bowflow.checks import positive
+from bowflow.checks import param
 from bowflow.heads import EmbedHead
 from bowflow.losses import float32
 from bowflow.roles.base import register_method
@@ -45,12 +45,8 @@ def cc_loss(s_emb: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
 @dataclass
 class CCParams(DistillParams):
     method: str = "cc"
-    gamma: float = field(default=0.02, metadata={"help": "correlation weight (the benchmark's 0.02)"})
-    embed_dim: int = field(default=128, metadata={"help": "embedding size of both sides (the benchmark's 128)"})
-
-    def validate(self) -> None:
-        super().validate()
-        positive("embed_dim", self.embed_dim)
+    gamma: float = param(0.02, "correlation weight (the benchmark's 0.02)")
+    embed_dim: int = param(128, "embedding size of both sides (the benchmark's 128)", above=0)
 
 
 @register_method("cc")

@@ -12,13 +12,13 @@ benchmark's weight.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bowflow.checks import positive
+from bowflow.checks import param
 from bowflow.heads import EmbedHead
 from bowflow.losses import float32
 from bowflow.roles.base import register_method
@@ -128,17 +128,12 @@ class ContrastiveMemory(nn.Module):
 @dataclass
 class CRDParams(DistillParams):
     method: str = "crd"
-    gamma: float = field(default=0.8, metadata={"help": "CRD weight (the benchmark's 0.8)"})
-    embed_dim: int = field(default=128, metadata={"help": "embedding size (CRD's 128)"})
-    negatives: int = field(default=16384, metadata={
-        "help": "noise samples per image (CRD's 16384; capped at the training images - 1)"})
-    nce_temperature: float = field(default=0.07, metadata={"help": "NCE temperature (CRD's 0.07)"})
-    memory_momentum: float = field(default=0.5, metadata={"help": "bank update momentum (CRD's 0.5)"})
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("embed_dim", "negatives", "nce_temperature"):
-            positive(name, getattr(self, name))
+    gamma: float = param(0.8, "CRD weight (the benchmark's 0.8)")
+    embed_dim: int = param(128, "embedding size (CRD's 128)", above=0)
+    negatives: int = param(16384, "noise samples per image (CRD's 16384; capped at the training images "
+                                  "- 1)", above=0)
+    nce_temperature: float = param(0.07, "NCE temperature (CRD's 0.07)", above=0)
+    memory_momentum: float = param(0.5, "bank update momentum (CRD's 0.5)", low=0, high=1)
 
 
 class OtherClassSampler:

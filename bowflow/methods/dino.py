@@ -20,13 +20,13 @@ authors report the teacher, which is better than the student throughout training
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from bowflow import augment
-from bowflow.checks import fraction, positive
+from bowflow.checks import param
 from bowflow.heads import DINOHead, cosine_momentum, ema_update, frozen_copy
 from bowflow.losses import embedding_std, float32
 from bowflow.roles.base import TrainParams, register_method
@@ -85,92 +85,77 @@ def teacher_temperature(epoch: int, warmup_epochs: int, start: float = 0.04,
 @dataclass
 class DINOParams(TrainParams):
     method: str = "dino"
-    lr: float = field(default=0.05, metadata={
-        "help": "peak SGD lr at batch 64 (lightly's CIFAR DINO: SGD 0.06 x batch/128)"})
-    weight_decay: float = field(default=5e-4, metadata={
-        "help": "fixed L2 factor (the trainer has no wd schedule): DINO's cosine 0.04 -> 0.4 "
-                "belongs to its AdamW ViT recipe and would be far too strong with SGD; 5e-4 "
-                "is the SGD convnet value RotNet/BoWNet use here"})
-    optimizer: str = field(default="sgd", metadata={
-        "help": "sgd (Nesterov). DINO: AdamW (lr 5e-4 x batch/256) for ViTs, LARS/SGD for "
-                "ResNet-50. On digits AdamW (lr 1e-3, wd 0.04) drifted towards uniform "
-                "targets as fast as SGD in a 30-step probe, so SGD, like the other convnets"})
-    clip_grad: float = field(default=3.0, metadata={
-        "help": "max gradient L2 norm of each parameter tensor (DINO: 3.0, clipped per "
-                "parameter by its utils.clip_gradients; see clip_grad_per_parameter)"})
-    clip_grad_per_parameter: bool = field(default=True, metadata={
-        "help": "clip each parameter tensor's gradient norm separately (DINO's "
-                "clip_gradients) instead of the global norm of all of them"})
-    out_dim: int = field(default=2048, metadata={
-        "help": "D, prototypes of the head's last layer (DINO: 65536 for ImageNet). 2048 as "
-                "in lightly's CIFAR DINO: far more than the classes, while 65536 would make "
-                "the last layer larger than the convnet and leave most prototypes unused"})
-    hidden_dim: int = field(default=512, metadata={"help": "head MLP width (DINO: 2048)"})
-    head_bn: bool = field(default=True, metadata={
-        "help": "BN after each hidden layer of the head MLP (DINO's use_bn_in_head, its "
-                "ResNet-50 recipe). Without it a small convnet's pooled features are nearly "
-                "identical across images at init, the centred targets are uniform and the "
-                "run collapses within 2 epochs (digits: embedding_std 0.15 -> 0.02)"})
-    bottleneck_dim: int = field(default=128, metadata={"help": "head bottleneck before the "
-                                                               "L2 norm (DINO: 256)"})
-    teacher_momentum: float = field(default=0.99, metadata={
-        "help": "EMA momentum at step 0, raised to 1 on a cosine (DINO: 0.996 for ~1000 "
-                "steps/epoch x 100+ epochs; runs of a few hundred steps need a faster teacher)"})
-    center_momentum: float = field(default=0.9, metadata={"help": "EMA of the teacher's batch mean (DINO)"})
-    student_temp: float = field(default=0.1, metadata={"help": "student softmax temperature (DINO)"})
-    warmup_teacher_temp: float = field(default=0.02, metadata={
-        "help": "teacher temperature at epoch 0 (DINO: 0.04). Halved, as the authors advise "
-                "when targets drift to uniform: at 0.04 a convnet on digits loses its spread "
-                "(teacher entropy -> log D) within 30 steps, at 0.02 it recovers"})
-    teacher_temp: float = field(default=0.04, metadata={
-        "help": "teacher temperature after the warm-up (DINO: 0.04-0.07; 0.04 here, see above)"})
-    teacher_temp_warmup_epochs: int = field(default=10, metadata={
-        "help": "epochs of linear teacher temperature warm-up (DINO: 30 of 100-800 epochs; "
-                "scaled to our 20-60 epoch runs)"})
-    freeze_last_layer_epochs: int = field(default=1, metadata={
-        "help": "epochs during which the head's last layer gets no update (DINO: 1)"})
-    local_crops: int = field(default=0, metadata={
-        "help": "local crops per image, seen by the student only (DINO: 10 at 96 px of 224, "
-                "recipe 4-6 elsewhere). 0 on small images: on 16 px digits 4 local crops "
-                "(7 px, 5-40% of the image) drove the teacher's targets to uniform within 4 "
-                "epochs (teacher entropy 2.9 -> 6.1 of log D = 7.6) while the 2 global crops "
-                "alone learned; try 4-6 from 32 px up"})
-    global_scale_min: float = field(default=0.4, metadata={
-        "help": "smallest global crop area fraction, largest is 1 (DINO multi-crop: 0.4; "
-                "0.14 with the ImageNet 2-crop recipe)"})
-    local_scale_min: float = field(default=0.05, metadata={"help": "local crop area fraction, "
-                                                                   "lower end (DINO: 0.05)"})
-    local_scale_max: float = field(default=0.4, metadata={"help": "local crop area fraction, "
-                                                                  "upper end (DINO: 0.4)"})
-    local_size: float = field(default=3 / 7, metadata={
-        "help": "local crop side as a fraction of the image side (DINO: 96/224), at least 4 px"})
-    jitter: float = field(default=0.4, metadata={"help": "brightness/contrast/saturation "
-                                                         "strength (DINO: 0.4, 0.4, 0.2)"})
-    hue: float = field(default=0.1, metadata={"help": "hue shift, fraction of a turn (DINO)"})
-    jitter_p: float = field(default=0.8, metadata={"help": "colour jitter probability (DINO)"})
-    gray_p: float = field(default=0.2, metadata={"help": "grayscale probability (DINO)"})
-    blur_p: float = field(default=1.0, metadata={
-        "help": "Gaussian blur probability of the first global view; a tenth of it on the "
-                "second, half on the locals (DINO: 1.0 / 0.1 / 0.5). Sigma 0.1-2.0 px at 224 "
-                "scaled to the view (augment.blur_sigma_px): negligible at 16-32 px, as in "
-                "every other method's views"})
-    solarize_p: float = field(default=0.0, metadata={
-        "help": "solarization probability of the second global view (DINO: 0.2). 0 for "
-                "digits, whose bright strokes on black would vanish; 0.2 for natural images"})
+    lr: float = param(0.05, "peak SGD lr at batch 64 (lightly's CIFAR DINO: SGD 0.06 x batch/128)")
+    weight_decay: float = param(5e-4, "fixed L2 factor (the trainer has no wd schedule): DINO's cosine "
+                                      "0.04 -> 0.4 belongs to its AdamW ViT recipe and would be far "
+                                      "too strong with SGD; 5e-4 is the SGD convnet value "
+                                      "RotNet/BoWNet use here")
+    optimizer: str = param("sgd", "sgd (Nesterov). DINO: AdamW (lr 5e-4 x batch/256) for ViTs, "
+                                  "LARS/SGD for ResNet-50. On digits AdamW (lr 1e-3, wd 0.04) drifted "
+                                  "towards uniform targets as fast as SGD in a 30-step probe, so SGD, "
+                                  "like the other convnets")
+    clip_grad: float = param(3.0, "max gradient L2 norm of each parameter tensor (DINO: 3.0, clipped "
+                                  "per parameter by its utils.clip_gradients; see "
+                                  "clip_grad_per_parameter)")
+    clip_grad_per_parameter: bool = param(True, "clip each parameter tensor's gradient norm separately "
+                                                "(DINO's clip_gradients) instead of the global norm of "
+                                                "all of them")
+    out_dim: int = param(2048, "D, prototypes of the head's last layer (DINO: 65536 for ImageNet). "
+                               "2048 as in lightly's CIFAR DINO: far more than the classes, while "
+                               "65536 would make the last layer larger than the convnet and leave most "
+                               "prototypes unused", above=0)
+    hidden_dim: int = param(512, "head MLP width (DINO: 2048)", above=0)
+    head_bn: bool = param(True, "BN after each hidden layer of the head MLP (DINO's use_bn_in_head, "
+                                "its ResNet-50 recipe). Without it a small convnet's pooled features "
+                                "are nearly identical across images at init, the centred targets are "
+                                "uniform and the run collapses within 2 epochs (digits: embedding_std "
+                                "0.15 -> 0.02)")
+    bottleneck_dim: int = param(128, "head bottleneck before the L2 norm (DINO: 256)", above=0)
+    teacher_momentum: float = param(0.99, "EMA momentum at step 0, raised to 1 on a cosine (DINO: "
+                                          "0.996 for ~1000 steps/epoch x 100+ epochs; runs of a few "
+                                          "hundred steps need a faster teacher)", low=0, high=1)
+    center_momentum: float = param(0.9, "EMA of the teacher's batch mean (DINO)", low=0, high=1)
+    student_temp: float = param(0.1, "student softmax temperature (DINO)", above=0)
+    warmup_teacher_temp: float = param(0.02, "teacher temperature at epoch 0 (DINO: 0.04). Halved, as "
+                                             "the authors advise when targets drift to uniform: at "
+                                             "0.04 a convnet on digits loses its spread (teacher "
+                                             "entropy -> log D) within 30 steps, at 0.02 it recovers",
+                                             above=0)
+    teacher_temp: float = param(0.04, "teacher temperature after the warm-up (DINO: 0.04-0.07; 0.04 "
+                                      "here, see above)", above=0)
+    teacher_temp_warmup_epochs: int = param(10, "epochs of linear teacher temperature warm-up (DINO: "
+                                                "30 of 100-800 epochs; scaled to our 20-60 epoch runs)",
+                                                low=0)
+    freeze_last_layer_epochs: int = param(1, "epochs during which the head's last layer gets no update "
+                                             "(DINO: 1)", low=0)
+    local_crops: int = param(0, "local crops per image, seen by the student only (DINO: 10 at 96 px of "
+                                "224, recipe 4-6 elsewhere). 0 on small images: on 16 px digits 4 "
+                                "local crops (7 px, 5-40% of the image) drove the teacher's targets to "
+                                "uniform within 4 epochs (teacher entropy 2.9 -> 6.1 of log D = 7.6) "
+                                "while the 2 global crops alone learned; try 4-6 from 32 px up", low=0)
+    global_scale_min: float = param(0.4, "smallest global crop area fraction, largest is 1 (DINO "
+                                         "multi-crop: 0.4; 0.14 with the ImageNet 2-crop recipe)",
+                                         above=0, high=1)
+    local_scale_min: float = param(0.05, "local crop area fraction, lower end (DINO: 0.05)",
+                                         above=0, high=1)
+    local_scale_max: float = param(0.4, "local crop area fraction, upper end (DINO: 0.4)",
+                                        above=0, high=1)
+    local_size: float = param(3 / 7, "local crop side as a fraction of the image side (DINO: 96/224), "
+                                     "at least 4 px", above=0, high=1)
+    jitter: float = param(0.4, "brightness/contrast/saturation strength (DINO: 0.4, 0.4, 0.2)", low=0)
+    hue: float = param(0.1, "hue shift, fraction of a turn (DINO)", low=0)
+    jitter_p: float = param(0.8, "colour jitter probability (DINO)", low=0, high=1)
+    gray_p: float = param(0.2, "grayscale probability (DINO)", low=0, high=1)
+    blur_p: float = param(1.0, "Gaussian blur probability of the first global view; a tenth of it on "
+                               "the second, half on the locals (DINO: 1.0 / 0.1 / 0.5). Sigma 0.1-2.0 "
+                               "px at 224 scaled to the view (augment.blur_sigma_px): negligible at "
+                               "16-32 px, as in every other method's views", low=0, high=1)
+    solarize_p: float = param(0.0, "solarization probability of the second global view (DINO: 0.2). 0 "
+                                   "for digits, whose bright strokes on black would vanish; 0.2 for "
+                                   "natural images", low=0, high=1)
 
     def validate(self) -> None:
         super().validate()
-        for name in ("out_dim", "hidden_dim", "bottleneck_dim", "student_temp",
-                     "warmup_teacher_temp", "teacher_temp"):
-            positive(name, getattr(self, name))
-        for name in ("teacher_temp_warmup_epochs", "freeze_last_layer_epochs", "local_crops",
-                     "jitter", "hue"):
-            positive(name, getattr(self, name), allow_zero=True)
-        for name in ("teacher_momentum", "center_momentum", "jitter_p", "gray_p", "blur_p",
-                     "solarize_p"):
-            fraction(name, getattr(self, name))
-        for name in ("global_scale_min", "local_scale_min", "local_scale_max", "local_size"):
-            fraction(name, getattr(self, name), low_open=True)
         if self.local_scale_min > self.local_scale_max:
             raise ValueError(f"local_scale_min ({self.local_scale_min}) must be <= "
                              f"local_scale_max ({self.local_scale_max})")

@@ -9,12 +9,13 @@ distillation benchmark's weight. hint_stage = stage2 is the benchmark's hint lay
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bowflow.checks import param
 from bowflow.losses import float32
 from bowflow.roles.base import register_method
 from bowflow.roles.distiller import Distiller, DistillParams
@@ -64,9 +65,9 @@ def hint_loss(student_map_adapted: torch.Tensor, teacher_map: torch.Tensor) -> t
 @dataclass
 class FitNetParams(DistillParams):
     method: str = "fitnet"
-    gamma: float = field(default=100.0, metadata={"help": "hint weight (the benchmark's 100)"})
-    hint_stage: str = field(default="stage2", metadata={
-        "help": "stage of both networks whose maps are matched (stage2: the benchmark's hint layer 2)"})
+    gamma: float = param(100.0, "hint weight (the benchmark's 100)")
+    hint_stage: str = param("stage2", "stage of both networks whose maps are matched (stage2: the "
+                                      "benchmark's hint layer 2)")
 
 
 @register_method("fitnet")

@@ -11,13 +11,13 @@ on CRD's) keeps. Trainable extras: L + 1 rescalers (the talk counts them as para
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bowflow.checks import positive
+from bowflow.checks import param
 from bowflow.heads import global_pool
 from bowflow.losses import float32
 from bowflow.roles.base import register_method
@@ -85,16 +85,11 @@ def supcon_loss(views: torch.Tensor, labels: torch.Tensor | None = None,
 @dataclass
 class IFACDParams(DistillParams):
     method: str = "ifacd"
-    gamma: float = field(default=0.8, metadata={"help": "IFACD weight (CRD's 0.8)"})
-    layers: int = field(default=1, metadata={"help": "teacher stages used as views, counted from "
-                                                     "the last (the talk: 1, 2, 3; best at 2)"})
-    embed_dim: int = field(default=128, metadata={"help": "common space of the views (128, as CRD)"})
-    contrast_temperature: float = field(default=0.07, metadata={"help": "SupCon temperature (0.07)"})
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("layers", "embed_dim", "contrast_temperature"):
-            positive(name, getattr(self, name))
+    gamma: float = param(0.8, "IFACD weight (CRD's 0.8)")
+    layers: int = param(1, "teacher stages used as views, counted from the last (the talk: 1, 2, 3; "
+                           "best at 2)", above=0)
+    embed_dim: int = param(128, "common space of the views (128, as CRD)", above=0)
+    contrast_temperature: float = param(0.07, "SupCon temperature (0.07)", above=0)
 
 
 @register_method("ifacd")

@@ -21,13 +21,13 @@ The evaluated network is the query encoder's backbone (the paper's choice).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from bowflow import augment
-from bowflow.checks import fraction, positive
+from bowflow.checks import param
 from bowflow.heads import ema_update, frozen_copy, mlp
 from bowflow.losses import embedding_std, float32, update_queue
 from bowflow.roles.base import TrainParams, register_method
@@ -57,43 +57,32 @@ def infonce_with_queue(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
 @dataclass
 class MoCoParams(TrainParams):
     method: str = "moco"
-    lr: float = field(default=0.06, metadata={"help": "peak SGD lr at batch 64-256 (MoCo v2: "
-                                                      "0.03 at batch 256 on 8 GPUs; CIFAR "
-                                                      "re-implementations use 0.06)"})
-    temperature: float = field(default=0.2, metadata={"help": "InfoNCE temperature (MoCo v2: 0.2)"})
-    queue_size: int = field(default=4096, metadata={
-        "help": "keys in the queue, K (MoCo: 65536 on ImageNet's 1.28M images; 4096 for "
-                "CIFAR-size data keeps keys from the last ~epoch's fraction, not stale ones)"})
-    key_momentum: float = field(default=0.99, metadata={
-        "help": "EMA momentum of the key encoder (MoCo: 0.999 at ~5000 steps/epoch; 0.99 for "
-                "runs of a few thousand steps, as CIFAR recipes)"})
-    proj_hidden: int = field(default=0, metadata={
-        "help": "head hidden width; 0 = the backbone's feature size, as MoCo v2's head "
-                "Linear(C, C) -> ReLU -> Linear(C, 128) (2048 for its ResNet-50)"})
-    proj_dim: int = field(default=128, metadata={"help": "key/query size D (MoCo v2: 128)"})
-    crop_scale_min: float = field(default=0.2, metadata={"help": "smallest crop area (MoCo v2: 0.2)"})
-    jitter: float = field(default=0.4, metadata={"help": "brightness/contrast/saturation (MoCo v2: 0.4)"})
-    hue: float = field(default=0.1, metadata={"help": "hue shift in turns (MoCo v2: 0.1)"})
-    jitter_p: float = field(default=0.8, metadata={"help": "jitter probability (MoCo v2: 0.8)"})
-    gray_p: float = field(default=0.2, metadata={"help": "grayscale probability (MoCo v2: 0.2)"})
-    blur_p: float = field(default=0.5, metadata={"help": "blur probability (MoCo v2: 0.5); sigma "
-                                                         "0.1-2.0 px at 224 scaled to the view "
-                                                         "(augment.blur_sigma_px), negligible at 16-32 px"})
+    lr: float = param(0.06, "peak SGD lr at batch 64-256 (MoCo v2: 0.03 at batch 256 on 8 GPUs; CIFAR "
+                            "re-implementations use 0.06)")
+    temperature: float = param(0.2, "InfoNCE temperature (MoCo v2: 0.2)", above=0)
+    queue_size: int = param(4096, "keys in the queue, K (MoCo: 65536 on ImageNet's 1.28M images; 4096 "
+                                  "for CIFAR-size data keeps keys from the last ~epoch's fraction, not "
+                                  "stale ones)", above=0)
+    key_momentum: float = param(0.99, "EMA momentum of the key encoder (MoCo: 0.999 at ~5000 "
+                                      "steps/epoch; 0.99 for runs of a few thousand steps, as CIFAR "
+                                      "recipes)", low=0, high=1)
+    proj_hidden: int = param(0, "head hidden width; 0 = the backbone's feature size, as MoCo v2's head "
+                                "Linear(C, C) -> ReLU -> Linear(C, 128) (2048 for its ResNet-50)",
+                                low=0)
+    proj_dim: int = param(128, "key/query size D (MoCo v2: 128)", above=0)
+    crop_scale_min: float = param(0.2, "smallest crop area (MoCo v2: 0.2)", above=0, high=1)
+    jitter: float = param(0.4, "brightness/contrast/saturation (MoCo v2: 0.4)", low=0)
+    hue: float = param(0.1, "hue shift in turns (MoCo v2: 0.1)", low=0)
+    jitter_p: float = param(0.8, "jitter probability (MoCo v2: 0.8)", low=0, high=1)
+    gray_p: float = param(0.2, "grayscale probability (MoCo v2: 0.2)", low=0, high=1)
+    blur_p: float = param(0.5, "blur probability (MoCo v2: 0.5); sigma 0.1-2.0 px at 224 scaled to the "
+                               "view (augment.blur_sigma_px), negligible at 16-32 px", low=0, high=1)
 
     def validate(self) -> None:
         super().validate()
-        for name in ("temperature", "queue_size", "proj_dim"):
-            positive(name, getattr(self, name))
-        positive("proj_hidden", self.proj_hidden, allow_zero=True)
         if self.queue_size < 2 * self.batch_size:
             raise ValueError(f"queue_size ({self.queue_size}) must hold at least one step's "
                              f"2 x batch_size = {2 * self.batch_size} keys")
-        fraction("key_momentum", self.key_momentum)
-        fraction("crop_scale_min", self.crop_scale_min, low_open=True)
-        for name in ("jitter_p", "gray_p", "blur_p"):
-            fraction(name, getattr(self, name))
-        positive("jitter", self.jitter, allow_zero=True)
-        positive("hue", self.hue, allow_zero=True)
 
 
 @register_method("moco")

@@ -7,11 +7,12 @@ gamma = 50, the benchmark's weight. Both networks must have the same number of s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from bowflow.checks import param
 from bowflow.losses import float32
 from bowflow.roles.base import register_method
 from bowflow.roles.distiller import Distiller, DistillParams, check_same_stages, match_spatial
@@ -42,7 +43,7 @@ def nst_loss(s_map: torch.Tensor, t_map: torch.Tensor) -> torch.Tensor:
 @dataclass
 class NSTParams(DistillParams):
     method: str = "nst"
-    gamma: float = field(default=50.0, metadata={"help": "NST weight (the benchmark's 50)"})
+    gamma: float = param(50.0, "NST weight (the benchmark's 50)")
 
 
 @register_method("nst")

@@ -26,14 +26,14 @@ distances to random vectors say nothing about the features' scale).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from bowflow import augment
-from bowflow.checks import fraction, positive
+from bowflow.checks import param
 from bowflow.heads import cosine_momentum, ema_update, frozen_copy
 from bowflow.losses import embedding_std, float32, perplexity, update_queue
 from bowflow.roles.base import TrainParams, register_method
@@ -121,61 +121,44 @@ def obow_loss(logits: list[list[torch.Tensor]], targets: list[torch.Tensor]
 @dataclass
 class OBoWParams(TrainParams):
     method: str = "obow"
-    lr: float = field(default=0.05, metadata={"help": "peak SGD lr (authors: 0.05 at batch 128 for "
-                                                      "ResNet-18, cosine; kept for batch 64-256)"})
-    num_words: int = field(default=2048, metadata={"help": "K, words per level (a queue; paper 8192 on "
-                                                           "ImageNet, fewer for 10-class small images); "
-                                                           "a multiple of batch_size"})
-    base_momentum: float = field(default=0.99, metadata={"help": "EMA teacher momentum at step 0, "
-                                                                 "-> 1 on a cosine (paper 0.99)"})
-    inv_delta: float = field(default=10.0, metadata={"help": "soft-assignment sharpness, in units of "
-                                                             "1 / running mean distance (paper: 10 for ResNet-18)"})
-    distance_decay: float = field(default=0.99, metadata={"help": "decay of the running mean of the "
-                                                                  "nearest-word distance (paper 0.99, init 0.5)"})
-    kappa: float = field(default=5.0, metadata={"help": "fixed logit scale (paper: 5 for ResNet-18)"})
-    normalize_features: bool = field(default=False, metadata={"help": "L2-normalise the student's pooled "
-                                                                      "feature before the kappa-scaled "
-                                                                      "dot product (a cosine classifier). "
-                                                                      "Authors: no (BoWPredictor scales "
-                                                                      "the raw feature by kappa)"})
-    drop_border: int = field(default=1, metadata={"help": "map cells dropped on each side before BoW "
-                                                          "(paper 1); 0 where fewer than 2x2 would remain"})
-    num_crops: int = field(default=2, metadata={"help": "large student crops (paper 2)"})
-    crop_size: float = field(default=1.0, metadata={"help": "large crop side, fraction of the image "
-                                                            "(paper 160 of 224 px; full size on small images)"})
-    crop_scale_min: float = field(default=0.25, metadata={"help": "large crop area range, fraction of the "
-                                                                  "image (paper 0.08-0.6; raised for 16-32 px)"})
-    crop_scale_max: float = field(default=0.7, metadata={"help": "see crop_scale_min"})
-    num_patches: int = field(default=5, metadata={"help": "grid cells (of 9) given to the student (paper 5)"})
-    patch_size: float = field(default=0.5, metadata={"help": "patch side, fraction of the image, >= 4 px "
-                                                             "(paper 96 of 224 px, ~0.6 of the 160 px crops)"})
-    jitter: float = field(default=0.4, metadata={"help": "brightness/contrast/saturation strength (paper 0.4)"})
-    hue: float = field(default=0.1, metadata={"help": "hue shift, fraction of a turn (paper 0.1)"})
-    jitter_p: float = field(default=0.8, metadata={"help": "probability of colour jitter per view (paper 0.8)"})
-    gray_p: float = field(default=0.2, metadata={"help": "probability of grayscale per view (paper 0.2)"})
+    lr: float = param(0.05, "peak SGD lr (authors: 0.05 at batch 128 for ResNet-18, cosine; kept for "
+                            "batch 64-256)")
+    num_words: int = param(2048, "K, words per level (a queue; paper 8192 on ImageNet, fewer for "
+                                 "10-class small images); a multiple of batch_size", above=0)
+    base_momentum: float = param(0.99, "EMA teacher momentum at step 0, -> 1 on a cosine (paper 0.99)",
+                                       low=0, high=1)
+    inv_delta: float = param(10.0, "soft-assignment sharpness, in units of 1 / running mean distance "
+                                   "(paper: 10 for ResNet-18)", above=0)
+    distance_decay: float = param(0.99, "decay of the running mean of the nearest-word distance (paper "
+                                        "0.99, init 0.5)", low=0, high=1)
+    kappa: float = param(5.0, "fixed logit scale (paper: 5 for ResNet-18)", above=0)
+    normalize_features: bool = param(False, "L2-normalise the student's pooled feature before the "
+                                            "kappa-scaled dot product (a cosine classifier). Authors: "
+                                            "no (BoWPredictor scales the raw feature by kappa)")
+    drop_border: int = param(1, "map cells dropped on each side before BoW (paper 1); 0 where fewer "
+                                "than 2x2 would remain", low=0)
+    num_crops: int = param(2, "large student crops (paper 2)", above=0)
+    crop_size: float = param(1.0, "large crop side, fraction of the image (paper 160 of 224 px; full "
+                                  "size on small images)", above=0, high=1)
+    crop_scale_min: float = param(0.25, "large crop area range, fraction of the image (paper 0.08-0.6; "
+                                        "raised for 16-32 px)", above=0, high=1)
+    crop_scale_max: float = param(0.7, "see crop_scale_min", above=0, high=1)
+    num_patches: int = param(5, "grid cells (of 9) given to the student (paper 5)", low=0, high=9)
+    patch_size: float = param(0.5, "patch side, fraction of the image, >= 4 px (paper 96 of 224 px, "
+                                   "~0.6 of the 160 px crops)", above=0, high=1)
+    jitter: float = param(0.4, "brightness/contrast/saturation strength (paper 0.4)", low=0)
+    hue: float = param(0.1, "hue shift, fraction of a turn (paper 0.1)", low=0)
+    jitter_p: float = param(0.8, "probability of colour jitter per view (paper 0.8)", low=0, high=1)
+    gray_p: float = param(0.2, "probability of grayscale per view (paper 0.2)", low=0, high=1)
 
     def validate(self) -> None:
         super().validate()
-        positive("num_words", self.num_words)
         if self.num_words % self.batch_size:
             raise ValueError(f"num_words ({self.num_words}) must be a multiple of batch_size "
                              f"({self.batch_size}): each step pushes one word per image")
-        fraction("base_momentum", self.base_momentum)
-        fraction("distance_decay", self.distance_decay)
-        for name in ("inv_delta", "kappa", "num_crops"):
-            positive(name, getattr(self, name))
-        positive("drop_border", self.drop_border, allow_zero=True)
-        if not 0 <= self.num_patches <= 9:
-            raise ValueError(f"num_patches must be in [0, 9] (cells of a 3x3 grid), got {self.num_patches}")
-        for name in ("crop_size", "patch_size", "crop_scale_min", "crop_scale_max"):
-            fraction(name, getattr(self, name), low_open=True)
         if self.crop_scale_min > self.crop_scale_max:
             raise ValueError(f"crop_scale_min ({self.crop_scale_min}) must be <= crop_scale_max "
                              f"({self.crop_scale_max})")
-        for name in ("jitter_p", "gray_p"):
-            fraction(name, getattr(self, name))
-        positive("jitter", self.jitter, allow_zero=True)
-        positive("hue", self.hue, allow_zero=True)
 
 
 def grid_cells(images: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:

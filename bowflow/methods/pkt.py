@@ -7,11 +7,12 @@ over B^2 entries, hence the large weight).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from bowflow.checks import param
 from bowflow.losses import float32
 from bowflow.roles.base import register_method
 from bowflow.roles.distiller import Distiller, DistillParams
@@ -40,7 +41,7 @@ def pkt_loss(s_emb: torch.Tensor, t_emb: torch.Tensor, eps: float = 1e-7) -> tor
 @dataclass
 class PKTParams(DistillParams):
     method: str = "pkt"
-    gamma: float = field(default=30000.0, metadata={"help": "PKT weight (the benchmark's 30000)"})
+    gamma: float = param(30000.0, "PKT weight (the benchmark's 30000)")
 
 
 @register_method("pkt")

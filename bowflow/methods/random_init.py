@@ -8,9 +8,10 @@ k-NN accuracy is above RotNet's (README), so a method's row means little without
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bowflow import augment
+from bowflow.checks import param
 from bowflow.losses import embedding_std
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
@@ -19,10 +20,9 @@ from bowflow.roles.self_supervised import SelfSupervised
 @dataclass
 class RandomInitParams(TrainParams):
     method: str = "random_init"
-    epochs: int = field(default=1, metadata={"help": "passes that estimate the BN statistics "
-                                                     "(one is enough: nothing else changes)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "must stay 0: decay would shrink "
-                                                               "the random weights"})
+    epochs: int = param(1, "passes that estimate the BN statistics (one is enough: nothing else "
+                           "changes)")
+    weight_decay: float = param(0.0, "must stay 0: decay would shrink the random weights")
 
     def validate(self) -> None:
         super().validate()

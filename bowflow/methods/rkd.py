@@ -6,11 +6,12 @@ weights); gamma = 1, the benchmark's weight.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from bowflow.checks import param
 from bowflow.losses import float32
 from bowflow.roles.base import register_method
 from bowflow.roles.distiller import Distiller, DistillParams
@@ -56,7 +57,7 @@ def rkd_loss(s_emb: torch.Tensor, t_emb: torch.Tensor, w_distance: float = 25,
 @dataclass
 class RKDParams(DistillParams):
     method: str = "rkd"
-    gamma: float = field(default=1.0, metadata={"help": "RKD weight (the benchmark's 1)"})
+    gamma: float = param(1.0, "RKD weight (the benchmark's 1)")
 
 
 @register_method("rkd")

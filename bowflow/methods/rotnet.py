@@ -5,25 +5,21 @@ after the standard crop-with-padding + flip. Head: global average pool -> linear
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch.nn as nn
 import torch.nn.functional as F
 
 from bowflow import augment
-from bowflow.checks import positive
+from bowflow.checks import param
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
 
 
 @dataclass
 class RotNetParams(TrainParams):
-    padding: int = field(default=4, metadata={"help": "pixels of zero padding for the random crop "
-                                                      "(4 of 32 in the official CIFAR recipe)"})
-
-    def validate(self) -> None:
-        super().validate()
-        positive("padding", self.padding, allow_zero=True)
+    padding: int = param(4, "pixels of zero padding for the random crop (4 of 32 in the official CIFAR "
+                            "recipe)", low=0)
 
 
 @register_method("rotnet")

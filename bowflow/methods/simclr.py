@@ -12,13 +12,13 @@ whose most similar other embedding is their partner: the contrastive task's accu
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from bowflow import augment
-from bowflow.checks import fraction, positive
+from bowflow.checks import param
 from bowflow.heads import mlp
 from bowflow.losses import embedding_std, float32
 from bowflow.roles.base import TrainParams, register_method
@@ -46,41 +46,27 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
 @dataclass
 class SimCLRParams(TrainParams):
     method: str = "simclr"
-    lr: float = field(default=0.1, metadata={"help": "peak learning rate. SGD (default) at batch "
-                                                     "<= 256; the paper's LARS lr is 0.3 x B / 256"})
-    weight_decay: float = field(default=5e-4, metadata={
-        "help": "L2 on weights. 5e-4 suits SGD on small data; the paper: 1e-6 with LARS"})
-    temperature: float = field(default=0.5, metadata={
-        "help": "NT-Xent temperature T: 0.5, the best value for CIFAR-10 at every batch size "
-                "in the paper's appendix (its ImageNet runs use 0.1); small batches give few "
-                "negatives, and a low T would weight the few hardest ones too much"})
-    proj_hidden: int = field(default=512, metadata={
-        "help": "projector hidden width (paper: the backbone's 2048 features; 4x the 128-d "
-                "convnet feature here, as solo-learn's 2048 on a 512-d ResNet-18)"})
-    proj_dim: int = field(default=128, metadata={"help": "projector output size (paper: 128)"})
-    crop_size: float = field(default=1.0, metadata={
-        "help": "side of both views, as a fraction of the image side (>= 4 px)"})
-    crop_scale_min: float = field(default=0.2, metadata={
-        "help": "smallest crop area fraction (paper 0.08 at 224 px; 0.2 keeps a 16-32 px digit "
-                "or object recognisable)"})
-    color_strength: float = field(default=0.5, metadata={
-        "help": "colour distortion strength s: brightness/contrast/saturation 0.8 s, hue 0.2 s "
-                "(paper: s = 1 on ImageNet, 0.5 on CIFAR-10 -> 0.4/0.4/0.4/0.1)"})
-    jitter_p: float = field(default=0.8, metadata={"help": "probability of colour jitter per view (paper: 0.8)"})
-    gray_p: float = field(default=0.2, metadata={"help": "probability of grayscale per view (paper: 0.2)"})
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("temperature", "proj_hidden", "proj_dim", "crop_size"):
-            positive(name, getattr(self, name))
-        if self.crop_size > 1:
-            raise ValueError(f"crop_size is a fraction of the image side, in (0, 1], got {self.crop_size}")
-        if not 0 <= self.color_strength <= 2.5:
-            raise ValueError(f"color_strength must be in [0, 2.5] (hue 0.2 s <= 0.5 turn), "
-                             f"got {self.color_strength}")
-        fraction("crop_scale_min", self.crop_scale_min, low_open=True)
-        fraction("jitter_p", self.jitter_p)
-        fraction("gray_p", self.gray_p)
+    lr: float = param(0.1, "peak learning rate. SGD (default) at batch <= 256; the paper's LARS lr is "
+                           "0.3 x B / 256")
+    weight_decay: float = param(5e-4, "L2 on weights. 5e-4 suits SGD on small data; the paper: 1e-6 "
+                                      "with LARS")
+    temperature: float = param(0.5, "NT-Xent temperature T: 0.5, the best value for CIFAR-10 at every "
+                                    "batch size in the paper's appendix (its ImageNet runs use 0.1); "
+                                    "small batches give few negatives, and a low T would weight the "
+                                    "few hardest ones too much", above=0)
+    proj_hidden: int = param(512, "projector hidden width (paper: the backbone's 2048 features; 4x the "
+                                  "128-d convnet feature here, as solo-learn's 2048 on a 512-d "
+                                  "ResNet-18)", above=0)
+    proj_dim: int = param(128, "projector output size (paper: 128)", above=0)
+    crop_size: float = param(1.0, "side of both views, as a fraction of the image side (>= 4 px)",
+                                  above=0, high=1)
+    crop_scale_min: float = param(0.2, "smallest crop area fraction (paper 0.08 at 224 px; 0.2 keeps a "
+                                       "16-32 px digit or object recognisable)", above=0, high=1)
+    color_strength: float = param(0.5, "colour distortion strength s: brightness/contrast/saturation "
+                                       "0.8 s, hue 0.2 s (paper: s = 1 on ImageNet, 0.5 on CIFAR-10 -> "
+                                       "0.4/0.4/0.4/0.1)", low=0, high=2.5)
+    jitter_p: float = param(0.8, "probability of colour jitter per view (paper: 0.8)", low=0, high=1)
+    gray_p: float = param(0.2, "probability of grayscale per view (paper: 0.2)", low=0, high=1)
 
 
 @register_method("simclr")

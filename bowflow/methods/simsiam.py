@@ -14,13 +14,13 @@ spread measure on the predictor output (the paper's collapse plot is the std of 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from bowflow import augment, heads
-from bowflow.checks import fraction, positive
+from bowflow.checks import param
 from bowflow.losses import embedding_std, float32
 from bowflow.optim import default_groups
 from bowflow.roles.base import TrainParams, register_method
@@ -41,41 +41,25 @@ def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 @dataclass
 class SimSiamParams(TrainParams):
     method: str = "simsiam"
-    lr: float = field(default=0.05, metadata={
-        "help": "peak lr (paper: SGD 0.05 x batch/256 on ImageNet, 0.03 x batch/256 on CIFAR; "
-                "at batch 64-128 the linear rule gives 0.01-0.03, too slow for a 30-epoch budget "
-                "on the small convnet, so the unscaled base lr 0.05 is the default)"})
-    weight_decay: float = field(default=5e-4, metadata={
-        "help": "L2 on conv/linear weights (paper: 1e-4 on ImageNet, 5e-4 on CIFAR)"})
-    proj_dim: int = field(default=512, metadata={
-        "help": "projector hidden and output size (paper 2048 for ResNet-50 / ResNet-18 on "
-                "CIFAR; 512 = 4x the 128-d convnet features at width 32)"})
-    proj_layers: int = field(default=2, metadata={
-        "help": "projector linear layers (paper: 3 on ImageNet, 2 on CIFAR)"})
-    pred_dim: int = field(default=128, metadata={
-        "help": "predictor bottleneck (paper 512 = proj_dim / 4; kept at a quarter: 128)"})
-    view_size: float = field(default=1.0, metadata={
-        "help": "view side as a fraction of the image side (full size on 16-32 px), at least 4 px"})
-    crop_scale_min: float = field(default=0.2, metadata={
-        "help": "smallest crop area fraction (paper's CIFAR recipe 0.2; ImageNet 0.08)"})
-    jitter: float = field(default=0.4, metadata={
-        "help": "brightness/contrast/saturation strength (paper: 0.4)"})
-    hue: float = field(default=0.1, metadata={"help": "hue shift in turns (paper: 0.1)"})
-    jitter_p: float = field(default=0.8, metadata={"help": "colour jitter probability (paper)"})
-    gray_p: float = field(default=0.2, metadata={"help": "grayscale probability (paper)"})
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("proj_dim", "pred_dim", "jitter"):
-            positive(name, getattr(self, name), allow_zero=name == "jitter")
-        if self.proj_layers < 1:
-            raise ValueError(f"proj_layers must be >= 1, got {self.proj_layers}")
-        fraction("view_size", self.view_size, low_open=True)
-        fraction("crop_scale_min", self.crop_scale_min, low_open=True)
-        if not 0 <= self.hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5] turns, got {self.hue}")
-        fraction("jitter_p", self.jitter_p)
-        fraction("gray_p", self.gray_p)
+    lr: float = param(0.05, "peak lr (paper: SGD 0.05 x batch/256 on ImageNet, 0.03 x batch/256 on "
+                            "CIFAR; at batch 64-128 the linear rule gives 0.01-0.03, too slow for a "
+                            "30-epoch budget on the small convnet, so the unscaled base lr 0.05 is the "
+                            "default)")
+    weight_decay: float = param(5e-4, "L2 on conv/linear weights (paper: 1e-4 on ImageNet, 5e-4 on "
+                                      "CIFAR)")
+    proj_dim: int = param(512, "projector hidden and output size (paper 2048 for ResNet-50 / ResNet-18 "
+                               "on CIFAR; 512 = 4x the 128-d convnet features at width 32)", above=0)
+    proj_layers: int = param(2, "projector linear layers (paper: 3 on ImageNet, 2 on CIFAR)", low=1)
+    pred_dim: int = param(128, "predictor bottleneck (paper 512 = proj_dim / 4; kept at a quarter: "
+                               "128)", above=0)
+    view_size: float = param(1.0, "view side as a fraction of the image side (full size on 16-32 px), "
+                                  "at least 4 px", above=0, high=1)
+    crop_scale_min: float = param(0.2, "smallest crop area fraction (paper's CIFAR recipe 0.2; "
+                                       "ImageNet 0.08)", above=0, high=1)
+    jitter: float = param(0.4, "brightness/contrast/saturation strength (paper: 0.4)", low=0)
+    hue: float = param(0.1, "hue shift in turns (paper: 0.1)", low=0, high=0.5)
+    jitter_p: float = param(0.8, "colour jitter probability (paper)", low=0, high=1)
+    gray_p: float = param(0.2, "grayscale probability (paper)", low=0, high=1)
 
 
 @register_method("simsiam")

@@ -6,11 +6,12 @@ stage maps (`distill_losses.similarity_loss`); gamma = 3000, the benchmark's wei
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from bowflow.checks import param
 from bowflow.losses import float32
 from bowflow.roles.base import register_method
 from bowflow.roles.distiller import Distiller, DistillParams
@@ -36,7 +37,7 @@ def similarity_loss(s_map: torch.Tensor, t_map: torch.Tensor) -> torch.Tensor:
 @dataclass
 class SPParams(DistillParams):
     method: str = "sp"
-    gamma: float = field(default=3000.0, metadata={"help": "similarity weight (the benchmark's 3000)"})
+    gamma: float = param(3000.0, "similarity weight (the benchmark's 3000)")
 
 
 @register_method("sp")

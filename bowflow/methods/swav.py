@@ -18,14 +18,14 @@ the batch really uses; collapse drives it to 1).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from bowflow import augment
-from bowflow.checks import fraction, positive
+from bowflow.checks import param
 from bowflow.heads import mlp
 from bowflow.losses import embedding_std, float32, perplexity
 from bowflow.roles.base import TrainParams, register_method
@@ -75,40 +75,25 @@ def swav_loss(scores1: torch.Tensor, scores2: torch.Tensor, codes1: torch.Tensor
 @dataclass
 class SwAVParams(TrainParams):
     method: str = "swav"
-    lr: float = field(default=0.06, metadata={"help": "peak SGD lr (SwAV: LARS 4.8 at batch 4096; "
-                                                      "SGD for small batches)"})
-    prototypes: int = field(default=128, metadata={
-        "help": "K, prototypes (SwAV: 3000 on ImageNet; ~10x the classes for CIFAR-size data, "
-                "not far above the batch size: there is no feature queue)"})
-    proj_hidden: int = field(default=512, metadata={"help": "projector hidden width (SwAV: 2048)"})
-    proj_dim: int = field(default=128, metadata={"help": "embedding size D (SwAV: 128)"})
-    temperature: float = field(default=0.1, metadata={"help": "softmax temperature of the prediction (SwAV: 0.1)"})
-    epsilon: float = field(default=0.05, metadata={"help": "Sinkhorn entropy weight (SwAV: 0.05)"})
-    sinkhorn_iterations: int = field(default=3, metadata={"help": "Sinkhorn iterations (SwAV: 3)"})
-    freeze_prototypes_epochs: int = field(default=1, metadata={"help": "epochs without prototype "
-                                                                       "updates (SwAV: 1)"})
-    local_crops: int = field(default=0, metadata={
-        "help": "small crops per image (SwAV: 6 at 96 px of 224; 0 by default on 16-32 px "
-                "images, where a 3/7-size crop keeps little of the object)"})
-    local_size: float = field(default=3 / 7, metadata={"help": "local crop side / image side (SwAV: 96/224)"})
-    crop_scale_min: float = field(default=0.2, metadata={"help": "smallest global crop area "
-                                                                 "(SwAV: 0.14 at 224 px)"})
-    jitter: float = field(default=0.4, metadata={"help": "colour jitter strength (SwAV: 0.8 x 0.5)"})
-    hue: float = field(default=0.1, metadata={"help": "hue shift in turns"})
-    jitter_p: float = field(default=0.8, metadata={"help": "jitter probability (SwAV: 0.8)"})
-    gray_p: float = field(default=0.2, metadata={"help": "grayscale probability (SwAV: 0.2)"})
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("prototypes", "proj_hidden", "proj_dim", "temperature", "epsilon",
-                     "sinkhorn_iterations", "local_size"):
-            positive(name, getattr(self, name))
-        for name in ("freeze_prototypes_epochs", "local_crops"):
-            positive(name, getattr(self, name), allow_zero=True)
-        fraction("local_size", self.local_size, low_open=True)
-        fraction("crop_scale_min", self.crop_scale_min, low_open=True)
-        for name in ("jitter_p", "gray_p"):
-            fraction(name, getattr(self, name))
+    lr: float = param(0.06, "peak SGD lr (SwAV: LARS 4.8 at batch 4096; SGD for small batches)")
+    prototypes: int = param(128, "K, prototypes (SwAV: 3000 on ImageNet; ~10x the classes for "
+                                 "CIFAR-size data, not far above the batch size: there is no feature "
+                                 "queue)", above=0)
+    proj_hidden: int = param(512, "projector hidden width (SwAV: 2048)", above=0)
+    proj_dim: int = param(128, "embedding size D (SwAV: 128)", above=0)
+    temperature: float = param(0.1, "softmax temperature of the prediction (SwAV: 0.1)", above=0)
+    epsilon: float = param(0.05, "Sinkhorn entropy weight (SwAV: 0.05)", above=0)
+    sinkhorn_iterations: int = param(3, "Sinkhorn iterations (SwAV: 3)", above=0)
+    freeze_prototypes_epochs: int = param(1, "epochs without prototype updates (SwAV: 1)", low=0)
+    local_crops: int = param(0, "small crops per image (SwAV: 6 at 96 px of 224; 0 by default on 16-32 "
+                                "px images, where a 3/7-size crop keeps little of the object)", low=0)
+    local_size: float = param(3 / 7, "local crop side / image side (SwAV: 96/224)", above=0, high=1)
+    crop_scale_min: float = param(0.2, "smallest global crop area (SwAV: 0.14 at 224 px)",
+                                       above=0, high=1)
+    jitter: float = param(0.4, "colour jitter strength (SwAV: 0.8 x 0.5)", low=0)
+    hue: float = param(0.1, "hue shift in turns", low=0)
+    jitter_p: float = param(0.8, "jitter probability (SwAV: 0.8)", low=0, high=1)
+    gray_p: float = param(0.2, "grayscale probability (SwAV: 0.2)", low=0, high=1)
 
 
 @register_method("swav")

@@ -10,12 +10,13 @@ the benchmark's weight. Both networks must have the same number of stages.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bowflow.checks import param
 from bowflow.losses import float32
 from bowflow.roles.base import register_method
 from bowflow.roles.distiller import Distiller, DistillParams, check_same_stages, match_spatial
@@ -64,7 +65,7 @@ def vid_loss(mean: torch.Tensor, var: torch.Tensor, teacher_map: torch.Tensor) -
 @dataclass
 class VIDParams(DistillParams):
     method: str = "vid"
-    gamma: float = field(default=1.0, metadata={"help": "VID weight (the benchmark's 1)"})
+    gamma: float = param(1.0, "VID weight (the benchmark's 1)")
 
 
 @register_method("vid")
