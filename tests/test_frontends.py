@@ -1,37 +1,50 @@
 """dvc.yaml and the Snakemake workflow describe the same stages: same commands, same
 inputs, same outputs. DVC's side comes from DVC's own resolver, Snakemake's from a real
-dry run of the workflow over the shipped params.yaml."""
+dry run of the workflow, over the shipped params.yaml and over the tiny params (every
+method, teachers and distillation runs). Directory outputs are declared in dvc.yaml
+(`type: directory`); a wrong or missing declaration is an error (workflow/dvcstages.py)."""
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
-ROOT = Path(__file__).resolve().parent.parent
+from tiny_params import ROOT, make_project, tiny_params
+
+sys.path.insert(0, str(ROOT / "workflow"))
+from dvcstages import DeclarationError, Pipeline  # noqa: E402
+
+BIN = Path(sys.executable).parent
+PREPARED = "      - data/prepared:"       # how dvc.yaml declares prepare's output folder
 
 
-def dvc_stages() -> dict[frozenset, dict]:
+def relative(path: str, root: Path) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def dvc_stages(root: Path = ROOT) -> dict[frozenset, dict]:
     stages = {}
-    with Repo(str(ROOT)) as repo:
+    with Repo(str(root)) as repo:
         for stage in repo.index.stages:
             if not stage.cmd:
                 continue
-            outs = frozenset(str(Path(o.fs_path).relative_to(ROOT)) for o in stage.outs)
-            deps = [str(Path(d.fs_path).relative_to(ROOT)) for d in stage.deps
-                    if not isinstance(d, ParamsDependency)]
-            stages[outs] = {"name": stage.addressing, "cmd": " ".join(stage.cmd.split()), "deps": deps}
+            outs = frozenset(relative(o.fs_path, root) for o in stage.outs)
+            deps = [relative(d.fs_path, root) for d in stage.deps if not isinstance(d, ParamsDependency)]
+            stages[outs] = {"name": stage.name, "cmd": " ".join(stage.cmd.split()), "deps": deps}
     return stages
 
 
-def snakemake_jobs() -> dict[frozenset, dict]:
-    bin_dir = Path(sys.executable).parent
-    result = subprocess.run([str(bin_dir / "snakemake"), "--dry-run", "--forceall", "--printshellcmds",
-                             "--cores", "1", "--nolock"],
-                            cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+def snakemake(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "snakemake"), *args], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
+
+
+def snakemake_jobs(result: subprocess.CompletedProcess) -> dict[frozenset, dict]:
     assert result.returncode == 0, result.stderr + result.stdout
     jobs = {}
     for block in re.split(r"\n(?=\[[^\]]+\]\nrule )", result.stdout + result.stderr):
@@ -46,11 +59,20 @@ def snakemake_jobs() -> dict[frozenset, dict]:
     return jobs
 
 
-def test_same_stages_commands_inputs_outputs():
-    dvc, snakemake = dvc_stages(), snakemake_jobs()
+@pytest.fixture(scope="module", params=["repo", "tiny"])
+def dry_run(request, tmp_path_factory):
+    """(project, its Snakemake dry run): this repository, and a scratch tiny project."""
+    root = ROOT if request.param == "repo" else make_project(tmp_path_factory.mktemp("tiny") / "p", tiny_params())
+    return root, snakemake(root, "--dry-run", "--forceall", "--printshellcmds", "--cores", "1", "--nolock")
+
+
+def test_same_stages_commands_inputs_outputs(dry_run):
+    root, result = dry_run
+    dvc, snakemake = dvc_stages(root), snakemake_jobs(result)
     assert set(dvc) == set(snakemake), "the two front-ends produce different sets of outputs"
     for outputs, stage in dvc.items():
         job = snakemake[outputs]
+        assert job["rule"] == stage["name"].replace("@", "__")
         assert job["cmd"] == stage["cmd"], f"{stage['name']} vs rule {job['rule']}"
         inputs = set(job["inputs"])
         for dep in stage["deps"]:
@@ -62,8 +84,91 @@ def test_same_stages_commands_inputs_outputs():
                 f"rule {job['rule']}: input {path} is not a DVC dependency of {stage['name']}"
 
 
+def test_dry_run_takes_no_dvc_lock_and_writes_nothing_tracked(dry_run):
+    root, _ = dry_run
+    if root == ROOT:
+        pytest.skip("the repository's own working tree may hold edits and DVC state")
+    assert not (root / ".dvc/tmp/lock").exists() and not (root / ".dvc/tmp/rwlock").exists()
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+    assert status.stdout == "", status.stdout
+
+
+def test_directory_outputs_are_declared_and_agree_with_dvc_lock():
+    declared = {o.path: o.directory for job in Pipeline(ROOT).jobs for o in job.outputs}
+    assert {path for path, isdir in declared.items() if isdir} == {"data/prepared", "data/report"}
+    with Repo(str(ROOT)) as repo:      # what DVC recorded of the last run: a folder's md5 ends in .dir
+        locked = {relative(o.fs_path, ROOT): o.hash_info.isdir for s in repo.index.stages
+                  for o in s.outs if o.hash_info and o.hash_info.value}
+    assert locked and all(declared[path] == isdir for path, isdir in locked.items())
+
+
 def test_generation_chain_follows_parents():
     dvc = {s["name"]: s for s in dvc_stages().values()}
     assert "data/models/g0/model.pt" in dvc["vocab@g1"]["deps"]
     assert "data/models/g1/model.pt" in dvc["vocab@g2"]["deps"]
     assert "--parent-model data/models/g1/model.pt" in dvc["student@g2"]["cmd"]
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    return make_project(tmp_path_factory.mktemp("decl") / "p", tiny_params())
+
+
+@pytest.fixture
+def project(scratch):
+    """The scratch tiny project, restored after each test that edits it."""
+    pristine = (scratch / "dvc.yaml").read_text()
+    yield scratch
+    (scratch / "dvc.yaml").write_text(pristine)
+    (scratch / "dvc.lock").unlink(missing_ok=True)
+    subprocess.run(["rm", "-rf", str(scratch / "data")], check=True)
+
+
+def undeclare(project: Path) -> None:
+    text = (project / "dvc.yaml").read_text()
+    start = text.index(PREPARED)
+    end = text.index("\n", text.index("type: directory", start)) + 1
+    (project / "dvc.yaml").write_text(text[:start] + "      - data/prepared\n" + text[end:])
+
+
+def test_undeclared_directory_output_is_an_error(project):
+    undeclare(project)
+    Pipeline(project)                       # nothing says what data/prepared is yet
+    (project / "data/prepared").mkdir(parents=True)
+    with pytest.raises(DeclarationError, match=r"prepare output data/prepared is a directory according "
+                                               r"to the path on disk, but is declared as a file"):
+        Pipeline(project)
+    result = snakemake(project, "--dry-run", "--cores", "1")
+    assert result.returncode != 0 and "data/prepared is a directory" in result.stderr + result.stdout
+
+
+def test_directory_in_dvc_lock_must_be_declared(project):
+    undeclare(project)
+    (project / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  prepare:\n    cmd: x\n    outs:\n    - path: data/prepared\n"
+        "      hash: md5\n      md5: 0123456789abcdef0123456789abcdef.dir\n")
+    with pytest.raises(DeclarationError, match="directory according to dvc.lock"):
+        Pipeline(project)
+
+
+def test_declared_directory_that_is_a_file_is_an_error(project):
+    (project / "data").mkdir()
+    (project / "data/prepared").write_text("not a folder")
+    with pytest.raises(DeclarationError, match="is a file according to the path on disk"):
+        Pipeline(project)
+
+
+def test_unknown_output_type_is_an_error(project):
+    text = (project / "dvc.yaml").read_text()
+    (project / "dvc.yaml").write_text(text.replace("type: directory", "type: dir", 1))
+    with pytest.raises(DeclarationError, match="has type 'dir'"):
+        Pipeline(project)
+
+
+def test_dependency_inside_a_directory_output_is_an_error(project):
+    text = (project / "dvc.yaml").read_text()
+    report_deps = "      - data/prepared\n      - data/metrics"
+    assert report_deps in text
+    (project / "dvc.yaml").write_text(text.replace(report_deps, "      - data/prepared/images.npz\n      - data/metrics"))
+    with pytest.raises(DeclarationError, match="inside the directory output data/prepared"):
+        Pipeline(project)
