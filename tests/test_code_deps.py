@@ -16,7 +16,7 @@ from dvc.repo import Repo
 
 from bowflow.methods import available_methods
 from code_deps import ROOT, closure
-from tiny_params import make_project, tiny_params
+from bowflow.scaffold import make_project, tiny_params
 
 CODE_FOLDERS = ("bowflow", "stages")
 

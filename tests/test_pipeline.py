@@ -20,7 +20,7 @@ from dvc.repo import Repo
 
 from test_code_deps import code_run_by
 from bowflow.cli import render_args
-from tiny_params import ROOT, make_project, tiny_params, write_params
+from bowflow.scaffold import ROOT, make_project, tiny_params, write_params
 
 BIN = Path(sys.executable).parent
 # A user's fresh shell: the project's environment is NOT on PATH (commands are typed as

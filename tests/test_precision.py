@@ -162,12 +162,12 @@ def test_evaluate_stage_scores_float32_features_under_autocast(tmp_path, monkeyp
     assert {k: v for k, v in bf16.items() if k not in drop} == {k: v for k, v in fp32.items() if k not in drop}
 
 
-def test_bench_precision_smoke(capsys):
+@pytest.mark.slow
+def test_bench_precision_smoke():
     """The benchmark trains the same BoWNet in each mode per seed and reports the paired
     differences; the bf16 mode really ran under bf16 and was scored on float32 features."""
-    from benchmarks.bench_precision import main
-    result = main(["--smoke", "--modes", "default", "bf16-channels-last+bf16-softmax"])
-    assert "RESULT " in capsys.readouterr().out
+    from benchmark_cli import benchmark_result
+    result = benchmark_result("bench_precision", "--smoke", "--modes", "default", "bf16-channels-last+bf16-softmax")
     rows = {r["mode"]: r for r in result["rows"]}
     assert rows["default"]["compute"]["bf16"] is False
     assert rows["bf16-channels-last+bf16-softmax"]["compute"]["bf16"] is True
@@ -175,5 +175,3 @@ def test_bench_precision_smoke(capsys):
     knn = result["summary"]["bf16-channels-last+bf16-softmax"]["knn"]
     assert knn["diff_mean"] == pytest.approx(rows["bf16-channels-last+bf16-softmax"]["knn"]
                                              - rows["default"]["knn"], abs=1e-3)
-    import bowflow.methods.bownet as bownet            # the unguarded loss was put back
-    assert hasattr(bownet.soft_cross_entropy, "__wrapped__")

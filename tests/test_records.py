@@ -140,7 +140,7 @@ def test_every_training_stage_records_its_seed_in_the_model_file(tmp_path):
     from bowflow.cli import render_args
     from bowflow.io import load_torch
     from stages import distill, prepare, pretrain, student, vocab
-    from tiny_params import tiny_params
+    from bowflow.scaffold import tiny_params
 
     params = tiny_params()
     prepared = tmp_path / "prepared"
