@@ -19,7 +19,8 @@ def test_killed_dvc_repro_reruns_to_the_uninterrupted_result(tmp_path):
     lines = result.stdout.strip().splitlines()
     assert result.returncode == 0, report
     assert lines[-1] == "2 passed, 0 failed", report
-    trials = [line.split() for line in lines if line.split()[:1] in (["1"], ["2"])]
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["#"])
+    trials = [line.split() for line in lines[header + 1:-1]]     # one line per trial
     assert len(trials) == 2, report
     for row in trials:
         assert row[-1] == "PASS", report          # the rerun passed every check ...
