@@ -1,12 +1,17 @@
-# Two commands on a fresh clone:
-#   make run    install into .venv, run the whole pipeline with `dvc repro`, print the table
-#   make test   install into .venv, run the test suite
+# On a fresh clone:
+#   make run        install into .venv, run the whole pipeline with `dvc repro`, print the table
+#   make test       install into .venv, run the fast tier: every test not marked slow (unit
+#                   tests, the method contract on one method, the tiny pipeline once with
+#                   one run of each kind; under 5 minutes on 2 cores)
+#   make test-all   install into .venv, run every test, the slow ones too (every method's
+#                   contract and learning, fault injection, Snakemake, reruns, benchmark
+#                   runs, the records check; most of an hour on 2 cores). CI runs this: .ci/run
 VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test benchmarks clean
+.PHONY: install run test test-all benchmarks clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +26,9 @@ run: install
 	@cat data/report/report.md
 
 test: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+test-all: install
 	$(BIN)/python -m pytest -q tests
 
 clean:

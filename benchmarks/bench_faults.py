@@ -1,6 +1,6 @@
 """Fault injection: `dvc repro` killed with SIGKILL at random moments, then run again.
 
-Everything runs in scratch copies of the project (`tests/tiny_params.make_project` with the
+Everything runs in scratch copies of the project (`bowflow.scaffold.make_project` with the
 tiny params: digits at 8 px, seconds per stage), with the project venv's bin first on PATH,
 PYTHONUNBUFFERED=1 and one BOWFLOW_CACHE shared by the baseline and every trial (the
 machine's compute choice is measured once, by the baseline, as on a user's machine; the
@@ -35,6 +35,7 @@ user's own cache does not leak in).
 
     python -m benchmarks.bench_faults                       # 10 trials, seed 0
     python -m benchmarks.bench_faults --trials 3 --seed 1
+    python -m benchmarks.bench_faults --trials 2 --generations g1 --stages student@g1 report
     python -m benchmarks.bench_faults --workdir W --reuse-baseline --first 6   # trials 6.. only,
                                                             # on the uninterrupted run kept in W
 Exits 1 if any trial fails.
@@ -55,6 +56,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bowflow import scaffold
+from bowflow.scaffold import make_project
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
@@ -239,8 +243,6 @@ class Trial:
 def baseline(scratch: Path, params: dict, reuse: bool = False) -> tuple[Run, dict]:
     """The uninterrupted run: -> (its Run, its final state). Its stage starts are saved to
     scratch/baseline.json; with `reuse`, an earlier baseline in `scratch` is read instead."""
-    from tiny_params import make_project
-
     project, saved = scratch / "baseline", scratch / "baseline.json"
     if reuse and saved.exists():
         record = json.loads(saved.read_text())
@@ -257,8 +259,6 @@ def baseline(scratch: Path, params: dict, reuse: bool = False) -> tuple[Run, dic
 def run_trial(index: int, planned: tuple[str, float], scratch: Path, params: dict,
               expected: dict, keep: bool = False) -> Trial:
     """Kill one `dvc repro` as planned, rerun it, and check the result (see the module doc)."""
-    from tiny_params import make_project
-
     trial = Trial(index, planned)
     where = scratch / f"trial{index}"
     env = environment(scratch / "cache")
@@ -317,7 +317,6 @@ def run_faults(trials: int, seed: int, scratch: Path, params: dict | None = None
                stages: list[str] | None = None, keep: bool = False, say=print,
                reuse_baseline: bool = False, first: int = 1) -> list[Trial]:
     """The whole check: baseline, plan, trials. Returns the trials (see `Trial.passed`)."""
-    sys.path.insert(0, str(ROOT / "tests"))          # tests/tiny_params.py lays out projects
     params = core_params() if params is None else params
     base_run, expected = baseline(scratch, params, reuse_baseline)
     stage_windows = windows(base_run)
@@ -340,12 +339,7 @@ def core_params() -> dict:
     """The tiny configuration with only the RotNet -> BoWNet chain (11 stages), so that 10
     trials reach every stage; the family's pretrain runs and the teacher/distill runs are
     stages of the same kind (run_training: checkpoint, resume, atomic writes)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_params import tiny_params
-    params = tiny_params()
-    params["pretrain"] = {"g0": params["pretrain"]["g0"]}
-    params["teachers"], params["distill"] = {}, {}   # trained by the same code as pretrain runs
-    return params
+    return scaffold.core_params()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,14 +351,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-baseline", action="store_true",
                         help="use the uninterrupted run already in --workdir")
     parser.add_argument("--first", type=int, default=1, help="start at this trial of the plan")
+    parser.add_argument("--generations", nargs="+", default=None, metavar="GEN",
+                        help="keep only these BoWNet generations of the tiny params (e.g. g1: shorter runs)")
+    parser.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
+                        help="kill in these stages, round-robin (default: every stage, longest first)")
     args = parser.parse_args(argv)
+    params = core_params()
+    if args.generations is not None:
+        unknown = sorted(set(args.generations) - set(params["generations"]))
+        if unknown:
+            parser.error(f"--generations: no generation {unknown} in the tiny params")
+        params["generations"] = {g: v for g, v in params["generations"].items() if g in args.generations}
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        results = run_faults(args.trials, args.seed, args.workdir, keep=args.keep,
+        results = run_faults(args.trials, args.seed, args.workdir, params, args.stages, keep=args.keep,
                              reuse_baseline=args.reuse_baseline, first=args.first)
     else:
         with tempfile.TemporaryDirectory(prefix="bowflow-faults-") as scratch:
-            results = run_faults(args.trials, args.seed, Path(scratch), keep=args.keep)
+            results = run_faults(args.trials, args.seed, Path(scratch), params, args.stages, keep=args.keep)
     return 0 if all(t.passed for t in results) else 1
 
 

@@ -28,7 +28,7 @@ The two sides:
   torch does not bring: `lightning-utilities` (imported by `lightly.transforms`) and
   `packaging` (imported by lightning-utilities). The runner imports from the project only
   `bowflow/networks.py`, so the backbone is the same `convnet`, and the standard-library
-  budget rule `benchmarks/peer_budget.py`.
+  budget rule `bowflow/budget.py`.
 
 Same for both: the images (a seeded subset of the train split; k-NN on the test split),
 the backbone (`convnet`, same width, and the same initial weights: the parent builds it
@@ -61,7 +61,7 @@ Differences the two libraries leave (stated, not hidden):
   32 px); the random streams necessarily differ, seeded from the same seed;
 - lightly's `cosine_schedule` ends at exactly 1 on the last step (bowflow one step later).
 
-Same budget, by measured time (`benchmarks/peer_budget.py`, one rule for both sides): each
+Same budget, by measured time (`bowflow/budget.py`, one rule for both sides): each
 side trains until its measured training time reaches --seconds. Its training time is the sum
 of its epochs' seconds, each from asking for the epoch's first batch (ours: the first
 training_step call, its batch a slice of the in-memory images) to the end of its last
@@ -117,7 +117,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.peer_budget import EpochBudget
+from bowflow.budget import EpochBudget
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TARBALL = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -302,7 +302,7 @@ class _Interrupt(Exception):
 def train_ours(images: torch.Tensor, normalizer, init_state: dict, args, seed: int,
                workdir: Path) -> tuple[torch.nn.Module, dict]:
     """bowflow's BYOL through bowflow.train.train until its measured training time reaches
-    args.seconds (benchmarks.peer_budget.EpochBudget; module docstring: the budget)."""
+    args.seconds (bowflow.budget.EpochBudget; module docstring: the budget)."""
     from bowflow.io import load_torch
     from bowflow.networks import build_backbone
     from bowflow.roles.base import get_method

@@ -1,6 +1,6 @@
 """Pipeline overhead: a no-op `dvc repro`, and the way from a params edit to training.
 
-Everything runs in a scratch copy of the project (`tests/tiny_params.make_project` with
+Everything runs in a scratch copy of the project (`bowflow.scaffold.make_project` with
 the tiny params: digits at 8 px, seconds per stage), with the project venv's bin first on
 PATH and PYTHONUNBUFFERED=1:
 
@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _run(args: argparse.Namespace, scratch: Path) -> dict:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_params import make_project, tiny_params, write_params
+    from bowflow.scaffold import make_project, tiny_params, write_params
 
     params = tiny_params()
     project = make_project(scratch / "project", params)

@@ -3,7 +3,8 @@
 Runs inside the throw-away virtual env that bench_peer creates (lightly 1.6 installed there,
 torch/torchvision seen through a .pth pointing at the project's site-packages). It imports
 lightly, torch, torchvision (through lightly's transforms), numpy, PIL, and from bowflow
-only `bowflow/networks.py` (via sys.path), so the backbone is the very same `convnet`.
+only `bowflow/networks.py` (via sys.path), so the backbone is the very same `convnet`, and
+the budget rule `bowflow/budget.py` (standard library only).
 
 The model, the transforms, the DataLoader and the loop are written as lightly's BYOL example
 (`examples/pytorch/byol.py`: a `BYOL` module with `backbone`, `projection_head`,
@@ -16,7 +17,7 @@ passes (bowflow's BYOL defaults; see bench_peer's docstring for what differs and
 
 IN.pt: {"images": uint8 [N, H, W, 3], "init_backbone": state_dict}. Trains on all images
 until the measured training time reaches the config's `seconds`, by the rule of
-`benchmarks/peer_budget.py` (the one bowflow's side uses too): the clock is checked after
+`bowflow/budget.py` (the one bowflow's side uses too): the clock is checked after
 each epoch, the epochs left are re-planned from the measured ones, and lightly's schedules
 (`CosineWarmupScheduler` for the lr, `cosine_schedule` for the EMA momentum) are laid out
 over the planned steps, their total moved when the plan changes. Writes DIR/backbone.pt (the
@@ -40,7 +41,7 @@ from PIL import Image
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.peer_budget import EpochBudget  # noqa: E402  (standard library only)
+from bowflow.budget import EpochBudget  # noqa: E402  (standard library only)
 from bowflow.networks import build_backbone  # noqa: E402  (torch only: the same convnet)
 
 import lightly  # noqa: E402
@@ -127,7 +128,7 @@ def set_total_steps(scheduler: CosineWarmupScheduler, optimizer, total_steps: in
 
 def train(images: np.ndarray, cfg: dict, init_backbone: dict | None) -> tuple[BYOL, dict]:
     """Train lightly's BYOL on uint8 images [N, H, W, 3] until the measured training time
-    reaches cfg["seconds"] (benchmarks.peer_budget.EpochBudget)."""
+    reaches cfg["seconds"] (bowflow.budget.EpochBudget)."""
     seed = cfg["seed"]
     random.seed(seed)
     np.random.seed(seed)

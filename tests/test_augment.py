@@ -246,12 +246,12 @@ def test_everything_runs_on_cuda_with_cuda_generator(images):
 
 # --------------------------------------------------------------------------- benchmark
 
-def test_benchmark_smoke(capsys):
-    from benchmarks.bench_augment import main
+@pytest.mark.slow
+def test_benchmark_smoke():
+    from benchmark_cli import benchmark_result
 
-    result = main(["--smoke"])
+    result = benchmark_result("bench_augment", "--smoke")
     assert result["baseline_images_per_s"] > 0 and result["batched_images_per_s"] > 0
-    assert "RESULT " in capsys.readouterr().out
 
 
 def test_blur_and_solarize_views():

@@ -52,7 +52,7 @@ import bowflow.config  # noqa: F401  (warm the parent: children fork with these 
 import stages.prepare  # noqa: F401
 import stages.pretrain  # noqa: F401
 from bowflow.cli import render_args
-from bowflow.config import load_yaml
+from bowflow.sections import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 FRESH = os.environ.get("BOWFLOW_TEST_SUBPROCESS") == "1"
@@ -184,8 +184,8 @@ def check_params(tmp: Path, edit: Callable[[dict], None] | None = None, text: st
     else:
         params = shipped_params()
         edit(params)
-        from yaml_writer import dump   # tests/conftest.py puts tests/ on sys.path
-        dump(params, path)
+        from bowflow.scaffold import write_yaml
+        write_yaml(params, path)
     return ["bowflow.config", str(path), "--manifest", str(manifest or tmp / "no-manifest.json")]
 
 
@@ -499,7 +499,7 @@ def _distill_pair(edit_run: dict) -> Callable[[dict], None]:
     """A teachers: entry 't' and a FitNet distill: entry 'fit' from it (their methods'
     defaults, small convnets), the FitNet run changed by `edit_run`."""
     def edit(params: dict) -> None:
-        from tiny_params import distill_runs   # tests/ is on sys.path (conftest.py)
+        from bowflow.scaffold import distill_runs
         teachers, distill = distill_runs(["fitnet"])
         params["teachers"] = {"t": teachers["teacher"]}
         params["distill"] = {"fit": distill["fitnet"] | {"teacher": "t"} | edit_run}
@@ -817,7 +817,7 @@ def test_met_needs_change_no_prepared_file(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
-# The real pipeline on the tiny configuration (tests/tiny_params.py): each bad value stops
+# The real pipeline on the tiny configuration (bowflow/scaffold.py): each bad value stops
 # `dvc repro` in check_params or prepare, naming the key, before any training stage.
 TRAINING_STAGES = ("pretrain@", "vocab@", "student@", "teacher@", "distill@", "evaluate_")
 
@@ -830,7 +830,7 @@ TRAINING_STAGES = ("pretrain@", "vocab@", "student@", "teacher@", "distill@", "e
 ], ids=["layer", "few-shot", "batch"])
 def test_dvc_repro_stops_before_training(key, value, phrases, last_stage, tmp_path):
     from test_pipeline import run   # the user's shell: PATH without the venv, empty cache
-    from tiny_params import make_project, tiny_params
+    from bowflow.scaffold import make_project, tiny_params
 
     params = tiny_params()
     setter(key, value)(params)

@@ -1,10 +1,19 @@
 """The benchmarks run (--smoke) and report what they promise; select_compute reads the cache
 that bench_compute --save writes (the rest of the compute choice: tests/test_compute.py).
+Each benchmark runs as a person runs it, `python -m benchmarks.NAME` (tests/benchmark_cli.py),
+and is checked by its RESULT line and files; these runs are the full tier's (marked slow).
 No timing is asserted anywhere."""
 from __future__ import annotations
 
+import json
+import shlex
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+from benchmark_cli import benchmark_result, run_benchmark
 
 from bowflow import compute
 from bowflow.methods.bownet import BoWNetParams
@@ -27,6 +36,62 @@ def cache_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
+# A stand-in for a stage command of dvc.lock (distill_seeds and ablate_generation rerun
+# those): it records its argv in each JSON it writes and derives its figures from its flags.
+FAKE_STAGE = """
+import csv, json, sys
+from pathlib import Path
+argv = sys.argv[1:]
+flags, i = {}, 0
+while i < len(argv):
+    j = i + 1
+    while j < len(argv) and not argv[j].startswith("--"):
+        j += 1
+    flags[argv[i]] = argv[i + 1:j]
+    i = j
+one = lambda name: flags[name][0]
+def write(path, record):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({**record, "argv": argv}))
+kind = one("--kind")
+if kind == "distill":
+    write(one("--metrics"), {"top1": float(one("--base")) + float(one("--slope")) * int(one("--seed"))})
+elif kind == "vocab":
+    write(one("--out"), {})
+    write(one("--metrics"), {"layer": one("--layer"), "size": int(one("--size")),
+                             "target_entropy": 1.0, "mean_histogram_perplexity": 9.0})
+elif kind == "student":
+    write(one("--model"), {})
+    write(one("--metrics"), {})
+    with open(one("--history"), "w", newline="") as f:
+        csv.writer(f).writerows([["epoch", "captured"], [1, 0.5], [2, 0.75]])
+else:
+    write(one("--out"), {"linear_base": 40.0, "knn_all": 30.0, "few_shot": {"1": {"mean": 20.0}}})
+"""
+
+
+def fake_stage(tmp_path: Path, kind: str, flags: str) -> str:
+    script = tmp_path / "fake_stage.py"
+    script.write_text(FAKE_STAGE)
+    return f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} --kind {kind} {flags}"
+
+
+def write_lock(tmp_path: Path, stages: dict[str, str]) -> Path:
+    """A dvc.lock of these stage commands; each is run once, as the pipeline's own run."""
+    import subprocess
+
+    from bowflow.scaffold import write_yaml
+    for cmd in stages.values():
+        subprocess.run(shlex.split(cmd), cwd=tmp_path, check=True)
+    lock = tmp_path / "dvc.lock"
+    write_yaml({"schema": "2.0", "stages": {name: {"cmd": cmd} for name, cmd in stages.items()}}, lock)
+    return lock
+
+
+def flags_of(argv: list[str]) -> dict[str, str]:
+    return {a: argv[i + 1] for i, a in enumerate(argv) if a.startswith("--") and i + 1 < len(argv)}
+
+
 @pytest.mark.parametrize("method", ["rotnet", "bownet"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_training_steps_run_under_cpu_bf16_autocast(method, channels_last):
@@ -44,14 +109,12 @@ def test_training_steps_run_under_cpu_bf16_autocast(method, channels_last):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_bench_compute_smoke_saves_the_choice(cache_dir, capsys):
-    from benchmarks.bench_compute import MODES, main
-
-    threads = torch.get_num_threads()
-    result = main(["--smoke", "--save"])
-    assert torch.get_num_threads() == threads
-    assert "RESULT " in capsys.readouterr().out
-    assert {row["mode"] for row in result["modes"]} == set(MODES)
+@pytest.mark.slow
+def test_bench_compute_smoke_saves_the_choice(cache_dir):
+    result = benchmark_result("bench_compute", "--smoke", "--save",
+                              env={"BOWFLOW_CACHE": str(cache_dir), compute.ENV_OVERRIDE: None})
+    assert {row["mode"] for row in result["modes"]} == {"eager_fp32", "channels_last_fp32", "bf16",
+                                                     "bf16_channels_last", "no_mkldnn_fp32"}
     for row in result["modes"]:
         positive(row, "images_per_s", "ratio", "gflops")
     for peak in result["matmul_gflops"].values():
@@ -66,83 +129,97 @@ def test_bench_compute_smoke_saves_the_choice(cache_dir, capsys):
     assert "bench_compute --save" in decision.reason
 
 
-def test_bench_compute_smoke_rotnet_with_compile_modes_listed(cache_dir, capsys):
-    from benchmarks.bench_compute import main
-
-    result = main(["--smoke", "--method", "rotnet", "--modes", "channels_last_fp32"])
+@pytest.mark.slow
+def test_bench_compute_smoke_rotnet_with_compile_modes_listed(cache_dir):
+    result = benchmark_result("bench_compute", "--smoke", "--method", "rotnet", "--modes", "channels_last_fp32",
+                              env={"BOWFLOW_CACHE": str(cache_dir), compute.ENV_OVERRIDE: None})
     assert {row["mode"] for row in result["modes"]} == {"eager_fp32", "channels_last_fp32"}
     assert result["method"] == "rotnet" and "saved" not in result
 
 
-def test_bench_targets_smoke_methods_agree(capsys):
-    from benchmarks.bench_targets import main
-
-    result = main(["--smoke"])
-    assert "RESULT " in capsys.readouterr().out
+@pytest.mark.slow
+def test_bench_targets_smoke_methods_agree():
+    result = benchmark_result("bench_targets", "--smoke")
     positive(result, "baseline_images_per_s", "A_images_per_s", "B_images_per_s",
              "B_with_assign_images_per_s", "ratio_A", "ratio_B", "assign_seconds")
     assert result["agree"]
     assert result["code_agreement"]["A_vs_B"] == 1.0
 
 
-def test_bench_vocab_smoke(capsys):
-    from benchmarks.bench_vocab import main
-
-    result = main(["--smoke"])
-    assert "RESULT " in capsys.readouterr().out
+@pytest.mark.slow
+def test_bench_vocab_smoke():
+    result = benchmark_result("bench_vocab", "--smoke")
     positive(result, "sklearn_seconds", "faiss_seconds", "speedup", "sklearn_inertia",
              "faiss_inertia", "inertia_ratio")
 
 
-def test_bench_pipeline_smoke(capsys):
-    from benchmarks.bench_pipeline import main
-
-    result = main(["--smoke"])
-    assert "RESULT " in capsys.readouterr().out
+@pytest.mark.slow
+def test_bench_pipeline_smoke():
+    result = benchmark_result("bench_pipeline", "--smoke")
     positive(result, "initial_repro_seconds", "import_torch_seconds", "noop_repro_seconds",
              "ratio_noop_vs_import")
     assert result["rerun_stages"] == ["check_params"]
     positive(result["rerun_seconds"], "check_params", "done")
 
 
+@pytest.mark.slow
 def test_distill_seeds_reseeds_only_the_seed_and_the_outputs(tmp_path):
-    from benchmarks.distill_seeds import reseeded_command, spread
-    cmd = ("bin/python -m stages.distill --prepared data/prepared --model data/models/kd/model.pt "
-           "--metrics data/metrics/train/kd.json --history data/plots/train/kd.csv --seed 0 "
-           "--teacher_model data/models/resnet56/model.pt --method kd --gamma 0.0")
-    argv, metrics = reseeded_command(cmd, 3, tmp_path)
-    flags = dict(zip(argv[3::2], argv[4::2]))
+    """Each locked command reruns with --seed 3 and its outputs under --out/s3; the table is
+    each row's top-1 over seeds with its margin over the vanilla row."""
+    common = ("--prepared data/prepared --seed 0 --history data/plots/train/{n}.csv "
+              "--model data/models/{n}/model.pt --metrics data/metrics/train/{n}.json")
+    lock = write_lock(tmp_path, {
+        "teacher@v": fake_stage(tmp_path, "distill", common.format(n="v") + " --base 50 --slope 1"),
+        "distill@kd": fake_stage(tmp_path, "distill", common.format(n="kd") + " --base 53 --slope 0.5 "
+                                 "--teacher_model data/models/resnet56/model.pt --method kd --gamma 0.0")})
+    out = tmp_path / "seeds"
+    result = benchmark_result("distill_seeds", "--lock", lock, "--vanilla", "teacher@v", "--stages",
+                              "distill@kd", "--seeds", "3", "--out", out, cwd=tmp_path)
+    assert result["seeds"] == [0, 3]
+    rows = {r["row"]: r for r in result["rows"]}
+    assert rows["teacher@v"]["top1"] == [50.0, 53.0] and rows["distill@kd"]["top1"] == [53.0, 54.5]
+    assert rows["distill@kd"]["margin"] == 2.25 and rows["distill@kd"]["margin_min"] == 1.5
+    assert rows["distill@kd"]["margin_max"] == 3.0 and "margin" not in rows["teacher@v"]
+    assert json.loads((out / "seeds.json").read_text()) == result
+    flags = flags_of(json.loads((out / "s3" / "kd.json").read_text())["argv"])
     assert flags["--seed"] == "3"
-    assert flags["--model"] == str(tmp_path / "s3" / "models" / "kd" / "model.pt")
-    assert flags["--metrics"] == str(metrics) == str(tmp_path / "s3" / "kd.json")
-    assert flags["--history"] == str(tmp_path / "s3" / "kd.csv")
-    assert flags["--checkpoints"] == str(tmp_path / "s3" / "checkpoints")
+    assert flags["--model"] == str(out / "s3" / "models" / "kd" / "model.pt")
+    assert flags["--metrics"] == str(out / "s3" / "kd.json")
+    assert flags["--history"] == str(out / "s3" / "kd.csv")
+    assert flags["--checkpoints"] == str(out / "s3" / "checkpoints")
     unchanged = {"--prepared": "data/prepared", "--method": "kd", "--gamma": "0.0",
                  "--teacher_model": "data/models/resnet56/model.pt"}
     assert {k: flags[k] for k in unchanged} == unchanged
-    rows = {r["row"]: r for r in spread({"v": [50.0, 52.0], "kd": [53.0, 53.5]}, "v")}
-    assert rows["kd"]["margin"] == 2.25 and rows["kd"]["margin_min"] == 1.5
-    assert rows["kd"]["margin_max"] == 3.0 and "margin" not in rows["v"]
 
 
+@pytest.mark.slow
 def test_ablate_generation_changes_only_the_named_flags_and_the_outputs(tmp_path):
-    from benchmarks.ablate_generation import parse_variant, variant_commands
-    locked = {"vocab@g2": {"cmd": "bin/python -m stages.vocab --teacher data/models/g1/model.pt "
-                                  "--out data/models/g2/vocab.pt --metrics m.json --layer stage2 --size 64"},
-              "student@g2": {"cmd": "bin/python -m stages.student --vocab data/models/g2/vocab.pt "
-                                    "--model data/models/g2/model.pt --metrics t.json --history h.csv "
-                                    "--epochs 60 --lr_decay_at 0.5 0.75 --init scratch"},
-              "evaluate_student@g2": {"cmd": "bin/python -m stages.evaluate --model data/models/g2/model.pt "
-                                             "--out e.json --few_shot_shots 1 5"}}
-    changes = parse_variant("vocab.size=256,student.lr_decay_at=0.6 0.8")
-    vocab, student, evaluate = variant_commands(locked, "g2", changes, tmp_path)
+    lock = write_lock(tmp_path, {
+        "vocab@g2": fake_stage(tmp_path, "vocab", "--teacher data/models/g1/model.pt --out data/models/g2/vocab.pt "
+                               "--metrics m.json --layer stage2 --size 64"),
+        "student@g2": fake_stage(tmp_path, "student", "--vocab data/models/g2/vocab.pt --model data/models/g2/model.pt "
+                                 "--metrics t.json --history h.csv --epochs 60 --lr_decay_at 0.5 0.75 --init scratch"),
+        "evaluate_student@g2": fake_stage(tmp_path, "evaluate", "--model data/models/g2/model.pt --out e.json "
+                                          "--few_shot_shots 1 5")})
+    out = tmp_path / "ablate"
+    variant = "vocab.size=256,student.lr_decay_at=0.6 0.8"
+    result = benchmark_result("ablate_generation", "--lock", lock, "--generation", "g2", "--variant", variant,
+                              "--out", out, cwd=tmp_path)
+    pipeline, row = result["rows"]
+    assert (pipeline["variant"], pipeline["words"], row["variant"], row["words"]) == ("pipeline", 64, variant, 256)
+    assert row["layer"] == "stage2" and row["epochs"] == 2 and row["captured"] == 0.75 and row["shot_1"] == 20.0
+    root = next(p for p in (out / "g2").iterdir() if p.is_dir())
+    vocab = json.loads((root / "vocab.json").read_text())["argv"]
+    student = json.loads((root / "train.json").read_text())["argv"]
+    evaluate = json.loads((root / "eval.json").read_text())["argv"]
     assert vocab[vocab.index("--size") + 1] == "256" and vocab[vocab.index("--layer") + 1] == "stage2"
     assert vocab[vocab.index("--teacher") + 1] == "data/models/g1/model.pt"      # the parent is shared
     assert student[student.index("--lr_decay_at") + 1:student.index("--lr_decay_at") + 3] == ["0.6", "0.8"]
-    assert student[student.index("--vocab") + 1] == vocab[vocab.index("--out") + 1] == str(tmp_path / "vocab.pt")
+    assert student[student.index("--vocab") + 1] == vocab[vocab.index("--out") + 1] == str(root / "vocab.pt")
     assert evaluate[evaluate.index("--model") + 1] == student[student.index("--model") + 1]
-    assert student[-2:] == ["--checkpoints", str(tmp_path / "checkpoints")]
-    assert all(str(tmp_path) in argv[argv.index(f) + 1]
+    assert student[-2:] == ["--checkpoints", str(root / "checkpoints")]
+    assert all(str(root) in argv[argv.index(f) + 1]
                for argv, f in [(vocab, "--metrics"), (student, "--history"), (evaluate, "--out")])
-    with pytest.raises(SystemExit, match="STAGE.FLAG=VALUE"):
-        parse_variant("size=256")
+    bad = run_benchmark("ablate_generation", "--lock", lock, "--generation", "g2", "--variant", "size=256",
+                        "--out", out, cwd=tmp_path, check=False)
+    assert bad.returncode != 0 and "STAGE.FLAG=VALUE" in bad.stderr

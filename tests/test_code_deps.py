@@ -14,7 +14,7 @@ from pathlib import Path
 from code_deps import ROOT, closure
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
-from tiny_params import make_project, tiny_params
+from bowflow.scaffold import make_project, tiny_params
 
 from bowflow.roles.base import available_methods
 

@@ -139,8 +139,8 @@ def test_command_line_check_exits_nonzero(tmp_path, params):
     bad = copy.deepcopy(params)
     bad["evaluate"]["knn_k"] = -1
     path = tmp_path / "params.yaml"
-    import yaml_writer  # noqa: F401  (see conftest: writes YAML without PyYAML)
-    yaml_writer.dump(bad, path)
+    from bowflow.scaffold import write_yaml
+    write_yaml(bad, path)
     result = subprocess.run([sys.executable, "-m", "bowflow.config", str(path),
                              "--manifest", str(tmp_path / "none.json")],
                             cwd=ROOT, capture_output=True, text=True)
@@ -163,7 +163,7 @@ def test_bad_key_of_a_section_is_named_in_full(params):
 
 def distill_params(params, **changes):
     """The shipped params plus a teacher (resnet56), a vanilla resnet20 and one `distill` run."""
-    from tiny_params import distill_runs
+    from bowflow.scaffold import distill_runs
     p = copy.deepcopy(params)
     teachers, distill = distill_runs(["kd"])
     p["teachers"] = {"t56": dict(teachers["teacher"], arch="resnet56", width=0),

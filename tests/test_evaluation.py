@@ -1,14 +1,12 @@
 """Tests for bowflow.evaluation: linear probe, k-NN and few-shot protocols on synthetic features."""
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from benchmarks import bench_fewshot
 from bowflow.evaluation import (
     _summarise,
     check_few_shot,
@@ -265,10 +263,10 @@ def test_batched_equals_reference_loop_exactly():
 # Benchmark smoke run (no timing assertions)
 
 
-def test_bench_fewshot_smoke(capsys):
-    bench_fewshot.main(["--smoke"])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1].startswith("RESULT ")
-    result = json.loads(lines[-1][len("RESULT "):])
+@pytest.mark.slow
+def test_bench_fewshot_smoke():
+    from benchmark_cli import benchmark_result
+
+    result = benchmark_result("bench_fewshot", "--smoke")
     assert result["match"] is True and result["smoke"] is True
     assert result["loop_s"] > 0 and result["batched_s"] > 0

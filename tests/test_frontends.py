@@ -14,7 +14,7 @@ import pytest
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
-from tiny_params import ROOT, make_project, tiny_params
+from bowflow.scaffold import ROOT, make_project, tiny_params
 
 sys.path.insert(0, str(ROOT / "workflow"))
 from dvcstages import DeclarationError, Pipeline  # noqa: E402

@@ -21,7 +21,7 @@ from dvc.repo import Repo
 from test_code_deps import code_run_by
 from bowflow.cli import render_args
 from bowflow.roles.base import available_methods
-from tiny_params import ROOT, make_project, tiny_params, write_params
+from bowflow.scaffold import ROOT, make_project, tiny_params, write_params
 
 BIN = Path(sys.executable).parent
 # A user's fresh shell: the project's environment is NOT on PATH (commands are typed as
@@ -33,7 +33,11 @@ ENV = {**{k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHO
        "PATH": USER_PATH, "BOWFLOW_CACHE": tempfile.mkdtemp(prefix="bowflow-test-cache-")}
 TIMING_KEYS = {"wall_seconds", "peak_rss_mb", "peak_gpu_mb", "feature_images_per_second"}
 
-pytestmark = pytest.mark.slow
+# Tiers: the fast tier (`make test`) runs the tiny pipeline once, with one run of each kind
+# (`tiny_params(every_method=False)`: the first image-only method and the first distiller
+# in the registry's order; every method takes ~3x as long), and checks it end to end. The
+# full tier (`make test-all`) also checks the run with every method (dvc_project), and
+# every test that edits, kills or reruns it, or runs Snakemake: those are marked slow.
 
 
 def run(project: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -63,14 +67,24 @@ def eval_metrics(project: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def dvc_project(tmp_path_factory):
+    """The tiny pipeline with every method, run once (the slow tests share it)."""
     project = make_project(tmp_path_factory.mktemp("dvc") / "project", tiny_params())
     ran = repro(project)
     return project, ran, eval_metrics(project)   # metrics before any test edits the project
 
 
-def test_dvc_runs_every_stage_and_writes_the_report(dvc_project):
-    project, ran, _ = dvc_project
-    params = tiny_params()
+@pytest.fixture(scope="module")
+def one_of_each_project(tmp_path_factory):
+    """The tiny pipeline with one run of each kind, run once (the fast tier's pipeline run)."""
+    project = make_project(tmp_path_factory.mktemp("dvc-fast") / "project", tiny_params(every_method=False))
+    return project, repro(project), None
+
+
+@pytest.mark.parametrize("which", ["one_of_each_project", pytest.param("dvc_project", marks=pytest.mark.slow)])
+def test_dvc_runs_every_stage_and_writes_the_report(which, request):
+    project, ran, _ = request.getfixturevalue(which)
+    params = tiny_params(every_method=which == "dvc_project")
+    assert len(params["distill"]) >= 1 and len(params["pretrain"]) >= 2
     runs = params["pretrain"]
     assert ran == {"check_params", "prepare", "vocab@g1", "vocab@g2", "student@g1", "student@g2",
                    "evaluate_student@g1", "evaluate_student@g2", "report",
@@ -103,6 +117,7 @@ def test_dvc_runs_every_stage_and_writes_the_report(dvc_project):
         assert metrics["parent"] == "teacher"
 
 
+@pytest.mark.slow
 def test_dvc_reruns_only_what_a_change_touches(dvc_project):
     project, _, _ = dvc_project
     params = tiny_params()
@@ -161,6 +176,7 @@ def stale_stages(project: Path) -> set[str]:
     return set(json.loads(result.stdout or "{}"))
 
 
+@pytest.mark.slow
 def test_every_code_edit_reruns_what_runs_it(dvc_project):
     """Edit each library and stage module in turn: `dvc status` must list every stage whose
     command runs that file (its import closure, tests/code_deps.py), so no cached output
@@ -190,6 +206,7 @@ def test_every_code_edit_reruns_what_runs_it(dvc_project):
     assert stale_stages(project) == set()
 
 
+@pytest.mark.slow
 def test_adding_a_method_reruns_nothing_that_exists(dvc_project):
     """VICReg, the method added last, is one module and one params entry. Take both out of
     the finished tiny project, then put them back: each time only its own branch, the
@@ -213,6 +230,7 @@ def test_adding_a_method_reruns_nothing_that_exists(dvc_project):
     assert repro(project) == {"check_params", "pretrain@vicreg", "evaluate_pretrain@vicreg", "report"}
 
 
+@pytest.mark.slow
 def test_snakemake_agrees_with_dvc(dvc_project, tmp_path):
     _, _, dvc_metrics = dvc_project
     project = make_project(tmp_path / "project", tiny_params())
@@ -222,6 +240,7 @@ def test_snakemake_agrees_with_dvc(dvc_project, tmp_path):
     assert (project / "report.html").stat().st_size > 10000
 
 
+@pytest.mark.slow
 def test_bad_params_stop_before_any_work(tmp_path):
     params = tiny_params()
     params["generations"]["g1"]["vocab"]["size"] = 5000
@@ -252,6 +271,7 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     project = make_project(tmp_path / "project", tiny_params())
     run(project, ".venv/bin/dvc", "repro", "prepare")
@@ -305,7 +325,7 @@ def readme_commands() -> list[str]:
 # Commands the README shows that this test does not type, and why.
 NOT_TYPED_HERE = {
     "make run": "the full default run; typed by hand in a fresh clone before every release",
-    "make test": "this test suite itself (CI runs it through .ci/run)",
+    "make test": "the test suites themselves (`make test`, `make test-all`; CI runs `make test-all`)",
     "cp presets/": "hours of CIFAR-10 training",
     "/path/to/": "a placeholder for the user's own data",
     "benchmarks.distill_seeds": "26 CIFAR-10 runs; test_distill_seeds_reruns_locked_stages types "
@@ -313,6 +333,7 @@ NOT_TYPED_HERE = {
 }
 
 
+@pytest.mark.slow
 def test_distill_seeds_reruns_locked_stages(dvc_project, tmp_path):
     """benchmarks.distill_seeds reruns dvc.lock's commands with another seed into its own
     folder: new models, the pipeline's outputs untouched, seed 0 read from the pipeline."""
@@ -335,6 +356,7 @@ def test_distill_seeds_reruns_locked_stages(dvc_project, tmp_path):
     assert json.loads((out / "seeds.json").read_text())["seeds"] == [0, 1]
 
 
+@pytest.mark.slow
 def test_readme_commands_work_as_typed(dvc_project):
     """The README's commands, typed in a fresh shell (no venv on PATH) in a project whose
     pipeline has run. Runs last: `dvc exp run` leaves its experiment in the workspace."""

@@ -15,7 +15,6 @@ import json
 
 import pytest
 import torch
-from test_method_contract import METHODS, build, data
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bowflow import bow, evaluation
@@ -23,6 +22,8 @@ from bowflow.models import Normalizer, pooled_features, save_model
 from bowflow.networks import build_backbone
 from bowflow.roles.base import get_method
 from bowflow.train import autocast_context, train
+
+from test_method_contract import CONTRACT_CASES, build, data
 
 # aten ops that must never see a bf16 tensor inside a training step (overload packet names)
 SENSITIVE = {"_softmax", "_log_softmax", "_softmax_backward_data", "_log_softmax_backward_data",
@@ -49,7 +50,8 @@ class Bf16Ops(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("name", METHODS)
+# every method in the full tier, the contract's one method in the fast tier
+@pytest.mark.parametrize("name", CONTRACT_CASES)
 def test_training_step_keeps_losses_and_softmax_targets_in_float32(name):
     images, labels = data()
     method, _ = build(name, images, labels)
@@ -161,12 +163,12 @@ def test_evaluate_stage_scores_float32_features_under_autocast(tmp_path, monkeyp
     assert {k: v for k, v in bf16.items() if k not in drop} == {k: v for k, v in fp32.items() if k not in drop}
 
 
-def test_bench_precision_smoke(capsys):
+@pytest.mark.slow
+def test_bench_precision_smoke():
     """The benchmark trains the same BoWNet in each mode per seed and reports the paired
     differences; the bf16 mode really ran under bf16 and was scored on float32 features."""
-    from benchmarks.bench_precision import main
-    result = main(["--smoke", "--modes", "default", "bf16-channels-last+bf16-softmax"])
-    assert "RESULT " in capsys.readouterr().out
+    from benchmark_cli import benchmark_result
+    result = benchmark_result("bench_precision", "--smoke", "--modes", "default", "bf16-channels-last+bf16-softmax")
     rows = {r["mode"]: r for r in result["rows"]}
     assert rows["default"]["compute"]["bf16"] is False
     assert rows["bf16-channels-last+bf16-softmax"]["compute"]["bf16"] is True
@@ -174,5 +176,3 @@ def test_bench_precision_smoke(capsys):
     knn = result["summary"]["bf16-channels-last+bf16-softmax"]["knn"]
     assert knn["diff_mean"] == pytest.approx(rows["bf16-channels-last+bf16-softmax"]["knn"]
                                              - rows["default"]["knn"], abs=1e-3)
-    import bowflow.methods.bownet as bownet  # the unguarded loss was put back
-    assert hasattr(bownet.soft_cross_entropy, "__wrapped__")

@@ -1,8 +1,9 @@
-"""The time budget of the peer benchmark: train until the measured training time reaches it.
+"""A training budget in measured seconds: train until the measured training time reaches it.
 
-One rule, used by both sides of `benchmarks/bench_peer.py` (bowflow's trainer and the lightly
-runner `benchmarks/peer_lightly_byol.py`, which imports this module from its throw-away env;
-hence standard library only). Nothing is calibrated beforehand: each side measures its own
+A rule for comparing trainers at equal time rather than equal epochs. Used by both sides of
+`benchmarks/bench_peer.py` (bowflow's trainer and the lightly runner
+`benchmarks/peer_lightly_byol.py`, which imports this module from its throw-away env; hence
+standard library only, and `bowflow/__init__.py` imports nothing). Nothing is calibrated beforehand: each side measures its own
 epochs as it trains and plans the rest of its run from them.
 
 - Training seconds: the sum of the epochs' seconds, each epoch timed from asking for its

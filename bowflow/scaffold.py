@@ -1,13 +1,29 @@
-"""A tiny configuration of the real pipeline (digits at 8 px, minutes -> seconds) and a
-helper that lays out a scratch copy of the project to run DVC or Snakemake in."""
+"""Lay out a runnable project folder with given params: the tiny configuration of the real
+pipeline and a scratch copy of the project to run DVC or Snakemake in.
+
+Used by the tests (end-to-end pipeline runs, stage dependency checks) and by the
+benchmarks that time or break the real pipeline (`benchmarks/bench_pipeline.py`,
+`benchmarks/bench_faults.py`), so that neither imports the other. Nothing in the pipeline's
+stages imports this module.
+
+- `tiny_params()`: params.yaml shrunk so that every kind of entry (a pretrain run of each
+  method, two BoWNet generations, teachers, one distillation run per method) trains in
+  seconds: the digits at 8 px, widths 6 to 12, 2 epochs. `tiny_params(every_method=False)`:
+  one run of each kind instead (a third of the stages). `core_params()`: the RotNet ->
+  BoWNet chain alone.
+- `make_project(where, params)`: copy the project's code and pipeline files into a fresh git
+  repository at `where`, with `params` as its params.yaml and `.venv` pointing at the
+  running environment, so that `.venv/bin/dvc repro` works there as typed in the README.
+- `write_params(where, params)`: (re)write a project's params.yaml, as DVC reads it.
+"""
+from __future__ import annotations
+
 import copy
 import shutil
 import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
-
-import yaml_writer
 
 from bowflow.roles.base import available_methods, get_method
 from bowflow.sections import load_yaml
@@ -16,7 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT_FILES = ["bin", "bowflow", "stages", "workflow", "dvc.yaml", ".dvc/config", ".dvcignore"]
 
 
-def tiny_params() -> dict:
+def tiny_params(every_method: bool = True) -> dict:
+    """The project's params.yaml made tiny (CPU, digits at 8 px, 2 epochs everywhere), with
+    a pretrain run of every image-only method and a distillation run of every distiller;
+    with every_method False, only of the first of each in the registry's order (the same
+    kinds of stages and report sections, far fewer runs)."""
     params = copy.deepcopy(load_yaml(ROOT / "params.yaml"))
     params["device"] = "cpu"
     params["data"].update(image_size=8, ssl_max_images=300)
@@ -26,11 +46,23 @@ def tiny_params() -> dict:
                    warmup_epochs=0.5)
     params["generations"] = {"g1": {"parent": "g0", "vocab": dict(vocab), "student": dict(student)},
                              "g2": {"parent": "g1", "vocab": dict(vocab), "student": dict(student)}}
-    params["pretrain"].update(family_runs())
-    params["teachers"], params["distill"] = distill_runs()
+    family, (teachers, distill) = family_runs(), distill_runs()
+    if not every_method:
+        family, distill = dict(list(family.items())[:1]), dict(list(distill.items())[:1])
+    params["pretrain"].update(family)
+    params["teachers"], params["distill"] = teachers, distill
     params["evaluate"].update(linear_epochs=5, few_shot_shots=[1, 5], few_shot_episodes=50,
                               batch_size=256)
     params["report"].update(words_shown=3, patches_per_word=4)
+    return params
+
+
+def core_params() -> dict:
+    """The tiny configuration with only the RotNet -> BoWNet chain (check_params, prepare,
+    g0, two generations' vocabularies and students, their evaluations, the report)."""
+    params = tiny_params(every_method=False)
+    params["pretrain"] = {"g0": params["pretrain"]["g0"]}
+    params["teachers"], params["distill"] = {}, {}
     return params
 
 
@@ -68,7 +100,8 @@ def distill_runs(methods: list[str] | None = None) -> tuple[dict, dict]:
 
 
 def make_project(where: Path, params: dict) -> Path:
-    """Copy the project's code and pipeline files into a fresh git repository."""
+    """Copy the project's code and pipeline files into a fresh git repository at `where`
+    (created), with `params` as its params.yaml; -> where."""
     where.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         source = ROOT / name
@@ -79,8 +112,8 @@ def make_project(where: Path, params: dict) -> Path:
             shutil.copy2(source, where / name)
     (where / ".dvc" / ".gitignore").write_text("/config.local\n/tmp\n/cache\n")
     (where / ".gitignore").write_text("/data/\n.snakemake/\n__pycache__/\n/.venv\n")
-    # The environment the tests run in stands where `make` puts it in a fresh clone, so the
-    # tests type the README's commands (`.venv/bin/dvc repro`) exactly as a user does.
+    # The running environment stands where `make` puts it in a fresh clone, so the README's
+    # commands (`.venv/bin/dvc repro`) work in the copy exactly as a user types them.
     (where / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     write_params(where, params)
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
@@ -90,4 +123,15 @@ def make_project(where: Path, params: dict) -> Path:
 
 
 def write_params(where: Path, params: dict) -> None:
-    yaml_writer.dump(params, where / "params.yaml")
+    """Write `params` as the project's params.yaml at `where`."""
+    write_yaml(params, where / "params.yaml")
+
+
+def write_yaml(data, path: Path) -> None:
+    """Write `data` as YAML with the library DVC reads params with (ruamel, YAML 1.2)."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="safe")
+    yaml.default_flow_style = False
+    with open(path, "w") as handle:
+        yaml.dump(data, handle)
