@@ -226,7 +226,9 @@ def test_adding_a_method_reruns_nothing_that_exists(dvc_project):
     assert repro(project) == {"check_params", "report"}
     module.write_bytes(source)
     write_params(project, params)
-    assert stale_stages(project) == {"check_params", "pretrain@vicreg", "evaluate_pretrain@vicreg", "report"}
+    # dvc status lists the stages whose own inputs changed; the report follows once the new
+    # run's metrics exist
+    assert stale_stages(project) == {"check_params", "pretrain@vicreg", "evaluate_pretrain@vicreg"}
     assert repro(project) == {"check_params", "pretrain@vicreg", "evaluate_pretrain@vicreg", "report"}
 
 
