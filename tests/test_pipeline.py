@@ -229,10 +229,12 @@ def test_adding_a_method_reruns_nothing_that_exists(dvc_project):
     # dvc status lists the stages whose own inputs changed; the report follows once the new
     # run's metrics exist
     assert stale_stages(project) == {"check_params", "pretrain@vicreg", "evaluate_pretrain@vicreg"}
-    # --no-run-cache: this project ran VICReg before, and DVC would restore its outputs from
-    # the run cache; a method that is really new has none
-    assert repro(project, "--no-run-cache") == {"check_params", "pretrain@vicreg", "evaluate_pretrain@vicreg",
-                                                "report"}
+    # Nothing outside its branch, the params check and the report reruns. (This project ran
+    # VICReg before, so DVC may restore its outputs from its caches instead of rerunning it.)
+    ran = repro(project, "--no-run-cache")
+    assert "check_params" in ran and ran <= {"check_params", "pretrain@vicreg", "evaluate_pretrain@vicreg",
+                                             "report"}, ran
+    assert (project / "data/metrics/eval/vicreg.json").is_file() and stale_stages(project) == set()
 
 
 @pytest.mark.slow
