@@ -30,7 +30,7 @@ test: install
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 test-all: install
-	$(BIN)/python -m pytest -q tests \
+	$(BIN)/python -m pytest -q --durations=25 tests \
 		--deselect "tests/test_pipeline.py::test_dvc_runs_every_stage_and_writes_the_report[one_of_each_project]"
 
 clean:

@@ -64,7 +64,7 @@ Differences the two libraries leave (stated, not hidden):
 Same budget, by measured time (`bowflow/budget.py`, one rule for both sides): each
 side trains until its measured training time reaches --seconds. Its training time is the sum
 of its epochs' seconds, each from asking for the epoch's first batch (ours: the first
-training_step call, its batch a slice of the in-memory images) to the end of its last
+`views` call, its batch a slice of the in-memory images) to the end of its last
 optimizer step, EMA update included, so lightly's DataLoader worker start-up is counted in every epoch it happens
 (lightly's example pays it each epoch; ours has no workers), and process start, imports, model
 building and the bookkeeping between epochs (ours: checkpoint save, resume after a re-plan;
@@ -78,7 +78,7 @@ warm-up, does not depend on the plan. Either side ends within one of its epochs 
 (|training seconds - budget| < its longest epoch); the k-NN of both sides is taken at that
 end, at equal seconds to within an epoch, and the printed `equal within` is the gap. A
 faster side gets more epochs. bowflow's side stays in `bowflow.train.train`: the budget is a
-hook on the method's training_step/after_step that times the epochs and, at the next
+hook on the method's views/after_step that times the epochs and, at the next
 epoch's first step, interrupts the trainer to stop or to resume from its own epoch
 checkpoint with the new plan (the trainer resumes exactly as an uninterrupted run would,
 only with the new total of steps). images/s are training images / training seconds.
@@ -318,18 +318,18 @@ def train_ours(images: torch.Tensor, normalizer, init_state: dict, args, seed: i
     backbone.load_state_dict(init_state)
     method = get_method("byol")(params, backbone, get_method("byol").inputs(**{"normalizer": normalizer, "image_size": args.size}))
 
-    # The hook: time each epoch from its first training_step call to its last after_step
-    # return; at the next epoch's first step, interrupt the trainer if the budget says stop
-    # or the plan (its total of steps) changed. Nothing of the model has moved at that point.
-    inner_step, inner_after = method.training_step, method.after_step
+    # The hook: time each epoch from its first step's views to its last after_step return;
+    # at the next epoch's first step, interrupt the trainer if the budget says stop or the
+    # plan (its total of steps) changed. Nothing of the model has moved at that point.
+    inner_views, inner_after = method.views, method.after_step
     clock = {"steps": 0, "start": 0.0, "go_on": True, "trainer_epochs": params.epochs}
 
-    def training_step(batch_images, index, generator):
+    def views(batch_images, index, generator):
         if clock["steps"] % steps_per_epoch == 0:
             if clock["steps"] and (not clock["go_on"] or budget.planned != clock["trainer_epochs"]):
                 raise _Interrupt
             clock["start"] = time.perf_counter()
-        return inner_step(batch_images, index, generator)
+        return inner_views(batch_images, index, generator)
 
     def after_step(step, total_steps):
         inner_after(step, total_steps)
@@ -337,7 +337,7 @@ def train_ours(images: torch.Tensor, normalizer, init_state: dict, args, seed: i
         if clock["steps"] % steps_per_epoch == 0:
             clock["go_on"] = budget.end_epoch(time.perf_counter() - clock["start"])
 
-    method.training_step, method.after_step = training_step, after_step
+    method.views, method.after_step = views, after_step
     checkpoint = workdir / f"ours-s{seed}.ckpt"
     checkpoint.unlink(missing_ok=True)
     # torch imports its compiler stack at the first optimizer it builds (seconds on a loaded
@@ -363,7 +363,7 @@ def train_ours(images: torch.Tensor, normalizer, init_state: dict, args, seed: i
         raise RuntimeError("bench_peer: the trainer ended before the budget said stop")
     history = load_torch(checkpoint)["history"]
     checkpoint.unlink(missing_ok=True)
-    del method.training_step, method.after_step
+    del method.views, method.after_step
     images_seen = clock["steps"] * batch
     return method.export_backbone(), {
         **budget.record(), "steps": clock["steps"], "images": images_seen,

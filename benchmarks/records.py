@@ -329,7 +329,25 @@ def table_ablation(record: Path) -> tuple[list[list[str]], set[str]]:
     return out, set()
 
 
-TABLES = {"ablation": table_ablation, "precision": table_precision, "generations": table_generations, "stage-times": table_stage_times,
+def table_processes(record: Path) -> tuple[list[list[str]], set[str]]:
+    """docs/BENCHMARKS.md section 13 from benchmarks.bench_processes's JSON: per method the
+    last epoch's images/s in one process and in N under torchrun, their ratio, both final
+    losses and the wall time of each run."""
+    data = load_json(record / "processes.json")
+    n = data["processes"]
+    out = [["method", "1 process: threads, images/s", f"{n} processes: threads each, images/s",
+            f"ratio {n} : 1", "final loss 1 / N (relative difference)", "wall s (1 / N)"]]
+    for r in data["rows"]:
+        one, many = r["one"], r["many"]
+        threads = one["threads"] or "torch's default"      # 0: one per physical core
+        out.append([r["method"], f"{threads}, {one['images_per_second']:.1f}",
+                    f"{many['threads']}, {many['images_per_second']:.1f}", f"{r['ratio']:.2f}",
+                    f"{one['loss']} / {many['loss']} ({r['loss_difference']:.1e})",
+                    f"{one['wall_seconds']} / {many['wall_seconds']}"])
+    return out, set()
+
+
+TABLES = {"ablation": table_ablation, "processes": table_processes, "precision": table_precision, "generations": table_generations, "stage-times": table_stage_times,
           "family": table_family, "distill": table_distill,
           "distill-margins": lambda record: table_distill(record, margins=True),
           "distill-seeds": table_distill_seeds}

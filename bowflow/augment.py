@@ -405,6 +405,18 @@ def make_views(images_uint8: torch.Tensor, specs: Sequence[ViewSpec],
     return [make_view(images_uint8, spec, generator) for spec in specs]
 
 
+def simclr_view(images_uint8: torch.Tensor, size: int, crop_scale_min: float, color_strength: float,
+                jitter_p: float, gray_p: float, generator: torch.Generator) -> torch.Tensor:
+    """SimCLR's CIFAR view (its paper's appendix): uint8 [B, 3, H, W] -> float [B, 3, size,
+    size] in [0, 1]: random resized crop (area crop_scale_min..1) + flip, colour jitter of
+    strength s (brightness/contrast/saturation 0.8 s, hue 0.2 s) with probability jitter_p,
+    grayscale with probability gray_p; no blur. SimCLR and IFACLR draw their views here."""
+    s = color_strength
+    x = random_resized_crop(to_float(images_uint8), size, (crop_scale_min, 1.0), generator=generator)
+    x = color_jitter(x, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, jitter_p, generator=generator)
+    return random_grayscale(x, gray_p, generator=generator)
+
+
 def scaled_size(image_size: int, fraction: float, minimum: int = 4) -> int:
     """A view's side in pixels as a fraction of the image's (DINO's 96/224 local crops),
     never below `minimum` so that a tiny image still gives a usable crop."""

@@ -26,17 +26,17 @@ from typing import Any
 
 from bowflow.data.scan import check_novel_classes, count_class_images
 from bowflow.data.specs import TARBALL_SUFFIXES, DataError
-from bowflow.networks import build_backbone
+from bowflow.networks import ARCHITECTURES, build_backbone
 from bowflow.roles.base import available_methods, get_method
-from bowflow.sections import (DataParams, EvalParams, ParamsError, ReportParams, VocabParams,
-                              check_data_needs, load_yaml)
+from bowflow.sections import (RESOURCE_KINDS, DataParams, EvalParams, ParamsError, ReportParams,
+                              ResourceParams, VocabParams, check_data_needs, load_yaml)
 
 # ---------------------------------------------------------------------------- params.yaml
 
 
 TOP_LEVEL = {"seed": int, "device": str, "data": DataParams, "pretrain": dict,
              "generations": dict, "teachers": dict, "distill": dict, "evaluate": EvalParams,
-             "report": ReportParams}
+             "report": ReportParams, "resources": dict}
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")   # names data/models/<name>/ and stages
 
 
@@ -250,6 +250,11 @@ def check_layers(checked: dict) -> None:
     runs |= {name: (gen["student"], f"generations.{name}.student")
              for name, gen in checked["generations"].items()}
     stages = {name: run_architecture(run, where).stage_names for name, (run, where) in runs.items()}
+    for name, (run, where) in runs.items():
+        if get_method(run.method).token_backbone and not hasattr(run_architecture(run, where), "block_tokens"):
+            vits = sorted(a for a in ARCHITECTURES if a.startswith("vit"))
+            raise ParamsError(f"{where}.arch: method '{run.method}' needs a vision transformer (one of "
+                              f"{vits}): '{run.arch}' has no patch tokens")
 
     def describe(name: str) -> str:
         run, where = runs[name]
@@ -298,6 +303,19 @@ def data_needs(checked: dict) -> dict:
             "ssl_batch": largest(ssl), "labelled_batch": largest(labelled)}
 
 
+def check_patches(checked: dict) -> None:
+    """Every ViT run's patch size divides data.image_size (its tokens tile the image)."""
+    size = checked["data"].image_size
+    runs = [(f"pretrain.{n}", r) for n, r in checked["pretrain"].items()]
+    runs += [(f"generations.{n}.student", g["student"]) for n, g in checked["generations"].items()]
+    runs += [(f"{s}.{n}", r) for s in ("teachers", "distill") for n, r in checked[s].items()]
+    for where, run in runs:
+        patch = getattr(run_architecture(run, where), "patch", 1)
+        if size % patch:
+            raise ParamsError(f"{where}.arch: '{run.arch}' cuts images into {patch} x {patch} px patches, "
+                              f"but data.image_size = {size} is not a multiple of {patch}")
+
+
 def check_batches_static(checked: dict) -> None:
     """A batch above the image cap its run trains on (data.ssl_max_images for the SSL runs,
     the run's own max_images for a labelled one) is known from the params alone."""
@@ -315,6 +333,37 @@ def check_batches_static(checked: dict) -> None:
                 raise ParamsError(f"{section}.{name}.batch_size: {run.batch_size} images per step, but "
                                   f"the run trains on its max_images = {cap} images: expected a "
                                   f"batch_size <= {cap}")
+
+
+def check_resources(values, checked: dict) -> dict:
+    """resources: one ResourceParams per kind of stage (RESOURCE_KINDS), and every training
+    run's batch split evenly over its stage's processes (each takes batch_size / processes
+    rows of every global batch)."""
+    if not isinstance(values, dict):
+        raise ParamsError(f"resources: expected a mapping with keys {list(RESOURCE_KINDS)}, got {values!r}")
+    for kind in values:
+        if kind not in RESOURCE_KINDS:
+            raise ParamsError(f"resources.{kind}: unknown stage kind{did_you_mean(kind, list(RESOURCE_KINDS))} "
+                              f"(expected {list(RESOURCE_KINDS)})")
+    missing = [k for k in RESOURCE_KINDS if k not in values]
+    if missing:
+        raise ParamsError(f"resources.{missing[0]}: missing (expected an entry for each of "
+                          f"{list(RESOURCE_KINDS)}; dvc.yaml's commands read them)")
+    resources = {kind: check_section(ResourceParams, values[kind], f"resources.{kind}")
+                 for kind in RESOURCE_KINDS}
+    if resources["other"].processes != 1:
+        raise ParamsError(f"resources.other.processes: the stages that train nothing run one process, "
+                          f"got {resources['other'].processes}")
+    runs = [("pretrain", f"pretrain.{n}", r) for n, r in checked["pretrain"].items()]
+    runs += [("student", f"generations.{n}.student", g["student"]) for n, g in checked["generations"].items()]
+    runs += [("teacher", f"teachers.{n}", r) for n, r in checked["teachers"].items()]
+    runs += [("distill", f"distill.{n}", r) for n, r in checked["distill"].items()]
+    for kind, where, run in runs:
+        processes = resources[kind].processes
+        if run.batch_size % processes:
+            raise ParamsError(f"{where}.batch_size: {run.batch_size} does not split over "
+                              f"resources.{kind}.processes = {processes}: expected a multiple of {processes}")
+    return resources
 
 
 def parent_cycle(generations: dict, start: str) -> str:
@@ -382,7 +431,9 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
         raise ParamsError(f"evaluate.few_shot_way: {checked['evaluate'].few_shot_way}-way episodes need "
                           f"as many novel classes, but data.novel_classes lists {len(novel)}")
     check_layers(checked)
+    check_patches(checked)
     check_batches_static(checked)
+    checked["resources"] = check_resources(params["resources"], checked)
     recorded = (manifest or {}).get("source", {})
     # counts per class do not depend on the seed (stratified_split), so a manifest of the
     # same data section answers for any seed

@@ -322,3 +322,6 @@ class Classifier(nn.Module):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+from bowflow import vit  # noqa: E402,F401  registers the vision transformers (vit_tiny, ...)

@@ -3,10 +3,12 @@ fresh backbone, training it with checkpoints, and writing the model, metrics and
 from __future__ import annotations
 
 import argparse
+import os
 import typing
 from dataclasses import asdict
 from pathlib import Path
 
+from bowflow import distributed
 from bowflow.cli import parse_section
 from bowflow.compute import decide_compute
 from bowflow.data.prepared import load_labelled_split, load_ssl_split
@@ -53,8 +55,20 @@ def run_training(params: TrainParams, prepared: str | Path, out_model: Path, met
     distillation runs). `finish(model_path) -> dict`, when given, adds metrics computed on
     the written model (a classifier's test top-1). Returns the metrics written to
     `metrics_path`. A diverged or collapsed run exits with a message naming run and epoch.
+
+    Under torchrun (`bin/launch N`), every process runs this function on the same data;
+    they train as one (bowflow.distributed) and rank 0 alone writes the files.
     """
-    device = resolve_device(device_name)
+    world, device = distributed.start(resolve_device(device_name))
+    try:
+        return _run_training(world, device, params, prepared, out_model, metrics_path, history_path,
+                             checkpoint_dir, seed, record, inputs, input_fingerprint, split, finish)
+    finally:
+        distributed.stop()
+
+
+def _run_training(world, device, params, prepared, out_model, metrics_path, history_path,
+                  checkpoint_dir, seed, record, inputs, input_fingerprint, split, finish) -> dict:
     clock = StageClock(device)
     seed_everything(seed)
     images, labels, manifest = (load_ssl_split(prepared) if split == "ssl" else
@@ -66,15 +80,20 @@ def run_training(params: TrainParams, prepared: str | Path, out_model: Path, met
     given = {"normalizer": normalizer, "image_size": image_size, "labels": labels.to(device),
              "num_classes": len(manifest["class_names"]), **(inputs or {})}
     method = cls(params, backbone, cls.inputs(**given)).to(device)
-    decision = decide_compute(device)               # logged; recorded in the metrics below
-    compute = decision.choice
+    # logged; recorded in the metrics below. Rank 0 decides (it may measure) for every process.
+    decision = distributed.broadcast_object(decide_compute(device) if world.is_main else None)
+    compute = dict(decision.choice)
+    if world.size > 1 and device.type == "cpu":     # N processes share the machine's cores
+        compute["threads"] = max(1, (os.cpu_count() or 1) // world.local_size)
+        decision.choice = compute
+        decision.reason += f"; {compute['threads']} thread(s) in each of {world.local_size} processes"
     configure_threads(compute["threads"])
     if compute["compile"]:          # in place: state_dict keys and the model file unchanged
         backbone.compile()
     run_id = fingerprint(asdict(params), seed, manifest["content_hash"], len(images),
                          input_fingerprint, compute)
     checkpoint = checkpoint_dir / f"{out_model.parent.name}-{params.method}.ckpt"
-    log(f"training {params.method} ({params.arch}, {count_parameters(backbone):,} backbone parameters) "
+    log(f"training {params.method} on {world.size} process(es) ({params.arch}, {count_parameters(backbone):,} backbone parameters) "
         f"on {len(images)} images of {image_size}x{image_size} for {params.epochs} epochs on {device}")
     try:
         history = train(method, images.to(device), params, seed, checkpoint, run_id,
@@ -82,13 +101,15 @@ def run_training(params: TrainParams, prepared: str | Path, out_model: Path, met
                         run_name=record["name"])
     except TrainingFailed as failure:
         raise SystemExit(f"{params.method}: {failure}") from None
+    if not world.is_main:               # rank 0 writes the model, curve and metrics
+        return {}
     save_model(out_model, method.export_backbone(), normalizer, params, image_size,
                extra={**record, "method_label": method.label, **method.export_extra()})
     write_csv(history_path, history)
     last = history[-1]
     metrics = {**record, "method": params.method, "method_label": method.label,
                "arch": params.arch, "width": params.width, "depth": params.depth,
-               "batch_size": params.batch_size, **decision.record(),
+               "batch_size": params.batch_size, "processes": world.size, **decision.record(),
                "final": {k: v for k, v in last.items() if k != "epoch"},
                "epochs": params.epochs, "train_images": len(images),
                "parameters": count_parameters(backbone),

@@ -70,14 +70,16 @@ def family_runs(methods: list[str] | None = None) -> dict:
     """One tiny pretrain run per registered method that trains on images alone (every
     method but RotNet, which is g0, those needing a stage's inputs, like BoWNet, and the
     supervised one, whose runs are teachers),
-    each with all of its method's defaults written out, as a params.yaml entry would be."""
+    each with all of its method's defaults written out, as a params.yaml entry would be; a
+    method that needs patch tokens (MAE) on a 2-block ViT, the others on a width-8 convnet."""
     runs = {}
     for name in methods if methods is not None else available_methods():
         cls = get_method(name)
         if cls.section != "pretrain" or name == "rotnet":
             continue
-        runs[name] = asdict(cls.Params(method=name)) | dict(
-            arch="convnet", width=8, depth=0, epochs=2, batch_size=32, warmup_epochs=0.5)
+        network = (dict(arch="vit_p2", width=16, depth=2) if cls.token_backbone
+                   else dict(arch="convnet", width=8, depth=0))
+        runs[name] = asdict(cls.Params(method=name)) | network | dict(epochs=2, batch_size=32, warmup_epochs=0.5)
     return runs
 
 

@@ -127,6 +127,32 @@ class ReportParams(Section):
     patches_per_word: int = param(8, "image patches per pictured word", above=0)
 
 
+@dataclass
+class ResourceParams(Section):
+    """What one kind of stage asks for: torchrun processes for a training stage (rendered into
+    its dvc.yaml command through bin/launch), and the Snakemake rule resources a cluster
+    executor (SLURM) requests for each of its jobs."""
+
+    processes: int = param(1, "torchrun processes of a training stage (1 = one plain python "
+                              "process); with gpus > 0, one per GPU", above=0)
+    gpus: int = param(0, "GPUs per job (SLURM --gpus); 0 = CPU only", low=0)
+    threads: int = param(2, "CPU cores per job (Snakemake threads, SLURM --cpus-per-task)", above=0)
+    mem_mb: int = param(8000, "memory per job in MB (SLURM --mem)", above=0)
+    runtime: int = param(120, "wall-time limit per job in minutes (SLURM --time)", above=0)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.gpus and self.processes != self.gpus:
+            raise ValueError(f"processes must equal gpus (one torchrun process per GPU), got "
+                             f"processes {self.processes} and gpus {self.gpus}")
+
+
+# resources: keys: the four training stages of dvc.yaml (each may run under torchrun) and
+# `other` (check_params, prepare, vocab, evaluate_pretrain, evaluate_student, report: one
+# process each).
+RESOURCE_KINDS = ("pretrain", "student", "teacher", "distill", "other")
+
+
 class ParamsError(ValueError):
     pass
 

@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 RECIPE = {"width": 0, "depth": 0, "epochs": 240, "batch_size": 64, "lr": 0.05, "momentum": 0.9,
           "weight_decay": 0.0005, "warmup_epochs": 0.0, "lr_schedule": "step",
           "lr_decay_at": [0.625, 0.75, 0.875], "optimizer": "sgd", "clip_grad": 0.0,
-          "collapse_std": 0.01, "padding": 4, "max_images": 0}
+          "collapse_std": 0.01, "sync_bn": True, "padding": 4, "max_images": 0}
 LOSS = {"alpha": 1.0, "beta": 1.0}          # then each method's gamma, temperature and own keys
 TEMPERATURE = 4.0
 # run-name prefix -> (method, gamma, the method's own keys), in the tables' row order
@@ -58,7 +58,7 @@ METHODS = {
 RANDOM_INIT = {"method": "random_init", "arch": "resnet20", "width": 0, "depth": 0, "epochs": 1,
                "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0,
                "warmup_epochs": 1.0, "lr_schedule": "cosine", "lr_decay_at": [0.625, 0.75, 0.875],
-               "optimizer": "sgd", "clip_grad": 0.0, "collapse_std": 0.01}
+               "optimizer": "sgd", "clip_grad": 0.0, "collapse_std": 0.01, "sync_bn": True}
 EVALUATE = {"layer": "last", "batch_size": 512, "linear_epochs": 10, "knn_k": 20,
             "knn_temperature": 0.07, "few_shot_way": 5, "few_shot_shots": [1, 5],
             "few_shot_queries": 15, "few_shot_episodes": 200}
@@ -87,7 +87,7 @@ to the session that wrote it): six teacher -> student pairs, every method, the t
 runs one cell of the tables (with its teacher). The talk's figures to compare with are in
 its accuracy table (e.g. resnet56 -> resnet20: KD 71.53, CRD 71.45, vanilla 69.0).""",
         data=data("cifar100", "data/cifar100", 32, ["whale", "willow_tree", "wolf", "woman", "worm"], 1000),
-        pairs=TALK_PAIRS, teacher={}, student={}, evaluate=EVALUATE),
+        pairs=TALK_PAIRS, teacher={}, student={}, evaluate=EVALUATE, gpus=1),
     "distill-cpu": dict(
         header="""\
 Distillation on CIFAR-10 for a 2-core CPU: the IFACD talk's tables for one pair,
@@ -123,6 +123,14 @@ so this preset shows the pipeline and the costs more than the methods' ranking."
 FOOTER = "Written by presets/distill.py from its grid: edit that file, then run it."
 
 
+def resources(gpus: int) -> dict:
+    """params.yaml's resources: one process per training stage (and one GPU each on a GPU
+    preset), the other stages on CPU cores (see params.yaml for the keys)."""
+    train = {"processes": 1, "gpus": gpus, "threads": 2, "mem_mb": 8000, "runtime": 120}
+    return {"pretrain": dict(train), "student": dict(train), "teacher": dict(train), "distill": dict(train),
+            "other": {"processes": 1, "gpus": 0, "threads": 2, "mem_mb": 4000, "runtime": 60}}
+
+
 def params(spec: dict) -> dict:
     """The preset's params.yaml as a mapping (insertion order is the file's order). Teachers
     and vanilla students in order of first appearance among the pairs; distillation runs pair
@@ -140,7 +148,8 @@ def params(spec: dict) -> dict:
                              "temperature": TEMPERATURE, **extra}
     return {"seed": 0, "device": "auto", "data": spec["data"], "pretrain": {"random_init": RANDOM_INIT},
             "generations": {}, "teachers": teachers, "distill": distill,
-            "evaluate": spec["evaluate"], "report": {"words_shown": 8, "patches_per_word": 8}}
+            "evaluate": spec["evaluate"], "report": {"words_shown": 8, "patches_per_word": 8},
+            "resources": resources(spec.get("gpus", 0))}
 
 
 @functools.cache    # the pure-Python emitter takes ~1 s for the CIFAR-100 preset

@@ -34,12 +34,17 @@ def test_presets_are_valid(preset):
     assert checked["data"].source == expected
 
 
+# Issue 16's new rows join the family presets with their ViT rows (DINO-ViT, IFACLR on the
+# ViT) and a measured CPU budget; until then the presets run the methods they were measured with.
+NOT_IN_THE_FAMILY_YET = {"ifaclr", "mae", "context_encoder"}
+
+
 def test_family_presets_train_every_method_the_same_way():
     from bowflow.roles.base import available_methods, get_method
     for name in ("family-digits.yaml", "family-cpu.yaml"):
         runs = load_yaml(ROOT / "presets" / name)["pretrain"]
         trained = {m for m in available_methods()      # every method of the self-supervised role
-                   if get_method(m).section == "pretrain"}
+                   if get_method(m).section == "pretrain"} - NOT_IN_THE_FAMILY_YET
         assert {r["method"] for r in runs.values()} == trained, name
         budgets = {(r["arch"], r["width"], r["epochs"], r["batch_size"]) for r in runs.values()
                    if r["method"] not in ("rotnet", "random_init")}
@@ -257,3 +262,47 @@ def test_a_run_in_the_wrong_section_names_its_role(params, section, method, role
     p[section]["g0"]["method"] = method
     message = error_of(p)
     assert message.startswith(f"{section}.g0.method: '{method}' is {role}"), message
+
+
+# ------------------------------------------------------------------ resources: (torchrun, SLURM)
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda r: r.pop("teacher"), "resources.teacher: missing"),
+    (lambda r: r.update(gpu={}), "resources.gpu: unknown stage kind"),
+    (lambda r: r["pretrain"].update(processes=0), "resources.pretrain.processes: processes must be > 0"),
+    (lambda r: r["student"].update(gpus=2), "resources.student.processes: processes must equal gpus"),
+    (lambda r: r["other"].update(processes=2), "resources.other.processes: the stages that train nothing"),
+    (lambda r: r["distill"].update(mem=1), "resources.distill.mem: unknown key (did you mean 'mem_mb'?)"),
+])
+def test_bad_resources_are_named(params, change, expected):
+    bad = copy.deepcopy(params)
+    change(bad["resources"])
+    assert expected in error_of(bad)
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_named(params):
+    bad = copy.deepcopy(params)
+    bad["resources"]["pretrain"]["processes"] = 3
+    batch = bad["pretrain"]["g0"]["batch_size"]
+    assert batch % 3, "params.yaml's g0 batch must not be a multiple of 3 for this test"
+    assert error_of(bad).startswith(f"pretrain.g0.batch_size: {batch} does not split over "
+                                    f"resources.pretrain.processes = 3")
+    bad["resources"]["pretrain"]["processes"] = 2       # every batch of params.yaml is even
+    validate_params(bad)
+
+
+@pytest.mark.parametrize("arch, width, depth, size, expected", [
+    ("vit", 100, 2, 16, "pretrain.g0.width: width must be > 0 and, above 64, a multiple of 64"),
+    ("vit", 64, 2, 18, "pretrain.g0.arch: 'vit' cuts images into 4 x 4 px patches, but data.image_size = 18"),
+    ("vit_tiny", 128, 0, 32, "pretrain.g0.width: width must be 0 (the architecture's own) or 192"),
+])
+def test_bad_vit_fields_are_named(params, arch, width, depth, size, expected):
+    run = dict(params["pretrain"]["g0"], arch=arch, width=width, depth=depth)
+    data = dict(params["data"], image_size=size)
+    assert expected in error_of(dict(params, data=data, pretrain={"g0": run}, generations={}))
+
+
+def test_a_token_method_on_a_convnet_is_named(params):
+    run = {"method": "mae", "arch": "convnet", "width": 8, "epochs": 1, "batch_size": 16}
+    message = error_of(dict(params, pretrain={**params["pretrain"], "mae": run}))
+    assert "pretrain.mae.arch: method 'mae' needs a vision transformer" in message and "'vit_p2'" in message

@@ -388,6 +388,26 @@ def test_crd_negatives_come_from_other_classes_uniformly_and_reproducibly():
         OtherClassSampler(torch.zeros(5, dtype=torch.long))
 
 
+def test_crd_views_draw_the_crops_then_each_images_negatives():
+    """CRD's only random draws, in `views` for the whole (global) batch: the crops, then
+    [B, K] other-class negatives from the same generator, so that processes keep their rows
+    of both and one process draws what it drew before views and step were split."""
+    from bowflow import augment
+    from tests.test_method_contract import build, data
+    images, labels = data()
+    method, _ = build("crd", images, labels, epochs=1)
+    index = torch.tensor([5, 0, 17, 42, 8, 3])
+    views = method.views(images[index], index, torch.Generator().manual_seed(4))
+    generator = torch.Generator().manual_seed(4)
+    crops = augment.pad_crop_flip(augment.to_float(images[index]), padding=method.params.padding,
+                                  generator=generator)
+    negatives = method.sample_negatives(index, method.memory.n_negatives, generator)
+    assert set(views) == {"crops", "negatives"}
+    assert torch.equal(views["crops"], crops) and torch.equal(views["negatives"], negatives)
+    assert views["negatives"].shape == (len(index), min(method.params.negatives, len(images) - 1))
+    assert not (labels[views["negatives"]] == labels[index].unsqueeze(1)).any()
+
+
 # ---------------------------------------------------------------- against the reference code
 # Each `ref_*` restates, step by step in plain torch (float64), what the benchmark's code
 # computes: RepDistiller's distiller_zoo/<X>.py, crd/{criterion,memory}.py, and

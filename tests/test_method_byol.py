@@ -85,6 +85,22 @@ def test_loss_is_the_symmetrised_normalised_mse():
     assert float(stats["target_agreement"]) == pytest.approx(1 - value / 4, abs=1e-6)
 
 
+def test_loss_is_per_sample_so_processes_need_no_gather():
+    """Under torchrun each process runs `step` on its rows and DDP averages: exact only if
+    the loss is a mean of per-sample terms. With BN on running statistics (eval), the mean of
+    the two halves' losses is the whole batch's."""
+    method, images = build()
+    index = torch.arange(BATCH)
+    views = method.views(images, index, torch.Generator().manual_seed(0))
+    assert {k: tuple(v.shape[:1]) for k, v in views.items()} == {"view1": (BATCH,), "view2": (BATCH,)}
+    method.eval()
+    with torch.no_grad():
+        whole = method.step(views, index)[0]
+        halves = [method.step({k: v[rows] for k, v in views.items()}, index[rows])[0]
+                  for rows in (slice(0, BATCH // 2), slice(BATCH // 2, BATCH))]
+    assert torch.allclose((halves[0] + halves[1]) / 2, whole, rtol=1e-5, atol=1e-6)
+
+
 def test_views_follow_the_asymmetric_recipe():
     """View 1 is always blurred and never solarized; view 2 solarizes with p 0.2."""
     method, images = build(jitter_p=0.0, gray_p=0.0, crop_scale_min=1.0, blur_sigma=[50.0, 50.0])

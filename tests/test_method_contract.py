@@ -5,8 +5,12 @@
    same weights, buffers (EMA networks, queues, centres...) and history as a run that was
    never interrupted: bit for bit.
 3. What the method exports is a model file that the evaluate stage loads and scores.
+4. Two processes under torchrun (gloo, CPU) at global batch 16 end one epoch with the
+   weights and buffers of one process at batch 16, within `DDP_TOLERANCE` (float64: float
+   sums in another order, BatchNorm statistics and the gradient all-reduce), and the same
+   history.
 
-Tiers: the fast tier (`make test`) runs the three checks on one method, the one the
+Tiers: the fast tier (`make test`) runs checks 1-3 on one method, the one the
 pipeline trains first (params.yaml's `pretrain.g0`, RotNet), which every generation starts
 from; the checks on every other method are marked slow and run in `make test-all`.
 
@@ -16,6 +20,9 @@ images (and labels) alone.
 """
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -64,13 +71,14 @@ def data(n: int = 48):
 
 def build(name: str, images, labels, epochs: int = 2):
     cls = get_method(name)
-    params = cls.Params(method=name, arch="convnet", width=4, epochs=epochs, batch_size=16,
+    arch, width, depth = ("vit_p2", 16, 2) if cls.token_backbone else ("convnet", 4, 0)   # MAE: a ViT
+    params = cls.Params(method=name, arch=arch, width=width, depth=depth, epochs=epochs, batch_size=16,
                         lr=0.03, warmup_epochs=0.5, collapse_std=0.0)
     params.validate()
     torch.manual_seed(0)
     context = {"normalizer": Normalizer.fit(images), "image_size": IMAGE_SIZE, "labels": labels,
                "num_classes": NUM_CLASSES, **stage_inputs(name, len(images))}
-    return cls(params, build_backbone("convnet", 4), cls.inputs(**context)), params
+    return cls(params, build_backbone(arch, width, depth), cls.inputs(**context)), params
 
 
 def run(method, params, images, checkpoint):
@@ -127,13 +135,13 @@ def test_resumes_bit_for_bit_after_a_kill(name, tmp_path):
 
     resumed, _ = build(name, images, labels, epochs=3)
     steps_taken = []
-    original_training_step = resumed.training_step
+    original_views = resumed.views
 
-    def training_step(*args):
+    def views(*args):
         steps_taken.append(1)
-        return original_training_step(*args)
+        return original_views(*args)
 
-    resumed.training_step = training_step
+    resumed.views = views
     resumed_history = run(resumed, params, images, tmp_path / "killed.pt")
     # The checkpoint of epoch 1 was loaded: only epochs 2 and 3 ran. (A resume that silently
     # retrained from scratch would end with the same weights, so the next check alone
@@ -173,3 +181,60 @@ def test_export_loads_in_the_evaluate_stage(name, prepared, tmp_path):
     if "classifier" in record:       # supervised and distillation runs: the test top-1 too
         assert load_classifier(record).out_features == NUM_CLASSES
         assert 0 <= distill.test_top1(prepared, torch.device("cpu"))(model)["top1"] <= 100
+
+
+# ------------------------------------------------------------------ two processes (torchrun)
+# Two processes add the same numbers in another order (BatchNorm sums, the gradient
+# all-reduce). In float32 that rounding is ~1e-7 after one epoch, but a method can amplify it
+# (a ReLU gate flips in Barlow Twins' projector, AT's gamma = 1000 grows it 10-20x a step),
+# so the check runs in float64 (`ddp_worker.py --float64`), where the same math agrees to
+# ~1e-13 for most methods. SimCLR and CRD keep their loss in float32 (`losses.float32`,
+# against bf16 autocast): ~1e-7 there. The bound is 10x that, relative to each tensor's
+# largest entry; a method whose batch-spanning math were not gathered differs by 1e-3 or more.
+# The float32 stage itself under torchrun is tests/test_torchrun.py's.
+DDP_TOLERANCE = 1e-6
+WORKER = ROOT / "tests" / "ddp_worker.py"
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    """Every method trained one epoch in one process and in two (one torchrun for all)."""
+    out = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    worker = [str(WORKER), "--float64", "--methods", ",".join(METHODS)]
+    one = [sys.executable, *worker, "--out", str(out / "one")]
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           *worker, "--out", str(out / "two")]
+    for command in (one, two):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return out
+
+
+def compare_runs(one: dict, two: dict, tolerance: float = DDP_TOLERANCE) -> list[str]:
+    """-> what differs between two runs' state_dicts beyond `tolerance` (relative)."""
+    problems = []
+    assert one["state"].keys() == two["state"].keys()
+    for key, expected in one["state"].items():
+        got = two["state"][key]
+        if not expected.is_floating_point():
+            if not torch.equal(expected, got):
+                problems.append(f"{key} differs")
+            continue
+        scale = max(expected.abs().max().item(), 1e-3)
+        error = (expected.double() - got.double()).abs().max().item() / scale
+        if not error <= tolerance:
+            problems.append(f"{key}: relative error {error:.2e}")
+    return problems
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", METHODS)
+def test_two_processes_follow_one_process(name, ddp_runs):
+    load = lambda run: torch.load(ddp_runs / run / f"{name}.pt", weights_only=False)  # noqa: E731
+    one, two = load("one"), load("two")
+    assert compare_runs(one, two) == []
+    # The loss is the global batch's in both (per-process losses averaged); other statistics
+    # may be per-process batch statistics, averaged.
+    for a, b in zip(one["history"], two["history"]):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4, abs_tol=1e-4), (a, b)

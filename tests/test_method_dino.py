@@ -42,15 +42,17 @@ def step(method, images, seed=0):
 def test_views_have_the_declared_sizes_and_count():
     for image_size, local in ((16, 7), (32, 14), (8, 4)):       # 3/7 of the side, >= 4 px
         method, params, images = build(image_size=image_size, local_crops=3)
-        global_x, local_x = method.views(images[:5], torch.Generator().manual_seed(0))
-        assert global_x.shape == (2 * 5, 3, image_size, image_size)
-        assert local_x.shape == (3 * 5, 3, local, local)
+        views = method.views(images[:5], torch.arange(5), torch.Generator().manual_seed(0))
+        assert list(views) == ["global0", "global1", "local0", "local1", "local2"]
+        assert all(views[k].shape == (5, 3, image_size, image_size) for k in ("global0", "global1"))
+        assert all(views[f"local{i}"].shape == (5, 3, local, local) for i in range(3))
     method, _, _ = build(blur_p=1.0, solarize_p=0.2, local_crops=2)   # DINO's per-view recipe
     assert [s.blur_p for s in method.specs] == [1.0, 0.1, 0.5, 0.5]
     assert [s.solarize_p for s in method.specs] == [0.0, 0.2, 0.0, 0.0]
     assert method.specs[0].crop_scale == (0.4, 1.0) and method.specs[2].crop_scale == (0.05, 0.4)
     method, _, images = build(local_crops=0)
-    assert method.views(images[:5], torch.Generator().manual_seed(0))[1] is None
+    assert list(method.views(images[:5], torch.arange(5), torch.Generator().manual_seed(0))) == [
+        "global0", "global1"]
     loss, _ = method.training_step(images[:8], torch.arange(8), torch.Generator().manual_seed(0))
     assert torch.isfinite(loss)                                  # 2 global views alone
 
@@ -78,7 +80,8 @@ def test_teacher_gets_no_gradient_and_follows_the_momentum_schedule():
 def test_center_is_an_ema_of_the_teachers_batch_mean():
     method, params, images = build(center_momentum=0.8)
     method.center.fill_(0.5)
-    global_x, _ = method.views(images[:16], torch.Generator().manual_seed(3))
+    views = method.views(images[:16], torch.arange(16), torch.Generator().manual_seed(3))
+    global_x = method.normalizer.normalize(torch.cat([views["global0"], views["global1"]]))
     teacher_state = {k: v.clone() for k, v in method.teacher_backbone.state_dict().items()}
     with torch.no_grad():
         expected_mean = method.teacher_head(method.teacher_backbone(global_x)).mean(0, keepdim=True)
@@ -177,3 +180,24 @@ def test_gradients_are_clipped_per_parameter_as_the_authors():
     small = glob[1].grad.clone()
     clip_gradients(glob, 3.0)
     assert glob[1].grad.norm() < small.norm() * 0.1
+
+
+def test_on_a_vit_local_crops_are_whole_patches_and_the_head_reads_the_cls():
+    """DINO's own setting: a ViT, its GELU head without BN, the CLS token as the feature;
+    local crops of 3/7 of 32 px (14 px) round down to 12 px = 3 x 3 patches of 4."""
+    from bowflow.roles.base import ImageInputs
+    from bowflow.vit import VisionTransformer
+
+    DINO = get_method("dino")
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    params = DINO.Params(method="dino", head_bn=False, local_crops=2, out_dim=64, hidden_dim=32,
+                         bottleneck_dim=16)
+    params.validate()
+    vit = VisionTransformer(dim=16, depth=2, heads=2, patch=4, grid=8)
+    method = DINO(params, vit, ImageInputs(normalizer=Normalizer.fit(images), image_size=32))
+    views = method.views(images, torch.arange(8), torch.Generator().manual_seed(0))
+    assert views["local0"].shape[-1] == 12 and views["global0"].shape[-1] == 32
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in method.head.modules())
+    loss, _ = method.step(views, torch.arange(8))
+    loss.backward()
+    assert torch.isfinite(loss) and vit.cls_token.grad is not None

@@ -80,3 +80,27 @@ def test_bf16_autocast_step_is_finite():
 def test_validate_names_the_bad_field(field, value):
     with pytest.raises(ValueError, match=field):
         Method.Params(**{field: value}).validate()
+
+
+def test_nt_xent_shares_of_two_processes_average_to_the_global_loss(monkeypatch):
+    """Under torchrun each process scores its own 2b anchors against the 2B gathered
+    embeddings; the mean of the per-process losses is the one-process loss of the batch."""
+    from bowflow.distributed import World
+    generator = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(8, 5, generator=generator), torch.randn(8, 5, generator=generator)
+    whole = nt_xent(z1, z2, 0.5)
+    shares = []
+    for rank in range(2):
+        rows = slice(4 * rank, 4 * rank + 4)
+        pieces = iter([z1, z2])                          # gathered in the order nt_xent asks
+
+        def gather(x, rank=rank, pieces=pieces):
+            full = torch.nn.functional.normalize(next(pieces), dim=1).clone()
+            full[4 * rank:4 * rank + 4] = x              # this process's own (differentiable) rows
+            return full
+
+        monkeypatch.setattr(simclr, "gather", gather)
+        monkeypatch.setattr(simclr, "world", lambda rank=rank: World(rank, 2))
+        shares.append(nt_xent(z1[rows], z2[rows], 0.5))
+    torch.testing.assert_close((shares[0] + shares[1]) / 2, whole)
+    assert not torch.allclose(shares[0], whole)          # each share alone is not the loss

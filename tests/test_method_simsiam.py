@@ -16,3 +16,20 @@ def test_predictor_group_keeps_the_peak_lr():
         assert abs(group["lr"] - expected) < 1e-12
     grouped = sum(len(g["params"]) for g in optimizer.param_groups)
     assert grouped == sum(1 for p in method.parameters() if p.requires_grad)
+
+
+def test_loss_is_per_sample_so_processes_need_no_gather():
+    """Under torchrun each process runs `step` on its rows and DDP averages: exact only if
+    the loss is a mean of per-sample terms. With BN on running statistics (eval), the mean of
+    the two halves' losses is the whole batch's."""
+    import torch
+    images, labels = data(32)
+    method, _ = build("simsiam", images, labels)
+    index = torch.arange(16)
+    views = method.views(images[index], index, torch.Generator().manual_seed(0))
+    method.eval()
+    with torch.no_grad():
+        whole = method.step(views, index)[0]
+        halves = [method.step({k: v[rows] for k, v in views.items()}, index[rows])[0]
+                  for rows in (slice(0, 8), slice(8, 16))]
+    assert torch.allclose((halves[0] + halves[1]) / 2, whole, rtol=1e-5, atol=1e-6)

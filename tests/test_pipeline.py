@@ -262,9 +262,11 @@ def test_bad_params_stop_before_any_work(tmp_path):
 
 # Runs a stage module with the trainer's checkpoint writer wrapped so that the process
 # SIGKILLs itself right after the checkpoint of epoch KILL_AFTER_EPOCH is on disk: a kill at a
-# known point of training, independent of how fast this machine runs.
+# known point of training, independent of how fast this machine runs. Run as a script (also
+# under torchrun, tests/test_torchrun.py), from the project folder.
 KILL_AFTER_CHECKPOINT = """
 import os, runpy, signal, sys
+sys.path.insert(0, os.getcwd())
 import bowflow.train
 stop = int(os.environ["KILL_AFTER_EPOCH"])
 write = bowflow.train.save_torch
@@ -337,6 +339,13 @@ NOT_TYPED_HERE = {
     "/path/to/": "a placeholder for the user's own data",
     "benchmarks.distill_seeds": "26 CIFAR-10 runs; test_distill_seeds_reruns_locked_stages types "
                                 "it on the tiny pipeline",
+    # the experiment queue: `dvc queue start` leaves background workers running whole
+    # pipelines; tests/test_dvc_queue.py types these on a tiny project and waits for them
+    "--queue": "queues a run of the whole pipeline (tests/test_dvc_queue.py)",
+    "dvc queue": "starts, polls or reads the queue's background workers (tests/test_dvc_queue.py)",
+    "exp apply": "names a queued experiment (tests/test_dvc_queue.py)",
+    # SLURM: tests/test_slurm.py brings up a local one-node cluster as root and types these
+    "workflow/profiles/slurm": "needs a SLURM cluster (tests/test_slurm.py brings one up and runs the profile)",
 }
 
 

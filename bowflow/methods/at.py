@@ -61,5 +61,5 @@ class AT(Distiller):
     def check_pair(cls, params, student, teacher):
         check_same_stages("at", student.channels, teacher.channels)
 
-    def method_loss(self, student, teacher, labels, index):
+    def method_loss(self, student, teacher, labels, index, views):
         return attention_loss(student.maps, teacher.maps)

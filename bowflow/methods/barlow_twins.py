@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bowflow import views
+from bowflow import distributed, views
 from bowflow.checks import param
 from bowflow.heads import mlp
 from bowflow.losses import embedding_std, float32
@@ -91,6 +91,7 @@ class BarlowTwinsParams(TwoViews, TrainParams):
 class BarlowTwins(SelfSupervised):
     label = "Barlow Twins"
     Params = BarlowTwinsParams
+    batch_spanning = ("batch standardisation", "cross-correlation")
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)
@@ -112,11 +113,19 @@ class BarlowTwins(SelfSupervised):
         """float views [B, 3, S, S] -> projector output [B, D]."""
         return self.projector(self.backbone(self.normalizer.normalize(x)))
 
-    def training_step(self, images, index, generator):
+    def views(self, images, index, generator):
+        return {"view1": self.make_view(images, 0, generator),              # [B, 3, S, S]
+                "view2": self.make_view(images, 1, generator)}
+
+    def step(self, views, index):
         p = self.params
-        x1, x2 = self.make_view(images, 0, generator), self.make_view(images, 1, generator)
         # One forward over both views: BN statistics are shared, as with a 2B batch.
-        z1, z2 = self.embed(torch.cat([x1, x2])).chunk(2)                     # [B, D] each
+        z1, z2 = self.embed(torch.cat([views["view1"], views["view2"]])).chunk(2)   # [b, D] each
+        # The standardisation over the batch and C = z1n.T @ z2n / B span the global batch:
+        # every process gathers all rows (rank order = the batch's) and computes the global
+        # loss; gather's backward sums each process's gradient into the rows' owner and DDP
+        # averages, so the gradient is the single-process one (identity in one process).
+        z1, z2 = distributed.gather(z1), distributed.gather(z2)               # [B, D] each
         loss, terms = barlow_twins_loss(z1, z2, p.lambda_offdiag)
         loss = loss * p.effective_loss_scale
         return loss, {"loss": loss.detach(), "on_diag": terms["on_diag"], "off_diag": terms["off_diag"],

@@ -90,10 +90,17 @@ class BoWNet(BoWStudent):
                                      jitter=params.jitter, hue=params.hue,
                                      jitter_p=params.jitter_p, gray_p=params.gray_p)
 
-    def training_step(self, images, index, generator):
+    def views(self, images, index, generator):
+        # CutMix pastes boxes between images of the batch and mixes their targets: drawn here,
+        # on the global batch, so every process sees the single-process pairs and targets.
         targets = bow_targets(self.codes[index], self.num_words, self.params.pooling)  # [B, K]
         x = augment.make_view(images, self.view, generator)
         x, targets = augment.cutmix(x, targets, p=self.params.cutmix_p, generator=generator)
+        return {"images": x, "targets": targets}                # [B, 3, H, W], [B, K]
+
+    def step(self, views, index):
+        # Soft cross-entropy per sample, batch mean: nothing to gather (BN synced by the trainer).
+        x, targets = views["images"], views["targets"]
         logits = self.head(self.backbone(self.normalizer.normalize(x)))
         loss = soft_cross_entropy(logits, targets)
         with torch.no_grad():

@@ -83,10 +83,15 @@ class BYOL(SelfSupervised):
         """uint8 [B, 3, H, W] -> view `which` (0 or 1), float [B, 3, size, size] in [0, 1]."""
         return views.two_view(images, self.params, which, self.size, generator)
 
-    def training_step(self, images, index, generator):
-        b = images.shape[0]
-        x = torch.cat([self.view(images, 0, generator), self.view(images, 1, generator)])
-        x = self.normalizer.normalize(x)                                   # [2B, 3, s, s]
+    def views(self, images, index, generator):
+        return {"view1": self.view(images, 0, generator),                 # [B, 3, s, s]
+                "view2": self.view(images, 1, generator)}
+
+    def step(self, views, index):
+        # Every term is one sample's (2 - 2 cos per row, batch mean): nothing to gather;
+        # BN statistics span the batch and are synced by the trainer under torchrun.
+        b = views["view1"].shape[0]
+        x = self.normalizer.normalize(torch.cat([views["view1"], views["view2"]]))  # [2B, 3, s, s]
         z = self.projector(self.backbone(x))                               # [2B, D]
         p = self.predictor(z)                                              # [2B, D]
         with torch.no_grad():

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bowflow import distributed
 from bowflow.checks import param
 from bowflow.heads import EmbedHead
 from bowflow.losses import float32
@@ -53,10 +54,14 @@ class CCParams(DistillParams):
 class CC(Distiller):
     label = "CC"
     Params = CCParams
+    # Neighbouring images (i, i + 1) of the global batch are coupled, across process
+    # boundaries too: both embeddings are gathered and every process computes the global term.
+    batch_spanning = ("neighbouring pairs",)
 
     def build_extras(self, student_channels, teacher_channels, inputs):
         self.embed_student = EmbedHead(student_channels[-1], self.params.embed_dim, normalize=False)
         self.embed_teacher = EmbedHead(teacher_channels[-1], self.params.embed_dim, normalize=False)
 
-    def method_loss(self, student, teacher, labels, index):
-        return cc_loss(self.embed_student(student.pooled), self.embed_teacher(teacher.pooled))
+    def method_loss(self, student, teacher, labels, index, views):
+        return cc_loss(distributed.gather(self.embed_student(student.pooled)),      # [B, D]
+                       distributed.gather(self.embed_teacher(teacher.pooled)))      # trained head

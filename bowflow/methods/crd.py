@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bowflow import distributed
 from bowflow.checks import param
 from bowflow.heads import EmbedHead
 from bowflow.losses import float32
@@ -82,6 +83,10 @@ class ContrastiveMemory(nn.Module):
        `nce_loss`es summed.
     3. if `update`, memory[index] <- normalise(momentum * memory[index] + (1 - momentum)
        * emb), for both banks (after scoring, so a sample is never its own positive).
+    Under torchrun each process scores its own rows (the loss is per sample), while Z
+    (from the first batch's scores) and the bank update use the whole global batch's,
+    gathered (`bowflow.distributed.gather_no_grad`), so every process holds the same
+    banks and constants as one process would.
     K = min(n_negatives, N - 1); defaults: K = 16384, T = 0.07, momentum 0.5 (CRD).
     Memory: 2 N dim floats (51 MB for CIFAR-100 at dim 128).
     """
@@ -109,18 +114,21 @@ class ContrastiveMemory(nn.Module):
             s_emb, t_emb = s_emb.float(), t_emb.float()
             loss = (self._side(s_emb, self.memory_t, rows, self.log_z_s)
                     + self._side(t_emb, self.memory_s, rows, self.log_z_t))
-        if update:
+        if update:                                       # every process: the global batch's rows
             with torch.no_grad():
+                every = distributed.gather_no_grad(index)                    # [B]
                 for bank, emb in ((self.memory_s, s_emb), (self.memory_t, t_emb)):
-                    mixed = self.momentum * bank[index] + (1 - self.momentum) * emb.detach()
-                    bank.index_copy_(0, index, F.normalize(mixed, dim=1).to(bank.dtype))
+                    emb = distributed.gather_no_grad(emb.detach())           # [B, dim]
+                    mixed = self.momentum * bank[every] + (1 - self.momentum) * emb
+                    bank.index_copy_(0, every, F.normalize(mixed, dim=1).to(bank.dtype))
         return loss
 
     def _side(self, emb, bank, rows, log_z):
         log_p = _bank_scores(bank.detach().float(), rows, emb) / self.temperature
-        if torch.isnan(log_z):                                       # first batch fixes Z
+        if torch.isnan(log_z):              # the first (global) batch fixes Z, on every process
             with torch.no_grad():
-                log_z.copy_(torch.logsumexp(log_p.flatten(), 0) - math.log(log_p.numel())
+                every = distributed.gather_no_grad(log_p.detach())           # [B, 1 + K]
+                log_z.copy_(torch.logsumexp(every.flatten(), 0) - math.log(every.numel())
                             + math.log(self.n_data))
         return nce_loss(log_p - log_z, self.n_data)
 
@@ -169,6 +177,10 @@ class OtherClassSampler:
 class CRD(Distiller):
     label = "CRD"
     Params = CRDParams
+    # The NCE loss is per sample (each image against its own sampled negatives, drawn in
+    # `views` for the global batch); what spans the batch is the memory: Z and the bank
+    # update come from the gathered global batch (`ContrastiveMemory`).
+    batch_spanning = ("memory bank",)
 
     def build_extras(self, student_channels, teacher_channels, inputs):
         p = self.params
@@ -177,13 +189,14 @@ class CRD(Distiller):
         self.memory = ContrastiveMemory(len(inputs.labels), p.embed_dim, p.negatives,
                                         p.nce_temperature, p.memory_momentum)
         self.sample_negatives = OtherClassSampler(inputs.labels)
-        self.generator = None
 
-    def training_step(self, images, index, generator):
-        self.generator = generator            # the trainer's per-epoch generator: seeded draws
-        return super().training_step(images, index, generator)
+    def views(self, images, index, generator):
+        """The crops, then each image's K other-class negatives ([B, K] dataset indices),
+        drawn after them from the same generator."""
+        views = super().views(images, index, generator)
+        views["negatives"] = self.sample_negatives(index, self.memory.n_negatives, generator)
+        return views
 
-    def method_loss(self, student, teacher, labels, index):
-        negatives = self.sample_negatives(index, self.memory.n_negatives, self.generator)
+    def method_loss(self, student, teacher, labels, index, views):
         return self.memory(self.embed_student(student.pooled), self.embed_teacher(teacher.pooled),
-                           index, negatives=negatives)
+                           index, negatives=views["negatives"])

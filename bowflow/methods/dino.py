@@ -10,6 +10,8 @@ that is an exponential moving average of itself. Each step:
     c <- 0.9 c + 0.1 mean(t)          (centring: no dimension may dominate)
     teacher <- m teacher + (1 - m) student, m: 0.996 -> 1 on a cosine over the steps
 
+Under torchrun the centre is updated from every process's teacher outputs (gathered), so
+all hold the same centre; the loss is per image, averaged over each process's rows.
 Centring pushes the teacher towards uniform outputs and the low teacher temperature
 (sharpening) towards one-hot outputs; together they avoid both collapses. The logs show
 which way a run drifts: `teacher_entropy` (mean entropy of one image's target, nats) falls
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 
 from bowflow import augment
 from bowflow.checks import param
+from bowflow.distributed import gather_no_grad
 from bowflow.heads import DINOHead, cosine_momentum, ema_update, frozen_copy
 from bowflow.losses import embedding_std, float32
 from bowflow.roles.base import TrainParams, register_method
@@ -141,7 +144,7 @@ class DINOParams(TrainParams):
     local_scale_max: float = param(0.4, "local crop area fraction, upper end (DINO: 0.4)",
                                         above=0, high=1)
     local_size: float = param(3 / 7, "local crop side as a fraction of the image side (DINO: 96/224), "
-                                     "at least 4 px", above=0, high=1)
+                                     "at least 4 px; on a ViT rounded down to whole patches", above=0, high=1)
     jitter: float = param(0.4, "brightness/contrast/saturation strength (DINO: 0.4, 0.4, 0.2)", low=0)
     hue: float = param(0.1, "hue shift, fraction of a turn (DINO)", low=0)
     jitter_p: float = param(0.8, "colour jitter probability (DINO)", low=0, high=1)
@@ -165,6 +168,7 @@ class DINOParams(TrainParams):
 class DINO(SelfSupervised):
     label = "DINO"
     Params = DINOParams
+    batch_spanning = ("centre",)
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)
@@ -178,7 +182,10 @@ class DINO(SelfSupervised):
         colour = dict(jitter=params.jitter, hue=params.hue, jitter_p=params.jitter_p,
                       gray_p=params.gray_p)
         global_scale = (params.global_scale_min, 1.0)
-        local = augment.ViewSpec(size=augment.scaled_size(size, params.local_size),
+        local_size = augment.scaled_size(size, params.local_size)
+        patch = getattr(backbone, "patch", 1)       # a ViT: whole patches (96 = 6 x 16 px in DINO)
+        local_size = max(patch, local_size // patch * patch)
+        local = augment.ViewSpec(size=local_size,
                                  crop_scale=(params.local_scale_min, params.local_scale_max),
                                  blur_p=params.blur_p / 2, **colour)
         self.specs = [augment.ViewSpec(size=size, crop_scale=global_scale, blur_p=params.blur_p,
@@ -187,27 +194,27 @@ class DINO(SelfSupervised):
                                        solarize_p=params.solarize_p, **colour),
                       *[local] * params.local_crops]
 
-    def views(self, images: torch.Tensor, generator: torch.Generator
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """uint8 [B, 3, H, W] -> (globals [2B, 3, H, H], locals [L*B, 3, h, h] or None),
-        normalised, view-major (rows k*B .. (k+1)*B - 1 are view k of every image)."""
+    def views(self, images, index, generator):
+        """uint8 [B, 3, H, W] -> {"global0", "global1": [B, 3, H, H], "local0".. : [B, 3, h, h]},
+        float in [0, 1] (not normalised), in the specs' order."""
         crops = augment.make_views(images, self.specs, generator)
-        norm = self.normalizer.normalize
-        local = torch.cat(crops[2:]) if len(crops) > 2 else None
-        return norm(torch.cat(crops[:2])), norm(local) if local is not None else None
+        names = ["global0", "global1"] + [f"local{i}" for i in range(len(crops) - 2)]
+        return dict(zip(names, crops))
 
-    def training_step(self, images, index, generator):
-        p, batch = self.params, images.shape[0]
+    def step(self, views, index):
+        p, batch = self.params, len(views["global0"])
         epoch = int(self.steps_done) // self.steps_per_epoch
         teacher_temp = teacher_temperature(epoch, p.teacher_temp_warmup_epochs,
                                                   p.warmup_teacher_temp, p.teacher_temp)
-        global_x, local_x = self.views(images, generator)
+        norm = self.normalizer.normalize
+        global_x = norm(torch.cat([views["global0"], views["global1"]]))        # [2B, 3, H, H]
+        locals_ = [views[f"local{i}"] for i in range(p.local_crops)]
         with torch.no_grad():
             _, teacher_logits = self.teacher_head.outputs(self.teacher_backbone(global_x))
         bottleneck, student_logits = self.head.outputs(self.backbone(global_x))
-        if local_x is not None:
+        if locals_:
             student_logits = torch.cat([student_logits,
-                                        self.head(self.backbone(local_x))])
+                                        self.head(self.backbone(norm(torch.cat(locals_))))])
         teacher_views = list(teacher_logits.split(batch))             # 2 x [B, D]
         loss = dino_loss(list(student_logits.split(batch)), teacher_views, self.center,
                                 teacher_temp, p.student_temp)
@@ -220,7 +227,10 @@ class DINO(SelfSupervised):
                      "center_norm": self.center.norm(),
                      "teacher_temp": torch.tensor(teacher_temp),
                      "teacher_momentum": torch.tensor(self.momentum(int(self.steps_done)))}
-            self.center.copy_(update_center(self.center, teacher_views, p.center_momentum))
+            # The centre is the mean of the GLOBAL batch's teacher outputs (the authors
+            # all-reduce it), view by view, so every process holds the same centre.
+            everyone = [gather_no_grad(t) for t in teacher_views]      # 2 x [B_global, D]
+            self.center.copy_(update_center(self.center, everyone, p.center_momentum))
         return loss, stats
 
     def momentum(self, step: int) -> float:

@@ -91,6 +91,6 @@ class FitNet(Distiller):
         self.adapter = HintAdapter(student_channels[self.student_stage],
                                    teacher_channels[self.teacher_stage], ratio)
 
-    def method_loss(self, student, teacher, labels, index):
+    def method_loss(self, student, teacher, labels, index, views):
         target = teacher.maps[self.teacher_stage]                           # [B, C_t, h, w]
         return hint_loss(self.adapter(student.maps[self.student_stage], size=target.shape[-2:]), target)

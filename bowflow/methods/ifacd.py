@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bowflow import distributed
 from bowflow.checks import param
 from bowflow.heads import global_pool
 from bowflow.losses import float32
@@ -96,6 +97,10 @@ class IFACDParams(DistillParams):
 class IFACD(Distiller):
     label = "IFACD"
     Params = IFACDParams
+    # SupCon's negatives are every view of every other image of the global batch: the views
+    # are gathered and every process computes the global term. (The rescalers' BatchNorm is
+    # synced by the trainer.)
+    batch_spanning = ("negatives",)
 
     @classmethod
     def check_pair(cls, params, student, teacher):
@@ -109,7 +114,8 @@ class IFACD(Distiller):
         self.student_rescaler = RescalerMLP(student_channels[-1], p.embed_dim)
         self.teacher_rescalers = nn.ModuleList(RescalerMLP(c, p.embed_dim) for c in teacher_channels[-p.layers:])
 
-    def method_loss(self, student, teacher, labels, index):
-        views = [self.student_rescaler(student.pooled)]
-        views += [rescale(m) for rescale, m in zip(self.teacher_rescalers, teacher.maps[-self.params.layers:])]
-        return supcon_loss(torch.stack(views, dim=1), None, self.params.contrast_temperature)   # [B, 1+L, D]
+    def method_loss(self, student, teacher, labels, index, views):
+        embedded = [self.student_rescaler(student.pooled)]
+        embedded += [rescale(m) for rescale, m in zip(self.teacher_rescalers, teacher.maps[-self.params.layers:])]
+        stacked = distributed.gather(torch.stack(embedded, dim=1))                           # [B, 1+L, D]
+        return supcon_loss(stacked, None, self.params.contrast_temperature)

@@ -16,7 +16,10 @@ signal per image at the same cost of the key encoder's two forward passes. Shuff
 not implemented: it hides which keys share a batch-norm batch with their query across GPUs,
 and one process computes BN over the whole batch, where the key encoder's statistics come
 from its own forward passes (train mode) and are not copied from the query encoder. This
-is a known deviation: a small leak through BN statistics is possible.
+is a known deviation: a small leak through BN statistics is possible. Under torchrun the
+queue receives every process's keys (gathered, as the authors' concat_all_gather) and BN is
+synced over the global batch (the trainer's sync BN, where the authors shuffle the keys'
+batch across GPUs instead): N processes compute what one process does.
 The evaluated network is the query encoder's backbone (the paper's choice).
 """
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 
 from bowflow import augment
 from bowflow.checks import param
+from bowflow.distributed import gather_no_grad
 from bowflow.heads import ema_update, frozen_copy, mlp
 from bowflow.losses import embedding_std, float32, update_queue
 from bowflow.roles.base import TrainParams, register_method
@@ -89,6 +93,7 @@ class MoCoParams(TrainParams):
 class MoCo(SelfSupervised):
     label = "MoCo v2"
     Params = MoCoParams
+    batch_spanning = ("queue",)
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)
@@ -115,15 +120,22 @@ class MoCo(SelfSupervised):
         """float views [B, 3, S, S] -> L2-normalised keys [B, D] of the EMA encoder."""
         return F.normalize(self.key_head(self.key_backbone(self.normalizer.normalize(x))).float(), dim=1)
 
-    def training_step(self, images, index, generator):
+    def views(self, images, index, generator):
         v1, v2 = augment.make_views(images, [self.view, self.view], generator)
+        return {"view1": v1, "view2": v2}                                       # [B, 3, S, S]
+
+    def step(self, views, index):
+        v1, v2 = views["view1"], views["view2"]
         q1, q2 = self.queries(v1), self.queries(v2)
         k1, k2 = self.keys(v1), self.keys(v2)
         p = self.params
         loss = (infonce_with_queue(q1, k2, self.queue, p.temperature)
                 + infonce_with_queue(q2, k1, self.queue, p.temperature)) / 2
-        # A new queue tensor (the loss's backward still needs the old one), same buffer name.
-        self.queue, pointer = update_queue(self.queue, torch.cat([k1, k2]), int(self.queue_pointer))
+        # The queue receives the global batch's keys (the authors' concat_all_gather), view 1's
+        # then view 2's, so every process holds the same queue. A new queue tensor (the loss's
+        # backward still needs the old one), same buffer name.
+        keys = torch.cat([gather_no_grad(k1), gather_no_grad(k2)])
+        self.queue, pointer = update_queue(self.queue, keys, int(self.queue_pointer))
         self.queue_pointer.fill_(pointer)
         with torch.no_grad():
             positive_cos = (F.normalize(q1.float(), dim=1) * k2).sum(1).mean()

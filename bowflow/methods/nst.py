@@ -55,5 +55,5 @@ class NST(Distiller):
     def check_pair(cls, params, student, teacher):
         check_same_stages("nst", student.channels, teacher.channels)
 
-    def method_loss(self, student, teacher, labels, index):
+    def method_loss(self, student, teacher, labels, index, views):
         return sum(nst_loss(s, t) for s, t in zip(student.maps, teacher.maps))

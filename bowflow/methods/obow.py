@@ -23,6 +23,10 @@ teacher runs in train mode (batch statistics) and its BN running statistics are 
 from the student, not averaged (`heads.ema_update`). The evaluated network is the student.
 Queues start from random locations of the first batch's teacher maps (not random vectors:
 distances to random vectors say nothing about the features' scale).
+Under torchrun, as the authors: the queues receive every process's pushed features and the
+running mean distance is over the global batch (gathered), so all processes hold the same
+vocabulary; the weight generator's BN (over the K words, the same on every process) is not
+synced (`WordBatchNorm`). The random locations are drawn in `views` for the global batch.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ import torch.nn.functional as F
 
 from bowflow import augment
 from bowflow.checks import param
+from bowflow.distributed import gather_no_grad
 from bowflow.heads import cosine_momentum, ema_update, frozen_copy
 from bowflow.losses import embedding_std, float32, perplexity, update_queue
 from bowflow.roles.base import TrainParams, register_method
@@ -61,7 +66,8 @@ def soft_assign(features: torch.Tensor, words: torch.Tensor, inv_delta: float,
     distances = ((features * features).sum(1, keepdim=True) - 2 * features @ words.T
                  + (words * words).sum(1)).clamp_min(0)                       # [N, K]
     mean_distance = torch.as_tensor(mean_distance, dtype=torch.float32, device=features.device)
-    mean_distance = decay * mean_distance + (1 - decay) * distances.min(dim=1).values.mean()
+    nearest = gather_no_grad(distances.min(dim=1).values)       # every process's rows (torchrun)
+    mean_distance = decay * mean_distance + (1 - decay) * nearest.mean()
     return F.softmax(-(inv_delta / mean_distance) * distances, dim=1), mean_distance
 
 
@@ -175,6 +181,30 @@ def grid_cells(images: torch.Tensor, count: int, generator: torch.Generator) -> 
     return picked.transpose(0, 1).reshape(count * b, *cells.shape[2:])
 
 
+class WordBatchNorm(nn.Module):
+    """nn.BatchNorm1d's parameters, buffers and arithmetic, normalising over the K words of
+    a vocabulary (not over images). Every process holds the same words, so its statistics
+    are already the global ones: it is deliberately not a torch BatchNorm class, which the
+    trainer's sync BN (torchrun) would convert into a BN over N copies of the words (same
+    output, but a running variance unbiased with N*K instead of K, and float32 sums in
+    another order)."""
+
+    def __init__(self, features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(features))
+        self.bias = nn.Parameter(torch.zeros(features))
+        self.register_buffer("running_mean", torch.zeros(features))
+        self.register_buffer("running_var", torch.ones(features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            self.training, self.momentum, self.eps)
+
+
 class WeightGenerator(nn.Module):
     """Words [K, C_l] -> classifier weights [K, C]: L2-normalise, Linear(C_l, 2C) -> BN over
     the K words -> ReLU -> Linear(2C, C) -> L2-normalise (OBoW's dynamic BoW head)."""
@@ -182,7 +212,7 @@ class WeightGenerator(nn.Module):
     def __init__(self, word_dim: int, feature_dim: int):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(word_dim, 2 * feature_dim, bias=False),
-                                 nn.BatchNorm1d(2 * feature_dim), nn.ReLU(inplace=True),
+                                 WordBatchNorm(2 * feature_dim), nn.ReLU(inplace=True),
                                  nn.Linear(2 * feature_dim, feature_dim))
 
     def forward(self, words: torch.Tensor) -> torch.Tensor:
@@ -193,6 +223,7 @@ class WeightGenerator(nn.Module):
 class OBoW(SelfSupervised):
     label = "OBoW"
     Params = OBoWParams
+    batch_spanning = ("queue", "mean distance")
     levels = 2                                   # BoW from the last two backbone stages
 
     def __init__(self, params, backbone, inputs):
@@ -218,24 +249,67 @@ class OBoW(SelfSupervised):
         return self.params.drop_border if side - 2 * self.params.drop_border >= 2 else 0
 
     @torch.no_grad()
-    def _local_features(self, maps: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
-        """`count` random locations per image of the 3x3-average-pooled map [B, C, h, w]
-        -> [count * B, C] (kernel shrinks to the map on maps under 3x3)."""
+    def _pooled_sizes(self, height: int, width: int) -> list[int]:
+        """Locations per image of each level's 3x3-average-pooled teacher map for H x W
+        images (what `_local_features` draws from), from one probe image through the
+        teacher in eval mode (no BN statistics touched); cached per image size."""
+        cache = self.__dict__.setdefault("_pooled_cache", {})
+        if (height, width) not in cache:
+            was_training = self.teacher.training
+            self.teacher.eval()
+            weight = next(self.teacher.parameters())
+            probe = torch.zeros(1, 3, height, width, device=weight.device, dtype=weight.dtype)
+            maps = self.teacher.feature_maps(probe)[self.first_stage:]
+            self.teacher.train(was_training)
+            sizes = []
+            for m in maps:
+                k = min(3, m.shape[2], m.shape[3])
+                sizes.append((m.shape[2] - k + 1) * (m.shape[3] - k + 1))
+            cache[(height, width)] = sizes
+        return cache[(height, width)]
+
+    @torch.no_grad()
+    def _local_features(self, maps: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """The drawn locations `where` [B, count] of the 3x3-average-pooled map [B, C, h, w]
+        (kernel shrinks to the map on maps under 3x3) -> [B, count, C]."""
         k = min(3, maps.shape[2], maps.shape[3])
         pooled = F.avg_pool2d(maps.float(), k, stride=1).flatten(2)             # [B, C, L]
-        where = torch.randint(pooled.shape[2], (count, maps.shape[0]), generator=generator,
-                              device=maps.device)
-        return torch.cat([pooled[torch.arange(maps.shape[0], device=maps.device), :, w] for w in where])
+        rows = torch.arange(maps.shape[0], device=maps.device)[:, None]
+        return pooled[rows, :, where]                                            # [B, count, C]
 
-    def training_step(self, images, index, generator):
+    def views(self, images, index, generator):
+        """The draws of one step, in the order the unsplit step drew them: the queues' first
+        words (first step only), the large crops, the grid cells and their patches, then the
+        location pushed into each level's queue. Every tensor is [B, ...] (image-major)."""
         p, b = self.params, images.shape[0]
+        sizes = self._pooled_sizes(images.shape[2], images.shape[3])
+        out = {"images": images}                                                # the teacher's input
+        if not bool(self.initialized):       # `count` locations per image fill each queue
+            count = -(-p.num_words // b)
+            for level, size in enumerate(sizes):
+                out[f"first_words{level}"] = torch.randint(size, (count, b), generator=generator,
+                                                           device=images.device).T
+        out["crops"] = torch.stack([augment.make_view(images, self.crop, generator)
+                                    for _ in range(p.num_crops)], 1)             # [B, n, 3, s, s]
+        if p.num_patches:
+            cells = grid_cells(images, p.num_patches, generator)                # [n*B, ...] cell-major
+            patches = augment.make_view(cells, self.patch, generator)
+            out["patches"] = patches.view(p.num_patches, b, *patches.shape[1:]).transpose(0, 1)
+        for level, size in enumerate(sizes):
+            out[f"push{level}"] = torch.randint(size, (1, b), generator=generator,
+                                                device=images.device).T          # [B, 1]
+        return out
+
+    def step(self, views, index):
+        p = self.params
         with torch.no_grad():
-            plain = self.normalizer.normalize(augment.to_float(images))
+            plain = self.normalizer.normalize(augment.to_float(views["images"]))
             maps = self.teacher.feature_maps(plain)[self.first_stage:]
             if not bool(self.initialized):             # fill each queue from the first batch
-                count = -(-p.num_words // b)
                 for level, m in enumerate(maps):
-                    getattr(self, f"words{level}").copy_(self._local_features(m, count, generator)[:p.num_words])
+                    first = gather_no_grad(self._local_features(m, views[f"first_words{level}"]))
+                    words = first.transpose(0, 1).reshape(-1, first.shape[2])  # location-major
+                    getattr(self, f"words{level}").copy_(words[:p.num_words])
                 self.initialized.fill_(True)
             targets, stats = [], {}
             for level, m in enumerate(maps):
@@ -249,11 +323,10 @@ class OBoW(SelfSupervised):
                 stats[f"perplexity_image{level}"] = perplexity(y).mean()
 
         # One forward per crop type, as the authors: BN statistics over the 2B large crops
-        crops = torch.cat([augment.make_view(images, self.crop, generator) for _ in range(p.num_crops)])
+        crops = views["crops"].transpose(0, 1).reshape(-1, *views["crops"].shape[2:])  # crop-major
         student = [self.backbone(self.normalizer.normalize(crops))]             # [2B, C]
         if p.num_patches:
-            cells = grid_cells(images, p.num_patches, generator)
-            patches = augment.make_view(cells, self.patch, generator)             # [n*B, 3, s, s]
+            patches = views["patches"].transpose(0, 1).reshape(-1, *views["patches"].shape[2:])
             student.append(self.backbone(self.normalizer.normalize(patches)))     # [n*B, C]
         features = [F.normalize(f, dim=1) if p.normalize_features else f for f in student]
         weights = [g(getattr(self, f"words{level}")) for level, g in enumerate(self.generators)]
@@ -265,11 +338,12 @@ class OBoW(SelfSupervised):
         if p.num_patches:
             stats["loss_patches"] = terms[1].mean()
 
-        with torch.no_grad():                          # push one word per image per level
+        with torch.no_grad():          # push one word per image per level, the global batch's
             pointer = int(self.pointer)
             for level, m in enumerate(maps):
                 queue = getattr(self, f"words{level}")
-                new, next_pointer = update_queue(queue, self._local_features(m, 1, generator), pointer)
+                pushed = gather_no_grad(self._local_features(m, views[f"push{level}"])[:, 0])
+                new, next_pointer = update_queue(queue, pushed, pointer)
                 queue.copy_(new)
             self.pointer.fill_(next_pointer)
         stats.update(loss=loss.detach(), embedding_std=embedding_std(student[0]),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bowflow import distributed
 from bowflow.checks import param
 from bowflow.losses import float32
 from bowflow.roles.base import register_method
@@ -48,6 +49,9 @@ class PKTParams(DistillParams):
 class PKT(Distiller):
     label = "PKT"
     Params = PKTParams
+    # Each image's distribution over its similarities to every image of the global batch:
+    # the pooled features are gathered and every process computes the global term.
+    batch_spanning = ("batch similarities",)
 
-    def method_loss(self, student, teacher, labels, index):
-        return pkt_loss(student.pooled, teacher.pooled)
+    def method_loss(self, student, teacher, labels, index, views):
+        return pkt_loss(distributed.gather(student.pooled), distributed.gather_no_grad(teacher.pooled))

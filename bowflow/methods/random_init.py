@@ -39,7 +39,12 @@ class RandomInit(SelfSupervised):
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)
 
-    def training_step(self, images, index, generator):
-        features = self.backbone(self.normalizer.normalize(augment.to_float(images)))   # [B, C]
+    def views(self, images, index, generator):
+        return {"images": augment.to_float(images)}           # clean images, nothing random
+
+    def step(self, views, index):
+        # Under torchrun: BN statistics over the global batch (synced by the trainer); every
+        # parameter still requires grad and gets a (zero) gradient, so DDP wraps it as any other.
+        features = self.backbone(self.normalizer.normalize(views["images"]))          # [B, C]
         loss = (features * 0.0).sum()            # zero, and zero gradients: weights stay put
         return loss, {"loss": loss.detach(), "embedding_std": embedding_std(features)}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bowflow import distributed
 from bowflow.checks import param
 from bowflow.losses import float32
 from bowflow.roles.base import register_method
@@ -64,6 +65,10 @@ class RKDParams(DistillParams):
 class RKD(Distiller):
     label = "RKD"
     Params = RKDParams
+    # Distances between every pair and angles of every triplet of the global batch (and the
+    # mean distance that normalises them): the pooled features are gathered and every
+    # process computes the global term.
+    batch_spanning = ("pairwise distances", "angles")
 
-    def method_loss(self, student, teacher, labels, index):
-        return rkd_loss(student.pooled, teacher.pooled)
+    def method_loss(self, student, teacher, labels, index, views):
+        return rkd_loss(distributed.gather(student.pooled), distributed.gather_no_grad(teacher.pooled))

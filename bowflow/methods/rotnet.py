@@ -31,10 +31,12 @@ class RotNet(SelfSupervised):
         super().__init__(params, backbone, inputs)
         self.head = nn.Linear(backbone.out_channels, 4)
 
-    def training_step(self, images, index, generator):
-        x = augment.pad_crop_flip(augment.to_float(images), padding=self.params.padding,
-                                  generator=generator)
-        x, rotation = augment.rotate_four(x)                        # [4B, 3, H, W], [4B]
+    def views(self, images, index, generator):
+        return {"crops": augment.pad_crop_flip(augment.to_float(images), padding=self.params.padding,
+                                               generator=generator)}       # [B, 3, H, W]
+
+    def step(self, views, index):
+        x, rotation = augment.rotate_four(views["crops"])           # [4B, 3, H, W], [4B]
         logits = self.head(self.backbone(self.normalizer.normalize(x)))
         loss = F.cross_entropy(logits, rotation)
         accuracy = (logits.argmax(1) == rotation).float().mean() * 100

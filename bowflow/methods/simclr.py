@@ -4,7 +4,9 @@ Each step: two views of every image (crop + flip, strong colour jitter, grayscal
 as in the paper's CIFAR-10 recipe) -> one backbone -> projector MLP (Linear, BN, ReLU,
 Linear to 128) -> z1, z2 [B, 128] -> `nt_xent`: cosine similarities / temperature,
 each of the 2B embeddings must pick its partner among the 2B - 1 others (2B - 2 in-batch
-negatives). The backbone (before the projector) is what gets evaluated.
+negatives). The backbone (before the projector) is what gets evaluated. Under torchrun
+each process's 2b anchors pick among the 2B gathered embeddings of the global batch (the
+authors' cross-replica negatives); the per-process losses average to the global one.
 
 Logged: loss, embedding_std of the projector output, `positive_accuracy` (% of anchors
 whose most similar other embedding is their partner: the contrastive task's accuracy) and
@@ -19,12 +21,32 @@ import torch.nn.functional as F
 
 from bowflow import augment
 from bowflow.checks import param
+from bowflow.distributed import gather, world
 from bowflow.heads import mlp
 from bowflow.losses import embedding_std, float32
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
 
 # ---------------------------------------------------------------- loss
+
+def _global_pairs(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                  torch.Tensor, torch.Tensor]:
+    """This process's anchors against the global batch's embeddings.
+
+    z1, z2 [b, D] this process's rows -> (anchors [2b, D] normalised, candidates [2B, D] =
+    both views of the GLOBAL batch, normalised, gathered (differentiable), view-major;
+    own [2b] and partner [2b]: each anchor's own column and its other view's column).
+    In one process b = B, candidates = anchors: self is the diagonal, partner i <-> i + B.
+    """
+    b = z1.shape[0]
+    anchors = F.normalize(torch.cat([z1, z2]), dim=1)                        # [2b, D]
+    candidates = torch.cat([gather(anchors[:b]), gather(anchors[b:])])        # [2B, D]
+    batch = candidates.shape[0] // 2
+    local = torch.arange(b, device=z1.device) + world().rows(batch).start     # this rank's rows
+    own = torch.cat([local, local + batch])                                  # [2b]
+    partner = torch.cat([local + batch, local])
+    return anchors, candidates, own, partner
+
 
 @float32
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -35,12 +57,15 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     both views act as anchors, mean over the 2B anchors. temperature = 0.5: best for
     CIFAR-10 at every batch size in the paper's appendix (its ImageNet runs use 0.1);
     a lower T weights the hardest negatives more.
+    Under torchrun z1, z2 are this process's b rows: its 2b anchors pick among the 2B
+    embeddings of the global batch (gathered, as the authors' cross-replica negatives), and
+    the mean over processes of the per-process losses is the global batch's loss.
     """
-    b = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]), dim=1)                              # [2B, D]
-    logits = (z @ z.T / temperature).fill_diagonal_(float("-inf"))          # no self-pairs
-    positive = torch.arange(2 * b, device=z.device).roll(b)                  # i <-> i + B
-    return F.cross_entropy(logits, positive)
+    anchors, candidates, own, partner = _global_pairs(z1, z2)
+    rows = torch.arange(len(anchors), device=anchors.device)
+    logits = anchors @ candidates.T / temperature                              # [2b, 2B]
+    logits = logits.index_put((rows, own), torch.tensor(float("-inf"), device=logits.device))
+    return F.cross_entropy(logits, partner)
 
 
 @dataclass
@@ -73,6 +98,7 @@ class SimCLRParams(TrainParams):
 class SimCLR(SelfSupervised):
     label = "SimCLR"
     Params = SimCLRParams
+    batch_spanning = ("negatives",)
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)
@@ -81,25 +107,28 @@ class SimCLR(SelfSupervised):
 
     def make_view(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> float [B, 3, S, S] in [0, 1], S = view_size."""
-        p, s = self.params, self.params.color_strength
-        x = augment.random_resized_crop(augment.to_float(images), self.view_size,
-                                        (p.crop_scale_min, 1.0), generator=generator)
-        x = augment.color_jitter(x, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p.jitter_p, generator=generator)
-        return augment.random_grayscale(x, p.gray_p, generator=generator)
+        p = self.params
+        return augment.simclr_view(images, self.view_size, p.crop_scale_min, p.color_strength,
+                                   p.jitter_p, p.gray_p, generator)
 
-    def training_step(self, images, index, generator):
-        x = torch.cat([self.make_view(images, generator), self.make_view(images, generator)])
+    def views(self, images, index, generator):
+        return {"view1": self.make_view(images, generator),                     # [B, 3, S, S]
+                "view2": self.make_view(images, generator)}
+
+    def step(self, views, index):
+        x = torch.cat([views["view1"], views["view2"]])
         # One forward over both views: BN statistics come from all 2B views, as with the
-        # paper's global BN.
+        # paper's global BN (synced over processes under torchrun).
         z1, z2 = self.projector(self.backbone(self.normalizer.normalize(x))).chunk(2)  # [B, D]
         loss = nt_xent(z1, z2, self.params.temperature)
-        with torch.no_grad():
-            z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-            cos = (z @ z.T).fill_diagonal_(-2.0)                                  # [2B, 2B]
-            partner = torch.arange(len(z), device=z.device).roll(len(z1))
-            positive_cos = cos[torch.arange(len(z)), partner]
+        with torch.no_grad():       # this process's anchors against the global batch
+            z, candidates, own, partner = _global_pairs(z1.float(), z2.float())
+            rows = torch.arange(len(z), device=z.device)
+            cos = z @ candidates.T                                                # [2b, 2B]
+            cos[rows, own] = -2.0
+            positive_cos = cos[rows, partner]
             others = cos.clone()
-            others[torch.arange(len(z)), partner] = -2.0
+            others[rows, partner] = -2.0
             negative_cos = others[others > -2.0].mean()
             accuracy = (cos.argmax(1) == partner).float().mean() * 100
         return loss, {"loss": loss.detach(), "embedding_std": embedding_std(z1),

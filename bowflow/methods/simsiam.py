@@ -85,10 +85,15 @@ class SimSiam(SelfSupervised):
         fixed = [g | {"fixed_lr": True} for g in default_groups(self.predictor, wd)]
         return scheduled + fixed
 
-    def training_step(self, images, index, generator):
-        b = images.shape[0]
-        x = torch.cat([augment.make_view(images, self.spec, generator),
-                       augment.make_view(images, self.spec, generator)])
+    def views(self, images, index, generator):
+        return {"view1": augment.make_view(images, self.spec, generator),   # [B, 3, s, s]
+                "view2": augment.make_view(images, self.spec, generator)}
+
+    def step(self, views, index):
+        # Every term is one sample's (-cos per row, batch mean): nothing to gather; the
+        # projector's BN statistics span the batch and are synced by the trainer.
+        b = views["view1"].shape[0]
+        x = torch.cat([views["view1"], views["view2"]])
         z = self.projector(self.backbone(self.normalizer.normalize(x)))      # [2B, D]
         p = self.predictor(z)                                                # [2B, D]
         loss = (simsiam_loss(p[:b], z[b:]) + simsiam_loss(p[b:], z[:b])) / 2

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bowflow import distributed
 from bowflow.checks import param
 from bowflow.losses import float32
 from bowflow.roles.base import register_method
@@ -44,6 +45,10 @@ class SPParams(DistillParams):
 class SP(Distiller):
     label = "SP"
     Params = SPParams
+    # The B x B Gram matrix of the global batch: the last stage maps are gathered and every
+    # process computes the global term.
+    batch_spanning = ("Gram matrix",)
 
-    def method_loss(self, student, teacher, labels, index):
-        return similarity_loss(student.maps[-1], teacher.maps[-1])
+    def method_loss(self, student, teacher, labels, index, views):
+        return similarity_loss(distributed.gather(student.maps[-1]),
+                               distributed.gather_no_grad(teacher.maps[-1]))

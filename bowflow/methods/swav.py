@@ -12,6 +12,8 @@ frozen (no update) during the first `freeze_prototypes_epochs`, as in the paper.
 The paper's feature queue (which fills the Sinkhorn batch when B is small next to K) is
 left out: with K = 128 and batches of 64-256 it is not needed; with K much larger than the
 batch, the equal partition only constrains soft codes and the codes blur.
+Under torchrun the Sinkhorn equal partition is over the global batch: every process gathers
+the scores, runs the same Sinkhorn and keeps its rows' codes (`global_codes`).
 Logged: loss, embedding_std of z, and the perplexity of the mean code (how many prototypes
 the batch really uses; collapse drives it to 1).
 """
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 
 from bowflow import augment
 from bowflow.checks import param
+from bowflow.distributed import gather_no_grad, world
 from bowflow.heads import mlp
 from bowflow.losses import embedding_std, float32, perplexity
 from bowflow.roles.base import TrainParams, register_method
@@ -55,6 +58,19 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
         log_codes = log_codes - log_codes.logsumexp(dim=0, keepdim=True) - math.log(k)  # prototypes
         log_codes = log_codes - log_codes.logsumexp(dim=1, keepdim=True) - math.log(b)  # samples
     return torch.exp(log_codes + math.log(b))
+
+
+@torch.no_grad()
+def global_codes(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+    """`sinkhorn` over the GLOBAL batch -> this process's rows of the codes.
+
+    scores [b, K] this process's rows; under torchrun every process gathers all B rows, runs
+    the same Sinkhorn on them (the equal partition is over the global batch, as the authors'
+    distributed_sinkhorn, which all-reduces its sums) and keeps its own b rows. In one
+    process this is `sinkhorn(scores)`.
+    """
+    everything = gather_no_grad(scores)                                      # [B, K]
+    return sinkhorn(everything, epsilon, iterations)[world().rows(len(everything))]
 
 
 @float32
@@ -100,6 +116,7 @@ class SwAVParams(TrainParams):
 class SwAV(SelfSupervised):
     label = "SwAV"
     Params = SwAVParams
+    batch_spanning = ("sinkhorn",)
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)
@@ -117,16 +134,22 @@ class SwAV(SelfSupervised):
         z = F.normalize(self.projector(self.backbone(self.normalizer.normalize(x))).float(), dim=1)
         return z, z @ F.normalize(self.prototypes.float(), dim=1).T
 
-    def training_step(self, images, index, generator):
+    def views(self, images, index, generator):
         p = self.params
         specs = [self.global_view] * 2 + [self.local_view] * p.local_crops
-        views = augment.make_views(images, specs, generator)
-        b = len(images)
-        z_global, s_global = self.scores(torch.cat(views[:2]))               # [2B, D], [2B, K]
+        crops = augment.make_views(images, specs, generator)                  # each [B, 3, s, s]
+        names = ["global0", "global1"] + [f"local{i}" for i in range(p.local_crops)]
+        return dict(zip(names, crops))
+
+    def step(self, views, index):
+        p = self.params
+        b = len(views["global0"])
+        z_global, s_global = self.scores(torch.cat([views["global0"], views["global1"]]))  # [2b, D], [2b, K]
         scores = list(s_global.split(b))
         if p.local_crops:
-            scores += list(self.scores(torch.cat(views[2:]))[1].split(b))
-        codes = [sinkhorn(s, p.epsilon, p.sinkhorn_iterations) for s in scores[:2]]
+            local = torch.cat([views[f"local{i}"] for i in range(p.local_crops)])
+            scores += list(self.scores(local)[1].split(b))
+        codes = [global_codes(s, p.epsilon, p.sinkhorn_iterations) for s in scores[:2]]
         # The two global views predict each other's codes; each local view predicts both.
         # Every term averages two predictions, so this is the mean over all 2 + 2L pairs.
         terms = [swav_loss(scores[0], scores[1], codes[0], codes[1], p.temperature)]

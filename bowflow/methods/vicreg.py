@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bowflow import views
+from bowflow import distributed, views
 from bowflow.checks import param
 from bowflow.heads import mlp
 from bowflow.losses import embedding_std, float32
@@ -95,6 +95,7 @@ class VICRegParams(TwoViews, TrainParams):
 class VICReg(SelfSupervised):
     label = "VICReg"
     Params = VICRegParams
+    batch_spanning = ("variance", "covariance")
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)
@@ -105,12 +106,21 @@ class VICReg(SelfSupervised):
         """float views [B, 3, S, S] in [0, 1] -> expander output [B, D]."""
         return self.expander(self.backbone(self.normalizer.normalize(x)))
 
-    def training_step(self, images, index, generator):
+    def views(self, images, index, generator):
         p = self.params
-        x1 = views.two_view(images, p, 0, self.size, generator)             # [B, 3, S, S]
-        x2 = views.two_view(images, p, 1, self.size, generator)
+        return {"view1": views.two_view(images, p, 0, self.size, generator),   # [B, 3, S, S]
+                "view2": views.two_view(images, p, 1, self.size, generator)}
+
+    def step(self, views, index):
+        p = self.params
         # One forward per view, as the authors' code does: each view's BN statistics are its own.
-        z1, z2 = self.embed(x1), self.embed(x2)                              # [B, D] each
+        z1, z2 = self.embed(views["view1"]), self.embed(views["view2"])      # [b, D] each
+        # Variance and covariance span the global batch: every process gathers all rows
+        # (rank order = the batch's) and computes the global loss (the invariance MSE, a mean
+        # over rows, included); gather's backward sums each process's gradient into the rows'
+        # owner and DDP averages, so the gradient is the single-process one. The authors
+        # gather z the same way (FullGatherLayer). Identity in one process.
+        z1, z2 = distributed.gather(z1), distributed.gather(z2)              # [B, D] each
         loss, terms = vicreg_loss(z1, z2, p.sim_coeff, p.std_coeff, p.cov_coeff)
         loss = loss * p.loss_scale
         return loss, {"loss": loss.detach(), **terms, "embedding_std": embedding_std(z1)}

@@ -80,7 +80,7 @@ class VID(Distiller):
     def build_extras(self, student_channels, teacher_channels, inputs):
         self.regressors = nn.ModuleList(VIDRegressor(s, t) for s, t in zip(student_channels, teacher_channels))
 
-    def method_loss(self, student, teacher, labels, index):
+    def method_loss(self, student, teacher, labels, index, views):
         total = 0.0
         for regressor, s, t in zip(self.regressors, student.maps, teacher.maps):
             s, t = match_spatial(s, t)

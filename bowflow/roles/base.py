@@ -19,8 +19,10 @@ The hooks, each with a default that suits most methods:
 
     optimizer_groups()          parameter groups (lr_scale, fixed_lr, weight decay, LARS)
     configure_schedule(s, t)    told the steps per epoch and total steps before training
-    training_step(...)          -> (loss, stats); stats['embedding_std'] (losses.embedding_std)
-                                is checked against params.collapse_std every epoch
+    views(images, index, gen)   every random draw of a step, for the global batch: {name: [B, ...]}
+    step(views, index)          -> (loss, stats) on this process's rows; stats['embedding_std']
+                                (losses.embedding_std) is checked against params.collapse_std
+    batch_spanning              what in its math spans the batch (gathered across processes)
     before_optimizer_step(step) after backward, before the step (freeze a layer's grads)
     after_step(step, total)     after the step (EMA teachers, queues)
     export_backbone()           the network the evaluate stage gets (DINO: the EMA teacher)
@@ -120,6 +122,10 @@ class TrainParams:
     collapse_std: float = param(0.01, "stop when the epoch's embedding_std (per-dimension std of "
                                       "L2-normalised embeddings x sqrt(D): ~1 spread, 0 collapsed) "
                                       "falls below this; 0 = off", low=0)
+    sync_bn: bool = param(True, "under torchrun (resources.*.processes > 1): BatchNorm statistics "
+                                "over the global batch, as the authors of every method here run "
+                                "DDP; false: each process normalises its own rows. No effect in "
+                                "one process")
 
     def validate(self) -> None:
         """The field constraints (`bowflow.checks`), then what relates fields."""
@@ -140,7 +146,7 @@ class TrainParams:
 class Method(nn.Module):
     """A trainable method around a backbone. Subclass a role (bowflow/roles/), not this.
 
-    Subclasses implement `training_step`; `summarize` may derive epoch metrics from the
+    Subclasses implement `views` and `step`; `summarize` may derive epoch metrics from the
     epoch means of the step statistics. `inputs` is the role's `Inputs`, filled by the stage.
     """
 
@@ -151,6 +157,13 @@ class Method(nn.Module):
     stage = ""            # the pipeline stage (dvc.yaml) that trains it
     Inputs: type = ImageInputs
     Params = TrainParams
+    # Under torchrun (bowflow.distributed): what this method's loss shares across the batch,
+    # each gathered over processes in `step` ("negatives", "queue", "centre"...; () = every
+    # sample's loss is its own). The contract test runs every method on two processes.
+    batch_spanning: tuple[str, ...] = ()
+    # True: the method works on patch tokens and needs a ViT backbone (MAE); check_params
+    # refuses any other arch for it, and the contract tests give it a small ViT.
+    token_backbone: bool = False
 
     def __init__(self, params: TrainParams, backbone: Backbone, inputs: ImageInputs):
         super().__init__()
@@ -180,11 +193,40 @@ class Method(nn.Module):
     def configure_schedule(self, steps_per_epoch: int, total_steps: int) -> None:
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
 
+    def views(self, images: torch.Tensor, index: torch.Tensor,
+              generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Everything random about one step, drawn for the whole global batch.
+
+        images uint8 [B, 3, H, W] on the device, index [B] (rows of the training set),
+        `generator` the step's seeded generator -> {name: tensor}, every tensor with one row
+        per sample in batch order ([B, ...]): augmented views, rotation labels, crop
+        positions, sampled negatives. Under torchrun every process draws the views of the
+        same global batch and keeps its own rows (`bowflow.distributed`), so N processes
+        see exactly the samples, views and draws of the single-process run.
+        Default: the images themselves.
+        """
+        return {"images": images}
+
+    def step(self, views: dict[str, torch.Tensor], index: torch.Tensor
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward and loss on this process's rows of `views` (index [b]: their rows of the
+        training set) -> (scalar loss, {name: scalar tensor} batch statistics).
+
+        Deterministic given its inputs: no random draws here. Where the math spans the batch
+        (negatives, queues, centres, cross-correlations, Sinkhorn), gather over processes
+        with `bowflow.distributed.gather` so that the loss is the global batch's; the
+        per-rank losses are averaged by DDP's gradient all-reduce.
+        """
+        raise NotImplementedError
+
+    def forward(self, views: dict[str, torch.Tensor], index: torch.Tensor):
+        """`step`, so that DistributedDataParallel (which hooks `forward`) can wrap a method."""
+        return self.step(views, index)
+
     def training_step(self, images: torch.Tensor, index: torch.Tensor,
                       generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """images uint8 [B, 3, H, W] on the device, index [B] (rows of the training set)
-        -> (scalar loss, {name: scalar tensor} batch statistics)."""
-        raise NotImplementedError
+        """One single-process step: `step(views(images, index, generator), index)`."""
+        return self.step(self.views(images, index, generator), index)
 
     def summarize(self, means: dict[str, float]) -> dict[str, float]:
         return means

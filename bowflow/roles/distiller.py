@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bowflow import augment
 from bowflow.checks import param
 from bowflow.frozen_teacher import Outputs, Teacher
 from bowflow.losses import float32
@@ -101,17 +100,30 @@ class Distiller(Supervised):
         """Create the method's trainable modules (adapters, heads, memory). Default: none."""
 
     def method_loss(self, student: Outputs, teacher: Outputs, labels: torch.Tensor,
-                    index: torch.Tensor) -> torch.Tensor | None:
-        """The method's own term L_method (scalar), or None for plain KD."""
+                    index: torch.Tensor, views: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The method's own term L_method (scalar), or None for plain KD.
+
+        student, teacher: both networks' `Outputs` on this process's rows; labels, index [b]
+        and `views` (this process's rows of what `views` drew: "crops", a method's sampled
+        negatives) likewise. Under torchrun a term that spans the batch (Gram matrices,
+        pairwise relations, negatives) gathers its inputs with `bowflow.distributed.gather`
+        and computes the global batch's term, the same on every process (see `step`)."""
         return None
 
     def student_outputs(self, x: torch.Tensor) -> Outputs:
         maps, pooled = self.backbone.distill_features(self.normalizer.normalize(x))
         return Outputs(maps, pooled, self.classifier(pooled))
 
-    def training_step(self, images, index, generator):
-        x = augment.pad_crop_flip(augment.to_float(images), padding=self.params.padding,
-                                  generator=generator)                     # [B, 3, H, W]
+    def step(self, views, index):
+        """alpha * CE + beta * KD + gamma * L_method on this process's rows of the views
+        (`Supervised.views`: the crops, which student and teacher both see).
+
+        CE and KD are per-sample means over the rows: averaged over processes (DDP) they
+        are the global batch's. L_method is either per-sample too, or (a batch-spanning
+        term) the global batch's value on every process, from gathered tensors: its
+        gradient reaches each row's owner once per process (the gather's backward sums),
+        and DDP's average over processes divides that back to the global gradient."""
+        x = views["crops"]                                                 # [b, 3, H, W]
         student, teacher = self.student_outputs(x), self.teacher(x)
         labels = self.labels[index]
         p = self.params
@@ -119,7 +131,7 @@ class Distiller(Supervised):
         kd = kd_loss(student.logits, teacher.logits, p.temperature)
         loss = p.alpha * ce + p.beta * kd
         stats = {"ce": ce.detach(), "kd": kd.detach()}
-        extra = self.method_loss(student, teacher, labels, index)
+        extra = self.method_loss(student, teacher, labels, index, views)
         if extra is not None:
             loss = loss + p.gamma * extra
             stats["method_loss"] = extra.detach()

@@ -63,14 +63,15 @@ class Supervised(Method):
         self.register_buffer("labels", inputs.labels.long().clone(), persistent=False)
         self.classifier = nn.Linear(backbone.out_channels, self.num_classes)
 
-    def augmented(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """uint8 [B, 3, H, W] -> cropped, flipped, standardised float [B, 3, H, W]."""
-        x = augment.pad_crop_flip(augment.to_float(images), padding=self.params.padding,
-                                  generator=generator)
-        return self.normalizer.normalize(x)
+    def views(self, images, index, generator):
+        """uint8 [B, 3, H, W] -> {"crops": cropped, flipped float [B, 3, H, W] in [0, 1]}
+        (the one random draw of a step: each sample's crop offset and flip)."""
+        return {"crops": augment.pad_crop_flip(augment.to_float(images), padding=self.params.padding,
+                                               generator=generator)}
 
-    def training_step(self, images, index, generator):
-        features = self.backbone(self.augmented(images, generator))        # [B, C]
+    def step(self, views, index):
+        """Per-sample cross-entropy averaged over this process's rows: nothing spans the batch."""
+        features = self.backbone(self.normalizer.normalize(views["crops"]))   # [B, C]
         logits = self.classifier(features)                                 # [B, K]
         labels = self.labels[index]
         loss = F.cross_entropy(logits, labels)
