@@ -189,17 +189,24 @@ def family_method(r: dict, by_name: dict[str, dict]) -> str:
 
 def table_family(record: Path) -> tuple[list[list[str]], set[str]]:
     """The report's side-by-side table (bowflow.report.comparison_table) without its Parent
-    and Params columns (one width for all), the parent and the control named in Method."""
+    column, the parent and the control named in Method. A record of one backbone drops the
+    Params column (one width for all); a record of several names each run's backbone in
+    Method (`report.arch_label`: convnet-16, vit-4-128) and keeps Params."""
     records = lineage(record)
     by_name = {r["name"]: r for r in records}
+    archs = {report.arch_label(r["train"]) for r in records if r["train"].get("arch")}
     rows = md_cells(report.comparison_table(records))
     header = rows[0]
-    keep = [i for i, h in enumerate(header) if h not in ("Parent", "Params")]
+    drop = ("Parent",) if len(archs) > 1 else ("Parent", "Params")
+    keep = [i for i, h in enumerate(header) if h not in drop]
     out = [[header[i] for i in keep]]
     method = header.index("Method")
     for row in rows[1:]:
         row = list(row)
-        row[method] = family_method(by_name[row[0]], by_name)
+        r = by_name[row[0]]
+        row[method] = family_method(r, by_name)
+        if len(archs) > 1:
+            row[method] += f", {report.arch_label(r['train'])}"
         out.append([row[i] for i in keep])
     return out, set(by_name)
 
@@ -400,25 +407,53 @@ def claims_family(record: Path) -> list[str]:
         value[f"{n}-shot"] = lambda r, n=n: r["few_shot"][n]["mean"]
     control = next((r for r in records if r["method"] == "random_init"), None)
     if control is not None:
-        trained = [r for r in records if r is not control]
-        below = {c: [r for r in trained if round(f(r), 1) <= round(f(control), 1)]
-                 for c, f in value.items()}
-        if not any(below.values()):
-            out.append("every trained method beats the untrained control on every column")
-        else:
-            clean = [c for c, rs in below.items() if not rs]
-            text = "every trained method beats the untrained control on " + join(clean)
-            for c, rs in below.items():
-                if rs:
-                    text += (f"; on {c} " + join([f"{r['label']} ({fmt1(value[c](r))})" for r in rs])
-                             + f" {'is' if len(rs) == 1 else 'are'} below it ({fmt1(value[c](control))})")
-            out.append(text)
+        out.append(below_control([r for r in records if r is not control], control, value))
     by = {r["name"]: r for r in records}
     if "obow" in by:                 # OBoW's throughput (its row was rerun under another load)
         out.append(f"{by['obow']['train']['images_per_second']:.0f} images/s")
     if {"g0", "g1"} <= set(by):
         out.append(f"({fmt1(by['g1']['few_shot']['1']['mean'])} vs "
                    f"{fmt1(by['g0']['few_shot']['1']['mean'])})")
+    return out
+
+
+def below_control(records: list[dict], control: dict, value: dict) -> str:
+    """'every trained method beats the untrained control on ...', naming the runs at or
+    below the control column by column (claims_family's wording)."""
+    below = {c: [r for r in records if round(f(r), 1) <= round(f(control), 1)] for c, f in value.items()}
+    if not any(below.values()):
+        return "every trained method beats the untrained control on every column"
+    text = "every trained method beats the untrained control on " + join([c for c, rs in below.items() if not rs])
+    for c, rs in below.items():
+        if rs:
+            text += (f"; on {c} " + join([f"{r['label']} ({fmt1(value[c](r))})" for r in rs])
+                     + f" {'is' if len(rs) == 1 else 'are'} below it ({fmt1(value[c](control))})")
+    return text
+
+
+# IFACLR against the method it generalises, on each backbone; DINO on the ViT against the convnet
+FAMILY_VIT_PAIRS = (("ifaclr", "simclr"), ("ifaclr_vit", "simclr_vit"), ("dino_vit", "dino"))
+
+
+def claims_family_vit(record: Path) -> list[str]:
+    """The stages' wall-time sum; per backbone, the runs at or below that backbone's
+    untrained control; linear, k-NN and 5-shot of each pair of FAMILY_VIT_PAIRS."""
+    records = lineage(record)
+    total = sum(s for _, s in report.stage_times(record / "metrics")) / 60
+    out = [f"the stages' own wall times sum to {total:.1f} min"]
+    value = {"linear": lambda r: r["linear_base"], "k-NN": lambda r: r["knn_all"]}
+    for n in report.shots_of(records):
+        value[f"{n}-shot"] = lambda r, n=n: r["few_shot"][n]["mean"]
+    for control in [r for r in records if r["method"] == "random_init"]:
+        arch = report.arch_label(control["train"])
+        trained = [r for r in records if r is not control and report.arch_label(r["train"]) == arch]
+        out.append(f"on {arch}, " + below_control(trained, control, value))
+    by = {r["name"]: r for r in records}
+    for a, b in FAMILY_VIT_PAIRS:
+        if {a, b} <= set(by):
+            ra, rb = by[a], by[b]
+            out.append(", ".join(f"{c} {fmt1(value[c](ra))} vs {fmt1(value[c](rb))}"
+                                 for c in ("linear", "k-NN", "5-shot") if c in value))
     return out
 
 
@@ -476,6 +511,7 @@ def claims_distill_seeds(record: Path) -> list[str]:
 
 # Figures quoted in the prose beside a record's tables, by record folder name.
 CLAIMS = {"digits": claims_digits, "cifar10-cpu": claims_cifar10, "family-cpu": claims_family,
+          "family-vit-cpu": claims_family_vit,
           "distill-digits": claims_distill, "distill-cpu": claims_distill_margins,
           "distill-cpu-seeds": claims_distill_seeds}
 

@@ -506,6 +506,12 @@ def check_environment(checked: dict, params: dict) -> None:
         raise ParamsError(str(error.code)) from None
 
 
+def run_names(checked: dict) -> list[str]:
+    """Every run the params name (pretrain:, generations:, teachers:, distill: entries)."""
+    return [name for section in ("pretrain", "generations", "teachers", "distill")
+            for name in checked[section]]
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -515,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="prepared manifest, to check shots against novel class sizes if present")
     parser.add_argument("--stamp", type=Path, help="file to write when the params are valid: JSON of "
                         "what they ask of the data, for `stages.prepare --needs`")
+    parser.add_argument("--runs", type=Path, help="file to write when the params are valid: JSON list "
+                        "of every run they name, for `stages.report --runs` (metrics of other runs, "
+                        "e.g. left from another params file, stay out of the report)")
     args = parser.parse_args(argv)
     try:
         manifest = read_yaml(args.manifest, "prepared manifest") if args.manifest.exists() else None
@@ -530,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.stamp:   # read by the prepare stage; constant unless a data need changes (see data_needs)
         from bowflow.io import write_json
         write_json(args.stamp, {"params": "valid", "data_needs": data_needs(checked)})
+    if args.runs:
+        from bowflow.io import write_json
+        write_json(args.runs, run_names(checked))
     print(f"{args.params}: ok", file=sys.stderr)
     return 0
 

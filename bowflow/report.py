@@ -24,11 +24,13 @@ def model_label(record: dict) -> str:
     return method if generation <= 1 else f"{method} x{generation}"
 
 
-def load_lineage(eval_dir: Path) -> list[dict]:
-    """Evaluation records, pretrain runs first, then each generation along parent links.
-    Each record gets its `label` and, when its training metrics sit beside the evaluation
-    folder (data/metrics/train/<name>.json), their cost figures under `train`."""
-    records = {p.stem: json.loads(p.read_text()) for p in sorted(Path(eval_dir).glob("*.json"))}
+def load_lineage(eval_dir: Path, names: list[str] | None = None) -> list[dict]:
+    """Evaluation records, pretrain runs first, then each generation along parent links;
+    only the runs in `names` when given. Each record gets its `label` and, when its training
+    metrics sit beside the evaluation folder (data/metrics/train/<name>.json), their cost
+    figures under `train`."""
+    records = {p.stem: json.loads(p.read_text()) for p in sorted(Path(eval_dir).glob("*.json"))
+               if names is None or p.stem in names}
     ordered = sorted(records.values(), key=lambda r: (r.get("generation", 0), r["name"]))
     train_dir = Path(eval_dir).parent / "train"
     for record in ordered:
@@ -179,10 +181,13 @@ def plot_word_patches(words: list[int], patches: list[list[torch.Tensor]], title
     plt.close(fig)
 
 
-def stage_times(metrics_root: Path) -> list[tuple[str, float]]:
-    """(stage file, wall seconds) of every metrics file under metrics_root."""
+def stage_times(metrics_root: Path, names: list[str] | None = None) -> list[tuple[str, float]]:
+    """(stage file, wall seconds) of every metrics file under metrics_root (of the runs in
+    `names` when given: the files are named after their run)."""
     out = []
     for path in sorted(Path(metrics_root).rglob("*.json")):
+        if names is not None and path.stem not in names:
+            continue
         data = json.loads(path.read_text())
         if "wall_seconds" in data:
             out.append((f"{path.parent.name}/{path.stem}", data["wall_seconds"]))
@@ -200,9 +205,11 @@ def arch_label(metrics: dict) -> str:
 
 def load_supervised(train_dir: Path, names: list[str] | None = None) -> dict[str, dict]:
     """{run name: training metrics} of the runs that report a test top-1 (teachers: and
-    distill: entries), in name order."""
+    distill: entries; only those in `names` when given), in name order."""
     runs = {}
     for path in sorted(Path(train_dir).glob("*.json")):
+        if names is not None and path.stem not in names:
+            continue
         record = json.loads(path.read_text())
         if "top1" in record:
             runs[path.stem] = record

@@ -2,10 +2,15 @@
 
     python -m stages.report --prepared data/prepared --eval data/metrics/eval \
         --train data/plots/train --vocab data/models --out data/report \
-        --generations-csv data/plots/generations.csv --words_shown 8 --patches_per_word 8
+        --generations-csv data/plots/generations.csv --runs data/runs.json \
+        --words_shown 8 --patches_per_word 8
+
+--runs (check_params writes it) lists the runs params.yaml names: metrics under --eval and
+--train of any other run (left from another params file) stay out of the report.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,14 +25,18 @@ from bowflow.sections import ReportParams
 def paths(parser):
     for name in ("prepared", "eval", "train", "vocab", "out", "generations-csv"):
         parser.add_argument(f"--{name}", type=Path, required=True)
+    parser.add_argument("--runs", type=Path, help="JSON list of the runs to report (default: every "
+                        "run with metrics under --eval)")
     parser.add_argument("--seed", type=int, default=0)
 
 
 def main(argv=None):
     params, args = parse_section(ReportParams, argv, __doc__, paths)
-    records = report.load_lineage(args.eval)
+    names = json.loads(args.runs.read_text()) if args.runs else None
+    records = report.load_lineage(args.eval, names)
     if not records:
-        raise SystemExit(f"report: no evaluation metrics in {args.eval}")
+        raise SystemExit(f"report: no evaluation metrics in {args.eval}"
+                         + (f" of the runs in {args.runs}" if names is not None else ""))
     # Build the whole report in a temporary folder, then swap it in: never half a report.
     # A run killed mid-build leaves its folder behind (its `finally` never ran): remove it.
     for stale in args.out.parent.glob(".report-*"):
@@ -51,8 +60,8 @@ def main(argv=None):
             figures.append(name)
         table = report.markdown_table(records)
         comparison = report.comparison_table(records)
-        distillation = report.distill_tables(report.load_supervised(args.eval.parent / "train"))
-        times = report.stage_times(args.eval.parent)
+        distillation = report.distill_tables(report.load_supervised(args.eval.parent / "train", names))
+        times = report.stage_times(args.eval.parent, names)
         text = "\n".join([
             "# bowflow results", "",
             "Few-shot accuracy on the novel classes (mean ± 95% interval over episodes), "

@@ -34,21 +34,35 @@ def test_presets_are_valid(preset):
     assert checked["data"].source == expected
 
 
-# Issue 16's new rows join the family presets with their ViT rows (DINO-ViT, IFACLR on the
-# ViT) and a measured CPU budget; until then the presets run the methods they were measured with.
-NOT_IN_THE_FAMILY_YET = {"ifaclr", "mae", "context_encoder"}
+def pretrain_methods() -> set[str]:
+    from bowflow.roles.base import available_methods, get_method
+    return {m for m in available_methods() if get_method(m).section == "pretrain"}
+
+
+def budget(run: dict) -> tuple:
+    """What a fair comparison holds equal: backbone, epochs, batch (and a ViT's optimiser)."""
+    return (run["arch"], run["width"], run.get("depth", 0), run["epochs"], run["batch_size"],
+            run.get("optimizer"), run.get("lr"), run.get("weight_decay"))
 
 
 def test_family_presets_train_every_method_the_same_way():
-    from bowflow.roles.base import available_methods, get_method
-    for name in ("family-digits.yaml", "family-cpu.yaml"):
-        runs = load_yaml(ROOT / "presets" / name)["pretrain"]
-        trained = {m for m in available_methods()      # every method of the self-supervised role
-                   if get_method(m).section == "pretrain"} - NOT_IN_THE_FAMILY_YET
-        assert {r["method"] for r in runs.values()} == trained, name
-        budgets = {(r["arch"], r["width"], r["epochs"], r["batch_size"]) for r in runs.values()
-                   if r["method"] not in ("rotnet", "random_init")}
-        assert len(budgets) == 1, f"{name}: every family method gets the same backbone and budget"
+    """family-digits runs every method; family-cpu and family-vit-cpu together run every
+    method on CIFAR-10 with the same data, evaluation and per-backbone budget."""
+    from bowflow.roles.base import get_method
+    presets = {name: load_yaml(ROOT / "presets" / f"{name}.yaml")
+               for name in ("family-digits", "family-cpu", "family-vit-cpu")}
+    digits, cpu, vit = (presets[n]["pretrain"] for n in presets)
+    assert {r["method"] for r in digits.values()} == pretrain_methods()
+    assert {r["method"] for r in [*cpu.values(), *vit.values()]} == pretrain_methods()
+    assert presets["family-vit-cpu"]["data"] == presets["family-cpu"]["data"]
+    assert presets["family-vit-cpu"]["evaluate"] == presets["family-cpu"]["evaluate"]
+    for name, runs in (("family-digits", [*digits.values()]), ("family-cpu", [*cpu.values(), *vit.values()])):
+        trained = [r for r in runs if r["method"] not in ("rotnet", "random_init")]
+        convnets = {budget(r) for r in trained if not get_method(r["method"]).token_backbone
+                    and not r["arch"].startswith("vit")}
+        vits = {budget(r) for r in trained if r["arch"].startswith("vit")}
+        assert len(convnets) == 1, f"{name}: every convnet method gets the same backbone and budget"
+        assert len(vits) == 1, f"{name}: every ViT method gets the same backbone and budget"
 
 
 def test_distill_presets_run_every_method_on_the_talks_pairs():
