@@ -396,15 +396,20 @@ def claims_cifar10(record: Path) -> list[str]:
             " and ".join(captured)]
 
 
+def accuracy_columns(record: Path) -> dict:
+    """{column: run record -> accuracy}: linear, k-NN and each few-shot column of the record."""
+    value = {"linear": lambda r: r["linear_base"], "k-NN": lambda r: r["knn_all"]}
+    for n in report.shots_of(lineage(record)):
+        value[f"{n}-shot"] = lambda r, n=n: r["few_shot"][n]["mean"]
+    return value
+
+
 def claims_family(record: Path) -> list[str]:
     """The stages' wall-time sum; which trained runs fall below the untrained control, and
     on which columns; BoWNet g1 against its RotNet teacher at 1 shot."""
-    records = lineage(record)
+    records, value = lineage(record), accuracy_columns(record)
     total = sum(s for _, s in report.stage_times(record / "metrics")) / 60
     out = [f"the stages' own wall times sum to {total:.1f} min"]
-    value = {"linear": lambda r: r["linear_base"], "k-NN": lambda r: r["knn_all"]}
-    for n in report.shots_of(records):
-        value[f"{n}-shot"] = lambda r, n=n: r["few_shot"][n]["mean"]
     control = next((r for r in records if r["method"] == "random_init"), None)
     if control is not None:
         out.append(below_control([r for r in records if r is not control], control, value))
@@ -438,12 +443,9 @@ FAMILY_VIT_PAIRS = (("ifaclr", "simclr"), ("ifaclr_vit", "simclr_vit"), ("dino_v
 def claims_family_vit(record: Path) -> list[str]:
     """The stages' wall-time sum; per backbone, the runs at or below that backbone's
     untrained control; linear, k-NN and 5-shot of each pair of FAMILY_VIT_PAIRS."""
-    records = lineage(record)
+    records, value = lineage(record), accuracy_columns(record)
     total = sum(s for _, s in report.stage_times(record / "metrics")) / 60
     out = [f"the stages' own wall times sum to {total:.1f} min"]
-    value = {"linear": lambda r: r["linear_base"], "k-NN": lambda r: r["knn_all"]}
-    for n in report.shots_of(records):
-        value[f"{n}-shot"] = lambda r, n=n: r["few_shot"][n]["mean"]
     for control in [r for r in records if r["method"] == "random_init"]:
         arch = report.arch_label(control["train"])
         trained = [r for r in records if r is not control and report.arch_label(r["train"]) == arch]
