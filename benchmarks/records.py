@@ -431,8 +431,10 @@ def below_control(records: list[dict], control: dict, value: dict) -> str:
     text = "every trained method beats the untrained control on " + join([c for c, rs in below.items() if not rs])
     for c, rs in below.items():
         if rs:
+            tie = any(round(value[c](r), 1) == round(value[c](control), 1) for r in rs)
             text += (f"; on {c} " + join([f"{r['label']} ({fmt1(value[c](r))})" for r in rs])
-                     + f" {'is' if len(rs) == 1 else 'are'} below it ({fmt1(value[c](control))})")
+                     + f" {'is' if len(rs) == 1 else 'are'} {'at or ' if tie else ''}below it "
+                     f"({fmt1(value[c](control))})")
     return text
 
 
@@ -442,7 +444,8 @@ FAMILY_VIT_PAIRS = (("ifaclr", "simclr"), ("ifaclr_vit", "simclr_vit"), ("dino_v
 
 def claims_family_vit(record: Path) -> list[str]:
     """The stages' wall-time sum; per backbone, the runs at or below that backbone's
-    untrained control; linear, k-NN and 5-shot of each pair of FAMILY_VIT_PAIRS."""
+    untrained control; linear, k-NN and 5-shot of each pair of FAMILY_VIT_PAIRS; linear,
+    k-NN and 1-shot of each BoWNet generation against its parent."""
     records, value = lineage(record), accuracy_columns(record)
     total = sum(s for _, s in report.stage_times(record / "metrics")) / 60
     out = [f"the stages' own wall times sum to {total:.1f} min"]
@@ -456,6 +459,10 @@ def claims_family_vit(record: Path) -> list[str]:
             ra, rb = by[a], by[b]
             out.append(", ".join(f"{c} {fmt1(value[c](ra))} vs {fmt1(value[c](rb))}"
                                  for c in ("linear", "k-NN", "5-shot") if c in value))
+    for r in records:                # a BoWNet student against its parent
+        if r.get("parent") in by:
+            out.append(", ".join(f"{c} {fmt1(value[c](r))} vs {fmt1(value[c](by[r['parent']]))}"
+                                 for c in ("linear", "k-NN", "1-shot") if c in value))
     return out
 
 
