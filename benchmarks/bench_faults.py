@@ -23,7 +23,9 @@ user's own cache does not leak in).
    the stage process die together, as on a power cut or an OOM kill of the group). If the
    run ends before the planned moment (a faster machine, a lighter load), the trial starts
    over in a fresh project at half the delay, up to 4 times. Then
-   `dvc repro` again, to completion, and check:
+   `dvc repro` again, to completion (if the kill cut DVC's write of its own
+   `.dvc/tmp/rwlock`, that file is removed first, as DVC advises, and the line says so:
+   see `rerun_after_kill`), and check:
      - it exits 0;
      - the final state equals the baseline's exactly (non-timing values);
      - `dvc status --json` is clean;
@@ -31,7 +33,8 @@ user's own cache does not leak in).
        data/checkpoints, no stray file next to the outputs (every file under data/ is an
        output or metric of a stage in dvc.lock, or inside a directory output).
    One line per trial: the stage the kill landed in (the last `Running stage` line before
-   it), seconds after launch, whether the rerun resumed a training checkpoint, and the result.
+   it), seconds after launch, whether the rerun resumed a training checkpoint, whether
+   DVC's rwlock had to be removed, and the result.
 
     python -m benchmarks.bench_faults                       # 10 trials, seed 0
     python -m benchmarks.bench_faults --trials 3 --seed 1
@@ -121,11 +124,12 @@ class Run:
         return current
 
 
-def repro(project: Path, env: dict, kill: tuple[str, float] | None = None) -> Run:
-    """`dvc repro` in its own process group; with `kill=(stage, delay)`, SIGKILL the whole
-    group `delay` seconds after `stage`'s `Running stage` line appears."""
+def repro(project: Path, env: dict, kill: tuple[str, float] | None = None,
+          targets: tuple[str, ...] = ()) -> Run:
+    """`dvc repro [targets]` in its own process group; with `kill=(stage, delay)`, SIGKILL the
+    whole group `delay` seconds after `stage`'s `Running stage` line appears."""
     start = time.perf_counter()
-    proc = subprocess.Popen(["dvc", "repro"], cwd=project, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(["dvc", "repro", *targets], cwd=project, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     starts: list[tuple[str, float]] = []
     lines: list[str] = []
@@ -166,6 +170,25 @@ def repro(project: Path, env: dict, kill: tuple[str, float] | None = None) -> Ru
             raise RuntimeError(f"process group {proc.pid} still exists 10 s after SIGKILL")
     reader.join()
     return Run(returncode, "".join(lines), starts, time.perf_counter() - start, killed_at)
+
+
+RWLOCK_CORRUPTED = "Unable to read RWLock-file"
+
+
+def rerun_after_kill(project: Path, env: dict, targets: tuple[str, ...] = ()) -> tuple[Run, bool]:
+    """`dvc repro` after a kill, as a user would: -> (the run, whether DVC's rwlock had to go).
+
+    DVC (3.x) rewrites `.dvc/tmp/rwlock` in place (open "w", then json.dump) when a stage
+    starts and ends; a SIGKILL inside that write leaves an empty or cut-off file, and every
+    later DVC command stops with "Unable to read RWLock-file ... JSON structure is corrupted"
+    (treeverse/dvc#7615). It holds only the PIDs of running DVC commands, and the killed
+    group is gone, so the fix is DVC's own advice: remove the file and run again. The
+    trial reports that it was needed; everything else must still pass."""
+    run = repro(project, env, targets=targets)
+    if run.returncode == 0 or RWLOCK_CORRUPTED not in run.output:
+        return run, False
+    (project / ".dvc" / "tmp" / "rwlock").unlink()
+    return repro(project, env, targets=targets), True
 
 
 def windows(run: Run) -> dict[str, tuple[float, float]]:
@@ -233,6 +256,7 @@ class Trial:
     delay: float = 0.0         # seconds after the stage's start actually used
     checkpoints_after_kill: int = 0
     resumed: bool = False
+    rwlock_removed: bool = False   # the kill cut DVC's own rwlock write (see rerun_after_kill)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -281,7 +305,7 @@ def run_trial(index: int, planned: tuple[str, float], scratch: Path, params: dic
         trial.killed_stage = killed.stage_at(killed.killed_at)
     trial.checkpoints_after_kill = sum(1 for p in (project / "data/checkpoints").glob("*") if p.is_file()) \
         if (project / "data/checkpoints").exists() else 0
-    rerun = repro(project, env)
+    rerun, trial.rwlock_removed = rerun_after_kill(project, env)
     trial.resumed = "resumed from checkpoint" in rerun.output
     if rerun.returncode != 0:
         trial.problems.append(f"rerun exit {rerun.returncode}: {rerun.output[-1500:]}")
@@ -306,11 +330,12 @@ def trial_line(trial: Trial) -> str:
     result = "PASS" if trial.passed else "FAIL: " + "; ".join(trial.problems)
     return (f"{trial.index:>3}  {trial.planned[0]:<17}{trial.delay:>7.2f}{trial.attempts:>4}  "
             f"{trial.killed_stage:<17}{when:>7}  {trial.checkpoints_after_kill:>5}  "
-            f"{'yes' if trial.resumed else 'no':<7}  {result}")
+            f"{'yes' if trial.resumed else 'no':<7}  {'removed' if trial.rwlock_removed else '-':<7}  "
+            f"{result}")
 
 
 HEADER = (f"{'#':>3}  {'planned stage':<17}{'+s':>7}{'try':>4}  {'killed in':<17}{'at s':>7}  "
-          f"{'ckpts':>5}  {'resumed':<7}  result")
+          f"{'ckpts':>5}  {'resumed':<7}  {'rwlock':<7}  result")
 
 
 def run_faults(trials: int, seed: int, scratch: Path, params: dict | None = None,

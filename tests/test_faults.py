@@ -5,9 +5,15 @@ exactly as an uninterrupted run, with `dvc status` clean and nothing half-writte
 The pipeline here has one generation (g1) to keep the three runs short; where in a stage the
 kill lands depends on the machine's speed, so the test asserts that each trial killed the run
 and passed every check, never a time."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from benchmark_cli import run_benchmark
+from bowflow.scaffold import core_params, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -23,5 +29,23 @@ def test_killed_dvc_repro_reruns_to_the_uninterrupted_result(tmp_path):
     trials = [line.split() for line in lines[header + 1:-1]]     # one line per trial
     assert len(trials) == 2, report
     for row in trials:
-        assert row[-1] == "PASS", report          # the rerun passed every check ...
+        assert row[-1] == "PASS", report          # the rerun passed every check (after removing
+                                                  # DVC's rwlock if the kill cut its write) ...
         assert "-" not in row[4:6], report        # ... and the run really was killed (stage, at s)
+
+
+def test_a_kill_inside_dvcs_rwlock_write_is_undone_by_removing_the_file(tmp_path):
+    """The one fault a rerun alone cannot fix, and the README's advice for it: DVC rewrites
+    `.dvc/tmp/rwlock` in place, so a kill inside that write leaves it cut off, and DVC then
+    refuses every command (treeverse/dvc#7615). Made here by hand: an empty rwlock."""
+    project = make_project(tmp_path / "project", core_params())
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    rwlock = project / ".dvc" / "tmp" / "rwlock"
+    rwlock.parent.mkdir(parents=True, exist_ok=True)
+    rwlock.write_text("")
+    refused = subprocess.run(["dvc", "repro", "check_params"], cwd=project, env=env,
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "Unable to read RWLock-file" in refused.stdout + refused.stderr
+    rwlock.unlink()
+    subprocess.run(["dvc", "repro", "check_params"], cwd=project, env=env, check=True,
+                   capture_output=True, text=True)
