@@ -158,6 +158,17 @@ def test_dvc_reruns_only_what_a_change_touches(dvc_project):
     assert repro(project) == {"check_params", "vocab@gx", "student@gx", "evaluate_student@gx", "report"}
     assert f"data/models/{parent}/model.pt" in (project / "dvc.lock").read_text()
 
+    # ... a ViT among them: a vocabulary over the tiny MAE's last-block patch tokens (vit_p2
+    # at 8 px: a 4 x 4 token grid, so 16 codes per image), then BoWNet on a convnet.
+    assert params["pretrain"]["mae"]["arch"] == "vit_p2" and params["pretrain"]["mae"]["depth"] == 2
+    params["generations"]["gv"] = copy.deepcopy(params["generations"]["g1"]) | {"parent": "mae"}
+    params["generations"]["gv"]["vocab"]["layer"] = "stage2"
+    write_params(project, params)
+    assert repro(project) == {"check_params", "vocab@gv", "student@gv", "evaluate_student@gv", "report"}
+    vocab = json.loads((project / "data/metrics/vocab/gv.json").read_text())
+    assert vocab["teacher"] == "mae" and vocab["codes_per_image"] == 16 and vocab["words_used"] > 1
+    assert "BoWNet (gv)" in (project / "data/report/report.md").read_text()
+
     # Distillation: one run's gamma reruns that run and the report; a new run only itself.
     params["distill"]["at"]["gamma"] = 500.0
     write_params(project, params)
