@@ -124,12 +124,11 @@ class Run:
         return current
 
 
-def repro(project: Path, env: dict, kill: tuple[str, float] | None = None,
-          targets: tuple[str, ...] = ()) -> Run:
-    """`dvc repro [targets]` in its own process group; with `kill=(stage, delay)`, SIGKILL the
-    whole group `delay` seconds after `stage`'s `Running stage` line appears."""
+def repro(project: Path, env: dict, kill: tuple[str, float] | None = None) -> Run:
+    """`dvc repro` in its own process group; with `kill=(stage, delay)`, SIGKILL the whole
+    group `delay` seconds after `stage`'s `Running stage` line appears."""
     start = time.perf_counter()
-    proc = subprocess.Popen(["dvc", "repro", *targets], cwd=project, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(["dvc", "repro"], cwd=project, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     starts: list[tuple[str, float]] = []
     lines: list[str] = []
@@ -175,7 +174,7 @@ def repro(project: Path, env: dict, kill: tuple[str, float] | None = None,
 RWLOCK_CORRUPTED = "Unable to read RWLock-file"
 
 
-def rerun_after_kill(project: Path, env: dict, targets: tuple[str, ...] = ()) -> tuple[Run, bool]:
+def rerun_after_kill(project: Path, env: dict) -> tuple[Run, bool]:
     """`dvc repro` after a kill, as a user would: -> (the run, whether DVC's rwlock had to go).
 
     DVC (3.x) rewrites `.dvc/tmp/rwlock` in place (open "w", then json.dump) when a stage
@@ -184,11 +183,11 @@ def rerun_after_kill(project: Path, env: dict, targets: tuple[str, ...] = ()) ->
     (treeverse/dvc#7615). It holds only the PIDs of running DVC commands, and the killed
     group is gone, so the fix is DVC's own advice: remove the file and run again. The
     trial reports that it was needed; everything else must still pass."""
-    run = repro(project, env, targets=targets)
+    run = repro(project, env)
     if run.returncode == 0 or RWLOCK_CORRUPTED not in run.output:
         return run, False
     (project / ".dvc" / "tmp" / "rwlock").unlink()
-    return repro(project, env, targets=targets), True
+    return repro(project, env), True
 
 
 def windows(run: Run) -> dict[str, tuple[float, float]]:
