@@ -1,5 +1,6 @@
 # On a fresh clone:
-#   make run        install into .venv, run the whole pipeline with `dvc repro`, print the table
+#   make run        install into .venv, run the whole pipeline with `dvc repro` (bin/repro: the
+#                   seeds side by side), print the report
 #   make test       install into .venv, run the fast tier: every test not marked slow (unit
 #                   tests, the method contract on one method, the tiny pipeline once with
 #                   one run of each kind; under 5 minutes on 2 cores)
@@ -22,8 +23,9 @@ $(VENV)/.installed: requirements.txt
 install: $(VENV)/.installed
 
 run: install
+	$(BIN)/python -m workflow.pipeline
 	$(BIN)/python -m bowflow.config params.yaml
-	$(BIN)/dvc repro
+	bin/repro
 	@cat data/report/report.md
 
 test: install

@@ -3,19 +3,24 @@
 A compute choice is the dict `{"bf16": bool, "channels_last": bool, "threads": int,
 "compile": bool}`; threads 0 means "leave torch's default" (one per physical core, see
 `bowflow.runtime.configure_threads`), compile means `backbone.compile()` (inductor) before
-training. `decide_compute(device)` returns it with how it was decided, in this order:
+training. The mode of record is params.yaml's `compute:`, which the training stages get as
+`--compute` (so DVC reruns them when it changes, and each stage records what it resolved
+to). `decide_compute(device, mode)` returns the choice with how it was decided, in this order:
 
+0. params: a named mode (`fp32-channels-last-t1`, `bf16-channels-last`, ...) is used as it is.
+   The rest applies to `compute: auto`.
 1. override: the environment variable `BOWFLOW_COMPUTE` pins a mode (tests do this):
    `default` (eager fp32, torch's threads), `auto` or unset (go on to 2-4), `measure`
    (ignore the cache: measure again and overwrite it), or
    `<fp32|bf16>[-channels-last][-compile][-t<threads>]`, e.g. `fp32-channels-last`,
    `bf16-channels-last-t1`.
-2. gpu: on CUDA, bf16 autocast + channels-last (tensor cores want bf16 and NHWC).
+2. gpu: on CUDA, fp32 + channels-last (bf16 is opt-in everywhere, see Precision).
 3. cache: on a CPU, the per-machine file `cache_path()` written by an earlier
    measurement (or by `python -m benchmarks.bench_compute --save`).
-4. measured: no cache yet. The CPU's flags (/proc/cpuinfo) decide which precisions are
-   worth trying: bf16 only with `amx_bf16` or `avx512_bf16` (elsewhere bf16 is emulated
-   in fp32 registers with extra conversions and is slower than fp32). Then every candidate
+4. measured: no cache yet. The automatic choice measures fp32 modes only (bf16 is
+   opt-in). `benchmarks/bench_compute` also measures bf16, and only with `amx_bf16` or
+   `avx512_bf16` (elsewhere bf16 is emulated in fp32 registers with extra conversions and
+   is slower than fp32). Then every candidate
    (precision x layout x thread count) trains a small convnet for a few steps, interleaved
    round by round, within `MEASURE_BUDGET_S` (see `measure` for the deadlines); the
    fastest by median step time wins if it beats eager fp32 by `MIN_GAIN`, else eager
@@ -26,18 +31,18 @@ Precision: a bf16 choice runs each training step under `torch.autocast(bfloat16)
 (`bowflow.train.autocast_context`): convolutions and linear layers in bf16; every loss,
 softmax/log-softmax target, BoW code, EMA/queue/centre update, BatchNorm statistic and
 the evaluate stage's features in float32 (`BF16_PRECISION`, checked by
-tests/test_precision.py; the op-by-op list is docs/precision.md). Its accuracy cost was
-measured by `benchmarks/bench_precision.py` (BoWNet on digits, 3 seeds per mode, bf16
-emulated on an AVX2 CPU): none beyond seed noise, k-NN +1.6 and 5-shot -0.5 points
-(per-seed 5-shot differences -7.9 to +4.6 against a seed-to-seed sd of 2.7 in fp32), final
-training loss equal within 0.015. A single-run 5-shot gap of 5 points between two modes
-is within what seed noise gives here.
+tests/test_precision.py; the op-by-op list is docs/precision.md). Why it is opt-in: on a
+CPU with native bf16 (AVX-512 bf16), the default digits pipeline at 3 seeds gave BoWNet g2
++4.0 / +3.9 / +4.0 points 5-shot and g1 +5.3 / +5.4 / +0.9 over fp32, paired by seed (issue
+23's measurement): a shift of one sign at every seed, not noise. An earlier study
+(`benchmarks/bench_precision.py`, bf16 emulated on an AVX2 CPU, a reduced configuration)
+had seen none; it did not run the precision a bf16 machine runs.
 
 `compile` is never measured here (inductor needs 14-94 s for the convnet's forward +
 backward on a 2-core CPU, beyond the budget of a decision) and the automatic choice
 leaves it off: on the AVX2-only machine of docs/BENCHMARKS.md (section 8) it gained
 less than channels-last alone and nothing on top of it. `BOWFLOW_COMPUTE=...-compile`
-turns it on.
+turns it on (or `compute: fp32-channels-last-compile` in params.yaml).
 """
 from __future__ import annotations
 
@@ -59,7 +64,7 @@ import torch
 from bowflow.io import write_json
 
 DEFAULT_CPU = {"bf16": False, "channels_last": False, "threads": 0, "compile": False}
-GPU = {"bf16": True, "channels_last": True, "threads": 0, "compile": False}
+GPU = {"bf16": False, "channels_last": True, "threads": 0, "compile": False}
 KEYS = tuple(DEFAULT_CPU)
 
 # CPU flags that decide the candidates; the metrics record which of them the CPU has.
@@ -154,12 +159,13 @@ def describe(choice: dict) -> str:
     return text + (f"-t{choice['threads']}" if choice["threads"] else "")
 
 
-def parse_override(text: str) -> dict | str | None:
-    """BOWFLOW_COMPUTE -> a choice dict, 'measure', or None (unset / 'auto').
+def parse_mode(text: str) -> dict | str | None:
+    """A compute mode (params.yaml's `compute:`, or BOWFLOW_COMPUTE) -> a choice dict,
+    'measure', or None ('auto' or empty: decide on this machine).
 
     Raises ValueError naming the accepted forms for anything else.
     """
-    value = text.strip().lower()
+    value = str(text).strip().lower()
     if value in ("", "auto"):
         return None
     if value == "measure":
@@ -168,34 +174,18 @@ def parse_override(text: str) -> dict | str | None:
         return dict(DEFAULT_CPU)
     match = _OVERRIDE.match(value)
     if not match:
-        raise ValueError(f"{ENV_OVERRIDE}={text!r}: expected auto, measure, default or "
-                         "<fp32|bf16>[-channels-last][-compile][-t<threads>], e.g. fp32-channels-last")
+        raise ValueError(f"{text!r}: expected auto, measure, default or "
+                         "<fp32|bf16>[-channels-last][-compile][-t<threads>], e.g. fp32-channels-last-t1")
     return {"bf16": match[1] == "bf16", "channels_last": bool(match[2]),
             "threads": int(match[4] or 0), "compile": bool(match[3])}
 
 
-def save_choice(choice: dict, details: dict | None = None) -> Path:
-    """Write the CPU compute choice (plus how it was made) to `cache_path()`."""
-    normal = _normalise(choice)
-    if normal is None:
-        raise ValueError(f"not a compute choice: {choice}")
-    path = cache_path()
-    record = {"choice": normal, "cpu_model": cpu_model(), "hostname": socket.gethostname(),
-              "torch": torch.__version__, "saved": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-              **(details or {})}
-    write_json(path, record)
-    return path
-
-
-def load_record() -> dict | None:
-    """The whole cache record (choice + details), or None when absent or malformed."""
+def parse_override(text: str) -> dict | str | None:
+    """BOWFLOW_COMPUTE -> as `parse_mode`; the error names the variable."""
     try:
-        record = json.loads(cache_path().read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or _normalise(record.get("choice")) is None:
-        return None
-    return record
+        return parse_mode(text)
+    except ValueError as error:
+        raise ValueError(f"{ENV_OVERRIDE}={error}") from None
 
 
 def load_choice() -> dict | None:
@@ -205,14 +195,15 @@ def load_choice() -> dict | None:
 
 
 # ---------------------------------------------------------------------------- measuring
-def candidates(flags: set[str], default_threads: int) -> list[dict]:
+def candidates(flags: set[str], default_threads: int, bf16: bool = True) -> list[dict]:
     """The modes worth measuring on a CPU with these flags, eager fp32 first.
 
     fp32 and fp32 + channels-last always; the bf16 pair only with native bf16 (see
-    BF16_FLAGS); each at torch's default thread count (0) and, when that is above 1, at
+    BF16_FLAGS) and `bf16` (the pipeline's automatic choice passes False: bf16 is opt-in,
+    docs/precision.md); each at torch's default thread count (0) and, when that is above 1, at
     1 thread (on a loaded 2-core machine two OpenMP threads can wait on each other).
     """
-    precisions = [False, True] if bf16_native(flags) else [False]
+    precisions = [False, True] if bf16 and bf16_native(flags) else [False]
     thread_counts = [0] + ([1] if default_threads > 1 else [])
     return [{"bf16": bf16, "channels_last": cl, "threads": threads, "compile": False}
             for threads in thread_counts for bf16 in precisions for cl in (False, True)]
@@ -334,10 +325,11 @@ class Decision:
                 "compute_reason": self.reason, "cpu_flags": list(self.cpu_flags)}
 
 
-def measure_and_save(flags: set[str], budget_s: float = MEASURE_BUDGET_S) -> Decision:
-    """Measure the candidates for this CPU, save the winner to the cache, return it."""
+def measure_and_save(flags: set[str], budget_s: float = MEASURE_BUDGET_S, bf16: bool = False) -> Decision:
+    """Measure the candidates for this CPU (fp32 only unless `bf16`), save the winner to
+    the cache, return it."""
     default_threads = torch.get_num_threads()
-    modes = candidates(flags, default_threads)
+    modes = candidates(flags, default_threads, bf16=bf16)
     result = measure(modes, budget_s=budget_s)
     best, gain = pick(modes, result["seconds"])
     names = [describe(m) for m in modes]
@@ -345,8 +337,9 @@ def measure_and_save(flags: set[str], budget_s: float = MEASURE_BUDGET_S) -> Dec
     notes = "".join(f"; {names[i]} {what}" for key, what in
                     (("warmup_only", "slow at warm-up, not in the rounds"), ("skipped", "skipped: time up"))
                     for i in result.get(key, []))
-    native = "native bf16 (" + ", ".join(f for f in BF16_FLAGS if f in flags) + ")" \
-        if bf16_native(flags) else "no amx_bf16/avx512_bf16: fp32 only"
+    native = ("fp32 only: bf16 is opt-in" if not bf16 else
+              "native bf16 (" + ", ".join(f for f in BF16_FLAGS if f in flags) + ")" if bf16_native(flags)
+              else "no amx_bf16/avx512_bf16: fp32 only")
     reason = (f"measured {len(modes)} modes ({native}; {result['rounds']} rounds, "
               f"{result['elapsed_s']:.1f} s, load {os.getloadavg()[0]:.1f}): images/s "
               + ", ".join(f"{n} {r}" for n, r in rates.items())
@@ -367,27 +360,39 @@ def measure_and_save(flags: set[str], budget_s: float = MEASURE_BUDGET_S) -> Dec
     return Decision(best, "measured", reason, relevant_flags(flags))
 
 
-def decide_compute(device: torch.device) -> Decision:
-    """The compute choice for training on `device`, and how it was decided (logged)."""
+def decide_compute(device: torch.device, mode: str = "auto") -> Decision:
+    """The compute choice for training on `device`, and how it was decided (logged).
+
+    `mode` is params.yaml's `compute:` (the training stages' --compute): a named mode is
+    used as it is (source "params"). `auto` decides here: BOWFLOW_COMPUTE when set (tests
+    pin modes with it), fp32 + channels-last on a GPU, else the cached or measured fastest
+    fp32 mode of this CPU. The automatic choice never picks bf16: on the default pipeline
+    bf16 moved BoWNet's few-shot accuracy by +4 points at every seed (docs/precision.md),
+    so bf16 runs only when a params file names it.
+    """
     from bowflow.runtime import log
     flags = cpu_flags()
+    named = parse_mode(mode)
     override = parse_override(os.environ.get(ENV_OVERRIDE, ""))
-    if isinstance(override, dict):
+    if isinstance(named, dict):
+        decision = Decision(named, "params", f"compute: {mode}", relevant_flags(flags))
+    elif isinstance(override, dict):
         decision = Decision(override, "override", f"{ENV_OVERRIDE}={os.environ[ENV_OVERRIDE]}",
                             relevant_flags(flags))
     elif device.type == "cuda":
-        decision = Decision(dict(GPU), "gpu", "CUDA device: bf16 autocast + channels-last", [])
+        decision = Decision(dict(GPU), "gpu", "CUDA device: fp32 + channels-last", [])
     elif device.type != "cpu":
         decision = Decision(dict(DEFAULT_CPU), "default", f"{device.type}: eager fp32", [])
     else:
-        record = None if override == "measure" else load_record()
-        if record is not None:
+        remeasure = "measure" in (named, override)
+        record = None if remeasure else load_record()
+        if record is not None and not _normalise(record["choice"])["bf16"]:
             choice = _normalise(record["choice"])
             made = record.get("source", "bench_compute --save")
             decision = Decision(choice, "cache", f"{cache_path()} ({made} {record.get('saved', '')}"
                                 f", torch {record.get('torch', '?')})".replace(" ,", ","),
                                 relevant_flags(flags))
-        else:
+        else:                     # no cache, or a cached bf16 choice (made before bf16 was opt-in)
             decision = measure_and_save(flags)
     if decision.choice["bf16"]:
         decision.reason += f"; {BF16_PRECISION}"
@@ -395,8 +400,8 @@ def decide_compute(device: torch.device) -> Decision:
     return decision
 
 
-def select_compute(device: torch.device) -> dict:
+def select_compute(device: torch.device, mode: str = "auto") -> dict:
     """-> the choice dict {"bf16", "channels_last", "threads", "compile"} for `device`
     (see `decide_compute`, which also says how it was decided)."""
-    return decide_compute(device).choice
+    return decide_compute(device, mode).choice
 

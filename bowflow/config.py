@@ -24,6 +24,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from bowflow.compute import parse_mode
 from bowflow.data.scan import check_novel_classes, count_class_images
 from bowflow.data.specs import TARBALL_SUFFIXES, DataError
 from bowflow.networks import ARCHITECTURES, build_backbone
@@ -34,10 +35,30 @@ from bowflow.sections import (RESOURCE_KINDS, DataParams, EvalParams, ParamsErro
 # ---------------------------------------------------------------------------- params.yaml
 
 
-TOP_LEVEL = {"seed": int, "device": str, "data": DataParams, "pretrain": dict,
+TOP_LEVEL = {"seed": int, "seeds": list, "device": str, "compute": str, "data": DataParams, "pretrain": dict,
              "generations": dict, "teachers": dict, "distill": dict, "evaluate": EvalParams,
              "report": ReportParams, "resources": dict}
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")   # names data/models/<name>/ and stages
+
+
+def check_seeds(seeds: Any) -> None:
+    """`seeds:` a non-empty list of distinct integers in numpy's seed range."""
+    check_type("seeds", seeds, list)
+    if not seeds:
+        raise ParamsError("seeds: expected at least one seed, got []")
+    for i, seed in enumerate(seeds):
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+            raise ParamsError(f"seeds[{i}]: expected an integer in [0, 2**32 - 1], got {seed!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ParamsError(f"seeds: expected distinct seeds, got {seeds}")
+
+
+def check_pipeline_seeds(seeds: list[int], pipeline_seeds: list[int] | None) -> None:
+    """The seeds dvc.yaml has stages for (its check_params command says) must be params.yaml's."""
+    if pipeline_seeds is not None and sorted(pipeline_seeds) != sorted(seeds):
+        raise ParamsError(f"seeds: params.yaml lists {seeds} but dvc.yaml has stages for seeds "
+                          f"{pipeline_seeds}: run `bin/python -m workflow.pipeline` to rewrite dvc.yaml "
+                          f"(make run does), then run again")
 
 
 def check_run_name(name: Any, where: str) -> None:
@@ -409,11 +430,17 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
     if not 0 <= params["seed"] < 2**32:
         raise ParamsError(f"seed: expected an integer in [0, 2**32 - 1] (numpy's seed range), "
                           f"got {params['seed']}")
+    check_seeds(params["seeds"])
+    check_type("compute", params["compute"], str)
+    try:
+        parse_mode(params["compute"])
+    except ValueError as error:
+        raise ParamsError(f"compute: {error}") from None
     check_type("device", params["device"], str)
     if not (params["device"] in ("auto", "cpu") or params["device"].startswith("cuda")):
         raise ParamsError(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got '{params['device']}'")
     pretrain = check_pretrain(params["pretrain"])
-    checked = {"data": check_section(DataParams, params["data"], "data"),
+    checked = {"seeds": list(params["seeds"]), "data": check_section(DataParams, params["data"], "data"),
                "pretrain": pretrain,
                "generations": check_generations(params["generations"], pretrain),
                "evaluate": check_section(EvalParams, params["evaluate"], "evaluate"),
@@ -521,15 +548,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="prepared manifest, to check shots against novel class sizes if present")
     parser.add_argument("--stamp", type=Path, help="file to write when the params are valid: JSON of "
                         "what they ask of the data, for `stages.prepare --needs`")
-    parser.add_argument("--runs", type=Path, help="file to write when the params are valid: JSON list "
-                        "of every run they name, for `stages.report --runs` (metrics of other runs, "
+    parser.add_argument("--runs", type=Path, help="file to write when the params are valid: JSON "
+                        "{runs: every run they name, seeds: the training seeds}, for `stages.report --runs` (metrics of other runs, "
                         "e.g. left from another params file, stay out of the report)")
+    parser.add_argument("--pipeline-seeds", type=int, nargs="+", help="the seeds dvc.yaml has "
+                        "stages for (workflow/pipeline.py writes them here): they must be params.yaml's")
     args = parser.parse_args(argv)
     try:
         manifest = read_yaml(args.manifest, "prepared manifest") if args.manifest.exists() else None
         params = read_yaml(args.params, "params file")
         checked = validate_params(params, manifest)
         check_environment(checked, params)
+        check_pipeline_seeds(checked["seeds"], args.pipeline_seeds)
     except ParamsError as error:
         message = str(error)
         prefix = "" if message.startswith(f"{args.params}:") or message.startswith(f"{args.manifest}:") \
@@ -541,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.stamp, {"params": "valid", "data_needs": data_needs(checked)})
     if args.runs:
         from bowflow.io import write_json
-        write_json(args.runs, run_names(checked))
+        write_json(args.runs, {"runs": run_names(checked), "seeds": checked["seeds"]})
     print(f"{args.params}: ok", file=sys.stderr)
     return 0
 

@@ -29,6 +29,8 @@ def add_training_arguments(parser) -> None:
     parser.add_argument("--checkpoints", type=Path, default=Path("data/checkpoints"))
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compute", default="auto", help="params.yaml's compute: auto or a named "
+                        "mode such as fp32-channels-last-t1 (bowflow.compute.parse_mode)")
 
 
 def check_stage(method: str, stage: str) -> type:
@@ -43,7 +45,7 @@ def check_stage(method: str, stage: str) -> type:
 def run_training(params: TrainParams, prepared: str | Path, out_model: Path, metrics_path: Path,
                  history_path: Path, checkpoint_dir: Path, seed: int, device_name: str,
                  record: dict, inputs: dict | None = None, input_fingerprint: str = "",
-                 split: str = "ssl", finish=None) -> dict:
+                 split: str = "ssl", finish=None, compute: str = "auto") -> dict:
     """Train `params.method` on the SSL images and write model, metrics and curve.
 
     `record` (name, parent, generation) is stored in the model file. The method gets its
@@ -53,7 +55,8 @@ def run_training(params: TrainParams, prepared: str | Path, out_model: Path, met
     the checkpoint's run id. `split`: "ssl" trains on the rows
     self-supervised stages may use, "train" on every labelled train row (supervised and
     distillation runs). `finish(model_path) -> dict`, when given, adds metrics computed on
-    the written model (a classifier's test top-1). Returns the metrics written to
+    the written model (a classifier's test top-1). `compute`: the compute mode
+    (params.yaml's `compute:`, see bowflow.compute.decide_compute). Returns the metrics written to
     `metrics_path`. A diverged or collapsed run exits with a message naming run and epoch.
 
     Under torchrun (`bin/launch N`), every process runs this function on the same data;
@@ -62,13 +65,13 @@ def run_training(params: TrainParams, prepared: str | Path, out_model: Path, met
     world, device = distributed.start(resolve_device(device_name))
     try:
         return _run_training(world, device, params, prepared, out_model, metrics_path, history_path,
-                             checkpoint_dir, seed, record, inputs, input_fingerprint, split, finish)
+                             checkpoint_dir, seed, record, inputs, input_fingerprint, split, finish, compute)
     finally:
         distributed.stop()
 
 
 def _run_training(world, device, params, prepared, out_model, metrics_path, history_path,
-                  checkpoint_dir, seed, record, inputs, input_fingerprint, split, finish) -> dict:
+                  checkpoint_dir, seed, record, inputs, input_fingerprint, split, finish, mode) -> dict:
     clock = StageClock(device)
     seed_everything(seed)
     images, labels, manifest = (load_ssl_split(prepared) if split == "ssl" else
@@ -81,7 +84,7 @@ def _run_training(world, device, params, prepared, out_model, metrics_path, hist
              "num_classes": len(manifest["class_names"]), **(inputs or {})}
     method = cls(params, backbone, cls.inputs(**given)).to(device)
     # logged; recorded in the metrics below. Rank 0 decides (it may measure) for every process.
-    decision = distributed.broadcast_object(decide_compute(device) if world.is_main else None)
+    decision = distributed.broadcast_object(decide_compute(device, mode) if world.is_main else None)
     compute = dict(decision.choice)
     if world.size > 1 and device.type == "cpu":     # N processes share the machine's cores
         compute["threads"] = max(1, (os.cpu_count() or 1) // world.local_size)
@@ -92,7 +95,8 @@ def _run_training(world, device, params, prepared, out_model, metrics_path, hist
         backbone.compile()
     run_id = fingerprint(asdict(params), seed, manifest["content_hash"], len(images),
                          input_fingerprint, compute)
-    checkpoint = checkpoint_dir / f"{out_model.parent.name}-{params.method}.ckpt"
+    # one file per run and seed: the seeds of one run train side by side
+    checkpoint = checkpoint_dir / f"{out_model.parent.name}-seed{seed}-{params.method}.ckpt"
     log(f"training {params.method} on {world.size} process(es) ({params.arch}, {count_parameters(backbone):,} backbone parameters) "
         f"on {len(images)} images of {image_size}x{image_size} for {params.epochs} epochs on {device}")
     try:

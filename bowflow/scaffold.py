@@ -12,9 +12,10 @@ stages imports this module.
   one run of each kind instead (a third of the stages). `core_params()`: the RotNet ->
   BoWNet chain alone.
 - `make_project(where, params)`: copy the project's code and pipeline files into a fresh git
-  repository at `where`, with `params` as its params.yaml and `.venv` pointing at the
+  repository at `where`, with `params` as its params.yaml, dvc.yaml written for its seeds, and `.venv` pointing at the
   running environment, so that `.venv/bin/dvc repro` works there as typed in the README.
-- `write_params(where, params)`: (re)write a project's params.yaml, as DVC reads it.
+- `write_params(where, params)`: (re)write a project's params.yaml, as DVC reads it (and its
+  dvc.yaml when the seeds change).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from bowflow.roles.base import available_methods, get_method
 from bowflow.sections import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ["bin", "bowflow", "stages", "workflow", "dvc.yaml", ".dvc/config", ".dvcignore"]
+PROJECT_FILES = ["bin", "bowflow", "stages", "workflow", ".dvc/config", ".dvcignore"]   # + dvc.yaml, written
 
 
 def tiny_params(every_method: bool = True) -> dict:
@@ -39,6 +40,8 @@ def tiny_params(every_method: bool = True) -> dict:
     kinds of stages and report sections, far fewer runs)."""
     params = copy.deepcopy(load_yaml(ROOT / "params.yaml"))
     params["device"] = "cpu"
+    params["seeds"] = [0]             # one seed: the tests that need more set them
+    params["compute"] = "auto"        # so that BOWFLOW_COMPUTE (tests/conftest.py) chooses
     params["data"].update(image_size=8, ssl_max_images=300)
     params["pretrain"]["g0"].update(width=8, epochs=2, batch_size=32, padding=1)
     vocab = {"layer": "stage2", "size": 16, "samples": 2000, "iters": 5, "drop_border": 0, "batch_size": 256}
@@ -125,8 +128,15 @@ def make_project(where: Path, params: dict) -> Path:
 
 
 def write_params(where: Path, params: dict) -> None:
-    """Write `params` as the project's params.yaml at `where`."""
+    """Write `params` as the project's params.yaml at `where`, and its dvc.yaml for the
+    params' seeds (workflow/pipeline.py; unchanged unless the seeds changed)."""
+    from workflow.pipeline import params_seeds, render
+
     write_yaml(params, where / "params.yaml")
+    text = render(params_seeds(params))
+    dvc_yaml = where / "dvc.yaml"
+    if not dvc_yaml.exists() or dvc_yaml.read_text() != text:
+        dvc_yaml.write_text(text)
 
 
 def write_yaml(data, path: Path) -> None:

@@ -56,11 +56,11 @@ def main(argv=None):
                             "trains from labels alone: it takes no teacher"))
     if distills and not args.teacher_model.is_file():
         raise SystemExit(f"--teacher_model: {args.teacher_model} does not exist (train teacher "
-                         f"'{params.teacher}' first: dvc repro teacher@{params.teacher})")
+                         f"'{params.teacher}' first: dvc repro teacher_seed{args.seed}@{params.teacher})")
     device = resolve_device(args.device)
     inputs = {"teacher": load_teacher(args.teacher_model, device)} if distills else {}
     run_training(params, args.prepared, args.model, args.metrics, args.history, args.checkpoints,
-                 args.seed, args.device, split="train", inputs=inputs,
+                 args.seed, args.device, compute=args.compute, split="train", inputs=inputs,
                  record={"name": args.model.parent.name, "parent": getattr(params, "teacher", ""),
                          "generation": 0, "seed": args.seed},
                  finish=test_top1(args.prepared, device))

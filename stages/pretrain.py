@@ -17,7 +17,7 @@ def main(argv=None):
     params, args = parse_method_section(argv, __doc__, add_training_arguments)
     check_stage(params.method, "pretrain")
     run_training(params, args.prepared, args.model, args.metrics, args.history, args.checkpoints,
-                 args.seed, args.device,
+                 args.seed, args.device, compute=args.compute,
                  record={"name": args.model.parent.name, "parent": "", "generation": 0,
                          "seed": args.seed})
 

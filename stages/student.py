@@ -37,7 +37,7 @@ def main(argv=None):
     record = {"name": args.model.parent.name, "parent": parent["name"],
               "generation": parent["generation"] + 1, "seed": args.seed}
     run_training(params, args.prepared, args.model, args.metrics, args.history, args.checkpoints,
-                 args.seed, args.device, record=record, inputs=inputs, input_fingerprint=stamp)
+                 args.seed, args.device, compute=args.compute, record=record, inputs=inputs, input_fingerprint=stamp)
 
 
 if __name__ == "__main__":

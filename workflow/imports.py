@@ -1,6 +1,7 @@
 """The project's Python files a command runs: the static import closure of a module.
 
-Used by tests/test_code_deps.py to prove that every pipeline stage declares, as DVC
+Used by workflow/pipeline.py to list each stage's code as DVC dependencies, and by
+tests/test_code_deps.py to prove that every pipeline stage declares, as DVC
 dependencies, every file of code it executes, so that no code edit leaves a cached output
 stale. Imports are read with `ast` (module level and inside functions alike), following
 only the project's own packages (`bowflow`, `stages`); importing a submodule also runs
