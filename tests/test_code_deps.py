@@ -1,17 +1,21 @@
 """Every pipeline stage declares, as DVC dependencies, exactly the code it runs.
 
-The code a stage runs is the import closure of its `-m` module (tests/code_deps.py), plus
-the method module its `--method` flag names (methods load lazily by name). A file in the
+The code a stage runs is the import closure of its `-m` module (workflow/imports.py), plus
+the method module its `--method` flag names (methods load lazily by name). dvc.yaml is
+generated from those closures by workflow/pipeline.py; these tests check its output against
+them independently, and that the committed dvc.yaml is what it writes. A file in the
 closure but not declared would let an edit leave the stage's cached output stale; a
 declared file outside it would rerun the stage for nothing. The edit-and-`dvc status`
 proof on a real pipeline is `test_every_code_edit_reruns_what_runs_it` in test_pipeline.py.
 """
 import functools
 import re
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
-from code_deps import ROOT, closure
+from workflow.imports import ROOT, closure
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 from bowflow.scaffold import make_project, tiny_params
@@ -56,6 +60,14 @@ def pipeline_stages():
     project = make_project(Path(tempfile.mkdtemp(prefix="bowflow-deps-")) / "project", tiny_params())
     with Repo(str(project)) as repo:
         return [s for s in repo.index.stages if s.cmd]
+
+
+def test_committed_dvc_yaml_is_what_workflow_pipeline_writes():
+    """dvc.yaml is generated (workflow/pipeline.py, from params.yaml's seeds and the import
+    closures): the committed file must be what `python -m workflow.pipeline` writes now."""
+    result = subprocess.run([sys.executable, "-m", "workflow.pipeline", "--check"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr + result.stdout
 
 
 def test_every_stage_declares_the_code_it_runs():
