@@ -188,6 +188,30 @@ def parse_override(text: str) -> dict | str | None:
         raise ValueError(f"{ENV_OVERRIDE}={error}") from None
 
 
+def save_choice(choice: dict, details: dict | None = None) -> Path:
+    """Write the CPU compute choice (plus how it was made) to `cache_path()`."""
+    normal = _normalise(choice)
+    if normal is None:
+        raise ValueError(f"not a compute choice: {choice}")
+    path = cache_path()
+    record = {"choice": normal, "cpu_model": cpu_model(), "hostname": socket.gethostname(),
+              "torch": torch.__version__, "saved": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              **(details or {})}
+    write_json(path, record)
+    return path
+
+
+def load_record() -> dict | None:
+    """The whole cache record (choice + details), or None when absent or malformed."""
+    try:
+        record = json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or _normalise(record.get("choice")) is None:
+        return None
+    return record
+
+
 def load_choice() -> dict | None:
     """The cached CPU choice, or None when there is no (readable, well-formed) cache file."""
     record = load_record()
