@@ -1,5 +1,6 @@
-"""The automatic compute choice: candidates from CPU flags, the BOWFLOW_COMPUTE override,
-the per-machine cache round-trip, a bounded measurement, and what training records.
+"""The compute choice: params.yaml's named mode, the BOWFLOW_COMPUTE override, candidates
+from CPU flags (bf16 only when asked: the automatic choice is fp32), the per-machine cache
+round-trip, a bounded measurement, and what training records.
 No timing is asserted: measurements are replaced or only counted."""
 from __future__ import annotations
 
@@ -53,6 +54,14 @@ def test_candidates_follow_the_flags():
         "fp32", "fp32-channels-last", "bf16", "bf16-channels-last"]     # one thread: no -t1
 
 
+@pytest.mark.parametrize("flags", [AMX, {"avx2", "avx512f", "avx512_bf16"}, AVX2])
+def test_candidates_without_bf16_are_fp32_even_where_native(flags):
+    """The automatic choice's candidates (bf16=False): the fp32 modes alone, whatever the CPU."""
+    modes = compute.candidates(flags, default_threads=2, bf16=False)
+    assert [compute.describe(m) for m in modes] == ["fp32", "fp32-channels-last",
+                                                   "fp32-t1", "fp32-channels-last-t1"]
+
+
 def test_pick_needs_a_clear_gain():
     modes = compute.candidates(AVX2, default_threads=2)
     choice, gain = compute.pick(modes, [1.0, 0.98, 1.2, 1.1])       # 2% faster: noise
@@ -98,6 +107,42 @@ def test_gpu_needs_no_measurement(cache_dir, monkeypatch):
     monkeypatch.setattr(compute, "measure", lambda *a, **k: pytest.fail("measured on a GPU"))
     decision = compute.decide_compute(torch.device("cuda"))
     assert decision.source == "gpu" and decision.choice == compute.GPU
+    # automatic on a GPU: fp32 + channels-last (bf16 is opt-in there too)
+    assert decision.choice == {"bf16": False, "channels_last": True, "threads": 0, "compile": False}
+    assert compute.BF16_PRECISION not in decision.reason
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_named_mode_in_params_is_used_as_it_is(cache_dir, monkeypatch, device):
+    """params.yaml's `compute: fp32-channels-last-t1` (the training stages' --compute) wins
+    over BOWFLOW_COMPUTE, a cache and the GPU default; nothing is measured."""
+    monkeypatch.setattr(compute, "measure", lambda *a, **k: pytest.fail("measured a named mode"))
+    compute.save_choice({"bf16": False, "channels_last": False, "threads": 0})
+    monkeypatch.setenv(compute.ENV_OVERRIDE, "default")
+    decision = compute.decide_compute(torch.device(device), "fp32-channels-last-t1")
+    assert decision.source == "params" and "fp32-channels-last-t1" in decision.reason
+    assert decision.choice == {"bf16": False, "channels_last": True, "threads": 1, "compile": False}
+    assert compute.select_compute(torch.device(device), "fp32-channels-last-t1") == decision.choice
+    opted_in = compute.decide_compute(torch.device(device), "bf16-channels-last")
+    assert opted_in.source == "params" and opted_in.choice["bf16"]
+    # auto: on to the override
+    assert compute.decide_compute(torch.device(device), "auto").source == "override"
+
+
+@pytest.mark.parametrize("mode", ["fp16", "fastest", "fp32-t"])
+def test_a_bad_mode_in_params_is_refused(cache_dir, mode):
+    with pytest.raises(ValueError, match="expected auto, measure, default"):
+        compute.decide_compute(torch.device("cpu"), mode)
+
+
+def test_mode_measure_in_params_measures_again(cache_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(compute, "cpu_flags", lambda: set(AVX2))
+    monkeypatch.setattr(compute, "measure", fake_measure({"fp32-t1": 200}, calls))
+    compute.save_choice({"bf16": False, "channels_last": True, "threads": 0})
+    decision = compute.decide_compute(torch.device("cpu"), "measure")
+    assert decision.source == "measured" and compute.describe(decision.choice) == "fp32-t1"
+    assert len(calls) == 1 and compute.load_choice() == decision.choice
 
 
 def test_first_use_measures_saves_then_reads_the_cache(cache_dir, monkeypatch):
@@ -121,13 +166,42 @@ def test_first_use_measures_saves_then_reads_the_cache(cache_dir, monkeypatch):
 
 
 def test_bf16_candidates_only_where_native(cache_dir, monkeypatch):
+    """Asked for bf16 (measure_and_save(bf16=True)), a CPU with native bf16 measures it."""
     calls = []
-    monkeypatch.setattr(compute, "cpu_flags", lambda: set(AMX))
     monkeypatch.setattr(compute, "measure", fake_measure({"fp32": 100, "bf16-channels-last": 250}, calls))
-    decision = compute.decide_compute(torch.device("cpu"))
+    decision = compute.measure_and_save(AMX, bf16=True)
     assert compute.describe(decision.choice) == "bf16-channels-last"
     assert any(name.startswith("bf16") for name in calls[0])
     assert "amx_bf16" in decision.cpu_flags and "native bf16" in decision.reason
+    compute.measure_and_save(AVX2, bf16=True)                       # asked, but not native
+    assert not any(name.startswith("bf16") for name in calls[1])
+
+
+def test_auto_never_picks_bf16_even_where_native(cache_dir, monkeypatch):
+    """On a CPU with avx512_bf16/AMX where bf16 would measure fastest, the automatic choice
+    measures fp32 modes only and picks the fastest of them."""
+    calls = []
+    monkeypatch.setattr(compute, "cpu_flags", lambda: set(AMX))
+    monkeypatch.setattr(compute, "measure", fake_measure(
+        {"fp32": 100, "fp32-channels-last": 130, "bf16": 300, "bf16-channels-last": 400}, calls))
+    decision = compute.decide_compute(torch.device("cpu"))
+    assert decision.source == "measured" and compute.describe(decision.choice) == "fp32-channels-last"
+    assert len(calls) == 1 and not any("bf16" in name for name in calls[0])
+    assert "fp32 only: bf16 is opt-in" in decision.reason
+    assert "avx512_bf16" in decision.cpu_flags and compute.BF16_PRECISION not in decision.reason
+
+
+def test_a_cached_bf16_choice_is_not_used_by_auto(cache_dir, monkeypatch):
+    """A bf16 cache (bench_compute --save, or written before bf16 was opt-in) is measured
+    over: auto picks an fp32 mode and replaces the cache."""
+    calls = []
+    monkeypatch.setattr(compute, "cpu_flags", lambda: set(AMX))
+    monkeypatch.setattr(compute, "measure", fake_measure({"fp32": 100, "fp32-channels-last": 130}, calls))
+    compute.save_choice({"bf16": True, "channels_last": True, "threads": 0})
+    decision = compute.decide_compute(torch.device("cpu"))
+    assert decision.source == "measured" and not decision.choice["bf16"] and len(calls) == 1
+    assert compute.load_choice() == decision.choice                 # the cache is fp32 now
+    assert compute.decide_compute(torch.device("cpu")).source == "cache" and len(calls) == 1
 
 
 def test_broken_or_old_cache(cache_dir, monkeypatch):
@@ -206,16 +280,19 @@ def test_an_incomplete_measurement_is_used_but_not_saved(cache_dir, monkeypatch)
 
 
 def test_a_bf16_choice_says_what_stays_float32(cache_dir, monkeypatch):
-    """Wherever bf16 is chosen (measured, cached, GPU, override), the logged and recorded
-    reason names what stays float32 and where its accuracy cost is recorded; fp32 does not."""
+    """Wherever bf16 is chosen (params, override, an opted-in measurement; on a CPU or a
+    GPU), the logged and recorded reason names what stays float32 and where its accuracy
+    cost is recorded; fp32 does not."""
     monkeypatch.setattr(compute, "cpu_flags", lambda: set(AMX))
     monkeypatch.setattr(compute, "measure", fake_measure({"fp32": 100, "bf16-channels-last": 250}, []))
-    measured = compute.decide_compute(torch.device("cpu"))
-    cached = compute.decide_compute(torch.device("cpu"))
-    gpu = compute.decide_compute(torch.device("cuda"))
-    assert (measured.source, cached.source, gpu.source) == ("measured", "cache", "gpu")
-    for decision in (measured, cached, gpu):
+    params_cpu = compute.decide_compute(torch.device("cpu"), "bf16-channels-last")
+    params_gpu = compute.decide_compute(torch.device("cuda"), "bf16-channels-last")
+    monkeypatch.setenv(compute.ENV_OVERRIDE, "bf16")
+    override = compute.decide_compute(torch.device("cuda"))
+    assert (params_cpu.source, params_gpu.source, override.source) == ("params", "params", "override")
+    for decision in (params_cpu, params_gpu, override):
         assert decision.choice["bf16"] and decision.reason.endswith(compute.BF16_PRECISION)
     assert "docs/precision.md" in compute.BF16_PRECISION
     monkeypatch.setenv(compute.ENV_OVERRIDE, "default")
     assert "float32" not in compute.decide_compute(torch.device("cpu")).reason
+    assert "float32" not in compute.decide_compute(torch.device("cpu"), "fp32-channels-last-t1").reason
