@@ -15,12 +15,13 @@ from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
 from bowflow.scaffold import ROOT, make_project, tiny_params
+from bowflow.sections import load_yaml
 
 sys.path.insert(0, str(ROOT / "workflow"))
 from dvcstages import DeclarationError, Pipeline  # noqa: E402
 
 BIN = Path(sys.executable).parent
-PREPARED = "      - data/prepared:"       # how dvc.yaml declares prepare's output folder
+PREPARED = "    - data/prepared:"       # how dvc.yaml (workflow/pipeline.py) declares prepare's output folder
 
 
 def relative(path: str, root: Path) -> str:
@@ -103,10 +104,17 @@ def test_directory_outputs_are_declared_and_agree_with_dvc_lock():
 
 
 def test_generation_chain_follows_parents():
+    """Within each seed: a generation reads its parent of the same seed, never another's."""
     dvc = {s["name"]: s for s in dvc_stages().values()}
-    assert "data/models/g0/model.pt" in dvc["vocab@g1"]["deps"]
-    assert "data/models/g1/model.pt" in dvc["vocab@g2"]["deps"]
-    assert "--parent-model data/models/g1/model.pt" in dvc["student@g2"]["cmd"]
+    seeds = load_yaml(ROOT / "params.yaml")["seeds"]
+    assert len(seeds) > 1
+    for seed in seeds:
+        assert f"data/models/seed{seed}/g0/model.pt" in dvc[f"vocab_seed{seed}@g1"]["deps"]
+        assert f"data/models/seed{seed}/g1/model.pt" in dvc[f"vocab_seed{seed}@g2"]["deps"]
+        assert f"--parent-model data/models/seed{seed}/g1/model.pt" in dvc[f"student_seed{seed}@g2"]["cmd"]
+        assert f"--seed {seed} " in dvc[f"student_seed{seed}@g2"]["cmd"]
+        models = {d for d in dvc[f"student_seed{seed}@g2"]["deps"] if d.startswith("data/models/")}
+        assert models == {f"data/models/seed{seed}/g1/model.pt", f"data/models/seed{seed}/g2/vocab.pt"}
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +136,7 @@ def undeclare(project: Path) -> None:
     text = (project / "dvc.yaml").read_text()
     start = text.index(PREPARED)
     end = text.index("\n", text.index("type: directory", start)) + 1
-    (project / "dvc.yaml").write_text(text[:start] + "      - data/prepared\n" + text[end:])
+    (project / "dvc.yaml").write_text(text[:start] + "    - data/prepared\n" + text[end:])
 
 
 def test_undeclared_directory_output_is_an_error(project):
@@ -167,8 +175,8 @@ def test_unknown_output_type_is_an_error(project):
 
 def test_dependency_inside_a_directory_output_is_an_error(project):
     text = (project / "dvc.yaml").read_text()
-    report_deps = "      - data/prepared\n      - data/metrics"
+    report_deps = "    - data/prepared\n    - data/metrics"
     assert report_deps in text
-    (project / "dvc.yaml").write_text(text.replace(report_deps, "      - data/prepared/images.npz\n      - data/metrics"))
+    (project / "dvc.yaml").write_text(text.replace(report_deps, "    - data/prepared/images.npz\n    - data/metrics"))
     with pytest.raises(DeclarationError, match="inside the directory output data/prepared"):
         Pipeline(project)
