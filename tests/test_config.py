@@ -25,6 +25,85 @@ def error_of(params) -> str:
 def test_shipped_params_are_valid(params):
     checked = validate_params(params)
     assert list(checked["generations"]) == ["g1", "g2"]
+    assert checked["seeds"] == params["seeds"] == [0, 1, 2]
+    assert params["compute"] == "fp32-channels-last-t1"        # the mode of record: fp32
+
+
+# ------------------------------------------------------------------ seeds: and compute:
+
+@pytest.mark.parametrize("seeds, expected", [
+    ([], "seeds: expected at least one seed, got []"),
+    (0, "seeds: expected list, got 0"),
+    ("0, 1", "seeds: expected list"),
+    ([0, 1, 0], "seeds: expected distinct seeds, got [0, 1, 0]"),
+    ([0, 1.5], "seeds[1]: expected an integer"),
+    (["1"], "seeds[0]: expected an integer"),
+    ([True], "seeds[0]: expected an integer"),
+    ([-1], "seeds[0]: expected an integer in [0, 2**32 - 1], got -1"),
+    ([2**32], "seeds[0]: expected an integer in [0, 2**32 - 1]"),
+])
+def test_seeds_must_be_a_non_empty_list_of_distinct_ints(params, seeds, expected):
+    message = error_of(dict(params, seeds=seeds))
+    assert message.startswith(expected), message
+
+
+@pytest.mark.parametrize("seeds", [[0], [7], [2, 0, 1], [0, 2**32 - 1]])
+def test_good_seeds_pass_in_their_order(params, seeds):
+    assert validate_params(dict(params, seeds=seeds))["seeds"] == seeds
+
+
+@pytest.mark.parametrize("mode", ["auto", "measure", "default", "fp32", "fp32-channels-last-t1",
+                                  "bf16-channels-last", "fp32-channels-last-compile-t2", "FP32-t1"])
+def test_compute_modes_parse(params, mode):
+    validate_params(dict(params, compute=mode))
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("fp16", "compute: 'fp16': expected auto, measure, default or <fp32|bf16>"),
+    ("fp32-channels_last", "compute: 'fp32-channels_last': expected auto"),
+    ("fastest", "compute: 'fastest'"),
+    (3, "compute: expected str, got 3"),
+    (None, "compute: expected str, got None"),
+])
+def test_a_bad_compute_mode_names_the_key(params, mode, expected):
+    message = error_of(dict(params, compute=mode))
+    assert message.startswith(expected), message
+    assert "BOWFLOW_COMPUTE" not in message          # the params key, not the variable
+
+
+@pytest.mark.parametrize("key", ["seeds", "compute"])
+def test_seeds_and_compute_are_required(params, key):
+    bad = {k: v for k, v in params.items() if k != key}
+    assert error_of(bad) == f"{key}: missing top-level key"
+
+
+def test_check_params_writes_runs_and_seeds_and_checks_dvc_yamls_seeds(tmp_path, params):
+    """--runs writes {runs, seeds}; --pipeline-seeds (dvc.yaml's check_params command) must
+    be params.yaml's seeds, else the message says how to rewrite dvc.yaml."""
+    import json
+    from bowflow.scaffold import write_yaml
+    path, runs = tmp_path / "params.yaml", tmp_path / "runs.json"
+    write_yaml(dict(params, seeds=[2, 0]), path)
+    base = [sys.executable, "-m", "bowflow.config", str(path), "--manifest", str(tmp_path / "none.json"),
+            "--runs", str(runs)]
+    result = subprocess.run([*base, "--pipeline-seeds", "0", "2"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    written = json.loads(runs.read_text())
+    assert written["seeds"] == [2, 0] and {"g0", "g1", "g2"} <= set(written["runs"])
+    runs.unlink()
+    result = subprocess.run([*base, "--pipeline-seeds", "0", "1", "2"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and not runs.exists()
+    assert "seeds: params.yaml lists [2, 0] but dvc.yaml has stages for seeds [0, 1, 2]" in result.stderr
+    assert "bin/python -m workflow.pipeline" in result.stderr
+
+
+def test_the_shipped_dvc_yaml_is_generated_for_the_shipped_seeds():
+    result = subprocess.run([sys.executable, "-m", "workflow.pipeline", "--check"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    dvc_yaml = (ROOT / "dvc.yaml").read_text()
+    assert "--pipeline-seeds 0 1 2" in dvc_yaml
+    assert all(f"pretrain_seed{s}:" in dvc_yaml for s in (0, 1, 2)) and "pretrain_seed3:" not in dvc_yaml
 
 
 @pytest.mark.parametrize("preset", sorted((ROOT / "presets").glob("*.yaml")), ids=lambda p: p.name)
