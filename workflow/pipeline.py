@@ -2,6 +2,7 @@
 
     bin/python -m workflow.pipeline            # (re)write dvc.yaml from params.yaml's seeds
     bin/python -m workflow.pipeline --check    # exit 1 if dvc.yaml is not what it would write
+    bin/python -m workflow.pipeline --order 1  # seed 1's stages in dependency order (bin/repro)
 
 Why a generated file. Every training and evaluation stage exists once per run and per seed,
 each cached on its own, so that adding a seed reruns nothing that exists. DVC's `foreach`
@@ -184,6 +185,20 @@ def render(seeds: list[int]) -> str:
             "`dvc plots diff`.\n" + plots)
 
 
+def seed_order(seed: int, root: Path = Path(".")) -> list[str]:
+    """The stages of one seed, in an order that runs each after those it depends on (DVC's
+    own graph of the project at `root`). bin/repro runs them with `dvc repro --single-item`:
+    a plain `dvc repro` of them would also visit prepare, whose output the other seeds'
+    processes hold a read lock on."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph
+        return [stage.addressing for stage in nx.topological_sort(graph.reverse(copy=True))
+                if f"_seed{seed}@" in stage.addressing]
+
+
 def params_seeds(params: dict) -> list[int]:
     """params.yaml's `seeds:` (the training seeds), [0] when absent."""
     return list(params.get("seeds", [0]))
@@ -195,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("dvc.yaml"))
     parser.add_argument("--check", action="store_true", help="exit 1 if --out differs from what "
                         "this would write (CI runs this)")
+    parser.add_argument("--order", type=int, metavar="SEED", help="print the stages of this seed in "
+                        "dependency order, one a line, and write nothing (bin/repro)")
     args = parser.parse_args(argv)
+    if args.order is not None:
+        print("\n".join(seed_order(args.order)))
+        return 0
     params = yaml.safe_load(args.params.read_text()) or {}
     seeds = params_seeds(params)
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds)
