@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bowflow import distributed
 from bowflow.cli import parse_section
-from bowflow.compute import decide_compute
+from bowflow.compute import decide_compute, parse_mode
 from bowflow.data.prepared import load_labelled_split, load_ssl_split
 from bowflow.io import write_csv, write_json
 from bowflow.models import Normalizer, save_model
@@ -29,8 +29,18 @@ def add_training_arguments(parser) -> None:
     parser.add_argument("--checkpoints", type=Path, default=Path("data/checkpoints"))
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--compute", default="auto", help="params.yaml's compute: auto or a named "
-                        "mode such as fp32-channels-last-t1 (bowflow.compute.parse_mode)")
+    parser.add_argument("--compute", default="auto", type=compute_mode, help="params.yaml's compute: "
+                        "auto or a named mode such as fp32-channels-last-t1 (bowflow.compute.parse_mode)")
+
+
+def compute_mode(text: str) -> str:
+    """--compute's check: a mode `parse_mode` reads (so a bad one stops before any work,
+    with argparse's usage line, not a traceback after the data are loaded)."""
+    try:
+        parse_mode(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def check_stage(method: str, stage: str) -> type:
