@@ -495,6 +495,20 @@ def _teacher_on_missing_gpu(tmp):
             "--seed", "0", "--device", NO_GPU_DEVICE, "--method", "rotnet", "--epochs", "1"]
 
 
+def _pretrain_bad_compute(tmp):
+    """The pretrain stage with a --compute that is no mode: argparse stops it before the
+    data are read (check_params stops the same value in params.yaml first under DVC)."""
+    return ["stages.pretrain", "--prepared", str(tmp / "prepared"), "--model", str(tmp / "g0/model.pt"),
+            "--metrics", str(tmp / "g0.json"), "--history", str(tmp / "g0.csv"),
+            "--seed", "0", "--device", "cpu", "--compute", "fp16", "--method", "rotnet", "--epochs", "1"]
+
+
+def _dvc_yaml_for_other_seeds(tmp):
+    """check_params as dvc.yaml runs it (--pipeline-seeds: the seeds dvc.yaml has stages
+    for), after params.yaml's seeds were edited without rewriting dvc.yaml."""
+    return check_params(tmp, setter("seeds", [0, 1, 2, 3])) + ["--pipeline-seeds", "0", "1", "2"]
+
+
 def _distill_pair(edit_run: dict) -> Callable[[dict], None]:
     """A teachers: entry 't' and a FitNet distill: entry 'fit' from it (their methods'
     defaults, small convnets), the FitNet run changed by `edit_run`."""
@@ -611,6 +625,25 @@ ROWS = [
     # ---- params.yaml (python -m bowflow.config)
     ("negative seed", lambda t: check_params(t, setter("seed", -1)),
      fails("seed", "expected an integer in [0, 2**32 - 1]", "-1")),
+    ("seeds not a list", lambda t: check_params(t, setter("seeds", 0)),
+     fails("seeds", "expected list", "0")),
+    ("no seeds", lambda t: check_params(t, setter("seeds", [])),
+     fails("seeds", "expected at least one seed", "[]")),
+    ("seed listed twice", lambda t: check_params(t, setter("seeds", [0, 1, 0])),
+     fails("seeds", "expected distinct seeds", "[0, 1, 0]")),
+    ("seed that is not an integer", lambda t: check_params(t, setter("seeds", [0, "1"])),
+     fails("seeds[1]", "expected an integer in [0, 2**32 - 1]", "'1'")),
+    ("negative seed in seeds", lambda t: check_params(t, setter("seeds", [-2])),
+     fails("seeds[0]", "expected an integer in [0, 2**32 - 1]", "-2")),
+    ("seeds edited, dvc.yaml not rewritten", _dvc_yaml_for_other_seeds,
+     fails("seeds", "params.yaml lists [0, 1, 2, 3]", "dvc.yaml has stages for seeds [0, 1, 2]",
+           "bin/python -m workflow.pipeline")),
+    ("unknown compute mode", lambda t: check_params(t, setter("compute", "fp32-channels_last")),
+     fails("compute", "'fp32-channels_last'", "expected auto, measure, default", "fp32-channels-last-t1")),
+    ("compute mode not a string", lambda t: check_params(t, setter("compute", 16)),
+     fails("compute", "expected str", "16")),
+    ("unknown compute mode (pretrain stage)", _pretrain_bad_compute,
+     fails("--compute", "'fp16'", "expected auto, measure, default")),
     ("unknown top-level key", lambda t: check_params(t, setter("epochs", 3)),
      fails("epochs", "unknown top-level key", "expected")),
     ("unknown key in a section", lambda t: check_params(t, setter("data.image_sise", 32)),
@@ -818,8 +851,22 @@ def test_met_needs_change_no_prepared_file(tmp_path):
 
 
 # The real pipeline on the tiny configuration (bowflow/scaffold.py): each bad value stops
-# `dvc repro` in check_params or prepare, naming the key, before any training stage.
-TRAINING_STAGES = ("pretrain@", "vocab@", "student@", "teacher@", "distill@", "evaluate_")
+# `dvc repro` in check_params or prepare, naming the key, before any training stage. Every
+# training and evaluation stage exists once per seed (workflow/pipeline.py):
+# `pretrain_seed0@g0`, `evaluate_student_seed0@g1`, ...
+TRAINING_STAGES = tuple(f"{kind}_seed" for kind in ("pretrain", "vocab", "student", "teacher", "distill",
+                                                   "evaluate_pretrain", "evaluate_student"))
+
+
+def test_training_stage_names_match_the_generated_dvc_yaml():
+    """Every training and evaluation stage group of dvc.yaml starts with a TRAINING_STAGES
+    prefix, and the stages that train nothing do not (so the test below sees a training
+    stage whatever its seed)."""
+    from workflow.pipeline import stages
+    groups = list(stages([0, 3]))
+    training = [g for g in groups if g.startswith(TRAINING_STAGES)]
+    assert sorted(set(groups) - set(training)) == ["check_params", "prepare", "report"]
+    assert {g.rsplit("_seed", 1)[1] for g in training} == {"0", "3"} and len(training) == 2 * 7
 
 
 @pytest.mark.slow
@@ -827,12 +874,14 @@ TRAINING_STAGES = ("pretrain@", "vocab@", "student@", "teacher@", "distill@", "e
     ("generations.g1.vocab.layer", "stage4", ("not a stage of the parent 'g0'",), "check_params"),
     ("evaluate.few_shot_shots", [1, 200], ("215 images of each novel class", "class '5' has 182"), "prepare"),
     ("teachers.teacher.batch_size", 1500, ("1500 images per step", "only 1346 images"), "prepare"),
-], ids=["layer", "few-shot", "batch"])
+    ("compute", "fp16", ("'fp16'", "expected auto, measure, default"), "check_params"),
+], ids=["layer", "few-shot", "batch", "compute"])
 def test_dvc_repro_stops_before_training(key, value, phrases, last_stage, tmp_path):
     from test_pipeline import run   # the user's shell: PATH without the venv, empty cache
     from bowflow.scaffold import make_project, tiny_params
 
     params = tiny_params()
+    params["seeds"] = [0, 1]          # a training stage of either seed would count
     setter(key, value)(params)
     project = make_project(tmp_path / "project", params)
     result = run(project, ".venv/bin/dvc", "repro", check=False)
