@@ -3,66 +3,126 @@ docs/BENCHMARKS.md from the records in docs/results/ and list every difference.
 
     python -m benchmarks.records check                 # exit 1 and list every difference
     python -m benchmarks.records render family-cpu     # the tables (and claims) of one record
-    python -m benchmarks.records root-lock             # dvc.lock's stages against dvc.yaml's
+    python -m benchmarks.records root-lock             # does the root dvc.lock describe the tree?
 
-A results table is marked by an HTML comment on the line above it (blank lines between are
-allowed), naming its record and how to build it:
+**Every Markdown table has a marker.** The HTML comment on the line above a table (blank
+lines between are allowed) names its record and how to build it, or says why it has none:
 
     <!-- record: docs/results/family-cpu table=family -->
     <!-- record: none (measured by hand: python -m benchmarks.bench_vocab) -->
+    <!-- record: none (not a result: the pipeline's stages) -->
+
+A table without a marker (outside fenced code) is a difference, and so is a marker without
+a table under it. Tables marked `record: none` are counted, not checked; the counts are
+printed.
+
+**A table's prose** is the text next to it: from the previous heading or table (whichever is
+nearer) down to the table's marker, and from the table's end to the next heading or table.
+The prose of a record is that of all its tables.
 
 A record is a folder with the run's `dvc.lock`, `metrics/` (train/, eval/, vocab/ as the
 pipeline wrote them), `plots/train/` and its `report.md`; a seed study adds `seeds/`
-(benchmarks.distill_seeds's output). `check` rebuilds each marked table with the functions
-bowflow.report builds the pipeline's report with, compares it with the published one cell
-by cell (rows matched by their first cell; `**` emphasis ignored), checks the figures quoted
-in prose beside the tables (each claim is a sentence fragment rendered from the record that
-must appear in the document, case, whitespace and `**` ignored), and checks the record itself:
-every metrics file and curve has the md5 its lock recorded, and every stage in the lock
-belongs to a reported run (or to check_params / prepare / report, or to a run the preset
-needs but does not report: the distill presets' `random_init` placeholder). Tables marked
-`record: none` are counted, not checked; the counts are printed.
+(benchmarks.distill_seeds's output); a benchmark's record is its JSON. `check`:
+- rebuilds each marked table with the functions bowflow.report builds the pipeline's report
+  with and compares it with the published one: the same header, exactly the record's rows
+  in the record's order (rows named by their first cell: a missing, extra, duplicated or
+  moved row is a difference), the same number of cells in every row, and every cell (`**`
+  emphasis ignored);
+- checks the figures quoted in the prose of each record (each claim is a sentence
+  fragment rendered from the record that must appear in that prose, case, whitespace and
+  `**` ignored; the fault table's summary likewise);
+- checks that the prose names the machine a record ran on: the record's machine class
+  comes from the CPU flags its runs recorded (`cpu_flags` of its training metrics, the
+  `machine.flags` of a benchmark's JSON; MACHINE_CLASSES, defined in docs/BENCHMARKS.md,
+  "Machines"), and its prose must say "machine X" for each class among its runs. A record
+  without flags (older than `cpu_flags`) is counted, not checked;
+- checks the record itself: every metrics file and curve has the md5 its lock recorded;
+  every stage in the lock belongs to a reported run (or to check_params / prepare /
+  report, or to a run the preset needs but does not report: the distill presets'
+  `random_init` placeholder); every summary a record stores (a benchmark's per-mode means,
+  ratios, a seed study's means and margins) equals the one recomputed from its rows.
+
+`root-lock` asks DVC (`Repo.status`) whether the root dvc.lock describes dvc.yaml,
+params.yaml and the code of the working tree: the same stages, and per stage the same
+command, params values and hashes of the dependencies that are not pipeline data. It runs
+on a copy of the files a clone of the working tree would hold (git's tracked and
+untracked, not ignored), so data a stage writes (data/prepared, data/models, ...) is absent
+as on a fresh clone and is not compared; its producer's command, params and code are.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import math
+import os
 import re
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from benchmarks.bench_precision import summarize as precision_summarize
 from benchmarks.distill_seeds import spread
 from bowflow import report
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ("README.md", "docs/BENCHMARKS.md")
 MARKER = re.compile(r"^\s*<!--\s*record:\s*(?P<body>.*?)\s*-->\s*$")
+FENCE = re.compile(r"^\s*(```|~~~)")
+HEADING = re.compile(r"^#{1,6}\s")
 INFRA_STAGES = {"check_params", "prepare", "report"}
 # Runs a preset needs but no table reports: the distill presets' `pretrain:` holds one run
 # because the pipeline's SSL branch needs one (presets/distill-*.yaml say so).
 SUPPORT_RUNS = {kind: {"random_init"} for kind in ("distill", "distill-margins", "distill-seeds")}
+# The machine classes of docs/BENCHMARKS.md ("Machines"), by the first of these CPU flags
+# (bowflow.compute.RELEVANT_FLAGS) a CPU has: B has AMX tiles, A AVX-512 bf16 without AMX,
+# C AVX2 only.
+MACHINE_CLASSES = (("B", "amx_bf16"), ("A", "avx512_bf16"), ("C", "avx2"))
+# "machine C", "machines A and B", "Machine A's class"
+MACHINE_NAMES = re.compile(r"(?i:machines?)\s+([A-Z](?:(?:,\s*|\s+and\s+)[A-Z])*)\b")
 
 
 @dataclass
 class Table:
-    """A marked Markdown table: where it is, what its marker says, and its cells."""
+    """A Markdown table: where it is, what its marker says, and its cells."""
     file: str
-    line: int                      # 1-based line of the marker
+    line: int                      # 1-based line of the marker (of the first row if unmarked)
     record: str | None             # folder relative to the repository root; None: unrecorded
     kind: str | None
     note: str = ""
     rows: list[list[str]] = field(default_factory=list)   # header first, separator dropped
+    marked: bool = True
+    start: int = 0                 # 0-based first line (the marker's when marked)
+    end: int = 0                   # 0-based line after the last row
+
+
+@dataclass
+class Document:
+    """A Markdown file as the check reads it: its tables, headings and marker problems."""
+    name: str
+    lines: list[str]
+    tables: list[Table] = field(default_factory=list)     # every table, marked or not, in order
+    headings: list[int] = field(default_factory=list)     # 0-based lines
+    problems: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- parsing
 
 def split_row(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def is_separator(cells: list[str]) -> bool:
+    """A Markdown table's header separator row: |---|:--:|."""
+    return all(re.fullmatch(r":?-+:?", c) for c in cells)
 
 
 def parse_marker(body: str) -> tuple[str | None, str | None, str]:
@@ -76,28 +136,72 @@ def parse_marker(body: str) -> tuple[str | None, str | None, str]:
     return body.split()[0], kind.group(1), ""
 
 
+def new_table(doc: Document, marker: tuple[int, str] | None, start: int, end: int) -> Table:
+    """The table of lines [start, end) of `doc`, with the marker above it (line, body) if any;
+    a missing or unreadable marker is recorded in doc.problems."""
+    rows = [split_row(line) for line in doc.lines[start:end]]
+    rows = [r for r in rows if not is_separator(r)]
+    if marker is None:
+        doc.problems.append(f"{doc.name}:{start + 1}: a table without a record marker: put "
+                            f"<!-- record: docs/results/NAME table=KIND --> or <!-- record: none "
+                            f"(measured by hand: ...) --> or <!-- record: none (not a result: ...) "
+                            f"--> on the line above it")
+        return Table(doc.name, start + 1, None, None, rows=rows, marked=False, start=start, end=end)
+    line, body = marker
+    try:
+        record, kind, note = parse_marker(body)
+    except ValueError as error:
+        doc.problems.append(f"{doc.name}:{line + 1}: {error}")
+        return Table(doc.name, line + 1, None, None, rows=rows, marked=False, start=line, end=end)
+    return Table(doc.name, line + 1, record, kind, note, rows, start=line, end=end)
+
+
+def parse_document(path: Path, name: str) -> Document:
+    """Every table of a Markdown file (fenced code skipped) with its marker, and the headings."""
+    doc = Document(name, path.read_text().splitlines())
+    lines, marker, fenced, i = doc.lines, None, False, 0
+    dangling = lambda m: doc.problems.append(                  # noqa: E731
+        f"{name}:{m[0] + 1}: record marker not followed by a table")
+    while i < len(lines):
+        line = lines[i]
+        if FENCE.match(line):
+            fenced = not fenced
+        elif not fenced and (match := MARKER.match(line)):
+            if marker:
+                dangling(marker)
+            marker = (i, match.group("body"))
+        elif not fenced and line.lstrip().startswith("|"):
+            end = i
+            while end < len(lines) and lines[end].lstrip().startswith("|"):
+                end += 1
+            if end - i >= 2 and is_separator(split_row(lines[i + 1])):
+                doc.tables.append(new_table(doc, marker, i, end))
+                marker = None
+            i = end
+            continue
+        elif not fenced and HEADING.match(line):
+            doc.headings.append(i)
+        if marker and line.strip() and i != marker[0]:
+            dangling(marker)
+            marker = None
+        i += 1
+    if marker:
+        dangling(marker)
+    return doc
+
+
 def find_tables(path: Path, name: str) -> list[Table]:
     """Every marked table of a Markdown file."""
-    lines = path.read_text().splitlines()
-    tables = []
-    for i, line in enumerate(lines):
-        match = MARKER.match(line)
-        if not match:
-            continue
-        record, kind, note = parse_marker(match.group("body"))
-        table = Table(name, i + 1, record, kind, note)
-        j = i + 1
-        while j < len(lines) and not lines[j].strip():
-            j += 1
-        while j < len(lines) and lines[j].lstrip().startswith("|"):
-            cells = split_row(lines[j])
-            if not all(re.fullmatch(r":?-+:?", c) for c in cells):
-                table.rows.append(cells)
-            j += 1
-        if not table.rows:
-            raise ValueError(f"{name}:{i + 1}: record marker not followed by a table")
-        tables.append(table)
-    return tables
+    return [t for t in parse_document(path, name).tables if t.marked]
+
+
+def prose(doc: Document, table: Table) -> str:
+    """The text next to a table: from the previous heading or table down to its marker, and
+    from its end to the next heading or table."""
+    bounds = [(h, h + 1) for h in doc.headings] + [(t.start, t.end) for t in doc.tables]
+    before = max((end for start, end in bounds if end <= table.start), default=0)
+    after = min((start for start, end in bounds if start >= table.end), default=len(doc.lines))
+    return "\n".join(doc.lines[before:table.start] + doc.lines[table.end:after])
 
 
 def plain(text: str) -> str:
@@ -108,7 +212,7 @@ def plain(text: str) -> str:
 def md_cells(markdown: str) -> list[list[str]]:
     """The rows of the first Markdown table in `markdown` (header first, no separator)."""
     rows = [split_row(line) for line in markdown.splitlines() if line.startswith("|")]
-    return [r for r in rows if not all(re.fullmatch(r":?-+:?", c) for c in r)]
+    return [r for r in rows if not is_separator(r)]
 
 
 # ----------------------------------------------------------------------------- records
@@ -279,15 +383,18 @@ def seed_study(record: Path) -> tuple[list[int], dict[str, list[float]], str, di
 
 def table_distill_seeds(record: Path) -> tuple[list[list[str]], set[str]]:
     """Top-1 of each student row by seed, mean, sample sd and the margin over the vanilla
-    student (benchmarks.distill_seeds.spread), the teacher's single seed above them."""
+    student (benchmarks.distill_seeds.spread), the teacher's single seed above them; the
+    distilled rows in the lock's stage order, as in the distill tables."""
     seeds, top1, vanilla, metrics = seed_study(record)
+    order = {stage: i for i, stage in enumerate(lock_stages(record))}
     teacher_name = metrics[next(s for s in top1 if s != vanilla)]["parent"]
     teacher = load_json(record / "metrics" / "train" / f"{teacher_name}.json")
     student = report.arch_label(metrics[vanilla])
     header = ["Row"] + [f"seed {s}" for s in seeds] + ["mean", "sd", "margin [min, max]"]
     rows = [header, [f"Teacher {report.arch_label(teacher)} (vanilla)", f"{teacher['top1']:.2f}"]
             + [""] * (len(seeds) + 2)]
-    for r in spread(top1, vanilla):
+    place = lambda r: (r["row"] != vanilla, order.get(r["row"], len(order)))    # noqa: E731
+    for r in sorted(spread(top1, vanilla), key=place):
         label = ("Student (vanilla)" if r["row"] == vanilla else metrics[r["row"]]["method_label"])
         margin = (f"{r['margin']:+.2f} [{r['margin_min']:+.2f}, {r['margin_max']:+.2f}]"
                   if "margin" in r else "")
@@ -300,18 +407,27 @@ PRECISION_LABELS = {"default": "fp32 (`default`)", "bf16-channels-last": "`bf16-
                     "bf16-channels-last+bf16-softmax": "bf16 + bf16 softmax (before)"}
 
 
+def precision_summary(data: dict) -> dict:
+    """benchmarks.bench_precision's summary recomputed from the record's rows (its own
+    `summarize`), for every metric the stored summary holds."""
+    modes = data["config"]["modes"]
+    metrics = tuple(data["summary"][modes[0]])
+    return precision_summarize(data["rows"], modes, metrics)
+
+
 def table_precision(record: Path) -> tuple[list[list[str]], set[str]]:
     """docs/BENCHMARKS.md section 11 from benchmarks.bench_precision's JSON: per mode the
     per-seed k-NN and 5-shot, their mean ± sd, the paired difference against fp32 (mean,
-    min..max) and the mean final training loss."""
+    min..max) and the mean final training loss, all from the rows."""
     data = load_json(record / "precision.json")
+    summary = precision_summary(data)
     header = ["mode", "k-NN (3 seeds)", "mean ± sd", "diff vs fp32 (min..max)", "5-shot (3 seeds)",
               "mean ± sd", "diff vs fp32 (min..max)", "final loss"]
     out = [header]
     for mode in data["config"]["modes"]:
-        summary, cells = data["summary"][mode], [PRECISION_LABELS.get(mode, mode)]
+        cells = [PRECISION_LABELS.get(mode, mode)]
         for metric in ("knn", "five_shot"):
-            m = summary[metric]
+            m = summary[mode][metric]
             cells += [" / ".join(f"{v:.2f}" for v in m["values"]), f"{m['mean']:.2f} ± {m['sd']:.2f}",
                       "" if mode == "default" else
                       f"{m['diff_mean']:+.2f} ({m['diff_min']:+.2f}..{m['diff_max']:+.2f})"]
@@ -336,20 +452,28 @@ def table_ablation(record: Path) -> tuple[list[list[str]], set[str]]:
     return out, set()
 
 
+def processes_summary(row: dict) -> dict:
+    """What benchmarks.bench_processes derives from one method's two runs: the images/s ratio
+    N : 1 (2 decimals) and the final losses' difference relative to max(1, |loss of 1|)."""
+    one, many = row["one"], row["many"]
+    return {"ratio": round(many["images_per_second"] / one["images_per_second"], 2),
+            "loss_difference": abs(one["loss"] - many["loss"]) / max(1.0, abs(one["loss"]))}
+
+
 def table_processes(record: Path) -> tuple[list[list[str]], set[str]]:
     """docs/BENCHMARKS.md section 13 from benchmarks.bench_processes's JSON: per method the
     last epoch's images/s in one process and in N under torchrun, their ratio, both final
-    losses and the wall time of each run."""
+    losses and the wall time of each run (ratio and loss difference from the runs)."""
     data = load_json(record / "processes.json")
     n = data["processes"]
     out = [["method", "1 process: threads, images/s", f"{n} processes: threads each, images/s",
             f"ratio {n} : 1", "final loss 1 / N (relative difference)", "wall s (1 / N)"]]
     for r in data["rows"]:
-        one, many = r["one"], r["many"]
+        one, many, derived = r["one"], r["many"], processes_summary(r)
         threads = one["threads"] or "torch's default"      # 0: one per physical core
         out.append([r["method"], f"{threads}, {one['images_per_second']:.1f}",
-                    f"{many['threads']}, {many['images_per_second']:.1f}", f"{r['ratio']:.2f}",
-                    f"{one['loss']} / {many['loss']} ({r['loss_difference']:.1e})",
+                    f"{many['threads']}, {many['images_per_second']:.1f}", f"{derived['ratio']:.2f}",
+                    f"{one['loss']} / {many['loss']} ({derived['loss_difference']:.1e})",
                     f"{one['wall_seconds']} / {many['wall_seconds']}"])
     return out, set()
 
@@ -536,29 +660,54 @@ def claims_faults(table: Table) -> list[str]:
             f"{words.get(len(hit), len(hit))} stages were hit"]
 
 
-# ----------------------------------------------------------------------------- checking
+# ----------------------------------------------------------------------------- tables vs records
+
+def compare_row_names(where: str, published: list[str], recorded: list[str]) -> list[str]:
+    """The published rows (by first cell) must be exactly the record's, in its order."""
+    pub, rec = Counter(published), Counter(recorded)
+    out = [f"{where}: row '{key}': recorded but not published" for key in rec if key not in pub]
+    out += [f"{where}: row '{key}': published but not in the record" for key in pub if key not in rec]
+    out += [f"{where}: row '{key}': published {pub[key]} times, {rec[key]} in the record"
+            for key in pub if key in rec and pub[key] != rec[key]]
+    if not out and published != recorded:
+        out.append(f"{where}: rows in another order than the record's: published {published} "
+                   f"vs recorded {recorded}")
+    return out
+
+
+def compare_cells(where: str, header: list[str], published: list[str], recorded: list[str]) -> list[str]:
+    """One row: the same number of cells, and each cell equal."""
+    key = recorded[0]
+    if len(published) != len(recorded):
+        return [f"{where}: row '{key}': {len(published)} cells published, {len(recorded)} in the "
+                f"record: published {published} vs recorded {recorded}"]
+    return [f"{where}: row '{key}' column '{column}': published '{p}' vs recorded '{r}'"
+            for column, p, r in zip(header[1:], published[1:], recorded[1:]) if p != r]
+
 
 def compare(table: Table, rendered: list[list[str]]) -> list[str]:
-    """Cell-by-cell differences between a published table and the one its record gives."""
+    """Every difference between a published table and the one its record gives: header, the
+    rows (by first cell, count and order), and each row's cells."""
     where = f"{table.file}:{table.line} table={table.kind}"
     published = [[plain(c) for c in row] for row in table.rows]
     recorded = [[plain(c) for c in row] for row in rendered]
     if published[0] != recorded[0]:
         return [f"{where}: columns: published {published[0]} vs recorded {recorded[0]}"]
-    header = recorded[0]
-    pub = {row[0]: row for row in published[1:]}
-    rec = {row[0]: row for row in recorded[1:]}
-    out = []
-    for key, row in rec.items():
-        if key not in pub:
-            out.append(f"{where}: row '{key}': recorded but not published")
-            continue
-        for column, p, r in zip(header[1:], pub[key][1:], row[1:]):
-            if p != r:
-                out.append(f"{where}: row '{key}' column '{column}': published '{p}' vs recorded '{r}'")
-    out += [f"{where}: row '{key}': published but not in the record" for key in pub if key not in rec]
+    names = lambda rows: [row[0] for row in rows[1:]]             # noqa: E731
+    out = compare_row_names(where, names(published), names(recorded))
+    if out:                                 # pair each record row with its first published namesake
+        first = {}
+        for row in published[1:]:
+            first.setdefault(row[0], row)
+        pairs = [(first[row[0]], row) for row in recorded[1:] if row[0] in first]
+    else:
+        pairs = list(zip(published[1:], recorded[1:]))
+    for pub, rec in pairs:
+        out += compare_cells(where, recorded[0], pub, rec)
     return out
 
+
+# ----------------------------------------------------------------------------- records' own consistency
 
 def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
@@ -601,21 +750,163 @@ def check_record(root: Path, record: str, kinds: set[str], runs: set[str]) -> li
     return out
 
 
+def differ(stored, recomputed) -> bool:
+    """Stored and recomputed summary values differ (floats beyond rounding noise)."""
+    if isinstance(stored, (int, float)) and isinstance(recomputed, (int, float)):
+        return not math.isclose(stored, recomputed, rel_tol=1e-9, abs_tol=1e-9)
+    if isinstance(stored, list) and isinstance(recomputed, list) and len(stored) == len(recomputed):
+        return any(differ(a, b) for a, b in zip(stored, recomputed))
+    return stored != recomputed
+
+
+def summary_differences(where: str, stored: dict, recomputed: dict) -> list[str]:
+    """Each field of a stored summary ({name: value or nested dict}) against the recomputed one."""
+    out = []
+    for key in sorted(set(stored) | set(recomputed), key=str):
+        a, b = stored.get(key), recomputed.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += summary_differences(f"{where} {key}", a, b)
+        elif differ(a, b):
+            out.append(f"{where} {key}: stored {a} vs recomputed from the rows {b}")
+    return out
+
+
+def summary_precision(record: str, folder: Path) -> list[str]:
+    """precision.json: the per-mode summary equals bench_precision's summary of its rows."""
+    data = load_json(folder / "precision.json")
+    return summary_differences(f"{record}/precision.json: summary", data["summary"], precision_summary(data))
+
+
+def summary_processes(record: str, folder: Path) -> list[str]:
+    """processes.json: each method's ratio and loss difference equal those of its two runs."""
+    out = []
+    for row in load_json(folder / "processes.json")["rows"]:
+        stored = {key: row.get(key) for key in ("ratio", "loss_difference")}
+        out += summary_differences(f"{record}/processes.json: {row['method']}", stored,
+                                   processes_summary(row))
+    return out
+
+
+# A variant's flag -> the field of its ablation row that shows it.
+ABLATION_FIELDS = {"vocab.layer": "layer", "vocab.size": "words", "student.epochs": "epochs"}
+
+
+def summary_ablation(record: str, folder: Path) -> list[str]:
+    """<gN>.json of benchmarks.ablate_generation: its rows are already summaries of runs the
+    record does not keep, so what is checked is that each row is the variant it names: the
+    file's generation is its name; a flag of ABLATION_FIELDS shows in its field and the
+    others equal the pipeline row's; a variant that changes no vocab flag has the pipeline
+    row's vocabulary (target entropy and usage perplexity: the same vocab command)."""
+    out = []
+    for path in sorted(folder.glob("g*.json")):
+        data, where = load_json(path), f"{record}/{path.name}"
+        if data["generation"] != path.stem:
+            out.append(f"{where}: generation '{data['generation']}' in a file named {path.name}")
+        base = next(r for r in data["rows"] if r["variant"] == "pipeline")
+        for row in data["rows"]:
+            flags = dict(item.split("=", 1) for item in row["variant"].split(",") if "=" in item)
+            expected = {f: flags.get(flag, base[f]) for flag, f in ABLATION_FIELDS.items()}
+            if not any(flag.startswith("vocab.") for flag in flags):
+                expected |= {f: base[f] for f in ("target_entropy", "usage_perplexity")}
+            out += [f"{where}: variant '{row['variant']}': {f} {row[f]} but the variant gives {v}"
+                    for f, v in expected.items() if str(row[f]) != str(v)]
+    return out
+
+
+def summary_seeds(record: str, folder: Path) -> list[str]:
+    """seeds/seeds.json: every row's top-1 by seed, mean, sd and margins equal
+    benchmarks.distill_seeds.spread of the metrics files (seed 0 the pipeline's run)."""
+    seeds, top1, vanilla, _ = seed_study(folder)
+    recomputed = {r["row"]: r for r in spread(top1, vanilla)}
+    out = []
+    for row in load_json(folder / "seeds" / "seeds.json")["rows"]:
+        out += summary_differences(f"{record}/seeds/seeds.json: {row['row']}", row, recomputed[row["row"]])
+    return out
+
+
+# What each table kind's record stores beside its rows, recomputed.
+SUMMARIES = {"precision": summary_precision, "processes": summary_processes,
+             "ablation": summary_ablation, "distill-seeds": summary_seeds}
+
+
+# ----------------------------------------------------------------------------- machine classes
+
+def machine_class(flags: list[str]) -> str | None:
+    """The docs/BENCHMARKS.md machine class of a CPU with these flags (None: no class)."""
+    return next((letter for letter, flag in MACHINE_CLASSES if flag in flags), None)
+
+
+def record_flags(folder: Path) -> list[list[str]]:
+    """The CPU flags each run of a record recorded: `cpu_flags` of its training metrics (the
+    seed study's too), `machine.flags` of a benchmark's JSON; runs that predate them give none."""
+    out = []
+    for path in sorted([*folder.glob("metrics/train/*.json"), *folder.glob("seeds/s*/*.json")]):
+        flags = load_json(path).get("cpu_flags")
+        if flags is not None:
+            out.append(flags)
+    for path in sorted(folder.glob("*.json")):
+        machine = load_json(path).get("machine")
+        if isinstance(machine, dict) and "flags" in machine:
+            out.append(machine["flags"])
+    return out
+
+
+def named_machines(text: str) -> set[str]:
+    """The machine letters a text names: 'machine C', 'machines A and B', 'machine A's'."""
+    return {letter for names in MACHINE_NAMES.findall(text) for letter in re.findall(r"[A-Z]", names)}
+
+
+def check_machine(where: str, record: str, flags: list[list[str]], text: str) -> list[str]:
+    """Every machine class among a record's runs is named ('machine X') in its prose."""
+    classes = {machine_class(f) for f in flags}
+    out = []
+    if None in classes:
+        out.append(f"{where} {record}: cpu_flags {[f for f in flags if machine_class(f) is None][0]} "
+                   f"match no machine class of docs/BENCHMARKS.md ({MACHINE_CLASSES})")
+    named = named_machines(text)
+    names = "machine " + ", ".join(sorted(named)) if named else "no machine"
+    for letter in sorted(classes - {None} - named):
+        flag = dict(MACHINE_CLASSES)[letter]
+        out.append(f"{where} {record}: its runs' cpu_flags ({flag}) make it machine {letter}'s class, "
+                   f"but the prose beside its tables names {names}")
+    return out
+
+
+# ----------------------------------------------------------------------------- the check
+
+@dataclass
+class RecordUse:
+    """What the documents publish from one record: where first, table kinds, runs, prose."""
+    where: str
+    kinds: set[str] = field(default_factory=set)
+    runs: set[str] = field(default_factory=set)
+    prose: list[str] = field(default_factory=list)
+
+
+def missing_claims(where: str, claims: list[str], text: str) -> list[str]:
+    """The claims (sentence fragments) not found in `text`, as differences."""
+    text = plain(text).lower()
+    return [f"{where}: claim not found in the prose beside its table(s): '{c}'"
+            for c in claims if plain(c).lower() not in text]
+
+
 def check(root: Path, allow_missing: set[str] = frozenset(), verbose: bool = True) -> list[str]:
     """Every difference between the documents and the records, as lines; prints counts."""
-    out, checked, unrecorded, skipped = [], 0, [], []
-    reported: dict[str, tuple[set[str], set[str]]] = {}     # record -> (kinds, runs)
+    out, checked, unrecorded, skipped, unknown_machine = [], 0, [], [], []
+    uses: dict[str, RecordUse] = {}
     for name in DOCS:
         if not (root / name).exists():
             continue
-        text = plain((root / name).read_text())
-        for table in find_tables(root / name, name):
+        doc = parse_document(root / name, name)
+        out += doc.problems
+        for table in doc.tables:
+            if not table.marked:
+                continue
             where = f"{name}:{table.line}"
             if table.record is None:
                 unrecorded.append(f"{where} {table.note}")
                 if table.kind == "faults":
-                    out += [f"{where} table=faults: summary not found: '{c}'"
-                            for c in claims_faults(table) if plain(c).lower() not in text.lower()]
+                    out += missing_claims(f"{where} table=faults", claims_faults(table), prose(doc, table))
                 continue
             folder = root / table.record
             if not folder.is_dir():
@@ -629,16 +920,22 @@ def check(root: Path, allow_missing: set[str] = frozenset(), verbose: bool = Tru
                 continue
             rendered, runs = TABLES[table.kind](folder)
             out += compare(table, rendered)
-            if table.record not in reported:          # a record's claims: once, in its first file
-                claims = CLAIMS.get(folder.name, lambda _: [])(folder)
-                out += [f"{where} {table.record}: claim not found in {name}: '{c}'"
-                        for c in claims if plain(c).lower() not in text.lower()]
-            kinds, all_runs = reported.setdefault(table.record, (set(), set()))
-            kinds.add(table.kind)
-            all_runs |= runs
+            use = uses.setdefault(table.record, RecordUse(where))
+            use.kinds.add(table.kind)
+            use.runs |= runs
+            use.prose.append(prose(doc, table))
             checked += 1
-    for record, (kinds, runs) in reported.items():
-        out += check_record(root, record, kinds, runs)
+    for record, use in uses.items():
+        folder, text = root / record, "\n".join(use.prose)
+        claims = CLAIMS.get(folder.name, lambda _: [])(folder)
+        out += missing_claims(f"{use.where} {record}", claims, text)
+        flags = record_flags(folder)
+        if not flags:
+            unknown_machine.append(record)
+        out += check_machine(use.where, record, flags, text)
+        out += check_record(root, record, use.kinds, use.runs)
+        for kind in sorted(use.kinds & set(SUMMARIES)):
+            out += SUMMARIES[kind](record, folder)
     if verbose:
         print(f"{checked} tables checked against their records, {len(unrecorded)} unrecorded, "
               f"{len(skipped)} skipped (record absent, allowed)")
@@ -646,28 +943,78 @@ def check(root: Path, allow_missing: set[str] = frozenset(), verbose: bool = Tru
             print(f"  unrecorded: {line}")
         for line in skipped:
             print(f"  skipped: {line}")
+        for record in unknown_machine:
+            print(f"  machine not checked (no CPU flags recorded): {record}")
     return out
 
 
-def expand_stages(dvc_yaml: dict, params: dict) -> set[str]:
-    """Stage names of dvc.yaml with every `foreach: ${section}` expanded over params.yaml."""
-    names = set()
-    for name, stage in dvc_yaml["stages"].items():
-        if "foreach" in stage:
-            section = re.fullmatch(r"\$\{(\w+)\}", stage["foreach"]).group(1)
-            names |= {f"{name}@{key}" for key in params.get(section) or {}}
-        else:
-            names.add(name)
-    return names
+# ----------------------------------------------------------------------------- the root lock
+
+def is_pipeline_data(path: str, outputs: set[str]) -> bool:
+    """A path some stage writes, inside such an output, or a folder holding one."""
+    return any(path == o or path.startswith(o + "/") or o.startswith(path + "/") for o in outputs)
+
+
+def stage_changes(stage: str, changes: list, outputs: set[str]) -> list[str]:
+    """One stage's entries of DVC's status that say the lock does not describe the tree: a
+    changed command, params values, a changed dependency that is not pipeline data. Changed
+    outputs are not: they are absent on a fresh clone."""
+    out = []
+    for change in changes:
+        if isinstance(change, str):               # "changed command"; "always changed" is no news
+            if change != "always changed":
+                out.append(f"dvc.lock: stage '{stage}': {change}")
+            continue
+        for path, state in change.get("changed deps", {}).items():
+            if isinstance(state, dict):           # a params file: {param: new / modified / deleted}
+                out += [f"dvc.lock: stage '{stage}': {path} {param}: {s}" for param, s in state.items()]
+            elif not is_pipeline_data(path, outputs):
+                out.append(f"dvc.lock: stage '{stage}': {path}: {state}")
+    return out
+
+
+def copy_tree(root: Path, dest: Path) -> None:
+    """The files of a git working tree that a clone of it would hold: tracked and untracked,
+    not ignored, as they are on disk now (a deleted file stays out)."""
+    listing = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
+                              "--exclude-standard"], capture_output=True, text=True, check=True)
+    for name in sorted(set(filter(None, listing.stdout.split("\0")))):
+        source = root / name
+        if source.is_file() or source.is_symlink():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name, follow_symlinks=False)
+
+
+def lock_differences(tree: Path) -> list[str]:
+    """DVC's status of a tree (dvc.lock against dvc.yaml, params.yaml and the files): stages
+    locked but not defined or defined but not locked, and stage_changes of each locked one."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    locked = set((yaml.safe_load((tree / "dvc.lock").read_text()) or {}).get("stages", {}))
+    try:                            # in the tree: DVC names stages relative to the working folder
+        with contextlib.chdir(tree), Repo(str(tree), config={"core": {"no_scm": True}}) as repo:
+            stages = list(repo.index.stages)
+            defined = {stage.addressing for stage in stages}
+            outputs = {os.path.relpath(o.fs_path, repo.root_dir) for s in stages for o in s.outs}
+            status = repo.status()
+    except DvcException as error:
+        return [f"dvc status failed: {error}"]
+    out = [f"dvc.lock: stage '{s}' is not in dvc.yaml" for s in sorted(locked - defined)]
+    out += [f"dvc.lock: dvc.yaml stage '{s}' is not locked" for s in sorted(defined - locked)]
+    for stage, changes in status.items():
+        if stage in locked:
+            out += stage_changes(stage, changes, outputs)
+    return out
 
 
 def check_root_lock(root: Path) -> list[str]:
-    """The root dvc.lock must describe dvc.yaml's pipeline for params.yaml: same stages."""
-    expected = expand_stages(yaml.safe_load((root / "dvc.yaml").read_text()),
-                             yaml.safe_load((root / "params.yaml").read_text()))
-    locked = set(yaml.safe_load((root / "dvc.lock").read_text())["stages"])
-    return ([f"dvc.lock: stage '{s}' is not in dvc.yaml" for s in sorted(locked - expected)]
-            + [f"dvc.lock: dvc.yaml stage '{s}' is not locked" for s in sorted(expected - locked)])
+    """The root dvc.lock describes the tree a clone would get: DVC's status of a copy of the
+    repository's git-visible files (so the pipeline's data, ignored by git, is absent as on a
+    fresh clone, and a `dvc repro` running in the repository is not in the way)."""
+    with tempfile.TemporaryDirectory(prefix="root-lock-") as scratch:
+        copy_tree(root, Path(scratch))
+        return lock_differences(Path(scratch))
 
 
 def render(root: Path, record: str, kind: str | None) -> str:
@@ -698,7 +1045,7 @@ def main(argv=None) -> int:
     r = sub.add_parser("render", help="print the tables of one record")
     r.add_argument("record", help="docs/results/NAME or NAME")
     r.add_argument("--table", choices=sorted(TABLES))
-    sub.add_parser("root-lock", help="dvc.lock's stage names against dvc.yaml's")
+    sub.add_parser("root-lock", help="does dvc.lock describe dvc.yaml, params.yaml and the code?")
     args = parser.parse_args(argv)
     if args.command == "render":
         print(render(args.root, args.record, args.table))
