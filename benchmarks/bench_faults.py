@@ -6,8 +6,12 @@ PYTHONUNBUFFERED=1 and one BOWFLOW_CACHE shared by the baseline and every trial 
 machine's compute choice is measured once, by the baseline, as on a user's machine; the
 user's own cache does not leak in).
 
+Stage names are per seed (dvc.yaml is generated for params.yaml's `seeds:`; the tiny params
+have one, 0): `pretrain_seed0@g0`, `student_seed0@g1`, ...; `--stages` takes these names (or
+`student@g1` for the run's stage of the params' first seed).
+
 1. Baseline: `dvc repro` once, uninterrupted, in a fresh project. Its final state is
-   recorded (every data/metrics/**/*.json and every training curve data/plots/train/*.csv,
+   recorded (every data/metrics/**/*.json and every training curve data/plots/seed<S>/train/*.csv,
    minus timing values: `wall_seconds`, `peak_rss_mb`, `images_per_second`, `seconds`,
    any `*_seconds` / `*_per_second` / `peak_*` key or column, and minus the compute choice's
    provenance `compute_source` / `compute_reason` (measured here or read from the cache: the
@@ -38,7 +42,7 @@ user's own cache does not leak in).
 
     python -m benchmarks.bench_faults                       # 10 trials, seed 0
     python -m benchmarks.bench_faults --trials 3 --seed 1
-    python -m benchmarks.bench_faults --trials 2 --generations g1 --stages student@g1 report
+    python -m benchmarks.bench_faults --trials 2 --generations g1 --stages student_seed0@g1 report
     python -m benchmarks.bench_faults --workdir W --reuse-baseline --first 6   # trials 6.. only,
                                                             # on the uninterrupted run kept in W
 Exits 1 if any trial fails.
@@ -88,12 +92,13 @@ def strip_timing(value):
 
 
 def final_state(project: Path) -> dict:
-    """{relative path: content without timing values} of every metrics JSON and curve CSV."""
+    """{relative path: content without timing values} of every metrics JSON and training
+    curve CSV (data/plots/seed<S>/train/<run>.csv)."""
     state = {}
     data = project / "data"
     for path in sorted((data / "metrics").rglob("*.json")):
         state[str(path.relative_to(project))] = strip_timing(json.loads(path.read_text()))
-    for path in sorted((data / "plots" / "train").glob("*.csv")):
+    for path in sorted(p for p in (data / "plots").rglob("*.csv") if p.parent.name == "train"):
         rows = [line.split(",") for line in path.read_text().splitlines()]
         keep = [i for i, name in enumerate(rows[0]) if not is_timing(name)]
         state[str(path.relative_to(project))] = [[row[i] for i in keep] for row in rows]
@@ -188,6 +193,37 @@ def rerun_after_kill(project: Path, env: dict) -> tuple[Run, bool]:
         return run, False
     (project / ".dvc" / "tmp" / "rwlock").unlink()
     return repro(project, env), True
+
+
+def resolve_stages(names: list[str], known: list[str], seeds: list[int]) -> list[str]:
+    """--stages as stage names of the pipeline: each as given when the pipeline has it, or
+    `kind@run` (the spelling before stages were per seed) as `kind_seed<S>@run` of the
+    first seed. Raises ValueError naming the stages there are."""
+    out = []
+    for name in names:
+        kind, at, run = name.partition("@")
+        seeded = f"{kind}_seed{seeds[0]}{at}{run}" if seeds else name
+        if name in known:
+            out.append(name)
+        elif seeded in known:
+            out.append(seeded)
+        else:
+            raise ValueError(f"--stages: no stage {name!r} in the pipeline (its stages: {', '.join(known)})")
+    return out
+
+
+def pipeline_stages(params: dict) -> list[str]:
+    """Every stage name of the pipeline dvc.yaml defines for `params` (as workflow/pipeline.py
+    writes it for their seeds, `foreach` groups expanded over their params sections)."""
+    from workflow.pipeline import params_seeds, stages
+
+    names = []
+    for group, stage in stages(params_seeds(params)).items():
+        if "foreach" in stage:                              # "${pretrain}" -> params["pretrain"]
+            names += [f"{group}@{key}" for key in params[stage["foreach"][2:-1]]]
+        else:
+            names.append(group)
+    return names
 
 
 def windows(run: Run) -> dict[str, tuple[float, float]]:
@@ -327,13 +363,14 @@ def run_trial(index: int, planned: tuple[str, float], scratch: Path, params: dic
 def trial_line(trial: Trial) -> str:
     when = "-" if trial.killed_at is None else f"{trial.killed_at:.1f}"
     result = "PASS" if trial.passed else "FAIL: " + "; ".join(trial.problems)
-    return (f"{trial.index:>3}  {trial.planned[0]:<17}{trial.delay:>7.2f}{trial.attempts:>4}  "
-            f"{trial.killed_stage:<17}{when:>7}  {trial.checkpoints_after_kill:>5}  "
+    return (f"{trial.index:>3}  {trial.planned[0]:<{STAGE_WIDTH}}{trial.delay:>7.2f}{trial.attempts:>4}  "
+            f"{trial.killed_stage:<{STAGE_WIDTH}}{when:>7}  {trial.checkpoints_after_kill:>5}  "
             f"{'yes' if trial.resumed else 'no':<7}  {'removed' if trial.rwlock_removed else '-':<7}  "
             f"{result}")
 
 
-HEADER = (f"{'#':>3}  {'planned stage':<17}{'+s':>7}{'try':>4}  {'killed in':<17}{'at s':>7}  "
+STAGE_WIDTH = 26           # evaluate_student_seed0@g2 and a space
+HEADER = (f"{'#':>3}  {'planned stage':<{STAGE_WIDTH}}{'+s':>7}{'try':>4}  {'killed in':<{STAGE_WIDTH}}{'at s':>7}  "
           f"{'ckpts':>5}  {'resumed':<7}  {'rwlock':<7}  result")
 
 
@@ -344,6 +381,8 @@ def run_faults(trials: int, seed: int, scratch: Path, params: dict | None = None
     params = core_params() if params is None else params
     base_run, expected = baseline(scratch, params, reuse_baseline)
     stage_windows = windows(base_run)
+    if stages is not None:
+        stages = resolve_stages(stages, list(stage_windows), list(params.get("seeds", [0])))
     say(f"uninterrupted dvc repro: {base_run.seconds:.1f} s; stage windows (s after launch): "
         + ", ".join(f"{s} {a:.1f}-{b:.1f}" for s, (a, b) in stage_windows.items()))
     say(HEADER)
@@ -360,8 +399,8 @@ def run_faults(trials: int, seed: int, scratch: Path, params: dict | None = None
 
 
 def core_params() -> dict:
-    """The tiny configuration with only the RotNet -> BoWNet chain (11 stages), so that 10
-    trials reach every stage; the family's pretrain runs and the teacher/distill runs are
+    """The tiny configuration with only the RotNet -> BoWNet chain (11 stages at its one
+    seed), so that 10 trials reach every stage; the family's pretrain runs and the teacher/distill runs are
     stages of the same kind (run_training: checkpoint, resume, atomic writes)."""
     return scaffold.core_params()
 
@@ -386,6 +425,11 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"--generations: no generation {unknown} in the tiny params")
         params["generations"] = {g: v for g, v in params["generations"].items() if g in args.generations}
+    if args.stages is not None:             # checked before the baseline's minutes
+        try:
+            resolve_stages(args.stages, pipeline_stages(params), list(params.get("seeds", [0])))
+        except ValueError as error:
+            parser.error(str(error))
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
         results = run_faults(args.trials, args.seed, args.workdir, params, args.stages, keep=args.keep,
