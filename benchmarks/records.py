@@ -478,7 +478,84 @@ def table_processes(record: Path) -> tuple[list[list[str]], set[str]]:
     return out, set()
 
 
-TABLES = {"ablation": table_ablation, "processes": table_processes, "precision": table_precision, "generations": table_generations, "stage-times": table_stage_times,
+# ----------------------------------------------------------------- records with several seeds
+# A pipeline record with `metrics/seed<S>/` folders (params.yaml's seeds:): its tables are
+# the report's own seed-aware tables, built by bowflow.report from the record's metrics.
+
+def seed_runs(record: Path) -> dict[str, dict[int, dict]]:
+    """bowflow.report.load_seeds of a record: {run: {seed: evaluation metrics}}."""
+    return report.load_seeds(record / "metrics")
+
+
+def table_seeds(record: Path) -> tuple[list[list[str]], set[str]]:
+    """The report's first table over seeds: each run's mean ± sd over its seeds."""
+    per_seed = seed_runs(record)
+    return md_cells(report.seed_table(per_seed)), set(per_seed)
+
+
+def table_paired(record: Path) -> tuple[list[list[str]], set[str]]:
+    """The report's paired comparisons (against the control, against the parent)."""
+    per_seed = seed_runs(record)
+    return md_cells(report.paired_table(per_seed)), set(per_seed)
+
+
+def study_baseline(record: Path) -> Path:
+    """The fp32 record a precision study's record names as its baseline (study.json)."""
+    return ROOT / load_json(record / "study.json")["baseline"]
+
+
+MODE_METRICS = ("few_shot_1", "few_shot_5", "linear_base", "knn_all")
+
+
+def mode_rows(record: Path) -> list[dict]:
+    """Each run x metric of a study record against its baseline record, paired by seed:
+    {run, label, metric, base (mean, sd), mode (mean, sd), diffs, mean, sd, verdict}."""
+    base, mode = report.load_seeds(study_baseline(record) / "metrics"), seed_runs(record)
+    rows = []
+    for run, by_seed in mode.items():
+        for metric in MODE_METRICS:
+            a = {s: report.accuracy_values(r)[metric] for s, r in by_seed.items()}
+            b = {s: report.accuracy_values(r)[metric] for s, r in base.get(run, {}).items()}
+            seeds = sorted(set(a) & set(b))
+            if not seeds:
+                continue
+            diffs = [a[s] - b[s] for s in seeds]
+            verdict = ("higher at every seed" if all(d > 0 for d in diffs) else
+                       "lower at every seed" if all(d < 0 for d in diffs) else "mixed")
+            rows.append({"run": run, "label": f"{by_seed[seeds[0]]['label']} ({run})", "metric": metric,
+                         "base": report.spread([b[s] for s in seeds]), "mode": report.spread([a[s] for s in seeds]),
+                         "diffs": diffs, **report.spread(diffs), "verdict": verdict})
+    return rows
+
+
+def table_modes(record: Path) -> tuple[list[list[str]], set[str]]:
+    """A compute mode against fp32 over the same seeds (benchmarks.seed_study records):
+    per run and metric, each mode's mean ± sd over seeds, and the paired difference."""
+    rows = [["Model", "Metric", "fp32", "this mode", "difference (paired by seed)", "per seed", "verdict"]]
+    for r in mode_rows(record):
+        rows.append([r["label"], report.metric_label(r["metric"]), report.mean_sd_cell(r["base"]),
+                     report.mean_sd_cell(r["mode"]), f"{r['mean']:+.1f} ± {r['sd']:.1f}",
+                     " / ".join(f"{d:+.1f}" for d in r["diffs"]), r["verdict"]])
+    return rows, {r["run"] for r in mode_rows(record)}
+
+
+def table_spread(record: Path) -> tuple[list[list[str]], set[str]]:
+    """benchmarks.spread_sources's study (spread/spread.json of a seeded record): per source
+    of randomness, the sd over seeds of each metric with the other sources held fixed."""
+    data = load_json(record / "spread" / "spread.json")
+    metrics = list(data["sd"]["all"])
+    names = {"all": "every source (the pipeline's seeds)", "parent": "the parent (its seed's RotNet)",
+             "vocab": "the vocabulary's k-means", "student": "the student's init, order and views",
+             "episodes": "the few-shot episodes (same model)"}
+    rows = [["Seed moves", *[f"sd {m.replace('shot_', '')}-shot" if m.startswith("shot_") else f"sd {m}"
+                              for m in metrics]]]
+    for source, sd in data["sd"].items():
+        rows.append([names[source], *[f"{sd[m]:.1f}" for m in metrics]])
+    return rows, set()
+
+
+TABLES = {"seeds": table_seeds, "paired": table_paired, "modes": table_modes, "spread": table_spread,
+          "ablation": table_ablation, "processes": table_processes, "precision": table_precision, "generations": table_generations, "stage-times": table_stage_times,
           "family": table_family, "distill": table_distill,
           "distill-margins": lambda record: table_distill(record, margins=True),
           "distill-seeds": table_distill_seeds}
@@ -643,6 +720,38 @@ def claims_distill_seeds(record: Path) -> list[str]:
 
 
 # Figures quoted in the prose beside a record's tables, by record folder name.
+def prose_metric(metric: str) -> str:
+    """'few_shot_5' -> '5-shot', 'linear_base' -> 'base linear', 'knn_all' -> 'k-NN'."""
+    if metric.startswith("few_shot_"):
+        return f"{metric[len('few_shot_'):]}-shot"
+    return {"linear_base": "base linear", "knn_all": "k-NN"}.get(metric, metric)
+
+
+def paired_sentences(per_seed: dict[str, dict[int, dict]]) -> list[str]:
+    """One sentence per comparison of bowflow.report.paired_comparisons, grouping its
+    metrics by verdict: 'BoWNet (g1) against RotNet (g0), its parent: above at every seed on
+    n = 1, n = 5 and k-NN; mixed on base linear'. A seeded record's prose states these, so
+    every 'above'/'below' it says holds at every seed of the record."""
+    grouped: dict[tuple[str, str, str], dict[str, list[str]]] = {}
+    for c in report.paired_comparisons(per_seed):
+        by_verdict = grouped.setdefault((c["run"], c["partner"], c["kind"]), {})
+        by_verdict.setdefault(c["verdict"], []).append(prose_metric(c["metric"]))
+    label = lambda run: f"{report.model_label(next(iter(per_seed[run].values())))} ({run})"   # noqa: E731
+    out = []
+    for (run, partner, kind), by_verdict in grouped.items():
+        role = "its parent" if kind == "parent" else "the untrained control"
+        parts = [f"{verdict} on {join(metrics)}"
+                 for verdict in ("above at every seed", "below at every seed", "mixed")
+                 if (metrics := by_verdict.get(verdict))]
+        out.append(f"{label(run)} against {label(partner)}, {role}: " + "; ".join(parts))
+    return out
+
+
+def claims_seeds(record: Path) -> list[str]:
+    """A record with several seeds: its paired comparisons, sentence by sentence."""
+    return paired_sentences(seed_runs(record))
+
+
 CLAIMS = {"digits": claims_digits, "cifar10-cpu": claims_cifar10, "family-cpu": claims_family,
           "family-vit-cpu": claims_family_vit,
           "distill-digits": claims_distill, "distill-cpu": claims_distill_margins,
@@ -726,7 +835,8 @@ def check_record(root: Path, record: str, kinds: set[str], runs: set[str]) -> li
     stages = lock_stages(folder)
     allowed = runs | {run for kind in kinds for run in SUPPORT_RUNS.get(kind, ())}
     files = {"data/" + str(p.relative_to(folder)): p
-             for p in [*folder.glob("metrics/*/*.json"), *folder.glob("plots/train/*.csv")]}
+             for p in [*folder.glob("metrics/*/*.json"), *folder.glob("plots/train/*.csv"),
+                       *folder.glob("metrics/seed*/*/*.json"), *folder.glob("plots/seed*/train/*.csv")]}
     writers: dict[str, list[str]] = {path: [] for path in files}
     out = []
     for name, stage in stages.items():
@@ -736,7 +846,7 @@ def check_record(root: Path, record: str, kinds: set[str], runs: set[str]) -> li
             continue
         for entry in stage.get("outs", []):
             path = entry["path"]
-            if not path.startswith(("data/metrics/", "data/plots/train/")) or path.endswith("generations.csv"):
+            if not path.startswith(("data/metrics/", "data/plots/")) or path.endswith("generations.csv"):
                 continue
             if path not in files:
                 continue                      # a record may keep only some of a run's files
@@ -840,7 +950,8 @@ def record_flags(folder: Path) -> list[list[str]]:
     """The CPU flags each run of a record recorded: `cpu_flags` of its training metrics (the
     seed study's too), `machine.flags` of a benchmark's JSON; runs that predate them give none."""
     out = []
-    for path in sorted([*folder.glob("metrics/train/*.json"), *folder.glob("seeds/s*/*.json")]):
+    for path in sorted([*folder.glob("metrics/train/*.json"), *folder.glob("seeds/s*/*.json"),
+                        *folder.glob("metrics/seed*/train/*.json")]):
         flags = load_json(path).get("cpu_flags")
         if flags is not None:
             out.append(flags)
@@ -927,7 +1038,8 @@ def check(root: Path, allow_missing: set[str] = frozenset(), verbose: bool = Tru
             checked += 1
     for record, use in uses.items():
         folder, text = root / record, "\n".join(use.prose)
-        claims = CLAIMS.get(folder.name, lambda _: [])(folder)
+        seeded = any(folder.glob("metrics/seed*/eval"))
+        claims = (claims_seeds if seeded else CLAIMS.get(folder.name, lambda _: []))(folder)
         out += missing_claims(f"{use.where} {record}", claims, text)
         flags = record_flags(folder)
         if not flags:
