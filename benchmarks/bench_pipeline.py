@@ -12,11 +12,11 @@ PATH and PYTHONUNBUFFERED=1:
    its merged output line by line (tqdm's carriage returns split lines too) and stamping
    the wall time since launch of:
        check_params   "Running stage 'check_params'" (params.yaml changed)
-       student_start  "Running stage 'student@g2'"
+       student_start  "Running stage 'student_seed0@g2'" (the tiny params' one seed)
        first_log      the stage's first "[bowflow ...]" log line (process up, imports done)
        first_step     tqdm's first render of "epoch 1/": the loop is about to run step 1
        first_epoch    the "epoch=1 " log line: epoch 1 done
-       done           dvc exits (evaluate@g2 and report rerun after the student)
+       done           dvc exits (evaluate_student_seed0@g2 and report rerun after the student)
    The student's startup (student_start -> first_step) is also given as a ratio to the
    bare `import torch` baseline. No project code is changed for any of this.
 
@@ -37,9 +37,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SEED = 0      # the training seed whose student is timed (tiny_params has seeds [0])
+STUDENT = f"student_seed{SEED}@g2"
 EVENTS = {  # name -> regex of the line that marks it (searched after the previous event)
     "check_params": r"Running stage 'check_params'",
-    "student_start": r"Running stage 'student@g2'",
+    "student_start": rf"Running stage '{re.escape(STUDENT)}'",
     "first_log": r"^\[bowflow \d\d:\d\d:\d\d\]",
     "first_step": r"epoch 1/\d+",
     "first_epoch": r"\bepoch=1 ",
@@ -113,6 +115,7 @@ def _run(args: argparse.Namespace, scratch: Path) -> dict:
     from bowflow.scaffold import make_project, tiny_params, write_params
 
     params = tiny_params()
+    params["seeds"] = [SEED]
     project = make_project(scratch / "project", params)
     target = ["check_params"] if args.smoke else []
     repro = ["dvc", "repro", *target]
@@ -143,7 +146,7 @@ def _run(args: argparse.Namespace, scratch: Path) -> dict:
         shown = "-" if seconds is None else f"{seconds:.2f} s"
         print(f"  {name:<16}{shown:>10}")
     if startup is not None:
-        print(f"student@g2 startup (stage start -> first step) {startup:.2f} s = "
+        print(f"{STUDENT} startup (stage start -> first step) {startup:.2f} s = "
               f"{startup / import_s:.2f} x import torch")
     result = {"smoke": args.smoke, "repeats": args.repeats, "initial_repro_seconds": round(initial, 3),
               "import_torch_seconds": round(import_s, 3), "noop_repro_seconds": round(noop_s, 3),

@@ -1,4 +1,4 @@
-"""Seed spread of distillation runs: rerun chosen `teacher@`/`distill@` stages with other
+"""Seed spread of distillation runs: rerun chosen teacher/distill stages with other
 seeds, the teacher fixed, and print each row's top-1 over seeds with its margin over the
 vanilla student.
 
@@ -10,7 +10,18 @@ augmentation, CRD draws) and the output paths, which go under `--out/s<seed>/`, 
 of the pipeline's own outputs is touched. Seed 0 is the pipeline's own run (its metrics
 file); a seed whose metrics file exists is not rerun (rerunning the script resumes).
 
-    dvc repro teacher@resnet56 teacher@resnet20 distill@kd     # the pipeline's seed
+Stage names. The pipeline has one stage per run and training seed (`distill_seed0@kd`,
+workflow/pipeline.py), and every seed of params.yaml's `seeds:` is already its own run. A
+stage is named
+- exactly as dvc.lock records it: `distill_seed0@kd` (that seed's run is the row's first
+  value; the run of a record made before stages were per seed, `distill@kd`, likewise);
+- or as `kind@run` when dvc.lock has it per seed: `distill@kd` is then every
+  `distill_seed<S>@kd` recorded, each seed's run read from its own metrics (all seeds the
+  vanilla stage has must be recorded for every stage).
+`--seeds` adds seeds the pipeline did not run, rerun from the lowest recorded seed's
+command (so with the teacher of that seed); a seed the pipeline ran is read, not rerun.
+
+    dvc repro teacher_seed0@resnet56 teacher_seed0@resnet20 distill_seed0@kd
     python -m benchmarks.distill_seeds --vanilla teacher@resnet20 \
         --stages distill@kd distill@fitnet --seeds 1 2
 
@@ -20,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import statistics
 import subprocess
@@ -34,6 +46,18 @@ def flag(argv: list[str], name: str) -> str:
     if name not in argv:
         raise SystemExit(f"not a training stage command (no {name}): {shlex.join(argv)}")
     return argv[argv.index(name) + 1]
+
+
+def recorded(locked: dict, name: str) -> dict[int, str]:
+    """{seed: command} of stage `name` in dvc.lock's stages (see the module's docstring: an
+    exact name, or `kind@run` for every `kind_seed<S>@run`); {} when none is recorded."""
+    if name in locked:
+        cmd = locked[name]["cmd"]
+        return {int(flag(shlex.split(cmd), "--seed")): cmd}
+    kind, at, run = name.partition("@")
+    per_seed = re.compile(rf"^{re.escape(kind)}_seed(\d+)@{re.escape(run)}$")
+    found = {int(m.group(1)): stage["cmd"] for key, stage in locked.items() if at and (m := per_seed.match(key))}
+    return dict(sorted(found.items()))
 
 
 def reseeded_command(cmd: str, seed: int, out: Path) -> tuple[list[str], Path]:
@@ -74,25 +98,34 @@ def spread(top1: dict[str, list[float]], vanilla: str) -> list[dict]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lock", type=Path, default=Path("dvc.lock"))
-    parser.add_argument("--vanilla", required=True, help="the vanilla student's stage")
-    parser.add_argument("--stages", nargs="+", required=True, help="distill@NAME stages")
-    parser.add_argument("--seeds", nargs="+", type=int, required=True,
-                        help="seeds besides the pipeline's own")
+    parser.add_argument("--vanilla", required=True, help="the vanilla student's stage "
+                        "(teacher_seed0@NAME, or teacher@NAME: every seed recorded)")
+    parser.add_argument("--stages", nargs="+", required=True,
+                        help="distill_seed0@NAME or distill@NAME stages")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[],
+                        help="seeds besides the pipeline's own (none: only the recorded seeds)")
     parser.add_argument("--out", type=Path, default=Path("data/seeds"))
     args = parser.parse_args(argv)
 
     locked = yaml.safe_load(args.lock.read_text())["stages"]
     names = [args.vanilla, *args.stages]
-    missing = [s for s in names if s not in locked]
+    commands = {name: recorded(locked, name) for name in names}
+    missing = [s for s in names if not commands[s]]
     if missing:
         raise SystemExit(f"{args.lock}: no recorded stage {missing}: run `dvc repro` of them first")
-    seed0 = int(flag(shlex.split(locked[args.vanilla]["cmd"]), "--seed"))
+    own_seeds = list(commands[args.vanilla])           # the pipeline's seeds, read not rerun
+    lacking = [f"{s} (seed {seed})" for s in names for seed in own_seeds if seed not in commands[s]]
+    if lacking:
+        raise SystemExit(f"{args.lock}: the vanilla stage has seeds {own_seeds}, but no recorded "
+                         f"{', '.join(lacking)}: run `dvc repro` of them first")
+    extra = [seed for seed in dict.fromkeys(args.seeds) if seed not in own_seeds]
+    seed0 = own_seeds[0]
     top1 = {}
     for stage in names:
-        cmd = locked[stage]["cmd"]
-        own = Path(flag(shlex.split(cmd), "--metrics"))
-        values = [json.loads(own.read_text())["top1"]]
-        for seed in args.seeds:
+        values = [json.loads(Path(flag(shlex.split(commands[stage][seed]), "--metrics")).read_text())["top1"]
+                  for seed in own_seeds]
+        cmd = commands[stage][seed0]                    # the command other seeds rerun
+        for seed in extra:
             run, metrics = reseeded_command(cmd, seed, args.out)
             if not metrics.exists():
                 print(f"{stage} seed {seed}:", shlex.join(run), flush=True)
@@ -100,13 +133,14 @@ def main(argv=None) -> None:
             values.append(json.loads(metrics.read_text())["top1"])
         top1[stage] = values
     rows = spread(top1, args.vanilla)
-    print(f"{'row':<22} {'top-1 by seed ' + str([seed0, *args.seeds]):<32} mean   sd    margin [min, max]")
+    seeds = [*own_seeds, *extra]
+    print(f"{'row':<26} {'top-1 by seed ' + str(seeds):<32} mean   sd    margin [min, max]")
     for r in rows:
         margin = (f"{r['margin']:+.2f} [{r['margin_min']:+.2f}, {r['margin_max']:+.2f}]"
                   if "margin" in r else "")
-        print(f"{r['row']:<22} {' '.join(f'{v:6.2f}' for v in r['top1']):<32} "
+        print(f"{r['row']:<26} {' '.join(f'{v:6.2f}' for v in r['top1']):<32} "
               f"{r['mean']:6.2f} {r['sd']:5.2f} {margin}")
-    result = {"seeds": [seed0, *args.seeds], "rows": rows}
+    result = {"seeds": seeds, "rows": rows}
     write_json(args.out / "seeds.json", result)
     print("RESULT", json.dumps(result))
 

@@ -63,6 +63,7 @@ elif kind == "vocab":
 elif kind == "student":
     write(one("--model"), {})
     write(one("--metrics"), {})
+    Path(one("--history")).parent.mkdir(parents=True, exist_ok=True)
     with open(one("--history"), "w", newline="") as f:
         csv.writer(f).writerows([["epoch", "captured"], [1, 0.5], [2, 0.75]])
 else:
@@ -110,7 +111,11 @@ def test_training_steps_run_under_cpu_bf16_autocast(method, channels_last):
 
 
 @pytest.mark.slow
-def test_bench_compute_smoke_saves_the_choice(cache_dir):
+def test_bench_compute_smoke_saves_the_choice(cache_dir, monkeypatch):
+    """bench_compute --save writes the cache; the automatic choice (compute: auto) reads it
+    when it is fp32. A bf16 choice (bench_compute measures bf16 on a CPU with native bf16)
+    is saved too, but auto never picks bf16: it measures the fp32 modes instead and
+    replaces the cache."""
     result = benchmark_result("bench_compute", "--smoke", "--save",
                               env={"BOWFLOW_CACHE": str(cache_dir), compute.ENV_OVERRIDE: None})
     assert {row["mode"] for row in result["modes"]} == {"eager_fp32", "channels_last_fp32", "bf16",
@@ -124,9 +129,18 @@ def test_bench_compute_smoke_saves_the_choice(cache_dir):
     assert all(v > 0 for v in result["gflop_per_step"].values())
     assert result["saved"].startswith(str(cache_dir))
     assert len(result["loadavg_before"]) == 3 and len(result["loadavg_after"]) == 3
+    assert compute.load_record()["source"] == "bench_compute --save"
+    assert compute.load_choice() == compute._normalise(result["choice"])
+    measured = []
+    monkeypatch.setattr(compute, "measure", lambda modes, **k: measured.append(modes) or {
+        "seconds": [1.0] * len(modes), "rounds": 1, "elapsed_s": 0.1})
     decision = compute.decide_compute(torch.device("cpu"))
-    assert decision.source == "cache" and decision.choice == result["choice"]
-    assert "bench_compute --save" in decision.reason
+    if not result["choice"]["bf16"]:
+        assert decision.source == "cache" and decision.choice == result["choice"]
+        assert "bench_compute --save" in decision.reason and not measured
+    else:
+        assert decision.source == "measured" and not decision.choice["bf16"]
+        assert not any(m["bf16"] for m in measured[0]) and compute.load_choice() == decision.choice
 
 
 @pytest.mark.slow
@@ -165,7 +179,8 @@ def test_bench_pipeline_smoke():
 @pytest.mark.slow
 def test_distill_seeds_reseeds_only_the_seed_and_the_outputs(tmp_path):
     """Each locked command reruns with --seed 3 and its outputs under --out/s3; the table is
-    each row's top-1 over seeds with its margin over the vanilla row."""
+    each row's top-1 over seeds with its margin over the vanilla row. The stage names of a
+    dvc.lock recorded before stages were per seed (docs/results/), `teacher@v`."""
     common = ("--prepared data/prepared --seed 0 --history data/plots/train/{n}.csv "
               "--model data/models/{n}/model.pt --metrics data/metrics/train/{n}.json")
     lock = write_lock(tmp_path, {
@@ -190,6 +205,58 @@ def test_distill_seeds_reseeds_only_the_seed_and_the_outputs(tmp_path):
     unchanged = {"--prepared": "data/prepared", "--method": "kd", "--gamma": "0.0",
                  "--teacher_model": "data/models/resnet56/model.pt"}
     assert {k: flags[k] for k in unchanged} == unchanged
+
+
+def per_seed_distill_lock(tmp_path: Path, seeds: list[int]) -> Path:
+    """A dvc.lock as the pipeline records it now: teacher_seed<S>@v and distill_seed<S>@kd
+    for each seed, with per-seed paths (workflow/pipeline.py)."""
+    common = ("--prepared data/prepared --seed {s} --history data/plots/seed{s}/train/{n}.csv "
+              "--model data/models/seed{s}/{n}/model.pt --metrics data/metrics/seed{s}/train/{n}.json "
+              "--compute fp32-channels-last-t1")
+    stages = {}
+    for s in seeds:
+        stages[f"teacher_seed{s}@v"] = fake_stage(tmp_path, "distill", common.format(s=s, n="v") + " --base 50 --slope 1")
+        stages[f"distill_seed{s}@kd"] = fake_stage(
+            tmp_path, "distill", common.format(s=s, n="kd") + f" --base 53 --slope 0.5 "
+            f"--teacher_model data/models/seed{s}/resnet56/model.pt --method kd --gamma 0.0")
+    return write_lock(tmp_path, stages)
+
+
+@pytest.mark.slow
+def test_distill_seeds_reads_every_seed_the_pipeline_ran(tmp_path):
+    """A per-seed dvc.lock: `teacher@v` / `distill@kd` are every recorded seed's run (read,
+    not rerun), --seeds adds others rerun from the lowest seed's command; an exact name
+    (`distill_seed1@kd`) is that seed's run alone."""
+    lock = per_seed_distill_lock(tmp_path, [0, 1])
+    out = tmp_path / "seeds"
+    result = benchmark_result("distill_seeds", "--lock", lock, "--vanilla", "teacher@v", "--stages",
+                              "distill@kd", "--seeds", "1", "4", "--out", out, cwd=tmp_path)
+    assert result["seeds"] == [0, 1, 4]                 # seed 1 is the pipeline's: not rerun
+    rows = {r["row"]: r for r in result["rows"]}
+    assert rows["teacher@v"]["top1"] == [50.0, 51.0, 54.0] and rows["distill@kd"]["top1"] == [53.0, 53.5, 55.0]
+    assert rows["distill@kd"]["margin_min"] == 1.0 and rows["distill@kd"]["margin_max"] == 3.0
+    assert not (out / "s1").exists() and sorted(p.name for p in (out / "s4").glob("*.json")) == ["kd.json", "v.json"]
+    flags = flags_of(json.loads((out / "s4" / "kd.json").read_text())["argv"])
+    assert flags["--seed"] == "4" and flags["--model"] == str(out / "s4" / "models" / "kd" / "model.pt")
+    assert flags["--teacher_model"] == "data/models/seed0/resnet56/model.pt"   # seed 0's teacher, fixed
+    assert flags["--compute"] == "fp32-channels-last-t1"
+
+    exact = benchmark_result("distill_seeds", "--lock", lock, "--vanilla", "teacher_seed1@v", "--stages",
+                             "distill_seed1@kd", "--out", tmp_path / "exact", cwd=tmp_path)
+    assert exact["seeds"] == [1]
+    assert [r["row"] for r in exact["rows"]] == ["teacher_seed1@v", "distill_seed1@kd"]
+    assert exact["rows"][1]["top1"] == [53.5]
+
+    missing = run_benchmark("distill_seeds", "--lock", lock, "--vanilla", "teacher@v", "--stages",
+                            "distill@crd", "--out", tmp_path / "x", cwd=tmp_path, check=False)
+    assert missing.returncode != 0 and "no recorded stage ['distill@crd']" in missing.stderr
+    (tmp_path / "lopsided").mkdir()
+    lopsided = per_seed_distill_lock(tmp_path / "lopsided", [0, 1])
+    text = lopsided.read_text().replace("distill_seed1@kd", "distill_seed7@kd")
+    lopsided.write_text(text)
+    uneven = run_benchmark("distill_seeds", "--lock", lopsided, "--vanilla", "teacher@v", "--stages",
+                           "distill@kd", "--out", tmp_path / "y", cwd=tmp_path / "lopsided", check=False)
+    assert uneven.returncode != 0 and "no recorded distill@kd (seed 1)" in uneven.stderr, uneven.stderr
 
 
 @pytest.mark.slow
@@ -223,3 +290,39 @@ def test_ablate_generation_changes_only_the_named_flags_and_the_outputs(tmp_path
     bad = run_benchmark("ablate_generation", "--lock", lock, "--generation", "g2", "--variant", "size=256",
                         "--out", out, cwd=tmp_path, check=False)
     assert bad.returncode != 0 and "STAGE.FLAG=VALUE" in bad.stderr
+    assert result["seed"] is None and (out / "g2" / "ablation.json").is_file()     # a lock without seeds
+
+
+@pytest.mark.slow
+def test_ablate_generation_varies_one_seed_of_a_per_seed_lock(tmp_path):
+    """dvc.lock with the generation's stages per seed (vocab_seed<S>@g2, ...): the lowest
+    recorded seed by default, --seed picks another; outputs under --out/g2/seed<S>/."""
+    stages = {}
+    for s in (1, 2):
+        stages |= {
+            f"vocab_seed{s}@g2": fake_stage(tmp_path, "vocab", f"--teacher data/models/seed{s}/g1/model.pt "
+                                            f"--out data/models/seed{s}/g2/vocab.pt --metrics data/metrics/seed{s}/vocab/g2.json "
+                                            f"--seed {s} --layer stage2 --size 64"),
+            f"student_seed{s}@g2": fake_stage(tmp_path, "student", f"--vocab data/models/seed{s}/g2/vocab.pt "
+                                              f"--model data/models/seed{s}/g2/model.pt --metrics data/metrics/seed{s}/train/g2.json "
+                                              f"--history data/plots/seed{s}/train/g2.csv --seed {s} --epochs 60"),
+            f"evaluate_student_seed{s}@g2": fake_stage(tmp_path, "evaluate", f"--model data/models/seed{s}/g2/model.pt "
+                                                       f"--out data/metrics/seed{s}/eval/g2.json --seed {s}")}
+    lock = write_lock(tmp_path, stages)
+    out = tmp_path / "ablate"
+    result = benchmark_result("ablate_generation", "--lock", lock, "--generation", "g2", "--variant",
+                              "vocab.size=128", "--out", out, cwd=tmp_path)
+    assert result["seed"] == 1 and [r["words"] for r in result["rows"]] == [64, 128]
+    root = out / "g2" / "seed1" / "vocab.size-128"
+    vocab = json.loads((root / "vocab.json").read_text())["argv"]
+    assert flags_of(vocab)["--teacher"] == "data/models/seed1/g1/model.pt" and flags_of(vocab)["--seed"] == "1"
+    assert (out / "g2" / "seed1" / "ablation.json").is_file()
+    second = benchmark_result("ablate_generation", "--lock", lock, "--generation", "g2", "--seed", "2",
+                              "--variant", "vocab.size=128", "--out", out, cwd=tmp_path)
+    assert second["seed"] == 2
+    student = json.loads((out / "g2" / "seed2" / "vocab.size-128" / "train.json").read_text())["argv"]
+    assert flags_of(student)["--seed"] == "2" and flags_of(student)["--vocab"] == str(
+        out / "g2" / "seed2" / "vocab.size-128" / "vocab.pt")
+    absent = run_benchmark("ablate_generation", "--lock", lock, "--generation", "g2", "--seed", "0",
+                           "--variant", "vocab.size=128", "--out", out, cwd=tmp_path, check=False)
+    assert absent.returncode != 0 and "vocab_seed0@g2" in absent.stderr and "[1, 2]" in absent.stderr
