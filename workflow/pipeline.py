@@ -200,8 +200,10 @@ def seed_order(seed: int, root: Path = Path(".")) -> list[str]:
 
 
 def params_seeds(params: dict) -> list[int]:
-    """params.yaml's `seeds:` (the training seeds), [0] when absent."""
-    return list(params.get("seeds", [0]))
+    """params.yaml's `seeds:` (the training seeds), [0] when absent; a value that is not a
+    list is returned as it is, for `main` to refuse by name."""
+    seeds = params.get("seeds", [0])
+    return list(seeds) if isinstance(seeds, (list, tuple)) else seeds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     params = yaml.safe_load(args.params.read_text()) or {}
     seeds = params_seeds(params)
-    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds)
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
             and len(set(seeds)) == len(seeds)):
         print(f"{args.params}: seeds: expected a non-empty list of distinct integers >= 0, got {seeds!r}",
               file=sys.stderr)
