@@ -399,3 +399,17 @@ def test_a_token_method_on_a_convnet_is_named(params):
     run = {"method": "mae", "arch": "convnet", "width": 8, "epochs": 1, "batch_size": 16}
     message = error_of(dict(params, pretrain={**params["pretrain"], "mae": run}))
     assert "pretrain.mae.arch: method 'mae' needs a vision transformer" in message and "'vit_p2'" in message
+
+
+@pytest.mark.parametrize("seeds", [3, [], [0, 0], [True], [-1], ["0"]])
+def test_workflow_pipeline_refuses_bad_seeds_by_name(tmp_path, params, seeds):
+    """`bin/python -m workflow.pipeline` (which writes dvc.yaml from params.yaml's seeds)
+    stops on seeds check_params would refuse, naming the key, and writes no dvc.yaml."""
+    from bowflow.scaffold import write_yaml
+    path, out = tmp_path / "params.yaml", tmp_path / "dvc.yaml"
+    write_yaml(dict(params, seeds=seeds), path)
+    result = subprocess.run([sys.executable, "-m", "workflow.pipeline", "--params", str(path), "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"seeds: expected a non-empty list of distinct integers >= 0, got {seeds!r}" in result.stderr
+    assert not out.exists()
