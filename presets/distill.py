@@ -83,7 +83,7 @@ to the session that wrote it): six teacher -> student pairs, every method, the t
   python -c "import torchvision; torchvision.datasets.CIFAR100('data/cifar100', download=True)"
   cp presets/distill-cifar100-gpu.yaml params.yaml && make run
 (or set data.download: true where the machine is online). {teachers} teachers/vanilla students and
-{runs} distillation runs: on one GPU budget about a day; `dvc repro distill@kd-resnet56-resnet20`
+{runs} distillation runs: on one GPU budget about a day; `dvc repro distill_seed0@kd-resnet56-resnet20`
 runs one cell of the tables (with its teacher). The talk's figures to compare with are in
 its accuracy table (e.g. resnet56 -> resnet20: KD 71.53, CRD 71.45, vanilla 69.0).""",
         data=data("cifar100", "data/cifar100", 32, ["whale", "willow_tree", "wolf", "woman", "worm"], 1000),
