@@ -574,13 +574,6 @@ def generation_gap(r: dict, a: str, b: str, key: str) -> float:
     return r[a]["few_shot"][key]["mean"] - r[b]["few_shot"][key]["mean"]
 
 
-def claims_digits(record: Path) -> list[str]:
-    """The first student's margins over its RotNet teacher, in whole points."""
-    r = {x["name"]: x for x in lineage(record)}
-    d = lambda key: generation_gap(r, "g1", "g0", key)
-    return [f"(+{d('1'):.0f} points 1-shot, +{d('5'):.0f} points 5-shot)"]
-
-
 def claims_cifar10(record: Path) -> list[str]:
     """The first student's margins over its teacher, the second generation against the
     first, the backbone's size, each student's captured fraction at its last epoch."""
@@ -752,7 +745,15 @@ def claims_seeds(record: Path) -> list[str]:
     return paired_sentences(seed_runs(record))
 
 
-CLAIMS = {"digits": claims_digits, "cifar10-cpu": claims_cifar10, "family-cpu": claims_family,
+def record_claims(folder: Path) -> list[str]:
+    """The sentence fragments a record's prose must hold: a record with several seeds, its
+    paired verdicts; an older one-seed record, its own claims (CLAIMS, by folder name)."""
+    if any(folder.glob("metrics/seed*/eval")):
+        return claims_seeds(folder)
+    return CLAIMS.get(folder.name, lambda _: [])(folder)
+
+
+CLAIMS = { "cifar10-cpu": claims_cifar10, "family-cpu": claims_family,
           "family-vit-cpu": claims_family_vit,
           "distill-digits": claims_distill, "distill-cpu": claims_distill_margins,
           "distill-cpu-seeds": claims_distill_seeds}
@@ -983,6 +984,20 @@ def check_machine(where: str, record: str, flags: list[list[str]], text: str) ->
     return out
 
 
+def record_modes(folder: Path) -> set[str]:
+    """The compute modes a record's trainings ran in, as params.yaml spells them
+    ('fp32-channels-last-t1'): `compute` of each training's metrics, where recorded."""
+    from bowflow.compute import describe
+    paths = [*folder.glob("metrics/train/*.json"), *folder.glob("metrics/seed*/train/*.json")]
+    return {describe(m["compute"]) for m in map(load_json, paths) if isinstance(m.get("compute"), dict)}
+
+
+def check_mode(where: str, record: str, modes: set[str], text: str) -> list[str]:
+    """Every compute mode a record's trainings ran in is named in the prose beside its tables."""
+    return [f"{where} {record}: its trainings ran in compute mode {mode} (their metrics), but the "
+            f"prose beside its tables does not name it" for mode in sorted(modes) if mode not in text]
+
+
 # ----------------------------------------------------------------------------- the check
 
 @dataclass
@@ -1038,13 +1053,13 @@ def check(root: Path, allow_missing: set[str] = frozenset(), verbose: bool = Tru
             checked += 1
     for record, use in uses.items():
         folder, text = root / record, "\n".join(use.prose)
-        seeded = any(folder.glob("metrics/seed*/eval"))
-        claims = (claims_seeds if seeded else CLAIMS.get(folder.name, lambda _: []))(folder)
+        claims = record_claims(folder)
         out += missing_claims(f"{use.where} {record}", claims, text)
         flags = record_flags(folder)
         if not flags:
             unknown_machine.append(record)
         out += check_machine(use.where, record, flags, text)
+        out += check_mode(use.where, record, record_modes(folder), text)
         out += check_record(root, record, use.kinds, use.runs)
         for kind in sorted(use.kinds & set(SUMMARIES)):
             out += SUMMARIES[kind](record, folder)
@@ -1143,7 +1158,7 @@ def render(root: Path, record: str, kind: str | None) -> str:
                  "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
         text += ["| " + " | ".join(row) + " |" for row in rows[1:]]
         text.append("")
-    text += [f"claim: {c}" for c in CLAIMS.get(folder.name, lambda _: [])(folder)]
+    text += [f"claim: {c}" for c in record_claims(folder)]
     return "\n".join(text)
 
 
