@@ -404,3 +404,43 @@ def test_every_training_stage_records_its_seed_in_the_model_file(tmp_path):
     assert train(distill, "teacher", 5, params["teachers"]["teacher"])["seed"] == 5
     assert train(distill, "kd", 6, params["distill"]["kd"],
                  "--teacher_model", str(tmp_path / "teacher/model.pt"))["seed"] == 6
+
+
+# ----------------------------------------------------------------- records with several seeds
+
+@pytest.fixture
+def seeded(docs) -> Path:
+    """`docs` with the default pipeline's seeded record (docs/results/digits) too."""
+    shutil.copytree(ROOT / DIGITS, docs / DIGITS)
+    return docs
+
+
+def test_seeded_record_passes_and_its_verdicts_are_claims(seeded):
+    result = records("check", root=seeded)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rendered = records("render", DIGITS, "--table", "paired", root=seeded).stdout
+    claims = [line[len("claim: "):] for line in rendered.splitlines() if line.startswith("claim: ")]
+    assert claims and all(" against " in c and "at every seed" in c or "mixed" in c for c in claims)
+
+
+def test_a_comparison_the_seeds_do_not_support_fails(seeded):
+    """Saying a run is above its partner at every seed on a metric where the record's seeds
+    are mixed is caught: the prose must state the paired verdicts as they are."""
+    readme = seeded / "README.md"
+    rendered = records("render", DIGITS, "--table", "paired", root=seeded).stdout
+    claim = next(line[len("claim: "):] for line in rendered.splitlines()
+                 if line.startswith("claim: ") and "above at every seed" in line and "; mixed on " in line)
+    mixed = claim.split("; mixed on ")[1]
+    first_mixed = mixed.split(",")[0].split(" and ")[0]
+    replace(readme, claim, claim.replace("above at every seed on ", f"above at every seed on {first_mixed}, "))
+    result = records("check", root=seeded)
+    assert result.returncode == 1
+    assert f"{DIGITS}: claim not found in the prose beside its table(s)" in result.stdout
+
+
+def test_a_table_whose_prose_does_not_name_its_mode_fails(seeded):
+    readme = seeded / "README.md"
+    replace(readme, "`compute: fp32-channels-last-t1`; ", "")
+    result = records("check", root=seeded)
+    assert result.returncode == 1
+    assert f"{DIGITS}: its trainings ran in compute mode fp32-channels-last-t1" in result.stdout
