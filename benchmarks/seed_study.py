@@ -4,7 +4,7 @@ the seeds and compute mode given, and keep the run as a record.
     python -m benchmarks.seed_study --seeds 0 1 2 3 4 --compute fp32-channels-last-t1 \
         --out docs/results/digits-seeds-fp32
     python -m benchmarks.seed_study --seeds 0 1 2 3 4 --compute bf16-channels-last-t1 \
-        --out docs/results/digits-seeds-bf16
+        --out docs/results/digits-seeds-bf16 --baseline docs/results/digits-seeds-fp32
 
 The copy (bowflow.scaffold.make_project, under --work) gets params.yaml (or --params) with
 `seeds:` and `compute:` replaced, its dvc.yaml written for those seeds, and runs `bin/repro`
@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
     parser.add_argument("--compute", required=True, help="params.yaml compute: mode of the study")
     parser.add_argument("--out", type=Path, required=True, help="record folder to write")
+    parser.add_argument("--baseline", help="the record this one is compared with, paired by seed "
+                        "(benchmarks.records table=modes), e.g. the same seeds in fp32")
     parser.add_argument("--work", type=Path, help="scratch project (default: /tmp/bowflow-study-<out name>)")
     args = parser.parse_args(argv)
     work = args.work or Path("/tmp") / f"bowflow-study-{args.out.name}"
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
              "seeds": args.seeds, "compute": args.compute, "params": str(args.params),
              "wall_seconds_this_call": round(seconds, 1), "cpu_model": cpu_model(),
              "cpu_flags": relevant_flags(cpu_flags()), "cpus": len(__import__("os").sched_getaffinity(0)),
-             "python": platform.python_version()}
+             "python": platform.python_version(), **({"baseline": args.baseline} if args.baseline else {})}
     write_json(args.out / "study.json", study)
     print(f"RESULT {json.dumps(study)}")
     return 0

@@ -32,11 +32,12 @@ Precision: a bf16 choice runs each training step under `torch.autocast(bfloat16)
 softmax/log-softmax target, BoW code, EMA/queue/centre update, BatchNorm statistic and
 the evaluate stage's features in float32 (`BF16_PRECISION`, checked by
 tests/test_precision.py; the op-by-op list is docs/precision.md). Why it is opt-in: on a
-CPU with native bf16 (AVX-512 bf16), the default digits pipeline at 3 seeds gave BoWNet g2
-+4.0 / +3.9 / +4.0 points 5-shot and g1 +5.3 / +5.4 / +0.9 over fp32, paired by seed (issue
-23's measurement): a shift of one sign at every seed, not noise. An earlier study
-(`benchmarks/bench_precision.py`, bf16 emulated on an AVX2 CPU, a reduced configuration)
-had seen none; it did not run the precision a bf16 machine runs.
+CPU with native bf16 (AVX-512 bf16) the default digits pipeline at 5 seeds, bf16 against
+fp32 paired by seed (docs/BENCHMARKS.md section 14), shifted no accuracy one way (every
+run and metric mixed in sign, mean differences -2.8 to +1.4), but a single training moved by up
+to 6.8 points 5-shot between the two modes: a bf16 run is another training, not the fp32
+one faster. fp32 runs on every machine, so it is the mode of record; a bf16 result names
+its mode in params.yaml.
 
 `compile` is never measured here (inductor needs 14-94 s for the convnet's forward +
 backward on a 2-core CPU, beyond the budget of a decision) and the automatic choice
@@ -390,9 +391,9 @@ def decide_compute(device: torch.device, mode: str = "auto") -> Decision:
     `mode` is params.yaml's `compute:` (the training stages' --compute): a named mode is
     used as it is (source "params"). `auto` decides here: BOWFLOW_COMPUTE when set (tests
     pin modes with it), fp32 + channels-last on a GPU, else the cached or measured fastest
-    fp32 mode of this CPU. The automatic choice never picks bf16: on the default pipeline
-    bf16 moved BoWNet's few-shot accuracy by +4 points at every seed (docs/precision.md),
-    so bf16 runs only when a params file names it.
+    fp32 mode of this CPU. The automatic choice never picks bf16: a bf16 training differs
+    from the fp32 one of the same seed by up to 6.8 points 5-shot on the default pipeline
+    (docs/BENCHMARKS.md section 14), so bf16 runs only when a params file names it.
     """
     from bowflow.runtime import log
     flags = cpu_flags()
