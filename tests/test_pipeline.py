@@ -1,6 +1,11 @@
 """The real pipeline, end to end, on a tiny configuration: DVC caching and partial reruns,
-Snakemake producing the same metrics, bad params stopping before any work, and a killed
-training stage resuming from its checkpoint."""
+each training seed its own branch (adding a seed reruns nothing that exists), Snakemake
+producing the same metrics, bad params stopping before any work, and a killed training
+stage resuming from its checkpoint.
+
+Every training and evaluation stage exists once per run and seed (`pretrain_seed0@g0`,
+dvc.yaml written by workflow/pipeline.py); the tiny params train seed 0 alone, so most
+tests name seed-0 stages (`seeded`)."""
 import copy
 import json
 import shlex
@@ -21,7 +26,7 @@ from dvc.repo import Repo
 from test_code_deps import code_run_by
 from bowflow.cli import render_args
 from bowflow.roles.base import available_methods
-from bowflow.scaffold import ROOT, make_project, tiny_params, write_params
+from bowflow.scaffold import ROOT, core_params, make_project, tiny_params, write_params, write_yaml
 
 BIN = Path(sys.executable).parent
 # A user's fresh shell: the project's environment is NOT on PATH (commands are typed as
@@ -53,15 +58,26 @@ def repro(project: Path, *options: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr))
 
 
+def seeded(*stages: str, seeds=(0,)) -> set[str]:
+    """The stage names of `kind@run` for each seed: "vocab@g1" -> {"vocab_seed0@g1"}."""
+    return {f"{kind}_seed{seed}@{run}" for stage in stages for kind, run in [stage.split("@")]
+            for seed in seeds}
+
+
+def untimed(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMING_KEYS}
+
+
 def eval_metrics(project: Path) -> dict:
-    """Every evaluation record, and the test top-1 of every teacher/distill run, untimed."""
+    """Every evaluation record, and the test top-1 of every teacher/distill run, untimed,
+    by seed and run ("seed0/g1", "top1/seed0/kd")."""
     out = {}
-    for path in sorted((project / "data/metrics/eval").glob("*.json")):
-        out[path.stem] = {k: v for k, v in json.loads(path.read_text()).items() if k not in TIMING_KEYS}
-    for path in sorted((project / "data/metrics/train").glob("*.json")):
+    for path in sorted(project.glob("data/metrics/seed*/eval/*.json")):
+        out[f"{path.parts[-3]}/{path.stem}"] = untimed(json.loads(path.read_text()))
+    for path in sorted(project.glob("data/metrics/seed*/train/*.json")):
         record = json.loads(path.read_text())
         if "top1" in record:
-            out[f"top1/{path.stem}"] = record["top1"]
+            out[f"top1/{path.parts[-3]}/{path.stem}"] = record["top1"]
     return out
 
 
@@ -86,22 +102,29 @@ def test_dvc_runs_every_stage_and_writes_the_report(which, request):
     params = tiny_params(every_method=which == "dvc_project")
     assert len(params["distill"]) >= 1 and len(params["pretrain"]) >= 2
     runs = params["pretrain"]
-    assert ran == {"check_params", "prepare", "vocab@g1", "vocab@g2", "student@g1", "student@g2",
-                   "evaluate_student@g1", "evaluate_student@g2", "report",
-                   *{f"pretrain@{r}" for r in runs}, *{f"evaluate_pretrain@{r}" for r in runs},
-                   *{f"teacher@{r}" for r in params["teachers"]}, *{f"distill@{r}" for r in params["distill"]}}
+    assert params["seeds"] == [0]
+    assert ran == {"check_params", "prepare", "report",
+                   *seeded("vocab@g1", "vocab@g2", "student@g1", "student@g2", "evaluate_student@g1",
+                           "evaluate_student@g2"),
+                   *seeded(*{f"pretrain@{r}" for r in runs}, *{f"evaluate_pretrain@{r}" for r in runs}),
+                   *seeded(*{f"teacher@{r}" for r in params["teachers"]}, *{f"distill@{r}" for r in params["distill"]})}
     report = (project / "data/report/report.md").read_text()
     for row in ("RotNet (g0)", "BoWNet (g1)", "BoWNet x2 (g2)"):
         assert row in report
     for figure in ("training_curves.png", "accuracy_by_generation.png", "visual_words_g1.png"):
         assert (project / "data/report" / figure).stat().st_size > 1000
+    assert sorted(p.name for p in (project / "data/metrics").iterdir() if p.is_dir()) == ["seed0"]
     for group in ("train", "eval", "vocab"):
-        for path in (project / "data/metrics" / group).glob("*.json"):
+        paths = list((project / "data/metrics/seed0" / group).glob("*.json"))
+        assert paths, f"no data/metrics/seed0/{group}/*.json"
+        for path in paths:
             metrics = json.loads(path.read_text())
             assert metrics["wall_seconds"] > 0 and metrics["peak_rss_mb"] > 0 and metrics["parameters"] > 0
-    vocab = json.loads((project / "data/metrics/vocab/g1.json").read_text())
+    for path in (project / "data/metrics/seed0/train").glob("*.json"):
+        assert json.loads(path.read_text())["seed"] == 0, path
+    vocab = json.loads((project / "data/metrics/seed0/vocab/g1.json").read_text())
     assert vocab["inertia"] > 0 and 0 < vocab["words_used"] <= 16
-    history = (project / "data/plots/train/g1.csv").read_text()
+    history = (project / "data/plots/seed0/train/g1.csv").read_text()
     assert "captured" in history and "target_perplexity" in history
     assert not list((project / "data").rglob("*.tmp")), "a temporary file was left behind"
     # The distillation tables: one row per method plus the two vanilla runs, every cell filled.
@@ -112,7 +135,7 @@ def test_dvc_runs_every_stage_and_writes_the_report(which, request):
     rows = [line for line in accuracy.splitlines() if line.startswith("| ") and "Method" not in line]
     assert len(rows) == 2 + len(params["distill"]) and all(" - " not in row for row in rows)
     for name in params["distill"]:
-        metrics = json.loads((project / f"data/metrics/train/{name}.json").read_text())
+        metrics = json.loads((project / f"data/metrics/seed0/train/{name}.json").read_text())
         assert 0 <= metrics["top1"] <= 100 and metrics["trained_parameters"] >= metrics["parameters"]
         assert metrics["parent"] == "teacher"
 
@@ -125,38 +148,38 @@ def test_dvc_reruns_only_what_a_change_touches(dvc_project):
 
     params["generations"]["g1"]["vocab"]["size"] = 12
     write_params(project, params)
-    assert repro(project) == {"check_params", "vocab@g1", "student@g1", "evaluate_student@g1",
-                              "vocab@g2", "student@g2", "evaluate_student@g2", "report"}
+    assert repro(project) == {"check_params", "report", *seeded("vocab@g1", "student@g1", "evaluate_student@g1",
+                                                                "vocab@g2", "student@g2", "evaluate_student@g2")}
 
     params["evaluate"]["knn_k"] = 10
     write_params(project, params)
-    assert repro(project) == {"check_params", "evaluate_student@g1", "evaluate_student@g2", "report",
-                              *{f"evaluate_pretrain@{r}" for r in params["pretrain"]}}
+    assert repro(project) == {"check_params", "report", *seeded("evaluate_student@g1", "evaluate_student@g2"),
+                              *seeded(*{f"evaluate_pretrain@{r}" for r in params["pretrain"]})}
 
     params["generations"]["g3"] = copy.deepcopy(params["generations"]["g2"]) | {"parent": "g2"}
     write_params(project, params)
-    assert repro(project) == {"check_params", "vocab@g3", "student@g3", "evaluate_student@g3", "report"}
+    assert repro(project) == {"check_params", "report", *seeded("vocab@g3", "student@g3", "evaluate_student@g3")}
     assert "BoWNet x3 (g3)" in (project / "data/report/report.md").read_text()
 
     params["generations"]["g2"]["student"]["epochs"] = 1
     write_params(project, params)
-    assert repro(project) == {"check_params", "student@g2", "evaluate_student@g2", "vocab@g3",
-                              "student@g3", "evaluate_student@g3", "report"}
+    assert repro(project) == {"check_params", "report", *seeded("student@g2", "evaluate_student@g2", "vocab@g3",
+                                                                "student@g3", "evaluate_student@g3")}
 
     # A new pretrain run reruns nothing that exists; changing it reruns only its branch.
     params["pretrain"]["rot2"] = params["pretrain"]["g0"] | {"epochs": 1}
     write_params(project, params)
-    assert repro(project) == {"check_params", "pretrain@rot2", "evaluate_pretrain@rot2", "report"}
+    assert repro(project) == {"check_params", "report", *seeded("pretrain@rot2", "evaluate_pretrain@rot2")}
     params["pretrain"]["rot2"]["lr"] = 0.05
     write_params(project, params)
-    assert repro(project) == {"check_params", "pretrain@rot2", "evaluate_pretrain@rot2", "report"}
+    assert repro(project) == {"check_params", "report", *seeded("pretrain@rot2", "evaluate_pretrain@rot2")}
 
     # A BoWNet generation may start from any trained run: here the first family method.
     parent = next((r for r in params["pretrain"] if r not in ("g0", "rot2")), "rot2")
     params["generations"]["gx"] = copy.deepcopy(params["generations"]["g1"]) | {"parent": parent}
     write_params(project, params)
-    assert repro(project) == {"check_params", "vocab@gx", "student@gx", "evaluate_student@gx", "report"}
-    assert f"data/models/{parent}/model.pt" in (project / "dvc.lock").read_text()
+    assert repro(project) == {"check_params", "report", *seeded("vocab@gx", "student@gx", "evaluate_student@gx")}
+    assert f"data/models/seed0/{parent}/model.pt" in (project / "dvc.lock").read_text()
 
     # ... a ViT among them: a vocabulary over the tiny MAE's last-block patch tokens (vit_p2
     # at 8 px: a 4 x 4 token grid, so 16 codes per image), then BoWNet on a convnet.
@@ -164,21 +187,21 @@ def test_dvc_reruns_only_what_a_change_touches(dvc_project):
     params["generations"]["gv"] = copy.deepcopy(params["generations"]["g1"]) | {"parent": "mae"}
     params["generations"]["gv"]["vocab"]["layer"] = "stage2"
     write_params(project, params)
-    assert repro(project) == {"check_params", "vocab@gv", "student@gv", "evaluate_student@gv", "report"}
-    vocab = json.loads((project / "data/metrics/vocab/gv.json").read_text())
+    assert repro(project) == {"check_params", "report", *seeded("vocab@gv", "student@gv", "evaluate_student@gv")}
+    vocab = json.loads((project / "data/metrics/seed0/vocab/gv.json").read_text())
     assert vocab["teacher"] == "mae" and vocab["codes_per_image"] == 16 and vocab["words_used"] > 1
     assert "BoWNet (gv)" in (project / "data/report/report.md").read_text()
 
     # Distillation: one run's gamma reruns that run and the report; a new run only itself.
     params["distill"]["at"]["gamma"] = 500.0
     write_params(project, params)
-    assert repro(project) == {"check_params", "distill@at", "report"}
+    assert repro(project) == {"check_params", "report", *seeded("distill@at")}
     params["distill"]["kd_t8"] = params["distill"]["kd"] | {"temperature": 8.0}
     write_params(project, params)
-    assert repro(project) == {"check_params", "distill@kd_t8", "report"}
+    assert repro(project) == {"check_params", "report", *seeded("distill@kd_t8")}
     params["teachers"]["vanilla"]["epochs"] = 1        # a vanilla student: no distill run uses it
     write_params(project, params)
-    assert repro(project) == {"check_params", "teacher@vanilla", "report"}
+    assert repro(project) == {"check_params", "report", *seeded("teacher@vanilla")}
 
 
 def stale_stages(project: Path) -> set[str]:
@@ -190,7 +213,7 @@ def stale_stages(project: Path) -> set[str]:
 @pytest.mark.slow
 def test_every_code_edit_reruns_what_runs_it(dvc_project):
     """Edit each library and stage module in turn: `dvc status` must list every stage whose
-    command runs that file (its import closure, tests/code_deps.py), so no cached output
+    command runs that file (its import closure, workflow/imports.py), so no cached output
     ever describes code that no longer exists."""
     project, _, _ = dvc_project
     assert repro(project) is not None and stale_stages(project) == set()
@@ -230,8 +253,8 @@ def test_adding_a_method_reruns_nothing_that_exists(dvc_project):
     without = copy.deepcopy(params)
     del without["pretrain"]["vicreg"]
     module.unlink()
-    for output in ("data/models/vicreg", "data/metrics/train/vicreg.json", "data/metrics/eval/vicreg.json",
-                   "data/plots/train/vicreg.csv"):      # as if it had never run
+    for output in ("data/models/seed0/vicreg", "data/metrics/seed0/train/vicreg.json",
+                   "data/metrics/seed0/eval/vicreg.json", "data/plots/seed0/train/vicreg.csv"):   # as if it had never run
         shutil.rmtree(project / output) if (project / output).is_dir() else (project / output).unlink()
     write_params(project, without)
     assert repro(project) == {"check_params", "report"}
@@ -239,13 +262,75 @@ def test_adding_a_method_reruns_nothing_that_exists(dvc_project):
     write_params(project, params)
     # dvc status lists the stages whose own inputs changed; the report follows once the new
     # run's metrics exist
-    assert stale_stages(project) == {"check_params", "pretrain@vicreg", "evaluate_pretrain@vicreg"}
+    assert stale_stages(project) == {"check_params", *seeded("pretrain@vicreg", "evaluate_pretrain@vicreg")}
     # Nothing outside its branch, the params check and the report reruns. (This project ran
     # VICReg before, so DVC may restore its outputs from its caches instead of rerunning it.)
     ran = repro(project, "--no-run-cache")
-    assert "check_params" in ran and ran <= {"check_params", "pretrain@vicreg", "evaluate_pretrain@vicreg",
-                                             "report"}, ran
-    assert (project / "data/metrics/eval/vicreg.json").is_file() and stale_stages(project) == set()
+    assert "check_params" in ran and ran <= {"check_params", "report",
+                                             *seeded("pretrain@vicreg", "evaluate_pretrain@vicreg")}, ran
+    assert (project / "data/metrics/seed0/eval/vicreg.json").is_file() and stale_stages(project) == set()
+
+
+# The RotNet -> BoWNet chain's stages of one seed (core_params()).
+CORE_STAGES = ("pretrain@g0", "evaluate_pretrain@g0", "vocab@g1", "student@g1", "evaluate_student@g1",
+               "vocab@g2", "student@g2", "evaluate_student@g2")
+
+
+@pytest.mark.slow
+def test_each_seed_is_its_own_branch_and_a_new_seed_reruns_nothing_that_exists(tmp_path):
+    """seeds: [0, 1] trains and evaluates every run once per seed, each seed in its own
+    folders and with its own draws; adding seed 2 (dvc.yaml rewritten by write_params, as
+    `python -m workflow.pipeline` does) runs only seed 2's stages, the params check and
+    the report: nothing of seeds 0 and 1 reruns."""
+    params = core_params() | {"seeds": [0, 1]}
+    project = make_project(tmp_path / "project", params)
+    with Repo(str(project)) as repo:
+        stages = {s.name for s in repo.index.stages if s.cmd}
+    assert stages == {"check_params", "prepare", "report", *seeded(*CORE_STAGES, seeds=(0, 1))}
+    assert repro(project) == stages
+    for seed in (0, 1):
+        for name in ("g0", "g1", "g2"):
+            assert (project / f"data/models/seed{seed}/{name}/model.pt").is_file()
+            assert json.loads((project / f"data/metrics/seed{seed}/train/{name}.json").read_text())["seed"] == seed
+            assert (project / f"data/metrics/seed{seed}/eval/{name}.json").is_file()
+            assert (project / f"data/plots/seed{seed}/train/{name}.csv").is_file()
+        for name in ("g1", "g2"):
+            assert (project / f"data/models/seed{seed}/{name}/vocab.pt").is_file()
+            assert (project / f"data/metrics/seed{seed}/vocab/{name}.json").is_file()
+    g1 = [untimed(json.loads((project / f"data/metrics/seed{seed}/eval/g1.json").read_text())) for seed in (0, 1)]
+    assert g1[0]["name"] == g1[1]["name"] == "g1"
+    assert g1[0] != g1[1], "seeds 0 and 1 trained and evaluated g1 identically"
+    assert json.loads((project / "data/runs.json").read_text())["seeds"] == [0, 1]
+
+    before = {path: path.read_bytes() for path in (project / "data").rglob("seed[01]/**/*") if path.is_file()}
+    write_params(project, params | {"seeds": [0, 1, 2]})
+    assert "--pipeline-seeds 0 1 2" in (project / "dvc.yaml").read_text()
+    assert repro(project) == {"check_params", "report", *seeded(*CORE_STAGES, seeds=(2,))}
+    assert json.loads((project / "data/runs.json").read_text())["seeds"] == [0, 1, 2]
+    assert (project / "data/metrics/seed2/eval/g2.json").is_file()
+    assert {path: path.read_bytes() for path in before} == before, "seed 0 or 1's outputs changed"
+    assert stale_stages(project) == set()
+
+
+@pytest.mark.slow
+def test_check_params_stops_when_dvc_yaml_has_other_seeds(tmp_path):
+    """params.yaml's seeds edited by hand, dvc.yaml not regenerated: check_params (told
+    dvc.yaml's seeds by its command) stops and names the command that rewrites dvc.yaml,
+    so `dvc repro` never trains a seed set other than the one params.yaml lists."""
+    params = core_params() | {"seeds": [0, 1]}
+    project = make_project(tmp_path / "project", params)
+    check = [".venv/bin/python", "-m", "bowflow.config", "params.yaml", "--pipeline-seeds", "0", "1"]
+    run(project, *check)                                    # the seeds agree: valid
+    write_yaml(params | {"seeds": [0, 1, 2]}, project / "params.yaml")     # dvc.yaml left as it was
+    assert "--pipeline-seeds 0 1\n" in (project / "dvc.yaml").read_text()
+    result = run(project, *check, check=False)
+    assert result.returncode != 0 and "workflow.pipeline" in result.stderr, result.stderr
+    result = run(project, ".venv/bin/dvc", "repro", check=False)
+    assert result.returncode != 0 and "workflow.pipeline" in result.stdout + result.stderr
+    assert not (project / "data/prepared").exists()
+    # the command the message names makes them agree again
+    run(project, ".venv/bin/python", "-m", "workflow.pipeline")
+    run(project, *check[:-2], "0", "1", "2")
 
 
 @pytest.mark.slow
@@ -307,7 +392,7 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     killed = subprocess.run([sys.executable, "-c", KILL_AFTER_CHECKPOINT, "stages.pretrain", *args("killed")],
                             cwd=project, env={**ENV, "KILL_AFTER_EPOCH": "2"}, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    checkpoint = tmp_path / "killed" / "ckpt" / "killed-rotnet.ckpt"
+    checkpoint = tmp_path / "killed" / "ckpt" / "killed-seed0-rotnet.ckpt"    # <run>-seed<S>-<method>
     assert torch.load(checkpoint, weights_only=False)["epoch"] == 2
     assert not (tmp_path / "killed" / "model.pt").exists()
     assert not (tmp_path / "killed" / "h.csv").exists()
@@ -367,18 +452,20 @@ def test_distill_seeds_reruns_locked_stages(dvc_project, tmp_path):
     project, _, _ = dvc_project
     shutil.copytree(ROOT / "benchmarks", project / "benchmarks", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    own = project / "data/metrics/train/kd.json"
-    before = own.read_text(), (project / "data/models/kd/model.pt").read_bytes()
+    own = project / "data/metrics/seed0/train/kd.json"
+    model = project / "data/models/seed0/kd/model.pt"
+    before = own.read_text(), model.read_bytes()
     out = tmp_path / "seeds"
+    vanilla, kd = "teacher_seed0@vanilla", "distill_seed0@kd"
     result = run(project, ".venv/bin/python", "-m", "benchmarks.distill_seeds", "--vanilla",
-                 "teacher@vanilla", "--stages", "distill@kd", "--seeds", "1", "--out", str(out))
+                 vanilla, "--stages", kd, "--seeds", "1", "--out", str(out))
     rows = {r["row"]: r for r in json.loads(result.stdout.splitlines()[-1].removeprefix("RESULT "))["rows"]}
-    assert rows["distill@kd"]["top1"][0] == json.loads(before[0])["top1"]
-    assert rows["distill@kd"]["top1"][1] == json.loads((out / "s1/kd.json").read_text())["top1"]
-    assert "margin" in rows["distill@kd"] and "margin" not in rows["teacher@vanilla"]
-    assert (own.read_text(), (project / "data/models/kd/model.pt").read_bytes()) == before
+    assert rows[kd]["top1"][0] == json.loads(before[0])["top1"]
+    assert rows[kd]["top1"][1] == json.loads((out / "s1/kd.json").read_text())["top1"]
+    assert "margin" in rows[kd] and "margin" not in rows[vanilla]
+    assert (own.read_text(), model.read_bytes()) == before
     reseeded = torch.load(out / "s1/models/kd/model.pt", weights_only=False)["state_dict"]
-    original = torch.load(project / "data/models/kd/model.pt", weights_only=False)["state_dict"]
+    original = torch.load(model, weights_only=False)["state_dict"]
     assert any(not torch.equal(reseeded[k], original[k]) for k in original), "seed 1 = seed 0"
     assert json.loads((out / "seeds.json").read_text())["seeds"] == [0, 1]
 
