@@ -12,7 +12,8 @@ base seed B = the first) with ONE source moved to each other seed S and the rest
     episodes   evaluate --seed S (the few-shot episodes; linear probe init)
 
 and, for comparison, `all`: the pipeline's own seed-S run (every source moved). Outputs go
-under --out/<source>-<seed>/; a variant already evaluated is not rerun (resumable).
+under --out/<source>-<seed>/ (metrics and curves; the models are deleted once evaluated); a
+variant already evaluated is not rerun (resumable).
 
     python -m benchmarks.spread_sources --project /tmp/bowflow-study-digits-seeds-fp32 \
         --generation g1 --out docs/results/digits-seeds-fp32/spread
@@ -120,6 +121,8 @@ def main(argv=None) -> int:
                 for command in variant(commands[base_seed], commands[seed], source, seed, root):
                     print(shlex.join(command), flush=True)
                     subprocess.run(command, check=True, cwd=project)
+                for path in [*root.glob("*.pt"), *root.glob("checkpoints/*")]:   # the record keeps metrics
+                    path.unlink()
             values[source][seed] = accuracies(json.loads((root / "eval.json").read_text()))
     result = {"generation": args.generation, "base_seed": base_seed, "seeds": seeds,
               "values": {src: {str(s): v for s, v in rows.items()} for src, rows in values.items()},
