@@ -60,9 +60,10 @@ def cluster() -> str:
 
 def tiny_project(where: Path, threads: int) -> Path:
     """The smallest pipeline with a training stage, an evaluation and the report (the
-    RotNet teacher g0 alone: check_params, prepare, pretrain@g0, evaluate_pretrain@g0,
-    report), every stage asking for `threads` threads."""
+    RotNet teacher g0 alone, one seed: check_params, prepare, pretrain_seed0@g0,
+    evaluate_pretrain_seed0@g0, report), every stage asking for `threads` threads."""
     params = core_params()
+    assert params["seeds"] == [0]
     params["generations"] = {}
     # mem_mb: every stage here peaks under 1 GB; small enough for any CI machine's node.
     params["resources"] = {kind: {"processes": 1, "gpus": 0, "threads": threads, "mem_mb": 2000,
@@ -142,7 +143,7 @@ def test_every_stage_is_a_slurm_job(runs):
     runtime of tiny_project), and slurmctld itself started each job on the node and saw it
     exit 0."""
     rules = {job.rule for job in Pipeline(runs["slurm"]).jobs}
-    assert {"pretrain__g0", "evaluate_pretrain__g0", "report"} <= rules
+    assert rules == {"check_params", "prepare", "pretrain_seed0__g0", "evaluate_pretrain_seed0__g0", "report"}
     jobs = {rule: jobid for jobid, rule in SUBMITTED.findall(runs["output"])}
     assert set(jobs) == rules, f"submitted {sorted(jobs)}, the workflow has {sorted(rules)}"
     calls = {re.search(r"--comment rule_(\w+)", call).group(1): f"{call} "
@@ -167,7 +168,7 @@ def test_every_stage_is_a_slurm_job(runs):
 def test_slurm_run_computes_what_dvc_repro_computes(runs):
     """Same params, seed and threads: every metrics file equal to dvc repro's, timings aside."""
     slurm, dvc = all_metrics(runs["slurm"]), all_metrics(runs["dvc"])
-    assert {"data/metrics/train/g0.json", "data/metrics/eval/g0.json"} <= set(dvc)
+    assert {"data/metrics/seed0/train/g0.json", "data/metrics/seed0/eval/g0.json"} <= set(dvc)
     assert slurm == dvc, runs["logs"]
     assert (runs["slurm"] / "data/report/report.md").stat().st_size > 0
 
@@ -180,8 +181,8 @@ def test_a_gpu_stage_asks_slurm_for_its_gpus(runs):
     params = load_yaml(project / "params.yaml")
     params["resources"]["pretrain"].update(gpus=1, processes=1)
     write_params(project, params)
-    output = snakemake(project, "--verbose", "--forcerun", "pretrain__g0", "--until", "pretrain__g0",
+    output = snakemake(project, "--verbose", "--forcerun", "pretrain_seed0__g0", "--until", "pretrain_seed0__g0",
                        timeout=300)
     calls = re.findall(r"^sbatch call: (.*)$", output, re.M)
-    assert len(calls) == 1 and "rule_pretrain__g0" in calls[0], output[-5000:]
+    assert len(calls) == 1 and "rule_pretrain_seed0__g0" in calls[0], output[-5000:]
     assert " --gpus=1 " in calls[0] and " --cpus-per-task=" in calls[0], calls[0]
