@@ -23,7 +23,6 @@ $(VENV)/.installed: requirements.txt
 install: $(VENV)/.installed
 
 run: install
-	$(BIN)/python -m workflow.pipeline
 	$(BIN)/python -m bowflow.config params.yaml
 	bin/repro
 	@cat data/report/report.md

@@ -531,12 +531,13 @@ def mode_rows(record: Path) -> list[dict]:
 def table_modes(record: Path) -> tuple[list[list[str]], set[str]]:
     """A compute mode against fp32 over the same seeds (benchmarks.seed_study records):
     per run and metric, each mode's mean ± sd over seeds, and the paired difference."""
+    compared = mode_rows(record)
     rows = [["Model", "Metric", "fp32", "this mode", "difference (paired by seed)", "per seed", "verdict"]]
-    for r in mode_rows(record):
+    for r in compared:
         rows.append([r["label"], report.metric_label(r["metric"]), report.mean_sd_cell(r["base"]),
                      report.mean_sd_cell(r["mode"]), f"{r['mean']:+.1f} ± {r['sd']:.1f}",
                      " / ".join(f"{d:+.1f}" for d in r["diffs"]), r["verdict"]])
-    return rows, {r["run"] for r in mode_rows(record)}
+    return rows, {r["run"] for r in compared}
 
 
 def table_spread(record: Path) -> tuple[list[list[str]], set[str]]:
