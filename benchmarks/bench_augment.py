@@ -14,16 +14,22 @@ random uint8 (no download). Also reported: milliseconds per batch of make_view a
 
     python -m benchmarks.bench_augment                      # 10000 images, 32 px, B=256
     python -m benchmarks.bench_augment --smoke              # a few hundred images, seconds
+
+--json PATH also writes the run's record (benchmarks/recording.py); `table(records)` gives
+docs/BENCHMARKS.md section 1 from one record per run (e.g. with and without --threads 1
+and --pil), one row each.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks.recording import load_average, thousands, write_record
 from bowflow.augment import ViewSpec, cutmix, make_view
 
 
@@ -122,15 +128,17 @@ def main(argv: list[str] | None = None) -> dict:
                              "DataLoader workers always use 1 thread each")
     parser.add_argument("--pil", action="store_true", help="baseline on PIL images")
     parser.add_argument("--smoke", action="store_true", help="few hundred images, seconds")
+    parser.add_argument("--json", type=Path, default=None, help="also write the run's record here")
     args = parser.parse_args(argv)
     threads_before = torch.get_num_threads()
     try:
-        return _run(args)
+        return _run(args, argv)
     finally:              # main() may be called in-process (tests): restore global state
         torch.set_num_threads(threads_before)
 
 
-def _run(args: argparse.Namespace) -> dict:
+def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    load_before = load_average()
     if args.smoke:   # just check that everything runs: tiny, in-process, one thread
         args.images = min(args.images, 192)
         args.batch_size = min(args.batch_size, 64)
@@ -162,8 +170,43 @@ def _run(args: argparse.Namespace) -> dict:
         "ratio": round(batched / base, 2), "make_view_ms_per_batch": round(view_ms, 3),
         "cutmix_ms_per_batch": round(mix_ms, 3),
     }
+    if args.json is not None:
+        write_record(args.json, "bench_augment", argv, load_before, settings={
+            "images": args.images, "size": args.size, "batch_size": args.batch_size,
+            "workers": args.workers, "threads": torch.get_num_threads(), "device": str(device),
+            "pil": args.pil, "smoke": args.smoke},
+            measurements={"baseline_images_per_s": base, "batched_images_per_s": batched,
+                          "make_view_ms_per_batch": view_ms, "cutmix_ms_per_batch": mix_ms})
     print("RESULT " + json.dumps(result))
     return result
+
+
+def table(records: list[dict]) -> list[list[str]]:
+    """docs/BENCHMARKS.md section 1: one row per record (threads, baseline input), the
+    ratio recomputed from the two rates."""
+    batch = {r["settings"]["batch_size"] for r in records}
+    per = f" / {batch.pop()}" if len(batch) == 1 else " / batch"
+    rows = [["run", "baseline img/s", "batched img/s", "ratio", f"make_view ms{per}",
+             f"cutmix ms{per}"]]
+    for r in records:
+        s, m = r["settings"], r["measurements"]
+        threads = f"{s['threads']} thread{'s' if s['threads'] != 1 else ''}"
+        rows.append([f"{threads}, {'PIL input' if s['pil'] else 'uint8 tensors'}",
+                     thousands(m["baseline_images_per_s"]), thousands(m["batched_images_per_s"]),
+                     f"{m['batched_images_per_s'] / m['baseline_images_per_s']:.1f}x",
+                     f"{m['make_view_ms_per_batch']:.1f}", f"{m['cutmix_ms_per_batch']:.1f}"])
+    return rows
+
+
+def claims(records: list[dict]) -> list[str]:
+    """The prose's figures: what one batch of views + CutMix costs on one thread."""
+    out = []
+    for r in records:
+        s, m = r["settings"], r["measurements"]
+        if s["threads"] == 1 and not s["pil"]:
+            ms = m["make_view_ms_per_batch"] + m["cutmix_ms_per_batch"]
+            out.append(f"with one thread a {s['batch_size']}-image batch of views + CutMix costs {ms:.1f} ms")
+    return out
 
 
 if __name__ == "__main__":

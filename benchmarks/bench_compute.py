@@ -44,6 +44,11 @@ seconds itself, see bowflow/compute.py). Measure on an otherwise idle machine: u
 load from other processes two OpenMP threads on two cores wait on each other and one
 thread wins.
     python -m benchmarks.bench_compute --smoke        # tiny, seconds
+
+--json PATH also writes the run's record (benchmarks/recording.py): every (size, mode,
+threads) pair's images/s of each round, FLOPs per step and the matmul peaks;
+`table(records)` gives docs/BENCHMARKS.md section 2 (median images/s and the ratio to the
+baseline, both recomputed from the rounds).
 """
 from __future__ import annotations
 
@@ -53,9 +58,11 @@ import math
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
+from benchmarks.recording import write_record
 from bowflow import compute
 from bowflow.methods.bownet import BoWNetParams
 from bowflow.methods.rotnet import RotNetParams
@@ -154,9 +161,9 @@ def matmul_gflops(n: int, dtype: torch.dtype, reps: int) -> float:
 
 
 def measure_size(size: int, args, thread_counts: list[int], peak: dict,
-                 modes: dict) -> tuple[dict, dict, dict]:
+                 modes: dict) -> tuple[dict, dict, dict, dict]:
     """-> ({(mode, threads): median images/s}, {(mode, threads): best images/s},
-    {mode: compile seconds}) at one image size.
+    {mode: compile seconds}, {(mode, threads): images/s of each round}) at one image size.
 
     Each round also re-measures the matmul peaks, updating `peak[threads][dtype]` (max);
     the matmuls also spin up the OpenMP team after a change of thread count.
@@ -193,7 +200,7 @@ def measure_size(size: int, args, thread_counts: list[int], peak: dict,
         if comp:
             step_s = statistics.fmean(args.batch_size / median[(mode, t)] for t in thread_counts)
             compile_s[mode] = round(warmup_s[mode] - args.warmup * len(thread_counts) * step_s, 1)
-    return median, best, compile_s
+    return median, best, compile_s, samples
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -222,12 +229,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--save", action="store_true",
                         help="write the fastest mode to the cache select_compute reads")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
+    parser.add_argument("--json", type=Path, default=None, help="also write the run's record here")
     args = parser.parse_args(argv)
     if args.interop:
         torch.set_num_interop_threads(args.interop)   # only possible before parallel work
     threads_before = torch.get_num_threads()
     try:
-        return _run(args, threads_before)
+        return _run(args, threads_before, argv)
     finally:              # main() may be called in-process (tests): restore global state
         torch.set_num_threads(threads_before)
 
@@ -249,7 +257,7 @@ def _choose(rates: dict, sizes: list[int], default_threads: int, min_gain: float
                        "compile": comp}}
 
 
-def _run(args: argparse.Namespace, default_threads: int) -> dict:
+def _run(args: argparse.Namespace, default_threads: int, argv: list[str] | None = None) -> dict:
     if args.smoke:
         args.sizes, args.width, args.batch_size, args.words = "8", 8, 16, 16
         args.threads, args.warmup, args.steps, args.rounds, args.matmul = "1", 1, 1, 1, 256
@@ -266,12 +274,12 @@ def _run(args: argparse.Namespace, default_threads: int) -> dict:
     load_before = os.getloadavg()
 
     peak: dict[int, dict[str, float]] = {}
-    rates, best_rates, compile_s, flops, rows, fastest = {}, {}, {}, {}, [], {}
+    rates, best_rates, compile_s, flops, rows, fastest, samples = {}, {}, {}, {}, [], {}, {}
     for size in sizes:
         torch.set_num_threads(default_threads)
         flops[size] = step_flops(size, args.width, args.batch_size, args.words, args.method)
-        rates[size], best_rates[size], compile_s[size] = measure_size(size, args, thread_counts,
-                                                                      peak, modes)
+        rates[size], best_rates[size], compile_s[size], samples[size] = measure_size(
+            size, args, thread_counts, peak, modes)
     torch.set_num_threads(default_threads)
     load_after = os.getloadavg()
     per_input = 4 if args.method == "rotnet" else 1
@@ -327,8 +335,88 @@ def _run(args: argparse.Namespace, default_threads: int) -> dict:
             "loadavg": result["loadavg_before"], "benchmark": result})
         result["saved"] = str(path)
         print(f"saved to {path}")
+    if args.json is not None:
+        write_record(args.json, "bench_compute", argv,
+                     [round(x, 2) for x in load_before], settings={
+                         "method": args.method, "sizes": sizes, "width": args.width,
+                         "batch_size": args.batch_size, "words": args.words,
+                         "thread_counts": thread_counts, "default_threads": default_threads,
+                         "baseline": BASELINE, "modes": list(modes), "warmup": args.warmup,
+                         "steps": args.steps, "rounds": args.rounds, "matmul_n": args.matmul,
+                         "matmul_reps": args.matmul_reps, "smoke": args.smoke},
+                     measurements={
+                         "images_per_s": [{"size": size, "mode": mode, "threads": threads,
+                                           "rounds": values}
+                                          for size in sizes
+                                          for (mode, threads), values in samples[size].items()],
+                         "flop_per_step": {str(size): f for size, f in flops.items()},
+                         "matmul_gflops": {str(t): p for t, p in peak.items()},
+                         "compile_seconds": {str(size): c for size, c in compile_s.items() if c}})
     print("RESULT " + json.dumps(result))
     return result
+
+
+MODE_LABELS = {"eager_fp32": "eager fp32", "channels_last_fp32": "channels-last fp32",
+               "bf16": "bf16 autocast", "bf16_channels_last": "bf16 + channels-last",
+               "no_mkldnn_fp32": "eager fp32, oneDNN off", "compile_fp32": "compiled fp32",
+               "channels_last_compile_fp32": "channels-last + compiled fp32"}
+
+
+def medians(record: dict) -> dict[tuple[int, str, int], float]:
+    """{(size, mode, threads): median images/s over the record's rounds}."""
+    return {(r["size"], r["mode"], r["threads"]): statistics.median(r["rounds"])
+            for r in record["measurements"]["images_per_s"]}
+
+
+def table(records: list[dict]) -> list[list[str]]:
+    """docs/BENCHMARKS.md section 2 from one record: per mode, at each size and thread
+    count, the median images/s over the rounds (ratio to the baseline at torch's default
+    thread count)."""
+    (record,) = records
+    s, rate = record["settings"], medians(record)
+    columns = [(size, t) for size in s["sizes"] for t in s["thread_counts"]]
+    rows = [["mode"] + [f"{size} px, {t} thread{'s' if t != 1 else ''}" for size, t in columns]]
+    for mode in s["modes"]:
+        cells = []
+        for size, t in columns:
+            base = rate[(size, s["baseline"], s["default_threads"])]
+            cells.append(f"{rate[(size, mode, t)]:.0f} ({rate[(size, mode, t)] / base:.2f})")
+        rows.append([MODE_LABELS.get(mode, mode)] + cells)
+    return rows
+
+
+def fastest(record: dict, size: int) -> dict:
+    """The fastest (mode, threads) pair at one size by median images/s, with its GFLOP/s and
+    the fractions of the same run's matmul peaks at its thread count."""
+    s, m = record["settings"], record["measurements"]
+    (_, mode, threads), rate = max(((k, v) for k, v in medians(record).items() if k[0] == size),
+                                   key=lambda item: item[1])
+    gflops = m["flop_per_step"][str(size)] * rate / s["batch_size"] / 1e9
+    peak = m["matmul_gflops"][str(threads)]
+    return {"mode": mode, "threads": threads, "images_per_s": rate, "gflops": gflops,
+            "of_fp32": gflops / peak["fp32"], "of_bf16": gflops / peak["bf16"]}
+
+
+def claims(records: list[dict]) -> list[str]:
+    """The prose's figures: FLOPs per step, the matmul peaks, the fastest mode's GFLOP/s
+    against them, the spread of the baseline's rounds at the largest size."""
+    (record,) = records
+    s, m = record["settings"], record["measurements"]
+    plural = lambda t: f"{t} thread{'s' if t != 1 else ''}"                 # noqa: E731
+    out = [" and ".join(f"{m['flop_per_step'][str(size)] / 1e9:.2f} GFLOP at {size} px" for size in s["sizes"])
+           + f" per {s['batch_size']}-image step"]
+    out += [f"{p['fp32']:.1f} GFLOP/s fp32 / {p['bf16']:.1f} bf16 on {plural(int(t))}"
+            for t, p in m["matmul_gflops"].items()]
+    for size in s["sizes"]:
+        f = fastest(record, size)
+        out.append(f"at {size} px the fastest, {MODE_LABELS.get(f['mode'], f['mode'])} at {plural(f['threads'])}, "
+                   f"reached {f['gflops']:.1f} GFLOP/s: {f['of_fp32']:.0%} of the fp32 matmul rate and "
+                   f"{f['of_bf16']:.0%} of the bf16 one")
+    size = max(s["sizes"])
+    rounds = next(r["rounds"] for r in m["images_per_s"] if r["size"] == size
+                  and r["mode"] == s["baseline"] and r["threads"] == s["default_threads"])
+    out.append(f"the {size} px baseline's {len(rounds)} rounds ranged {min(rounds):.0f}-{max(rounds):.0f} images/s")
+    return out
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ on one torch intra-op thread, as both evaluated functions do whatever the proces
     python -m benchmarks.bench_fewshot            # 5 x 1000 x D=256, shots 1/5/10/50, 1000 eps.
     python -m benchmarks.bench_fewshot --smoke    # tiny, about a second
 
-The last line is `RESULT {json}`.
+The last line is `RESULT {json}`. --json PATH also writes the run's record
+(benchmarks/recording.py): every round's seconds of both and of drawing the episodes;
+`table(records)` gives docs/BENCHMARKS.md section 5, one row per record (medians and the
+speed-up recomputed from the rounds).
 """
 from __future__ import annotations
 
@@ -25,10 +28,12 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
+from benchmarks.recording import load_average, load_range, write_record
 from bowflow.evaluation import few_shot, few_shot_reference_loop, sample_episodes
 
 
@@ -102,7 +107,8 @@ def benchmark(smoke: bool, rounds: int | None = None) -> dict:
         "episodes_per_batch": per_batch, "cpus": os.cpu_count(), "rounds": rounds,
         "loop_s": round(loop_s, 4), "batched_s": round(batched_s, 4),
         "draw_s": round(draw_s, 4), "speedup": round(loop_s / batched_s, 2),
-        "match": match,
+        "match": match, "rounds_s": {"loop": loop_times, "batched": batched_times,
+                                     "draw": draw_times},
         "accuracy": {str(n): {"mean": round(r["mean"], 3), "ci95": round(r["ci95"], 3)}
                      for n, r in batched_res.items()},
     }
@@ -113,7 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, about a second")
     parser.add_argument("--rounds", type=int, default=None,
                         help="timed rounds (default 3, smoke 1)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the run's record here")
     args = parser.parse_args(argv)
+    load_before = load_average()
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as few_shot / few_shot_reference_loop do internally anyway
@@ -121,10 +129,49 @@ def main(argv: list[str] | None = None) -> dict:
         result = benchmark(args.smoke, args.rounds)
     finally:
         torch.set_num_threads(previous_threads)
+    rounds_s = result.pop("rounds_s")
+    if args.json is not None:
+        write_record(args.json, "bench_fewshot", argv, load_before,
+                     settings={k: result[k] for k in ("smoke", "n_classes", "per_class", "dim", "n_way",
+                                                      "n_query", "shots", "episodes",
+                                                      "episodes_per_batch", "rounds")}
+                     | {"threads": 1},
+                     measurements={"seconds": rounds_s, "match": result["match"],
+                                   "accuracy": result["accuracy"]})
     print("RESULT " + json.dumps(result))
     if not result["match"]:
         raise SystemExit("batched few_shot differs from the reference loop")
     return result
+
+
+def medians(record: dict) -> dict[str, float]:
+    """Median seconds over the record's rounds: loop, batched, draw (drawing the episodes)."""
+    return {k: statistics.median(v) for k, v in record["measurements"]["seconds"].items()}
+
+
+def table(records: list[dict]) -> list[list[str]]:
+    """docs/BENCHMARKS.md section 5: one row per record, the median seconds of the
+    per-episode loop and of the batched episodes, the speed-up, whether both agree."""
+    per_batch = {r["settings"]["episodes_per_batch"] for r in records}
+    rows = [["run (load)", "per-episode loop", f"batched ({'/'.join(map(str, sorted(per_batch)))} "
+             "episodes per bmm)", "speed-up", "results"]]
+    for i, r in enumerate(records, 1):
+        t = medians(r)
+        rows.append([f"{i} ({load_range(r)})", f"{t['loop']:.3f} s", f"{t['batched']:.3f} s",
+                     f"{t['loop'] / t['batched']:.1f}x",
+                     "identical" if r["measurements"]["match"] else "differ"])
+    return rows
+
+
+def claims(records: list[dict]) -> list[str]:
+    """The prose's figures: drawing the episodes, and the speed-up without it."""
+    out = []
+    for r in records:
+        t = medians(r)
+        if t["batched"] > t["draw"]:       # (a smoke run's drawing can take longer than a round)
+            out.append(f"takes {t['draw']:.3f} s; without it the speed-up is "
+                       f"{(t['loop'] - t['draw']) / (t['batched'] - t['draw']):.1f}x")
+    return out
 
 
 if __name__ == "__main__":

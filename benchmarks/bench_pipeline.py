@@ -22,6 +22,10 @@ PATH and PYTHONUNBUFFERED=1:
 
     python -m benchmarks.bench_pipeline            # full tiny pipeline, ~minutes
     python -m benchmarks.bench_pipeline --smoke    # only the check_params stage, seconds
+
+--json PATH also writes the run's record (benchmarks/recording.py): every repeat's seconds
+and the stamps; `table(records)` gives docs/BENCHMARKS.md section 6 (medians and ratios
+recomputed).
 """
 from __future__ import annotations
 
@@ -36,6 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
+from benchmarks.recording import load_average, write_record
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 0      # the training seed whose student is timed (tiny_params has seeds [0])
 STUDENT = f"student_seed{SEED}@g2"
@@ -102,7 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="no-op repro / import torch runs")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--smoke", action="store_true", help="only the check_params stage")
+    parser.add_argument("--json", type=Path, default=None, help="also write the run's record here")
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.smoke:
         args.repeats = 1
     if args.workdir is not None:
@@ -114,12 +123,14 @@ def main(argv: list[str] | None = None) -> dict:
 def _run(args: argparse.Namespace, scratch: Path) -> dict:
     from bowflow.scaffold import make_project, tiny_params, write_params
 
+    load_before = load_average()
     params = tiny_params()
     params["seeds"] = [SEED]
     project = make_project(scratch / "project", params)
     target = ["check_params"] if args.smoke else []
     repro = ["dvc", "repro", *target]
     initial = timed(repro, project)
+    initial_stages = len(yaml.safe_load((project / "dvc.lock").read_text())["stages"])
 
     imports, noops = [], []
     for _ in range(args.repeats):
@@ -155,8 +166,48 @@ def _run(args: argparse.Namespace, scratch: Path) -> dict:
               "rerun_seconds": {k: (None if v is None else round(v, 3)) for k, v in stamps.items()},
               "student_startup_seconds": None if startup is None else round(startup, 3),
               "ratio_startup_vs_import": None if startup is None else round(startup / import_s, 2)}
+    if args.json is not None:
+        write_record(args.json, "bench_pipeline", args.argv, load_before, settings={
+            "smoke": args.smoke, "repeats": args.repeats, "params": "bowflow.scaffold.tiny_params, seeds [0]",
+            "edit": "generations.g2.student.epochs += 1", "student": STUDENT},
+            measurements={"initial_repro_seconds": initial, "initial_repro_stages": initial_stages,
+                          "import_torch_seconds": imports, "noop_repro_seconds": noops,
+                          "rerun_stages": stages, "rerun_seconds": stamps})
     print("RESULT " + json.dumps(result))
     return result
+
+
+def table(records: list[dict]) -> list[list[str]]:
+    """docs/BENCHMARKS.md section 6 from one record: the first repro, the medians of the
+    bare `import torch` and the no-op repro (their ratio), the stamps after the params edit."""
+    (record,) = records
+    m = record["measurements"]
+    imp, noop = statistics.median(m["import_torch_seconds"]), statistics.median(m["noop_repro_seconds"])
+    stamps = m["rerun_seconds"]
+    rows = [["measurement", "seconds"],
+            [f"first `dvc repro` (all {m['initial_repro_stages']} stages)", f"{m['initial_repro_seconds']:.1f}"],
+            ['bare `python -c "import torch"` (baseline: the cost of one stage process)', f"{imp:.2f}"],
+            ["no-op `dvc repro`", f"{noop:.2f} ({noop / imp:.2f}x the baseline)"]]
+    if stamps.get("student_start") is not None:
+        rows += [["params change (`generations.g2.student.epochs`) -> `student@g2` starts",
+                  f"{stamps['student_start']:.2f}"],
+                 ["-> the stage's first training step", f"{stamps['first_step']:.2f}"],
+                 ["-> the stage's first epoch done", f"{stamps['first_epoch']:.2f}"],
+                 ["-> `dvc repro` done (evaluate and report rerun too)", f"{stamps['done']:.2f}"]]
+    else:
+        rows.append(["params change -> `dvc repro` done", f"{stamps['done']:.2f}"])
+    return rows
+
+
+def claims(records: list[dict]) -> list[str]:
+    """The prose's figure: the student's start-up against a bare torch import."""
+    (record,) = records
+    m = record["measurements"]
+    stamps, imp = m["rerun_seconds"], statistics.median(m["import_torch_seconds"])
+    if stamps.get("first_step") is None or stamps.get("student_start") is None:
+        return []
+    startup = stamps["first_step"] - stamps["student_start"]
+    return [f"takes {startup:.2f} s from its start to its first step, {startup / imp:.2f}x a bare torch import"]
 
 
 if __name__ == "__main__":

@@ -24,15 +24,21 @@ its one-time assignment amortised over one epoch (its worst case).
 
     python -m benchmarks.bench_targets            # 4096 images 16 px, K=64, B=64 (pipeline)
     python -m benchmarks.bench_targets --smoke    # seconds
+
+--json PATH also writes the run's record (benchmarks/recording.py): each method's seconds
+per epoch in every round and assign_codes' seconds; `table(records)` gives
+docs/BENCHMARKS.md section 3 (rates and ratios recomputed from the best rounds).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
+from benchmarks.recording import load_average, thousands, write_record
 from bowflow import bow
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
@@ -119,7 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tie-tolerance", type=float, default=1e-4,
                         help="relative distance gap below which a differing code is a near-tie")
     parser.add_argument("--smoke", action="store_true", help="tiny, seconds")
+    parser.add_argument("--json", type=Path, default=None, help="also write the run's record here")
     args = parser.parse_args(argv)
+    load_before = load_average()
     if args.smoke:
         args.images, args.size, args.width, args.words, args.batch_size = 128, 8, 8, 16, 32
         args.rounds = 1
@@ -143,14 +151,16 @@ def main(argv: list[str] | None = None) -> dict:
     # Warm-up (allocator, oneDNN primitives) on one batch each, then the timed epoch.
     targets_per_image(*common[:3], batches[:1], *common[4:])
     targets_batched(*common[:3], batches[:1], *common[4:])
-    base_s = a_s = b_s = assign_s = float("inf")
+    rounds = {"baseline": [], "A": [], "B": [], "assign": []}
     for _ in range(args.rounds):         # interleaved; best round of each (least disturbed)
         y0, c0, seconds = targets_per_image(*common)
-        base_s = min(base_s, seconds)
+        rounds["baseline"].append(seconds)
         ya, ca, seconds = targets_batched(*common)
-        a_s = min(a_s, seconds)
+        rounds["A"].append(seconds)
         yb, cb, seconds, assign = targets_cached(*common, args.assign_batch_size)
-        b_s, assign_s = min(b_s, seconds), min(assign_s, assign)
+        rounds["B"].append(seconds)
+        rounds["assign"].append(assign)
+    base_s, a_s, b_s, assign_s = (min(rounds[k]) for k in ("baseline", "A", "B", "assign"))
 
     agreement = {"baseline_vs_A": (c0 == ca).float().mean().item(),
                  "baseline_vs_B": (c0 == cb).float().mean().item(),
@@ -189,8 +199,62 @@ def main(argv: list[str] | None = None) -> dict:
               "targets_max_abs_diff": max_diff, "code_agreement": agreement,
               "baseline_code_mismatches": mismatches, "mismatch_max_relative_gap": gap,
               "agree": agree}
+    if args.json is not None:
+        write_record(args.json, "bench_targets", argv, load_before, settings={
+            "images": n, "size": args.size, "width": args.width, "layer": args.layer,
+            "words": args.words, "batch_size": args.batch_size, "steps": steps,
+            "device": str(device), "threads": torch.get_num_threads(), "rounds": args.rounds,
+            "smoke": args.smoke},
+            measurements={"seconds_per_epoch": rounds, "codes_per_image": int(c0.shape[1]),
+                          "codes": c0.numel(), "targets_identical": identical,
+                          "A_equals_B": torch.equal(ya, yb) and torch.equal(ca, cb),
+                          "baseline_code_mismatches": mismatches,
+                          "mismatch_max_relative_gap": gap, "agree": agree})
     print("RESULT " + json.dumps(result))
     return result
+
+
+def rates(record: dict) -> dict[str, float]:
+    """Images/s of each method over its best round; B_with_assign: B plus one assign_codes."""
+    n, sec = record["settings"]["images"], record["measurements"]["seconds_per_epoch"]
+    best = {k: min(v) for k, v in sec.items()}
+    return {"baseline": n / best["baseline"], "A": n / best["A"], "B": n / best["B"],
+            "B_with_assign": n / (best["B"] + best["assign"])}
+
+
+def table(records: list[dict]) -> list[list[str]]:
+    """docs/BENCHMARKS.md section 3 from one record: images/s of each method (best round)
+    and its ratio to the per-image baseline."""
+    (record,) = records
+    rate = rates(record)
+    labels = {"baseline": "per image, per step: teacher forward + nearest word + histogram (baseline)",
+              "A": "batched teacher forward + `nearest_words` + `bow_targets` per step",
+              "B": "codes cached once per generation (`assign_codes`), `bow_targets(codes[index])` "
+                   "per step (the pipeline)"}
+    rows = [["method", "images/s per step", "ratio"]]
+    for key, label in labels.items():
+        value = rate[key]
+        shown = f"{value / 1e6:.2f} M" if value >= 1e6 else thousands(value)
+        ratio = value / rate["baseline"]
+        rows.append([label, shown, f"{ratio:.0f}x" if ratio >= 100 else f"{ratio:.1f}x"])
+    return rows
+
+
+def claims(records: list[dict]) -> list[str]:
+    """The prose's figures: the cached path with its one-time assignment, the codes on
+    which the per-image baseline differs."""
+    (record,) = records
+    m, rate = record["measurements"], rates(record)
+    out = [f"one-time assignment ({min(m['seconds_per_epoch']['assign']):.2f} s)",
+           f"the cached path still runs at {thousands(rate['B_with_assign'])} images/s "
+           f"({rate['B_with_assign'] / rate['baseline']:.1f}x)"]
+    if m["baseline_code_mismatches"]:
+        gap = f"{m['mismatch_max_relative_gap']:.1e}".replace("e-0", "e-")
+        out.append(f"the baseline differs in {m['baseline_code_mismatches']} of {m['codes']:,} codes, "
+                   f"a distance tie within {gap}")
+    else:
+        out.append(f"the baseline's {m['codes']:,} codes are the same too")
+    return out
 
 
 if __name__ == "__main__":

@@ -23,17 +23,23 @@ alike. The default size (200,000 x 256, K = 2048, 10 iterations) takes minutes o
 
     python -m benchmarks.bench_vocab                   # 200000 x 256, K=2048, 10 iters
     python -m benchmarks.bench_vocab --smoke           # seconds
+
+--json PATH also writes the run's record (benchmarks/recording.py): both wall times and
+both inertias; `table(records)` gives docs/BENCHMARKS.md section 4, one row per record
+(e.g. the default threads and --threads 1), ratios recomputed.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.recording import load_average, load_range, write_record
 from bowflow import bow
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
@@ -102,7 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=0,
                         help="threads of both (faiss OpenMP, sklearn OpenMP/BLAS, torch); 0 = default")
     parser.add_argument("--smoke", action="store_true", help="tiny, seconds")
+    parser.add_argument("--json", type=Path, default=None, help="also write the run's record here")
     args = parser.parse_args(argv)
+    load_before = load_average()
     if args.smoke:
         args.samples, args.channels, args.words, args.iters = 2000, 32, 16, 3
     import faiss
@@ -114,7 +122,22 @@ def main(argv: list[str] | None = None) -> dict:
     faiss.omp_set_num_threads(threads)
     try:
         with threadpool_limits(limits=threads):
-            return _run(args, threads)
+            result = _run(args, threads)
+        if args.json is not None:
+            write_record(args.json, "bench_vocab", argv, load_before, settings={
+                "features": args.features, "samples": result["samples"],
+                "channels": result["channels"], "words": args.words, "iters": args.iters,
+                "image_size": args.image_size, "seed": args.seed, "threads": threads,
+                "smoke": args.smoke},
+                measurements={"feature_seconds": result["feature_seconds"],
+                              "sklearn_seconds": result["sklearn_seconds_raw"],
+                              "faiss_seconds": result["faiss_seconds_raw"],
+                              "sklearn_inertia": result["sklearn_inertia"],
+                              "faiss_inertia": result["faiss_inertia"]})
+        for k in ("feature_seconds", "sklearn_seconds_raw", "faiss_seconds_raw"):
+            result.pop(k)
+        print("RESULT " + json.dumps(result))
+        return result
     finally:              # main() may be called in-process (tests): restore global state
         torch.set_num_threads(threads_before[0])
         faiss.omp_set_num_threads(threads_before[1])
@@ -143,9 +166,22 @@ def _run(args: argparse.Namespace, threads: int) -> dict:
               "words": args.words, "iters": args.iters, "threads": threads,
               "sklearn_seconds": round(sk_s, 3), "faiss_seconds": round(faiss_s, 3),
               "speedup": round(sk_s / faiss_s, 2), "sklearn_inertia": sk_inertia,
-              "faiss_inertia": faiss_inertia, "inertia_ratio": round(faiss_inertia / sk_inertia, 5)}
-    print("RESULT " + json.dumps(result))
+              "faiss_inertia": faiss_inertia, "inertia_ratio": round(faiss_inertia / sk_inertia, 5),
+              "feature_seconds": feature_seconds, "sklearn_seconds_raw": sk_s, "faiss_seconds_raw": faiss_s}
     return result
+
+
+def table(records: list[dict]) -> list[list[str]]:
+    """docs/BENCHMARKS.md section 4: one row per record (threads, load before-after), both
+    wall times, faiss's speed relative to sklearn and the inertia ratio, recomputed."""
+    rows = [["threads", "scikit-learn", "faiss", "faiss speed vs sklearn", "inertia faiss / sklearn"]]
+    for r in records:
+        m = r["measurements"]
+        rows.append([f"{r['settings']['threads']} (load {load_range(r)})", f"{m['sklearn_seconds']:.2f} s",
+                     f"{m['faiss_seconds']:.2f} s",
+                     f"{m['sklearn_seconds'] / m['faiss_seconds']:.2f}x",
+                     f"{m['faiss_inertia'] / m['sklearn_inertia']:.4f}"])
+    return rows
 
 
 if __name__ == "__main__":
