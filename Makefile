@@ -1,4 +1,5 @@
 # On a fresh clone:
+#   make install-gpu  (on a GPU machine, first) the same venv with faiss's GPU build
 #   make run        install into .venv, run the whole pipeline with `dvc repro` (bin/repro: the
 #                   seeds side by side), print the report
 #   make test       install into .venv, run the fast tier: every test not marked slow (unit
@@ -13,14 +14,26 @@ PYTHON ?= python3
 BIN    := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-all benchmarks clean
+.PHONY: install install-gpu run test test-all benchmarks clean
 
-$(VENV)/.installed: requirements.txt
+# The venv installs requirements.txt (faiss-cpu), or requirements-gpu.txt (faiss-gpu) once
+# `make install-gpu` has marked it with .gpu; every later target keeps that choice.
+REQUIREMENTS := $(if $(wildcard $(VENV)/.gpu),requirements-gpu.txt,requirements.txt)
+
+$(VENV)/.installed: $(REQUIREMENTS) requirements-common.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -r $(REQUIREMENTS)
 	touch $@
 
 install: $(VENV)/.installed
+
+# faiss-cpu out first (if a CPU install was there): both builds write the `faiss` module.
+install-gpu:
+	$(PYTHON) -m venv $(VENV)
+	touch $(VENV)/.gpu
+	$(BIN)/pip uninstall --quiet --yes faiss-cpu || true
+	$(BIN)/pip install --quiet -r requirements-gpu.txt
+	touch $(VENV)/.installed
 
 run: install
 	$(BIN)/python -m bowflow.config params.yaml

@@ -29,8 +29,25 @@ def add_training_arguments(parser) -> None:
     parser.add_argument("--checkpoints", type=Path, default=Path("data/checkpoints"))
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--gpus", type=gpu_request, default=0, help="params.yaml's resources.KIND.gpus: "
+                        "GPUs this stage asks for; more than torch sees here stops it before any work")
     parser.add_argument("--compute", default="auto", type=compute_mode, help="params.yaml's compute: "
                         "auto or a named mode such as fp32-channels-last-t1 (bowflow.compute.parse_mode)")
+
+
+def gpu_request(text: str) -> int:
+    """--gpus's check: a stage asking for N GPUs where torch sees fewer stops here, before
+    any work, instead of training on the CPU without a word."""
+    import torch
+
+    asked = int(text)
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if asked > seen:
+        raise argparse.ArgumentTypeError(
+            f"{asked} GPU(s) asked for (params.yaml resources.KIND.gpus), but torch sees {seen} on "
+            f"this machine (torch.cuda.is_available() is {torch.cuda.is_available()}): set the "
+            f"stage kind's gpus: 0 to train on the CPU, or run the stage where the GPUs are")
+    return asked
 
 
 def compute_mode(text: str) -> str:

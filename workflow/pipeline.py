@@ -103,7 +103,7 @@ def seed_stages(seed: int) -> dict[str, dict]:
         "metrics": [{f"{p['metrics']}/eval/${{key}}.json": {"cache": False}}]}
     return {
         f"pretrain_seed{seed}": {"foreach": "${pretrain}", "do": {
-            "cmd": ("bin/launch ${resources.pretrain.processes} -m stages.pretrain --prepared data/prepared "
+            "cmd": ("bin/launch ${resources.pretrain.processes} -m stages.pretrain --gpus ${resources.pretrain.gpus} --prepared data/prepared "
                     f"{training_flags(p, seed)} ${{item}}"),
             "deps": ["data/prepared", *code_deps("stages.pretrain", trains="item.method")],
             "params": [*train_params, "pretrain.${key}"], **training_outputs(p)}},
@@ -116,7 +116,7 @@ def seed_stages(seed: int) -> dict[str, dict]:
             "outs": [f"{p['models']}/${{key}}/vocab.pt"],
             "metrics": [{f"{p['metrics']}/vocab/${{key}}.json": {"cache": False}}]}},
         f"student_seed{seed}": {"foreach": "${generations}", "do": {
-            "cmd": ("bin/launch ${resources.student.processes} -m stages.student --prepared data/prepared "
+            "cmd": ("bin/launch ${resources.student.processes} -m stages.student --gpus ${resources.student.gpus} --prepared data/prepared "
                     f"--vocab {p['models']}/${{key}}/vocab.pt --parent-model {p['models']}/${{item.parent}}/model.pt "
                     f"{training_flags(p, seed)} ${{item.student}}"),
             "deps": ["data/prepared", f"{p['models']}/${{key}}/vocab.pt", f"{p['models']}/${{item.parent}}/model.pt",
@@ -125,12 +125,12 @@ def seed_stages(seed: int) -> dict[str, dict]:
         f"evaluate_pretrain_seed{seed}": {"foreach": "${pretrain}", "do": evaluate},
         f"evaluate_student_seed{seed}": {"foreach": "${generations}", "do": evaluate},
         f"teacher_seed{seed}": {"foreach": "${teachers}", "do": {
-            "cmd": ("bin/launch ${resources.teacher.processes} -m stages.distill --prepared data/prepared "
+            "cmd": ("bin/launch ${resources.teacher.processes} -m stages.distill --gpus ${resources.teacher.gpus} --prepared data/prepared "
                     f"{training_flags(p, seed)} ${{item}}"),
             "deps": ["data/prepared", *code_deps("stages.distill", trains="item.method")],
             "params": [*train_params, "teachers.${key}"], **training_outputs(p)}},
         f"distill_seed{seed}": {"foreach": "${distill}", "do": {
-            "cmd": ("bin/launch ${resources.distill.processes} -m stages.distill --prepared data/prepared "
+            "cmd": ("bin/launch ${resources.distill.processes} -m stages.distill --gpus ${resources.distill.gpus} --prepared data/prepared "
                     f"{training_flags(p, seed)} --teacher_model {p['models']}/${{item.teacher}}/model.pt ${{item}}"),
             "deps": [f"{p['models']}/${{item.teacher}}/model.pt", "data/prepared",
                      *code_deps("stages.distill", trains="item.method")],
