@@ -26,7 +26,7 @@ the DeiT/timm ones at 224 px and patch 16, tested in tests/test_vit.py):
 - `vit_tiny`: D 192, 12 blocks, 3 heads, patch 4 (32 px: 8 x 8 tokens), 5.36M parameters
   (ViT-Ti/16 at 224 px: 5.72M with its 1000-class head; the difference is the patch
   embedding, the position table and the head);
-- `vit_small`: D 384, 12 blocks, 6 heads, patch 4, 21.67M (ViT-S/16: 22.05M);
+- `vit_small`: D 384, 12 blocks, 6 heads, patch 4, 21.34M parameters (ViT-S/16: 22.05M);
 - `vit_tiny_p2`: ViT-Ti with patch 2, for 16 px digits (8 x 8 tokens);
 - `vit` (patch 4) and `vit_p2` (patch 2): sized by the run's `width` (D) and `depth`
   (blocks), D // 64 heads (DeiT's head width), for small models and tests.

@@ -84,3 +84,18 @@ def test_it_trains():
         loss.backward()
         opt.step()
     assert (head(vit(x)).argmax(1) == y).float().mean() > 0.9
+
+
+def test_parameter_counts_in_the_module_docstring_are_the_built_models():
+    """bowflow/vit.py's docstring states each registered size's parameter count (to 0.01M):
+    they are what build_backbone makes, so the text cannot drift from the code."""
+    import re
+
+    from bowflow import vit
+
+    stated = dict(re.findall(r"- `(vit_\w+)`: D \d+.*?(\d+\.\d+)M parameters", vit.__doc__, re.S))
+    assert set(stated) == {"vit_tiny", "vit_small"}
+    for name, millions in stated.items():
+        width = vit.VIT_SIZES[name][0]
+        built = sum(p.numel() for p in build_backbone(name, width, 12).parameters())
+        assert f"{built / 1e6:.2f}" == millions, name
