@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bowflow.compute import parse_mode
-from bowflow.data.scan import check_novel_classes, count_class_images
+from bowflow.data.scan import check_novel_classes, count_class_images, count_images
 from bowflow.data.specs import TARBALL_SUFFIXES, DataError
 from bowflow.networks import ARCHITECTURES, build_backbone
 from bowflow.roles.base import available_methods, get_method
@@ -468,7 +468,8 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
         data = checked["data"]
         check_data_needs(data_needs(checked), manifest["counts"], manifest["base_classes"],
                          manifest["novel_classes"], data.ssl_classes, data.ssl_max_images,
-                         "the prepared data (its manifest)")
+                         "the prepared data (its manifest)", manifest.get("totals", {}).get("unlabelled", 0),
+                         data.unlabelled_use)
     return checked
 
 
@@ -523,6 +524,7 @@ def check_environment(checked: dict, params: dict) -> None:
             raise ParamsError(str(error)) from None
         except ValueError as error:
             raise ParamsError(f"evaluate.{error}") from None
+    check_unlabelled(checked)
     torchvision = data.source not in ("digits", "imagefolder")
     if torchvision and not data.download and (root is None or not root.exists()):
         raise ParamsError(f"data.root: '{data.root}' does not exist: expected a folder holding a local "
@@ -531,6 +533,35 @@ def check_environment(checked: dict, params: dict) -> None:
         resolve_device(params["device"])
     except SystemExit as error:
         raise ParamsError(str(error.code)) from None
+
+
+def check_unlabelled(checked: dict) -> None:
+    """data.unlabelled, when set: it exists, is a folder or a tarball, and a folder holds image
+    files at some depth (counted, nothing decoded: unreadable files are named by the
+    prepare stage, which decodes them, before any training); with unlabelled_use
+    'replace', the largest SSL batch fits in them."""
+    data = checked["data"]
+    if not data.unlabelled:
+        return
+    root = Path(data.unlabelled)
+    if not root.exists():
+        raise ParamsError(f"data.unlabelled: '{data.unlabelled}' does not exist: expected a folder of "
+                          f"images (any depth) or a .tar.gz of one")
+    if root.is_file() and not root.name.lower().endswith(TARBALL_SUFFIXES):
+        raise ParamsError(f"data.unlabelled: '{data.unlabelled}' is a file but not a tarball: expected a "
+                          f"folder of images or a {', '.join(TARBALL_SUFFIXES)} of one")
+    try:
+        found = count_images(root)
+    except DataError as error:
+        raise ParamsError(str(error)) from None
+    batch = data_needs(checked)["ssl_batch"]
+    if found is not None and data.unlabelled_use == "replace" and batch:
+        pool = min(found, data.ssl_max_images) if data.ssl_max_images > 0 else found
+        if batch["size"] > pool:
+            raise ParamsError(f"{batch['key']}: {batch['size']} images per step, but the run trains on "
+                              f"only {pool} images (the image files under data.unlabelled '{data.unlabelled}'"
+                              f"{', at most data.ssl_max_images' if data.ssl_max_images > 0 else ''}): "
+                              f"expected a batch_size <= {pool}")
 
 
 def run_names(checked: dict) -> list[str]:

@@ -33,11 +33,22 @@ class DataParams(Section):
                                      choices=("base", "all"))
     ssl_max_images: int = param(0, "subsample SSL training images (0 = all)", low=0)
     max_bad_fraction: float = param(0.01, "tolerated share of unreadable images", low=0, high=1)
+    unlabelled: str = param("", "folder (or .tar.gz) of images without labels, any depth, for the "
+                                "self-supervised stages (pretrain:, generations:: vocabularies and "
+                                "students); '' = none. Evaluation, teachers: and distill: read the "
+                                "labelled source (source/root) only")
+    unlabelled_use: str = param("replace", "replace: the SSL stages train on data.unlabelled's images "
+                                           "only (as solo-learn/lightly train on an unlabelled folder), "
+                                           "the labelled train split then serves evaluation alone; add: "
+                                           "on them after the labelled rows of ssl_classes. ssl_max_images "
+                                           "caps the pool either way", choices=("replace", "add"))
 
     def validate(self) -> None:
         super().validate()
         if self.source == "imagefolder" and not self.root:
             raise ValueError("root must name the image folder when source is 'imagefolder'")
+        if self.unlabelled != self.unlabelled.strip():
+            raise ValueError(f"unlabelled: '{self.unlabelled}' starts or ends with a space: expected a path")
         if self.image_size < 8:                 # after image_size > 0, whose message is its own
             raise ValueError(f"image_size must be >= 8 pixels, got {self.image_size}")
         if len(self.novel_classes) < 2:
@@ -158,13 +169,15 @@ class ParamsError(ValueError):
 
 
 def check_data_needs(needs: dict, counts: dict[str, dict[str, int]], base: list[str], novel: list[str],
-                     ssl_classes: str, ssl_max_images: int, where: str) -> None:
+                     ssl_classes: str, ssl_max_images: int, where: str, unlabelled: int = 0,
+                     unlabelled_use: str = "replace") -> None:
     """ParamsError naming the key when the data cannot give what `needs` (`data_needs`)
     asks: few-shot episodes over the novel classes, and each pool's largest batch at most
     the images that pool trains on. counts: {split: {class name: images}} (the prepared
     manifest's `counts`); base/novel: the class lists; ssl_classes and ssl_max_images: the
     data section's (they decide the SSL rows, as `data.prepared.ssl_rows` does); `where` names
-    the data in the message."""
+    the data in the message. unlabelled: images of data.unlabelled (0 = none), replacing or
+    added to the SSL pool by unlabelled_use (`data.prepared.ssl_pool`)."""
     few = needs["few_shot"]
     try:
         check_few_shot(few["way"], few["shots"], few["queries"], novel, counts, where)
@@ -172,9 +185,12 @@ def check_data_needs(needs: dict, counts: dict[str, dict[str, int]], base: list[
         raise ParamsError(f"evaluate.{error}") from None
     train = counts["train"]
     ssl = sum(train.get(c, 0) for c in (base if ssl_classes == "base" else list(base) + list(novel)))
+    what = f"the train split's {ssl_classes} classes, data.ssl_classes"
+    if unlabelled:
+        ssl, what = ((ssl + unlabelled, f"{what}, and the unlabelled images of data.unlabelled")
+                     if unlabelled_use == "add" else (unlabelled, "the unlabelled images of data.unlabelled"))
     pools = [("ssl_batch", min(ssl, ssl_max_images) if ssl_max_images > 0 else ssl,
-              f"the train split's {ssl_classes} classes, data.ssl_classes"
-              + (", at most data.ssl_max_images" if ssl_max_images > 0 else "")),
+              what + (", at most data.ssl_max_images" if ssl_max_images > 0 else "")),
              ("labelled_batch", sum(train.values()), "every image of the train split")]
     for pool, images, what in pools:
         batch = needs.get(pool)

@@ -5,7 +5,10 @@
 
 Writes data/prepared/{train,test}.parquet (uint8 pixels, labels, class names) and
 manifest.json (the data parameters, base/novel classes, counts per class, image size,
-content hash, and every skipped or resized file by name).
+content hash, and every skipped or resized file by name). With `--unlabelled PATH` (params
+`data.unlabelled`), the images of that folder or tarball, at any depth, are read with the
+same checks and written to data/prepared/unlabelled.parquet for the self-supervised stages
+(`bowflow.data.prepared.load_ssl_split`); evaluation reads train/test only.
 
 `--needs` is the stamp of the check_params stage: what the rest of params.yaml asks of the
 data (few-shot images per novel class, each image pool's largest batch;
@@ -21,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from bowflow.cli import parse_section
+from bowflow.data.image_folder import load_unlabelled, unlabelled_report
 from bowflow.data.sources import load_source
-from bowflow.data.specs import DataError
+from bowflow.data.specs import DataError, check_fraction
 from bowflow.data.splits import base_novel_split
-from bowflow.data.write import write_prepared
+from bowflow.data.write import unlabelled_set, write_prepared
 from bowflow.runtime import StageClock, log
 from bowflow.sections import DataParams, ParamsError, check_data_needs, read_data_needs
 
@@ -46,14 +50,24 @@ def main(argv=None):
                                           params.test_fraction, args.seed, params.download,
                                           params.max_bad_fraction, params.novel_classes)
         base, novel = split_classes(train.class_names, params.novel_classes, report)
+        unlabelled = None
+        if params.unlabelled:
+            check_fraction("max_bad_fraction", params.max_bad_fraction, open_interval=False)
+            report["unlabelled"] = unlabelled_report(params.unlabelled)
+            images, names = load_unlabelled(Path(params.unlabelled), params.image_size,
+                                            params.max_bad_fraction, report["unlabelled"])
+            report["unlabelled"].pop("timing")
+            unlabelled = unlabelled_set(images, names)
         if args.needs is not None:
             check_data_needs(read_data_needs(args.needs), split_counts(train, test), base, novel,
-                             params.ssl_classes, params.ssl_max_images, describe_source(params))
+                             params.ssl_classes, params.ssl_max_images, describe_source(params),
+                             len(unlabelled) if unlabelled is not None else 0, params.unlabelled_use)
     except (DataError, ParamsError) as error:   # bad data or params: one line naming them, no traceback
         raise SystemExit(f"prepare: {error}")
     manifest = write_prepared(args.out, train, test, base, novel, report,
-                              {**asdict(params), "seed": args.seed})
-    log(f"prepared {len(train)} train / {len(test)} test images of {manifest['image_size']} "
+                              {**asdict(params), "seed": args.seed}, unlabelled)
+    extra = f" and {len(unlabelled)} unlabelled" if unlabelled is not None else ""
+    log(f"prepared {len(train)} train / {len(test)} test{extra} images of {manifest['image_size']} "
         f"({len(base)} base, {len(novel)} novel classes) in {clock.summary()['wall_seconds']} s")
 
 

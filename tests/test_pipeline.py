@@ -486,3 +486,29 @@ def test_readme_commands_work_as_typed(dvc_project):
         assert result.returncode == 0, f"README command failed: {command}\n{result.stderr[-2000:]}"
         typed += 1
     assert typed >= 8
+
+
+@pytest.mark.slow       # ~60 s on 2 busy cores; tests/test_data_unlabelled.py covers the stages in the fast tier
+def test_an_unlabelled_folder_trains_the_ssl_stage_and_the_labelled_set_evaluates_it(tmp_path):
+    """data.unlabelled through the real pipeline: check_params, prepare, one pretrain run
+    and its evaluation. The run trains on the unlabelled images alone (unlabelled_use:
+    replace); evaluation reads the labelled digits."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    rng = __import__("numpy").random.default_rng(0)
+    for i in range(40):                                 # three depths, PNG and JPEG, odd sizes
+        folder = photos / ["", "a", "a/b"][i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (9 + i % 5, 11, 3), dtype="uint8")).save(
+            folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+    params = core_params()
+    params["generations"] = {}
+    params["data"].update(unlabelled=str(photos), unlabelled_use="replace")
+    project = make_project(tmp_path / "project", params)
+    assert repro(project, "evaluate_pretrain_seed0@g0") == {
+        "check_params", "prepare", *seeded("pretrain@g0", "evaluate_pretrain@g0")}
+    manifest = json.loads((project / "data/prepared/manifest.json").read_text())
+    assert manifest["totals"]["unlabelled"] == 40 and manifest["totals"]["train"] == 1346
+    assert json.loads((project / "data/metrics/seed0/train/g0.json").read_text())["train_images"] == 40
+    assert "few_shot" in json.loads((project / "data/metrics/seed0/eval/g0.json").read_text())

@@ -8,6 +8,10 @@ A tarball is extracted once into the cache (`extract_tarball`: $BOWFLOW_CACHE, e
 `bowflow.data.splits.stratified_split`. Unreadable images are skipped and listed in the
 report (the first _MAX_LISTED also as warnings); more than max_bad_fraction of them is a
 `DataError`. A class with no readable image in any split is dropped (and warned about).
+
+`load_unlabelled` reads an unlabelled folder or tarball (`data.unlabelled`: images at any
+depth, no classes) for the self-supervised stages, with the same extraction, decoding and
+unreadable-file checks.
 """
 from __future__ import annotations
 
@@ -28,8 +32,8 @@ from tqdm import tqdm
 from bowflow.data.decode import decode_files
 from bowflow.data.image_set import ImageSet
 from bowflow.data.resize import note_sizes
-from bowflow.data.scan import (SPLIT_FOLDERS, check_novel_classes, class_counts, scan_tree, single_top_folder,
-                               text_name)
+from bowflow.data.scan import (SPLIT_FOLDERS, check_novel_classes, class_counts, scan_images, scan_tree,
+                               single_top_folder, text_name)
 from bowflow.data.specs import TARBALL_SUFFIXES, DataError, DataNotFoundError, check_fraction, warn
 from bowflow.data.splits import stratified_split
 
@@ -41,7 +45,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BOWFLOW_CACHE") or Path.home() / ".cache" / "bowflow")
 
 
-def extract_tarball(tarball: Path) -> Path:
+def extract_tarball(tarball: Path, key: str = "data.root") -> Path:
     """Extract `tarball` once into the cache and return the folder holding the data.
 
     The cache entry is keyed by the tarball's name, size and mtime, so a changed file is
@@ -72,9 +76,9 @@ def extract_tarball(tarball: Path) -> Path:
                         tar.extractall(tmp, members=members)
             except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
                 detail = " ".join(str(e).split())   # one line, even for tarfile's list of methods
-                raise DataError(f"data.root: '{tarball}' is not a readable tar archive "
+                raise DataError(f"{key}: '{tarball}' is not a readable tar archive "
                                 f"({type(e).__name__}: {detail}); expected a complete .tar.gz, .tgz or "
-                                f".tar of class folders") from None
+                                f".tar of image folders") from None
             try:
                 os.rename(tmp, final)
             except OSError:  # another process got there first
@@ -87,6 +91,72 @@ def extract_tarball(tarball: Path) -> Path:
 
 def _is_tarball(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(TARBALL_SUFFIXES)
+
+
+def _skip_unreadable(shown: list[str], errors: list[str | None], data_root: Path,
+                     max_bad_fraction: float, report: dict[str, Any]) -> np.ndarray:
+    """Unreadable files: list them all in report["skipped"], warn about the first ones,
+    DataError naming them if more than max_bad_fraction. -> bool [N], True = readable."""
+    bad = [{"path": p, "reason": e} for p, e in zip(shown, errors) if e is not None]
+    report["skipped"] = sorted(report["skipped"] + bad, key=lambda b: b["path"])
+    if len(bad) > max_bad_fraction * len(shown):
+        listed = "; ".join(f"{data_root / b['path']} ({b['reason']})" for b in bad[:_MAX_LISTED])
+        raise DataError(
+            f"data.max_bad_fraction: {len(bad)} of {len(shown)} image files under '{data_root}' are "
+            f"unreadable, more than max_bad_fraction={max_bad_fraction} allows. First ones: {listed}")
+    for b in bad[:_MAX_LISTED]:
+        warn(report, f"skipped unreadable image '{data_root / b['path']}': {b['reason']}")
+    if len(bad) > _MAX_LISTED:
+        warn(report, f"skipped {len(bad) - _MAX_LISTED} more unreadable images (see the report)")
+    return np.array([e is None for e in errors], dtype=bool)
+
+
+def _decode(data_root: Path, rel_paths: list[str], image_size: int, report: dict[str, Any]):
+    """decode_files on paths relative to data_root, timed into the report."""
+    start = time.perf_counter()
+    pixels, sizes, errors, workers = decode_files([os.path.join(data_root, rel) for rel in rel_paths],
+                                                   image_size)
+    seconds = time.perf_counter() - start
+    report["timing"]["decode_images_per_second"] = round(len(rel_paths) / max(seconds, 1e-9), 1)
+    print(f"decoded {len(rel_paths)} images in {seconds:.1f} s "
+          f"({len(rel_paths) / max(seconds, 1e-9):.0f} images/s, {workers} worker(s))", file=sys.stderr)
+    return pixels, sizes, errors
+
+
+def unlabelled_report(root: str) -> dict[str, Any]:
+    """The report `load_unlabelled` fills (the prepared manifest keeps it as report.unlabelled)."""
+    return {"root": root, "found": 0, "loaded": 0, "skipped": [], "resized": 0, "source_sizes": {},
+            "warnings": [], "timing": {}}
+
+
+def load_unlabelled(root: Path, image_size: int, max_bad_fraction: float,
+                    report: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+    """An unlabelled folder, or tarball of one (`data.unlabelled`): every image file at any
+    depth -> (uint8 [N, S, S, 3] of the readable ones, their paths relative to the folder).
+    The same checks as an image folder: hidden names ignored, other files listed as
+    skipped, unreadable images skipped and listed, more than max_bad_fraction of them a
+    DataError naming the first files. `report`: see `unlabelled_report`."""
+    if not root.exists():
+        raise DataNotFoundError(f"data.unlabelled: '{root}' does not exist: expected a folder of images "
+                                f"(any depth) or a .tar.gz of one")
+    if _is_tarball(root):
+        data_root = extract_tarball(root, "data.unlabelled")
+        report["extracted_to"] = str(data_root)
+    elif root.is_dir():
+        data_root = root
+    else:
+        raise DataError(f"data.unlabelled: '{root}' is a file but not a tarball: expected a folder of "
+                        f"images or a {', '.join(TARBALL_SUFFIXES)} of one")
+    rel_paths = scan_images(data_root, report)
+    report["found"] = len(rel_paths)
+    pixels, sizes, errors = _decode(data_root, rel_paths, image_size, report)
+    ok = _skip_unreadable([text_name(p) for p in rel_paths], errors, data_root, max_bad_fraction, report)
+    note_sizes(report, [s for s in sizes if s is not None], image_size)
+    rows = np.flatnonzero(ok)
+    if len(rows) == 0:
+        raise DataError(f"data.unlabelled: no readable images under '{data_root}'")
+    report["loaded"] = len(rows)
+    return pixels[rows], [text_name(rel_paths[i]) for i in rows]
 
 
 def load_imagefolder(root: Path, image_size: int, test_fraction: float, seed: int,
@@ -119,28 +189,10 @@ def load_imagefolder(root: Path, image_size: int, test_fraction: float, seed: in
     rel_paths = [rel for _, _, rel in entries]
     report["found"] = len(entries)
 
-    start = time.perf_counter()
-    pixels, sizes, errors, workers = decode_files([os.path.join(data_root, rel) for rel in rel_paths],
-                                                   image_size)
-    seconds = time.perf_counter() - start
-    report["timing"]["decode_images_per_second"] = round(len(entries) / max(seconds, 1e-9), 1)
-    print(f"decoded {len(entries)} images in {seconds:.1f} s "
-          f"({len(entries) / max(seconds, 1e-9):.0f} images/s, {workers} worker(s))", file=sys.stderr)
+    pixels, sizes, errors = _decode(data_root, rel_paths, image_size, report)
 
-    # Unreadable files: list them all, fail if there are too many.
     shown = [text_name(p) for p in rel_paths]
-    bad = [{"path": p, "reason": e} for p, e in zip(shown, errors) if e is not None]
-    report["skipped"] = sorted(report["skipped"] + bad, key=lambda b: b["path"])
-    if len(bad) > max_bad_fraction * len(entries):
-        listed = "; ".join(f"{b['path']} ({b['reason']})" for b in bad[:_MAX_LISTED])
-        raise DataError(
-            f"data.max_bad_fraction: {len(bad)} of {len(entries)} image files under '{data_root}' are "
-            f"unreadable, more than max_bad_fraction={max_bad_fraction} allows. First ones: {listed}")
-    for b in bad[:_MAX_LISTED]:
-        warn(report, f"skipped unreadable image '{data_root / b['path']}': {b['reason']}")
-    if len(bad) > _MAX_LISTED:
-        warn(report, f"skipped {len(bad) - _MAX_LISTED} more unreadable images (see the report)")
-    ok = np.array([e is None for e in errors], dtype=bool)
+    ok = _skip_unreadable(shown, errors, data_root, max_bad_fraction, report)
     note_sizes(report, [s for s in sizes if s is not None], image_size)
 
     # Classes: sorted names with at least one readable image in some split.

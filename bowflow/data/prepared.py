@@ -8,12 +8,15 @@ Prepared layout (written by `bowflow.data.write.write_prepared`):
                                         label (int32), class_name (dictionary string),
                                         path (string); metadata: format (FORMAT),
                                         height, width, channels, class_names (JSON)
+    <dir>/unlabelled.parquet            only with data.unlabelled: its images, label -1,
+                                        no class name (self-supervised stages only)
     <dir>/manifest.json                 classes, base/novel split, counts, hash, report,
                                         and the data parameters (`source`)
 
 Readers: `load_prepared` (one split -> uint8 images [N, 3, H, W], int64 labels [N], class
 names), `read_manifest`, and the rows a stage trains on: `load_ssl_split` /
-`load_ssl_images` (the rows self-supervised stages may use, `ssl_rows`) and
+`load_ssl_images` (the images self-supervised stages train on: the labelled rows
+`ssl_rows` allows and/or the unlabelled images, by data.unlabelled_use) and
 `load_labelled_split` (every class, for supervised teachers and distillation).
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 from bowflow.io import read_json
 
 SPLITS = ("train", "test")
+UNLABELLED = "unlabelled"     # the table of data.unlabelled's images
 FORMAT = "bowflow-prepared-v1"
 
 
@@ -49,8 +53,8 @@ def load_prepared(prepared_dir: str | os.PathLike, split: str) -> dict[str, Any]
     """
     import torch
 
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split not in SPLITS + (UNLABELLED,):
+        raise ValueError(f"split must be one of {SPLITS + (UNLABELLED,)}, got {split!r}")
     path = Path(prepared_dir) / f"{split}.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"no {split}.parquet in '{prepared_dir}': run the prepare stage first")
@@ -93,20 +97,48 @@ def ssl_rows(labels: torch.Tensor, manifest: dict) -> torch.Tensor:
     allowed = manifest["base_classes"] if source["ssl_classes"] == "base" else names
     allowed_ids = torch.tensor([names.index(c) for c in allowed])
     rows = torch.nonzero(torch.isin(labels, allowed_ids)).flatten()
+    return rows[capped_rows(len(rows), manifest)]
+
+
+def capped_rows(n: int, manifest: dict) -> torch.Tensor:
+    """Positions kept of an SSL pool of n images: all, or with `ssl_max_images` > 0 a
+    seeded random subset of that many, in their order."""
+    source = manifest["source"]
     limit = source["ssl_max_images"]
-    if 0 < limit < len(rows):
-        keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(source["seed"]))[:limit]
-        rows = rows[keep.sort().values]
-    return rows
+    if 0 < limit < n:
+        keep = torch.randperm(n, generator=torch.Generator().manual_seed(source["seed"]))[:limit]
+        return keep.sort().values
+    return torch.arange(n)
+
+
+def ssl_pool(manifest: dict) -> str:
+    """What self-supervised stages train on: 'labelled' (train rows of data.ssl_classes),
+    'unlabelled' (data.unlabelled's images only) or 'both' (data.unlabelled_use: add)."""
+    if not manifest.get("totals", {}).get(UNLABELLED):
+        return "labelled"
+    return "both" if manifest["source"].get("unlabelled_use") == "add" else UNLABELLED
 
 
 def load_ssl_split(prepared: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """-> (uint8 images [N_ssl, 3, H, W], labels [N_ssl] int64, manifest): the train-split
-    rows self-supervised stages may use (`ssl_rows`)."""
+    """-> (uint8 images [N_ssl, 3, H, W], labels [N_ssl] int64, manifest): the images
+    self-supervised stages train on (`ssl_pool`): the train-split rows `ssl_rows` allows,
+    or the unlabelled images (label -1), or the first then the second, capped at
+    ssl_max_images as one pool."""
     manifest = read_manifest(prepared)
-    train = load_prepared(prepared, "train")
-    rows = ssl_rows(train["labels"], manifest)
-    return train["images"][rows].contiguous(), train["labels"][rows].contiguous(), manifest
+    pool = ssl_pool(manifest)
+    if pool == "labelled":
+        train = load_prepared(prepared, "train")
+        rows = ssl_rows(train["labels"], manifest)
+        return train["images"][rows].contiguous(), train["labels"][rows].contiguous(), manifest
+    parts = [load_prepared(prepared, UNLABELLED)]
+    if pool == "both":
+        train = load_prepared(prepared, "train")
+        rows = ssl_rows(train["labels"], {**manifest, "source": {**manifest["source"], "ssl_max_images": 0}})
+        parts.insert(0, {"images": train["images"][rows], "labels": train["labels"][rows]})
+    images = torch.cat([p["images"] for p in parts])
+    labels = torch.cat([p["labels"] for p in parts])
+    keep = capped_rows(len(labels), manifest)
+    return images[keep].contiguous(), labels[keep].contiguous(), manifest
 
 
 def load_labelled_split(prepared: str | Path, split: str = "train", max_images: int = 0

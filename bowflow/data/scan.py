@@ -13,6 +13,8 @@ Layouts: train/ and test/ folders holding one folder per class, or one folder pe
 
 `scan_tree` returns one entry (split, class name, path relative to the data root) per
 image file, split being "train", "test", or "all" when the caller must split.
+`scan_images` lists an unlabelled folder (`data.unlabelled`): every image file at any
+depth, no classes; `count_images` counts them for the check_params stage.
 """
 from __future__ import annotations
 
@@ -176,3 +178,33 @@ def count_class_images(root: str | os.PathLike) -> tuple[Path, dict[str, int]] |
     report = {"warnings": [], "skipped": [], "quiet": True}
     entries, class_names = scan_tree(data_root, report)
     return data_root, class_counts(entries, class_names)
+
+
+def scan_images(data_root: Path, report: dict[str, Any], key: str = "data.unlabelled") -> list[str]:
+    """Every image file at any depth under `data_root` (an unlabelled folder: no classes), as
+    sorted POSIX paths relative to it. Hidden names are ignored; other files go to
+    report["skipped"] with the reason. DataError naming `key` when there is no image file."""
+    files, others = _class_files(data_root, data_root)
+    files = [f.removeprefix("./") for f in files]
+    others = [f.removeprefix("./") for f in others]
+    if others:
+        report["skipped"] += [{"path": text_name(p), "reason": "not an image file (expected one of "
+                                                             f"{', '.join(IMAGE_EXTENSIONS)})"}
+                              for p in others]
+        warn(report, f"skipped {len(others)} non-image file(s) under '{data_root}', e.g. "
+                      f"'{text_name(others[0])}' (listed in the report)")
+    if not files:
+        raise DataError(f"{key}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found at any depth "
+                        f"under '{data_root}': expected a folder of images (sub-folders allowed), "
+                        f"or a .tar.gz of one")
+    return files
+
+
+def count_images(root: str | os.PathLike, key: str = "data.unlabelled") -> int | None:
+    """Image files at any depth under the folder `root`, nothing decoded; None when root is
+    not a folder (a tarball is only opened by the prepare stage). DataError naming `key`
+    when the folder holds none."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    return len(scan_images(root, {"warnings": [], "skipped": [], "quiet": True}, key))

@@ -4,7 +4,10 @@
     imagefolder  a folder or a .tar.gz of one folder per class, with or without
                  train/ and test/ folders above them (`bowflow.data.image_folder`)
     cifar10, cifar100, svhn, stl10
-                 torchvision datasets, official train/test splits
+                 torchvision datasets, official train/test splits, rows in class order
+                 (the order within a class kept), as an image folder's rows are (class
+                 folders, then file names): a class-folder tree written from the set in
+                 its order prepares to the same tables (tests/test_data_unlabelled.py)
 
 Every image comes out as uint8 RGB, size x size, channels last: [N, H, W, 3], resized by
 the policy of `bowflow.data.resize`. The names are `bowflow.data.specs.SOURCES`, which
@@ -133,7 +136,8 @@ def _load_digits(image_size: int, test_fraction: float, seed: int,
 
 def _load_torchvision(source: str, root: Path, image_size: int, download: bool,
                       report: dict[str, Any]) -> tuple[ImageSet, ImageSet]:
-    """Official train/test splits of a torchvision dataset, as [N, S, S, 3] uint8."""
+    """Official train/test splits of a torchvision dataset, as [N, S, S, 3] uint8, rows
+    sorted by class (stable), as `load_imagefolder` lists a class-folder tree."""
     from torchvision import datasets
 
     def build(split: str):
@@ -169,6 +173,8 @@ def _load_torchvision(source: str, root: Path, image_size: int, download: bool,
             images = np.ascontiguousarray(np.asarray(ds.data, np.uint8).transpose(0, 2, 3, 1))
             labels = np.asarray(ds.labels, dtype=np.int64)
             class_names = list(ds.classes) if source == "stl10" else [str(i) for i in range(10)]
+        order = np.argsort(labels, kind="stable")
+        images, labels = images[order], labels[order]
         report["found"] += len(labels)
         note_sizes(report, [(images.shape[2], images.shape[1])] * len(labels), image_size)
         images = resize_images(images, image_size)
