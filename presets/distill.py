@@ -66,8 +66,9 @@ TALK_PAIRS = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("vgg13", "vgg
               ("resnet56", "resnet20"), ("resnet32x4", "resnet8x4"), ("resnet110", "resnet20")]
 
 
-def data(source: str, root: str, image_size: int, novel: list[str], ssl_max_images: int) -> dict:
-    return {"source": source, "root": root, "download": False, "image_size": image_size,
+def data(source: str, root: str, image_size: int, novel: list[str], ssl_max_images: int,
+         download: bool = False) -> dict:
+    return {"source": source, "root": root, "download": download, "image_size": image_size,
             "test_fraction": 0.25, "novel_classes": novel, "ssl_classes": "base",
             "ssl_max_images": ssl_max_images, "max_bad_fraction": 0.01}
 
@@ -80,13 +81,14 @@ PRESETS = {
 The IFACD talk's CIFAR-100 benchmark in full, for a GPU (NOT RUN: no GPU was available
 to the session that wrote it): six teacher -> student pairs, every method, the talk's recipe
 (240 epochs, SGD lr 0.05, wd 5e-4, batch 64, x0.1 at epochs 150/180/210, alpha = beta = 1).
-  python -c "import torchvision; torchvision.datasets.CIFAR100('data/cifar100', download=True)"
   cp presets/distill-cifar100-gpu.yaml params.yaml && make run
-(or set data.download: true where the machine is online). {teachers} teachers/vanilla students and
+The prepare stage downloads torchvision's CIFAR-100 into data/cifar100 once (online, 169 MB;
+offline, put its cifar-100-python/ there first). {teachers} teachers/vanilla students and
 {runs} distillation runs: on one GPU budget about a day; `dvc repro distill_seed0@kd-resnet56-resnet20`
 runs one cell of the tables (with its teacher). The talk's figures to compare with are in
 its accuracy table (e.g. resnet56 -> resnet20: KD 71.53, CRD 71.45, vanilla 69.0).""",
-        data=data("cifar100", "data/cifar100", 32, ["whale", "willow_tree", "wolf", "woman", "worm"], 1000),
+        data=data("cifar100", "data/cifar100", 32, ["whale", "willow_tree", "wolf", "woman", "worm"], 1000,
+                  download=True),
         pairs=TALK_PAIRS, teacher={}, student={}, evaluate=EVALUATE, gpus=1),
     "distill-cpu": dict(
         header="""\
@@ -100,9 +102,12 @@ images (a seeded subset, the same for every run), teacher 20 epochs, every stude
 Budget on an AVX2-only 2-core CPU: the teacher trains at ~61 images/s (~27 min); each
 distillation run (teacher forward + student) costs about 6 min; in all about 2 h.
 `pretrain:` holds one run because the pipeline's SSL branch needs one: the
-untrained control, the cheapest (1 epoch of BN statistics on 1,000 images).""",
-        data=data("imagefolder", "../shared/datasets/cifar10-jpeg.tar.gz", 32,
-                  ["dog", "frog", "horse", "ship", "truck"], 1000),
+untrained control, the cheapest (1 epoch of BN statistics on 1,000 images).
+The prepare stage downloads torchvision's CIFAR-10 into data/cifar10 once (online, 170 MB;
+offline, put its cifar-10-batches-py/ there first). The records read a JPEG tarball of it
+instead: -S data.source=imagefolder -S data.root=PATH/cifar10-jpeg.tar.gz.""",
+        data=data("cifar10", "data/cifar10", 32, ["dog", "frog", "horse", "ship", "truck"], 1000,
+                  download=True),
         pairs=[("resnet56", "resnet20")], teacher={"epochs": 20, "max_images": 5000},
         student={"epochs": 6, "max_images": 5000}, evaluate=EVALUATE),
     "distill-digits": dict(
