@@ -135,9 +135,9 @@ def test_prepare_reads_a_tarball_and_caps_the_pool(tmp_path):
 # ------------------------------------------------ the SSL stage trains on them, evaluation does not
 
 
-@pytest.mark.parametrize("use, expected", [("replace", 11), ("add", DIGITS_SSL + 11)])
+@pytest.mark.parametrize("use, expected, batch", [("replace", 11, 8), ("add", DIGITS_SSL + 11, 64)])
 def test_pretrain_trains_on_the_unlabelled_images_and_evaluate_on_the_labelled(tmp_path, monkeypatch,
-                                                                               use, expected):
+                                                                               use, expected, batch):
     folder = photos(tmp_path / "photos")
     prepared = tmp_path / "prepared"
     prepare.main(prepare_args(prepared, folder, "--unlabelled_use", use, "--max_bad_fraction", "0.1"))
@@ -147,7 +147,7 @@ def test_pretrain_trains_on_the_unlabelled_images_and_evaluate_on_the_labelled(t
                    "--metrics", str(metrics), "--history", str(tmp_path / "g0.csv"),
                    "--checkpoints", str(tmp_path / "ckpt"), "--seed", "0", "--device", "cpu",
                    "--method", "rotnet", "--arch", "convnet", "--width", "4", "--epochs", "1",
-                   "--batch_size", "8", "--padding", "1"])
+                   "--batch_size", str(batch), "--padding", "1"])
     assert json.loads(metrics.read_text())["train_images"] == expected
 
     read = []
