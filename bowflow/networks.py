@@ -32,6 +32,10 @@ its own values (`OWN_SIZES`), anything else is a ValueError. Sizes with a 100-cl
   stages 1-3 and, as in RepDistiller on 32x32 inputs, none precedes stage 4 (stage maps at
   1/2, 1/4, 1/8, 1/8 resolution); own width 64, depth 8 or 13.
 
+Families of architectures named `<family>/<model>`: `timm/<model>` is any timm model
+(`timm/resnet18`, `timm/convnext_atto`, `timm/vit_tiny_patch16_224`; `bowflow.timm_backbones`),
+fixed in size by its name (width and depth 0), built without downloading weights.
+
 Distillation reads `Backbone.distill_features`: the stage maps as the benchmark's
 `forward(is_feat=True)` returns them (feat[1:-1]) and the pooled feature (feat[-1]); for
 the pre-activation `wrn` family the last map is the raw last block output, before the
@@ -59,9 +63,40 @@ def register(name: str):
     return wrap
 
 
+# family -> builder(model name, width, depth): archs spelt '<family>/<model>' ('timm/resnet18')
+FAMILIES: dict[str, Callable[..., "Backbone"]] = {}
+
+
+def register_family(family: str):
+    """Register a builder `(model, width, depth) -> Backbone` for archs '<family>/<model>'."""
+    def wrap(builder):
+        FAMILIES[family] = builder
+        return builder
+    return wrap
+
+
+def family_of(arch: str) -> str:
+    """'timm/resnet18' -> 'timm'; '' for an arch of ARCHITECTURES ('resnet')."""
+    family, slash, model = arch.partition("/")
+    return family if slash and model and family in FAMILIES else ""
+
+
+def check_arch(arch: str) -> None:
+    """ValueError naming `arch` unless it is registered or spelt '<family>/<model>' (the
+    family's builder checks the model name when it builds)."""
+    if arch not in ARCHITECTURES and not family_of(arch):
+        families = ", ".join(f"'{f}/<model>'" for f in sorted(FAMILIES))
+        raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)} or {families}, got '{arch}'")
+
+
 def build_backbone(arch: str, width: int, depth: int = 0) -> "Backbone":
+    family = family_of(arch)
+    if family:
+        check_size(arch, width, depth)
+        return FAMILIES[family](arch.partition("/")[2], width=width, depth=depth)
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown arch '{arch}': expected one of {sorted(ARCHITECTURES)}")
+        families = ", ".join(f"'{f}/<model>'" for f in sorted(FAMILIES))
+        raise ValueError(f"unknown arch '{arch}': expected one of {sorted(ARCHITECTURES)} or {families}")
     return ARCHITECTURES[arch](width=width, depth=depth)
 
 
@@ -80,8 +115,14 @@ def register_named(name: str, width: int, depth: int, build: Callable[[], "Backb
 
 
 def check_size(arch: str, width: int, depth: int) -> None:
-    """A named architecture takes width/depth 0 or its own values: ValueError otherwise.
-    Architectures sized by width/depth (convnet, resnet, wrn) check them when built."""
+    """A named architecture takes width/depth 0 or its own values, a family's ('timm/...')
+    0: ValueError otherwise. Architectures sized by width/depth (convnet, resnet, wrn) check
+    them when built."""
+    if family_of(arch):
+        for key, value in (("width", width), ("depth", depth)):
+            if value:
+                raise ValueError(f"{key} must be 0 for arch '{arch}' (its name fixes its size), got {value}")
+        return
     if arch not in OWN_SIZES:
         return
     own = dict(zip(("width", "depth"), OWN_SIZES[arch]))
@@ -325,3 +366,4 @@ def count_parameters(module: nn.Module) -> int:
 
 
 from bowflow import vit  # noqa: E402,F401  registers the vision transformers (vit_tiny, ...)
+from bowflow import timm_backbones  # noqa: E402,F401  registers the 'timm/<model>' family

@@ -45,7 +45,7 @@ import torch.nn as nn
 
 from bowflow.checks import check_fields, param
 from bowflow.models import Normalizer
-from bowflow.networks import ARCHITECTURES, OWN_SIZES, Backbone, check_size
+from bowflow.networks import ARCHITECTURES, OWN_SIZES, Backbone, check_arch, check_size, family_of
 from bowflow.optim import OPTIMIZERS, SCHEDULES, default_groups
 
 METHODS: dict[str, type["Method"]] = {}
@@ -103,7 +103,8 @@ class TrainParams:
     """Hyperparameters every trained model shares (one section of params.yaml)."""
 
     method: str = param("rotnet", "registered method name")
-    arch: str = param("convnet", "registered backbone", choices=tuple(sorted(ARCHITECTURES)))
+    arch: str = param("convnet", f"registered backbone ({', '.join(sorted(ARCHITECTURES))}) or a "
+                                 "timm model as 'timm/<name>' (timm/resnet18, timm/convnext_atto)")
     width: int = param(32, "convnet/resnet: stage-1 channels; wrn: widening factor; named archs "
                            "(resnet56, wrn_40_2, vgg8...): 0")
     depth: int = param(0, "resnet 18/34, wrn 6n+4; ignored by convnet; named archs: 0")
@@ -131,10 +132,11 @@ class TrainParams:
         """The field constraints (`bowflow.checks`), then what relates fields."""
         get_method(self.method)
         check_fields(self)
+        check_arch(self.arch)
         if list(self.lr_decay_at) != sorted(self.lr_decay_at):
             raise ValueError(f"lr_decay_at must be increasing fractions of the run in (0, 1), "
                              f"got {self.lr_decay_at}")
-        if self.arch in OWN_SIZES:             # fixed size: width/depth 0 (its own) or its own
+        if self.arch in OWN_SIZES or family_of(self.arch):   # fixed size: width/depth 0 (its own) or its own
             check_size(self.arch, self.width, self.depth)
         elif self.width <= 0:
             raise ValueError(f"width must be > 0, got {self.width}")
