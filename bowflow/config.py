@@ -29,6 +29,7 @@ from bowflow.data.scan import check_novel_classes, count_class_images, count_ima
 from bowflow.data.specs import TARBALL_SUFFIXES, DataError
 from bowflow.networks import ARCHITECTURES, build_backbone
 from bowflow.roles.base import available_methods, get_method
+from bowflow.weights import IMPORT, IMPORT_SECTIONS, ImportParams, check_teacher, pipeline_layout, read_import
 from bowflow.sections import (RESOURCE_KINDS, DataParams, EvalParams, ParamsError, ReportParams,
                               ResourceParams, VocabParams, check_data_needs, load_yaml)
 
@@ -61,6 +62,17 @@ def check_pipeline_seeds(seeds: list[int], pipeline_seeds: list[int] | None) -> 
                           f"(make run does), then run again")
 
 
+def check_pipeline_layout(params: dict, layout: list[str]) -> None:
+    """The runs dvc.yaml spells out (sections with an imported run, and each import's file)
+    must be params.yaml's (`bowflow.weights.pipeline_layout`)."""
+    expected = pipeline_layout(params)
+    if expected != list(layout):
+        differ = sorted(set(expected) ^ set(layout)) or expected
+        raise ParamsError(f"pretrain/teachers: dvc.yaml was written for other imported runs or run "
+                          f"names ({differ[0]!r} differs): run `bin/python -m workflow.pipeline` to "
+                          f"rewrite dvc.yaml (make run does), then run again")
+
+
 def check_run_name(name: Any, where: str) -> None:
     if not isinstance(name, str) or not RUN_NAME.match(name):
         raise ParamsError(f"{where}: expected a name of letters, digits, '_' and '-' (it names "
@@ -77,8 +89,26 @@ def check_pretrain(pretrain: Any) -> dict:
         where = f"pretrain.{name}"
         params_cls = method_params(section, where)
         check_role(section["method"], "pretrain", where)
-        checked[name] = check_section(params_cls, section, where)
+        checked[name] = check_import(check_section(params_cls, section, where), "pretrain", where)
     return checked
+
+
+def check_import(run: Any, section: str, where: str) -> Any:
+    """An imported run (`method: import`, bowflow/weights.py): its file read and checked
+    against its architecture (a missing key, an unexpected one, a shape: ParamsError naming
+    `where`.weights, the file and the key); -> the run with a bowflow file's own arch, width
+    and depth. Any other run is returned as it is."""
+    if not isinstance(run, ImportParams):
+        return run
+    try:
+        imported = read_import(run)
+        if section == "teachers":
+            check_teacher(imported, run.weights)
+    except ValueError as error:
+        first = str(error).split(" ", 1)[0].rstrip(":")
+        key = first if first in ("arch", "width", "depth") else "weights"
+        raise ParamsError(f"{where}.{key}: {error}") from None
+    return imported.params
 
 
 def check_section(cls: type, values: Any, where: str) -> Any:
@@ -182,9 +212,9 @@ def check_supervised(teachers: Any, distill: Any, taken: set[str]) -> tuple[dict
             if name in taken:
                 raise ParamsError(f"{where}: '{name}' is already the name of another run; pick another")
             params_cls = method_params(values, where)
-            cls = get_method(values["method"])
+            cls = None if values["method"] == IMPORT else get_method(values["method"])
             check_role(values["method"], section, where)
-            run = check_section(params_cls, values, where)
+            run = check_import(check_section(params_cls, values, where), section, where)
             network = run_architecture(run, where)
             if section == "distill":
                 if run.teacher not in checked[0]:
@@ -221,7 +251,13 @@ ROLE_OF_SECTION = {"pretrain": "a self-supervised method (learns from images alo
 
 def check_role(method: str, section: str, where: str) -> None:
     """The method's role must be the one `section` runs (its stage gives only that role's
-    inputs): ParamsError naming `where`.method otherwise."""
+    inputs): ParamsError naming `where`.method otherwise. `import` (a weights file as a run)
+    belongs in pretrain: and teachers:."""
+    if method == IMPORT:
+        if section not in IMPORT_SECTIONS:
+            raise ParamsError(f"{where}.method: 'import' (a weights file as a run) belongs in "
+                              f"{' or '.join(s + ':' for s in IMPORT_SECTIONS)}, not in {section}:")
+        return
     cls = get_method(method)
     if cls.section != section:
         raise ParamsError(f"{where}.method: '{method}' is {ROLE_OF_SECTION.get(cls.section, cls.role)}, "
@@ -272,7 +308,7 @@ def check_layers(checked: dict) -> None:
              for name, gen in checked["generations"].items()}
     stages = {name: run_architecture(run, where).stage_names for name, (run, where) in runs.items()}
     for name, (run, where) in runs.items():
-        if get_method(run.method).token_backbone and not hasattr(run_architecture(run, where), "block_tokens"):
+        if run.method != IMPORT and get_method(run.method).token_backbone and not hasattr(run_architecture(run, where), "block_tokens"):
             vits = sorted(a for a in ARCHITECTURES if a.startswith("vit"))
             raise ParamsError(f"{where}.arch: method '{run.method}' needs a vision transformer (one of "
                               f"{vits}): '{run.arch}' has no patch tokens")
@@ -406,6 +442,8 @@ def parent_cycle(generations: dict, start: str) -> str:
 def method_params(section: Any, where: str) -> type:
     if not isinstance(section, dict) or "method" not in section:
         raise ParamsError(f"{where}.method: missing (expected a registered method name)")
+    if section["method"] == IMPORT:
+        return ImportParams
     try:
         return get_method(section["method"]).Params
     except ValueError as error:
@@ -584,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. left from another params file, stay out of the report)")
     parser.add_argument("--pipeline-seeds", type=int, nargs="+", help="the seeds dvc.yaml has "
                         "stages for (workflow/pipeline.py writes them here): they must be params.yaml's")
+    parser.add_argument("--pipeline-layout", nargs="*", help="the runs dvc.yaml spells out "
+                        "(bowflow.weights.pipeline_layout: the sections with an imported run; "
+                        "workflow/pipeline.py writes them here): they must be params.yaml's")
     args = parser.parse_args(argv)
     try:
         manifest = read_yaml(args.manifest, "prepared manifest") if args.manifest.exists() else None
@@ -591,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
         checked = validate_params(params, manifest)
         check_environment(checked, params)
         check_pipeline_seeds(checked["seeds"], args.pipeline_seeds)
+        if args.pipeline_seeds is not None:
+            check_pipeline_layout(params, args.pipeline_layout or [])
     except ParamsError as error:
         message = str(error)
         prefix = "" if message.startswith(f"{args.params}:") or message.startswith(f"{args.manifest}:") \

@@ -133,7 +133,7 @@ def write_params(where: Path, params: dict) -> None:
     from workflow.pipeline import params_seeds, render
 
     write_yaml(params, where / "params.yaml")
-    text = render(params_seeds(params))
+    text = render(params_seeds(params), params)
     dvc_yaml = where / "dvc.yaml"
     if not dvc_yaml.exists() or dvc_yaml.read_text() != text:
         dvc_yaml.write_text(text)

@@ -22,17 +22,28 @@ its `-m` module (workflow/imports.py), plus, for a training stage, what any meth
 imports and `bowflow/methods/${item.method}.py` (methods load by name), so a code edit
 reruns exactly the stages that run the edited file (tests/test_code_deps.py).
 
+Imported runs (`method: import` in pretrain: or teachers:, bowflow/weights.py) are the one
+place where dvc.yaml names runs: each depends on its own weights file, a path `foreach` can
+only take from its items, so a section with an import gets two groups, the imports
+(`import_pretrain_seed<S>@NAME`, `import_teacher_seed<S>@NAME`: stages.import_weights, deps
+data/prepared and `${item.weights}`) and its trained runs, each group's `foreach` a mapping
+of its run names to `${section.NAME}` (the flags still come from params.yaml). Adding a run
+to such a section rewrites dvc.yaml (`check_params --pipeline-layout` says so, as it does
+for the seeds); without imports dvc.yaml is as it was.
+
 Per seed S the stages write: data/models/seed<S>/<run>/{model,vocab}.pt,
 data/metrics/seed<S>/{train,eval,vocab}/<run>.json, data/plots/seed<S>/train/<run>.csv.
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 import yaml
 
+from bowflow.weights import import_runs, pipeline_layout
 from workflow.imports import ROOT, closure
 
 HEADER = """\
@@ -91,9 +102,36 @@ def training_flags(p: dict, seed: int) -> str:
             f"--compute ${{compute}}")
 
 
-def seed_stages(seed: int) -> dict[str, dict]:
-    """The stage groups of one seed: training and evaluation of every run."""
+def foreach_of(section: str, imports: dict[str, dict[str, str]], trained: list[str] | None,
+               imported: bool = False):
+    """A group's `foreach`: the whole section (`${pretrain}`) when it imports nothing; else a
+    mapping of its trained (or, `imported`, its imported) run names to `${section.NAME}`;
+    None when that leaves no run."""
+    if section not in imports:
+        return None if imported else f"${{{section}}}"
+    names = list(imports[section]) if imported else [n for n in trained or [] if n not in imports[section]]
+    return {name: f"${{{section}.{name}}}" for name in names} or None
+
+
+def import_group(section: str, p: dict, seed: int, foreach: dict) -> dict:
+    """The stages of a section's imported runs (bowflow/weights.py): the weights file is a dep."""
+    return {"foreach": foreach, "do": {
+        "cmd": (f"bin/python -m stages.import_weights --section {section} --prepared data/prepared "
+                f"--model {p['models']}/${{key}}/model.pt --metrics {p['metrics']}/train/${{key}}.json "
+                f"--seed {seed} --device ${{device}} ${{item}}"),
+        "deps": ["data/prepared", "${item.weights}", *code_deps("stages.import_weights")],
+        "params": ["device", f"{section}.${{key}}"],
+        "outs": [f"{p['models']}/${{key}}/model.pt"],
+        "metrics": [{f"{p['metrics']}/train/${{key}}.json": {"cache": False}}]}}
+
+
+def seed_stages(seed: int, params: dict | None = None) -> dict[str, dict]:
+    """The stage groups of one seed: training and evaluation of every run (`params`, the
+    loaded params.yaml, only matters where a section imports a weights file)."""
     p = seed_paths(seed)
+    params = params or {}
+    imports = import_runs(params)
+    runs = {s: list(params.get(s) or {}) for s in ("pretrain", "teachers")}
     train_params = ["device", "compute"]
     evaluate = {
         "cmd": (f"bin/python -m stages.evaluate --prepared data/prepared --model {p['models']}/${{key}}/model.pt "
@@ -101,8 +139,8 @@ def seed_stages(seed: int) -> dict[str, dict]:
         "deps": ["data/prepared", f"{p['models']}/${{key}}/model.pt", *code_deps("stages.evaluate")],
         "params": ["device", "evaluate"],
         "metrics": [{f"{p['metrics']}/eval/${{key}}.json": {"cache": False}}]}
-    return {
-        f"pretrain_seed{seed}": {"foreach": "${pretrain}", "do": {
+    groups = {
+        f"pretrain_seed{seed}": {"foreach": foreach_of("pretrain", imports, runs["pretrain"]), "do": {
             "cmd": ("bin/launch ${resources.pretrain.processes} -m stages.pretrain --gpus ${resources.pretrain.gpus} --prepared data/prepared "
                     f"{training_flags(p, seed)} ${{item}}"),
             "deps": ["data/prepared", *code_deps("stages.pretrain", trains="item.method")],
@@ -124,7 +162,7 @@ def seed_stages(seed: int) -> dict[str, dict]:
             "params": [*train_params, "generations.${key}.student"], **training_outputs(p)}},
         f"evaluate_pretrain_seed{seed}": {"foreach": "${pretrain}", "do": evaluate},
         f"evaluate_student_seed{seed}": {"foreach": "${generations}", "do": evaluate},
-        f"teacher_seed{seed}": {"foreach": "${teachers}", "do": {
+        f"teacher_seed{seed}": {"foreach": foreach_of("teachers", imports, runs["teachers"]), "do": {
             "cmd": ("bin/launch ${resources.teacher.processes} -m stages.distill --gpus ${resources.teacher.gpus} --prepared data/prepared "
                     f"{training_flags(p, seed)} ${{item}}"),
             "deps": ["data/prepared", *code_deps("stages.distill", trains="item.method")],
@@ -136,14 +174,22 @@ def seed_stages(seed: int) -> dict[str, dict]:
                      *code_deps("stages.distill", trains="item.method")],
             "params": [*train_params, "distill.${key}"], **training_outputs(p)}},
     }
+    for section, kind in (("pretrain", "pretrain"), ("teachers", "teacher")):
+        foreach = foreach_of(section, imports, runs[section], imported=True)
+        if foreach:
+            groups[f"import_{kind}_seed{seed}"] = import_group(section, p, seed, foreach)
+    return {name: group for name, group in groups.items() if group.get("foreach", True) is not None}
 
 
-def stages(seeds: list[int]) -> dict[str, dict]:
-    """Every stage group of dvc.yaml, in pipeline order."""
+def stages(seeds: list[int], params: dict | None = None) -> dict[str, dict]:
+    """Every stage group of dvc.yaml, in pipeline order (`params`: see `seed_stages`)."""
+    layout = pipeline_layout(params or {})
     out: dict[str, dict] = {
         "check_params": {
             "cmd": ("bin/python -m bowflow.config params.yaml --stamp data/checked_params.txt "
-                    "--runs data/runs.json --pipeline-seeds " + " ".join(map(str, seeds))),
+                    "--runs data/runs.json --pipeline-seeds " + " ".join(map(str, seeds))
+                    + "".join(f" {flag}" for flag in (["--pipeline-layout"] if layout else []))
+                    + "".join(f" {shlex.quote(token)}" for token in layout)),
             "deps": code_deps("bowflow.config", validates=True),
             "params": [{"params.yaml": None}],
             "outs": [{"data/checked_params.txt": {"cache": False}}, {"data/runs.json": {"cache": False}}]},
@@ -155,7 +201,7 @@ def stages(seeds: list[int]) -> dict[str, dict]:
             "outs": [{"data/prepared": {"type": "directory"}}]},
     }
     for seed in seeds:
-        out.update(seed_stages(seed))
+        out.update(seed_stages(seed, params))
     out["report"] = {
         "cmd": ("bin/python -m stages.report --prepared data/prepared --metrics data/metrics --plots data/plots "
                 "--models data/models --out data/report --generations-csv data/plots/generations.csv "
@@ -173,9 +219,9 @@ PLOTS = [{"data/plots/generations.csv": {"x": "generation",
                                          "y": ["linear_base", "knn_all", "few_shot_1", "few_shot_5"]}}]
 
 
-def render(seeds: list[int]) -> str:
-    """dvc.yaml's text for these seeds."""
-    groups = stages(seeds)
+def render(seeds: list[int], params: dict | None = None) -> str:
+    """dvc.yaml's text for these seeds (and `params`' imported runs, if any)."""
+    groups = stages(seeds, params)
     body = []
     for name, stage in groups.items():
         body.append(yaml.safe_dump({name: stage}, sort_keys=False, width=200).rstrip())
@@ -225,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.params}: seeds: expected a non-empty list of distinct integers >= 0, got {seeds!r}",
               file=sys.stderr)
         return 2
-    text = render(seeds)
+    text = render(seeds, params)
     if args.check:
         current = args.out.read_text() if args.out.exists() else ""
         if current != text:
