@@ -10,7 +10,8 @@ compute mode asked for, with a GPU memory peak; the vocabulary stages used faiss
 when faiss has GPU support (`faiss_gpu`); the evaluation wrote every accuracy. It prints a
 line per check and writes them, with the machine (GPU names, CUDA, torch, faiss), as JSON.
 Exit status 1 if a check failed, 2 if torch sees no CUDA GPU (nothing to check here).
-Nothing here is a test: no test needs a GPU (tests/test_gpu_check.py checks the plan).
+Nothing here is a test: no test needs a GPU. `--plan` and `--check` need none either
+(tests/test_gpu_check.py runs them).
 """
 from __future__ import annotations
 
@@ -81,11 +82,40 @@ def machine() -> dict:
             "faiss_gpu": hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0}
 
 
+def plan(gpus: int) -> list[dict]:
+    """The cases for `gpus` GPUs, each with its params checked (bowflow.config, statically)."""
+    from bowflow.config import validate_params
+
+    for case in cases(gpus):
+        validate_params(case_params(case))
+    return cases(gpus)
+
+
+def print_checks(checks: list[tuple[str, bool, str]]) -> None:
+    for name, ok, detail in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}" + (f"  ({detail})" if detail and not ok else ""))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("gpu-check.json"))
     parser.add_argument("--workdir", type=Path, help="where the tiny projects go (default: a temporary folder)")
+    parser.add_argument("--plan", type=int, metavar="GPUS", help="print the cases for GPUS GPUs "
+                        "(their params checked) as RESULT {json} and stop; needs no GPU")
+    parser.add_argument("--check", type=Path, metavar="PROJECT", help="check an already-run case's "
+                        "project (with --case and --faiss-gpu as that run had) and stop; needs no GPU")
+    parser.add_argument("--case", help="with --check: the case's name (see --plan)")
+    parser.add_argument("--faiss-gpu", action="store_true", help="with --check: faiss had GPU support")
     args = parser.parse_args(argv)
+    if args.plan is not None:
+        print("RESULT " + json.dumps({"cases": plan(args.plan)}))
+        return 0
+    if args.check:
+        case = next(c for c in cases(2) if c["name"] == args.case)
+        checks = check_case(args.check, case, args.faiss_gpu)
+        print_checks(checks)
+        print("RESULT " + json.dumps({"failed": [n for n, ok, _ in checks if not ok], "checks": len(checks)}))
+        return 1 if any(not ok for _, ok, _ in checks) else 0
     import torch
 
     if not torch.cuda.is_available():
@@ -106,8 +136,7 @@ def main(argv=None) -> int:
         checks = [(f"{case['name']}: dvc repro exits 0", run.returncode == 0, run.stderr[-2000:])]
         if run.returncode == 0:
             checks += check_case(project, case, info["faiss_gpu"])
-        for name, ok, detail in checks:
-            print(f"{'PASS' if ok else 'FAIL'}  {name}" + (f"  ({detail})" if detail and not ok else ""))
+        print_checks(checks)
         results.append({"case": case, "seconds": seconds,
                          "checks": [{"check": n, "passed": ok, "detail": d} for n, ok, d in checks]})
     from bowflow.io import write_json

@@ -1,12 +1,13 @@
-"""Figures quoted in prose (benchmarks.figures): each re-derived from its record, and a
+"""Figures quoted in prose (bowflow.figures): each re-derived from its record, and a
 changed figure is caught."""
 import json
 import re
 
 import pytest
+from benchmark_cli import run_benchmark
 
-from benchmarks import figures
-from benchmarks.records import ROOT
+from bowflow import figures
+from bowflow.scaffold import ROOT
 
 
 @pytest.fixture()
@@ -73,3 +74,13 @@ def test_figures_found_wrong_are_marked(record, quantity):
         digit = re.search(r"\d(?=\D*$)", before)
         bumped = before[:digit.start()] + str((int(digit.group()) + 1) % 10) + before[digit.end():]
         assert figures.check_text(bumped + m.group(0), "README.md", ROOT)
+
+
+def test_the_records_check_runs_the_figures_check(record):
+    """`python -m benchmarks.records check` fails on a wrong figure in a document it reads."""
+    (record / "README.md").write_text("took **2.4 min**<!-- = rec minutes metrics/**/*.json --> in all\n")
+    result = run_benchmark("records", "--root", record, "check", check=False)
+    assert result.returncode == 1
+    assert "README.md:1: rec minutes is '2.6 min'" in result.stdout
+    (record / "README.md").write_text("took **2.6 min**<!-- = rec minutes metrics/**/*.json --> in all\n")
+    assert run_benchmark("records", "--root", record, "check", check=False).returncode == 0

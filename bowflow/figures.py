@@ -17,7 +17,9 @@ derived figure. Quantities (PATTERN: a glob under the record, `**` recursive):
 
 Any quantity takes `-NAME` arguments: leave out the files named NAME.json.
 
-    python -m benchmarks.figures check       # exit 1 and list every figure that differs
+    python -m bowflow.figures check       # exit 1 and list every figure that differs
+
+benchmarks.records runs this check with its own (`python -m benchmarks.records check`).
 """
 from __future__ import annotations
 
