@@ -423,6 +423,20 @@ def check_resources(values, checked: dict) -> dict:
     return resources
 
 
+def gpu_warnings(checked: dict) -> list[str]:
+    """Why a run asking for GPUs (resources.KIND.gpus > 0) would not get them on this
+    machine: one line per stage kind, empty when torch sees enough GPUs. Warnings, not
+    errors: under a cluster executor (SLURM) the training jobs run elsewhere, with the GPUs
+    the cluster gives them; a training stage run here stops before any work (its --gpus)."""
+    import torch
+
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"resources.{kind}.gpus = {r.gpus}, but torch sees {seen} GPU(s) on this machine "
+            f"(torch.cuda.is_available() is {torch.cuda.is_available()}): its training stages stop "
+            f"with an error if run here; set resources.{kind}.gpus: 0 to train on the CPU"
+            for kind, r in checked["resources"].items() if r.gpus > seen]
+
+
 def parent_cycle(generations: dict, start: str) -> str:
     """Why `start`'s parent is not known yet: '; the parents form a cycle a -> b -> a' when
     following parents loops back, '; move 'b' above 'a'' when the parent is defined below."""
@@ -499,6 +513,11 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
     check_patches(checked)
     check_batches_static(checked)
     checked["resources"] = check_resources(params["resources"], checked)
+    asking = [kind for kind, r in checked["resources"].items() if r.gpus]
+    if asking and params["device"] == "cpu":
+        raise ParamsError(f"resources.{asking[0]}.gpus: {checked['resources'][asking[0]].gpus} GPU(s) "
+                          f"asked for, but device: cpu trains on the CPU: expected gpus: 0, or device: "
+                          f"auto or cuda")
     recorded = (manifest or {}).get("source", {})
     # counts per class do not depend on the seed (stratified_split), so a manifest of the
     # same data section answers for any seed
@@ -634,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
         check_pipeline_seeds(checked["seeds"], args.pipeline_seeds)
         if args.pipeline_seeds is not None:
             check_pipeline_layout(params, args.pipeline_layout or [])
+        for warning in gpu_warnings(checked):
+            print(f"{args.params}: warning: {warning}", file=sys.stderr)
     except ParamsError as error:
         message = str(error)
         prefix = "" if message.startswith(f"{args.params}:") or message.startswith(f"{args.manifest}:") \
