@@ -500,7 +500,7 @@ def table_processes(record: Path) -> tuple[list[list[str]], set[str]]:
     data = load_json(record / "processes.json")
     n = data["processes"]
     out = [["method", "1 process: threads, images/s", f"{n} processes: threads each, images/s",
-            f"ratio {n} : 1", "final loss 1 / N (|a-b| / max(|a|,|b|))", "wall s (1 / N)"]]
+            f"ratio {n} : 1", "final loss 1 / N (difference / larger loss)", "wall s (1 / N)"]]
     for r in data["rows"]:
         one, many, derived = r["one"], r["many"], processes_summary(r)
         threads = one["threads"] or "torch's default"      # 0: one per physical core

@@ -261,7 +261,7 @@ def precision_mean(data):
 
 
 def processes_ratio(data):
-    data["rows"][0]["ratio"] = 0.8
+    data["rows"][0]["ratio"] = 2.3
 
 
 def ablation_words(data):
@@ -279,8 +279,8 @@ BENCHMARKS = "docs/BENCHMARKS.md"
     ("docs/results/precision/precision.json", precision_mean, ("| 84.63 ± 1.22 |", "| 85.63 ± 1.22 |"),
      "docs/results/precision/precision.json: summary default knn mean: stored 85.627 vs "
      "recomputed from the rows 84.627"),
-    ("docs/results/processes/processes.json", processes_ratio, ("| 1, 321.4 | 0.75 |", "| 1, 321.4 | 0.80 |"),
-     "docs/results/processes/processes.json: rotnet ratio: stored 0.8 vs recomputed from the rows 0.75"),
+    ("docs/results/processes/processes.json", processes_ratio, ("| 1, 162.4 | 2.25 |", "| 1, 162.4 | 2.30 |"),
+     "docs/results/processes/processes.json: rotnet ratio: stored 2.3 vs recomputed from the rows 2.25"),
     ("docs/results/ablate-digits/g2.json", ablation_words, ("| g2 vocab.size=256 | stage2 | 256 |",
                                                             "| g2 vocab.size=256 | stage2 | 128 |"),
      "docs/results/ablate-digits/g2.json: variant 'vocab.size=256': words 128 but the variant gives 256"),
@@ -313,6 +313,38 @@ def test_machine_not_the_one_the_flags_give_fails(docs, record, named, wrong):
     assert result.returncode == 1
     assert (f"README.md:{marker_line(readme, record)} {record}: its runs' cpu_flags (avx512_bf16) "
             f"make it machine A's class, but the prose beside its tables names machine") in result.stdout
+
+
+def test_processes_loss_difference_is_relative_to_the_larger_loss(docs):
+    """processes.json's loss difference is |a - b| / max(|a|, |b|): one stored relative to
+    max(1, |a|) (the old definition) differs from the recomputed one for RotNet (loss < 1)."""
+    path = docs / "docs/results/processes/processes.json"
+    row = json.loads(path.read_text())["rows"][0]
+    a, b = row["one"]["loss"], row["many"]["loss"]
+    assert row["loss_difference"] == abs(a - b) / max(abs(a), abs(b))
+    edit_json(path, lambda data: data["rows"][0].update(loss_difference=abs(a - b) / max(1.0, abs(a))))
+    result = check(docs)
+    assert result.returncode == 1
+    assert "docs/results/processes/processes.json: rotnet loss_difference: stored" in result.stdout
+
+
+@pytest.mark.parametrize("record", ["docs/results/processes"])
+def test_benchmark_record_machine_comes_from_its_cpu_flags(docs, record):
+    """A benchmark's JSON records `cpu_flags` (processes.json; each seed<S>/g<N>.json of
+    the ablation): its prose must name the class they give, machine A (avx512_bf16)."""
+    benchmarks = docs / BENCHMARKS
+    line = marker_line(benchmarks, record)
+    lines = benchmarks.read_text().splitlines()
+    start = max(i for i in range(line) if lines[i].startswith("## "))
+    end = next(i for i in range(line, len(lines)) if lines[i].startswith("## "))
+    section = "\n".join(lines[start:end])
+    assert "machine A" in section.replace("Machine A", "machine A")
+    renamed = section.replace("Machine A", "Machine C").replace("machine A", "machine C")
+    benchmarks.write_text(benchmarks.read_text().replace(section, renamed))
+    result = check(docs)
+    assert result.returncode == 1
+    assert (f"{record}: its runs' cpu_flags (avx512_bf16) make it machine A's class, but the prose "
+            f"beside its tables names machine") in result.stdout
 
 
 # --------------------------------------------------------------- the root lock against the tree
