@@ -99,6 +99,40 @@ def test_random_resized_crop_identity_and_flip(floats):
     assert torch.allclose(flipped, floats.flip(-1), atol=1e-5)
 
 
+def test_random_resized_crop_takes_a_box_inside_the_image_at_its_scale_and_ratio():
+    """Read each crop's box back from its output: on an image whose channel 0 is the pixel
+    column and channel 1 the row, bilinear sampling is exact (value = position - 0.5), so
+    the middle samples give the box's centre and the step between them its side / size.
+    Every box must lie inside the image with an area fraction in `scale` and an aspect
+    ratio w / h in `ratio` (asymmetric here, so swapped sides show), axis-aligned,
+    anywhere in the image, about half of them mirrored (a negative column step)."""
+    b, side, size, m = 256, 32, 16, 8
+    ramp = torch.arange(side, dtype=torch.float32)
+    x = torch.stack([ramp.expand(side, side), ramp[:, None].expand(side, side),
+                     torch.zeros(side, side)]).expand(b, 3, side, side)
+    # scale <= 0.4 with ratio >= 0.5 keeps both sides below 32 px: no box is clamped.
+    out = random_resized_crop(x, size, scale=(0.2, 0.4), ratio=(0.5, 1.0), flip_p=0.5, generator=gen(9))
+    assert torch.allclose(out[:, 0], out[:, 0, :1].expand(b, size, size), atol=1e-4), "columns vary by row"
+    assert torch.allclose(out[:, 1], out[:, 1, :, :1].expand(b, size, size), atol=1e-4), "rows vary by column"
+    step_x = out[:, 0, m, m] - out[:, 0, m, m - 1]
+    step_y = out[:, 1, m, m] - out[:, 1, m - 1, m]
+    w, h = step_x.abs() * size, step_y * size
+    cx = (out[:, 0, m, m] + out[:, 0, m, m - 1]) / 2 + 0.5
+    cy = (out[:, 1, m, m] + out[:, 1, m - 1, m]) / 2 + 0.5
+    eps = 1e-3
+    assert (step_y > 0).all(), "no vertical flip"
+    assert (cx - w / 2 >= -eps).all() and (cx + w / 2 <= side + eps).all()
+    assert (cy - h / 2 >= -eps).all() and (cy + h / 2 <= side + eps).all()
+    # the centre is uniform over every position that keeps the box inside: some of 256
+    # boxes come within a pixel of each edge (a centre pulled inwards never does)
+    assert (cx - w / 2).min() < 1 and (cx + w / 2).max() > side - 1
+    assert (cy - h / 2).min() < 1 and (cy + h / 2).max() > side - 1
+    area = w * h / side ** 2
+    assert area.min() >= 0.2 - eps and area.max() <= 0.4 + eps
+    assert (w / h).min() >= 0.5 - eps and (w / h).max() <= 1.0 + eps
+    assert 0.35 < (step_x < 0).float().mean() < 0.65          # flip_p 0.5 of 256 images
+
+
 def test_crop_boxes_inside_image():
     h, w = 24, 40
     cx, cy, bw, bh = _sample_crop_boxes(4096, h, w, (0.05, 1.0), (0.3, 3.0), gen(),
@@ -153,7 +187,37 @@ def test_rotate_four_exact_and_labels(floats):
 def test_color_jitter_p0_is_identity_and_range(floats):
     assert torch.equal(color_jitter(floats, p=0.0, generator=gen()), floats)
     out = color_jitter(floats, 0.9, 0.9, 0.9, 0.5, p=1.0, generator=gen())
-    assert out.min() >= 0 and out.max() <= 1 and not torch.equal(out, floats)
+    assert out.min() >= 0 and out.max() <= 1
+    assert all(not torch.equal(o, f) for o, f in zip(out, floats)), "p=1 changes every image"
+
+
+def test_color_jitter_brightness_is_one_clamped_factor_per_image(floats):
+    """Brightness alone: each image is multiplied by its own factor b in [1 - s, 1 + s]
+    and clamped to [0, 1], nothing else; with p = 0.5 the others stay bit-exact."""
+    s = 0.9
+    out = color_jitter(floats, s, 0.0, 0.0, 0.0, p=1.0, generator=gen(2))
+    unclamped = (floats > 0.1) & (out < 0.999)
+    b = torch.stack([(o / f)[k].median() for o, f, k in zip(out, floats, unclamped)])
+    assert torch.allclose(out, (b[:, None, None, None] * floats).clamp(0, 1), atol=1e-5)
+    assert b.min() >= 1 - s - 1e-4 and b.max() <= 1 + s + 1e-4
+    assert b.min() < 1 < b.max() and b.max() - b.min() > 0.5, f"not drawn around 1 per image: {b}"
+    assert (out == 1.0).any(), "factors above 1 saturate bright pixels at exactly 1"
+    half = color_jitter(floats, s, 0.0, 0.0, 0.0, p=0.5, generator=gen(2))
+    kept = torch.tensor([torch.equal(o, f) for o, f in zip(half, floats)])
+    assert 0 < kept.sum() < len(floats)
+    assert torch.allclose(half[~kept], (b[~kept, None, None, None] * floats[~kept]).clamp(0, 1), atol=1e-5)
+
+
+def test_color_jitter_hue_alone_keeps_luma():
+    """Hue alone rotates chroma: every pixel keeps its luma, grey pixels stay grey, colour
+    pixels change (values kept inside [0, 1] throughout, so nothing is clamped)."""
+    x = 0.4 + 0.2 * torch.rand(8, 3, 6, 6, generator=gen(4))
+    x[:, :, 0, 0] = 0.5                                               # one grey pixel each
+    out = color_jitter(x, 0.0, 0.0, 0.0, 0.5, p=1.0, generator=gen(5))
+    luma = torch.tensor(LUMA)
+    assert torch.allclose(torch.einsum("bchw,c->bhw", out, luma), torch.einsum("bchw,c->bhw", x, luma), atol=1e-5)
+    assert torch.allclose(out[:, :, 0, 0], x[:, :, 0, 0], atol=1e-5)
+    assert (out - x).abs().amax(dim=(1, 2, 3)).min() > 1e-3, "an image kept its colours"
 
 
 def test_jitter_affine_matches_torchvision_steps():
@@ -251,11 +315,22 @@ def test_benchmark_smoke():
     from benchmark_cli import benchmark_result
 
     result = benchmark_result("bench_augment", "--smoke")
-    assert result["baseline_images_per_s"] > 0 and result["batched_images_per_s"] > 0
+    # --smoke promises one thread in one process (no DataLoader workers)
+    assert (result["threads"], result["workers"], result["device"]) == (1, 0, "cpu")
+    base, batched = result["baseline_images_per_s"], result["batched_images_per_s"]
+    # the ratio is batched / baseline (rates rounded to 0.1, the ratio to 0.01)
+    low, high = (batched - 0.05) / (base + 0.05) - 0.005, (batched + 0.05) / (base - 0.05) + 0.005
+    assert low <= result["ratio"] <= high, result
+    # the rate and the ms per batch come from the same timed batches (every one full, the
+    # warm-up batch excluded from both): rate x seconds per batch = images per batch
+    per_batch = batched * result["make_view_ms_per_batch"] / 1e3
+    slack = 0.0005 / result["make_view_ms_per_batch"] + 0.05 / batched
+    assert per_batch == pytest.approx(result["batch_size"], rel=slack + 1e-6), result
 
 
 def test_blur_and_solarize_views():
-    from bowflow.augment import ViewSpec, gaussian_blur, make_view, make_views, scaled_size, solarize
+    from bowflow.augment import (ViewSpec, blur_sigma_px, gaussian_blur, make_view, make_views,
+                                 scaled_size, solarize)
     x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
     assert torch.equal(gaussian_blur(x, 0.0, generator=g), x)
@@ -273,4 +348,10 @@ def test_blur_and_solarize_views():
     views = make_views(images, [ViewSpec(32, blur_p=1.0), ViewSpec(scaled_size(32, 3 / 7), solarize_p=0.2)],
                        torch.Generator().manual_seed(3))
     assert [v.shape[-1] for v in views] == [32, 14]
+    # Each view is make_view's pipeline with the blur last, at the sigma scaled to its size,
+    # the views drawn one after the other from the one generator (not the same draws twice).
+    g = torch.Generator().manual_seed(3)
+    first = gaussian_blur(make_view(images, ViewSpec(32), g), 1.0, blur_sigma_px((0.1, 2.0), 32), generator=g)
+    second = make_view(images, ViewSpec(scaled_size(32, 3 / 7), solarize_p=0.2), g)
+    assert torch.equal(views[0], first) and torch.equal(views[1], second)
     assert scaled_size(8, 3 / 7) == 4

@@ -173,12 +173,28 @@ def metrics_of(record: dict) -> dict:
             **{f"few_shot_{n}": shot["mean"] for n, shot in evaluation["few_shot"].items()}}
 
 
-def locked_out(project: Path, rev: str, stage: str) -> str:
-    """The md5 that the experiment commit's dvc.lock records for `stage`'s first output."""
+def locked(project: Path, rev: str) -> dict:
+    """The experiment commit's dvc.lock."""
     from ruamel.yaml import YAML
 
-    lock = YAML(typ="safe").load(sh(project, f"git show {rev}:dvc.lock").stdout)
-    return lock["stages"][stage]["outs"][0]["md5"]
+    return YAML(typ="safe").load(sh(project, f"git show {rev}:dvc.lock").stdout)
+
+
+def locked_out(project: Path, rev: str, stage: str) -> str:
+    """The md5 that the experiment commit's dvc.lock records for `stage`'s first output."""
+    return locked(project, rev)["stages"][stage]["outs"][0]["md5"]
+
+
+def committed_json(project: Path, rev: str, path: str) -> dict:
+    """A JSON file as the experiment commit holds it (what its run wrote)."""
+    return json.loads(sh(project, f"git show {rev}:{path}").stdout)
+
+
+def committed_curve(project: Path, rev: str) -> list[dict]:
+    """The training curve (per-epoch rows) as the experiment commit holds it."""
+    import csv
+
+    return list(csv.DictReader(sh(project, f"git show {rev}:{CURVE}").stdout.splitlines()))
 
 
 def test_queued_experiments_run_and_differ_where_their_params_do(tmp_path):
@@ -213,14 +229,35 @@ def test_queued_experiments_run_and_differ_where_their_params_do(tmp_path):
     show = json.loads(sh(project, ".venv/bin/dvc exp show --json").stdout)
     found = experiments(show)
     assert set(RUNS) <= set(found), f"experiments {sorted(found)} lack {sorted(set(RUNS) - set(found))}"
-    metrics = {}
+    metrics, revs = {}, {name: found[name]["rev"] for name in RUNS}
     for name, lr in RUNS.items():
         params = found[name]["data"]["params"]["params.yaml"]["data"]
         assert params["pretrain"]["g0"]["lr"] == lr and params["seed"] == 0 and params["seeds"] == [SEED]
         assert params["compute"] == COMPUTE
         metrics[name] = metrics_of(found[name])
-        assert all(math.isfinite(v) for v in metrics[name].values()), metrics[name]
-        assert 0 <= metrics[name]["knn_all"] <= 100 and metrics[name]["loss"] > 0
+        # What `dvc exp show` reports for the experiment is what its own run wrote: the
+        # metrics files of its commit (DVC leaves out lists, e.g. the CPU flags).
+        written = {part: committed_json(project, revs[name], f"{METRICS}/{part}/g0.json") for part in ("train", "eval")}
+        for part, record in written.items():
+            shown = found[name]["data"]["metrics"][f"{METRICS}/{part}/g0.json"]["data"]
+            assert shown == {k: v for k, v in record.items() if k in shown}, (name, part)
+            assert all(isinstance(record[k], list) for k in set(record) - set(shown)), (name, part)
+        assert metrics[name] == {"loss": written["train"]["final"]["loss"],
+                                 "rotation_accuracy": written["train"]["final"]["rotation_accuracy"],
+                                 **{k: written["eval"][k] for k in ("linear_base", "knn_all")},
+                                 **{f"few_shot_{n}": shot["mean"] for n, shot in written["eval"]["few_shot"].items()}}
+        # The run is the one its name says: its dvc.lock ran the training stage with the
+        # queued lr, and the curve it logged (a cache: false plot, in the commit too) reached
+        # that lr at the end of the warm-up epoch (warmup_epochs 1.0: epoch 1's last step is
+        # the schedule's peak) and ended at the final loss of its metrics.
+        lock = locked(project, revs[name])["stages"][TRAIN_STAGE]
+        argv = lock["cmd"].split()
+        assert float(argv[argv.index("--lr") + 1]) == lr and lock["params"]["params.yaml"]["pretrain.g0"]["lr"] == lr
+        curve = committed_curve(project, revs[name])
+        assert [row["epoch"] for row in curve] == ["1", "2"] and float(curve[0]["lr"]) == lr, curve
+        assert float(curve[-1]["loss"]) == metrics[name]["loss"]
+        # ... and evaluated with the params' protocol: 50 episodes of each shot count 1, 5
+        assert {n: shot["episodes"] for n, shot in written["eval"]["few_shot"].items()} == {"1": 50, "5": 50}
     low, high = (metrics[name] for name in RUNS)
     assert low["loss"] != high["loss"], "a different learning rate trained to the same loss"
     assert low != high and any(low[k] != high[k] for k in ("linear_base", "knn_all", "few_shot_1")), \
@@ -228,16 +265,11 @@ def test_queued_experiments_run_and_differ_where_their_params_do(tmp_path):
 
     # One cache for both: what does not depend on the lr is the same output, the models
     # differ, and each is in the project's cache (where `dvc exp apply` checks it out from).
-    revs = {name: found[name]["rev"] for name in RUNS}
     assert len({locked_out(project, rev, "prepare") for rev in revs.values()}) == 1
     models = {locked_out(project, rev, TRAIN_STAGE) for rev in revs.values()}
     assert len(models) == 2
     for md5 in models:
         assert (project / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).is_file()
-    # The training curves (cache: false plots) travel with each experiment too.
-    for rev in revs.values():
-        assert "epoch" in sh(project, f"git show {rev}:{CURVE}").stdout
-
     # The queue leaves the workspace alone: the committed params, nothing run there. Then
     # `dvc exp apply` brings one experiment in: its params, metrics and (from the cache) model.
     assert sh(project, "git status --porcelain params.yaml").stdout == ""
