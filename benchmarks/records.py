@@ -910,14 +910,17 @@ def check_record(root: Path, record: str, kinds: set[str], runs: set[str]) -> li
     metrics and curves, with the md5 the lock holds; every metrics file and curve of the
     record was written by exactly one stage of the lock. A stage left over from another
     pipeline or preset fails one of these: its run is not reported, or the files it locked
-    are not the record's."""
+    are not the record's. A lock lists every output under `outs` (dvc.yaml's `metrics:`,
+    `plots:` and `outs:` alike), so records whose stages declared their JSON as metrics
+    (before data/metrics/summary.json) and as `cache: false` outs read the same; a record's
+    metrics/summary.json is the report stage's."""
     folder = root / record
     if not (folder / "dvc.lock").exists():       # a benchmark's JSON record: no stages to check
         return []
     stages = lock_stages(folder)
     allowed = runs | {run for kind in kinds for run in SUPPORT_RUNS.get(kind, ())}
     files = {"data/" + str(p.relative_to(folder)): p
-             for p in [*folder.glob("metrics/*/*.json"), *folder.glob("plots/train/*.csv"),
+             for p in [*folder.glob("metrics/*.json"), *folder.glob("metrics/*/*.json"), *folder.glob("plots/train/*.csv"),
                        *folder.glob("metrics/seed*/*/*.json"), *folder.glob("plots/seed*/train/*.csv")]}
     writers: dict[str, list[str]] = {path: [] for path in files}
     out = []

@@ -637,3 +637,40 @@ def paired_table(per_seed: dict[str, dict[int, dict]]) -> str:
                  if m in cells else "-" for m in metrics]
         lines.append("| " + " | ".join([f"{label[run]} ({run})", against, str(n), *shown]) + " |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ the pipeline's metrics
+
+SUMMARY_DIGITS = 2     # accuracies in %, minutes: two decimals keep `dvc exp show`'s columns narrow
+
+
+def summary(per_seed: dict[str, dict[int, dict]], supervised: dict[str, dict[int, dict]]) -> dict:
+    """What a user compares between runs and experiments, the one file dvc.yaml declares as
+    `metrics:` (data/metrics/summary.json, written by the report stage; every stage's full
+    record stays an output that is not a metric). {run: {linear, knn, shot_N (each shot
+    count's mean accuracy over episodes), top1 (teacher and distill runs: test top-1),
+    train_min (the training stage's wall clock, minutes), n_seeds}}; each value the mean
+    over the run's seeds, rounded to two decimals. `per_seed`: `load_seeds` (evaluated
+    runs, lineage order), `supervised`: `load_supervised_seeds` (runs with a test top-1)."""
+    out: dict[str, dict] = {}
+    for name in [*per_seed, *(n for n in supervised if n not in per_seed)]:
+        evaluated, trained = per_seed.get(name, {}), supervised.get(name, {})
+        seeds = sorted(set(evaluated) | set(trained))
+        values: dict[str, list[float]] = {}
+        for seed in seeds:
+            record = evaluated.get(seed, {})
+            train = trained.get(seed) or record.get("train") or {}
+            row = {}
+            if record:
+                row |= {"linear": record["linear_base"], "knn": record["knn_all"]}
+                row |= {f"shot_{n}": record["few_shot"][n]["mean"]
+                        for n in sorted(record.get("few_shot", {}), key=int)}
+            if "top1" in train:
+                row["top1"] = train["top1"]
+            if "wall_seconds" in train:
+                row["train_min"] = train["wall_seconds"] / 60
+            for key, value in row.items():
+                values.setdefault(key, []).append(value)
+        out[name] = {key: round(statistics.fmean(v), SUMMARY_DIGITS) for key, v in values.items()}
+        out[name]["n_seeds"] = len(seeds)
+    return out

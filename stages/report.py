@@ -3,7 +3,7 @@
     python -m stages.report --prepared data/prepared --metrics data/metrics \
         --plots data/plots --models data/models --out data/report \
         --generations-csv data/plots/generations.csv --runs data/runs.json \
-        --words_shown 8 --patches_per_word 8
+        --summary data/metrics/summary.json --words_shown 8 --patches_per_word 8
 
 Every run trained once per seed: metrics in --metrics/seed{S}/{eval,train,vocab}/, curves in
 --plots/seed{S}/train/, vocabularies in --models/seed{S}/gN/vocab.pt. --runs (check_params
@@ -13,6 +13,11 @@ each run's mean ± standard deviation over seeds, every training's own values, a
 comparisons (each run against the untrained control of its architecture, each generation
 against its parent); the figures of one training (curves, visual words) are those of the
 lowest seed.
+
+--summary: the pipeline's one metrics file (`dvc metrics show`, `dvc exp show`): each run's
+linear, k-NN, few-shot (shot_N), test top-1 and training minutes, means over its seeds
+(`report.summary`). It lies outside the metrics this stage reads (dvc.yaml's deps are the
+seed folders data/metrics/seed{S}, not data/metrics).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from pathlib import Path
 from bowflow import report
 from bowflow.cli import parse_section
 from bowflow.data.prepared import load_ssl_images
-from bowflow.io import load_torch, write_csv
+from bowflow.io import load_torch, write_csv, write_json
 from bowflow.sections import ReportParams
 
 
@@ -32,6 +37,7 @@ def paths(parser):
         parser.add_argument(f"--{name}", type=Path, required=True)
     parser.add_argument("--runs", type=Path, required=True,
                         help='JSON {"runs": [names], "seeds": [seeds]} of the runs and seeds to report')
+    parser.add_argument("--summary", type=Path, help="write the runs' summary metrics (JSON) here")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the pictured patches")
 
 
@@ -69,8 +75,8 @@ def main(argv=None):
             figures.append(name)
         table = report.seed_table(per_seed)
         paired = report.paired_table(per_seed)
-        distillation = report.distill_tables(report.mean_supervised(
-            report.load_supervised_seeds(args.metrics, names, seeds)))
+        supervised = report.load_supervised_seeds(args.metrics, names, seeds)
+        distillation = report.distill_tables(report.mean_supervised(supervised))
         times = report.seed_stage_times(args.metrics, names, seeds)
         text = "\n".join([
             "# bowflow results", "",
@@ -94,6 +100,8 @@ def main(argv=None):
             *[f"| {name} | {seconds:.1f} |" for name, seconds in times], ""])
         (work / "report.md").write_text(text)
         write_csv(args.generations_csv, report.seed_generations_rows(per_seed))
+        if args.summary:
+            write_json(args.summary, report.summary(per_seed, supervised))
         if args.out.exists():
             shutil.rmtree(args.out)
         work.rename(args.out)

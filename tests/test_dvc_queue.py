@@ -158,16 +158,20 @@ def experiments(show: list) -> dict[str, dict]:
     return found
 
 
-def metrics_of(record: dict) -> dict:
+def metrics_of(project: Path, rev: str) -> dict:
     """The numbers of one experiment that the lr changes: the final training loss and
-    rotation accuracy, and every evaluation accuracy."""
-    metrics = record["data"]["metrics"]
-    missing = {path: entry["error"] for path, entry in metrics.items()
-               if path.startswith(METRICS) and path.endswith("/g0.json") and "error" in entry}
-    assert not missing, (f"{record['name']}: metrics not in the experiment commit {missing}; is "
-                         "data/metrics/ ignored by .gitignore? DVC commits only what git tracks")
-    train = metrics[f"{METRICS}/train/g0.json"]["data"]
-    evaluation = metrics[f"{METRICS}/eval/g0.json"]["data"]
+    rotation accuracy, and every evaluation accuracy, from the stage records its commit
+    holds. Those records are outputs with `cache: false`, not DVC metrics: `dvc exp show`
+    compares the report's data/metrics/summary.json, which a run with this target does not
+    write."""
+    def committed(part: str) -> dict:
+        path = f"{METRICS}/{part}/g0.json"
+        shown = sh(project, f"git show {rev}:{path}", check=False)
+        assert shown.returncode == 0, (f"{rev}: {path} is not in the experiment commit; is data/metrics/ "
+                                       "ignored by .gitignore? DVC commits only what git tracks")
+        return json.loads(shown.stdout)
+
+    train, evaluation = committed("train"), committed("eval")
     return {"loss": train["final"]["loss"], "rotation_accuracy": train["final"]["rotation_accuracy"],
             "linear_base": evaluation["linear_base"], "knn_all": evaluation["knn_all"],
             **{f"few_shot_{n}": shot["mean"] for n, shot in evaluation["few_shot"].items()}}
@@ -234,14 +238,11 @@ def test_queued_experiments_run_and_differ_where_their_params_do(tmp_path):
         params = found[name]["data"]["params"]["params.yaml"]["data"]
         assert params["pretrain"]["g0"]["lr"] == lr and params["seed"] == 0 and params["seeds"] == [SEED]
         assert params["compute"] == COMPUTE
-        metrics[name] = metrics_of(found[name])
-        # What `dvc exp show` reports for the experiment is what its own run wrote: the
-        # metrics files of its commit (DVC leaves out lists, e.g. the CPU flags).
+        metrics[name] = metrics_of(project, found[name]["rev"])
+        # the stage records are not metrics: `dvc exp show` lists none of them
+        assert not [path for path in found[name]["data"]["metrics"] if path.startswith(METRICS)]
+        # What the experiment reports is what its own run wrote: the records of its commit.
         written = {part: committed_json(project, revs[name], f"{METRICS}/{part}/g0.json") for part in ("train", "eval")}
-        for part, record in written.items():
-            shown = found[name]["data"]["metrics"][f"{METRICS}/{part}/g0.json"]["data"]
-            assert shown == {k: v for k, v in record.items() if k in shown}, (name, part)
-            assert all(isinstance(record[k], list) for k in set(record) - set(shown)), (name, part)
         assert metrics[name] == {"loss": written["train"]["final"]["loss"],
                                  "rotation_accuracy": written["train"]["final"]["rotation_accuracy"],
                                  **{k: written["eval"][k] for k in ("linear_base", "knn_all")},

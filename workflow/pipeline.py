@@ -3,6 +3,7 @@
     bin/python -m workflow.pipeline            # (re)write dvc.yaml from params.yaml's seeds
     bin/python -m workflow.pipeline --check    # exit 1 if dvc.yaml is not what it would write
     bin/python -m workflow.pipeline --order 1  # seed 1's stages in dependency order (bin/repro)
+    bin/python -m workflow.pipeline --mermaid  # the stage kinds of one seed as a Mermaid flowchart (README)
 
 Why a generated file. Every training and evaluation stage exists once per run and per seed,
 each cached on its own, so that adding a seed reruns nothing that exists. DVC's `foreach`
@@ -32,11 +33,14 @@ to such a section rewrites dvc.yaml (`check_params --pipeline-layout` says so, a
 for the seeds); without imports dvc.yaml is as it was.
 
 Per seed S the stages write: data/models/seed<S>/<run>/{model,vocab}.pt,
-data/metrics/seed<S>/{train,eval,vocab}/<run>.json, data/plots/seed<S>/train/<run>.csv.
+data/metrics/seed<S>/{train,eval,vocab}/<run>.json (outputs with `cache: false`, not
+metrics), data/plots/seed<S>/train/<run>.csv; the report writes data/metrics/summary.json,
+the pipeline's one `metrics:` file, what `dvc exp show` compares.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -90,9 +94,21 @@ def seed_paths(seed: int) -> dict[str, str]:
             "plots": f"data/plots/seed{seed}"}
 
 
+# The one metrics file (`dvc metrics show`, `dvc exp show`): each run's linear, k-NN,
+# few-shot, test top-1 and training minutes, means over seeds (bowflow/report.py `summary`).
+# The report stage writes it; every other stage's JSON record is an output that is not a
+# metric (below), in git like the summary (.gitignore), read by the report and benchmarks.
+SUMMARY = "data/metrics/summary.json"
+
+
+def record(path: str) -> dict:
+    """A stage's full JSON record (timings, compute, per-epoch fields): an output kept out of
+    DVC's cache, so git tracks it, and out of `dvc metrics` / `dvc exp show`."""
+    return {path: {"cache": False}}
+
+
 def training_outputs(p: dict, run: str = "${key}") -> dict:
-    return {"outs": [f"{p['models']}/{run}/model.pt"],
-            "metrics": [{f"{p['metrics']}/train/{run}.json": {"cache": False}}],
+    return {"outs": [f"{p['models']}/{run}/model.pt", record(f"{p['metrics']}/train/{run}.json")],
             "plots": [{f"{p['plots']}/train/{run}.csv": {"cache": False, "x": "epoch"}}]}
 
 
@@ -121,8 +137,7 @@ def import_group(section: str, p: dict, seed: int, foreach: dict) -> dict:
                 f"--seed {seed} --device ${{device}} ${{item}}"),
         "deps": ["data/prepared", "${item.weights}", *code_deps("stages.import_weights")],
         "params": ["device", f"{section}.${{key}}"],
-        "outs": [f"{p['models']}/${{key}}/model.pt"],
-        "metrics": [{f"{p['metrics']}/train/${{key}}.json": {"cache": False}}]}}
+        "outs": [f"{p['models']}/${{key}}/model.pt", record(f"{p['metrics']}/train/${{key}}.json")]}}
 
 
 def seed_stages(seed: int, params: dict | None = None) -> dict[str, dict]:
@@ -138,7 +153,7 @@ def seed_stages(seed: int, params: dict | None = None) -> dict[str, dict]:
                 f"--out {p['metrics']}/eval/${{key}}.json --seed {seed} --device ${{device}} ${{evaluate}}"),
         "deps": ["data/prepared", f"{p['models']}/${{key}}/model.pt", *code_deps("stages.evaluate")],
         "params": ["device", "evaluate"],
-        "metrics": [{f"{p['metrics']}/eval/${{key}}.json": {"cache": False}}]}
+        "outs": [record(f"{p['metrics']}/eval/${{key}}.json")]}
     groups = {
         f"pretrain_seed{seed}": {"foreach": foreach_of("pretrain", imports, runs["pretrain"]), "do": {
             "cmd": ("bin/launch ${resources.pretrain.processes} -m stages.pretrain --gpus ${resources.pretrain.gpus} --prepared data/prepared "
@@ -151,8 +166,7 @@ def seed_stages(seed: int, params: dict | None = None) -> dict[str, dict]:
                     f"--seed {seed} --device ${{device}} ${{item.vocab}}"),
             "deps": ["data/prepared", f"{p['models']}/${{item.parent}}/model.pt", *code_deps("stages.vocab")],
             "params": ["device", "generations.${key}.vocab"],
-            "outs": [f"{p['models']}/${{key}}/vocab.pt"],
-            "metrics": [{f"{p['metrics']}/vocab/${{key}}.json": {"cache": False}}]}},
+            "outs": [f"{p['models']}/${{key}}/vocab.pt", record(f"{p['metrics']}/vocab/${{key}}.json")]}},
         f"student_seed{seed}": {"foreach": "${generations}", "do": {
             "cmd": ("bin/launch ${resources.student.processes} -m stages.student --gpus ${resources.student.gpus} --prepared data/prepared "
                     f"--vocab {p['models']}/${{key}}/vocab.pt --parent-model {p['models']}/${{item.parent}}/model.pt "
@@ -205,12 +219,13 @@ def stages(seeds: list[int], params: dict | None = None) -> dict[str, dict]:
     out["report"] = {
         "cmd": ("bin/python -m stages.report --prepared data/prepared --metrics data/metrics --plots data/plots "
                 "--models data/models --out data/report --generations-csv data/plots/generations.csv "
-                "--runs data/runs.json ${report}"),
-        "deps": ["data/prepared", "data/metrics", "data/models",
+                f"--runs data/runs.json --summary {SUMMARY} ${{report}}"),
+        "deps": ["data/prepared", *[seed_paths(s)["metrics"] for s in seeds], "data/models",
                  *[f"{seed_paths(s)['plots']}/train" for s in seeds], "data/runs.json",
                  *code_deps("stages.report")],
         "params": ["report"],
         "outs": [{"data/report": {"type": "directory"}}],
+        "metrics": [{SUMMARY: {"cache": False}}],
         "plots": [{"data/plots/generations.csv": {"cache": False}}]}
     return out
 
@@ -245,6 +260,46 @@ def seed_order(seed: int, root: Path = Path(".")) -> list[str]:
                 if f"_seed{seed}@" in stage.addressing]
 
 
+SEEDED = re.compile(r"(?P<kind>.+)_seed(?P<seed>\d+)@(?P<run>.+)")
+
+
+def kind_graph(root: Path = Path(".")):
+    """DVC's own stage graph of the project at `root` (`Repo.index.graph`, what `dvc dag`
+    draws), seeds collapsed: the stages of the lowest seed as `kind@run` (`pretrain@g0`;
+    every seed has the same ones) with check_params, prepare and report, an edge from each
+    stage to those that depend on it, minus the edges other paths imply (the transitive
+    reduction: prepare feeds every stage, drawn once). A networkx DiGraph."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph
+        names = {stage: SEEDED.fullmatch(stage.addressing) for stage in graph.nodes}
+        lowest = min((int(m["seed"]) for m in names.values() if m), default=None)
+        shown = {stage: (f"{m['kind']}@{m['run']}" if m else stage.addressing)
+                 for stage, m in names.items() if m is None or int(m["seed"]) == lowest}
+        kinds = nx.DiGraph()
+        kinds.add_nodes_from(shown.values())
+        # DVC's edges point from a stage to a stage it depends on
+        kinds.add_edges_from((shown[dep], shown[stage]) for stage, dep in graph.edges
+                             if stage in shown and dep in shown)
+    return nx.transitive_reduction(kinds)
+
+
+def mermaid(root: Path = Path(".")) -> str:
+    """A Mermaid flowchart of `kind_graph(root)` (the README's picture of the pipeline):
+    nodes in a fixed topological order, edges in the order of their ends."""
+    import networkx as nx
+
+    graph = kind_graph(root)
+    order = list(nx.lexicographical_topological_sort(graph))
+    ids = {name: re.sub(r"\W", "_", name) for name in order}
+    rank = {name: i for i, name in enumerate(order)}
+    lines = ["flowchart TD", *(f'  {ids[n]}["{n}"]' for n in order)]
+    lines += [f"  {ids[a]} --> {ids[b]}" for a, b in sorted(graph.edges, key=lambda e: (rank[e[0]], rank[e[1]]))]
+    return "\n".join(lines) + "\n"
+
+
 def params_seeds(params: dict) -> list[int]:
     """params.yaml's `seeds:` (the training seeds), [0] when absent; a value that is not a
     list is returned as it is, for `main` to refuse by name."""
@@ -260,7 +315,13 @@ def main(argv: list[str] | None = None) -> int:
                         "this would write (CI runs this)")
     parser.add_argument("--order", type=int, metavar="SEED", help="print the stages of this seed in "
                         "dependency order, one a line, and write nothing (bin/repro)")
+    parser.add_argument("--mermaid", action="store_true", help="print a Mermaid flowchart of the "
+                        "stage kinds of one seed, from DVC's graph of dvc.yaml (the README's picture), "
+                        "and write nothing")
     args = parser.parse_args(argv)
+    if args.mermaid:
+        print(mermaid(), end="")
+        return 0
     if args.order is not None:
         print("\n".join(seed_order(args.order)))
         return 0
