@@ -31,6 +31,8 @@ them in file-name order, its claims that module's `claims` (if any). `check`:
   in the record's order (rows named by their first cell: a missing, extra, duplicated or
   moved row is a difference), the same number of cells in every row, and every cell (`**`
   emphasis ignored);
+- checks every figure of README and docs that carries a figure marker
+  (`<!-- = <record> <quantity> ... -->`, bowflow.figures) against its record;
 - checks the figures quoted in the prose of each record (each claim is a sentence
   fragment rendered from the record that must appear in that prose, case, whitespace and
   `**` ignored; the fault table's summary likewise);
@@ -74,7 +76,7 @@ import yaml
 
 from benchmarks.bench_precision import summarize as precision_summarize
 from benchmarks.distill_seeds import spread
-from bowflow import report
+from bowflow import figures, report
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ("README.md", "docs/BENCHMARKS.md")
@@ -440,27 +442,55 @@ def table_precision(record: Path) -> tuple[list[list[str]], set[str]]:
     return out, set()
 
 
+ABLATION_SHOTS = (1, 5, 10, 50)
+
+
+def ablation_seeds(record: Path) -> dict[str, dict[int, dict]]:
+    """benchmarks.ablate_generation's JSON files of a record, <record>/seed<S>/g<N>.json:
+    {generation: {seed: the file's content}}, generations and seeds in order."""
+    out: dict[str, dict[int, dict]] = {}
+    for path in sorted(record.glob("seed*/g*.json"), key=lambda p: (p.stem, int(p.parent.name[4:]))):
+        out.setdefault(path.stem, {})[int(path.parent.name[4:])] = load_json(path)
+    return dict(sorted(out.items()))
+
+
 def table_ablation(record: Path) -> tuple[list[list[str]], set[str]]:
-    """docs/BENCHMARKS.md section 12 from benchmarks.ablate_generation's JSON files (one per
-    generation, <record>/<gN>.json): each variant's targets, captured fraction and evaluation."""
-    header = ["run", "layer", "words", "usage perplexity", "captured", "Linear", "k-NN",
-              "1-shot", "5-shot", "10-shot", "50-shot"]
+    """docs/BENCHMARKS.md section 12 from benchmarks.ablate_generation's JSON files, one per
+    generation and training seed (<record>/seed<S>/g<N>.json): per generation and variant,
+    in the files' order, its targets, captured fraction and evaluation, each the mean over
+    the seeds (layer and words: their values), and the 5-shot difference against the
+    pipeline row of the same seed (mean, min..max, how many seeds it is above)."""
+    header = ["run", "seeds", "layer", "words", "usage perplexity", "captured", "Linear", "k-NN",
+              *(f"{n}-shot" for n in ABLATION_SHOTS), "5-shot - pipeline, paired by seed"]
     out = [header]
-    for path in sorted(record.glob("g*.json")):
-        data = load_json(path)
-        for r in data["rows"]:
-            out.append([f"{data['generation']} {r['variant']}", r["layer"], str(r["words"]), f"{r['usage_perplexity']:.1f}",
-                        f"{r['captured']:.2f}", f"{r['linear']:.1f}", f"{r['knn']:.1f}",
-                        *(f"{r[f'shot_{n}']:.1f}" for n in (1, 5, 10, 50))])
+    for generation, by_seed in ablation_seeds(record).items():
+        seeds = list(by_seed)
+        variants = list(dict.fromkeys(r["variant"] for s in seeds for r in by_seed[s]["rows"]))
+        for variant in variants:
+            rows = {s: r for s in seeds for r in by_seed[s]["rows"] if r["variant"] == variant}
+            values = lambda key: [rows[s][key] for s in rows]          # noqa: E731
+            mean = lambda key, fmt: format(statistics.mean(values(key)), fmt)  # noqa: E731
+            paired = ""
+            if variant != "pipeline":
+                base = {s: next(r for r in by_seed[s]["rows"] if r["variant"] == "pipeline") for s in rows}
+                diffs = [rows[s]["shot_5"] - base[s]["shot_5"] for s in rows]
+                paired = (f"{statistics.mean(diffs):+.2f} ({min(diffs):+.2f}..{max(diffs):+.2f}; "
+                          f"above at {sum(d > 0 for d in diffs)} of {len(diffs)})")
+            out.append([f"{generation} {variant}", ", ".join(map(str, rows)),
+                        " / ".join(dict.fromkeys(map(str, values("layer")))),
+                        " / ".join(dict.fromkeys(map(str, values("words")))),
+                        mean("usage_perplexity", ".1f"), mean("captured", ".2f"), mean("linear", ".1f"),
+                        mean("knn", ".1f"), *(mean(f"shot_{n}", ".1f") for n in ABLATION_SHOTS), paired])
     return out, set()
 
 
 def processes_summary(row: dict) -> dict:
     """What benchmarks.bench_processes derives from one method's two runs: the images/s ratio
-    N : 1 (2 decimals) and the final losses' difference relative to max(1, |loss of 1|)."""
+    N : 1 (2 decimals) and the final losses' relative difference |a - b| / max(|a|, |b|)."""
     one, many = row["one"], row["many"]
+    scale = max(abs(one["loss"]), abs(many["loss"]))
     return {"ratio": round(many["images_per_second"] / one["images_per_second"], 2),
-            "loss_difference": abs(one["loss"] - many["loss"]) / max(1.0, abs(one["loss"]))}
+            "loss_difference": abs(one["loss"] - many["loss"]) / scale if scale else 0.0}
 
 
 def table_processes(record: Path) -> tuple[list[list[str]], set[str]]:
@@ -470,7 +500,7 @@ def table_processes(record: Path) -> tuple[list[list[str]], set[str]]:
     data = load_json(record / "processes.json")
     n = data["processes"]
     out = [["method", "1 process: threads, images/s", f"{n} processes: threads each, images/s",
-            f"ratio {n} : 1", "final loss 1 / N (relative difference)", "wall s (1 / N)"]]
+            f"ratio {n} : 1", "final loss 1 / N (difference / larger loss)", "wall s (1 / N)"]]
     for r in data["rows"]:
         one, many, derived = r["one"], r["many"], processes_summary(r)
         threads = one["threads"] or "torch's default"      # 0: one per physical core
@@ -724,13 +754,23 @@ def claims_distill_margins(record: Path) -> list[str]:
     return out
 
 
+# Rows of a seed study measured before their method changed: its table shows them (marked
+# stale in its prose), no claim rests on them. distill-cpu-seeds: CC, NST and FitNet were
+# matched to the benchmark's code (commit ee785ab) after their seeds 1 and 2 were trained.
+STALE_SEED_ROWS = {"distill-cpu-seeds": {"distill@cc", "distill@nst", "distill@fitnet"}}
+
+
 def claims_distill_seeds(record: Path) -> list[str]:
     """The vanilla student's mean; the stages' summed wall time; the rows ahead at every
     seed and their mean margins; rows below at every seed or level on average; the sd range;
-    how many extra runs."""
+    how many extra runs and their summed wall time. Rows of STALE_SEED_ROWS are left out."""
     seeds, top1, vanilla, metrics = seed_study(record)
     rows = spread(top1, vanilla)
+    extra_runs = len(rows) * (len(seeds) - 1)         # every row but seed 0, the vanilla one too
+    extra_minutes = sum(load_json(p)["wall_seconds"] for p in (record / "seeds").glob("s*/*.json")) / 60
     label = lambda r: metrics[r["row"]]["method_label"]
+    stale = STALE_SEED_ROWS.get(record.name, set())
+    rows = [r for r in rows if r["row"] not in stale]
     students = [r for r in rows if r["row"] != vanilla]
     every = sorted([r for r in students if r["margin_min"] > 0], key=lambda r: -r["margin"])
     base = next(r for r in rows if r["row"] == vanilla)
@@ -741,7 +781,8 @@ def claims_distill_seeds(record: Path) -> list[str]:
            f"{join([label(r) for r in every])} beat the vanilla student at every seed "
            f"(mean {every[0]['margin']:+.2f} to {every[-1]['margin']:+.2f})",
            f"sd {min(sds):.2f} to {max(sds):.2f} against {base['sd']:.2f}",
-           f"the {len(students) * (len(seeds) - 1)} extra runs"]
+           f"the {extra_runs} extra runs", f"{extra_minutes:.1f} min on the idle machine",
+           f"{len(every)} of the {len(students)} rows that are not stale stay ahead at every seed"]
     for r in students:
         if r["margin_max"] < 0:
             out.append(f"{label(r)} is below it at every seed ({r['margin']:+.2f} on average)")
@@ -869,14 +910,17 @@ def check_record(root: Path, record: str, kinds: set[str], runs: set[str]) -> li
     metrics and curves, with the md5 the lock holds; every metrics file and curve of the
     record was written by exactly one stage of the lock. A stage left over from another
     pipeline or preset fails one of these: its run is not reported, or the files it locked
-    are not the record's."""
+    are not the record's. A lock lists every output under `outs` (dvc.yaml's `metrics:`,
+    `plots:` and `outs:` alike), so records whose stages declared their JSON as metrics
+    (before data/metrics/summary.json) and as `cache: false` outs read the same; a record's
+    metrics/summary.json is the report stage's."""
     folder = root / record
     if not (folder / "dvc.lock").exists():       # a benchmark's JSON record: no stages to check
         return []
     stages = lock_stages(folder)
     allowed = runs | {run for kind in kinds for run in SUPPORT_RUNS.get(kind, ())}
     files = {"data/" + str(p.relative_to(folder)): p
-             for p in [*folder.glob("metrics/*/*.json"), *folder.glob("plots/train/*.csv"),
+             for p in [*folder.glob("metrics/*.json"), *folder.glob("metrics/*/*.json"), *folder.glob("plots/train/*.csv"),
                        *folder.glob("metrics/seed*/*/*.json"), *folder.glob("plots/seed*/train/*.csv")]}
     writers: dict[str, list[str]] = {path: [] for path in files}
     out = []
@@ -943,16 +987,19 @@ ABLATION_FIELDS = {"vocab.layer": "layer", "vocab.size": "words", "student.epoch
 
 
 def summary_ablation(record: str, folder: Path) -> list[str]:
-    """<gN>.json of benchmarks.ablate_generation: its rows are already summaries of runs the
-    record does not keep, so what is checked is that each row is the variant it names: the
-    file's generation is its name; a flag of ABLATION_FIELDS shows in its field and the
-    others equal the pipeline row's; a variant that changes no vocab flag has the pipeline
-    row's vocabulary (target entropy and usage perplexity: the same vocab command)."""
+    """seed<S>/<gN>.json of benchmarks.ablate_generation: its rows are already summaries of
+    runs the record does not keep, so what is checked is that each row is the variant it
+    names: the file's generation and seed are its name and folder's; a flag of
+    ABLATION_FIELDS shows in its field and the others equal the pipeline row's; a variant
+    that changes no vocab flag has the pipeline row's vocabulary (target entropy and usage
+    perplexity: the same vocab command)."""
     out = []
-    for path in sorted(folder.glob("g*.json")):
-        data, where = load_json(path), f"{record}/{path.name}"
+    for path in sorted(folder.glob("seed*/g*.json")):
+        data, where = load_json(path), f"{record}/{path.relative_to(folder)}"
         if data["generation"] != path.stem:
             out.append(f"{where}: generation '{data['generation']}' in a file named {path.name}")
+        if f"seed{data.get('seed')}" != path.parent.name:
+            out.append(f"{where}: seed {data.get('seed')} in a folder named {path.parent.name}")
         base = next(r for r in data["rows"] if r["variant"] == "pipeline")
         for row in data["rows"]:
             flags = dict(item.split("=", 1) for item in row["variant"].split(",") if "=" in item)
@@ -989,20 +1036,20 @@ def machine_class(flags: list[str]) -> str | None:
 
 def record_flags(folder: Path) -> list[list[str]]:
     """The CPU flags each run of a record recorded: `cpu_flags` of its training metrics (the
-    seed study's too), `machine.flags` or `cpu_flags` of a benchmark's JSON; runs that predate
-    them give none."""
+    seed study's too), `machine.flags` or `cpu_flags` of a benchmark's JSON (processes.json;
+    an ablation's seed<S>/g<N>.json); runs that predate them give none."""
     out = []
     for path in sorted([*folder.glob("metrics/train/*.json"), *folder.glob("seeds/s*/*.json"),
                         *folder.glob("metrics/seed*/train/*.json")]):
         flags = load_json(path).get("cpu_flags")
         if flags is not None:
             out.append(flags)
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted([*folder.glob("*.json"), *folder.glob("seed*/g*.json")]):
         data = load_json(path)
         machine = data.get("machine")
         if isinstance(machine, dict) and "flags" in machine:
             out.append(machine["flags"])
-        elif isinstance(data.get("cpu_flags"), list):     # benchmarks/recording.py records
+        elif isinstance(data.get("cpu_flags"), list):
             out.append(data["cpu_flags"])
     return out
 
@@ -1107,9 +1154,11 @@ def check(root: Path, allow_missing: set[str] = frozenset(), verbose: bool = Tru
         out += check_record(root, record, use.kinds, use.runs)
         for kind in sorted(use.kinds & set(SUMMARIES)):
             out += SUMMARIES[kind](record, folder)
+    out += figures.check(root)              # figures quoted in prose, each marked with its record
     if verbose:
         print(f"{checked} tables checked against their records, {len(unrecorded)} unrecorded, "
-              f"{len(skipped)} skipped (record absent, allowed)")
+              f"{len(skipped)} skipped (record absent, allowed); {figures.count(root)} figures in "
+              f"prose checked (bowflow.figures)")
         for line in unrecorded:
             print(f"  unrecorded: {line}")
         for line in skipped:
