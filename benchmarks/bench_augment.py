@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks.recording import load_average, thousands, write_record
+from benchmarks.recording import load_average, load_range, thousands, write_record
 from bowflow.augment import ViewSpec, cutmix, make_view
 
 
@@ -183,18 +183,19 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
 
 def table(records: list[dict]) -> list[list[str]]:
     """docs/BENCHMARKS.md section 1: one row per record (threads, baseline input), the
-    ratio recomputed from the two rates."""
+    ratio recomputed from the two rates, the 1-minute load average before-after the run."""
     batch = {r["settings"]["batch_size"] for r in records}
     per = f" / {batch.pop()}" if len(batch) == 1 else " / batch"
     rows = [["run", "baseline img/s", "batched img/s", "ratio", f"make_view ms{per}",
-             f"cutmix ms{per}"]]
+             f"cutmix ms{per}", "load"]]
     for r in records:
         s, m = r["settings"], r["measurements"]
         threads = f"{s['threads']} thread{'s' if s['threads'] != 1 else ''}"
         rows.append([f"{threads}, {'PIL input' if s['pil'] else 'uint8 tensors'}",
                      thousands(m["baseline_images_per_s"]), thousands(m["batched_images_per_s"]),
                      f"{m['batched_images_per_s'] / m['baseline_images_per_s']:.1f}x",
-                     f"{m['make_view_ms_per_batch']:.1f}", f"{m['cutmix_ms_per_batch']:.1f}"])
+                     f"{m['make_view_ms_per_batch']:.1f}", f"{m['cutmix_ms_per_batch']:.1f}",
+                     load_range(r)])
     return rows
 
 

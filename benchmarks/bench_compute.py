@@ -62,7 +62,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.recording import write_record
+from benchmarks.recording import load_range, write_record
 from bowflow import compute
 from bowflow.methods.bownet import BoWNetParams
 from bowflow.methods.rotnet import RotNetParams
@@ -403,7 +403,8 @@ def claims(records: list[dict]) -> list[str]:
     (record,) = records
     s, m = record["settings"], record["measurements"]
     plural = lambda t: f"{t} thread{'s' if t != 1 else ''}"                 # noqa: E731
-    out = [" and ".join(f"{m['flop_per_step'][str(size)] / 1e9:.2f} GFLOP at {size} px" for size in s["sizes"])
+    out = [f"load average {load_range(record)}",
+           " and ".join(f"{m['flop_per_step'][str(size)] / 1e9:.2f} GFLOP at {size} px" for size in s["sizes"])
            + f" per {s['batch_size']}-image step"]
     out += [f"{p['fp32']:.1f} GFLOP/s fp32 / {p['bf16']:.1f} bf16 on {plural(int(t))}"
             for t, p in m["matmul_gflops"].items()]

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.recording import load_average, thousands, write_record
+from benchmarks.recording import load_average, load_range, thousands, write_record
 from bowflow import bow
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
@@ -245,7 +245,7 @@ def claims(records: list[dict]) -> list[str]:
     which the per-image baseline differs."""
     (record,) = records
     m, rate = record["measurements"], rates(record)
-    out = [f"one-time assignment ({min(m['seconds_per_epoch']['assign']):.2f} s)",
+    out = [f"load average {load_range(record)}", f"one-time assignment ({min(m['seconds_per_epoch']['assign']):.2f} s)",
            f"the cached path still runs at {thousands(rate['B_with_assign'])} images/s "
            f"({rate['B_with_assign'] / rate['baseline']:.1f}x)"]
     if m["baseline_code_mismatches"]:
