@@ -70,6 +70,23 @@ def test_committed_dvc_yaml_is_what_workflow_pipeline_writes():
     assert result.returncode == 0, result.stderr + result.stdout
 
 
+def test_the_readme_picture_is_the_pipeline_graph():
+    """The README's Mermaid chart of the pipeline is what `workflow.pipeline --mermaid` prints
+    from DVC's graph of the committed dvc.yaml and params.yaml (so it cannot go stale), and
+    it shows one seed's stages, from check_params to the report."""
+    result = subprocess.run([sys.executable, "-m", "workflow.pipeline", "--mermaid"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    chart = result.stdout
+    blocks = re.findall(r"```mermaid\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert blocks == [chart], "README.md's mermaid block is stale: paste `bin/python -m workflow.pipeline --mermaid`"
+    lines = chart.splitlines()
+    assert lines[0] == "flowchart TD" and "_seed" not in chart
+    assert {'  check_params --> prepare', '  prepare --> pretrain_g0', '  pretrain_g0 --> vocab_g1',
+            '  vocab_g1 --> student_g1', '  evaluate_student_g2 --> report'} <= set(lines)
+    assert '  prepare --> vocab_g1' not in lines        # implied by prepare -> pretrain@g0 -> vocab@g1
+
+
 def test_every_stage_declares_the_code_it_runs():
     stages = pipeline_stages()
     assert len(stages) >= 8
