@@ -12,7 +12,7 @@ have one, 0): `pretrain_seed0@g0`, `student_seed0@g1`, ...; `--stages` takes the
 
 1. Baseline: `dvc repro` once, uninterrupted, in a fresh project. Its final state is
    recorded (every data/metrics/**/*.json and every training curve data/plots/seed<S>/train/*.csv,
-   minus timing values: `wall_seconds`, `peak_rss_mb`, `images_per_second`, `seconds`,
+   minus timing values: `wall_seconds`, `train_min` (the summary's), `peak_rss_mb`, `images_per_second`, `seconds`,
    any `*_seconds` / `*_per_second` / `peak_*` key or column, and minus the compute choice's
    provenance `compute_source` / `compute_reason` (measured here or read from the cache: the
    chosen mode itself, `compute`, is compared), and each stage's window:
@@ -69,7 +69,7 @@ from bowflow.scaffold import make_project
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
-TIMING_KEYS = {"wall_seconds", "peak_rss_mb", "peak_gpu_mb", "feature_images_per_second",
+TIMING_KEYS = {"wall_seconds", "train_min", "peak_rss_mb", "peak_gpu_mb", "feature_images_per_second",
                "images_per_second", "seconds"}
 PROVENANCE_KEYS = {"compute_source", "compute_reason"}
 KILL_ATTEMPTS = 4

@@ -512,3 +512,83 @@ def test_an_unlabelled_folder_trains_the_ssl_stage_and_the_labelled_set_evaluate
     assert manifest["totals"]["unlabelled"] == 40 and manifest["totals"]["train"] == 1346
     assert json.loads((project / "data/metrics/seed0/train/g0.json").read_text())["train_images"] == 40
     assert "few_shot" in json.loads((project / "data/metrics/seed0/eval/g0.json").read_text())
+
+# What DVC compares: data/metrics/summary.json alone (the report writes it; every stage's
+# full record is an output that is not a metric), and the README's `dvc exp show` fits a
+# terminal of this width.
+SUMMARY = "data/metrics/summary.json"
+TERMINAL_COLUMNS = 200
+
+
+def flat(tree: dict, prefix: str = "") -> list[str]:
+    """Dotted names of a nested dict's leaves, as `dvc exp show` names its columns."""
+    return [name for key, value in tree.items()
+            for name in (flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"])]
+
+
+def test_dvc_metrics_are_the_summary_alone(one_of_each_project):
+    """`dvc metrics show` and `dvc exp show` read the summary alone: per run its linear,
+    k-NN, few-shot means, training minutes (and test top-1 for teachers and distillation),
+    each the mean of the records' values over the seeds (one seed here)."""
+    project, _, _ = one_of_each_project
+    params = tiny_params(every_method=False)
+    summary = json.loads((project / SUMMARY).read_text())
+    evaluated, supervised = {*params["pretrain"], *params["generations"]}, {*params["teachers"], *params["distill"]}
+    assert set(summary) == evaluated | supervised
+    shots = [f"shot_{n}" for n in params["evaluate"]["few_shot_shots"]]
+    for name, values in summary.items():
+        expected = ["linear", "knn", *shots] if name in evaluated else ["top1"]
+        assert list(values) == [*expected, "train_min", "n_seeds"] and values["n_seeds"] == 1, (name, values)
+        train = json.loads((project / f"data/metrics/seed0/train/{name}.json").read_text())
+        assert values["train_min"] == round(train["wall_seconds"] / 60, 2)
+        if name in evaluated:
+            record = json.loads((project / f"data/metrics/seed0/eval/{name}.json").read_text())
+            assert (values["linear"], values["knn"]) == (round(record["linear_base"], 2), round(record["knn_all"], 2))
+            assert values["shot_1"] == round(record["few_shot"]["1"]["mean"], 2)
+        else:
+            assert values["top1"] == round(train["top1"], 2)
+    shown = json.loads(run(project, ".venv/bin/dvc", "metrics", "show", "--json").stdout)[""]["data"]
+    assert shown == {SUMMARY: {"data": summary}}
+    # `dvc exp show`'s columns: the fixed ones, params, dependencies (--json names them),
+    # and as metrics exactly the summary's
+    table = json.loads(run(project, ".venv/bin/dvc", "exp", "show", "--json").stdout)[0]["data"]
+    assert list(table["metrics"]) == [SUMMARY]
+    header = run(project, ".venv/bin/dvc", "exp", "show", "--csv").stdout.splitlines()[0].split(",")
+    others = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor", *table["deps"],
+              *flat(table["params"]["params.yaml"]["data"])}
+    assert [column for column in header if column not in others] == flat(summary)
+    plain = subprocess.run([".venv/bin/dvc", "exp", "show", "--no-pager"], cwd=project, capture_output=True,
+                           text=True, env={**ENV, "COLUMNS": str(TERMINAL_COLUMNS)}).stdout
+    print(f"\n`dvc exp show --csv`: {len(header)} columns, {len(flat(summary))} of them metrics; "
+          f"`dvc exp show --no-pager` at {TERMINAL_COLUMNS} columns: {max(map(len, plain.splitlines()))} wide")
+
+
+@pytest.mark.slow
+def test_the_readme_exp_show_fits_a_terminal(one_of_each_project):
+    """The README's `dvc exp show` command after an experiment, as a user compares it with
+    the committed run: in a 200-column terminal every column it prints is whole (no '…'):
+    the experiment, its date, the summary values the change moved and the changed param."""
+    project, _, _ = one_of_each_project
+    shows = {c.split("&&")[-1].strip() for c in readme_commands() if "dvc exp show" in c}
+    assert len(shows) == 1, f"the README shows several `dvc exp show` commands: {shows}"
+    command = shows.pop()
+    (project / ".gitignore").write_text((ROOT / ".gitignore").read_text() + "/.venv\n")
+    for git in ("config user.name bowflow-test", "config user.email test@bowflow.invalid",
+                f"add .gitignore params.yaml dvc.lock data/metrics data/plots", "commit -qm results"):
+        run(project, "git", *shlex.split(git))
+    lr = tiny_params(every_method=False)["generations"]["g2"]["student"]["lr"]
+    ran = run(project, ".venv/bin/dvc", "exp", "run", "-n", "lr-double", "-S", f"generations.g2.student.lr={2 * lr}")
+    assert set(re.findall(r"Running stage '([^']+)'", ran.stdout)) >= {"student_seed0@g2", "report"}
+    before = json.loads(run(project, "git", "show", f"HEAD:{SUMMARY}").stdout)["g2"]
+    after = json.loads((project / SUMMARY).read_text())["g2"]
+    moved = [f"g2.{key}" for key in after if after[key] != before[key]]
+    assert "g2.knn" in moved or "g2.linear" in moved, (before, after)
+    shown = subprocess.run(["bash", "-c", command], cwd=project, capture_output=True, text=True,
+                           env={**ENV, "COLUMNS": str(TERMINAL_COLUMNS)})
+    assert shown.returncode == 0, shown.stderr
+    lines = [line.rstrip() for line in shown.stdout.splitlines()]
+    assert "…" not in shown.stdout and max(map(len, lines)) <= TERMINAL_COLUMNS, shown.stdout
+    assert lines[1].split() == ["Experiment", "Created", *moved, "generations.g2.student.lr"], shown.stdout
+    assert any("[lr-double]" in line for line in lines)
+    print(f"\n{command} at {TERMINAL_COLUMNS} columns: {len(lines[1].split())} columns, "
+          f"{max(map(len, lines))} characters wide\n{shown.stdout}")
