@@ -129,6 +129,27 @@ def test_metrics_file_not_the_one_the_lock_recorded_fails(project):
     assert "wrote another data/metrics/eval/g1.json than the record's" in result.stdout
 
 
+def test_a_records_summary_is_the_report_stages(project):
+    """A pipeline record since data/metrics/summary.json (the report stage's one `metrics:`
+    file): its lock lists the summary under the report's outs, as it lists every stage's
+    records (`cache: false` outs now, `metrics:` in older records), and the check holds the
+    record's copy to that md5."""
+    folder = project / "docs/results/fake"
+    summary = folder / "metrics/summary.json"
+    summary.write_text(json.dumps({"g0": {"linear": 70.0, "knn": 60.0, "shot_1": 40.0, "n_seeds": 1}}))
+    result = records("check", root=project)
+    assert "metrics/summary.json: written by 0 stages of the lock" in result.stdout
+    lock = yaml.safe_load((folder / "dvc.lock").read_text())
+    lock["stages"]["report"]["outs"] = [{"path": "data/metrics/summary.json",
+                                         "md5": hashlib.md5(summary.read_bytes()).hexdigest()}]
+    (folder / "dvc.lock").write_text(yaml.safe_dump(lock))
+    result = records("check", root=project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary.write_text(summary.read_text() + "\n")
+    result = records("check", root=project)
+    assert result.returncode == 1
+    assert "stage 'report' wrote another data/metrics/summary.json than the record's" in result.stdout
+
 def test_render_prints_the_table_to_paste(project):
     result = records("render", "fake", root=project)
     assert result.returncode == 0, result.stderr
