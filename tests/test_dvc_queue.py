@@ -185,8 +185,11 @@ def locked(project: Path, rev: str) -> dict:
 
 
 def locked_out(project: Path, rev: str, stage: str) -> str:
-    """The md5 that the experiment commit's dvc.lock records for `stage`'s first output."""
-    return locked(project, rev)["stages"][stage]["outs"][0]["md5"]
+    """The md5 that the experiment commit's dvc.lock records for `stage`'s cached output: its
+    first outside data/metrics/ and data/plots/ (`cache: false` records and curves, which the
+    lock lists among the outs too, in path order)."""
+    outs = locked(project, rev)["stages"][stage]["outs"]
+    return next(out["md5"] for out in outs if not out["path"].startswith(("data/metrics/", "data/plots/")))
 
 
 def committed_json(project: Path, rev: str, path: str) -> dict:
