@@ -20,20 +20,26 @@ A variant is `stage.flag=value[,stage.flag=value...]`, stage one of vocab, stude
 evaluate (e.g. `student.init=parent`). A variant whose evaluation exists is not rerun
 (rerunning the script resumes). The last line is `RESULT {json}`; the table is also written
 to `ablation.json` in the seed's folder (`--out/gN/seed<S>/`, or `--out/gN/` for a lock
-without seeds).
+without seeds), with the exact command, the seed, the CPU (model and `cpu_flags` as
+bowflow.compute records them: the machine class of docs/BENCHMARKS.md), the load average
+before and after, the wall time, and each row's compute mode (its student's training).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import os
 import re
 import shlex
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import yaml
 
+from bowflow.compute import cpu_flags, cpu_model, describe, relevant_flags
 from bowflow.io import write_json
 
 # the parts of a generation's run and their kinds of stage (dvc.lock names `<kind>_seed<S>@gN`)
@@ -100,15 +106,22 @@ def variant_commands(locked: dict, names: dict[str, str], changes: dict, root: P
     return commands
 
 
-def summary(vocab: dict, history: list[dict], evaluation: dict) -> dict:
+def summary(vocab: dict, history: list[dict], evaluation: dict, train: dict | None = None) -> dict:
     """What a row of the ablation shows: target statistics, how much of the learnable loss
-    the student captured, and the evaluation."""
+    the student captured, and the evaluation (and the student's compute mode, from its
+    training metrics `train`, where given)."""
     last = history[-1]
-    return {"layer": vocab["layer"], "words": vocab["size"], "target_entropy": round(vocab["target_entropy"], 3),
+    mode = {"compute": describe(train["compute"])} if isinstance((train or {}).get("compute"), dict) else {}
+    return {**mode, "layer": vocab["layer"], "words": vocab["size"], "target_entropy": round(vocab["target_entropy"], 3),
             "usage_perplexity": round(vocab["mean_histogram_perplexity"], 1),
             "epochs": int(last["epoch"]), "captured": round(float(last["captured"]), 3),
             "linear": evaluation["linear_base"], "knn": evaluation["knn_all"],
             **{f"shot_{n}": evaluation["few_shot"][n]["mean"] for n in evaluation["few_shot"]}}
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file's content; None when there is no such file."""
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def read_history(path: Path) -> list[dict]:
@@ -125,6 +138,10 @@ def main(argv=None) -> None:
     parser.add_argument("--variant", action="append", default=[], help="STAGE.FLAG=VALUE[,...]")
     parser.add_argument("--out", type=Path, default=Path("data/ablate"))
     args = parser.parse_args(argv)
+    invocation = "python -m benchmarks.ablate_generation " + shlex.join(
+        sys.argv[1:] if argv is None else map(str, argv))
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    start = time.perf_counter()
 
     locked = yaml.safe_load(args.lock.read_text())["stages"]
     g = args.generation
@@ -137,7 +154,8 @@ def main(argv=None) -> None:
     flag = lambda argv, name: argv[argv.index(name) + 1]       # noqa: E731
     rows = [{"variant": "pipeline", **summary(json.loads(Path(flag(own[0], "--metrics")).read_text()),
                                                read_history(Path(flag(own[1], "--history"))),
-                                               json.loads(Path(flag(own[2], "--out")).read_text()))}]
+                                               json.loads(Path(flag(own[2], "--out")).read_text()),
+                                               read_json(Path(flag(own[1], "--metrics"))))}]
     for text in args.variant:
         root = folder / text.replace(",", "+").replace("=", "-").replace(" ", "_")
         if not (root / "eval.json").exists():
@@ -146,12 +164,19 @@ def main(argv=None) -> None:
                 subprocess.run(command, check=True)
         rows.append({"variant": text, **summary(json.loads((root / "vocab.json").read_text()),
                                                 read_history(root / "train.csv"),
-                                                json.loads((root / "eval.json").read_text()))})
+                                                json.loads((root / "eval.json").read_text()),
+                                                read_json(root / "train.json"))})
     columns = [k for k in rows[0] if k != "variant"]
     print(f"{'variant':<34}" + "".join(f"{c:>18}" for c in columns))
     for r in rows:
         print(f"{r['variant']:<34}" + "".join(f"{r.get(c, '-')!s:>18}" for c in columns))
-    result = {"generation": g, "seed": seed, "rows": rows}
+    wall = round(time.perf_counter() - start, 1)
+    load_after = [round(x, 2) for x in os.getloadavg()]
+    print(f"wall {wall} s; load average (1, 5, 15 min) before {load_before}, after {load_after}")
+    result = {"generation": g, "seed": seed, "command": invocation, "machine": cpu_model(),
+              "cpu_flags": relevant_flags(cpu_flags()), "cpus": os.cpu_count(),
+              "load_average": {"before": load_before, "after": load_after}, "wall_seconds": wall,
+              "rows": rows}
     write_json(folder / "ablation.json", result)
     print("RESULT", json.dumps(result))
 

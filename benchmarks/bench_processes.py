@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
-    command = "python -m benchmarks.bench_processes " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.bench_processes " + shlex.join(sys.argv[1:] if argv is None else map(str, argv))
     load_before = [round(x, 2) for x in os.getloadavg()]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:

@@ -1080,7 +1080,9 @@ def record_modes(folder: Path) -> set[str]:
     ('fp32-channels-last-t1'): `compute` of each training's metrics, where recorded."""
     from bowflow.compute import describe
     paths = [*folder.glob("metrics/train/*.json"), *folder.glob("metrics/seed*/train/*.json")]
-    return {describe(m["compute"]) for m in map(load_json, paths) if isinstance(m.get("compute"), dict)}
+    ablation = {r["compute"] for p in folder.glob("seed*/g*.json") for r in load_json(p).get("rows", [])
+                if isinstance(r.get("compute"), str)}          # an ablation's rows: their students' modes
+    return ablation | {describe(m["compute"]) for m in map(load_json, paths) if isinstance(m.get("compute"), dict)}
 
 
 def check_mode(where: str, record: str, modes: set[str], text: str) -> list[str]:

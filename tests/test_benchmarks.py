@@ -409,6 +409,10 @@ def test_ablate_generation_changes_only_the_named_flags_and_the_outputs(tmp_path
                         "--out", out, cwd=tmp_path, check=False)
     assert bad.returncode != 0 and "STAGE.FLAG=VALUE" in bad.stderr
     assert result["seed"] is None and (out / "g2" / "ablation.json").is_file()     # a lock without seeds
+    # the record names its command and its CPU (the machine class comes from cpu_flags)
+    assert result["command"].startswith("python -m benchmarks.ablate_generation --lock ")
+    assert f"--variant '{variant}'" in result["command"] and isinstance(result["cpu_flags"], list)
+    assert set(result["load_average"]) == {"before", "after"} and result["machine"]
 
 
 @pytest.mark.slow
