@@ -190,7 +190,7 @@ def table(records: list[dict]) -> list[list[str]]:
             ['bare `python -c "import torch"` (baseline: the cost of one stage process)', f"{imp:.2f}"],
             ["no-op `dvc repro`", f"{noop:.2f} ({noop / imp:.2f}x the baseline)"]]
     if stamps.get("student_start") is not None:
-        rows += [["params change (`generations.g2.student.epochs`) -> `student@g2` starts",
+        rows += [[f"params change (`generations.g2.student.epochs`) -> `{record['settings']['student']}` starts",
                   f"{stamps['student_start']:.2f}"],
                  ["-> the stage's first training step", f"{stamps['first_step']:.2f}"],
                  ["-> the stage's first epoch done", f"{stamps['first_epoch']:.2f}"],
