@@ -141,6 +141,30 @@ def test_dvc_runs_every_stage_and_writes_the_report(which, request):
 
 
 @pytest.mark.slow
+def test_results_round_trip_through_a_dvc_remote(dvc_project, tmp_path):
+    """Sharing results as a DVC user does: `dvc push` to a remote (a local folder here), a
+    fresh `git clone` that `dvc pull`s, then `dvc status` is clean and `dvc repro` runs
+    nothing, with the same metrics. Works on a copy, with the repository's own .gitignore
+    (metrics and curves in git, models and data in DVC)."""
+    project, _, before = dvc_project
+    work, clone, remote = tmp_path / "work", tmp_path / "clone", tmp_path / "remote"
+    shutil.copytree(project, work, symlinks=True)
+    # the repository's rules, plus the venv link make_project puts where `make` would make a folder
+    (work / ".gitignore").write_text((ROOT / ".gitignore").read_text() + "/.venv\n")
+    run(work, ".venv/bin/dvc", "remote", "add", "--default", "shared", str(remote))
+    run(work, "git", "add", "-A")
+    run(work, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results")
+    run(work, ".venv/bin/dvc", "push")
+    run(tmp_path, "git", "clone", "-q", str(work), str(clone))
+    assert not (clone / "data/models").exists()            # models come from the remote, not git
+    (clone / ".venv").symlink_to(sys.prefix, target_is_directory=True)
+    run(clone, ".venv/bin/dvc", "pull")
+    assert json.loads(run(clone, ".venv/bin/dvc", "status", "--json").stdout) == {}
+    assert repro(clone) == set()
+    assert eval_metrics(clone) == before
+
+
+@pytest.mark.slow
 def test_dvc_reruns_only_what_a_change_touches(dvc_project):
     project, _, _ = dvc_project
     params = tiny_params()
@@ -442,6 +466,8 @@ NOT_TYPED_HERE = {
     "exp apply": "names a queued experiment (tests/test_dvc_queue.py)",
     # SLURM: tests/test_slurm.py brings up a local one-node cluster as root and types these
     "workflow/profiles/slurm": "needs a SLURM cluster (tests/test_slurm.py brings one up and runs the profile)",
+    "dvc push": "needs a remote (test_results_round_trip_through_a_dvc_remote pushes to a local one)",
+    "dvc pull": "needs a remote (test_results_round_trip_through_a_dvc_remote pulls from a local one)",
 }
 
 
@@ -512,6 +538,7 @@ def test_an_unlabelled_folder_trains_the_ssl_stage_and_the_labelled_set_evaluate
     assert manifest["totals"]["unlabelled"] == 40 and manifest["totals"]["train"] == 1346
     assert json.loads((project / "data/metrics/seed0/train/g0.json").read_text())["train_images"] == 40
     assert "few_shot" in json.loads((project / "data/metrics/seed0/eval/g0.json").read_text())
+
 
 # What DVC compares: data/metrics/summary.json alone (the report writes it; every stage's
 # full record is an output that is not a metric), and the README's `dvc exp show` fits a

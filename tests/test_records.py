@@ -323,7 +323,7 @@ def test_summary_disagreeing_with_its_rows_fails(docs, path, change, table_edit,
 @pytest.mark.parametrize("record, named, wrong", [
     ("docs/results/family-vit-cpu", "machine A's class (AMD EPYC, 2 vCPUs, AVX-512 with bf16",
      "machine C (AMD EPYC"),
-    ("docs/results/distill-digits", "on machine A's class (`lscpu`", "on machine B's class (`lscpu`"),
+    ("docs/results/distill-digits", "16 px) on machine A's class (`lscpu`", "16 px) on machine B's class (`lscpu`"),
 ])
 def test_machine_not_the_one_the_flags_give_fails(docs, record, named, wrong):
     """The prose names the machine class the record's cpu_flags give (both records' runs
