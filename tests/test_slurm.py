@@ -35,7 +35,7 @@ PROFILE = "workflow/profiles/slurm"            # as a user types it, from the pr
 BRINGUP = ROOT / PROFILE / "local_cluster.sh"
 # Fields that measure the run rather than its result (time, speed, memory), at any depth:
 # a training record's `final` and history rows carry seconds and images_per_second.
-UNTIMED = TIMING_KEYS | {"images_per_second", "seconds"}
+UNTIMED = TIMING_KEYS | {"images_per_second", "seconds", "train_min"}   # train_min: summary.json's
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/")
 
 
@@ -179,6 +179,7 @@ def test_a_gpu_stage_asks_slurm_for_its_gpus(runs):
     project = runs["slurm"].parent / "gpu"      # a copy: the runs stay as they were
     shutil.copytree(runs["slurm"], project, symlinks=True)
     params = load_yaml(project / "params.yaml")
+    params["device"] = "auto"           # device: cpu with gpus > 0 is a params error
     params["resources"]["pretrain"].update(gpus=1, processes=1)
     write_params(project, params)
     output = snakemake(project, "--verbose", "--forcerun", "pretrain_seed0__g0", "--until", "pretrain_seed0__g0",
