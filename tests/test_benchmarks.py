@@ -186,6 +186,7 @@ def flags_of(argv: list[str]) -> dict[str, str]:
 @pytest.mark.parametrize("method", ["rotnet", "bownet"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_training_steps_run_under_cpu_bf16_autocast(method, channels_last):
+    torch.manual_seed(0)                # inputs and weights must not depend on earlier tests
     images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
     context = {"normalizer": Normalizer([0.5] * 3, [0.25] * 3), "image_size": 8,
                "codes": torch.randint(0, 16, (8, 16)), "num_words": 16, "parent": {}}
@@ -203,10 +204,13 @@ def test_training_steps_run_under_cpu_bf16_autocast(method, channels_last):
         steps[bf16] = loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
     (loss32, grad32), (loss16, grad16) = steps[False], steps[True]
     # The bf16 step is the fp32 step at bf16 precision: the loss differs (autocast did
-    # run) by well under 1 % (measured: 0.03-0.05 %), the gradient points the same way
-    # (cosine 0.986-0.989 measured; 8-bit mantissas in a tiny net), every entry finite.
-    assert loss16 != loss32 and loss16 == pytest.approx(loss32, rel=0.01)
-    assert torch.isfinite(grad16).all() and torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.95
+    # run) by under 1 %, the gradient points the same way, every entry finite. Measured on
+    # machine A over torch seeds 0-29 (8-bit mantissas in a tiny net): loss within 0.11 %
+    # (RotNet) and 0.84 % (BoWNet); gradient cosine at least 0.977 (RotNet) and 0.931
+    # (BoWNet), 0.986 at seed 0 for both. CPU classes round bf16 differently (AMX), hence
+    # the margins; an unrelated gradient would give a cosine near 0.
+    assert loss16 != loss32 and loss16 == pytest.approx(loss32, rel=0.02)
+    assert torch.isfinite(grad16).all() and torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.9
     assert all(torch.isfinite(v) for v in stats.values())
 
 
