@@ -1,5 +1,6 @@
-"""Every published figure has its run record: re-derive the results tables of README.md and
-docs/BENCHMARKS.md from the records in docs/results/ and list every difference.
+"""Every published figure has its run record: re-derive the results tables of README.md,
+docs/BENCHMARKS.md and each record's page (docs/results/NAME/README.md) from the records in
+docs/results/ and list every difference.
 
     python -m benchmarks.records check                 # exit 1 and list every difference
     python -m benchmarks.records render family-cpu     # the tables (and claims) of one record
@@ -79,7 +80,7 @@ from benchmarks.distill_seeds import spread
 from bowflow import figures, report
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ("README.md", "docs/BENCHMARKS.md")
+DOCS = ("README.md", "docs/BENCHMARKS.md")    # and every docs/results/<record>/README.md
 MARKER = re.compile(r"^\s*<!--\s*record:\s*(?P<body>.*?)\s*-->\s*$")
 FENCE = re.compile(r"^\s*(```|~~~)")
 HEADING = re.compile(r"^#{1,6}\s")
@@ -164,13 +165,13 @@ def new_table(doc: Document, marker: tuple[int, str] | None, start: int, end: in
 def parse_document(path: Path, name: str) -> Document:
     """Every table of a Markdown file (fenced code skipped) with its marker, and the headings."""
     doc = Document(name, path.read_text().splitlines())
-    lines, marker, fenced, i = doc.lines, None, False, 0
+    lines, marker, fenced, i, fence_line = doc.lines, None, False, 0, 0
     dangling = lambda m: doc.problems.append(                  # noqa: E731
         f"{name}:{m[0] + 1}: record marker not followed by a table")
     while i < len(lines):
         line = lines[i]
         if FENCE.match(line):
-            fenced = not fenced
+            fenced, fence_line = not fenced, i
         elif not fenced and (match := MARKER.match(line)):
             if marker:
                 dangling(marker)
@@ -192,6 +193,8 @@ def parse_document(path: Path, name: str) -> Document:
         i += 1
     if marker:
         dangling(marker)
+    if fenced:                                  # the tables after it would go unchecked
+        doc.problems.append(f"{name}:{fence_line + 1}: code fence never closed")
     return doc
 
 
@@ -1113,9 +1116,7 @@ def check(root: Path, allow_missing: set[str] = frozenset(), verbose: bool = Tru
     """Every difference between the documents and the records, as lines; prints counts."""
     out, checked, unrecorded, skipped, unknown_machine = [], 0, [], [], []
     uses: dict[str, RecordUse] = {}
-    for name in DOCS:
-        if not (root / name).exists():
-            continue
+    for name in figures.documents(root, DOCS):
         doc = parse_document(root / name, name)
         out += doc.problems
         for table in doc.tables:
@@ -1242,10 +1243,10 @@ def check_root_lock(root: Path) -> list[str]:
 def render(root: Path, record: str, kind: str | None) -> str:
     folder = root / record if (root / record).is_dir() else root / "docs" / "results" / record
     rel = str(folder.relative_to(root))
-    kinds = [kind] if kind else sorted({t.kind for name in DOCS if (root / name).exists()
+    kinds = [kind] if kind else sorted({t.kind for name in figures.documents(root, DOCS)
                                         for t in find_tables(root / name, name) if t.record == rel})
     if not kinds:
-        raise SystemExit(f"no table of README.md / docs/BENCHMARKS.md names {rel}: give --table")
+        raise SystemExit(f"no table of README.md, docs/BENCHMARKS.md or docs/results/*/README.md names {rel}: give --table")
     text = []
     for k in kinds:
         rows, _ = TABLES[k](folder)

@@ -32,6 +32,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ("README.md", "docs/BENCHMARKS.md", "docs/ARCHITECTURE.md", "docs/precision.md",
         "docs/fidelity/self_supervised.md", "docs/fidelity/distillation.md")
+RECORD_READMES = "docs/results/*/README.md"      # each record's own page: how it was made
+
+
+def documents(root: Path = ROOT, names: tuple[str, ...] = DOCS) -> list[str]:
+    """The published documents under `root`, as paths relative to it: `names` that exist,
+    then every record's README.md."""
+    found = [n for n in names if (root / n).exists()]
+    return found + sorted(str(p.relative_to(root)) for p in root.glob(RECORD_READMES))
 FIGURE = re.compile(r"<!--\s*=\s*(?P<record>\S+)\s+(?P<quantity>[\w-]+)\s*(?P<args>[^>]*?)\s*-->")
 
 
@@ -101,15 +109,14 @@ def check_text(text: str, where: str, root: Path) -> list[str]:
 def check(root: Path = ROOT) -> list[str]:
     """Every figure marker of the published documents."""
     out = []
-    for name in DOCS:
-        if (root / name).exists():
-            out += check_text((root / name).read_text(), name, root)
+    for name in documents(root):
+        out += check_text((root / name).read_text(), name, root)
     return out
 
 
 def count(root: Path = ROOT) -> int:
     """How many figure markers the published documents hold."""
-    return sum(len(FIGURE.findall((root / n).read_text())) for n in DOCS if (root / n).exists())
+    return sum(len(FIGURE.findall((root / n).read_text())) for n in documents(root))
 
 
 def main(argv=None) -> int:

@@ -93,7 +93,7 @@ its accuracy table (e.g. resnet56 -> resnet20: KD 71.53, CRD 71.45, vanilla 69.0
     "distill-cpu": dict(
         header="""\
 Distillation on CIFAR-10 for a 2-core CPU: the IFACD talk's tables for one pair,
-resnet56 -> resnet20, every method (measured: README, docs/results/distill-cpu/):
+resnet56 -> resnet20, every method (measured: docs/results/distill-cpu/README.md):
   cp presets/distill-cpu.yaml params.yaml && make run
 The talk's recipe (SGD lr 0.05, wd 5e-4, batch 64, x0.1 at 62.5/75/87.5% of the run,
 alpha = beta = 1, each method's gamma) with the schedule cut: 5,000 of the 50,000 train

@@ -57,23 +57,26 @@ def test_published_figures_match_their_records():
 
 
 # The figures issue 24 found wrong, each now marked so that it cannot come back unnoticed:
-# (record, quantity) that README.md must quote through a marker.
+# (record, quantity) that the record's own page (docs/results/<name>/README.md, where its
+# provenance lives) must quote through a marker.
 MARKED = [("docs/results/distill-digits", "minutes"), ("docs/results/distill-digits", "field"),
           ("docs/results/family-cpu", "minutes"), ("docs/results/family-cpu", "range")]
 
 
 @pytest.mark.parametrize("record, quantity", MARKED)
 def test_figures_found_wrong_are_marked(record, quantity):
-    text = (ROOT / "README.md").read_text()
+    page = f"{record}/README.md"
+    assert page in figures.documents(ROOT), f"{page} is not a published document"
+    text = (ROOT / page).read_text()
     found = [m for m in figures.FIGURE.finditer(text)
              if m.group("record") == record and m.group("quantity") == quantity]
-    assert found, f"README.md quotes no {quantity} of {record} through a figure marker"
+    assert found, f"{page} quotes no {quantity} of {record} through a figure marker"
     for m in found:                                  # and each marked figure is checked: change it
         line_start = text.rfind("\n", 0, m.start()) + 1
         before = text[line_start:m.start()]
         digit = re.search(r"\d(?=\D*$)", before)
         bumped = before[:digit.start()] + str((int(digit.group()) + 1) % 10) + before[digit.end():]
-        assert figures.check_text(bumped + m.group(0), "README.md", ROOT)
+        assert figures.check_text(bumped + m.group(0), page, ROOT)
 
 
 def test_the_records_check_runs_the_figures_check(record):

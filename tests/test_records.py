@@ -217,59 +217,81 @@ def test_untampered_copy_passes(docs):
 
 
 FAMILY = "docs/results/family-cpu"
+FAMILY_PAGE = f"{FAMILY}/README.md"          # the record's own page, where its table lives
 
 
 @pytest.mark.parametrize("change, cells", [("extra", 14), ("missing", 12)])
 def test_row_with_another_cell_count_fails(docs, change, cells):
     """A row with a cell more or fewer than its record's (cells used to be zipped)."""
-    readme = docs / "README.md"
+    readme = docs / FAMILY_PAGE
     row = table_row(readme, FAMILY, "vicreg")
     tampered = row + " 1.0 |" if change == "extra" else row[:row.rstrip(" |").rindex("|") + 1]
     replace(readme, row, tampered)
     result = check(docs)
     assert result.returncode == 1
-    assert (f"README.md:{marker_line(readme, FAMILY)} table=family: row 'vicreg': {cells} cells "
+    assert (f"{FAMILY_PAGE}:{marker_line(readme, FAMILY)} table=family: row 'vicreg': {cells} cells "
             f"published, 13 in the record") in result.stdout
 
 
 def test_duplicated_row_with_other_numbers_fails(docs):
     """A second 'g0' row (rows used to be keyed by their first cell, the last one winning)."""
-    readme = docs / "README.md"
+    readme = docs / FAMILY_PAGE
     row = table_row(readme, FAMILY, "g0")
     replace(readme, row, row.replace("63.6", "73.6") + "\n" + row)
     result = check(docs)
     assert result.returncode == 1
-    assert (f"README.md:{marker_line(readme, FAMILY)} table=family: row 'g0': published 2 times, "
+    assert (f"{FAMILY_PAGE}:{marker_line(readme, FAMILY)} table=family: row 'g0': published 2 times, "
             f"1 in the record") in result.stdout
 
 
 def test_rows_in_another_order_fail(docs):
-    readme = docs / "README.md"
+    readme = docs / FAMILY_PAGE
     byol, dino = table_row(readme, FAMILY, "byol"), table_row(readme, FAMILY, "dino")
     replace(readme, f"{byol}\n{dino}", f"{dino}\n{byol}")
     result = check(docs)
     assert result.returncode == 1
-    assert f"README.md:{marker_line(readme, FAMILY)} table=family: rows in another order" in result.stdout
+    assert f"{FAMILY_PAGE}:{marker_line(readme, FAMILY)} table=family: rows in another order" in result.stdout
 
 
-@pytest.mark.parametrize("marker", ["<!-- record: docs/results/family-vit-cpu table=family -->",
-                                    "<!-- record: none (not a result: the pipeline's stages) -->"])
-def test_table_without_marker_fails(docs, marker):
+@pytest.mark.parametrize("page, marker", [
+    ("docs/results/family-vit-cpu/README.md", "<!-- record: docs/results/family-vit-cpu table=family -->"),
+    ("README.md", "<!-- record: none (not a result: the pipeline's stages) -->")])
+def test_table_without_marker_fails(docs, page, marker):
     """Every table needs a marker: removing one leaves a table that no check would see."""
-    readme = docs / "README.md"
+    readme = docs / page
     line = readme.read_text().splitlines().index(marker) + 1
     replace(readme, marker + "\n", "")
     result = check(docs)
     assert result.returncode == 1
-    assert f"README.md:{line}: a table without a record marker" in result.stdout
+    assert f"{page}:{line}: a table without a record marker" in result.stdout
+
+
+def test_unclosed_code_fence_fails(docs):
+    """A code fence left open would hide every table after it from the check."""
+    page = docs / FAMILY_PAGE
+    marker = f"<!-- record: {FAMILY} table=family -->"
+    line = page.read_text().splitlines().index(marker) + 1
+    replace(page, marker, "```\n" + marker)
+    result = check(docs)
+    assert result.returncode == 1
+    assert f"{FAMILY_PAGE}:{line}: code fence never closed" in result.stdout
+
+
+def test_a_new_record_page_is_read(docs):
+    """Every docs/results/<name>/README.md is a published document: a wrong cell there fails."""
+    page = docs / "docs/results/distill-digits/README.md"
+    replace(page, "| KD | 96.45 |", "| KD | 96.67 |")
+    result = check(docs)
+    assert result.returncode == 1
+    assert "docs/results/distill-digits/README.md:" in result.stdout
 
 
 def test_claim_found_only_beside_another_table_fails(docs):
     """A quoted figure changed in its own prose, while the true fragment sits in another
     section, is not found: claims are looked for only in the prose of their record's tables."""
-    readme = docs / "README.md"
+    page, readme = docs / "docs/results/family-vit-cpu/README.md", docs / "README.md"
     claim = "linear 58.9 vs 56.2, k-NN 38.6 vs 31.0, 1-shot 33.5 vs 32.3"     # family-vit-cpu's
-    replace(readme, claim, claim.replace("33.5", "35.5"))
+    replace(page, claim, claim.replace("33.5", "35.5"))
     readme.write_text(readme.read_text() + f"\nAn aside: {claim}.\n")
     result = check(docs)
     assert result.returncode == 1
@@ -328,11 +350,11 @@ def test_summary_disagreeing_with_its_rows_fails(docs, path, change, table_edit,
 def test_machine_not_the_one_the_flags_give_fails(docs, record, named, wrong):
     """The prose names the machine class the record's cpu_flags give (both records' runs
     have avx512_bf16 without AMX: machine A's class)."""
-    readme = docs / "README.md"
+    readme = docs / record / "README.md"
     replace(readme, named, wrong)
     result = check(docs)
     assert result.returncode == 1
-    assert (f"README.md:{marker_line(readme, record)} {record}: its runs' cpu_flags (avx512_bf16) "
+    assert (f"{record}/README.md:{marker_line(readme, record)} {record}: its runs' cpu_flags (avx512_bf16) "
             f"make it machine A's class, but the prose beside its tables names machine") in result.stdout
 
 
@@ -479,7 +501,7 @@ def test_seeded_record_passes_and_its_verdicts_are_claims(seeded):
 def test_a_comparison_the_seeds_do_not_support_fails(seeded):
     """Saying a run is above its partner at every seed on a metric where the record's seeds
     are mixed is caught: the prose must state the paired verdicts as they are."""
-    readme = seeded / "README.md"
+    readme = seeded / DIGITS / "README.md"
     rendered = records("render", DIGITS, "--table", "paired", root=seeded).stdout
     claim = next(line[len("claim: "):] for line in rendered.splitlines()
                  if line.startswith("claim: ") and "above at every seed" in line and "; mixed on " in line)
@@ -492,8 +514,8 @@ def test_a_comparison_the_seeds_do_not_support_fails(seeded):
 
 
 def test_a_table_whose_prose_does_not_name_its_mode_fails(seeded):
-    readme = seeded / "README.md"
-    replace(readme, "`compute: fp32-channels-last-t1`; ", "")
+    readme = seeded / DIGITS / "README.md"
+    replace(readme, "in the mode of record `compute: fp32-channels-last-t1`;", "")
     result = records("check", root=seeded)
     assert result.returncode == 1
     assert f"{DIGITS}: its trainings ran in compute mode fp32-channels-last-t1" in result.stdout
