@@ -1,7 +1,8 @@
 """Ablations of one BoWNet generation: rerun its vocabulary, student and evaluation stages
 with some flags changed, the parent fixed, and print each variant beside the pipeline's run.
 
-Why a generation does or does not beat its parent (the talk: RotNet < BoWNet < BoWNet x2)
+Why a generation does or does not beat its parent (the BoWNet paper, Gidaris et al. 2020,
+https://arxiv.org/abs/2002.12247: RotNet < BoWNet < BoWNet x2)
 depends on the vocabulary (which layer of the parent, how many words, how peaked the
 targets are), on the student's schedule and on its start. This reruns the exact commands
 `dvc.lock` recorded for `vocab_seed<S>@gN`, `student_seed<S>@gN` and

@@ -2,7 +2,7 @@
 seeds, the teacher fixed, and print each row's top-1 over seeds with its margin over the
 vanilla student.
 
-The distillation table reports one seed per row, as the talk does; this says which of its
+The distillation table reports one seed per row, as IFACD's tables (Rios et al.) do; this says which of its
 margins exceed the seed-to-seed spread. It reruns the exact commands `dvc.lock` recorded
 for the stages (same params, same frozen teacher model, same data subset, which is drawn
 with the data seed), changing only `--seed` (student initialisation, data order,

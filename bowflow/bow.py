@@ -1,6 +1,7 @@
 """Visual-word vocabularies and bag-of-words (BoW) targets.
 
-Pipeline for one generation (BoWNet, METHODS.md):
+Pipeline for one generation (BoWNet: Gidaris et al., "Learning Representations by Predicting
+Bags of Visual Words", CVPR 2020, https://arxiv.org/abs/2002.12247):
 1. `sample_local_features`: run the frozen teacher over the training images and keep
    random local feature vectors of one stage's map                      -> [S, C]
 2. `kmeans`: faiss k-means on those vectors                           -> words [K, C]

@@ -1,4 +1,5 @@
-"""The results report: the talk's table, training curves, accuracy by generation and
+"""The results report: the BoWNet paper's few-shot table (Gidaris et al., CVPR 2020,
+https://arxiv.org/abs/2002.12247), training curves, accuracy by generation and
 pictures of visual words.
 
 Inputs are the metrics and curves the other stages wrote; nothing here trains or

@@ -67,7 +67,8 @@ class DataParams(Section):
 
 @dataclass
 class VocabParams(Section):
-    layer: str = param("stage2", "teacher stage whose map is quantised")
+    layer: str = param("last", "teacher stage whose map is quantised: 'last' (as the BoWNet paper "
+                       "and params.yaml) or 'stageN'")
     size: int = param(256, "K, the number of visual words", above=0)
     samples: int = param(50000, "local features sampled for k-means", above=0)
     iters: int = param(20, "k-means iterations", above=0)

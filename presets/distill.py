@@ -78,8 +78,8 @@ def data(source: str, root: str, image_size: int, novel: list[str], ssl_max_imag
 PRESETS = {
     "distill-cifar100-gpu": dict(
         header="""\
-The IFACD talk's CIFAR-100 benchmark in full, for a GPU (NOT RUN: no GPU was available
-to the session that wrote it): six teacher -> student pairs, every method, the talk's recipe
+IFACD's CIFAR-100 benchmark (Rios et al.) in full, for a GPU (NOT RUN: no GPU was available
+to the session that wrote it): six teacher -> student pairs, every method, RepDistiller's recipe
 (240 epochs, SGD lr 0.05, wd 5e-4, batch 64, x0.1 at epochs 150/180/210, alpha = beta = 1).
   cp presets/distill-cifar100-gpu.yaml params.yaml && make run
 The prepare stage downloads torchvision's CIFAR-100 into data/cifar100 once (online, 169 MB;

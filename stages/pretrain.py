@@ -1,12 +1,12 @@
-"""Stage pretrain: train one method on the prepared SSL images, from scratch, with no
-other input: RotNet as generation 0 of the BoWNet chain (`teacher` in params.yaml) and
-every named run of the `pretrain:` map (BYOL, SimSiam, DINO, Barlow Twins, ...).
+"""Stage pretrain: train one run of params.yaml's `pretrain:` map on the prepared SSL images,
+from scratch, with no other input: `g0`, the RotNet teacher that starts the BoWNet chain, and
+every other named run (BYOL, SimSiam, DINO, Barlow Twins, ..., and the untrained control).
 
-    python -m stages.pretrain --prepared data/prepared --model data/models/g0/model.pt \
-        --metrics data/metrics/train/g0.json --history data/plots/train/g0.csv \
+    python -m stages.pretrain --prepared data/prepared --model data/models/seed0/g0/model.pt \
+        --metrics data/metrics/seed0/train/g0.json --history data/plots/seed0/train/g0.csv \
         --seed 0 --device auto --method rotnet --arch convnet --epochs 30 ...
 
-The run's name is its model's folder (`data/models/<name>/model.pt`).
+The run's name is its model's folder (`data/models/seed<S>/<name>/model.pt`).
 """
 from __future__ import annotations
 

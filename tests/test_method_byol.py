@@ -1,6 +1,6 @@
 """BYOL (the method the peer benchmark uses): its target network, heads, loss, and learning.
 
-The reference (Grill et al. 2020, and METHODS.md): online = backbone -> projector ->
+The reference (Grill et al. 2020, https://arxiv.org/abs/2006.07733): online = backbone -> projector ->
 predictor; target = EMA of backbone + projector, updated after each optimizer step with
 tau(k) = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2; loss = sum over the two view orders of
 ||p/|p| - z'/|z'|||^2 = 2 - 2 cos(p, z'), with no gradient through the target.

@@ -27,7 +27,8 @@ from bowflow.roles.distiller import Distiller, DistillParams
 @float32
 def cc_loss(s_emb: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
     """Correlation congruence as the benchmark computes it (RepDistiller's `Correlation`,
-    from code the CC authors sent; the seed's gamma = 0.02 is tuned for it).
+    from code the CC authors sent; RepDistiller's gamma = 0.02 is tuned for it:
+https://github.com/HobbitLong/RepDistiller).
 
     s_emb, t_emb [B, D]: the two networks' pooled features through their own trainable,
     UNnormalised linear embeddings (`EmbedHead(..., normalize=False)`); t_emb is NOT
