@@ -11,7 +11,6 @@ from pathlib import Path
 from bowflow import distributed
 from bowflow.cli import parse_section
 from bowflow.compute import decide_compute, parse_mode
-from bowflow.data.prepared import load_labelled_split, load_ssl_split
 from bowflow.io import write_csv, write_json
 from bowflow.models import Normalizer, save_model
 from bowflow.networks import build_backbone, count_parameters
@@ -72,15 +71,15 @@ def check_stage(method: str, stage: str) -> type:
 def run_training(params: TrainParams, prepared: str | Path, out_model: Path, metrics_path: Path,
                  history_path: Path, checkpoint_dir: Path, seed: int, device_name: str,
                  record: dict, inputs: dict | None = None, input_fingerprint: str = "",
-                 split: str = "ssl", finish=None, compute: str = "auto") -> dict:
-    """Train `params.method` on the SSL images and write model, metrics and curve.
+                 finish=None, compute: str = "auto") -> dict:
+    """Train `params.method` on the rows its role trains on and write model, metrics and curve.
 
     `record` (name, parent, generation) is stored in the model file. The method gets its
     role's typed `Inputs`, filled from what every stage has (the images' `normalizer` and
     `image_size`, their `labels` [N] and `num_classes`) and the stage's own `inputs` (BoW
     codes, a parent model, a teacher); `input_fingerprint` identifies those stage inputs in
-    the checkpoint's run id. `split`: "ssl" trains on the rows
-    self-supervised stages may use, "train" on every labelled train row (supervised and
+    the checkpoint's run id. The rows are the role's `training_images`: those
+    self-supervised stages may use, or every labelled train row (supervised and
     distillation runs). `finish(model_path) -> dict`, when given, adds metrics computed on
     the written model (a classifier's test top-1). `compute`: the compute mode
     (params.yaml's `compute:`, see bowflow.compute.decide_compute). Returns the metrics written to
@@ -92,21 +91,20 @@ def run_training(params: TrainParams, prepared: str | Path, out_model: Path, met
     world, device = distributed.start(resolve_device(device_name))
     try:
         return _run_training(world, device, params, prepared, out_model, metrics_path, history_path,
-                             checkpoint_dir, seed, record, inputs, input_fingerprint, split, finish, compute)
+                             checkpoint_dir, seed, record, inputs, input_fingerprint, finish, compute)
     finally:
         distributed.stop()
 
 
 def _run_training(world, device, params, prepared, out_model, metrics_path, history_path,
-                  checkpoint_dir, seed, record, inputs, input_fingerprint, split, finish, mode) -> dict:
+                  checkpoint_dir, seed, record, inputs, input_fingerprint, finish, mode) -> dict:
     clock = StageClock(device)
     seed_everything(seed)
-    images, labels, manifest = (load_ssl_split(prepared) if split == "ssl" else
-                                load_labelled_split(prepared, "train", getattr(params, "max_images", 0)))
+    cls = get_method(params.method)
+    images, labels, manifest = cls.training_images(prepared, params)
     image_size = images.shape[-1]
     normalizer = Normalizer.fit(images)
     backbone = build_backbone(params.arch, params.width, params.depth)
-    cls = get_method(params.method)
     given = {"normalizer": normalizer, "image_size": image_size, "labels": labels.to(device),
              "num_classes": len(manifest["class_names"]), **(inputs or {})}
     method = cls(params, backbone, cls.inputs(**given)).to(device)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from bowflow import distributed
 from bowflow.io import load_torch, save_torch
-from bowflow.optim import build_optimizer, clip_gradients, learning_rate, set_learning_rate
+from bowflow.optim import build_optimizer, learning_rate, set_learning_rate
 from bowflow.roles.base import Method, TrainParams
 from bowflow.runtime import log
 
@@ -131,9 +131,7 @@ def train(method: Method, images: torch.Tensor, params: TrainParams, seed: int,
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             method.before_optimizer_step(step)
-            if params.clip_grad > 0:         # DINO: per parameter tensor, as its authors
-                clip_gradients(trained, params.clip_grad,
-                               per_parameter=getattr(params, "clip_grad_per_parameter", False))
+            method.clip_gradients(trained)
             optimizer.step()
             method.after_step(step, total_steps)
             for key, value in stats.items():

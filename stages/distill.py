@@ -60,8 +60,8 @@ def main(argv=None):
     device = resolve_device(args.device)
     inputs = {"teacher": load_teacher(args.teacher_model, device)} if distills else {}
     run_training(params, args.prepared, args.model, args.metrics, args.history, args.checkpoints,
-                 args.seed, args.device, compute=args.compute, split="train", inputs=inputs,
-                 record={"name": args.model.parent.name, "parent": getattr(params, "teacher", ""),
+                 args.seed, args.device, compute=args.compute, inputs=inputs,
+                 record={"name": args.model.parent.name, "parent": params.teacher if distills else "",
                          "generation": 0, "seed": args.seed},
                  finish=test_top1(args.prepared, device))
 

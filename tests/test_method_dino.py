@@ -201,3 +201,38 @@ def test_on_a_vit_local_crops_are_whole_patches_and_the_head_reads_the_cls():
     loss, _ = method.step(views, torch.arange(8))
     loss.backward()
     assert torch.isfinite(loss) and vit.cls_token.grad is not None
+
+
+def test_the_trainer_clips_through_the_method_dino_per_tensor_others_globally():
+    """train.py calls `method.clip_gradients`: DINO's hook clips each tensor to its own norm,
+    the default hook (here RotNet's) the global norm; neither names the other's option."""
+    def model(method, **extra):
+        cls = get_method(method)
+        params = cls.Params(method=method, arch="convnet", width=8, depth=0, clip_grad=3.0, **extra)
+        images = torch.zeros(4, 3, 16, 16, dtype=torch.uint8)
+        inputs = cls.inputs(normalizer=Normalizer.fit(images), image_size=16)
+        return cls(params, build_backbone("convnet", 8, 0), inputs)
+
+    generator = torch.Generator().manual_seed(0)
+    for method in ("dino", "rotnet"):
+        net = model(method)
+        trained = [p for p in net.parameters() if p.requires_grad]
+        for p in trained:                       # every tensor's gradient norm well above 3.0
+            p.grad = torch.randn(p.shape, generator=generator) * 10 + 1
+        net.clip_gradients(trained)
+        norms = torch.stack([p.grad.norm() for p in trained])
+        if method == "dino":
+            assert torch.allclose(norms, torch.full_like(norms, 3.0), rtol=1e-4)
+        else:
+            assert norms.norm().item() == pytest.approx(3.0, rel=1e-4) and (norms < 2.9).all()
+
+
+def test_shared_training_code_names_no_method_option():
+    """Options of one method are its own fields and hooks: the trainer, the run driver and
+    the stages never reach into a params object by attribute name."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    shared = [root / "bowflow/train.py", root / "bowflow/runs.py", *sorted((root / "stages").glob("*.py"))]
+    found = [f"{p.relative_to(root)}:{i}" for p in shared
+             for i, line in enumerate(p.read_text().splitlines(), 1) if "getattr(params" in line]
+    assert found == [], f"shared code reads method options by name: {found}"

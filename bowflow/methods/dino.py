@@ -32,6 +32,7 @@ from bowflow.checks import param
 from bowflow.distributed import gather_no_grad
 from bowflow.heads import DINOHead, cosine_momentum, ema_update, frozen_copy
 from bowflow.losses import embedding_std, float32
+from bowflow.optim import clip_gradients
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
 
@@ -239,6 +240,13 @@ class DINO(SelfSupervised):
     def before_optimizer_step(self, step):
         if step < self.params.freeze_last_layer_epochs * self.steps_per_epoch:
             self.head.last_direction.grad = None        # the optimizer skips it entirely
+
+    def clip_gradients(self, parameters):
+        """DINO's `utils.clip_gradients`: each parameter tensor's gradient on its own (or
+        their global norm with `clip_grad_per_parameter: false`)."""
+        if self.params.clip_grad > 0:
+            clip_gradients(parameters, self.params.clip_grad,
+                           per_parameter=self.params.clip_grad_per_parameter)
 
     def after_step(self, step, total_steps):
         momentum = self.momentum(step)

@@ -46,7 +46,8 @@ import torch.nn as nn
 from bowflow.checks import check_fields, param
 from bowflow.models import Normalizer
 from bowflow.networks import ARCHITECTURES, OWN_SIZES, Backbone, check_arch, check_size, family_of
-from bowflow.optim import OPTIMIZERS, SCHEDULES, default_groups
+from bowflow.data.prepared import load_ssl_split
+from bowflow.optim import OPTIMIZERS, SCHEDULES, clip_gradients, default_groups
 
 METHODS: dict[str, type["Method"]] = {}
 METHODS_PACKAGE = "bowflow.methods"          # the plug-ins: one module per method
@@ -236,6 +237,21 @@ class Method(nn.Module):
     def before_optimizer_step(self, step: int) -> None:
         """After backward, before the optimizer step (e.g. DINO zeroes its last layer's
         gradients during the first epoch). Default: nothing."""
+
+    def clip_gradients(self, parameters: list[nn.Parameter]) -> None:
+        """After `before_optimizer_step`, before the optimizer step: clip the gradients of
+        the trained `parameters`. Default: their global L2 norm at `params.clip_grad` when
+        it is above 0 (DINO overrides it to clip each parameter tensor on its own)."""
+        if self.params.clip_grad > 0:
+            clip_gradients(parameters, self.params.clip_grad)
+
+    @classmethod
+    def training_images(cls, prepared: str | Path, params: "TrainParams"
+                        ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """The prepared rows this role trains on, as (images uint8 [N, 3, H, W], labels [N],
+        manifest). Default: the rows self-supervised stages may use (bowflow.data.prepared's
+        SSL split); labelled roles override it."""
+        return load_ssl_split(prepared)
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Hook for EMA teachers, queues, temperature schedules. Default: nothing."""

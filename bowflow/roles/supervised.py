@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from bowflow import augment
 from bowflow.checks import param
+from bowflow.data.prepared import load_labelled_split
 from bowflow.losses import embedding_std
 from bowflow.roles.base import ImageInputs, Method, TrainParams
 
@@ -56,6 +57,11 @@ class Supervised(Method):
     label = "Supervised"
     Inputs = LabelledInputs
     Params = SupervisedParams
+
+    @classmethod
+    def training_images(cls, prepared, params):
+        """Every labelled train row (a seeded subset of `params.max_images` when above 0)."""
+        return load_labelled_split(prepared, "train", params.max_images)
 
     def __init__(self, params, backbone, inputs: LabelledInputs):
         super().__init__(params, backbone, inputs)
