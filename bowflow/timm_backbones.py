@@ -2,7 +2,7 @@
 timm/efficientnet_b0, timm/vit_tiny_patch16_224, ...), any model of `timm.list_models()`
 that has `forward_intermediates` (timm's feature-extraction API).
 
-How a timm model meets the stage-map contract of `bowflow.networks.Backbone`:
+How a timm model meets the stage-map contract of `bowflow.backbone.Backbone`:
 - its stages are timm's feature stages (`model.feature_info`, what `features_only=True`
   returns): `stage<i>` is the i-th, a map [B, C_i, H / r_i, W / r_i] with timm's `num_chs`
   and `reduction` (a ResNet's first is its stem output `act1` at 1/2, as in timm; a ViT's
@@ -21,14 +21,15 @@ and the state_dict keys are timm's own under `model.` (`model.conv1.weight`), so
 or torchvision state_dict of the same model loads into it. ViTs are built with
 `dynamic_img_size=True` (position embeddings resized to the image's patch grid); `patch`
 is their patch size, which data.image_size must be a multiple of (check_params checks).
-Width and depth are fixed by the name: params give 0.
+Width and depth are fixed by the name: params give 0. bowflow/networks.py registers
+`timm_backbone` as the builder of the `timm` family.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from bowflow.networks import Backbone, register_family
+from bowflow.backbone import Backbone
 
 
 class TimmBackbone(Backbone):
@@ -104,8 +105,8 @@ def create(name: str) -> nn.Module:
     return model
 
 
-@register_family("timm")
 def timm_backbone(name: str, width: int = 0, depth: int = 0) -> TimmBackbone:
+    """The builder of archs 'timm/<name>' (width and depth are 0: checked by the registry)."""
     return TimmBackbone(name)
 
 

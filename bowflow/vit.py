@@ -6,7 +6,7 @@ convolution), prepends a learnt CLS token, adds learnt position embeddings and r
 `depth` pre-norm blocks (LayerNorm -> multi-head self-attention -> residual, LayerNorm ->
 MLP with GELU and 4D hidden units -> residual), then a final LayerNorm.
 
-How a token backbone meets the stage-map contract of `bowflow.networks.Backbone`:
+How a token backbone meets the stage-map contract of `bowflow.backbone.Backbone`:
 - every block is a stage (`stage1` .. `stage<depth>`); a stage's map is its patch tokens
   laid back on the patch grid, [B, D, H / p, W / p] (the CLS token dropped), so the BoW
   vocabulary, evaluation and distillation hints read any block as they read a conv stage;
@@ -21,8 +21,9 @@ Position embeddings are learnt for a reference grid (`grid` x `grid` patches: 32
 patch 4, 16 px at patch 2); any other grid (another image size, DINO's small local crops)
 gets them bicubically resized, as DINO's `interpolate_pos_encoding`.
 
-Registered sizes (width = D, depth = blocks; heads fixed by the name; published sizes are
-the DeiT/timm ones at 224 px and patch 16, tested in tests/test_vit.py):
+Sizes, registered under these names by bowflow/networks.py (`NAMED_VITS`, `SIZED_VITS`;
+width = D, depth = blocks; heads fixed by the name; published sizes are the DeiT/timm ones
+at 224 px and patch 16, tested in tests/test_vit.py):
 - `vit_tiny`: D 192, 12 blocks, 3 heads, patch 4 (32 px: 8 x 8 tokens), 5.36M parameters
   (ViT-Ti/16 at 224 px: 5.72M with its 1000-class head; the difference is the patch
   embedding, the position table and the head);
@@ -34,12 +35,13 @@ the DeiT/timm ones at 224 px and patch 16, tested in tests/test_vit.py):
 from __future__ import annotations
 
 from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bowflow.networks import Backbone, register, register_named
+from bowflow.backbone import Backbone
 
 
 class Attention(nn.Module):
@@ -169,11 +171,14 @@ def sized_vit(patch: int, width: int = 192, depth: int = 12) -> VisionTransforme
     return VisionTransformer(width, depth, max(1, width // 64), patch, 8)
 
 
-register("vit")(partial(sized_vit, 4))
-register("vit_p2")(partial(sized_vit, 2))
+# Sized by params: name -> builder(width, depth).
+SIZED_VITS: dict[str, Callable[..., VisionTransformer]] = {
+    "vit": partial(sized_vit, 4), "vit_p2": partial(sized_vit, 2)}
 
 # name -> (width D, depth, heads, patch, reference grid)
 VIT_SIZES = {"vit_tiny": (192, 12, 3, 4, 8), "vit_small": (384, 12, 6, 4, 8), "vit_tiny_p2": (192, 12, 3, 2, 8)}
-for _name, (_dim, _depth, _heads, _patch, _grid) in VIT_SIZES.items():
-    register_named(_name, _dim, _depth, partial(VisionTransformer, _dim, _depth, _heads, _patch, _grid))
-del _name, _dim, _depth, _heads, _patch, _grid
+
+# Fixed sizes: name -> (own width D, own depth, builder()).
+NAMED_VITS: dict[str, tuple[int, int, Callable[[], VisionTransformer]]] = {
+    name: (dim, depth, partial(VisionTransformer, dim, depth, heads, patch, grid))
+    for name, (dim, depth, heads, patch, grid) in VIT_SIZES.items()}

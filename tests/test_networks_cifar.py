@@ -3,8 +3,31 @@ import hashlib
 
 import pytest
 import torch
+import torch.nn as nn
 
-from bowflow.networks import OWN_SIZES, Classifier, build_backbone, count_parameters
+from bowflow.networks import OWN_SIZES, Backbone, build_backbone, count_parameters
+
+
+class Classifier(nn.Module):
+    """A backbone with a linear classifier on its pooled last stage, as the benchmark's
+    published sizes count it: `forward(x)` gives logits, `features_and_logits(x)` what a
+    distillation loss reads, in one pass."""
+
+    def __init__(self, backbone: Backbone, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.fc = nn.Linear(backbone.out_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, 3, H, W] -> logits [B, num_classes]."""
+        return self.fc(self.backbone(x))
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor,
+                                                            torch.Tensor]:
+        """x [B, 3, H, W] -> (stage maps [B, C_i, H / r_i, W / r_i] and pooled feature [B, C]
+        as `Backbone.distill_features` gives them; logits [B, num_classes])."""
+        maps, pooled = self.backbone.distill_features(x)
+        return maps, pooled, self.fc(pooled)
 
 # Parameters with a 100-class classifier as published (CRD, CIFAR-100), in millions.
 PUBLISHED = {"resnet20": 0.278, "resnet32": 0.473, "resnet56": 0.861, "resnet110": 1.73,
