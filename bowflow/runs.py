@@ -1,11 +1,11 @@
-"""What the training stages share: the SSL training images, building a method around a
-fresh backbone, training it with checkpoints, and writing the model, metrics and curve."""
+"""What the training stages share: their flags, a `TrainingRun` of them, building a method
+around a fresh backbone, training it with checkpoints, and writing the model, metrics and curve."""
 from __future__ import annotations
 
 import argparse
 import os
 import typing
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bowflow import distributed
@@ -68,48 +68,69 @@ def check_stage(method: str, stage: str) -> type:
     return cls
 
 
-def run_training(params: TrainParams, prepared: str | Path, out_model: Path, metrics_path: Path,
-                 history_path: Path, checkpoint_dir: Path, seed: int, device_name: str,
-                 record: dict, inputs: dict | None = None, input_fingerprint: str = "",
-                 finish=None, compute: str = "auto") -> dict:
-    """Train `params.method` on the rows its role trains on and write model, metrics and curve.
+@dataclass
+class TrainingRun:
+    """One training stage's run: what it trains, on which rows, and where it writes.
 
-    `record` (name, parent, generation) is stored in the model file. The method gets its
+    `record` (name, parent, generation, seed) is stored in the model file. The method gets its
     role's typed `Inputs`, filled from what every stage has (the images' `normalizer` and
     `image_size`, their `labels` [N] and `num_classes`) and the stage's own `inputs` (BoW
     codes, a parent model, a teacher); `input_fingerprint` identifies those stage inputs in
-    the checkpoint's run id. The rows are the role's `training_images`: those
-    self-supervised stages may use, or every labelled train row (supervised and
-    distillation runs). `finish(model_path) -> dict`, when given, adds metrics computed on
-    the written model (a classifier's test top-1). `compute`: the compute mode
-    (params.yaml's `compute:`, see bowflow.compute.decide_compute). Returns the metrics written to
-    `metrics_path`. A diverged or collapsed run exits with a message naming run and epoch.
+    the checkpoint's run id. `finish(model_path) -> dict`, when given, adds metrics computed
+    on the written model (a classifier's test top-1). `compute`: the compute mode
+    (params.yaml's `compute:`, see bowflow.compute.decide_compute).
+    """
+    params: TrainParams             # the method's typed section of params.yaml
+    prepared: Path                  # data/prepared: the Parquet tables of stage prepare
+    model: Path                     # model.pt to write
+    metrics: Path                   # the stage's metrics JSON
+    history: Path                   # per-epoch curve (CSV)
+    checkpoints: Path               # folder of the resumable per-epoch checkpoints
+    seed: int
+    device: str                     # auto | cpu | cuda
+    record: dict
+    compute: str = "auto"
+    inputs: dict = field(default_factory=dict)
+    input_fingerprint: str = ""
+    finish: typing.Callable[[Path], dict] | None = None
+
+    @classmethod
+    def from_args(cls, params: TrainParams, args: argparse.Namespace, record: dict, **more) -> "TrainingRun":
+        """The run of a training stage's parsed flags (`add_training_arguments`)."""
+        return cls(params, Path(args.prepared), args.model, args.metrics, args.history, args.checkpoints,
+                   args.seed, args.device, record, compute=args.compute, **more)
+
+
+def run_training(run: TrainingRun) -> dict:
+    """Train `run.params.method` on the rows its role trains on (`training_images`: those
+    self-supervised stages may use, or every labelled train row for supervised and
+    distillation runs) and write model, metrics and curve. Returns the metrics written to
+    `run.metrics`. A diverged or collapsed run exits with a message naming run and epoch.
 
     Under torchrun (`bin/launch N`), every process runs this function on the same data;
     they train as one (bowflow.distributed) and rank 0 alone writes the files.
     """
-    world, device = distributed.start(resolve_device(device_name))
+    world, device = distributed.start(resolve_device(run.device))
     try:
-        return _run_training(world, device, params, prepared, out_model, metrics_path, history_path,
-                             checkpoint_dir, seed, record, inputs, input_fingerprint, finish, compute)
+        return _run_training(world, device, run)
     finally:
         distributed.stop()
 
 
-def _run_training(world, device, params, prepared, out_model, metrics_path, history_path,
-                  checkpoint_dir, seed, record, inputs, input_fingerprint, finish, mode) -> dict:
+def _run_training(world, device, run: TrainingRun) -> dict:
+    params, seed, record = run.params, run.seed, run.record
     clock = StageClock(device)
     seed_everything(seed)
     cls = get_method(params.method)
-    images, labels, manifest = cls.training_images(prepared, params)
+    images, labels, manifest = cls.training_images(run.prepared, params)
     image_size = images.shape[-1]
     normalizer = Normalizer.fit(images)
     backbone = build_backbone(params.arch, params.width, params.depth)
     given = {"normalizer": normalizer, "image_size": image_size, "labels": labels.to(device),
-             "num_classes": len(manifest["class_names"]), **(inputs or {})}
+             "num_classes": len(manifest["class_names"]), **run.inputs}
     method = cls(params, backbone, cls.inputs(**given)).to(device)
     # logged; recorded in the metrics below. Rank 0 decides (it may measure) for every process.
-    decision = distributed.broadcast_object(decide_compute(device, mode) if world.is_main else None)
+    decision = distributed.broadcast_object(decide_compute(device, run.compute) if world.is_main else None)
     compute = dict(decision.choice)
     if world.size > 1 and device.type == "cpu":     # N processes share the machine's cores
         compute["threads"] = max(1, (os.cpu_count() or 1) // world.local_size)
@@ -119,9 +140,9 @@ def _run_training(world, device, params, prepared, out_model, metrics_path, hist
     if compute["compile"]:          # in place: state_dict keys and the model file unchanged
         backbone.compile()
     run_id = fingerprint(asdict(params), seed, manifest["content_hash"], len(images),
-                         input_fingerprint, compute)
+                         run.input_fingerprint, compute)
     # one file per run and seed: the seeds of one run train side by side
-    checkpoint = checkpoint_dir / f"{out_model.parent.name}-seed{seed}-{params.method}.ckpt"
+    checkpoint = run.checkpoints / f"{run.model.parent.name}-seed{seed}-{params.method}.ckpt"
     log(f"training {params.method} on {world.size} process(es) ({params.arch}, {count_parameters(backbone):,} backbone parameters) "
         f"on {len(images)} images of {image_size}x{image_size} for {params.epochs} epochs on {device}")
     try:
@@ -132,9 +153,9 @@ def _run_training(world, device, params, prepared, out_model, metrics_path, hist
         raise SystemExit(f"{params.method}: {failure}") from None
     if not world.is_main:               # rank 0 writes the model, curve and metrics
         return {}
-    save_model(out_model, method.export_backbone(), normalizer, params, image_size,
+    save_model(run.model, method.export_backbone(), normalizer, params, image_size,
                extra={**record, "method_label": method.label, **method.export_extra()})
-    write_csv(history_path, history)
+    write_csv(run.history, history)
     last = history[-1]
     metrics = {**record, "method": params.method, "method_label": method.label,
                "arch": params.arch, "width": params.width, "depth": params.depth,
@@ -146,9 +167,9 @@ def _run_training(world, device, params, prepared, out_model, metrics_path, hist
                "trained_parameters": count_parameters(method),
                "images_per_second": round(sum(h["images_per_second"] for h in history) / len(history), 1),
                "device": str(device), **clock.summary()}
-    if finish is not None:
-        metrics.update(finish(out_model))
-    write_json(metrics_path, metrics)
+    if run.finish is not None:
+        metrics.update(run.finish(run.model))
+    write_json(run.metrics, metrics)
     checkpoint.unlink(missing_ok=True)
     return metrics
 

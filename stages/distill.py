@@ -23,7 +23,7 @@ from bowflow.data.prepared import load_labelled_split
 from bowflow.frozen_teacher import load_teacher
 from bowflow.models import classifier_top1, load_classifier, load_model
 from bowflow.roles.base import get_method
-from bowflow.runs import add_training_arguments, check_stage, parse_method_section, run_training
+from bowflow.runs import TrainingRun, add_training_arguments, check_stage, parse_method_section, run_training
 from bowflow.runtime import resolve_device
 
 
@@ -59,11 +59,10 @@ def main(argv=None):
                          f"'{params.teacher}' first: dvc repro teacher_seed{args.seed}@{params.teacher})")
     device = resolve_device(args.device)
     inputs = {"teacher": load_teacher(args.teacher_model, device)} if distills else {}
-    run_training(params, args.prepared, args.model, args.metrics, args.history, args.checkpoints,
-                 args.seed, args.device, compute=args.compute, inputs=inputs,
-                 record={"name": args.model.parent.name, "parent": params.teacher if distills else "",
-                         "generation": 0, "seed": args.seed},
-                 finish=test_top1(args.prepared, device))
+    record = {"name": args.model.parent.name, "parent": params.teacher if distills else "",
+              "generation": 0, "seed": args.seed}
+    run_training(TrainingRun.from_args(params, args, record, inputs=inputs,
+                                       finish=test_top1(args.prepared, device)))
 
 
 if __name__ == "__main__":

@@ -10,16 +10,14 @@ The run's name is its model's folder (`data/models/seed<S>/<name>/model.pt`).
 """
 from __future__ import annotations
 
-from bowflow.runs import add_training_arguments, check_stage, parse_method_section, run_training
+from bowflow.runs import TrainingRun, add_training_arguments, check_stage, parse_method_section, run_training
 
 
 def main(argv=None):
     params, args = parse_method_section(argv, __doc__, add_training_arguments)
     check_stage(params.method, "pretrain")
-    run_training(params, args.prepared, args.model, args.metrics, args.history, args.checkpoints,
-                 args.seed, args.device, compute=args.compute,
-                 record={"name": args.model.parent.name, "parent": "", "generation": 0,
-                         "seed": args.seed})
+    record = {"name": args.model.parent.name, "parent": "", "generation": 0, "seed": args.seed}
+    run_training(TrainingRun.from_args(params, args, record))
 
 
 if __name__ == "__main__":

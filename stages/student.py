@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 
 from bowflow.io import load_torch
-from bowflow.runs import add_training_arguments, check_stage, parse_method_section, run_training
+from bowflow.runs import TrainingRun, add_training_arguments, check_stage, parse_method_section, run_training
 from bowflow.train import fingerprint
 
 
@@ -36,8 +36,7 @@ def main(argv=None):
                         hashlib.sha256(args.parent_model.read_bytes()).hexdigest())
     record = {"name": args.model.parent.name, "parent": parent["name"],
               "generation": parent["generation"] + 1, "seed": args.seed}
-    run_training(params, args.prepared, args.model, args.metrics, args.history, args.checkpoints,
-                 args.seed, args.device, compute=args.compute, record=record, inputs=inputs, input_fingerprint=stamp)
+    run_training(TrainingRun.from_args(params, args, record, inputs=inputs, input_fingerprint=stamp))
 
 
 if __name__ == "__main__":
