@@ -27,7 +27,8 @@ The two sides:
   install --no-deps`) `lightly==1.6.*` plus the only modules the parts used import that
   torch does not bring: `lightning-utilities` (imported by `lightly.transforms`) and
   `packaging` (imported by lightning-utilities). The runner imports from the project only
-  `bowflow/networks.py`, so the backbone is the same `convnet`, and the standard-library
+  `bowflow/networks.py` and the architecture modules it registers (backbone, convnets, vit,
+  timm_backbones: torch alone), so the backbone is the same `convnet`, and the standard-library
   budget rule `bowflow/budget.py`.
 
 Same for both: the images (a seeded subset of the train split; k-NN on the test split),

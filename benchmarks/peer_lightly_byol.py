@@ -3,7 +3,8 @@
 Runs inside the throw-away virtual env that bench_peer creates (lightly 1.6 installed there,
 torch/torchvision seen through a .pth pointing at the project's site-packages). It imports
 lightly, torch, torchvision (through lightly's transforms), numpy, PIL, and from bowflow
-only `bowflow/networks.py` (via sys.path), so the backbone is the very same `convnet`, and
+only `bowflow/networks.py` and the architecture modules it registers (via sys.path; torch
+alone), so the backbone is the very same `convnet`, and
 the budget rule `bowflow/budget.py` (standard library only).
 
 The model, the transforms, the DataLoader and the loop are written as lightly's BYOL example
