@@ -4,10 +4,14 @@ views of an image in a contrastive loss.
 View 0 is the student's pooled feature, views 1..L the teacher's last L stage maps
 (ifacd1: the last stage; ifacd2: the last two; ifacd3: three), each through its own
 rescaler MLP (pool -> linear -> BN -> ReLU -> linear, L2-normalised; `RescalerMLP`). A
-SimCLR-style multi-view InfoNCE (`supcon_loss` without labels, temperature 0.07) makes
-all views of an image positives and every view of every other image in the batch a
-negative: no memory bank. gamma = 0.8, CRD's weight, which the authors' code base (built
-on CRD's) keeps. Trainable extras: L + 1 rescalers (the talk counts them as parameters).
+SimCLR-style multi-view InfoNCE (`supcon_loss` of bowflow/contrastive.py, without labels,
+temperature 0.07) makes all views of an image positives and every view of every other
+image in the batch a negative: no memory bank. Positives as the talk puts it:
+"representation for a given image across different layers should be closer between each
+other than to any other image in same layer or in other layers"; the authors' code calls
+SupCon without labels (its labelled form is SupCon's supervised loss, not what the talk
+reports). gamma = 0.8, CRD's weight, which the authors' code base (built on CRD's) keeps.
+Trainable extras: L + 1 rescalers (the talk counts them as parameters).
 """
 from __future__ import annotations
 
@@ -19,8 +23,8 @@ import torch.nn.functional as F
 
 from bowflow import distributed
 from bowflow.checks import param
+from bowflow.contrastive import supcon_loss
 from bowflow.heads import global_pool
-from bowflow.losses import float32
 from bowflow.roles.base import register_method
 from bowflow.roles.distiller import Distiller, DistillParams
 
@@ -49,38 +53,6 @@ class RescalerMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.mlp(global_pool(x)), dim=1)
-
-
-@float32
-def supcon_loss(views: torch.Tensor, labels: torch.Tensor | None = None,
-                temperature: float = 0.07) -> torch.Tensor:
-    """Supervised-contrastive loss (Khosla et al. 2020, L_out) over V views per image.
-
-    views [B, V, D] (L2-normalised here again; for IFACD view 0 is the student's
-    embedding and views 1.. the rescaled teacher layers, ifacd1: V = 2, ifacd2: V = 3);
-    labels [B] or None. Every one of the BV embeddings is an anchor; its candidates are
-    the other BV - 1; its positives P(i) are the other views of the same image and, with
-    labels, every view of the same-class images. loss_i = -mean_{p in P(i)}
-    log softmax_{a != i}(z_i.z_a / T)[p]; the mean over the BV anchors is returned
-    (SupCon's T / T_base factor is 1 at the authors' T = T_base = 0.07).
-    Positives for IFACD (the talk: "representation for a given image across different
-    layers should be closer between each other than to any other image in same layer or
-    in other layers"; the authors' code calls SupCon without labels): labels=None, so
-    the views of one image are the positives and every view of every other image is a
-    negative, a SimCLR-style multi-view InfoNCE (= `nt_xent` when V = 2). The
-    labels option is SupCon's supervised form, not what the seed reports.
-    """
-    b, v, d = views.shape
-    if v < 2:
-        raise ValueError(f"supcon_loss needs at least 2 views per image, got {v}")
-    z = F.normalize(views.reshape(b * v, d), dim=1)                 # row i * V + j
-    self_pair = torch.eye(b * v, dtype=torch.bool, device=z.device)
-    log_prob = F.log_softmax((z @ z.T / temperature).masked_fill(self_pair, float("-inf")), dim=1)
-    group = torch.arange(b, device=z.device) if labels is None else labels.to(z.device)
-    group = group.repeat_interleave(v)
-    positive = (group.unsqueeze(0) == group.unsqueeze(1)) & ~self_pair
-    per_anchor = -log_prob.masked_fill(~positive, 0).sum(1) / positive.sum(1)
-    return per_anchor.mean()
 
 
 @dataclass
@@ -117,5 +89,7 @@ class IFACD(Distiller):
     def method_loss(self, student, teacher, labels, index, views):
         embedded = [self.student_rescaler(student.pooled)]
         embedded += [rescale(m) for rescale, m in zip(self.teacher_rescalers, teacher.maps[-self.params.layers:])]
+        # view 0 the student, views 1.. the teacher's layers (ifacd1: V = 2, ifacd2: V = 3).
+        # Gathered here, so every process computes the global batch's loss (gather=None).
         stacked = distributed.gather(torch.stack(embedded, dim=1))                           # [B, 1+L, D]
         return supcon_loss(stacked, None, self.params.contrast_temperature)

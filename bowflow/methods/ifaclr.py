@@ -8,8 +8,8 @@ rescaled to the last layer's width (convnets: a per-layer Linear + LayerNorm on 
 stage map, the authors' 1-layer rescaler; ViTs: identity, every block's CLS has the same
 width) -> the same projector -> z_2 .. z_{1+layers}. The 1 + `layers` embeddings of an image
 are positives of each other, every embedding of every other image a negative: SupCon
-(Khosla et al. 2020) without labels, `supcon_loss`. `layers` = 1 is SimCLR with a rescaled
-second view.
+(Khosla et al. 2020) without labels, `supcon_loss` (bowflow/contrastive.py). `layers` = 1
+is SimCLR with a rescaled second view.
 
 A layer's feature: convnets, the global average of the stage map; ViTs, the block's CLS
 token through the backbone's final LayerNorm (the authors apply one shared LayerNorm to every
@@ -29,40 +29,28 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bowflow import augment
+from bowflow import augment, contrastive
 from bowflow.checks import param
 from bowflow.distributed import gather, world
 from bowflow.heads import mlp
-from bowflow.losses import embedding_std, float32
+from bowflow.losses import embedding_std
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
 
 
-@float32
 def supcon_loss(z: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    """Unsupervised SupCon over V views: z [b, V, D] (this process's b images, V embeddings
-    each; L2-normalised here) -> scalar.
+    """IFACLR's loss: unsupervised SupCon (`contrastive.supcon_loss`, no labels) of
+    z [b, V, D] (this process's b images, V embeddings each) against the global batch ->
+    scalar.
 
     Every one of the b*V embeddings is an anchor; its candidates are all B*V embeddings of
     the global batch but itself; its positives the V - 1 other embeddings of its image. Per
     anchor: -mean over positives p of log softmax_p(z_a . z_c / T); mean over anchors
     (SupCon's L_out with `base_temperature` = T, as the authors run it). V = 2 is NT-Xent.
+    Under torchrun the anchors are this process's rows and the candidates are gathered
+    (`gather`, differentiable); in one process `gather` is the identity.
     """
-    b, v, _ = z.shape
-    z = F.normalize(z, dim=2)
-    candidates = gather(z).reshape(-1, z.shape[2])              # [B*V, D] image-major, global
-    anchors = z.reshape(b * v, -1)                               # [b*V, D]
-    start = world().rows(candidates.shape[0] // v).start
-    image = torch.arange(b, device=z.device).repeat_interleave(v) + start      # [b*V] global image
-    column = image * v + torch.arange(v, device=z.device).repeat(b)            # own column
-    candidate_image = torch.arange(candidates.shape[0], device=z.device) // v  # [B*V]
-    logits = anchors @ candidates.T / temperature                # [b*V, B*V]
-    rows = torch.arange(b * v, device=z.device)
-    logits[rows, column] = float("-inf")                         # never its own candidate
-    log_prob = logits.log_softmax(dim=1)
-    positive = candidate_image[None, :] == image[:, None]
-    positive[rows, column] = False
-    return -(log_prob.masked_fill(~positive, 0).sum(1) / (v - 1)).mean()
+    return contrastive.supcon_loss(z, None, temperature, gather=gather, rank=world().rank)
 
 
 def layer_features(backbone, x: torch.Tensor) -> list[torch.Tensor]:

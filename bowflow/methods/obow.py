@@ -7,10 +7,10 @@ Each step, for a batch of B images:
   student on 2 large crops + 5 of the 9 cells of a 3x3 grid (colour jitter, grayscale) ->
   its pooled last-stage feature f (not normalised, as the authors) -> per level, a weight
   generator turns each L2-normalised word into a classifier weight W_l [K, C];
-  logits = kappa * f W_l^T -> `obow_loss`: KL(y_l || softmax) averaged over the
-  rows of one crop type (2B large-crop rows, 5B patch rows) and over the levels, then
-  summed over the 2 crop types (the authors' `_bow_loss` per crop type, `sum()`
-  in their solver): large crops and patches weigh the same;
+  logits = kappa * f W_l^T -> `obow_loss`: KL(y_l || softmax) (bowflow/soft_targets.py)
+  averaged over the rows of one crop type (2B large-crop rows, 5B patch rows) and over
+  the levels, then summed over the 2 crop types (the authors' `_bow_loss` per crop type,
+  `sum()` in their solver): large crops and patches weigh the same;
   then each level's queue receives one random location of the 3x3-average-pooled teacher
   map per image, replacing the oldest words, and after the optimizer step the teacher
   follows the student with momentum 0.99 -> 1 (cosine over steps).
@@ -43,6 +43,7 @@ from bowflow.heads import cosine_momentum, ema_update, frozen_copy
 from bowflow.losses import embedding_std, float32, perplexity, update_queue
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
+from bowflow.soft_targets import kl_to_target
 
 # ---------------------------------------------------------------- loss
 
@@ -90,16 +91,6 @@ def obow_bow_targets(maps: torch.Tensor, words: torch.Tensor, inv_delta: float,
                                        inv_delta, mean_distance, decay)
     bow = codes.view(b, -1, words.shape[0]).amax(dim=1)                      # [B, K]
     return bow / bow.sum(dim=1, keepdim=True), mean_distance
-
-
-@float32
-def kl_to_target(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """KL(y || softmax(logits)) = sum_k y_k (log y_k - log softmax(logits)_k), mean over
-    the batch. logits, targets [B, K]; targets detached. Same gradient as the soft
-    cross-entropy but 0 at a perfect prediction (the target entropy is subtracted)."""
-    targets = targets.detach()
-    pointwise = torch.xlogy(targets, targets) - targets * F.log_softmax(logits, dim=1)
-    return pointwise.sum(dim=1).mean()
 
 
 @float32

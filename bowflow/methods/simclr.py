@@ -2,11 +2,12 @@
 
 Each step: two views of every image (crop + flip, strong colour jitter, grayscale; no blur,
 as in the paper's CIFAR-10 recipe) -> one backbone -> projector MLP (Linear, BN, ReLU,
-Linear to 128) -> z1, z2 [B, 128] -> `nt_xent`: cosine similarities / temperature,
-each of the 2B embeddings must pick its partner among the 2B - 1 others (2B - 2 in-batch
-negatives). The backbone (before the projector) is what gets evaluated. Under torchrun
-each process's 2b anchors pick among the 2B gathered embeddings of the global batch (the
-authors' cross-replica negatives); the per-process losses average to the global one.
+Linear to 128) -> z1, z2 [B, 128] -> `nt_xent` (bowflow/contrastive.py): cosine
+similarities / temperature, each of the 2B embeddings must pick its partner among the
+2B - 1 others (2B - 2 in-batch negatives). The backbone (before the projector) is what
+gets evaluated. Under torchrun each process's 2b anchors pick among the 2B gathered
+embeddings of the global batch (the authors' cross-replica negatives); the per-process
+losses average to the global one.
 
 Logged: loss, embedding_std of the projector output, `positive_accuracy` (% of anchors
 whose most similar other embedding is their partner: the contrastive task's accuracy) and
@@ -17,55 +18,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from bowflow import augment
+from bowflow import augment, contrastive
 from bowflow.checks import param
 from bowflow.distributed import gather, world
 from bowflow.heads import mlp
-from bowflow.losses import embedding_std, float32
+from bowflow.losses import embedding_std
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
 
 # ---------------------------------------------------------------- loss
 
-def _global_pairs(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                                  torch.Tensor, torch.Tensor]:
-    """This process's anchors against the global batch's embeddings.
-
-    z1, z2 [b, D] this process's rows -> (anchors [2b, D] normalised, candidates [2B, D] =
-    both views of the GLOBAL batch, normalised, gathered (differentiable), view-major;
-    own [2b] and partner [2b]: each anchor's own column and its other view's column).
-    In one process b = B, candidates = anchors: self is the diagonal, partner i <-> i + B.
-    """
-    b = z1.shape[0]
-    anchors = F.normalize(torch.cat([z1, z2]), dim=1)                        # [2b, D]
-    candidates = torch.cat([gather(anchors[:b]), gather(anchors[b:])])        # [2B, D]
-    batch = candidates.shape[0] // 2
-    local = torch.arange(b, device=z1.device) + world().rows(batch).start     # this rank's rows
-    own = torch.cat([local, local + batch])                                  # [2b]
-    partner = torch.cat([local + batch, local])
-    return anchors, candidates, own, partner
-
-
-@float32
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    """SimCLR's NT-Xent: each of the 2B embeddings must pick its other view among the
-    2B - 1 others (1 positive, 2B - 2 in-batch negatives), by softmax over cosine / T.
-
-    z1, z2 [B, D] (row i of both = two views of image i; L2-normalised here). Symmetric:
-    both views act as anchors, mean over the 2B anchors. temperature = 0.5: best for
-    CIFAR-10 at every batch size in the paper's appendix (its ImageNet runs use 0.1);
-    a lower T weights the hardest negatives more.
+    """SimCLR's loss: `contrastive.nt_xent` of z1, z2 [b, D] (row i of both = two views of
+    image i) against the global batch -> scalar. temperature = 0.5: best for CIFAR-10 at
+    every batch size in the paper's appendix (its ImageNet runs use 0.1); a lower T weights
+    the hardest negatives more.
     Under torchrun z1, z2 are this process's b rows: its 2b anchors pick among the 2B
     embeddings of the global batch (gathered, as the authors' cross-replica negatives), and
-    the mean over processes of the per-process losses is the global batch's loss.
+    the mean over processes of the per-process losses is the global batch's loss; in one
+    process `gather` is the identity.
     """
-    anchors, candidates, own, partner = _global_pairs(z1, z2)
-    rows = torch.arange(len(anchors), device=anchors.device)
-    logits = anchors @ candidates.T / temperature                              # [2b, 2B]
-    logits = logits.index_put((rows, own), torch.tensor(float("-inf"), device=logits.device))
-    return F.cross_entropy(logits, partner)
+    return contrastive.nt_xent(z1, z2, temperature, gather=gather, rank=world().rank)
 
 
 @dataclass
@@ -122,7 +96,8 @@ class SimCLR(SelfSupervised):
         z1, z2 = self.projector(self.backbone(self.normalizer.normalize(x))).chunk(2)  # [B, D]
         loss = nt_xent(z1, z2, self.params.temperature)
         with torch.no_grad():       # this process's anchors against the global batch
-            z, candidates, own, partner = _global_pairs(z1.float(), z2.float())
+            z, candidates, own, partner = contrastive.nt_xent_pairs(z1.float(), z2.float(),
+                                                                   gather, world().rank)
             rows = torch.arange(len(z), device=z.device)
             cos = z @ candidates.T                                                # [2b, 2B]
             cos[rows, own] = -2.0

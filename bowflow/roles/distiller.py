@@ -23,6 +23,7 @@ from bowflow.frozen_teacher import Outputs, Teacher
 from bowflow.losses import float32
 from bowflow.networks import Backbone
 from bowflow.roles.supervised import LabelledInputs, Supervised, SupervisedParams
+from bowflow.soft_targets import kl_to_target
 
 # ---------------------------------------------------------------- shared by the distillers
 
@@ -41,14 +42,13 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
             temperature: float = 4.0) -> torch.Tensor:
     """Hinton's KD: KL(p_t || p_s) * T^2 with p = softmax(logits / T), mean over the batch.
 
-    student_logits, teacher_logits [B, K] (teacher detached here). The T^2 keeps the
-    gradient's size comparable to the cross-entropy term as T changes. T = 4 (the seed's
-    benchmark). 0 when the logits agree up to a per-row constant.
+    student_logits, teacher_logits [B, K] (teacher detached here). The KL is
+    `soft_targets.kl_to_target` (shared with OBoW). The T^2 keeps the gradient's size
+    comparable to the cross-entropy term as T changes. T = 4 (the seed's benchmark). 0
+    when the logits agree up to a per-row constant.
     """
     target = F.softmax(teacher_logits.detach() / temperature, dim=1)
-    log_student = F.log_softmax(student_logits / temperature, dim=1)
-    kl = (torch.xlogy(target, target) - target * log_student).sum(dim=1).mean()
-    return kl * temperature ** 2
+    return kl_to_target(student_logits / temperature, target) * temperature ** 2
 
 
 def check_same_stages(method: str, student_channels: list[int], teacher_channels: list[int]) -> None:
