@@ -1,0 +1,99 @@
+"""Probes of this machine and its file system, for what a params file alone cannot tell:
+the data root and data.unlabelled exist and hold images (files counted, nothing decoded),
+the novel classes have enough of them for the few-shot episodes, the device asked for is
+here, and the GPUs resources: asks for are (warnings: a cluster runs the jobs elsewhere)."""
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+
+from bowflow.data.scan import check_novel_classes, count_class_images, count_images
+from bowflow.data.specs import TARBALL_SUFFIXES, DataError
+from bowflow.paramcheck.data_needs import data_needs
+from bowflow.sections import ParamsError
+
+
+def check_environment(checked: dict, params: dict) -> None:
+    """What `validate_params` cannot see from the file alone: the data root exists (for an
+    image folder, or a torchvision source without download); for an image folder (not a
+    tarball), its class folders hold the novel classes with enough images for the few-shot
+    episodes (files counted, nothing decoded); and a requested GPU is here.
+
+    Run by the check_params stage (`main`); relative paths are taken from the working
+    directory, as the stages see them.
+    """
+    from bowflow.runtime import resolve_device
+
+    data = checked["data"]
+    root = Path(data.root) if data.root else None
+    if data.source == "imagefolder" and not root.exists():
+        raise ParamsError(f"data.root: '{data.root}' does not exist: expected a folder of class "
+                          f"folders, or a .tar.gz of one")
+    if data.source == "imagefolder" and root.is_file() and not root.name.lower().endswith(TARBALL_SUFFIXES):
+        raise ParamsError(f"data.root: '{data.root}' is a file but not a tarball: expected a folder "
+                          f"of class folders or a {', '.join(TARBALL_SUFFIXES)} of one")
+    if data.source == "imagefolder":
+        try:
+            found = count_class_images(root)
+            if found is not None:
+                folder, counts = found
+                check_novel_classes(data.novel_classes, counts, folder)
+                novel = [unicodedata.normalize("NFC", c) for c in data.novel_classes]  # as folders are
+                checked["evaluate"].check_against({"novel_classes": novel, "counts": {"all": counts}},
+                                                  f"the image files under '{data.root}'")
+        except DataError as error:
+            raise ParamsError(str(error)) from None
+        except ValueError as error:
+            raise ParamsError(f"evaluate.{error}") from None
+    check_unlabelled(checked)
+    torchvision = data.source not in ("digits", "imagefolder")
+    if torchvision and not data.download and (root is None or not root.exists()):
+        raise ParamsError(f"data.root: '{data.root}' does not exist: expected a folder holding a local "
+                          f"copy of {data.source}, or set data.download: true")
+    try:
+        resolve_device(params["device"])
+    except SystemExit as error:
+        raise ParamsError(str(error.code)) from None
+
+
+def check_unlabelled(checked: dict) -> None:
+    """data.unlabelled, when set: it exists, is a folder or a tarball, and a folder holds image
+    files at some depth (counted, nothing decoded: unreadable files are named by the
+    prepare stage, which decodes them, before any training); with unlabelled_use
+    'replace', the largest SSL batch fits in them."""
+    data = checked["data"]
+    if not data.unlabelled:
+        return
+    root = Path(data.unlabelled)
+    if not root.exists():
+        raise ParamsError(f"data.unlabelled: '{data.unlabelled}' does not exist: expected a folder of "
+                          f"images (any depth) or a .tar.gz of one")
+    if root.is_file() and not root.name.lower().endswith(TARBALL_SUFFIXES):
+        raise ParamsError(f"data.unlabelled: '{data.unlabelled}' is a file but not a tarball: expected a "
+                          f"folder of images or a {', '.join(TARBALL_SUFFIXES)} of one")
+    try:
+        found = count_images(root)
+    except DataError as error:
+        raise ParamsError(str(error)) from None
+    batch = data_needs(checked)["ssl_batch"]
+    if found is not None and data.unlabelled_use == "replace" and batch:
+        pool = min(found, data.ssl_max_images) if data.ssl_max_images > 0 else found
+        if batch["size"] > pool:
+            raise ParamsError(f"{batch['key']}: {batch['size']} images per step, but the run trains on "
+                              f"only {pool} images (the image files under data.unlabelled '{data.unlabelled}'"
+                              f"{', at most data.ssl_max_images' if data.ssl_max_images > 0 else ''}): "
+                              f"expected a batch_size <= {pool}")
+
+
+def gpu_warnings(checked: dict) -> list[str]:
+    """Why a run asking for GPUs (resources.KIND.gpus > 0) would not get them on this
+    machine: one line per stage kind, empty when torch sees enough GPUs. Warnings, not
+    errors: under a cluster executor (SLURM) the training jobs run elsewhere, with the GPUs
+    the cluster gives them; a training stage run here stops before any work (its --gpus)."""
+    import torch
+
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"resources.{kind}.gpus = {r.gpus}, but torch sees {seen} GPU(s) on this machine "
+            f"(torch.cuda.is_available() is {torch.cuda.is_available()}): its training stages stop "
+            f"with an error if run here; set resources.{kind}.gpus: 0 to train on the CPU"
+            for kind, r in checked["resources"].items() if r.gpus > seen]

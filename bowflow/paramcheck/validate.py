@@ -1,0 +1,59 @@
+"""`validate_params`: a whole loaded params.yaml checked from the file alone, in a fixed
+order (top-level keys, scalars, each section, then what relates runs), so the first bad
+key is the one named; with a prepared manifest of the same data section, also the data
+needs against the prepared images."""
+from __future__ import annotations
+
+from bowflow.paramcheck.cross_run import (check_batches_static, check_few_shot_way, check_gpus_for_device,
+                                          check_layers, check_parents, check_patches, check_resources)
+from bowflow.paramcheck.data_needs import data_needs
+from bowflow.paramcheck.run_sections import check_generations, check_pretrain, check_supervised
+from bowflow.paramcheck.runs import RUN_SECTIONS
+from bowflow.paramcheck.schema import check_scalars, check_section
+from bowflow.sections import DataParams, EvalParams, ParamsError, ReportParams, check_data_needs
+
+TOP_LEVEL = {"seed": int, "seeds": list, "device": str, "compute": str, "data": DataParams,
+             **{section: dict for section in RUN_SECTIONS},       # pretrain, generations, teachers, distill
+             "evaluate": EvalParams, "report": ReportParams, "resources": dict}
+
+
+def validate_params(params: dict, manifest: dict | None = None) -> dict:
+    """Check a loaded params.yaml; raise ParamsError naming the first bad key.
+
+    With the manifest of prepared data made from the same `data` section, the few-shot
+    settings are also checked against the novel classes' sizes.
+    """
+    if not isinstance(params, dict):
+        raise ParamsError(f"top level: expected a mapping of sections {sorted(TOP_LEVEL)}, got {params!r}")
+    unknown = sorted(set(params) - set(TOP_LEVEL))
+    if unknown:
+        raise ParamsError(f"{unknown[0]}: unknown top-level key (expected {sorted(TOP_LEVEL)})")
+    missing = sorted(set(TOP_LEVEL) - set(params))
+    if missing:
+        raise ParamsError(f"{missing[0]}: missing top-level key")
+    check_scalars(params)
+    pretrain = check_pretrain(params["pretrain"])
+    checked = {"seeds": list(params["seeds"]), "data": check_section(DataParams, params["data"], "data"),
+               "pretrain": pretrain,
+               "generations": check_generations(params["generations"], pretrain),
+               "evaluate": check_section(EvalParams, params["evaluate"], "evaluate"),
+               "report": check_section(ReportParams, params["report"], "report")}
+    checked["teachers"], checked["distill"] = check_supervised(
+        params["teachers"], params["distill"], set(pretrain) | set(checked["generations"]))
+    check_parents(checked)
+    check_few_shot_way(checked)
+    check_layers(checked)
+    check_patches(checked)
+    check_batches_static(checked)
+    checked["resources"] = check_resources(params["resources"], checked)
+    check_gpus_for_device(checked["resources"], params["device"])
+    recorded = (manifest or {}).get("source", {})
+    # counts per class do not depend on the seed (stratified_split), so a manifest of the
+    # same data section answers for any seed
+    if manifest is not None and all(recorded.get(k) == v for k, v in params["data"].items()):
+        data = checked["data"]
+        check_data_needs(data_needs(checked), manifest["counts"], manifest["base_classes"],
+                         manifest["novel_classes"], data.ssl_classes, data.ssl_max_images,
+                         "the prepared data (its manifest)", manifest.get("totals", {}).get("unlabelled", 0),
+                         data.unlabelled_use)
+    return checked
