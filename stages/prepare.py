@@ -12,7 +12,7 @@ same checks and written to data/prepared/unlabelled.parquet for the self-supervi
 
 `--needs` is the stamp of the check_params stage: what the rest of params.yaml asks of the
 data (few-shot images per novel class, each image pool's largest batch;
-`bowflow.config.data_needs`). Once the images are read, and before anything is written,
+`bowflow.paramcheck.data_needs`). Once the images are read, and before anything is written,
 they are checked against it, so a demand the data cannot meet stops here with the params
 key named, before any training stage. The needs change no output of this stage.
 """
