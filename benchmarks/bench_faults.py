@@ -322,7 +322,7 @@ def run_trial(index: int, planned: tuple[str, float], scratch: Path, params: dic
     where = scratch / f"trial{index}"
     env = environment(scratch / "cache")
     stage, delay = planned
-    for attempt in range(KILL_ATTEMPTS):
+    for attempt in range(KILL_ATTEMPTS):  # noqa: B007  (read after the loop)
         shutil.rmtree(where, ignore_errors=True)
         project = make_project(where / "project", params)
         killed = repro(project, env, kill=(stage, delay))

@@ -41,6 +41,7 @@ import yaml
 
 from bowflow.io import write_json
 
+
 def flag(argv: list[str], name: str) -> str:
     """The value after `name` in a stage command's argv."""
     if name not in argv:

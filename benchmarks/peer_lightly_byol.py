@@ -42,17 +42,15 @@ from PIL import Image
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bowflow.budget import EpochBudget  # noqa: E402  (standard library only)
-from bowflow.networks import build_backbone  # noqa: E402  (torch only: the same convnet)
-
 import lightly  # noqa: E402
 from lightly.loss import NegativeCosineSimilarity  # noqa: E402
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead  # noqa: E402
-from lightly.models.utils import (deactivate_requires_grad, get_weight_decay_parameters,  # noqa: E402
-                                  update_momentum)
-from lightly.transforms.byol_transform import (BYOLTransform, BYOLView1Transform,  # noqa: E402
-                                               BYOLView2Transform)
+from lightly.models.utils import deactivate_requires_grad, get_weight_decay_parameters, update_momentum  # noqa: E402
+from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform  # noqa: E402
 from lightly.utils.scheduler import CosineWarmupScheduler, cosine_schedule  # noqa: E402
+
+from bowflow.budget import EpochBudget  # noqa: E402  (standard library only)
+from bowflow.networks import build_backbone  # noqa: E402  (torch only: the same convnet)
 
 
 class BYOL(nn.Module):

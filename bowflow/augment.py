@@ -22,8 +22,8 @@ augmented views used by the students; `pad_crop_flip` is the lighter CIFAR augme
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -12,7 +12,8 @@ import argparse
 import dataclasses
 import shlex
 import typing
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 def render_args(section: dict[str, Any]) -> str:

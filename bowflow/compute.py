@@ -56,9 +56,9 @@ import re
 import socket
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -238,7 +238,7 @@ class _Probe:
     """A small convnet + linear head + SGD, trained on fixed random images in one mode."""
 
     def __init__(self, choice: dict, width: int, size: int, batch: int, seed: int = 0):
-        from bowflow.networks import build_backbone        # here, lazily: compute stays light to import
+        from bowflow.networks import build_backbone  # here, lazily: compute stays light to import
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         self.backbone = build_backbone("convnet", width)

@@ -23,7 +23,7 @@ per image, D embedding size, T temperature.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -32,8 +32,8 @@ module construction order, so a seeded build is reproducible).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch.nn as nn
 import torch.nn.functional as F

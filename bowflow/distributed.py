@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.distributed._functional_collectives as collectives
+import torch.nn as nn
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ def sync_batch_norm(module: nn.Module, device: torch.device) -> nn.Module:
     GPUs, `GlobalBatchNorm` on the CPU. In place where possible; returns the module."""
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    for name, child in module.named_children():
+    for _name, child in module.named_children():
         if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)) and not isinstance(child, GlobalBatchNorm):
             child.__class__ = GlobalBatchNorm       # same parameters and buffers, new forward
         else:

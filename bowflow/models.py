@@ -25,7 +25,7 @@ class Normalizer:
         self._cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def fit(cls, images: torch.Tensor, max_images: int = 10000) -> "Normalizer":
+    def fit(cls, images: torch.Tensor, max_images: int = 10000) -> Normalizer:
         """Channel mean/std of uint8 images [N, 3, H, W] (first max_images rows)."""
         x = images[:max_images].float() / 255.0
         return cls(x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())

@@ -25,7 +25,7 @@ import them from here.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from bowflow import convnets, timm_backbones, vit
 from bowflow.backbone import Backbone, count_parameters

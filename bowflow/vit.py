@@ -34,8 +34,8 @@ at 224 px and patch 16, tested in tests/test_vit.py):
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn as nn

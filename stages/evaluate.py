@@ -43,7 +43,7 @@ def main(argv=None):
     try:
         params.check_against(manifest)             # impossible shots stop here, before any work
     except ValueError as error:
-        raise SystemExit(f"evaluate: {error}")
+        raise SystemExit(f"evaluate: {error}") from None
     device = resolve_device(args.device)
     clock = StageClock(device)
     seed_everything(args.seed)

@@ -63,7 +63,7 @@ def main(argv=None):
                              params.ssl_classes, params.ssl_max_images, describe_source(params),
                              len(unlabelled) if unlabelled is not None else 0, params.unlabelled_use)
     except (DataError, ParamsError) as error:   # bad data or params: one line naming them, no traceback
-        raise SystemExit(f"prepare: {error}")
+        raise SystemExit(f"prepare: {error}") from None
     manifest = write_prepared(args.out, train, test, base, novel, report,
                               {**asdict(params), "seed": args.seed}, unlabelled)
     extra = f" and {len(unlabelled)} unlabelled" if unlabelled is not None else ""

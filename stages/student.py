@@ -29,7 +29,7 @@ def main(argv=None):
     try:
         params.check_parent_model(parent)
     except ValueError as error:
-        raise SystemExit(f"{args.parent_model}: {error}")
+        raise SystemExit(f"{args.parent_model}: {error}") from None
     codes_hash = hashlib.sha256(vocab["codes"].numpy().tobytes()).hexdigest()
     inputs = {"codes": vocab["codes"], "num_words": len(vocab["words"]), "parent": parent}
     stamp = fingerprint(codes_hash, vocab["params"], parent["name"],

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bowflow import distributed  # noqa: E402
 from bowflow.frozen_teacher import Teacher  # noqa: E402
 from bowflow.io import save_torch  # noqa: E402
-from tests.test_method_contract import build, data  # noqa: E402
 from bowflow.train import train  # noqa: E402
+from tests.test_method_contract import build, data  # noqa: E402
 
 
 def as_float64(method):

@@ -38,9 +38,9 @@ import sys
 import tarfile
 import traceback
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -877,7 +877,8 @@ def test_training_stage_names_match_the_generated_dvc_yaml():
     ("compute", "fp16", ("'fp16'", "expected auto, measure, default"), "check_params"),
 ], ids=["layer", "few-shot", "batch", "compute"])
 def test_dvc_repro_stops_before_training(key, value, phrases, last_stage, tmp_path):
-    from test_pipeline import run   # the user's shell: PATH without the venv, empty cache
+    from test_pipeline import run  # the user's shell: PATH without the venv, empty cache
+
     from bowflow.scaffold import make_project, tiny_params
 
     params = tiny_params()

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from benchmark_cli import ROOT, run_benchmark
 
 BENCH = ROOT / "benchmarks" / "bench_peer.py"

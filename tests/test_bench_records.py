@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from benchmark_cli import run_benchmark
 
 pytestmark = pytest.mark.slow

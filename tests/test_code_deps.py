@@ -15,12 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from workflow.imports import ROOT, closure
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
-from bowflow.scaffold import make_project, tiny_params
 
 from bowflow.roles.base import available_methods
+from bowflow.scaffold import make_project, tiny_params
+from workflow.imports import ROOT, closure
 
 CODE_FOLDERS = ("bowflow", "stages")
 

@@ -106,7 +106,7 @@ def test_nt_xent_shares_of_two_processes_average_to_the_global_loss():
     for rank in range(2):
         rows = slice(4 * rank, 4 * rank + 4)
         gathered = iter([F.normalize(z1, dim=1), F.normalize(z2, dim=1)])     # view 1, then 2
-        gather = lambda x, rank=rank: two_processes(next(gathered), rank, 4)(x)  # noqa: E731
+        gather = lambda x, rank=rank, gathered=gathered: two_processes(next(gathered), rank, 4)(x)  # noqa: E731
         shares.append(nt_xent(z1[rows], z2[rows], 0.5, gather=gather, rank=rank))
     torch.testing.assert_close((shares[0] + shares[1]) / 2, whole)
     assert not torch.allclose(shares[0], whole)          # each share alone is not the loss

@@ -9,8 +9,8 @@ and passed every check, never a time."""
 import subprocess
 
 import pytest
-
 from benchmark_cli import run_benchmark
+
 from bowflow.scaffold import core_params, make_project
 
 pytestmark = pytest.mark.slow

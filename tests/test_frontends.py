@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
@@ -52,7 +51,7 @@ def snakemake_jobs(result: subprocess.CompletedProcess) -> dict[frozenset, dict]
         rule = re.search(r"^rule (\w+):", block, re.M)
         if not rule or rule.group(1) == "all":
             continue
-        field = lambda name: re.search(rf"^\s+{name}: (.*)$", block, re.M)  # noqa: E731
+        field = lambda name, block=block: re.search(rf"^\s+{name}: (.*)$", block, re.M)  # noqa: E731
         command = re.search(r"^Shell command: (.*)$", block, re.M)
         outputs = frozenset(field("output").group(1).split(", "))
         inputs = field("input").group(1).split(", ") if field("input") else []

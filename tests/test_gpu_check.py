@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-
 from benchmark_cli import benchmark_result, run_benchmark
 
 

@@ -11,7 +11,6 @@ import pytest
 import test_method_learning as learning
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from test_method_learning import control, task  # noqa: F401  (fixtures of the learning test)
 
 from bowflow.models import Normalizer
@@ -145,7 +144,7 @@ def test_tau_is_saved_with_the_method():
 
 
 @pytest.mark.slow
-def test_learns_on_the_shapes_task(task, control, tmp_path):
+def test_learns_on_the_shapes_task(task, control, tmp_path):  # noqa: F811  (the imported fixtures)
     """Trained with the shared trainer, BYOL's k-NN beats the untrained network's by the
     learning tests' margin (tests/test_method_learning.py: task, recipe and margin)."""
     method, params = learning.build("byol", task)

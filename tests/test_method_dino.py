@@ -175,7 +175,7 @@ def test_gradients_are_clipped_per_parameter_as_the_authors():
     assert norms[0] < 3.0 and norms[1] < 3.0 and norms[2] == pytest.approx(3.0, rel=1e-5)
     # the global clip would also have shrunk the small gradients
     glob = [torch.nn.Parameter(torch.zeros(5, 4)) for _ in scales]
-    for g, b, s in zip(glob, theirs, scales):
+    for g, s in zip(glob, scales):
         g.grad = torch.randn(5, 4, generator=torch.Generator().manual_seed(1)) * s
     small = glob[1].grad.clone()
     clip_gradients(glob, 3.0)

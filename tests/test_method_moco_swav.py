@@ -1,6 +1,5 @@
 """MoCo v2 and SwAV specifics: the key queue and key encoder; frozen prototypes, codes."""
 import torch
-
 from test_method_contract import build, data, run
 
 

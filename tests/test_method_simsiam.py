@@ -1,6 +1,7 @@
 """SimSiam: the predictor keeps the peak learning rate while the rest follows the schedule."""
-from bowflow.optim import build_optimizer, set_learning_rate
 from test_method_contract import build, data
+
+from bowflow.optim import build_optimizer, set_learning_rate
 
 
 def test_predictor_group_keeps_the_peak_lr():

@@ -20,6 +20,7 @@ import json
 
 import pytest
 import torch
+from test_method_contract import CONTRACT_CASES, build, data
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bowflow import bow, evaluation
@@ -27,8 +28,6 @@ from bowflow.models import Normalizer, pooled_features, save_model
 from bowflow.networks import build_backbone
 from bowflow.roles.base import get_method
 from bowflow.train import autocast_context, train
-
-from test_method_contract import CONTRACT_CASES, build, data
 
 # aten ops that must never see a bf16 tensor inside a training step (overload packet names)
 SENSITIVE = {"_softmax", "_log_softmax", "_softmax_backward_data", "_log_softmax_backward_data",

@@ -11,7 +11,7 @@ training stage adds `bowflow/methods/<method>.py` and its closure itself.
 from __future__ import annotations
 
 import ast
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ def _with_packages(module: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def direct_imports(path: Path) -> frozenset[str]:
     """Project modules imported anywhere in the file at `path`."""
     found: set[str] = set()

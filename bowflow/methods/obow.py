@@ -166,7 +166,7 @@ def grid_cells(images: torch.Tensor, count: int, generator: torch.Generator) -> 
     side = max(min(h, w) // 3, min(h, w, 4))
     tops = torch.linspace(0, h - side, 3).round().long().tolist()
     lefts = torch.linspace(0, w - side, 3).round().long().tolist()
-    cells = torch.stack([images[:, :, t:t + side, l:l + side] for t in tops for l in lefts], 1)
+    cells = torch.stack([images[:, :, t:t + side, x:x + side] for t in tops for x in lefts], 1)
     chosen = torch.rand(b, 9, generator=generator, device=images.device).argsort(1)[:, :count]
     picked = cells[torch.arange(b, device=images.device)[:, None], chosen]    # [B, count, 3, c, c]
     return picked.transpose(0, 1).reshape(count * b, *cells.shape[2:])

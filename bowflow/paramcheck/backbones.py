@@ -10,7 +10,7 @@ from bowflow.networks import build_backbone
 from bowflow.sections import ParamsError
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def architecture(arch: str, width: int, depth: int):
     """The Backbone a run builds, made on PyTorch's meta device: stage names, channels and
     reductions without allocating or initialising a weight (a WRN-28-10 in 0.1 s instead of

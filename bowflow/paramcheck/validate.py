@@ -4,8 +4,15 @@ key is the one named; with a prepared manifest of the same data section, also th
 needs against the prepared images."""
 from __future__ import annotations
 
-from bowflow.paramcheck.cross_run import (check_batches_static, check_few_shot_way, check_gpus_for_device,
-                                          check_layers, check_parents, check_patches, check_resources)
+from bowflow.paramcheck.cross_run import (
+    check_batches_static,
+    check_few_shot_way,
+    check_gpus_for_device,
+    check_layers,
+    check_parents,
+    check_patches,
+    check_resources,
+)
 from bowflow.paramcheck.data_needs import data_needs
 from bowflow.paramcheck.run_sections import check_generations, check_pretrain, check_supervised
 from bowflow.paramcheck.runs import RUN_SECTIONS

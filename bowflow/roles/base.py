@@ -44,12 +44,12 @@ import torch
 import torch.nn as nn
 
 from bowflow.checks import check_fields, param
+from bowflow.data.prepared import load_ssl_split
 from bowflow.models import Normalizer
 from bowflow.networks import ARCHITECTURES, OWN_SIZES, Backbone, check_arch, check_size, family_of
-from bowflow.data.prepared import load_ssl_split
 from bowflow.optim import OPTIMIZERS, SCHEDULES, clip_gradients, default_groups
 
-METHODS: dict[str, type["Method"]] = {}
+METHODS: dict[str, type[Method]] = {}
 METHODS_PACKAGE = "bowflow.methods"          # the plug-ins: one module per method
 
 
@@ -75,7 +75,7 @@ def available_methods() -> list[str]:
     return sorted(METHODS)
 
 
-def get_method(name: str) -> type["Method"]:
+def get_method(name: str) -> type[Method]:
     """The method class registered as `name`.
 
     Methods load lazily: `bowflow/methods/<name>.py` is imported only when a run names it
@@ -142,7 +142,7 @@ class TrainParams:
         elif self.width <= 0:
             raise ValueError(f"width must be > 0, got {self.width}")
 
-    def check_parent(self, parent: "TrainParams") -> None:
+    def check_parent(self, parent: TrainParams) -> None:
         """Raise ValueError if this run cannot start from `parent`'s model (default: any)."""
 
 
@@ -246,7 +246,7 @@ class Method(nn.Module):
             clip_gradients(parameters, self.params.clip_grad)
 
     @classmethod
-    def training_images(cls, prepared: str | Path, params: "TrainParams"
+    def training_images(cls, prepared: str | Path, params: TrainParams
                         ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """The prepared rows this role trains on, as (images uint8 [N, 3, H, W], labels [N],
         manifest). Default: the rows self-supervised stages may use (bowflow.data.prepared's
