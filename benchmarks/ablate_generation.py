@@ -113,7 +113,8 @@ def summary(vocab: dict, history: list[dict], evaluation: dict, train: dict | No
     training metrics `train`, where given)."""
     last = history[-1]
     mode = {"compute": describe(train["compute"])} if isinstance((train or {}).get("compute"), dict) else {}
-    return {**mode, "layer": vocab["layer"], "words": vocab["size"], "target_entropy": round(vocab["target_entropy"], 3),
+    return {**mode, "layer": vocab["layer"], "words": vocab["size"],
+            "target_entropy": round(vocab["target_entropy"], 3),
             "usage_perplexity": round(vocab["mean_histogram_perplexity"], 1),
             "epochs": int(last["epoch"]), "captured": round(float(last["captured"]), 3),
             "linear": evaluation["linear_base"], "knn": evaluation["knn_all"],

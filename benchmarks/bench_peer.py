@@ -3,7 +3,8 @@
 What it measures, per side: training throughput (training images per second: optimizer
 steps x batch / training seconds (the budget's measure, below), each image counted once, not
 per view; also per CPU-second of the training process, lightly's DataLoader workers
-included) and the quality reached in the same budget of training seconds, as k-NN top-1 (`bowflow.evaluation.knn_accuracy`, k 20, T 0.07, cosine) on the
+included) and the quality reached in the same budget of training seconds, as k-NN top-1
+(`bowflow.evaluation.knn_accuracy`, k 20, T 0.07, cosine) on the
 globally pooled last-stage features (`bowflow.models.pooled_features`) of the clean
 training images (the bank) and the test images. The randomly initialised backbone both
 sides start from is evaluated too, as the floor. Printed: a table per seed, the ratios
@@ -166,7 +167,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "the order alternates from seed to seed")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny, unless given: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SMOKE.items()))
+                        help="tiny, unless given: " + ", ".join(f"--{k.replace('_', '-')} {v}"
+                                                                for k, v in SMOKE.items()))
     args = parser.parse_args(argv)
     if args.smoke:                       # the tiny sizes, where not given on the command line
         for key, value in SMOKE.items():
@@ -317,7 +319,8 @@ def train_ours(images: torch.Tensor, normalizer, init_state: dict, args, seed: i
     seed_everything(seed)
     backbone = build_backbone("convnet", args.width)
     backbone.load_state_dict(init_state)
-    method = get_method("byol")(params, backbone, get_method("byol").inputs(**{"normalizer": normalizer, "image_size": args.size}))
+    method = get_method("byol")(params, backbone,
+                                get_method("byol").inputs(**{"normalizer": normalizer, "image_size": args.size}))
 
     # The hook: time each epoch from its first step's views to its last after_step return;
     # at the next epoch's first step, interrupt the trainer if the budget says stop or the

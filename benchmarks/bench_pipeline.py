@@ -208,7 +208,8 @@ def claims(records: list[dict]) -> list[str]:
     if stamps.get("first_step") is None or stamps.get("student_start") is None:
         return [f"load average {load_range(record)}"]
     startup = stamps["first_step"] - stamps["student_start"]
-    return [f"load average {load_range(record)}", f"takes {startup:.2f} s from its start to its first step, {startup / imp:.2f}x a bare torch import"]
+    return [f"load average {load_range(record)}",
+            f"takes {startup:.2f} s from its start to its first step, {startup / imp:.2f}x a bare torch import"]
 
 
 if __name__ == "__main__":

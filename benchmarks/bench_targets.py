@@ -19,8 +19,8 @@ per-image baseline runs batch-1 convolutions, which round differently, so a rare
 differ at a float near-tie (two words at relative distance gap < --tie-tolerance, checked
 in float64); `agree` in the RESULT line is true when nothing else differs.
 Rounds: the three run alternately for --rounds epochs; each rate is from its best epoch
-(the least disturbed on a shared machine). Rates: images/s over the epoch, ratios vs the baseline; B is also reported with
-its one-time assignment amortised over one epoch (its worst case).
+(the least disturbed on a shared machine). Rates: images/s over the epoch, ratios vs the baseline; B is
+also reported with its one-time assignment amortised over one epoch (its worst case).
 
     python -m benchmarks.bench_targets            # 4096 images 16 px, K=64, B=64 (pipeline)
     python -m benchmarks.bench_targets --smoke    # seconds

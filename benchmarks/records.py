@@ -625,8 +625,9 @@ def is_bench(folder: Path) -> bool:
         {"benchmark", "measurements"} <= set(load_json(p)) for p in folder.glob("*.json"))
 
 
-TABLES = {"bench": table_bench, "seeds": table_seeds, "paired": table_paired, "modes": table_modes, "spread": table_spread,
-          "ablation": table_ablation, "processes": table_processes, "precision": table_precision, "generations": table_generations, "stage-times": table_stage_times,
+TABLES = {"bench": table_bench, "seeds": table_seeds, "paired": table_paired, "modes": table_modes,
+          "spread": table_spread, "ablation": table_ablation, "processes": table_processes,
+          "precision": table_precision, "generations": table_generations, "stage-times": table_stage_times,
           "family": table_family, "distill": table_distill,
           "distill-margins": lambda record: table_distill(record, margins=True),
           "distill-seeds": table_distill_seeds}
@@ -923,7 +924,8 @@ def check_record(root: Path, record: str, kinds: set[str], runs: set[str]) -> li
     stages = lock_stages(folder)
     allowed = runs | {run for kind in kinds for run in SUPPORT_RUNS.get(kind, ())}
     files = {"data/" + str(p.relative_to(folder)): p
-             for p in [*folder.glob("metrics/*.json"), *folder.glob("metrics/*/*.json"), *folder.glob("plots/train/*.csv"),
+             for p in [*folder.glob("metrics/*.json"), *folder.glob("metrics/*/*.json"),
+                       *folder.glob("plots/train/*.csv"),
                        *folder.glob("metrics/seed*/*/*.json"), *folder.glob("plots/seed*/train/*.csv")]}
     writers: dict[str, list[str]] = {path: [] for path in files}
     out = []
@@ -1246,7 +1248,8 @@ def render(root: Path, record: str, kind: str | None) -> str:
     kinds = [kind] if kind else sorted({t.kind for name in figures.documents(root, DOCS)
                                         for t in find_tables(root / name, name) if t.record == rel})
     if not kinds:
-        raise SystemExit(f"no table of README.md, docs/BENCHMARKS.md or docs/results/*/README.md names {rel}: give --table")
+        raise SystemExit(f"no table of README.md, docs/BENCHMARKS.md or docs/results/*/README.md names {rel}: "
+                         "give --table")
     text = []
     for k in kinds:
         rows, _ = TABLES[k](folder)

@@ -3,8 +3,8 @@
 A rule for comparing trainers at equal time rather than equal epochs. Used by both sides of
 `benchmarks/bench_peer.py` (bowflow's trainer and the lightly runner
 `benchmarks/peer_lightly_byol.py`, which imports this module from its throw-away env; hence
-standard library only, and `bowflow/__init__.py` imports nothing). Nothing is calibrated beforehand: each side measures its own
-epochs as it trains and plans the rest of its run from them.
+standard library only, and `bowflow/__init__.py` imports nothing). Nothing is calibrated
+beforehand: each side measures its own epochs as it trains and plans the rest of its run from them.
 
 - Training seconds: the sum of the epochs' seconds, each epoch timed from asking for its
   first batch to the end of its last optimizer step (EMA update included). So a DataLoader's
@@ -102,5 +102,6 @@ class EpochBudget:
         """What a result keeps: seconds, epochs, the epochs the schedules were laid out over
         when it stopped (> epochs: cut before their end), the per-epoch seconds and plans."""
         return {"budget_seconds": self.seconds, "training_seconds": round(self.elapsed, 3),
-                "epochs": self.epochs, "schedule_epochs": self.schedule_epochs, "epoch_seconds": [round(s, 4) for s in self.epoch_seconds],
+                "epochs": self.epochs, "schedule_epochs": self.schedule_epochs,
+                "epoch_seconds": [round(s, 4) for s in self.epoch_seconds],
                 "plans": list(self.plans)}

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stamp", type=Path, help="file to write when the params are valid: JSON of "
                         "what they ask of the data, for `stages.prepare --needs`")
     parser.add_argument("--runs", type=Path, help="file to write when the params are valid: JSON "
-                        "{runs: every run they name, seeds: the training seeds}, for `stages.report --runs` (metrics of other runs, "
+                        "{runs: every run they name, seeds: the training seeds}, for `stages.report --runs` "
+                        "(metrics of other runs, "
                         "e.g. left from another params file, stay out of the report)")
     parser.add_argument("--pipeline-seeds", type=int, nargs="+", help="the seeds dvc.yaml has "
                         "stages for (workflow/pipeline.py writes them here): they must be params.yaml's")

@@ -143,7 +143,8 @@ def _run_training(world, device, run: TrainingRun) -> dict:
                          run.input_fingerprint, compute)
     # one file per run and seed: the seeds of one run train side by side
     checkpoint = run.checkpoints / f"{run.model.parent.name}-seed{seed}-{params.method}.ckpt"
-    log(f"training {params.method} on {world.size} process(es) ({params.arch}, {count_parameters(backbone):,} backbone parameters) "
+    log(f"training {params.method} on {world.size} process(es) ({params.arch}, "
+        f"{count_parameters(backbone):,} backbone parameters) "
         f"on {len(images)} images of {image_size}x{image_size} for {params.epochs} epochs on {device}")
     try:
         history = train(method, images.to(device), params, seed, checkpoint, run_id,

@@ -151,7 +151,8 @@ def params(spec: dict) -> dict:
             distill[name] = {"method": method, "arch": student, **RECIPE, **spec["student"],
                              "teacher": teacher, **LOSS, "gamma": gamma,
                              "temperature": TEMPERATURE, **extra}
-    return {"seed": 0, "seeds": [0], "device": "auto", "compute": "auto", "data": spec["data"], "pretrain": {"random_init": RANDOM_INIT},
+    return {"seed": 0, "seeds": [0], "device": "auto", "compute": "auto", "data": spec["data"],
+            "pretrain": {"random_init": RANDOM_INIT},
             "generations": {}, "teachers": teachers, "distill": distill,
             "evaluate": spec["evaluate"], "report": {"words_shown": 8, "patches_per_word": 8},
             "resources": resources(spec.get("gpus", 0))}

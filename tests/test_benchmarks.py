@@ -337,7 +337,8 @@ def per_seed_distill_lock(tmp_path: Path, seeds: list[int]) -> Path:
               "--compute fp32-channels-last-t1")
     stages = {}
     for s in seeds:
-        stages[f"teacher_seed{s}@v"] = fake_stage(tmp_path, "distill", common.format(s=s, n="v") + " --base 50 --slope 1")
+        stages[f"teacher_seed{s}@v"] = fake_stage(
+            tmp_path, "distill", common.format(s=s, n="v") + " --base 50 --slope 1")
         stages[f"distill_seed{s}@kd"] = fake_stage(
             tmp_path, "distill", common.format(s=s, n="kd") + f" --base 53 --slope 0.5 "
             f"--teacher_model data/models/seed{s}/resnet56/model.pt --method kd --gamma 0.0")
@@ -427,10 +428,12 @@ def test_ablate_generation_varies_one_seed_of_a_per_seed_lock(tmp_path):
     for s in (1, 2):
         stages |= {
             f"vocab_seed{s}@g2": fake_stage(tmp_path, "vocab", f"--teacher data/models/seed{s}/g1/model.pt "
-                                            f"--out data/models/seed{s}/g2/vocab.pt --metrics data/metrics/seed{s}/vocab/g2.json "
+                                            f"--out data/models/seed{s}/g2/vocab.pt "
+                                            f"--metrics data/metrics/seed{s}/vocab/g2.json "
                                             f"--seed {s} --layer stage2 --size 64"),
             f"student_seed{s}@g2": fake_stage(tmp_path, "student", f"--vocab data/models/seed{s}/g2/vocab.pt "
-                                              f"--model data/models/seed{s}/g2/model.pt --metrics data/metrics/seed{s}/train/g2.json "
+                                              f"--model data/models/seed{s}/g2/model.pt "
+                                              f"--metrics data/metrics/seed{s}/train/g2.json "
                                               f"--history data/plots/seed{s}/train/g2.csv --seed {s} --epochs 60"),
             f"evaluate_student_seed{s}@g2": fake_stage(tmp_path, "evaluate", f"--model data/models/seed{s}/g2/model.pt "
                                                        f"--out data/metrics/seed{s}/eval/g2.json --seed {s}")}

@@ -292,7 +292,8 @@ def test_bad_distillation_run_is_named(params, changes, expected):
 def test_teacher_must_train_from_labels(params):
     p = distill_params(params)
     p["teachers"]["t56"]["method"] = "kd"
-    assert "teachers.t56.method: 'kd' is a distillation method (learns from a teacher), so its runs belong in distill:" in error_of(p)
+    assert ("teachers.t56.method: 'kd' is a distillation method (learns from a teacher), so its runs belong in "
+            "distill:" in error_of(p))
     p = distill_params(params)
     p["distill"]["g1"] = p["distill"].pop("run")
     assert "distill.g1: 'g1' is already the name of another run" in error_of(p)

@@ -95,7 +95,8 @@ def test_the_rule_sees_every_kind_of_import():
     found = violations("tests/test_x.py", source, BENCHMARKS)
     assert [v.split(": ")[0] for v in found] == [f"tests/test_x.py:{n}" for n in (2, 4, 5, 6, 7)], found
     assert violations("benchmarks/x.py", "from synthetic_shapes import make_shapes\nimport tests.tiny", TESTS) \
-        == ["benchmarks/x.py:1: imports synthetic_shapes from tests/", "benchmarks/x.py:2: imports tests.tiny from tests/"]
+        == ["benchmarks/x.py:1: imports synthetic_shapes from tests/",
+            "benchmarks/x.py:2: imports tests.tiny from tests/"]
 
 
 def package_modules(package: Path) -> dict[str, Path]:

@@ -603,7 +603,8 @@ def test_rotnet_step_matches_gidariss_feature_learning_rotnet():
     cls = get_method("rotnet")
     params = cls.Params(method="rotnet", width=4, batch_size=6)
     torch.manual_seed(0)
-    method = cls(params, build_backbone("convnet", 4), cls.inputs(**{"normalizer": Normalizer.fit(images), "image_size": 12}))
+    method = cls(params, build_backbone("convnet", 4),
+                 cls.inputs(**{"normalizer": Normalizer.fit(images), "image_size": 12}))
     ours, _ = method.training_step(images, torch.arange(6), torch.Generator().manual_seed(1))
 
     x = augment.pad_crop_flip(augment.to_float(images), padding=params.padding,

@@ -22,8 +22,8 @@ def small_run(method, tmp_path, context=None, **overrides):
     params = get_method(method).Params(method=method, arch="convnet", width=4, epochs=2,
                                        batch_size=16, lr=0.03, **overrides)
     backbone = build_backbone("convnet", 4)
-    m = get_method(method)(params, backbone, get_method(method).inputs(**{"normalizer": Normalizer.fit(images), "image_size": 8,
-                                             **(context or {})}))
+    m = get_method(method)(params, backbone, get_method(method).inputs(**{"normalizer": Normalizer.fit(images),
+                                                                          "image_size": 8, **(context or {})}))
     return train(m, images, params, seed=0, checkpoint_path=tmp_path / "ck.pt", run_id="t",
                  show_progress=False), m
 

@@ -8,9 +8,9 @@ dvc.yaml written by workflow/pipeline.py); the tiny params train seed 0 alone, s
 tests name seed-0 stages (`seeded`)."""
 import copy
 import json
-import shlex
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dvc.repo import Repo
-
 from test_code_deps import code_run_by
+
 from bowflow.cli import render_args
 from bowflow.config import load_yaml
 from bowflow.roles.base import available_methods
@@ -281,7 +280,8 @@ def test_adding_a_method_reruns_nothing_that_exists(dvc_project):
     del without["pretrain"]["vicreg"]
     module.unlink()
     for output in ("data/models/seed0/vicreg", "data/metrics/seed0/train/vicreg.json",
-                   "data/metrics/seed0/eval/vicreg.json", "data/plots/seed0/train/vicreg.csv"):   # as if it had never run
+                   "data/metrics/seed0/eval/vicreg.json",
+                   "data/plots/seed0/train/vicreg.csv"):   # as if it had never run
         shutil.rmtree(project / output) if (project / output).is_dir() else (project / output).unlink()
     write_params(project, without)
     assert repro(project) == {"check_params", "report"}
@@ -502,14 +502,21 @@ def test_distill_seeds_reruns_locked_stages(dvc_project, tmp_path):
 @pytest.mark.slow
 def test_readme_commands_work_as_typed(dvc_project):
     """The README's commands, typed in a fresh shell (no venv on PATH) in a project whose
-    pipeline has run. Runs last: `dvc exp run` leaves its experiment in the workspace."""
+    pipeline has run. Runs last: `dvc exp run` leaves its experiment in the workspace.
+
+    Each command starts from the project's own params.yaml: `dvc exp run -S` leaves its
+    values in the workspace, and the README's examples are each meant for a project as
+    `make run` left it (carried over, the torchrun example's `processes=2` would retrain
+    every pretrain run of this every-method project under torchrun in the next example)."""
     project, _, _ = dvc_project
     commands = readme_commands()
     assert any(c.startswith(".venv/bin/dvc") for c in commands)
+    own_params = (project / "params.yaml").read_text()
     typed = 0
     for command in commands:
         if any(marker in command for marker in NOT_TYPED_HERE):
             continue
+        (project / "params.yaml").write_text(own_params)
         result = subprocess.run(["bash", "-c", command], cwd=project, capture_output=True,
                                 text=True, env=ENV)
         assert result.returncode == 0, f"README command failed: {command}\n{result.stderr[-2000:]}"
@@ -604,7 +611,7 @@ def test_the_readme_exp_show_fits_a_terminal(one_of_each_project):
     command = shows.pop()
     (project / ".gitignore").write_text((ROOT / ".gitignore").read_text() + "/.venv\n")
     for git in ("config user.name bowflow-test", "config user.email test@bowflow.invalid",
-                f"add .gitignore params.yaml dvc.lock data/metrics data/plots", "commit -qm results"):
+                "add .gitignore params.yaml dvc.lock data/metrics data/plots", "commit -qm results"):
         run(project, "git", *shlex.split(git))
     lr = tiny_params(every_method=False)["generations"]["g2"]["student"]["lr"]
     ran = run(project, ".venv/bin/dvc", "exp", "run", "-n", "lr-double", "-S", f"generations.g2.student.lr={2 * lr}")

@@ -157,7 +157,8 @@ def test_every_stage_is_a_slurm_job(runs):
     node = re.escape(runs["node"])
     for rule, jobid in jobs.items():
         # the main scheduler logs "Allocate JobId=N NodeList=node", the backfill one "Started"
-        started = rf"(sched: Allocate JobId={jobid} NodeList={node} |_start_job: Started JobId={jobid} in \S+ on {node}$)"
+        started = (rf"(sched: Allocate JobId={jobid} NodeList={node} |"
+                   rf"_start_job: Started JobId={jobid} in \S+ on {node}$)")
         assert re.search(started, controller, re.M), f"{rule}: SLURM job {jobid} never started on {node}"
         assert f"_job_complete: JobId={jobid} WEXITSTATUS 0" in controller, f"{rule}: job {jobid}"
     # ...and their states came from squeue: this cluster has no accounting, sacct fails.

@@ -1,6 +1,7 @@
 """A training stage under torchrun (bin/launch N): two gloo processes on the CPU follow the
 one-process run, rank 0 alone writes, a killed two-process run resumes from its checkpoint,
-`sync_bn: false` leaves BatchNorm per process, and params.yaml's resources.<stage>.processes reaches the command DVC runs.
+`sync_bn: false` leaves BatchNorm per process, and params.yaml's resources.<stage>.processes
+reaches the command DVC runs.
 
 Every method's two-process equivalence is the contract test's
 (tests/test_method_contract.py::test_two_processes_follow_one_process); this file runs the

@@ -65,7 +65,8 @@ def test_our_model_file_imports_with_the_same_features_and_evaluation(prepared, 
     images = prepare_images(prepared)
     assert torch.equal(pooled_features(b1, n1, images, "last", 64, torch.device("cpu")),
                        pooled_features(b2, n2, images, "last", 64, torch.device("cpu")))
-    first, second = evaluation(prepared, original, tmp_path / "a.json"), evaluation(prepared, model, tmp_path / "b.json")
+    first, second = (evaluation(prepared, original, tmp_path / "a.json"),
+                     evaluation(prepared, model, tmp_path / "b.json"))
     for key in ("linear_base", "knn_all", "few_shot", "feature_dim"):
         assert first[key] == second[key], key
     assert second["method"] == "import" and second["name"] == "mine"

@@ -156,19 +156,22 @@ def seed_stages(seed: int, params: dict | None = None) -> dict[str, dict]:
         "outs": [record(f"{p['metrics']}/eval/${{key}}.json")]}
     groups = {
         f"pretrain_seed{seed}": {"foreach": foreach_of("pretrain", imports, runs["pretrain"]), "do": {
-            "cmd": ("bin/launch ${resources.pretrain.processes} -m stages.pretrain --gpus ${resources.pretrain.gpus} --prepared data/prepared "
+            "cmd": ("bin/launch ${resources.pretrain.processes} -m stages.pretrain --gpus ${resources.pretrain.gpus} "
+                    "--prepared data/prepared "
                     f"{training_flags(p, seed)} ${{item}}"),
             "deps": ["data/prepared", *code_deps("stages.pretrain", trains="item.method")],
             "params": [*train_params, "pretrain.${key}"], **training_outputs(p)}},
         f"vocab_seed{seed}": {"foreach": "${generations}", "do": {
-            "cmd": (f"bin/python -m stages.vocab --prepared data/prepared --teacher {p['models']}/${{item.parent}}/model.pt "
+            "cmd": (f"bin/python -m stages.vocab --prepared data/prepared "
+                    f"--teacher {p['models']}/${{item.parent}}/model.pt "
                     f"--out {p['models']}/${{key}}/vocab.pt --metrics {p['metrics']}/vocab/${{key}}.json "
                     f"--seed {seed} --device ${{device}} ${{item.vocab}}"),
             "deps": ["data/prepared", f"{p['models']}/${{item.parent}}/model.pt", *code_deps("stages.vocab")],
             "params": ["device", "generations.${key}.vocab"],
             "outs": [f"{p['models']}/${{key}}/vocab.pt", record(f"{p['metrics']}/vocab/${{key}}.json")]}},
         f"student_seed{seed}": {"foreach": "${generations}", "do": {
-            "cmd": ("bin/launch ${resources.student.processes} -m stages.student --gpus ${resources.student.gpus} --prepared data/prepared "
+            "cmd": ("bin/launch ${resources.student.processes} -m stages.student --gpus ${resources.student.gpus} "
+                    "--prepared data/prepared "
                     f"--vocab {p['models']}/${{key}}/vocab.pt --parent-model {p['models']}/${{item.parent}}/model.pt "
                     f"{training_flags(p, seed)} ${{item.student}}"),
             "deps": ["data/prepared", f"{p['models']}/${{key}}/vocab.pt", f"{p['models']}/${{item.parent}}/model.pt",
@@ -177,12 +180,14 @@ def seed_stages(seed: int, params: dict | None = None) -> dict[str, dict]:
         f"evaluate_pretrain_seed{seed}": {"foreach": "${pretrain}", "do": evaluate},
         f"evaluate_student_seed{seed}": {"foreach": "${generations}", "do": evaluate},
         f"teacher_seed{seed}": {"foreach": foreach_of("teachers", imports, runs["teachers"]), "do": {
-            "cmd": ("bin/launch ${resources.teacher.processes} -m stages.distill --gpus ${resources.teacher.gpus} --prepared data/prepared "
+            "cmd": ("bin/launch ${resources.teacher.processes} -m stages.distill --gpus ${resources.teacher.gpus} "
+                    "--prepared data/prepared "
                     f"{training_flags(p, seed)} ${{item}}"),
             "deps": ["data/prepared", *code_deps("stages.distill", trains="item.method")],
             "params": [*train_params, "teachers.${key}"], **training_outputs(p)}},
         f"distill_seed{seed}": {"foreach": "${distill}", "do": {
-            "cmd": ("bin/launch ${resources.distill.processes} -m stages.distill --gpus ${resources.distill.gpus} --prepared data/prepared "
+            "cmd": ("bin/launch ${resources.distill.processes} -m stages.distill --gpus ${resources.distill.gpus} "
+                    "--prepared data/prepared "
                     f"{training_flags(p, seed)} --teacher_model {p['models']}/${{item.teacher}}/model.pt ${{item}}"),
             "deps": [f"{p['models']}/${{item.teacher}}/model.pt", "data/prepared",
                      *code_deps("stages.distill", trains="item.method")],
@@ -327,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     params = yaml.safe_load(args.params.read_text()) or {}
     seeds = params_seeds(params)
-    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    if not (isinstance(seeds, list) and seeds
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
             and len(set(seeds)) == len(seeds)):
         print(f"{args.params}: seeds: expected a non-empty list of distinct integers >= 0, got {seeds!r}",
               file=sys.stderr)
