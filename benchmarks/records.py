@@ -471,8 +471,11 @@ def table_ablation(record: Path) -> tuple[list[list[str]], set[str]]:
         variants = list(dict.fromkeys(r["variant"] for s in seeds for r in by_seed[s]["rows"]))
         for variant in variants:
             rows = {s: r for s in seeds for r in by_seed[s]["rows"] if r["variant"] == variant}
-            values = lambda key: [rows[s][key] for s in rows]          # noqa: E731
-            mean = lambda key, fmt: format(statistics.mean(values(key)), fmt)  # noqa: E731
+            def values(key, rows=rows):
+                return [rows[s][key] for s in rows]
+
+            def mean(key, fmt, values=values):
+                return format(statistics.mean(values(key)), fmt)
             paired = ""
             if variant != "pipeline":
                 base = {s: next(r for r in by_seed[s]["rows"] if r["variant"] == "pipeline") for s in rows}
@@ -650,7 +653,10 @@ def claims_cifar10(record: Path) -> list[str]:
     """The first student's margins over its teacher, the second generation against the
     first, the backbone's size, each student's captured fraction at its last epoch."""
     r = {x["name"]: x for x in lineage(record)}
-    d = lambda a, b, key: generation_gap(r, a, b, key)
+
+    def d(a, b, key):
+        return generation_gap(r, a, b, key)
+
     losses = sorted([-d("g2", "g1", "1"), -d("g2", "g1", "5")])
     captured = [f"{report.read_curve(record / 'plots' / 'train' / f'{g}.csv')[-1]['captured']:.2f} "
                 f"for {g}" for g in ("g1", "g2")]
@@ -772,7 +778,10 @@ def claims_distill_seeds(record: Path) -> list[str]:
     rows = spread(top1, vanilla)
     extra_runs = len(rows) * (len(seeds) - 1)         # every row but seed 0, the vanilla one too
     extra_minutes = sum(load_json(p)["wall_seconds"] for p in (record / "seeds").glob("s*/*.json")) / 60
-    label = lambda r: metrics[r["row"]]["method_label"]
+
+    def label(r):
+        return metrics[r["row"]]["method_label"]
+
     stale = STALE_SEED_ROWS.get(record.name, set())
     rows = [r for r in rows if r["row"] not in stale]
     students = [r for r in rows if r["row"] != vanilla]

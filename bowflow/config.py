@@ -23,16 +23,29 @@ from pathlib import Path
 from typing import Any
 
 from bowflow.paramcheck.backbones import architecture, run_architecture
-from bowflow.paramcheck.cross_run import (check_batches_static, check_layers, check_patches,
-                                          check_resources)
+from bowflow.paramcheck.cross_run import check_batches_static, check_layers, check_patches, check_resources
 from bowflow.paramcheck.data_needs import data_needs
 from bowflow.paramcheck.dvc_sync import check_pipeline_layout, check_pipeline_seeds
 from bowflow.paramcheck.probes import check_environment, check_unlabelled, gpu_warnings
-from bowflow.paramcheck.run_sections import (check_generations, check_import, check_pretrain, check_role,
-                                             check_supervised, method_params, parent_cycle)
+from bowflow.paramcheck.run_sections import (
+    check_generations,
+    check_import,
+    check_pretrain,
+    check_role,
+    check_supervised,
+    method_params,
+    parent_cycle,
+)
 from bowflow.paramcheck.runs import ROLE_OF_SECTION, distillation_methods, methods_of, run_names
-from bowflow.paramcheck.schema import (RUN_NAME, check_run_name, check_section, check_seeds, check_type,
-                                       did_you_mean, keyed)
+from bowflow.paramcheck.schema import (
+    RUN_NAME,
+    check_run_name,
+    check_section,
+    check_seeds,
+    check_type,
+    did_you_mean,
+    keyed,
+)
 from bowflow.paramcheck.validate import TOP_LEVEL, validate_params
 from bowflow.sections import RESOURCE_KINDS, ParamsError, check_data_needs, load_yaml
 

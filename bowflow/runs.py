@@ -95,7 +95,7 @@ class TrainingRun:
     finish: typing.Callable[[Path], dict] | None = None
 
     @classmethod
-    def from_args(cls, params: TrainParams, args: argparse.Namespace, record: dict, **more) -> "TrainingRun":
+    def from_args(cls, params: TrainParams, args: argparse.Namespace, record: dict, **more) -> TrainingRun:
         """The run of a training stage's parsed flags (`add_training_arguments`)."""
         return cls(params, Path(args.prepared), args.model, args.metrics, args.history, args.checkpoints,
                    args.seed, args.device, record, compute=args.compute, **more)
@@ -185,5 +185,5 @@ def parse_method_section(argv: list[str] | None, description: str,
     try:
         params_cls = get_method(known.method).Params
     except ValueError as error:
-        raise SystemExit(f"--method: {error}")
+        raise SystemExit(f"--method: {error}") from None
     return parse_section(params_cls, argv, description, extra)

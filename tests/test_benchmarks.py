@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from benchmark_cli import benchmark_result, run_benchmark
 
 from bowflow import compute

@@ -81,6 +81,7 @@ def test_check_params_writes_runs_and_seeds_and_checks_dvc_yamls_seeds(tmp_path,
     """--runs writes {runs, seeds}; --pipeline-seeds (dvc.yaml's check_params command) must
     be params.yaml's seeds, else the message says how to rewrite dvc.yaml."""
     import json
+
     from bowflow.scaffold import write_yaml
     path, runs = tmp_path / "params.yaml", tmp_path / "runs.json"
     write_yaml(dict(params, seeds=[2, 0]), path)

@@ -392,9 +392,9 @@ def obow_authors_loss(predictions, targets):
 
 def test_obow_loss_matches_the_authors_combination_over_crop_types_and_levels():
     b, k, levels = 4, 12, 2
-    targets = [F.softmax(randn(b, k, seed=40 + l) * 3, dim=1) for l in range(levels)]
+    targets = [F.softmax(randn(b, k, seed=40 + lv) * 3, dim=1) for lv in range(levels)]
     counts = [2, 5]                                            # 2 large crops, 5 patches
-    ours = [[randn(n * b, k, seed=10 * n + l) * 4 for l in range(levels)] for n in counts]
+    ours = [[randn(n * b, k, seed=10 * n + lv) * 4 for lv in range(levels)] for n in counts]
     # ours are view-major (crop j of every image is a block of B rows); theirs image-major
     theirs = [[x.view(n, b, k).transpose(0, 1).reshape(n * b, k) for x in per_type]
               for n, per_type in zip(counts, ours)]

@@ -452,8 +452,8 @@ def test_every_training_stage_records_its_seed_in_the_model_file(tmp_path):
 
     from bowflow.cli import render_args
     from bowflow.io import load_torch
-    from stages import distill, prepare, pretrain, student, vocab
     from bowflow.scaffold import tiny_params
+    from stages import distill, prepare, pretrain, student, vocab
 
     params = tiny_params()
     prepared = tmp_path / "prepared"

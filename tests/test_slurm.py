@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_pipeline import ENV, TIMING_KEYS
 
 from bowflow.scaffold import ROOT, core_params, make_project, write_params
 from bowflow.sections import RESOURCE_KINDS, load_yaml
-from test_pipeline import ENV, TIMING_KEYS
 
 sys.path.insert(0, str(ROOT / "workflow"))
 from dvcstages import Pipeline  # noqa: E402
@@ -106,7 +106,7 @@ def snakemake(project: Path, *args: str, timeout: float = 1200) -> str:
         process.kill()
         output, _ = process.communicate()
         subprocess.run(["scancel", *(jobid for jobid, _ in SUBMITTED.findall(output))], check=False)
-        raise AssertionError(f"snakemake {' '.join(args)} took over {timeout:.0f} s:\n{output[-5000:]}")
+        raise AssertionError(f"snakemake {' '.join(args)} took over {timeout:.0f} s:\n{output[-5000:]}") from None
     return output if process.returncode == 0 else f"exit status {process.returncode}\n{output}"
 
 
