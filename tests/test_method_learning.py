@@ -8,7 +8,9 @@ crops and colour jitter, to predict rotations, or to predict labels sees the gly
 
 Every method trains the same width-8 convnet (`WIDTH`) from the same seeded initial
 weights with the shared trainer (`bowflow.train.train`), on `TRAIN_IMAGES` images; each
-method's recipe is in `RECIPES` (epochs and heads shrunk to the tiny network). Then:
+method's recipe is its class's `learning_recipe` (epochs and heads shrunk to the tiny
+network; bowflow/methods/<name>.py, the distillers' shared one in
+bowflow/roles/distiller.py), plus `COMMON`. Then:
 
 * self-supervised methods: k-NN accuracy (bowflow.evaluation.knn_accuracy, k=20, cosine,
   T=0.07; bank = the training images with their labels, queries = `TEST_IMAGES` held-out
@@ -65,36 +67,12 @@ TOP1_MARGIN = 20.0
 
 # Shared by every run: the trainer's batch; the collapse check stays on (default 0.01).
 COMMON = {"batch_size": 64, "warmup_epochs": 1.0}
-# Each method's recipe on this task. Heads are shrunk to the 32-d features of the width-8
-# network (the defaults are sized for 128-d features: 512-wide heads would dominate the
-# run's time); crops keep at least half the image (`crop_scale_min` 0.5), so that a view
+# Each method's recipe on this task is its class's `learning_recipe` (bowflow/roles/base.py
+# `Method`), with what it measured beside it. Heads are shrunk to the 32-d features of the
+# width-8 network (the defaults are sized for 128-d features: 512-wide heads would dominate
+# the run's time); crops keep at least half the image (`crop_scale_min` 0.5), so that a view
 # still shows most of a 10 px glyph of a 16 px image; epochs are the fewest measured to
 # clear the margin with room (see the report of each method in KNN_MARGIN's comment).
-RECIPES: dict[str, dict] = {
-    "random_init": {"epochs": 1},         # the control: one pass estimates the BN statistics
-    "rotnet": {"epochs": 8, "padding": 2},
-    "bownet": {"epochs": 40},
-    # OBoW without its 5 grid patches: at 16 px a patch is 8 px, a fragment of the 10 px glyph
-    # (measured, 20 epochs: 46.5 with them, 59.4 without; control 40.6).
-    "obow": {"epochs": 20, "num_words": 256, "num_patches": 0},
-    "byol": {"epochs": 20, "hidden_dim": 64, "out_dim": 32, "crop_scale_min": 0.5},
-    "simsiam": {"epochs": 20, "proj_dim": 64, "pred_dim": 16, "crop_scale_min": 0.5},
-    "dino": {"epochs": 20, "out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32,
-             "teacher_temp_warmup_epochs": 5, "lr": 0.2},
-    "barlow_twins": {"epochs": 20, "proj_dim": 128, "crop_scale_min": 0.5},
-    "vicreg": {"epochs": 20, "proj_dim": 128, "crop_scale_min": 0.5},
-    "simclr": {"epochs": 20, "proj_hidden": 64, "proj_dim": 32, "crop_scale_min": 0.5},
-    "ifaclr": {"epochs": 20, "proj_hidden": 64, "proj_dim": 32, "crop_scale_min": 0.5, "bn_proj": True},
-    # MAE (AdamW, its defaults): k-NN of the CLS token +6.3 over the ViT control at mask
-    # ratio 0.75, +9.0 at 0.5 (measured; 40 epochs do no better): 0.5 for a margin
-    "mae": {"epochs": 20, "decoder_dim": 32, "decoder_heads": 1, "decoder_depth": 1, "mask_ratio": 0.5},
-    "context_encoder": {"epochs": 20, "decoder_width": 32},
-    "moco": {"epochs": 20, "proj_hidden": 64, "proj_dim": 32, "queue_size": 1024, "crop_scale_min": 0.5},
-    "swav": {"epochs": 20, "proj_hidden": 64, "proj_dim": 32, "prototypes": 32, "crop_scale_min": 0.5},
-    "supervised": {"epochs": 6, "padding": 2},
-}
-DISTILL_RECIPE = {"epochs": 6, "padding": 2}
-DISTILL_EXTRAS = {"crd": {"embed_dim": 32, "negatives": 256}, "ifacd": {"embed_dim": 32}}
 # BoWNet's vocabulary on the trained RotNet: its last stage (4 x 4 cells that each see most of
 # the glyph), 16 words. Measured alternatives, k-NN after 40 epochs (control 40.6): stage2
 # with 32 words 37.5 (its 8 x 8 cells code the pixel noise: the student captured 3% of the
@@ -103,9 +81,8 @@ VOCABULARY = {"layer": "stage3", "size": 16, "samples": 8192, "iters": 10}
 
 
 def recipe(name: str) -> dict:
-    if get_method(name).stage == "distill":
-        return {**COMMON, **DISTILL_RECIPE, **DISTILL_EXTRAS.get(name, {})}
-    return {**COMMON, **RECIPES[name]}
+    """The run's overrides of `name`'s Params: `COMMON`, then the method's `learning_recipe`."""
+    return {**COMMON, **get_method(name).learning_recipe}
 
 
 @pytest.fixture(scope="module")
@@ -117,18 +94,26 @@ def task():
     return train_x, train_y, test_x, test_y, Normalizer.fit(train_x)
 
 
+def make_params(name: str, width: int = WIDTH, arch: str = "convnet", depth: int = 0):
+    """`name`'s validated Params for this test: the network, `VIT` for a method that needs
+    patch tokens (MAE) whatever `arch` says, and `recipe(name)`."""
+    cls = get_method(name)
+    arch, width, depth = VIT if cls.token_backbone else (arch, width, depth)
+    params = cls.Params(method=name, arch=arch, width=width, depth=depth, **recipe(name))
+    params.validate()
+    return params
+
+
 def build(name: str, task, width: int = WIDTH, arch: str = "convnet", depth: int = 0, **inputs):
     """The method `name` around a width-`width` network of `arch` built from seed 0, with
     its recipe; a method that needs patch tokens (MAE) gets `VIT` whatever `arch` says."""
     train_x, train_y, _, _, normalizer = task
     cls = get_method(name)
-    arch, width, depth = VIT if cls.token_backbone else (arch, width, depth)
-    params = cls.Params(method=name, arch=arch, width=width, depth=depth, **recipe(name))
-    params.validate()
+    params = make_params(name, width, arch, depth)
     torch.manual_seed(0)
     context = {"normalizer": normalizer, "image_size": IMAGE_SIZE, "labels": train_y,
                "num_classes": NUM_CLASSES, **inputs}
-    return cls(params, build_backbone(arch, width, depth), cls.inputs(**context)), params
+    return cls(params, build_backbone(params.arch, params.width, params.depth), cls.inputs(**context)), params
 
 
 def fit(method, params, task, tmp_path):
@@ -209,7 +194,6 @@ SUPERVISED = [m for m in METHODS if get_method(m).stage in ("teacher", "distill"
 
 def test_every_method_is_covered():
     assert set(SELF_SUPERVISED) | set(SUPERVISED) | {"random_init"} == set(METHODS)
-    assert set(SELF_SUPERVISED) | {"supervised", "random_init"} == set(RECIPES)
 
 
 def test_the_control_is_random_weights_with_bn_statistics(task, tmp_path):

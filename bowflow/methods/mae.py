@@ -85,6 +85,10 @@ class MAE(SelfSupervised):
     label = "MAE"
     Params = MAEParams
     token_backbone = True
+    # tests/test_method_learning.py (AdamW, its defaults; the test's small ViT): k-NN of the CLS
+    # token +6.3 over the ViT control (31.6) at mask ratio 0.75, +9.0 at 0.5 (measured; 40
+    # epochs do no better): 0.5 for a margin.
+    learning_recipe = {"epochs": 20, "decoder_dim": 32, "decoder_heads": 1, "decoder_depth": 1, "mask_ratio": 0.5}
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)

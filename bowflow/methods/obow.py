@@ -216,6 +216,10 @@ class OBoW(SelfSupervised):
     Params = OBoWParams
     batch_spanning = ("queue", "mean distance")
     levels = 2                                   # BoW from the last two backbone stages
+    # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 59.4,
+    # without its 5 grid patches: at 16 px a patch is 8 px, a fragment of the 10 px glyph
+    # (measured, 20 epochs: 46.5 with them, 59.4 without).
+    learning_recipe = {"epochs": 20, "num_words": 256, "num_patches": 0}
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)

@@ -35,6 +35,8 @@ class RandomInitParams(TrainParams):
 class RandomInit(SelfSupervised):
     label = "Random init"
     Params = RandomInitParams
+    # The learning test's control: one pass estimates the BN statistics.
+    learning_recipe = {"epochs": 1}
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)

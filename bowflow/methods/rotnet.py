@@ -26,6 +26,8 @@ class RotNetParams(TrainParams):
 class RotNet(SelfSupervised):
     label = "RotNet"
     Params = RotNetParams
+    # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 79.3.
+    learning_recipe = {"epochs": 8, "padding": 2}
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)

@@ -73,6 +73,8 @@ class SimCLR(SelfSupervised):
     label = "SimCLR"
     Params = SimCLRParams
     batch_spanning = ("negatives",)
+    # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 82.8.
+    learning_recipe = {"epochs": 20, "proj_hidden": 64, "proj_dim": 32, "crop_scale_min": 0.5}
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)

@@ -96,6 +96,8 @@ class VICReg(SelfSupervised):
     label = "VICReg"
     Params = VICRegParams
     batch_spanning = ("variance", "covariance")
+    # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 77.0.
+    learning_recipe = {"epochs": 20, "proj_dim": 128, "crop_scale_min": 0.5}
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)

@@ -151,6 +151,17 @@ class Method(nn.Module):
 
     Subclasses implement `views` and `step`; `summarize` may derive epoch metrics from the
     epoch means of the step statistics. `inputs` is the role's `Inputs`, filled by the stage.
+
+    `learning_recipe` is the test's, not the pipeline's (nothing in bowflow/, stages/ or
+    workflow/ reads it): the `Params` overrides under which tests/test_method_learning.py
+    shows that the method learns on its tiny task (16 px synthetic shapes, a width-8
+    convnet, 512 images), a trained model beating the same network untrained. Heads are
+    shrunk to that network's 32-d features, crops keep at least half the image
+    (`crop_scale_min` 0.5) and epochs are the fewest measured to clear the test's margin with
+    room; comments beside each recipe give what it measured. The test adds only its common
+    keys (batch size, warm-up) and the network, so a new method brings its recipe here and
+    needs no test edit. None (this default): no recipe, which tests/test_method_recipes.py
+    refuses; the distillers share their role's (bowflow/roles/distiller.py).
     """
 
     name = "base"
@@ -167,6 +178,9 @@ class Method(nn.Module):
     # True: the method works on patch tokens and needs a ViT backbone (MAE); check_params
     # refuses any other arch for it, and the contract tests give it a small ViT.
     token_backbone: bool = False
+    # The Params overrides under which tests/test_method_learning.py shows the method learns
+    # on its tiny task (see the class docstring); the pipeline never reads it.
+    learning_recipe: dict[str, Any] | None = None
 
     def __init__(self, params: TrainParams, backbone: Backbone, inputs: ImageInputs):
         super().__init__()
