@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from bowflow.data.specs import DataError, warn
 
@@ -124,15 +125,21 @@ def scan_tree(data_root: Path, report: dict[str, Any]) -> tuple[list[tuple[str, 
                 warn(report, f"empty class folder '{class_dir}' (no image files): skipped")
             entries += [(split, name, f) for f in files]
     if not_images:
-        report["skipped"] += [{"path": text_name(p), "reason": "not an image file (expected one of "
-                                                             f"{', '.join(IMAGE_EXTENSIONS)})"}
-                              for p in not_images]
-        warn(report, f"skipped {len(not_images)} non-image file(s) in class folders, e.g. "
-                      f"'{text_name(not_images[0])}' (listed in the report)")
+        skip_non_images(report, not_images, "in class folders")
     if not entries:
         raise DataError(f"data.root: no image files ({', '.join(IMAGE_EXTENSIONS)}) found under "
                         f"'{data_root}'")
     return entries, sorted(class_names)
+
+
+def skip_non_images(report: dict[str, Any], paths: list[str], where: str) -> None:
+    """List `paths` (files that are no images) in report["skipped"] with the reason, and warn
+    once, naming `where` they were ("in class folders", "under '<root>'") and the first."""
+    report["skipped"] += [{"path": text_name(p), "reason": "not an image file (expected one of "
+                                                         f"{', '.join(IMAGE_EXTENSIONS)})"}
+                          for p in paths]
+    warn(report, f"skipped {len(paths)} non-image file(s) {where}, e.g. "
+                  f"'{text_name(paths[0])}' (listed in the report)")
 
 
 def class_counts(entries: list[tuple[str, str, str]], class_names: list[str]) -> dict[str, int]:
@@ -188,11 +195,7 @@ def scan_images(data_root: Path, report: dict[str, Any], key: str = "data.unlabe
     files = [f.removeprefix("./") for f in files]
     others = [f.removeprefix("./") for f in others]
     if others:
-        report["skipped"] += [{"path": text_name(p), "reason": "not an image file (expected one of "
-                                                             f"{', '.join(IMAGE_EXTENSIONS)})"}
-                              for p in others]
-        warn(report, f"skipped {len(others)} non-image file(s) under '{data_root}', e.g. "
-                      f"'{text_name(others[0])}' (listed in the report)")
+        skip_non_images(report, others, f"under '{data_root}'")
     if not files:
         raise DataError(f"{key}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found at any depth "
                         f"under '{data_root}': expected a folder of images (sub-folders allowed), "
