@@ -57,6 +57,8 @@ class Supervised(Method):
     label = "Supervised"
     Inputs = LabelledInputs
     Params = SupervisedParams
+    # tests/test_method_learning.py: the student's test top-1 93.0, untrained 25.0 (measured, seed 0)
+    learning_recipe = {"epochs": 6, "padding": 2}
 
     @classmethod
     def training_images(cls, prepared, params):
