@@ -15,6 +15,8 @@ This module imports nothing of bowflow's, so every architecture module can build
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 
@@ -26,7 +28,7 @@ class Backbone(nn.Module):
     `reductions` (spatial down-sampling factor of each stage's output w.r.t. the input).
     """
 
-    def __init__(self, stem: nn.Module, stages: list[nn.Module], channels: list[int],
+    def __init__(self, stem: nn.Module, stages: Sequence[nn.Module], channels: list[int],
                  reductions: list[int], head_norm: nn.Module | None = None):
         super().__init__()
         self.stem = stem

@@ -96,6 +96,7 @@ def kmeans(features: torch.Tensor, k: int, iters: int, seed: int, use_gpu: bool 
     km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=seed, gpu=gpu, verbose=False,
                       max_points_per_centroid=max(256, -(-len(x) // k)))
     km.train(x)
+    assert km.centroids is not None                 # set by train()
     distances, assignment = km.index.search(x, 1)
     seconds = time.perf_counter() - start
     counts = np.bincount(assignment[:, 0], minlength=k)

@@ -39,6 +39,7 @@ def bounds_text(meta: dict) -> str:
         return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
     if low:
         return f"{'>' if low[0] == '(' else '>='} {low[1]}"
+    assert high is not None     # called for a value out of bounds: `meta` has one
     return f"{'<' if high[0] == ')' else '<='} {high[1]}"
 
 

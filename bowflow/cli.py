@@ -48,7 +48,7 @@ def _flatten(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type) -> None:
     """Add one `--field` flag per dataclass field, typed from its annotation."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
@@ -56,7 +56,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         help_text = field.metadata.get("help", "")
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
         default = None if required else (
-            field.default if field.default is not dataclasses.MISSING else field.default_factory())
+            field.default if field.default is not dataclasses.MISSING
+            else field.default_factory())  # type: ignore[operator]  # not MISSING here: mypy cannot narrow it
         origin = typing.get_origin(kind)
         if kind is bool:
             parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction,

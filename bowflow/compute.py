@@ -59,6 +59,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -286,7 +287,8 @@ def measure(modes: list[dict], budget_s: float = MEASURE_BUDGET_S,
     threads_before = torch.get_num_threads()
     start = clock()
     try:
-        probes, warm = [], []
+        probes: list[_Probe] = []
+        warm: list[float] = []
         for mode in modes:
             if probes and clock() - start >= 2 * budget_s:
                 break
@@ -411,8 +413,9 @@ def decide_compute(device: torch.device, mode: str = "auto") -> Decision:
     else:
         remeasure = "measure" in (named, override)
         record = None if remeasure else load_record()
-        if record is not None and not _normalise(record["choice"])["bf16"]:
-            choice = _normalise(record["choice"])
+        # load_record returns only records whose choice is well-formed (_normalise not None)
+        if record is not None and not cast(dict, _normalise(record["choice"]))["bf16"]:
+            choice = cast(dict, _normalise(record["choice"]))
             made = record.get("source", "bench_compute --save")
             decision = Decision(choice, "cache", f"{cache_path()} ({made} {record.get('saved', '')}"
                                 f", torch {record.get('torch', '?')})".replace(" ,", ","),

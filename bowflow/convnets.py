@@ -32,7 +32,7 @@ module construction order, so a seeded build is reproducible).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch.nn as nn
@@ -46,7 +46,7 @@ def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
-def plain_backbone(blocks: list[list[int]], pools: list[bool], stem: list[int] = ()) -> Backbone:
+def plain_backbone(blocks: list[list[int]], pools: list[bool], stem: Sequence[int] = ()) -> Backbone:
     """VGG-style net: a stem of one 3x3 conv-BN-ReLU per entry of `stem` (its output
     channels; none: an identity stem), then stage i: a 2x2 max-pool (where `pools[i]`) and
     one 3x3 conv-BN-ReLU per entry of `blocks[i]`."""
@@ -56,7 +56,7 @@ def plain_backbone(blocks: list[list[int]], pools: list[bool], stem: list[int] =
         c_in = c_out
     stages, channels, reductions, reduction = [], [], [], 1
     for widths, pool in zip(blocks, pools):
-        layers = [nn.MaxPool2d(2)] if pool else []
+        layers: list[nn.Module] = [nn.MaxPool2d(2)] if pool else []
         for c_out in widths:
             layers.append(conv_bn_relu(c_in, c_out))
             c_in = c_out

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -112,7 +113,7 @@ def gather(x: torch.Tensor) -> torch.Tensor:
 def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """all_gather along dim 0 whose backward sums every process's gradient into the owner's
     rows (PyTorch's functional collectives; torch.distributed.nn.functional is deprecated)."""
-    gathered = collectives.all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
+    gathered = collectives.all_gather_single_autograd(x.contiguous(), 0, cast(dist.ProcessGroup, dist.group.WORLD))
     return collectives.wait_tensor(gathered)
 
 
@@ -186,6 +187,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         m2 = (moments[:, 1] + counts * (moments[:, 0] - mean) ** 2).sum(0)
         var = m2 / n                                            # biased, as BN normalises with
         if self.track_running_stats:
+            assert self.num_batches_tracked is not None and self.running_mean is not None \
+                and self.running_var is not None        # registered with track_running_stats
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
@@ -204,7 +207,8 @@ def sync_batch_norm(module: nn.Module, device: torch.device) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for _name, child in module.named_children():
         if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)) and not isinstance(child, GlobalBatchNorm):
-            child.__class__ = GlobalBatchNorm       # same parameters and buffers, new forward
+            # same parameters and buffers, new forward (mypy rejects any __class__ swap)
+            child.__class__ = GlobalBatchNorm  # type: ignore[assignment]
         else:
             sync_batch_norm(child, device)
     return module

@@ -433,7 +433,7 @@ def few_shot(
     """
     xn, images = _prepare_few_shot(x, y, n_way, shots, n_query, n_episodes, seed)
     labels = torch.arange(n_way, device=xn.device).repeat_interleave(n_query)  # [W*Q]
-    correct = {n: [] for n in shots}
+    correct: dict[int, list[Tensor]] = {n: [] for n in shots}
     for start in range(0, n_episodes, episodes_per_batch):
         batch = images[start : start + episodes_per_batch]                 # [B, W, P]
         queries = xn[batch[..., :n_query].reshape(batch.shape[0], -1)]     # [B, W*Q, D]

@@ -43,7 +43,7 @@ def documents(root: Path = ROOT, names: tuple[str, ...] = DOCS) -> list[str]:
 FIGURE = re.compile(r"<!--\s*=\s*(?P<record>\S+)\s+(?P<quantity>[\w-]+)\s*(?P<args>[^>]*?)\s*-->")
 
 
-def matched(record: Path, patterns: list[str], leave_out: set[str] = frozenset()) -> list[dict]:
+def matched(record: Path, patterns: list[str], leave_out: frozenset[str] | set[str] = frozenset()) -> list[dict]:
     """The JSON files of a record matching any of `patterns`, sorted by path, without the
     files whose stem is in `leave_out`. A pattern matching nothing is an error."""
     files: set[Path] = set()
@@ -77,8 +77,8 @@ def derive(record: Path, quantity: str, args: list[str]) -> str:
             raise ValueError(f"{key} is not one value in {args}: {sorted(values)}")
         return number(json.loads(values.pop()))
     if quantity == "range":
-        values = [d[key] for d in files]
-        return f"{min(values):,.0f}-{max(values):,.0f}"
+        numbers = [d[key] for d in files]
+        return f"{min(numbers):,.0f}-{max(numbers):,.0f}"
     raise ValueError(f"unknown quantity {quantity!r} (minutes, count, field, range)")
 
 

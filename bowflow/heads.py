@@ -113,8 +113,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, copy_buf
     for t, s in zip(teacher.parameters(), student.parameters()):
         t.mul_(momentum).add_(s.detach(), alpha=1.0 - momentum)
     if copy_buffers:
-        for t, s in zip(teacher.buffers(), student.buffers()):
-            t.copy_(s)
+        for t_buffer, s_buffer in zip(teacher.buffers(), student.buffers()):
+            t_buffer.copy_(s_buffer)
 
 
 def cosine_momentum(step: int, total_steps: int, base: float) -> float:

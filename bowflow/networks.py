@@ -30,7 +30,7 @@ from collections.abc import Callable
 from bowflow import convnets, timm_backbones, vit
 from bowflow.backbone import Backbone, count_parameters
 
-__all__ = ["ARCHITECTURES", "FAMILIES", "OWN_SIZES", Backbone, "build_backbone", "check_arch",
+__all__ = ["ARCHITECTURES", "FAMILIES", "OWN_SIZES", "Backbone", "build_backbone", "check_arch",
            "check_size", "count_parameters", "family_of", "register", "register_family",
            "register_named"]
 

@@ -39,7 +39,8 @@ def learning_rate(step: int, total: int, warmup: int, peak: float, schedule: str
 
 def default_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on conv / linear weights only; biases and norm scales get none."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in module.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)

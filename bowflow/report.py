@@ -554,7 +554,8 @@ def comparison_partners(per_seed: dict[str, dict[int, dict]]) -> list[tuple[str,
     pairs = []
     for name, by_seed in per_seed.items():
         record = first[name]
-        control = controls.get(_architecture(by_seed))
+        arch = _architecture(by_seed)
+        control = None if arch is None else controls.get(arch)
         if control is not None and record.get("method") != "random_init":
             pairs.append((name, control, "control"))
         parent = record.get("parent")
@@ -661,7 +662,7 @@ def summary(per_seed: dict[str, dict[int, dict]], supervised: dict[str, dict[int
         for seed in seeds:
             record = evaluated.get(seed, {})
             train = trained.get(seed) or record.get("train") or {}
-            row = {}
+            row: dict[str, float] = {}
             if record:
                 row |= {"linear": record["linear_base"], "knn": record["knn_all"]}
                 row |= {f"shot_{n}": record["few_shot"][n]["mean"]

@@ -26,6 +26,8 @@ Width and depth are fixed by the name: params give 0. bowflow/networks.py regist
 """
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn as nn
 
@@ -37,8 +39,8 @@ class TimmBackbone(Backbone):
 
     def __init__(self, name: str):
         nn.Module.__init__(self)
-        self.model = create(name)
-        info = self.model.feature_info
+        self.model: Any = create(name)       # a timm model: its attributes are timm's (untyped)
+        info = cast(Any, self.model.feature_info)
         info = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
         self.timm_name = name
         self.channels = [int(f["num_chs"]) for f in info]

@@ -102,7 +102,7 @@ def train(method: Method, images: torch.Tensor, params: TrainParams, seed: int,
         else:
             log(f"ignoring checkpoint {checkpoint_path}: it belongs to another configuration")
     distributed.barrier()           # every process has read the checkpoint before rank 0 rewrites it
-    model = method
+    model: torch.nn.Module = method
     if world.size > 1:              # gradients averaged over processes after each backward
         model = torch.nn.parallel.DistributedDataParallel(method, forward_sync_buffers=False)
 
@@ -138,8 +138,8 @@ def train(method: Method, images: torch.Tensor, params: TrainParams, seed: int,
                 sums[key] = sums.get(key, 0.0) + float(value)
         seconds = time.perf_counter() - start
         keys = sorted(sums)             # the epoch's statistics, averaged over processes
-        means = distributed.mean_over_processes(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
-        means = method.summarize({k: float(v) / steps_per_epoch for k, v in zip(keys, means)})
+        totals = distributed.mean_over_processes(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
+        means = method.summarize({k: float(v) / steps_per_epoch for k, v in zip(keys, totals)})
         record = {"epoch": epoch + 1, **{k: round(v, 5) for k, v in means.items()},
                   "lr": round(lr, 6), "images_per_second": round(steps_per_epoch * batch_size / seconds, 1),
                   "seconds": round(seconds, 2)}

@@ -43,7 +43,7 @@ class TwoViews:
     def validate(self) -> None:
         """The params' own checks (`super()`, e.g. TrainParams'), then what relates the view
         fields (their bounds are checked with every other field's)."""
-        super().validate()
+        super().validate()  # type: ignore[misc]  # a mixin: the TrainParams it is mixed into has it
         if len(self.jitter) != 4 or self.jitter[3] > 0.5:
             raise ValueError(f"jitter must be 4 strengths >= 0 (brightness, contrast, saturation, "
                              f"hue <= 0.5), got {self.jitter}")

@@ -62,7 +62,8 @@ def _class_files(folder: Path, data_root: Path) -> tuple[list[str], list[str]]:
 
     Plain strings, not Path objects: this runs on 60,000 files.
     """
-    images, others = [], []
+    images: list[str] = []
+    others: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
         rel_dir = Path(dirpath).relative_to(data_root).as_posix()

@@ -6,6 +6,7 @@ numpy arrays or torch tensors).
 from __future__ import annotations
 
 import unicodedata
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ def subset_classes(images, labels, class_names: list[str], keep: list[str]):
         raise ValueError(f"unknown class(es) {unknown}; available classes: {list(class_names)}")
     keep_idx = [class_names.index(c) for c in keep]
     if isinstance(labels, np.ndarray):
-        mask = np.isin(labels, keep_idx)
+        mask: Any = np.isin(labels, keep_idx)      # a numpy or a torch mask
     else:
         import torch
 

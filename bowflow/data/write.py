@@ -34,7 +34,7 @@ def content_hash(train: ImageSet, test: ImageSet, unlabelled: ImageSet | None = 
     h = hashlib.sha256()
     for s in (train, test) if unlabelled is None else (train, test, unlabelled):
         h.update(f"{s.images.shape}".encode())
-        h.update(np.ascontiguousarray(s.images).reshape(-1))
+        h.update(np.ascontiguousarray(s.images).reshape(-1))  # type: ignore[arg-type]  # an ndarray is a buffer
         h.update(np.ascontiguousarray(s.labels, dtype="<i8").tobytes())
     return "sha256:" + h.hexdigest()
 

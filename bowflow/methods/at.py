@@ -39,10 +39,11 @@ def attention_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Te
     if len(student_maps) != len(teacher_maps) or not student_maps:
         raise ValueError(f"AT needs as many student as teacher stages (>= 1), got "
                          f"{len(student_maps)} and {len(teacher_maps)}")
-    total = 0.0
+    total: torch.Tensor | float = 0.0
     for s, t in zip(student_maps, teacher_maps):
         s, t = match_spatial(s, t.detach())
         total = total + (attention_map(s, p) - attention_map(t, p)).pow(2).mean()
+    assert isinstance(total, torch.Tensor)     # at least one stage
     return total
 
 

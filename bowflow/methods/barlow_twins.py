@@ -12,6 +12,7 @@ Logged: loss, on_diag and off_diag (the two unweighted terms), embedding_std of 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -109,7 +110,7 @@ class BarlowTwins(SelfSupervised):
 
     def make_view(self, images: torch.Tensor, which: int, generator: torch.Generator) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> view `which` (0 or 1), float [B, 3, S, S] in [0, 1], S = view_size."""
-        return views.two_view(images, self.params, which, self.view_size, generator)
+        return views.two_view(images, cast(TwoViews, self.params), which, self.view_size, generator)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """float views [B, 3, S, S] -> projector output [B, D]."""

@@ -16,6 +16,7 @@ Logged: loss, embedding_std (online projections z), momentum (tau of the EMA), a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +84,7 @@ class BYOL(SelfSupervised):
 
     def view(self, images: torch.Tensor, which: int, generator: torch.Generator) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> view `which` (0 or 1), float [B, 3, size, size] in [0, 1]."""
-        return views.two_view(images, self.params, which, self.size, generator)
+        return views.two_view(images, cast(TwoViews, self.params), which, self.size, generator)
 
     def views(self, images, index, generator):
         return {"view1": self.view(images, 0, generator),                 # [B, 3, s, s]

@@ -99,6 +99,8 @@ class ContrastiveMemory(nn.Module):
         self.n_data, self.temperature, self.momentum = n_data, temperature, momentum
         self.n_negatives = min(n_negatives, n_data - 1)
         init = torch.Generator().manual_seed(seed)
+        self.memory_s: torch.Tensor
+        self.memory_t: torch.Tensor
         for name in ("memory_s", "memory_t"):
             self.register_buffer(name, F.normalize(torch.randn(n_data, dim, generator=init), dim=1))
         self.register_buffer("log_z_s", torch.tensor(float("nan")))

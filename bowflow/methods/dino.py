@@ -23,6 +23,7 @@ authors report the teacher, which is better than the student throughout training
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -238,7 +239,7 @@ class DINO(SelfSupervised):
         return loss, stats
 
     def momentum(self, step: int) -> float:
-        return cosine_momentum(step, self.total_steps, self.params.teacher_momentum)
+        return cosine_momentum(step, self.total_steps, cast(DINOParams, self.params).teacher_momentum)
 
     def before_optimizer_step(self, step):
         if step < self.params.freeze_last_layer_epochs * self.steps_per_epoch:

@@ -36,6 +36,7 @@ class HintAdapter(nn.Module):
 
     def __init__(self, c_s: int, c_t: int, ratio: float = 1.0):
         super().__init__()
+        self.conv: nn.Module
         if ratio == 2:
             self.conv = nn.Conv2d(c_s, c_t, 3, stride=2, padding=1)
         elif ratio == 0.5:

@@ -24,6 +24,7 @@ Under torchrun: anchors are this process's rows, candidates the gathered global 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -121,7 +122,7 @@ class IFACLR(SelfSupervised):
 
     def make_view(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> float [B, 3, S, S] in [0, 1], S = view_size."""
-        p = self.params
+        p = cast(IFACLRParams, self.params)
         return augment.simclr_view(images, self.view_size, p.crop_scale_min, p.color_strength,
                                    p.jitter_p, p.gray_p, generator)
 

@@ -31,6 +31,7 @@ synced (`WordBatchNorm`). The random locations are drawn in `views` for the glob
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -90,7 +91,7 @@ def obow_bow_targets(maps: torch.Tensor, words: torch.Tensor, inv_delta: float,
     codes, mean_distance = soft_assign(maps.flatten(2).transpose(1, 2).reshape(-1, c), words,
                                        inv_delta, mean_distance, decay)
     bow = codes.view(b, -1, words.shape[0]).amax(dim=1)                      # [B, K]
-    return bow / bow.sum(dim=1, keepdim=True), mean_distance
+    return bow / bow.sum(dim=1, keepdim=True), cast(torch.Tensor, mean_distance)   # soft_assign's tensor
 
 
 @float32
@@ -183,6 +184,9 @@ class WordBatchNorm(nn.Module):
     def __init__(self, features: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
         self.eps, self.momentum = eps, momentum
+        self.running_mean: torch.Tensor
+        self.running_var: torch.Tensor
+        self.num_batches_tracked: torch.Tensor
         self.weight = nn.Parameter(torch.ones(features))
         self.bias = nn.Parameter(torch.zeros(features))
         self.register_buffer("running_mean", torch.zeros(features))
@@ -241,7 +245,8 @@ class OBoW(SelfSupervised):
                                       crop_scale=(0.6, 1.0), **common)
 
     def _border(self, side: int) -> int:
-        return self.params.drop_border if side - 2 * self.params.drop_border >= 2 else 0
+        drop_border = cast(OBoWParams, self.params).drop_border
+        return drop_border if side - 2 * drop_border >= 2 else 0
 
     @torch.no_grad()
     def _pooled_sizes(self, height: int, width: int) -> list[int]:

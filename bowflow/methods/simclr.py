@@ -16,6 +16,7 @@ whose most similar other embedding is their partner: the contrastive task's accu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -83,7 +84,7 @@ class SimCLR(SelfSupervised):
 
     def make_view(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> float [B, 3, S, S] in [0, 1], S = view_size."""
-        p = self.params
+        p = cast(SimCLRParams, self.params)
         return augment.simclr_view(images, self.view_size, p.crop_scale_min, p.color_strength,
                                    p.jitter_p, p.gray_p, generator)
 

@@ -26,13 +26,14 @@ def check_environment(checked: dict, params: dict) -> None:
 
     data = checked["data"]
     root = Path(data.root) if data.root else None
-    if data.source == "imagefolder" and not root.exists():
-        raise ParamsError(f"data.root: '{data.root}' does not exist: expected a folder of class "
-                          f"folders, or a .tar.gz of one")
-    if data.source == "imagefolder" and root.is_file() and not root.name.lower().endswith(TARBALL_SUFFIXES):
-        raise ParamsError(f"data.root: '{data.root}' is a file but not a tarball: expected a folder "
-                          f"of class folders or a {', '.join(TARBALL_SUFFIXES)} of one")
     if data.source == "imagefolder":
+        assert root is not None         # DataParams.validate: an imagefolder source names its root
+        if not root.exists():
+            raise ParamsError(f"data.root: '{data.root}' does not exist: expected a folder of class "
+                              f"folders, or a .tar.gz of one")
+        if root.is_file() and not root.name.lower().endswith(TARBALL_SUFFIXES):
+            raise ParamsError(f"data.root: '{data.root}' is a file but not a tarball: expected a folder "
+                              f"of class folders or a {', '.join(TARBALL_SUFFIXES)} of one")
         try:
             found = count_class_images(root)
             if found is not None:

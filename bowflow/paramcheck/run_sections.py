@@ -5,7 +5,7 @@ it; a distillation run's teacher among teachers: and paired with it (`check_pair
 name is new. -> the checked sections."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from bowflow.paramcheck.backbones import run_architecture
 from bowflow.paramcheck.runs import ROLE_OF_SECTION, methods_of
@@ -13,6 +13,9 @@ from bowflow.paramcheck.schema import check_run_name, check_section, did_you_mea
 from bowflow.roles.base import get_method
 from bowflow.sections import ParamsError, VocabParams
 from bowflow.weights import IMPORT, IMPORT_SECTIONS, ImportParams, check_teacher, read_import
+
+if TYPE_CHECKING:
+    from bowflow.roles.distiller import Distiller
 
 GENERATION_KEYS = ["parent", "student", "vocab"]
 
@@ -89,7 +92,7 @@ def check_supervised(teachers: Any, distill: Any, taken: set[str]) -> tuple[dict
     """`teachers:` entries train from labels alone (method `supervised`); each `distill:`
     entry names a distillation method and a `teacher` from `teachers:`. Every name is new
     (run names share data/models/). -> (checked teachers, checked distill runs)."""
-    checked = []
+    checked: list[dict] = []
     for section, entries in (("teachers", teachers), ("distill", distill)):
         if not isinstance(entries, dict):
             raise ParamsError(f"{section}: expected a mapping run name -> {{method: ..., ...}} ({{}} for none)")
@@ -110,7 +113,8 @@ def check_supervised(teachers: Any, distill: Any, taken: set[str]) -> tuple[dict
                                       f"(known: {sorted(checked[0])})")
                 teacher = checked[0][run.teacher]
                 try:
-                    cls.check_pair(run, network, run_architecture(teacher, f"teachers.{run.teacher}"))
+                    distiller = cast("type[Distiller]", cls)    # check_role: a distill: entry is a distiller
+                    distiller.check_pair(run, network, run_architecture(teacher, f"teachers.{run.teacher}"))
                 except ValueError as error:
                     raise ParamsError(keyed(where, str(error), params_cls)
                                       + f" (teacher '{run.teacher}': {teacher.arch})") from None

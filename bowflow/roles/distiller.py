@@ -33,8 +33,8 @@ def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
     if a.shape[-2:] == b.shape[-2:]:
         return a, b
     if a.shape[-2] * a.shape[-1] > b.shape[-2] * b.shape[-1]:
-        return F.adaptive_avg_pool2d(a, b.shape[-2:]), b
-    return a, F.adaptive_avg_pool2d(b, a.shape[-2:])
+        return F.adaptive_avg_pool2d(a, (b.shape[-2], b.shape[-1])), b
+    return a, F.adaptive_avg_pool2d(b, (a.shape[-2], a.shape[-1]))
 
 
 @float32
@@ -82,6 +82,7 @@ class Distiller(Supervised):
     label = "Distiller"
     Inputs = DistillInputs
     Params = DistillParams
+    params: DistillParams           # an instance of Params (typing only)
     # Every distiller's learning recipe (tests/test_method_learning.py), the supervised one;
     # CRD and IFACD add their head sizes to it. Student's test top-1, untrained 25.0 (measured,
     # seed 0): AT 61.7, SP 82.8, IFACD 83.6, CRD 85.9, FitNet 88.7, NST 90.2, PKT 92.2,
@@ -91,6 +92,7 @@ class Distiller(Supervised):
     def __init__(self, params, backbone, inputs: DistillInputs):
         super().__init__(params, backbone, inputs)
         teacher = inputs.teacher
+        self.teacher: Teacher
         object.__setattr__(self, "teacher", teacher)      # not a submodule: frozen, never saved
         self.check_pair(params, backbone, teacher.backbone)
         self.build_extras(backbone.channels, teacher.backbone.channels, inputs)

@@ -55,8 +55,9 @@ class Supervised(Method):
     section = "teachers"
     stage = "teacher"
     label = "Supervised"
-    Inputs = LabelledInputs
+    Inputs: type[LabelledInputs] = LabelledInputs
     Params = SupervisedParams
+    params: SupervisedParams        # an instance of Params (typing only)
     # tests/test_method_learning.py: the student's test top-1 93.0, untrained 25.0 (measured, seed 0)
     learning_recipe = {"epochs": 6, "padding": 2}
 
@@ -68,6 +69,7 @@ class Supervised(Method):
     def __init__(self, params, backbone, inputs: LabelledInputs):
         super().__init__(params, backbone, inputs)
         self.num_classes = int(inputs.num_classes)
+        self.labels: torch.Tensor
         self.register_buffer("labels", inputs.labels.long().clone(), persistent=False)
         self.classifier = nn.Linear(backbone.out_channels, self.num_classes)
 
