@@ -36,7 +36,9 @@ them in file-name order, its claims that module's `claims` (if any). `check`:
   (`<!-- = <record> <quantity> ... -->`, bowflow.figures) against its record;
 - checks the figures quoted in the prose of each record (each claim is a sentence
   fragment rendered from the record that must appear in that prose, case, whitespace and
-  `**` ignored; the fault table's summary likewise);
+  `**` ignored; the fault table's summary likewise). A seeded record's claims are its paired
+  verdicts, a benchmark's its module's `claims`, any other record's are declared in its
+  claims.yaml (benchmarks/claims.py), whose `holds:` verdicts must be true of the record;
 - checks that the prose names the machine a record ran on: the record's machine class
   comes from the CPU flags its runs recorded (`cpu_flags` of its training metrics, the
   `machine.flags` of a benchmark's JSON; MACHINE_CLASSES, defined in docs/BENCHMARKS.md,
@@ -76,6 +78,8 @@ from pathlib import Path
 import yaml
 
 from benchmarks.bench_precision import summarize as precision_summarize
+from benchmarks.claims import join
+from benchmarks.claims import rendered as declared_claims
 from benchmarks.distill_seeds import spread
 from bowflow import figures, report
 
@@ -638,170 +642,12 @@ TABLES = {"bench": table_bench, "seeds": table_seeds, "paired": table_paired, "m
 
 # ----------------------------------------------------------------------------- prose claims
 
-def fmt1(x: float) -> str:
-    return f"{x:.1f}"
-
-
-def generation_gap(r: dict, a: str, b: str, key: str) -> float:
-    """Run a minus run b on one evaluation: 'linear_base', 'knn_all' or a shot count."""
-    if key in ("linear_base", "knn_all"):
-        return r[a][key] - r[b][key]
-    return r[a]["few_shot"][key]["mean"] - r[b]["few_shot"][key]["mean"]
-
-
-def claims_cifar10(record: Path) -> list[str]:
-    """The first student's margins over its teacher, the second generation against the
-    first, the backbone's size, each student's captured fraction at its last epoch."""
-    r = {x["name"]: x for x in lineage(record)}
-
-    def d(a, b, key):
-        return generation_gap(r, a, b, key)
-
-    losses = sorted([-d("g2", "g1", "1"), -d("g2", "g1", "5")])
-    captured = [f"{report.read_curve(record / 'plots' / 'train' / f'{g}.csv')[-1]['captured']:.2f} "
-                f"for {g}" for g in ("g1", "g2")]
-    return [f"+{d('g1', 'g0', '1'):.1f} (1-shot), +{d('g1', 'g0', '5'):.1f} (5-shot), "
-            f"+{d('g1', 'g0', 'linear_base'):.1f} (linear) and +{d('g1', 'g0', 'knn_all'):.1f} (k-NN)",
-            f"gains another {d('g2', 'g1', 'linear_base'):.1f} on linear but loses "
-            f"{losses[0]:.1f}-{losses[1]:.1f} on 1- and 5-shot",
-            f"({round(r['g0']['parameters'] / 1000)}k parameters)",
-            " and ".join(captured)]
-
-
 def accuracy_columns(record: Path) -> dict:
     """{column: run record -> accuracy}: linear, k-NN and each few-shot column of the record."""
     value = {"linear": lambda r: r["linear_base"], "k-NN": lambda r: r["knn_all"]}
     for n in report.shots_of(lineage(record)):
         value[f"{n}-shot"] = lambda r, n=n: r["few_shot"][n]["mean"]
     return value
-
-
-def claims_family(record: Path) -> list[str]:
-    """The stages' wall-time sum; which trained runs fall below the untrained control, and
-    on which columns; BoWNet g1 against its RotNet teacher at 1 shot."""
-    records, value = lineage(record), accuracy_columns(record)
-    total = sum(s for _, s in report.stage_times(record / "metrics")) / 60
-    out = [f"the stages' own wall times sum to {total:.1f} min"]
-    control = next((r for r in records if r["method"] == "random_init"), None)
-    if control is not None:
-        out.append(below_control([r for r in records if r is not control], control, value))
-    by = {r["name"]: r for r in records}
-    if "obow" in by:                 # OBoW's throughput (its row was rerun under another load)
-        out.append(f"{by['obow']['train']['images_per_second']:.0f} images/s")
-    if {"g0", "g1"} <= set(by):
-        out.append(f"({fmt1(by['g1']['few_shot']['1']['mean'])} vs "
-                   f"{fmt1(by['g0']['few_shot']['1']['mean'])})")
-    return out
-
-
-def below_control(records: list[dict], control: dict, value: dict) -> str:
-    """'every trained method beats the untrained control on ...', naming the runs at or
-    below the control column by column (claims_family's wording)."""
-    below = {c: [r for r in records if round(f(r), 1) <= round(f(control), 1)] for c, f in value.items()}
-    if not any(below.values()):
-        return "every trained method beats the untrained control on every column"
-    text = "every trained method beats the untrained control on " + join([c for c, rs in below.items() if not rs])
-    for c, rs in below.items():
-        if rs:
-            tie = any(round(value[c](r), 1) == round(value[c](control), 1) for r in rs)
-            text += (f"; on {c} " + join([f"{r['label']} ({fmt1(value[c](r))})" for r in rs])
-                     + f" {'is' if len(rs) == 1 else 'are'} {'at or ' if tie else ''}below it "
-                     f"({fmt1(value[c](control))})")
-    return text
-
-
-# IFACLR against the method it generalises, on each backbone; DINO on the ViT against the convnet
-FAMILY_VIT_PAIRS = (("ifaclr", "simclr"), ("ifaclr_vit", "simclr_vit"), ("dino_vit", "dino"))
-
-
-def claims_family_vit(record: Path) -> list[str]:
-    """The stages' wall-time sum; per backbone, the runs at or below that backbone's
-    untrained control; linear, k-NN and 5-shot of each pair of FAMILY_VIT_PAIRS; linear,
-    k-NN and 1-shot of each BoWNet generation against its parent."""
-    records, value = lineage(record), accuracy_columns(record)
-    total = sum(s for _, s in report.stage_times(record / "metrics")) / 60
-    out = [f"the stages' own wall times sum to {total:.1f} min"]
-    for control in [r for r in records if r["method"] == "random_init"]:
-        arch = report.arch_label(control["train"])
-        trained = [r for r in records if r is not control and report.arch_label(r["train"]) == arch]
-        out.append(f"on {arch}, " + below_control(trained, control, value))
-    by = {r["name"]: r for r in records}
-    for a, b in FAMILY_VIT_PAIRS:
-        if {a, b} <= set(by):
-            ra, rb = by[a], by[b]
-            out.append(", ".join(f"{c} {fmt1(value[c](ra))} vs {fmt1(value[c](rb))}"
-                                 for c in ("linear", "k-NN", "5-shot") if c in value))
-    for r in records:                # a BoWNet student against its parent
-        if r.get("parent") in by:
-            out.append(", ".join(f"{c} {fmt1(value[c](r))} vs {fmt1(value[c](by[r['parent']]))}"
-                                 for c in ("linear", "k-NN", "1-shot") if c in value))
-    return out
-
-
-def join(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def claims_distill(record: Path) -> list[str]:
-    """The vanilla student against its teacher (the digits preset's point)."""
-    teacher, student, columns, labels, runs = distill_pair(record)
-    top1 = {label: float(columns["Top-1 accuracy (%)"][label]) for label in labels}
-    return [f"({fmt1(top1['Student (vanilla)'])} vs {fmt1(top1['Teacher (vanilla)'])})"]
-
-
-def claims_distill_margins(record: Path) -> list[str]:
-    """How many distilled students beat the vanilla one; the best and worst margins."""
-    teacher, student, columns, labels, runs = distill_pair(record)
-    top1 = {label: float(columns["Top-1 accuracy (%)"][label]) for label in labels}
-    methods = labels[2:]
-    vanilla = top1["Student (vanilla)"]
-    ahead = [m for m in methods if top1[m] > vanilla]
-    best, worst = max(methods, key=top1.get), min(methods, key=top1.get)
-    out = [f"{len(ahead)} of the {len(methods)} distilled students beat the vanilla student",
-           f"{best} by {top1[best] - vanilla:+.2f} points ({top1[best]:.2f}"]
-    if top1[worst] < vanilla:
-        out.append(f"{worst} is {vanilla - top1[worst]:.2f} points below it ({top1[worst]:.2f})")
-    return out
-
-
-# Rows of a seed study measured before their method changed: its table shows them (marked
-# stale in its prose), no claim rests on them. distill-cpu-seeds: CC, NST and FitNet were
-# matched to the benchmark's code (commit ee785ab) after their seeds 1 and 2 were trained.
-STALE_SEED_ROWS = {"distill-cpu-seeds": {"distill@cc", "distill@nst", "distill@fitnet"}}
-
-
-def claims_distill_seeds(record: Path) -> list[str]:
-    """The vanilla student's mean; the stages' summed wall time; the rows ahead at every
-    seed and their mean margins; rows below at every seed or level on average; the sd range;
-    how many extra runs and their summed wall time. Rows of STALE_SEED_ROWS are left out."""
-    seeds, top1, vanilla, metrics = seed_study(record)
-    rows = spread(top1, vanilla)
-    extra_runs = len(rows) * (len(seeds) - 1)         # every row but seed 0, the vanilla one too
-    extra_minutes = sum(load_json(p)["wall_seconds"] for p in (record / "seeds").glob("s*/*.json")) / 60
-
-    def label(r):
-        return metrics[r["row"]]["method_label"]
-
-    stale = STALE_SEED_ROWS.get(record.name, set())
-    rows = [r for r in rows if r["row"] not in stale]
-    students = [r for r in rows if r["row"] != vanilla]
-    every = sorted([r for r in students if r["margin_min"] > 0], key=lambda r: -r["margin"])
-    base = next(r for r in rows if r["row"] == vanilla)
-    sds = [r["sd"] for r in students]
-    total = sum(seconds for _, seconds in report.stage_times(record / "metrics")) / 60
-    out = [f"the vanilla student's mean ({base['mean']:.2f})",
-           f"The preset's stages took {total:.1f} min there by their own wall times",
-           f"{join([label(r) for r in every])} beat the vanilla student at every seed "
-           f"(mean {every[0]['margin']:+.2f} to {every[-1]['margin']:+.2f})",
-           f"sd {min(sds):.2f} to {max(sds):.2f} against {base['sd']:.2f}",
-           f"the {extra_runs} extra runs", f"{extra_minutes:.1f} min on the idle machine",
-           f"{len(every)} of the {len(students)} rows that are not stale stay ahead at every seed"]
-    for r in students:
-        if r["margin_max"] < 0:
-            out.append(f"{label(r)} is below it at every seed ({r['margin']:+.2f} on average)")
-        elif abs(r["margin"]) < 0.5:
-            out.append(f"{label(r)} does not beat it here ({r['margin']:+.2f}")
-    return out
 
 
 # Figures quoted in the prose beside a record's tables, by record folder name.
@@ -839,18 +685,13 @@ def claims_seeds(record: Path) -> list[str]:
 
 def record_claims(folder: Path) -> list[str]:
     """The sentence fragments a record's prose must hold: a record with several seeds, its
-    paired verdicts; an older one-seed record, its own claims (CLAIMS, by folder name)."""
+    paired verdicts; a benchmark's, its module's `claims`; any other, its claims.yaml
+    (benchmarks/claims.py)."""
     if any(folder.glob("metrics/seed*/eval")):
         return claims_seeds(folder)
     if is_bench(folder):
         return claims_bench(folder)
-    return CLAIMS.get(folder.name, lambda _: [])(folder)
-
-
-CLAIMS = { "cifar10-cpu": claims_cifar10, "family-cpu": claims_family,
-          "family-vit-cpu": claims_family_vit,
-          "distill-digits": claims_distill, "distill-cpu": claims_distill_margins,
-          "distill-cpu-seeds": claims_distill_seeds}
+    return declared_claims(folder)[0]
 
 
 def claims_faults(table: Table) -> list[str]:
@@ -1160,6 +1001,7 @@ def check(root: Path, allow_missing: set[str] = frozenset(), verbose: bool = Tru
         folder, text = root / record, "\n".join(use.prose)
         claims = record_claims(folder)
         out += missing_claims(f"{use.where} {record}", claims, text)
+        out += [f"{use.where} {record}: {failed}" for failed in declared_claims(folder)[1]]
         flags = record_flags(folder)
         if not flags:
             unknown_machine.append(record)

@@ -519,3 +519,29 @@ def test_a_table_whose_prose_does_not_name_its_mode_fails(seeded):
     result = records("check", root=seeded)
     assert result.returncode == 1
     assert f"{DIGITS}: its trainings ran in compute mode fp32-channels-last-t1" in result.stdout
+
+
+# --------------------------------------------------------------- claims declared as data
+
+def test_a_claim_is_reworded_in_its_yaml_not_in_code(docs):
+    """Rewording a claim: edit the record's claims.yaml and the prose together, and the check
+    passes; edit the yaml alone, and the prose no longer holds the claim."""
+    page, declared = docs / FAMILY_PAGE, docs / FAMILY / "claims.yaml"
+    replace(page, "16 images/s against", "16 images per second against")
+    replace(declared, "|.0f} images/s\"", "|.0f} images per second\"")
+    assert check(docs).returncode == 0
+    replace(page, "16 images per second against", "16 images/s against")
+    result = check(docs)
+    assert result.returncode == 1
+    assert f"{FAMILY}: claim not found in the prose beside its table(s): '16 images per second'" in result.stdout
+
+
+def test_a_verdict_the_record_does_not_bear_out_fails(docs):
+    """A claim's `holds:` is checked against the record: RKD 'below it at every seed' stops
+    holding when one of its seeds is made to beat the vanilla student."""
+    study = docs / "docs/results/distill-cpu-seeds/seeds/s1/rkd.json"
+    edit_json(study, lambda d: d.update(top1=60.0))
+    result = check(docs)
+    assert result.returncode == 1
+    assert "distill-cpu-seeds/claims.yaml: 'RKD is below it at every seed" in result.stdout
+    assert "does not hold: [r.label for r in seed_rows() if r.margin_max < 0] == ['RKD'] is false" in result.stdout
