@@ -417,3 +417,17 @@ def test_workflow_pipeline_refuses_bad_seeds_by_name(tmp_path, params, seeds):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert f"seeds: expected a non-empty list of distinct integers >= 0, got {seeds!r}" in result.stderr
     assert not out.exists()
+
+
+def test_the_roles_knowledge_kept_outside_the_role_classes_agrees_with_them():
+    """sections.py may not import method code, so it repeats the roles' stage kinds as
+    `resources:` keys; the checks' RUN_KINDS say which images each role trains on, which the
+    role's own `training_images` decides for the trainer. Both must agree with the roles."""
+    from bowflow.paramcheck.runs import RUN_KINDS
+    from bowflow.roles.base import Method
+    from bowflow.sections import RESOURCE_KINDS
+
+    assert RESOURCE_KINDS == (*(kind.stage for kind in RUN_KINDS), "other")
+    for kind in RUN_KINDS:
+        own = kind.role.training_images.__func__ is not Method.training_images.__func__
+        assert (kind.pool == "labelled") == own, f"{kind.role.__name__}: pool {kind.pool!r}"
