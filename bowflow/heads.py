@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 # ---------------------------------------------------------------- embedding heads of the distillers (CC, CRD)
 
@@ -96,8 +99,8 @@ class DINOHead(nn.Module):
         return self.outputs(x)[1]
 
 
-def frozen_copy(module: nn.Module) -> nn.Module:
-    """A copy of `module` for an EMA teacher: same weights, no gradients."""
+def frozen_copy(module: ModuleT) -> ModuleT:
+    """A copy of `module` for an EMA teacher: same weights, no gradients (and its type)."""
     teacher = copy.deepcopy(module)
     for p in teacher.parameters():
         p.requires_grad_(False)

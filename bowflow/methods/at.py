@@ -57,6 +57,7 @@ class ATParams(DistillParams):
 class AT(Distiller):
     label = "AT"
     Params = ATParams
+    params: ATParams                # an instance of Params (typing only)
 
     @classmethod
     def check_pair(cls, params, student, teacher):

@@ -55,6 +55,7 @@ class CCParams(DistillParams):
 class CC(Distiller):
     label = "CC"
     Params = CCParams
+    params: CCParams                # an instance of Params (typing only)
     # Neighbouring images (i, i + 1) of the global batch are coupled, across process
     # boundaries too: both embeddings are gathered and every process computes the global term.
     batch_spanning = ("neighbouring pairs",)

@@ -69,6 +69,8 @@ class ContextEncoderParams(TrainParams):
 class ContextEncoder(SelfSupervised):
     label = "Context encoder"
     Params = ContextEncoderParams
+    params: ContextEncoderParams    # an instance of Params (typing only)
+    weights: torch.Tensor           # buffer, registered in __init__ (typing only)
     # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 61.3.
     learning_recipe = {"epochs": 20, "decoder_width": 32}
 

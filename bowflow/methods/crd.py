@@ -179,6 +179,7 @@ class OtherClassSampler:
 class CRD(Distiller):
     label = "CRD"
     Params = CRDParams
+    params: CRDParams               # an instance of Params (typing only)
     # The NCE loss is per sample (each image against its own sampled negatives, drawn in
     # `views` for the global batch); what spans the batch is the memory: Z and the bank
     # update come from the gathered global batch (`ContrastiveMemory`).

@@ -75,6 +75,7 @@ class FitNetParams(DistillParams):
 class FitNet(Distiller):
     label = "FitNet"
     Params = FitNetParams
+    params: FitNetParams            # an instance of Params (typing only)
 
     @classmethod
     def check_pair(cls, params, student, teacher):

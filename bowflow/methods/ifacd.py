@@ -69,6 +69,7 @@ class IFACDParams(DistillParams):
 class IFACD(Distiller):
     label = "IFACD"
     Params = IFACDParams
+    params: IFACDParams             # an instance of Params (typing only)
     # SupCon's negatives are every view of every other image of the global batch: the views
     # are gathered and every process computes the global term. (The rescalers' BatchNorm is
     # synced by the trainer.)

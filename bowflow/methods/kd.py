@@ -22,3 +22,4 @@ class KDParams(DistillParams):
 class KD(Distiller):
     label = "KD"
     Params = KDParams
+    params: KDParams                # an instance of Params (typing only)

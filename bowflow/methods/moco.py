@@ -93,6 +93,9 @@ class MoCoParams(TrainParams):
 class MoCo(SelfSupervised):
     label = "MoCo v2"
     Params = MoCoParams
+    params: MoCoParams              # an instance of Params (typing only)
+    queue: torch.Tensor             # buffers, registered in __init__ (typing only)
+    queue_pointer: torch.Tensor
     batch_spanning = ("queue",)
     # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 59.4.
     learning_recipe = {"epochs": 20, "proj_hidden": 64, "proj_dim": 32, "queue_size": 1024, "crop_scale_min": 0.5}

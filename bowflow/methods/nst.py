@@ -50,6 +50,7 @@ class NSTParams(DistillParams):
 class NST(Distiller):
     label = "NST"
     Params = NSTParams
+    params: NSTParams               # an instance of Params (typing only)
 
     @classmethod
     def check_pair(cls, params, student, teacher):

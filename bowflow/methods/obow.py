@@ -218,6 +218,10 @@ class WeightGenerator(nn.Module):
 class OBoW(SelfSupervised):
     label = "OBoW"
     Params = OBoWParams
+    params: OBoWParams              # an instance of Params (typing only)
+    pointer: torch.Tensor           # buffers, registered in __init__ (typing only)
+    initialized: torch.Tensor
+    momentum: torch.Tensor
     batch_spanning = ("queue", "mean distance")
     levels = 2                                   # BoW from the last two backbone stages
     # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 59.4,
@@ -245,7 +249,7 @@ class OBoW(SelfSupervised):
                                       crop_scale=(0.6, 1.0), **common)
 
     def _border(self, side: int) -> int:
-        drop_border = cast(OBoWParams, self.params).drop_border
+        drop_border = self.params.drop_border
         return drop_border if side - 2 * drop_border >= 2 else 0
 
     @torch.no_grad()

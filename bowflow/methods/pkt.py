@@ -49,6 +49,7 @@ class PKTParams(DistillParams):
 class PKT(Distiller):
     label = "PKT"
     Params = PKTParams
+    params: PKTParams               # an instance of Params (typing only)
     # Each image's distribution over its similarities to every image of the global batch:
     # the pooled features are gathered and every process computes the global term.
     batch_spanning = ("batch similarities",)

@@ -35,6 +35,7 @@ class RandomInitParams(TrainParams):
 class RandomInit(SelfSupervised):
     label = "Random init"
     Params = RandomInitParams
+    params: RandomInitParams        # an instance of Params (typing only)
     # The learning test's control: one pass estimates the BN statistics.
     learning_recipe = {"epochs": 1}
 

@@ -65,6 +65,7 @@ class RKDParams(DistillParams):
 class RKD(Distiller):
     label = "RKD"
     Params = RKDParams
+    params: RKDParams               # an instance of Params (typing only)
     # Distances between every pair and angles of every triplet of the global batch (and the
     # mean distance that normalises them): the pooled features are gathered and every
     # process computes the global term.

@@ -26,6 +26,7 @@ class RotNetParams(TrainParams):
 class RotNet(SelfSupervised):
     label = "RotNet"
     Params = RotNetParams
+    params: RotNetParams            # an instance of Params (typing only)
     # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 79.3.
     learning_recipe = {"epochs": 8, "padding": 2}
 

@@ -16,7 +16,6 @@ whose most similar other embedding is their partner: the contrastive task's accu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 
@@ -73,6 +72,7 @@ class SimCLRParams(TrainParams):
 class SimCLR(SelfSupervised):
     label = "SimCLR"
     Params = SimCLRParams
+    params: SimCLRParams            # an instance of Params (typing only)
     batch_spanning = ("negatives",)
     # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 82.8.
     learning_recipe = {"epochs": 20, "proj_hidden": 64, "proj_dim": 32, "crop_scale_min": 0.5}
@@ -84,7 +84,7 @@ class SimCLR(SelfSupervised):
 
     def make_view(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> float [B, 3, S, S] in [0, 1], S = view_size."""
-        p = cast(SimCLRParams, self.params)
+        p = self.params
         return augment.simclr_view(images, self.view_size, p.crop_scale_min, p.color_strength,
                                    p.jitter_p, p.gray_p, generator)
 

@@ -66,6 +66,7 @@ class SimSiamParams(TrainParams):
 class SimSiam(SelfSupervised):
     label = "SimSiam"
     Params = SimSiamParams
+    params: SimSiamParams           # an instance of Params (typing only)
     # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 64.5.
     learning_recipe = {"epochs": 20, "proj_dim": 64, "pred_dim": 16, "crop_scale_min": 0.5}
 

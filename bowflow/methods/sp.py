@@ -45,6 +45,7 @@ class SPParams(DistillParams):
 class SP(Distiller):
     label = "SP"
     Params = SPParams
+    params: SPParams                # an instance of Params (typing only)
     # The B x B Gram matrix of the global batch: the last stage maps are gathered and every
     # process computes the global term.
     batch_spanning = ("Gram matrix",)

@@ -72,6 +72,7 @@ class VIDParams(DistillParams):
 class VID(Distiller):
     label = "VID"
     Params = VIDParams
+    params: VIDParams               # an instance of Params (typing only)
 
     @classmethod
     def check_pair(cls, params, student, teacher):
