@@ -28,12 +28,8 @@ def check_environment(checked: dict, params: dict) -> None:
     root = Path(data.root) if data.root else None
     if data.source == "imagefolder":
         assert root is not None         # DataParams.validate: an imagefolder source names its root
-        if not root.exists():
-            raise ParamsError(f"data.root: '{data.root}' does not exist: expected a folder of class "
-                              f"folders, or a .tar.gz of one")
-        if root.is_file() and not root.name.lower().endswith(TARBALL_SUFFIXES):
-            raise ParamsError(f"data.root: '{data.root}' is a file but not a tarball: expected a folder "
-                              f"of class folders or a {', '.join(TARBALL_SUFFIXES)} of one")
+        check_folder_or_tarball(data.root, "data.root", "a folder of class folders, or a .tar.gz of one",
+                                "a folder of class folders")
         try:
             found = count_class_images(root)
             if found is not None:
@@ -57,6 +53,18 @@ def check_environment(checked: dict, params: dict) -> None:
         raise ParamsError(str(error.code)) from None
 
 
+def check_folder_or_tarball(value: str, key: str, expected: str, folder: str) -> None:
+    """ParamsError naming `key` unless the path `value` exists and is a folder or a tarball:
+    `expected` is what a missing path should have been, `folder` the folder a wrong file
+    should have been."""
+    root = Path(value)
+    if not root.exists():
+        raise ParamsError(f"{key}: '{value}' does not exist: expected {expected}")
+    if root.is_file() and not root.name.lower().endswith(TARBALL_SUFFIXES):
+        raise ParamsError(f"{key}: '{value}' is a file but not a tarball: expected {folder} "
+                          f"or a {', '.join(TARBALL_SUFFIXES)} of one")
+
+
 def check_unlabelled(checked: dict) -> None:
     """data.unlabelled, when set: it exists, is a folder or a tarball, and a folder holds image
     files at some depth (counted, nothing decoded: unreadable files are named by the
@@ -66,12 +74,8 @@ def check_unlabelled(checked: dict) -> None:
     if not data.unlabelled:
         return
     root = Path(data.unlabelled)
-    if not root.exists():
-        raise ParamsError(f"data.unlabelled: '{data.unlabelled}' does not exist: expected a folder of "
-                          f"images (any depth) or a .tar.gz of one")
-    if root.is_file() and not root.name.lower().endswith(TARBALL_SUFFIXES):
-        raise ParamsError(f"data.unlabelled: '{data.unlabelled}' is a file but not a tarball: expected a "
-                          f"folder of images or a {', '.join(TARBALL_SUFFIXES)} of one")
+    check_folder_or_tarball(data.unlabelled, "data.unlabelled", "a folder of images (any depth) or a .tar.gz of one",
+                            "a folder of images")
     try:
         found = count_images(root)
     except DataError as error:
