@@ -20,6 +20,7 @@ record's claims.yaml, never code.
 from __future__ import annotations
 
 import re
+from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -63,6 +64,7 @@ class ClaimValues:
         return sum(s for _, s in report.stage_times(self.record / "metrics")) / 60
 
     # ------------------------------------------------------ one-seed generation/family records
+    @cache  # noqa: B019  (one instance per record and check: the record's files are read once)
     def _lineage(self) -> dict[str, dict]:
         from benchmarks.records import lineage
         return {r["name"]: r for r in lineage(self.record)}
@@ -73,8 +75,12 @@ class ClaimValues:
 
     def acc(self, name: str, column: str) -> float:
         """A run's accuracy (%) in a column: 'linear', 'k-NN' or 'N-shot'."""
+        return self._columns()[column](self.run(name))
+
+    @cache  # noqa: B019
+    def _columns(self) -> dict:
         from benchmarks.records import accuracy_columns
-        return accuracy_columns(self.record)[column](self.run(name))
+        return accuracy_columns(self.record)
 
     def gap(self, a: str, b: str, column: str) -> float:
         return self.acc(a, column) - self.acc(b, column)
@@ -101,8 +107,7 @@ class ClaimValues:
         """'every trained method beats the untrained control on ...; on k-NN X (40.2) is
         below it (41.0)': the runs `among` (default: all but the control) at or below the
         control, column by column."""
-        from benchmarks.records import accuracy_columns
-        lineage, value = self._lineage(), accuracy_columns(self.record)
+        lineage, value = self._lineage(), self._columns()
         trained = [lineage[n] for n in (among if among is not None else lineage) if n != control]
         base = lineage[control]
         below = {c: [r for r in trained if round(f(r), 1) <= round(f(base), 1)] for c, f in value.items()}
@@ -118,6 +123,7 @@ class ClaimValues:
         return text
 
     # ------------------------------------------------------------------ distillation records
+    @cache  # noqa: B019
     def _distill(self):
         from benchmarks.records import distill_pair
         teacher, student, columns, labels, runs = distill_pair(self.record)
@@ -132,6 +138,7 @@ class ClaimValues:
         return self._distill()[1][2:]
 
     # -------------------------------------------------------------------- seed-study records
+    @cache  # noqa: B019
     def _study(self):
         from benchmarks.records import seed_study
         seeds, top1, vanilla, metrics = seed_study(self.record)
