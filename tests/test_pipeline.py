@@ -460,8 +460,6 @@ NOT_TYPED_HERE = {
     "make test": "the test suites themselves (`make test`, `make test-all`; CI runs `make test-all`)",
     "cp presets/": "hours of CIFAR-10 training",
     "/path/to/": "a placeholder for the user's own data",
-    "benchmarks.distill_seeds": "26 CIFAR-10 runs; test_distill_seeds_reruns_locked_stages types "
-                                "it on the tiny pipeline",
     # the experiment queue: `dvc queue start` leaves background workers running whole
     # pipelines; tests/test_dvc_queue.py types these on a tiny project and waits for them
     "--queue": "queues a run of the whole pipeline (tests/test_dvc_queue.py)",
