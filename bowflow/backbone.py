@@ -16,9 +16,17 @@ This module imports nothing of bowflow's, so every architecture module can build
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class NoArchParams:
+    """The declared settings of an architecture that has none beyond `width` and `depth`: a
+    run's `arch_params` must be empty for it (bowflow/networks.py registers each architecture
+    with its settings' dataclass; bowflow/vit.py's `ViTParams` is one with a field)."""
 
 
 class Backbone(nn.Module):

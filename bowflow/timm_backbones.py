@@ -21,25 +21,40 @@ and the state_dict keys are timm's own under `model.` (`model.conv1.weight`), so
 or torchvision state_dict of the same model loads into it. ViTs are built with
 `dynamic_img_size=True` (position embeddings resized to the image's patch grid); `patch`
 is their patch size, which data.image_size must be a multiple of (check_params checks).
-Width and depth are fixed by the name: params give 0. bowflow/networks.py registers
-`timm_backbone` as the builder of the `timm` family.
+Width and depth are fixed by the name: params give 0. Declared settings (`TimmParams`, a
+run's `arch_params`): `drop_path`, passed as timm's `drop_path_rate` (stochastic depth, per
+block rising linearly to it in timm's ViTs, ConvNeXts, ResNets...) only when above 0, so a
+run without it builds exactly `create_model`'s default network. bowflow/networks.py
+registers `timm_backbone` as the builder of the `timm` family, with `TimmParams`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 import torch.nn as nn
 
 from bowflow.backbone import Backbone
+from bowflow.checks import param
+
+
+@dataclass(frozen=True)
+class TimmParams:
+    """The settings a `timm/<model>` arch takes beyond its name (a run's `arch_params`)."""
+
+    drop_path: float = param(0.0, "timm's drop_path_rate: stochastic depth, the last block's "
+                                  "probability of dropping a residual branch per sample in "
+                                  "training (DINO trains ViT-S with 0.1). 0 (off): timm's default "
+                                  "model, every existing run's network", low=0, below=1)
 
 
 class TimmBackbone(Backbone):
     """A timm model (no classifier) with its feature stages as named stages."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, drop_path: float = 0.0):
         nn.Module.__init__(self)
-        self.model: Any = create(name)       # a timm model: its attributes are timm's (untyped)
+        self.model: Any = create(name, drop_path)   # a timm model: its attributes are timm's (untyped)
         info = cast(Any, self.model.feature_info)
         info = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
         self.timm_name = name
@@ -88,28 +103,37 @@ class TimmBackbone(Backbone):
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
 
-def create(name: str) -> nn.Module:
-    """timm.create_model(name) without weights or classifier; ValueError naming the model
-    when timm has no such model or it lacks forward_intermediates."""
+def create(name: str, drop_path: float = 0.0) -> nn.Module:
+    """timm.create_model(name) without weights or classifier (`drop_path_rate=drop_path` when
+    above 0); ValueError naming the model when timm has no such model, it lacks
+    forward_intermediates, or it takes no drop_path_rate."""
     import timm
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         raise ValueError(f"arch 'timm/{name}': timm {timm.__version__} has no model '{name}'"
                          + (f" (similar: {close})" if close else ""))
+    options: dict[str, Any] = {"drop_path_rate": drop_path} if drop_path else {}
     try:        # ViTs: position embeddings resized to any patch grid
-        model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True)
+        model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **options)
     except TypeError:
-        model = timm.create_model(name, pretrained=False, num_classes=0)
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=0, **options)
+        except TypeError as error:
+            if not options:
+                raise
+            raise ValueError(f"arch 'timm/{name}': the timm model takes no drop_path_rate "
+                             f"(arch_params.drop_path): {error}") from None
     if not hasattr(model, "forward_intermediates"):
         raise ValueError(f"arch 'timm/{name}': the timm model has no forward_intermediates, so its "
                          f"stage maps cannot be read; pick another model")
     return model
 
 
-def timm_backbone(name: str, width: int = 0, depth: int = 0) -> TimmBackbone:
-    """The builder of archs 'timm/<name>' (width and depth are 0: checked by the registry)."""
-    return TimmBackbone(name)
+def timm_backbone(name: str, width: int = 0, depth: int = 0, drop_path: float = 0.0) -> TimmBackbone:
+    """The builder of archs 'timm/<name>' (width and depth are 0: checked by the registry;
+    `drop_path` as `TimmParams`)."""
+    return TimmBackbone(name, drop_path)
 
 
 def pretrained_mean_std(name: str) -> tuple[list[float], list[float]]:

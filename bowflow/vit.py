@@ -31,10 +31,21 @@ at 224 px and patch 16, tested in tests/test_vit.py):
 - `vit_tiny_p2`: ViT-Ti with patch 2, for 16 px digits (8 x 8 tokens);
 - `vit` (patch 4) and `vit_p2` (patch 2): sized by the run's `width` (D) and `depth`
   (blocks), D // 64 heads (DeiT's head width), for small models and tests.
+
+Declared settings (`ViTParams`, a run's `arch_params`, for every ViT above):
+- `drop_path`: stochastic depth (Huang et al. 2016), as timm's `drop_path_rate` and DINO's
+  `--drop_path_rate` (https://github.com/facebookresearch/dino, main_dino.py): in training,
+  each residual branch (attention, MLP) of block i is dropped for a whole sample with
+  probability p_i and kept ones are scaled by 1 / (1 - p_i); p_i rises linearly over the
+  blocks from 0 (first) to `drop_path` (last), timm's `torch.linspace(0, drop_path_rate,
+  depth)`. In eval mode every branch runs unscaled. It adds no parameter and draws no random
+  number at construction, so a seeded build is the same at any rate; the masks are drawn
+  from torch's global RNG during training, as timm's.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -42,6 +53,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bowflow.backbone import Backbone
+from bowflow.checks import param
+
+
+@dataclass(frozen=True)
+class ViTParams:
+    """The settings every ViT of this module takes beyond width and depth (a run's
+    `arch_params`)."""
+
+    drop_path: float = param(0.0, "stochastic depth: the last block's probability of dropping a "
+                                  "residual branch per sample in training, rising linearly from 0 at "
+                                  "the first block (DINO trains ViT-S with 0.1). 0 (off): every "
+                                  "existing run's network", low=0, below=1)
 
 
 class Attention(nn.Module):
@@ -62,29 +85,54 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(LN(x)), then + MLP(LN(x)) (hidden 4D, GELU)."""
+class DropPath(nn.Module):
+    """Stochastic depth on a residual branch: in training, a branch output [B, ...] is zeroed
+    for each sample with probability `p` and the kept samples are scaled by 1 / (1 - p) (its
+    expectation unchanged); in eval mode, the identity. timm's `DropPath`."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int = 4):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then + MLP(LN(x)) (hidden 4D, GELU);
+    each branch through `DropPath(drop_path)` (an identity at 0)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 4, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class VisionTransformer(Backbone):
     """Patch embedding + CLS + position embeddings, then one stage per block (see the module
     docstring for maps and pooling)."""
 
-    def __init__(self, dim: int, depth: int, heads: int, patch: int, grid: int):
-        blocks = [Block(dim, heads) for _ in range(depth)]
+    def __init__(self, dim: int, depth: int, heads: int, patch: int, grid: int, drop_path: float = 0.0):
+        # stochastic depth rising linearly over the blocks, 0 to drop_path (timm, DINO)
+        rates = torch.linspace(0, drop_path, depth).tolist() if depth else []
+        blocks = [Block(dim, heads, drop_path=rate) for rate in rates]
         super().__init__(nn.Conv2d(3, dim, patch, stride=patch), blocks, [dim] * depth, [patch] * depth)
         self.patch, self.grid, self.heads = patch, grid, heads
+        self.drop_path_rates = rates
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, dim))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
@@ -161,24 +209,25 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def sized_vit(patch: int, width: int = 192, depth: int = 12) -> VisionTransformer:
+def sized_vit(patch: int, width: int = 192, depth: int = 12, drop_path: float = 0.0) -> VisionTransformer:
     """A ViT sized by params: `width` D (a multiple of 64 above 64, else one head), `depth`
     blocks (0: 12), DeiT's head width of 64 (D // 64 heads, at least 1), patch `patch`,
-    position table for 32 px at patch 4 and 16 px at patch 2 (8 x 8 tokens)."""
+    position table for 32 px at patch 4 and 16 px at patch 2 (8 x 8 tokens); `drop_path`
+    as `ViTParams`."""
     depth = depth or 12
     if width <= 0 or (width > 64 and width % 64):
         raise ValueError(f"width must be > 0 and, above 64, a multiple of 64 (DeiT's 64-wide heads), got {width}")
-    return VisionTransformer(width, depth, max(1, width // 64), patch, 8)
+    return VisionTransformer(width, depth, max(1, width // 64), patch, 8, drop_path=drop_path)
 
 
-# Sized by params: name -> builder(width, depth).
+# Sized by params: name -> builder(width, depth, **ViTParams fields).
 SIZED_VITS: dict[str, Callable[..., VisionTransformer]] = {
     "vit": partial(sized_vit, 4), "vit_p2": partial(sized_vit, 2)}
 
 # name -> (width D, depth, heads, patch, reference grid)
 VIT_SIZES = {"vit_tiny": (192, 12, 3, 4, 8), "vit_small": (384, 12, 6, 4, 8), "vit_tiny_p2": (192, 12, 3, 2, 8)}
 
-# Fixed sizes: name -> (own width D, own depth, builder()).
+# Fixed sizes: name -> (own width D, own depth, builder(**ViTParams fields)).
 NAMED_VITS: dict[str, tuple[int, int, Callable[[], VisionTransformer]]] = {
     name: (dim, depth, partial(VisionTransformer, dim, depth, heads, patch, grid))
     for name, (dim, depth, heads, patch, grid) in VIT_SIZES.items()}
