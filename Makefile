@@ -7,7 +7,8 @@
 #                   one run of each kind; under 5 minutes on 2 cores)
 #   make test-all   install into .venv, run every test, the slow ones too (every method's
 #                   contract and learning, fault injection, Snakemake, reruns, benchmark
-#                   runs, the records check; most of an hour on 2 cores). CI runs this: .ci/run
+#                   runs, the records check), on two workers (pytest-xdist, each test file on
+#                   one worker, so a file's shared trained project is built once); CI runs this: .ci/run
 #                   (the fast tier's one-of-each pipeline run is left out: the every-method run covers it)
 VENV   ?= .venv
 PYTHON ?= python3
@@ -48,7 +49,7 @@ test: install
 test-all: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q --durations=25 tests \
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25 tests \
 		--deselect "tests/test_pipeline.py::test_dvc_runs_every_stage_and_writes_the_report[one_of_each_project]"
 
 clean:

@@ -245,8 +245,15 @@ def lineage(record: Path) -> list[dict]:
     return records
 
 
+def load_yaml(path: Path) -> dict:
+    """A YAML file parsed by libyaml when PyYAML has it (a record's dvc.lock is thousands
+    of lines: the pure-Python parser spent most of a check's time on them)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(path.read_text(), Loader=loader) or {}
+
+
 def lock_stages(record: Path) -> dict:
-    return yaml.safe_load((record / "dvc.lock").read_text())["stages"]
+    return load_yaml(record / "dvc.lock")["stages"]
 
 
 def stage_run(stage: str) -> str | None:
@@ -1067,7 +1074,7 @@ def lock_differences(tree: Path) -> list[str]:
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    locked = set((yaml.safe_load((tree / "dvc.lock").read_text()) or {}).get("stages", {}))
+    locked = set(load_yaml(tree / "dvc.lock").get("stages", {}))
     try:                            # in the tree: DVC names stages relative to the working folder
         with contextlib.chdir(tree), Repo(str(tree), config={"core": {"no_scm": True}}) as repo:
             stages = list(repo.index.stages)

@@ -1,7 +1,9 @@
-"""The real pipeline, end to end, on a tiny configuration: DVC caching and partial reruns,
-each training seed its own branch (adding a seed reruns nothing that exists), Snakemake
-producing the same metrics, bad params stopping before any work, and a killed training
-stage resuming from its checkpoint.
+"""The real pipeline, end to end, on the tiny configuration with every method
+(`dvc_project`, trained once for this file): DVC caching and partial reruns, every code edit
+rerunning what runs it, adding a method, results through a DVC remote. Its neighbours:
+test_pipeline_small.py (the one-run-of-each-kind project: metrics, Snakemake, the README's
+commands) and test_pipeline_own_projects.py (seeds, bad params, a killed training, unlabelled
+images); they import this file's helpers.
 
 Every training and evaluation stage exists once per run and seed (`pretrain_seed0@g0`,
 dvc.yaml written by workflow/pipeline.py); the tiny params train seed 0 alone, so most
@@ -10,9 +12,7 @@ import copy
 import json
 import os
 import re
-import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,10 +23,9 @@ import torch
 from dvc.repo import Repo
 from test_code_deps import code_run_by
 
-from bowflow.cli import render_args
 from bowflow.config import load_yaml
 from bowflow.roles.base import available_methods
-from bowflow.scaffold import ROOT, core_params, make_project, tiny_params, write_params, write_yaml
+from bowflow.scaffold import ROOT, make_project, tiny_params, write_params
 
 BIN = Path(sys.executable).parent
 # A user's fresh shell: the project's environment is NOT on PATH (commands are typed as
@@ -87,13 +86,6 @@ def dvc_project(tmp_path_factory):
     project = make_project(tmp_path_factory.mktemp("dvc") / "project", tiny_params())
     ran = repro(project)
     return project, ran, eval_metrics(project)   # metrics before any test edits the project
-
-
-@pytest.fixture(scope="module")
-def one_of_each_project(tmp_path_factory):
-    """The tiny pipeline with one run of each kind, run once (the fast tier's pipeline run)."""
-    project = make_project(tmp_path_factory.mktemp("dvc-fast") / "project", tiny_params(every_method=False))
-    return project, repro(project), None
 
 
 @pytest.mark.parametrize("which", ["one_of_each_project", pytest.param("dvc_project", marks=pytest.mark.slow)])
@@ -230,15 +222,39 @@ def test_dvc_reruns_only_what_a_change_touches(dvc_project):
 
 def stale_stages(project: Path) -> set[str]:
     """Stages `dvc status` reports as changed (they would rerun)."""
+    return set(dvc_status(project))
+
+
+def dvc_status(project: Path) -> dict:
+    """`dvc status --json`: per changed stage, what changed (its "changed deps" by path)."""
     result = run(project, ".venv/bin/dvc", "status", "--json")
-    return set(json.loads(result.stdout or "{}"))
+    return json.loads(result.stdout or "{}")
+
+
+def changed_deps(entries: list) -> set[str]:
+    """The dependency paths one stage's `dvc status` entries name as changed."""
+    return {path for entry in entries if isinstance(entry, dict)
+            for path in entry.get("changed deps", {})}
+
+
+def stale_by_edit(status: dict, module: str) -> set[str]:
+    """The stages that editing `module` alone leaves stale: those whose changed deps name it
+    or a folder holding it (a stage is stale when any of its deps changed)."""
+    return {stage for stage, entries in status.items()
+            if any(module == dep or module.startswith(dep.rstrip("/") + "/") for dep in changed_deps(entries))}
 
 
 @pytest.mark.slow
 def test_every_code_edit_reruns_what_runs_it(dvc_project):
-    """Edit each library and stage module in turn: `dvc status` must list every stage whose
-    command runs that file (its import closure, workflow/imports.py), so no cached output
-    ever describes code that no longer exists."""
+    """Edit each library and stage module: `dvc status` must list every stage whose command
+    runs that file (its import closure, workflow/imports.py), so no cached output ever
+    describes code that no longer exists; a method's module, exactly its own runs.
+
+    Every module is edited at once and read back from one `dvc status`, which names each
+    stale stage's changed deps: the stages one module's edit leaves stale are those naming
+    it (or a folder holding it). One status instead of one per module (~100, about 9
+    minutes of the full tier). Two modules are also edited alone, to show a single edit
+    leaves exactly the stages the combined status attributes to it."""
     project, _, _ = dvc_project
     assert repro(project) is not None and stale_stages(project) == set()
     with Repo(str(project)) as repo:
@@ -249,18 +265,26 @@ def test_every_code_edit_reruns_what_runs_it(dvc_project):
     assert len(modules) > 15
     method_modules = [m for m in modules if m.startswith("bowflow/methods/") and not m.endswith("__init__.py")]
     assert len(method_modules) == len(available_methods())   # one module per method, each edited below
-    for module in modules:
-        path = project / module
-        original = path.read_bytes()
-        path.write_bytes(original + b"\n# an edit\n")
+
+    def edited(paths: list[str]) -> dict:
+        originals = {path: (project / path).read_bytes() for path in paths}
         try:
-            expected = {name for name, files in runs.items() if module in files}
-            stale = stale_stages(project)
+            for path, original in originals.items():
+                (project / path).write_bytes(original + b"\n# an edit\n")
+            return dvc_status(project)
         finally:
-            path.write_bytes(original)
+            for path, original in originals.items():
+                (project / path).write_bytes(original)
+
+    status = edited(modules)
+    for module in modules:
+        expected = {name for name, files in runs.items() if module in files}
+        stale = stale_by_edit(status, module)
         assert expected <= stale, f"editing {module} leaves {sorted(expected - stale)} stale"
         if module in method_modules:     # a method's module: its own runs and check_params, no other
             assert stale == expected, f"editing {module} also marks {sorted(stale - expected)} stale"
+    for module in ("bowflow/methods/vicreg.py", "bowflow/bow.py"):
+        assert set(edited([module])) == stale_by_edit(status, module), module
     assert stale_stages(project) == set()
 
 
@@ -296,150 +320,6 @@ def test_adding_a_method_reruns_nothing_that_exists(dvc_project):
     assert "check_params" in ran and ran <= {"check_params", "report",
                                              *seeded("pretrain@vicreg", "evaluate_pretrain@vicreg")}, ran
     assert (project / "data/metrics/seed0/eval/vicreg.json").is_file() and stale_stages(project) == set()
-
-
-# The RotNet -> BoWNet chain's stages of one seed (core_params()).
-CORE_STAGES = ("pretrain@g0", "evaluate_pretrain@g0", "vocab@g1", "student@g1", "evaluate_student@g1",
-               "vocab@g2", "student@g2", "evaluate_student@g2")
-
-
-@pytest.mark.slow
-def test_each_seed_is_its_own_branch_and_a_new_seed_reruns_nothing_that_exists(tmp_path):
-    """seeds: [0, 1] trains and evaluates every run once per seed, each seed in its own
-    folders and with its own draws; adding seed 2 (dvc.yaml rewritten by write_params, as
-    `python -m workflow.pipeline` does) runs only seed 2's stages, the params check and
-    the report: nothing of seeds 0 and 1 reruns."""
-    params = core_params() | {"seeds": [0, 1]}
-    project = make_project(tmp_path / "project", params)
-    with Repo(str(project)) as repo:
-        stages = {s.name for s in repo.index.stages if s.cmd}
-    assert stages == {"check_params", "prepare", "report", *seeded(*CORE_STAGES, seeds=(0, 1))}
-    assert repro(project) == stages
-    for seed in (0, 1):
-        for name in ("g0", "g1", "g2"):
-            assert (project / f"data/models/seed{seed}/{name}/model.pt").is_file()
-            assert json.loads((project / f"data/metrics/seed{seed}/train/{name}.json").read_text())["seed"] == seed
-            assert (project / f"data/metrics/seed{seed}/eval/{name}.json").is_file()
-            assert (project / f"data/plots/seed{seed}/train/{name}.csv").is_file()
-        for name in ("g1", "g2"):
-            assert (project / f"data/models/seed{seed}/{name}/vocab.pt").is_file()
-            assert (project / f"data/metrics/seed{seed}/vocab/{name}.json").is_file()
-    g1 = [untimed(json.loads((project / f"data/metrics/seed{seed}/eval/g1.json").read_text())) for seed in (0, 1)]
-    assert g1[0]["name"] == g1[1]["name"] == "g1"
-    assert g1[0] != g1[1], "seeds 0 and 1 trained and evaluated g1 identically"
-    assert json.loads((project / "data/runs.json").read_text())["seeds"] == [0, 1]
-
-    before = {path: path.read_bytes() for path in (project / "data").rglob("seed[01]/**/*") if path.is_file()}
-    write_params(project, params | {"seeds": [0, 1, 2]})
-    assert "--pipeline-seeds 0 1 2" in (project / "dvc.yaml").read_text()
-    assert repro(project) == {"check_params", "report", *seeded(*CORE_STAGES, seeds=(2,))}
-    assert json.loads((project / "data/runs.json").read_text())["seeds"] == [0, 1, 2]
-    assert (project / "data/metrics/seed2/eval/g2.json").is_file()
-    assert {path: path.read_bytes() for path in before} == before, "seed 0 or 1's outputs changed"
-    assert stale_stages(project) == set()
-
-
-@pytest.mark.slow
-def test_check_params_stops_when_dvc_yaml_has_other_seeds(tmp_path):
-    """params.yaml's seeds edited by hand, dvc.yaml not regenerated: check_params (told
-    dvc.yaml's seeds by its command) stops and names the command that rewrites dvc.yaml,
-    so `dvc repro` never trains a seed set other than the one params.yaml lists."""
-    params = core_params() | {"seeds": [0, 1]}
-    project = make_project(tmp_path / "project", params)
-    check = [".venv/bin/python", "-m", "bowflow.config", "params.yaml", "--pipeline-seeds", "0", "1"]
-    run(project, *check)                                    # the seeds agree: valid
-    write_yaml(params | {"seeds": [0, 1, 2]}, project / "params.yaml")     # dvc.yaml left as it was
-    assert "--pipeline-seeds 0 1\n" in (project / "dvc.yaml").read_text()
-    result = run(project, *check, check=False)
-    assert result.returncode != 0 and "workflow.pipeline" in result.stderr, result.stderr
-    result = run(project, ".venv/bin/dvc", "repro", check=False)
-    assert result.returncode != 0 and "workflow.pipeline" in result.stdout + result.stderr
-    assert not (project / "data/prepared").exists()
-    # the command the message names makes them agree again
-    run(project, ".venv/bin/python", "-m", "workflow.pipeline")
-    run(project, *check[:-2], "0", "1", "2")
-
-
-@pytest.mark.slow
-def test_snakemake_agrees_with_dvc(dvc_project, tmp_path):
-    _, _, dvc_metrics = dvc_project
-    project = make_project(tmp_path / "project", tiny_params())
-    run(project, ".venv/bin/snakemake", "--cores", "2", "--quiet")
-    assert eval_metrics(project) == dvc_metrics, "same params and seed: identical metrics"
-    run(project, ".venv/bin/snakemake", "--cores", "1", "--report", "report.html")
-    assert (project / "report.html").stat().st_size > 10000
-
-
-@pytest.mark.slow
-def test_bad_params_stop_before_any_work(tmp_path):
-    params = tiny_params()
-    params["generations"]["g1"]["vocab"]["size"] = 5000
-    project = make_project(tmp_path / "project", params)
-    result = run(project, ".venv/bin/dvc", "repro", check=False)
-    assert result.returncode != 0
-    assert "generations.g1.vocab" in result.stderr + result.stdout
-    assert not (project / "data/prepared").exists()
-    result = run(project, ".venv/bin/snakemake", "--cores", "1", "-n", check=False)
-    assert result.returncode != 0 and "generations.g1.vocab" in result.stderr + result.stdout
-
-
-# Runs a stage module with the trainer's checkpoint writer wrapped so that the process
-# SIGKILLs itself right after the checkpoint of epoch KILL_AFTER_EPOCH is on disk: a kill at a
-# known point of training, independent of how fast this machine runs. Run as a script (also
-# under torchrun, tests/test_torchrun.py), from the project folder.
-KILL_AFTER_CHECKPOINT = """
-import os, runpy, signal, sys
-sys.path.insert(0, os.getcwd())
-import bowflow.train
-stop = int(os.environ["KILL_AFTER_EPOCH"])
-write = bowflow.train.save_torch
-def save_then_die(state, path):
-    write(state, path)
-    if state["epoch"] == stop:
-        os.kill(os.getpid(), signal.SIGKILL)
-bowflow.train.save_torch = save_then_die
-sys.argv = [sys.argv[1], *sys.argv[2:]]
-runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-"""
-
-
-@pytest.mark.slow
-def test_killed_training_resumes_from_its_checkpoint(tmp_path):
-    project = make_project(tmp_path / "project", tiny_params())
-    run(project, ".venv/bin/dvc", "repro", "prepare")
-    params = tiny_params()["pretrain"]["g0"] | {"epochs": 4}
-    flags = shlex.split(render_args(params))         # as DVC renders them (lists: one flag, items)
-
-    def args(name):
-        return ["--prepared", "data/prepared",
-                "--model", str(tmp_path / name / "model.pt"), "--metrics", str(tmp_path / name / "m.json"),
-                "--history", str(tmp_path / name / "h.csv"), "--checkpoints", str(tmp_path / name / "ckpt"),
-                "--seed", "0", "--device", "cpu", *flags]
-
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_CHECKPOINT, "stages.pretrain", *args("killed")],
-                            cwd=project, env={**ENV, "KILL_AFTER_EPOCH": "2"}, capture_output=True, text=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    checkpoint = tmp_path / "killed" / "ckpt" / "killed-seed0-rotnet.ckpt"    # <run>-seed<S>-<method>
-    assert torch.load(checkpoint, weights_only=False)["epoch"] == 2
-    assert not (tmp_path / "killed" / "model.pt").exists()
-    assert not (tmp_path / "killed" / "h.csv").exists()
-
-    resumed = subprocess.run([sys.executable, "-m", "stages.pretrain", *args("killed")], cwd=project,
-                             env=ENV, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "at epoch 2/4" in resumed.stderr and "resumed from checkpoint" in resumed.stderr
-    assert "epoch=1 " not in resumed.stderr and "epoch=3 " in resumed.stderr, "epochs 1-2 are not redone"
-    assert not checkpoint.exists(), "the checkpoint is removed once the model is written"
-    subprocess.run([sys.executable, "-m", "stages.pretrain", *args("straight")], cwd=project, env=ENV,
-                   capture_output=True, check=True)
-
-    def losses(name):
-        rows = (tmp_path / name / "h.csv").read_text().splitlines()
-        header = rows[0].split(",")
-        return [[r.split(",")[header.index(k)] for k in ("epoch", "loss", "rotation_accuracy")] for r in rows[1:]]
-
-    assert len(losses("straight")) == 4
-    assert losses("killed") == losses("straight"), "a resumed run must continue exactly"
 
 
 def readme_commands() -> list[str]:
@@ -497,133 +377,3 @@ def test_distill_seeds_reruns_locked_stages(dvc_project, tmp_path):
     assert json.loads((out / "seeds.json").read_text())["seeds"] == [0, 1]
 
 
-@pytest.mark.slow
-def test_readme_commands_work_as_typed(dvc_project):
-    """The README's commands, typed in a fresh shell (no venv on PATH) in a project whose
-    pipeline has run. Runs last: `dvc exp run` leaves its experiment in the workspace.
-
-    Each command starts from the project's own params.yaml: `dvc exp run -S` leaves its
-    values in the workspace, and the README's examples are each meant for a project as
-    `make run` left it (carried over, the torchrun example's `processes=2` would retrain
-    every pretrain run of this every-method project under torchrun in the next example)."""
-    project, _, _ = dvc_project
-    commands = readme_commands()
-    assert any(c.startswith(".venv/bin/dvc") for c in commands)
-    own_params = (project / "params.yaml").read_text()
-    typed = 0
-    for command in commands:
-        if any(marker in command for marker in NOT_TYPED_HERE):
-            continue
-        (project / "params.yaml").write_text(own_params)
-        result = subprocess.run(["bash", "-c", command], cwd=project, capture_output=True,
-                                text=True, env=ENV)
-        assert result.returncode == 0, f"README command failed: {command}\n{result.stderr[-2000:]}"
-        typed += 1
-    assert typed >= 8
-
-
-@pytest.mark.slow       # ~60 s on 2 busy cores; tests/test_data_unlabelled.py covers the stages in the fast tier
-def test_an_unlabelled_folder_trains_the_ssl_stage_and_the_labelled_set_evaluates_it(tmp_path):
-    """data.unlabelled through the real pipeline: check_params, prepare, one pretrain run
-    and its evaluation. The run trains on the unlabelled images alone (unlabelled_use:
-    replace); evaluation reads the labelled digits."""
-    from PIL import Image
-
-    photos = tmp_path / "photos"
-    rng = __import__("numpy").random.default_rng(0)
-    for i in range(40):                                 # three depths, PNG and JPEG, odd sizes
-        folder = photos / ["", "a", "a/b"][i % 3]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (9 + i % 5, 11, 3), dtype="uint8")).save(
-            folder / f"{i}.{'png' if i % 2 else 'jpg'}")
-    params = core_params()
-    params["generations"] = {}
-    params["data"].update(unlabelled=str(photos), unlabelled_use="replace")
-    project = make_project(tmp_path / "project", params)
-    assert repro(project, "evaluate_pretrain_seed0@g0") == {
-        "check_params", "prepare", *seeded("pretrain@g0", "evaluate_pretrain@g0")}
-    manifest = json.loads((project / "data/prepared/manifest.json").read_text())
-    assert manifest["totals"]["unlabelled"] == 40 and manifest["totals"]["train"] == 1346
-    assert json.loads((project / "data/metrics/seed0/train/g0.json").read_text())["train_images"] == 40
-    assert "few_shot" in json.loads((project / "data/metrics/seed0/eval/g0.json").read_text())
-
-
-# What DVC compares: data/metrics/summary.json alone (the report writes it; every stage's
-# full record is an output that is not a metric), and the README's `dvc exp show` fits a
-# terminal of this width.
-SUMMARY = "data/metrics/summary.json"
-TERMINAL_COLUMNS = 200
-
-
-def flat(tree: dict, prefix: str = "") -> list[str]:
-    """Dotted names of a nested dict's leaves, as `dvc exp show` names its columns."""
-    return [name for key, value in tree.items()
-            for name in (flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"])]
-
-
-def test_dvc_metrics_are_the_summary_alone(one_of_each_project):
-    """`dvc metrics show` and `dvc exp show` read the summary alone: per run its linear,
-    k-NN, few-shot means, training minutes (and test top-1 for teachers and distillation),
-    each the mean of the records' values over the seeds (one seed here)."""
-    project, _, _ = one_of_each_project
-    params = tiny_params(every_method=False)
-    summary = json.loads((project / SUMMARY).read_text())
-    evaluated, supervised = {*params["pretrain"], *params["generations"]}, {*params["teachers"], *params["distill"]}
-    assert set(summary) == evaluated | supervised
-    shots = [f"shot_{n}" for n in params["evaluate"]["few_shot_shots"]]
-    for name, values in summary.items():
-        expected = ["linear", "knn", *shots] if name in evaluated else ["top1"]
-        assert list(values) == [*expected, "train_min", "n_seeds"] and values["n_seeds"] == 1, (name, values)
-        train = json.loads((project / f"data/metrics/seed0/train/{name}.json").read_text())
-        assert values["train_min"] == round(train["wall_seconds"] / 60, 2)
-        if name in evaluated:
-            record = json.loads((project / f"data/metrics/seed0/eval/{name}.json").read_text())
-            assert (values["linear"], values["knn"]) == (round(record["linear_base"], 2), round(record["knn_all"], 2))
-            assert values["shot_1"] == round(record["few_shot"]["1"]["mean"], 2)
-        else:
-            assert values["top1"] == round(train["top1"], 2)
-    shown = json.loads(run(project, ".venv/bin/dvc", "metrics", "show", "--json").stdout)[""]["data"]
-    assert shown == {SUMMARY: {"data": summary}}
-    # `dvc exp show`'s columns: the fixed ones, params, dependencies (--json names them),
-    # and as metrics exactly the summary's
-    table = json.loads(run(project, ".venv/bin/dvc", "exp", "show", "--json").stdout)[0]["data"]
-    assert list(table["metrics"]) == [SUMMARY]
-    header = run(project, ".venv/bin/dvc", "exp", "show", "--csv").stdout.splitlines()[0].split(",")
-    others = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor", *table["deps"],
-              *flat(table["params"]["params.yaml"]["data"])}
-    assert [column for column in header if column not in others] == flat(summary)
-    plain = subprocess.run([".venv/bin/dvc", "exp", "show", "--no-pager"], cwd=project, capture_output=True,
-                           text=True, env={**ENV, "COLUMNS": str(TERMINAL_COLUMNS)}).stdout
-    print(f"\n`dvc exp show --csv`: {len(header)} columns, {len(flat(summary))} of them metrics; "
-          f"`dvc exp show --no-pager` at {TERMINAL_COLUMNS} columns: {max(map(len, plain.splitlines()))} wide")
-
-
-@pytest.mark.slow
-def test_the_readme_exp_show_fits_a_terminal(one_of_each_project):
-    """The README's `dvc exp show` command after an experiment, as a user compares it with
-    the committed run: in a 200-column terminal every column it prints is whole (no '…'):
-    the experiment, its date, the summary values the change moved and the changed param."""
-    project, _, _ = one_of_each_project
-    shows = {c.split("&&")[-1].strip() for c in readme_commands() if "dvc exp show" in c}
-    assert len(shows) == 1, f"the README shows several `dvc exp show` commands: {shows}"
-    command = shows.pop()
-    (project / ".gitignore").write_text((ROOT / ".gitignore").read_text() + "/.venv\n")
-    for git in ("config user.name bowflow-test", "config user.email test@bowflow.invalid",
-                "add .gitignore params.yaml dvc.lock data/metrics data/plots", "commit -qm results"):
-        run(project, "git", *shlex.split(git))
-    lr = tiny_params(every_method=False)["generations"]["g2"]["student"]["lr"]
-    ran = run(project, ".venv/bin/dvc", "exp", "run", "-n", "lr-double", "-S", f"generations.g2.student.lr={2 * lr}")
-    assert set(re.findall(r"Running stage '([^']+)'", ran.stdout)) >= {"student_seed0@g2", "report"}
-    before = json.loads(run(project, "git", "show", f"HEAD:{SUMMARY}").stdout)["g2"]
-    after = json.loads((project / SUMMARY).read_text())["g2"]
-    moved = [f"g2.{key}" for key in after if after[key] != before[key]]
-    assert "g2.knn" in moved or "g2.linear" in moved, (before, after)
-    shown = subprocess.run(["bash", "-c", command], cwd=project, capture_output=True, text=True,
-                           env={**ENV, "COLUMNS": str(TERMINAL_COLUMNS)})
-    assert shown.returncode == 0, shown.stderr
-    lines = [line.rstrip() for line in shown.stdout.splitlines()]
-    assert "…" not in shown.stdout and max(map(len, lines)) <= TERMINAL_COLUMNS, shown.stdout
-    assert lines[1].split() == ["Experiment", "Created", *moved, "generations.g2.student.lr"], shown.stdout
-    assert any("[lr-double]" in line for line in lines)
-    print(f"\n{command} at {TERMINAL_COLUMNS} columns: {len(lines[1].split())} columns, "
-          f"{max(map(len, lines))} characters wide\n{shown.stdout}")

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from bowflow.scaffold import ROOT, make_project, tiny_params, write_params
-from tests.test_pipeline import KILL_AFTER_CHECKPOINT
+from tests.test_pipeline_own_projects import KILL_AFTER_CHECKPOINT
 
 sys.path.insert(0, str(ROOT / "workflow"))
 from dvcstages import Pipeline  # noqa: E402
