@@ -5,6 +5,13 @@ DVC renders `${section}` in a stage command as `--key value` flags (dict unpacki
 Snakemake workflow renders the same sections with `render_args`, which follows DVC's rules
 exactly, so both front-ends run byte-identical commands. Stage modules parse the flags back
 with `parse_section`, which builds an argparse parser from a dataclass of the section.
+
+A mapping field (`dict`, such as a run's `arch_params`) is rendered as dotted flags, one per
+key (`--arch_params.drop_path 0.1`); an empty one renders no flag at all. `parse_section`
+collects `--FIELD.KEY VALUE` back into the mapping: a value reads as an int, else a float,
+else the text (what params.yaml gives for the numbers DVC writes); `--FIELD.KEY` alone and
+`--no-FIELD.KEY` as true and false; several values as a list. The section's `validate()`
+then checks the keys and types against what they configure.
 """
 from __future__ import annotations
 
@@ -59,6 +66,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
             field.default if field.default is not dataclasses.MISSING
             else field.default_factory())  # type: ignore[operator]  # not MISSING here: mypy cannot narrow it
         origin = typing.get_origin(kind)
+        if dict in (kind, origin):      # dotted flags, collected by `parse_section`
+            continue
         if kind is bool:
             parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction,
                                 default=default, required=required, help=help_text)
@@ -83,9 +92,12 @@ def parse_section(cls: type, argv: list[str] | None = None, description: str = "
         extra(parser)
     group = parser.add_argument_group(cls.__name__)
     add_dataclass_arguments(group, cls)
-    namespace = parser.parse_args(argv)
+    namespace, rest = parser.parse_known_args(argv)
+    mappings, unknown = mapping_flags(rest, mapping_fields(cls))
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     names = {f.name for f in dataclasses.fields(cls)}
-    section = cls(**{k: v for k, v in vars(namespace).items() if k in names})
+    section = cls(**{k: v for k, v in vars(namespace).items() if k in names}, **mappings)
     validate = getattr(section, "validate", None)
     if validate is not None:
         try:
@@ -93,3 +105,46 @@ def parse_section(cls: type, argv: list[str] | None = None, description: str = "
         except ValueError as error:
             parser.error(str(error))
     return section, namespace
+
+
+def mapping_fields(cls: type) -> list[str]:
+    """The fields of dataclass `cls` typed as a mapping (`dict[...]`): dotted flags."""
+    hints = typing.get_type_hints(cls)
+    return [f.name for f in dataclasses.fields(cls)
+            if dict in (hints[f.name], typing.get_origin(hints[f.name]))]
+
+
+def mapping_flags(args: list[str], fields: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """`--arch_params.drop_path 0.1 --no-arch_params.flag` -> ({'arch_params': {'drop_path':
+    0.1, 'flag': False}}, []): the dotted flags of the mapping `fields` (each given one, even
+    if empty, once any dotted flag names it); what is not one of them is returned unparsed."""
+    found: dict[str, dict[str, Any]] = {}
+    unknown: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        negated = arg.startswith("--no-")
+        name = arg[len("--no-"):] if negated else arg[2:] if arg.startswith("--") else ""
+        field, dot, key = name.partition(".")
+        if not (dot and key and field in fields) or "=" in key:
+            unknown.append(arg)
+            i += 1
+            continue
+        values = []
+        i += 1
+        while not negated and i < len(args) and not args[i].startswith("--"):
+            values.append(flag_value(args[i]))
+            i += 1
+        found.setdefault(field, {})[key] = (False if negated else True if not values
+                                            else values[0] if len(values) == 1 else values)
+    return found, unknown
+
+
+def flag_value(text: str) -> int | float | str:
+    """One flag value as params.yaml would hold it: an int, else a float, else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

@@ -1,7 +1,9 @@
 """Model files: a trained backbone plus everything needed to use it again.
 
-`data/models/<name>/model.pt` holds the backbone's architecture and weights, the input
-normalisation computed on its training images, and the method/params that produced it.
+`data/models/<name>/model.pt` holds the backbone's architecture (`arch`, `width`, `depth`,
+`arch_params`: a `BackboneSpec`) and weights, the input normalisation computed on its
+training images, and the method/params that produced it. A file written before
+`arch_params` existed loads with none (the arch's defaults, which it was trained with).
 The vocab, student and evaluate stages load teachers and students through `load_model`.
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from bowflow.io import load_torch, save_torch
-from bowflow.networks import Backbone, build_backbone
+from bowflow.networks import Backbone, BackboneSpec, build_backbone
 
 
 class Normalizer:
@@ -52,8 +54,8 @@ def save_model(path: str | Path, backbone: Backbone, normalizer: Normalizer, par
     method's params and `extra`, the run's record. The training stages put in it the run's
     name, parent, generation and `seed` (the seed that trained it: with the params, what
     reproduces the weights), the method's label and what the method exports."""
-    save_torch({"arch": params.arch, "width": params.width, "depth": params.depth,
-                "state_dict": backbone.state_dict(), "mean": normalizer.mean, "std": normalizer.std,
+    save_torch({**BackboneSpec.of(params).record(), "state_dict": backbone.state_dict(),
+                "mean": normalizer.mean, "std": normalizer.std,
                 "method": params.method, "params": asdict(params), "image_size": image_size,
                 **(extra or {})}, path)
 
@@ -61,7 +63,7 @@ def save_model(path: str | Path, backbone: Backbone, normalizer: Normalizer, par
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Backbone, Normalizer, dict]:
     """-> (backbone in eval mode on device, its input normalizer, the raw model record)."""
     record = load_torch(path)
-    backbone = build_backbone(record["arch"], record["width"], record["depth"])
+    backbone = build_backbone(BackboneSpec.from_record(record))
     backbone.load_state_dict(record["state_dict"])
     backbone.to(device).eval()
     return backbone, Normalizer(record["mean"], record["std"]), record

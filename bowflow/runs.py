@@ -13,7 +13,7 @@ from bowflow.cli import parse_section
 from bowflow.compute import decide_compute, parse_mode
 from bowflow.io import write_csv, write_json
 from bowflow.models import Normalizer, save_model
-from bowflow.networks import build_backbone, count_parameters
+from bowflow.networks import BackboneSpec, build_backbone, count_parameters
 from bowflow.roles.base import TrainParams, get_method
 from bowflow.runtime import StageClock, configure_threads, log, resolve_device, seed_everything
 from bowflow.train import TrainingFailed, fingerprint, train
@@ -125,7 +125,8 @@ def _run_training(world, device, run: TrainingRun) -> dict:
     images, labels, manifest = cls.training_images(run.prepared, params)
     image_size = images.shape[-1]
     normalizer = Normalizer.fit(images)
-    backbone = build_backbone(params.arch, params.width, params.depth)
+    spec = BackboneSpec.of(params)
+    backbone = build_backbone(spec)
     given = {"normalizer": normalizer, "image_size": image_size, "labels": labels.to(device),
              "num_classes": len(manifest["class_names"]), **run.inputs}
     method = cls(params, backbone, cls.inputs(**given)).to(device)
@@ -139,7 +140,9 @@ def _run_training(world, device, run: TrainingRun) -> dict:
     configure_threads(compute["threads"])
     if compute["compile"]:          # in place: state_dict keys and the model file unchanged
         backbone.compile()
-    run_id = fingerprint(asdict(params), seed, manifest["content_hash"], len(images),
+    # an empty arch_params is left out: a run without settings keeps its run id (and checkpoint)
+    identity = {k: v for k, v in asdict(params).items() if k != "arch_params" or v}
+    run_id = fingerprint(identity, seed, manifest["content_hash"], len(images),
                          run.input_fingerprint, compute)
     # one file per run and seed: the seeds of one run train side by side
     checkpoint = run.checkpoints / f"{run.model.parent.name}-seed{seed}-{params.method}.ckpt"
@@ -159,7 +162,7 @@ def _run_training(world, device, run: TrainingRun) -> dict:
     write_csv(run.history, history)
     last = history[-1]
     metrics = {**record, "method": params.method, "method_label": method.label,
-               "arch": params.arch, "width": params.width, "depth": params.depth,
+               **spec.record(omit_empty=True),     # arch_params only when a run gives some
                "batch_size": params.batch_size, "processes": world.size, **decision.record(),
                "final": {k: v for k, v in last.items() if k != "epoch"},
                "epochs": params.epochs, "train_images": len(images),

@@ -25,6 +25,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from bowflow.roles.base import available_methods, get_method
 from bowflow.sections import load_yaml
@@ -69,6 +70,12 @@ def core_params() -> dict:
     return params
 
 
+def entry(params: Any) -> dict:
+    """A params.yaml entry with every field of `params` written out, but an empty
+    `arch_params` (params.yaml's runs leave it out: the arch's defaults)."""
+    return {k: v for k, v in asdict(params).items() if k != "arch_params" or v}
+
+
 def family_runs(methods: list[str] | None = None) -> dict:
     """One tiny pretrain run per registered method that trains on images alone (every
     method but RotNet, which is g0, those needing a stage's inputs, like BoWNet, and the
@@ -82,7 +89,7 @@ def family_runs(methods: list[str] | None = None) -> dict:
             continue
         network = (dict(arch="vit_p2", width=16, depth=2) if cls.token_backbone
                    else dict(arch="convnet", width=8, depth=0))
-        runs[name] = asdict(cls.Params(method=name)) | network | dict(epochs=2, batch_size=32, warmup_epochs=0.5)
+        runs[name] = entry(cls.Params(method=name)) | network | dict(epochs=2, batch_size=32, warmup_epochs=0.5)
     return runs
 
 
@@ -91,7 +98,7 @@ def distill_runs(methods: list[str] | None = None) -> tuple[dict, dict]:
     one `distill:` run per registered distillation method from that teacher to a width-6
     student, each with its method's defaults written out. -> (teachers, distill)."""
     tiny = dict(arch="convnet", depth=0, epochs=2, batch_size=32, padding=1, lr_decay_at=[0.5])
-    supervised = asdict(get_method("supervised").Params()) | tiny
+    supervised = entry(get_method("supervised").Params()) | tiny
     teachers = {"teacher": supervised | {"width": 12}, "vanilla": supervised | {"width": 6}}
     distill = {}
     for name in methods if methods is not None else available_methods():
@@ -99,7 +106,7 @@ def distill_runs(methods: list[str] | None = None) -> tuple[dict, dict]:
         if cls.section == "distill":
             # collapse_std 0: at 8 px the benchmark's gammas (tuned for 32 px maps) can swamp
             # CE for two epochs; the tiny runs check the plumbing, not the recipe
-            distill[name] = asdict(cls.Params(method=name)) | tiny | {"width": 6, "teacher": "teacher",
+            distill[name] = entry(cls.Params(method=name)) | tiny | {"width": 6, "teacher": "teacher",
                                                                        "collapse_std": 0.0}
     return teachers, distill
 

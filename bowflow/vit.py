@@ -128,7 +128,7 @@ class VisionTransformer(Backbone):
 
     def __init__(self, dim: int, depth: int, heads: int, patch: int, grid: int, drop_path: float = 0.0):
         # stochastic depth rising linearly over the blocks, 0 to drop_path (timm, DINO)
-        rates = torch.linspace(0, drop_path, depth).tolist() if depth else []
+        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist() if depth else []
         blocks = [Block(dim, heads, drop_path=rate) for rate in rates]
         super().__init__(nn.Conv2d(3, dim, patch, stride=patch), blocks, [dim] * depth, [patch] * depth)
         self.patch, self.grid, self.heads = patch, grid, heads

@@ -10,8 +10,9 @@ that loads a local weights file instead of training.
 
 Formats
 - `bowflow`: a `model.pt` as the pipeline writes it (`bowflow.models.save_model`): its own
-  arch, width, depth, input mean/std and, for a supervised run, its classifier. `arch`,
-  `width`, `depth` may be left empty/0 (read from the file) or must equal the file's.
+  arch, width, depth, arch_params, input mean/std and, for a supervised run, its
+  classifier. `arch`, `width`, `depth`, `arch_params` may be left empty/0/{} (read from the
+  file; a file without arch_params has none) or must equal the file's.
 - `timm`: a timm `state_dict` (`torch.save(model.state_dict())`, a `.safetensors` file, or
   a checkpoint dict holding one under `state_dict`/`model`; a `module.` prefix of DDP is
   dropped) of `arch: timm/<model>`. The classifier's keys (timm's `pretrained_cfg
@@ -37,9 +38,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bowflow.checks import check_fields, param
+
+if TYPE_CHECKING:
+    from bowflow.networks import BackboneSpec
 
 IMPORT = "import"                           # the `method:` of an imported run
 IMPORT_SECTIONS = ("pretrain", "teachers")  # the sections whose entries may import
@@ -61,6 +65,8 @@ class ImportParams:
                           "'' for a bowflow model.pt (its own)")
     width: int = param(0, "as arch's width (bowflow model.pt: 0 = the file's)", low=0)
     depth: int = param(0, "as arch's depth (bowflow model.pt: 0 = the file's)", low=0)
+    arch_params: dict[str, Any] = param({}, "as a trained run's arch_params, the arch's declared "
+                                            "settings (bowflow model.pt: {} = the file's)")
     normalize: str = param("auto", "input mean/std: auto (the file's own; ImageNet's for torchvision; "
                                    "the timm model's) | data (fitted on the training images)",
                            choices=("auto", "data"))
@@ -74,6 +80,18 @@ class ImportParams:
         if self.format in ("torchvision", "timm") and not self.arch.startswith("timm/"):
             raise ValueError(f"arch must be a timm model ('timm/<model>', e.g. timm/resnet18) to read a "
                              f"{self.format} state_dict, got '{self.arch}'")
+        if self.arch:
+            from bowflow.networks import check_arch_params
+            check_arch_params(self.arch, self.arch_params)
+        elif self.arch_params:
+            raise ValueError("arch_params: given without an arch: leave it {} to take a bowflow "
+                             "model.pt's own, or name the arch")
+
+    @property
+    def backbone_spec(self) -> BackboneSpec:
+        """Which backbone the run builds (arch, width, depth, arch_params)."""
+        from bowflow.networks import BackboneSpec
+        return BackboneSpec.of(self)
 
 
 def import_runs(params: dict) -> dict[str, dict[str, str]]:
@@ -157,7 +175,7 @@ def unwrap_state_dict(obj: Any, path: Path) -> dict:
 class Imported:
     """A checked weights file: what the stage writes as the run's model.pt."""
 
-    params: ImportParams            # arch, width, depth resolved (a bowflow file's own)
+    params: ImportParams            # arch, width, depth, arch_params resolved (a bowflow file's own)
     state_dict: dict                # the backbone's keys -> tensors
     classifier: dict | None         # {'weight': [K, C], 'bias': [K]} or None
     mean: list[float] | None        # the format's input mean/std (None: fit on the data)
@@ -167,7 +185,7 @@ class Imported:
 
 def read_import(params: ImportParams, arch_state: Any = None) -> Imported:
     """Read and check `params.weights` against its architecture; ValueError naming the file
-    and the first bad key. `arch_state(arch, width, depth) -> {key: tensor}` gives the
+    and the first bad key. `arch_state(spec: BackboneSpec) -> {key: tensor}` gives the
     backbone's expected keys and shapes (default: a network built on the meta device)."""
     path = Path(params.weights)
     obj = read_file(path)
@@ -178,13 +196,15 @@ def read_import(params: ImportParams, arch_state: Any = None) -> Imported:
         if not is_bowflow_record(obj):
             raise ValueError(f"{path}: not a bowflow model.pt (no 'arch'/'state_dict'/'mean'/'std' record): "
                              f"for a torchvision or timm state_dict set format and arch")
-        for key, own in (("arch", obj["arch"]), ("width", obj["width"]), ("depth", obj["depth"])):
+        from bowflow.networks import BackboneSpec
+        own_spec = BackboneSpec.from_record(obj)        # a file without arch_params: none
+        for key, own in own_spec.record().items():
             given = getattr(params, key)
-            if given not in ("", 0) and given != own:
-                raise ValueError(f"{key}: {path} holds a {obj['arch']} (width {obj['width']}, depth "
-                                 f"{obj['depth']}), not {key} {given!r}: leave arch/width/depth empty "
-                                 f"to take the file's")
-        params = replace(params, arch=obj["arch"], width=obj["width"], depth=obj["depth"])
+            if given not in ("", 0, {}) and given != own:
+                raise ValueError(f"{key}: {path} holds a {own_spec.arch} ({own_spec.describe()}), not "
+                                 f"{key} {given!r}: leave arch/width/depth/arch_params empty to take "
+                                 f"the file's")
+        params = replace(params, **own_spec.record())
         state, classifier = dict(obj["state_dict"]), obj.get("classifier")
         mean, std = obj["mean"], obj["std"]
     else:
@@ -198,20 +218,20 @@ def read_import(params: ImportParams, arch_state: Any = None) -> Imported:
         else:
             from bowflow.timm_backbones import pretrained_mean_std
             mean, std = pretrained_mean_std(params.arch.partition("/")[2])
-    expected = (arch_state or meta_state)(params.arch, params.width, params.depth)
+    expected = (arch_state or meta_state)(params.backbone_spec)
     check_keys(state, expected, path, params.arch, strip="model." if fmt != "bowflow" else "")
     if params.normalize == "data":
         mean = std = None
     return Imported(params, state, classifier, mean, std, fmt)
 
 
-def meta_state(arch: str, width: int, depth: int) -> dict:
-    """The state_dict keys and shapes of an architecture, built on the meta device."""
+def meta_state(spec: BackboneSpec) -> dict:
+    """The state_dict keys and shapes of a backbone, built on the meta device."""
     import torch
 
     from bowflow.networks import build_backbone
     with torch.device("meta"):
-        return build_backbone(arch, width, depth).state_dict()
+        return build_backbone(spec).state_dict()
 
 
 def classifier_name(arch: str) -> str:

@@ -48,7 +48,8 @@ def main(argv=None):
     device = resolve_device(args.device)
     clock = StageClock(device)
     run = imported.params
-    backbone = build_backbone(run.arch, run.width, run.depth)
+    spec = run.backbone_spec
+    backbone = build_backbone(spec)
     backbone.load_state_dict(imported.state_dict)
     backbone.to(device).eval()
     images, _, _ = (load_labelled_split(args.prepared, "train") if teacher
@@ -73,7 +74,7 @@ def main(argv=None):
     save_model(args.model, backbone, normalizer, run, images.shape[-1], extra=extra)
     metrics = {**{k: extra[k] for k in ("name", "parent", "generation", "seed", "method_label",
                                         "weights", "weights_format")},
-               "method": run.method, "arch": run.arch, "width": run.width, "depth": run.depth,
+               "method": run.method, **spec.record(omit_empty=True),
                "weights_sha256": file_sha256(params.weights), "normalize": params.normalize,
                "parameters": parameters, "epochs": 0, "train_images": 0, "device": str(device)}
     if teacher:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from bowflow import augment
 from bowflow.bow import bow_targets, entropy, soft_cross_entropy
 from bowflow.checks import param
+from bowflow.networks import BackboneSpec
 from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.bow_student import BoWStudent
 
@@ -43,17 +44,17 @@ class BoWNetParams(TrainParams):
     head_scale: float = param(10.0, "initial value of the learnable logit scale", above=0)
 
     def check_parent(self, parent: TrainParams) -> None:
-        if self.init == "parent" and (parent.arch, parent.width, parent.depth) != (
-                self.arch, self.width, self.depth):
-            raise ValueError(f"init 'parent' needs the parent's architecture ({parent.arch}, "
-                             f"width {parent.width}, depth {parent.depth})")
+        """init 'parent' starts from the parent's weights: the same backbone (its settings too)."""
+        spec = parent.backbone_spec
+        if self.init == "parent" and spec != self.backbone_spec:
+            raise ValueError(f"init 'parent' needs the parent's architecture ({spec.describe()})")
 
     def check_parent_model(self, record: dict) -> None:
         """The same check against a parent's model file record."""
-        if self.init == "parent" and (record["arch"], record["width"], record["depth"]) != (
-                self.arch, self.width, self.depth):
+        spec = BackboneSpec.from_record(record)
+        if self.init == "parent" and spec != self.backbone_spec:
             raise ValueError(f"init 'parent' needs the parent's architecture, but the parent is a "
-                             f"{record['arch']} (width {record['width']}, depth {record['depth']})")
+                             f"{spec.arch} ({spec.describe()})")
 
 
 class NormalizedLinear(nn.Module):

@@ -155,8 +155,8 @@ def check_role(method: str, section: str, where: str) -> None:
 def check_import(run: Any, section: str, where: str) -> Any:
     """An imported run (`method: import`, bowflow/weights.py): its file read and checked
     against its architecture (a missing key, an unexpected one, a shape: ParamsError naming
-    `where`.weights, the file and the key); -> the run with a bowflow file's own arch, width
-    and depth. Any other run is returned as it is."""
+    `where`.weights, the file and the key); -> the run with a bowflow file's own arch, width,
+    depth and arch_params. Any other run is returned as it is."""
     if not isinstance(run, ImportParams):
         return run
     try:
@@ -165,6 +165,6 @@ def check_import(run: Any, section: str, where: str) -> Any:
             check_teacher(imported, run.weights)
     except ValueError as error:
         first = str(error).split(" ", 1)[0].rstrip(":")
-        key = first if first in ("arch", "width", "depth") else "weights"
+        key = first if first in ("arch", "width", "depth", "arch_params") else "weights"
         raise ParamsError(f"{where}.{key}: {error}") from None
     return imported.params

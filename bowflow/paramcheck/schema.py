@@ -26,6 +26,10 @@ def check_type(where: str, value: Any, kind: Any) -> None:
         for i, v in enumerate(value):
             check_type(f"{where}[{i}]", v, item)
         return
+    if dict in (kind, origin):         # a mapping (arch_params): its keys are the section's validate()'s
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where}: expected a mapping (key: value, {{}} for none), got {value!r}")
+        return
     ok = (isinstance(value, bool) if kind is bool else
           isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
           isinstance(value, int) and not isinstance(value, bool) if kind is int else
@@ -54,7 +58,9 @@ def check_section(cls: type, values: Any, where: str) -> Any:
         section = cls(**values)
         section.validate()
     except ValueError as error:
-        first = str(error).split(" ", 1)[0]
+        first, _, rest = str(error).partition(" ")
+        if first.endswith(":") and first.partition(".")[0] in names:   # a key inside a mapping field
+            raise ParamsError(f"{where}.{first} {rest}") from None      # ('arch_params.drop_path: ...')
         key = f"{where}.{first}" if first in names else where   # name the key when the message does
         raise ParamsError(f"{key}: {error}") from None
     return section

@@ -46,7 +46,16 @@ import torch.nn as nn
 from bowflow.checks import check_fields, param
 from bowflow.data.prepared import load_ssl_split
 from bowflow.models import Normalizer
-from bowflow.networks import ARCHITECTURES, OWN_SIZES, Backbone, check_arch, check_size, family_of
+from bowflow.networks import (
+    ARCHITECTURES,
+    OWN_SIZES,
+    Backbone,
+    BackboneSpec,
+    check_arch,
+    check_arch_params,
+    check_size,
+    family_of,
+)
 from bowflow.optim import OPTIMIZERS, SCHEDULES, clip_gradients, default_groups
 
 METHODS: dict[str, type[Method]] = {}
@@ -109,6 +118,10 @@ class TrainParams:
     width: int = param(32, "convnet/resnet: stage-1 channels; wrn: widening factor; named archs "
                            "(resnet56, wrn_40_2, vgg8...): 0")
     depth: int = param(0, "resnet 18/34, wrn 6n+4; ignored by convnet; named archs: 0")
+    arch_params: dict[str, Any] = param({}, "the arch's own settings beyond width/depth, as its "
+                                            "registered dataclass declares them (bowflow/networks.py "
+                                            "ARCH_PARAMS; vit*, timm/*: drop_path, stochastic depth); "
+                                            "{}: the arch's defaults, every run's network before them")
     epochs: int = param(30, "passes over the training images", above=0)
     batch_size: int = param(128, "images per step", above=0)
     lr: float = param(0.1, "peak SGD learning rate", above=0)
@@ -134,6 +147,7 @@ class TrainParams:
         get_method(self.method)
         check_fields(self)
         check_arch(self.arch)
+        check_arch_params(self.arch, self.arch_params)
         if list(self.lr_decay_at) != sorted(self.lr_decay_at):
             raise ValueError(f"lr_decay_at must be increasing fractions of the run in (0, 1), "
                              f"got {self.lr_decay_at}")
@@ -141,6 +155,11 @@ class TrainParams:
             check_size(self.arch, self.width, self.depth)
         elif self.width <= 0:
             raise ValueError(f"width must be > 0, got {self.width}")
+
+    @property
+    def backbone_spec(self) -> BackboneSpec:
+        """Which backbone the run builds (arch, width, depth, arch_params)."""
+        return BackboneSpec.of(self)
 
     def check_parent(self, parent: TrainParams) -> None:
         """Raise ValueError if this run cannot start from `parent`'s model (default: any)."""
