@@ -169,9 +169,10 @@ class BackboneSpec:
         return out
 
     def describe(self) -> str:
-        """'vit_p2 (width 64, depth 2, drop_path 0.1)' for messages."""
-        settings = "".join(f", {k} {v}" for k, v in self.arch_params.items())
-        return f"{self.arch} (width {self.width}, depth {self.depth}{settings})"
+        """"arch 'vit_p2', width 64, depth 2, arch_params {'drop_path': 0.1}" for messages
+        (no arch_params part when empty)."""
+        settings = f", arch_params {dict(self.arch_params)}" if self.arch_params else ""
+        return f"arch '{self.arch}', width {self.width}, depth {self.depth}{settings}"
 
     def settings(self) -> Any:
         """The checked instance of the arch's settings dataclass (`check_arch_params`)."""
