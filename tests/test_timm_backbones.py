@@ -10,7 +10,7 @@ import timm
 import torch
 
 from bowflow.config import ParamsError, architecture, validate_params
-from bowflow.networks import build_backbone, count_parameters
+from bowflow.networks import BackboneSpec, build_backbone, count_parameters
 from bowflow.scaffold import core_params
 from stages import evaluate, prepare, pretrain
 
@@ -47,7 +47,7 @@ def test_stage_maps_meet_the_contract(name, size):
 
 
 def test_params_name_timm_models_and_refuse_sizes():
-    meta = architecture("timm/convnext_atto", 0, 0)
+    meta = architecture(BackboneSpec("timm/convnext_atto"))
     assert meta.stage_names == ["stage1", "stage2", "stage3", "stage4"]
     params = core_params()
     params["pretrain"]["g0"].update(arch="timm/resnet10t", width=0, depth=0)
