@@ -199,16 +199,5 @@ def table(records: list[dict]) -> list[list[str]]:
     return rows
 
 
-def claims(records: list[dict]) -> list[str]:
-    """The prose's figures: what one batch of views + CutMix costs on one thread."""
-    out = []
-    for r in records:
-        s, m = r["settings"], r["measurements"]
-        if s["threads"] == 1 and not s["pil"]:
-            ms = m["make_view_ms_per_batch"] + m["cutmix_ms_per_batch"]
-            out.append(f"with one thread a {s['batch_size']}-image batch of views + CutMix costs {ms:.1f} ms")
-    return out
-
-
 if __name__ == "__main__":
     main()

@@ -62,7 +62,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.recording import load_range, write_record
+from benchmarks.recording import write_record
 from bowflow import compute
 from bowflow.methods.bownet import BoWNetParams
 from bowflow.methods.rotnet import RotNetParams
@@ -395,29 +395,6 @@ def fastest(record: dict, size: int) -> dict:
     peak = m["matmul_gflops"][str(threads)]
     return {"mode": mode, "threads": threads, "images_per_s": rate, "gflops": gflops,
             "of_fp32": gflops / peak["fp32"], "of_bf16": gflops / peak["bf16"]}
-
-
-def claims(records: list[dict]) -> list[str]:
-    """The prose's figures: FLOPs per step, the matmul peaks, the fastest mode's GFLOP/s
-    against them, the spread of the baseline's rounds at the largest size."""
-    (record,) = records
-    s, m = record["settings"], record["measurements"]
-    plural = lambda t: f"{t} thread{'s' if t != 1 else ''}"                 # noqa: E731
-    out = [f"load average {load_range(record)}",
-           " and ".join(f"{m['flop_per_step'][str(size)] / 1e9:.2f} GFLOP at {size} px" for size in s["sizes"])
-           + f" per {s['batch_size']}-image step"]
-    out += [f"{p['fp32']:.1f} GFLOP/s fp32 / {p['bf16']:.1f} bf16 on {plural(int(t))}"
-            for t, p in m["matmul_gflops"].items()]
-    for size in s["sizes"]:
-        f = fastest(record, size)
-        out.append(f"at {size} px the fastest, {MODE_LABELS.get(f['mode'], f['mode'])} at {plural(f['threads'])}, "
-                   f"reached {f['gflops']:.1f} GFLOP/s: {f['of_fp32']:.0%} of the fp32 matmul rate and "
-                   f"{f['of_bf16']:.0%} of the bf16 one")
-    size = max(s["sizes"])
-    rounds = next(r["rounds"] for r in m["images_per_s"] if r["size"] == size
-                  and r["mode"] == s["baseline"] and r["threads"] == s["default_threads"])
-    out.append(f"the {size} px baseline's {len(rounds)} rounds ranged {min(rounds):.0f}-{max(rounds):.0f} images/s")
-    return out
 
 
 if __name__ == "__main__":

@@ -163,16 +163,5 @@ def table(records: list[dict]) -> list[list[str]]:
     return rows
 
 
-def claims(records: list[dict]) -> list[str]:
-    """The prose's figures: drawing the episodes, and the speed-up without it."""
-    out = []
-    for r in records:
-        t = medians(r)
-        if t["batched"] > t["draw"]:       # (a smoke run's drawing can take longer than a round)
-            out.append(f"takes {t['draw']:.3f} s; without it the speed-up is "
-                       f"{(t['loop'] - t['draw']) / (t['batched'] - t['draw']):.1f}x")
-    return out
-
-
 if __name__ == "__main__":
     main()

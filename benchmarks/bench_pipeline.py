@@ -42,7 +42,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.recording import load_average, load_range, write_record
+from benchmarks.recording import load_average, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 0      # the training seed whose student is timed (tiny_params has seeds [0])
@@ -198,18 +198,6 @@ def table(records: list[dict]) -> list[list[str]]:
     else:
         rows.append(["params change -> `dvc repro` done", f"{stamps['done']:.2f}"])
     return rows
-
-
-def claims(records: list[dict]) -> list[str]:
-    """The prose's figure: the student's start-up against a bare torch import."""
-    (record,) = records
-    m = record["measurements"]
-    stamps, imp = m["rerun_seconds"], statistics.median(m["import_torch_seconds"])
-    if stamps.get("first_step") is None or stamps.get("student_start") is None:
-        return [f"load average {load_range(record)}"]
-    startup = stamps["first_step"] - stamps["student_start"]
-    return [f"load average {load_range(record)}",
-            f"takes {startup:.2f} s from its start to its first step, {startup / imp:.2f}x a bare torch import"]
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.recording import load_average, load_range, thousands, write_record
+from benchmarks.recording import load_average, thousands, write_record
 from bowflow import bow
 from bowflow.models import Normalizer
 from bowflow.networks import build_backbone
@@ -238,23 +238,6 @@ def table(records: list[dict]) -> list[list[str]]:
         ratio = value / rate["baseline"]
         rows.append([label, shown, f"{ratio:.0f}x" if ratio >= 100 else f"{ratio:.1f}x"])
     return rows
-
-
-def claims(records: list[dict]) -> list[str]:
-    """The prose's figures: the cached path with its one-time assignment, the codes on
-    which the per-image baseline differs."""
-    (record,) = records
-    m, rate = record["measurements"], rates(record)
-    out = [f"load average {load_range(record)}", f"one-time assignment ({min(m['seconds_per_epoch']['assign']):.2f} s)",
-           f"the cached path still runs at {thousands(rate['B_with_assign'])} images/s "
-           f"({rate['B_with_assign'] / rate['baseline']:.1f}x)"]
-    if m["baseline_code_mismatches"]:
-        gap = f"{m['mismatch_max_relative_gap']:.1e}".replace("e-0", "e-")
-        out.append(f"the baseline differs in {m['baseline_code_mismatches']} of {m['codes']:,} codes, "
-                   f"a distance tie within {gap}")
-    else:
-        out.append(f"the baseline's {m['codes']:,} codes are the same too")
-    return out
 
 
 if __name__ == "__main__":

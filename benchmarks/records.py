@@ -26,7 +26,7 @@ pipeline wrote them), `plots/train/` and its `report.md`; a seed study adds `see
 (benchmarks.distill_seeds's output); a benchmark's record is its JSON. A `table=bench`
 record is a folder of benchmarks/recording.py records (docs/results/bench/<benchmark>/,
 one JSON per run, e.g. per thread count): its table is `benchmarks.<benchmark>.table` of
-them in file-name order, its claims that module's `claims` (if any). `check`:
+them in file-name order; its claims are declared in its claims.yaml (if any). `check`:
 - rebuilds each marked table with the functions bowflow.report builds the pipeline's report
   with and compares it with the published one: the same header, exactly the record's rows
   in the record's order (rows named by their first cell: a missing, extra, duplicated or
@@ -36,9 +36,9 @@ them in file-name order, its claims that module's `claims` (if any). `check`:
   (`<!-- = <record> <quantity> ... -->`, bowflow.figures) against its record;
 - checks the figures quoted in the prose of each record (each claim is a sentence
   fragment rendered from the record that must appear in that prose, case, whitespace and
-  `**` ignored; the fault table's summary likewise). A seeded record's claims are its paired
-  verdicts, a benchmark's its module's `claims`, any other record's are declared in its
-  claims.yaml (benchmarks/claims.py), whose `holds:` verdicts must be true of the record;
+  `**` ignored). A seeded record's claims are its paired verdicts, any other record's (a
+  benchmark's too) are declared in its claims.yaml (benchmarks/claims.py), whose `holds:`
+  verdicts must be true of the record;
 - checks that the prose names the machine a record ran on: the record's machine class
   comes from the CPU flags its runs recorded (`cpu_flags` of its training metrics, the
   `machine.flags` of a benchmark's JSON; MACHINE_CLASSES, defined in docs/BENCHMARKS.md,
@@ -627,12 +627,6 @@ def table_bench(record: Path) -> tuple[list[list[str]], set[str]]:
     return bench_module(records).table(records), set()
 
 
-def claims_bench(record: Path) -> list[str]:
-    """The prose figures a benchmark derives from its records (`claims(records)`), if any."""
-    records = bench_records(record)
-    return getattr(bench_module(records), "claims", lambda _: [])(records)
-
-
 def is_bench(folder: Path) -> bool:
     """A folder of benchmarks/recording.py records (no pipeline metrics, no lock)."""
     return not (folder / "dvc.lock").exists() and any(
@@ -692,24 +686,10 @@ def claims_seeds(record: Path) -> list[str]:
 
 def record_claims(folder: Path) -> list[str]:
     """The sentence fragments a record's prose must hold: a record with several seeds, its
-    paired verdicts; a benchmark's, its module's `claims`; any other, its claims.yaml
-    (benchmarks/claims.py)."""
+    paired verdicts; any other (a benchmark's too), its claims.yaml (benchmarks/claims.py)."""
     if any(folder.glob("metrics/seed*/eval")):
         return claims_seeds(folder)
-    if is_bench(folder):
-        return claims_bench(folder)
     return declared_claims(folder)[0]
-
-
-def claims_faults(table: Table) -> list[str]:
-    """Section 9's summary from its own table (no record): passes, fails, stages hit."""
-    header, rows = table.rows[0], table.rows[1:]
-    result, killed = header.index("result"), header.index("killed in")
-    passed = sum(r[result] == "PASS" for r in rows)
-    hit = {r[killed] for r in rows}
-    words = {7: "Seven", 8: "Eight", 9: "Nine", 10: "Ten", 11: "Eleven"}
-    return [f"Summary: {passed} passed, {len(rows) - passed} failed.",
-            f"{words.get(len(hit), len(hit))} stages were hit"]
 
 
 # ----------------------------------------------------------------------------- tables vs records
@@ -984,8 +964,6 @@ def check(root: Path, allow_missing: set[str] = frozenset(), verbose: bool = Tru
             where = f"{name}:{table.line}"
             if table.record is None:
                 unrecorded.append(f"{where} {table.note}")
-                if table.kind == "faults":
-                    out += missing_claims(f"{where} table=faults", claims_faults(table), prose(doc, table))
                 continue
             folder = root / table.record
             if not folder.is_dir():

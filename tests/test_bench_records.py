@@ -6,6 +6,7 @@ subprocesses (no test imports a benchmark module)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,7 @@ def fewshot_root(tmp_path):
     # slower than it evaluates them, and then claims nothing)
     record["measurements"]["seconds"] = {"loop": [0.5], "batched": [0.2], "draw": [0.05]}
     path.write_text(json.dumps(record))
+    shutil.copy(ROOT / folder / "claims.yaml", tmp_path / folder)    # the published claims
     return tmp_path, folder
 
 
@@ -113,7 +115,7 @@ def test_bench_table_on_another_machine_class_fails(fewshot_root):
 
 
 def test_bench_prose_figure_not_the_records_fails(fewshot_root):
-    """A figure `claims()` derives from the record must be in the prose as derived."""
+    """A figure the claims.yaml beside the record derives must be in the prose as derived."""
     root, folder = fewshot_root
     publish(root, folder)
     doc = root / "docs" / "BENCHMARKS.md"

@@ -545,3 +545,30 @@ def test_a_verdict_the_record_does_not_bear_out_fails(docs):
     assert result.returncode == 1
     assert "distill-cpu-seeds/claims.yaml: 'RKD is below it at every seed" in result.stdout
     assert "does not hold: [r.label for r in seed_rows() if r.margin_max < 0] == ['RKD'] is false" in result.stdout
+
+
+TARGETS = "docs/results/bench/bench_targets"     # a benchmark's record: its claims.yaml beside its JSON
+
+
+def test_a_benchmark_claim_is_reworded_in_its_yaml_not_in_code(docs):
+    """A benchmark's claims are declared like a pipeline record's: reworded in its claims.yaml
+    and the prose together, the check passes; in the yaml alone, the prose misses the claim."""
+    page, declared = docs / "docs/BENCHMARKS.md", docs / TARGETS / "claims.yaml"
+    replace(page, "2,720 images/s (14.9x)", "2,720 images per second (14.9x)")
+    replace(declared, "} images/s\n", "} images per second\n")
+    assert check(docs).returncode == 0
+    replace(page, "2,720 images per second (14.9x)", "2,720 images/s (14.9x)")
+    result = check(docs)
+    assert result.returncode == 1
+    assert (f"{TARGETS}: claim not found in the prose beside its table(s): "
+            f"'the cached path still runs at 2,720 images per second (14.9x)'") in result.stdout
+
+
+def test_a_benchmark_verdict_its_record_does_not_bear_out_fails(docs):
+    """bench_targets' 'a distance tie' holds only while its record says the codes agree
+    (`agree`: A equals B and every mismatch is within the tie tolerance)."""
+    edit_json(docs / TARGETS / "default.json", lambda d: d["measurements"].update(agree=False))
+    result = check(docs)
+    assert result.returncode == 1
+    assert ("bench_targets/claims.yaml: 'the baseline differs in 1 of 262,144 codes, a distance tie "
+            "within 7.4e-7' does not hold: measurements['agree'] is false") in result.stdout
