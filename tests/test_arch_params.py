@@ -245,3 +245,13 @@ def test_a_model_file_from_before_arch_params_loads_with_none(tmp_path):
     assert BackboneSpec.from_record(old) == BackboneSpec("vit_p2", 64, 2)
     assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in saved.state_dict().items())
     assert read_import(ImportParams(weights=str(tmp_path / "old.pt"))).params.arch_params == {}
+
+
+def test_records_name_arch_params_only_where_a_run_gives_some():
+    """model.pt always records arch_params; the training metrics (and the import stage's)
+    only when not empty, so existing runs' metrics keep their keys."""
+    plain, dropping = BackboneSpec("convnet", 8), BackboneSpec("vit_p2", 64, 2, {"drop_path": 0.1})
+    assert plain.record() == {"arch": "convnet", "width": 8, "depth": 0, "arch_params": {}}
+    assert plain.record(omit_empty=True) == {"arch": "convnet", "width": 8, "depth": 0}
+    assert dropping.record(omit_empty=True)["arch_params"] == {"drop_path": 0.1}
+    assert BackboneSpec.from_record(dropping.record()) == dropping
