@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline-seeds", type=int, nargs="+", help="the seeds dvc.yaml has "
                         "stages for (workflow/pipeline.py writes them here): they must be params.yaml's")
     parser.add_argument("--pipeline-layout", nargs="*", help="the runs dvc.yaml spells out "
-                        "(bowflow.weights.pipeline_layout: the sections with an imported run; "
-                        "workflow/pipeline.py writes them here): they must be params.yaml's")
+                        "(bowflow.paramcheck.dvc_sync.dvc_layout: the sections with an imported run, "
+                        "the optional sections with stages; workflow/pipeline.py writes them here): "
+                        "they must be params.yaml's")
     args = parser.parse_args(argv)
     try:
         manifest = read_yaml(args.manifest, "prepared manifest") if args.manifest.exists() else None

@@ -45,12 +45,20 @@ def load_lineage(eval_dir: Path, names: list[str] | None = None) -> list[dict]:
     records = {p.stem: json.loads(p.read_text()) for p in sorted(Path(eval_dir).glob("*.json"))
                if names is None or p.stem in names}
     ordered = sorted(records.values(), key=lambda r: (r.get("generation", 0), r["name"]))
-    train_dir = Path(eval_dir).parent / "train"
+    train_dir, finetune_dir = Path(eval_dir).parent / "train", Path(eval_dir).parent / "finetune"
     for record in ordered:
         record["label"] = model_label(record)
         train = train_dir / f"{record['name']}.json"
         record["train"] = json.loads(train.read_text()) if train.exists() else {}
+        finetune = finetune_dir / f"{record['name']}.json"       # stages/finetune.py, when it ran
+        if finetune.exists():
+            record["finetune"] = json.loads(finetune.read_text())["finetune"]
     return ordered
+
+
+def finetune_metric(fraction: str) -> str:
+    """A fine-tuning fraction's metric name: '0.01' -> 'finetune_1pct', '0.1' -> 'finetune_10pct'."""
+    return f"finetune_{float(fraction) * 100:g}pct"
 
 
 def comparison_table(records: list[dict]) -> str:
@@ -377,6 +385,7 @@ def accuracy_values(record: dict) -> dict[str, float]:
     values = {f"few_shot_{n}": record["few_shot"][n]["mean"]
               for n in sorted(record.get("few_shot", {}), key=int)}
     values |= {key: record[key] for key in ("linear_base", "knn_all", "top1") if key in record}
+    values |= {finetune_metric(f): r["top1"] for f, r in record.get("finetune", {}).items()}
     return values
 
 
@@ -384,14 +393,19 @@ def metric_label(metric: str) -> str:
     """The main table's column of a metric: 'n = 5', 'Base linear', 'k-NN', 'Top-1'."""
     if metric.startswith("few_shot_"):
         return f"n = {metric[len('few_shot_'):]}"
+    if metric.startswith("finetune_"):
+        return f"Fine-tuned {metric[len('finetune_'):-len('pct')]}%"
     return {"linear_base": "Base linear", "knn_all": "k-NN", "top1": "Top-1"}[metric]
 
 
 def metric_order(metrics) -> list[str]:
-    """Few-shot columns by n, then base linear, k-NN, top-1 (as the main table)."""
-    rest = ["linear_base", "knn_all", "top1"]
+    """Few-shot columns by n, then base linear, k-NN, fine-tuning by fraction, top-1 (as the
+    main table)."""
     shots = sorted((m for m in set(metrics) if m.startswith("few_shot_")), key=lambda m: int(m[9:]))
-    return shots + [m for m in rest if m in set(metrics)]
+    finetuned = sorted((m for m in set(metrics) if m.startswith("finetune_")),
+                       key=lambda m: float(m[len("finetune_"):-len("pct")]))
+    rest = [m for m in ("linear_base", "knn_all") if m in set(metrics)]
+    return shots + rest + finetuned + (["top1"] if "top1" in set(metrics) else [])
 
 
 def spread(values: list[float]) -> dict:
@@ -650,7 +664,8 @@ def summary(per_seed: dict[str, dict[int, dict]], supervised: dict[str, dict[int
     """What a user compares between runs and experiments, the one file dvc.yaml declares as
     `metrics:` (data/metrics/summary.json, written by the report stage; every stage's full
     record stays an output that is not a metric). {run: {linear, knn, shot_N (each shot
-    count's mean accuracy over episodes), top1 (teacher and distill runs: test top-1),
+    count's mean accuracy over episodes), ft_Ppct (test top-1 after fine-tuning on P% of the
+    labels, with a `finetune:` section), top1 (teacher and distill runs: test top-1),
     train_min (the training stage's wall clock, minutes), n_seeds}}; each value the mean
     over the run's seeds, rounded to two decimals. `per_seed`: `load_seeds` (evaluated
     runs, lineage order), `supervised`: `load_supervised_seeds` (runs with a test top-1)."""
@@ -667,6 +682,8 @@ def summary(per_seed: dict[str, dict[int, dict]], supervised: dict[str, dict[int
                 row |= {"linear": record["linear_base"], "knn": record["knn_all"]}
                 row |= {f"shot_{n}": record["few_shot"][n]["mean"]
                         for n in sorted(record.get("few_shot", {}), key=int)}
+                row |= {f"ft_{finetune_metric(f)[len('finetune_'):]}": r["top1"]
+                        for f, r in sorted(record.get("finetune", {}).items(), key=lambda item: float(item[0]))}
             if "top1" in train:
                 row["top1"] = train["top1"]
             if "wall_seconds" in train:

@@ -134,6 +134,36 @@ def novel_counts(manifest: dict) -> dict[str, int]:
 
 
 @dataclass
+class FineTuneParams(Section):
+    """Semi-supervised fine-tuning (stages/finetune.py, bowflow/finetune.py): an optional
+    section; with it, every pretrain run and generation is also fine-tuned, whole network and
+    a new linear head, on each labelled fraction. Defaults are SimCLR's protocol (appendix
+    B.5 of https://arxiv.org/abs/2002.05709), which OBoW, BYOL and SwAV report."""
+
+    fractions: list[float] = param([0.01, 0.1], "labelled fractions of the training images, each "
+                                   "fine-tuned on separately from the run's weights (1% and 10%)",
+                                   above=0, high=1)
+    epochs: list[int] = param([60, 30], "epochs for each fraction, in the order of fractions "
+                              "(SimCLR: 60 with 1% of the labels, 30 with 10%)", above=0)
+    batch_size: int = param(256, "images per step (SimCLR: 4096; the subset's size when smaller)", above=0)
+    lr: float = param(0.05, "learning rate per 256 images, scaled by batch / 256 (SimCLR: 0.05, "
+                            "Nesterov SGD, cosine to 0, no warm-up, no weight decay)", above=0)
+    crop_scale_min: float = param(0.2, "smallest random crop, as a fraction of the image area "
+                                       "(SimCLR's Inception crop: 0.08; 0.2 as every bowflow view "
+                                       "of small images)", above=0, high=1)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.fractions:
+            raise ValueError("fractions must list at least one fraction in (0, 1], got []")
+        if len(self.epochs) != len(self.fractions):
+            raise ValueError(f"epochs must give one count per fraction ({len(self.fractions)}: "
+                             f"{self.fractions}), got {self.epochs}")
+        if len(set(self.fractions)) != len(self.fractions):
+            raise ValueError(f"fractions lists a fraction more than once: {self.fractions}")
+
+
+@dataclass
 class ReportParams(Section):
     words_shown: int = param(8, "visual words pictured in the report", above=0)
     patches_per_word: int = param(8, "image patches per pictured word", above=0)

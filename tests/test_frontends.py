@@ -59,10 +59,13 @@ def snakemake_jobs(result: subprocess.CompletedProcess) -> dict[frozenset, dict]
     return jobs
 
 
-@pytest.fixture(scope="module", params=["repo", "tiny"])
+@pytest.fixture(scope="module", params=["repo", "tiny", "finetune"])
 def dry_run(request, tmp_path_factory):
-    """(project, its Snakemake dry run): this repository, and a scratch tiny project."""
-    root = ROOT if request.param == "repo" else make_project(tmp_path_factory.mktemp("tiny") / "p", tiny_params())
+    """(project, its Snakemake dry run): this repository, a scratch tiny project, and one with
+    the optional `finetune:` section (its stages)."""
+    params = {"tiny": tiny_params, "finetune": lambda: dict(tiny_params(every_method=False), finetune={})}
+    root = ROOT if request.param == "repo" else make_project(tmp_path_factory.mktemp(request.param) / "p",
+                                                             params[request.param]())
     return root, snakemake(root, "--dry-run", "--forceall", "--printshellcmds", "--cores", "1", "--nolock")
 
 

@@ -12,9 +12,10 @@ import shutil
 import subprocess
 
 import pytest
-from test_pipeline import ENV, NOT_TYPED_HERE, ROOT, eval_metrics, readme_commands, run
+from test_pipeline import ENV, NOT_TYPED_HERE, ROOT, eval_metrics, readme_commands, repro, run, seeded
 
-from bowflow.scaffold import make_project, tiny_params
+from bowflow.config import load_yaml
+from bowflow.scaffold import make_project, tiny_params, write_params
 
 
 @pytest.mark.slow
@@ -140,3 +141,29 @@ def test_the_readme_exp_show_fits_a_terminal(one_of_each_project):
     assert any("[lr-double]" in line for line in lines)
     print(f"\n{command} at {TERMINAL_COLUMNS} columns: {len(lines[1].split())} columns, "
           f"{max(map(len, lines))} characters wide\n{shown.stdout}")
+
+
+@pytest.mark.slow
+def test_adding_fine_tuning_reruns_only_its_stages_and_the_report(one_of_each_project, tmp_path):
+    """A `finetune:` section added to a finished project (dvc.yaml rewritten, as
+    `python -m workflow.pipeline` does) runs one fine-tuning stage per evaluated run, the
+    params check and the report: nothing that exists reruns. The report and the summary
+    carry a column per fraction, and the stage's record holds each fraction's test top-1."""
+    project = tmp_path / "project"
+    shutil.copytree(one_of_each_project[0], project, symlinks=True)
+    params = load_yaml(project / "params.yaml")
+    params["finetune"] = {"fractions": [0.05, 0.2], "epochs": [2, 1], "batch_size": 64}
+    write_params(project, params)
+    evaluated = [*params["pretrain"], *params["generations"]]
+    assert repro(project) == {"check_params", "report",
+                              *seeded(*{f"finetune_pretrain@{r}" for r in params["pretrain"]}),
+                              *seeded(*{f"finetune_student@{r}" for r in params["generations"]})}
+    for name in evaluated:
+        record = json.loads((project / f"data/metrics/seed0/finetune/{name}.json").read_text())
+        assert set(record["finetune"]) == {"0.05", "0.2"}
+        assert record["finetune"]["0.05"]["train_images"] < record["finetune"]["0.2"]["train_images"]
+        assert all(0 <= r["top1"] <= 100 for r in record["finetune"].values())
+    summary = json.loads((project / SUMMARY).read_text())
+    assert all({"ft_5pct", "ft_20pct"} <= set(summary[name]) for name in evaluated)
+    assert "Fine-tuned 5% | Fine-tuned 20%" in (project / "data/report/report.md").read_text()
+    assert repro(project) == set()

@@ -47,7 +47,8 @@ from pathlib import Path
 
 import yaml
 
-from bowflow.weights import import_runs, pipeline_layout
+from bowflow.paramcheck.dvc_sync import dvc_layout
+from bowflow.weights import import_runs
 from workflow.imports import ROOT, closure
 
 HEADER = """\
@@ -193,6 +194,15 @@ def seed_stages(seed: int, params: dict | None = None) -> dict[str, dict]:
                      *code_deps("stages.distill", trains="item.method")],
             "params": [*train_params, "distill.${key}"], **training_outputs(p)}},
     }
+    if "finetune" in params:      # optional: semi-supervised fine-tuning of every evaluated run
+        finetune = {
+            "cmd": (f"bin/python -m stages.finetune --prepared data/prepared --model {p['models']}/${{key}}/model.pt "
+                    f"--out {p['metrics']}/finetune/${{key}}.json --seed {seed} --device ${{device}} ${{finetune}}"),
+            "deps": ["data/prepared", f"{p['models']}/${{key}}/model.pt", *code_deps("stages.finetune")],
+            "params": ["device", "finetune"],
+            "outs": [record(f"{p['metrics']}/finetune/${{key}}.json")]}
+        groups[f"finetune_pretrain_seed{seed}"] = {"foreach": "${pretrain}", "do": finetune}
+        groups[f"finetune_student_seed{seed}"] = {"foreach": "${generations}", "do": finetune}
     for section, kind in (("pretrain", "pretrain"), ("teachers", "teacher")):
         foreach = foreach_of(section, imports, runs[section], imported=True)
         if foreach:
@@ -202,7 +212,7 @@ def seed_stages(seed: int, params: dict | None = None) -> dict[str, dict]:
 
 def stages(seeds: list[int], params: dict | None = None) -> dict[str, dict]:
     """Every stage group of dvc.yaml, in pipeline order (`params`: see `seed_stages`)."""
-    layout = pipeline_layout(params or {})
+    layout = dvc_layout(params or {})
     out: dict[str, dict] = {
         "check_params": {
             "cmd": ("bin/python -m bowflow.config params.yaml --stamp data/checked_params.txt "

@@ -1,6 +1,7 @@
-"""params.yaml against what dvc.yaml was written for: the seeds it has stages for and the
-imported runs it spells out (workflow/pipeline.py passes both to check_params). A
-difference means dvc.yaml is stale: a ParamsError that says how to rewrite it."""
+"""params.yaml against what dvc.yaml was written for: the seeds it has stages for, the
+imported runs it spells out and the optional sections that add stages (workflow/pipeline.py
+passes them to check_params). A difference means dvc.yaml is stale: a ParamsError that says
+how to rewrite it."""
 from __future__ import annotations
 
 from bowflow.sections import ParamsError
@@ -15,12 +16,30 @@ def check_pipeline_seeds(seeds: list[int], pipeline_seeds: list[int] | None) -> 
                           f"(make run does), then run again")
 
 
+# Optional params sections that add stage groups to dvc.yaml when present (the fine-tuning
+# stages of `finetune:`): their names are part of the layout.
+STAGE_SECTIONS = ("finetune",)
+
+
+def dvc_layout(params: dict) -> list[str]:
+    """What dvc.yaml spells out from params.yaml besides its seeds: the imported runs
+    (`bowflow.weights.pipeline_layout`), then each optional section with stages it has."""
+    return pipeline_layout(params) + [section for section in STAGE_SECTIONS if section in params]
+
+
 def check_pipeline_layout(params: dict, layout: list[str]) -> None:
     """The runs dvc.yaml spells out (sections with an imported run, and each import's file)
-    must be params.yaml's (`bowflow.weights.pipeline_layout`)."""
-    expected = pipeline_layout(params)
+    and its optional stage sections must be params.yaml's (`dvc_layout`)."""
+    expected = dvc_layout(params)
     if expected != list(layout):
         differ = sorted(set(expected) ^ set(layout)) or expected
+        section = next((s for s in STAGE_SECTIONS if s in differ), None)
+        if section:
+            state = "has" if section in params else "has no"
+            raise ParamsError(f"{section}: params.yaml {state} a `{section}:` section but dvc.yaml was "
+                              f"written {'without' if section in params else 'with'} its stages: run "
+                              f"`bin/python -m workflow.pipeline` to rewrite dvc.yaml (make run does), "
+                              f"then run again")
         raise ParamsError(f"pretrain/teachers: dvc.yaml was written for other imported runs or run "
                           f"names ({differ[0]!r} differs): run `bin/python -m workflow.pipeline` to "
                           f"rewrite dvc.yaml (make run does), then run again")

@@ -17,11 +17,13 @@ from bowflow.paramcheck.data_needs import data_needs
 from bowflow.paramcheck.run_sections import check_generations, check_pretrain, check_supervised
 from bowflow.paramcheck.runs import RUN_SECTIONS
 from bowflow.paramcheck.schema import check_scalars, check_section
-from bowflow.sections import DataParams, EvalParams, ParamsError, ReportParams, check_data_needs
+from bowflow.sections import DataParams, EvalParams, FineTuneParams, ParamsError, ReportParams, check_data_needs
 
 TOP_LEVEL = {"seed": int, "seeds": list, "device": str, "compute": str, "data": DataParams,
              **{section: dict for section in RUN_SECTIONS},       # pretrain, generations, teachers, distill
              "evaluate": EvalParams, "report": ReportParams, "resources": dict}
+# Sections a params.yaml may leave out: each adds stages when present (workflow/pipeline.py).
+OPTIONAL = {"finetune": FineTuneParams}
 
 
 def validate_params(params: dict, manifest: dict | None = None) -> dict:
@@ -32,9 +34,10 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
     """
     if not isinstance(params, dict):
         raise ParamsError(f"top level: expected a mapping of sections {sorted(TOP_LEVEL)}, got {params!r}")
-    unknown = sorted(set(params) - set(TOP_LEVEL))
+    unknown = sorted(set(params) - set(TOP_LEVEL) - set(OPTIONAL))
     if unknown:
-        raise ParamsError(f"{unknown[0]}: unknown top-level key (expected {sorted(TOP_LEVEL)})")
+        raise ParamsError(f"{unknown[0]}: unknown top-level key (expected {sorted(TOP_LEVEL)}, "
+                          f"optionally {sorted(OPTIONAL)})")
     missing = sorted(set(TOP_LEVEL) - set(params))
     if missing:
         raise ParamsError(f"{missing[0]}: missing top-level key")
@@ -44,7 +47,9 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
                "pretrain": pretrain,
                "generations": check_generations(params["generations"], pretrain),
                "evaluate": check_section(EvalParams, params["evaluate"], "evaluate"),
-               "report": check_section(ReportParams, params["report"], "report")}
+               "report": check_section(ReportParams, params["report"], "report"),
+               **{key: check_section(section, params[key], key) for key, section in OPTIONAL.items()
+                  if key in params}}
     checked["teachers"], checked["distill"] = check_supervised(
         params["teachers"], params["distill"], set(pretrain) | set(checked["generations"]))
     check_parents(checked)
