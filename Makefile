@@ -2,7 +2,7 @@
 #   make install-gpu  (on a GPU machine, first) the same venv with faiss's GPU build
 #   make run        install into .venv, run the whole pipeline with `dvc repro` (bin/repro: the
 #                   seeds side by side), print the report
-#   make test       install into .venv, lint (ruff check, mypy), run the fast tier: every test not marked slow (unit
+#   make test       install into .venv, lint (ruff check, ruff format --check, mypy), run the fast tier: every test not marked slow (unit
 #                   tests, the method contract on one method, the tiny pipeline once with
 #                   one run of each kind; under 5 minutes on 2 cores)
 #   make test-all   install into .venv, run every test, the slow ones too (every method's
@@ -43,11 +43,13 @@ run: install
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 test-all: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25 tests \
 		--deselect "tests/test_pipeline.py::test_dvc_runs_every_stage_and_writes_the_report[one_of_each_project]"

@@ -25,6 +25,7 @@ without seeds), with the exact command, the seed, the CPU (model and `cpu_flags`
 bowflow.compute records them: the machine class of docs/BENCHMARKS.md), the load average
 before and after, the wall time, and each row's compute mode (its student's training).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,7 @@ def stage_names(locked: dict, generation: str, seed: int | None = None) -> tuple
     recorded = sorted(int(m.group(1)) for key in locked if (m := per_seed.match(key)))
     old = {part: f"{kind}@{generation}" for part, kind in STAGES.items()}
     if seed is None and not recorded and any(name in locked for name in old.values()):
-        names, seed = old, None                            # a record made before seeds
+        names, seed = old, None  # a record made before seeds
     else:
         seed = seed if seed is not None else recorded[0] if recorded else 0
         names = {part: f"{kind}_seed{seed}@{generation}" for part, kind in STAGES.items()}
@@ -94,10 +95,17 @@ def variant_commands(locked: dict, names: dict[str, str], changes: dict, root: P
     """The generation's three recorded commands (`names`: see stage_names) with `changes`
     applied and outputs under root."""
     vocab, model = str(root / "vocab.pt"), str(root / "model.pt")
-    paths = {"vocab": {"--out": [vocab], "--metrics": [str(root / "vocab.json")]},
-             "student": {"--vocab": [vocab], "--model": [model], "--metrics": [str(root / "train.json")],
-                         "--history": [str(root / "train.csv")], "--checkpoints": [str(root / "checkpoints")]},
-             "evaluate": {"--model": [model], "--out": [str(root / "eval.json")]}}
+    paths = {
+        "vocab": {"--out": [vocab], "--metrics": [str(root / "vocab.json")]},
+        "student": {
+            "--vocab": [vocab],
+            "--model": [model],
+            "--metrics": [str(root / "train.json")],
+            "--history": [str(root / "train.csv")],
+            "--checkpoints": [str(root / "checkpoints")],
+        },
+        "evaluate": {"--model": [model], "--out": [str(root / "eval.json")]},
+    }
     commands = []
     for stage in STAGES:
         argv = shlex.split(locked[names[stage]]["cmd"])
@@ -113,12 +121,18 @@ def summary(vocab: dict, history: list[dict], evaluation: dict, train: dict | No
     training metrics `train`, where given)."""
     last = history[-1]
     mode = {"compute": describe(train["compute"])} if isinstance((train or {}).get("compute"), dict) else {}
-    return {**mode, "layer": vocab["layer"], "words": vocab["size"],
-            "target_entropy": round(vocab["target_entropy"], 3),
-            "usage_perplexity": round(vocab["mean_histogram_perplexity"], 1),
-            "epochs": int(last["epoch"]), "captured": round(float(last["captured"]), 3),
-            "linear": evaluation["linear_base"], "knn": evaluation["knn_all"],
-            **{f"shot_{n}": evaluation["few_shot"][n]["mean"] for n in evaluation["few_shot"]}}
+    return {
+        **mode,
+        "layer": vocab["layer"],
+        "words": vocab["size"],
+        "target_entropy": round(vocab["target_entropy"], 3),
+        "usage_perplexity": round(vocab["mean_histogram_perplexity"], 1),
+        "epochs": int(last["epoch"]),
+        "captured": round(float(last["captured"]), 3),
+        "linear": evaluation["linear_base"],
+        "knn": evaluation["knn_all"],
+        **{f"shot_{n}": evaluation["few_shot"][n]["mean"] for n in evaluation["few_shot"]},
+    }
 
 
 def read_json(path: Path) -> dict | None:
@@ -135,13 +149,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lock", type=Path, default=Path("dvc.lock"))
     parser.add_argument("--generation", required=True, help="gN: a generation of params.yaml")
-    parser.add_argument("--seed", type=int, default=None, help="the training seed whose run to vary "
-                        "(default: the lowest recorded)")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="the training seed whose run to vary (default: the lowest recorded)"
+    )
     parser.add_argument("--variant", action="append", default=[], help="STAGE.FLAG=VALUE[,...]")
     parser.add_argument("--out", type=Path, default=Path("data/ablate"))
     args = parser.parse_args(argv)
     invocation = "python -m benchmarks.ablate_generation " + shlex.join(
-        sys.argv[1:] if argv is None else map(str, argv))
+        sys.argv[1:] if argv is None else map(str, argv)
+    )
     load_before = [round(x, 2) for x in os.getloadavg()]
     start = time.perf_counter()
 
@@ -153,21 +169,35 @@ def main(argv=None) -> None:
         raise SystemExit(f"{args.lock}: {error}") from None
     folder = args.out / g if seed is None else args.out / g / f"seed{seed}"
     own = [shlex.split(locked[names[part]]["cmd"]) for part in STAGES]
-    flag = lambda argv, name: argv[argv.index(name) + 1]       # noqa: E731
-    rows = [{"variant": "pipeline", **summary(json.loads(Path(flag(own[0], "--metrics")).read_text()),
-                                               read_history(Path(flag(own[1], "--history"))),
-                                               json.loads(Path(flag(own[2], "--out")).read_text()),
-                                               read_json(Path(flag(own[1], "--metrics"))))}]
+    flag = lambda argv, name: argv[argv.index(name) + 1]  # noqa: E731
+    rows = [
+        {
+            "variant": "pipeline",
+            **summary(
+                json.loads(Path(flag(own[0], "--metrics")).read_text()),
+                read_history(Path(flag(own[1], "--history"))),
+                json.loads(Path(flag(own[2], "--out")).read_text()),
+                read_json(Path(flag(own[1], "--metrics"))),
+            ),
+        }
+    ]
     for text in args.variant:
         root = folder / text.replace(",", "+").replace("=", "-").replace(" ", "_")
         if not (root / "eval.json").exists():
             for command in variant_commands(locked, names, parse_variant(text), root):
                 print(shlex.join(command), flush=True)
                 subprocess.run(command, check=True)
-        rows.append({"variant": text, **summary(json.loads((root / "vocab.json").read_text()),
-                                                read_history(root / "train.csv"),
-                                                json.loads((root / "eval.json").read_text()),
-                                                read_json(root / "train.json"))})
+        rows.append(
+            {
+                "variant": text,
+                **summary(
+                    json.loads((root / "vocab.json").read_text()),
+                    read_history(root / "train.csv"),
+                    json.loads((root / "eval.json").read_text()),
+                    read_json(root / "train.json"),
+                ),
+            }
+        )
     columns = [k for k in rows[0] if k != "variant"]
     print(f"{'variant':<34}" + "".join(f"{c:>18}" for c in columns))
     for r in rows:
@@ -175,10 +205,17 @@ def main(argv=None) -> None:
     wall = round(time.perf_counter() - start, 1)
     load_after = [round(x, 2) for x in os.getloadavg()]
     print(f"wall {wall} s; load average (1, 5, 15 min) before {load_before}, after {load_after}")
-    result = {"generation": g, "seed": seed, "command": invocation, "machine": cpu_model(),
-              "cpu_flags": relevant_flags(cpu_flags()), "cpus": os.cpu_count(),
-              "load_average": {"before": load_before, "after": load_after}, "wall_seconds": wall,
-              "rows": rows}
+    result = {
+        "generation": g,
+        "seed": seed,
+        "command": invocation,
+        "machine": cpu_model(),
+        "cpu_flags": relevant_flags(cpu_flags()),
+        "cpus": os.cpu_count(),
+        "load_average": {"before": load_before, "after": load_after},
+        "wall_seconds": wall,
+        "rows": rows,
+    }
     write_json(folder / "ablation.json", result)
     print("RESULT", json.dumps(result))
 

@@ -19,6 +19,7 @@ random uint8 (no download). Also reported: milliseconds per batch of make_view a
 docs/BENCHMARKS.md section 1 from one record per run (e.g. with and without --threads 1
 and --pil), one row each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,7 @@ def _torchvision_transform(spec: ViewSpec, pil: bool):
     steps = [
         v2.RandomResizedCrop(spec.size, scale=spec.crop_scale, ratio=spec.crop_ratio),
         v2.RandomHorizontalFlip(spec.flip_p),
-        v2.RandomApply([v2.ColorJitter(spec.jitter, spec.jitter, spec.jitter, spec.hue)],
-                       p=spec.jitter_p),
+        v2.RandomApply([v2.ColorJitter(spec.jitter, spec.jitter, spec.jitter, spec.hue)], p=spec.jitter_p),
         v2.RandomGrayscale(spec.gray_p),
     ]
     if pil:
@@ -68,28 +68,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_baseline(images: torch.Tensor, spec: ViewSpec, batch_size: int, workers: int,
-                   pil: bool) -> float:
+def bench_baseline(images: torch.Tensor, spec: ViewSpec, batch_size: int, workers: int, pil: bool) -> float:
     """Images/s of the per-image torchvision pipeline through a DataLoader (CPU)."""
     if pil:
         from PIL import Image
+
         data = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
     else:
         data = list(images.unbind(0))  # per-image [3, H, W] uint8 tensors
-    loader = DataLoader(_PerImageDataset(data, _torchvision_transform(spec, pil)),
-                        batch_size=batch_size, shuffle=True, num_workers=workers)
+    loader = DataLoader(
+        _PerImageDataset(data, _torchvision_transform(spec, pil)),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+    )
     count, start = 0, None
     for batch in loader:
         assert batch.shape[1:] == (3, spec.size, spec.size) and batch.dtype == torch.float32
-        if start is None:            # first batch = warm-up (worker start-up)
+        if start is None:  # first batch = warm-up (worker start-up)
             start = time.perf_counter()
             continue
         count += batch.shape[0]
     return count / (time.perf_counter() - start)
 
 
-def bench_batched(images: torch.Tensor, spec: ViewSpec, batch_size: int,
-                  device: torch.device) -> tuple[float, float, float]:
+def bench_batched(
+    images: torch.Tensor, spec: ViewSpec, batch_size: int, device: torch.device
+) -> tuple[float, float, float]:
     """(images/s of make_view, ms per batch of make_view, ms per batch of cutmix)."""
     images = images.to(device)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -100,13 +105,13 @@ def bench_batched(images: torch.Tensor, spec: ViewSpec, batch_size: int,
     for b, lo in enumerate(range(0, n, batch_size)):
         _sync(device)
         t0 = time.perf_counter()
-        views = make_view(images[perm[lo:lo + batch_size]], spec, gen)
+        views = make_view(images[perm[lo : lo + batch_size]], spec, gen)
         _sync(device)
         t1 = time.perf_counter()
         cutmix(views, targets[: views.shape[0]], generator=gen)
         _sync(device)
         t2 = time.perf_counter()
-        if b == 0:                   # warm-up
+        if b == 0:  # warm-up
             continue
         count, timed = count + views.shape[0], timed + 1
         view_s += t1 - t0
@@ -123,9 +128,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (baseline)")
     parser.add_argument("--device", default="cpu", help="device of the batched pipeline")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch intra-op threads of the main process (0 = torch default); "
-                             "DataLoader workers always use 1 thread each")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads of the main process (0 = torch default); "
+        "DataLoader workers always use 1 thread each",
+    )
     parser.add_argument("--pil", action="store_true", help="baseline on PIL images")
     parser.add_argument("--smoke", action="store_true", help="few hundred images, seconds")
     parser.add_argument("--json", type=Path, default=None, help="also write the run's record here")
@@ -133,13 +142,13 @@ def main(argv: list[str] | None = None) -> dict:
     threads_before = torch.get_num_threads()
     try:
         return _run(args, argv)
-    finally:              # main() may be called in-process (tests): restore global state
+    finally:  # main() may be called in-process (tests): restore global state
         torch.set_num_threads(threads_before)
 
 
 def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     load_before = load_average()
-    if args.smoke:   # just check that everything runs: tiny, in-process, one thread
+    if args.smoke:  # just check that everything runs: tiny, in-process, one thread
         args.images = min(args.images, 192)
         args.batch_size = min(args.batch_size, 64)
         args.workers = 0
@@ -149,13 +158,16 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     spec = ViewSpec(size=args.size)
-    images = torch.randint(0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     base = bench_baseline(images, spec, args.batch_size, args.workers, args.pil)
     batched, view_ms, mix_ms = bench_batched(images, spec, args.batch_size, device)
 
-    print(f"{args.images} images {args.size}x{args.size}, batch {args.batch_size}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.images} images {args.size}x{args.size}, batch {args.batch_size}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"{'pipeline':<52}{'images/s':>12}")
     tag = "PIL" if args.pil else "uint8 tensors"
     print(f"{f'torchvision v2 per-image ({tag}), {args.workers} workers':<52}{base:>12.0f}")
@@ -163,20 +175,42 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     print(f"{'ratio batched / baseline':<52}{batched / base:>12.1f}")
     print(f"per batch of {args.batch_size}: make_view {view_ms:.2f} ms, cutmix {mix_ms:.2f} ms")
     result = {
-        "images": args.images, "size": args.size, "batch_size": args.batch_size,
-        "workers": args.workers, "threads": torch.get_num_threads(), "device": str(device),
+        "images": args.images,
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
         "baseline_input": tag,
-        "baseline_images_per_s": round(base, 1), "batched_images_per_s": round(batched, 1),
-        "ratio": round(batched / base, 2), "make_view_ms_per_batch": round(view_ms, 3),
+        "baseline_images_per_s": round(base, 1),
+        "batched_images_per_s": round(batched, 1),
+        "ratio": round(batched / base, 2),
+        "make_view_ms_per_batch": round(view_ms, 3),
         "cutmix_ms_per_batch": round(mix_ms, 3),
     }
     if args.json is not None:
-        write_record(args.json, "bench_augment", argv, load_before, settings={
-            "images": args.images, "size": args.size, "batch_size": args.batch_size,
-            "workers": args.workers, "threads": torch.get_num_threads(), "device": str(device),
-            "pil": args.pil, "smoke": args.smoke},
-            measurements={"baseline_images_per_s": base, "batched_images_per_s": batched,
-                          "make_view_ms_per_batch": view_ms, "cutmix_ms_per_batch": mix_ms})
+        write_record(
+            args.json,
+            "bench_augment",
+            argv,
+            load_before,
+            settings={
+                "images": args.images,
+                "size": args.size,
+                "batch_size": args.batch_size,
+                "workers": args.workers,
+                "threads": torch.get_num_threads(),
+                "device": str(device),
+                "pil": args.pil,
+                "smoke": args.smoke,
+            },
+            measurements={
+                "baseline_images_per_s": base,
+                "batched_images_per_s": batched,
+                "make_view_ms_per_batch": view_ms,
+                "cutmix_ms_per_batch": mix_ms,
+            },
+        )
     print("RESULT " + json.dumps(result))
     return result
 
@@ -186,16 +220,21 @@ def table(records: list[dict]) -> list[list[str]]:
     ratio recomputed from the two rates, the 1-minute load average before-after the run."""
     batch = {r["settings"]["batch_size"] for r in records}
     per = f" / {batch.pop()}" if len(batch) == 1 else " / batch"
-    rows = [["run", "baseline img/s", "batched img/s", "ratio", f"make_view ms{per}",
-             f"cutmix ms{per}", "load"]]
+    rows = [["run", "baseline img/s", "batched img/s", "ratio", f"make_view ms{per}", f"cutmix ms{per}", "load"]]
     for r in records:
         s, m = r["settings"], r["measurements"]
         threads = f"{s['threads']} thread{'s' if s['threads'] != 1 else ''}"
-        rows.append([f"{threads}, {'PIL input' if s['pil'] else 'uint8 tensors'}",
-                     thousands(m["baseline_images_per_s"]), thousands(m["batched_images_per_s"]),
-                     f"{m['batched_images_per_s'] / m['baseline_images_per_s']:.1f}x",
-                     f"{m['make_view_ms_per_batch']:.1f}", f"{m['cutmix_ms_per_batch']:.1f}",
-                     load_range(r)])
+        rows.append(
+            [
+                f"{threads}, {'PIL input' if s['pil'] else 'uint8 tensors'}",
+                thousands(m["baseline_images_per_s"]),
+                thousands(m["batched_images_per_s"]),
+                f"{m['batched_images_per_s'] / m['baseline_images_per_s']:.1f}x",
+                f"{m['make_view_ms_per_batch']:.1f}",
+                f"{m['cutmix_ms_per_batch']:.1f}",
+                load_range(r),
+            ]
+        )
     return rows
 
 

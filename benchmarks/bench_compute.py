@@ -50,6 +50,7 @@ threads) pair's images/s of each round, FLOPs per step and the matmul peaks;
 `table(records)` gives docs/BENCHMARKS.md section 2 (median images/s and the ratio to the
 baseline, both recomputed from the rounds).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,11 +74,14 @@ from bowflow.roles.base import get_method
 from bowflow.train import autocast_context
 
 # name -> (bf16, channels_last, compile, oneDNN on)
-MODES = {"eager_fp32": (False, False, False, True), "channels_last_fp32": (False, True, False, True),
-         "bf16": (True, False, False, True), "bf16_channels_last": (True, True, False, True),
-         "no_mkldnn_fp32": (False, False, False, False)}
-COMPILE_MODES = {"compile_fp32": (False, False, True, True),
-                 "channels_last_compile_fp32": (False, True, True, True)}
+MODES = {
+    "eager_fp32": (False, False, False, True),
+    "channels_last_fp32": (False, True, False, True),
+    "bf16": (True, False, False, True),
+    "bf16_channels_last": (True, True, False, True),
+    "no_mkldnn_fp32": (False, False, False, False),
+}
+COMPILE_MODES = {"compile_fp32": (False, False, True, True), "channels_last_compile_fp32": (False, True, True, True)}
 BASELINE = "eager_fp32"
 
 
@@ -90,24 +94,41 @@ class StepRunner:
     """One method (BoWNet or RotNet) + SGD optimiser in one mode; `step()` runs one full
     training step."""
 
-    def __init__(self, size: int, width: int, batch: int, words: int, bf16: bool,
-                 channels_last: bool, seed: int = 0, method: str = "bownet",
-                 compile: bool = False, mkldnn: bool = True):
+    def __init__(
+        self,
+        size: int,
+        width: int,
+        batch: int,
+        words: int,
+        bf16: bool,
+        channels_last: bool,
+        seed: int = 0,
+        method: str = "bownet",
+        compile: bool = False,
+        mkldnn: bool = True,
+    ):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        self.images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8,
-                                    generator=gen)                       # [B, 3, S, S]
+        self.images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=gen)  # [B, 3, S, S]
         codes = torch.randint(0, words, (batch, (size // 2) ** 2), generator=gen)  # [B, L]
-        params = (BoWNetParams(width=width, batch_size=batch, lr=0.03) if method == "bownet"
-                  else RotNetParams(width=width, batch_size=batch, lr=0.1))
-        context = {"codes": codes, "num_words": words, "parent": {}, "image_size": size,
-                   "normalizer": Normalizer([0.5] * 3, [0.25] * 3)}
+        params = (
+            BoWNetParams(width=width, batch_size=batch, lr=0.03)
+            if method == "bownet"
+            else RotNetParams(width=width, batch_size=batch, lr=0.1)
+        )
+        context = {
+            "codes": codes,
+            "num_words": words,
+            "parent": {},
+            "image_size": size,
+            "normalizer": Normalizer([0.5] * 3, [0.25] * 3),
+        }
         cls = get_method(method)
         self.method = cls(params, build_backbone("convnet", width), cls.inputs(**context))
         self.method.train()
         if channels_last:
             self.method.to(memory_format=torch.channels_last)
-        if compile:                          # in place, as bowflow.runs does
+        if compile:  # in place, as bowflow.runs does
             self.method.backbone.compile()
         self.mkldnn = mkldnn
         self.inputs_per_image = 4 if method == "rotnet" else 1
@@ -151,28 +172,30 @@ def matmul_gflops(n: int, dtype: torch.dtype, reps: int) -> float:
     a = torch.randn(n, n, generator=gen).to(dtype)
     b = torch.randn(n, n, generator=gen).to(dtype)
     out = torch.empty(n, n, dtype=dtype)
-    torch.mm(a, b, out=out)                                      # warm-up
+    torch.mm(a, b, out=out)  # warm-up
     best = float("inf")
     for _ in range(reps):
         start = time.perf_counter()
         torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
-def measure_size(size: int, args, thread_counts: list[int], peak: dict,
-                 modes: dict) -> tuple[dict, dict, dict, dict]:
+def measure_size(size: int, args, thread_counts: list[int], peak: dict, modes: dict) -> tuple[dict, dict, dict, dict]:
     """-> ({(mode, threads): median images/s}, {(mode, threads): best images/s},
     {mode: compile seconds}, {(mode, threads): images/s of each round}) at one image size.
 
     Each round also re-measures the matmul peaks, updating `peak[threads][dtype]` (max);
     the matmuls also spin up the OpenMP team after a change of thread count.
     """
-    runners = {mode: StepRunner(size, args.width, args.batch_size, args.words, bf16, cl,
-                                method=args.method, compile=comp, mkldnn=onednn)
-               for mode, (bf16, cl, comp, onednn) in modes.items()}
+    runners = {
+        mode: StepRunner(
+            size, args.width, args.batch_size, args.words, bf16, cl, method=args.method, compile=comp, mkldnn=onednn
+        )
+        for mode, (bf16, cl, comp, onednn) in modes.items()
+    }
     warmup_s: dict[str, float] = {}
-    for threads in thread_counts:                                # warm-up every pair
+    for threads in thread_counts:  # warm-up every pair
         torch.set_num_threads(threads)
         for mode, runner in runners.items():
             start = time.perf_counter()
@@ -206,55 +229,66 @@ def measure_size(size: int, args, thread_counts: list[int], peak: dict,
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="16,32", help="image sides, comma separated")
-    parser.add_argument("--method", default="bownet", choices=["bownet", "rotnet"],
-                        help="whose training step (rotnet: 4 network inputs per image)")
+    parser.add_argument(
+        "--method",
+        default="bownet",
+        choices=["bownet", "rotnet"],
+        help="whose training step (rotnet: 4 network inputs per image)",
+    )
     parser.add_argument("--width", type=int, default=32, help="convnet width")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--words", type=int, default=64, help="vocabulary size K")
-    parser.add_argument("--threads", default="1,2", help="torch thread counts to try "
-                        "(torch's default count is always added)")
+    parser.add_argument(
+        "--threads", default="1,2", help="torch thread counts to try (torch's default count is always added)"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per pair")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per pair per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--matmul", type=int, default=2048, help="N of the peak matmul")
     parser.add_argument("--matmul-reps", type=int, default=3, help="matmuls per dtype per round")
-    parser.add_argument("--min-gain", type=float, default=0.03,
-                        help="--save keeps the default mode unless another is this much faster")
-    parser.add_argument("--compile", action="store_true",
-                        help="add the torch.compile modes (inductor; 15-60 s of compiling each)")
-    parser.add_argument("--modes", default="", help="comma-separated subset of the modes "
-                        "(the baseline is always run)")
-    parser.add_argument("--interop", type=int, default=0,
-                        help="torch.set_num_interop_threads before anything runs (0: default)")
-    parser.add_argument("--save", action="store_true",
-                        help="write the fastest mode to the cache select_compute reads")
+    parser.add_argument(
+        "--min-gain", type=float, default=0.03, help="--save keeps the default mode unless another is this much faster"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="add the torch.compile modes (inductor; 15-60 s of compiling each)"
+    )
+    parser.add_argument("--modes", default="", help="comma-separated subset of the modes (the baseline is always run)")
+    parser.add_argument(
+        "--interop", type=int, default=0, help="torch.set_num_interop_threads before anything runs (0: default)"
+    )
+    parser.add_argument("--save", action="store_true", help="write the fastest mode to the cache select_compute reads")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
     parser.add_argument("--json", type=Path, default=None, help="also write the run's record here")
     args = parser.parse_args(argv)
     if args.interop:
-        torch.set_num_interop_threads(args.interop)   # only possible before parallel work
+        torch.set_num_interop_threads(args.interop)  # only possible before parallel work
     threads_before = torch.get_num_threads()
     try:
         return _run(args, threads_before, argv)
-    finally:              # main() may be called in-process (tests): restore global state
+    finally:  # main() may be called in-process (tests): restore global state
         torch.set_num_threads(threads_before)
 
 
-def _choose(rates: dict, sizes: list[int], default_threads: int, min_gain: float,
-            modes: dict) -> dict:
+def _choose(rates: dict, sizes: list[int], default_threads: int, min_gain: float, modes: dict) -> dict:
     """The (mode, threads) with the best geometric-mean ratio to the baseline over sizes,
     among the modes a compute choice can express (oneDNN on)."""
+
     def gain(key):
-        return math.exp(statistics.fmean(
-            math.log(rates[size][key] / rates[size][(BASELINE, default_threads)]) for size in sizes))
+        return math.exp(
+            statistics.fmean(math.log(rates[size][key] / rates[size][(BASELINE, default_threads)]) for size in sizes)
+        )
+
     best = max((key for key in rates[sizes[0]] if modes[key[0]][3]), key=gain)
     if gain(best) < 1.0 + min_gain:
         best = (BASELINE, default_threads)
     bf16, channels_last, comp, _ = modes[best[0]]
     threads = 0 if best[1] == default_threads else best[1]
-    return {"mode": best[0], "threads_measured": best[1], "gain": round(gain(best), 3),
-            "choice": {"bf16": bf16, "channels_last": channels_last, "threads": threads,
-                       "compile": comp}}
+    return {
+        "mode": best[0],
+        "threads_measured": best[1],
+        "gain": round(gain(best), 3),
+        "choice": {"bf16": bf16, "channels_last": channels_last, "threads": threads, "compile": comp},
+    }
 
 
 def _run(args: argparse.Namespace, default_threads: int, argv: list[str] | None = None) -> dict:
@@ -279,93 +313,151 @@ def _run(args: argparse.Namespace, default_threads: int, argv: list[str] | None 
         torch.set_num_threads(default_threads)
         flops[size] = step_flops(size, args.width, args.batch_size, args.words, args.method)
         rates[size], best_rates[size], compile_s[size], samples[size] = measure_size(
-            size, args, thread_counts, peak, modes)
+            size, args, thread_counts, peak, modes
+        )
     torch.set_num_threads(default_threads)
     load_after = os.getloadavg()
     per_input = 4 if args.method == "rotnet" else 1
     for size in sizes:
         base = rates[size][(BASELINE, default_threads)]
-        print(f"\n{args.method}, convnet w{args.width}, {size}x{size}, batch {args.batch_size}"
-              f" ({args.batch_size * per_input} network inputs), K={args.words}: "
-              f"{flops[size] / 1e9:.2f} GFLOP per step (fwd+bwd); median of {args.rounds} rounds")
-        print(f"{'mode':<28}{'threads':>8}{'images/s':>10}{'best':>8}{'ratio':>7}{'GFLOP/s':>9}"
-              f"{'of fp32 mm':>11}")
+        print(
+            f"\n{args.method}, convnet w{args.width}, {size}x{size}, batch {args.batch_size}"
+            f" ({args.batch_size * per_input} network inputs), K={args.words}: "
+            f"{flops[size] / 1e9:.2f} GFLOP per step (fwd+bwd); median of {args.rounds} rounds"
+        )
+        print(f"{'mode':<28}{'threads':>8}{'images/s':>10}{'best':>8}{'ratio':>7}{'GFLOP/s':>9}{'of fp32 mm':>11}")
         for (mode, threads), rate in rates[size].items():
             gflops = flops[size] * rate / args.batch_size / 1e9
-            row = {"size": size, "mode": mode, "threads": threads,
-                   "images_per_s": sig(rate), "best_images_per_s": sig(best_rates[size][(mode, threads)]),
-                   "ratio": sig(rate / base), "gflops": sig(gflops),
-                   "fraction_of_fp32_matmul": sig(gflops / peak[threads]["fp32"])}
+            row = {
+                "size": size,
+                "mode": mode,
+                "threads": threads,
+                "images_per_s": sig(rate),
+                "best_images_per_s": sig(best_rates[size][(mode, threads)]),
+                "ratio": sig(rate / base),
+                "gflops": sig(gflops),
+                "fraction_of_fp32_matmul": sig(gflops / peak[threads]["fp32"]),
+            }
             if mode in compile_s[size]:
                 row["compile_seconds"] = compile_s[size][mode]
             rows.append(row)
-            print(f"{mode:<28}{threads:>8}{rate:>10.0f}{row['best_images_per_s']:>8.0f}"
-                  f"{rate / base:>7.2f}{gflops:>9.1f}{row['fraction_of_fp32_matmul']:>11.1%}"
-                  + (f"  (compile {compile_s[size][mode]:.0f} s)" if mode in compile_s[size] else ""))
+            print(
+                f"{mode:<28}{threads:>8}{rate:>10.0f}{row['best_images_per_s']:>8.0f}"
+                f"{rate / base:>7.2f}{gflops:>9.1f}{row['fraction_of_fp32_matmul']:>11.1%}"
+                + (f"  (compile {compile_s[size][mode]:.0f} s)" if mode in compile_s[size] else "")
+            )
         (mode, threads), rate = max(rates[size].items(), key=lambda item: item[1])
         gflops = flops[size] * rate / args.batch_size / 1e9
-        fastest[size] = {"mode": mode, "threads": threads, "images_per_s": sig(rate),
-                         "ratio": sig(rate / base), "gflops": sig(gflops),
-                         "fraction_of_fp32_matmul": sig(gflops / peak[threads]["fp32"]),
-                         "fraction_of_bf16_matmul": sig(gflops / peak[threads]["bf16"])}
-        print(f"fastest: {mode} x{threads} threads = {gflops:.1f} GFLOP/s = "
-              f"{gflops / peak[threads]['fp32']:.1%} of fp32 matmul, "
-              f"{gflops / peak[threads]['bf16']:.1%} of bf16 matmul (at {threads} threads)")
+        fastest[size] = {
+            "mode": mode,
+            "threads": threads,
+            "images_per_s": sig(rate),
+            "ratio": sig(rate / base),
+            "gflops": sig(gflops),
+            "fraction_of_fp32_matmul": sig(gflops / peak[threads]["fp32"]),
+            "fraction_of_bf16_matmul": sig(gflops / peak[threads]["bf16"]),
+        }
+        print(
+            f"fastest: {mode} x{threads} threads = {gflops:.1f} GFLOP/s = "
+            f"{gflops / peak[threads]['fp32']:.1%} of fp32 matmul, "
+            f"{gflops / peak[threads]['bf16']:.1%} of bf16 matmul (at {threads} threads)"
+        )
 
-    print(f"\ndense {args.matmul}x{args.matmul} matmul GFLOP/s: " + ", ".join(
-        f"{t} threads fp32 {p['fp32']:.1f} bf16 {p['bf16']:.1f}" for t, p in peak.items()))
-    print("load average before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f}".format(
-        *load_before, *load_after))
+    print(
+        f"\ndense {args.matmul}x{args.matmul} matmul GFLOP/s: "
+        + ", ".join(f"{t} threads fp32 {p['fp32']:.1f} bf16 {p['bf16']:.1f}" for t, p in peak.items())
+    )
+    print("load average before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f}".format(*load_before, *load_after))
     choice = _choose(rates, sizes, default_threads, args.min_gain, modes)
-    print(f"choice for select_compute: {choice['mode']} x{choice['threads_measured']} threads "
-          f"(geometric-mean gain {choice['gain']:.2f} over {sizes}) -> {choice['choice']}")
-    result = {"method": args.method, "sizes": sizes, "width": args.width, "batch_size": args.batch_size,
-              "loadavg_before": [round(x, 2) for x in load_before],
-              "loadavg_after": [round(x, 2) for x in load_after],
-              "cpu_flags": compute.relevant_flags(compute.cpu_flags()),
-              "words": args.words, "default_threads": default_threads,
-              "baseline": f"{BASELINE} x{default_threads} threads",
-              "gflop_per_step": {str(s): sig(f / 1e9) for s, f in flops.items()},
-              "matmul_n": args.matmul,
-              "matmul_gflops": {str(t): {k: sig(v) for k, v in p.items()} for t, p in peak.items()},
-              "modes": rows, "fastest": {str(s): f for s, f in fastest.items()}, **choice}
+    print(
+        f"choice for select_compute: {choice['mode']} x{choice['threads_measured']} threads "
+        f"(geometric-mean gain {choice['gain']:.2f} over {sizes}) -> {choice['choice']}"
+    )
+    result = {
+        "method": args.method,
+        "sizes": sizes,
+        "width": args.width,
+        "batch_size": args.batch_size,
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in load_after],
+        "cpu_flags": compute.relevant_flags(compute.cpu_flags()),
+        "words": args.words,
+        "default_threads": default_threads,
+        "baseline": f"{BASELINE} x{default_threads} threads",
+        "gflop_per_step": {str(s): sig(f / 1e9) for s, f in flops.items()},
+        "matmul_n": args.matmul,
+        "matmul_gflops": {str(t): {k: sig(v) for k, v in p.items()} for t, p in peak.items()},
+        "modes": rows,
+        "fastest": {str(s): f for s, f in fastest.items()},
+        **choice,
+    }
     if args.save:
-        path = compute.save_choice(choice["choice"], {
-            "source": "bench_compute --save", "cpu_flags": result["cpu_flags"],
-            "loadavg": result["loadavg_before"], "benchmark": result})
+        path = compute.save_choice(
+            choice["choice"],
+            {
+                "source": "bench_compute --save",
+                "cpu_flags": result["cpu_flags"],
+                "loadavg": result["loadavg_before"],
+                "benchmark": result,
+            },
+        )
         result["saved"] = str(path)
         print(f"saved to {path}")
     if args.json is not None:
-        write_record(args.json, "bench_compute", argv,
-                     [round(x, 2) for x in load_before], settings={
-                         "method": args.method, "sizes": sizes, "width": args.width,
-                         "batch_size": args.batch_size, "words": args.words,
-                         "thread_counts": thread_counts, "default_threads": default_threads,
-                         "baseline": BASELINE, "modes": list(modes), "warmup": args.warmup,
-                         "steps": args.steps, "rounds": args.rounds, "matmul_n": args.matmul,
-                         "matmul_reps": args.matmul_reps, "smoke": args.smoke},
-                     measurements={
-                         "images_per_s": [{"size": size, "mode": mode, "threads": threads,
-                                           "rounds": values}
-                                          for size in sizes
-                                          for (mode, threads), values in samples[size].items()],
-                         "flop_per_step": {str(size): f for size, f in flops.items()},
-                         "matmul_gflops": {str(t): p for t, p in peak.items()},
-                         "compile_seconds": {str(size): c for size, c in compile_s.items() if c}})
+        write_record(
+            args.json,
+            "bench_compute",
+            argv,
+            [round(x, 2) for x in load_before],
+            settings={
+                "method": args.method,
+                "sizes": sizes,
+                "width": args.width,
+                "batch_size": args.batch_size,
+                "words": args.words,
+                "thread_counts": thread_counts,
+                "default_threads": default_threads,
+                "baseline": BASELINE,
+                "modes": list(modes),
+                "warmup": args.warmup,
+                "steps": args.steps,
+                "rounds": args.rounds,
+                "matmul_n": args.matmul,
+                "matmul_reps": args.matmul_reps,
+                "smoke": args.smoke,
+            },
+            measurements={
+                "images_per_s": [
+                    {"size": size, "mode": mode, "threads": threads, "rounds": values}
+                    for size in sizes
+                    for (mode, threads), values in samples[size].items()
+                ],
+                "flop_per_step": {str(size): f for size, f in flops.items()},
+                "matmul_gflops": {str(t): p for t, p in peak.items()},
+                "compile_seconds": {str(size): c for size, c in compile_s.items() if c},
+            },
+        )
     print("RESULT " + json.dumps(result))
     return result
 
 
-MODE_LABELS = {"eager_fp32": "eager fp32", "channels_last_fp32": "channels-last fp32",
-               "bf16": "bf16 autocast", "bf16_channels_last": "bf16 + channels-last",
-               "no_mkldnn_fp32": "eager fp32, oneDNN off", "compile_fp32": "compiled fp32",
-               "channels_last_compile_fp32": "channels-last + compiled fp32"}
+MODE_LABELS = {
+    "eager_fp32": "eager fp32",
+    "channels_last_fp32": "channels-last fp32",
+    "bf16": "bf16 autocast",
+    "bf16_channels_last": "bf16 + channels-last",
+    "no_mkldnn_fp32": "eager fp32, oneDNN off",
+    "compile_fp32": "compiled fp32",
+    "channels_last_compile_fp32": "channels-last + compiled fp32",
+}
 
 
 def medians(record: dict) -> dict[tuple[int, str, int], float]:
     """{(size, mode, threads): median images/s over the record's rounds}."""
-    return {(r["size"], r["mode"], r["threads"]): statistics.median(r["rounds"])
-            for r in record["measurements"]["images_per_s"]}
+    return {
+        (r["size"], r["mode"], r["threads"]): statistics.median(r["rounds"])
+        for r in record["measurements"]["images_per_s"]
+    }
 
 
 def table(records: list[dict]) -> list[list[str]]:
@@ -389,12 +481,19 @@ def fastest(record: dict, size: int) -> dict:
     """The fastest (mode, threads) pair at one size by median images/s, with its GFLOP/s and
     the fractions of the same run's matmul peaks at its thread count."""
     s, m = record["settings"], record["measurements"]
-    (_, mode, threads), rate = max(((k, v) for k, v in medians(record).items() if k[0] == size),
-                                   key=lambda item: item[1])
+    (_, mode, threads), rate = max(
+        ((k, v) for k, v in medians(record).items() if k[0] == size), key=lambda item: item[1]
+    )
     gflops = m["flop_per_step"][str(size)] * rate / s["batch_size"] / 1e9
     peak = m["matmul_gflops"][str(threads)]
-    return {"mode": mode, "threads": threads, "images_per_s": rate, "gflops": gflops,
-            "of_fp32": gflops / peak["fp32"], "of_bf16": gflops / peak["bf16"]}
+    return {
+        "mode": mode,
+        "threads": threads,
+        "images_per_s": rate,
+        "gflops": gflops,
+        "of_fp32": gflops / peak["fp32"],
+        "of_bf16": gflops / peak["bf16"],
+    }
 
 
 if __name__ == "__main__":

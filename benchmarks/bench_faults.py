@@ -47,6 +47,7 @@ have one, 0): `pretrain_seed0@g0`, `student_seed0@g1`, ...; `--stages` takes the
                                                             # on the uninterrupted run kept in W
 Exits 1 if any trial fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,15 @@ from bowflow.scaffold import make_project
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
-TIMING_KEYS = {"wall_seconds", "train_min", "peak_rss_mb", "peak_gpu_mb", "feature_images_per_second",
-               "images_per_second", "seconds"}
+TIMING_KEYS = {
+    "wall_seconds",
+    "train_min",
+    "peak_rss_mb",
+    "peak_gpu_mb",
+    "feature_images_per_second",
+    "images_per_second",
+    "seconds",
+}
 PROVENANCE_KEYS = {"compute_source", "compute_reason"}
 KILL_ATTEMPTS = 4
 
@@ -78,8 +86,13 @@ KILL_ATTEMPTS = 4
 def is_timing(key: str) -> bool:
     """Keys (or CSV columns) whose values are measurements of time or memory, or the compute
     choice's provenance, not results."""
-    return (key in TIMING_KEYS or key in PROVENANCE_KEYS or key.endswith("_seconds") or key.endswith("per_second")
-            or key.startswith("peak_"))
+    return (
+        key in TIMING_KEYS
+        or key in PROVENANCE_KEYS
+        or key.endswith("_seconds")
+        or key.endswith("per_second")
+        or key.startswith("peak_")
+    )
 
 
 def strip_timing(value):
@@ -107,13 +120,18 @@ def final_state(project: Path) -> dict:
 
 def environment(cache_dir: Path) -> dict:
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-            "PYTHONUNBUFFERED": "1", "BOWFLOW_CACHE": str(cache_dir)}
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONUNBUFFERED": "1",
+        "BOWFLOW_CACHE": str(cache_dir),
+    }
 
 
 @dataclass
 class Run:
     """One `dvc repro`: exit code, merged output, and (stage, seconds since launch) starts."""
+
     returncode: int
     output: str
     starts: list[tuple[str, float]]
@@ -133,8 +151,9 @@ def repro(project: Path, env: dict, kill: tuple[str, float] | None = None) -> Ru
     """`dvc repro` in its own process group; with `kill=(stage, delay)`, SIGKILL the whole
     group `delay` seconds after `stage`'s `Running stage` line appears."""
     start = time.perf_counter()
-    proc = subprocess.Popen(["dvc", "repro"], cwd=project, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        ["dvc", "repro"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     starts: list[tuple[str, float]] = []
     lines: list[str] = []
     seen = threading.Event()
@@ -163,7 +182,7 @@ def repro(project: Path, env: dict, kill: tuple[str, float] | None = None) -> Ru
                 killed_at = time.perf_counter() - start
                 os.killpg(proc.pid, signal.SIGKILL)
     returncode = proc.wait()
-    if killed_at is not None:   # wait until init has reaped the orphaned stage process too
+    if killed_at is not None:  # wait until init has reaped the orphaned stage process too
         for _ in range(1000):
             try:
                 os.killpg(proc.pid, 0)
@@ -219,7 +238,7 @@ def pipeline_stages(params: dict) -> list[str]:
 
     names = []
     for group, stage in stages(params_seeds(params)).items():
-        if "foreach" in stage:                              # "${pretrain}" -> params["pretrain"]
+        if "foreach" in stage:  # "${pretrain}" -> params["pretrain"]
             names += [f"{group}@{key}" for key in params[stage["foreach"][2:-1]]]
         else:
             names.append(group)
@@ -232,8 +251,9 @@ def windows(run: Run) -> dict[str, tuple[float, float]]:
     return {name: (start, end) for (name, start), end in zip(run.starts, bounds)}
 
 
-def plan(stage_windows: dict[str, tuple[float, float]], trials: int, seed: int,
-         stages: list[str] | None = None) -> list[tuple[str, float]]:
+def plan(
+    stage_windows: dict[str, tuple[float, float]], trials: int, seed: int, stages: list[str] | None = None
+) -> list[tuple[str, float]]:
     """[(stage, seconds after its start)] for each trial: stages round-robin (longest window
     first, or the given `stages` in order), a uniform moment inside each stage's window."""
     rng = random.Random(seed)
@@ -275,8 +295,7 @@ def _lock_paths(project: Path) -> set[str]:
 
 
 def status_clean(project: Path, env: dict) -> tuple[bool, str]:
-    result = subprocess.run(["dvc", "status", "--json"], cwd=project, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(["dvc", "status", "--json"], cwd=project, env=env, capture_output=True, text=True)
     text = result.stdout.strip()
     return result.returncode == 0 and text in ("{}", ""), (text or result.stderr)[-500:]
 
@@ -287,11 +306,11 @@ class Trial:
     planned: tuple[str, float]
     killed_stage: str = ""
     killed_at: float | None = None
-    attempts: int = 0          # projects started until a kill landed (see KILL_ATTEMPTS)
-    delay: float = 0.0         # seconds after the stage's start actually used
+    attempts: int = 0  # projects started until a kill landed (see KILL_ATTEMPTS)
+    delay: float = 0.0  # seconds after the stage's start actually used
     checkpoints_after_kill: int = 0
     resumed: bool = False
-    rwlock_removed: bool = False   # the kill cut DVC's own rwlock write (see rerun_after_kill)
+    rwlock_removed: bool = False  # the kill cut DVC's own rwlock write (see rerun_after_kill)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -315,8 +334,9 @@ def baseline(scratch: Path, params: dict, reuse: bool = False) -> tuple[Run, dic
     return run, final_state(project)
 
 
-def run_trial(index: int, planned: tuple[str, float], scratch: Path, params: dict,
-              expected: dict, keep: bool = False) -> Trial:
+def run_trial(
+    index: int, planned: tuple[str, float], scratch: Path, params: dict, expected: dict, keep: bool = False
+) -> Trial:
     """Kill one `dvc repro` as planned, rerun it, and check the result (see the module doc)."""
     trial = Trial(index, planned)
     where = scratch / f"trial{index}"
@@ -328,18 +348,20 @@ def run_trial(index: int, planned: tuple[str, float], scratch: Path, params: dic
         killed = repro(project, env, kill=(stage, delay))
         if killed.killed_at is not None or killed.returncode != 0:
             break
-        delay /= 2                     # the run ended before the kill: start over, sooner
+        delay /= 2  # the run ended before the kill: start over, sooner
     trial.attempts, trial.delay = attempt + 1, delay
     if killed.killed_at is None and killed.returncode != 0:
-        trial.problems.append(f"dvc repro failed before the kill (exit {killed.returncode}): "
-                              f"{killed.output[-800:]}")
+        trial.problems.append(f"dvc repro failed before the kill (exit {killed.returncode}): {killed.output[-800:]}")
     elif killed.killed_at is None:
         trial.problems.append(f"not killed in {KILL_ATTEMPTS} attempts: dvc repro ended first")
     else:
         trial.killed_at = killed.killed_at
         trial.killed_stage = killed.stage_at(killed.killed_at)
-    trial.checkpoints_after_kill = sum(1 for p in (project / "data/checkpoints").glob("*") if p.is_file()) \
-        if (project / "data/checkpoints").exists() else 0
+    trial.checkpoints_after_kill = (
+        sum(1 for p in (project / "data/checkpoints").glob("*") if p.is_file())
+        if (project / "data/checkpoints").exists()
+        else 0
+    )
     rerun, trial.rwlock_removed = rerun_after_kill(project, env)
     trial.resumed = "resumed from checkpoint" in rerun.output
     if rerun.returncode != 0:
@@ -363,28 +385,42 @@ def run_trial(index: int, planned: tuple[str, float], scratch: Path, params: dic
 def trial_line(trial: Trial) -> str:
     when = "-" if trial.killed_at is None else f"{trial.killed_at:.1f}"
     result = "PASS" if trial.passed else "FAIL: " + "; ".join(trial.problems)
-    return (f"{trial.index:>3}  {trial.planned[0]:<{STAGE_WIDTH}}{trial.delay:>7.2f}{trial.attempts:>4}  "
-            f"{trial.killed_stage:<{STAGE_WIDTH}}{when:>7}  {trial.checkpoints_after_kill:>5}  "
-            f"{'yes' if trial.resumed else 'no':<7}  {'removed' if trial.rwlock_removed else '-':<7}  "
-            f"{result}")
+    return (
+        f"{trial.index:>3}  {trial.planned[0]:<{STAGE_WIDTH}}{trial.delay:>7.2f}{trial.attempts:>4}  "
+        f"{trial.killed_stage:<{STAGE_WIDTH}}{when:>7}  {trial.checkpoints_after_kill:>5}  "
+        f"{'yes' if trial.resumed else 'no':<7}  {'removed' if trial.rwlock_removed else '-':<7}  "
+        f"{result}"
+    )
 
 
-STAGE_WIDTH = 26           # evaluate_student_seed0@g2 and a space
-HEADER = (f"{'#':>3}  {'planned stage':<{STAGE_WIDTH}}{'+s':>7}{'try':>4}  {'killed in':<{STAGE_WIDTH}}{'at s':>7}  "
-          f"{'ckpts':>5}  {'resumed':<7}  {'rwlock':<7}  result")
+STAGE_WIDTH = 26  # evaluate_student_seed0@g2 and a space
+HEADER = (
+    f"{'#':>3}  {'planned stage':<{STAGE_WIDTH}}{'+s':>7}{'try':>4}  {'killed in':<{STAGE_WIDTH}}{'at s':>7}  "
+    f"{'ckpts':>5}  {'resumed':<7}  {'rwlock':<7}  result"
+)
 
 
-def run_faults(trials: int, seed: int, scratch: Path, params: dict | None = None,
-               stages: list[str] | None = None, keep: bool = False, say=print,
-               reuse_baseline: bool = False, first: int = 1) -> list[Trial]:
+def run_faults(
+    trials: int,
+    seed: int,
+    scratch: Path,
+    params: dict | None = None,
+    stages: list[str] | None = None,
+    keep: bool = False,
+    say=print,
+    reuse_baseline: bool = False,
+    first: int = 1,
+) -> list[Trial]:
     """The whole check: baseline, plan, trials. Returns the trials (see `Trial.passed`)."""
     params = core_params() if params is None else params
     base_run, expected = baseline(scratch, params, reuse_baseline)
     stage_windows = windows(base_run)
     if stages is not None:
         stages = resolve_stages(stages, list(stage_windows), list(params.get("seeds", [0])))
-    say(f"uninterrupted dvc repro: {base_run.seconds:.1f} s; stage windows (s after launch): "
-        + ", ".join(f"{s} {a:.1f}-{b:.1f}" for s, (a, b) in stage_windows.items()))
+    say(
+        f"uninterrupted dvc repro: {base_run.seconds:.1f} s; stage windows (s after launch): "
+        + ", ".join(f"{s} {a:.1f}-{b:.1f}" for s, (a, b) in stage_windows.items())
+    )
     say(HEADER)
     results = []
     for i, planned in enumerate(plan(stage_windows, trials, seed, stages)):
@@ -411,13 +447,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep every trial's project")
-    parser.add_argument("--reuse-baseline", action="store_true",
-                        help="use the uninterrupted run already in --workdir")
+    parser.add_argument("--reuse-baseline", action="store_true", help="use the uninterrupted run already in --workdir")
     parser.add_argument("--first", type=int, default=1, help="start at this trial of the plan")
-    parser.add_argument("--generations", nargs="+", default=None, metavar="GEN",
-                        help="keep only these BoWNet generations of the tiny params (e.g. g1: shorter runs)")
-    parser.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
-                        help="kill in these stages, round-robin (default: every stage, longest first)")
+    parser.add_argument(
+        "--generations",
+        nargs="+",
+        default=None,
+        metavar="GEN",
+        help="keep only these BoWNet generations of the tiny params (e.g. g1: shorter runs)",
+    )
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        default=None,
+        metavar="STAGE",
+        help="kill in these stages, round-robin (default: every stage, longest first)",
+    )
     args = parser.parse_args(argv)
     params = core_params()
     if args.generations is not None:
@@ -425,15 +470,23 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"--generations: no generation {unknown} in the tiny params")
         params["generations"] = {g: v for g, v in params["generations"].items() if g in args.generations}
-    if args.stages is not None:             # checked before the baseline's minutes
+    if args.stages is not None:  # checked before the baseline's minutes
         try:
             resolve_stages(args.stages, pipeline_stages(params), list(params.get("seeds", [0])))
         except ValueError as error:
             parser.error(str(error))
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        results = run_faults(args.trials, args.seed, args.workdir, params, args.stages, keep=args.keep,
-                             reuse_baseline=args.reuse_baseline, first=args.first)
+        results = run_faults(
+            args.trials,
+            args.seed,
+            args.workdir,
+            params,
+            args.stages,
+            keep=args.keep,
+            reuse_baseline=args.reuse_baseline,
+            first=args.first,
+        )
     else:
         with tempfile.TemporaryDirectory(prefix="bowflow-faults-") as scratch:
             results = run_faults(args.trials, args.seed, Path(scratch), params, args.stages, keep=args.keep)

@@ -21,6 +21,7 @@ The last line is `RESULT {json}`. --json PATH also writes the run's record
 `table(records)` gives docs/BENCHMARKS.md section 5, one row per record (medians and the
 speed-up recomputed from the rounds).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,8 @@ def synthetic_features(
     separation 0.15 puts 5-way accuracy at roughly 30 % (1-shot) to 75 % (50-shot).
     """
     gen = torch.Generator().manual_seed(seed)
-    means = torch.randn(n_classes, dim, generator=gen)               # [C, D]
-    y = torch.arange(n_classes).repeat_interleave(per_class)         # [C*P]
+    means = torch.randn(n_classes, dim, generator=gen)  # [C, D]
+    y = torch.arange(n_classes).repeat_interleave(per_class)  # [C*P]
     x = separation * means[y] + torch.randn(len(y), dim, generator=gen)
     return x, y
 
@@ -87,38 +88,48 @@ def benchmark(smoke: bool, rounds: int | None = None) -> dict:
     draw_s = statistics.median(draw_times)
     match = loop_res == batched_res
 
-    print(f"few-shot {n_way}-way, {n_query} queries/class, {episodes} episodes per shot count, "
-          f"shots {shots}; features {n_classes} x {per_class} x D={dim}; "
-          f"{os.cpu_count()} CPUs, 1 torch thread; median of {rounds} rounds")
+    print(
+        f"few-shot {n_way}-way, {n_query} queries/class, {episodes} episodes per shot count, "
+        f"shots {shots}; features {n_classes} x {per_class} x D={dim}; "
+        f"{os.cpu_count()} CPUs, 1 torch thread; median of {rounds} rounds"
+    )
     print(f"{'shots':>5}  {'mean %':>8}  {'ci95 %':>7}")
     for n in shots:
         print(f"{n:>5}  {batched_res[n]['mean']:8.3f}  {batched_res[n]['ci95']:7.3f}")
     print(f"reference loop (BASELINE)   {loop_s:8.3f} s")
-    print(f"batched ({per_batch}/batch)         {batched_s:8.3f} s   "
-          f"speed-up x{loop_s / batched_s:.2f}")
+    print(f"batched ({per_batch}/batch)         {batched_s:8.3f} s   speed-up x{loop_s / batched_s:.2f}")
     print(f"  of which episode drawing  {draw_s:8.3f} s (shared by both)")
     print(f"results identical: {match}")
 
     return {
         "benchmark": "fewshot",
         "smoke": smoke,
-        "n_classes": n_classes, "per_class": per_class, "dim": dim,
-        "n_way": n_way, "n_query": n_query, "shots": shots, "episodes": episodes,
-        "episodes_per_batch": per_batch, "cpus": os.cpu_count(), "rounds": rounds,
-        "loop_s": round(loop_s, 4), "batched_s": round(batched_s, 4),
-        "draw_s": round(draw_s, 4), "speedup": round(loop_s / batched_s, 2),
-        "match": match, "rounds_s": {"loop": loop_times, "batched": batched_times,
-                                     "draw": draw_times},
-        "accuracy": {str(n): {"mean": round(r["mean"], 3), "ci95": round(r["ci95"], 3)}
-                     for n, r in batched_res.items()},
+        "n_classes": n_classes,
+        "per_class": per_class,
+        "dim": dim,
+        "n_way": n_way,
+        "n_query": n_query,
+        "shots": shots,
+        "episodes": episodes,
+        "episodes_per_batch": per_batch,
+        "cpus": os.cpu_count(),
+        "rounds": rounds,
+        "loop_s": round(loop_s, 4),
+        "batched_s": round(batched_s, 4),
+        "draw_s": round(draw_s, 4),
+        "speedup": round(loop_s / batched_s, 2),
+        "match": match,
+        "rounds_s": {"loop": loop_times, "batched": batched_times, "draw": draw_times},
+        "accuracy": {
+            str(n): {"mean": round(r["mean"], 3), "ci95": round(r["ci95"], 3)} for n, r in batched_res.items()
+        },
     }
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, about a second")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="timed rounds (default 3, smoke 1)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3, smoke 1)")
     parser.add_argument("--json", type=Path, default=None, help="also write the run's record here")
     args = parser.parse_args(argv)
     load_before = load_average()
@@ -131,13 +142,29 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(previous_threads)
     rounds_s = result.pop("rounds_s")
     if args.json is not None:
-        write_record(args.json, "bench_fewshot", argv, load_before,
-                     settings={k: result[k] for k in ("smoke", "n_classes", "per_class", "dim", "n_way",
-                                                      "n_query", "shots", "episodes",
-                                                      "episodes_per_batch", "rounds")}
-                     | {"threads": 1},
-                     measurements={"seconds": rounds_s, "match": result["match"],
-                                   "accuracy": result["accuracy"]})
+        write_record(
+            args.json,
+            "bench_fewshot",
+            argv,
+            load_before,
+            settings={
+                k: result[k]
+                for k in (
+                    "smoke",
+                    "n_classes",
+                    "per_class",
+                    "dim",
+                    "n_way",
+                    "n_query",
+                    "shots",
+                    "episodes",
+                    "episodes_per_batch",
+                    "rounds",
+                )
+            }
+            | {"threads": 1},
+            measurements={"seconds": rounds_s, "match": result["match"], "accuracy": result["accuracy"]},
+        )
     print("RESULT " + json.dumps(result))
     if not result["match"]:
         raise SystemExit("batched few_shot differs from the reference loop")
@@ -153,13 +180,26 @@ def table(records: list[dict]) -> list[list[str]]:
     """docs/BENCHMARKS.md section 5: one row per record, the median seconds of the
     per-episode loop and of the batched episodes, the speed-up, whether both agree."""
     per_batch = {r["settings"]["episodes_per_batch"] for r in records}
-    rows = [["run (load)", "per-episode loop", f"batched ({'/'.join(map(str, sorted(per_batch)))} "
-             "episodes per bmm)", "speed-up", "results"]]
+    rows = [
+        [
+            "run (load)",
+            "per-episode loop",
+            f"batched ({'/'.join(map(str, sorted(per_batch)))} episodes per bmm)",
+            "speed-up",
+            "results",
+        ]
+    ]
     for i, r in enumerate(records, 1):
         t = medians(r)
-        rows.append([f"{i} ({load_range(r)})", f"{t['loop']:.3f} s", f"{t['batched']:.3f} s",
-                     f"{t['loop'] / t['batched']:.1f}x",
-                     "identical" if r["measurements"]["match"] else "differ"])
+        rows.append(
+            [
+                f"{i} ({load_range(r)})",
+                f"{t['loop']:.3f} s",
+                f"{t['batched']:.3f} s",
+                f"{t['loop'] / t['batched']:.1f}x",
+                "identical" if r["measurements"]["match"] else "differ",
+            ]
+        )
     return rows
 
 

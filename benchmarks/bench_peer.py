@@ -103,6 +103,7 @@ CIFAR-10 JPEG tarball beside the project, read by `bowflow.data.sources.load_sou
 extracted once into the bowflow cache) at --size 32; a missing file stops with a message
 naming it (and `--source digits`, which works anywhere).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -135,42 +136,64 @@ SIDES = ("lightly", "ours")
 
 # ------------------------------------------------------------------ pure helpers
 
-SMOKE = {"source": "digits", "size": 8, "width": 4, "images": 256, "test_images": 64,
-         "batch_size": 32, "seconds": 2.0}
+SMOKE = {"source": "digits", "size": 8, "width": 4, "images": 256, "test_images": 64, "batch_size": 32, "seconds": 2.0}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", default="imagefolder", choices=["imagefolder", "digits"])
-    parser.add_argument("--root", type=Path, default=DEFAULT_TARBALL,
-                        help="imagefolder: the CIFAR-10 JPEG tarball (or any image folder)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=DEFAULT_TARBALL,
+        help="imagefolder: the CIFAR-10 JPEG tarball (or any image folder)",
+    )
     parser.add_argument("--size", type=int, default=32, help="image side, px")
-    parser.add_argument("--images", type=int, default=5000,
-                        help="training images (seeded subset of the train split; 0 = all)")
-    parser.add_argument("--test-images", type=int, default=2000,
-                        help="k-NN test images (seeded subset of the test split; 0 = all)")
-    parser.add_argument("--seconds", type=float, default=240.0,
-                        help="training budget of each side: measured training seconds")
-    parser.add_argument("--width", type=int, default=16,
-                        help="convnet width, both sides (16: the CPU preset's BYOL width)")
+    parser.add_argument(
+        "--images", type=int, default=5000, help="training images (seeded subset of the train split; 0 = all)"
+    )
+    parser.add_argument(
+        "--test-images", type=int, default=2000, help="k-NN test images (seeded subset of the test split; 0 = all)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=240.0, help="training budget of each side: measured training seconds"
+    )
+    parser.add_argument(
+        "--width", type=int, default=16, help="convnet width, both sides (16: the CPU preset's BYOL width)"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="lightly DataLoader workers (at most --threads; 0: single process)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
-                        help="one comparison per seed (data subset, initial weights, random streams)")
-    parser.add_argument("--venv", type=Path, default=None,
-                        help="folder of the lightly env (kept and reused; default: a temp folder, removed)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="lightly DataLoader workers (at most --threads; 0: single process)"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="one comparison per seed (data subset, initial weights, random streams)",
+    )
+    parser.add_argument(
+        "--venv",
+        type=Path,
+        default=None,
+        help="folder of the lightly env (kept and reused; default: a temp folder, removed)",
+    )
     parser.add_argument("--only", choices=["both", *SIDES], default="both")
-    parser.add_argument("--ours-first", action="store_true",
-                        help="run ours before lightly at the first seed (default: lightly first); "
-                             "the order alternates from seed to seed")
+    parser.add_argument(
+        "--ours-first",
+        action="store_true",
+        help="run ours before lightly at the first seed (default: lightly first); "
+        "the order alternates from seed to seed",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny, unless given: " + ", ".join(f"--{k.replace('_', '-')} {v}"
-                                                                for k, v in SMOKE.items()))
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny, unless given: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SMOKE.items()),
+    )
     args = parser.parse_args(argv)
-    if args.smoke:                       # the tiny sizes, where not given on the command line
+    if args.smoke:  # the tiny sizes, where not given on the command line
         for key, value in SMOKE.items():
             if getattr(args, key) == parser.get_default(key):
                 setattr(args, key, value)
@@ -184,8 +207,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if len(set(args.seeds)) != len(args.seeds):
         parser.error("--seeds must be distinct")
     if not 0 <= args.workers <= args.threads:
-        parser.error(f"--workers must be between 0 and --threads ({args.threads}): the lightly "
-                     f"side gets no more cores than ours")
+        parser.error(
+            f"--workers must be between 0 and --threads ({args.threads}): the lightly side gets no more cores than ours"
+        )
     return args
 
 
@@ -226,15 +250,18 @@ def ratios(ours: dict, lightly: dict) -> dict:
     """images/s ours / lightly, k-NN ours - lightly (points), and how equal the training
     seconds were: ours - lightly, and the longer of the two sides' longest epochs (the
     budget rule keeps each side within its longest epoch of the budget)."""
-    return {"images_per_second_ratio": round(ours["images_per_second"] / lightly["images_per_second"], 3),
-            "knn_points": round(ours["knn"] - lightly["knn"], 2),
-            "seconds_gap": round(ours["seconds"] - lightly["seconds"], 3),
-            "longest_epoch_seconds": round(max(max(ours["epoch_seconds"]), max(lightly["epoch_seconds"])), 3)}
+    return {
+        "images_per_second_ratio": round(ours["images_per_second"] / lightly["images_per_second"], 3),
+        "knn_points": round(ours["knn"] - lightly["knn"], 2),
+        "seconds_gap": round(ours["seconds"] - lightly["seconds"], 3),
+        "longest_epoch_seconds": round(max(max(ours["epoch_seconds"]), max(lightly["epoch_seconds"])), 3),
+    }
 
 
 def summarize(per_seed: list[dict]) -> dict:
     """Mean, min and max over seeds of each side's k-NN, training seconds and epochs, and of
     the ours - lightly k-NN points and images/s ratio (where both sides ran)."""
+
     def stats(values: list[float]) -> dict:
         return {"mean": round(sum(values) / len(values), 3), "min": min(values), "max": max(values)}
 
@@ -242,8 +269,9 @@ def summarize(per_seed: list[dict]) -> dict:
     for side in (*SIDES, "init"):
         rows = [r["sides"][side] for r in per_seed if side in r["sides"]]
         if rows:
-            out[side] = {key: stats([row[key] for row in rows])
-                         for key in ("knn", "seconds", "epochs") if key in rows[0]}
+            out[side] = {
+                key: stats([row[key] for row in rows]) for key in ("knn", "seconds", "epochs") if key in rows[0]
+            }
     for key in ("knn_points", "images_per_second_ratio", "seconds_gap"):
         values = [r[key] for r in per_seed if key in r]
         if values:
@@ -252,20 +280,25 @@ def summarize(per_seed: list[dict]) -> dict:
 
 
 def format_table(rows: dict[str, dict]) -> str:
-    head = (f"{'side':<10}{'epochs':>7}{'steps':>7}{'train s':>9}{'wall s':>9}{'images/s':>10}"
-            f"{'img/CPU-s':>10}{'k-NN top-1':>11}")
+    head = (
+        f"{'side':<10}{'epochs':>7}{'steps':>7}{'train s':>9}{'wall s':>9}{'images/s':>10}"
+        f"{'img/CPU-s':>10}{'k-NN top-1':>11}"
+    )
     lines = [head]
     for name, r in rows.items():
-        if "epochs" not in r:                                   # the untrained floor
+        if "epochs" not in r:  # the untrained floor
             lines.append(f"{name:<10}{'-':>7}{'-':>7}{'-':>9}{'-':>9}{'-':>10}{'-':>10}{r['knn']:>10.2f}%")
             continue
-        lines.append(f"{name:<10}{r['epochs']:>7}{r['steps']:>7}{r['seconds']:>9.1f}{r['wall_seconds']:>9.1f}"
-                     f"{r['images_per_second']:>10.1f}{r['images'] / r['cpu_seconds']:>10.1f}"
-                     f"{r['knn']:>10.2f}%")
+        lines.append(
+            f"{name:<10}{r['epochs']:>7}{r['steps']:>7}{r['seconds']:>9.1f}{r['wall_seconds']:>9.1f}"
+            f"{r['images_per_second']:>10.1f}{r['images'] / r['cpu_seconds']:>10.1f}"
+            f"{r['knn']:>10.2f}%"
+        )
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ data
+
 
 def load_images(args, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """-> (train uint8 [N, 3, S, S], train labels [N], test uint8 [M, 3, S, S], test labels, what)."""
@@ -273,9 +306,11 @@ def load_images(args, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
     root = args.root
     if args.source == "imagefolder" and not Path(root).exists():
-        raise SystemExit(f"bench_peer: data file not found: {root} (the CIFAR-10 JPEG tarball, "
-                         f"cifar10-jpeg.tar.gz, expected in ../shared/datasets/ beside the "
-                         f"project). Point --root at it, or run with --source digits.")
+        raise SystemExit(
+            f"bench_peer: data file not found: {root} (the CIFAR-10 JPEG tarball, "
+            f"cifar10-jpeg.tar.gz, expected in ../shared/datasets/ beside the "
+            f"project). Point --root at it, or run with --source digits."
+        )
     train, test, report = load_source(args.source, str(root), image_size=args.size, seed=seed)
 
     def pick(s, n, seed):
@@ -285,12 +320,15 @@ def load_images(args, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
     x_train, y_train = pick(train, args.images, seed)
     x_test, y_test = pick(test, args.test_images, seed + 1)
-    what = (f"{args.source} ({report.get('layout')}), {len(x_train)} of {len(train)} train and "
-            f"{len(x_test)} of {len(test)} test images at {args.size} px, {len(train.class_names)} classes")
+    what = (
+        f"{args.source} ({report.get('layout')}), {len(x_train)} of {len(train)} train and "
+        f"{len(x_test)} of {len(test)} test images at {args.size} px, {len(train.class_names)} classes"
+    )
     return x_train, y_train, x_test, y_test, what
 
 
 # ------------------------------------------------------------------ ours
+
 
 def byol_params(args, epochs: int):
     from bowflow.methods.byol import BYOLParams
@@ -302,8 +340,9 @@ class _Interrupt(Exception):
     """Raised by the budget hook at an epoch's first step: stop, or resume with a new plan."""
 
 
-def train_ours(images: torch.Tensor, normalizer, init_state: dict, args, seed: int,
-               workdir: Path) -> tuple[torch.nn.Module, dict]:
+def train_ours(
+    images: torch.Tensor, normalizer, init_state: dict, args, seed: int, workdir: Path
+) -> tuple[torch.nn.Module, dict]:
     """bowflow's BYOL through bowflow.train.train until its measured training time reaches
     args.seconds (bowflow.budget.EpochBudget; module docstring: the budget)."""
     from bowflow.io import load_torch
@@ -319,8 +358,9 @@ def train_ours(images: torch.Tensor, normalizer, init_state: dict, args, seed: i
     seed_everything(seed)
     backbone = build_backbone("convnet", args.width)
     backbone.load_state_dict(init_state)
-    method = get_method("byol")(params, backbone,
-                                get_method("byol").inputs(**{"normalizer": normalizer, "image_size": args.size}))
+    method = get_method("byol")(
+        params, backbone, get_method("byol").inputs(**{"normalizer": normalizer, "image_size": args.size})
+    )
 
     # The hook: time each epoch from its first step's views to its last after_step return;
     # at the next epoch's first step, interrupt the trainer if the budget says stop or the
@@ -353,13 +393,22 @@ def train_ours(images: torch.Tensor, normalizer, init_state: dict, args, seed: i
     while True:
         clock["trainer_epochs"] = budget.planned
         try:
-            train(method, images, replace(params, epochs=budget.planned), seed, checkpoint,
-                  run_id=f"peer-ours-s{seed}", bf16=False, channels_last=False, show_progress=False,
-                  run_name=f"peer-ours-s{seed}")
+            train(
+                method,
+                images,
+                replace(params, epochs=budget.planned),
+                seed,
+                checkpoint,
+                run_id=f"peer-ours-s{seed}",
+                bf16=False,
+                channels_last=False,
+                show_progress=False,
+                run_name=f"peer-ours-s{seed}",
+            )
         except _Interrupt:
             if not budget.stopped:
                 resumes += 1
-                continue                    # resume from the epoch checkpoint with the new plan
+                continue  # resume from the epoch checkpoint with the new plan
         break
     wall_seconds = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu_start
@@ -370,21 +419,32 @@ def train_ours(images: torch.Tensor, normalizer, init_state: dict, args, seed: i
     del method.views, method.after_step
     images_seen = clock["steps"] * batch
     return method.export_backbone(), {
-        **budget.record(), "steps": clock["steps"], "images": images_seen,
-        "seconds": round(budget.elapsed, 3), "wall_seconds": round(wall_seconds, 3),
-        "cpu_seconds": round(cpu_seconds, 3), "images_per_second": round(images_seen / budget.elapsed, 2),
-        "resumes": resumes, "history": history, "threads": torch.get_num_threads()}
+        **budget.record(),
+        "steps": clock["steps"],
+        "images": images_seen,
+        "seconds": round(budget.elapsed, 3),
+        "wall_seconds": round(wall_seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3),
+        "images_per_second": round(images_seen / budget.elapsed, 2),
+        "resumes": resumes,
+        "history": history,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_ours(x_train, normalizer, init_state, args, seed: int, workdir: Path) -> tuple[dict, dict]:
     torch.set_num_threads(args.threads)
     backbone, stats = train_ours(x_train, normalizer, init_state, args, seed, workdir)
-    print(f"ours: {stats['epochs']} epochs in {stats['seconds']:.1f} training s "
-          f"(budget {args.seconds:g} s, {stats['resumes']} re-plans)", flush=True)
+    print(
+        f"ours: {stats['epochs']} epochs in {stats['seconds']:.1f} training s "
+        f"(budget {args.seconds:g} s, {stats['resumes']} re-plans)",
+        flush=True,
+    )
     return backbone.state_dict(), stats
 
 
 # ------------------------------------------------------------------ lightly
+
 
 def project_site_packages() -> list[str]:
     paths = sysconfig.get_paths()
@@ -398,32 +458,73 @@ def lightly_env(folder: Path) -> Path:
         return python
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     (Path(site) / "_bowflow_project.pth").write_text("\n".join(project_site_packages()) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-                    "--disable-pip-version-check", "--no-deps", LIGHTLY, *LIGHTLY_IMPORT_DEPS], check=True)
-    check = subprocess.run([str(python), "-c", "import lightly, torch; print(lightly.__version__, torch.__file__)"],
-                           capture_output=True, text=True, check=True).stdout.split()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            LIGHTLY,
+            *LIGHTLY_IMPORT_DEPS,
+        ],
+        check=True,
+    )
+    check = subprocess.run(
+        [str(python), "-c", "import lightly, torch; print(lightly.__version__, torch.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     if not check[1].startswith(tuple(project_site_packages())):
         raise SystemExit(f"bench_peer: the lightly env imports torch from {check[1]}, not the project's")
     (folder / READY).write_text(f"lightly {check[0]}\n")
-    print(f"lightly env: lightly {check[0]} in {folder}, torch from the project "
-          f"({time.perf_counter() - start:.1f} s)", flush=True)
+    print(
+        f"lightly env: lightly {check[0]} in {folder}, torch from the project ({time.perf_counter() - start:.1f} s)",
+        flush=True,
+    )
     return python
 
 
 def lightly_config(args, normalizer, seed: int) -> dict:
     p = byol_params(args, 1)
-    return {"image_size": args.size, "width": args.width, "batch_size": args.batch_size,
-            "lr": p.lr, "momentum": p.momentum, "weight_decay": p.weight_decay,
-            "warmup_epochs": p.warmup_epochs, "hidden_dim": p.hidden_dim, "out_dim": p.out_dim,
-            "momentum_base": p.momentum_base, "crop_scale_min": p.crop_scale_min,
-            "jitter": list(p.jitter), "jitter_p": p.jitter_p, "gray_p": p.gray_p,
-            "blur_p": list(p.blur_p), "blur_sigma": list(p.blur_sigma), "solarize_p": list(p.solarize_p),
-            "mean": normalizer.mean, "std": normalizer.std, "loss_scale": 4.0,
-            "threads": args.threads, "workers": args.workers, "seed": seed,
-            "seconds": args.seconds}
+    return {
+        "image_size": args.size,
+        "width": args.width,
+        "batch_size": args.batch_size,
+        "lr": p.lr,
+        "momentum": p.momentum,
+        "weight_decay": p.weight_decay,
+        "warmup_epochs": p.warmup_epochs,
+        "hidden_dim": p.hidden_dim,
+        "out_dim": p.out_dim,
+        "momentum_base": p.momentum_base,
+        "crop_scale_min": p.crop_scale_min,
+        "jitter": list(p.jitter),
+        "jitter_p": p.jitter_p,
+        "gray_p": p.gray_p,
+        "blur_p": list(p.blur_p),
+        "blur_sigma": list(p.blur_sigma),
+        "solarize_p": list(p.solarize_p),
+        "mean": normalizer.mean,
+        "std": normalizer.std,
+        "loss_scale": 4.0,
+        "threads": args.threads,
+        "workers": args.workers,
+        "seed": seed,
+        "seconds": args.seconds,
+    }
 
 
 def run_lightly(x_train, normalizer, init_state, args, seed: int, workdir: Path) -> tuple[dict, dict]:
@@ -432,19 +533,30 @@ def run_lightly(x_train, normalizer, init_state, args, seed: int, workdir: Path)
     inputs, config, out = workdir / "lightly-inputs.pt", workdir / "lightly-config.json", workdir / "lightly"
     torch.save({"images": x_train.permute(0, 2, 3, 1).contiguous(), "init_backbone": init_state}, inputs)
     config.write_text(json.dumps(lightly_config(args, normalizer, seed), indent=1))
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "PYTHONNOUSERSITE": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "PYTHONNOUSERSITE": "1",
+    }
     env.pop("PYTHONPATH", None)
     (out / "train.json").unlink(missing_ok=True)
-    subprocess.run([str(python), str(RUNNER), "--inputs", str(inputs), "--config", str(config),
-                    "--out", str(out)], check=True, env=env, cwd=ROOT)
+    subprocess.run(
+        [str(python), str(RUNNER), "--inputs", str(inputs), "--config", str(config), "--out", str(out)],
+        check=True,
+        env=env,
+        cwd=ROOT,
+    )
     stats = json.loads((out / "train.json").read_text())
-    print(f"lightly: {stats['epochs']} epochs in {stats['seconds']:.1f} training s "
-          f"(budget {args.seconds:g} s)", flush=True)
+    print(
+        f"lightly: {stats['epochs']} epochs in {stats['seconds']:.1f} training s (budget {args.seconds:g} s)",
+        flush=True,
+    )
     return torch.load(out / "backbone.pt", weights_only=True), stats
 
 
 # ------------------------------------------------------------------ evaluation, main
+
 
 def knn_of(state: dict, args, normalizer, x_train, y_train, x_test, y_test, num_classes: int) -> float:
     from bowflow.evaluation import knn_accuracy
@@ -468,7 +580,7 @@ def main(argv: list[str] | None = None) -> dict:
         return _run(args, workdir)
     finally:
         torch.set_num_threads(threads_before)
-        shutil.rmtree(workdir, ignore_errors=True)       # the default lightly env lives here too
+        shutil.rmtree(workdir, ignore_errors=True)  # the default lightly env lives here too
 
 
 def run_seed(args, seed: int, order: tuple[str, ...], workdir: Path) -> dict:
@@ -496,48 +608,67 @@ def run_seed(args, seed: int, order: tuple[str, ...], workdir: Path) -> dict:
         stats["knn"] = round(knn_of(state, args, normalizer, x_train, y_train, x_test, y_test, num_classes), 2)
         rows[side] = stats
     torch.set_num_threads(args.threads)
-    rows["init"] = {"knn": round(knn_of(init_state, args, normalizer, x_train, y_train, x_test, y_test,
-                                        num_classes), 2)}
+    rows["init"] = {
+        "knn": round(knn_of(init_state, args, normalizer, x_train, y_train, x_test, y_test, num_classes), 2)
+    }
     print(format_table(rows))
-    print("load average (1 min) before/after each side: "
-          + ", ".join(f"{side} {a:.2f} -> {b:.2f}" for side, (a, b) in load.items()))
-    result = {"seed": seed, "data": what, "order": [s for s in order if s in rows],
-              "sides": {k: {key: v for key, v in r.items() if key != "history"} for k, r in rows.items()},
-              "history": {k: r.get("history") for k, r in rows.items() if "history" in r},
-              "loadavg": load}
+    print(
+        "load average (1 min) before/after each side: "
+        + ", ".join(f"{side} {a:.2f} -> {b:.2f}" for side, (a, b) in load.items())
+    )
+    result = {
+        "seed": seed,
+        "data": what,
+        "order": [s for s in order if s in rows],
+        "sides": {k: {key: v for key, v in r.items() if key != "history"} for k, r in rows.items()},
+        "history": {k: r.get("history") for k, r in rows.items() if "history" in r},
+        "loadavg": load,
+    }
     if "ours" in rows and "lightly" in rows:
         result.update(ratios(rows["ours"], rows["lightly"]))
-        print(f"images/s ours/lightly: {result['images_per_second_ratio']:.2f}x; k-NN ours - lightly: "
-              f"{result['knn_points']:+.2f} points at training seconds ours - lightly "
-              f"{result['seconds_gap']:+.1f} s (equal within the longest epoch, "
-              f"{result['longest_epoch_seconds']:.1f} s)", flush=True)
+        print(
+            f"images/s ours/lightly: {result['images_per_second_ratio']:.2f}x; k-NN ours - lightly: "
+            f"{result['knn_points']:+.2f} points at training seconds ours - lightly "
+            f"{result['seconds_gap']:+.1f} s (equal within the longest epoch, "
+            f"{result['longest_epoch_seconds']:.1f} s)",
+            flush=True,
+        )
     return result
 
 
 def _run(args, workdir: Path) -> dict:
     wall_start = time.perf_counter()
     machine = lscpu_machine()
-    print(f"machine: {machine['model']}, {machine['cpus']} CPUs, flags "
-          f"{' '.join(machine['flags']) or '(none of avx2/avx512/amx)'}; {args.threads} torch thread(s), "
-          f"lightly workers {args.workers}; budget {args.seconds:g} training s per side; "
-          f"seeds {' '.join(map(str, args.seeds))}", flush=True)
-    per_seed = [run_seed(args, seed, side_order(i, args.ours_first), workdir)
-                for i, seed in enumerate(args.seeds)]
+    print(
+        f"machine: {machine['model']}, {machine['cpus']} CPUs, flags "
+        f"{' '.join(machine['flags']) or '(none of avx2/avx512/amx)'}; {args.threads} torch thread(s), "
+        f"lightly workers {args.workers}; budget {args.seconds:g} training s per side; "
+        f"seeds {' '.join(map(str, args.seeds))}",
+        flush=True,
+    )
+    per_seed = [run_seed(args, seed, side_order(i, args.ours_first), workdir) for i, seed in enumerate(args.seeds)]
     summary = summarize(per_seed)
-    print(f"\nBYOL, convnet w{args.width}, {args.size} px, batch {args.batch_size}, budget "
-          f"{args.seconds:g} training s each, {len(args.seeds)} seed(s); k-NN (k 20) top-1 %")
+    print(
+        f"\nBYOL, convnet w{args.width}, {args.size} px, batch {args.batch_size}, budget "
+        f"{args.seconds:g} training s each, {len(args.seeds)} seed(s); k-NN (k 20) top-1 %"
+    )
     for side in (*SIDES, "init"):
         if side in summary:
             k = summary[side]["knn"]
             print(f"  {side:<8} mean {k['mean']:.2f} (min {k['min']:.2f}, max {k['max']:.2f})")
     if "knn_points" in summary:
         k, r = summary["knn_points"], summary["images_per_second_ratio"]
-        print(f"  ours - lightly: mean {k['mean']:+.2f} points (min {k['min']:+.2f}, max {k['max']:+.2f}); "
-              f"images/s ours/lightly mean {r['mean']:.2f}x")
-    result = {"machine": machine,
-              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "per_seed": per_seed, "summary": summary,
-              "seconds_total": round(time.perf_counter() - wall_start, 1)}
+        print(
+            f"  ours - lightly: mean {k['mean']:+.2f} points (min {k['min']:+.2f}, max {k['max']:+.2f}); "
+            f"images/s ours/lightly mean {r['mean']:.2f}x"
+        )
+    result = {
+        "machine": machine,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "per_seed": per_seed,
+        "summary": summary,
+        "seconds_total": round(time.perf_counter() - wall_start, 1),
+    }
     print(f"total {result['seconds_total']:.0f} s")
     print("RESULT " + json.dumps({"summary": summary, "seconds_total": result["seconds_total"]}))
     if args.json:

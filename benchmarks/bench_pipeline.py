@@ -27,6 +27,7 @@ PATH and PYTHONUNBUFFERED=1:
 and the stamps; `table(records)` gives docs/BENCHMARKS.md section 6 (medians and ratios
 recomputed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ import yaml
 from benchmarks.recording import load_average, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
-SEED = 0      # the training seed whose student is timed (tiny_params has seeds [0])
+SEED = 0  # the training seed whose student is timed (tiny_params has seeds [0])
 STUDENT = f"student_seed{SEED}@g2"
 EVENTS = {  # name -> regex of the line that marks it (searched after the previous event)
     "check_params": r"Running stage 'check_params'",
@@ -58,8 +59,7 @@ EVENTS = {  # name -> regex of the line that marks it (searched after the previo
 
 def _env() -> dict:
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-            "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1"}
 
 
 def timed(command: list[str], cwd: Path) -> float:
@@ -76,8 +76,7 @@ def stamped_run(command: list[str], cwd: Path, events: dict[str, str]) -> tuple[
     """Run `command`, stamping (seconds since launch) the first line matching each event's
     regex in order. -> ({event: seconds or None, "done": seconds}, names of stages run)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=cwd, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(command, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     pending = list(events.items())
     stamps: dict[str, float | None] = {name: None for name in events}
     lines, buffer = [], b""
@@ -93,7 +92,7 @@ def stamped_run(command: list[str], cwd: Path, events: dict[str, str]) -> tuple[
             lines.append(line)
             while pending and re.search(pending[0][1], line):
                 stamps[pending.pop(0)[0]] = now
-        partial = buffer.decode(errors="replace")   # tqdm's first render ends in no newline
+        partial = buffer.decode(errors="replace")  # tqdm's first render ends in no newline
         while pending and re.search(pending[0][1], partial):
             stamps[pending.pop(0)[0]] = now
     lines.append(buffer.decode(errors="replace"))
@@ -143,12 +142,16 @@ def _run(args: argparse.Namespace, scratch: Path) -> dict:
     write_params(project, params)
     events = {"check_params": EVENTS["check_params"]} if args.smoke else EVENTS
     stamps, stages = stamped_run(repro, project, events)
-    startup = (stamps["first_step"] - stamps["student_start"]
-               if stamps.get("first_step") is not None and stamps.get("student_start") is not None
-               else None)
+    startup = (
+        stamps["first_step"] - stamps["student_start"]
+        if stamps.get("first_step") is not None and stamps.get("student_start") is not None
+        else None
+    )
 
-    print(f"scratch project {project} ({'check_params only' if args.smoke else 'tiny params'}); "
-          f"first {' '.join(repro)} {initial:.1f} s")
+    print(
+        f"scratch project {project} ({'check_params only' if args.smoke else 'tiny params'}); "
+        f"first {' '.join(repro)} {initial:.1f} s"
+    )
     print(f"{'process':<40}{'seconds':>10}{'ratio':>8}")
     baseline = 'BASELINE python -c "import torch"'
     print(f"{baseline:<40}{import_s:>10.2f}{1.0:>8.2f}")
@@ -158,22 +161,43 @@ def _run(args: argparse.Namespace, scratch: Path) -> dict:
         shown = "-" if seconds is None else f"{seconds:.2f} s"
         print(f"  {name:<16}{shown:>10}")
     if startup is not None:
-        print(f"{STUDENT} startup (stage start -> first step) {startup:.2f} s = "
-              f"{startup / import_s:.2f} x import torch")
-    result = {"smoke": args.smoke, "repeats": args.repeats, "initial_repro_seconds": round(initial, 3),
-              "import_torch_seconds": round(import_s, 3), "noop_repro_seconds": round(noop_s, 3),
-              "ratio_noop_vs_import": round(noop_s / import_s, 2),
-              "rerun_stages": stages,
-              "rerun_seconds": {k: (None if v is None else round(v, 3)) for k, v in stamps.items()},
-              "student_startup_seconds": None if startup is None else round(startup, 3),
-              "ratio_startup_vs_import": None if startup is None else round(startup / import_s, 2)}
+        print(
+            f"{STUDENT} startup (stage start -> first step) {startup:.2f} s = {startup / import_s:.2f} x import torch"
+        )
+    result = {
+        "smoke": args.smoke,
+        "repeats": args.repeats,
+        "initial_repro_seconds": round(initial, 3),
+        "import_torch_seconds": round(import_s, 3),
+        "noop_repro_seconds": round(noop_s, 3),
+        "ratio_noop_vs_import": round(noop_s / import_s, 2),
+        "rerun_stages": stages,
+        "rerun_seconds": {k: (None if v is None else round(v, 3)) for k, v in stamps.items()},
+        "student_startup_seconds": None if startup is None else round(startup, 3),
+        "ratio_startup_vs_import": None if startup is None else round(startup / import_s, 2),
+    }
     if args.json is not None:
-        write_record(args.json, "bench_pipeline", args.argv, load_before, settings={
-            "smoke": args.smoke, "repeats": args.repeats, "params": "bowflow.scaffold.tiny_params, seeds [0]",
-            "edit": "generations.g2.student.epochs += 1", "student": STUDENT},
-            measurements={"initial_repro_seconds": initial, "initial_repro_stages": initial_stages,
-                          "import_torch_seconds": imports, "noop_repro_seconds": noops,
-                          "rerun_stages": stages, "rerun_seconds": stamps})
+        write_record(
+            args.json,
+            "bench_pipeline",
+            args.argv,
+            load_before,
+            settings={
+                "smoke": args.smoke,
+                "repeats": args.repeats,
+                "params": "bowflow.scaffold.tiny_params, seeds [0]",
+                "edit": "generations.g2.student.epochs += 1",
+                "student": STUDENT,
+            },
+            measurements={
+                "initial_repro_seconds": initial,
+                "initial_repro_stages": initial_stages,
+                "import_torch_seconds": imports,
+                "noop_repro_seconds": noops,
+                "rerun_stages": stages,
+                "rerun_seconds": stamps,
+            },
+        )
     print("RESULT " + json.dumps(result))
     return result
 
@@ -185,16 +209,22 @@ def table(records: list[dict]) -> list[list[str]]:
     m = record["measurements"]
     imp, noop = statistics.median(m["import_torch_seconds"]), statistics.median(m["noop_repro_seconds"])
     stamps = m["rerun_seconds"]
-    rows = [["measurement", "seconds"],
-            [f"first `dvc repro` (all {m['initial_repro_stages']} stages)", f"{m['initial_repro_seconds']:.1f}"],
-            ['bare `python -c "import torch"` (baseline: the cost of one stage process)', f"{imp:.2f}"],
-            ["no-op `dvc repro`", f"{noop:.2f} ({noop / imp:.2f}x the baseline)"]]
+    rows = [
+        ["measurement", "seconds"],
+        [f"first `dvc repro` (all {m['initial_repro_stages']} stages)", f"{m['initial_repro_seconds']:.1f}"],
+        ['bare `python -c "import torch"` (baseline: the cost of one stage process)', f"{imp:.2f}"],
+        ["no-op `dvc repro`", f"{noop:.2f} ({noop / imp:.2f}x the baseline)"],
+    ]
     if stamps.get("student_start") is not None:
-        rows += [[f"params change (`generations.g2.student.epochs`) -> `{record['settings']['student']}` starts",
-                  f"{stamps['student_start']:.2f}"],
-                 ["-> the stage's first training step", f"{stamps['first_step']:.2f}"],
-                 ["-> the stage's first epoch done", f"{stamps['first_epoch']:.2f}"],
-                 ["-> `dvc repro` done (evaluate and report rerun too)", f"{stamps['done']:.2f}"]]
+        rows += [
+            [
+                f"params change (`generations.g2.student.epochs`) -> `{record['settings']['student']}` starts",
+                f"{stamps['student_start']:.2f}",
+            ],
+            ["-> the stage's first training step", f"{stamps['first_step']:.2f}"],
+            ["-> the stage's first epoch done", f"{stamps['first_epoch']:.2f}"],
+            ["-> `dvc repro` done (evaluate and report rerun too)", f"{stamps['done']:.2f}"],
+        ]
     else:
         rows.append(["params change -> `dvc repro` done", f"{stamps['done']:.2f}"])
     return rows

@@ -16,6 +16,7 @@ The JSON records the CPU (model, `cpu_flags` as bowflow.compute records them: th
 class of docs/BENCHMARKS.md), the load average before and after, and the exact command.
 Nothing here is a GPU figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,20 +38,47 @@ ROOT = Path(__file__).resolve().parent.parent
 def train(prepared: Path, out: Path, method: str, processes: int, epochs: int, batch: int, width: int) -> dict:
     """Run the pretrain stage once; -> its metrics (final epoch's images/s and loss, wall time)."""
     metrics = out / f"{method}-{processes}.json"
-    command = [str(ROOT / "bin" / "launch"), str(processes), "-m", "stages.pretrain",
-               "--prepared", str(prepared), "--model", str(out / f"{method}-{processes}" / "model.pt"),
-               "--metrics", str(metrics), "--history", str(out / f"{method}-{processes}.csv"),
-               "--checkpoints", str(out / "checkpoints"), "--seed", "0", "--device", "cpu",
-               "--method", method, "--arch", "convnet", "--width", str(width), "--epochs", str(epochs),
-               "--batch_size", str(batch)]
+    command = [
+        str(ROOT / "bin" / "launch"),
+        str(processes),
+        "-m",
+        "stages.pretrain",
+        "--prepared",
+        str(prepared),
+        "--model",
+        str(out / f"{method}-{processes}" / "model.pt"),
+        "--metrics",
+        str(metrics),
+        "--history",
+        str(out / f"{method}-{processes}.csv"),
+        "--checkpoints",
+        str(out / "checkpoints"),
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--method",
+        method,
+        "--arch",
+        "convnet",
+        "--width",
+        str(width),
+        "--epochs",
+        str(epochs),
+        "--batch_size",
+        str(batch),
+    ]
     start = time.perf_counter()
     env = {**os.environ, "BOWFLOW_COMPUTE": os.environ.get("BOWFLOW_COMPUTE", "fp32")}
-    subprocess.run(command, cwd=ROOT, check=True, env=env, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(command, cwd=ROOT, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     record = json.loads(metrics.read_text())
-    return {"images_per_second": record["final"]["images_per_second"], "loss": record["final"]["loss"],
-            "wall_seconds": round(wall, 1), "threads": record["compute"]["threads"]}
+    return {
+        "images_per_second": record["final"]["images_per_second"],
+        "loss": record["final"]["loss"],
+        "wall_seconds": round(wall, 1),
+        "threads": record["compute"]["threads"],
+    }
 
 
 def relative_difference(a: float, b: float) -> float:
@@ -73,34 +101,65 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        subprocess.run([sys.executable, "-m", "stages.prepare", "--out", str(scratch / "prepared"),
-                        "--seed", "0", "--source", "digits"], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stages.prepare",
+                "--out",
+                str(scratch / "prepared"),
+                "--seed",
+                "0",
+                "--source",
+                "digits",
+            ],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         rows = []
-        print(f"{'method':10s} {'1 process img/s':>16s} {f'{args.processes} processes img/s':>18s} "
-              f"{'ratio':>6s}  final loss 1 / N (difference / larger loss)")
+        print(
+            f"{'method':10s} {'1 process img/s':>16s} {f'{args.processes} processes img/s':>18s} "
+            f"{'ratio':>6s}  final loss 1 / N (difference / larger loss)"
+        )
         for method in args.methods.split(","):
             one = train(scratch / "prepared", scratch, method, 1, args.epochs, args.batch, args.width)
-            many = train(scratch / "prepared", scratch, method, args.processes, args.epochs, args.batch,
-                         args.width)
+            many = train(scratch / "prepared", scratch, method, args.processes, args.epochs, args.batch, args.width)
             ratio = many["images_per_second"] / one["images_per_second"]
             drift = relative_difference(one["loss"], many["loss"])
-            print(f"{method:10s} {one['images_per_second']:16.1f} {many['images_per_second']:18.1f} "
-                  f"{ratio:6.2f}  {one['loss']} / {many['loss']} ({drift:.1e})")
-            rows.append({"method": method, "one": one, "many": many, "ratio": round(ratio, 2),
-                         "loss_difference": drift})
+            print(
+                f"{method:10s} {one['images_per_second']:16.1f} {many['images_per_second']:18.1f} "
+                f"{ratio:6.2f}  {one['loss']} / {many['loss']} ({drift:.1e})"
+            )
+            rows.append(
+                {"method": method, "one": one, "many": many, "ratio": round(ratio, 2), "loss_difference": drift}
+            )
     wall = round(time.perf_counter() - start, 1)
     load_after = [round(x, 2) for x in os.getloadavg()]
     print(f"wall {wall} s; load average (1, 5, 15 min) before {load_before}, after {load_after}")
     if args.out:
-        args.out.write_text(json.dumps({
-            "command": command, "machine": lscpu_model(),
-            "cpu_flags": relevant_flags(cpu_flags()), "cpus": os.cpu_count(),
-            "compute": os.environ.get("BOWFLOW_COMPUTE", "fp32"),
-            "load_average": {"before": load_before, "after": load_after}, "wall_seconds": wall,
-            "loss_difference_is": "|a - b| / max(|a|, |b|) of the final losses of 1 and N processes",
-            "processes": args.processes, "epochs": args.epochs,
-            "batch": args.batch, "width": args.width, "rows": rows}, indent=1) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "command": command,
+                    "machine": lscpu_model(),
+                    "cpu_flags": relevant_flags(cpu_flags()),
+                    "cpus": os.cpu_count(),
+                    "compute": os.environ.get("BOWFLOW_COMPUTE", "fp32"),
+                    "load_average": {"before": load_before, "after": load_after},
+                    "wall_seconds": wall,
+                    "loss_difference_is": "|a - b| / max(|a|, |b|) of the final losses of 1 and N processes",
+                    "processes": args.processes,
+                    "epochs": args.epochs,
+                    "batch": args.batch,
+                    "width": args.width,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -29,6 +29,7 @@ also reported with its one-time assignment amortised over one epoch (its worst c
 per epoch in every round and assign_codes' seconds; `table(records)` gives
 docs/BENCHMARKS.md section 3 (rates and ratios recomputed from the best rounds).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,9 +56,9 @@ def targets_per_image(teacher, normalizer, images, batches, layer, words, k, dev
     out, codes, start = [], [], time.perf_counter()
     for index in batches:
         for i in index.tolist():
-            maps = teacher.feature_map(normalizer(images[i:i + 1]), layer)   # [1, C, h, w]
-            c = bow.nearest_words(maps, words)[0]                            # [L]
-            out.append(torch.bincount(c, minlength=k).float() / c.numel())   # [K]
+            maps = teacher.feature_map(normalizer(images[i : i + 1]), layer)  # [1, C, h, w]
+            c = bow.nearest_words(maps, words)[0]  # [L]
+            out.append(torch.bincount(c, minlength=k).float() / c.numel())  # [K]
             codes.append(c)
     _sync(device)
     return torch.stack(out), torch.stack(codes), time.perf_counter() - start
@@ -68,9 +69,9 @@ def targets_batched(teacher, normalizer, images, batches, layer, words, k, devic
     """A. -> (targets [N_steps * B, K], codes [N_steps * B, L], seconds)."""
     out, codes, start = [], [], time.perf_counter()
     for index in batches:
-        maps = teacher.feature_map(normalizer(images[index]), layer)         # [B, C, h, w]
-        c = bow.nearest_words(maps, words)                                   # [B, L]
-        out.append(bow.bow_targets(c, k))                                    # [B, K]
+        maps = teacher.feature_map(normalizer(images[index]), layer)  # [B, C, h, w]
+        c = bow.nearest_words(maps, words)  # [B, L]
+        out.append(bow.bow_targets(c, k))  # [B, K]
         codes.append(c)
     _sync(device)
     return torch.cat(out), torch.cat(codes), time.perf_counter() - start
@@ -79,13 +80,14 @@ def targets_batched(teacher, normalizer, images, batches, layer, words, k, devic
 def targets_cached(teacher, normalizer, images, batches, layer, words, k, device, batch_size):
     """B. -> (targets, codes, per-step seconds, one-time assign_codes seconds)."""
     start = time.perf_counter()
-    all_codes = bow.assign_codes(teacher, images, layer, words, batch_size, device,
-                                 normalizer).to(device)                     # [N, L] int16
+    all_codes = bow.assign_codes(teacher, images, layer, words, batch_size, device, normalizer).to(
+        device
+    )  # [N, L] int16
     _sync(device)
     assign_seconds = time.perf_counter() - start
     out, codes, start = [], [], time.perf_counter()
     for index in batches:
-        out.append(bow.bow_targets(all_codes[index], k))                     # [B, K]
+        out.append(bow.bow_targets(all_codes[index], k))  # [B, K]
         codes.append(all_codes[index])
     _sync(device)
     return torch.cat(out), torch.cat(codes).long(), time.perf_counter() - start, assign_seconds
@@ -102,8 +104,8 @@ def near_tie_gap(teacher, normalizer, images, rows, codes_a, codes_b, layer, wor
     gap = 0.0
     for row in torch.nonzero((codes_a != codes_b).any(1)).flatten().tolist():
         i = int(rows[row])
-        maps = teacher.feature_map(normalizer(images[i:i + 1]), layer)[0]    # [C, h, w]
-        f = maps.flatten(1).t().double()                                     # [L, C]
+        maps = teacher.feature_map(normalizer(images[i : i + 1]), layer)[0]  # [C, h, w]
+        f = maps.flatten(1).t().double()  # [L, C]
         for loc in torch.nonzero(codes_a[row] != codes_b[row]).flatten().tolist():
             d_a = (f[loc] - words[codes_a[row, loc]].double()).pow(2).sum()
             d_b = (f[loc] - words[codes_b[row, loc]].double()).pow(2).sum()
@@ -122,8 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--assign-batch-size", type=int, default=256, help="B's assign_codes batch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=3, help="timed epochs of each method")
-    parser.add_argument("--tie-tolerance", type=float, default=1e-4,
-                        help="relative distance gap below which a differing code is a near-tie")
+    parser.add_argument(
+        "--tie-tolerance",
+        type=float,
+        default=1e-4,
+        help="relative distance gap below which a differing code is a near-tie",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny, seconds")
     parser.add_argument("--json", type=Path, default=None, help="also write the run's record here")
     args = parser.parse_args(argv)
@@ -135,16 +141,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    images = torch.randint(0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8,
-                           generator=gen).to(device)                         # [N, 3, S, S]
+    images = torch.randint(0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8, generator=gen).to(
+        device
+    )  # [N, 3, S, S]
     teacher = build_backbone("convnet", args.width).to(device).eval()
     normalizer = Normalizer.fit(images.cpu())
-    features = bow.sample_local_features(teacher, images, args.layer, min(20000, 8 * args.images),
-                                         args.assign_batch_size, device, normalizer, seed=0)
+    features = bow.sample_local_features(
+        teacher, images, args.layer, min(20000, 8 * args.images), args.assign_batch_size, device, normalizer, seed=0
+    )
     words = bow.kmeans(features, args.words, iters=10, seed=0, use_gpu=False)["words"].to(device)
     order = torch.randperm(args.images, generator=gen).to(device)
     steps = args.images // args.batch_size
-    batches = [order[i * args.batch_size:(i + 1) * args.batch_size] for i in range(steps)]
+    batches = [order[i * args.batch_size : (i + 1) * args.batch_size] for i in range(steps)]
     n = steps * args.batch_size
     common = (teacher, normalizer, images, batches, args.layer, words, args.words, device)
 
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     targets_per_image(*common[:3], batches[:1], *common[4:])
     targets_batched(*common[:3], batches[:1], *common[4:])
     rounds = {"baseline": [], "A": [], "B": [], "assign": []}
-    for _ in range(args.rounds):         # interleaved; best round of each (least disturbed)
+    for _ in range(args.rounds):  # interleaved; best round of each (least disturbed)
         y0, c0, seconds = targets_per_image(*common)
         rounds["baseline"].append(seconds)
         ya, ca, seconds = targets_batched(*common)
@@ -162,9 +170,11 @@ def main(argv: list[str] | None = None) -> dict:
         rounds["assign"].append(assign)
     base_s, a_s, b_s, assign_s = (min(rounds[k]) for k in ("baseline", "A", "B", "assign"))
 
-    agreement = {"baseline_vs_A": (c0 == ca).float().mean().item(),
-                 "baseline_vs_B": (c0 == cb).float().mean().item(),
-                 "A_vs_B": (ca == cb).float().mean().item()}
+    agreement = {
+        "baseline_vs_A": (c0 == ca).float().mean().item(),
+        "baseline_vs_B": (c0 == cb).float().mean().item(),
+        "A_vs_B": (ca == cb).float().mean().item(),
+    }
     identical = torch.equal(y0, ya) and torch.equal(y0, yb)
     max_diff = max((y0 - ya).abs().max().item(), (y0 - yb).abs().max().item())
     mismatches = int((c0 != ca).sum())
@@ -173,43 +183,80 @@ def main(argv: list[str] | None = None) -> dict:
     agree = torch.equal(ya, yb) and torch.equal(ca, cb) and gap < args.tie_tolerance
     rates = {"baseline": n / base_s, "A": n / a_s, "B": n / b_s, "B_with_assign": n / (b_s + assign_s)}
 
-    print(f"{n} images {args.size}x{args.size} in {steps} steps of {args.batch_size}, convnet "
-          f"w{args.width} teacher, {args.layer} codes ({c0.shape[1]} per image), K={args.words}, "
-          f"{device}, torch threads {torch.get_num_threads()}")
+    print(
+        f"{n} images {args.size}x{args.size} in {steps} steps of {args.batch_size}, convnet "
+        f"w{args.width} teacher, {args.layer} codes ({c0.shape[1]} per image), K={args.words}, "
+        f"{device}, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'method':<58}{'images/s':>12}{'ratio':>9}")
-    labels = {"baseline": "BASELINE per-image teacher + nearest words + bincount",
-              "A": "A batched teacher + nearest_words + bow_targets",
-              "B": "B cached codes, bow_targets(codes[index]) per step",
-              "B_with_assign": "B incl. one-time assign_codes, amortised over 1 epoch"}
+    labels = {
+        "baseline": "BASELINE per-image teacher + nearest words + bincount",
+        "A": "A batched teacher + nearest_words + bow_targets",
+        "B": "B cached codes, bow_targets(codes[index]) per step",
+        "B_with_assign": "B incl. one-time assign_codes, amortised over 1 epoch",
+    }
     for key, label in labels.items():
         print(f"{label:<58}{rates[key]:>12.0f}{rates[key] / rates['baseline']:>9.1f}")
-    print(f"assign_codes once: {assign_s:.3f} s ({args.images / assign_s:.0f} images/s); "
-          f"targets identical: {identical} (max |diff| {max_diff:.2g}); code agreement {agreement}")
-    print(f"A == B exactly: {torch.equal(ya, yb)}; baseline vs A: {mismatches} of {c0.numel()} "
-          f"codes differ, largest relative distance gap {gap:.1e} (near-tie if < "
-          f"{args.tie_tolerance:g}) -> agree: {agree}")
-    result = {"images": n, "size": args.size, "width": args.width, "layer": args.layer,
-              "words": args.words, "batch_size": args.batch_size, "device": str(device),
-              "threads": torch.get_num_threads(), "codes_per_image": int(c0.shape[1]),
-              "rounds": args.rounds,
-              **{f"{key}_images_per_s": round(rate, 1) for key, rate in rates.items()},
-              **{f"ratio_{key}": round(rate / rates["baseline"], 2)
-                 for key, rate in rates.items() if key != "baseline"},
-              "assign_seconds": round(assign_s, 4), "targets_identical": identical,
-              "targets_max_abs_diff": max_diff, "code_agreement": agreement,
-              "baseline_code_mismatches": mismatches, "mismatch_max_relative_gap": gap,
-              "agree": agree}
+    print(
+        f"assign_codes once: {assign_s:.3f} s ({args.images / assign_s:.0f} images/s); "
+        f"targets identical: {identical} (max |diff| {max_diff:.2g}); code agreement {agreement}"
+    )
+    print(
+        f"A == B exactly: {torch.equal(ya, yb)}; baseline vs A: {mismatches} of {c0.numel()} "
+        f"codes differ, largest relative distance gap {gap:.1e} (near-tie if < "
+        f"{args.tie_tolerance:g}) -> agree: {agree}"
+    )
+    result = {
+        "images": n,
+        "size": args.size,
+        "width": args.width,
+        "layer": args.layer,
+        "words": args.words,
+        "batch_size": args.batch_size,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "codes_per_image": int(c0.shape[1]),
+        "rounds": args.rounds,
+        **{f"{key}_images_per_s": round(rate, 1) for key, rate in rates.items()},
+        **{f"ratio_{key}": round(rate / rates["baseline"], 2) for key, rate in rates.items() if key != "baseline"},
+        "assign_seconds": round(assign_s, 4),
+        "targets_identical": identical,
+        "targets_max_abs_diff": max_diff,
+        "code_agreement": agreement,
+        "baseline_code_mismatches": mismatches,
+        "mismatch_max_relative_gap": gap,
+        "agree": agree,
+    }
     if args.json is not None:
-        write_record(args.json, "bench_targets", argv, load_before, settings={
-            "images": n, "size": args.size, "width": args.width, "layer": args.layer,
-            "words": args.words, "batch_size": args.batch_size, "steps": steps,
-            "device": str(device), "threads": torch.get_num_threads(), "rounds": args.rounds,
-            "smoke": args.smoke},
-            measurements={"seconds_per_epoch": rounds, "codes_per_image": int(c0.shape[1]),
-                          "codes": c0.numel(), "targets_identical": identical,
-                          "A_equals_B": torch.equal(ya, yb) and torch.equal(ca, cb),
-                          "baseline_code_mismatches": mismatches,
-                          "mismatch_max_relative_gap": gap, "agree": agree})
+        write_record(
+            args.json,
+            "bench_targets",
+            argv,
+            load_before,
+            settings={
+                "images": n,
+                "size": args.size,
+                "width": args.width,
+                "layer": args.layer,
+                "words": args.words,
+                "batch_size": args.batch_size,
+                "steps": steps,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "rounds": args.rounds,
+                "smoke": args.smoke,
+            },
+            measurements={
+                "seconds_per_epoch": rounds,
+                "codes_per_image": int(c0.shape[1]),
+                "codes": c0.numel(),
+                "targets_identical": identical,
+                "A_equals_B": torch.equal(ya, yb) and torch.equal(ca, cb),
+                "baseline_code_mismatches": mismatches,
+                "mismatch_max_relative_gap": gap,
+                "agree": agree,
+            },
+        )
     print("RESULT " + json.dumps(result))
     return result
 
@@ -218,8 +265,12 @@ def rates(record: dict) -> dict[str, float]:
     """Images/s of each method over its best round; B_with_assign: B plus one assign_codes."""
     n, sec = record["settings"]["images"], record["measurements"]["seconds_per_epoch"]
     best = {k: min(v) for k, v in sec.items()}
-    return {"baseline": n / best["baseline"], "A": n / best["A"], "B": n / best["B"],
-            "B_with_assign": n / (best["B"] + best["assign"])}
+    return {
+        "baseline": n / best["baseline"],
+        "A": n / best["A"],
+        "B": n / best["B"],
+        "B_with_assign": n / (best["B"] + best["assign"]),
+    }
 
 
 def table(records: list[dict]) -> list[list[str]]:
@@ -227,10 +278,11 @@ def table(records: list[dict]) -> list[list[str]]:
     and its ratio to the per-image baseline."""
     (record,) = records
     rate = rates(record)
-    labels = {"baseline": "per image, per step: teacher forward + nearest word + histogram (baseline)",
-              "A": "batched teacher forward + `nearest_words` + `bow_targets` per step",
-              "B": "codes cached once per generation (`assign_codes`), `bow_targets(codes[index])` "
-                   "per step (the pipeline)"}
+    labels = {
+        "baseline": "per image, per step: teacher forward + nearest word + histogram (baseline)",
+        "A": "batched teacher forward + `nearest_words` + `bow_targets` per step",
+        "B": "codes cached once per generation (`assign_codes`), `bow_targets(codes[index])` per step (the pipeline)",
+    }
     rows = [["method", "images/s per step", "ratio"]]
     for key, label in labels.items():
         value = rate[key]

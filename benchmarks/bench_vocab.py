@@ -28,6 +28,7 @@ alike. The default size (200,000 x 256, K = 2048, 10 iterations) takes minutes o
 both inertias; `table(records)` gives docs/BENCHMARKS.md section 4, one row per record
 (e.g. the default threads and --threads 1), ratios recomputed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,10 +54,11 @@ def convnet_features(samples: int, channels: int, image_size: int, seed: int) ->
     n_images = -(-samples // per_image) + 1
     low = torch.rand(n_images, 3, 8, 8, generator=gen)
     smooth = F.interpolate(low, size=image_size, mode="bilinear", align_corners=False)
-    images = (smooth * 255).round().to(torch.uint8)                 # [N, 3, S, S]
+    images = (smooth * 255).round().to(torch.uint8)  # [N, 3, S, S]
     teacher = build_backbone("convnet", channels // 2).eval()
-    return bow.sample_local_features(teacher, images, "stage2", samples, 128, torch.device("cpu"),
-                                     Normalizer.fit(images), seed)
+    return bow.sample_local_features(
+        teacher, images, "stage2", samples, 128, torch.device("cpu"), Normalizer.fit(images), seed
+    )
 
 
 def gmm_features(samples: int, channels: int, components: int, seed: int) -> torch.Tensor:
@@ -73,8 +75,8 @@ def inertia(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 16384) -> flo
     c_norm = (c * c).sum(1)
     total = 0.0
     for start in range(0, len(x), chunk):
-        part = x[start:start + chunk].float()
-        nearest = (c_norm - 2.0 * part @ c.t()).argmin(1)                   # [chunk]
+        part = x[start : start + chunk].float()
+        nearest = (c_norm - 2.0 * part @ c.t()).argmin(1)  # [chunk]
         total += float((part.double() - c[nearest].double()).pow(2).sum())
     return total
 
@@ -90,8 +92,9 @@ def run_sklearn(x: torch.Tensor, k: int, iters: int, seed: int) -> tuple[torch.T
 
     data = np.ascontiguousarray(x.numpy(), dtype=np.float32)
     start = time.perf_counter()
-    km = KMeans(n_clusters=k, init="random", n_init=1, max_iter=iters, tol=0.0,
-                algorithm="lloyd", random_state=seed).fit(data)
+    km = KMeans(
+        n_clusters=k, init="random", n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd", random_state=seed
+    ).fit(data)
     seconds = time.perf_counter() - start
     return torch.from_numpy(km.cluster_centers_.astype(np.float32)), seconds
 
@@ -105,8 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--features", choices=("convnet", "gmm"), default="convnet")
     parser.add_argument("--image-size", type=int, default=16, help="convnet features: image side")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="threads of both (faiss OpenMP, sklearn OpenMP/BLAS, torch); 0 = default")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="threads of both (faiss OpenMP, sklearn OpenMP/BLAS, torch); 0 = default"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny, seconds")
     parser.add_argument("--json", type=Path, default=None, help="also write the run's record here")
     args = parser.parse_args(argv)
@@ -124,21 +128,35 @@ def main(argv: list[str] | None = None) -> dict:
         with threadpool_limits(limits=threads):
             result = _run(args, threads)
         if args.json is not None:
-            write_record(args.json, "bench_vocab", argv, load_before, settings={
-                "features": args.features, "samples": result["samples"],
-                "channels": result["channels"], "words": args.words, "iters": args.iters,
-                "image_size": args.image_size, "seed": args.seed, "threads": threads,
-                "smoke": args.smoke},
-                measurements={"feature_seconds": result["feature_seconds"],
-                              "sklearn_seconds": result["sklearn_seconds_raw"],
-                              "faiss_seconds": result["faiss_seconds_raw"],
-                              "sklearn_inertia": result["sklearn_inertia"],
-                              "faiss_inertia": result["faiss_inertia"]})
+            write_record(
+                args.json,
+                "bench_vocab",
+                argv,
+                load_before,
+                settings={
+                    "features": args.features,
+                    "samples": result["samples"],
+                    "channels": result["channels"],
+                    "words": args.words,
+                    "iters": args.iters,
+                    "image_size": args.image_size,
+                    "seed": args.seed,
+                    "threads": threads,
+                    "smoke": args.smoke,
+                },
+                measurements={
+                    "feature_seconds": result["feature_seconds"],
+                    "sklearn_seconds": result["sklearn_seconds_raw"],
+                    "faiss_seconds": result["faiss_seconds_raw"],
+                    "sklearn_inertia": result["sklearn_inertia"],
+                    "faiss_inertia": result["faiss_inertia"],
+                },
+            )
         for k in ("feature_seconds", "sklearn_seconds_raw", "faiss_seconds_raw"):
             result.pop(k)
         print("RESULT " + json.dumps(result))
         return result
-    finally:              # main() may be called in-process (tests): restore global state
+    finally:  # main() may be called in-process (tests): restore global state
         torch.set_num_threads(threads_before[0])
         faiss.omp_set_num_threads(threads_before[1])
 
@@ -155,19 +173,34 @@ def _run(args: argparse.Namespace, threads: int) -> dict:
     sk_words, sk_s = run_sklearn(x, args.words, args.iters, args.seed)
     faiss_inertia, sk_inertia = inertia(x, faiss_words), inertia(x, sk_words)
 
-    print(f"{args.features} features {tuple(x.shape)} ({feature_seconds:.1f} s to make), "
-          f"K={args.words}, {args.iters} iterations, {threads} threads each")
+    print(
+        f"{args.features} features {tuple(x.shape)} ({feature_seconds:.1f} s to make), "
+        f"K={args.words}, {args.iters} iterations, {threads} threads each"
+    )
     print(f"{'k-means':<40}{'seconds':>10}{'inertia':>16}")
     print(f"{'BASELINE sklearn KMeans lloyd':<40}{sk_s:>10.2f}{sk_inertia:>16.6g}")
     print(f"{'faiss bow.kmeans':<40}{faiss_s:>10.2f}{faiss_inertia:>16.6g}")
-    print(f"speed-up faiss vs sklearn {sk_s / faiss_s:.1f}x; inertia ratio faiss / sklearn "
-          f"{faiss_inertia / sk_inertia:.4f}")
-    result = {"features": args.features, "samples": int(x.shape[0]), "channels": int(x.shape[1]),
-              "words": args.words, "iters": args.iters, "threads": threads,
-              "sklearn_seconds": round(sk_s, 3), "faiss_seconds": round(faiss_s, 3),
-              "speedup": round(sk_s / faiss_s, 2), "sklearn_inertia": sk_inertia,
-              "faiss_inertia": faiss_inertia, "inertia_ratio": round(faiss_inertia / sk_inertia, 5),
-              "feature_seconds": feature_seconds, "sklearn_seconds_raw": sk_s, "faiss_seconds_raw": faiss_s}
+    print(
+        f"speed-up faiss vs sklearn {sk_s / faiss_s:.1f}x; inertia ratio faiss / sklearn "
+        f"{faiss_inertia / sk_inertia:.4f}"
+    )
+    result = {
+        "features": args.features,
+        "samples": int(x.shape[0]),
+        "channels": int(x.shape[1]),
+        "words": args.words,
+        "iters": args.iters,
+        "threads": threads,
+        "sklearn_seconds": round(sk_s, 3),
+        "faiss_seconds": round(faiss_s, 3),
+        "speedup": round(sk_s / faiss_s, 2),
+        "sklearn_inertia": sk_inertia,
+        "faiss_inertia": faiss_inertia,
+        "inertia_ratio": round(faiss_inertia / sk_inertia, 5),
+        "feature_seconds": feature_seconds,
+        "sklearn_seconds_raw": sk_s,
+        "faiss_seconds_raw": faiss_s,
+    }
     return result
 
 
@@ -177,10 +210,15 @@ def table(records: list[dict]) -> list[list[str]]:
     rows = [["threads", "scikit-learn", "faiss", "faiss speed vs sklearn", "inertia faiss / sklearn"]]
     for r in records:
         m = r["measurements"]
-        rows.append([f"{r['settings']['threads']} (load {load_range(r)})", f"{m['sklearn_seconds']:.2f} s",
-                     f"{m['faiss_seconds']:.2f} s",
-                     f"{m['sklearn_seconds'] / m['faiss_seconds']:.2f}x",
-                     f"{m['faiss_inertia'] / m['sklearn_inertia']:.4f}"])
+        rows.append(
+            [
+                f"{r['settings']['threads']} (load {load_range(r)})",
+                f"{m['sklearn_seconds']:.2f} s",
+                f"{m['faiss_seconds']:.2f} s",
+                f"{m['sklearn_seconds'] / m['faiss_seconds']:.2f}x",
+                f"{m['faiss_inertia'] / m['sklearn_inertia']:.4f}",
+            ]
+        )
     return rows
 
 

@@ -27,6 +27,7 @@ command (so with the teacher of that seed); a seed the pipeline ran is read, not
 
 The last line is `RESULT {json}`; the table is also written to `--out/seeds.json`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,13 +66,15 @@ def reseeded_command(cmd: str, seed: int, out: Path) -> tuple[list[str], Path]:
     """`cmd` (a stage command of dvc.lock) with `--seed seed` and every output under
     out/s<seed>/ (same file names) -> (argv, the new metrics path)."""
     argv = shlex.split(cmd)
-    flag(argv, "--seed")                          # fails unless a training stage command
+    flag(argv, "--seed")  # fails unless a training stage command
     root = out / f"s{seed}"
-    new = {"--seed": str(seed),
-           "--model": str(root / "models" / Path(flag(argv, "--model")).parent.name / "model.pt"),
-           "--metrics": str(root / Path(flag(argv, "--metrics")).name),
-           "--history": str(root / Path(flag(argv, "--history")).name),
-           "--checkpoints": str(root / "checkpoints")}
+    new = {
+        "--seed": str(seed),
+        "--model": str(root / "models" / Path(flag(argv, "--model")).parent.name / "model.pt"),
+        "--metrics": str(root / Path(flag(argv, "--metrics")).name),
+        "--history": str(root / Path(flag(argv, "--history")).name),
+        "--checkpoints": str(root / "checkpoints"),
+    }
     for name, value in new.items():
         if name in argv:
             argv[argv.index(name) + 1] = value
@@ -86,12 +89,15 @@ def spread(top1: dict[str, list[float]], vanilla: str) -> list[dict]:
     base = top1[vanilla]
     rows = []
     for name, values in top1.items():
-        row = {"row": name, "top1": values, "mean": statistics.fmean(values),
-               "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+        row = {
+            "row": name,
+            "top1": values,
+            "mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        }
         if name != vanilla:
             paired = [v - b for v, b in zip(values, base)]
-            row.update(margin=row["mean"] - statistics.fmean(base),
-                       margin_min=min(paired), margin_max=max(paired))
+            row.update(margin=row["mean"] - statistics.fmean(base), margin_min=min(paired), margin_max=max(paired))
         rows.append(row)
     return rows
 
@@ -99,12 +105,19 @@ def spread(top1: dict[str, list[float]], vanilla: str) -> list[dict]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lock", type=Path, default=Path("dvc.lock"))
-    parser.add_argument("--vanilla", required=True, help="the vanilla student's stage "
-                        "(teacher_seed0@NAME, or teacher@NAME: every seed recorded)")
-    parser.add_argument("--stages", nargs="+", required=True,
-                        help="distill_seed0@NAME or distill@NAME stages")
-    parser.add_argument("--seeds", nargs="*", type=int, default=[],
-                        help="seeds besides the pipeline's own (none: only the recorded seeds)")
+    parser.add_argument(
+        "--vanilla",
+        required=True,
+        help="the vanilla student's stage (teacher_seed0@NAME, or teacher@NAME: every seed recorded)",
+    )
+    parser.add_argument("--stages", nargs="+", required=True, help="distill_seed0@NAME or distill@NAME stages")
+    parser.add_argument(
+        "--seeds",
+        nargs="*",
+        type=int,
+        default=[],
+        help="seeds besides the pipeline's own (none: only the recorded seeds)",
+    )
     parser.add_argument("--out", type=Path, default=Path("data/seeds"))
     args = parser.parse_args(argv)
 
@@ -114,18 +127,22 @@ def main(argv=None) -> None:
     missing = [s for s in names if not commands[s]]
     if missing:
         raise SystemExit(f"{args.lock}: no recorded stage {missing}: run `dvc repro` of them first")
-    own_seeds = list(commands[args.vanilla])           # the pipeline's seeds, read not rerun
+    own_seeds = list(commands[args.vanilla])  # the pipeline's seeds, read not rerun
     lacking = [f"{s} (seed {seed})" for s in names for seed in own_seeds if seed not in commands[s]]
     if lacking:
-        raise SystemExit(f"{args.lock}: the vanilla stage has seeds {own_seeds}, but no recorded "
-                         f"{', '.join(lacking)}: run `dvc repro` of them first")
+        raise SystemExit(
+            f"{args.lock}: the vanilla stage has seeds {own_seeds}, but no recorded "
+            f"{', '.join(lacking)}: run `dvc repro` of them first"
+        )
     extra = [seed for seed in dict.fromkeys(args.seeds) if seed not in own_seeds]
     seed0 = own_seeds[0]
     top1 = {}
     for stage in names:
-        values = [json.loads(Path(flag(shlex.split(commands[stage][seed]), "--metrics")).read_text())["top1"]
-                  for seed in own_seeds]
-        cmd = commands[stage][seed0]                    # the command other seeds rerun
+        values = [
+            json.loads(Path(flag(shlex.split(commands[stage][seed]), "--metrics")).read_text())["top1"]
+            for seed in own_seeds
+        ]
+        cmd = commands[stage][seed0]  # the command other seeds rerun
         for seed in extra:
             run, metrics = reseeded_command(cmd, seed, args.out)
             if not metrics.exists():
@@ -137,10 +154,8 @@ def main(argv=None) -> None:
     seeds = [*own_seeds, *extra]
     print(f"{'row':<26} {'top-1 by seed ' + str(seeds):<32} mean   sd    margin [min, max]")
     for r in rows:
-        margin = (f"{r['margin']:+.2f} [{r['margin_min']:+.2f}, {r['margin_max']:+.2f}]"
-                  if "margin" in r else "")
-        print(f"{r['row']:<26} {' '.join(f'{v:6.2f}' for v in r['top1']):<32} "
-              f"{r['mean']:6.2f} {r['sd']:5.2f} {margin}")
+        margin = f"{r['margin']:+.2f} [{r['margin_min']:+.2f}, {r['margin_max']:+.2f}]" if "margin" in r else ""
+        print(f"{r['row']:<26} {' '.join(f'{v:6.2f}' for v in r['top1']):<32} {r['mean']:6.2f} {r['sd']:5.2f} {margin}")
     result = {"seeds": seeds, "rows": rows}
     write_json(args.out / "seeds.json", result)
     print("RESULT", json.dumps(result))

@@ -13,6 +13,7 @@ Exit status 1 if a check failed, 2 if torch sees no CUDA GPU (nothing to check h
 Nothing here is a test: no test needs a GPU. `--plan` and `--check` need none either
 (tests/test_gpu_check.py runs them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,23 +54,53 @@ def check_case(project: Path, case: dict, faiss_gpu: bool) -> list[tuple[str, bo
     metrics = project / "data" / "metrics" / "seed0"
     for path in sorted((metrics / "train").glob("*.json")):
         m = json.loads(path.read_text())
-        out.append((f"{case['name']}: {path.stem} trained on cuda", str(m.get("device", "")).startswith("cuda"),
-                    str(m.get("device"))))
-        out.append((f"{case['name']}: {path.stem} in mode {case['compute']}",
-                    case["compute"] in str(m.get("compute", "")), str(m.get("compute"))))
-        out.append((f"{case['name']}: {path.stem} has a GPU memory peak", m.get("peak_gpu_mb", 0) > 0,
-                    str(m.get("peak_gpu_mb"))))
+        out.append(
+            (
+                f"{case['name']}: {path.stem} trained on cuda",
+                str(m.get("device", "")).startswith("cuda"),
+                str(m.get("device")),
+            )
+        )
+        out.append(
+            (
+                f"{case['name']}: {path.stem} in mode {case['compute']}",
+                case["compute"] in str(m.get("compute", "")),
+                str(m.get("compute")),
+            )
+        )
+        out.append(
+            (
+                f"{case['name']}: {path.stem} has a GPU memory peak",
+                m.get("peak_gpu_mb", 0) > 0,
+                str(m.get("peak_gpu_mb")),
+            )
+        )
         if path.stem in ("g0",) and case["processes"] > 1:
-            out.append((f"{case['name']}: g0 ran as {case['processes']} processes",
-                        m.get("processes") == case["processes"], str(m.get("processes"))))
+            out.append(
+                (
+                    f"{case['name']}: g0 ran as {case['processes']} processes",
+                    m.get("processes") == case["processes"],
+                    str(m.get("processes")),
+                )
+            )
     for path in sorted((metrics / "vocab").glob("*.json")):
         m = json.loads(path.read_text())
-        out.append((f"{case['name']}: vocab {path.stem} faiss on GPU = {faiss_gpu}",
-                    bool(m.get("faiss_gpu")) == faiss_gpu, str(m.get("faiss_gpu"))))
+        out.append(
+            (
+                f"{case['name']}: vocab {path.stem} faiss on GPU = {faiss_gpu}",
+                bool(m.get("faiss_gpu")) == faiss_gpu,
+                str(m.get("faiss_gpu")),
+            )
+        )
     for path in sorted((metrics / "eval").glob("*.json")):
         m = json.loads(path.read_text())
-        out.append((f"{case['name']}: evaluation of {path.stem} complete",
-                    all(k in m for k in ("linear_base", "knn_all", "few_shot")), ""))
+        out.append(
+            (
+                f"{case['name']}: evaluation of {path.stem} complete",
+                all(k in m for k in ("linear_base", "knn_all", "few_shot")),
+                "",
+            )
+        )
     return out
 
 
@@ -77,9 +108,13 @@ def machine() -> dict:
     import faiss
     import torch
 
-    return {"gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-            "cuda": torch.version.cuda, "torch": torch.__version__, "faiss": faiss.__version__,
-            "faiss_gpu": hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0}
+    return {
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "faiss": faiss.__version__,
+        "faiss_gpu": hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0,
+    }
 
 
 def plan(gpus: int) -> list[dict]:
@@ -100,10 +135,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("gpu-check.json"))
     parser.add_argument("--workdir", type=Path, help="where the tiny projects go (default: a temporary folder)")
-    parser.add_argument("--plan", type=int, metavar="GPUS", help="print the cases for GPUS GPUs "
-                        "(their params checked) as RESULT {json} and stop; needs no GPU")
-    parser.add_argument("--check", type=Path, metavar="PROJECT", help="check an already-run case's "
-                        "project (with --case and --faiss-gpu as that run had) and stop; needs no GPU")
+    parser.add_argument(
+        "--plan",
+        type=int,
+        metavar="GPUS",
+        help="print the cases for GPUS GPUs (their params checked) as RESULT {json} and stop; needs no GPU",
+    )
+    parser.add_argument(
+        "--check",
+        type=Path,
+        metavar="PROJECT",
+        help="check an already-run case's project (with --case and --faiss-gpu as that run had) and stop; needs no GPU",
+    )
     parser.add_argument("--case", help="with --check: the case's name (see --plan)")
     parser.add_argument("--faiss-gpu", action="store_true", help="with --check: faiss had GPU support")
     args = parser.parse_args(argv)
@@ -119,8 +162,11 @@ def main(argv=None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu_check: torch sees no CUDA GPU on this machine (torch.cuda.is_available() is "
-              "False): nothing to check here; run it on a GPU machine", file=sys.stderr)
+        print(
+            "gpu_check: torch sees no CUDA GPU on this machine (torch.cuda.is_available() is "
+            "False): nothing to check here; run it on a GPU machine",
+            file=sys.stderr,
+        )
         return 2
     from bowflow.scaffold import make_project
 
@@ -130,15 +176,25 @@ def main(argv=None) -> int:
     for case in cases(len(info["gpus"])):
         project = make_project(workdir / case["name"], case_params(case))
         start = time.time()
-        run = subprocess.run([str(project / ".venv/bin/dvc"), "repro"], cwd=project, text=True,
-                             capture_output=True, env={**os.environ, "BOWFLOW_CACHE": str(workdir / "cache")})
+        run = subprocess.run(
+            [str(project / ".venv/bin/dvc"), "repro"],
+            cwd=project,
+            text=True,
+            capture_output=True,
+            env={**os.environ, "BOWFLOW_CACHE": str(workdir / "cache")},
+        )
         seconds = round(time.time() - start, 1)
         checks = [(f"{case['name']}: dvc repro exits 0", run.returncode == 0, run.stderr[-2000:])]
         if run.returncode == 0:
             checks += check_case(project, case, info["faiss_gpu"])
         print_checks(checks)
-        results.append({"case": case, "seconds": seconds,
-                         "checks": [{"check": n, "passed": ok, "detail": d} for n, ok, d in checks]})
+        results.append(
+            {
+                "case": case,
+                "seconds": seconds,
+                "checks": [{"check": n, "passed": ok, "detail": d} for n, ok, d in checks],
+            }
+        )
     from bowflow.io import write_json
 
     write_json(args.out, {"command": " ".join(sys.argv), "machine": info, "cases": results})

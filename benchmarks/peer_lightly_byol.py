@@ -25,6 +25,7 @@ over the planned steps, their total moved when the plan changes. Writes DIR/back
 online backbone's state_dict) and DIR/train.json (training seconds, epochs, per-epoch
 seconds and plans, wall and CPU seconds, images/s, per-epoch loss).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,14 +102,26 @@ def byol_transform(cfg: dict) -> BYOLTransform:
     scale = size / 224
     sigmas = (cfg["blur_sigma"][0] * scale, cfg["blur_sigma"][1] * scale)
     normalize = {"mean": cfg["mean"], "std": cfg["std"]}
-    common = dict(input_size=size, cj_prob=cfg["jitter_p"], cj_bright=b, cj_contrast=c, cj_sat=s,
-                  cj_hue=h, min_scale=cfg["crop_scale_min"], random_gray_scale=cfg["gray_p"],
-                  sigmas=sigmas, normalize=normalize)
+    common = dict(
+        input_size=size,
+        cj_prob=cfg["jitter_p"],
+        cj_bright=b,
+        cj_contrast=c,
+        cj_sat=s,
+        cj_hue=h,
+        min_scale=cfg["crop_scale_min"],
+        random_gray_scale=cfg["gray_p"],
+        sigmas=sigmas,
+        normalize=normalize,
+    )
     return BYOLTransform(
-        view_1_transform=BYOLView1Transform(gaussian_blur=cfg["blur_p"][0],
-                                            solarization_prob=cfg["solarize_p"][0], **common),
-        view_2_transform=BYOLView2Transform(gaussian_blur=cfg["blur_p"][1],
-                                            solarization_prob=cfg["solarize_p"][1], **common))
+        view_1_transform=BYOLView1Transform(
+            gaussian_blur=cfg["blur_p"][0], solarization_prob=cfg["solarize_p"][0], **common
+        ),
+        view_2_transform=BYOLView2Transform(
+            gaussian_blur=cfg["blur_p"][1], solarization_prob=cfg["solarize_p"][1], **common
+        ),
+    )
 
 
 def children_cpu_seconds() -> float:
@@ -139,8 +152,13 @@ def train(images: np.ndarray, cfg: dict, init_backbone: dict | None) -> tuple[BY
 
     dataset = ImageArray(images, byol_transform(cfg))
     dataloader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg["batch_size"], shuffle=True, drop_last=True,
-        num_workers=cfg["workers"], generator=torch.Generator().manual_seed(seed))
+        dataset,
+        batch_size=cfg["batch_size"],
+        shuffle=True,
+        drop_last=True,
+        num_workers=cfg["workers"],
+        generator=torch.Generator().manual_seed(seed),
+    )
     steps_per_epoch = len(dataloader)
     budget = EpochBudget(cfg["seconds"], steps_per_epoch)
     total_steps = budget.total_steps()
@@ -149,16 +167,16 @@ def train(images: np.ndarray, cfg: dict, init_backbone: dict | None) -> tuple[BY
     # 0.5 * (-cos - cos) has 1/4 of the gradient of bowflow's (2 - 2cos) + (2 - 2cos): with
     # lr x4 and weight decay / 4, SGD (momentum, Nesterov) makes exactly bowflow's updates.
     scale = cfg["loss_scale"]
-    decay, no_decay = get_weight_decay_parameters(
-        [model.backbone, model.projection_head, model.prediction_head])
+    decay, no_decay = get_weight_decay_parameters([model.backbone, model.projection_head, model.prediction_head])
     optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": cfg["weight_decay"] / scale},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg["lr"] * scale, momentum=cfg["momentum"], nesterov=cfg["momentum"] > 0)
+        [{"params": decay, "weight_decay": cfg["weight_decay"] / scale}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg["lr"] * scale,
+        momentum=cfg["momentum"],
+        nesterov=cfg["momentum"] > 0,
+    )
     # warm-up in steps, fixed: 1 epoch whatever the plan (the plan is never under 1 epoch)
     warmup_steps = int(cfg["warmup_epochs"] * steps_per_epoch)
-    scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup_steps, max_epochs=total_steps,
-                                      end_value=0.0)
+    scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup_steps, max_epochs=total_steps, end_value=0.0)
 
     history = []
     step = 0
@@ -168,7 +186,7 @@ def train(images: np.ndarray, cfg: dict, init_backbone: dict | None) -> tuple[BY
         epoch = budget.epochs
         model.train()
         total_loss = 0.0
-        epoch_start = step_end = time.perf_counter()        # before the iterator (and its workers)
+        epoch_start = step_end = time.perf_counter()  # before the iterator (and its workers)
         for batch in dataloader:
             x0, x1 = batch[0]
             momentum_val = cosine_schedule(step, total_steps, cfg["momentum_base"], 1.0)
@@ -182,22 +200,31 @@ def train(images: np.ndarray, cfg: dict, init_backbone: dict | None) -> tuple[BY
             if not torch.isfinite(loss):
                 raise SystemExit(f"lightly BYOL diverged at epoch {epoch + 1}: loss {loss.item()}")
             total_loss += float(loss.detach())
-            lr = optimizer.param_groups[0]["lr"] / scale             # this step's, in bowflow's units
+            lr = optimizer.param_groups[0]["lr"] / scale  # this step's, in bowflow's units
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
             scheduler.step()
             step += 1
             step_end = time.perf_counter()
-        seconds = step_end - epoch_start                    # to the end of the last step
+        seconds = step_end - epoch_start  # to the end of the last step
         go_on = budget.end_epoch(seconds)
-        history.append({"epoch": epoch + 1, "loss": round(total_loss / steps_per_epoch, 5),
-                        "lr": round(lr, 6),
-                        "seconds": round(seconds, 3), "planned_epochs": budget.planned,
-                        "images_per_second": round(steps_per_epoch * cfg["batch_size"] / seconds, 1)})
-        print(f"[lightly] epoch {epoch + 1}/{budget.planned} loss {history[-1]['loss']:.4f} "
-              f"{history[-1]['images_per_second']:.1f} images/s, {budget.elapsed:.1f}/{budget.seconds:g} s",
-              file=sys.stderr, flush=True)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": round(total_loss / steps_per_epoch, 5),
+                "lr": round(lr, 6),
+                "seconds": round(seconds, 3),
+                "planned_epochs": budget.planned,
+                "images_per_second": round(steps_per_epoch * cfg["batch_size"] / seconds, 1),
+            }
+        )
+        print(
+            f"[lightly] epoch {epoch + 1}/{budget.planned} loss {history[-1]['loss']:.4f} "
+            f"{history[-1]['images_per_second']:.1f} images/s, {budget.elapsed:.1f}/{budget.seconds:g} s",
+            file=sys.stderr,
+            flush=True,
+        )
         if not go_on:
             break
         if budget.total_steps() != total_steps:
@@ -206,12 +233,20 @@ def train(images: np.ndarray, cfg: dict, init_backbone: dict | None) -> tuple[BY
     wall_seconds = time.perf_counter() - wall_start
     cpu_seconds = time.process_time() - cpu_start + children_cpu_seconds() - children_start
     images_seen = step * cfg["batch_size"]
-    stats = {**budget.record(), "steps": step, "images": images_seen,
-             "seconds": round(budget.elapsed, 3), "wall_seconds": round(wall_seconds, 3),
-             "cpu_seconds": round(cpu_seconds, 3),
-             "images_per_second": round(images_seen / budget.elapsed, 2), "history": history,
-             "lightly": lightly.__version__, "torch": torch.__version__,
-             "threads": torch.get_num_threads(), "workers": cfg["workers"]}
+    stats = {
+        **budget.record(),
+        "steps": step,
+        "images": images_seen,
+        "seconds": round(budget.elapsed, 3),
+        "wall_seconds": round(wall_seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3),
+        "images_per_second": round(images_seen / budget.elapsed, 2),
+        "history": history,
+        "lightly": lightly.__version__,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "workers": cfg["workers"],
+    }
     return model, stats
 
 
@@ -224,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = json.loads(args.config.read_text())
     torch.set_num_threads(cfg["threads"])
     inputs = torch.load(args.inputs, weights_only=True)
-    images = inputs["images"].numpy()                                   # [N, H, W, 3] uint8
+    images = inputs["images"].numpy()  # [N, H, W, 3] uint8
     args.out.mkdir(parents=True, exist_ok=True)
     model, stats = train(images, cfg, inputs["init_backbone"])
     torch.save(model.backbone.state_dict(), args.out / "backbone.pt")

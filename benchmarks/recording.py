@@ -11,6 +11,7 @@ ratios: each benchmark's `table(records)` derives its Markdown rows (ratios incl
 one or more such records, and `python -m benchmarks.records check` compares them with the
 published table (table kind `bench`).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,13 +36,26 @@ def command(benchmark: str, argv: list[str] | None) -> str:
     return " ".join(["python -m benchmarks." + benchmark, shlex.join(args)]).strip()
 
 
-def write_record(path: str | os.PathLike, benchmark: str, argv: list[str] | None,
-                 load_before: list[float], settings: dict, measurements: dict) -> dict:
+def write_record(
+    path: str | os.PathLike,
+    benchmark: str,
+    argv: list[str] | None,
+    load_before: list[float],
+    settings: dict,
+    measurements: dict,
+) -> dict:
     """Write the record (atomically, bowflow.io.write_json) and return it."""
-    record = {"benchmark": benchmark, "command": command(benchmark, argv), "machine": cpu_model(),
-              "cpu_flags": relevant_flags(cpu_flags()), "cpus": len(os.sched_getaffinity(0)),
-              "load_average": {"before": load_before, "after": load_average()},
-              "torch": torch.__version__, "settings": settings, "measurements": measurements}
+    record = {
+        "benchmark": benchmark,
+        "command": command(benchmark, argv),
+        "machine": cpu_model(),
+        "cpu_flags": relevant_flags(cpu_flags()),
+        "cpus": len(os.sched_getaffinity(0)),
+        "load_average": {"before": load_before, "after": load_average()},
+        "torch": torch.__version__,
+        "settings": settings,
+        "measurements": measurements,
+    }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_json(path, record)
     return record

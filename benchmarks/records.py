@@ -57,6 +57,7 @@ on a copy of the files a clone of the working tree would hold (git's tracked and
 untracked, not ignored), so data a stage writes (data/prepared, data/models, ...) is absent
 as on a fresh clone and is not compared; its producer's command, params and code are.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,7 +85,7 @@ from benchmarks.distill_seeds import spread
 from bowflow import figures, report
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ("README.md", "docs/BENCHMARKS.md")    # and every docs/results/<record>/README.md
+DOCS = ("README.md", "docs/BENCHMARKS.md")  # and every docs/results/<record>/README.md
 MARKER = re.compile(r"^\s*<!--\s*record:\s*(?P<body>.*?)\s*-->\s*$")
 FENCE = re.compile(r"^\s*(```|~~~)")
 HEADING = re.compile(r"^#{1,6}\s")
@@ -103,28 +104,31 @@ MACHINE_NAMES = re.compile(r"(?i:machines?)\s+([A-Z](?:(?:,\s*|\s+and\s+)[A-Z])*
 @dataclass
 class Table:
     """A Markdown table: where it is, what its marker says, and its cells."""
+
     file: str
-    line: int                      # 1-based line of the marker (of the first row if unmarked)
-    record: str | None             # folder relative to the repository root; None: unrecorded
+    line: int  # 1-based line of the marker (of the first row if unmarked)
+    record: str | None  # folder relative to the repository root; None: unrecorded
     kind: str | None
     note: str = ""
-    rows: list[list[str]] = field(default_factory=list)   # header first, separator dropped
+    rows: list[list[str]] = field(default_factory=list)  # header first, separator dropped
     marked: bool = True
-    start: int = 0                 # 0-based first line (the marker's when marked)
-    end: int = 0                   # 0-based line after the last row
+    start: int = 0  # 0-based first line (the marker's when marked)
+    end: int = 0  # 0-based line after the last row
 
 
 @dataclass
 class Document:
     """A Markdown file as the check reads it: its tables, headings and marker problems."""
+
     name: str
     lines: list[str]
-    tables: list[Table] = field(default_factory=list)     # every table, marked or not, in order
-    headings: list[int] = field(default_factory=list)     # 0-based lines
+    tables: list[Table] = field(default_factory=list)  # every table, marked or not, in order
+    headings: list[int] = field(default_factory=list)  # 0-based lines
     problems: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- parsing
+
 
 def split_row(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -152,10 +156,12 @@ def new_table(doc: Document, marker: tuple[int, str] | None, start: int, end: in
     rows = [split_row(line) for line in doc.lines[start:end]]
     rows = [r for r in rows if not is_separator(r)]
     if marker is None:
-        doc.problems.append(f"{doc.name}:{start + 1}: a table without a record marker: put "
-                            f"<!-- record: docs/results/NAME table=KIND --> or <!-- record: none "
-                            f"(measured by hand: ...) --> or <!-- record: none (not a result: ...) "
-                            f"--> on the line above it")
+        doc.problems.append(
+            f"{doc.name}:{start + 1}: a table without a record marker: put "
+            f"<!-- record: docs/results/NAME table=KIND --> or <!-- record: none "
+            f"(measured by hand: ...) --> or <!-- record: none (not a result: ...) "
+            f"--> on the line above it"
+        )
         return Table(doc.name, start + 1, None, None, rows=rows, marked=False, start=start, end=end)
     line, body = marker
     try:
@@ -170,8 +176,9 @@ def parse_document(path: Path, name: str) -> Document:
     """Every table of a Markdown file (fenced code skipped) with its marker, and the headings."""
     doc = Document(name, path.read_text().splitlines())
     lines, marker, fenced, i, fence_line = doc.lines, None, False, 0, 0
-    dangling = lambda m: doc.problems.append(                  # noqa: E731
-        f"{name}:{m[0] + 1}: record marker not followed by a table")
+    dangling = lambda m: doc.problems.append(  # noqa: E731
+        f"{name}:{m[0] + 1}: record marker not followed by a table"
+    )
     while i < len(lines):
         line = lines[i]
         if FENCE.match(line):
@@ -197,7 +204,7 @@ def parse_document(path: Path, name: str) -> Document:
         i += 1
     if marker:
         dangling(marker)
-    if fenced:                                  # the tables after it would go unchecked
+    if fenced:  # the tables after it would go unchecked
         doc.problems.append(f"{name}:{fence_line + 1}: code fence never closed")
     return doc
 
@@ -213,7 +220,7 @@ def prose(doc: Document, table: Table) -> str:
     bounds = [(h, h + 1) for h in doc.headings] + [(t.start, t.end) for t in doc.tables]
     before = max((end for start, end in bounds if end <= table.start), default=0)
     after = min((start for start, end in bounds if start >= table.end), default=len(doc.lines))
-    return "\n".join(doc.lines[before:table.start] + doc.lines[table.end:after])
+    return "\n".join(doc.lines[before : table.start] + doc.lines[table.end : after])
 
 
 def plain(text: str) -> str:
@@ -229,6 +236,7 @@ def md_cells(markdown: str) -> list[list[str]]:
 
 # ----------------------------------------------------------------------------- records
 
+
 def load_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -237,6 +245,7 @@ def lineage(record: Path) -> list[dict]:
     """bowflow.report.load_lineage of the record, with each run's method label taken from
     the method registry when its metrics predate `method_label` (the cifar10-cpu run)."""
     from bowflow.roles.base import get_method
+
     records = report.load_lineage(record / "metrics" / "eval")
     for r in records:
         if "method_label" not in r:
@@ -275,6 +284,7 @@ def minutes_seconds(seconds: float) -> str:
 
 
 # ----------------------------------------------------------------------------- tables
+
 
 def table_generations(record: Path) -> tuple[list[list[str]], set[str]]:
     """The report's first table (bowflow.report.markdown_table): model, few-shot, linear, k-NN."""
@@ -345,8 +355,7 @@ def distill_pair(record: Path) -> tuple[str, str, dict[str, dict[str, str]], lis
         title = block.splitlines()[0].strip()
         rows = md_cells(block)
         if len(rows[0]) != 3:
-            raise ValueError(f"{record}: {len(rows[0]) - 2} teacher -> student pairs; "
-                             f"this table layout has one")
+            raise ValueError(f"{record}: {len(rows[0]) - 2} teacher -> student pairs; this table layout has one")
         pair = rows[0][1]
         columns[title] = {r[0]: r[1] for r in rows[1:]}
     teacher, student = pair.split(" → ")
@@ -359,8 +368,10 @@ def distill_pair(record: Path) -> tuple[str, str, dict[str, dict[str, str]], lis
 
 
 def distill_label(label: str, teacher: str, student: str) -> str:
-    return {"Teacher (vanilla)": f"Teacher {teacher} (vanilla)",
-            "Student (vanilla)": f"Student {student} (vanilla)"}.get(label, label)
+    return {
+        "Teacher (vanilla)": f"Teacher {teacher} (vanilla)",
+        "Student (vanilla)": f"Student {student} (vanilla)",
+    }.get(label, label)
 
 
 def table_distill(record: Path, margins: bool = False) -> tuple[list[list[str]], set[str]]:
@@ -370,17 +381,28 @@ def table_distill(record: Path, margins: bool = False) -> tuple[list[list[str]],
     teacher, student, columns, labels, runs = distill_pair(record)
     top1 = report.DISTILL_COLUMNS["Top-1 accuracy (%)"][0]
     by_label = {r["method_label"]: r for n, r in runs.items() if r.get("parent")}
-    vanilla = next(r for n, r in runs.items() if not r.get("parent")
-                   and report.arch_label(r) == student)
-    header = ["Row", "Top-1 (%)", *(["vs vanilla student"] if margins else []), "Params (M)",
-              "Peak RSS (GB)", "Train time (min)"]
+    vanilla = next(r for n, r in runs.items() if not r.get("parent") and report.arch_label(r) == student)
+    header = [
+        "Row",
+        "Top-1 (%)",
+        *(["vs vanilla student"] if margins else []),
+        "Params (M)",
+        "Peak RSS (GB)",
+        "Train time (min)",
+    ]
     rows = [header]
     for label in labels:
-        margin = (f"{top1(by_label[label]) - top1(vanilla):+.2f}" if label in by_label else "")
-        rows.append([distill_label(label, teacher, student),
-                     columns["Top-1 accuracy (%)"][label], *([margin] if margins else []),
-                     columns["Parameters (M)"][label], columns["Peak memory (GB)"][label],
-                     columns["Training time (min)"][label]])
+        margin = f"{top1(by_label[label]) - top1(vanilla):+.2f}" if label in by_label else ""
+        rows.append(
+            [
+                distill_label(label, teacher, student),
+                columns["Top-1 accuracy (%)"][label],
+                *([margin] if margins else []),
+                columns["Parameters (M)"][label],
+                columns["Peak memory (GB)"][label],
+                columns["Training time (min)"][label],
+            ]
+        )
     return rows, set(runs)
 
 
@@ -396,7 +418,8 @@ def seed_study(record: Path) -> tuple[list[int], dict[str, list[float]], str, di
         name = stage_run(stage)
         metrics[stage] = load_json(record / "metrics" / "train" / f"{name}.json")
         top1[stage] = [metrics[stage]["top1"]] + [
-            load_json(record / "seeds" / f"s{s}" / f"{name}.json")["top1"] for s in seeds[1:]]
+            load_json(record / "seeds" / f"s{s}" / f"{name}.json")["top1"] for s in seeds[1:]
+        ]
     return seeds, top1, stages[0], metrics
 
 
@@ -410,20 +433,27 @@ def table_distill_seeds(record: Path) -> tuple[list[list[str]], set[str]]:
     teacher = load_json(record / "metrics" / "train" / f"{teacher_name}.json")
     student = report.arch_label(metrics[vanilla])
     header = ["Row"] + [f"seed {s}" for s in seeds] + ["mean", "sd", "margin [min, max]"]
-    rows = [header, [f"Teacher {report.arch_label(teacher)} (vanilla)", f"{teacher['top1']:.2f}"]
-            + [""] * (len(seeds) + 2)]
-    place = lambda r: (r["row"] != vanilla, order.get(r["row"], len(order)))    # noqa: E731
+    rows = [
+        header,
+        [f"Teacher {report.arch_label(teacher)} (vanilla)", f"{teacher['top1']:.2f}"] + [""] * (len(seeds) + 2),
+    ]
+    place = lambda r: (r["row"] != vanilla, order.get(r["row"], len(order)))  # noqa: E731
     for r in sorted(spread(top1, vanilla), key=place):
-        label = ("Student (vanilla)" if r["row"] == vanilla else metrics[r["row"]]["method_label"])
-        margin = (f"{r['margin']:+.2f} [{r['margin_min']:+.2f}, {r['margin_max']:+.2f}]"
-                  if "margin" in r else "")
-        rows.append([distill_label(label, "", student)]
-                    + [f"{v:.2f}" for v in r["top1"]] + [f"{r['mean']:.2f}", f"{r['sd']:.2f}", margin])
+        label = "Student (vanilla)" if r["row"] == vanilla else metrics[r["row"]]["method_label"]
+        margin = f"{r['margin']:+.2f} [{r['margin_min']:+.2f}, {r['margin_max']:+.2f}]" if "margin" in r else ""
+        rows.append(
+            [distill_label(label, "", student)]
+            + [f"{v:.2f}" for v in r["top1"]]
+            + [f"{r['mean']:.2f}", f"{r['sd']:.2f}", margin]
+        )
     return rows, {teacher_name, *(stage_run(s) for s in top1)}
 
 
-PRECISION_LABELS = {"default": "fp32 (`default`)", "bf16-channels-last": "`bf16-channels-last` (now)",
-                    "bf16-channels-last+bf16-softmax": "bf16 + bf16 softmax (before)"}
+PRECISION_LABELS = {
+    "default": "fp32 (`default`)",
+    "bf16-channels-last": "`bf16-channels-last` (now)",
+    "bf16-channels-last+bf16-softmax": "bf16 + bf16 softmax (before)",
+}
 
 
 def precision_summary(data: dict) -> dict:
@@ -440,16 +470,26 @@ def table_precision(record: Path) -> tuple[list[list[str]], set[str]]:
     min..max) and the mean final training loss, all from the rows."""
     data = load_json(record / "precision.json")
     summary = precision_summary(data)
-    header = ["mode", "k-NN (3 seeds)", "mean ± sd", "diff vs fp32 (min..max)", "5-shot (3 seeds)",
-              "mean ± sd", "diff vs fp32 (min..max)", "final loss"]
+    header = [
+        "mode",
+        "k-NN (3 seeds)",
+        "mean ± sd",
+        "diff vs fp32 (min..max)",
+        "5-shot (3 seeds)",
+        "mean ± sd",
+        "diff vs fp32 (min..max)",
+        "final loss",
+    ]
     out = [header]
     for mode in data["config"]["modes"]:
         cells = [PRECISION_LABELS.get(mode, mode)]
         for metric in ("knn", "five_shot"):
             m = summary[mode][metric]
-            cells += [" / ".join(f"{v:.2f}" for v in m["values"]), f"{m['mean']:.2f} ± {m['sd']:.2f}",
-                      "" if mode == "default" else
-                      f"{m['diff_mean']:+.2f} ({m['diff_min']:+.2f}..{m['diff_max']:+.2f})"]
+            cells += [
+                " / ".join(f"{v:.2f}" for v in m["values"]),
+                f"{m['mean']:.2f} ± {m['sd']:.2f}",
+                "" if mode == "default" else f"{m['diff_mean']:+.2f} ({m['diff_min']:+.2f}..{m['diff_max']:+.2f})",
+            ]
         losses = [r["final_loss"] for r in data["rows"] if r["mode"] == mode]
         cells.append(f"{statistics.mean(losses):.3f}")
         out.append(cells)
@@ -474,30 +514,53 @@ def table_ablation(record: Path) -> tuple[list[list[str]], set[str]]:
     in the files' order, its targets, captured fraction and evaluation, each the mean over
     the seeds (layer and words: their values), and the 5-shot difference against the
     pipeline row of the same seed (mean, min..max, how many seeds it is above)."""
-    header = ["run", "seeds", "layer", "words", "usage perplexity", "captured", "Linear", "k-NN",
-              *(f"{n}-shot" for n in ABLATION_SHOTS), "5-shot - pipeline, paired by seed"]
+    header = [
+        "run",
+        "seeds",
+        "layer",
+        "words",
+        "usage perplexity",
+        "captured",
+        "Linear",
+        "k-NN",
+        *(f"{n}-shot" for n in ABLATION_SHOTS),
+        "5-shot - pipeline, paired by seed",
+    ]
     out = [header]
     for generation, by_seed in ablation_seeds(record).items():
         seeds = list(by_seed)
         variants = list(dict.fromkeys(r["variant"] for s in seeds for r in by_seed[s]["rows"]))
         for variant in variants:
             rows = {s: r for s in seeds for r in by_seed[s]["rows"] if r["variant"] == variant}
+
             def values(key, rows=rows):
                 return [rows[s][key] for s in rows]
 
             def mean(key, fmt, values=values):
                 return format(statistics.mean(values(key)), fmt)
+
             paired = ""
             if variant != "pipeline":
                 base = {s: next(r for r in by_seed[s]["rows"] if r["variant"] == "pipeline") for s in rows}
                 diffs = [rows[s]["shot_5"] - base[s]["shot_5"] for s in rows]
-                paired = (f"{statistics.mean(diffs):+.2f} ({min(diffs):+.2f}..{max(diffs):+.2f}; "
-                          f"above at {sum(d > 0 for d in diffs)} of {len(diffs)})")
-            out.append([f"{generation} {variant}", ", ".join(map(str, rows)),
-                        " / ".join(dict.fromkeys(map(str, values("layer")))),
-                        " / ".join(dict.fromkeys(map(str, values("words")))),
-                        mean("usage_perplexity", ".1f"), mean("captured", ".2f"), mean("linear", ".1f"),
-                        mean("knn", ".1f"), *(mean(f"shot_{n}", ".1f") for n in ABLATION_SHOTS), paired])
+                paired = (
+                    f"{statistics.mean(diffs):+.2f} ({min(diffs):+.2f}..{max(diffs):+.2f}; "
+                    f"above at {sum(d > 0 for d in diffs)} of {len(diffs)})"
+                )
+            out.append(
+                [
+                    f"{generation} {variant}",
+                    ", ".join(map(str, rows)),
+                    " / ".join(dict.fromkeys(map(str, values("layer")))),
+                    " / ".join(dict.fromkeys(map(str, values("words")))),
+                    mean("usage_perplexity", ".1f"),
+                    mean("captured", ".2f"),
+                    mean("linear", ".1f"),
+                    mean("knn", ".1f"),
+                    *(mean(f"shot_{n}", ".1f") for n in ABLATION_SHOTS),
+                    paired,
+                ]
+            )
     return out, set()
 
 
@@ -506,8 +569,10 @@ def processes_summary(row: dict) -> dict:
     N : 1 (2 decimals) and the final losses' relative difference |a - b| / max(|a|, |b|)."""
     one, many = row["one"], row["many"]
     scale = max(abs(one["loss"]), abs(many["loss"]))
-    return {"ratio": round(many["images_per_second"] / one["images_per_second"], 2),
-            "loss_difference": abs(one["loss"] - many["loss"]) / scale if scale else 0.0}
+    return {
+        "ratio": round(many["images_per_second"] / one["images_per_second"], 2),
+        "loss_difference": abs(one["loss"] - many["loss"]) / scale if scale else 0.0,
+    }
 
 
 def table_processes(record: Path) -> tuple[list[list[str]], set[str]]:
@@ -516,21 +581,36 @@ def table_processes(record: Path) -> tuple[list[list[str]], set[str]]:
     losses and the wall time of each run (ratio and loss difference from the runs)."""
     data = load_json(record / "processes.json")
     n = data["processes"]
-    out = [["method", "1 process: threads, images/s", f"{n} processes: threads each, images/s",
-            f"ratio {n} : 1", "final loss 1 / N (difference / larger loss)", "wall s (1 / N)"]]
+    out = [
+        [
+            "method",
+            "1 process: threads, images/s",
+            f"{n} processes: threads each, images/s",
+            f"ratio {n} : 1",
+            "final loss 1 / N (difference / larger loss)",
+            "wall s (1 / N)",
+        ]
+    ]
     for r in data["rows"]:
         one, many, derived = r["one"], r["many"], processes_summary(r)
-        threads = one["threads"] or "torch's default"      # 0: one per physical core
-        out.append([r["method"], f"{threads}, {one['images_per_second']:.1f}",
-                    f"{many['threads']}, {many['images_per_second']:.1f}", f"{derived['ratio']:.2f}",
-                    f"{one['loss']} / {many['loss']} ({derived['loss_difference']:.1e})",
-                    f"{one['wall_seconds']} / {many['wall_seconds']}"])
+        threads = one["threads"] or "torch's default"  # 0: one per physical core
+        out.append(
+            [
+                r["method"],
+                f"{threads}, {one['images_per_second']:.1f}",
+                f"{many['threads']}, {many['images_per_second']:.1f}",
+                f"{derived['ratio']:.2f}",
+                f"{one['loss']} / {many['loss']} ({derived['loss_difference']:.1e})",
+                f"{one['wall_seconds']} / {many['wall_seconds']}",
+            ]
+        )
     return out, set()
 
 
 # ----------------------------------------------------------------- records with several seeds
 # A pipeline record with `metrics/seed<S>/` folders (params.yaml's seeds:): its tables are
 # the report's own seed-aware tables, built by bowflow.report from the record's metrics.
+
 
 def seed_runs(record: Path) -> dict[str, dict[int, dict]]:
     """bowflow.report.load_seeds of a record: {run: {seed: evaluation metrics}}."""
@@ -570,11 +650,25 @@ def mode_rows(record: Path) -> list[dict]:
             if not seeds:
                 continue
             diffs = [a[s] - b[s] for s in seeds]
-            verdict = ("higher at every seed" if all(d > 0 for d in diffs) else
-                       "lower at every seed" if all(d < 0 for d in diffs) else "mixed")
-            rows.append({"run": run, "label": f"{by_seed[seeds[0]]['label']} ({run})", "metric": metric,
-                         "base": report.spread([b[s] for s in seeds]), "mode": report.spread([a[s] for s in seeds]),
-                         "diffs": diffs, **report.spread(diffs), "verdict": verdict})
+            verdict = (
+                "higher at every seed"
+                if all(d > 0 for d in diffs)
+                else "lower at every seed"
+                if all(d < 0 for d in diffs)
+                else "mixed"
+            )
+            rows.append(
+                {
+                    "run": run,
+                    "label": f"{by_seed[seeds[0]]['label']} ({run})",
+                    "metric": metric,
+                    "base": report.spread([b[s] for s in seeds]),
+                    "mode": report.spread([a[s] for s in seeds]),
+                    "diffs": diffs,
+                    **report.spread(diffs),
+                    "verdict": verdict,
+                }
+            )
     return rows
 
 
@@ -584,9 +678,17 @@ def table_modes(record: Path) -> tuple[list[list[str]], set[str]]:
     compared = mode_rows(record)
     rows = [["Model", "Metric", "fp32", "this mode", "difference (paired by seed)", "per seed", "verdict"]]
     for r in compared:
-        rows.append([r["label"], report.metric_label(r["metric"]), report.mean_sd_cell(r["base"]),
-                     report.mean_sd_cell(r["mode"]), f"{r['mean']:+.1f} ± {r['sd']:.1f}",
-                     " / ".join(f"{d:+.1f}" for d in r["diffs"]), r["verdict"]])
+        rows.append(
+            [
+                r["label"],
+                report.metric_label(r["metric"]),
+                report.mean_sd_cell(r["base"]),
+                report.mean_sd_cell(r["mode"]),
+                f"{r['mean']:+.1f} ± {r['sd']:.1f}",
+                " / ".join(f"{d:+.1f}" for d in r["diffs"]),
+                r["verdict"],
+            ]
+        )
     return rows, {r["run"] for r in compared}
 
 
@@ -595,11 +697,16 @@ def table_spread(record: Path) -> tuple[list[list[str]], set[str]]:
     of randomness, the sd over seeds of each metric with the other sources held fixed."""
     data = load_json(record / "spread" / "spread.json")
     metrics = list(data["sd"]["all"])
-    names = {"all": "every source (the pipeline's seeds)", "parent": "the parent (its seed's RotNet)",
-             "vocab": "the vocabulary's k-means", "student": "the student's init, order and views",
-             "episodes": "the few-shot episodes (same model)"}
-    rows = [["Seed moves", *[f"sd {m.replace('shot_', '')}-shot" if m.startswith("shot_") else f"sd {m}"
-                              for m in metrics]]]
+    names = {
+        "all": "every source (the pipeline's seeds)",
+        "parent": "the parent (its seed's RotNet)",
+        "vocab": "the vocabulary's k-means",
+        "student": "the student's init, order and views",
+        "episodes": "the few-shot episodes (same model)",
+    }
+    rows = [
+        ["Seed moves", *[f"sd {m.replace('shot_', '')}-shot" if m.startswith("shot_") else f"sd {m}" for m in metrics]]
+    ]
     for source, sd in data["sd"].items():
         rows.append([names[source], *[f"{sd[m]:.1f}" for m in metrics]])
     return rows, set()
@@ -613,6 +720,7 @@ def bench_records(record: Path) -> list[dict]:
 def bench_module(records: list[dict]):
     """The benchmark module that wrote these records (all the same one)."""
     import importlib
+
     names = {r["benchmark"] for r in records}
     if len(names) != 1:
         raise ValueError(f"a bench record holds the records of one benchmark, not {sorted(names)}")
@@ -630,18 +738,30 @@ def table_bench(record: Path) -> tuple[list[list[str]], set[str]]:
 def is_bench(folder: Path) -> bool:
     """A folder of benchmarks/recording.py records (no pipeline metrics, no lock)."""
     return not (folder / "dvc.lock").exists() and any(
-        {"benchmark", "measurements"} <= set(load_json(p)) for p in folder.glob("*.json"))
+        {"benchmark", "measurements"} <= set(load_json(p)) for p in folder.glob("*.json")
+    )
 
 
-TABLES = {"bench": table_bench, "seeds": table_seeds, "paired": table_paired, "modes": table_modes,
-          "spread": table_spread, "ablation": table_ablation, "processes": table_processes,
-          "precision": table_precision, "generations": table_generations, "stage-times": table_stage_times,
-          "family": table_family, "distill": table_distill,
-          "distill-margins": lambda record: table_distill(record, margins=True),
-          "distill-seeds": table_distill_seeds}
+TABLES = {
+    "bench": table_bench,
+    "seeds": table_seeds,
+    "paired": table_paired,
+    "modes": table_modes,
+    "spread": table_spread,
+    "ablation": table_ablation,
+    "processes": table_processes,
+    "precision": table_precision,
+    "generations": table_generations,
+    "stage-times": table_stage_times,
+    "family": table_family,
+    "distill": table_distill,
+    "distill-margins": lambda record: table_distill(record, margins=True),
+    "distill-seeds": table_distill_seeds,
+}
 
 
 # ----------------------------------------------------------------------------- prose claims
+
 
 def accuracy_columns(record: Path) -> dict:
     """{column: run record -> accuracy}: linear, k-NN and each few-shot column of the record."""
@@ -655,7 +775,7 @@ def accuracy_columns(record: Path) -> dict:
 def prose_metric(metric: str) -> str:
     """'few_shot_5' -> '5-shot', 'linear_base' -> 'base linear', 'knn_all' -> 'k-NN'."""
     if metric.startswith("few_shot_"):
-        return f"{metric[len('few_shot_'):]}-shot"
+        return f"{metric[len('few_shot_') :]}-shot"
     return {"linear_base": "base linear", "knn_all": "k-NN"}.get(metric, metric)
 
 
@@ -668,13 +788,15 @@ def paired_sentences(per_seed: dict[str, dict[int, dict]]) -> list[str]:
     for c in report.paired_comparisons(per_seed):
         by_verdict = grouped.setdefault((c["run"], c["partner"], c["kind"]), {})
         by_verdict.setdefault(c["verdict"], []).append(prose_metric(c["metric"]))
-    label = lambda run: f"{report.model_label(next(iter(per_seed[run].values())))} ({run})"   # noqa: E731
+    label = lambda run: f"{report.model_label(next(iter(per_seed[run].values())))} ({run})"  # noqa: E731
     out = []
     for (run, partner, kind), by_verdict in grouped.items():
         role = "its parent" if kind == "parent" else "the untrained control"
-        parts = [f"{verdict} on {join(metrics)}"
-                 for verdict in ("above at every seed", "below at every seed", "mixed")
-                 if (metrics := by_verdict.get(verdict))]
+        parts = [
+            f"{verdict} on {join(metrics)}"
+            for verdict in ("above at every seed", "below at every seed", "mixed")
+            if (metrics := by_verdict.get(verdict))
+        ]
         out.append(f"{label(run)} against {label(partner)}, {role}: " + "; ".join(parts))
     return out
 
@@ -694,16 +816,19 @@ def record_claims(folder: Path) -> list[str]:
 
 # ----------------------------------------------------------------------------- tables vs records
 
+
 def compare_row_names(where: str, published: list[str], recorded: list[str]) -> list[str]:
     """The published rows (by first cell) must be exactly the record's, in its order."""
     pub, rec = Counter(published), Counter(recorded)
     out = [f"{where}: row '{key}': recorded but not published" for key in rec if key not in pub]
     out += [f"{where}: row '{key}': published but not in the record" for key in pub if key not in rec]
-    out += [f"{where}: row '{key}': published {pub[key]} times, {rec[key]} in the record"
-            for key in pub if key in rec and pub[key] != rec[key]]
+    out += [
+        f"{where}: row '{key}': published {pub[key]} times, {rec[key]} in the record"
+        for key in pub
+        if key in rec and pub[key] != rec[key]
+    ]
     if not out and published != recorded:
-        out.append(f"{where}: rows in another order than the record's: published {published} "
-                   f"vs recorded {recorded}")
+        out.append(f"{where}: rows in another order than the record's: published {published} vs recorded {recorded}")
     return out
 
 
@@ -711,10 +836,15 @@ def compare_cells(where: str, header: list[str], published: list[str], recorded:
     """One row: the same number of cells, and each cell equal."""
     key = recorded[0]
     if len(published) != len(recorded):
-        return [f"{where}: row '{key}': {len(published)} cells published, {len(recorded)} in the "
-                f"record: published {published} vs recorded {recorded}"]
-    return [f"{where}: row '{key}' column '{column}': published '{p}' vs recorded '{r}'"
-            for column, p, r in zip(header[1:], published[1:], recorded[1:]) if p != r]
+        return [
+            f"{where}: row '{key}': {len(published)} cells published, {len(recorded)} in the "
+            f"record: published {published} vs recorded {recorded}"
+        ]
+    return [
+        f"{where}: row '{key}' column '{column}': published '{p}' vs recorded '{r}'"
+        for column, p, r in zip(header[1:], published[1:], recorded[1:])
+        if p != r
+    ]
 
 
 def compare(table: Table, rendered: list[list[str]]) -> list[str]:
@@ -725,9 +855,9 @@ def compare(table: Table, rendered: list[list[str]]) -> list[str]:
     recorded = [[plain(c) for c in row] for row in rendered]
     if published[0] != recorded[0]:
         return [f"{where}: columns: published {published[0]} vs recorded {recorded[0]}"]
-    names = lambda rows: [row[0] for row in rows[1:]]             # noqa: E731
+    names = lambda rows: [row[0] for row in rows[1:]]  # noqa: E731
     out = compare_row_names(where, names(published), names(recorded))
-    if out:                                 # pair each record row with its first published namesake
+    if out:  # pair each record row with its first published namesake
         first = {}
         for row in published[1:]:
             first.setdefault(row[0], row)
@@ -740,6 +870,7 @@ def compare(table: Table, rendered: list[list[str]]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- records' own consistency
+
 
 def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
@@ -756,14 +887,20 @@ def check_record(root: Path, record: str, kinds: set[str], runs: set[str]) -> li
     (before data/metrics/summary.json) and as `cache: false` outs read the same; a record's
     metrics/summary.json is the report stage's."""
     folder = root / record
-    if not (folder / "dvc.lock").exists():       # a benchmark's JSON record: no stages to check
+    if not (folder / "dvc.lock").exists():  # a benchmark's JSON record: no stages to check
         return []
     stages = lock_stages(folder)
     allowed = runs | {run for kind in kinds for run in SUPPORT_RUNS.get(kind, ())}
-    files = {"data/" + str(p.relative_to(folder)): p
-             for p in [*folder.glob("metrics/*.json"), *folder.glob("metrics/*/*.json"),
-                       *folder.glob("plots/train/*.csv"),
-                       *folder.glob("metrics/seed*/*/*.json"), *folder.glob("plots/seed*/train/*.csv")]}
+    files = {
+        "data/" + str(p.relative_to(folder)): p
+        for p in [
+            *folder.glob("metrics/*.json"),
+            *folder.glob("metrics/*/*.json"),
+            *folder.glob("plots/train/*.csv"),
+            *folder.glob("metrics/seed*/*/*.json"),
+            *folder.glob("plots/seed*/train/*.csv"),
+        ]
+    }
     writers: dict[str, list[str]] = {path: [] for path in files}
     out = []
     for name, stage in stages.items():
@@ -776,7 +913,7 @@ def check_record(root: Path, record: str, kinds: set[str], runs: set[str]) -> li
             if not path.startswith(("data/metrics/", "data/plots/")) or path.endswith("generations.csv"):
                 continue
             if path not in files:
-                continue                      # a record may keep only some of a run's files
+                continue  # a record may keep only some of a run's files
             if entry.get("md5") != md5(files[path]):
                 out.append(f"{record}/dvc.lock: stage '{name}' wrote another {path} than the record's")
             else:
@@ -819,8 +956,7 @@ def summary_processes(record: str, folder: Path) -> list[str]:
     out = []
     for row in load_json(folder / "processes.json")["rows"]:
         stored = {key: row.get(key) for key in ("ratio", "loss_difference")}
-        out += summary_differences(f"{record}/processes.json: {row['method']}", stored,
-                                   processes_summary(row))
+        out += summary_differences(f"{record}/processes.json: {row['method']}", stored, processes_summary(row))
     return out
 
 
@@ -848,8 +984,11 @@ def summary_ablation(record: str, folder: Path) -> list[str]:
             expected = {f: flags.get(flag, base[f]) for flag, f in ABLATION_FIELDS.items()}
             if not any(flag.startswith("vocab.") for flag in flags):
                 expected |= {f: base[f] for f in ("target_entropy", "usage_perplexity")}
-            out += [f"{where}: variant '{row['variant']}': {f} {row[f]} but the variant gives {v}"
-                    for f, v in expected.items() if str(row[f]) != str(v)]
+            out += [
+                f"{where}: variant '{row['variant']}': {f} {row[f]} but the variant gives {v}"
+                for f, v in expected.items()
+                if str(row[f]) != str(v)
+            ]
     return out
 
 
@@ -865,11 +1004,16 @@ def summary_seeds(record: str, folder: Path) -> list[str]:
 
 
 # What each table kind's record stores beside its rows, recomputed.
-SUMMARIES = {"precision": summary_precision, "processes": summary_processes,
-             "ablation": summary_ablation, "distill-seeds": summary_seeds}
+SUMMARIES = {
+    "precision": summary_precision,
+    "processes": summary_processes,
+    "ablation": summary_ablation,
+    "distill-seeds": summary_seeds,
+}
 
 
 # ----------------------------------------------------------------------------- machine classes
+
 
 def machine_class(flags: list[str]) -> str | None:
     """The docs/BENCHMARKS.md machine class of a CPU with these flags (None: no class)."""
@@ -881,8 +1025,13 @@ def record_flags(folder: Path) -> list[list[str]]:
     seed study's too), `machine.flags` or `cpu_flags` of a benchmark's JSON (processes.json;
     an ablation's seed<S>/g<N>.json); runs that predate them give none."""
     out = []
-    for path in sorted([*folder.glob("metrics/train/*.json"), *folder.glob("seeds/s*/*.json"),
-                        *folder.glob("metrics/seed*/train/*.json")]):
+    for path in sorted(
+        [
+            *folder.glob("metrics/train/*.json"),
+            *folder.glob("seeds/s*/*.json"),
+            *folder.glob("metrics/seed*/train/*.json"),
+        ]
+    ):
         flags = load_json(path).get("cpu_flags")
         if flags is not None:
             out.append(flags)
@@ -906,14 +1055,18 @@ def check_machine(where: str, record: str, flags: list[list[str]], text: str) ->
     classes = {machine_class(f) for f in flags}
     out = []
     if None in classes:
-        out.append(f"{where} {record}: cpu_flags {[f for f in flags if machine_class(f) is None][0]} "
-                   f"match no machine class of docs/BENCHMARKS.md ({MACHINE_CLASSES})")
+        out.append(
+            f"{where} {record}: cpu_flags {[f for f in flags if machine_class(f) is None][0]} "
+            f"match no machine class of docs/BENCHMARKS.md ({MACHINE_CLASSES})"
+        )
     named = named_machines(text)
     names = "machine " + ", ".join(sorted(named)) if named else "no machine"
     for letter in sorted(classes - {None} - named):
         flag = dict(MACHINE_CLASSES)[letter]
-        out.append(f"{where} {record}: its runs' cpu_flags ({flag}) make it machine {letter}'s class, "
-                   f"but the prose beside its tables names {names}")
+        out.append(
+            f"{where} {record}: its runs' cpu_flags ({flag}) make it machine {letter}'s class, "
+            f"but the prose beside its tables names {names}"
+        )
     return out
 
 
@@ -921,23 +1074,34 @@ def record_modes(folder: Path) -> set[str]:
     """The compute modes a record's trainings ran in, as params.yaml spells them
     ('fp32-channels-last-t1'): `compute` of each training's metrics, where recorded."""
     from bowflow.compute import describe
+
     paths = [*folder.glob("metrics/train/*.json"), *folder.glob("metrics/seed*/train/*.json")]
-    ablation = {r["compute"] for p in folder.glob("seed*/g*.json") for r in load_json(p).get("rows", [])
-                if isinstance(r.get("compute"), str)}          # an ablation's rows: their students' modes
+    ablation = {
+        r["compute"]
+        for p in folder.glob("seed*/g*.json")
+        for r in load_json(p).get("rows", [])
+        if isinstance(r.get("compute"), str)
+    }  # an ablation's rows: their students' modes
     return ablation | {describe(m["compute"]) for m in map(load_json, paths) if isinstance(m.get("compute"), dict)}
 
 
 def check_mode(where: str, record: str, modes: set[str], text: str) -> list[str]:
     """Every compute mode a record's trainings ran in is named in the prose beside its tables."""
-    return [f"{where} {record}: its trainings ran in compute mode {mode} (their metrics), but the "
-            f"prose beside its tables does not name it" for mode in sorted(modes) if mode not in text]
+    return [
+        f"{where} {record}: its trainings ran in compute mode {mode} (their metrics), but the "
+        f"prose beside its tables does not name it"
+        for mode in sorted(modes)
+        if mode not in text
+    ]
 
 
 # ----------------------------------------------------------------------------- the check
 
+
 @dataclass
 class RecordUse:
     """What the documents publish from one record: where first, table kinds, runs, prose."""
+
     where: str
     kinds: set[str] = field(default_factory=set)
     runs: set[str] = field(default_factory=set)
@@ -947,8 +1111,11 @@ class RecordUse:
 def missing_claims(where: str, claims: list[str], text: str) -> list[str]:
     """The claims (sentence fragments) not found in `text`, as differences."""
     text = plain(text).lower()
-    return [f"{where}: claim not found in the prose beside its table(s): '{c}'"
-            for c in claims if plain(c).lower() not in text]
+    return [
+        f"{where}: claim not found in the prose beside its table(s): '{c}'"
+        for c in claims
+        if plain(c).lower() not in text
+    ]
 
 
 def check(root: Path, allow_missing: set[str] = frozenset(), verbose: bool = True) -> list[str]:
@@ -995,11 +1162,13 @@ def check(root: Path, allow_missing: set[str] = frozenset(), verbose: bool = Tru
         out += check_record(root, record, use.kinds, use.runs)
         for kind in sorted(use.kinds & set(SUMMARIES)):
             out += SUMMARIES[kind](record, folder)
-    out += figures.check(root)              # figures quoted in prose, each marked with its record
+    out += figures.check(root)  # figures quoted in prose, each marked with its record
     if verbose:
-        print(f"{checked} tables checked against their records, {len(unrecorded)} unrecorded, "
-              f"{len(skipped)} skipped (record absent, allowed); {figures.count(root)} figures in "
-              f"prose checked (bowflow.figures)")
+        print(
+            f"{checked} tables checked against their records, {len(unrecorded)} unrecorded, "
+            f"{len(skipped)} skipped (record absent, allowed); {figures.count(root)} figures in "
+            f"prose checked (bowflow.figures)"
+        )
         for line in unrecorded:
             print(f"  unrecorded: {line}")
         for line in skipped:
@@ -1010,6 +1179,7 @@ def check(root: Path, allow_missing: set[str] = frozenset(), verbose: bool = Tru
 
 
 # ----------------------------------------------------------------------------- the root lock
+
 
 def is_pipeline_data(path: str, outputs: set[str]) -> bool:
     """A path some stage writes, inside such an output, or a folder holding one."""
@@ -1022,12 +1192,12 @@ def stage_changes(stage: str, changes: list, outputs: set[str]) -> list[str]:
     outputs are not: they are absent on a fresh clone."""
     out = []
     for change in changes:
-        if isinstance(change, str):               # "changed command"; "always changed" is no news
+        if isinstance(change, str):  # "changed command"; "always changed" is no news
             if change != "always changed":
                 out.append(f"dvc.lock: stage '{stage}': {change}")
             continue
         for path, state in change.get("changed deps", {}).items():
-            if isinstance(state, dict):           # a params file: {param: new / modified / deleted}
+            if isinstance(state, dict):  # a params file: {param: new / modified / deleted}
                 out += [f"dvc.lock: stage '{stage}': {path} {param}: {s}" for param, s in state.items()]
             elif not is_pipeline_data(path, outputs):
                 out.append(f"dvc.lock: stage '{stage}': {path}: {state}")
@@ -1037,8 +1207,12 @@ def stage_changes(stage: str, changes: list, outputs: set[str]) -> list[str]:
 def copy_tree(root: Path, dest: Path) -> None:
     """The files of a git working tree that a clone of it would hold: tracked and untracked,
     not ignored, as they are on disk now (a deleted file stays out)."""
-    listing = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
-                              "--exclude-standard"], capture_output=True, text=True, check=True)
+    listing = subprocess.run(
+        ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for name in sorted(set(filter(None, listing.stdout.split("\0")))):
         source = root / name
         if source.is_file() or source.is_symlink():
@@ -1053,7 +1227,7 @@ def lock_differences(tree: Path) -> list[str]:
     from dvc.repo import Repo
 
     locked = set(load_yaml(tree / "dvc.lock").get("stages", {}))
-    try:                            # in the tree: DVC names stages relative to the working folder
+    try:  # in the tree: DVC names stages relative to the working folder
         with contextlib.chdir(tree), Repo(str(tree), config={"core": {"no_scm": True}}) as repo:
             stages = list(repo.index.stages)
             defined = {stage.addressing for stage in stages}
@@ -1081,16 +1255,26 @@ def check_root_lock(root: Path) -> list[str]:
 def render(root: Path, record: str, kind: str | None) -> str:
     folder = root / record if (root / record).is_dir() else root / "docs" / "results" / record
     rel = str(folder.relative_to(root))
-    kinds = [kind] if kind else sorted({t.kind for name in figures.documents(root, DOCS)
-                                        for t in find_tables(root / name, name) if t.record == rel})
+    kinds = (
+        [kind]
+        if kind
+        else sorted(
+            {
+                t.kind
+                for name in figures.documents(root, DOCS)
+                for t in find_tables(root / name, name)
+                if t.record == rel
+            }
+        )
+    )
     if not kinds:
-        raise SystemExit(f"no table of README.md, docs/BENCHMARKS.md or docs/results/*/README.md names {rel}: "
-                         "give --table")
+        raise SystemExit(
+            f"no table of README.md, docs/BENCHMARKS.md or docs/results/*/README.md names {rel}: give --table"
+        )
     text = []
     for k in kinds:
         rows, _ = TABLES[k](folder)
-        text += [f"<!-- record: {rel} table={k} -->",
-                 "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        text += [f"<!-- record: {rel} table={k} -->", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
         text += ["| " + " | ".join(row) + " |" for row in rows[1:]]
         text.append("")
     text += [f"claim: {c}" for c in record_claims(folder)]
@@ -1102,8 +1286,7 @@ def main(argv=None) -> int:
     parser.add_argument("--root", type=Path, default=ROOT, help="repository root")
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="compare every marked table with its record")
-    c.add_argument("--allow-missing", nargs="*", default=[],
-                   help="record folders whose absence is not a failure")
+    c.add_argument("--allow-missing", nargs="*", default=[], help="record folders whose absence is not a failure")
     r = sub.add_parser("render", help="print the tables of one record")
     r.add_argument("record", help="docs/results/NAME or NAME")
     r.add_argument("--table", choices=sorted(TABLES))
@@ -1112,8 +1295,7 @@ def main(argv=None) -> int:
     if args.command == "render":
         print(render(args.root, args.record, args.table))
         return 0
-    problems = (check(args.root, set(args.allow_missing)) if args.command == "check"
-                else check_root_lock(args.root))
+    problems = check(args.root, set(args.allow_missing)) if args.command == "check" else check_root_lock(args.root)
     for line in problems:
         print(line)
     print(f"{len(problems)} differences" if problems else "no differences")

@@ -13,6 +13,7 @@ The copy (bowflow.scaffold.make_project, under --work) gets params.yaml (or --pa
 command, machine and wall time). A study whose --work folder exists resumes: DVC reruns only
 what is missing. Nothing of the project's own data/ is touched.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,25 +61,35 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
     parser.add_argument("--compute", required=True, help="params.yaml compute: mode of the study")
     parser.add_argument("--out", type=Path, required=True, help="record folder to write")
-    parser.add_argument("--baseline", help="the record this one is compared with, paired by seed "
-                        "(benchmarks.records table=modes), e.g. the same seeds in fp32")
+    parser.add_argument(
+        "--baseline",
+        help="the record this one is compared with, paired by seed "
+        "(benchmarks.records table=modes), e.g. the same seeds in fp32",
+    )
     parser.add_argument("--work", type=Path, help="scratch project (default: /tmp/bowflow-study-<out name>)")
     args = parser.parse_args(argv)
     work = args.work or Path("/tmp") / f"bowflow-study-{args.out.name}"
     params = study_params(load_yaml(args.params), args.seeds, args.compute)
     if (work / "params.yaml").exists():
-        write_params(work, params)                       # resume: DVC skips what is done
+        write_params(work, params)  # resume: DVC skips what is done
     else:
         make_project(work, params)
     started = time.perf_counter()
     subprocess.run(["bin/repro"], cwd=work, check=True)
     seconds = time.perf_counter() - started
     keep_record(work, args.out)
-    study = {"command": "python -m benchmarks.seed_study " + " ".join(sys.argv[1:] if argv is None else argv),
-             "seeds": args.seeds, "compute": args.compute, "params": str(args.params),
-             "wall_seconds_this_call": round(seconds, 1), "cpu_model": cpu_model(),
-             "cpu_flags": relevant_flags(cpu_flags()), "cpus": len(__import__("os").sched_getaffinity(0)),
-             "python": platform.python_version(), **({"baseline": args.baseline} if args.baseline else {})}
+    study = {
+        "command": "python -m benchmarks.seed_study " + " ".join(sys.argv[1:] if argv is None else argv),
+        "seeds": args.seeds,
+        "compute": args.compute,
+        "params": str(args.params),
+        "wall_seconds_this_call": round(seconds, 1),
+        "cpu_model": cpu_model(),
+        "cpu_flags": relevant_flags(cpu_flags()),
+        "cpus": len(__import__("os").sched_getaffinity(0)),
+        "python": platform.python_version(),
+        **({"baseline": args.baseline} if args.baseline else {}),
+    }
     write_json(args.out / "study.json", study)
     print(f"RESULT {json.dumps(study)}")
     return 0

@@ -21,6 +21,7 @@ variant already evaluated is not rerun (resumable).
 The last line is `RESULT {json}`; --out/spread.json holds every value, and per source the
 sample sd over seeds of each metric.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,9 @@ def recorded(locked: dict, generation: str, seed: int) -> dict[str, list[str]]:
     return {kind: shlex.split(locked[name]["cmd"]) for kind, name in names.items()}
 
 
-def variant(base: dict[str, list[str]], other: dict[str, list[str]], source: str, seed: int,
-            root: Path) -> list[list[str]]:
+def variant(
+    base: dict[str, list[str]], other: dict[str, list[str]], source: str, seed: int, root: Path
+) -> list[list[str]]:
     """The base seed's commands with `source` moved to `seed` (its parent path taken from the
     other seed's recorded commands) and every output under root."""
     vocab, student, evaluate = (list(base[k]) for k in ("vocab", "student", "evaluate"))
@@ -67,10 +69,16 @@ def variant(base: dict[str, list[str]], other: dict[str, list[str]], source: str
         student = set_flag(student, "--seed", [str(seed)])
     elif source == "episodes":
         evaluate = set_flag(evaluate, "--seed", [str(seed)])
-    paths = {"vocab": {"--out": root / "vocab.pt", "--metrics": root / "vocab.json"},
-             "student": {"--vocab": root / "vocab.pt", "--model": root / "model.pt",
-                         "--metrics": root / "train.json", "--history": root / "train.csv"},
-             "evaluate": {"--model": root / "model.pt", "--out": root / "eval.json"}}
+    paths = {
+        "vocab": {"--out": root / "vocab.pt", "--metrics": root / "vocab.json"},
+        "student": {
+            "--vocab": root / "vocab.pt",
+            "--model": root / "model.pt",
+            "--metrics": root / "train.json",
+            "--history": root / "train.csv",
+        },
+        "evaluate": {"--model": root / "model.pt", "--out": root / "eval.json"},
+    }
     commands = []
     for name, argv in (("vocab", vocab), ("student", student), ("evaluate", evaluate)):
         for key, value in paths[name].items():
@@ -78,21 +86,23 @@ def variant(base: dict[str, list[str]], other: dict[str, list[str]], source: str
         if name == "student":
             argv += ["--checkpoints", str(root / "checkpoints")]
         commands.append(argv)
-    if source == "episodes":      # the model is the base seed's: evaluate it again, nothing else
+    if source == "episodes":  # the model is the base seed's: evaluate it again, nothing else
         commands = [set_flag(evaluate, "--out", [str(root / "eval.json")])]
     return commands
 
 
 def accuracies(evaluation: dict) -> dict[str, float]:
-    return {"linear": evaluation["linear_base"], "knn": evaluation["knn_all"],
-            **{f"shot_{n}": evaluation["few_shot"][n]["mean"] for n in evaluation["few_shot"]}}
+    return {
+        "linear": evaluation["linear_base"],
+        "knn": evaluation["knn_all"],
+        **{f"shot_{n}": evaluation["few_shot"][n]["mean"] for n in evaluation["few_shot"]},
+    }
 
 
 def spread(rows: dict[int, dict[str, float]]) -> dict[str, float | None]:
     """Sample sd over seeds of each metric (None with one seed)."""
     metrics = next(iter(rows.values()))
-    return {m: (round(statistics.stdev([r[m] for r in rows.values()]), 3) if len(rows) > 1 else None)
-            for m in metrics}
+    return {m: (round(statistics.stdev([r[m] for r in rows.values()]), 3) if len(rows) > 1 else None) for m in metrics}
 
 
 def main(argv=None) -> int:
@@ -103,14 +113,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     project = args.project.resolve()
     locked = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    seeds = sorted({int(m[1]) for name in locked
-                    if (m := re.fullmatch(rf"evaluate_student_seed(\d+)@{args.generation}", name))})
+    seeds = sorted(
+        {int(m[1]) for name in locked if (m := re.fullmatch(rf"evaluate_student_seed(\d+)@{args.generation}", name))}
+    )
     if len(seeds) < 2:
         raise SystemExit(f"{project}/dvc.lock: {args.generation} has {len(seeds)} seed(s); need 2 or more")
     base_seed, commands = seeds[0], {s: recorded(locked, args.generation, s) for s in seeds}
     base_eval = project / flag(commands[base_seed]["evaluate"], "--out")
     values: dict[str, dict[int, dict[str, float]]] = {"all": {}}
-    for seed in seeds:          # the pipeline's own runs: every source moved together
+    for seed in seeds:  # the pipeline's own runs: every source moved together
         values["all"][seed] = accuracies(json.loads((project / flag(commands[seed]["evaluate"], "--out")).read_text()))
     for source in SOURCES:
         values[source] = {base_seed: accuracies(json.loads(base_eval.read_text()))}
@@ -121,12 +132,16 @@ def main(argv=None) -> int:
                 for command in variant(commands[base_seed], commands[seed], source, seed, root):
                     print(shlex.join(command), flush=True)
                     subprocess.run(command, check=True, cwd=project)
-                for path in [*root.glob("*.pt"), *root.glob("checkpoints/*")]:   # the record keeps metrics
+                for path in [*root.glob("*.pt"), *root.glob("checkpoints/*")]:  # the record keeps metrics
                     path.unlink()
             values[source][seed] = accuracies(json.loads((root / "eval.json").read_text()))
-    result = {"generation": args.generation, "base_seed": base_seed, "seeds": seeds,
-              "values": {src: {str(s): v for s, v in rows.items()} for src, rows in values.items()},
-              "sd": {src: spread(rows) for src, rows in values.items()}}
+    result = {
+        "generation": args.generation,
+        "base_seed": base_seed,
+        "seeds": seeds,
+        "values": {src: {str(s): v for s, v in rows.items()} for src, rows in values.items()},
+        "sd": {src: spread(rows) for src, rows in values.items()},
+    }
     write_json(args.out / "spread.json", result)
     metrics = list(result["sd"]["all"])
     print(f"{'source':<10}" + "".join(f"{m:>10}" for m in metrics))

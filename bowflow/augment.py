@@ -19,6 +19,7 @@ Pipeline pieces
 augmented views used by the students; `pad_crop_flip` is the lighter CIFAR augmentation;
 `rotate_four` builds the RotNet input; `cutmix` mixes images and soft targets.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,7 @@ _RGB_TO_YIQ = (
     (0.595716, -0.274453, -0.321263),
     (0.211456, -0.522591, 0.311135),
 )
-_YIQ_TO_RGB = tuple(
-    map(tuple, torch.linalg.inv(torch.tensor(_RGB_TO_YIQ, dtype=torch.float64)).tolist()))
+_YIQ_TO_RGB = tuple(map(tuple, torch.linalg.inv(torch.tensor(_RGB_TO_YIQ, dtype=torch.float64)).tolist()))
 
 
 def _check_images(x: torch.Tensor, name: str = "x", rgb: bool = False) -> None:
@@ -49,8 +49,7 @@ def _check_images(x: torch.Tensor, name: str = "x", rgb: bool = False) -> None:
         raise ValueError(f"{name} must have 3 (RGB) channels, got {x.shape[1]}")
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator,
-             device: torch.device) -> torch.Tensor:
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """[n] float32 samples from Uniform(low, high)."""
     u = torch.rand(n, generator=generator, device=device)
     return low + (high - low) * u
@@ -59,6 +58,7 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator,
 # ---------------------------------------------------------------------------------------
 # Conversion and normalisation
 # ---------------------------------------------------------------------------------------
+
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 [B, C, H, W] in {0..255} -> float32 [B, C, H, W] in [0, 1]."""
@@ -81,9 +81,16 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
 # Geometric augmentations
 # ---------------------------------------------------------------------------------------
 
-def _sample_crop_boxes(batch: int, height: int, width: int, scale: tuple[float, float],
-                       ratio: tuple[float, float], generator: torch.Generator,
-                       device: torch.device) -> tuple[torch.Tensor, ...]:
+
+def _sample_crop_boxes(
+    batch: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, ...]:
     """Sample one crop box per image, in continuous pixel units.
 
     Area fraction ~ Uniform(scale) of H*W, log(aspect ratio w/h) ~ Uniform(log ratio).
@@ -106,9 +113,15 @@ def _sample_crop_boxes(batch: int, height: int, width: int, scale: tuple[float, 
     return cx, cy, w, h
 
 
-def random_resized_crop(x: torch.Tensor, size: int, scale: tuple[float, float] = (0.2, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5,
-                        *, generator: torch.Generator) -> torch.Tensor:
+def random_resized_crop(
+    x: torch.Tensor,
+    size: int,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip_p: float = 0.5,
+    *,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """Per-sample random crop, resized to `size` x `size`, with an optional horizontal flip.
 
     x: float [B, C, H, W]  ->  float [B, C, size, size].
@@ -132,7 +145,7 @@ def random_resized_crop(x: torch.Tensor, size: int, scale: tuple[float, float] =
     dev = x.device
     cx, cy, w, h = _sample_crop_boxes(batch, height, width, scale, ratio, generator, dev)
     flip = torch.rand(batch, generator=generator, device=dev) < flip_p
-    sign = 1.0 - 2.0 * flip.to(x.dtype)                     # -1 where flipped
+    sign = 1.0 - 2.0 * flip.to(x.dtype)  # -1 where flipped
 
     theta = torch.zeros(batch, 2, 3, dtype=x.dtype, device=dev)
     theta[:, 0, 0] = sign * w / width
@@ -145,8 +158,9 @@ def random_resized_crop(x: torch.Tensor, size: int, scale: tuple[float, float] =
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def pad_crop_flip(x: torch.Tensor, padding: int = 4, flip_p: float = 0.5,
-                  *, generator: torch.Generator) -> torch.Tensor:
+def pad_crop_flip(
+    x: torch.Tensor, padding: int = 4, flip_p: float = 0.5, *, generator: torch.Generator
+) -> torch.Tensor:
     """CIFAR-style "pad `padding` with zeros, random crop back to H x W, random h-flip".
 
     x: [B, C, H, W] (any dtype, uint8 included)  ->  same shape and dtype.
@@ -165,8 +179,8 @@ def pad_crop_flip(x: torch.Tensor, padding: int = 4, flip_p: float = 0.5,
     padded = F.pad(x, (padding, padding, padding, padding)) if padding > 0 else x
     padded_w = width + 2 * padding
     cols = torch.arange(width, device=dev).expand(batch, width)
-    cols = torch.where(flip[:, None], width - 1 - cols, cols) + offsets[:, 1:2]   # [B, W]
-    rows = torch.arange(height, device=dev)[None, :] + offsets[:, 0:1]            # [B, H]
+    cols = torch.where(flip[:, None], width - 1 - cols, cols) + offsets[:, 1:2]  # [B, W]
+    rows = torch.arange(height, device=dev)[None, :] + offsets[:, 0:1]  # [B, H]
     index = (rows[:, :, None] * padded_w + cols[:, None, :]).view(batch, 1, height * width)
     out = padded.flatten(2).gather(2, index.expand(batch, channels, height * width))
     return out.view(batch, channels, height, width)
@@ -191,6 +205,7 @@ def rotate_four(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # Colour augmentations (RGB only)
 # ---------------------------------------------------------------------------------------
 
+
 def _hue_matrices(hue_turns: torch.Tensor) -> torch.Tensor:
     """[B] hue shifts in turns -> [B, 3, 3] RGB matrices rotating the YIQ chroma plane."""
     dtype, dev = hue_turns.dtype, hue_turns.device
@@ -205,9 +220,9 @@ def _hue_matrices(hue_turns: torch.Tensor) -> torch.Tensor:
     return from_yiq @ rot @ to_yiq
 
 
-def _jitter_affine(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
-                   saturation: torch.Tensor, hue: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _jitter_affine(
+    x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor, hue: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold brightness -> contrast -> saturation -> hue into one per-sample affine map.
 
     x: float [B, 3, H, W]; factors: [B] each (hue in turns). Returns (A [B, 3, 3], t [B, 3])
@@ -226,15 +241,22 @@ def _jitter_affine(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Te
     eye = torch.eye(3, dtype=dtype, device=dev)
     sat = saturation[:, None, None] * eye + (1.0 - saturation)[:, None, None] * luma  # [B,3,3]
     hs = _hue_matrices(hue) @ sat
-    mean_luma = x.mean(dim=(2, 3)) @ luma                                            # [B]
+    mean_luma = x.mean(dim=(2, 3)) @ luma  # [B]
     matrix = hs * (brightness * contrast)[:, None, None]
     bias = hs.sum(dim=2) * ((1.0 - contrast) * brightness * mean_luma)[:, None]
     return matrix, bias.view(batch, 3)
 
 
-def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4,
-                 saturation: float = 0.4, hue: float = 0.1, p: float = 0.8,
-                 *, generator: torch.Generator) -> torch.Tensor:
+def color_jitter(
+    x: torch.Tensor,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: float = 0.4,
+    hue: float = 0.1,
+    p: float = 0.8,
+    *,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """Per-sample colour jitter, applied to each image with probability `p`. RGB only (C == 3).
 
     x: float [B, 3, H, W] in [0, 1]  ->  float [B, 3, H, W] in [0, 1].
@@ -272,8 +294,7 @@ def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4
     return out.clamp_(0.0, 1.0).view(batch, channels, height, width)
 
 
-def random_grayscale(x: torch.Tensor, p: float = 0.2, *, generator: torch.Generator
-                     ) -> torch.Tensor:
+def random_grayscale(x: torch.Tensor, p: float = 0.2, *, generator: torch.Generator) -> torch.Tensor:
     """With probability `p` per image, replace RGB by its luma on all 3 channels.
 
     x: float [B, 3, H, W]  ->  float [B, 3, H, W]. Luma = 0.299 R + 0.587 G + 0.114 B
@@ -290,8 +311,10 @@ def random_grayscale(x: torch.Tensor, p: float = 0.2, *, generator: torch.Genera
 # CutMix
 # ---------------------------------------------------------------------------------------
 
-def cutmix(x: torch.Tensor, targets: torch.Tensor, p: float = 1.0,
-           *, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+
+def cutmix(
+    x: torch.Tensor, targets: torch.Tensor, p: float = 1.0, *, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CutMix (alpha = 1) with soft targets, batched.
 
     x: [B, C, H, W]; targets: float [B, K], one distribution per image.
@@ -311,8 +334,7 @@ def cutmix(x: torch.Tensor, targets: torch.Tensor, p: float = 1.0,
     """
     _check_images(x)
     if targets.dim() != 2 or targets.shape[0] != x.shape[0]:
-        raise ValueError(f"targets must be [B, K] with B = {x.shape[0]}, "
-                         f"got {tuple(targets.shape)}")
+        raise ValueError(f"targets must be [B, K] with B = {x.shape[0]}, got {tuple(targets.shape)}")
     batch, _, height, width = x.shape
     dev = x.device
     perm = torch.randperm(batch, generator=generator, device=dev)
@@ -330,13 +352,14 @@ def cutmix(x: torch.Tensor, targets: torch.Tensor, p: float = 1.0,
     # Samples not selected get an empty box.
     y0, y1, x0, x1 = (torch.where(apply, v, 0) for v in (y0, y1, x0, x1))
 
-    ys = torch.arange(height, device=dev)[None, :, None]                  # [1, H, 1]
-    xs = torch.arange(width, device=dev)[None, None, :]                   # [1, 1, W]
-    inside = ((ys >= y0[:, None, None]) & (ys < y1[:, None, None])
-              & (xs >= x0[:, None, None]) & (xs < x1[:, None, None]))     # [B, H, W]
+    ys = torch.arange(height, device=dev)[None, :, None]  # [1, H, 1]
+    xs = torch.arange(width, device=dev)[None, None, :]  # [1, 1, W]
+    inside = (
+        (ys >= y0[:, None, None]) & (ys < y1[:, None, None]) & (xs >= x0[:, None, None]) & (xs < x1[:, None, None])
+    )  # [B, H, W]
     x_mixed = torch.where(inside[:, None], x[perm], x)
 
-    pasted = ((y1 - y0) * (x1 - x0)).to(targets.dtype) / (height * width)   # [B]
+    pasted = ((y1 - y0) * (x1 - x0)).to(targets.dtype) / (height * width)  # [B]
     lam = (1.0 - pasted)[:, None]
     targets_mixed = lam * targets + (1.0 - lam) * targets[perm]
     return x_mixed, targets_mixed
@@ -345,6 +368,7 @@ def cutmix(x: torch.Tensor, targets: torch.Tensor, p: float = 1.0,
 # ---------------------------------------------------------------------------------------
 # Views
 # ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ViewSpec:
@@ -376,8 +400,7 @@ class ViewSpec:
     solarize_p: float = 0.0
 
 
-def make_view(images_uint8: torch.Tensor, spec: ViewSpec, generator: torch.Generator
-              ) -> torch.Tensor:
+def make_view(images_uint8: torch.Tensor, spec: ViewSpec, generator: torch.Generator) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> float [B, 3, size, size] in [0, 1] (not normalised).
 
     to_float -> random_resized_crop (+ flip) -> color_jitter -> random_grayscale
@@ -386,10 +409,8 @@ def make_view(images_uint8: torch.Tensor, spec: ViewSpec, generator: torch.Gener
     probability is > 0, so views without them are the same as before they existed.
     """
     x = to_float(images_uint8)
-    x = random_resized_crop(x, spec.size, spec.crop_scale, spec.crop_ratio, spec.flip_p,
-                            generator=generator)
-    x = color_jitter(x, spec.jitter, spec.jitter, spec.jitter, spec.hue, spec.jitter_p,
-                     generator=generator)
+    x = random_resized_crop(x, spec.size, spec.crop_scale, spec.crop_ratio, spec.flip_p, generator=generator)
+    x = color_jitter(x, spec.jitter, spec.jitter, spec.jitter, spec.hue, spec.jitter_p, generator=generator)
     x = random_grayscale(x, spec.gray_p, generator=generator)
     if spec.blur_p > 0:
         x = gaussian_blur(x, spec.blur_p, blur_sigma_px(spec.blur_sigma, spec.size), generator=generator)
@@ -398,15 +419,21 @@ def make_view(images_uint8: torch.Tensor, spec: ViewSpec, generator: torch.Gener
     return x
 
 
-def make_views(images_uint8: torch.Tensor, specs: Sequence[ViewSpec],
-               generator: torch.Generator) -> list[torch.Tensor]:
+def make_views(images_uint8: torch.Tensor, specs: Sequence[ViewSpec], generator: torch.Generator) -> list[torch.Tensor]:
     """One view per spec of the same images (multi-crop: e.g. 2 global + n local specs).
     uint8 [B, 3, H, W] -> [float [B, 3, spec.size, spec.size] for spec in specs]."""
     return [make_view(images_uint8, spec, generator) for spec in specs]
 
 
-def simclr_view(images_uint8: torch.Tensor, size: int, crop_scale_min: float, color_strength: float,
-                jitter_p: float, gray_p: float, generator: torch.Generator) -> torch.Tensor:
+def simclr_view(
+    images_uint8: torch.Tensor,
+    size: int,
+    crop_scale_min: float,
+    color_strength: float,
+    jitter_p: float,
+    gray_p: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """SimCLR's CIFAR view (its paper's appendix): uint8 [B, 3, H, W] -> float [B, 3, size,
     size] in [0, 1]: random resized crop (area crop_scale_min..1) + flip, colour jitter of
     strength s (brightness/contrast/saturation 0.8 s, hue 0.2 s) with probability jitter_p,
@@ -427,7 +454,7 @@ def scaled_size(image_size: int, fraction: float, minimum: int = 4) -> int:
 # Blur and solarization (BYOL / DINO / Barlow Twins views)
 # ---------------------------------------------------------------------------------------
 
-REFERENCE_SIZE = 224   # px: the view side for which the authors give their blur sigmas
+REFERENCE_SIZE = 224  # px: the view side for which the authors give their blur sigmas
 
 
 def blur_sigma_px(sigma_at_reference: Sequence[float], size: int) -> tuple[float, float]:
@@ -441,8 +468,9 @@ def blur_sigma_px(sigma_at_reference: Sequence[float], size: int) -> tuple[float
     return low * scale, high * scale
 
 
-def gaussian_blur(x: torch.Tensor, p: float, sigma: tuple[float, float] = (0.1, 2.0),
-                  *, generator: torch.Generator) -> torch.Tensor:
+def gaussian_blur(
+    x: torch.Tensor, p: float, sigma: tuple[float, float] = (0.1, 2.0), *, generator: torch.Generator
+) -> torch.Tensor:
     """Blur each image with probability p by a Gaussian of its own sigma.
 
     x: float [B, C, H, W] -> same shape. sigma ~ Uniform(sigma) pixels (SimCLR/BYOL:
@@ -457,22 +485,23 @@ def gaussian_blur(x: torch.Tensor, p: float, sigma: tuple[float, float] = (0.1, 
     dev = x.device
     chosen = torch.rand(batch, generator=generator, device=dev) < p
     s = _uniform(batch, sigma[0], sigma[1], generator, dev)
-    radius = max(1, round(0.05 * min(height, width)))          # kernel 2r+1 ~ 10% of the side
+    radius = max(1, round(0.05 * min(height, width)))  # kernel 2r+1 ~ 10% of the side
     offsets = torch.arange(-radius, radius + 1, device=dev, dtype=x.dtype)
-    kernels = torch.exp(-offsets[None, :] ** 2 / (2 * s[:, None].clamp_min(1e-3) ** 2))
-    kernels = kernels / kernels.sum(1, keepdim=True)            # [B, 2r+1]
-    weight = kernels.repeat_interleave(channels, 0)             # [B*C, 2r+1]
+    kernels = torch.exp(-(offsets[None, :] ** 2) / (2 * s[:, None].clamp_min(1e-3) ** 2))
+    kernels = kernels / kernels.sum(1, keepdim=True)  # [B, 2r+1]
+    weight = kernels.repeat_interleave(channels, 0)  # [B*C, 2r+1]
     flat = x.reshape(1, batch * channels, height, width)
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"),
-                    weight[:, None, None, :], groups=batch * channels)
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"),
-                    weight[:, None, :, None], groups=batch * channels)
+    flat = F.conv2d(
+        F.pad(flat, (radius, radius, 0, 0), mode="reflect"), weight[:, None, None, :], groups=batch * channels
+    )
+    flat = F.conv2d(
+        F.pad(flat, (0, 0, radius, radius), mode="reflect"), weight[:, None, :, None], groups=batch * channels
+    )
     blurred = flat.view(batch, channels, height, width)
     return torch.where(chosen[:, None, None, None], blurred, x)
 
 
-def solarize(x: torch.Tensor, p: float, threshold: float = 0.5, *,
-             generator: torch.Generator) -> torch.Tensor:
+def solarize(x: torch.Tensor, p: float, threshold: float = 0.5, *, generator: torch.Generator) -> torch.Tensor:
     """With probability p per image, pixels >= threshold become 1 - x (BYOL, DINO).
     x: float [B, C, H, W] in [0, 1] -> same shape."""
     _check_images(x)

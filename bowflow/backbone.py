@@ -13,6 +13,7 @@ before the final BN-ReLU (`head_norm`) that the pooled feature goes through.
 
 This module imports nothing of bowflow's, so every architecture module can build on it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -36,8 +37,14 @@ class Backbone(nn.Module):
     `reductions` (spatial down-sampling factor of each stage's output w.r.t. the input).
     """
 
-    def __init__(self, stem: nn.Module, stages: Sequence[nn.Module], channels: list[int],
-                 reductions: list[int], head_norm: nn.Module | None = None):
+    def __init__(
+        self,
+        stem: nn.Module,
+        stages: Sequence[nn.Module],
+        channels: list[int],
+        reductions: list[int],
+        head_norm: nn.Module | None = None,
+    ):
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
@@ -57,8 +64,7 @@ class Backbone(nn.Module):
             raise ValueError(f"unknown layer '{layer}': expected 'last' or one of {self.stage_names}")
         return self.stage_names.index(layer)
 
-    def feature_maps(self, x: torch.Tensor, upto: int | None = None,
-                     final_norm: bool = True) -> list[torch.Tensor]:
+    def feature_maps(self, x: torch.Tensor, upto: int | None = None, final_norm: bool = True) -> list[torch.Tensor]:
         """x [B, 3, H, W] -> maps [B, C_i, H / r_i, W / r_i] for stages 0..upto (default all).
         The last stage's map goes through `head_norm` (the final BN-ReLU of pre-activation
         nets) unless final_norm=False."""
@@ -94,7 +100,6 @@ class Backbone(nn.Module):
     @property
     def out_channels(self) -> int:
         return self.channels[-1]
-
 
 
 def count_parameters(module: nn.Module) -> int:

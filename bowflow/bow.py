@@ -10,6 +10,7 @@ Bags of Visual Words", CVPR 2020, https://arxiv.org/abs/2002.12247):
    image, so the targets never change during student training and are cached)
 4. `bow_targets`: histogram or binary pooling of codes, L1-normalised -> targets [B, K]
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,17 +29,26 @@ def float32(fn):
     Written here rather than imported from bowflow.losses so that the vocab stage, which
     runs this module, does not depend on the losses file (an edit there would otherwise
     invalidate every cached vocabulary)."""
+
     @functools.wraps(fn)
     def run(*args):
         device = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
         with torch.autocast(device_type=device, enabled=False):
             return fn(*(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args))
+
     return run
 
 
 @torch.no_grad()
-def teacher_maps(teacher: Backbone, images: torch.Tensor, layer: str, batch_size: int,
-                 device: torch.device, preprocess, drop_border: int = 0):
+def teacher_maps(
+    teacher: Backbone,
+    images: torch.Tensor,
+    layer: str,
+    batch_size: int,
+    device: torch.device,
+    preprocess,
+    drop_border: int = 0,
+):
     """Yield (start index, maps [b, C, h, w]) over uint8 `images` [N, 3, H, W], in order.
 
     `drop_border` removes that many locations on every side of the map (border cells see
@@ -46,7 +56,7 @@ def teacher_maps(teacher: Backbone, images: torch.Tensor, layer: str, batch_size
     """
     teacher.eval()
     for start in range(0, len(images), batch_size):
-        x = preprocess(images[start:start + batch_size].to(device, non_blocking=True))
+        x = preprocess(images[start : start + batch_size].to(device, non_blocking=True))
         maps = teacher.feature_map(x, layer).float()
         if drop_border:
             maps = maps[:, :, drop_border:-drop_border, drop_border:-drop_border]
@@ -54,9 +64,17 @@ def teacher_maps(teacher: Backbone, images: torch.Tensor, layer: str, batch_size
 
 
 @torch.no_grad()
-def sample_local_features(teacher: Backbone, images: torch.Tensor, layer: str, n_samples: int,
-                          batch_size: int, device: torch.device, preprocess, seed: int,
-                          drop_border: int = 0) -> torch.Tensor:
+def sample_local_features(
+    teacher: Backbone,
+    images: torch.Tensor,
+    layer: str,
+    n_samples: int,
+    batch_size: int,
+    device: torch.device,
+    preprocess,
+    seed: int,
+    drop_border: int = 0,
+) -> torch.Tensor:
     """Sample `n_samples` local feature vectors [S, C] uniformly over images and locations.
 
     Each image contributes the same number of random locations (ceil(S / N)), so the
@@ -67,14 +85,16 @@ def sample_local_features(teacher: Backbone, images: torch.Tensor, layer: str, n
     chunks = []
     for _, maps in teacher_maps(teacher, images, layer, batch_size, device, preprocess, drop_border):
         b, c, h, w = maps.shape
-        flat = maps.flatten(2).transpose(1, 2)                      # [b, h*w, C]
+        flat = maps.flatten(2).transpose(1, 2)  # [b, h*w, C]
         take = min(per_image, h * w)
         idx = torch.rand(b, h * w, generator=generator).argsort(dim=1)[:, :take]
         chunks.append(torch.gather(flat.cpu(), 1, idx[:, :, None].expand(-1, -1, c)).reshape(-1, c))
     features = torch.cat(chunks)
     if len(features) < n_samples:
-        raise ValueError(f"vocab.samples={n_samples} but the teacher maps only hold "
-                         f"{len(features)} local features; lower vocab.samples")
+        raise ValueError(
+            f"vocab.samples={n_samples} but the teacher maps only hold "
+            f"{len(features)} local features; lower vocab.samples"
+        )
     order = torch.randperm(len(features), generator=generator)[:n_samples]
     return features[order].contiguous()
 
@@ -93,19 +113,26 @@ def kmeans(features: torch.Tensor, k: int, iters: int, seed: int, use_gpu: bool 
         raise ValueError(f"vocab.size={k} is larger than the {len(x)} sampled features")
     gpu = faiss_gpu_available() if use_gpu is None else use_gpu
     start = time.perf_counter()
-    km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=seed, gpu=gpu, verbose=False,
-                      max_points_per_centroid=max(256, -(-len(x) // k)))
+    km = faiss.Kmeans(
+        x.shape[1], k, niter=iters, seed=seed, gpu=gpu, verbose=False, max_points_per_centroid=max(256, -(-len(x) // k))
+    )
     km.train(x)
-    assert km.centroids is not None                 # set by train()
+    assert km.centroids is not None  # set by train()
     distances, assignment = km.index.search(x, 1)
     seconds = time.perf_counter() - start
     counts = np.bincount(assignment[:, 0], minlength=k)
-    return {"words": torch.from_numpy(km.centroids.copy()), "inertia": float(distances.sum()),
-            "word_counts": torch.from_numpy(counts), "seconds": seconds, "gpu": bool(gpu)}
+    return {
+        "words": torch.from_numpy(km.centroids.copy()),
+        "inertia": float(distances.sum()),
+        "word_counts": torch.from_numpy(counts),
+        "seconds": seconds,
+        "gpu": bool(gpu),
+    }
 
 
 def faiss_gpu_available() -> bool:
     import faiss
+
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
@@ -118,15 +145,22 @@ def nearest_words(maps: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     bf16 autocast the product would round f.w to 8 bits of mantissa and pick another word
     for features between two nearby words.
     """
-    flat = maps.flatten(2).transpose(1, 2)                          # [B, L, C]
-    scores = flat @ words.t() * -2.0 + (words * words).sum(1)       # [B, L, K]
+    flat = maps.flatten(2).transpose(1, 2)  # [B, L, C]
+    scores = flat @ words.t() * -2.0 + (words * words).sum(1)  # [B, L, K]
     return scores.argmin(dim=2)
 
 
 @torch.no_grad()
-def assign_codes(teacher: Backbone, images: torch.Tensor, layer: str, words: torch.Tensor,
-                 batch_size: int, device: torch.device, preprocess,
-                 drop_border: int = 0) -> torch.Tensor:
+def assign_codes(
+    teacher: Backbone,
+    images: torch.Tensor,
+    layer: str,
+    words: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    preprocess,
+    drop_border: int = 0,
+) -> torch.Tensor:
     """Word index of every map location of every image: codes [N, h*w] int16 (on CPU)."""
     words = words.to(device)
     codes = []
@@ -169,5 +203,8 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 def word_usage(counts: torch.Tensor) -> dict:
     """Summary of how evenly words are used, from per-word counts [K]."""
     p = counts.float() / counts.sum()
-    return {"words_used": int((counts > 0).sum()), "usage_perplexity": float(torch.exp(entropy(p[None]))[0]),
-            "largest_word_fraction": float(p.max())}
+    return {
+        "words_used": int((counts > 0).sum()),
+        "usage_perplexity": float(torch.exp(entropy(p[None]))[0]),
+        "largest_word_fraction": float(p.max()),
+    }

@@ -36,6 +36,7 @@ the cosine's value one epoch before its end, about peak (pi / (E - 1))^2 / 4 wit
 warm-up: 3e-4 x peak at E = 94, but 0.1 x peak at E = 6, so short budgets are rough). Either
 way |training seconds - budget| < the longest epoch.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,17 +52,20 @@ class EpochBudget:
     the (possibly new) `total_steps()`.
     """
 
-    def __init__(self, seconds: float, steps_per_epoch: int, window: int = 3,
-                 provisional_epochs: int = PROVISIONAL_EPOCHS):
+    def __init__(
+        self, seconds: float, steps_per_epoch: int, window: int = 3, provisional_epochs: int = PROVISIONAL_EPOCHS
+    ):
         if seconds <= 0 or steps_per_epoch < 1 or window < 1 or provisional_epochs < 1:
-            raise ValueError(f"need seconds > 0, steps_per_epoch, window and provisional_epochs >= 1; "
-                             f"got {seconds}, {steps_per_epoch}, {window}, {provisional_epochs}")
+            raise ValueError(
+                f"need seconds > 0, steps_per_epoch, window and provisional_epochs >= 1; "
+                f"got {seconds}, {steps_per_epoch}, {window}, {provisional_epochs}"
+            )
         self.seconds, self.steps_per_epoch, self.window = float(seconds), steps_per_epoch, window
         self.planned = provisional_epochs
         self.epoch_seconds: list[float] = []
-        self.plans: list[int] = []          # the plan made after each epoch (== epochs at a stop)
+        self.plans: list[int] = []  # the plan made after each epoch (== epochs at a stop)
         self.stopped = False
-        self.schedule_epochs = 0            # at a stop: the plan the last epoch ran under
+        self.schedule_epochs = 0  # at a stop: the plan the last epoch ran under
 
     @property
     def epochs(self) -> int:
@@ -78,7 +82,7 @@ class EpochBudget:
 
     def estimate(self) -> float:
         """Seconds of the next epoch: the mean of the last `window` epochs."""
-        recent = self.epoch_seconds[-self.window:]
+        recent = self.epoch_seconds[-self.window :]
         return math.fsum(recent) / len(recent)
 
     def end_epoch(self, seconds: float) -> bool:
@@ -101,7 +105,11 @@ class EpochBudget:
     def record(self) -> dict:
         """What a result keeps: seconds, epochs, the epochs the schedules were laid out over
         when it stopped (> epochs: cut before their end), the per-epoch seconds and plans."""
-        return {"budget_seconds": self.seconds, "training_seconds": round(self.elapsed, 3),
-                "epochs": self.epochs, "schedule_epochs": self.schedule_epochs,
-                "epoch_seconds": [round(s, 4) for s in self.epoch_seconds],
-                "plans": list(self.plans)}
+        return {
+            "budget_seconds": self.seconds,
+            "training_seconds": round(self.elapsed, 3),
+            "epochs": self.epochs,
+            "schedule_epochs": self.schedule_epochs,
+            "epoch_seconds": [round(s, 4) for s in self.epoch_seconds],
+            "plans": list(self.plans),
+        }

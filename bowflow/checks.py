@@ -13,19 +13,34 @@ into a message naming the full key (`pretrain.byol.lr: ...`). `TrainParams.valid
 calls it, so every method's params get it; a method's own `validate()` keeps only the
 checks that relate two fields. `positive` and `fraction` remain for those.
 """
+
 from __future__ import annotations
 
 from dataclasses import field
 from typing import Any
 
 
-def param(default: Any, help: str = "", *, above: float | None = None, low: float | None = None,
-          high: float | None = None, below: float | None = None, choices: tuple | None = None) -> Any:
+def param(
+    default: Any,
+    help: str = "",
+    *,
+    above: float | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    below: float | None = None,
+    choices: tuple | None = None,
+) -> Any:
     """A dataclass field with its help text and constraint: `above`/`below` exclusive
     bounds, `low`/`high` inclusive, `choices` the allowed values. A list default is
     copied per instance; each list item is checked against the bounds."""
-    metadata = {"help": help, **{k: v for k, v in dict(above=above, low=low, high=high, below=below,
-                                                       choices=choices).items() if v is not None}}
+    metadata = {
+        "help": help,
+        **{
+            k: v
+            for k, v in dict(above=above, low=low, high=high, below=below, choices=choices).items()
+            if v is not None
+        },
+    }
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -39,7 +54,7 @@ def bounds_text(meta: dict) -> str:
         return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
     if low:
         return f"{'>' if low[0] == '(' else '>='} {low[1]}"
-    assert high is not None     # called for a value out of bounds: `meta` has one
+    assert high is not None  # called for a value out of bounds: `meta` has one
     return f"{'<' if high[0] == ')' else '<='} {high[1]}"
 
 
@@ -50,9 +65,12 @@ def check_value(name: str, value: Any, meta: dict) -> None:
     for item in value if isinstance(value, list) else [value]:
         if not isinstance(item, (int, float)) or isinstance(item, bool):
             continue
-        if (("above" in meta and not item > meta["above"]) or ("low" in meta and not item >= meta["low"])
-                or ("high" in meta and not item <= meta["high"])
-                or ("below" in meta and not item < meta["below"])):
+        if (
+            ("above" in meta and not item > meta["above"])
+            or ("low" in meta and not item >= meta["low"])
+            or ("high" in meta and not item <= meta["high"])
+            or ("below" in meta and not item < meta["below"])
+        ):
             raise ValueError(f"{name} must be {bounds_text(meta)}, got {value}")
 
 
@@ -75,7 +93,6 @@ def check_fields(params: Any) -> None:
     """Every constrained field of dataclass instance `params` (see `param`)."""
     for name, meta in constraints(type(params)).items():
         check_value(name, getattr(params, name), meta)
-
 
 
 def positive(name: str, value, allow_zero: bool = False) -> None:

@@ -13,6 +13,7 @@ else the text (what params.yaml gives for the numbers DVC writes); `--FIELD.KEY`
 `--no-FIELD.KEY` as true and false; several values as a list. The section's `validate()`
 then checks the keys and types against what they configure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,26 +63,38 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
         kind = hints[field.name]
         help_text = field.metadata.get("help", "")
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        default = None if required else (
-            field.default if field.default is not dataclasses.MISSING
-            else field.default_factory())  # type: ignore[operator]  # not MISSING here: mypy cannot narrow it
+        if required:
+            default = None
+        elif field.default is not dataclasses.MISSING:
+            default = field.default
+        else:  # not MISSING here (not required): mypy cannot narrow the factory's type
+            default = field.default_factory()  # type: ignore[operator]
         origin = typing.get_origin(kind)
-        if dict in (kind, origin):      # dotted flags, collected by `parse_section`
+        if dict in (kind, origin):  # dotted flags, collected by `parse_section`
             continue
         if kind is bool:
-            parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction,
-                                default=default, required=required, help=help_text)
+            parser.add_argument(
+                f"--{field.name}",
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                required=required,
+                help=help_text,
+            )
         elif origin in (list, tuple):
             (item_type, *_) = typing.get_args(kind)
-            parser.add_argument(f"--{field.name}", nargs="+", type=item_type,
-                                default=default, required=required, help=help_text)
+            parser.add_argument(
+                f"--{field.name}", nargs="+", type=item_type, default=default, required=required, help=help_text
+            )
         else:
-            parser.add_argument(f"--{field.name}", type=kind, default=default,
-                                required=required, help=help_text)
+            parser.add_argument(f"--{field.name}", type=kind, default=default, required=required, help=help_text)
 
 
-def parse_section(cls: type, argv: list[str] | None = None, description: str = "",
-                  extra: typing.Callable[[argparse.ArgumentParser], None] | None = None):
+def parse_section(
+    cls: type,
+    argv: list[str] | None = None,
+    description: str = "",
+    extra: typing.Callable[[argparse.ArgumentParser], None] | None = None,
+):
     """Parse `argv` into an instance of dataclass `cls` plus the extra (path) arguments.
 
     Returns `(section, namespace)`; `section.validate()` is called when defined, and a
@@ -110,8 +123,7 @@ def parse_section(cls: type, argv: list[str] | None = None, description: str = "
 def mapping_fields(cls: type) -> list[str]:
     """The fields of dataclass `cls` typed as a mapping (`dict[...]`): dotted flags."""
     hints = typing.get_type_hints(cls)
-    return [f.name for f in dataclasses.fields(cls)
-            if dict in (hints[f.name], typing.get_origin(hints[f.name]))]
+    return [f.name for f in dataclasses.fields(cls) if dict in (hints[f.name], typing.get_origin(hints[f.name]))]
 
 
 def mapping_flags(args: list[str], fields: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -124,7 +136,7 @@ def mapping_flags(args: list[str], fields: list[str]) -> tuple[dict[str, dict[st
     while i < len(args):
         arg = args[i]
         negated = arg.startswith("--no-")
-        name = arg[len("--no-"):] if negated else arg[2:] if arg.startswith("--") else ""
+        name = arg[len("--no-") :] if negated else arg[2:] if arg.startswith("--") else ""
         field, dot, key = name.partition(".")
         if not (dot and key and field in fields) or "=" in key:
             unknown.append(arg)
@@ -135,8 +147,9 @@ def mapping_flags(args: list[str], fields: list[str]) -> tuple[dict[str, dict[st
         while not negated and i < len(args) and not args[i].startswith("--"):
             values.append(flag_value(args[i]))
             i += 1
-        found.setdefault(field, {})[key] = (False if negated else True if not values
-                                            else values[0] if len(values) == 1 else values)
+        found.setdefault(field, {})[key] = (
+            False if negated else True if not values else values[0] if len(values) == 1 else values
+        )
     return found, unknown
 
 

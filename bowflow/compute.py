@@ -45,6 +45,7 @@ leaves it off: on the AVX2-only machine of docs/BENCHMARKS.md (section 8) it gai
 less than channels-last alone and nothing on top of it. `BOWFLOW_COMPUTE=...-compile`
 turns it on (or `compute: fp32-channels-last-compile` in params.yaml).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -70,23 +71,25 @@ GPU = {"bf16": False, "channels_last": True, "threads": 0, "compile": False}
 KEYS = tuple(DEFAULT_CPU)
 
 # CPU flags that decide the candidates; the metrics record which of them the CPU has.
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")       # native bf16 dot products
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # native bf16 dot products
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
 # The measurement: a convnet of the CIFAR preset's width at 32 px (the layers training
 # runs), batch 8 so that one step stays near 0.05 s on a 2-core AVX2 CPU (0.8 s at
 # 2 threads when other jobs load it to 9: a decision then took 11.5 s with batch 16).
-MEASURE_WIDTH = 32          # convnet stage-1 channels (as presets/cifar10-cpu.yaml)
-MEASURE_SIZE = 32           # pixels
-MEASURE_BATCH = 8           # images per step
-MEASURE_BUDGET_S = 5.0      # seconds in all (building, warm-up, rounds); one round may overrun
-MEASURE_MAX_ROUNDS = 5      # timed steps per candidate at most (median of these)
-MIN_GAIN = 0.05             # another mode must be 5% faster than eager fp32 to be chosen
+MEASURE_WIDTH = 32  # convnet stage-1 channels (as presets/cifar10-cpu.yaml)
+MEASURE_SIZE = 32  # pixels
+MEASURE_BATCH = 8  # images per step
+MEASURE_BUDGET_S = 5.0  # seconds in all (building, warm-up, rounds); one round may overrun
+MEASURE_MAX_ROUNDS = 5  # timed steps per candidate at most (median of these)
+MIN_GAIN = 0.05  # another mode must be 5% faster than eager fp32 to be chosen
 
 # Logged with (and recorded in the reason of) every choice with bf16: what stays float32.
-BF16_PRECISION = ("bf16 autocast: convs/linears in bf16; losses, softmax targets, BoW codes, "
-                  "EMA updates, BatchNorm statistics and eval features in float32; no accuracy "
-                  "cost beyond seed noise measured (docs/precision.md)")
+BF16_PRECISION = (
+    "bf16 autocast: convs/linears in bf16; losses, softmax targets, BoW codes, "
+    "EMA updates, BatchNorm statistics and eval features in float32; no accuracy "
+    "cost beyond seed noise measured (docs/precision.md)"
+)
 
 ENV_OVERRIDE = "BOWFLOW_COMPUTE"
 _OVERRIDE = re.compile(r"^(fp32|bf16)(-channels-last)?(-compile)?(?:-t(\d+))?$")
@@ -146,9 +149,12 @@ def _normalise(choice) -> dict | None:
     if not isinstance(choice, dict):
         return None
     out = {"compile": False, **{k: choice[k] for k in KEYS if k in choice}}
-    ok = (all(isinstance(out.get(k), bool) for k in ("bf16", "channels_last", "compile"))
-          and isinstance(out.get("threads"), int) and not isinstance(out["threads"], bool)
-          and out["threads"] >= 0)
+    ok = (
+        all(isinstance(out.get(k), bool) for k in ("bf16", "channels_last", "compile"))
+        and isinstance(out.get("threads"), int)
+        and not isinstance(out["threads"], bool)
+        and out["threads"] >= 0
+    )
     return out if ok else None
 
 
@@ -176,10 +182,16 @@ def parse_mode(text: str) -> dict | str | None:
         return dict(DEFAULT_CPU)
     match = _OVERRIDE.match(value)
     if not match:
-        raise ValueError(f"{text!r}: expected auto, measure, default or "
-                         "<fp32|bf16>[-channels-last][-compile][-t<threads>], e.g. fp32-channels-last-t1")
-    return {"bf16": match[1] == "bf16", "channels_last": bool(match[2]),
-            "threads": int(match[4] or 0), "compile": bool(match[3])}
+        raise ValueError(
+            f"{text!r}: expected auto, measure, default or "
+            "<fp32|bf16>[-channels-last][-compile][-t<threads>], e.g. fp32-channels-last-t1"
+        )
+    return {
+        "bf16": match[1] == "bf16",
+        "channels_last": bool(match[2]),
+        "threads": int(match[4] or 0),
+        "compile": bool(match[3]),
+    }
 
 
 def parse_override(text: str) -> dict | str | None:
@@ -196,9 +208,14 @@ def save_choice(choice: dict, details: dict | None = None) -> Path:
     if normal is None:
         raise ValueError(f"not a compute choice: {choice}")
     path = cache_path()
-    record = {"choice": normal, "cpu_model": cpu_model(), "hostname": socket.gethostname(),
-              "torch": torch.__version__, "saved": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-              **(details or {})}
+    record = {
+        "choice": normal,
+        "cpu_model": cpu_model(),
+        "hostname": socket.gethostname(),
+        "torch": torch.__version__,
+        "saved": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        **(details or {}),
+    }
     write_json(path, record)
     return path
 
@@ -231,8 +248,12 @@ def candidates(flags: set[str], default_threads: int, bf16: bool = True) -> list
     """
     precisions = [False, True] if bf16 and bf16_native(flags) else [False]
     thread_counts = [0] + ([1] if default_threads > 1 else [])
-    return [{"bf16": bf16, "channels_last": cl, "threads": threads, "compile": False}
-            for threads in thread_counts for bf16 in precisions for cl in (False, True)]
+    return [
+        {"bf16": bf16, "channels_last": cl, "threads": threads, "compile": False}
+        for threads in thread_counts
+        for bf16 in precisions
+        for cl in (False, True)
+    ]
 
 
 class _Probe:
@@ -240,6 +261,7 @@ class _Probe:
 
     def __init__(self, choice: dict, width: int, size: int, batch: int, seed: int = 0):
         from bowflow.networks import build_backbone  # here, lazily: compute stays light to import
+
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         self.backbone = build_backbone("convnet", width)
@@ -247,8 +269,9 @@ class _Probe:
         memory_format = torch.channels_last if choice["channels_last"] else torch.contiguous_format
         self.backbone.to(memory_format=memory_format)
         self.x = torch.randn(batch, 3, size, size, generator=gen).contiguous(
-            memory_format=memory_format)                                        # [B, 3, S, S]
-        self.y = torch.randint(0, 4, (batch,), generator=gen)                   # [B]
+            memory_format=memory_format
+        )  # [B, 3, S, S]
+        self.y = torch.randint(0, 4, (batch,), generator=gen)  # [B]
         params = list(self.backbone.parameters()) + list(self.head.parameters())
         self.optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
         self.choice = choice
@@ -264,10 +287,15 @@ class _Probe:
         self.optimizer.step()
 
 
-def measure(modes: list[dict], budget_s: float = MEASURE_BUDGET_S,
-            max_rounds: int = MEASURE_MAX_ROUNDS, width: int = MEASURE_WIDTH,
-            size: int = MEASURE_SIZE, batch: int = MEASURE_BATCH,
-            clock: Callable[[], float] = time.perf_counter) -> dict:
+def measure(
+    modes: list[dict],
+    budget_s: float = MEASURE_BUDGET_S,
+    max_rounds: int = MEASURE_MAX_ROUNDS,
+    width: int = MEASURE_WIDTH,
+    size: int = MEASURE_SIZE,
+    batch: int = MEASURE_BATCH,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict:
     """Median seconds per training step of each mode, interleaved A/B/C/A/B/C...
 
     1. Warm-up: one timed step per mode (oneDNN builds its kernels), in order; modes not
@@ -295,7 +323,7 @@ def measure(modes: list[dict], budget_s: float = MEASURE_BUDGET_S,
             torch.set_num_threads(mode["threads"] or threads_before)
             probe = _Probe(mode, width, size, batch)
             t0 = clock()
-            probe.step()                                                   # warm-up
+            probe.step()  # warm-up
             warm.append(clock() - t0)
             probes.append(probe)
         contenders = [i for i, w in enumerate(warm) if w <= 4 * min(warm)]
@@ -304,13 +332,13 @@ def measure(modes: list[dict], budget_s: float = MEASURE_BUDGET_S,
             groups.setdefault(modes[i]["threads"] or threads_before, []).append(i)
         times: list[list[float]] = [[] for _ in modes]
         rounds = 0
-        if clock() - start >= budget_s:          # the warm-ups used the budget: no rounds
+        if clock() - start >= budget_s:  # the warm-ups used the budget: no rounds
             max_rounds = 0
         while rounds < max_rounds:
             for threads, members in groups.items():
                 torch.set_num_threads(threads)
                 if len(groups) > 1:
-                    probes[members[0]].step()                              # spin-up, untimed
+                    probes[members[0]].step()  # spin-up, untimed
                 for i in members:
                     t0 = clock()
                     probes[i].step()
@@ -320,11 +348,16 @@ def measure(modes: list[dict], budget_s: float = MEASURE_BUDGET_S,
                 break
     finally:
         torch.set_num_threads(threads_before)
-    seconds = [statistics.median(times[i]) if times[i] else warm[i] if i < len(warm)
-               else math.inf for i in range(len(modes))]
-    return {"seconds": seconds, "rounds": rounds, "elapsed_s": round(clock() - start, 3),
-            "skipped": list(range(len(warm), len(modes))),
-            "warmup_only": [i for i in range(len(warm)) if i not in contenders]}
+    seconds = [
+        statistics.median(times[i]) if times[i] else warm[i] if i < len(warm) else math.inf for i in range(len(modes))
+    ]
+    return {
+        "seconds": seconds,
+        "rounds": rounds,
+        "elapsed_s": round(clock() - start, 3),
+        "skipped": list(range(len(warm), len(modes))),
+        "warmup_only": [i for i in range(len(warm)) if i not in contenders],
+    }
 
 
 def pick(modes: list[dict], seconds: list[float], min_gain: float = MIN_GAIN) -> tuple[dict, float]:
@@ -342,14 +375,18 @@ class Decision:
     """A compute choice and how it was made (for the log and the training metrics)."""
 
     choice: dict
-    source: str                       # override | gpu | cache | measured
+    source: str  # override | gpu | cache | measured
     reason: str
     cpu_flags: list[str] = field(default_factory=list)
 
     def record(self) -> dict:
         """The metrics fields: compute, compute_source, compute_reason, cpu_flags."""
-        return {"compute": dict(self.choice), "compute_source": self.source,
-                "compute_reason": self.reason, "cpu_flags": list(self.cpu_flags)}
+        return {
+            "compute": dict(self.choice),
+            "compute_source": self.source,
+            "compute_reason": self.reason,
+            "cpu_flags": list(self.cpu_flags),
+        }
 
 
 def measure_and_save(flags: set[str], budget_s: float = MEASURE_BUDGET_S, bf16: bool = False) -> Decision:
@@ -361,28 +398,47 @@ def measure_and_save(flags: set[str], budget_s: float = MEASURE_BUDGET_S, bf16: 
     best, gain = pick(modes, result["seconds"])
     names = [describe(m) for m in modes]
     rates = {n: round(MEASURE_BATCH / s, 1) for n, s in zip(names, result["seconds"])}
-    notes = "".join(f"; {names[i]} {what}" for key, what in
-                    (("warmup_only", "slow at warm-up, not in the rounds"), ("skipped", "skipped: time up"))
-                    for i in result.get(key, []))
-    native = ("fp32 only: bf16 is opt-in" if not bf16 else
-              "native bf16 (" + ", ".join(f for f in BF16_FLAGS if f in flags) + ")" if bf16_native(flags)
-              else "no amx_bf16/avx512_bf16: fp32 only")
-    reason = (f"measured {len(modes)} modes ({native}; {result['rounds']} rounds, "
-              f"{result['elapsed_s']:.1f} s, load {os.getloadavg()[0]:.1f}): images/s "
-              + ", ".join(f"{n} {r}" for n, r in rates.items())
-              + notes + f"; {describe(best)} x{gain:.2f} over eager fp32")
-    details = {"source": "measured", "reason": reason, "cpu_flags": relevant_flags(flags),
-               "default_threads": default_threads, "loadavg": list(os.getloadavg()),
-               "measurement": {"images_per_s": rates, "rounds": result["rounds"],
-                               "elapsed_s": result["elapsed_s"], "width": MEASURE_WIDTH,
-                               "size": MEASURE_SIZE, "batch": MEASURE_BATCH}}
-    if result.get("skipped"):                      # incomplete: the next stage measures again
+    notes = "".join(
+        f"; {names[i]} {what}"
+        for key, what in (("warmup_only", "slow at warm-up, not in the rounds"), ("skipped", "skipped: time up"))
+        for i in result.get(key, [])
+    )
+    native = (
+        "fp32 only: bf16 is opt-in"
+        if not bf16
+        else "native bf16 (" + ", ".join(f for f in BF16_FLAGS if f in flags) + ")"
+        if bf16_native(flags)
+        else "no amx_bf16/avx512_bf16: fp32 only"
+    )
+    reason = (
+        f"measured {len(modes)} modes ({native}; {result['rounds']} rounds, "
+        f"{result['elapsed_s']:.1f} s, load {os.getloadavg()[0]:.1f}): images/s "
+        + ", ".join(f"{n} {r}" for n, r in rates.items())
+        + notes
+        + f"; {describe(best)} x{gain:.2f} over eager fp32"
+    )
+    details = {
+        "source": "measured",
+        "reason": reason,
+        "cpu_flags": relevant_flags(flags),
+        "default_threads": default_threads,
+        "loadavg": list(os.getloadavg()),
+        "measurement": {
+            "images_per_s": rates,
+            "rounds": result["rounds"],
+            "elapsed_s": result["elapsed_s"],
+            "width": MEASURE_WIDTH,
+            "size": MEASURE_SIZE,
+            "batch": MEASURE_BATCH,
+        },
+    }
+    if result.get("skipped"):  # incomplete: the next stage measures again
         reason += "; not saved (time ran out before every mode was measured)"
     else:
         try:
             path = save_choice(best, details)
             reason += f"; saved to {path}"
-        except OSError as error:                   # a read-only home must not stop training
+        except OSError as error:  # a read-only home must not stop training
             reason += f"; not saved ({error})"
     return Decision(best, "measured", reason, relevant_flags(flags))
 
@@ -398,14 +454,14 @@ def decide_compute(device: torch.device, mode: str = "auto") -> Decision:
     (docs/BENCHMARKS.md section 14), so bf16 runs only when a params file names it.
     """
     from bowflow.runtime import log
+
     flags = cpu_flags()
     named = parse_mode(mode)
     override = parse_override(os.environ.get(ENV_OVERRIDE, ""))
     if isinstance(named, dict):
         decision = Decision(named, "params", f"compute: {mode}", relevant_flags(flags))
     elif isinstance(override, dict):
-        decision = Decision(override, "override", f"{ENV_OVERRIDE}={os.environ[ENV_OVERRIDE]}",
-                            relevant_flags(flags))
+        decision = Decision(override, "override", f"{ENV_OVERRIDE}={os.environ[ENV_OVERRIDE]}", relevant_flags(flags))
     elif device.type == "cuda":
         decision = Decision(dict(GPU), "gpu", "CUDA device: fp32 + channels-last", [])
     elif device.type != "cpu":
@@ -417,10 +473,15 @@ def decide_compute(device: torch.device, mode: str = "auto") -> Decision:
         if record is not None and not cast(dict, _normalise(record["choice"]))["bf16"]:
             choice = cast(dict, _normalise(record["choice"]))
             made = record.get("source", "bench_compute --save")
-            decision = Decision(choice, "cache", f"{cache_path()} ({made} {record.get('saved', '')}"
-                                f", torch {record.get('torch', '?')})".replace(" ,", ","),
-                                relevant_flags(flags))
-        else:                     # no cache, or a cached bf16 choice (made before bf16 was opt-in)
+            decision = Decision(
+                choice,
+                "cache",
+                f"{cache_path()} ({made} {record.get('saved', '')}, torch {record.get('torch', '?')})".replace(
+                    " ,", ","
+                ),
+                relevant_flags(flags),
+            )
+        else:  # no cache, or a cached bf16 choice (made before bf16 was opt-in)
             decision = measure_and_save(flags)
     if decision.choice["bf16"]:
         decision.reason += f"; {BF16_PRECISION}"
@@ -432,4 +493,3 @@ def select_compute(device: torch.device, mode: str = "auto") -> dict:
     """-> the choice dict {"bf16", "channels_last", "threads", "compile"} for `device`
     (see `decide_compute`, which also says how it was decided)."""
     return decide_compute(device, mode).choice
-

@@ -16,6 +16,7 @@ the warnings and the verdict, write the stamp and the runs list. The checks live
 `bowflow.paramcheck`, one job per module; their public names are re-exported here, where
 stages, workflow/, benchmarks/ and tests import them from.
 """
+
 from __future__ import annotations
 
 import sys
@@ -49,22 +50,56 @@ from bowflow.paramcheck.schema import (
 from bowflow.paramcheck.validate import TOP_LEVEL, validate_params
 from bowflow.sections import RESOURCE_KINDS, ParamsError, check_data_needs, load_yaml
 
-__all__ = ["RESOURCE_KINDS", "ROLE_OF_SECTION", "RUN_NAME", "TOP_LEVEL", "ParamsError", "architecture",
-           "check_batches_static", "check_data_needs", "check_environment", "check_generations",
-           "check_import", "check_layers", "check_patches", "check_pipeline_layout", "check_pipeline_seeds",
-           "check_pretrain", "check_resources", "check_role", "check_run_name", "check_section",
-           "check_seeds", "check_supervised", "check_type", "check_unlabelled", "data_needs",
-           "did_you_mean", "distillation_methods", "gpu_warnings", "keyed", "load_yaml", "main",
-           "method_params", "methods_of", "parent_cycle", "read_yaml", "run_architecture", "run_names",
-           "validate_params"]
+__all__ = [
+    "RESOURCE_KINDS",
+    "ROLE_OF_SECTION",
+    "RUN_NAME",
+    "TOP_LEVEL",
+    "ParamsError",
+    "architecture",
+    "check_batches_static",
+    "check_data_needs",
+    "check_environment",
+    "check_generations",
+    "check_import",
+    "check_layers",
+    "check_patches",
+    "check_pipeline_layout",
+    "check_pipeline_seeds",
+    "check_pretrain",
+    "check_resources",
+    "check_role",
+    "check_run_name",
+    "check_section",
+    "check_seeds",
+    "check_supervised",
+    "check_type",
+    "check_unlabelled",
+    "data_needs",
+    "did_you_mean",
+    "distillation_methods",
+    "gpu_warnings",
+    "keyed",
+    "load_yaml",
+    "main",
+    "method_params",
+    "methods_of",
+    "parent_cycle",
+    "read_yaml",
+    "run_architecture",
+    "run_names",
+    "validate_params",
+]
 
 
 def read_yaml(path: Path, what: str) -> Any:
     """`load_yaml` for a user's file: a missing or malformed file is a ParamsError naming it."""
     from ruamel.yaml import YAMLError
+
     if not path.is_file():
-        raise ParamsError(f"{path}: {what} not found" + (" (it is a folder)" if path.is_dir() else "")
-                          + ": expected a YAML file")
+        raise ParamsError(
+            f"{path}: {what} not found" + (" (it is a folder)" if path.is_dir() else "") + ": expected a YAML file"
+        )
     try:
         return load_yaml(path)
     except YAMLError as error:
@@ -83,20 +118,39 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="Check a params.yaml before any work.")
     parser.add_argument("params", type=Path, nargs="?", default=Path("params.yaml"))
-    parser.add_argument("--manifest", type=Path, default=Path("data/prepared/manifest.json"),
-                        help="prepared manifest, to check shots against novel class sizes if present")
-    parser.add_argument("--stamp", type=Path, help="file to write when the params are valid: JSON of "
-                        "what they ask of the data, for `stages.prepare --needs`")
-    parser.add_argument("--runs", type=Path, help="file to write when the params are valid: JSON "
-                        "{runs: every run they name, seeds: the training seeds}, for `stages.report --runs` "
-                        "(metrics of other runs, "
-                        "e.g. left from another params file, stay out of the report)")
-    parser.add_argument("--pipeline-seeds", type=int, nargs="+", help="the seeds dvc.yaml has "
-                        "stages for (workflow/pipeline.py writes them here): they must be params.yaml's")
-    parser.add_argument("--pipeline-layout", nargs="*", help="the runs dvc.yaml spells out "
-                        "(bowflow.paramcheck.dvc_sync.dvc_layout: the sections with an imported run, "
-                        "the optional sections with stages; workflow/pipeline.py writes them here): "
-                        "they must be params.yaml's")
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=Path("data/prepared/manifest.json"),
+        help="prepared manifest, to check shots against novel class sizes if present",
+    )
+    parser.add_argument(
+        "--stamp",
+        type=Path,
+        help="file to write when the params are valid: JSON of what they ask of the data, for `stages.prepare --needs`",
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        help="file to write when the params are valid: JSON "
+        "{runs: every run they name, seeds: the training seeds}, for `stages.report --runs` "
+        "(metrics of other runs, "
+        "e.g. left from another params file, stay out of the report)",
+    )
+    parser.add_argument(
+        "--pipeline-seeds",
+        type=int,
+        nargs="+",
+        help="the seeds dvc.yaml has stages for (workflow/pipeline.py writes them here): they must be params.yaml's",
+    )
+    parser.add_argument(
+        "--pipeline-layout",
+        nargs="*",
+        help="the runs dvc.yaml spells out "
+        "(bowflow.paramcheck.dvc_sync.dvc_layout: the sections with an imported run, "
+        "the optional sections with stages; workflow/pipeline.py writes them here): "
+        "they must be params.yaml's",
+    )
     args = parser.parse_args(argv)
     try:
         manifest = read_yaml(args.manifest, "prepared manifest") if args.manifest.exists() else None
@@ -110,15 +164,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.params}: warning: {warning}", file=sys.stderr)
     except ParamsError as error:
         message = str(error)
-        prefix = "" if message.startswith(f"{args.params}:") or message.startswith(f"{args.manifest}:") \
+        prefix = (
+            ""
+            if message.startswith(f"{args.params}:") or message.startswith(f"{args.manifest}:")
             else f"{args.params}: "
+        )
         print(f"{prefix}{message}", file=sys.stderr)
         return 2
-    if args.stamp:   # read by the prepare stage; constant unless a data need changes (see data_needs)
+    if args.stamp:  # read by the prepare stage; constant unless a data need changes (see data_needs)
         from bowflow.io import write_json
+
         write_json(args.stamp, {"params": "valid", "data_needs": data_needs(checked)})
     if args.runs:
         from bowflow.io import write_json
+
         write_json(args.runs, {"runs": run_names(checked), "seeds": checked["seeds"]})
     print(f"{args.params}: ok", file=sys.stderr)
     return 0

@@ -21,6 +21,7 @@ the global batch with `gather=None`: every process then computes the global loss
 Notation: b this process's images, B the global batch's (B = b in one process), V views
 per image, D embedding size, T temperature.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -38,8 +39,9 @@ def _whole_batch(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def nt_xent_pairs(z1: torch.Tensor, z2: torch.Tensor, gather: Gather | None = None,
-                  rank: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def nt_xent_pairs(
+    z1: torch.Tensor, z2: torch.Tensor, gather: Gather | None = None, rank: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """NT-Xent's anchors against the global batch's embeddings.
 
     z1, z2 [b, D] (row i of both: two views of image i) -> (anchors [2b, D] = both views,
@@ -51,18 +53,19 @@ def nt_xent_pairs(z1: torch.Tensor, z2: torch.Tensor, gather: Gather | None = No
     """
     gather = gather or _whole_batch
     b = z1.shape[0]
-    anchors = F.normalize(torch.cat([z1, z2]), dim=1)                        # [2b, D]
-    candidates = torch.cat([gather(anchors[:b]), gather(anchors[b:])])        # [2B, D]
+    anchors = F.normalize(torch.cat([z1, z2]), dim=1)  # [2b, D]
+    candidates = torch.cat([gather(anchors[:b]), gather(anchors[b:])])  # [2B, D]
     batch = candidates.shape[0] // 2
-    local = torch.arange(b, device=z1.device) + rank * b                      # this rank's rows
-    own = torch.cat([local, local + batch])                                  # [2b]
+    local = torch.arange(b, device=z1.device) + rank * b  # this rank's rows
+    own = torch.cat([local, local + batch])  # [2b]
     partner = torch.cat([local + batch, local])
     return anchors, candidates, own, partner
 
 
 @float32
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, *,
-            gather: Gather | None = None, rank: int = 0) -> torch.Tensor:
+def nt_xent(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, *, gather: Gather | None = None, rank: int = 0
+) -> torch.Tensor:
     """SimCLR's NT-Xent (Chen et al. 2020): each of the 2B embeddings must pick its other
     view among the 2B - 1 others (1 positive, 2B - 2 in-batch negatives), by softmax over
     cosine / T; mean over anchors of -log p(partner).
@@ -75,15 +78,20 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, *,
     """
     anchors, candidates, own, partner = nt_xent_pairs(z1, z2, gather, rank)
     rows = torch.arange(len(anchors), device=anchors.device)
-    logits = anchors @ candidates.T / temperature                              # [2b, 2B]
+    logits = anchors @ candidates.T / temperature  # [2b, 2B]
     logits = logits.index_put((rows, own), torch.tensor(float("-inf"), device=logits.device))
     return F.cross_entropy(logits, partner)
 
 
 @float32
-def supcon_loss(views: torch.Tensor, labels: torch.Tensor | None = None,
-                temperature: float = 0.07, *, gather: Gather | None = None,
-                rank: int = 0) -> torch.Tensor:
+def supcon_loss(
+    views: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    temperature: float = 0.07,
+    *,
+    gather: Gather | None = None,
+    rank: int = 0,
+) -> torch.Tensor:
     """Supervised-contrastive loss (Khosla et al. 2020, L_out, contrast mode "all") over V
     views per image.
 
@@ -102,17 +110,19 @@ def supcon_loss(views: torch.Tensor, labels: torch.Tensor | None = None,
     if v < 2:
         raise ValueError(f"supcon_loss needs at least 2 views per image, got {v}")
     if gather is not None and labels is not None:
-        raise ValueError("supcon_loss takes labels only with gather=None: gather the views "
-                         "(and labels) first and pass the global batch")
-    z = F.normalize(views, dim=2)                                   # [b, V, D]
-    anchors = z.reshape(b * v, d)                                   # [bV, D]
-    candidates = (gather or _whole_batch)(z).reshape(-1, d)         # [BV, D]
+        raise ValueError(
+            "supcon_loss takes labels only with gather=None: gather the views "
+            "(and labels) first and pass the global batch"
+        )
+    z = F.normalize(views, dim=2)  # [b, V, D]
+    anchors = z.reshape(b * v, d)  # [bV, D]
+    candidates = (gather or _whole_batch)(z).reshape(-1, d)  # [BV, D]
     columns = torch.arange(candidates.shape[0], device=z.device)
-    own = torch.arange(b * v, device=z.device) + rank * b * v      # each anchor's own column
-    self_pair = columns[None, :] == own[:, None]                    # [bV, BV]
+    own = torch.arange(b * v, device=z.device) + rank * b * v  # each anchor's own column
+    self_pair = columns[None, :] == own[:, None]  # [bV, BV]
     logits = (anchors @ candidates.T / temperature).masked_fill(self_pair, float("-inf"))
     log_prob = F.log_softmax(logits, dim=1)
-    if labels is None:                          # the group of a row is its (global) image
+    if labels is None:  # the group of a row is its (global) image
         anchor_group = own // v
         candidate_group = columns // v
     else:

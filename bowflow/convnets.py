@@ -30,6 +30,7 @@ linear classifier, as published:
 Every map is [B, C_i, H / r_i, W / r_i]; no initialiser is called (torch's defaults, in
 module construction order, so a seeded build is reproducible).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -42,8 +43,7 @@ from bowflow.backbone import Backbone
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 def plain_backbone(blocks: list[list[int]], pools: list[bool], stem: Sequence[int] = ()) -> Backbone:
@@ -64,8 +64,7 @@ def plain_backbone(blocks: list[list[int]], pools: list[bool], stem: Sequence[in
         stages.append(nn.Sequential(*layers))
         channels.append(c_in)
         reductions.append(reduction)
-    return Backbone(nn.Sequential(*stem_layers) if stem_layers else nn.Identity(),
-                    stages, channels, reductions)
+    return Backbone(nn.Sequential(*stem_layers) if stem_layers else nn.Identity(), stages, channels, reductions)
 
 
 def convnet(width: int = 32, depth: int = 0) -> Backbone:
@@ -77,8 +76,9 @@ def vgg(convs_per_stage: int) -> Backbone:
     """RepDistiller's CIFAR VGG with BN (vgg8: 1, vgg13: 2 convs per block), classifier-free:
     its block 0 (64 channels, full size) as the stem, blocks 1-4 as stages of
     128/256/512/512 channels at 1/2, 1/4, 1/8, 1/8 of the input size."""
-    return plain_backbone([[c] * convs_per_stage for c in (128, 256, 512, 512)],
-                          [True, True, True, False], stem=[64] * convs_per_stage)
+    return plain_backbone(
+        [[c] * convs_per_stage for c in (128, 256, 512, 512)], [True, True, True, False], stem=[64] * convs_per_stage
+    )
 
 
 class BasicBlock(nn.Module):
@@ -90,8 +90,11 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
-            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        )
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
@@ -102,14 +105,13 @@ class BasicBlock(nn.Module):
 def basic_resnet(stem: int, widths: list[int], blocks: list[int]) -> Backbone:
     """3x3 conv-BN-ReLU stem of `stem` channels (no pooling), then stage i of `blocks[i]`
     basic blocks with `widths[i]` channels; every stage after the first halves the size."""
-    stem_layers = conv_bn_relu(3, stem)        # made first: seeded inits stay as they were
+    stem_layers = conv_bn_relu(3, stem)  # made first: seeded inits stay as they were
     stages, c_in = [], stem
     for i, (n, c_out) in enumerate(zip(blocks, widths)):
-        layers = [BasicBlock(c_in if j == 0 else c_out, c_out, 2 if (i > 0 and j == 0) else 1)
-                  for j in range(n)]
+        layers = [BasicBlock(c_in if j == 0 else c_out, c_out, 2 if (i > 0 and j == 0) else 1) for j in range(n)]
         stages.append(nn.Sequential(*layers))
         c_in = c_out
-    return Backbone(stem_layers, stages, widths, [2 ** i for i in range(len(widths))])
+    return Backbone(stem_layers, stages, widths, [2**i for i in range(len(widths))])
 
 
 def resnet(width: int = 64, depth: int = 18) -> Backbone:
@@ -137,8 +139,7 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.shortcut = None if stride == 1 and c_in == c_out else nn.Conv2d(
-            c_in, c_out, 1, stride, bias=False)
+        self.shortcut = None if stride == 1 and c_in == c_out else nn.Conv2d(c_in, c_out, 1, stride, bias=False)
 
     def forward(self, x):
         pre = F.relu(self.bn1(x))
@@ -155,9 +156,11 @@ def wide_resnet(width: int = 4, depth: int = 28) -> Backbone:
     stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
     stages, c_in = [], 16
     for i, c_out in enumerate(widths):
-        stages.append(nn.Sequential(*[PreActBlock(c_in if j == 0 else c_out, c_out,
-                                                  2 if (i > 0 and j == 0) else 1)
-                                      for j in range(n)]))
+        stages.append(
+            nn.Sequential(
+                *[PreActBlock(c_in if j == 0 else c_out, c_out, 2 if (i > 0 and j == 0) else 1) for j in range(n)]
+            )
+        )
         c_in = c_out
     # Pre-activation nets end un-normalised: the final BN-ReLU belongs to the last stage's
     # output so that pooled features and BoW maps of the last stage are activated.
@@ -166,8 +169,7 @@ def wide_resnet(width: int = 4, depth: int = 28) -> Backbone:
 
 
 # Sized by params: name -> builder(width, depth).
-SIZED_CONVNETS: dict[str, Callable[..., Backbone]] = {
-    "convnet": convnet, "resnet": resnet, "wrn": wide_resnet}
+SIZED_CONVNETS: dict[str, Callable[..., Backbone]] = {"convnet": convnet, "resnet": resnet, "wrn": wide_resnet}
 
 # The distillation benchmark's architectures, by the talk's names:
 # name -> (own width, own depth, builder()).

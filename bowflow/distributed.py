@@ -21,6 +21,7 @@ the single-process run's path:
 A single process (no torchrun, or --nproc-per-node 1) never initialises a process group:
 `gather` and the reductions are the identity and nothing changes.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,10 @@ class World:
     def rows(self, batch: int) -> slice:
         """This process's rows of a global batch of `batch` (divisible by `size`)."""
         if batch % self.size:
-            raise ValueError(f"a global batch of {batch} does not split over {self.size} processes: "
-                             f"batch_size must be a multiple of the process count")
+            raise ValueError(
+                f"a global batch of {batch} does not split over {self.size} processes: "
+                f"batch_size must be a multiple of the process count"
+            )
         per = batch // self.size
         return slice(self.rank * per, (self.rank + 1) * per)
 
@@ -83,8 +86,12 @@ def start(device: torch.device) -> tuple[World, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    _WORLD = World(dist.get_rank(), dist.get_world_size(), local_rank,
-                   int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
+    _WORLD = World(
+        dist.get_rank(),
+        dist.get_world_size(),
+        local_rank,
+        int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])),
+    )
     return _WORLD, device
 
 
@@ -175,20 +182,21 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         c = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
         shape = [1, c] + [1] * (x.dim() - 2)
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))   # bf16 -> float32; float64 kept
-        count = x.numel() / c                                   # rows x positions per channel
-        local_mean = xf.mean(dims)                              # [C]
-        local_m2 = ((xf - local_mean.view(shape)) ** 2).sum(dims)      # [C]
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16 -> float32; float64 kept
+        count = x.numel() / c  # rows x positions per channel
+        local_mean = xf.mean(dims)  # [C]
+        local_m2 = ((xf - local_mean.view(shape)) ** 2).sum(dims)  # [C]
         counts = torch.full((1, c), count, dtype=xf.dtype, device=x.device)
-        moments = _gather_with_grad(torch.stack([local_mean, local_m2]).unsqueeze(0))   # [N, 2, C]
-        counts = gather_no_grad(counts)                         # [N, C]
-        n = counts.sum(0)                                       # [C]
+        moments = _gather_with_grad(torch.stack([local_mean, local_m2]).unsqueeze(0))  # [N, 2, C]
+        counts = gather_no_grad(counts)  # [N, C]
+        n = counts.sum(0)  # [C]
         mean = (counts * moments[:, 0]).sum(0) / n
         m2 = (moments[:, 1] + counts * (moments[:, 0] - mean) ** 2).sum(0)
-        var = m2 / n                                            # biased, as BN normalises with
+        var = m2 / n  # biased, as BN normalises with
         if self.track_running_stats:
-            assert self.num_batches_tracked is not None and self.running_mean is not None \
-                and self.running_var is not None        # registered with track_running_stats
+            assert (
+                self.num_batches_tracked is not None and self.running_mean is not None and self.running_var is not None
+            )  # registered with track_running_stats
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
@@ -222,12 +230,27 @@ def keep_rows(views: dict[str, torch.Tensor], batch: int) -> dict[str, torch.Ten
     for key, value in views.items():
         if not torch.is_tensor(value) or value.dim() == 0 or value.shape[0] != batch:
             shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
-            raise ValueError(f"views['{key}'] has shape {shape}: every view must have one row per "
-                             f"sample of the batch ({batch}) so that processes can split it")
+            raise ValueError(
+                f"views['{key}'] has shape {shape}: every view must have one row per "
+                f"sample of the batch ({batch}) so that processes can split it"
+            )
         out[key] = value[rows]
     return out
 
 
-__all__ = ["World", "world", "launched", "start", "stop", "barrier", "gather", "gather_no_grad",
-           "sum_over_processes", "mean_over_processes", "broadcast_object", "GlobalBatchNorm",
-           "sync_batch_norm", "keep_rows"]
+__all__ = [
+    "World",
+    "world",
+    "launched",
+    "start",
+    "stop",
+    "barrier",
+    "gather",
+    "gather_no_grad",
+    "sum_over_processes",
+    "mean_over_processes",
+    "broadcast_object",
+    "GlobalBatchNorm",
+    "sync_batch_norm",
+    "keep_rows",
+]

@@ -14,6 +14,7 @@ from the labels and the seed only, never from the features. Two models evaluated
 images with the same seed therefore answer exactly the same episodes, so their difference
 is not blurred by episode sampling noise.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -64,19 +65,13 @@ def _check_pair(x: Tensor, y: Tensor, name: str, num_classes: int | None = None)
     if x.dim() != 2:
         raise ValueError(f"{name}_x must be [N, D], got shape {tuple(x.shape)}")
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"{name}_y must be [N] with N={x.shape[0]} to match {name}_x, "
-            f"got shape {tuple(y.shape)}"
-        )
+        raise ValueError(f"{name}_y must be [N] with N={x.shape[0]} to match {name}_x, got shape {tuple(y.shape)}")
     if y.dtype != torch.int64:
         raise ValueError(f"{name}_y must be int64 class labels, got {y.dtype}")
     if x.shape[0] == 0:
         raise ValueError(f"{name}_x is empty")
     if num_classes is not None and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(
-            f"{name}_y labels must lie in [0, {num_classes}), got range "
-            f"[{int(y.min())}, {int(y.max())}]"
-        )
+        raise ValueError(f"{name}_y labels must lie in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
 
 
 @contextlib.contextmanager
@@ -157,18 +152,16 @@ def linear_probe(
 
     train_x = train_x.detach().float()
     test_x = test_x.detach().float()
-    mean = train_x.mean(dim=0)                                  # [D]
+    mean = train_x.mean(dim=0)  # [D]
     inv_std = torch.rsqrt(train_x.var(dim=0, unbiased=False) + 1e-5)  # [D]
-    train_x = (train_x - mean) * inv_std                        # [N, D]
-    test_x = (test_x - mean) * inv_std                          # [M, D]
+    train_x = (train_x - mean) * inv_std  # [N, D]
+    test_x = (test_x - mean) * inv_std  # [M, D]
 
     n, d = train_x.shape
     head = torch.nn.Linear(d, num_classes).to(train_x.device)
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
-    opt = torch.optim.SGD(
-        head.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
-    )
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
 
     gen = torch.Generator().manual_seed(seed)  # CPU generator: shuffles are device-independent
     total_steps = epochs * math.ceil(n / batch_size)
@@ -180,8 +173,8 @@ def linear_probe(
             torch.index_select(train_x, 0, perm, out=epoch_x)
             torch.index_select(train_y, 0, perm, out=epoch_y)
             for start in range(0, n, batch_size):
-                xb = epoch_x[start : start + batch_size]               # [B, D]
-                yb = epoch_y[start : start + batch_size]               # [B]
+                xb = epoch_x[start : start + batch_size]  # [B, D]
+                yb = epoch_y[start : start + batch_size]  # [B]
                 cosine = 0.5 * (1.0 + math.cos(math.pi * step / total_steps))  # 1 -> 0
                 opt.param_groups[0]["lr"] = lr * cosine
                 loss = F.cross_entropy(head(xb), yb)
@@ -226,17 +219,17 @@ def knn_accuracy(
         raise ValueError(f"need k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
 
     k = min(k, train_x.shape[0])
-    train_n = F.normalize(train_x.detach().float(), dim=1)   # [N, D]
-    test_n = F.normalize(test_x.detach().float(), dim=1)     # [M, D]
+    train_n = F.normalize(train_x.detach().float(), dim=1)  # [N, D]
+    test_n = F.normalize(test_x.detach().float(), dim=1)  # [M, D]
     correct = 0
     for start in range(0, test_n.shape[0], chunk_size):
         sim = test_n[start : start + chunk_size] @ train_n.T  # [B, N]
-        top_sim, top_idx = sim.topk(k, dim=1)                 # [B, k], sorted descending
+        top_sim, top_idx = sim.topk(k, dim=1)  # [B, k], sorted descending
         # Subtracting each row's best similarity rescales that row's weights by a constant,
         # which leaves the vote unchanged and keeps exp() finite for any temperature.
         weights = torch.exp((top_sim - top_sim[:, :1]) / temperature)  # [B, k]
         votes = torch.zeros(sim.shape[0], num_classes, device=sim.device)
-        votes.scatter_add_(1, train_y[top_idx], weights)      # [B, C]
+        votes.scatter_add_(1, train_y[top_idx], weights)  # [B, C]
         correct += int((votes.argmax(dim=1) == test_y[start : start + chunk_size]).sum())
     return 100.0 * correct / test_n.shape[0]
 
@@ -245,9 +238,7 @@ def knn_accuracy(
 # Few-shot episodes
 
 
-def check_few_shot(
-    counts_per_class: dict[str, int], n_way: int, shots: list[int], n_query: int
-) -> None:
+def check_few_shot(counts_per_class: dict[str, int], n_way: int, shots: list[int], n_query: int) -> None:
     """Raise ValueError if the few-shot settings cannot be met by these class sizes.
 
     counts_per_class maps each novel class name to its number of images. Every class may be
@@ -264,8 +255,7 @@ def check_few_shot(
         raise ValueError(f"few-shot: n_query must be >= 1, got {n_query}")
     if len(counts_per_class) < n_way:
         raise ValueError(
-            f"few-shot: n_way={n_way} but only {len(counts_per_class)} novel classes "
-            f"({sorted(counts_per_class)})"
+            f"few-shot: n_way={n_way} but only {len(counts_per_class)} novel classes ({sorted(counts_per_class)})"
         )
     max_shot = max(shots)
     need = max_shot + n_query
@@ -283,9 +273,7 @@ def check_few_shot(
 _SAMPLER_MAX_KEYS = 1 << 22
 
 
-def _draw_episode_images(
-    y: Tensor, n_way: int, per_class: int, n_episodes: int, seed: int
-) -> Tensor:
+def _draw_episode_images(y: Tensor, n_way: int, per_class: int, n_episodes: int, seed: int) -> Tensor:
     """Random classes and images for E episodes, from the labels and the seed only.
 
     y [N] int64 labels. Returns int64 indices into y, [E, n_way, per_class]: row w of
@@ -300,14 +288,14 @@ def _draw_episode_images(
     """
     classes, y_class = torch.unique(y.cpu(), return_inverse=True)  # y_class [N] in 0..C-1
     num_cls = classes.numel()
-    counts = torch.bincount(y_class, minlength=num_cls)            # [C]
+    counts = torch.bincount(y_class, minlength=num_cls)  # [C]
     if n_way > num_cls or int(counts.min()) < per_class:
         raise ValueError(
             f"few-shot: cannot draw {n_way}-way episodes with {per_class} images per class "
             f"from {num_cls} classes of at least {int(counts.min())} images"
         )
-    by_class = torch.argsort(y_class, stable=True)                 # [N] indices grouped by class
-    offsets = torch.cumsum(counts, 0) - counts                     # [C] start of each group
+    by_class = torch.argsort(y_class, stable=True)  # [N] indices grouped by class
+    offsets = torch.cumsum(counts, 0) - counts  # [C] start of each group
 
     gen = torch.Generator().manual_seed(seed)
     # Classes of each episode: the n_way smallest of C uniform keys.
@@ -318,16 +306,16 @@ def _draw_episode_images(
     # key 2.0 (> any uniform, so padding is never picked). Chunked over episodes so at
     # most _SAMPLER_MAX_KEYS keys exist; the chunk size depends on y and n_way only.
     max_count = int(counts.max())
-    slot = torch.arange(max_count)                                  # [maxC]
+    slot = torch.arange(max_count)  # [maxC]
     chunk = max(1, _SAMPLER_MAX_KEYS // (n_way * max_count))
     picked = []
     for start in range(0, n_episodes, chunk):
-        cls = ep_cls[start : start + chunk]                         # [e, W]
+        cls = ep_cls[start : start + chunk]  # [e, W]
         keys = torch.rand(*cls.shape, max_count, generator=gen, dtype=torch.float64)
-        keys.masked_fill_(slot >= counts[cls].unsqueeze(-1), 2.0)   # [e, W, maxC]
+        keys.masked_fill_(slot >= counts[cls].unsqueeze(-1), 2.0)  # [e, W, maxC]
         pos = keys.topk(per_class, dim=-1, largest=False, sorted=True).indices  # [e, W, P]
         picked.append(by_class[offsets[cls].unsqueeze(-1) + pos])  # position in class -> index
-    return torch.cat(picked).to(y.device)                           # [E, W, P]
+    return torch.cat(picked).to(y.device)  # [E, W, P]
 
 
 def sample_episodes(
@@ -357,7 +345,7 @@ def _summarise(correct: Tensor, n_queries: int) -> dict:
     mean = average episode accuracy (%); ci95 = 1.96 * std / sqrt(E) (%), with the population
     std (ddof=0, as the usual few-shot protocol computes it with np.std; also defined for E=1).
     """
-    acc = correct.double().cpu() / n_queries                        # [E] in [0, 1]
+    acc = correct.double().cpu() / n_queries  # [E] in [0, 1]
     e = acc.numel()
     std = acc.std(correction=0).item()
     return {
@@ -435,12 +423,12 @@ def few_shot(
     labels = torch.arange(n_way, device=xn.device).repeat_interleave(n_query)  # [W*Q]
     correct: dict[int, list[Tensor]] = {n: [] for n in shots}
     for start in range(0, n_episodes, episodes_per_batch):
-        batch = images[start : start + episodes_per_batch]                 # [B, W, P]
-        queries = xn[batch[..., :n_query].reshape(batch.shape[0], -1)]     # [B, W*Q, D]
+        batch = images[start : start + episodes_per_batch]  # [B, W, P]
+        queries = xn[batch[..., :n_query].reshape(batch.shape[0], -1)]  # [B, W*Q, D]
         for n in shots:  # same queries for every shot count; only the prototypes change
-            protos = _prototypes(xn, batch[..., n_query : n_query + n])    # [B, W, D]
-            sim = torch.bmm(queries, protos.transpose(1, 2))               # [B, W*Q, W]
-            correct[n].append((sim.argmax(dim=2) == labels).sum(dim=1))   # [B]
+            protos = _prototypes(xn, batch[..., n_query : n_query + n])  # [B, W, D]
+            sim = torch.bmm(queries, protos.transpose(1, 2))  # [B, W*Q, W]
+            correct[n].append((sim.argmax(dim=2) == labels).sum(dim=1))  # [B]
     return {n: _summarise(torch.cat(correct[n]), n_way * n_query) for n in shots}
 
 
@@ -465,11 +453,11 @@ def few_shot_reference_loop(
     for n in shots:
         correct = torch.zeros(n_episodes, dtype=torch.int64)
         for e in range(n_episodes):
-            query = images[e, :, :n_query]                      # [W, Q]
-            support = images[e, :, n_query : n_query + n]       # [W, n]
-            protos = _prototypes(xn, support)                   # [W, D]
-            queries = xn[query.reshape(-1)]                     # [W*Q, D]
-            pred = (queries @ protos.T).argmax(dim=1)           # [W*Q]
+            query = images[e, :, :n_query]  # [W, Q]
+            support = images[e, :, n_query : n_query + n]  # [W, n]
+            protos = _prototypes(xn, support)  # [W, D]
+            queries = xn[query.reshape(-1)]  # [W*Q, D]
+            pred = (queries @ protos.T).argmax(dim=1)  # [W*Q]
             correct[e] = int((pred == labels).sum())
         results[n] = _summarise(correct, n_way * n_query)
     return results

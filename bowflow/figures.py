@@ -21,6 +21,7 @@ Any quantity takes `-NAME` arguments: leave out the files named NAME.json.
 
 benchmarks.records runs this check with its own (`python -m benchmarks.records check`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ("README.md", "docs/BENCHMARKS.md", "docs/ARCHITECTURE.md", "docs/precision.md",
-        "docs/fidelity/self_supervised.md", "docs/fidelity/distillation.md")
-RECORD_READMES = "docs/results/*/README.md"      # each record's own page: how it was made
+DOCS = (
+    "README.md",
+    "docs/BENCHMARKS.md",
+    "docs/ARCHITECTURE.md",
+    "docs/precision.md",
+    "docs/fidelity/self_supervised.md",
+    "docs/fidelity/distillation.md",
+)
+RECORD_READMES = "docs/results/*/README.md"  # each record's own page: how it was made
 
 
 def documents(root: Path = ROOT, names: tuple[str, ...] = DOCS) -> list[str]:
@@ -40,6 +47,8 @@ def documents(root: Path = ROOT, names: tuple[str, ...] = DOCS) -> list[str]:
     then every record's README.md."""
     found = [n for n in names if (root / n).exists()]
     return found + sorted(str(p.relative_to(root)) for p in root.glob(RECORD_READMES))
+
+
 FIGURE = re.compile(r"<!--\s*=\s*(?P<record>\S+)\s+(?P<quantity>[\w-]+)\s*(?P<args>[^>]*?)\s*-->")
 
 
@@ -98,11 +107,13 @@ def check_text(text: str, where: str, root: Path) -> list[str]:
             except (ValueError, KeyError, OSError) as err:
                 out.append(f"{where}:{number_}: {m.group(0)}: {err}")
                 continue
-            before = plain(FIGURE.sub("", line[:m.start()]))
+            before = plain(FIGURE.sub("", line[: m.start()]))
             if not before.endswith(expected):
-                found = before[-len(expected) - 8:]
-                out.append(f"{where}:{number_}: {m.group('record')} {m.group('quantity')} "
-                           f"is {expected!r}; the text before its marker ends '...{found}'")
+                found = before[-len(expected) - 8 :]
+                out.append(
+                    f"{where}:{number_}: {m.group('record')} {m.group('quantity')} "
+                    f"is {expected!r}; the text before its marker ends '...{found}'"
+                )
     return out
 
 

@@ -2,6 +2,7 @@
 classifier in eval mode, with no gradients, and the outputs distillers read from it.
 The distill stage loads it (`load_teacher`) and gives it to the method as
 `DistillInputs.teacher` (bowflow/roles/distiller.py)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,9 +19,9 @@ from bowflow.networks import Backbone
 class Outputs:
     """One network's outputs on a batch of B images."""
 
-    maps: list[torch.Tensor]        # stage maps [B, C_i, H_i, W_i]: the benchmark's feat[1:-1]
-    pooled: torch.Tensor            # pre-logit feature [B, C]: the benchmark's feat[-1]
-    logits: torch.Tensor            # [B, K]
+    maps: list[torch.Tensor]  # stage maps [B, C_i, H_i, W_i]: the benchmark's feat[1:-1]
+    pooled: torch.Tensor  # pre-logit feature [B, C]: the benchmark's feat[-1]
+    logits: torch.Tensor  # [B, K]
 
 
 class Teacher:
@@ -42,5 +43,3 @@ def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> Teache
     """The teacher a distillation run names, from its model file (a supervised run's)."""
     backbone, normalizer, record = load_model(path, device)
     return Teacher(backbone, normalizer, load_classifier(record, path).to(device), record.get("name", ""))
-
-

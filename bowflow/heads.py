@@ -8,6 +8,7 @@
   DINO, MoCo and OBoW, with the momentum raised from its base value to 1 on a cosine over
   the optimizer steps (BYOL's schedule).
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 # ---------------------------------------------------------------- embedding heads of the distillers (CC, CRD)
+
 
 def global_pool(x: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] -> global average pool; [B, N, C] (tokens) -> mean over N; [B, C] as is."""
@@ -48,8 +50,15 @@ class EmbedHead(nn.Module):
         return F.normalize(z, dim=1) if self.normalize else z
 
 
-def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_bn: bool = False,
-        last_bn_affine: bool = True, bn: bool = True) -> nn.Sequential:
+def mlp(
+    in_dim: int,
+    hidden_dim: int,
+    out_dim: int,
+    layers: int = 2,
+    last_bn: bool = False,
+    last_bn_affine: bool = True,
+    bn: bool = True,
+) -> nn.Sequential:
     """[B, in_dim] -> [B, out_dim]: (layers - 1) x (Linear, BN, ReLU), then Linear
     (+ BN when `last_bn`: SimSiam's projector and Barlow Twins' output have one).
     `bn=False` drops the hidden BNs and gives the hidden Linears a bias: MoCo v2's head,
@@ -75,8 +84,15 @@ class DINOHead(nn.Module):
     uses GELU (their ViT head) or, with `bn`, Linear-BN-ReLU blocks (their ResNet head,
     `use_bn_in_head`)."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 512, bottleneck_dim: int = 128,
-                 layers: int = 3, bn: bool = False):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 512,
+        bottleneck_dim: int = 128,
+        layers: int = 3,
+        bn: bool = False,
+    ):
         super().__init__()
         if bn:
             self.mlp = mlp(in_dim, hidden_dim, bottleneck_dim, layers=layers)

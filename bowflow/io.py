@@ -4,6 +4,7 @@ Every artifact is written to a temporary file in the destination folder and rena
 place, so an interrupted stage never leaves a half-written file behind: the old file (or
 no file) stays until the new one is complete.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,13 +30,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        stale.unlink(missing_ok=True)   # left by a writer killed mid-write (no `finally` ran)
+        stale.unlink(missing_ok=True)  # left by a writer killed mid-write (no `finally` ran)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        if tmp_path.exists():   # mkstemp creates 0600; give the artifact the usual umask mode
+        if tmp_path.exists():  # mkstemp creates 0600; give the artifact the usual umask mode
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp_path, 0o666 & ~umask)

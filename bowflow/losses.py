@@ -16,6 +16,7 @@ Every loss in bowflow follows these conventions:
 A loss lives here only when two or more methods use it; editing this file reruns every
 run of those methods. Notation: B batch, D embedding size, K queue length.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 def float32(fn):
     """Run `fn` with autocast off and its floating-point tensor arguments (also inside
     lists/tuples) cast to float32. Casting is differentiable, so gradients still flow."""
+
     def cast(x):
         if torch.is_tensor(x) and x.is_floating_point():
             return x.float()
@@ -51,10 +53,12 @@ def float32(fn):
         device_type = anchor.device.type if anchor is not None else "cpu"
         with torch.autocast(device_type=device_type, enabled=False):
             return fn(*cast(args), **{k: cast(v) for k, v in kwargs.items()})
+
     return run
 
 
 # ---------------------------------------------------------------- shared by several methods
+
 
 @torch.no_grad()
 def update_queue(queue: torch.Tensor, keys: torch.Tensor, pointer: int) -> tuple[torch.Tensor, int]:

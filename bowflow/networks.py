@@ -33,6 +33,7 @@ file (`register`, `register_named`, `register_family`, each with `params=`).
 `Backbone` and `count_parameters` are re-exported from bowflow/backbone.py for callers that
 import them from here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,12 +46,27 @@ from bowflow import convnets, timm_backbones, vit
 from bowflow.backbone import Backbone, NoArchParams, count_parameters
 from bowflow.checks import check_value, constraints
 
-__all__ = ["ARCHITECTURES", "ARCH_PARAMS", "FAMILIES", "OWN_SIZES", "Backbone", "BackboneSpec",
-           "NoArchParams", "arch_params_class", "build_backbone", "check_arch", "check_arch_params",
-           "check_size", "count_parameters", "family_of", "register", "register_family",
-           "register_named"]
+__all__ = [
+    "ARCHITECTURES",
+    "ARCH_PARAMS",
+    "FAMILIES",
+    "OWN_SIZES",
+    "Backbone",
+    "BackboneSpec",
+    "NoArchParams",
+    "arch_params_class",
+    "build_backbone",
+    "check_arch",
+    "check_arch_params",
+    "check_size",
+    "count_parameters",
+    "family_of",
+    "register",
+    "register_family",
+    "register_named",
+]
 
-ARCHITECTURES: dict[str, Callable[..., Backbone]] = {}   # name -> builder(width, depth, **settings)
+ARCHITECTURES: dict[str, Callable[..., Backbone]] = {}  # name -> builder(width, depth, **settings)
 # arch name or family -> the dataclass of its declared settings (a run's `arch_params`)
 ARCH_PARAMS: dict[str, type] = {}
 
@@ -58,10 +74,12 @@ ARCH_PARAMS: dict[str, type] = {}
 def register(name: str, params: type = NoArchParams):
     """Decorator: register a builder `(width, depth, **settings) -> Backbone` as the arch
     `name`, whose settings (`arch_params`) are the fields of dataclass `params`."""
+
     def wrap(builder):
         ARCHITECTURES[name] = builder
         ARCH_PARAMS[name] = params
         return builder
+
     return wrap
 
 
@@ -72,10 +90,12 @@ FAMILIES: dict[str, Callable[..., Backbone]] = {}
 def register_family(family: str, params: type = NoArchParams):
     """Register a builder `(model, width, depth, **settings) -> Backbone` for archs
     '<family>/<model>', whose settings are the fields of dataclass `params`."""
+
     def wrap(builder):
         FAMILIES[family] = builder
         ARCH_PARAMS[family] = params
         return builder
+
     return wrap
 
 
@@ -119,8 +139,15 @@ def check_arch_params(arch: str, values: Any) -> Any:
     for key, value in values.items():
         kind = hints[key]
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok = (isinstance(value, bool) if kind is bool else number if kind is float else
-              number and isinstance(value, int) if kind is int else isinstance(value, kind))
+        ok = (
+            isinstance(value, bool)
+            if kind is bool
+            else number
+            if kind is float
+            else number and isinstance(value, int)
+            if kind is int
+            else isinstance(value, kind)
+        )
         if not ok:
             raise ValueError(f"arch_params.{key}: expected {kind.__name__}, got {value!r}")
         given[key] = float(value) if kind is float else value
@@ -145,7 +172,7 @@ class BackboneSpec:
     depth: int = 0
     arch_params: Mapping[str, Any] = field(default_factory=dict)
 
-    def __hash__(self) -> int:      # arch_params is a mapping: hashed by its items
+    def __hash__(self) -> int:  # arch_params is a mapping: hashed by its items
         return hash((self.arch, self.width, self.depth, tuple(sorted(self.arch_params.items()))))
 
     @classmethod
@@ -169,7 +196,7 @@ class BackboneSpec:
         return out
 
     def describe(self) -> str:
-        """"arch 'vit_p2', width 64, depth 2, arch_params {'drop_path': 0.1}" for messages
+        """ "arch 'vit_p2', width 64, depth 2, arch_params {'drop_path': 0.1}" for messages
         (no arch_params part when empty)."""
         settings = f", arch_params {dict(self.arch_params)}" if self.arch_params else ""
         return f"arch '{self.arch}', width {self.width}, depth {self.depth}{settings}"
@@ -201,11 +228,12 @@ def build_backbone(spec: BackboneSpec | str, width: int = 0, depth: int = 0) -> 
     return ARCHITECTURES[arch](width=width, depth=depth, **given)
 
 
-OWN_SIZES: dict[str, tuple[int, int]] = {}   # named architecture -> its own (width, depth)
+OWN_SIZES: dict[str, tuple[int, int]] = {}  # named architecture -> its own (width, depth)
 
 
-def register_named(name: str, width: int, depth: int, build: Callable[..., Backbone],
-                   params: type = NoArchParams) -> None:
+def register_named(
+    name: str, width: int, depth: int, build: Callable[..., Backbone], params: type = NoArchParams
+) -> None:
     """Register a fixed-size architecture: `build(**settings)` makes it; params give it
     `width` and `depth` 0 (the architecture's own) or its own values, checked by
     `check_size`, and settings declared by dataclass `params`."""
@@ -214,6 +242,7 @@ def register_named(name: str, width: int, depth: int, build: Callable[..., Backb
     def builder(width: int = 0, depth: int = 0, **settings: Any) -> Backbone:
         check_size(name, width, depth)
         return build(**settings)
+
     ARCHITECTURES[name] = builder
     ARCH_PARAMS[name] = params
 
@@ -232,16 +261,20 @@ def check_size(arch: str, width: int, depth: int) -> None:
     own = dict(zip(("width", "depth"), OWN_SIZES[arch]))
     for key, value in (("width", width), ("depth", depth)):
         if value not in (0, own[key]):
-            raise ValueError(f"{key} must be 0 (the architecture's own) or {own[key]} for arch "
-                             f"'{arch}' (its own width {own['width']}, depth {own['depth']}), "
-                             f"got {value}")
+            raise ValueError(
+                f"{key} must be 0 (the architecture's own) or {own[key]} for arch "
+                f"'{arch}' (its own width {own['width']}, depth {own['depth']}), "
+                f"got {value}"
+            )
 
 
 # Every architecture, registered here and only here (the order is the listing order of
 # ARCHITECTURES; builders are untouched, so seeded inits are what each module makes).
 # Each with the dataclass of its declared settings (`arch_params`): none for the convnets.
-for _sized, _named, _params in ((convnets.SIZED_CONVNETS, convnets.NAMED_CONVNETS, NoArchParams),
-                                (vit.SIZED_VITS, vit.NAMED_VITS, vit.ViTParams)):
+for _sized, _named, _params in (
+    (convnets.SIZED_CONVNETS, convnets.NAMED_CONVNETS, NoArchParams),
+    (vit.SIZED_VITS, vit.NAMED_VITS, vit.ViTParams),
+):
     for _name, _builder in _sized.items():
         register(_name, _params)(_builder)
     for _name, (_width, _depth, _build) in _named.items():

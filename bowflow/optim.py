@@ -12,6 +12,7 @@ with `params` and optionally
 (SGD momentum with layer-wise trust ratio, BYOL / Barlow Twins at large batch) or `adamw`
 (DINO with ViTs; betas (0.9, 0.999)).
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,15 @@ OPTIMIZERS = ("sgd", "lars", "adamw")
 SCHEDULES = ("cosine", "step")
 
 
-def learning_rate(step: int, total: int, warmup: int, peak: float, schedule: str = "cosine",
-                  decay_at: tuple[float, ...] = (), decay: float = 0.1) -> float:
+def learning_rate(
+    step: int,
+    total: int,
+    warmup: int,
+    peak: float,
+    schedule: str = "cosine",
+    decay_at: tuple[float, ...] = (),
+    decay: float = 0.1,
+) -> float:
     """Linear warm-up over `warmup` steps, then
     - `cosine`: cosine decay to 0 at `total` steps (the self-supervised recipes);
     - `step`: peak x decay^m, m = how many of the `decay_at` fractions of `total` steps have
@@ -44,8 +52,10 @@ def default_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     for p in module.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
+    ]
 
 
 class LARS(torch.optim.Optimizer):
@@ -53,10 +63,8 @@ class LARS(torch.optim.Optimizer):
     eta * ||w|| / ||grad + wd * w|| (You et al., 2017); groups with `lars_exclude` are
     plain SGD. eta = 0.001 is the value BYOL and Barlow Twins use."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 eta: float = 0.001):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      eta=eta, lars_exclude=False))
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -67,8 +75,9 @@ class LARS(torch.optim.Optimizer):
                 update = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
                 if not group["lars_exclude"]:
                     w_norm, u_norm = torch.norm(p), torch.norm(update)
-                    trust = torch.where((w_norm > 0) & (u_norm > 0),
-                                        group["eta"] * w_norm / u_norm, torch.ones_like(w_norm))
+                    trust = torch.where(
+                        (w_norm > 0) & (u_norm > 0), group["eta"] * w_norm / u_norm, torch.ones_like(w_norm)
+                    )
                     update = update * trust
                 state = self.state[p]
                 if "momentum_buffer" not in state:

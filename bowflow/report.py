@@ -14,6 +14,7 @@ metrics/seed{S}/{eval,train,vocab}/NAME.json, read by `load_seeds` /
 below (`seed_table`, `per_seed_table`, `paired_table`, `seed_comparison_table`); each
 table's caption says what its ± measures: seeds (training runs) or episodes (one training).
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,15 +43,18 @@ def load_lineage(eval_dir: Path, names: list[str] | None = None) -> list[dict]:
     only the runs in `names` when given. Each record gets its `label` and, when its training
     metrics sit beside the evaluation folder (data/metrics/train/<name>.json), their cost
     figures under `train`."""
-    records = {p.stem: json.loads(p.read_text()) for p in sorted(Path(eval_dir).glob("*.json"))
-               if names is None or p.stem in names}
+    records = {
+        p.stem: json.loads(p.read_text())
+        for p in sorted(Path(eval_dir).glob("*.json"))
+        if names is None or p.stem in names
+    }
     ordered = sorted(records.values(), key=lambda r: (r.get("generation", 0), r["name"]))
     train_dir, finetune_dir = Path(eval_dir).parent / "train", Path(eval_dir).parent / "finetune"
     for record in ordered:
         record["label"] = model_label(record)
         train = train_dir / f"{record['name']}.json"
         record["train"] = json.loads(train.read_text()) if train.exists() else {}
-        finetune = finetune_dir / f"{record['name']}.json"       # stages/finetune.py, when it ran
+        finetune = finetune_dir / f"{record['name']}.json"  # stages/finetune.py, when it ran
         if finetune.exists():
             record["finetune"] = json.loads(finetune.read_text())["finetune"]
     return ordered
@@ -66,13 +70,26 @@ def comparison_table(records: list[dict]) -> str:
     with its training cost (epochs, batch, parameters, wall time, peak memory, images/s)
     and its accuracy (base linear, k-NN, few-shot with 95% intervals)."""
     shots = shots_of(records)
-    header = (["Run", "Method", "Parent", "Epochs", "Batch", "Params", "Train time", "Peak RSS",
-               "img/s", "Linear", "k-NN"] + [f"{n}-shot" for n in shots])
+    header = [
+        "Run",
+        "Method",
+        "Parent",
+        "Epochs",
+        "Batch",
+        "Params",
+        "Train time",
+        "Peak RSS",
+        "img/s",
+        "Linear",
+        "k-NN",
+    ] + [f"{n}-shot" for n in shots]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
         cells = cost_cells(r) + [f"{r['linear_base']:.1f}", f"{r['knn_all']:.1f}"]
-        cells += [f"{r['few_shot'][n]['mean']:.1f} ± {r['few_shot'][n]['ci95']:.1f}"
-                  if n in r["few_shot"] else "-" for n in shots]
+        cells += [
+            f"{r['few_shot'][n]['mean']:.1f} ± {r['few_shot'][n]['ci95']:.1f}" if n in r["few_shot"] else "-"
+            for n in shots
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -81,11 +98,17 @@ def cost_cells(r: dict) -> list[str]:
     """Run, Method, Parent, Epochs, Batch, Params, Train time, Peak RSS, img/s of a record
     (its training metrics under `train`)."""
     t = r.get("train", {})
-    return [r["name"], r["label"], r.get("parent") or "-", str(t.get("epochs", "-")),
-            str(t.get("batch_size", "-")), f"{r['parameters'] / 1e6:.2f}M",
-            f"{t['wall_seconds'] / 60:.1f} min" if "wall_seconds" in t else "-",
-            f"{t['peak_rss_mb'] / 1024:.1f} GB" if "peak_rss_mb" in t else "-",
-            f"{t['images_per_second']:.0f}" if "images_per_second" in t else "-"]
+    return [
+        r["name"],
+        r["label"],
+        r.get("parent") or "-",
+        str(t.get("epochs", "-")),
+        str(t.get("batch_size", "-")),
+        f"{r['parameters'] / 1e6:.2f}M",
+        f"{t['wall_seconds'] / 60:.1f} min" if "wall_seconds" in t else "-",
+        f"{t['peak_rss_mb'] / 1024:.1f} GB" if "peak_rss_mb" in t else "-",
+        f"{t['images_per_second']:.0f}" if "images_per_second" in t else "-",
+    ]
 
 
 def shots_of(records: list[dict]) -> list[str]:
@@ -98,8 +121,10 @@ def markdown_table(records: list[dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
         cells = [f"{r['label']} ({r['name']})"]
-        cells += [f"{r['few_shot'][n]['mean']:.1f} ± {r['few_shot'][n]['ci95']:.1f}" if n in r["few_shot"]
-                  else "-" for n in shots]
+        cells += [
+            f"{r['few_shot'][n]['mean']:.1f} ± {r['few_shot'][n]['ci95']:.1f}" if n in r["few_shot"] else "-"
+            for n in shots
+        ]
         cells += [f"{r['linear_base']:.1f}", f"{r['knn_all']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -108,8 +133,13 @@ def markdown_table(records: list[dict]) -> str:
 def generations_rows(records: list[dict]) -> list[dict]:
     rows = []
     for r in records:
-        row = {"generation": r.get("generation", 0), "name": r["name"], "label": r["label"],
-               "linear_base": r["linear_base"], "knn_all": r["knn_all"]}
+        row = {
+            "generation": r.get("generation", 0),
+            "name": r["name"],
+            "label": r["label"],
+            "linear_base": r["linear_base"],
+            "knn_all": r["knn_all"],
+        }
         row.update({f"few_shot_{n}": r["few_shot"][n]["mean"] for n in r["few_shot"]})
         rows.append(row)
     return rows
@@ -135,8 +165,12 @@ def plot_training_curves(train_dir: Path, records: list[dict], out: Path, seed: 
             ax_cap.plot(epochs, [c["captured"] for c in curve], label=r["label"])
     of_seed = "" if seed is None else f" (seed {seed})"
     ax_loss.set(xlabel="epoch", ylabel="training loss (nats)", title=f"Training loss{of_seed}")
-    ax_cap.set(xlabel="epoch", ylabel="fraction", ylim=(0, 1),
-               title=f"Students: fraction of the learnable BoW loss captured{of_seed}")
+    ax_cap.set(
+        xlabel="epoch",
+        ylabel="fraction",
+        ylim=(0, 1),
+        title=f"Students: fraction of the learnable BoW loss captured{of_seed}",
+    )
     for ax in (ax_loss, ax_cap):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -165,8 +199,7 @@ def plot_generations(records: list[dict], out: Path) -> None:
     line("linear_base", [r["linear_base"] for r in records], marker="s", label="base linear")
     line("knn_all", [r["knn_all"] for r in records], marker="^", label="k-NN")
     ax.set_xticks(x, [r["label"] for r in records])
-    ax.set(ylabel="accuracy (%)", title="Accuracy by generation"
-           + (" (mean ± sd over seeds)" if seeds else ""))
+    ax.set(ylabel="accuracy (%)", title="Accuracy by generation" + (" (mean ± sd over seeds)" if seeds else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -174,8 +207,9 @@ def plot_generations(records: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def word_patches(images: torch.Tensor, codes: torch.Tensor, words_shown: int, per_word: int,
-                 seed: int) -> tuple[list[int], list[list[torch.Tensor]]]:
+def word_patches(
+    images: torch.Tensor, codes: torch.Tensor, words_shown: int, per_word: int, seed: int
+) -> tuple[list[int], list[list[torch.Tensor]]]:
     """Image patches under the map cells assigned to some visual words.
 
     images uint8 [N, 3, H, W]; codes [N, h*w] word per cell (h = w). The `words_shown`
@@ -184,7 +218,7 @@ def word_patches(images: torch.Tensor, codes: torch.Tensor, words_shown: int, pe
     -> (word ids, per word a list of uint8 patches [3, P, P]).
     """
     n, cells = codes.shape
-    side = int(round(cells ** 0.5))
+    side = int(round(cells**0.5))
     stride = images.shape[-1] / side
     patch = max(4, int(round(3 * stride)))
     counts = torch.bincount(codes.flatten().long(), minlength=int(codes.max()) + 1)
@@ -199,15 +233,14 @@ def word_patches(images: torch.Tensor, codes: torch.Tensor, words_shown: int, pe
         for image_index, cell in pick.tolist():
             cy, cx = (cell // side + 0.5) * stride, (cell % side + 0.5) * stride
             top, left = int(round(cy - patch / 2)) + patch, int(round(cx - patch / 2)) + patch
-            row.append(padded[image_index, :, top:top + patch, left:left + patch])
+            row.append(padded[image_index, :, top : top + patch, left : left + patch])
         patches.append(row)
     return words, patches
 
 
 def plot_word_patches(words: list[int], patches: list[list[torch.Tensor]], title: str, out: Path) -> None:
     per_word = max(len(row) for row in patches)
-    fig, axes = plt.subplots(len(words), per_word, figsize=(per_word * 0.9, len(words) * 0.9),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(words), per_word, figsize=(per_word * 0.9, len(words) * 0.9), squeeze=False)
     for i, (word, row) in enumerate(zip(words, patches)):
         for j in range(per_word):
             ax = axes[i][j]
@@ -236,6 +269,7 @@ def stage_times(metrics_root: Path, names: list[str] | None = None) -> list[tupl
 
 # ------------------------------------------------------------------ distillation tables
 
+
 def arch_label(metrics: dict) -> str:
     """'resnet56' for a named architecture; 'convnet-16' / 'wrn-28-4' when width (and depth)
     choose the size."""
@@ -256,12 +290,18 @@ def load_supervised(train_dir: Path, names: list[str] | None = None) -> dict[str
     return runs
 
 
-DISTILL_COLUMNS = {   # table title -> (cell value of a run's metrics, format, unit note)
+DISTILL_COLUMNS = {  # table title -> (cell value of a run's metrics, format, unit note)
     "Top-1 accuracy (%)": (lambda r: r["top1"], "{:.2f}", "test split, last epoch"),
-    "Peak memory (GB)": (lambda r: r.get("peak_gpu_mb", r["peak_rss_mb"]) / 1024, "{:.2f}",
-                         "of the training process: GPU memory on a GPU, resident memory on a CPU"),
-    "Parameters (M)": (lambda r: r["trained_parameters"] / 1e6, "{:.3f}",
-                       "student + the method's extra modules (not the frozen teacher)"),
+    "Peak memory (GB)": (
+        lambda r: r.get("peak_gpu_mb", r["peak_rss_mb"]) / 1024,
+        "{:.2f}",
+        "of the training process: GPU memory on a GPU, resident memory on a CPU",
+    ),
+    "Parameters (M)": (
+        lambda r: r["trained_parameters"] / 1e6,
+        "{:.3f}",
+        "student + the method's extra modules (not the frozen teacher)",
+    ),
     "Training time (min)": (lambda r: r["wall_seconds"] / 60, "{:.1f}", "wall clock"),
 }
 
@@ -278,7 +318,7 @@ def distill_tables(runs: dict[str, dict]) -> str:
     distilled = {n: r for n, r in runs.items() if r.get("parent")}
     if not distilled:
         return ""
-    pairs: dict[str, dict[str, dict]] = {}          # pair label -> row label -> metrics
+    pairs: dict[str, dict[str, dict]] = {}  # pair label -> row label -> metrics
     for record in distilled.values():
         teacher = runs.get(record["parent"])
         if teacher is None:
@@ -286,8 +326,14 @@ def distill_tables(runs: dict[str, dict]) -> str:
         student_arch = arch_label(record)
         pair = f"{arch_label(teacher)} → {student_arch}"
         rows = pairs.setdefault(pair, {"Teacher (vanilla)": teacher})
-        vanilla = next((r for n, r in runs.items() if not r.get("parent") and n != record["parent"]
-                        and arch_label(r) == student_arch), None)
+        vanilla = next(
+            (
+                r
+                for n, r in runs.items()
+                if not r.get("parent") and n != record["parent"] and arch_label(r) == student_arch
+            ),
+            None,
+        )
         if vanilla is not None:
             rows["Student (vanilla)"] = vanilla
         rows[record["method_label"]] = record
@@ -295,12 +341,23 @@ def distill_tables(runs: dict[str, dict]) -> str:
     labels += sorted({label for rows in pairs.values() for label in rows} - set(labels))
     columns = list(pairs)
     counts = sorted({r["seeds"] for rows in pairs.values() for r in rows.values() if "seeds" in r})
-    over = ("" if not counts else f"; mean over {counts[0]} seeds" if len(counts) == 1
-            else f"; mean over each run's seeds ({counts[0]} to {counts[-1]})")
+    over = (
+        ""
+        if not counts
+        else f"; mean over {counts[0]} seeds"
+        if len(counts) == 1
+        else f"; mean over each run's seeds ({counts[0]} to {counts[-1]})"
+    )
     text = []
     for title, (value, fmt, note) in DISTILL_COLUMNS.items():
-        text += [f"### {title}", "", f"{note}{over}.", "",
-                 "| Method | " + " | ".join(columns) + " | Average |", "|---|" + "---|" * (len(columns) + 1)]
+        text += [
+            f"### {title}",
+            "",
+            f"{note}{over}.",
+            "",
+            "| Method | " + " | ".join(columns) + " | Average |",
+            "|---|" + "---|" * (len(columns) + 1),
+        ]
         for label in labels:
             cells = [pairs[c].get(label) for c in columns]
             values = [value(r) for r in cells if r is not None]
@@ -316,9 +373,38 @@ def distill_tables(runs: dict[str, dict]) -> str:
 # Layout: metrics_root/seed{S}/eval/NAME.json (and train/, vocab/ beside it). A run's
 # records over seeds are {seed: record}; a report's, {run: {seed: record}} in lineage order.
 
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)   # Student's t 0.975 quantile, df 1..30
+T_975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)  # Student's t 0.975 quantile, df 1..30
 
 
 def t_quantile(df: int) -> float:
@@ -347,8 +433,9 @@ def seed_folders(metrics_root: Path, seeds: list[int] | None = None) -> dict[int
     return {seed: root / f"seed{seed}" for seed in sorted(seeds)}
 
 
-def load_seeds(metrics_root: Path, names: list[str] | None = None,
-               seeds: list[int] | None = None) -> dict[str, dict[int, dict]]:
+def load_seeds(
+    metrics_root: Path, names: list[str] | None = None, seeds: list[int] | None = None
+) -> dict[str, dict[int, dict]]:
     """{run: {seed: evaluation record}} (`load_lineage` of each metrics_root/seed{S}/eval, so
     each record has its `label` and training metrics under `train`), runs in lineage order,
     only the runs in `names` and the seeds in `seeds` when given. A seed without a run's
@@ -361,8 +448,9 @@ def load_seeds(metrics_root: Path, names: list[str] | None = None,
     return {name: by_run[name] for name in order}
 
 
-def load_supervised_seeds(metrics_root: Path, names: list[str] | None = None,
-                          seeds: list[int] | None = None) -> dict[str, dict[int, dict]]:
+def load_supervised_seeds(
+    metrics_root: Path, names: list[str] | None = None, seeds: list[int] | None = None
+) -> dict[str, dict[int, dict]]:
     """{run: {seed: training metrics}} of the runs that report a test top-1 (`load_supervised`
     of each metrics_root/seed{S}/train)."""
     by_run: dict[str, dict[int, dict]] = {}
@@ -372,18 +460,21 @@ def load_supervised_seeds(metrics_root: Path, names: list[str] | None = None,
     return {name: by_run[name] for name in sorted(by_run)}
 
 
-def seed_stage_times(metrics_root: Path, names: list[str] | None = None,
-                     seeds: list[int] | None = None) -> list[tuple[str, float]]:
+def seed_stage_times(
+    metrics_root: Path, names: list[str] | None = None, seeds: list[int] | None = None
+) -> list[tuple[str, float]]:
     """(stage file, wall seconds) per seed: 'seed0/train/g0', 'seed0/eval/g0', ..."""
-    return [(f"seed{seed}/{stage}", seconds) for seed, folder in seed_folders(metrics_root, seeds).items()
-            for stage, seconds in stage_times(folder, names)]
+    return [
+        (f"seed{seed}/{stage}", seconds)
+        for seed, folder in seed_folders(metrics_root, seeds).items()
+        for stage, seconds in stage_times(folder, names)
+    ]
 
 
 def accuracy_values(record: dict) -> dict[str, float]:
     """{metric: value} of one training's record: few_shot_N (mean over its episodes),
     linear_base, knn_all (evaluation records), top1 (supervised training metrics)."""
-    values = {f"few_shot_{n}": record["few_shot"][n]["mean"]
-              for n in sorted(record.get("few_shot", {}), key=int)}
+    values = {f"few_shot_{n}": record["few_shot"][n]["mean"] for n in sorted(record.get("few_shot", {}), key=int)}
     values |= {key: record[key] for key in ("linear_base", "knn_all", "top1") if key in record}
     values |= {finetune_metric(f): r["top1"] for f, r in record.get("finetune", {}).items()}
     return values
@@ -392,9 +483,9 @@ def accuracy_values(record: dict) -> dict[str, float]:
 def metric_label(metric: str) -> str:
     """The main table's column of a metric: 'n = 5', 'Base linear', 'k-NN', 'Top-1'."""
     if metric.startswith("few_shot_"):
-        return f"n = {metric[len('few_shot_'):]}"
+        return f"n = {metric[len('few_shot_') :]}"
     if metric.startswith("finetune_"):
-        return f"Fine-tuned {metric[len('finetune_'):-len('pct')]}%"
+        return f"Fine-tuned {metric[len('finetune_') : -len('pct')]}%"
     return {"linear_base": "Base linear", "knn_all": "k-NN", "top1": "Top-1"}[metric]
 
 
@@ -402,8 +493,9 @@ def metric_order(metrics) -> list[str]:
     """Few-shot columns by n, then base linear, k-NN, fine-tuning by fraction, top-1 (as the
     main table)."""
     shots = sorted((m for m in set(metrics) if m.startswith("few_shot_")), key=lambda m: int(m[9:]))
-    finetuned = sorted((m for m in set(metrics) if m.startswith("finetune_")),
-                       key=lambda m: float(m[len("finetune_"):-len("pct")]))
+    finetuned = sorted(
+        (m for m in set(metrics) if m.startswith("finetune_")), key=lambda m: float(m[len("finetune_") : -len("pct")])
+    )
     rest = [m for m in ("linear_base", "knn_all") if m in set(metrics)]
     return shots + rest + finetuned + (["top1"] if "top1" in set(metrics) else [])
 
@@ -411,8 +503,11 @@ def metric_order(metrics) -> list[str]:
 def spread(values: list[float]) -> dict:
     """{mean, sd, n}: sd is the sample standard deviation (n - 1 in the denominator), None
     (undefined) with one value."""
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
-            "n": len(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+    }
 
 
 def _merge(values: list):
@@ -438,7 +533,7 @@ def mean_record(by_seed: dict[int, dict]) -> dict:
     A few-shot entry's `sd` is that standard deviation over seeds; its `ci95` is the mean of
     the per-seed intervals over episodes."""
     records = list(by_seed.values())
-    merged = copy.deepcopy(_merge(records))   # never the per-seed records' own dicts
+    merged = copy.deepcopy(_merge(records))  # never the per-seed records' own dicts
     merged.pop("seed", None)
     if isinstance(merged.get("train"), dict):
         merged["train"].pop("seed", None)
@@ -486,9 +581,11 @@ def seed_table(per_seed: dict[str, dict[int, dict]]) -> str:
     records = mean_records(per_seed)
     metrics = metric_order({m for r in records for m in r["spread"]} - {"top1"})
     header = ["Model"] + [metric_label(m) for m in metrics] + ["Seeds"]
-    caption = (f"Mean over seeds; ± is the standard deviation over {seeds_phrase([r['seeds'] for r in records])}"
-               "; the interval over few-shot episodes of one training is in the per-seed "
-               "table. A run with one seed shows its value alone (standard deviation undefined).")
+    caption = (
+        f"Mean over seeds; ± is the standard deviation over {seeds_phrase([r['seeds'] for r in records])}"
+        "; the interval over few-shot episodes of one training is in the per-seed "
+        "table. A run with one seed shows its value alone (standard deviation undefined)."
+    )
     lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
         cells = [f"{r['label']} ({r['name']})"] + [mean_sd_cell(r["spread"].get(m)) for m in metrics]
@@ -505,15 +602,21 @@ def per_seed_table(per_seed: dict[str, dict[int, dict]]) -> str:
     episodes = sorted({r["few_shot"][n].get("episodes") for r in records for n in r["few_shot"]} - {None})
     count = f"{episodes[0]} " if len(episodes) == 1 else ""
     header = ["Model", "Seed"] + [f"n = {n}" for n in shots] + ["Base linear", "k-NN"]
-    lines = [f"One row per training (run and seed). Few-shot: mean ± the 95% interval over the {count}"
-             "test episodes of that one training (episode-to-episode noise, not seed-to-seed spread); "
-             "base linear and k-NN: one value per training.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"One row per training (run and seed). Few-shot: mean ± the 95% interval over the {count}"
+        "test episodes of that one training (episode-to-episode noise, not seed-to-seed spread); "
+        "base linear and k-NN: one value per training.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for by_seed in per_seed.values():
         for seed, r in by_seed.items():
             cells = [f"{r['label']} ({r['name']})", str(seed)]
-            cells += [f"{r['few_shot'][n]['mean']:.1f} ± {r['few_shot'][n]['ci95']:.1f}" if n in r["few_shot"]
-                      else "-" for n in shots]
+            cells += [
+                f"{r['few_shot'][n]['mean']:.1f} ± {r['few_shot'][n]['ci95']:.1f}" if n in r["few_shot"] else "-"
+                for n in shots
+            ]
             cells += [f"{r['linear_base']:.1f}", f"{r['knn_all']:.1f}"]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -525,12 +628,19 @@ def seed_comparison_table(per_seed: dict[str, dict[int, dict]]) -> str:
     records = mean_records(per_seed)
     metrics = metric_order({m for r in records for m in r["spread"]} - {"top1"})
     shots = [m for m in metrics if m.startswith("few_shot_")]
-    header = (["Run", "Method", "Parent", "Epochs", "Batch", "Params", "Train time", "Peak RSS",
-               "img/s", "Linear", "k-NN"] + [f"{m[9:]}-shot" for m in shots] + ["Seeds"])
-    lines = [f"Training cost: mean over seeds of the training stage's wall time, peak resident memory "
-             f"and images/s. Accuracy: mean ± the standard deviation over "
-             f"{seeds_phrase([r['seeds'] for r in records])}.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = (
+        ["Run", "Method", "Parent", "Epochs", "Batch", "Params", "Train time", "Peak RSS", "img/s", "Linear", "k-NN"]
+        + [f"{m[9:]}-shot" for m in shots]
+        + ["Seeds"]
+    )
+    lines = [
+        f"Training cost: mean over seeds of the training stage's wall time, peak resident memory "
+        f"and images/s. Accuracy: mean ± the standard deviation over "
+        f"{seeds_phrase([r['seeds'] for r in records])}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for r in records:
         cells = cost_cells(r) + [mean_sd_cell(r["spread"].get(m)) for m in ["linear_base", "knn_all", *shots]]
         lines.append("| " + " | ".join(cells + [str(r["seeds"])]) + " |")
@@ -590,27 +700,46 @@ def paired_comparisons(per_seed: dict[str, dict[int, dict]]) -> list[dict]:
     where the verdict is 'above at every seed'.
     -> [{run, partner, kind ('control' | 'parent'), metric, diffs, n, mean, sd, min, max,
     ci95_low, ci95_high, verdict}]"""
-    values = {name: {seed: accuracy_values(r) for seed, r in by_seed.items()}
-              for name, by_seed in per_seed.items()}
+    values = {name: {seed: accuracy_values(r) for seed, r in by_seed.items()} for name, by_seed in per_seed.items()}
     out = []
     for run, partner, kind in comparison_partners(per_seed):
         a, b = values[run], values[partner]
         metrics = metric_order({m for v in a.values() for m in v} & {m for v in b.values() for m in v})
         for metric in metrics:
-            diffs = {seed: a[seed][metric] - b[seed][metric] for seed in sorted(set(a) & set(b))
-                     if metric in a[seed] and metric in b[seed]}
+            diffs = {
+                seed: a[seed][metric] - b[seed][metric]
+                for seed in sorted(set(a) & set(b))
+                if metric in a[seed] and metric in b[seed]
+            }
             if not diffs:
                 continue
             d = list(diffs.values())
             stats = spread(d)
-            half = (t_quantile(len(d) - 1) * stats["sd"] / math.sqrt(len(d))
-                    if stats["sd"] is not None else None)
-            verdict = ("above at every seed" if all(x > 0 for x in d) else
-                       "below at every seed" if all(x < 0 for x in d) else "mixed")
-            out.append({"run": run, "partner": partner, "kind": kind, "metric": metric, "diffs": diffs,
-                        "n": len(d), "mean": stats["mean"], "sd": stats["sd"], "min": min(d), "max": max(d),
-                        "ci95_low": None if half is None else stats["mean"] - half,
-                        "ci95_high": None if half is None else stats["mean"] + half, "verdict": verdict})
+            half = t_quantile(len(d) - 1) * stats["sd"] / math.sqrt(len(d)) if stats["sd"] is not None else None
+            verdict = (
+                "above at every seed"
+                if all(x > 0 for x in d)
+                else "below at every seed"
+                if all(x < 0 for x in d)
+                else "mixed"
+            )
+            out.append(
+                {
+                    "run": run,
+                    "partner": partner,
+                    "kind": kind,
+                    "metric": metric,
+                    "diffs": diffs,
+                    "n": len(d),
+                    "mean": stats["mean"],
+                    "sd": stats["sd"],
+                    "min": min(d),
+                    "max": max(d),
+                    "ci95_low": None if half is None else stats["mean"] - half,
+                    "ci95_high": None if half is None else stats["mean"] + half,
+                    "verdict": verdict,
+                }
+            )
     return out
 
 
@@ -638,26 +767,32 @@ def paired_table(per_seed: dict[str, dict[int, dict]]) -> str:
     for c in comparisons:
         rows.setdefault((c["run"], c["partner"], c["kind"]), {})[c["metric"]] = c
     header = ["Run", "Against", "Seeds"] + [metric_label(m) for m in metrics]
-    lines = ["Paired comparisons over seeds. A cell is run − partner in percentage points: the mean "
-             "over the seeds where both have metrics (Seeds), ± the standard deviation of the per-seed "
-             "differences, [the 95% paired t interval of the mean difference] (none with one seed); "
-             "↑ all: above the partner at every seed, ↓ all: below at every seed, mixed: neither (seeds "
-             "above ↑, below ↓). A run beats its partner on a metric only where the cell says ↑ all. "
-             "Partners: the untrained control of the run's architecture (random_init with the same arch, "
-             "width and depth) and, for a BoWNet generation, its parent.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        "Paired comparisons over seeds. A cell is run − partner in percentage points: the mean "
+        "over the seeds where both have metrics (Seeds), ± the standard deviation of the per-seed "
+        "differences, [the 95% paired t interval of the mean difference] (none with one seed); "
+        "↑ all: above the partner at every seed, ↓ all: below at every seed, mixed: neither (seeds "
+        "above ↑, below ↓). A run beats its partner on a metric only where the cell says ↑ all. "
+        "Partners: the untrained control of the run's architecture (random_init with the same arch, "
+        "width and depth) and, for a BoWNet generation, its parent.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for (run, partner, kind), cells in rows.items():
         n = max(c["n"] for c in cells.values())
         against = f"{label[partner]} ({partner}), " + ("untrained control" if kind == "control" else "parent")
-        shown = [paired_cell(cells[m]) + ("" if cells[m]["n"] == n else f" (n = {cells[m]['n']})")
-                 if m in cells else "-" for m in metrics]
+        shown = [
+            paired_cell(cells[m]) + ("" if cells[m]["n"] == n else f" (n = {cells[m]['n']})") if m in cells else "-"
+            for m in metrics
+        ]
         lines.append("| " + " | ".join([f"{label[run]} ({run})", against, str(n), *shown]) + " |")
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ the pipeline's metrics
 
-SUMMARY_DIGITS = 2     # accuracies in %, minutes: two decimals keep `dvc exp show`'s columns narrow
+SUMMARY_DIGITS = 2  # accuracies in %, minutes: two decimals keep `dvc exp show`'s columns narrow
 
 
 def summary(per_seed: dict[str, dict[int, dict]], supervised: dict[str, dict[int, dict]]) -> dict:
@@ -680,10 +815,11 @@ def summary(per_seed: dict[str, dict[int, dict]], supervised: dict[str, dict[int
             row: dict[str, float] = {}
             if record:
                 row |= {"linear": record["linear_base"], "knn": record["knn_all"]}
-                row |= {f"shot_{n}": record["few_shot"][n]["mean"]
-                        for n in sorted(record.get("few_shot", {}), key=int)}
-                row |= {f"ft_{finetune_metric(f)[len('finetune_'):]}": r["top1"]
-                        for f, r in sorted(record.get("finetune", {}).items(), key=lambda item: float(item[0]))}
+                row |= {f"shot_{n}": record["few_shot"][n]["mean"] for n in sorted(record.get("few_shot", {}), key=int)}
+                row |= {
+                    f"ft_{finetune_metric(f)[len('finetune_') :]}": r["top1"]
+                    for f, r in sorted(record.get("finetune", {}).items(), key=lambda item: float(item[0]))
+                }
             if "top1" in train:
                 row["top1"] = train["top1"]
             if "wall_seconds" in train:

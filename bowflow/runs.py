@@ -1,5 +1,6 @@
 """What the training stages share: their flags, a `TrainingRun` of them, building a method
 around a fresh backbone, training it with checkpoints, and writing the model, metrics and curve."""
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,19 @@ def add_training_arguments(parser) -> None:
     parser.add_argument("--checkpoints", type=Path, default=Path("data/checkpoints"))
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--gpus", type=gpu_request, default=0, help="params.yaml's resources.KIND.gpus: "
-                        "GPUs this stage asks for; more than torch sees here stops it before any work")
-    parser.add_argument("--compute", default="auto", type=compute_mode, help="params.yaml's compute: "
-                        "auto or a named mode such as fp32-channels-last-t1 (bowflow.compute.parse_mode)")
+    parser.add_argument(
+        "--gpus",
+        type=gpu_request,
+        default=0,
+        help="params.yaml's resources.KIND.gpus: "
+        "GPUs this stage asks for; more than torch sees here stops it before any work",
+    )
+    parser.add_argument(
+        "--compute",
+        default="auto",
+        type=compute_mode,
+        help="params.yaml's compute: auto or a named mode such as fp32-channels-last-t1 (bowflow.compute.parse_mode)",
+    )
 
 
 def gpu_request(text: str) -> int:
@@ -45,7 +55,8 @@ def gpu_request(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{asked} GPU(s) asked for (params.yaml resources.KIND.gpus), but torch sees {seen} on "
             f"this machine (torch.cuda.is_available() is {torch.cuda.is_available()}): set the "
-            f"stage kind's gpus: 0 to train on the CPU, or run the stage where the GPUs are")
+            f"stage kind's gpus: 0 to train on the CPU, or run the stage where the GPUs are"
+        )
     return asked
 
 
@@ -63,8 +74,10 @@ def check_stage(method: str, stage: str) -> type:
     """The method class, if its role is trained by `stage`; SystemExit naming --method if not."""
     cls = get_method(method)
     if cls.stage != stage:
-        raise SystemExit(f"--method: '{method}' is a {cls.role} method, trained by stage "
-                         f"'{cls.stage}' (params section {cls.section}:), not by '{stage}'")
+        raise SystemExit(
+            f"--method: '{method}' is a {cls.role} method, trained by stage "
+            f"'{cls.stage}' (params section {cls.section}:), not by '{stage}'"
+        )
     return cls
 
 
@@ -80,14 +93,15 @@ class TrainingRun:
     on the written model (a classifier's test top-1). `compute`: the compute mode
     (params.yaml's `compute:`, see bowflow.compute.decide_compute).
     """
-    params: TrainParams             # the method's typed section of params.yaml
-    prepared: Path                  # data/prepared: the Parquet tables of stage prepare
-    model: Path                     # model.pt to write
-    metrics: Path                   # the stage's metrics JSON
-    history: Path                   # per-epoch curve (CSV)
-    checkpoints: Path               # folder of the resumable per-epoch checkpoints
+
+    params: TrainParams  # the method's typed section of params.yaml
+    prepared: Path  # data/prepared: the Parquet tables of stage prepare
+    model: Path  # model.pt to write
+    metrics: Path  # the stage's metrics JSON
+    history: Path  # per-epoch curve (CSV)
+    checkpoints: Path  # folder of the resumable per-epoch checkpoints
     seed: int
-    device: str                     # auto | cpu | cuda
+    device: str  # auto | cpu | cuda
     record: dict
     compute: str = "auto"
     inputs: dict = field(default_factory=dict)
@@ -97,8 +111,19 @@ class TrainingRun:
     @classmethod
     def from_args(cls, params: TrainParams, args: argparse.Namespace, record: dict, **more) -> TrainingRun:
         """The run of a training stage's parsed flags (`add_training_arguments`)."""
-        return cls(params, Path(args.prepared), args.model, args.metrics, args.history, args.checkpoints,
-                   args.seed, args.device, record, compute=args.compute, **more)
+        return cls(
+            params,
+            Path(args.prepared),
+            args.model,
+            args.metrics,
+            args.history,
+            args.checkpoints,
+            args.seed,
+            args.device,
+            record,
+            compute=args.compute,
+            **more,
+        )
 
 
 def run_training(run: TrainingRun) -> dict:
@@ -127,50 +152,78 @@ def _run_training(world, device, run: TrainingRun) -> dict:
     normalizer = Normalizer.fit(images)
     spec = BackboneSpec.of(params)
     backbone = build_backbone(spec)
-    given = {"normalizer": normalizer, "image_size": image_size, "labels": labels.to(device),
-             "num_classes": len(manifest["class_names"]), **run.inputs}
+    given = {
+        "normalizer": normalizer,
+        "image_size": image_size,
+        "labels": labels.to(device),
+        "num_classes": len(manifest["class_names"]),
+        **run.inputs,
+    }
     method = cls(params, backbone, cls.inputs(**given)).to(device)
     # logged; recorded in the metrics below. Rank 0 decides (it may measure) for every process.
     decision = distributed.broadcast_object(decide_compute(device, run.compute) if world.is_main else None)
     compute = dict(decision.choice)
-    if world.size > 1 and device.type == "cpu":     # N processes share the machine's cores
+    if world.size > 1 and device.type == "cpu":  # N processes share the machine's cores
         compute["threads"] = max(1, (os.cpu_count() or 1) // world.local_size)
         decision.choice = compute
         decision.reason += f"; {compute['threads']} thread(s) in each of {world.local_size} processes"
     configure_threads(compute["threads"])
-    if compute["compile"]:          # in place: state_dict keys and the model file unchanged
+    if compute["compile"]:  # in place: state_dict keys and the model file unchanged
         backbone.compile()
     # an empty arch_params is left out: a run without settings keeps its run id (and checkpoint)
     identity = {k: v for k, v in asdict(params).items() if k != "arch_params" or v}
-    run_id = fingerprint(identity, seed, manifest["content_hash"], len(images),
-                         run.input_fingerprint, compute)
+    run_id = fingerprint(identity, seed, manifest["content_hash"], len(images), run.input_fingerprint, compute)
     # one file per run and seed: the seeds of one run train side by side
     checkpoint = run.checkpoints / f"{run.model.parent.name}-seed{seed}-{params.method}.ckpt"
-    log(f"training {params.method} on {world.size} process(es) ({params.arch}, "
+    log(
+        f"training {params.method} on {world.size} process(es) ({params.arch}, "
         f"{count_parameters(backbone):,} backbone parameters) "
-        f"on {len(images)} images of {image_size}x{image_size} for {params.epochs} epochs on {device}")
+        f"on {len(images)} images of {image_size}x{image_size} for {params.epochs} epochs on {device}"
+    )
     try:
-        history = train(method, images.to(device), params, seed, checkpoint, run_id,
-                        bf16=compute.get("bf16", False), channels_last=compute.get("channels_last", False),
-                        run_name=record["name"])
+        history = train(
+            method,
+            images.to(device),
+            params,
+            seed,
+            checkpoint,
+            run_id,
+            bf16=compute.get("bf16", False),
+            channels_last=compute.get("channels_last", False),
+            run_name=record["name"],
+        )
     except TrainingFailed as failure:
         raise SystemExit(f"{params.method}: {failure}") from None
-    if not world.is_main:               # rank 0 writes the model, curve and metrics
+    if not world.is_main:  # rank 0 writes the model, curve and metrics
         return {}
-    save_model(run.model, method.export_backbone(), normalizer, params, image_size,
-               extra={**record, "method_label": method.label, **method.export_extra()})
+    save_model(
+        run.model,
+        method.export_backbone(),
+        normalizer,
+        params,
+        image_size,
+        extra={**record, "method_label": method.label, **method.export_extra()},
+    )
     write_csv(run.history, history)
     last = history[-1]
-    metrics = {**record, "method": params.method, "method_label": method.label,
-               **spec.record(omit_empty=True),     # arch_params only when a run gives some
-               "batch_size": params.batch_size, "processes": world.size, **decision.record(),
-               "final": {k: v for k, v in last.items() if k != "epoch"},
-               "epochs": params.epochs, "train_images": len(images),
-               "parameters": count_parameters(backbone),
-               "head_parameters": count_parameters(method) - count_parameters(backbone),
-               "trained_parameters": count_parameters(method),
-               "images_per_second": round(sum(h["images_per_second"] for h in history) / len(history), 1),
-               "device": str(device), **clock.summary()}
+    metrics = {
+        **record,
+        "method": params.method,
+        "method_label": method.label,
+        **spec.record(omit_empty=True),  # arch_params only when a run gives some
+        "batch_size": params.batch_size,
+        "processes": world.size,
+        **decision.record(),
+        "final": {k: v for k, v in last.items() if k != "epoch"},
+        "epochs": params.epochs,
+        "train_images": len(images),
+        "parameters": count_parameters(backbone),
+        "head_parameters": count_parameters(method) - count_parameters(backbone),
+        "trained_parameters": count_parameters(method),
+        "images_per_second": round(sum(h["images_per_second"] for h in history) / len(history), 1),
+        "device": str(device),
+        **clock.summary(),
+    }
     if run.finish is not None:
         metrics.update(run.finish(run.model))
     write_json(run.metrics, metrics)
@@ -178,8 +231,9 @@ def _run_training(world, device, run: TrainingRun) -> dict:
     return metrics
 
 
-def parse_method_section(argv: list[str] | None, description: str,
-                         extra: typing.Callable[[argparse.ArgumentParser], None]):
+def parse_method_section(
+    argv: list[str] | None, description: str, extra: typing.Callable[[argparse.ArgumentParser], None]
+):
     """Like `bowflow.cli.parse_section`, with the dataclass chosen by the `--method` flag's
     value (a training stage's flags)."""
     peek = argparse.ArgumentParser(add_help=False)

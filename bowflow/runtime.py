@@ -1,4 +1,5 @@
 """Process-level concerns shared by the stages: seeds, device, timing and peak memory."""
+
 from __future__ import annotations
 
 import os
@@ -34,13 +35,17 @@ def resolve_device(name: str) -> torch.device:
         raise SystemExit(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {name!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit(f"device: '{name}' requested but no CUDA GPU is available on this machine "
-                             f"(torch.cuda.is_available() is False): expected 'auto' (a GPU only "
-                             f"when present) or 'cpu'")
+            raise SystemExit(
+                f"device: '{name}' requested but no CUDA GPU is available on this machine "
+                f"(torch.cuda.is_available() is False): expected 'auto' (a GPU only "
+                f"when present) or 'cpu'"
+            )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise SystemExit(f"device: '{name}' requested but this machine has {count} CUDA "
-                             f"device(s): expected 'cuda', 'auto' or one of cuda:0..cuda:{count - 1}")
+            raise SystemExit(
+                f"device: '{name}' requested but this machine has {count} CUDA "
+                f"device(s): expected 'cuda', 'auto' or one of cuda:0..cuda:{count - 1}"
+            )
     elif device.type != "cpu":
         raise SystemExit(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {name!r}")
     return device
@@ -61,8 +66,7 @@ class StageClock:
         # ru_maxrss is in kilobytes on Linux (bytes on macOS).
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         rss_mb = rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
-        out = {"wall_seconds": round(time.perf_counter() - self.start, 3),
-               "peak_rss_mb": round(rss_mb, 1)}
+        out = {"wall_seconds": round(time.perf_counter() - self.start, 3), "peak_rss_mb": round(rss_mb, 1)}
         if self.device.type == "cuda":
             out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         return out

@@ -17,6 +17,7 @@ stages imports this module.
 - `write_params(where, params)`: (re)write a project's params.yaml, as DVC reads it (and its
   dvc.yaml when the seeds change).
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,7 +32,7 @@ from bowflow.roles.base import available_methods, get_method
 from bowflow.sections import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ["bin", "bowflow", "stages", "workflow", ".dvc/config", ".dvcignore"]   # + dvc.yaml, written
+PROJECT_FILES = ["bin", "bowflow", "stages", "workflow", ".dvc/config", ".dvcignore"]  # + dvc.yaml, written
 
 
 def tiny_params(every_method: bool = True) -> dict:
@@ -41,22 +42,22 @@ def tiny_params(every_method: bool = True) -> dict:
     kinds of stages and report sections, far fewer runs)."""
     params = copy.deepcopy(load_yaml(ROOT / "params.yaml"))
     params["device"] = "cpu"
-    params["seeds"] = [0]             # one seed: the tests that need more set them
-    params["compute"] = "auto"        # so that BOWFLOW_COMPUTE (tests/conftest.py) chooses
+    params["seeds"] = [0]  # one seed: the tests that need more set them
+    params["compute"] = "auto"  # so that BOWFLOW_COMPUTE (tests/conftest.py) chooses
     params["data"].update(image_size=8, ssl_max_images=300)
     params["pretrain"]["g0"].update(width=8, epochs=2, batch_size=32, padding=1)
     vocab = {"layer": "stage2", "size": 16, "samples": 2000, "iters": 5, "drop_border": 0, "batch_size": 256}
-    student = dict(params["generations"]["g1"]["student"], width=8, epochs=2, batch_size=32, lr=0.03,
-                   warmup_epochs=0.5)
-    params["generations"] = {"g1": {"parent": "g0", "vocab": dict(vocab), "student": dict(student)},
-                             "g2": {"parent": "g1", "vocab": dict(vocab), "student": dict(student)}}
+    student = dict(params["generations"]["g1"]["student"], width=8, epochs=2, batch_size=32, lr=0.03, warmup_epochs=0.5)
+    params["generations"] = {
+        "g1": {"parent": "g0", "vocab": dict(vocab), "student": dict(student)},
+        "g2": {"parent": "g1", "vocab": dict(vocab), "student": dict(student)},
+    }
     family, (teachers, distill) = family_runs(), distill_runs()
     if not every_method:
         family, distill = dict(list(family.items())[:1]), dict(list(distill.items())[:1])
     params["pretrain"].update(family)
     params["teachers"], params["distill"] = teachers, distill
-    params["evaluate"].update(linear_epochs=5, few_shot_shots=[1, 5], few_shot_episodes=50,
-                              batch_size=256)
+    params["evaluate"].update(linear_epochs=5, few_shot_shots=[1, 5], few_shot_episodes=50, batch_size=256)
     params["report"].update(words_shown=3, patches_per_word=4)
     return params
 
@@ -87,8 +88,9 @@ def family_runs(methods: list[str] | None = None) -> dict:
         cls = get_method(name)
         if cls.section != "pretrain" or name == "rotnet":
             continue
-        network = (dict(arch="vit_p2", width=16, depth=2) if cls.token_backbone
-                   else dict(arch="convnet", width=8, depth=0))
+        network = (
+            dict(arch="vit_p2", width=16, depth=2) if cls.token_backbone else dict(arch="convnet", width=8, depth=0)
+        )
         runs[name] = entry(cls.Params(method=name)) | network | dict(epochs=2, batch_size=32, warmup_epochs=0.5)
     return runs
 
@@ -106,8 +108,9 @@ def distill_runs(methods: list[str] | None = None) -> tuple[dict, dict]:
         if cls.section == "distill":
             # collapse_std 0: at 8 px the benchmark's gammas (tuned for 32 px maps) can swamp
             # CE for two epochs; the tiny runs check the plumbing, not the recipe
-            distill[name] = entry(cls.Params(method=name)) | tiny | {"width": 6, "teacher": "teacher",
-                                                                       "collapse_std": 0.0}
+            distill[name] = (
+                entry(cls.Params(method=name)) | tiny | {"width": 6, "teacher": "teacher", "collapse_std": 0.0}
+            )
     return teachers, distill
 
 
@@ -128,8 +131,11 @@ def make_project(where: Path, params: dict) -> Path:
     # commands (`.venv/bin/dvc repro`) work in the copy exactly as a user types them.
     (where / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     write_params(where, params)
-    for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"],
+    ):
         subprocess.run(command, cwd=where, check=True)
     return where
 

@@ -2,6 +2,7 @@
 and what the prepare stage checks of the data against the params. Imports no method code,
 so editing a method reruns none of these stages (`bowflow.config` validates a whole
 params.yaml, methods included, for the check_params stage)."""
+
 from __future__ import annotations
 
 import json
@@ -29,19 +30,25 @@ class DataParams(Section):
     image_size: int = param(16, "pixels; every image is resized to it", above=0)
     test_fraction: float = param(0.25, "test share when the source has no split", above=0, below=1)
     novel_classes: list[str] = param(["5", "6", "7", "8", "9"], "class names held out for few-shot")
-    ssl_classes: str = param("base", "classes self-supervised stages see: base | all",
-                                     choices=("base", "all"))
+    ssl_classes: str = param("base", "classes self-supervised stages see: base | all", choices=("base", "all"))
     ssl_max_images: int = param(0, "subsample SSL training images (0 = all)", low=0)
     max_bad_fraction: float = param(0.01, "tolerated share of unreadable images", low=0, high=1)
-    unlabelled: str = param("", "folder (or .tar.gz) of images without labels, any depth, for the "
-                                "self-supervised stages (pretrain:, generations:: vocabularies and "
-                                "students); '' = none. Evaluation, teachers: and distill: read the "
-                                "labelled source (source/root) only")
-    unlabelled_use: str = param("replace", "replace: the SSL stages train on data.unlabelled's images "
-                                           "only (as solo-learn/lightly train on an unlabelled folder), "
-                                           "the labelled train split then serves evaluation alone; add: "
-                                           "on them after the labelled rows of ssl_classes. ssl_max_images "
-                                           "caps the pool either way", choices=("replace", "add"))
+    unlabelled: str = param(
+        "",
+        "folder (or .tar.gz) of images without labels, any depth, for the "
+        "self-supervised stages (pretrain:, generations:: vocabularies and "
+        "students); '' = none. Evaluation, teachers: and distill: read the "
+        "labelled source (source/root) only",
+    )
+    unlabelled_use: str = param(
+        "replace",
+        "replace: the SSL stages train on data.unlabelled's images "
+        "only (as solo-learn/lightly train on an unlabelled folder), "
+        "the labelled train split then serves evaluation alone; add: "
+        "on them after the labelled rows of ssl_classes. ssl_max_images "
+        "caps the pool either way",
+        choices=("replace", "add"),
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -49,7 +56,7 @@ class DataParams(Section):
             raise ValueError("root must name the image folder when source is 'imagefolder'")
         if self.unlabelled != self.unlabelled.strip():
             raise ValueError(f"unlabelled: '{self.unlabelled}' starts or ends with a space: expected a path")
-        if self.image_size < 8:                 # after image_size > 0, whose message is its own
+        if self.image_size < 8:  # after image_size > 0, whose message is its own
             raise ValueError(f"image_size must be >= 8 pixels, got {self.image_size}")
         if len(self.novel_classes) < 2:
             raise ValueError(f"novel_classes needs at least 2 class names, got {self.novel_classes}")
@@ -59,16 +66,18 @@ class DataParams(Section):
         if self.source == "digits":
             unknown = [c for c in self.novel_classes if c not in DIGITS_CLASSES]
             if unknown:
-                raise ValueError(f"novel_classes {unknown} are not digits classes: expected names "
-                                 f"among {DIGITS_CLASSES}")
+                raise ValueError(
+                    f"novel_classes {unknown} are not digits classes: expected names among {DIGITS_CLASSES}"
+                )
             if len(set(self.novel_classes)) >= len(DIGITS_CLASSES):
                 raise ValueError("novel_classes name every digits class: expected at least 1 left as base")
 
 
 @dataclass
 class VocabParams(Section):
-    layer: str = param("last", "teacher stage whose map is quantised: 'last' (as the BoWNet paper "
-                       "and params.yaml) or 'stageN'")
+    layer: str = param(
+        "last", "teacher stage whose map is quantised: 'last' (as the BoWNet paper and params.yaml) or 'stageN'"
+    )
     size: int = param(256, "K, the number of visual words", above=0)
     samples: int = param(50000, "local features sampled for k-means", above=0)
     iters: int = param(20, "k-means iterations", above=0)
@@ -80,8 +89,10 @@ class VocabParams(Section):
         if not (self.layer == "last" or self.layer.startswith("stage")):
             raise ValueError(f"layer must be 'last' or 'stageN', got '{self.layer}'")
         if self.size > self.samples:
-            raise ValueError(f"size (K={self.size}) must not exceed samples ({self.samples}): "
-                             f"k-means needs at least one sampled feature per word")
+            raise ValueError(
+                f"size (K={self.size}) must not exceed samples ({self.samples}): "
+                f"k-means needs at least one sampled feature per word"
+            )
 
 
 @dataclass
@@ -104,27 +115,38 @@ class EvalParams(Section):
     def check_against(self, manifest: dict, where: str = "the prepared data") -> None:
         """Shots and ways against the prepared novel classes (needs the prepared manifest).
         The message starts with the key at fault (`few_shot_way:` or `few_shot_shots:`)."""
-        check_few_shot(self.few_shot_way, max(self.few_shot_shots), self.few_shot_queries,
-                       manifest["novel_classes"], manifest["counts"], where)
+        check_few_shot(
+            self.few_shot_way,
+            max(self.few_shot_shots),
+            self.few_shot_queries,
+            manifest["novel_classes"],
+            manifest["counts"],
+            where,
+        )
 
 
-def check_few_shot(way: int, shots: int, queries: int, novel: list[str],
-                   counts: dict[str, dict[str, int]], where: str) -> None:
+def check_few_shot(
+    way: int, shots: int, queries: int, novel: list[str], counts: dict[str, dict[str, int]], where: str
+) -> None:
     """ValueError unless every `way`-way episode can draw `shots` support + `queries` query
     images of each novel class from the images evaluation gives it: both splits of each
     novel class (`novel_counts`). counts: {split: {class name: images}}; `where` names the
     data in the message."""
     if way > len(novel):
-        raise ValueError(f"few_shot_way: {way}-way episodes need as many novel classes, but {where} "
-                         f"has {len(novel)} ({novel})")
+        raise ValueError(
+            f"few_shot_way: {way}-way episodes need as many novel classes, but {where} has {len(novel)} ({novel})"
+        )
     need = shots + queries
     have = novel_counts({"novel_classes": novel, "counts": counts})
     short = {c: n for c, n in have.items() if n < need}
     if short:
-        raise ValueError(f"few_shot_shots: {shots} support (its largest) + {queries} queries "
-                         f"(evaluate.few_shot_queries) per class need {need} images of each novel class "
-                         f"(train and test splits together, as the episodes draw them), but "
-                         + ", ".join(f"class '{c}' has {n}" for c, n in short.items()) + f" in {where}")
+        raise ValueError(
+            f"few_shot_shots: {shots} support (its largest) + {queries} queries "
+            f"(evaluate.few_shot_queries) per class need {need} images of each novel class "
+            f"(train and test splits together, as the episodes draw them), but "
+            + ", ".join(f"class '{c}' has {n}" for c, n in short.items())
+            + f" in {where}"
+        )
 
 
 def novel_counts(manifest: dict) -> dict[str, int]:
@@ -140,25 +162,41 @@ class FineTuneParams(Section):
     a new linear head, on each labelled fraction. Defaults are SimCLR's protocol (appendix
     B.5 of https://arxiv.org/abs/2002.05709), which OBoW, BYOL and SwAV report."""
 
-    fractions: list[float] = param([0.01, 0.1], "labelled fractions of the training images, each "
-                                   "fine-tuned on separately from the run's weights (1% and 10%)",
-                                   above=0, high=1)
-    epochs: list[int] = param([60, 30], "epochs for each fraction, in the order of fractions "
-                              "(SimCLR: 60 with 1% of the labels, 30 with 10%)", above=0)
+    fractions: list[float] = param(
+        [0.01, 0.1],
+        "labelled fractions of the training images, each fine-tuned on separately from the run's weights (1% and 10%)",
+        above=0,
+        high=1,
+    )
+    epochs: list[int] = param(
+        [60, 30],
+        "epochs for each fraction, in the order of fractions (SimCLR: 60 with 1% of the labels, 30 with 10%)",
+        above=0,
+    )
     batch_size: int = param(256, "images per step (SimCLR: 4096; the subset's size when smaller)", above=0)
-    lr: float = param(0.05, "learning rate per 256 images, scaled by batch / 256 (SimCLR: 0.05, "
-                            "Nesterov SGD, cosine to 0, no warm-up, no weight decay)", above=0)
-    crop_scale_min: float = param(0.2, "smallest random crop, as a fraction of the image area "
-                                       "(SimCLR's Inception crop: 0.08; 0.2 as every bowflow view "
-                                       "of small images)", above=0, high=1)
+    lr: float = param(
+        0.05,
+        "learning rate per 256 images, scaled by batch / 256 (SimCLR: 0.05, "
+        "Nesterov SGD, cosine to 0, no warm-up, no weight decay)",
+        above=0,
+    )
+    crop_scale_min: float = param(
+        0.2,
+        "smallest random crop, as a fraction of the image area "
+        "(SimCLR's Inception crop: 0.08; 0.2 as every bowflow view "
+        "of small images)",
+        above=0,
+        high=1,
+    )
 
     def validate(self) -> None:
         super().validate()
         if not self.fractions:
             raise ValueError("fractions must list at least one fraction in (0, 1], got []")
         if len(self.epochs) != len(self.fractions):
-            raise ValueError(f"epochs must give one count per fraction ({len(self.fractions)}: "
-                             f"{self.fractions}), got {self.epochs}")
+            raise ValueError(
+                f"epochs must give one count per fraction ({len(self.fractions)}: {self.fractions}), got {self.epochs}"
+            )
         if len(set(self.fractions)) != len(self.fractions):
             raise ValueError(f"fractions lists a fraction more than once: {self.fractions}")
 
@@ -175,8 +213,9 @@ class ResourceParams(Section):
     its dvc.yaml command through bin/launch), and the Snakemake rule resources a cluster
     executor (SLURM) requests for each of its jobs."""
 
-    processes: int = param(1, "torchrun processes of a training stage (1 = one plain python "
-                              "process); with gpus > 0, one per GPU", above=0)
+    processes: int = param(
+        1, "torchrun processes of a training stage (1 = one plain python process); with gpus > 0, one per GPU", above=0
+    )
     gpus: int = param(0, "GPUs per job (SLURM --gpus); 0 = CPU only", low=0)
     threads: int = param(2, "CPU cores per job (Snakemake threads, SLURM --cpus-per-task)", above=0)
     mem_mb: int = param(8000, "memory per job in MB (SLURM --mem)", above=0)
@@ -185,8 +224,10 @@ class ResourceParams(Section):
     def validate(self) -> None:
         super().validate()
         if self.gpus and self.processes != self.gpus:
-            raise ValueError(f"processes must equal gpus (one torchrun process per GPU), got "
-                             f"processes {self.processes} and gpus {self.gpus}")
+            raise ValueError(
+                f"processes must equal gpus (one torchrun process per GPU), got "
+                f"processes {self.processes} and gpus {self.gpus}"
+            )
 
 
 # resources: keys: the four training stages of dvc.yaml (each may run under torchrun) and
@@ -199,9 +240,17 @@ class ParamsError(ValueError):
     pass
 
 
-def check_data_needs(needs: dict, counts: dict[str, dict[str, int]], base: list[str], novel: list[str],
-                     ssl_classes: str, ssl_max_images: int, where: str, unlabelled: int = 0,
-                     unlabelled_use: str = "replace") -> None:
+def check_data_needs(
+    needs: dict,
+    counts: dict[str, dict[str, int]],
+    base: list[str],
+    novel: list[str],
+    ssl_classes: str,
+    ssl_max_images: int,
+    where: str,
+    unlabelled: int = 0,
+    unlabelled_use: str = "replace",
+) -> None:
     """ParamsError naming the key when the data cannot give what `needs` (`data_needs`)
     asks: few-shot episodes over the novel classes, and each pool's largest batch at most
     the images that pool trains on. counts: {split: {class name: images}} (the prepared
@@ -218,16 +267,26 @@ def check_data_needs(needs: dict, counts: dict[str, dict[str, int]], base: list[
     ssl = sum(train.get(c, 0) for c in (base if ssl_classes == "base" else list(base) + list(novel)))
     what = f"the train split's {ssl_classes} classes, data.ssl_classes"
     if unlabelled:
-        ssl, what = ((ssl + unlabelled, f"{what}, and the unlabelled images of data.unlabelled")
-                     if unlabelled_use == "add" else (unlabelled, "the unlabelled images of data.unlabelled"))
-    pools = [("ssl_batch", min(ssl, ssl_max_images) if ssl_max_images > 0 else ssl,
-              what + (", at most data.ssl_max_images" if ssl_max_images > 0 else "")),
-             ("labelled_batch", sum(train.values()), "every image of the train split")]
+        ssl, what = (
+            (ssl + unlabelled, f"{what}, and the unlabelled images of data.unlabelled")
+            if unlabelled_use == "add"
+            else (unlabelled, "the unlabelled images of data.unlabelled")
+        )
+    pools = [
+        (
+            "ssl_batch",
+            min(ssl, ssl_max_images) if ssl_max_images > 0 else ssl,
+            what + (", at most data.ssl_max_images" if ssl_max_images > 0 else ""),
+        ),
+        ("labelled_batch", sum(train.values()), "every image of the train split"),
+    ]
     for pool, images, what in pools:
         batch = needs.get(pool)
         if batch and batch["size"] > images:
-            raise ParamsError(f"{batch['key']}: {batch['size']} images per step, but the run trains on "
-                              f"only {images} images ({what}) of {where}: expected a batch_size <= {images}")
+            raise ParamsError(
+                f"{batch['key']}: {batch['size']} images per step, but the run trains on "
+                f"only {images} images ({what}) of {where}: expected a batch_size <= {images}"
+            )
 
 
 def read_data_needs(path: str | Path) -> dict:
@@ -235,14 +294,15 @@ def read_data_needs(path: str | Path) -> dict:
     try:
         return json.loads(Path(path).read_text())["data_needs"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ParamsError(f"{path}: no data needs in it ({type(error).__name__}: {error}): expected the "
-                          f"stamp `python -m bowflow.config params.yaml --stamp {path}` writes "
-                          f"(rerun the check_params stage)") from None
+        raise ParamsError(
+            f"{path}: no data needs in it ({type(error).__name__}: {error}): expected the "
+            f"stamp `python -m bowflow.config params.yaml --stamp {path}` writes "
+            f"(rerun the check_params stage)"
+        ) from None
 
 
 def load_yaml(path: str | Path) -> Any:
     """Load YAML the way DVC does (YAML 1.2, so 5e-4 is a float, anchors allowed)."""
     from ruamel.yaml import YAML
+
     return YAML(typ="safe").load(Path(path).read_text())
-
-

@@ -13,6 +13,7 @@ pure, batch mean, float32 with autocast off (`float32`), stop-gradient on the ta
 
 Notation: B rows, K classes (or words).
 """
+
 from __future__ import annotations
 
 import torch

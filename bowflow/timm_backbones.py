@@ -27,6 +27,7 @@ block rising linearly to it in timm's ViTs, ConvNeXts, ResNets...) only when abo
 run without it builds exactly `create_model`'s default network. bowflow/networks.py
 registers `timm_backbone` as the builder of the `timm` family, with `TimmParams`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,10 +44,15 @@ from bowflow.checks import param
 class TimmParams:
     """The settings a `timm/<model>` arch takes beyond its name (a run's `arch_params`)."""
 
-    drop_path: float = param(0.0, "timm's drop_path_rate: stochastic depth, the last block's "
-                                  "probability of dropping a residual branch per sample in "
-                                  "training (DINO trains ViT-S with 0.1). 0 (off): timm's default "
-                                  "model, every existing run's network", low=0, below=1)
+    drop_path: float = param(
+        0.0,
+        "timm's drop_path_rate: stochastic depth, the last block's "
+        "probability of dropping a residual branch per sample in "
+        "training (DINO trains ViT-S with 0.1). 0 (off): timm's default "
+        "model, every existing run's network",
+        low=0,
+        below=1,
+    )
 
 
 class TimmBackbone(Backbone):
@@ -54,13 +60,13 @@ class TimmBackbone(Backbone):
 
     def __init__(self, name: str, drop_path: float = 0.0):
         nn.Module.__init__(self)
-        self.model: Any = create(name, drop_path)   # a timm model: its attributes are timm's (untyped)
+        self.model: Any = create(name, drop_path)  # a timm model: its attributes are timm's (untyped)
         info = cast(Any, self.model.feature_info)
         info = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
         self.timm_name = name
         self.channels = [int(f["num_chs"]) for f in info]
         self.reductions = [int(f["reduction"]) for f in info]
-        self.stage_modules = [f["module"] for f in info]       # timm's names: 'layer1', 'stages.0', ...
+        self.stage_modules = [f["module"] for f in info]  # timm's names: 'layer1', 'stages.0', ...
         # placeholders, one per stage: `stages` has the stage count the contract reads
         # (len(backbone.stages)); the layers themselves are inside `model`
         self.stem = nn.Identity()
@@ -75,14 +81,14 @@ class TimmBackbone(Backbone):
         """Channels of the pooled feature: timm's `num_features`."""
         return int(self.model.num_features)
 
-    def feature_maps(self, x: torch.Tensor, upto: int | None = None,
-                     final_norm: bool = True) -> list[torch.Tensor]:
+    def feature_maps(self, x: torch.Tensor, upto: int | None = None, final_norm: bool = True) -> list[torch.Tensor]:
         """x [B, 3, H, W] -> raw stage maps [B, C_i, H / r_i, W / r_i] for stages 0..upto
         (default all), computing no later stage. `final_norm` has no effect: timm's final
         norm acts on the pooled feature (see the module docstring)."""
         last = len(self.stages) - 1 if upto is None else upto
-        return list(self.model.forward_intermediates(x, indices=list(range(last + 1)),
-                                                     intermediates_only=True, stop_early=True))
+        return list(
+            self.model.forward_intermediates(x, indices=list(range(last + 1)), intermediates_only=True, stop_early=True)
+        )
 
     def distill_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """x [B, 3, H, W] -> (every stage's raw map [B, C_i, h_i, w_i], pooled pre-logits
@@ -111,10 +117,12 @@ def create(name: str, drop_path: float = 0.0) -> nn.Module:
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise ValueError(f"arch 'timm/{name}': timm {timm.__version__} has no model '{name}'"
-                         + (f" (similar: {close})" if close else ""))
+        raise ValueError(
+            f"arch 'timm/{name}': timm {timm.__version__} has no model '{name}'"
+            + (f" (similar: {close})" if close else "")
+        )
     options: dict[str, Any] = {"drop_path_rate": drop_path} if drop_path else {}
-    try:        # ViTs: position embeddings resized to any patch grid
+    try:  # ViTs: position embeddings resized to any patch grid
         model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **options)
     except TypeError:
         try:
@@ -122,11 +130,14 @@ def create(name: str, drop_path: float = 0.0) -> nn.Module:
         except TypeError as error:
             if not options:
                 raise
-            raise ValueError(f"arch 'timm/{name}': the timm model takes no drop_path_rate "
-                             f"(arch_params.drop_path): {error}") from None
+            raise ValueError(
+                f"arch 'timm/{name}': the timm model takes no drop_path_rate (arch_params.drop_path): {error}"
+            ) from None
     if not hasattr(model, "forward_intermediates"):
-        raise ValueError(f"arch 'timm/{name}': the timm model has no forward_intermediates, so its "
-                         f"stage maps cannot be read; pick another model")
+        raise ValueError(
+            f"arch 'timm/{name}': the timm model has no forward_intermediates, so its "
+            f"stage maps cannot be read; pick another model"
+        )
     return model
 
 
@@ -143,6 +154,7 @@ def pretrained_mean_std(name: str) -> tuple[list[float], list[float]]:
     cfg = timm.get_pretrained_cfg(name) if hasattr(timm, "get_pretrained_cfg") else None
     if cfg is None:
         from timm.models import get_pretrained_cfg
+
         cfg = get_pretrained_cfg(name)
     mean = getattr(cfg, "mean", None) or (0.485, 0.456, 0.406)
     std = getattr(cfg, "std", None) or (0.229, 0.224, 0.225)

@@ -21,6 +21,7 @@ Failure: a non-finite loss, or an epoch whose `embedding_std` falls below
 `params.collapse_std`, stops training with a `TrainingFailed` naming the run, the epoch
 and the statistic.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,9 +64,18 @@ def autocast_context(device: torch.device, bf16: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def train(method: Method, images: torch.Tensor, params: TrainParams, seed: int,
-          checkpoint_path: Path, run_id: str, bf16: bool = False, channels_last: bool = False,
-          show_progress: bool = True, run_name: str = "") -> list[dict]:
+def train(
+    method: Method,
+    images: torch.Tensor,
+    params: TrainParams,
+    seed: int,
+    checkpoint_path: Path,
+    run_id: str,
+    bf16: bool = False,
+    channels_last: bool = False,
+    show_progress: bool = True,
+    run_name: str = "",
+) -> list[dict]:
     """Train `method` on uint8 `images` [N, 3, H, W] (already on the training device).
 
     Returns the per-epoch history (means of the step statistics, lr, images/s, seconds).
@@ -75,10 +85,10 @@ def train(method: Method, images: torch.Tensor, params: TrainParams, seed: int,
     device = images.device
     world = distributed.world()
     n = len(images)
-    if params.batch_size > n:      # check_params/prepare refuse such params before training
+    if params.batch_size > n:  # check_params/prepare refuse such params before training
         raise ValueError(f"batch_size {params.batch_size} is larger than the {n} training images")
     batch_size = params.batch_size
-    rows = world.rows(batch_size)                 # this process's rows of every global batch
+    rows = world.rows(batch_size)  # this process's rows of every global batch
     steps_per_epoch = n // batch_size
     total_steps = steps_per_epoch * params.epochs
     warmup_steps = int(params.warmup_epochs * steps_per_epoch)
@@ -101,9 +111,9 @@ def train(method: Method, images: torch.Tensor, params: TrainParams, seed: int,
             log(f"resumed from checkpoint {checkpoint_path} at epoch {first_epoch}/{params.epochs}")
         else:
             log(f"ignoring checkpoint {checkpoint_path}: it belongs to another configuration")
-    distributed.barrier()           # every process has read the checkpoint before rank 0 rewrites it
+    distributed.barrier()  # every process has read the checkpoint before rank 0 rewrites it
     model: torch.nn.Module = method
-    if world.size > 1:              # gradients averaged over processes after each backward
+    if world.size > 1:  # gradients averaged over processes after each backward
         model = torch.nn.parallel.DistributedDataParallel(method, forward_sync_buffers=False)
 
     for epoch in range(first_epoch, params.epochs):
@@ -112,22 +122,30 @@ def train(method: Method, images: torch.Tensor, params: TrainParams, seed: int,
         generator = torch.Generator(device=device).manual_seed(seed * 100003 + epoch + 7919)
         sums: dict[str, float] = {}
         start = time.perf_counter()
-        bar = tqdm(range(steps_per_epoch), desc=f"{method.name} epoch {epoch + 1}/{params.epochs}",
-                   disable=not (show_progress and world.is_main), leave=False, mininterval=2.0)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"{method.name} epoch {epoch + 1}/{params.epochs}",
+            disable=not (show_progress and world.is_main),
+            leave=False,
+            mininterval=2.0,
+        )
         for i in bar:
             step = epoch * steps_per_epoch + i
-            lr = learning_rate(step, total_steps, warmup_steps, params.lr, params.lr_schedule,
-                               tuple(params.lr_decay_at))
+            lr = learning_rate(
+                step, total_steps, warmup_steps, params.lr, params.lr_schedule, tuple(params.lr_decay_at)
+            )
             set_learning_rate(optimizer, lr, params.lr)
-            index = order[i * batch_size:(i + 1) * batch_size].to(device)
+            index = order[i * batch_size : (i + 1) * batch_size].to(device)
             with autocast_context(device, bf16):
-                views = method.views(images[index], index, generator)   # the global batch's
+                views = method.views(images[index], index, generator)  # the global batch's
                 if world.size > 1:
                     views = distributed.keep_rows(views, batch_size)
                 loss, stats = model(views, index[rows])
             if not torch.isfinite(distributed.mean_over_processes(loss.detach())):
-                raise TrainingFailed(f"run '{run_name}' ({method.name}) diverged at epoch {epoch + 1}, "
-                                     f"step {i}: loss = {loss.item()}; lower lr (now {params.lr})")
+                raise TrainingFailed(
+                    f"run '{run_name}' ({method.name}) diverged at epoch {epoch + 1}, "
+                    f"step {i}: loss = {loss.item()}; lower lr (now {params.lr})"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             method.before_optimizer_step(step)
@@ -137,23 +155,37 @@ def train(method: Method, images: torch.Tensor, params: TrainParams, seed: int,
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
         seconds = time.perf_counter() - start
-        keys = sorted(sums)             # the epoch's statistics, averaged over processes
+        keys = sorted(sums)  # the epoch's statistics, averaged over processes
         totals = distributed.mean_over_processes(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
         means = method.summarize({k: float(v) / steps_per_epoch for k, v in zip(keys, totals)})
-        record = {"epoch": epoch + 1, **{k: round(v, 5) for k, v in means.items()},
-                  "lr": round(lr, 6), "images_per_second": round(steps_per_epoch * batch_size / seconds, 1),
-                  "seconds": round(seconds, 2)}
+        record = {
+            "epoch": epoch + 1,
+            **{k: round(v, 5) for k, v in means.items()},
+            "lr": round(lr, 6),
+            "images_per_second": round(steps_per_epoch * batch_size / seconds, 1),
+            "seconds": round(seconds, 2),
+        }
         history.append(record)
         if world.is_main:
             log(" ".join(f"{k}={v}" for k, v in record.items()))
         spread = means.get("embedding_std")
         if spread is not None and spread < params.collapse_std:
-            raise TrainingFailed(f"run '{run_name}' ({method.name}) collapsed at epoch {epoch + 1}: "
-                                 f"embedding_std = {spread:.5f} < collapse_std = {params.collapse_std} "
-                                 f"(per-dimension std of its normalised embeddings x sqrt(D))")
+            raise TrainingFailed(
+                f"run '{run_name}' ({method.name}) collapsed at epoch {epoch + 1}: "
+                f"embedding_std = {spread:.5f} < collapse_std = {params.collapse_std} "
+                f"(per-dimension std of its normalised embeddings x sqrt(D))"
+            )
         if world.is_main:
-            save_torch({"run_id": run_id, "epoch": epoch + 1, "method": method.state_dict(),
-                        "optimizer": optimizer.state_dict(), "history": history}, checkpoint_path)
+            save_torch(
+                {
+                    "run_id": run_id,
+                    "epoch": epoch + 1,
+                    "method": method.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "history": history,
+                },
+                checkpoint_path,
+            )
     if channels_last:
         method.to(memory_format=torch.contiguous_format)
     return history

@@ -42,6 +42,7 @@ Declared settings (`ViTParams`, a run's `arch_params`, for every ViT above):
   number at construction, so a seeded build is the same at any rate; the masks are drawn
   from torch's global RNG during training, as timm's.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -61,10 +62,15 @@ class ViTParams:
     """The settings every ViT of this module takes beyond width and depth (a run's
     `arch_params`)."""
 
-    drop_path: float = param(0.0, "stochastic depth: the last block's probability of dropping a "
-                                  "residual branch per sample in training, rising linearly from 0 at "
-                                  "the first block (DINO trains ViT-S with 0.1). 0 (off): every "
-                                  "existing run's network", low=0, below=1)
+    drop_path: float = param(
+        0.0,
+        "stochastic depth: the last block's probability of dropping a "
+        "residual branch per sample in training, rising linearly from 0 at "
+        "the first block (DINO trains ViT-S with 0.1). 0 (off): every "
+        "existing run's network",
+        low=0,
+        below=1,
+    )
 
 
 class Attention(nn.Module):
@@ -81,7 +87,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)             # [B, heads, N, D / heads]
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, N, D / heads]
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -136,7 +142,7 @@ class VisionTransformer(Backbone):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, dim))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)          # DINO's / timm's initialisation
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)  # DINO's / timm's initialisation
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
 
@@ -153,7 +159,7 @@ class VisionTransformer(Backbone):
         """x [B, 3, H, W] (H, W multiples of the patch) -> (tokens [B, 1 + h * w, D], (h, w))."""
         if x.shape[-1] % self.patch or x.shape[-2] % self.patch:
             raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of the patch size {self.patch}")
-        patches = self.stem(x)                                    # [B, D, h, w]
+        patches = self.stem(x)  # [B, D, h, w]
         h, w = patches.shape[-2:]
         t = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), patches.flatten(2).transpose(1, 2)], 1)
         return t + self.position_embeddings(h, w), (h, w)
@@ -169,8 +175,7 @@ class VisionTransformer(Backbone):
             out.append(t)
         return out
 
-    def feature_maps(self, x: torch.Tensor, upto: int | None = None,
-                     final_norm: bool = True) -> list[torch.Tensor]:
+    def feature_maps(self, x: torch.Tensor, upto: int | None = None, final_norm: bool = True) -> list[torch.Tensor]:
         """x [B, 3, H, W] -> per block the patch tokens as a map [B, D, H / p, W / p]; the
         last block's through the final LayerNorm unless final_norm=False."""
         h, w = x.shape[-2] // self.patch, x.shape[-1] // self.patch
@@ -222,7 +227,9 @@ def sized_vit(patch: int, width: int = 192, depth: int = 12, drop_path: float = 
 
 # Sized by params: name -> builder(width, depth, **ViTParams fields).
 SIZED_VITS: dict[str, Callable[..., VisionTransformer]] = {
-    "vit": partial(sized_vit, 4), "vit_p2": partial(sized_vit, 2)}
+    "vit": partial(sized_vit, 4),
+    "vit_p2": partial(sized_vit, 2),
+}
 
 # name -> (width D, depth, heads, patch, reference grid)
 VIT_SIZES = {"vit_tiny": (192, 12, 3, 4, 8), "vit_small": (384, 12, 6, 4, 8), "vit_tiny_p2": (192, 12, 3, 2, 8)}
@@ -230,4 +237,5 @@ VIT_SIZES = {"vit_tiny": (192, 12, 3, 4, 8), "vit_small": (384, 12, 6, 4, 8), "v
 # Fixed sizes: name -> (own width D, own depth, builder(**ViTParams fields)).
 NAMED_VITS: dict[str, tuple[int, int, Callable[[], VisionTransformer]]] = {
     name: (dim, depth, partial(VisionTransformer, dim, depth, heads, patch, grid))
-    for name, (dim, depth, heads, patch, grid) in VIT_SIZES.items()}
+    for name, (dim, depth, heads, patch, grid) in VIT_SIZES.items()
+}

@@ -33,6 +33,7 @@ Input normalisation (`normalize`): `auto` uses the file's own mean/std (bowflow)
 (torchvision) or the timm model's published ones (timm); `data` fits them on the training
 images, as a trained run does.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,7 +46,7 @@ from bowflow.checks import check_fields, param
 if TYPE_CHECKING:
     from bowflow.networks import BackboneSpec
 
-IMPORT = "import"                           # the `method:` of an imported run
+IMPORT = "import"  # the `method:` of an imported run
 IMPORT_SECTIONS = ("pretrain", "teachers")  # the sections whose entries may import
 FORMATS = ("auto", "bowflow", "torchvision", "timm")
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -56,41 +57,58 @@ class ImportParams:
     """An imported run's section (params.yaml entry with `method: import`)."""
 
     method: str = param(IMPORT, "'import': load a weights file, train nothing", choices=(IMPORT,))
-    weights: str = param("", "the weights file, a path from the project root (a dependency of the "
-                             "run's stage: editing it reruns the run and what reads it)")
-    format: str = param("auto", "bowflow (a model.pt of this pipeline) | timm | torchvision (a "
-                                "state_dict of arch) | auto (bowflow if the file is one, else a "
-                                "state_dict)", choices=FORMATS)
-    arch: str = param("", "the architecture of a state_dict (timm/<model>, e.g. timm/resnet18); "
-                          "'' for a bowflow model.pt (its own)")
+    weights: str = param(
+        "",
+        "the weights file, a path from the project root (a dependency of the "
+        "run's stage: editing it reruns the run and what reads it)",
+    )
+    format: str = param(
+        "auto",
+        "bowflow (a model.pt of this pipeline) | timm | torchvision (a "
+        "state_dict of arch) | auto (bowflow if the file is one, else a "
+        "state_dict)",
+        choices=FORMATS,
+    )
+    arch: str = param(
+        "", "the architecture of a state_dict (timm/<model>, e.g. timm/resnet18); '' for a bowflow model.pt (its own)"
+    )
     width: int = param(0, "as arch's width (bowflow model.pt: 0 = the file's)", low=0)
     depth: int = param(0, "as arch's depth (bowflow model.pt: 0 = the file's)", low=0)
-    arch_params: dict[str, Any] = param({}, "as a trained run's arch_params, the arch's declared "
-                                            "settings (bowflow model.pt: {} = the file's)")
-    normalize: str = param("auto", "input mean/std: auto (the file's own; ImageNet's for torchvision; "
-                                   "the timm model's) | data (fitted on the training images)",
-                           choices=("auto", "data"))
+    arch_params: dict[str, Any] = param(
+        {}, "as a trained run's arch_params, the arch's declared settings (bowflow model.pt: {} = the file's)"
+    )
+    normalize: str = param(
+        "auto",
+        "input mean/std: auto (the file's own; ImageNet's for torchvision; "
+        "the timm model's) | data (fitted on the training images)",
+        choices=("auto", "data"),
+    )
 
-    batch_size = 0      # trains nothing: asks no batch of the data (read by check_params' data needs)
+    batch_size = 0  # trains nothing: asks no batch of the data (read by check_params' data needs)
 
     def validate(self) -> None:
         check_fields(self)
         if not self.weights:
             raise ValueError("weights must name the file to import (a path from the project root)")
         if self.format in ("torchvision", "timm") and not self.arch.startswith("timm/"):
-            raise ValueError(f"arch must be a timm model ('timm/<model>', e.g. timm/resnet18) to read a "
-                             f"{self.format} state_dict, got '{self.arch}'")
+            raise ValueError(
+                f"arch must be a timm model ('timm/<model>', e.g. timm/resnet18) to read a "
+                f"{self.format} state_dict, got '{self.arch}'"
+            )
         if self.arch:
             from bowflow.networks import check_arch_params
+
             check_arch_params(self.arch, self.arch_params)
         elif self.arch_params:
-            raise ValueError("arch_params: given without an arch: leave it {} to take a bowflow "
-                             "model.pt's own, or name the arch")
+            raise ValueError(
+                "arch_params: given without an arch: leave it {} to take a bowflow model.pt's own, or name the arch"
+            )
 
     @property
     def backbone_spec(self) -> BackboneSpec:
         """Which backbone the run builds (arch, width, depth, arch_params)."""
         from bowflow.networks import BackboneSpec
+
         return BackboneSpec.of(self)
 
 
@@ -100,8 +118,15 @@ def import_runs(params: dict) -> dict[str, dict[str, str]]:
     out = {}
     for section in IMPORT_SECTIONS:
         entries = params.get(section) or {}
-        found = {name: str(entry.get("weights", "")) for name, entry in entries.items()
-                 if isinstance(entry, dict) and entry.get("method") == IMPORT} if isinstance(entries, dict) else {}
+        found = (
+            {
+                name: str(entry.get("weights", ""))
+                for name, entry in entries.items()
+                if isinstance(entry, dict) and entry.get("method") == IMPORT
+            }
+            if isinstance(entries, dict)
+            else {}
+        )
         if found:
             out[section] = found
     return out
@@ -121,6 +146,7 @@ def pipeline_layout(params: dict) -> list[str]:
 
 # ---------------------------------------------------------------------------- the file
 
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -136,15 +162,19 @@ def read_file(path: str | Path) -> Any:
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such file" + (" (it is a folder)" if path.is_dir() else "")
-                         + ": expected a weights file (.pt, .pth, .safetensors)")
+        raise ValueError(
+            f"{path}: no such file"
+            + (" (it is a folder)" if path.is_dir() else "")
+            + ": expected a weights file (.pt, .pth, .safetensors)"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
+
             return load_file(str(path))
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:       # a bowflow model.pt may hold more than tensors
+        except Exception:  # a bowflow model.pt may hold more than tensors
             return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
         raise ValueError(f"{path}: not a readable weights file ({type(error).__name__}: {error})") from None
@@ -164,10 +194,12 @@ def unwrap_state_dict(obj: Any, path: Path) -> dict:
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state_dict (a mapping of names to tensors), got "
-                         f"{type(obj).__name__}" + (f" with keys {list(obj)[:6]}" if isinstance(obj, dict) else ""))
+        raise ValueError(
+            f"{path}: expected a state_dict (a mapping of names to tensors), got "
+            f"{type(obj).__name__}" + (f" with keys {list(obj)[:6]}" if isinstance(obj, dict) else "")
+        )
     if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 
@@ -175,12 +207,12 @@ def unwrap_state_dict(obj: Any, path: Path) -> dict:
 class Imported:
     """A checked weights file: what the stage writes as the run's model.pt."""
 
-    params: ImportParams            # arch, width, depth, arch_params resolved (a bowflow file's own)
-    state_dict: dict                # the backbone's keys -> tensors
-    classifier: dict | None         # {'weight': [K, C], 'bias': [K]} or None
-    mean: list[float] | None        # the format's input mean/std (None: fit on the data)
+    params: ImportParams  # arch, width, depth, arch_params resolved (a bowflow file's own)
+    state_dict: dict  # the backbone's keys -> tensors
+    classifier: dict | None  # {'weight': [K, C], 'bias': [K]} or None
+    mean: list[float] | None  # the format's input mean/std (None: fit on the data)
     std: list[float] | None
-    format: str                     # bowflow | torchvision | timm (auto resolved)
+    format: str  # bowflow | torchvision | timm (auto resolved)
 
 
 def read_import(params: ImportParams, arch_state: Any = None) -> Imported:
@@ -194,29 +226,35 @@ def read_import(params: ImportParams, arch_state: Any = None) -> Imported:
         fmt = "bowflow" if is_bowflow_record(obj) else "timm"
     if fmt == "bowflow":
         if not is_bowflow_record(obj):
-            raise ValueError(f"{path}: not a bowflow model.pt (no 'arch'/'state_dict'/'mean'/'std' record): "
-                             f"for a torchvision or timm state_dict set format and arch")
+            raise ValueError(
+                f"{path}: not a bowflow model.pt (no 'arch'/'state_dict'/'mean'/'std' record): "
+                f"for a torchvision or timm state_dict set format and arch"
+            )
         from bowflow.networks import BackboneSpec
-        own_spec = BackboneSpec.from_record(obj)        # a file without arch_params: none
+
+        own_spec = BackboneSpec.from_record(obj)  # a file without arch_params: none
         for key, own in own_spec.record().items():
             given = getattr(params, key)
             if given not in ("", 0, {}) and given != own:
-                raise ValueError(f"{key}: {path} holds a {own_spec.arch} ({own_spec.describe()}), not "
-                                 f"{key} {given!r}: leave arch/width/depth/arch_params empty to take "
-                                 f"the file's")
+                raise ValueError(
+                    f"{key}: {path} holds a {own_spec.arch} ({own_spec.describe()}), not "
+                    f"{key} {given!r}: leave arch/width/depth/arch_params empty to take "
+                    f"the file's"
+                )
         params = replace(params, **own_spec.record())
         state, classifier = dict(obj["state_dict"]), obj.get("classifier")
         mean, std = obj["mean"], obj["std"]
     else:
         state = unwrap_state_dict(obj, path)
         head = classifier_name(params.arch)
-        classifier = {k[len(head) + 1:]: v for k, v in state.items() if head and k.startswith(head + ".")}
+        classifier = {k[len(head) + 1 :]: v for k, v in state.items() if head and k.startswith(head + ".")}
         classifier = classifier if set(classifier) >= {"weight", "bias"} else None
         state = {"model." + k: v for k, v in state.items() if not (head and k.startswith(head + "."))}
         if fmt == "torchvision":
             mean, std = IMAGENET
         else:
             from bowflow.timm_backbones import pretrained_mean_std
+
             mean, std = pretrained_mean_std(params.arch.partition("/")[2])
     expected = (arch_state or meta_state)(params.backbone_spec)
     check_keys(state, expected, path, params.arch, strip="model." if fmt != "bowflow" else "")
@@ -230,6 +268,7 @@ def meta_state(spec: BackboneSpec) -> dict:
     import torch
 
     from bowflow.networks import build_backbone
+
     with torch.device("meta"):
         return build_backbone(spec).state_dict()
 
@@ -239,6 +278,7 @@ def classifier_name(arch: str) -> str:
     if not arch.startswith("timm/"):
         return ""
     import timm
+
     cfg = timm.models.get_pretrained_cfg(arch.partition("/")[2])
     name = getattr(cfg, "classifier", None) if cfg is not None else None
     return name if isinstance(name, str) else ""
@@ -247,25 +287,31 @@ def classifier_name(arch: str) -> str:
 def check_keys(state: dict, expected: dict, path: Path, arch: str, strip: str = "") -> None:
     """Every key of `expected` in `state` with its shape, and nothing else: ValueError naming
     the first key (as the file spells it: `strip` removed) and the file otherwise."""
+
     def named(key: str) -> str:
-        return key[len(strip):] if strip and key.startswith(strip) else key
+        return key[len(strip) :] if strip and key.startswith(strip) else key
 
     missing = [k for k in expected if k not in state]
     if missing:
-        raise ValueError(f"{path}: missing key '{named(missing[0])}' of arch '{arch}'"
-                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-                         + f"; the file has {len(state)} keys, e.g. {[named(k) for k in list(state)[:3]]}: "
-                         f"is it a state_dict of another architecture?")
+        raise ValueError(
+            f"{path}: missing key '{named(missing[0])}' of arch '{arch}'"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + f"; the file has {len(state)} keys, e.g. {[named(k) for k in list(state)[:3]]}: "
+            f"is it a state_dict of another architecture?"
+        )
     extra = [k for k in state if k not in expected]
     if extra:
-        raise ValueError(f"{path}: unexpected key '{named(extra[0])}'"
-                         + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
-                         + f": arch '{arch}' has no such parameter or buffer")
+        raise ValueError(
+            f"{path}: unexpected key '{named(extra[0])}'"
+            + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+            + f": arch '{arch}' has no such parameter or buffer"
+        )
     for key, want in expected.items():
         got = tuple(state[key].shape)
         if got != tuple(want.shape):
-            raise ValueError(f"{path}: key '{named(key)}' has shape {list(got)}, but arch '{arch}' "
-                             f"expects {list(want.shape)}")
+            raise ValueError(
+                f"{path}: key '{named(key)}' has shape {list(got)}, but arch '{arch}' expects {list(want.shape)}"
+            )
 
 
 def check_teacher(imported: Imported, path: str | Path, num_classes: int | None = None) -> None:
@@ -273,10 +319,14 @@ def check_teacher(imported: Imported, path: str | Path, num_classes: int | None 
     outputs when given): ValueError naming the key and file otherwise."""
     head = classifier_name(imported.params.arch) or "classifier"
     if imported.classifier is None:
-        raise ValueError(f"{path}: missing key '{head}.weight': a teachers: entry needs the model's "
-                         f"classifier (its logits are what distillation reads); import a backbone "
-                         f"alone as a pretrain: entry")
+        raise ValueError(
+            f"{path}: missing key '{head}.weight': a teachers: entry needs the model's "
+            f"classifier (its logits are what distillation reads); import a backbone "
+            f"alone as a pretrain: entry"
+        )
     weight = imported.classifier["weight"]
     if num_classes is not None and weight.shape[0] != num_classes:
-        raise ValueError(f"{path}: key '{head}.weight' has {weight.shape[0]} outputs, but the prepared "
-                         f"data have {num_classes} classes")
+        raise ValueError(
+            f"{path}: key '{head}.weight' has {weight.shape[0]} outputs, but the prepared "
+            f"data have {num_classes} classes"
+        )

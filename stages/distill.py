@@ -15,6 +15,7 @@ Two kinds of runs use it, one DVC stage each per entry of params.yaml:
 Metrics: top1 (%), the trained parameters (student + the method's extra modules, as the
 talk counts them; the teacher excluded), wall time and peak memory of training.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,18 +30,23 @@ from bowflow.runtime import resolve_device
 
 def arguments(parser) -> None:
     add_training_arguments(parser)
-    parser.add_argument("--teacher_model", type=Path, default=None,
-                        help="the frozen teacher's model.pt (distillation methods only)")
+    parser.add_argument(
+        "--teacher_model", type=Path, default=None, help="the frozen teacher's model.pt (distillation methods only)"
+    )
 
 
 def test_top1(prepared: Path, device, batch_size: int = 256):
     """finish() for run_training: {'top1': test-split accuracy (%) of the written model}."""
+
     def finish(model_path: Path) -> dict:
         images, labels, _ = load_labelled_split(prepared, "test")
         backbone, normalizer, record = load_model(model_path, device)
         classifier = load_classifier(record, model_path)
-        return {"top1": classifier_top1(backbone, normalizer, classifier, images, labels,
-                                        batch_size, device), "test_images": len(images)}
+        return {
+            "top1": classifier_top1(backbone, normalizer, classifier, images, labels, batch_size, device),
+            "test_images": len(images),
+        }
+
     return finish
 
 
@@ -51,18 +57,28 @@ def main(argv=None):
         check_stage(params.method, "distill")
     distills = cls.stage == "distill"
     if distills != (args.teacher_model is not None):
-        raise SystemExit(f"--teacher_model: method '{params.method}' "
-                         + ("distils from a teacher: give its model.pt" if distills else
-                            "trains from labels alone: it takes no teacher"))
+        raise SystemExit(
+            f"--teacher_model: method '{params.method}' "
+            + (
+                "distils from a teacher: give its model.pt"
+                if distills
+                else "trains from labels alone: it takes no teacher"
+            )
+        )
     if distills and not args.teacher_model.is_file():
-        raise SystemExit(f"--teacher_model: {args.teacher_model} does not exist (train teacher "
-                         f"'{params.teacher}' first: dvc repro teacher_seed{args.seed}@{params.teacher})")
+        raise SystemExit(
+            f"--teacher_model: {args.teacher_model} does not exist (train teacher "
+            f"'{params.teacher}' first: dvc repro teacher_seed{args.seed}@{params.teacher})"
+        )
     device = resolve_device(args.device)
     inputs = {"teacher": load_teacher(args.teacher_model, device)} if distills else {}
-    record = {"name": args.model.parent.name, "parent": params.teacher if distills else "",
-              "generation": 0, "seed": args.seed}
-    run_training(TrainingRun.from_args(params, args, record, inputs=inputs,
-                                       finish=test_top1(args.prepared, device)))
+    record = {
+        "name": args.model.parent.name,
+        "parent": params.teacher if distills else "",
+        "generation": 0,
+        "seed": args.seed,
+    }
+    run_training(TrainingRun.from_args(params, args, record, inputs=inputs, finish=test_top1(args.prepared, device)))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ split (bowflow/finetune.py: SimCLR's protocol and where this differs).
         --out data/metrics/seed0/finetune/g1.json --seed 0 --device auto \
         --fractions 0.01 0.1 --epochs 60 30 ...
 """
+
 from __future__ import annotations
 
 import time
@@ -42,20 +43,43 @@ def main(argv=None):
     num_classes = len(manifest["class_names"])
     results, record = {}, {}
     for fraction, epochs in zip(params.fractions, params.epochs):
-        backbone, normalizer, record = load_model(args.model, device)     # each fraction from the run's weights
-        recipe = FineTuneRecipe(epochs=epochs, batch_size=params.batch_size, lr=params.lr,
-                                crop_scale_min=params.crop_scale_min)
+        backbone, normalizer, record = load_model(args.model, device)  # each fraction from the run's weights
+        recipe = FineTuneRecipe(
+            epochs=epochs, batch_size=params.batch_size, lr=params.lr, crop_scale_min=params.crop_scale_min
+        )
         started = time.perf_counter()
-        result = fine_tuned_top1(backbone, normalizer, train["images"], train["labels"], test["images"],
-                                 test["labels"], num_classes, fraction, recipe, args.seed, device)
+        result = fine_tuned_top1(
+            backbone,
+            normalizer,
+            train["images"],
+            train["labels"],
+            test["images"],
+            test["labels"],
+            num_classes,
+            fraction,
+            recipe,
+            args.seed,
+            device,
+        )
         seconds = time.perf_counter() - started
         results[str(fraction)] = {**result, "seconds": round(seconds, 2)}
-        log(f"{record['name']}: fine-tuned on {fraction:.0%} of the labels ({result['train_images']} images, "
-            f"{epochs} epochs, {result['steps']} steps, {seconds:.1f} s): top-1 {result['top1']:.2f}")
-    write_json(args.out, {"name": record["name"], "parent": record.get("parent", ""),
-                          "generation": record.get("generation", 0), "method": record["method"],
-                          "method_label": record.get("method_label", record["method"]),
-                          "finetune": results, "parameters": count_parameters(backbone), **clock.summary()})
+        log(
+            f"{record['name']}: fine-tuned on {fraction:.0%} of the labels ({result['train_images']} images, "
+            f"{epochs} epochs, {result['steps']} steps, {seconds:.1f} s): top-1 {result['top1']:.2f}"
+        )
+    write_json(
+        args.out,
+        {
+            "name": record["name"],
+            "parent": record.get("parent", ""),
+            "generation": record.get("generation", 0),
+            "method": record["method"],
+            "method_label": record.get("method_label", record["method"]),
+            "finetune": results,
+            "parameters": count_parameters(backbone),
+            **clock.summary(),
+        },
+    )
 
 
 if __name__ == "__main__":

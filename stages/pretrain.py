@@ -8,6 +8,7 @@ every other named run (BYOL, SimSiam, DINO, Barlow Twins, ..., and the untrained
 
 The run's name is its model's folder (`data/models/seed<S>/<name>/model.pt`).
 """
+
 from __future__ import annotations
 
 from bowflow.runs import TrainingRun, add_training_arguments, check_stage, parse_method_section, run_training

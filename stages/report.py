@@ -19,6 +19,7 @@ linear, k-NN, few-shot (shot_N), test top-1 and training minutes, means over its
 (`report.summary`). It lies outside the metrics this stage reads (dvc.yaml's deps are the
 seed folders data/metrics/seed{S}, not data/metrics).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -35,8 +36,12 @@ from bowflow.sections import ReportParams
 def paths(parser):
     for name in ("prepared", "metrics", "plots", "models", "out", "generations-csv"):
         parser.add_argument(f"--{name}", type=Path, required=True)
-    parser.add_argument("--runs", type=Path, required=True,
-                        help='JSON {"runs": [names], "seeds": [seeds]} of the runs and seeds to report')
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        required=True,
+        help='JSON {"runs": [names], "seeds": [seeds]} of the runs and seeds to report',
+    )
     parser.add_argument("--summary", type=Path, help="write the runs' summary metrics (JSON) here")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the pictured patches")
 
@@ -46,18 +51,20 @@ def main(argv=None):
     names, seeds = report.read_runs(args.runs)
     per_seed = report.load_seeds(args.metrics, names, seeds)
     if not per_seed:
-        raise SystemExit(f"report: no evaluation metrics in {args.metrics}/seed*/eval of the runs "
-                         f"and seeds in {args.runs}")
+        raise SystemExit(
+            f"report: no evaluation metrics in {args.metrics}/seed*/eval of the runs and seeds in {args.runs}"
+        )
     records = report.mean_records(per_seed)
-    shown = min(seeds)   # the seed whose trainings the curve and visual-word figures show
+    shown = min(seeds)  # the seed whose trainings the curve and visual-word figures show
     # Build the whole report in a temporary folder, then swap it in: never half a report.
     # A run killed mid-build leaves its folder behind (its `finally` never ran): remove it.
     for stale in args.out.parent.glob(".report-*"):
         shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=".report-", dir=args.out.parent))
     try:
-        report.plot_training_curves(args.plots / f"seed{shown}" / "train", records,
-                                    work / "training_curves.png", seed=shown)
+        report.plot_training_curves(
+            args.plots / f"seed{shown}" / "train", records, work / "training_curves.png", seed=shown
+        )
         report.plot_generations(records, work / "accuracy_by_generation.png")
         images, figures = None, []
         for record in records:
@@ -67,37 +74,65 @@ def main(argv=None):
             if images is None:
                 images, _ = load_ssl_images(args.prepared)
             vocab = load_torch(vocab_path)
-            words, patches = report.word_patches(images, vocab["codes"], params.words_shown,
-                                                 params.patches_per_word, args.seed)
+            words, patches = report.word_patches(
+                images, vocab["codes"], params.words_shown, params.patches_per_word, args.seed
+            )
             name = f"visual_words_{record['name']}.png"
-            report.plot_word_patches(words, patches, f"Visual words of {vocab['teacher']}.{vocab['layer']} "
-                                     f"(vocabulary of {record['label']}, seed {shown})", work / name)
+            report.plot_word_patches(
+                words,
+                patches,
+                f"Visual words of {vocab['teacher']}.{vocab['layer']} (vocabulary of {record['label']}, seed {shown})",
+                work / name,
+            )
             figures.append(name)
         table = report.seed_table(per_seed)
         paired = report.paired_table(per_seed)
         supervised = report.load_supervised_seeds(args.metrics, names, seeds)
         distillation = report.distill_tables(report.mean_supervised(supervised))
         times = report.seed_stage_times(args.metrics, names, seeds)
-        text = "\n".join([
-            "# bowflow results", "",
-            "Few-shot accuracy on the novel classes, linear probe on the base classes, k-NN on all "
-            f"classes; top-1 %. Every run trained once per seed (seeds {', '.join(map(str, seeds))}).", "",
-            table, "",
-            *(["## Paired comparisons", "", paired, ""] if paired else []),
-            "## Every run side by side", "",
-            report.seed_comparison_table(per_seed), "",
-            "## Every training", "",
-            report.per_seed_table(per_seed), "",
-            *(["## Distillation", "",
-               "Rows: the teacher and the student trained alone, then each distillation method; "
-               "columns: teacher → student pairs (the IFACD talk's tables).", "",
-               distillation] if distillation else []),
-            f"![training curves (seed {shown})](training_curves.png)", "",
-            "![accuracy by generation](accuracy_by_generation.png)", "",
-            *[f"![{f}]({f})\n" for f in figures],
-            "## Stage wall times", "",
-            "| stage | seconds |", "|---|---|",
-            *[f"| {name} | {seconds:.1f} |" for name, seconds in times], ""])
+        text = "\n".join(
+            [
+                "# bowflow results",
+                "",
+                "Few-shot accuracy on the novel classes, linear probe on the base classes, k-NN on all "
+                f"classes; top-1 %. Every run trained once per seed (seeds {', '.join(map(str, seeds))}).",
+                "",
+                table,
+                "",
+                *(["## Paired comparisons", "", paired, ""] if paired else []),
+                "## Every run side by side",
+                "",
+                report.seed_comparison_table(per_seed),
+                "",
+                "## Every training",
+                "",
+                report.per_seed_table(per_seed),
+                "",
+                *(
+                    [
+                        "## Distillation",
+                        "",
+                        "Rows: the teacher and the student trained alone, then each distillation method; "
+                        "columns: teacher → student pairs (the IFACD talk's tables).",
+                        "",
+                        distillation,
+                    ]
+                    if distillation
+                    else []
+                ),
+                f"![training curves (seed {shown})](training_curves.png)",
+                "",
+                "![accuracy by generation](accuracy_by_generation.png)",
+                "",
+                *[f"![{f}]({f})\n" for f in figures],
+                "## Stage wall times",
+                "",
+                "| stage | seconds |",
+                "|---|---|",
+                *[f"| {name} | {seconds:.1f} |" for name, seconds in times],
+                "",
+            ]
+        )
         (work / "report.md").write_text(text)
         write_csv(args.generations_csv, report.seed_generations_rows(per_seed))
         if args.summary:

@@ -5,6 +5,7 @@
         --metrics data/metrics/train/g1.json --history data/plots/train/g1.csv \
         --seed 0 --device auto --method bownet --epochs 60 ...
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,10 +33,15 @@ def main(argv=None):
         raise SystemExit(f"{args.parent_model}: {error}") from None
     codes_hash = hashlib.sha256(vocab["codes"].numpy().tobytes()).hexdigest()
     inputs = {"codes": vocab["codes"], "num_words": len(vocab["words"]), "parent": parent}
-    stamp = fingerprint(codes_hash, vocab["params"], parent["name"],
-                        hashlib.sha256(args.parent_model.read_bytes()).hexdigest())
-    record = {"name": args.model.parent.name, "parent": parent["name"],
-              "generation": parent["generation"] + 1, "seed": args.seed}
+    stamp = fingerprint(
+        codes_hash, vocab["params"], parent["name"], hashlib.sha256(args.parent_model.read_bytes()).hexdigest()
+    )
+    record = {
+        "name": args.model.parent.name,
+        "parent": parent["name"],
+        "generation": parent["generation"] + 1,
+        "seed": args.seed,
+    }
     run_training(TrainingRun.from_args(params, args, record, inputs=inputs, input_fingerprint=stamp))
 
 

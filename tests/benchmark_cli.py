@@ -1,6 +1,7 @@
 """Run a benchmark as a person does, `python -m benchmarks.NAME ARGS` from the project root,
 and read its `RESULT {json}` line. Tests check benchmarks only this way: no test imports a
 benchmark module (tests/test_import_rules.py)."""
+
 from __future__ import annotations
 
 import json
@@ -12,19 +13,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_benchmark(name: str, *args, env: dict | None = None, check: bool = True,
-                  timeout: float | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_benchmark(
+    name: str, *args, env: dict | None = None, check: bool = True, timeout: float | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     """`python -m benchmarks.<name> *args` in the project root (cwd `cwd` if given), with
     os.environ updated by `env` (a None value removes the variable); fails showing its
     output's tail when `check` and it exits non-zero."""
     environ = {**os.environ, **(env or {})}
     environ = {k: v for k, v in environ.items() if v is not None}
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
-    result = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *map(str, args)],
-                            cwd=cwd or ROOT, capture_output=True, text=True, env=environ, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", *map(str, args)],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=timeout,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"benchmarks.{name} {' '.join(map(str, args))} exited {result.returncode}:\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"benchmarks.{name} {' '.join(map(str, args))} exited {result.returncode}:\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -32,7 +42,7 @@ def result_line(result: subprocess.CompletedProcess) -> dict:
     """The JSON of the last `RESULT ` line of a benchmark's output (its last line)."""
     lines = result.stdout.strip().splitlines()
     assert lines and lines[-1].startswith("RESULT "), result.stdout[-2000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def benchmark_result(name: str, *args, env: dict | None = None, cwd: Path | None = None) -> dict:

@@ -7,6 +7,7 @@ the two-process half of the method contract (tests/test_method_contract.py runs 
 
 Rank 0 writes DIR/<method>.pt: the method's state_dict and history after the epoch.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -38,17 +39,19 @@ def as_float64(method):
 
 
 def cast_inputs(layer, inputs):
-    return tuple(x.to(layer.weight.dtype) if torch.is_tensor(x) and x.is_floating_point() else x
-                 for x in inputs)
+    return tuple(x.to(layer.weight.dtype) if torch.is_tensor(x) and x.is_floating_point() else x for x in inputs)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--methods", required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--float64", action="store_true",
-                        help="weights and views in float64: the same math as float32 "
-                             "with rounding ~1e-16, so sums in another order cannot flip a ReLU")
+    parser.add_argument(
+        "--float64",
+        action="store_true",
+        help="weights and views in float64: the same math as float32 "
+        "with rounding ~1e-16, so sums in another order cannot flip a ReLU",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     world, _ = distributed.start(torch.device("cpu"))
@@ -57,9 +60,10 @@ def main():
         method, params = build(name, images, labels, epochs=1)
         if args.float64:
             as_float64(method)
-        checkpoint = args.out / f"{name}.ckpt"      # one file: rank 0 writes, all read
-        history = train(method, images, params, seed=0, checkpoint_path=checkpoint, run_id="ddp",
-                        show_progress=False, run_name=name)
+        checkpoint = args.out / f"{name}.ckpt"  # one file: rank 0 writes, all read
+        history = train(
+            method, images, params, seed=0, checkpoint_path=checkpoint, run_id="ddp", show_progress=False, run_name=name
+        )
         if world.is_main:
             save_torch({"state": method.state_dict(), "history": history}, args.out / f"{name}.pt")
     distributed.stop()

@@ -15,44 +15,30 @@ turn) and BYOL, Barlow Twins, SwAV, DINO and OBoW learned it, ending below the u
 network; position, grey levels and noise are within reach of their crops, brightness/
 contrast jitter and resizing, so what is left to learn is the glyph.
 """
+
 from __future__ import annotations
 
 import torch
 
 IMAGE_SIZE = 16
 GLYPHS = {
-    "T": ["#####",
-          "..#..",
-          "..#..",
-          "..#..",
-          "..#.."],
-    "L": ["#....",
-          "#....",
-          "#....",
-          "#....",
-          "#####"],
-    "F": ["#####",
-          "#....",
-          "####.",
-          "#....",
-          "#...."],
-    "P": ["####.",
-          "#...#",
-          "####.",
-          "#....",
-          "#...."],
+    "T": ["#####", "..#..", "..#..", "..#..", "..#.."],
+    "L": ["#....", "#....", "#....", "#....", "#####"],
+    "F": ["#####", "#....", "####.", "#....", "#...."],
+    "P": ["####.", "#...#", "####.", "#....", "#...."],
 }
 NUM_CLASSES = len(GLYPHS)
-CELL = 2                      # pixels per glyph cell
-BACKGROUND = (0.0, 0.4)       # range of the background's grey level, [0, 1] intensity
-FOREGROUND = (0.6, 1.0)       # range of the glyph's grey level: always lighter than the background
-NOISE_STD = 0.25              # Gaussian pixel noise, std (0.15: the control's k-NN is ~50%)
+CELL = 2  # pixels per glyph cell
+BACKGROUND = (0.0, 0.4)  # range of the background's grey level, [0, 1] intensity
+FOREGROUND = (0.6, 1.0)  # range of the glyph's grey level: always lighter than the background
+NOISE_STD = 0.25  # Gaussian pixel noise, std (0.15: the control's k-NN is ~50%)
 
 
 def glyph_masks() -> torch.Tensor:
     """[K, 10, 10] float masks (1 on the glyph's strokes) in class order."""
-    cells = torch.tensor([[[c == "#" for c in row] for row in rows] for rows in GLYPHS.values()],
-                         dtype=torch.float32)                              # [K, 5, 5]
+    cells = torch.tensor(
+        [[[c == "#" for c in row] for row in rows] for rows in GLYPHS.values()], dtype=torch.float32
+    )  # [K, 5, 5]
     return cells.repeat_interleave(CELL, 1).repeat_interleave(CELL, 2)
 
 
@@ -60,14 +46,14 @@ def shapes(n: int, seed: int, noise: float = NOISE_STD) -> tuple[torch.Tensor, t
     """n images uint8 [n, 3, 16, 16] and labels int64 [n] (balanced: i % 4), from `seed`."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % NUM_CLASSES
-    masks = glyph_masks()[labels]                                          # [n, 10, 10]
+    masks = glyph_masks()[labels]  # [n, 10, 10]
     side = masks.shape[-1]
     placed = torch.zeros(n, IMAGE_SIZE, IMAGE_SIZE)
     offsets = torch.randint(0, IMAGE_SIZE - side + 1, (n, 2), generator=g)
     for i, (top, left) in enumerate(offsets.tolist()):
-        placed[i, top:top + side, left:left + side] = masks[i]
+        placed[i, top : top + side, left : left + side] = masks[i]
 
-    def grey(low: float, high: float) -> torch.Tensor:                    # [n, 1, 1, 1]
+    def grey(low: float, high: float) -> torch.Tensor:  # [n, 1, 1, 1]
         return (low + (high - low) * torch.rand(n, generator=g))[:, None, None, None]
 
     background, foreground = grey(*BACKGROUND), grey(*FOREGROUND)

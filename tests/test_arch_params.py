@@ -1,5 +1,6 @@
 """Architectures' own declared settings (`arch_params`): the ViTs' stochastic depth
 (`drop_path`), its check in params.yaml, its command-line flags and its model files."""
+
 import copy
 import dataclasses
 import shlex
@@ -22,7 +23,7 @@ from bowflow.weights import ImportParams, read_import
 
 ROOT = Path(__file__).resolve().parent.parent
 VITS = [name for name in ARCHITECTURES if name.startswith("vit")]
-SMALL = {"vit": (64, 3), "vit_p2": (64, 3)}        # the sized ViTs, kept small
+SMALL = {"vit": (64, 3), "vit_p2": (64, 3)}  # the sized ViTs, kept small
 
 
 def seeded(spec: BackboneSpec):
@@ -45,6 +46,7 @@ def plain_forward(vit, x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- the declared settings
 
+
 def test_every_architecture_declares_its_settings():
     assert set(ARCH_PARAMS) == set(ARCHITECTURES) | {"timm"}
     for name, cls in ARCH_PARAMS.items():
@@ -65,7 +67,7 @@ def test_drop_path_zero_is_the_network_before_it(arch):
     x = images(2, 16 if arch.endswith("p2") else 32)
     with torch.no_grad():
         for network in (plain, zero):
-            network.train()             # no randomness at 0, even in training
+            network.train()  # no randomness at 0, even in training
             assert torch.equal(network(x), plain_forward(network, x))
             network.eval()
             assert torch.equal(network(x), network(x))
@@ -80,21 +82,21 @@ def test_drop_path_changes_training_outputs_only():
     with torch.no_grad():
         dropping.eval(), plain.eval()
         reference = plain(x)
-        assert torch.equal(dropping(x), reference)          # eval: every branch, unscaled
+        assert torch.equal(dropping(x), reference)  # eval: every branch, unscaled
         assert torch.equal(dropping(x), dropping(x))
         dropping.train()
         torch.manual_seed(3)
         first = dropping(x)
         second = dropping(x)
     assert not torch.equal(first, reference)
-    assert not torch.equal(first, second)                   # fresh masks each forward
+    assert not torch.equal(first, second)  # fresh masks each forward
 
 
 def test_drop_rate_rises_linearly_over_the_blocks():
     vit = build_backbone(BackboneSpec("vit_p2", 64, 5, {"drop_path": 0.2}))
     expected = [0.0, 0.05, 0.1, 0.15, 0.2]
     assert vit.drop_path_rates == pytest.approx(expected)
-    assert isinstance(vit.stages[0].drop_path, torch.nn.Identity)      # rate 0: no module
+    assert isinstance(vit.stages[0].drop_path, torch.nn.Identity)  # rate 0: no module
     assert [block.drop_path.p for block in vit.stages[1:]] == pytest.approx(expected[1:])
     assert all(isinstance(b.drop_path, torch.nn.Identity) for b in build_backbone("vit_p2", 64, 5).stages)
 
@@ -105,10 +107,10 @@ def test_drop_path_drops_whole_samples_and_rescales_the_kept():
     torch.manual_seed(0)
     y = drop.train()(x)
     per_sample = y.flatten(1)
-    assert torch.equal(per_sample.min(1).values, per_sample.max(1).values)     # one draw per sample
+    assert torch.equal(per_sample.min(1).values, per_sample.max(1).values)  # one draw per sample
     assert per_sample[:, 0].unique().tolist() == pytest.approx([0.0, 1 / 0.75])
     assert float((per_sample[:, 0] == 0).float().mean()) == pytest.approx(0.25, abs=0.03)
-    assert float(y.mean()) == pytest.approx(1.0, abs=0.05)                     # expectation kept
+    assert float(y.mean()) == pytest.approx(1.0, abs=0.05)  # expectation kept
     assert torch.equal(drop.eval()(x), x)
 
 
@@ -122,6 +124,7 @@ def test_timm_gets_drop_path_as_its_drop_path_rate():
 
 # ---------------------------------------------------------------- the params check
 
+
 @pytest.fixture(scope="module")
 def params():
     return load_yaml(ROOT / "params.yaml")
@@ -129,8 +132,7 @@ def params():
 
 def with_vit_run(params, arch_params, arch="vit_p2"):
     changed = copy.deepcopy(params)
-    changed["pretrain"]["mae"] = {"method": "mae", "arch": arch, "width": 64, "depth": 2,
-                                  "arch_params": arch_params}
+    changed["pretrain"]["mae"] = {"method": "mae", "arch": arch, "width": 64, "depth": 2, "arch_params": arch_params}
     return changed
 
 
@@ -144,18 +146,21 @@ def test_declared_settings_pass_the_check(params):
     checked = validate_params(with_vit_run(params, {"drop_path": 0.1}))
     assert checked["pretrain"]["mae"].arch_params == {"drop_path": 0.1}
     assert checked["pretrain"]["mae"].backbone_spec == BackboneSpec("vit_p2", 64, 2, {"drop_path": 0.1})
-    assert checked["pretrain"]["g0"].arch_params == {}       # params.yaml's runs leave it out
+    assert checked["pretrain"]["g0"].arch_params == {}  # params.yaml's runs leave it out
 
 
-@pytest.mark.parametrize("arch_params, arch, expected", [
-    ({"drop_pth": 0.1}, "vit_p2", "pretrain.mae.arch_params.drop_pth: unknown, 'vit_p2' takes: drop_path"),
-    ({"drop_path": 1.5}, "vit_p2", "pretrain.mae.arch_params.drop_path: drop_path must be in [0, 1), got 1.5"),
-    ({"drop_path": 1.0}, "vit_p2", "pretrain.mae.arch_params.drop_path: drop_path must be in [0, 1), got 1.0"),
-    ({"drop_path": -0.1}, "vit_p2", "pretrain.mae.arch_params.drop_path: drop_path must be in [0, 1)"),
-    ({"drop_path": "0.1"}, "vit_p2", "pretrain.mae.arch_params.drop_path: expected float, got '0.1'"),
-    ({"drop_path": 0.1}, "convnet", "pretrain.mae.arch_params.drop_path: unknown, 'convnet' takes none"),
-    ([0.1], "vit_p2", "pretrain.mae.arch_params: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "arch_params, arch, expected",
+    [
+        ({"drop_pth": 0.1}, "vit_p2", "pretrain.mae.arch_params.drop_pth: unknown, 'vit_p2' takes: drop_path"),
+        ({"drop_path": 1.5}, "vit_p2", "pretrain.mae.arch_params.drop_path: drop_path must be in [0, 1), got 1.5"),
+        ({"drop_path": 1.0}, "vit_p2", "pretrain.mae.arch_params.drop_path: drop_path must be in [0, 1), got 1.0"),
+        ({"drop_path": -0.1}, "vit_p2", "pretrain.mae.arch_params.drop_path: drop_path must be in [0, 1)"),
+        ({"drop_path": "0.1"}, "vit_p2", "pretrain.mae.arch_params.drop_path: expected float, got '0.1'"),
+        ({"drop_path": 0.1}, "convnet", "pretrain.mae.arch_params.drop_path: unknown, 'convnet' takes none"),
+        ([0.1], "vit_p2", "pretrain.mae.arch_params: expected a mapping"),
+    ],
+)
 def test_bad_settings_are_named_in_full(params, arch_params, arch, expected):
     changed = with_vit_run(params, arch_params, arch)
     changed["pretrain"]["mae"]["method"] = "mae" if arch.startswith("vit") else "simclr"
@@ -165,20 +170,24 @@ def test_bad_settings_are_named_in_full(params, arch_params, arch, expected):
 
 def test_command_line_check_names_the_setting(tmp_path, params):
     from bowflow.scaffold import write_yaml
+
     path = tmp_path / "params.yaml"
     write_yaml(with_vit_run(params, {"drop_pth": 0.1}), path)
-    result = subprocess.run([sys.executable, "-m", "bowflow.config", str(path),
-                             "--manifest", str(tmp_path / "none.json")],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "bowflow.config", str(path), "--manifest", str(tmp_path / "none.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "pretrain.mae.arch_params.drop_pth: unknown, 'vit_p2' takes: drop_path" in result.stderr
 
 
 # ---------------------------------------------------------------- flags
 
+
 def section(arch_params):
-    return {"method": "mae", "arch": "vit_p2", "width": 64, "depth": 2, "arch_params": arch_params,
-            "epochs": 3}
+    return {"method": "mae", "arch": "vit_p2", "width": 64, "depth": 2, "arch_params": arch_params, "epochs": 3}
 
 
 def test_empty_arch_params_render_no_flag():
@@ -201,9 +210,25 @@ def test_arch_params_round_trip_through_the_flags(arch_params):
 
 def test_dotted_flags_read_as_params_yaml_would():
     from bowflow.cli import mapping_flags
-    found, rest = mapping_flags(["--arch_params.a", "3", "--arch_params.b", "0.5", "--arch_params.c",
-                                 "text", "--arch_params.on", "--no-arch_params.off", "--arch_params.l",
-                                 "1", "2", "--other.x", "1"], ["arch_params"])
+
+    found, rest = mapping_flags(
+        [
+            "--arch_params.a",
+            "3",
+            "--arch_params.b",
+            "0.5",
+            "--arch_params.c",
+            "text",
+            "--arch_params.on",
+            "--no-arch_params.off",
+            "--arch_params.l",
+            "1",
+            "2",
+            "--other.x",
+            "1",
+        ],
+        ["arch_params"],
+    )
     assert found == {"arch_params": {"a": 3, "b": 0.5, "c": "text", "on": True, "off": False, "l": [1, 2]}}
     assert rest == ["--other.x", "1"]
 
@@ -215,6 +240,7 @@ def test_a_bad_setting_flag_is_a_clean_error(capsys):
 
 
 # ---------------------------------------------------------------- model files
+
 
 def write_model(path: Path, arch_params: dict) -> torch.nn.Module:
     params = TrainParams(method="mae", arch="vit_p2", width=64, depth=2, arch_params=arch_params)
@@ -238,7 +264,7 @@ def test_a_model_file_from_before_arch_params_loads_with_none(tmp_path):
     saved = write_model(tmp_path / "model.pt", {})
     record = load_torch(tmp_path / "model.pt")
     assert record["arch_params"] == {}
-    del record["arch_params"], record["params"]["arch_params"]    # as files were written before
+    del record["arch_params"], record["params"]["arch_params"]  # as files were written before
     save_torch(record, tmp_path / "old.pt")
     backbone, _, old = load_model(tmp_path / "old.pt")
     assert "arch_params" not in old

@@ -1,4 +1,5 @@
 """Tests for bowflow.augment: shapes, determinism, ranges, exactness, CutMix bookkeeping."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,6 +53,7 @@ RANDOM_OPS = {
 
 # --------------------------------------------------------------------------- basics
 
+
 def test_to_float_and_normalize(images):
     x = to_float(images)
     assert x.dtype == torch.float32 and x.shape == images.shape
@@ -94,6 +96,7 @@ def test_make_view_spec_is_frozen():
 
 # --------------------------------------------------------------------------- geometry
 
+
 def test_random_resized_crop_identity_and_flip(floats):
     ident = random_resized_crop(floats, 32, (1.0, 1.0), (1.0, 1.0), flip_p=0.0, generator=gen())
     assert torch.allclose(ident, floats, atol=1e-5)
@@ -110,8 +113,9 @@ def test_random_resized_crop_takes_a_box_inside_the_image_at_its_scale_and_ratio
     anywhere in the image, about half of them mirrored (a negative column step)."""
     b, side, size, m = 256, 32, 16, 8
     ramp = torch.arange(side, dtype=torch.float32)
-    x = torch.stack([ramp.expand(side, side), ramp[:, None].expand(side, side),
-                     torch.zeros(side, side)]).expand(b, 3, side, side)
+    x = torch.stack([ramp.expand(side, side), ramp[:, None].expand(side, side), torch.zeros(side, side)]).expand(
+        b, 3, side, side
+    )
     # scale <= 0.4 with ratio >= 0.5 keeps both sides below 32 px: no box is clamped.
     out = random_resized_crop(x, size, scale=(0.2, 0.4), ratio=(0.5, 1.0), flip_p=0.5, generator=gen(9))
     assert torch.allclose(out[:, 0], out[:, 0, :1].expand(b, size, size), atol=1e-4), "columns vary by row"
@@ -129,16 +133,15 @@ def test_random_resized_crop_takes_a_box_inside_the_image_at_its_scale_and_ratio
     # boxes come within a pixel of each edge (a centre pulled inwards never does)
     assert (cx - w / 2).min() < 1 and (cx + w / 2).max() > side - 1
     assert (cy - h / 2).min() < 1 and (cy + h / 2).max() > side - 1
-    area = w * h / side ** 2
+    area = w * h / side**2
     assert area.min() >= 0.2 - eps and area.max() <= 0.4 + eps
     assert (w / h).min() >= 0.5 - eps and (w / h).max() <= 1.0 + eps
-    assert 0.35 < (step_x < 0).float().mean() < 0.65          # flip_p 0.5 of 256 images
+    assert 0.35 < (step_x < 0).float().mean() < 0.65  # flip_p 0.5 of 256 images
 
 
 def test_crop_boxes_inside_image():
     h, w = 24, 40
-    cx, cy, bw, bh = _sample_crop_boxes(4096, h, w, (0.05, 1.0), (0.3, 3.0), gen(),
-                                        torch.device("cpu"))
+    cx, cy, bw, bh = _sample_crop_boxes(4096, h, w, (0.05, 1.0), (0.3, 3.0), gen(), torch.device("cpu"))
     eps = 1e-4
     assert (cx - bw / 2 >= -eps).all() and (cx + bw / 2 <= w + eps).all()
     assert (cy - bh / 2 >= -eps).all() and (cy + bh / 2 <= h + eps).all()
@@ -159,13 +162,12 @@ def test_pad_crop_flip_identity_and_exactness(images):
     assert torch.equal(flipped, images.flip(-1))
     # With padding, every output is an integer shift (possibly flipped) of its input with
     # zeros shifted in: compare against a straightforward per-image reference.
-    x = images[:, :, :12, :12] // 2 + 1            # no zeros inside, so padding is visible
+    x = images[:, :, :12, :12] // 2 + 1  # no zeros inside, so padding is visible
     p = 3
     out = pad_crop_flip(x, padding=p, flip_p=0.5, generator=gen(5))
     padded = torch.nn.functional.pad(x, (p, p, p, p))
     for i in range(x.shape[0]):
-        candidates = [padded[i, :, dy:dy + 12, dx:dx + 12] for dy in range(2 * p + 1)
-                      for dx in range(2 * p + 1)]
+        candidates = [padded[i, :, dy : dy + 12, dx : dx + 12] for dy in range(2 * p + 1) for dx in range(2 * p + 1)]
         candidates += [c.flip(-1) for c in candidates]
         assert any(torch.equal(out[i], c) for c in candidates)
 
@@ -177,7 +179,7 @@ def test_rotate_four_exact_and_labels(floats):
     assert torch.equal(labels, torch.arange(4).repeat_interleave(b))
     assert torch.equal(x4[:b], floats)
     for k in range(4):
-        block = x4[k * b:(k + 1) * b]
+        block = x4[k * b : (k + 1) * b]
         assert torch.equal(block, torch.rot90(floats, k, dims=(2, 3)))
         assert torch.equal(torch.rot90(block, 4 - k, dims=(2, 3)), floats)
     with pytest.raises(ValueError):
@@ -185,6 +187,7 @@ def test_rotate_four_exact_and_labels(floats):
 
 
 # --------------------------------------------------------------------------- colour
+
 
 def test_color_jitter_p0_is_identity_and_range(floats):
     assert torch.equal(color_jitter(floats, p=0.0, generator=gen()), floats)
@@ -214,7 +217,7 @@ def test_color_jitter_hue_alone_keeps_luma():
     """Hue alone rotates chroma: every pixel keeps its luma, grey pixels stay grey, colour
     pixels change (values kept inside [0, 1] throughout, so nothing is clamped)."""
     x = 0.4 + 0.2 * torch.rand(8, 3, 6, 6, generator=gen(4))
-    x[:, :, 0, 0] = 0.5                                               # one grey pixel each
+    x[:, :, 0, 0] = 0.5  # one grey pixel each
     out = color_jitter(x, 0.0, 0.0, 0.0, 0.5, p=1.0, generator=gen(5))
     luma = torch.tensor(LUMA)
     assert torch.allclose(torch.einsum("bchw,c->bhw", out, luma), torch.einsum("bchw,c->bhw", x, luma), atol=1e-5)
@@ -226,7 +229,7 @@ def test_jitter_affine_matches_torchvision_steps():
     """Brightness, contrast, saturation folded into one map equal torchvision's three steps."""
     from torchvision.transforms.v2 import functional as TF
 
-    x = 0.3 + 0.4 * torch.rand(4, 3, 8, 8, generator=gen(7))   # stays in [0, 1] throughout
+    x = 0.3 + 0.4 * torch.rand(4, 3, 8, 8, generator=gen(7))  # stays in [0, 1] throughout
     b = torch.tensor([0.8, 1.1, 1.0, 1.2])
     c = torch.tensor([1.2, 0.7, 1.0, 0.9])
     s = torch.tensor([0.6, 1.3, 1.0, 1.1])
@@ -243,11 +246,11 @@ def test_jitter_affine_matches_torchvision_steps():
 def test_hue_rotation_keeps_luma_and_inverts():
     m = _hue_matrices(torch.tensor([0.0, 0.1, -0.1, 0.5, -0.5]))
     luma = torch.tensor(LUMA)
-    assert torch.allclose(m[0], torch.eye(3), atol=1e-5)                 # zero shift
-    assert torch.allclose(luma @ m, luma.expand(5, 3), atol=1e-5)       # luma preserved
+    assert torch.allclose(m[0], torch.eye(3), atol=1e-5)  # zero shift
+    assert torch.allclose(luma @ m, luma.expand(5, 3), atol=1e-5)  # luma preserved
     assert torch.allclose(m @ torch.ones(3), torch.ones(5, 3), atol=1e-5)  # grey fixed
-    assert torch.allclose(m[1] @ m[2], torch.eye(3), atol=1e-5)          # +h then -h
-    assert torch.allclose(m[3], m[4], atol=1e-5)                         # half turn both ways
+    assert torch.allclose(m[1] @ m[2], torch.eye(3), atol=1e-5)  # +h then -h
+    assert torch.allclose(m[3], m[4], atol=1e-5)  # half turn both ways
 
 
 def test_random_grayscale(floats):
@@ -262,17 +265,18 @@ def test_random_grayscale(floats):
 
 # --------------------------------------------------------------------------- cutmix
 
+
 def test_cutmix_zeros_and_ones_bookkeeping():
     """Zeros half (class 0) and ones half (class 1): partner pixel fraction == partner weight."""
     b, h, w = 64, 16, 20
     x = torch.cat([torch.zeros(b // 2, 3, h, w), torch.ones(b // 2, 3, h, w)])
     targets = torch.zeros(b, 2)
     targets[: b // 2, 0] = 1.0
-    targets[b // 2:, 1] = 1.0
+    targets[b // 2 :, 1] = 1.0
     mixed, t = cutmix(x, targets, p=1.0, generator=gen(11))
     frac_ones = mixed.mean(dim=(1, 2, 3))
     assert torch.allclose(t[: b // 2, 1], frac_ones[: b // 2], atol=1e-6)
-    assert torch.allclose(t[b // 2:, 0], 1.0 - frac_ones[b // 2:], atol=1e-6)
+    assert torch.allclose(t[b // 2 :, 0], 1.0 - frac_ones[b // 2 :], atol=1e-6)
     assert torch.allclose(t.sum(1), torch.ones(b), atol=1e-6)
     assert (frac_ones[: b // 2] > 0).any(), "some boxes must have been pasted"
     assert torch.equal(x, torch.cat([torch.zeros(b // 2, 3, h, w), torch.ones(b // 2, 3, h, w)]))
@@ -312,6 +316,7 @@ def test_everything_runs_on_cuda_with_cuda_generator(images):
 
 # --------------------------------------------------------------------------- benchmark
 
+
 @pytest.mark.slow
 def test_benchmark_smoke():
     from benchmark_cli import benchmark_result
@@ -332,12 +337,13 @@ def test_benchmark_smoke():
 
 def test_blur_and_solarize_views():
     from bowflow.augment import ViewSpec, blur_sigma_px, gaussian_blur, make_view, make_views, scaled_size, solarize
+
     x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
     assert torch.equal(gaussian_blur(x, 0.0, generator=g), x)
     blurred = gaussian_blur(x, 1.0, (1.5, 2.0), generator=g)
     assert torch.allclose(blurred.mean((1, 2, 3)), x.mean((1, 2, 3)), atol=2e-2)
-    assert blurred.diff(dim=3).abs().mean() < 0.6 * x.diff(dim=3).abs().mean()   # high frequencies damped
+    assert blurred.diff(dim=3).abs().mean() < 0.6 * x.diff(dim=3).abs().mean()  # high frequencies damped
     assert torch.equal(solarize(x, 0.0, generator=g), x)
     s = solarize(x, 1.0, generator=g)
     assert torch.equal(s, torch.where(x >= 0.5, 1 - x, x))
@@ -346,8 +352,11 @@ def test_blur_and_solarize_views():
     plain = make_view(images, ViewSpec(32), torch.Generator().manual_seed(3))
     explicit = make_view(images, ViewSpec(32, blur_p=0.0, solarize_p=0.0), torch.Generator().manual_seed(3))
     assert torch.equal(plain, explicit)
-    views = make_views(images, [ViewSpec(32, blur_p=1.0), ViewSpec(scaled_size(32, 3 / 7), solarize_p=0.2)],
-                       torch.Generator().manual_seed(3))
+    views = make_views(
+        images,
+        [ViewSpec(32, blur_p=1.0), ViewSpec(scaled_size(32, 3 / 7), solarize_p=0.2)],
+        torch.Generator().manual_seed(3),
+    )
     assert [v.shape[-1] for v in views] == [32, 14]
     # Each view is make_view's pipeline with the blur last, at the sigma scaled to its size,
     # the views drawn one after the other from the one generator (not the same draws twice).

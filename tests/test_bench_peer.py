@@ -6,6 +6,7 @@ it imports and reads, from its source. bowflow's side is run for real; on real r
 timing asserted is the rule's own bound on the seconds it measured (|training seconds -
 budget| < the longest epoch), never a speed.
 """
+
 from __future__ import annotations
 
 import ast
@@ -29,12 +30,16 @@ def record(tmp_path: Path, *args) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bad, message", [
-    (["--workers", "2"], "--workers must be between 0 and --threads"),   # lightly never gets more cores
-    (["--seconds", "0"], "--seconds must be > 0"),
-    (["--width", "0"], "--width must be >= 1"),
-    (["--images", "-1"], "--images and --test-images must be >= 0"),
-    (["--seeds", "1", "1"], "--seeds must be distinct")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--workers", "2"], "--workers must be between 0 and --threads"),  # lightly never gets more cores
+        (["--seconds", "0"], "--seconds must be > 0"),
+        (["--width", "0"], "--width must be >= 1"),
+        (["--images", "-1"], "--images and --test-images must be >= 0"),
+        (["--seeds", "1", "1"], "--seeds must be distinct"),
+    ],
+)
 def test_bench_peer_rejects_bad_arguments(bad, message):
     result = run_benchmark("bench_peer", *bad, check=False)
     assert result.returncode == 2 and message in result.stderr, result.stderr
@@ -113,8 +118,13 @@ def test_bench_peer_ours_two_speeds_get_equal_seconds(tmp_path):
 def test_bench_peer_smoke_ours_writes_the_record(tmp_path):
     written = record(tmp_path, "--smoke", "--only", "ours", "--seconds", "0.5", "--seeds", "0", "1")
     args = written["args"]
-    assert (args["source"], args["size"], args["width"], args["images"], args["batch_size"]) == \
-        ("digits", 8, 4, 256, 32)                                   # --smoke's sizes
+    assert (args["source"], args["size"], args["width"], args["images"], args["batch_size"]) == (
+        "digits",
+        8,
+        4,
+        256,
+        32,
+    )  # --smoke's sizes
     assert (args["threads"], args["workers"], args["only"], args["seeds"]) == (1, 0, "ours", [0, 1])
     assert set(written["machine"]) == {"model", "flags", "cpus"}
     assert written["summary"]["seeds"] == [0, 1]

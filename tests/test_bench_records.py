@@ -3,6 +3,7 @@
 record in its smoke mode, its `table()` renders from it, and a published `bench` table
 whose cell differs from its record fails the check. Benchmarks and the check run as
 subprocesses (no test imports a benchmark module)."""
+
 from __future__ import annotations
 
 import json
@@ -17,14 +18,18 @@ from benchmark_cli import run_benchmark
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("bench_augment", "bench_compute", "bench_targets", "bench_vocab", "bench_fewshot",
-              "bench_pipeline")
-MACHINE_A = ["avx2", "fma", "avx512f", "avx512_bf16"]     # docs/BENCHMARKS.md's machine A class
+BENCHMARKS = ("bench_augment", "bench_compute", "bench_targets", "bench_vocab", "bench_fewshot", "bench_pipeline")
+MACHINE_A = ["avx2", "fma", "avx512f", "avx512_bf16"]  # docs/BENCHMARKS.md's machine A class
 
 
 def records(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmarks.records", "--root", str(root), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.records", "--root", str(root), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def smoke_record(root: Path, name: str, *args: str) -> Path:
@@ -49,7 +54,7 @@ def test_smoke_record_renders_its_table(tmp_path, name):
     result = records(tmp_path, "render", str(folder), "--table", "bench")
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("|")]
-    assert len(rows) >= 3, result.stdout                    # header, separator, a row
+    assert len(rows) >= 3, result.stdout  # header, separator, a row
     cells = [len(row.strip("|").split("|")) for row in rows]
     assert len(set(cells)) == 1, result.stdout
 
@@ -61,10 +66,20 @@ def publish(root: Path, folder: Path, edit=lambda rows: rows) -> None:
     assert rendered.returncode == 0, rendered.stdout + rendered.stderr
     lines = rendered.stdout.splitlines()
     table = [line for line in lines if line.startswith(("<!--", "|"))]
-    claims = [line[len("claim: "):] for line in lines if line.startswith("claim: ")]
-    text = "\n".join(["# Benchmarks", "", "## 5. Few-shot", "",
-                      "Measured on machine A. " + " ".join(f"It {c}." for c in claims), "",
-                      *table[:3], *edit(table[3:]), ""])
+    claims = [line[len("claim: ") :] for line in lines if line.startswith("claim: ")]
+    text = "\n".join(
+        [
+            "# Benchmarks",
+            "",
+            "## 5. Few-shot",
+            "",
+            "Measured on machine A. " + " ".join(f"It {c}." for c in claims),
+            "",
+            *table[:3],
+            *edit(table[3:]),
+            "",
+        ]
+    )
     (root / "docs" / "BENCHMARKS.md").write_text(text)
 
 
@@ -73,12 +88,12 @@ def fewshot_root(tmp_path):
     folder = smoke_record(tmp_path, "bench_fewshot")
     path = tmp_path / folder / "smoke.json"
     record = json.loads(path.read_text())
-    record["cpu_flags"] = MACHINE_A          # whatever CPU runs the tests: the prose names A
+    record["cpu_flags"] = MACHINE_A  # whatever CPU runs the tests: the prose names A
     # fixed timings, so that the prose has its figures (a smoke run may draw its episodes
     # slower than it evaluates them, and then claims nothing)
     record["measurements"]["seconds"] = {"loop": [0.5], "batched": [0.2], "draw": [0.05]}
     path.write_text(json.dumps(record))
-    shutil.copy(ROOT / folder / "claims.yaml", tmp_path / folder)    # the published claims
+    shutil.copy(ROOT / folder / "claims.yaml", tmp_path / folder)  # the published claims
     return tmp_path, folder
 
 
@@ -95,7 +110,7 @@ def test_tampered_bench_cell_fails(fewshot_root):
 
     def tamper(rows):
         cells = rows[0].strip().strip("|").split("|")
-        cells[2] = " 9.999 s "                            # the batched seconds
+        cells[2] = " 9.999 s "  # the batched seconds
         return ["|" + "|".join(cells) + "|", *rows[1:]]
 
     publish(root, folder, tamper)
@@ -121,6 +136,6 @@ def test_bench_prose_figure_not_the_records_fails(fewshot_root):
     doc = root / "docs" / "BENCHMARKS.md"
     text = doc.read_text()
     start = text.index("It takes ") + len("It takes ")
-    doc.write_text(text[:start] + "9" + text[start + 1:])
+    doc.write_text(text[:start] + "9" + text[start + 1 :])
     result = records(root, "check")
     assert result.returncode == 1 and "claim not found" in result.stdout, result.stdout

@@ -3,6 +3,7 @@ that bench_compute --save writes (the rest of the compute choice: tests/test_com
 Each benchmark runs as a person runs it, `python -m benchmarks.NAME` (tests/benchmark_cli.py),
 and is checked by its RESULT line and files; these runs are the full tier's (marked slow).
 No timing is asserted anywhere."""
+
 from __future__ import annotations
 
 import json
@@ -29,12 +30,13 @@ def half_unit(value: float, decimals: int | None = None) -> float:
     significant digits (bench_compute's `sig`): how far the RESULT's figure may be from
     the value it was rounded from."""
     if decimals is not None:
-        return 0.5 * 10.0 ** -decimals
+        return 0.5 * 10.0**-decimals
     return 0.5 * 10.0 ** (math.floor(math.log10(abs(value))) - 2) if value else 0.0
 
 
-def assert_quotient(result: dict, key: str, numerator: str, denominator: str,
-                    decimals: tuple[int | None, int | None, int | None]) -> None:
+def assert_quotient(
+    result: dict, key: str, numerator: str, denominator: str, decimals: tuple[int | None, int | None, int | None]
+) -> None:
     """result[key] is result[numerator] / result[denominator] as the benchmark computed it
     from the unrounded figures: it lies in the interval the three roundings (`decimals`
     of the numerator, the denominator and the quotient; None = 3 significant digits)
@@ -52,11 +54,14 @@ def step_gflop(method: str, size: int, width: int, batch: int, words: int) -> fl
     backward), for comparison with the benchmark's gflop_per_step."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    context = {"normalizer": Normalizer([0.5] * 3, [0.25] * 3), "image_size": size,
-               "codes": torch.randint(0, words, (batch, (size // 2) ** 2)), "num_words": words,
-               "parent": {}}
-    params = (RotNetParams if method == "rotnet" else BoWNetParams)(method=method, width=width,
-                                                                     batch_size=batch)
+    context = {
+        "normalizer": Normalizer([0.5] * 3, [0.25] * 3),
+        "image_size": size,
+        "codes": torch.randint(0, words, (batch, (size // 2) ** 2)),
+        "num_words": words,
+        "parent": {},
+    }
+    params = (RotNetParams if method == "rotnet" else BoWNetParams)(method=method, width=width, batch_size=batch)
     cls = get_method(method)
     model = cls(params, build_backbone("convnet", width), cls.inputs(**context)).train()
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
@@ -83,45 +88,50 @@ def check_compute_result(result: dict) -> None:
     batch = result["batch_size"]
     for size in result["sizes"]:
         rows = [r for r in result["modes"] if r["size"] == size]
-        base, = (r for r in rows if r["mode"] == "eager_fp32" and r["threads"] == result["default_threads"])
+        (base,) = (r for r in rows if r["mode"] == "eager_fp32" and r["threads"] == result["default_threads"])
         assert base["ratio"] == 1.0
         gflop = result["gflop_per_step"][str(size)]
-        assert gflop == pytest.approx(step_gflop(result["method"], size, result["width"], batch,
-                                                 result["words"]), rel=0.005)
+        assert gflop == pytest.approx(
+            step_gflop(result["method"], size, result["width"], batch, result["words"]), rel=0.005
+        )
         for row in rows:
             peak = result["matmul_gflops"][str(row["threads"])]
             assert row["ratio"] == pytest.approx(row["images_per_s"] / base["images_per_s"], rel=SIG3), row
             assert row["gflops"] == pytest.approx(gflop * row["images_per_s"] / batch, rel=SIG3), row
             assert row["fraction_of_fp32_matmul"] == pytest.approx(row["gflops"] / peak["fp32"], rel=SIG3), row
-            assert row["best_images_per_s"] >= row["images_per_s"]     # best round >= the median
+            assert row["best_images_per_s"] >= row["images_per_s"]  # best round >= the median
         fastest = result["fastest"][str(size)]
-        top, = (r for r in rows if (r["mode"], r["threads"]) == (fastest["mode"], fastest["threads"]))
+        (top,) = (r for r in rows if (r["mode"], r["threads"]) == (fastest["mode"], fastest["threads"]))
         assert top["images_per_s"] == max(r["images_per_s"] for r in rows)
-        assert {k: top[k] for k in ("images_per_s", "ratio", "gflops", "fraction_of_fp32_matmul")} == \
-            {k: fastest[k] for k in ("images_per_s", "ratio", "gflops", "fraction_of_fp32_matmul")}
+        assert {k: top[k] for k in ("images_per_s", "ratio", "gflops", "fraction_of_fp32_matmul")} == {
+            k: fastest[k] for k in ("images_per_s", "ratio", "gflops", "fraction_of_fp32_matmul")
+        }
         bf16_peak = result["matmul_gflops"][str(top["threads"])]["bf16"]
         assert fastest["fraction_of_bf16_matmul"] == pytest.approx(top["gflops"] / bf16_peak, rel=SIG3)
-    if len(result["sizes"]) == 1:   # the choice's gain is then one row's ratio (rounding
+    if len(result["sizes"]) == 1:  # the choice's gain is then one row's ratio (rounding
         # to 3 digits keeps the order of figures, so the largest stays the largest)
         choosable = [r for r in result["modes"] if r["mode"] != "no_mkldnn_fp32"]
-        chosen, = (r for r in choosable if (r["mode"], r["threads"]) == (result["mode"], result["threads_measured"]))
+        (chosen,) = (r for r in choosable if (r["mode"], r["threads"]) == (result["mode"], result["threads_measured"]))
         best = max(r["ratio"] for r in choosable)
         if chosen["mode"] == "eager_fp32" and chosen["threads"] == result["default_threads"]:
             assert best <= 1.03, "a mode 3 % faster than the baseline was not chosen"
         else:
             assert chosen["ratio"] == best and result["gain"] >= 1.03
             assert result["gain"] == pytest.approx(chosen["ratio"], rel=SIG3)
-    flags = {"eager_fp32": (False, False), "channels_last_fp32": (False, True), "bf16": (True, False),
-             "bf16_channels_last": (True, True)}[result["mode"]]
+    flags = {
+        "eager_fp32": (False, False),
+        "channels_last_fp32": (False, True),
+        "bf16": (True, False),
+        "bf16_channels_last": (True, True),
+    }[result["mode"]]
     threads = 0 if result["threads_measured"] == result["default_threads"] else result["threads_measured"]
-    assert result["choice"] == {"bf16": flags[0], "channels_last": flags[1], "threads": threads,
-                                "compile": False}
+    assert result["choice"] == {"bf16": flags[0], "channels_last": flags[1], "threads": threads, "compile": False}
 
 
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("BOWFLOW_CACHE", str(tmp_path))
-    monkeypatch.delenv(compute.ENV_OVERRIDE, raising=False)     # conftest pins "default"
+    monkeypatch.delenv(compute.ENV_OVERRIDE, raising=False)  # conftest pins "default"
     return tmp_path
 
 
@@ -171,6 +181,7 @@ def write_lock(tmp_path: Path, stages: dict[str, str]) -> Path:
     import subprocess
 
     from bowflow.scaffold import write_yaml
+
     for cmd in stages.values():
         subprocess.run(shlex.split(cmd), cwd=tmp_path, check=True)
     lock = tmp_path / "dvc.lock"
@@ -185,16 +196,21 @@ def flags_of(argv: list[str]) -> dict[str, str]:
 @pytest.mark.parametrize("method", ["rotnet", "bownet"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_training_steps_run_under_cpu_bf16_autocast(method, channels_last):
-    torch.manual_seed(0)                # inputs and weights must not depend on earlier tests
+    torch.manual_seed(0)  # inputs and weights must not depend on earlier tests
     images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
-    context = {"normalizer": Normalizer([0.5] * 3, [0.25] * 3), "image_size": 8,
-               "codes": torch.randint(0, 16, (8, 16)), "num_words": 16, "parent": {}}
+    context = {
+        "normalizer": Normalizer([0.5] * 3, [0.25] * 3),
+        "image_size": 8,
+        "codes": torch.randint(0, 16, (8, 16)),
+        "num_words": 16,
+        "parent": {},
+    }
     params = (RotNetParams if method == "rotnet" else BoWNetParams)(method=method, width=8)
     model = get_method(method)(params, build_backbone("convnet", 8), get_method(method).inputs(**context))
     if channels_last:
         model.to(memory_format=torch.channels_last)
     steps = {}
-    for bf16 in (False, True):          # the same weights, views and batch in both
+    for bf16 in (False, True):  # the same weights, views and batch in both
         model.zero_grad(set_to_none=True)
         with autocast_context(torch.device("cpu"), bf16=bf16):
             loss, stats = model.training_step(images, torch.arange(8), torch.Generator().manual_seed(0))
@@ -219,18 +235,27 @@ def test_bench_compute_smoke_saves_the_choice(cache_dir, monkeypatch):
     when it is fp32. A bf16 choice (bench_compute measures bf16 on a CPU with native bf16)
     is saved too, but auto never picks bf16: it measures the fp32 modes instead and
     replaces the cache."""
-    result = benchmark_result("bench_compute", "--smoke", "--save",
-                              env={"BOWFLOW_CACHE": str(cache_dir), compute.ENV_OVERRIDE: None})
-    assert {row["mode"] for row in result["modes"]} == {"eager_fp32", "channels_last_fp32", "bf16",
-                                                     "bf16_channels_last", "no_mkldnn_fp32"}
+    result = benchmark_result(
+        "bench_compute", "--smoke", "--save", env={"BOWFLOW_CACHE": str(cache_dir), compute.ENV_OVERRIDE: None}
+    )
+    assert {row["mode"] for row in result["modes"]} == {
+        "eager_fp32",
+        "channels_last_fp32",
+        "bf16",
+        "bf16_channels_last",
+        "no_mkldnn_fp32",
+    }
     check_compute_result(result)
     assert result["saved"].startswith(str(cache_dir))
     assert len(result["loadavg_before"]) == 3 and len(result["loadavg_after"]) == 3
     assert compute.load_record()["source"] == "bench_compute --save"
     assert compute.load_choice() == compute._normalise(result["choice"])
     measured = []
-    monkeypatch.setattr(compute, "measure", lambda modes, **k: measured.append(modes) or {
-        "seconds": [1.0] * len(modes), "rounds": 1, "elapsed_s": 0.1})
+    monkeypatch.setattr(
+        compute,
+        "measure",
+        lambda modes, **k: measured.append(modes) or {"seconds": [1.0] * len(modes), "rounds": 1, "elapsed_s": 0.1},
+    )
     decision = compute.decide_compute(torch.device("cpu"))
     if not result["choice"]["bf16"]:
         assert decision.source == "cache" and decision.choice == result["choice"]
@@ -242,11 +267,18 @@ def test_bench_compute_smoke_saves_the_choice(cache_dir, monkeypatch):
 
 @pytest.mark.slow
 def test_bench_compute_smoke_rotnet_with_compile_modes_listed(cache_dir):
-    result = benchmark_result("bench_compute", "--smoke", "--method", "rotnet", "--modes", "channels_last_fp32",
-                              env={"BOWFLOW_CACHE": str(cache_dir), compute.ENV_OVERRIDE: None})
+    result = benchmark_result(
+        "bench_compute",
+        "--smoke",
+        "--method",
+        "rotnet",
+        "--modes",
+        "channels_last_fp32",
+        env={"BOWFLOW_CACHE": str(cache_dir), compute.ENV_OVERRIDE: None},
+    )
     assert {row["mode"] for row in result["modes"]} == {"eager_fp32", "channels_last_fp32"}
     assert result["method"] == "rotnet" and "saved" not in result
-    check_compute_result(result)            # rotnet's step: 4 network inputs per image
+    check_compute_result(result)  # rotnet's step: 4 network inputs per image
 
 
 @pytest.mark.slow
@@ -266,7 +298,8 @@ def test_bench_targets_smoke_methods_agree():
     # B with its one-time assignment is B's epoch plus assign_seconds: n / rate adds up.
     n = result["images"]
     assert n / result["B_with_assign_images_per_s"] - n / result["B_images_per_s"] == pytest.approx(
-        result["assign_seconds"], abs=1e-4 + 1e-3 * result["assign_seconds"])
+        result["assign_seconds"], abs=1e-4 + 1e-3 * result["assign_seconds"]
+    )
 
 
 @pytest.mark.slow
@@ -275,8 +308,7 @@ def test_bench_vocab_smoke():
     the speed-up and the inertia ratio are what their fields make them."""
     result = benchmark_result("bench_vocab", "--smoke")
     assert_quotient(result, "speedup", "sklearn_seconds", "faiss_seconds", (3, 3, 2))
-    assert result["inertia_ratio"] == pytest.approx(result["faiss_inertia"] / result["sklearn_inertia"],
-                                                    abs=5e-6)
+    assert result["inertia_ratio"] == pytest.approx(result["faiss_inertia"] / result["sklearn_inertia"], abs=5e-6)
     # Same recipe, different random initial centres: at this scale (2000 x 32, K=16, 3
     # iterations) seeds 0-5 gave ratios 0.980-1.024 (seed 0, run here, 1.024 at 1 and 2
     # threads). Wrong words are far outside: the initial random centres alone give ~1.5,
@@ -302,15 +334,37 @@ def test_distill_seeds_reseeds_only_the_seed_and_the_outputs(tmp_path):
     """Each locked command reruns with --seed 3 and its outputs under --out/s3; the table is
     each row's top-1 over seeds with its margin over the vanilla row. The stage names of a
     dvc.lock recorded before stages were per seed (docs/results/), `teacher@v`."""
-    common = ("--prepared data/prepared --seed 0 --history data/plots/train/{n}.csv "
-              "--model data/models/{n}/model.pt --metrics data/metrics/train/{n}.json")
-    lock = write_lock(tmp_path, {
-        "teacher@v": fake_stage(tmp_path, "distill", common.format(n="v") + " --base 50 --slope 1"),
-        "distill@kd": fake_stage(tmp_path, "distill", common.format(n="kd") + " --base 53 --slope 0.5 "
-                                 "--teacher_model data/models/resnet56/model.pt --method kd --gamma 0.0")})
+    common = (
+        "--prepared data/prepared --seed 0 --history data/plots/train/{n}.csv "
+        "--model data/models/{n}/model.pt --metrics data/metrics/train/{n}.json"
+    )
+    lock = write_lock(
+        tmp_path,
+        {
+            "teacher@v": fake_stage(tmp_path, "distill", common.format(n="v") + " --base 50 --slope 1"),
+            "distill@kd": fake_stage(
+                tmp_path,
+                "distill",
+                common.format(n="kd") + " --base 53 --slope 0.5 "
+                "--teacher_model data/models/resnet56/model.pt --method kd --gamma 0.0",
+            ),
+        },
+    )
     out = tmp_path / "seeds"
-    result = benchmark_result("distill_seeds", "--lock", lock, "--vanilla", "teacher@v", "--stages",
-                              "distill@kd", "--seeds", "3", "--out", out, cwd=tmp_path)
+    result = benchmark_result(
+        "distill_seeds",
+        "--lock",
+        lock,
+        "--vanilla",
+        "teacher@v",
+        "--stages",
+        "distill@kd",
+        "--seeds",
+        "3",
+        "--out",
+        out,
+        cwd=tmp_path,
+    )
     assert result["seeds"] == [0, 3]
     rows = {r["row"]: r for r in result["rows"]}
     assert rows["teacher@v"]["top1"] == [50.0, 53.0] and rows["distill@kd"]["top1"] == [53.0, 54.5]
@@ -323,24 +377,34 @@ def test_distill_seeds_reseeds_only_the_seed_and_the_outputs(tmp_path):
     assert flags["--metrics"] == str(out / "s3" / "kd.json")
     assert flags["--history"] == str(out / "s3" / "kd.csv")
     assert flags["--checkpoints"] == str(out / "s3" / "checkpoints")
-    unchanged = {"--prepared": "data/prepared", "--method": "kd", "--gamma": "0.0",
-                 "--teacher_model": "data/models/resnet56/model.pt"}
+    unchanged = {
+        "--prepared": "data/prepared",
+        "--method": "kd",
+        "--gamma": "0.0",
+        "--teacher_model": "data/models/resnet56/model.pt",
+    }
     assert {k: flags[k] for k in unchanged} == unchanged
 
 
 def per_seed_distill_lock(tmp_path: Path, seeds: list[int]) -> Path:
     """A dvc.lock as the pipeline records it now: teacher_seed<S>@v and distill_seed<S>@kd
     for each seed, with per-seed paths (workflow/pipeline.py)."""
-    common = ("--prepared data/prepared --seed {s} --history data/plots/seed{s}/train/{n}.csv "
-              "--model data/models/seed{s}/{n}/model.pt --metrics data/metrics/seed{s}/train/{n}.json "
-              "--compute fp32-channels-last-t1")
+    common = (
+        "--prepared data/prepared --seed {s} --history data/plots/seed{s}/train/{n}.csv "
+        "--model data/models/seed{s}/{n}/model.pt --metrics data/metrics/seed{s}/train/{n}.json "
+        "--compute fp32-channels-last-t1"
+    )
     stages = {}
     for s in seeds:
         stages[f"teacher_seed{s}@v"] = fake_stage(
-            tmp_path, "distill", common.format(s=s, n="v") + " --base 50 --slope 1")
+            tmp_path, "distill", common.format(s=s, n="v") + " --base 50 --slope 1"
+        )
         stages[f"distill_seed{s}@kd"] = fake_stage(
-            tmp_path, "distill", common.format(s=s, n="kd") + f" --base 53 --slope 0.5 "
-            f"--teacher_model data/models/seed{s}/resnet56/model.pt --method kd --gamma 0.0")
+            tmp_path,
+            "distill",
+            common.format(s=s, n="kd") + f" --base 53 --slope 0.5 "
+            f"--teacher_model data/models/seed{s}/resnet56/model.pt --method kd --gamma 0.0",
+        )
     return write_lock(tmp_path, stages)
 
 
@@ -351,49 +415,108 @@ def test_distill_seeds_reads_every_seed_the_pipeline_ran(tmp_path):
     (`distill_seed1@kd`) is that seed's run alone."""
     lock = per_seed_distill_lock(tmp_path, [0, 1])
     out = tmp_path / "seeds"
-    result = benchmark_result("distill_seeds", "--lock", lock, "--vanilla", "teacher@v", "--stages",
-                              "distill@kd", "--seeds", "1", "4", "--out", out, cwd=tmp_path)
-    assert result["seeds"] == [0, 1, 4]                 # seed 1 is the pipeline's: not rerun
+    result = benchmark_result(
+        "distill_seeds",
+        "--lock",
+        lock,
+        "--vanilla",
+        "teacher@v",
+        "--stages",
+        "distill@kd",
+        "--seeds",
+        "1",
+        "4",
+        "--out",
+        out,
+        cwd=tmp_path,
+    )
+    assert result["seeds"] == [0, 1, 4]  # seed 1 is the pipeline's: not rerun
     rows = {r["row"]: r for r in result["rows"]}
     assert rows["teacher@v"]["top1"] == [50.0, 51.0, 54.0] and rows["distill@kd"]["top1"] == [53.0, 53.5, 55.0]
     assert rows["distill@kd"]["margin_min"] == 1.0 and rows["distill@kd"]["margin_max"] == 3.0
     assert not (out / "s1").exists() and sorted(p.name for p in (out / "s4").glob("*.json")) == ["kd.json", "v.json"]
     flags = flags_of(json.loads((out / "s4" / "kd.json").read_text())["argv"])
     assert flags["--seed"] == "4" and flags["--model"] == str(out / "s4" / "models" / "kd" / "model.pt")
-    assert flags["--teacher_model"] == "data/models/seed0/resnet56/model.pt"   # seed 0's teacher, fixed
+    assert flags["--teacher_model"] == "data/models/seed0/resnet56/model.pt"  # seed 0's teacher, fixed
     assert flags["--compute"] == "fp32-channels-last-t1"
 
-    exact = benchmark_result("distill_seeds", "--lock", lock, "--vanilla", "teacher_seed1@v", "--stages",
-                             "distill_seed1@kd", "--out", tmp_path / "exact", cwd=tmp_path)
+    exact = benchmark_result(
+        "distill_seeds",
+        "--lock",
+        lock,
+        "--vanilla",
+        "teacher_seed1@v",
+        "--stages",
+        "distill_seed1@kd",
+        "--out",
+        tmp_path / "exact",
+        cwd=tmp_path,
+    )
     assert exact["seeds"] == [1]
     assert [r["row"] for r in exact["rows"]] == ["teacher_seed1@v", "distill_seed1@kd"]
     assert exact["rows"][1]["top1"] == [53.5]
 
-    missing = run_benchmark("distill_seeds", "--lock", lock, "--vanilla", "teacher@v", "--stages",
-                            "distill@crd", "--out", tmp_path / "x", cwd=tmp_path, check=False)
+    missing = run_benchmark(
+        "distill_seeds",
+        "--lock",
+        lock,
+        "--vanilla",
+        "teacher@v",
+        "--stages",
+        "distill@crd",
+        "--out",
+        tmp_path / "x",
+        cwd=tmp_path,
+        check=False,
+    )
     assert missing.returncode != 0 and "no recorded stage ['distill@crd']" in missing.stderr
     (tmp_path / "lopsided").mkdir()
     lopsided = per_seed_distill_lock(tmp_path / "lopsided", [0, 1])
     text = lopsided.read_text().replace("distill_seed1@kd", "distill_seed7@kd")
     lopsided.write_text(text)
-    uneven = run_benchmark("distill_seeds", "--lock", lopsided, "--vanilla", "teacher@v", "--stages",
-                           "distill@kd", "--out", tmp_path / "y", cwd=tmp_path / "lopsided", check=False)
+    uneven = run_benchmark(
+        "distill_seeds",
+        "--lock",
+        lopsided,
+        "--vanilla",
+        "teacher@v",
+        "--stages",
+        "distill@kd",
+        "--out",
+        tmp_path / "y",
+        cwd=tmp_path / "lopsided",
+        check=False,
+    )
     assert uneven.returncode != 0 and "no recorded distill@kd (seed 1)" in uneven.stderr, uneven.stderr
 
 
 @pytest.mark.slow
 def test_ablate_generation_changes_only_the_named_flags_and_the_outputs(tmp_path):
-    lock = write_lock(tmp_path, {
-        "vocab@g2": fake_stage(tmp_path, "vocab", "--teacher data/models/g1/model.pt --out data/models/g2/vocab.pt "
-                               "--metrics m.json --layer stage2 --size 64"),
-        "student@g2": fake_stage(tmp_path, "student", "--vocab data/models/g2/vocab.pt --model data/models/g2/model.pt "
-                                 "--metrics t.json --history h.csv --epochs 60 --lr_decay_at 0.5 0.75 --init scratch"),
-        "evaluate_student@g2": fake_stage(tmp_path, "evaluate", "--model data/models/g2/model.pt --out e.json "
-                                          "--few_shot_shots 1 5")})
+    lock = write_lock(
+        tmp_path,
+        {
+            "vocab@g2": fake_stage(
+                tmp_path,
+                "vocab",
+                "--teacher data/models/g1/model.pt --out data/models/g2/vocab.pt "
+                "--metrics m.json --layer stage2 --size 64",
+            ),
+            "student@g2": fake_stage(
+                tmp_path,
+                "student",
+                "--vocab data/models/g2/vocab.pt --model data/models/g2/model.pt "
+                "--metrics t.json --history h.csv --epochs 60 --lr_decay_at 0.5 0.75 --init scratch",
+            ),
+            "evaluate_student@g2": fake_stage(
+                tmp_path, "evaluate", "--model data/models/g2/model.pt --out e.json --few_shot_shots 1 5"
+            ),
+        },
+    )
     out = tmp_path / "ablate"
     variant = "vocab.size=256,student.lr_decay_at=0.6 0.8"
-    result = benchmark_result("ablate_generation", "--lock", lock, "--generation", "g2", "--variant", variant,
-                              "--out", out, cwd=tmp_path)
+    result = benchmark_result(
+        "ablate_generation", "--lock", lock, "--generation", "g2", "--variant", variant, "--out", out, cwd=tmp_path
+    )
     pipeline, row = result["rows"]
     assert (pipeline["variant"], pipeline["words"], row["variant"], row["words"]) == ("pipeline", 64, variant, 256)
     assert row["layer"] == "stage2" and row["epochs"] == 2 and row["captured"] == 0.75 and row["shot_1"] == 20.0
@@ -402,17 +525,30 @@ def test_ablate_generation_changes_only_the_named_flags_and_the_outputs(tmp_path
     student = json.loads((root / "train.json").read_text())["argv"]
     evaluate = json.loads((root / "eval.json").read_text())["argv"]
     assert vocab[vocab.index("--size") + 1] == "256" and vocab[vocab.index("--layer") + 1] == "stage2"
-    assert vocab[vocab.index("--teacher") + 1] == "data/models/g1/model.pt"      # the parent is shared
-    assert student[student.index("--lr_decay_at") + 1:student.index("--lr_decay_at") + 3] == ["0.6", "0.8"]
+    assert vocab[vocab.index("--teacher") + 1] == "data/models/g1/model.pt"  # the parent is shared
+    assert student[student.index("--lr_decay_at") + 1 : student.index("--lr_decay_at") + 3] == ["0.6", "0.8"]
     assert student[student.index("--vocab") + 1] == vocab[vocab.index("--out") + 1] == str(root / "vocab.pt")
     assert evaluate[evaluate.index("--model") + 1] == student[student.index("--model") + 1]
     assert student[-2:] == ["--checkpoints", str(root / "checkpoints")]
-    assert all(str(root) in argv[argv.index(f) + 1]
-               for argv, f in [(vocab, "--metrics"), (student, "--history"), (evaluate, "--out")])
-    bad = run_benchmark("ablate_generation", "--lock", lock, "--generation", "g2", "--variant", "size=256",
-                        "--out", out, cwd=tmp_path, check=False)
+    assert all(
+        str(root) in argv[argv.index(f) + 1]
+        for argv, f in [(vocab, "--metrics"), (student, "--history"), (evaluate, "--out")]
+    )
+    bad = run_benchmark(
+        "ablate_generation",
+        "--lock",
+        lock,
+        "--generation",
+        "g2",
+        "--variant",
+        "size=256",
+        "--out",
+        out,
+        cwd=tmp_path,
+        check=False,
+    )
     assert bad.returncode != 0 and "STAGE.FLAG=VALUE" in bad.stderr
-    assert result["seed"] is None and (out / "g2" / "ablation.json").is_file()     # a lock without seeds
+    assert result["seed"] is None and (out / "g2" / "ablation.json").is_file()  # a lock without seeds
     # the record names its command and its CPU (the machine class comes from cpu_flags)
     assert result["command"].startswith("python -m benchmarks.ablate_generation --lock ")
     assert f"--variant '{variant}'" in result["command"] and isinstance(result["cpu_flags"], list)
@@ -426,31 +562,79 @@ def test_ablate_generation_varies_one_seed_of_a_per_seed_lock(tmp_path):
     stages = {}
     for s in (1, 2):
         stages |= {
-            f"vocab_seed{s}@g2": fake_stage(tmp_path, "vocab", f"--teacher data/models/seed{s}/g1/model.pt "
-                                            f"--out data/models/seed{s}/g2/vocab.pt "
-                                            f"--metrics data/metrics/seed{s}/vocab/g2.json "
-                                            f"--seed {s} --layer stage2 --size 64"),
-            f"student_seed{s}@g2": fake_stage(tmp_path, "student", f"--vocab data/models/seed{s}/g2/vocab.pt "
-                                              f"--model data/models/seed{s}/g2/model.pt "
-                                              f"--metrics data/metrics/seed{s}/train/g2.json "
-                                              f"--history data/plots/seed{s}/train/g2.csv --seed {s} --epochs 60"),
-            f"evaluate_student_seed{s}@g2": fake_stage(tmp_path, "evaluate", f"--model data/models/seed{s}/g2/model.pt "
-                                                       f"--out data/metrics/seed{s}/eval/g2.json --seed {s}")}
+            f"vocab_seed{s}@g2": fake_stage(
+                tmp_path,
+                "vocab",
+                f"--teacher data/models/seed{s}/g1/model.pt "
+                f"--out data/models/seed{s}/g2/vocab.pt "
+                f"--metrics data/metrics/seed{s}/vocab/g2.json "
+                f"--seed {s} --layer stage2 --size 64",
+            ),
+            f"student_seed{s}@g2": fake_stage(
+                tmp_path,
+                "student",
+                f"--vocab data/models/seed{s}/g2/vocab.pt "
+                f"--model data/models/seed{s}/g2/model.pt "
+                f"--metrics data/metrics/seed{s}/train/g2.json "
+                f"--history data/plots/seed{s}/train/g2.csv --seed {s} --epochs 60",
+            ),
+            f"evaluate_student_seed{s}@g2": fake_stage(
+                tmp_path,
+                "evaluate",
+                f"--model data/models/seed{s}/g2/model.pt --out data/metrics/seed{s}/eval/g2.json --seed {s}",
+            ),
+        }
     lock = write_lock(tmp_path, stages)
     out = tmp_path / "ablate"
-    result = benchmark_result("ablate_generation", "--lock", lock, "--generation", "g2", "--variant",
-                              "vocab.size=128", "--out", out, cwd=tmp_path)
+    result = benchmark_result(
+        "ablate_generation",
+        "--lock",
+        lock,
+        "--generation",
+        "g2",
+        "--variant",
+        "vocab.size=128",
+        "--out",
+        out,
+        cwd=tmp_path,
+    )
     assert result["seed"] == 1 and [r["words"] for r in result["rows"]] == [64, 128]
     root = out / "g2" / "seed1" / "vocab.size-128"
     vocab = json.loads((root / "vocab.json").read_text())["argv"]
     assert flags_of(vocab)["--teacher"] == "data/models/seed1/g1/model.pt" and flags_of(vocab)["--seed"] == "1"
     assert (out / "g2" / "seed1" / "ablation.json").is_file()
-    second = benchmark_result("ablate_generation", "--lock", lock, "--generation", "g2", "--seed", "2",
-                              "--variant", "vocab.size=128", "--out", out, cwd=tmp_path)
+    second = benchmark_result(
+        "ablate_generation",
+        "--lock",
+        lock,
+        "--generation",
+        "g2",
+        "--seed",
+        "2",
+        "--variant",
+        "vocab.size=128",
+        "--out",
+        out,
+        cwd=tmp_path,
+    )
     assert second["seed"] == 2
     student = json.loads((out / "g2" / "seed2" / "vocab.size-128" / "train.json").read_text())["argv"]
     assert flags_of(student)["--seed"] == "2" and flags_of(student)["--vocab"] == str(
-        out / "g2" / "seed2" / "vocab.size-128" / "vocab.pt")
-    absent = run_benchmark("ablate_generation", "--lock", lock, "--generation", "g2", "--seed", "0",
-                           "--variant", "vocab.size=128", "--out", out, cwd=tmp_path, check=False)
+        out / "g2" / "seed2" / "vocab.size-128" / "vocab.pt"
+    )
+    absent = run_benchmark(
+        "ablate_generation",
+        "--lock",
+        lock,
+        "--generation",
+        "g2",
+        "--seed",
+        "0",
+        "--variant",
+        "vocab.size=128",
+        "--out",
+        out,
+        cwd=tmp_path,
+        check=False,
+    )
     assert absent.returncode != 0 and "vocab_seed0@g2" in absent.stderr and "[1, 2]" in absent.stderr

@@ -1,5 +1,6 @@
 """The training budget in measured seconds (bowflow/budget.py), the rule both sides of the
 peer benchmark train by, driven with simulated epoch seconds: exact assertions, no clock."""
+
 from __future__ import annotations
 
 import random
@@ -32,7 +33,7 @@ def test_budget_two_speeds_equal_seconds_not_equal_epochs():
     epoch of 900 s (so within an epoch of each other), with very different epoch counts."""
     noise = random.Random(0)
 
-    def lightly(k, _):            # 9 s of steps + 0.8 s worker start-up, first epoch +8 s
+    def lightly(k, _):  # 9 s of steps + 0.8 s worker start-up, first epoch +8 s
         return (9.0 + 0.8 + (8.0 if k == 0 else 0.0)) * noise.uniform(0.9, 1.1)
 
     def ours(k, _):
@@ -50,7 +51,7 @@ def test_budget_follows_a_change_of_load():
     budget = run_budget(600, 10, lambda k, b: 5.0 if b.elapsed < 300 else 10.0)
     within_an_epoch(budget)
     assert budget.epochs == 60 + 30 and budget.schedule_epochs == budget.epochs
-    assert budget.plans[0] == 1 + 119 and budget.plans[-1] == 90     # first plan from 5 s epochs
+    assert budget.plans[0] == 1 + 119 and budget.plans[-1] == 90  # first plan from 5 s epochs
 
 
 def test_budget_rule_cases():
@@ -58,8 +59,14 @@ def test_budget_rule_cases():
     # first boundary at or past 10 s), the schedules laid out over exactly those 4 epochs
     b = run_budget(10, 4, lambda k, _: 3.0)
     assert (b.epochs, b.elapsed, b.plans, b.schedule_epochs) == (4, 12.0, [4, 4, 4, 4], 4)
-    assert b.record() == {"budget_seconds": 10.0, "training_seconds": 12.0, "epochs": 4,
-                          "schedule_epochs": 4, "epoch_seconds": [3.0] * 4, "plans": [4, 4, 4, 4]}
+    assert b.record() == {
+        "budget_seconds": 10.0,
+        "training_seconds": 12.0,
+        "epochs": 4,
+        "schedule_epochs": 4,
+        "epoch_seconds": [3.0] * 4,
+        "plans": [4, 4, 4, 4],
+    }
     # an epoch slower than planned passes the budget one epoch early: stop there (schedule
     # laid out over 4 epochs, cut at 3)
     b = run_budget(10, 1, lambda k, _: [3.0, 3.0, 5.0][k])

@@ -1,4 +1,5 @@
 """Stage flags: Snakemake's rendering equals DVC's, and stages parse them back losslessly."""
+
 import shlex
 from dataclasses import asdict
 from pathlib import Path

@@ -8,6 +8,7 @@ closure but not declared would let an edit leave the stage's cached output stale
 declared file outside it would rerun the stage for nothing. The edit-and-`dvc status`
 proof on a real pipeline is `test_every_code_edit_reruns_what_runs_it` in test_pipeline.py.
 """
+
 import functools
 import re
 import subprocess
@@ -29,7 +30,7 @@ def code_run_by(cmd: str) -> set[str]:
     """Project files the stage command runs."""
     module = re.search(r"-m (\S+)", cmd).group(1)
     files = closure(module)
-    if module == "bowflow.config":            # validates every method a params file names
+    if module == "bowflow.config":  # validates every method a params file names
         files |= set().union(*(closure(f"bowflow.methods.{m}") for m in method_modules()))
     method = re.search(r"--method (\S+)", cmd)
     if method:
@@ -39,13 +40,13 @@ def code_run_by(cmd: str) -> set[str]:
 
 def method_modules() -> list[str]:
     available_methods()
-    return sorted(p.stem for p in (ROOT / "bowflow/methods").glob("*.py")
-                  if p.stem not in ("__init__", "base"))
+    return sorted(p.stem for p in (ROOT / "bowflow/methods").glob("*.py") if p.stem not in ("__init__", "base"))
 
 
 def declared_code(stage) -> list[str]:
-    deps = [str(Path(d.fs_path).relative_to(stage.repo.root_dir)) for d in stage.deps
-            if not isinstance(d, ParamsDependency)]
+    deps = [
+        str(Path(d.fs_path).relative_to(stage.repo.root_dir)) for d in stage.deps if not isinstance(d, ParamsDependency)
+    ]
     return [d for d in deps if d.split("/")[0] in CODE_FOLDERS]
 
 
@@ -65,8 +66,9 @@ def pipeline_stages():
 def test_committed_dvc_yaml_is_what_workflow_pipeline_writes():
     """dvc.yaml is generated (workflow/pipeline.py, from params.yaml's seeds and the import
     closures): the committed file must be what `python -m workflow.pipeline` writes now."""
-    result = subprocess.run([sys.executable, "-m", "workflow.pipeline", "--check"], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "workflow.pipeline", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr + result.stdout
 
 
@@ -74,17 +76,23 @@ def test_the_readme_picture_is_the_pipeline_graph():
     """The README's Mermaid chart of the pipeline is what `workflow.pipeline --mermaid` prints
     from DVC's graph of the committed dvc.yaml and params.yaml (so it cannot go stale), and
     it shows one seed's stages, from check_params to the report."""
-    result = subprocess.run([sys.executable, "-m", "workflow.pipeline", "--mermaid"], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "workflow.pipeline", "--mermaid"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     chart = result.stdout
     blocks = re.findall(r"```mermaid\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     assert blocks == [chart], "README.md's mermaid block is stale: paste `bin/python -m workflow.pipeline --mermaid`"
     lines = chart.splitlines()
     assert lines[0] == "flowchart TD" and "_seed" not in chart
-    assert {'  check_params --> prepare', '  prepare --> pretrain_g0', '  pretrain_g0 --> vocab_g1',
-            '  vocab_g1 --> student_g1', '  evaluate_student_g2 --> report'} <= set(lines)
-    assert '  prepare --> vocab_g1' not in lines        # implied by prepare -> pretrain@g0 -> vocab@g1
+    assert {
+        "  check_params --> prepare",
+        "  prepare --> pretrain_g0",
+        "  pretrain_g0 --> vocab_g1",
+        "  vocab_g1 --> student_g1",
+        "  evaluate_student_g2 --> report",
+    } <= set(lines)
+    assert "  prepare --> vocab_g1" not in lines  # implied by prepare -> pretrain@g0 -> vocab@g1
 
 
 def test_every_stage_declares_the_code_it_runs():
@@ -114,13 +122,20 @@ def test_stages_that_train_nothing_run_no_method_code():
     method edit can never rerun them; only prepare runs the decoding side of bowflow/data."""
     for module in ("stages.prepare", "stages.vocab", "stages.evaluate", "stages.report"):
         files = closure(module)
-        method_code = sorted(f for f in files if f.startswith(("bowflow/methods/", "bowflow/roles/"))
-                             or f in ("bowflow/losses.py", "bowflow/heads.py", "bowflow/views.py"))
+        method_code = sorted(
+            f
+            for f in files
+            if f.startswith(("bowflow/methods/", "bowflow/roles/"))
+            or f in ("bowflow/losses.py", "bowflow/heads.py", "bowflow/views.py")
+        )
         assert not method_code, f"{module} runs {method_code}"
         if module != "stages.prepare":
-            preparing = sorted(f for f in files if f.startswith("bowflow/data/")
-                               and f not in ("bowflow/data/__init__.py", "bowflow/data/prepared.py",
-                                             "bowflow/data/specs.py"))
+            preparing = sorted(
+                f
+                for f in files
+                if f.startswith("bowflow/data/")
+                and f not in ("bowflow/data/__init__.py", "bowflow/data/prepared.py", "bowflow/data/specs.py")
+            )
             assert not preparing, f"{module} runs the preparing side of bowflow/data: {preparing}"
 
 

@@ -2,6 +2,7 @@
 from CPU flags (bf16 only when asked: the automatic choice is fp32), the per-machine cache
 round-trip, a bounded measurement, and what training records.
 No timing is asserted: measurements are replaced or only counted."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,12 @@ import torch
 from bowflow import compute
 from bowflow.networks import build_backbone
 
-AVX2 = {"fpu", "sse2", "avx", "avx2", "fma", "f16c"}                     # this kind of EPYC
-AMX = AVX2 | {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}        # a Sapphire Rapids
-CPUINFO = "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx avx2 fma\n\n" \
-          "processor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n"
+AVX2 = {"fpu", "sse2", "avx", "avx2", "fma", "f16c"}  # this kind of EPYC
+AMX = AVX2 | {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}  # a Sapphire Rapids
+CPUINFO = (
+    "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
+    "processor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n"
+)
 
 
 @pytest.fixture
@@ -27,58 +30,64 @@ def cache_dir(tmp_path, monkeypatch):
 
 def fake_measure(speeds: dict[str, float], calls: list):
     """A `measure` replacement: seconds per step from {describe(mode): images/s}."""
+
     def measure(modes, **kwargs):
         calls.append([compute.describe(m) for m in modes])
-        return {"seconds": [1.0 / speeds.get(compute.describe(m), 1.0) for m in modes],
-                "rounds": 3, "elapsed_s": 0.1}
+        return {"seconds": [1.0 / speeds.get(compute.describe(m), 1.0) for m in modes], "rounds": 3, "elapsed_s": 0.1}
+
     return measure
 
 
 def test_cpu_flags_parsed_from_cpuinfo():
     assert compute.cpu_flags(CPUINFO) == {"fpu", "sse2", "avx", "avx2", "fma"}
     assert compute.cpu_flags("model name : x\n") == set()
-    assert compute.relevant_flags(AMX) == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile",
-                                           "amx_bf16"]
+    assert compute.relevant_flags(AMX) == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
 
 
 def test_candidates_follow_the_flags():
     avx2 = compute.candidates(AVX2, default_threads=2)
-    assert [compute.describe(m) for m in avx2] == ["fp32", "fp32-channels-last",
-                                                  "fp32-t1", "fp32-channels-last-t1"]
+    assert [compute.describe(m) for m in avx2] == ["fp32", "fp32-channels-last", "fp32-t1", "fp32-channels-last-t1"]
     assert not any(m["bf16"] or m["compile"] for m in avx2)
     amx = [compute.describe(m) for m in compute.candidates(AMX, default_threads=2)]
     assert amx[0] == "fp32" and "bf16-channels-last" in amx and "bf16-channels-last-t1" in amx
     assert len(amx) == 8
     only_avx512_bf16 = compute.candidates({"avx2", "avx512f", "avx512_bf16"}, default_threads=1)
     assert [compute.describe(m) for m in only_avx512_bf16] == [
-        "fp32", "fp32-channels-last", "bf16", "bf16-channels-last"]     # one thread: no -t1
+        "fp32",
+        "fp32-channels-last",
+        "bf16",
+        "bf16-channels-last",
+    ]  # one thread: no -t1
 
 
 @pytest.mark.parametrize("flags", [AMX, {"avx2", "avx512f", "avx512_bf16"}, AVX2])
 def test_candidates_without_bf16_are_fp32_even_where_native(flags):
     """The automatic choice's candidates (bf16=False): the fp32 modes alone, whatever the CPU."""
     modes = compute.candidates(flags, default_threads=2, bf16=False)
-    assert [compute.describe(m) for m in modes] == ["fp32", "fp32-channels-last",
-                                                   "fp32-t1", "fp32-channels-last-t1"]
+    assert [compute.describe(m) for m in modes] == ["fp32", "fp32-channels-last", "fp32-t1", "fp32-channels-last-t1"]
 
 
 def test_pick_needs_a_clear_gain():
     modes = compute.candidates(AVX2, default_threads=2)
-    choice, gain = compute.pick(modes, [1.0, 0.98, 1.2, 1.1])       # 2% faster: noise
+    choice, gain = compute.pick(modes, [1.0, 0.98, 1.2, 1.1])  # 2% faster: noise
     assert choice == compute.DEFAULT_CPU and gain == 1.0
     choice, gain = compute.pick(modes, [1.0, 0.8, 1.2, 1.1])
     assert compute.describe(choice) == "fp32-channels-last" and gain == pytest.approx(1.25)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("fp32", {"bf16": False, "channels_last": False, "threads": 0, "compile": False}),
-    ("fp32-channels-last", {"bf16": False, "channels_last": True, "threads": 0, "compile": False}),
-    ("BF16-channels-last-t1", {"bf16": True, "channels_last": True, "threads": 1, "compile": False}),
-    ("fp32-channels-last-compile", {"bf16": False, "channels_last": True, "threads": 0,
-                                    "compile": True}),
-    ("default", compute.DEFAULT_CPU),
-    ("auto", None), ("", None), ("measure", "measure"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("fp32", {"bf16": False, "channels_last": False, "threads": 0, "compile": False}),
+        ("fp32-channels-last", {"bf16": False, "channels_last": True, "threads": 0, "compile": False}),
+        ("BF16-channels-last-t1", {"bf16": True, "channels_last": True, "threads": 1, "compile": False}),
+        ("fp32-channels-last-compile", {"bf16": False, "channels_last": True, "threads": 0, "compile": True}),
+        ("default", compute.DEFAULT_CPU),
+        ("auto", None),
+        ("", None),
+        ("measure", "measure"),
+    ],
+)
 def test_parse_override(text, expected):
     assert compute.parse_override(text) == expected
     if isinstance(expected, dict) and text != "default":
@@ -161,7 +170,7 @@ def test_first_use_measures_saves_then_reads_the_cache(cache_dir, monkeypatch):
     assert again.source == "cache" and again.choice == first.choice and len(calls) == 1
     assert compute.select_compute(torch.device("cpu")) == first.choice
 
-    monkeypatch.setenv(compute.ENV_OVERRIDE, "measure")        # forced re-measurement
+    monkeypatch.setenv(compute.ENV_OVERRIDE, "measure")  # forced re-measurement
     assert compute.decide_compute(torch.device("cpu")).source == "measured" and len(calls) == 2
 
 
@@ -173,7 +182,7 @@ def test_bf16_candidates_only_where_native(cache_dir, monkeypatch):
     assert compute.describe(decision.choice) == "bf16-channels-last"
     assert any(name.startswith("bf16") for name in calls[0])
     assert "amx_bf16" in decision.cpu_flags and "native bf16" in decision.reason
-    compute.measure_and_save(AVX2, bf16=True)                       # asked, but not native
+    compute.measure_and_save(AVX2, bf16=True)  # asked, but not native
     assert not any(name.startswith("bf16") for name in calls[1])
 
 
@@ -182,8 +191,11 @@ def test_auto_never_picks_bf16_even_where_native(cache_dir, monkeypatch):
     measures fp32 modes only and picks the fastest of them."""
     calls = []
     monkeypatch.setattr(compute, "cpu_flags", lambda: set(AMX))
-    monkeypatch.setattr(compute, "measure", fake_measure(
-        {"fp32": 100, "fp32-channels-last": 130, "bf16": 300, "bf16-channels-last": 400}, calls))
+    monkeypatch.setattr(
+        compute,
+        "measure",
+        fake_measure({"fp32": 100, "fp32-channels-last": 130, "bf16": 300, "bf16-channels-last": 400}, calls),
+    )
     decision = compute.decide_compute(torch.device("cpu"))
     assert decision.source == "measured" and compute.describe(decision.choice) == "fp32-channels-last"
     assert len(calls) == 1 and not any("bf16" in name for name in calls[0])
@@ -200,7 +212,7 @@ def test_a_cached_bf16_choice_is_not_used_by_auto(cache_dir, monkeypatch):
     compute.save_choice({"bf16": True, "channels_last": True, "threads": 0})
     decision = compute.decide_compute(torch.device("cpu"))
     assert decision.source == "measured" and not decision.choice["bf16"] and len(calls) == 1
-    assert compute.load_choice() == decision.choice                 # the cache is fp32 now
+    assert compute.load_choice() == decision.choice  # the cache is fp32 now
     assert compute.decide_compute(torch.device("cpu")).source == "cache" and len(calls) == 1
 
 
@@ -210,12 +222,11 @@ def test_broken_or_old_cache(cache_dir, monkeypatch):
     compute.cache_path().parent.mkdir(parents=True, exist_ok=True)
     compute.cache_path().write_text("{not json")
     assert compute.load_choice() is None
-    assert compute.decide_compute(torch.device("cpu")).source == "measured"   # and overwrote it
+    assert compute.decide_compute(torch.device("cpu")).source == "measured"  # and overwrote it
     compute.cache_path().write_text(json.dumps({"choice": {"bf16": "yes"}}))
     assert compute.load_choice() is None
     # a cache written before `compile` existed (bench_compute --save of earlier versions)
-    compute.cache_path().write_text(json.dumps({"choice": {"bf16": True, "channels_last": True,
-                                                           "threads": 0}}))
+    compute.cache_path().write_text(json.dumps({"choice": {"bf16": True, "channels_last": True, "threads": 0}}))
     assert compute.load_choice() == {"bf16": True, "channels_last": True, "threads": 0, "compile": False}
     with pytest.raises(ValueError):
         compute.save_choice({"bf16": True})
@@ -224,7 +235,7 @@ def test_broken_or_old_cache(cache_dir, monkeypatch):
 def test_unwritable_cache_still_decides(monkeypatch, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    monkeypatch.setenv("BOWFLOW_CACHE", str(blocker / "sub"))       # a folder under a file
+    monkeypatch.setenv("BOWFLOW_CACHE", str(blocker / "sub"))  # a folder under a file
     monkeypatch.delenv(compute.ENV_OVERRIDE, raising=False)
     monkeypatch.setattr(compute, "measure", fake_measure({}, []))
     decision = compute.decide_compute(torch.device("cpu"))
@@ -234,36 +245,41 @@ def test_unwritable_cache_still_decides(monkeypatch, tmp_path):
 def test_measurement_is_bounded_by_rounds_and_budget():
     modes = compute.candidates(AVX2, default_threads=max(2, torch.get_num_threads()))[:2]
     threads = torch.get_num_threads()
-    ticks = iter(range(10**6))                  # a fake clock: every reading is 1 s later
-    result = compute.measure(modes, budget_s=8.0, max_rounds=50, width=4, size=8, batch=2,
-                             clock=lambda: float(next(ticks)))
-    assert 1 <= result["rounds"] < 50           # stopped by the budget, not the round cap
+    ticks = iter(range(10**6))  # a fake clock: every reading is 1 s later
+    result = compute.measure(
+        modes, budget_s=8.0, max_rounds=50, width=4, size=8, batch=2, clock=lambda: float(next(ticks))
+    )
+    assert 1 <= result["rounds"] < 50  # stopped by the budget, not the round cap
     assert len(result["seconds"]) == 2 and all(s > 0 for s in result["seconds"])
     result = compute.measure(modes, budget_s=1e9, max_rounds=2, width=4, size=8, batch=2)
-    assert result["rounds"] == 2                # stopped by the round cap
+    assert result["rounds"] == 2  # stopped by the round cap
     assert torch.get_num_threads() == threads
 
 
 def test_compile_in_place_keeps_state_dict_keys():
     plain, compiled = build_backbone("convnet", 4), build_backbone("convnet", 4)
-    compiled.compile()                          # lazy: nothing is compiled until called
+    compiled.compile()  # lazy: nothing is compiled until called
     assert list(compiled.state_dict()) == list(plain.state_dict())
     plain.load_state_dict(compiled.state_dict())
 
 
 def test_decision_record_for_metrics():
-    decision = compute.Decision(dict(compute.DEFAULT_CPU), "override", "BOWFLOW_COMPUTE=default",
-                                ["avx2"])
-    assert decision.record() == {"compute": compute.DEFAULT_CPU, "compute_source": "override",
-                                 "compute_reason": "BOWFLOW_COMPUTE=default", "cpu_flags": ["avx2"]}
+    decision = compute.Decision(dict(compute.DEFAULT_CPU), "override", "BOWFLOW_COMPUTE=default", ["avx2"])
+    assert decision.record() == {
+        "compute": compute.DEFAULT_CPU,
+        "compute_source": "override",
+        "compute_reason": "BOWFLOW_COMPUTE=default",
+        "cpu_flags": ["avx2"],
+    }
 
 
 def test_measurement_skips_what_the_deadline_does_not_reach():
     modes = compute.candidates(AVX2, default_threads=max(2, torch.get_num_threads()))
-    ticks = iter(range(10**6))                  # 1 s per clock reading: warm-up 1 s each
-    result = compute.measure(modes, budget_s=1.0, max_rounds=50, width=4, size=8, batch=2,
-                             clock=lambda: float(next(ticks)))
-    assert result["skipped"] == [1, 2, 3] and result["rounds"] == 0     # warm-ups used it
+    ticks = iter(range(10**6))  # 1 s per clock reading: warm-up 1 s each
+    result = compute.measure(
+        modes, budget_s=1.0, max_rounds=50, width=4, size=8, batch=2, clock=lambda: float(next(ticks))
+    )
+    assert result["skipped"] == [1, 2, 3] and result["rounds"] == 0  # warm-ups used it
     assert result["seconds"][0] == 1.0 and all(s == float("inf") for s in result["seconds"][1:])
     choice, gain = compute.pick(modes, result["seconds"])
     assert choice == compute.DEFAULT_CPU and gain == 1.0
@@ -271,8 +287,14 @@ def test_measurement_skips_what_the_deadline_does_not_reach():
 
 def test_an_incomplete_measurement_is_used_but_not_saved(cache_dir, monkeypatch):
     def measure(modes, **kwargs):
-        return {"seconds": [1.0] + [float("inf")] * (len(modes) - 1), "rounds": 1,
-                "elapsed_s": 12.0, "skipped": list(range(1, len(modes))), "warmup_only": []}
+        return {
+            "seconds": [1.0] + [float("inf")] * (len(modes) - 1),
+            "rounds": 1,
+            "elapsed_s": 12.0,
+            "skipped": list(range(1, len(modes))),
+            "warmup_only": [],
+        }
+
     monkeypatch.setattr(compute, "measure", measure)
     decision = compute.decide_compute(torch.device("cpu"))
     assert decision.source == "measured" and decision.choice == compute.DEFAULT_CPU

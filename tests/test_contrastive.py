@@ -2,6 +2,7 @@
 NT-Xent (Chen et al. 2020, eq. 1) and SupCon's L_out (Khosla et al. 2020, eq. 2); each
 check also changes the input and sees the value move, so agreement is not trivial. Then
 the explicit `gather`: per-process shares average to the one-process loss."""
+
 import math
 
 import pytest
@@ -23,10 +24,12 @@ def nt_xent_reference(z1, z2, t):
     """Chen et al. 2020: the 2N embeddings x_1..x_2N, pairs (2k-1, 2k) two views of image k;
     l(i, j) = -log exp(sim(i, j)/t) / sum_{k != i} exp(sim(i, k)/t),
     L = 1/(2N) sum_k [l(2k-1, 2k) + l(2k, 2k-1)], sim the cosine."""
-    x = [v for pair in zip(z1.double(), z2.double()) for v in pair]       # interleaved
+    x = [v for pair in zip(z1.double(), z2.double()) for v in pair]  # interleaved
+
     def loss(i, j):
         denominator = sum(math.exp(cosine(x[i], x[k]) / t) for k in range(len(x)) if k != i)
         return -math.log(math.exp(cosine(x[i], x[j]) / t) / denominator)
+
     n = len(z1)
     return sum(loss(2 * k, 2 * k + 1) + loss(2 * k + 1, 2 * k) for k in range(n)) / (2 * n)
 
@@ -79,7 +82,8 @@ def test_supcon_is_khosla_et_als_l_out(v, labelled):
 def test_supcon_with_two_views_and_no_labels_is_nt_xent():
     z1, z2 = randn(6, 8), randn(6, 8, seed=1)
     assert supcon_loss(torch.stack([z1, z2], 1), None, 0.3).item() == pytest.approx(
-        nt_xent(z1, z2, 0.3).item(), rel=1e-5)
+        nt_xent(z1, z2, 0.3).item(), rel=1e-5
+    )
 
 
 def test_supcon_needs_two_views_and_no_labels_with_gather():
@@ -92,10 +96,12 @@ def test_supcon_needs_two_views_and_no_labels_with_gather():
 def two_processes(full: torch.Tensor, rank: int, b: int):
     """`gather` of rank `rank` of 2: every row of `full`, its own b rows replaced by the
     (differentiable) argument, as distributed.gather puts them."""
+
     def gather(x):
         out = full.clone()
-        out[rank * b:(rank + 1) * b] = x
+        out[rank * b : (rank + 1) * b] = x
         return out
+
     return gather
 
 
@@ -105,11 +111,11 @@ def test_nt_xent_shares_of_two_processes_average_to_the_global_loss():
     shares = []
     for rank in range(2):
         rows = slice(4 * rank, 4 * rank + 4)
-        gathered = iter([F.normalize(z1, dim=1), F.normalize(z2, dim=1)])     # view 1, then 2
+        gathered = iter([F.normalize(z1, dim=1), F.normalize(z2, dim=1)])  # view 1, then 2
         gather = lambda x, rank=rank, gathered=gathered: two_processes(next(gathered), rank, 4)(x)  # noqa: E731
         shares.append(nt_xent(z1[rows], z2[rows], 0.5, gather=gather, rank=rank))
     torch.testing.assert_close((shares[0] + shares[1]) / 2, whole)
-    assert not torch.allclose(shares[0], whole)          # each share alone is not the loss
+    assert not torch.allclose(shares[0], whole)  # each share alone is not the loss
     # the pairs: rank 1's anchor 0 is global image 4; its partner is image 4's other view
     _, candidates, own, partner = nt_xent_pairs(z1[4:], z2[4:], two_processes(F.normalize(z1, dim=1), 1, 4), 1)
     assert own.tolist() == [4, 5, 6, 7, 12, 13, 14, 15] and partner.tolist() == [12, 13, 14, 15, 4, 5, 6, 7]
@@ -120,8 +126,10 @@ def test_supcon_shares_of_two_processes_average_to_the_global_loss(v):
     views = randn(8, v, 6, seed=v)
     whole = supcon_loss(views, None, 0.5)
     normalised = F.normalize(views, dim=2)
-    shares = [supcon_loss(views[4 * r:4 * r + 4], None, 0.5, gather=two_processes(normalised, r, 4), rank=r)
-              for r in range(2)]
+    shares = [
+        supcon_loss(views[4 * r : 4 * r + 4], None, 0.5, gather=two_processes(normalised, r, 4), rank=r)
+        for r in range(2)
+    ]
     torch.testing.assert_close((shares[0] + shares[1]) / 2, whole)
     assert not torch.allclose(shares[1], whole)
     # in one process gather=None and the identity gather are the same loss, bit for bit

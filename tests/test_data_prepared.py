@@ -1,5 +1,6 @@
 """Tests for the prepared data: bowflow.data.write -> Parquet tables and manifest ->
 bowflow.data.prepared (round trip, stable manifest, row groups, an empty split)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,9 @@ from bowflow.data.write import write_prepared
 def test_parquet_round_trip_and_stable_manifest(tmp_path):
     train, test, report = load_source("digits", image_size=12, test_fraction=0.2, seed=0)
     base, novel = base_novel_split(train.class_names, ["9", "7"])
-    manifests = [write_prepared(tmp_path / d, train, test, base, novel, report, {"name": "digits"})
-                 for d in ("one", "two")]
+    manifests = [
+        write_prepared(tmp_path / d, train, test, base, novel, report, {"name": "digits"}) for d in ("one", "two")
+    ]
     assert manifests[0] == manifests[1]
     assert (tmp_path / "one/manifest.json").read_bytes() == (tmp_path / "two/manifest.json").read_bytes()
     m = read_manifest(tmp_path / "one")
@@ -36,11 +38,15 @@ def test_parquet_round_trip_and_stable_manifest(tmp_path):
 
 
 def test_parquet_many_row_groups_and_empty_split(tmp_path, monkeypatch):
-    monkeypatch.setattr(write, "_PARQUET_GROUP_BYTES", 1000)               # ~1 image per group
+    monkeypatch.setattr(write, "_PARQUET_GROUP_BYTES", 1000)  # ~1 image per group
     rng = np.random.default_rng(0)
     names = ["x", "y", "z"]
-    train = ImageSet(rng.integers(0, 256, (7, 10, 10, 3), dtype=np.uint8),
-                     np.array([0, 1, 2, 0, 1, 2, 0]), names, [f"f{i}" for i in range(7)])
+    train = ImageSet(
+        rng.integers(0, 256, (7, 10, 10, 3), dtype=np.uint8),
+        np.array([0, 1, 2, 0, 1, 2, 0]),
+        names,
+        [f"f{i}" for i in range(7)],
+    )
     test = ImageSet(np.zeros((0, 10, 10, 3), np.uint8), np.zeros(0, np.int64), names, [])
     m = write_prepared(tmp_path, train, test, ["x"], ["y", "z"], {"warnings": []}, {})
     assert m["counts"]["test"] == {"x": 0, "y": 0, "z": 0}

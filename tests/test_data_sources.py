@@ -1,5 +1,6 @@
 """Tests for the data sources (bowflow.data.sources, image_folder, scan, decode, resize):
 digits, image folders and tarballs, bad input, the process pool."""
+
 from __future__ import annotations
 
 import tarfile
@@ -32,12 +33,12 @@ def _split_tree(root: Path) -> Path:
     _save(root / "train/cat/b.jpg")
     _save(root / "train/cat/c.PNG")
     _save(root / "train/cat/gray.png", mode="L", color=90)
-    _save(root / "train/cat/wide.png", size=(24, 12))             # resized (crop + resize)
+    _save(root / "train/cat/wide.png", size=(24, 12))  # resized (crop + resize)
     (root / "train/cat/broken.jpg").write_bytes(b"not an image at all")
     (root / "train/cat/notes.txt").write_text("ignored")
     _save(root / "train/dog/a.png", color=(10, 10, 240))
     _save(root / "train/dog/b.png", color=(10, 10, 240))
-    _save(root / "train/dog/p.png", mode="P", color=3)           # palette
+    _save(root / "train/dog/p.png", mode="P", color=3)  # palette
     _save(root / "train/dog/t.png", mode="RGBA", color=(0, 0, 0, 0))  # fully transparent
     (root / "train/empty").mkdir(parents=True)
     _save(root / "test/cat/a.png")
@@ -90,8 +91,8 @@ def test_digits_deterministic_per_seed():
 def test_imagefolder_train_test_layout(tmp_path, capsys):
     root = _split_tree(tmp_path / "data")
     train, test, report = load_source("imagefolder", str(root), image_size=16, max_bad_fraction=0.5)
-    assert train.class_names == test.class_names == ["cat", "dog"]       # "empty" dropped
-    assert np.bincount(train.labels).tolist() == [5, 4]                  # broken.jpg skipped
+    assert train.class_names == test.class_names == ["cat", "dog"]  # "empty" dropped
+    assert np.bincount(train.labels).tolist() == [5, 4]  # broken.jpg skipped
     assert np.bincount(test.labels).tolist() == [2, 1]
     assert train.images.shape == (9, 16, 16, 3)
     assert report["found"] == 13 and report["resized"] == 1
@@ -100,9 +101,9 @@ def test_imagefolder_train_test_layout(tmp_path, capsys):
     warnings = "\n".join(report["warnings"])
     assert "empty" in warnings and "dropped" in warnings
     gray = train.images[train.paths.index("train/cat/gray.png")]
-    assert (gray == 90).all()                                            # L -> RGB
+    assert (gray == 90).all()  # L -> RGB
     clear = train.images[train.paths.index("train/dog/t.png")]
-    assert (clear == 255).all()                                          # alpha over white
+    assert (clear == 255).all()  # alpha over white
     assert train.paths[:2] == ["train/cat/a.png", "train/cat/b.jpg"]
 
 
@@ -144,7 +145,7 @@ def test_imagefolder_tarball(tmp_path):
     root = _split_tree(tmp_path / "tree" / "mydata")
     tarball = tmp_path / "mydata.tar.gz"
     with tarfile.open(tarball, "w:gz") as tar:
-        tar.add(root, arcname="mydata")                                  # one top-level folder
+        tar.add(root, arcname="mydata")  # one top-level folder
     from_dir = load_source("imagefolder", str(root), image_size=16, max_bad_fraction=0.5)
     from_tar = load_source("imagefolder", str(tarball), image_size=16, max_bad_fraction=0.5)
     for a, b in zip(from_dir[:2], from_tar[:2]):

@@ -1,4 +1,5 @@
 """Tests for bowflow.data.splits: train/test rows, base/novel classes, class subsets."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -7,6 +7,7 @@ fill; prepare writes unlabelled.parquet and names the corrupt file; the pretrain
 trains on exactly the unlabelled images (replace) or on them plus the labelled SSL rows
 (add); evaluation reads the labelled train/test tables only.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,7 +29,7 @@ from stages import prepare, pretrain
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_TARBALL = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
-DIGITS_SSL = 675        # train rows of the digits' base classes (0-4) at the default split
+DIGITS_SSL = 675  # train rows of the digits' base classes (0-4) at the default split
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +54,21 @@ def photos(root: Path, n: int = 11, corrupt: bool = True) -> Path:
 
 
 def prepare_args(out: Path, unlabelled: Path | str, *extra: str) -> list[str]:
-    return ["--out", str(out), "--seed", "0", "--source", "digits", "--root", "", "--image_size", "8",
-            "--unlabelled", str(unlabelled), *extra]
+    return [
+        "--out",
+        str(out),
+        "--seed",
+        "0",
+        "--source",
+        "digits",
+        "--root",
+        "",
+        "--image_size",
+        "8",
+        "--unlabelled",
+        str(unlabelled),
+        *extra,
+    ]
 
 
 def checked_params(unlabelled: str, **data) -> dict:
@@ -84,12 +98,15 @@ def test_check_params_names_a_missing_path_an_empty_folder_and_a_small_pool(tmp_
         check(checked_params(str(tmp_path / "photos.zip")))
     with pytest.raises(ParamsError, match=r"data\.unlabelled_use: unlabelled_use must be one of \['replace', 'add'\]"):
         validate_params(checked_params("x", unlabelled_use="both"))
-    few = photos(tmp_path / "few")     # 12 image files; g0's batch of 64 cannot fill a step
-    with pytest.raises(ParamsError, match=r"pretrain\.g0\.batch_size: 64 images per step, but the run "
-                                          r"trains on only 12 images .*data\.unlabelled"):
+    few = photos(tmp_path / "few")  # 12 image files; g0's batch of 64 cannot fill a step
+    with pytest.raises(
+        ParamsError,
+        match=r"pretrain\.g0\.batch_size: 64 images per step, but the run "
+        r"trains on only 12 images .*data\.unlabelled",
+    ):
         check(checked_params(str(few)))
-    check(checked_params(str(few), unlabelled_use="add"))      # + 675 labelled rows: enough
-    check(checked_params(""))                                   # the default: none
+    check(checked_params(str(few), unlabelled_use="add"))  # + 675 labelled rows: enough
+    check(checked_params(""))  # the default: none
 
 
 # ------------------------------------------------------------------------ prepare
@@ -97,8 +114,11 @@ def test_check_params_names_a_missing_path_an_empty_folder_and_a_small_pool(tmp_
 
 def test_prepare_reads_any_depth_and_names_the_corrupt_file(tmp_path):
     folder = photos(tmp_path / "photos")
-    with pytest.raises(SystemExit, match=r"data\.max_bad_fraction: 1 of 12 image files .* "
-                                         r"First ones: .*trip/broken\.jpg"):
+    with pytest.raises(
+        SystemExit,
+        match=r"data\.max_bad_fraction: 1 of 12 image files .* "
+        r"First ones: .*trip/broken\.jpg",
+    ):
         prepare.main(prepare_args(tmp_path / "strict", folder, "--max_bad_fraction", "0"))
     prepare.main(prepare_args(tmp_path / "prepared", folder, "--max_bad_fraction", "0.1"))
     manifest = read_manifest(tmp_path / "prepared")
@@ -109,7 +129,7 @@ def test_prepare_reads_any_depth_and_names_the_corrupt_file(tmp_path):
     assert any("trip/broken.jpg" in w for w in manifest["report"]["unlabelled"]["warnings"])
     table = load_prepared(tmp_path / "prepared", "unlabelled")
     assert table["images"].shape == (11, 3, 8, 8) and set(table["labels"].tolist()) == {-1}
-    images, labels, _ = load_ssl_split(tmp_path / "prepared")          # replace: these only
+    images, labels, _ = load_ssl_split(tmp_path / "prepared")  # replace: these only
     assert images.shape[0] == 11 and bool((images == table["images"]).all())
     # the labelled tables are those of a preparation without data.unlabelled
     prepare.main(prepare_args(tmp_path / "plain", ""))
@@ -124,8 +144,7 @@ def test_prepare_reads_a_tarball_and_caps_the_pool(tmp_path):
     tarball = tmp_path / "photos.tar.gz"
     with tarfile.open(tarball, "w:gz") as tar:
         tar.add(folder, arcname="photos")
-    prepare.main(prepare_args(tmp_path / "prepared", tarball, "--unlabelled_use", "add",
-                              "--ssl_max_images", "100"))
+    prepare.main(prepare_args(tmp_path / "prepared", tarball, "--unlabelled_use", "add", "--ssl_max_images", "100"))
     manifest = read_manifest(tmp_path / "prepared")
     assert manifest["totals"]["unlabelled"] == 11
     images, labels, _ = load_ssl_split(tmp_path / "prepared")
@@ -136,28 +155,72 @@ def test_prepare_reads_a_tarball_and_caps_the_pool(tmp_path):
 
 
 @pytest.mark.parametrize("use, expected, batch", [("replace", 11, 8), ("add", DIGITS_SSL + 11, 64)])
-def test_pretrain_trains_on_the_unlabelled_images_and_evaluate_on_the_labelled(tmp_path, monkeypatch,
-                                                                               use, expected, batch):
+def test_pretrain_trains_on_the_unlabelled_images_and_evaluate_on_the_labelled(
+    tmp_path, monkeypatch, use, expected, batch
+):
     folder = photos(tmp_path / "photos")
     prepared = tmp_path / "prepared"
     prepare.main(prepare_args(prepared, folder, "--unlabelled_use", use, "--max_bad_fraction", "0.1"))
     metrics = tmp_path / "g0.json"
     monkeypatch.chdir(tmp_path)
-    pretrain.main(["--prepared", str(prepared), "--model", str(tmp_path / "g0" / "model.pt"),
-                   "--metrics", str(metrics), "--history", str(tmp_path / "g0.csv"),
-                   "--checkpoints", str(tmp_path / "ckpt"), "--seed", "0", "--device", "cpu",
-                   "--method", "rotnet", "--arch", "convnet", "--width", "4", "--epochs", "1",
-                   "--batch_size", str(batch), "--padding", "1"])
+    pretrain.main(
+        [
+            "--prepared",
+            str(prepared),
+            "--model",
+            str(tmp_path / "g0" / "model.pt"),
+            "--metrics",
+            str(metrics),
+            "--history",
+            str(tmp_path / "g0.csv"),
+            "--checkpoints",
+            str(tmp_path / "ckpt"),
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--method",
+            "rotnet",
+            "--arch",
+            "convnet",
+            "--width",
+            "4",
+            "--epochs",
+            "1",
+            "--batch_size",
+            str(batch),
+            "--padding",
+            "1",
+        ]
+    )
     assert json.loads(metrics.read_text())["train_images"] == expected
 
     read = []
     real = stages.evaluate.load_prepared
     monkeypatch.setattr(stages.evaluate, "load_prepared", lambda p, split: read.append(split) or real(p, split))
     out = tmp_path / "eval.json"
-    stages.evaluate.main(["--prepared", str(prepared), "--model", str(tmp_path / "g0" / "model.pt"),
-                          "--out", str(out), "--seed", "0", "--device", "cpu", "--linear_epochs", "1",
-                          "--few_shot_shots", "1", "5", "--few_shot_episodes", "5"])
-    assert sorted(read) == ["test", "train"]                  # never the unlabelled table
+    stages.evaluate.main(
+        [
+            "--prepared",
+            str(prepared),
+            "--model",
+            str(tmp_path / "g0" / "model.pt"),
+            "--out",
+            str(out),
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--linear_epochs",
+            "1",
+            "--few_shot_shots",
+            "1",
+            "5",
+            "--few_shot_episodes",
+            "5",
+        ]
+    )
+    assert sorted(read) == ["test", "train"]  # never the unlabelled table
     result = json.loads(out.read_text())
     assert set(result["few_shot"]) == {"1", "5"} and 0 <= result["knn_all"] <= 100
 
@@ -194,14 +257,14 @@ def test_torchvision_cifar10_prepares_as_the_class_folder_tarball(tmp_path, monk
     batches = tmp_path / "torchvision" / "cifar-10-batches-py"
     batches.mkdir(parents=True)
     for split, by_class in taken.items():
-        rows = []                          # interleaved: i-th image of every class, then the next
+        rows = []  # interleaved: i-th image of every class, then the next
         for i in range(per_class):
             for k, name in enumerate(classes):
                 data = by_class[name][i]
                 (folder / split / name).mkdir(parents=True, exist_ok=True)
                 (folder / split / name / f"{i:04d}.jpg").write_bytes(data)
                 pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.uint8)
-                rows.append((pixels.transpose(2, 0, 1).reshape(-1), k))   # torchvision's CHW rows
+                rows.append((pixels.transpose(2, 0, 1).reshape(-1), k))  # torchvision's CHW rows
         batch = {"data": np.stack([r[0] for r in rows]), "labels": [r[1] for r in rows]}
         names = ["data_batch_1"] if split == "train" else ["test_batch"]
         for name in names:
@@ -210,7 +273,8 @@ def test_torchvision_cifar10_prepares_as_the_class_folder_tarball(tmp_path, monk
         (batches / name).write_bytes(pickle.dumps({"data": np.zeros((0, 3072), np.uint8), "labels": []}))
     (batches / "batches.meta").write_bytes(pickle.dumps({"label_names": classes}))
     import torchvision.datasets.cifar
-    monkeypatch.setattr(datasets.CIFAR10, "_check_integrity", lambda self: True)   # not the real md5s
+
+    monkeypatch.setattr(datasets.CIFAR10, "_check_integrity", lambda self: True)  # not the real md5s
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
 
     tv_train, tv_test, _ = load_source("cifar10", tmp_path / "torchvision", image_size=32)

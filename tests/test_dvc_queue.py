@@ -29,6 +29,7 @@ pretrain_seed0@g0, evaluate_pretrain_seed0@g0; no report). Measured on the 2-cor
 other jobs held its load average at 2-7: 94-144 s for the whole test (a plain `dvc repro` of
 the same target took 25 s there idle and 91 s at load 7).
 """
+
 from __future__ import annotations
 
 import json
@@ -50,15 +51,17 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 # A user's fresh shell: the project's environment is not on PATH (the README's commands
 # start with `.venv/bin/`), no activated venv, an empty per-machine compute cache.
-USER_PATH = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
-                            if p and Path(p).resolve() != BIN.resolve())
-ENV = {**{k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "BOWFLOW_PYTHON")},
-       "PATH": USER_PATH, "BOWFLOW_CACHE": tempfile.mkdtemp(prefix="bowflow-test-cache-")}
+USER_PATH = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p and Path(p).resolve() != BIN.resolve())
+ENV = {
+    **{k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "BOWFLOW_PYTHON")},
+    "PATH": USER_PATH,
+    "BOWFLOW_CACHE": tempfile.mkdtemp(prefix="bowflow-test-cache-"),
+}
 
-SEED = 0                                 # the tiny configuration's one training seed
-TARGET = f"evaluate_pretrain_seed{SEED}@g0"   # check_params, prepare, pretrain_seed0@g0, its evaluation
+SEED = 0  # the tiny configuration's one training seed
+TARGET = f"evaluate_pretrain_seed{SEED}@g0"  # check_params, prepare, pretrain_seed0@g0, its evaluation
 TRAIN_STAGE = f"pretrain_seed{SEED}@g0"
-METRICS = f"data/metrics/seed{SEED}"     # .../train/g0.json, .../eval/g0.json
+METRICS = f"data/metrics/seed{SEED}"  # .../train/g0.json, .../eval/g0.json
 MODEL = f"data/models/seed{SEED}/g0/model.pt"
 CURVE = f"data/plots/seed{SEED}/train/g0.csv"
 KEY = "pretrain.g0.lr"
@@ -93,8 +96,9 @@ def sh(project: Path, command: str, check: bool = True) -> subprocess.CompletedP
     """Run `command` as typed in a user's shell at the project's root."""
     result = subprocess.run(["bash", "-c", command], cwd=project, capture_output=True, text=True, env=ENV)
     if check and result.returncode != 0:
-        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
-                             f"{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"{command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -102,8 +106,10 @@ def queue_status(project: Path) -> tuple[dict[str, str], int]:
     """`dvc queue status` -> ({experiment name: Queued | Running | Success | Failed}, the
     number of workers it sees, active or idle)."""
     out = sh(project, ".venv/bin/dvc queue status").stdout
-    tasks = {m.group(1): m.group(2) for m in
-             re.finditer(r"^\S+\s+(\S+)\s+.*?\s(Queued|Running|Success|Failed)\s*$", out, re.M)}
+    tasks = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\S+\s+(\S+)\s+.*?\s(Queued|Running|Success|Failed)\s*$", out, re.M)
+    }
     workers = re.search(r"Worker status: (\d+) active, (\d+) idle", out)
     return tasks, int(workers.group(1)) + int(workers.group(2)) if workers else 0
 
@@ -140,8 +146,10 @@ def wait_for_queue(project: Path, started: float) -> dict[str, str]:
             if not {"Queued", "Running", None} & set(mine.values()):
                 return mine
             if workers == 0 and now - started > 60 and set(mine.values()) == {"Queued"}:
-                pytest.fail("no queue worker is running and nothing started: `dvc queue start` spawns "
-                            "its workers as `dvc` found on PATH\n" + diagnostics(project))
+                pytest.fail(
+                    "no queue worker is running and nothing started: `dvc queue start` spawns "
+                    "its workers as `dvc` found on PATH\n" + diagnostics(project)
+                )
         if now - started > QUEUE_TIMEOUT_S:
             pytest.fail(f"the queue did not finish in {QUEUE_TIMEOUT_S} s: {status}\n{diagnostics(project)}")
         time.sleep(POLL_S)
@@ -164,17 +172,24 @@ def metrics_of(project: Path, rev: str) -> dict:
     holds. Those records are outputs with `cache: false`, not DVC metrics: `dvc exp show`
     compares the report's data/metrics/summary.json, which a run with this target does not
     write."""
+
     def committed(part: str) -> dict:
         path = f"{METRICS}/{part}/g0.json"
         shown = sh(project, f"git show {rev}:{path}", check=False)
-        assert shown.returncode == 0, (f"{rev}: {path} is not in the experiment commit; is data/metrics/ "
-                                       "ignored by .gitignore? DVC commits only what git tracks")
+        assert shown.returncode == 0, (
+            f"{rev}: {path} is not in the experiment commit; is data/metrics/ "
+            "ignored by .gitignore? DVC commits only what git tracks"
+        )
         return json.loads(shown.stdout)
 
     train, evaluation = committed("train"), committed("eval")
-    return {"loss": train["final"]["loss"], "rotation_accuracy": train["final"]["rotation_accuracy"],
-            "linear_base": evaluation["linear_base"], "knn_all": evaluation["knn_all"],
-            **{f"few_shot_{n}": shot["mean"] for n, shot in evaluation["few_shot"].items()}}
+    return {
+        "loss": train["final"]["loss"],
+        "rotation_accuracy": train["final"]["rotation_accuracy"],
+        "linear_base": evaluation["linear_base"],
+        "knn_all": evaluation["knn_all"],
+        **{f"few_shot_{n}": shot["mean"] for n, shot in evaluation["few_shot"].items()},
+    }
 
 
 def locked(project: Path, rev: str) -> dict:
@@ -210,8 +225,12 @@ def test_queued_experiments_run_and_differ_where_their_params_do(tmp_path):
     # A fresh clone's ignore rules (the repository's .gitignore), plus the scaffold's
     # `.venv` symlink, which `.venv/` (a folder pattern) does not match.
     (project / ".gitignore").write_text((ROOT / ".gitignore").read_text() + "/.venv\n")
-    for command in ("git config user.name bowflow-test", "git config user.email test@bowflow.invalid",
-                    "git add .gitignore", "git commit -qm 'the repository .gitignore'"):
+    for command in (
+        "git config user.name bowflow-test",
+        "git config user.email test@bowflow.invalid",
+        "git add .gitignore",
+        "git commit -qm 'the repository .gitignore'",
+    ):
         sh(project, command)
     # The experiment commits must be able to hold the metrics (see the module's docstring).
     for path in (f"{METRICS}/eval/g0.json", CURVE):
@@ -227,7 +246,7 @@ def test_queued_experiments_run_and_differ_where_their_params_do(tmp_path):
     try:
         sh(project, START)
         status = wait_for_queue(project, queue_started)
-    except BaseException:   # no worker outlives a failed test (idle ones stop by themselves)
+    except BaseException:  # no worker outlives a failed test (idle ones stop by themselves)
         sh(project, ".venv/bin/dvc queue stop --kill", check=False)
         raise
     queue_seconds = time.monotonic() - queue_started
@@ -246,10 +265,12 @@ def test_queued_experiments_run_and_differ_where_their_params_do(tmp_path):
         assert not [path for path in found[name]["data"]["metrics"] if path.startswith(METRICS)]
         # What the experiment reports is what its own run wrote: the records of its commit.
         written = {part: committed_json(project, revs[name], f"{METRICS}/{part}/g0.json") for part in ("train", "eval")}
-        assert metrics[name] == {"loss": written["train"]["final"]["loss"],
-                                 "rotation_accuracy": written["train"]["final"]["rotation_accuracy"],
-                                 **{k: written["eval"][k] for k in ("linear_base", "knn_all")},
-                                 **{f"few_shot_{n}": shot["mean"] for n, shot in written["eval"]["few_shot"].items()}}
+        assert metrics[name] == {
+            "loss": written["train"]["final"]["loss"],
+            "rotation_accuracy": written["train"]["final"]["rotation_accuracy"],
+            **{k: written["eval"][k] for k in ("linear_base", "knn_all")},
+            **{f"few_shot_{n}": shot["mean"] for n, shot in written["eval"]["few_shot"].items()},
+        }
         # The run is the one its name says: its dvc.lock ran the training stage with the
         # queued lr, and the curve it logged (a cache: false plot, in the commit too) reached
         # that lr at the end of the warm-up epoch (warmup_epochs 1.0: epoch 1's last step is
@@ -264,8 +285,9 @@ def test_queued_experiments_run_and_differ_where_their_params_do(tmp_path):
         assert {n: shot["episodes"] for n, shot in written["eval"]["few_shot"].items()} == {"1": 50, "5": 50}
     low, high = (metrics[name] for name in RUNS)
     assert low["loss"] != high["loss"], "a different learning rate trained to the same loss"
-    assert low != high and any(low[k] != high[k] for k in ("linear_base", "knn_all", "few_shot_1")), \
+    assert low != high and any(low[k] != high[k] for k in ("linear_base", "knn_all", "few_shot_1")), (
         "the evaluations of two different models agree in every number"
+    )
 
     # One cache for both: what does not depend on the lr is the same output, the models
     # differ, and each is in the project's cache (where `dvc exp apply` checks it out from).
@@ -291,5 +313,7 @@ def test_queued_experiments_run_and_differ_where_their_params_do(tmp_path):
     trained = json.loads((project / METRICS / "train/g0.json").read_text())
     assert trained["compute_source"] == "params" and trained["compute"]["threads"] == 1, trained["compute_source"]
     assert "up to date" in sh(project, f".venv/bin/dvc status {TARGET}").stdout
-    print(f"\nqueue of {len(RUNS)} with --jobs {JOBS}: {queue_seconds:.0f} s; "
-          f"whole test {time.monotonic() - started:.0f} s; metrics {metrics}")
+    print(
+        f"\nqueue of {len(RUNS)} with --jobs {JOBS}: {queue_seconds:.0f} s; "
+        f"whole test {time.monotonic() - started:.0f} s; metrics {metrics}"
+    )

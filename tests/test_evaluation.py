@@ -1,4 +1,5 @@
 """Tests for bowflow.evaluation: linear probe, k-NN and few-shot protocols on synthetic features."""
+
 from __future__ import annotations
 
 import math
@@ -74,7 +75,7 @@ def test_linear_probe_noise_near_chance():
 def test_linear_probe_matches_sklearn_logistic_regression():
     from sklearn.linear_model import LogisticRegression
 
-    x, y = clusters(6, 400, 64, spread=4.0, seed=1)   # overlapping classes: ~75 %, not 100 %
+    x, y = clusters(6, 400, 64, spread=4.0, seed=1)  # overlapping classes: ~75 %, not 100 %
     x = torch.relu(x) * torch.linspace(0.1, 5.0, 64)  # skewed, anisotropic features
     tr, te = slice(0, 1600), slice(1600, None)
     ours = linear_probe(x[tr], y[tr], x[te], y[te], num_classes=6)["accuracy"]
@@ -193,10 +194,10 @@ def test_few_shot_checks_before_any_work():
 
 def test_sample_episodes_are_valid_nested_and_feature_free():
     gen = torch.Generator().manual_seed(0)
-    y = torch.randint(0, 8, (400,), generator=gen) * 3 + 7    # 8 arbitrary class ids, unequal sizes
+    y = torch.randint(0, 8, (400,), generator=gen) * 3 + 7  # 8 arbitrary class ids, unequal sizes
     support, query = sample_episodes(y, n_way=5, n_shot=5, n_query=6, n_episodes=50, seed=1)
     assert support.shape == (50, 5, 5) and query.shape == (50, 5, 6)
-    images = torch.cat([support, query], dim=2)                  # [E, W, 11]
+    images = torch.cat([support, query], dim=2)  # [E, W, 11]
     labels = y[images]
     assert (labels == labels[..., :1]).all(), "one class per row"
     for e in range(50):
@@ -227,7 +228,7 @@ def episode_accuracies_numpy(x, y, n_way, n, n_query, n_episodes, seed):
 
 
 def test_few_shot_uses_sampled_episodes_and_ci95_formula():
-    x, y = clusters(6, 40, 16, spread=4.0, seed=2)               # mid-range accuracy
+    x, y = clusters(6, 40, 16, spread=4.0, seed=2)  # mid-range accuracy
     out = few_shot(x, y, n_way=5, shots=[1, 5], n_query=7, n_episodes=60, seed=4)
     for n in (1, 5):
         accs = episode_accuracies_numpy(x, y, 5, n, 7, 60, seed=4)
@@ -274,12 +275,12 @@ def test_few_shot_deterministic_and_seed_dependent():
 
 def test_batched_equals_reference_loop_exactly():
     gen = torch.Generator().manual_seed(5)
-    y = torch.randint(0, 9, (600,), generator=gen)               # 9 classes, unequal sizes
+    y = torch.randint(0, 9, (600,), generator=gen)  # 9 classes, unequal sizes
     x = 0.3 * torch.randn(9, 48, generator=gen)[y] + torch.randn(600, 48, generator=gen)
     kwargs = dict(n_way=5, shots=[1, 5, 20], n_query=9, n_episodes=150, seed=11)
     reference = few_shot_reference_loop(x, y, **kwargs)
-    assert 25.0 < reference[1]["mean"] < 95.0                    # predictions are not trivial
-    for per_batch in (1, 37, 256):                                # 37 does not divide 150
+    assert 25.0 < reference[1]["mean"] < 95.0  # predictions are not trivial
+    for per_batch in (1, 37, 256):  # 37 does not divide 150
         assert few_shot(x, y, **kwargs, episodes_per_batch=per_batch) == reference
 
 

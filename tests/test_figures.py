@@ -1,5 +1,6 @@
 """Figures quoted in prose (bowflow.figures): each re-derived from its record, and a
 changed figure is caught."""
+
 import json
 import re
 
@@ -15,20 +16,27 @@ def record(tmp_path):
     """A record of three training runs: two students and a placeholder."""
     train = tmp_path / "rec" / "metrics" / "train"
     train.mkdir(parents=True)
-    for name, seconds, images, rate in (("kd", 90.0, 1346, 250.4), ("crd", 60.0, 1346, 90.2),
-                                       ("random_init", 6.0, 675, 16.0)):
-        (train / f"{name}.json").write_text(json.dumps(
-            {"wall_seconds": seconds, "train_images": images, "images_per_second": rate}))
+    for name, seconds, images, rate in (
+        ("kd", 90.0, 1346, 250.4),
+        ("crd", 60.0, 1346, 90.2),
+        ("random_init", 6.0, 675, 16.0),
+    ):
+        (train / f"{name}.json").write_text(
+            json.dumps({"wall_seconds": seconds, "train_images": images, "images_per_second": rate})
+        )
     return tmp_path
 
 
-@pytest.mark.parametrize("quantity, args, expected", [
-    ("minutes", "metrics/**/*.json", "2.6 min"),                      # (90 + 60 + 6) / 60
-    ("minutes", "metrics/train/*.json -random_init", "2.5 min"),
-    ("count", "metrics/train/*.json", "3"),
-    ("field", "train_images metrics/train/*.json -random_init", "1,346"),
-    ("range", "images_per_second metrics/train/*.json -random_init", "90-250"),
-])
+@pytest.mark.parametrize(
+    "quantity, args, expected",
+    [
+        ("minutes", "metrics/**/*.json", "2.6 min"),  # (90 + 60 + 6) / 60
+        ("minutes", "metrics/train/*.json -random_init", "2.5 min"),
+        ("count", "metrics/train/*.json", "3"),
+        ("field", "train_images metrics/train/*.json -random_init", "1,346"),
+        ("range", "images_per_second metrics/train/*.json -random_init", "90-250"),
+    ],
+)
 def test_derive(record, quantity, args, expected):
     assert figures.derive(record / "rec", quantity, args.split()) == expected
 
@@ -59,8 +67,12 @@ def test_published_figures_match_their_records():
 # The figures issue 24 found wrong, each now marked so that it cannot come back unnoticed:
 # (record, quantity) that the record's own page (docs/results/<name>/README.md, where its
 # provenance lives) must quote through a marker.
-MARKED = [("docs/results/distill-digits", "minutes"), ("docs/results/distill-digits", "field"),
-          ("docs/results/family-cpu", "minutes"), ("docs/results/family-cpu", "range")]
+MARKED = [
+    ("docs/results/distill-digits", "minutes"),
+    ("docs/results/distill-digits", "field"),
+    ("docs/results/family-cpu", "minutes"),
+    ("docs/results/family-cpu", "range"),
+]
 
 
 @pytest.mark.parametrize("record, quantity", MARKED)
@@ -68,14 +80,15 @@ def test_figures_found_wrong_are_marked(record, quantity):
     page = f"{record}/README.md"
     assert page in figures.documents(ROOT), f"{page} is not a published document"
     text = (ROOT / page).read_text()
-    found = [m for m in figures.FIGURE.finditer(text)
-             if m.group("record") == record and m.group("quantity") == quantity]
+    found = [
+        m for m in figures.FIGURE.finditer(text) if m.group("record") == record and m.group("quantity") == quantity
+    ]
     assert found, f"{page} quotes no {quantity} of {record} through a figure marker"
-    for m in found:                                  # and each marked figure is checked: change it
+    for m in found:  # and each marked figure is checked: change it
         line_start = text.rfind("\n", 0, m.start()) + 1
-        before = text[line_start:m.start()]
+        before = text[line_start : m.start()]
         digit = re.search(r"\d(?=\D*$)", before)
-        bumped = before[:digit.start()] + str((int(digit.group()) + 1) % 10) + before[digit.end():]
+        bumped = before[: digit.start()] + str((int(digit.group()) + 1) % 10) + before[digit.end() :]
         assert figures.check_text(bumped + m.group(0), page, ROOT)
 
 

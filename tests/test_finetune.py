@@ -4,6 +4,7 @@ to dvc.yaml and the report's columns. That fine-tuning a pretrained network beat
 the untrained control is tests/test_method_learning.py's
 `test_fine_tuning_a_pretrained_network_beats_the_untrained_control`; the pipeline run is
 tests/test_pipeline_small.py's `test_adding_fine_tuning_reruns_only_its_stages_and_the_report`."""
+
 from __future__ import annotations
 
 import copy
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_subset_is_balanced_seeded_and_keeps_every_class():
     labels = torch.tensor([0] * 200 + [1] * 100 + [2] * 7)
     rows = balanced_subset(labels, 0.1, seed=0)
-    assert torch.bincount(labels[rows]).tolist() == [20, 10, 1]      # round(0.7) = 1: at least one
+    assert torch.bincount(labels[rows]).tolist() == [20, 10, 1]  # round(0.7) = 1: at least one
     assert torch.equal(rows, balanced_subset(labels, 0.1, seed=0)) and torch.equal(rows, rows.sort().values)
     assert not torch.equal(rows, balanced_subset(labels, 0.1, seed=1))
     assert len(balanced_subset(labels, 1.0, seed=3)) == len(labels)
@@ -51,8 +52,9 @@ def test_fine_tuning_is_a_function_of_its_seed_and_trains_the_backbone():
         torch.manual_seed(0)
         backbone = build_backbone("convnet", 8)
         before = {k: v.clone() for k, v in backbone.state_dict().items()}
-        result = fine_tuned_top1(backbone, normalizer, train_x, train_y, test_x, test_y, 4, 0.5, recipe,
-                                 seed, torch.device("cpu"))
+        result = fine_tuned_top1(
+            backbone, normalizer, train_x, train_y, test_x, test_y, 4, 0.5, recipe, seed, torch.device("cpu")
+        )
         return result, before, backbone.state_dict()
 
     first, before, after = run(0)
@@ -69,16 +71,19 @@ def params():
     return load_yaml(ROOT / "params.yaml")
 
 
-@pytest.mark.parametrize("section, expected", [
-    ({"fractions": [0.01, 1.5]}, "finetune.fractions: fractions must be in (0, 1], got [0.01, 1.5]"),
-    ({"fractions": [0.0]}, "finetune.fractions: fractions must be in (0, 1]"),
-    ({"fractions": [0.01, 0.1], "epochs": [60]}, "finetune.epochs: epochs must give one count per fraction"),
-    ({"fractions": []}, "finetune.fractions: fractions must list at least one"),
-    ({"fractions": [0.1, 0.1], "epochs": [3, 3]}, "finetune.fractions: fractions lists a fraction more than once"),
-    ({"lr": 0}, "finetune.lr: lr must be > 0"),
-    ({"epoch": [3]}, "finetune.epoch: unknown key"),
-    (None, "finetune: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "section, expected",
+    [
+        ({"fractions": [0.01, 1.5]}, "finetune.fractions: fractions must be in (0, 1], got [0.01, 1.5]"),
+        ({"fractions": [0.0]}, "finetune.fractions: fractions must be in (0, 1]"),
+        ({"fractions": [0.01, 0.1], "epochs": [60]}, "finetune.epochs: epochs must give one count per fraction"),
+        ({"fractions": []}, "finetune.fractions: fractions must list at least one"),
+        ({"fractions": [0.1, 0.1], "epochs": [3, 3]}, "finetune.fractions: fractions lists a fraction more than once"),
+        ({"lr": 0}, "finetune.lr: lr must be > 0"),
+        ({"epoch": [3]}, "finetune.epoch: unknown key"),
+        (None, "finetune: expected a mapping"),
+    ],
+)
 def test_bad_finetune_params_are_named(params, section, expected):
     with pytest.raises(ParamsError) as info:
         validate_params(dict(params, finetune=section))
@@ -108,8 +113,16 @@ def test_the_section_adds_a_finetune_stage_per_evaluated_run_and_seed(params):
 
 
 def evaluation(name: str, linear: float) -> dict:
-    return {"name": name, "parent": "", "generation": 0, "method": "rotnet", "method_label": "RotNet",
-            "linear_base": linear, "knn_all": linear, "few_shot": {"1": {"mean": linear, "ci95": 1.0}}}
+    return {
+        "name": name,
+        "parent": "",
+        "generation": 0,
+        "method": "rotnet",
+        "method_label": "RotNet",
+        "linear_base": linear,
+        "knn_all": linear,
+        "few_shot": {"1": {"mean": linear, "ci95": 1.0}},
+    }
 
 
 def test_the_report_reads_fine_tuning_beside_the_evaluation(tmp_path):
@@ -118,8 +131,9 @@ def test_the_report_reads_fine_tuning_beside_the_evaluation(tmp_path):
         (folder / "eval").mkdir(parents=True)
         (folder / "finetune").mkdir()
         (folder / "eval/g0.json").write_text(json.dumps(evaluation("g0", 50.0)))
-        (folder / "finetune/g0.json").write_text(json.dumps(
-            {"name": "g0", "finetune": {"0.01": {"top1": top1[0]}, "0.1": {"top1": top1[1]}}}))
+        (folder / "finetune/g0.json").write_text(
+            json.dumps({"name": "g0", "finetune": {"0.01": {"top1": top1[0]}, "0.1": {"top1": top1[1]}}})
+        )
     per_seed = report.load_seeds(tmp_path)
     table = report.seed_table(per_seed)
     assert "| Fine-tuned 1% | Fine-tuned 10% |" in table and "| 32.0 ± 1.4 | 56.0 ± 1.4 |" in table

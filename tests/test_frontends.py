@@ -3,6 +3,7 @@ inputs, same outputs. DVC's side comes from DVC's own resolver, Snakemake's from
 dry run of the workflow, over the shipped params.yaml and over the tiny params (every
 method, teachers and distillation runs). Directory outputs are declared in dvc.yaml
 (`type: directory`); a wrong or missing declaration is an error (workflow/dvcstages.py)."""
+
 import os
 import re
 import subprocess
@@ -20,7 +21,7 @@ sys.path.insert(0, str(ROOT / "workflow"))
 from dvcstages import DeclarationError, Pipeline  # noqa: E402
 
 BIN = Path(sys.executable).parent
-PREPARED = "    - data/prepared:"       # how dvc.yaml (workflow/pipeline.py) declares prepare's output folder
+PREPARED = "    - data/prepared:"  # how dvc.yaml (workflow/pipeline.py) declares prepare's output folder
 
 
 def relative(path: str, root: Path) -> str:
@@ -40,8 +41,13 @@ def dvc_stages(root: Path = ROOT) -> dict[frozenset, dict]:
 
 
 def snakemake(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "snakemake"), *args], cwd=root, capture_output=True, text=True,
-                          env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
+    return subprocess.run(
+        [str(BIN / "snakemake"), *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
+    )
 
 
 def snakemake_jobs(result: subprocess.CompletedProcess) -> dict[frozenset, dict]:
@@ -64,8 +70,11 @@ def dry_run(request, tmp_path_factory):
     """(project, its Snakemake dry run): this repository, a scratch tiny project, and one with
     the optional `finetune:` section (its stages)."""
     params = {"tiny": tiny_params, "finetune": lambda: dict(tiny_params(every_method=False), finetune={})}
-    root = ROOT if request.param == "repo" else make_project(tmp_path_factory.mktemp(request.param) / "p",
-                                                             params[request.param]())
+    root = (
+        ROOT
+        if request.param == "repo"
+        else make_project(tmp_path_factory.mktemp(request.param) / "p", params[request.param]())
+    )
     return root, snakemake(root, "--dry-run", "--forceall", "--printshellcmds", "--cores", "1", "--nolock")
 
 
@@ -83,8 +92,9 @@ def test_same_stages_commands_inputs_outputs(dry_run):
             covered = {i for i in inputs if i == dep or i.startswith(dep.rstrip("/") + "/")}
             assert covered, f"{stage['name']}: DVC dependency {dep} missing from Snakemake inputs"
         for path in inputs:
-            assert any(path == d or path.startswith(d.rstrip("/") + "/") for d in stage["deps"]), \
+            assert any(path == d or path.startswith(d.rstrip("/") + "/") for d in stage["deps"]), (
                 f"rule {job['rule']}: input {path} is not a DVC dependency of {stage['name']}"
+            )
 
 
 def test_dry_run_takes_no_dvc_lock_and_writes_nothing_tracked(dry_run):
@@ -99,9 +109,13 @@ def test_dry_run_takes_no_dvc_lock_and_writes_nothing_tracked(dry_run):
 def test_directory_outputs_are_declared_and_agree_with_dvc_lock():
     declared = {o.path: o.directory for job in Pipeline(ROOT).jobs for o in job.outputs}
     assert {path for path, isdir in declared.items() if isdir} == {"data/prepared", "data/report"}
-    with Repo(str(ROOT)) as repo:      # what DVC recorded of the last run: a folder's md5 ends in .dir
-        locked = {relative(o.fs_path, ROOT): o.hash_info.isdir for s in repo.index.stages
-                  for o in s.outs if o.hash_info and o.hash_info.value}
+    with Repo(str(ROOT)) as repo:  # what DVC recorded of the last run: a folder's md5 ends in .dir
+        locked = {
+            relative(o.fs_path, ROOT): o.hash_info.isdir
+            for s in repo.index.stages
+            for o in s.outs
+            if o.hash_info and o.hash_info.value
+        }
     assert locked and all(declared[path] == isdir for path, isdir in locked.items())
 
 
@@ -143,10 +157,13 @@ def undeclare(project: Path) -> None:
 
 def test_undeclared_directory_output_is_an_error(project):
     undeclare(project)
-    Pipeline(project)                       # nothing says what data/prepared is yet
+    Pipeline(project)  # nothing says what data/prepared is yet
     (project / "data/prepared").mkdir(parents=True)
-    with pytest.raises(DeclarationError, match=r"prepare output data/prepared is a directory according "
-                                               r"to the path on disk, but is declared as a file"):
+    with pytest.raises(
+        DeclarationError,
+        match=r"prepare output data/prepared is a directory according "
+        r"to the path on disk, but is declared as a file",
+    ):
         Pipeline(project)
     result = snakemake(project, "--dry-run", "--cores", "1")
     assert result.returncode != 0 and "data/prepared is a directory" in result.stderr + result.stdout
@@ -156,7 +173,8 @@ def test_directory_in_dvc_lock_must_be_declared(project):
     undeclare(project)
     (project / "dvc.lock").write_text(
         "schema: '2.0'\nstages:\n  prepare:\n    cmd: x\n    outs:\n    - path: data/prepared\n"
-        "      hash: md5\n      md5: 0123456789abcdef0123456789abcdef.dir\n")
+        "      hash: md5\n      md5: 0123456789abcdef0123456789abcdef.dir\n"
+    )
     with pytest.raises(DeclarationError, match="directory according to dvc.lock"):
         Pipeline(project)
 

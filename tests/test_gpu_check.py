@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py's plan and checks, on the CPU (the run itself needs a GPU); run
 as a person does, `python -m benchmarks.gpu_check`."""
+
 import json
 
 import pytest
@@ -30,9 +31,13 @@ def test_checks_pass_on_a_gpu_run_and_fail_on_a_cpu_one(tmp_path):
     write(metrics / "train/g0.json", {**good, "device": "cpu", "peak_gpu_mb": 0, "processes": 1})
     result = run_benchmark(*check, check=False)
     assert result.returncode == 1
-    failed = json.loads(result.stdout.strip().splitlines()[-1][len("RESULT "):])["failed"]
-    assert failed == ["cuda-nccl-2: g0 trained on cuda", "cuda-nccl-2: g0 has a GPU memory peak",
-                      "cuda-nccl-2: g0 ran as 2 processes", "cuda-nccl-2: vocab g1 faiss on GPU = False"]
+    failed = json.loads(result.stdout.strip().splitlines()[-1][len("RESULT ") :])["failed"]
+    assert failed == [
+        "cuda-nccl-2: g0 trained on cuda",
+        "cuda-nccl-2: g0 has a GPU memory peak",
+        "cuda-nccl-2: g0 ran as 2 processes",
+        "cuda-nccl-2: vocab g1 faiss on GPU = False",
+    ]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

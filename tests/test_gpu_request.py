@@ -1,5 +1,6 @@
 """A run asking for GPUs (resources.KIND.gpus) on a machine without them: the training stage
 stops before any work, check_params warns, and device: cpu with gpus > 0 is an error."""
+
 import subprocess
 import sys
 
@@ -27,10 +28,29 @@ def test_asking_for_a_gpu_here_is_refused_with_the_reason():
 @no_gpu
 def test_a_training_stage_stops_before_reading_any_data(tmp_path):
     """The prepared path does not exist: the stage must stop on --gpus first (argparse, exit 2)."""
-    run = subprocess.run([sys.executable, "-m", "stages.pretrain", "--gpus", "1", "--prepared",
-                          str(tmp_path / "missing"), "--model", str(tmp_path / "m.pt"), "--metrics",
-                          str(tmp_path / "m.json"), "--history", str(tmp_path / "h.csv"), "--seed", "0",
-                          "--method", "rotnet"], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.pretrain",
+            "--gpus",
+            "1",
+            "--prepared",
+            str(tmp_path / "missing"),
+            "--model",
+            str(tmp_path / "m.pt"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+            "--history",
+            str(tmp_path / "h.csv"),
+            "--seed",
+            "0",
+            "--method",
+            "rotnet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 2
     assert "argument --gpus: 1 GPU(s) asked for" in run.stderr and "missing" not in run.stderr
 
@@ -45,7 +65,7 @@ def with_gpus(device: str, gpus: int) -> dict:
 def test_device_cpu_with_gpus_is_an_error_naming_the_key():
     with pytest.raises(ParamsError, match=r"resources\.pretrain\.gpus: 2 GPU\(s\) asked for, but device: cpu"):
         validate_params(with_gpus("cpu", 2))
-    validate_params(with_gpus("auto", 2))                   # auto: fine, the GPUs may be elsewhere
+    validate_params(with_gpus("auto", 2))  # auto: fine, the GPUs may be elsewhere
 
 
 @no_gpu
@@ -55,4 +75,4 @@ def test_check_params_warns_and_passes(tmp_path, capsys):
     assert config.main([str(path), "--manifest", str(tmp_path / "none.json")]) == 0
     err = capsys.readouterr().err
     assert "warning: resources.pretrain.gpus = 1, but torch sees 0 GPU(s)" in err
-    assert "resources.student" not in err                  # only the kind that asks
+    assert "resources.student" not in err  # only the kind that asks

@@ -1,4 +1,5 @@
 """Shared heads and EMA teachers."""
+
 import pytest
 import torch
 
@@ -19,8 +20,9 @@ def test_mlp_without_bn_is_the_moco_v2_head():
     assert [type(m) for m in head] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
     assert head[0].bias is not None and head[2].bias is not None
     x = torch.randn(5, 16)
-    expected = torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(x, head[0].weight, head[0].bias)),
-                                          head[2].weight, head[2].bias)
+    expected = torch.nn.functional.linear(
+        torch.relu(torch.nn.functional.linear(x, head[0].weight, head[0].bias)), head[2].weight, head[2].bias
+    )
     torch.testing.assert_close(head(x), expected)
 
 
@@ -31,7 +33,7 @@ def test_dino_head_is_scale_invariant_in_its_last_layer():
     with torch.no_grad():
         head.last_direction.mul_(7.0)
     assert torch.allclose(before, head(x), atol=1e-6)
-    assert before.abs().max() <= 1.0 + 1e-6        # cosine logits
+    assert before.abs().max() <= 1.0 + 1e-6  # cosine logits
 
 
 def test_ema_update_moves_the_teacher_towards_the_student_and_copies_buffers():

@@ -12,6 +12,7 @@ The modules of bowflow/ import each other as a tree (a directed acyclic graph): 
 depend on which of the two was imported first. Imports inside functions count: a lazy
 import that closes a cycle is still one.
 """
+
 from __future__ import annotations
 
 import ast
@@ -36,8 +37,12 @@ def imported(source: str, filename: str = "<source>") -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             found.append((node.lineno, "." * node.level + (node.module or "")))
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
-                and isinstance(node.args[0].value, str):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             func = ast.unparse(node.func)
             if func in ("importlib.import_module", "import_module", "__import__"):
                 found.append((node.lineno, node.args[0].value))
@@ -46,57 +51,70 @@ def imported(source: str, filename: str = "<source>") -> list[tuple[int, str]]:
 
 def path_edits(source: str, filename: str = "<source>") -> list[tuple[int, str]]:
     """(line, source of the call) for every sys.path.insert/append/extend call."""
-    return [(node.lineno, ast.unparse(node)) for node in ast.walk(ast.parse(source, filename))
-            if isinstance(node, ast.Call)
-            and ast.unparse(node.func) in ("sys.path.insert", "sys.path.append", "sys.path.extend")]
+    return [
+        (node.lineno, ast.unparse(node))
+        for node in ast.walk(ast.parse(source, filename))
+        if isinstance(node, ast.Call)
+        and ast.unparse(node.func) in ("sys.path.insert", "sys.path.append", "sys.path.extend")
+    ]
 
 
 def violations(name: str, source: str, other: Path) -> list[str]:
     """'name:line: reason' for each way `source` (the file `name`) imports from the folder `other`."""
     modules = module_names(other)
-    out = [f"{name}:{line}: imports {module} from {other.name}/"
-           for line, module in imported(source, name) if module.split(".")[0] in modules]
-    out += [f"{name}:{line}: puts {other.name}/ on sys.path: {call}"
-            for line, call in path_edits(source, name)
-            if f'"{other.name}"' in call or f"'{other.name}'" in call or f"/{other.name}" in call]
+    out = [
+        f"{name}:{line}: imports {module} from {other.name}/"
+        for line, module in imported(source, name)
+        if module.split(".")[0] in modules
+    ]
+    out += [
+        f"{name}:{line}: puts {other.name}/ on sys.path: {call}"
+        for line, call in path_edits(source, name)
+        if f'"{other.name}"' in call or f"'{other.name}'" in call or f"/{other.name}" in call
+    ]
     return out
 
 
 def folder_violations(folder: Path, other: Path) -> list[str]:
-    return [v for path in sorted(folder.rglob("*.py"))
-            for v in violations(str(path.relative_to(ROOT)), path.read_text(), other)]
+    return [
+        v
+        for path in sorted(folder.rglob("*.py"))
+        for v in violations(str(path.relative_to(ROOT)), path.read_text(), other)
+    ]
 
 
 def test_no_test_imports_a_benchmark():
     found = folder_violations(TESTS, BENCHMARKS)
-    assert not found, "a test imports a benchmark (run it as `python -m benchmarks.NAME` instead):\n" \
-        + "\n".join(found)
+    assert not found, "a test imports a benchmark (run it as `python -m benchmarks.NAME` instead):\n" + "\n".join(found)
 
 
 def test_no_benchmark_imports_a_test():
     found = folder_violations(BENCHMARKS, TESTS)
-    assert not found, "a benchmark imports a test module (move what it needs into bowflow/):\n" \
-        + "\n".join(found)
+    assert not found, "a benchmark imports a test module (move what it needs into bowflow/):\n" + "\n".join(found)
 
 
 def test_the_rule_sees_every_kind_of_import():
     """The checker itself: each way of importing from the other folder is reported, naming
     the file and line; running a benchmark as a subprocess is not an import."""
-    source = "\n".join([
-        "import subprocess, sys",
-        "from benchmarks import bench_peer",
-        "def f():",
-        "    import benchmarks.bench_faults as bf",
-        "    from bench_vocab import main",
-        "    importlib.import_module('benchmarks.records')",
-        "    sys.path.insert(0, str(ROOT / 'benchmarks'))",
-        "    subprocess.run([sys.executable, '-m', 'benchmarks.records'])",
-        "from bowflow.scaffold import make_project"])
+    source = "\n".join(
+        [
+            "import subprocess, sys",
+            "from benchmarks import bench_peer",
+            "def f():",
+            "    import benchmarks.bench_faults as bf",
+            "    from bench_vocab import main",
+            "    importlib.import_module('benchmarks.records')",
+            "    sys.path.insert(0, str(ROOT / 'benchmarks'))",
+            "    subprocess.run([sys.executable, '-m', 'benchmarks.records'])",
+            "from bowflow.scaffold import make_project",
+        ]
+    )
     found = violations("tests/test_x.py", source, BENCHMARKS)
     assert [v.split(": ")[0] for v in found] == [f"tests/test_x.py:{n}" for n in (2, 4, 5, 6, 7)], found
-    assert violations("benchmarks/x.py", "from synthetic_shapes import make_shapes\nimport tests.tiny", TESTS) \
-        == ["benchmarks/x.py:1: imports synthetic_shapes from tests/",
-            "benchmarks/x.py:2: imports tests.tiny from tests/"]
+    assert violations("benchmarks/x.py", "from synthetic_shapes import make_shapes\nimport tests.tiny", TESTS) == [
+        "benchmarks/x.py:1: imports synthetic_shapes from tests/",
+        "benchmarks/x.py:2: imports tests.tiny from tests/",
+    ]
 
 
 def package_modules(package: Path) -> dict[str, Path]:
@@ -114,6 +132,7 @@ def imported_modules(source: str, module: str, modules: dict[str, Path]) -> set[
     functions: `import a.b` -> a.b; `from a import b` -> a.b if b is a submodule, else a;
     relative imports made absolute; import_module / __import__ of a constant string. A name
     resolves to its longest prefix that is a module; the module itself is left out."""
+
     def resolve(name: str) -> str:
         while name and name not in modules:
             name = name.rpartition(".")[0]
@@ -130,11 +149,16 @@ def imported_modules(source: str, module: str, modules: dict[str, Path]) -> set[
                 anchor = package.split(".")
                 anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([node.module] if node.module else []))
-            found |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else resolve(base)
-                      for alias in node.names}
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
-                and isinstance(node.args[0].value, str) \
-                and ast.unparse(node.func) in ("importlib.import_module", "import_module", "__import__"):
+            found |= {
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else resolve(base) for alias in node.names
+            }
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and ast.unparse(node.func) in ("importlib.import_module", "import_module", "__import__")
+        ):
             found.add(resolve(node.args[0].value))
     return found - {"", module}
 
@@ -172,8 +196,10 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_bowflow_modules_import_each_other_as_a_tree():
     cycles = import_cycles(import_graph(PACKAGE))
-    assert not cycles, "bowflow modules import each other in a cycle (move what both need into " \
+    assert not cycles, (
+        "bowflow modules import each other in a cycle (move what both need into "
         "a module that imports neither):\n" + "\n".join(" -> ".join(c) for c in cycles)
+    )
 
 
 def test_the_cycle_rule_sees_lazy_relative_and_submodule_imports(tmp_path):
@@ -182,20 +208,30 @@ def test_the_cycle_rule_sees_lazy_relative_and_submodule_imports(tmp_path):
     (a registry importing its architectures, which import a shared base) is not a cycle."""
     package = tmp_path / "pkg"
     (package / "sub").mkdir(parents=True)
-    files = {"__init__.py": "", "base.py": "import torch\n",
-             "arch.py": "from pkg.base import Base\n",
-             "registry.py": "from pkg import arch, base\nfrom .sub import deep\n",
-             "sub/__init__.py": "", "sub/deep.py": "from .. import base\n"}
+    files = {
+        "__init__.py": "",
+        "base.py": "import torch\n",
+        "arch.py": "from pkg.base import Base\n",
+        "registry.py": "from pkg import arch, base\nfrom .sub import deep\n",
+        "sub/__init__.py": "",
+        "sub/deep.py": "from .. import base\n",
+    }
     for name, source in files.items():
         (package / name).write_text(source)
     graph = import_graph(package)
-    assert graph == {"pkg": set(), "pkg.base": set(), "pkg.arch": {"pkg.base"},
-                     "pkg.registry": {"pkg.arch", "pkg.base", "pkg.sub.deep"},
-                     "pkg.sub": set(), "pkg.sub.deep": {"pkg.base"}}, graph
+    assert graph == {
+        "pkg": set(),
+        "pkg.base": set(),
+        "pkg.arch": {"pkg.base"},
+        "pkg.registry": {"pkg.arch", "pkg.base", "pkg.sub.deep"},
+        "pkg.sub": set(),
+        "pkg.sub.deep": {"pkg.base"},
+    }, graph
     assert import_cycles(graph) == []
     (package / "base.py").write_text("def build():\n    from pkg.registry import X\n")
     (package / "sub/deep.py").write_text("import importlib\nimportlib.import_module('pkg.arch')\n")
     (package / "arch.py").write_text("from . import base\nfrom pkg.sub import deep\n")
     assert import_cycles(import_graph(package)) == [
         ["pkg.arch", "pkg.sub.deep", "pkg.arch"],
-        ["pkg.base", "pkg.registry", "pkg.base"]]
+        ["pkg.base", "pkg.registry", "pkg.base"],
+    ]

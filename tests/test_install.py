@@ -2,6 +2,7 @@
 
 faiss-cpu and faiss-gpu both write the `faiss` module, so each requirements file must name
 exactly one of them, and the GPU install must not end up with both."""
+
 import json
 import re
 import shutil
@@ -39,8 +40,9 @@ def test_each_install_names_one_faiss_build_of_the_same_version():
     assert list(faiss_builds(gpu)) == ["faiss-gpu"]
     assert faiss_builds(gpu)["faiss-gpu"] == faiss_builds(cpu)["faiss-cpu"]
     # every other pin is shared, so the two environments differ in faiss alone
-    assert {k: v for k, v in cpu.items() if not k.startswith("faiss")} == \
-           {k: v for k, v in gpu.items() if not k.startswith("faiss")}
+    assert {k: v for k, v in cpu.items() if not k.startswith("faiss")} == {
+        k: v for k, v in gpu.items() if not k.startswith("faiss")
+    }
 
 
 def make_dry_run(tmp_path: Path, gpu_marked: bool) -> str:
@@ -48,15 +50,17 @@ def make_dry_run(tmp_path: Path, gpu_marked: bool) -> str:
     venv.mkdir(parents=True)
     if gpu_marked:
         (venv / ".gpu").touch()
-    return subprocess.run(["make", "-n", "install", f"VENV={venv}"], cwd=ROOT, text=True,
-                          capture_output=True, check=True).stdout
+    return subprocess.run(
+        ["make", "-n", "install", f"VENV={venv}"], cwd=ROOT, text=True, capture_output=True, check=True
+    ).stdout
 
 
 def test_make_keeps_the_gpu_choice_once_made(tmp_path):
     assert "-r requirements.txt" in make_dry_run(tmp_path / "a", gpu_marked=False)
     assert "-r requirements-gpu.txt" in make_dry_run(tmp_path / "b", gpu_marked=True)
-    gpu = subprocess.run(["make", "-n", "install-gpu", f"VENV={tmp_path / 'c'}"], cwd=ROOT,
-                         text=True, capture_output=True, check=True).stdout
+    gpu = subprocess.run(
+        ["make", "-n", "install-gpu", f"VENV={tmp_path / 'c'}"], cwd=ROOT, text=True, capture_output=True, check=True
+    ).stdout
     # faiss-cpu leaves before faiss-gpu comes
     assert gpu.index("uninstall --quiet --yes faiss-cpu") < gpu.index("-r requirements-gpu.txt")
 
@@ -67,24 +71,30 @@ def test_gpu_requirements_resolve_without_faiss_cpu(tmp_path):
     installed), installs faiss-gpu and its CUDA wheels and no faiss-cpu. Needs the package
     index; skipped without it."""
     report = tmp_path / "report.json"
-    run = subprocess.run(PIP + ["install", "--dry-run", "--quiet", "--report", str(report),
-                                "-r", str(ROOT / "requirements-gpu.txt")],
-                         text=True, capture_output=True, timeout=600)
+    run = subprocess.run(
+        PIP + ["install", "--dry-run", "--quiet", "--report", str(report), "-r", str(ROOT / "requirements-gpu.txt")],
+        text=True,
+        capture_output=True,
+        timeout=600,
+    )
     if run.returncode and re.search(r"(?i)connection|resolve host|network|no matching distribution", run.stderr):
         pytest.skip(f"package index unreachable: {run.stderr.strip().splitlines()[-1]}")
     assert run.returncode == 0, run.stderr
-    names = {i["metadata"]["name"].lower(): i["metadata"]["version"]
-             for i in json.loads(report.read_text())["install"]}
+    names = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
     assert names.get("faiss-gpu") == "1.15.1"
     assert "faiss-cpu" not in names
 
 
 def test_the_package_builds_with_the_library_only(tmp_path):
     """`pip install .` used to stop at 'Multiple top-level packages discovered'."""
-    source = tmp_path / "source"                 # a copy: setuptools writes build/ in the tree
+    source = tmp_path / "source"  # a copy: setuptools writes build/ in the tree
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", ".dvc", "data", "docs"))
-    subprocess.run(PIP + ["wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
-                          str(tmp_path), str(source)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        PIP + ["wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     (wheel,) = tmp_path.glob("bowflow-*.whl")
     tops = {Path(n).parts[0] for n in zipfile.ZipFile(wheel).namelist()}
     assert "bowflow" in tops and not tops & {"tests", "stages", "benchmarks", "workflow"}

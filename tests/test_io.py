@@ -1,4 +1,5 @@
 """Atomic writes: a failure leaves the old file (or no file) and no temporary behind."""
+
 import pytest
 
 from bowflow.io import atomic_path, read_json, write_json

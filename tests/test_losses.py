@@ -1,4 +1,5 @@
 """Each method's loss: values at known points, hand-written reference loops, gradients."""
+
 import math
 
 import numpy as np
@@ -32,6 +33,7 @@ def hadamard_columns(n_rows: int = 8) -> torch.Tensor:
 
 # ---------------------------------------------------------------- BYOL, SimSiam
 
+
 def test_byol_loss_known_values_and_scale_invariance():
     p = randn(16, 8)
     assert byol_loss(p, p).item() == pytest.approx(0, abs=1e-6)
@@ -60,6 +62,7 @@ def test_simsiam_loss_is_minus_mean_cosine():
 
 # ---------------------------------------------------------------- Barlow Twins
 
+
 def test_barlow_twins_cross_correlation_matches_a_hand_loop():
     z1, z2 = randn(6, 3), randn(6, 3, seed=1)
     b, d = z1.shape
@@ -68,11 +71,11 @@ def test_barlow_twins_cross_correlation_matches_a_hand_loop():
     on, off = 0.0, 0.0
     for i in range(d):
         for j in range(d):
-            c_ij = sum(s1[n, i] * s2[n, j] for n in range(b)) / b   # view 1 dim i, view 2 dim j
+            c_ij = sum(s1[n, i] * s2[n, j] for n in range(b)) / b  # view 1 dim i, view 2 dim j
             if i == j:
                 on += (1 - c_ij) ** 2
             else:
-                off += c_ij ** 2
+                off += c_ij**2
     loss, parts = barlow_twins_loss(z1, z2, lambda_offdiag=0.1)
     assert parts["on_diag"].item() == pytest.approx(float(on), rel=1e-3)
     assert parts["off_diag"].item() == pytest.approx(float(off), rel=1e-3)
@@ -80,7 +83,7 @@ def test_barlow_twins_cross_correlation_matches_a_hand_loop():
 
 
 def test_barlow_twins_is_zero_for_correlated_decorrelated_views_and_grows_with_redundancy():
-    h = hadamard_columns(8)[:, :4]                        # standardised, uncorrelated dims
+    h = hadamard_columns(8)[:, :4]  # standardised, uncorrelated dims
     loss, parts = barlow_twins_loss(h, h)
     assert loss.item() == pytest.approx(0, abs=1e-6)
     # each dimension may be shifted and scaled independently: standardisation removes it
@@ -102,7 +105,7 @@ def test_barlow_twins_is_zero_for_correlated_decorrelated_views_and_grows_with_r
 
 def test_barlow_twins_dead_dimension_is_finite_and_default_lambda():
     z = randn(32, 4)
-    z[:, 2] = 1.0                                           # a collapsed dimension
+    z[:, 2] = 1.0  # a collapsed dimension
     loss, parts = barlow_twins_loss(z, z)
     assert torch.isfinite(loss)
     assert parts["on_diag"].item() == pytest.approx(1, abs=1e-3)  # (1 - 0)^2 from that dim
@@ -110,6 +113,7 @@ def test_barlow_twins_dead_dimension_is_finite_and_default_lambda():
 
 
 # ---------------------------------------------------------------- SimCLR
+
 
 def nt_xent_reference(z1, z2, temperature):
     z = [F.normalize(v, dim=0) for v in torch.cat([z1, z2])]
@@ -125,8 +129,7 @@ def nt_xent_reference(z1, z2, temperature):
 @pytest.mark.parametrize("temperature", [0.5, 0.1])
 def test_nt_xent_matches_a_hand_loop(temperature):
     z1, z2 = randn(3, 4), randn(3, 4, seed=1)
-    assert nt_xent(z1, z2, temperature).item() == pytest.approx(
-        nt_xent_reference(z1, z2, temperature), rel=1e-5)
+    assert nt_xent(z1, z2, temperature).item() == pytest.approx(nt_xent_reference(z1, z2, temperature), rel=1e-5)
 
 
 def test_nt_xent_is_lower_for_aligned_pairs_and_symmetric():
@@ -137,10 +140,11 @@ def test_nt_xent_is_lower_for_aligned_pairs_and_symmetric():
     assert torch.allclose(nt_xent(z1, z2), nt_xent(z2, z1), atol=1e-6)
     a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
     nt_xent(a, b).backward()
-    assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0   # both views are trained
+    assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0  # both views are trained
 
 
 # ---------------------------------------------------------------- MoCo v2
+
 
 def test_infonce_with_queue_matches_a_hand_loop_and_blocks_key_gradients():
     q, k = randn(3, 4), randn(3, 4, seed=1)
@@ -171,7 +175,7 @@ def test_update_queue_is_a_ring_buffer():
     assert pointer == 3 and torch.equal(new[:3], keys) and torch.equal(new[3:], torch.zeros(2, 2))
     assert torch.equal(queue, torch.zeros(5, 2)), "the input queue is not modified"
     more = 10 + torch.arange(6.0).view(3, 2)
-    new, pointer = update_queue(new, more, pointer)           # rows 3, 4 then 0
+    new, pointer = update_queue(new, more, pointer)  # rows 3, 4 then 0
     assert pointer == 1
     assert torch.equal(new, torch.stack([more[2], keys[1], keys[2], more[0], more[1]]))
     # after many pushes the queue holds exactly the last K keys
@@ -187,6 +191,7 @@ def test_update_queue_is_a_ring_buffer():
 
 # ---------------------------------------------------------------- SwAV
 
+
 def test_sinkhorn_rows_sum_to_one_and_partition_is_equal():
     scores = F.normalize(randn(32, 8), dim=1) @ F.normalize(randn(8, 8, seed=1), dim=1).T
     codes = sinkhorn(scores)
@@ -195,15 +200,16 @@ def test_sinkhorn_rows_sum_to_one_and_partition_is_equal():
     converged = sinkhorn(scores, iterations=200)
     assert torch.allclose(converged.sum(0), torch.full((8,), 32 / 8), atol=1e-3)
     # imbalance of prototype mass falls with iterations, starting below a plain softmax's
-    imbalance = [(c.sum(0) - 4).abs().sum() for c in
-                 [F.softmax(scores / 0.05, dim=1), codes, sinkhorn(scores, iterations=10)]]
+    imbalance = [
+        (c.sum(0) - 4).abs().sum() for c in [F.softmax(scores / 0.05, dim=1), codes, sinkhorn(scores, iterations=10)]
+    ]
     assert imbalance[0] > imbalance[1] > imbalance[2]
 
 
 def test_sinkhorn_is_stable_and_ignores_a_constant_shift():
     scores = randn(16, 4)
     assert torch.allclose(sinkhorn(scores), sinkhorn(scores + 5.0), atol=1e-5)
-    extreme = sinkhorn(scores * 50, iterations=50)     # exp(scores / eps) overflows
+    extreme = sinkhorn(scores * 50, iterations=50)  # exp(scores / eps) overflows
     assert torch.isfinite(extreme).all()
     assert torch.allclose(extreme.sum(1), torch.ones(16), atol=1e-5)
     assert not sinkhorn(scores.requires_grad_()).requires_grad
@@ -224,8 +230,9 @@ def test_swav_loss_is_the_swapped_cross_entropy():
 
 # ---------------------------------------------------------------- DINO
 
+
 def test_dino_loss_skips_same_view_pairs():
-    student = [randn(3, 6, seed=s) for s in range(4)]      # 2 global + 2 local views
+    student = [randn(3, 6, seed=s) for s in range(4)]  # 2 global + 2 local views
     teacher = [randn(3, 6, seed=10 + s) for s in range(2)]
     center, t_temp, s_temp = randn(1, 6, seed=20) * 0.1, 0.05, 0.1
     terms = []
@@ -237,7 +244,7 @@ def test_dino_loss_skips_same_view_pairs():
                 p = F.softmax((teacher[g][n] - center[0]) / t_temp, dim=0)
                 log_q = F.log_softmax(student[v][n] / s_temp, dim=0)
                 terms.append(-(p * log_q).sum() / 3)
-    expected = sum(terms) / 6                                # 2 x 3 pairs of different views
+    expected = sum(terms) / 6  # 2 x 3 pairs of different views
     loss = dino_loss(student, teacher, center, teacher_temp=t_temp, student_temp=s_temp)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -277,6 +284,7 @@ def test_teacher_temperature_is_the_authors_schedule(warmup):
 
 # ---------------------------------------------------------------- OBoW
 
+
 def test_soft_assign_rows_sum_to_one_and_hard_limit_is_the_nearest_word():
     features, words = randn(50, 6), randn(10, 6, seed=1)
     codes, _ = soft_assign(features, words, inv_delta=10, mean_distance=0.5)
@@ -308,16 +316,15 @@ def test_soft_assign_running_mean_distance():
 
 
 def test_obow_targets_drop_the_border_and_max_pool():
-    words = torch.eye(2, 3)                              # word 0 = e0, word 1 = e1
+    words = torch.eye(2, 3)  # word 0 = e0, word 1 = e1
     maps = torch.zeros(1, 3, 4, 4)
-    maps[0, 0] = 1.0                                     # every location is word 0 ...
+    maps[0, 0] = 1.0  # every location is word 0 ...
     maps[0, :, 1:3, 1:3] = torch.tensor([0.0, 1.0, 0.0])[:, None, None]  # ... except the centre
     targets, _ = obow_bow_targets(maps, words, inv_delta=100, mean_distance=1.0, decay=1.0)
     assert torch.allclose(targets, torch.tensor([[0.0, 1.0]]), atol=1e-4)
     # without dropping the border both words are present: max pooling gives presence,
     # not counts (12 border cells vs 4 centre cells would give 0.75 / 0.25)
-    targets, _ = obow_bow_targets(maps, words, inv_delta=100, mean_distance=1.0,
-                                         drop_border=0, decay=1.0)
+    targets, _ = obow_bow_targets(maps, words, inv_delta=100, mean_distance=1.0, drop_border=0, decay=1.0)
     assert torch.allclose(targets, torch.tensor([[0.5, 0.5]]), atol=1e-4)
 
 
@@ -353,13 +360,13 @@ def test_perplexity():
 
 # ---------------------------------------------------------------- monitors, precision
 
+
 def test_embedding_std_detects_collapse():
     assert embedding_std(randn(1, 64).expand(256, 64)).item() == pytest.approx(0, abs=1e-5)
     z = randn(4096, 64)
     assert embedding_std(z).item() == pytest.approx(1, abs=0.03)
     scales = torch.rand(4096, 1, generator=torch.Generator().manual_seed(1)) * 10 + 0.1
-    assert embedding_std(z * scales).item() == pytest.approx(embedding_std(z).item(),
-                                                                     rel=1e-5)
+    assert embedding_std(z * scales).item() == pytest.approx(embedding_std(z).item(), rel=1e-5)
 
 
 def test_losses_run_in_float32_under_bf16_autocast():
@@ -377,6 +384,7 @@ def obow_authors_loss(predictions, targets):
     """valeoai/obow builder_obow.py restated: `expand_target` repeats each image's target for
     its crops (image-major rows), `_bow_loss` is the level-mean of F.kl_div(log_softmax(p), t,
     reduction="batchmean") for one crop type, and the solver sums the crop types' losses."""
+
     def expand_target(target, prediction):
         num_crops = prediction.size(0) // target.size(0)
         if num_crops > 1:
@@ -384,8 +392,12 @@ def obow_authors_loss(predictions, targets):
         return target
 
     def bow_loss(prediction, target):
-        return torch.stack([F.kl_div(F.log_softmax(p, dim=1), expand_target(t, p), reduction="batchmean")
-                            for p, t in zip(prediction, target)]).mean()
+        return torch.stack(
+            [
+                F.kl_div(F.log_softmax(p, dim=1), expand_target(t, p), reduction="batchmean")
+                for p, t in zip(prediction, target)
+            ]
+        ).mean()
 
     return torch.stack([bow_loss(pred, targets) for pred in predictions]).sum()
 
@@ -393,24 +405,26 @@ def obow_authors_loss(predictions, targets):
 def test_obow_loss_matches_the_authors_combination_over_crop_types_and_levels():
     b, k, levels = 4, 12, 2
     targets = [F.softmax(randn(b, k, seed=40 + lv) * 3, dim=1) for lv in range(levels)]
-    counts = [2, 5]                                            # 2 large crops, 5 patches
+    counts = [2, 5]  # 2 large crops, 5 patches
     ours = [[randn(n * b, k, seed=10 * n + lv) * 4 for lv in range(levels)] for n in counts]
     # ours are view-major (crop j of every image is a block of B rows); theirs image-major
-    theirs = [[x.view(n, b, k).transpose(0, 1).reshape(n * b, k) for x in per_type]
-              for n, per_type in zip(counts, ours)]
+    theirs = [
+        [x.view(n, b, k).transpose(0, 1).reshape(n * b, k) for x in per_type] for n, per_type in zip(counts, ours)
+    ]
     loss, terms = obow_loss(ours, targets)
     expected = obow_authors_loss(theirs, targets)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert terms.shape == (2, levels)
     # not a mean over the 7 crops' rows: the 2 crop types weigh the same
-    per_row_mean = sum(kl_to_target(x, t.repeat(n, 1)) * n
-                       for n, per_type in zip(counts, ours) for x, t in zip(per_type, targets)) / (7 * levels)
+    per_row_mean = sum(
+        kl_to_target(x, t.repeat(n, 1)) * n for n, per_type in zip(counts, ours) for x, t in zip(per_type, targets)
+    ) / (7 * levels)
     assert abs(loss.item() - per_row_mean.item()) > 1e-3
 
 
 def test_kl_to_target_is_torch_kl_div_batchmean_as_in_obow():
     logits, targets = randn(6, 9, seed=3) * 5, F.softmax(randn(6, 9, seed=4) * 2, dim=1)
-    targets[0, :3] = 0                                          # zero entries: 0 log 0 = 0
+    targets[0, :3] = 0  # zero entries: 0 log 0 = 0
     targets = targets / targets.sum(1, keepdim=True)
     expected = F.kl_div(F.log_softmax(logits, dim=1), targets, reduction="batchmean")
     assert kl_to_target(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
@@ -421,9 +435,11 @@ def test_kl_to_target_is_torch_kl_div_batchmean_as_in_obow():
 # computes (repository and file named in the docstring), and compares it with our function
 # on random tensors. These are restatements of their formulas, not of our derivations.
 
+
 def test_byol_matches_deepmind_regression_loss():
     """deepmind-research byol/utils/helpers.py: l2_normalize (x * rsqrt(max(sum x^2, 1e-12)))
     then sum((nx - ny)^2, -1); byol_experiment.py adds both directions, then jnp.mean."""
+
     def l2_normalize(x):
         return x * torch.rsqrt(torch.clamp((x * x).sum(-1, keepdim=True), min=1e-12))
 
@@ -483,8 +499,7 @@ def test_nt_xent_matches_google_research_simclr_objective(temperature):
     logits_ba = h2 @ h1.T / temperature
     loss_a = -(labels * F.log_softmax(torch.cat([logits_ab, logits_aa], 1), dim=1)).sum(1).mean()
     loss_b = -(labels * F.log_softmax(torch.cat([logits_ba, logits_bb], 1), dim=1)).sum(1).mean()
-    assert nt_xent(z1, z2, temperature).item() == pytest.approx(((loss_a + loss_b) / 2).item(),
-                                                                       rel=1e-6)
+    assert nt_xent(z1, z2, temperature).item() == pytest.approx(((loss_a + loss_b) / 2).item(), rel=1e-6)
 
 
 def test_infonce_matches_facebookresearch_moco_builder():
@@ -492,7 +507,7 @@ def test_infonce_matches_facebookresearch_moco_builder():
     [N, 1]; l_neg = einsum(nc,ck->nk) with the queue stored [C, K]; logits = cat / T;
     labels zeros; main_moco.py: nn.CrossEntropyLoss (batch mean)."""
     q, k = randn(8, 16) * 3, randn(8, 16, seed=1)
-    queue_ck = F.normalize(randn(16, 40, seed=2), dim=0)            # theirs: [dim, K]
+    queue_ck = F.normalize(randn(16, 40, seed=2), dim=0)  # theirs: [dim, K]
     qn, kn = F.normalize(q, dim=1), F.normalize(k, dim=1)
     l_pos = torch.einsum("nc,nc->n", qn, kn).unsqueeze(-1)
     l_neg = torch.einsum("nc,ck->nk", qn, queue_ck)
@@ -504,7 +519,7 @@ def test_infonce_matches_facebookresearch_moco_builder():
 
 def swav_authors_sinkhorn(out, epsilon=0.05, iterations=3):
     """facebookresearch/swav main_swav.py distributed_sinkhorn, one process."""
-    q = torch.exp(out / epsilon).t()                           # K x B
+    q = torch.exp(out / epsilon).t()  # K x B
     b, k = q.shape[1], q.shape[0]
     q = q / q.sum()
     for _ in range(iterations):
@@ -519,9 +534,12 @@ def swav_authors_sinkhorn(out, epsilon=0.05, iterations=3):
 def test_sinkhorn_matches_facebookresearch_swav():
     scores = F.normalize(randn(32, 8), dim=1) @ F.normalize(randn(10, 8, seed=1), dim=1).T  # [B, K]
     for iterations in (1, 3, 10):
-        torch.testing.assert_close(sinkhorn(scores, iterations=iterations),
-                                   swav_authors_sinkhorn(scores, iterations=iterations),
-                                   rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(
+            sinkhorn(scores, iterations=iterations),
+            swav_authors_sinkhorn(scores, iterations=iterations),
+            rtol=1e-5,
+            atol=1e-7,
+        )
 
 
 def test_swav_loss_matches_facebookresearch_swav_two_crops():
@@ -532,10 +550,10 @@ def test_swav_loss_matches_facebookresearch_swav_two_crops():
     output = F.normalize(randn(2 * bs, 8), dim=1) @ F.normalize(randn(12, 8, seed=1), dim=1).T
     loss = 0
     for crop_id in (0, 1):
-        q = swav_authors_sinkhorn(output[bs * crop_id: bs * (crop_id + 1)])
+        q = swav_authors_sinkhorn(output[bs * crop_id : bs * (crop_id + 1)])
         subloss = 0
         for v in np.delete(np.arange(2), crop_id):
-            x = output[bs * v: bs * (v + 1)] / 0.1
+            x = output[bs * v : bs * (v + 1)] / 0.1
             subloss -= torch.mean(torch.sum(q * F.log_softmax(x, dim=1), dim=1))
         loss += subloss / (2 - 1)
     loss /= 2
@@ -578,8 +596,7 @@ def test_obow_soft_assignment_matches_valeoai_bow_extractor():
     maps, words = randn(3, 8, 6, 6), randn(16, 8, seed=1)
     inv_delta, m = 10.0, torch.tensor(0.5)
     f = maps[:, :, 1:-1, 1:-1].contiguous()
-    dist = (f.pow(2).sum(1, keepdim=True)
-            + F.conv2d(f, weight=-2 * words[:, :, None, None], bias=words.pow(2).sum(1)))
+    dist = f.pow(2).sum(1, keepdim=True) + F.conv2d(f, weight=-2 * words[:, :, None, None], bias=words.pow(2).sum(1))
     m_new = m * 0.99 + dist.min(dim=1).values.mean() * 0.01
     codes = F.softmax(-(inv_delta / m_new) * dist, dim=1)
     bow = F.normalize(F.adaptive_max_pool2d(codes, 1).flatten(1), p=1, dim=1)
@@ -603,13 +620,15 @@ def test_rotnet_step_matches_gidariss_feature_learning_rotnet():
     cls = get_method("rotnet")
     params = cls.Params(method="rotnet", width=4, batch_size=6)
     torch.manual_seed(0)
-    method = cls(params, build_backbone("convnet", 4),
-                 cls.inputs(**{"normalizer": Normalizer.fit(images), "image_size": 12}))
+    method = cls(
+        params, build_backbone("convnet", 4), cls.inputs(**{"normalizer": Normalizer.fit(images), "image_size": 12})
+    )
     ours, _ = method.training_step(images, torch.arange(6), torch.Generator().manual_seed(1))
 
-    x = augment.pad_crop_flip(augment.to_float(images), padding=params.padding,
-                              generator=torch.Generator().manual_seed(1))   # the same crops
-    h, w = -2, -1                                                 # CHW: rows, columns
+    x = augment.pad_crop_flip(
+        augment.to_float(images), padding=params.padding, generator=torch.Generator().manual_seed(1)
+    )  # the same crops
+    h, w = -2, -1  # CHW: rows, columns
 
     def rotate_img(img, rot):
         if rot == 0:
@@ -636,6 +655,6 @@ def test_bownet_loss_is_the_papers_normalised_linear_soft_cross_entropy():
     f = randn(5, 8)
     y = F.softmax(randn(5, 12, seed=1) * 2, dim=1)
     w = head.weight / head.weight.norm(dim=1, keepdim=True)
-    logits = (10.0 * (f @ w.T)).double()                          # float64: exp of ~40 is fine
+    logits = (10.0 * (f @ w.T)).double()  # float64: exp of ~40 is fine
     theirs = -(y.double() * torch.log(torch.exp(logits) / torch.exp(logits).sum(1, keepdim=True))).sum(1).mean()
     assert soft_cross_entropy(head(f), y).item() == pytest.approx(theirs.item(), rel=1e-5)

@@ -1,4 +1,5 @@
 """Barlow Twins specifics: views, blur/solarize, lambda and loss scale, LARS groups, export."""
+
 import pytest
 import torch
 
@@ -12,13 +13,17 @@ Method = get_method("barlow_twins")
 
 
 def build(image_size=16, **overrides):
-    images = torch.randint(0, 256, (8, 3, image_size, image_size), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        0, 256, (8, 3, image_size, image_size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     params = Method.Params(method="barlow_twins", width=4, proj_dim=64, **overrides)
     params.validate()
     torch.manual_seed(0)
-    method = Method(params, build_backbone("convnet", 4), Method.inputs(**{"normalizer": Normalizer.fit(images),
-                                                          "image_size": image_size}))
+    method = Method(
+        params,
+        build_backbone("convnet", 4),
+        Method.inputs(**{"normalizer": Normalizer.fit(images), "image_size": image_size}),
+    )
     return method, images
 
 
@@ -47,7 +52,7 @@ def test_step_is_the_scaled_barlow_loss_and_trains_backbone_and_projector():
     assert method.projector[0].weight.grad.abs().sum() > 0
     again, _ = build()
     same, _ = again.training_step(images, torch.arange(8), torch.Generator().manual_seed(3))
-    assert torch.equal(same, loss.detach())                              # randomness from the generator
+    assert torch.equal(same, loss.detach())  # randomness from the generator
     assert method.export_backbone() is method.backbone
 
 
@@ -75,9 +80,18 @@ def test_bf16_autocast_step_is_finite():
     assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isfinite(stats["embedding_std"])
 
 
-@pytest.mark.parametrize("field,value", [("proj_dim", 0), ("proj_layers", 1), ("view_size", 1.5),
-                                         ("crop_scale_min", 0.0), ("blur_p", [1.0, 1.2]),
-                                         ("jitter", [0.4, 0.4, 0.2, 0.7]), ("lambda_offdiag", -1.0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("proj_dim", 0),
+        ("proj_layers", 1),
+        ("view_size", 1.5),
+        ("crop_scale_min", 0.0),
+        ("blur_p", [1.0, 1.2]),
+        ("jitter", [0.4, 0.4, 0.2, 0.7]),
+        ("lambda_offdiag", -1.0),
+    ],
+)
 def test_validate_names_the_bad_field(field, value):
     with pytest.raises(ValueError, match=field):
         Method.Params(**{field: value}).validate()
@@ -91,8 +105,9 @@ def test_views_have_byols_strength_blur_included(size):
     method, images = build(image_size=size)
     byol_params = get_method("byol").Params(method="byol", width=4)
     BYOL = get_method("byol")
-    byol = BYOL(byol_params, build_backbone("convnet", 4),
-                BYOL.inputs(normalizer=Normalizer.fit(images), image_size=size))
+    byol = BYOL(
+        byol_params, build_backbone("convnet", 4), BYOL.inputs(normalizer=Normalizer.fit(images), image_size=size)
+    )
     for which in (0, 1):
         ours = method.make_view(images, which, torch.Generator().manual_seed(5))
         theirs = byol.view(images, which, torch.Generator().manual_seed(5))

@@ -1,5 +1,6 @@
 """Context encoder (bowflow/methods/context_encoder.py): the hole, its weights and the loss
 against the authors' weighting; the encoder never sees the blanked pixels."""
+
 import pytest
 import torch
 
@@ -13,8 +14,8 @@ from bowflow.vit import VisionTransformer
 def test_hole_weights_are_ten_on_the_border_one_inside_zero_outside():
     assert hole_box(16, 0.5) == (4, 12)
     w = hole_weights(16, 0.5, overlap=1)
-    assert w[4, 4] == 10 and w[4, 8] == 10 and w[11, 11] == 10          # border of the square
-    assert w[5, 5] == 1 and w[10, 10] == 1                               # inside
+    assert w[4, 4] == 10 and w[4, 8] == 10 and w[11, 11] == 10  # border of the square
+    assert w[5, 5] == 1 and w[10, 10] == 1  # inside
     assert w[3, 8] == 0 and w[12, 8] == 0 and w.sum() == 6 * 6 * 1 + (64 - 36) * 10
 
 
@@ -29,9 +30,11 @@ def test_loss_is_their_weighted_mean_over_the_predicted_square():
     assert context_loss(pred, target, w).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("backbone", [build_backbone("convnet", 4),
-                                      VisionTransformer(dim=16, depth=2, heads=2, patch=2, grid=8)],
-                         ids=["convnet", "vit"])
+@pytest.mark.parametrize(
+    "backbone",
+    [build_backbone("convnet", 4), VisionTransformer(dim=16, depth=2, heads=2, patch=2, grid=8)],
+    ids=["convnet", "vit"],
+)
 def test_the_encoder_sees_the_blank_and_the_step_learns_something(backbone):
     images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
     params = ContextEncoder.Params(method="context_encoder", decoder_width=16)

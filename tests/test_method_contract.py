@@ -18,6 +18,7 @@ A method that needs inputs a stage would give it (BoWNet: cached BoW codes; dist
 methods: a frozen teacher) gets them from `STAGE_INPUTS`; every other method trains on
 images (and labels) alone.
 """
+
 import json
 import math
 import os
@@ -39,6 +40,7 @@ from stages import distill, evaluate, prepare
 IMAGE_SIZE = 16
 NUM_CLASSES = 4
 
+
 def random_teacher() -> Teacher:
     """A frozen convnet (width 6, wider than the width-4 students) with a 4-class head."""
     torch.manual_seed(2)
@@ -50,9 +52,12 @@ def stage_inputs(name: str, n: int) -> dict:
     """What the stage that trains the method gives it besides the images, by its role's
     typed Inputs (bowflow/roles/): a BoW student's codes, a distiller's teacher."""
     stage = get_method(name).stage
-    if stage == "student":      # parent is read only with init: parent; the contract trains from scratch
-        return {"codes": torch.randint(0, 8, (n, 16), generator=torch.Generator().manual_seed(1)),
-                "num_words": 8, "parent": {}}
+    if stage == "student":  # parent is read only with init: parent; the contract trains from scratch
+        return {
+            "codes": torch.randint(0, 8, (n, 16), generator=torch.Generator().manual_seed(1)),
+            "num_words": 8,
+            "parent": {},
+        }
     if stage == "distill":
         return {"teacher": random_teacher()}
     return {}
@@ -71,19 +76,41 @@ def data(n: int = 48):
 
 def build(name: str, images, labels, epochs: int = 2):
     cls = get_method(name)
-    arch, width, depth = ("vit_p2", 16, 2) if cls.token_backbone else ("convnet", 4, 0)   # MAE: a ViT
-    params = cls.Params(method=name, arch=arch, width=width, depth=depth, epochs=epochs, batch_size=16,
-                        lr=0.03, warmup_epochs=0.5, collapse_std=0.0)
+    arch, width, depth = ("vit_p2", 16, 2) if cls.token_backbone else ("convnet", 4, 0)  # MAE: a ViT
+    params = cls.Params(
+        method=name,
+        arch=arch,
+        width=width,
+        depth=depth,
+        epochs=epochs,
+        batch_size=16,
+        lr=0.03,
+        warmup_epochs=0.5,
+        collapse_std=0.0,
+    )
     params.validate()
     torch.manual_seed(0)
-    context = {"normalizer": Normalizer.fit(images), "image_size": IMAGE_SIZE, "labels": labels,
-               "num_classes": NUM_CLASSES, **stage_inputs(name, len(images))}
+    context = {
+        "normalizer": Normalizer.fit(images),
+        "image_size": IMAGE_SIZE,
+        "labels": labels,
+        "num_classes": NUM_CLASSES,
+        **stage_inputs(name, len(images)),
+    }
     return cls(params, build_backbone(arch, width, depth), cls.inputs(**context)), params
 
 
 def run(method, params, images, checkpoint):
-    return train(method, images, params, seed=0, checkpoint_path=checkpoint, run_id="contract",
-                 show_progress=False, run_name="contract")
+    return train(
+        method,
+        images,
+        params,
+        seed=0,
+        checkpoint_path=checkpoint,
+        run_id="contract",
+        show_progress=False,
+        run_name="contract",
+    )
 
 
 def untimed(history):
@@ -93,13 +120,12 @@ def untimed(history):
 METHODS = available_methods()
 # The fast tier's method: the one the pipeline's first training stage runs (see the docstring).
 FAST_METHOD = load_yaml(ROOT / "params.yaml")["pretrain"]["g0"]["method"]
-CONTRACT_CASES = [pytest.param(name, marks=() if name == FAST_METHOD else pytest.mark.slow)
-                  for name in METHODS]
+CONTRACT_CASES = [pytest.param(name, marks=() if name == FAST_METHOD else pytest.mark.slow) for name in METHODS]
 
 
 def test_every_method_module_registers_a_method():
     assert {"rotnet", "bownet"} <= set(METHODS) and FAST_METHOD in METHODS
-    for name in METHODS:      # every method takes a role whose stage's inputs the contract gives
+    for name in METHODS:  # every method takes a role whose stage's inputs the contract gives
         assert get_method(name).stage in ("pretrain", "student", "teacher", "distill"), name
 
 
@@ -126,7 +152,7 @@ def test_resumes_bit_for_bit_after_a_kill(name, tmp_path):
 
     def after_step(step, total_steps):
         original_after_step(step, total_steps)
-        if step == steps_per_epoch + 1:          # one step into the second epoch
+        if step == steps_per_epoch + 1:  # one step into the second epoch
             raise Killed
 
     killed.after_step = after_step
@@ -167,18 +193,40 @@ def test_export_loads_in_the_evaluate_stage(name, prepared, tmp_path):
     method, params = build(name, images, labels, epochs=1)
     run(method, params, images, tmp_path / "ck.pt")
     model = tmp_path / name / "model.pt"
-    save_model(model, method.export_backbone(), Normalizer.fit(images), params, IMAGE_SIZE,
-               extra={"name": name, "parent": "", "generation": 0, "method_label": method.label,
-                      **method.export_extra()})
+    save_model(
+        model,
+        method.export_backbone(),
+        Normalizer.fit(images),
+        params,
+        IMAGE_SIZE,
+        extra={"name": name, "parent": "", "generation": 0, "method_label": method.label, **method.export_extra()},
+    )
     out = tmp_path / "eval.json"
-    evaluate.main(["--prepared", str(prepared), "--model", str(model), "--out", str(out), "--seed", "0",
-                   "--device", "cpu", "--linear_epochs", "2", "--few_shot_shots", "1",
-                   "--few_shot_episodes", "10"])
+    evaluate.main(
+        [
+            "--prepared",
+            str(prepared),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--linear_epochs",
+            "2",
+            "--few_shot_shots",
+            "1",
+            "--few_shot_episodes",
+            "10",
+        ]
+    )
     metrics = json.loads(out.read_text())
     assert metrics["method"] == name and 0 <= metrics["linear_base"] <= 100
     assert 0 <= metrics["few_shot"]["1"]["mean"] <= 100
     record = load_model(model)[2]
-    if "classifier" in record:       # supervised and distillation runs: the test top-1 too
+    if "classifier" in record:  # supervised and distillation runs: the test top-1 too
         assert load_classifier(record).out_features == NUM_CLASSES
         assert 0 <= distill.test_top1(prepared, torch.device("cpu"))(model)["top1"] <= 100
 
@@ -203,8 +251,17 @@ def ddp_runs(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     worker = [str(WORKER), "--float64", "--methods", ",".join(METHODS)]
     one = [sys.executable, *worker, "--out", str(out / "one")]
-    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           *worker, "--out", str(out / "two")]
+    two = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        *worker,
+        "--out",
+        str(out / "two"),
+    ]
     for command in (one, two):
         done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]

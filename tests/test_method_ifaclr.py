@@ -1,5 +1,6 @@
 """IFACLR (bowflow/methods/ifaclr.py): SupCon over layers against its formula, V = 2 is
 SimCLR's NT-Xent, and the method runs on a convnet and on a ViT."""
+
 import math
 
 import pytest
@@ -37,9 +38,11 @@ def test_two_views_are_nt_xent():
     assert supcon_loss(z, 0.3).item() == pytest.approx(nt_xent(z[:, 0], z[:, 1], 0.3).item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("backbone", [build_backbone("convnet", 4),
-                                      VisionTransformer(dim=16, depth=3, heads=2, patch=4, grid=2)],
-                         ids=["convnet", "vit"])
+@pytest.mark.parametrize(
+    "backbone",
+    [build_backbone("convnet", 4), VisionTransformer(dim=16, depth=3, heads=2, patch=4, grid=2)],
+    ids=["convnet", "vit"],
+)
 def test_a_step_on_both_backbones(backbone):
     images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
     params = IFACLR.Params(method="ifaclr", layers=2, proj_hidden=16, proj_dim=8, crop_size=1.0)
@@ -50,7 +53,7 @@ def test_a_step_on_both_backbones(backbone):
     loss.backward()
     assert torch.isfinite(loss) and set(stats) >= {"loss", "embedding_std", "positive_cos"}
     assert all(p.grad is not None for p in method.rescalers.parameters())
-    assert all(p.grad is not None for p in backbone.stages[-2].parameters())     # a positive layer
+    assert all(p.grad is not None for p in backbone.stages[-2].parameters())  # a positive layer
 
 
 def test_more_layers_than_the_backbone_has_is_an_error():

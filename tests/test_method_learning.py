@@ -25,6 +25,7 @@ to beat itself; tests/test_method_random_init.py checks what it exports.
 `test_a_method_that_does_not_learn_fails` shows the check can fail: a method whose loss is
 a constant (with a gradient of zero) does not clear the margin.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -41,9 +42,9 @@ from bowflow.train import train
 
 pytestmark = pytest.mark.slow
 
-WIDTH = 8                  # the student convnet: 8/16/32 channels, 32-d pooled features
-VIT = ("vit_p2", 32, 2)    # (arch, width, depth) for token methods: 2 blocks of 32, 8 x 8 tokens
-TEACHER_WIDTH = 16         # the distillers' frozen supervised teacher (wider than the student)
+WIDTH = 8  # the student convnet: 8/16/32 channels, 32-d pooled features
+VIT = ("vit_p2", 32, 2)  # (arch, width, depth) for token methods: 2 blocks of 32, 8 x 8 tokens
+TEACHER_WIDTH = 16  # the distillers' frozen supervised teacher (wider than the student)
 TRAIN_IMAGES = 512
 TEST_IMAGES = 256
 CPU = torch.device("cpu")
@@ -111,14 +112,27 @@ def build(name: str, task, width: int = WIDTH, arch: str = "convnet", depth: int
     cls = get_method(name)
     params = make_params(name, width, arch, depth)
     torch.manual_seed(0)
-    context = {"normalizer": normalizer, "image_size": IMAGE_SIZE, "labels": train_y,
-               "num_classes": NUM_CLASSES, **inputs}
+    context = {
+        "normalizer": normalizer,
+        "image_size": IMAGE_SIZE,
+        "labels": train_y,
+        "num_classes": NUM_CLASSES,
+        **inputs,
+    }
     return cls(params, build_backbone(params.arch, params.width, params.depth), cls.inputs(**context)), params
 
 
 def fit(method, params, task, tmp_path):
-    train(method, task[0], params, seed=0, checkpoint_path=tmp_path / f"{method.name}.pt",
-          run_id=method.name, show_progress=False, run_name=method.name)
+    train(
+        method,
+        task[0],
+        params,
+        seed=0,
+        checkpoint_path=tmp_path / f"{method.name}.pt",
+        run_id=method.name,
+        show_progress=False,
+        run_name=method.name,
+    )
     return method
 
 
@@ -180,11 +194,12 @@ def teacher(task, tmp_path_factory) -> Teacher:
 def bow_codes(rotnet, task) -> dict:
     """BoWNet's stage inputs: the vocab stage's recipe on the trained RotNet (bowflow.bow)."""
     v, images, normalizer = VOCABULARY, task[0], task[4]
-    features = bow.sample_local_features(rotnet.backbone, images, v["layer"], v["samples"], 256, CPU,
-                                         normalizer, seed=0)
+    features = bow.sample_local_features(
+        rotnet.backbone, images, v["layer"], v["samples"], 256, CPU, normalizer, seed=0
+    )
     words = bow.kmeans(features, v["size"], v["iters"], seed=0, use_gpu=False)["words"]
     codes = bow.assign_codes(rotnet.backbone, images, v["layer"], words, 256, CPU, normalizer)
-    return {"codes": codes, "num_words": v["size"], "parent": {}}   # parent: read only with init: parent
+    return {"codes": codes, "num_words": v["size"], "parent": {}}  # parent: read only with init: parent
 
 
 METHODS = available_methods()
@@ -205,7 +220,7 @@ def test_the_control_is_random_weights_with_bn_statistics(task, tmp_path):
     torch.manual_seed(0)
     expected = build_backbone("convnet", WIDTH).train()
     with torch.no_grad():
-        expected(task[4](task[0]))                   # normalised float images [512, 3, 16, 16]
+        expected(task[4](task[0]))  # normalised float images [512, 3, 16, 16]
     got = method.export_backbone().state_dict()
     for key, value in expected.state_dict().items():
         torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-5, msg=key)
@@ -236,7 +251,7 @@ def test_supervised_student_beats_the_untrained_student(name, task, control, tea
     inputs = {"teacher": teacher} if get_method(name).stage == "distill" else {}
     method, params = build(name, task, **inputs)
     assert_same_initial_weights(method, control)
-    untrained = top1(control, method.classifier, task)     # the student before its first step
+    untrained = top1(control, method.classifier, task)  # the student before its first step
     fit(method, params, task, tmp_path)
     trained = top1(method.backbone, method.classifier, task)
     print(f"learning: {name} top-1 {trained:.1f} untrained {untrained:.1f}")
@@ -272,12 +287,26 @@ def test_fine_tuning_a_pretrained_network_beats_the_untrained_control(task, cont
     import copy
 
     from bowflow.finetune import FineTuneRecipe, fine_tuned_top1
+
     pool_x, pool_y = shapes(2000, seed=2)
     _, _, test_x, test_y, normalizer = task
     recipe = FineTuneRecipe(epochs=60, batch_size=256, lr=0.05)
-    top1 = {name: fine_tuned_top1(copy.deepcopy(backbone), normalizer, pool_x, pool_y, test_x, test_y,
-                                  NUM_CLASSES, 0.01, recipe, seed=0, device=CPU)
-            for name, backbone in (("rotnet", rotnet.export_backbone()), ("control", control))}
+    top1 = {
+        name: fine_tuned_top1(
+            copy.deepcopy(backbone),
+            normalizer,
+            pool_x,
+            pool_y,
+            test_x,
+            test_y,
+            NUM_CLASSES,
+            0.01,
+            recipe,
+            seed=0,
+            device=CPU,
+        )
+        for name, backbone in (("rotnet", rotnet.export_backbone()), ("control", control))
+    }
     assert top1["rotnet"]["train_images"] == 20
     print(f"fine-tuning on 1%: rotnet {top1['rotnet']['top1']:.1f} control {top1['control']['top1']:.1f}")
     assert top1["rotnet"]["top1"] >= top1["control"]["top1"] + FINETUNE_MARGIN, top1

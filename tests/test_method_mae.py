@@ -1,5 +1,6 @@
 """MAE (bowflow/methods/mae.py): patch order, sin-cos table and loss against the authors'
 formulas; the encoder sees only visible patches; a step on a ViT; a convnet is refused."""
+
 import math
 
 import numpy as np
@@ -15,7 +16,7 @@ from bowflow.vit import VisionTransformer
 
 def test_patchify_is_row_major_patches_with_pixels_then_channels():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
-    patches = patchify(x, 2)                                      # [2, 4, 12]
+    patches = patchify(x, 2)  # [2, 4, 12]
     # patch (row 0, col 1) of image 1: pixels (0..1, 2..3), channel innermost
     expected = torch.stack([x[1, :, i, j] for i in (0, 1) for j in (2, 3)]).reshape(-1)
     assert torch.equal(patches[1, 1], expected)
@@ -23,10 +24,12 @@ def test_patchify_is_row_major_patches_with_pixels_then_channels():
 
 def sincos_reference(dim, grid):
     """facebookresearch/mae util/pos_embed.py, restated with numpy."""
+
     def one(d, pos):
         omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
         out = np.einsum("m,d->md", pos.reshape(-1), omega)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
     gw, gh = np.meshgrid(np.arange(grid, dtype=np.float32), np.arange(grid, dtype=np.float32))
     emb = np.concatenate([one(dim // 2, gw), one(dim // 2, gh)], axis=1)
     return np.concatenate([np.zeros([1, dim]), emb], axis=0)
@@ -62,12 +65,12 @@ def make(backbone, size=8, **kw):
 def test_the_encoder_sees_only_the_visible_patches():
     method, images = make(VisionTransformer(dim=16, depth=2, heads=2, patch=2, grid=4))
     views = method.views(images, torch.arange(6), torch.Generator().manual_seed(0))
-    assert views["keep"].shape == (6, 4)                           # 16 patches, 25% visible
+    assert views["keep"].shape == (6, 4)  # 16 patches, 25% visible
     seen = []
     handle = method.backbone.stages[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
     loss, _ = method.step(views, torch.arange(6))
     handle.remove()
-    assert seen == [(6, 1 + 4, 16)]                                # CLS + 4 visible tokens
+    assert seen == [(6, 1 + 4, 16)]  # CLS + 4 visible tokens
     loss.backward()
     assert torch.isfinite(loss) and method.backbone.pos_embed.grad is not None
 

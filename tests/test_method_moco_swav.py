@@ -1,4 +1,5 @@
 """MoCo v2 and SwAV specifics: the key queue and key encoder; frozen prototypes, codes."""
+
 import torch
 from test_method_contract import build, data, run
 
@@ -11,7 +12,7 @@ def test_moco_queue_is_a_ring_of_the_newest_keys_and_the_key_encoder_gets_no_gra
     loss, stats = method.training_step(images[:16], torch.arange(16), torch.Generator().manual_seed(0))
     loss.backward()
     assert all(p.grad is None for p in method.key_backbone.parameters())
-    assert int(method.queue_pointer) == 32                     # two views x 16 keys pushed
+    assert int(method.queue_pointer) == 32  # two views x 16 keys pushed
     assert not torch.equal(method.queue[:32], before[:32]) and torch.equal(method.queue[32:], before[32:])
     assert torch.allclose(method.queue[:32].norm(dim=1), torch.ones(32), atol=1e-5)
     assert set(stats) >= {"loss", "embedding_std", "positive_cos"}

@@ -1,4 +1,5 @@
 """OBoW-specific checks: EMA teacher, queue vocabularies, views, targets, export."""
+
 import pytest
 import torch
 
@@ -14,10 +15,12 @@ def build(size=16, batch=8, **overrides):
     params = cls.Params(method="obow", width=4, batch_size=batch, num_words=4 * batch, **overrides)
     params.validate()
     torch.manual_seed(0)
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0))
-    method = cls(params, build_backbone("convnet", 4), cls.inputs(**{"normalizer": Normalizer.fit(images),
-                                                        "image_size": size}))
+    images = torch.randint(
+        0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    method = cls(
+        params, build_backbone("convnet", 4), cls.inputs(**{"normalizer": Normalizer.fit(images), "image_size": size})
+    )
     return method, images
 
 
@@ -32,7 +35,7 @@ def test_teacher_gets_no_gradient_and_follows_the_momentum_schedule():
     assert all(not p.requires_grad for p in method.teacher.parameters())
     step(method, images)
     assert all(p.grad is None for p in method.teacher.parameters())
-    with torch.no_grad():                              # move the student away from the teacher
+    with torch.no_grad():  # move the student away from the teacher
         for p in method.backbone.parameters():
             p.add_(1.0)
     before = [t.clone() for t in method.teacher.parameters()]
@@ -54,20 +57,29 @@ def test_queues_start_from_teacher_features_then_push_one_word_per_image_and_wra
     step(method, images, seed=1)
     assert int(method.pointer) == 16
     changed = (method.words0 != snapshot).any(1)
-    assert not changed[:8].any() and not changed[16:].any()       # only rows 8..15 were written
+    assert not changed[:8].any() and not changed[16:].any()  # only rows 8..15 were written
     step(method, images, seed=2), step(method, images, seed=3)
-    assert int(method.pointer) == 0                                # 4 pushes of 8 into 32 wrap
+    assert int(method.pointer) == 0  # 4 pushes of 8 into 32 wrap
 
 
 def test_stats_targets_and_generated_weights():
     method, images = build()
     loss, stats = step(method, images)
     assert torch.isfinite(loss)
-    for key in ("loss", "embedding_std", "momentum", "loss0", "loss1", "mean_distance0",
-                "mean_distance1", "perplexity_batch0", "perplexity_image1"):
+    for key in (
+        "loss",
+        "embedding_std",
+        "momentum",
+        "loss0",
+        "loss1",
+        "mean_distance0",
+        "mean_distance1",
+        "perplexity_batch0",
+        "perplexity_image1",
+    ):
         assert key in stats and torch.isfinite(torch.as_tensor(stats[key]))
     assert 1.0 <= float(stats["perplexity_batch0"]) <= method.params.num_words
-    assert float(method.mean_distance0) != 0.5                     # running mean updated
+    assert float(method.mean_distance0) != 0.5  # running mean updated
     w = method.generators[0](method.words0)
     assert w.shape == (method.params.num_words, method.backbone.out_channels)
     torch.testing.assert_close(w.norm(dim=1), torch.ones(len(w)))
@@ -86,7 +98,7 @@ def test_grid_cells_are_distinct_cells_of_the_declared_size():
 
 def test_tiny_images_train_and_the_student_is_exported():
     method, images = build(size=8)
-    assert method._border(2) == 0 and method._border(4) == 1       # no border left on 2x2 maps
+    assert method._border(2) == 0 and method._border(4) == 1  # no border left on 2x2 maps
     loss, _ = step(method, images)
     assert torch.isfinite(loss)
     assert method.export_backbone() is method.backbone
@@ -116,7 +128,7 @@ def test_student_head_scores_the_raw_pooled_feature_by_default(normalize):
     for factor in (1.0, 2.0):
         method, images = build(normalize_features=normalize)
         with torch.no_grad():
-            bn = _last_bn(method.backbone)               # the student only: the teacher is a copy
+            bn = _last_bn(method.backbone)  # the student only: the teacher is a copy
             bn.weight.mul_(factor), bn.bias.mul_(factor)
         results.append(step(method, images)[0].item())
     if normalize:

@@ -1,4 +1,5 @@
 """The untrained control: weights stay random, only BN statistics are estimated."""
+
 import torch
 from test_method_contract import build, data, run
 

@@ -6,6 +6,7 @@ training, that every method has one and that its Params accept it, so that a new
 without a recipe, or a recipe with a key its Params lost or renamed, fails here at once
 rather than in the slow tier.
 """
+
 import pytest
 import test_method_learning as learning
 
@@ -17,7 +18,8 @@ def test_every_method_has_a_learning_recipe_its_params_accept(name):
     cls = get_method(name)
     assert isinstance(cls.learning_recipe, dict), (
         f"method '{name}' has no learning_recipe: give its class the Params overrides under which "
-        "tests/test_method_learning.py shows it learns (see bowflow/roles/base.py, Method)")
-    params = learning.make_params(name)             # cls.Params(**recipe) and validate(): raises if stale
+        "tests/test_method_learning.py shows it learns (see bowflow/roles/base.py, Method)"
+    )
+    params = learning.make_params(name)  # cls.Params(**recipe) and validate(): raises if stale
     for key, value in learning.recipe(name).items():
         assert getattr(params, key) == value, key

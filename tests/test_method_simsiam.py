@@ -1,4 +1,5 @@
 """SimSiam: the predictor keeps the peak learning rate while the rest follows the schedule."""
+
 from test_method_contract import build, data
 
 from bowflow.optim import build_optimizer, set_learning_rate
@@ -24,6 +25,7 @@ def test_loss_is_per_sample_so_processes_need_no_gather():
     the loss is a mean of per-sample terms. With BN on running statistics (eval), the mean of
     the two halves' losses is the whole batch's."""
     import torch
+
     images, labels = data(32)
     method, _ = build("simsiam", images, labels)
     index = torch.arange(16)
@@ -31,6 +33,7 @@ def test_loss_is_per_sample_so_processes_need_no_gather():
     method.eval()
     with torch.no_grad():
         whole = method.step(views, index)[0]
-        halves = [method.step({k: v[rows] for k, v in views.items()}, index[rows])[0]
-                  for rows in (slice(0, 8), slice(8, 16))]
+        halves = [
+            method.step({k: v[rows] for k, v in views.items()}, index[rows])[0] for rows in (slice(0, 8), slice(8, 16))
+        ]
     assert torch.allclose((halves[0] + halves[1]) / 2, whole, rtol=1e-5, atol=1e-6)

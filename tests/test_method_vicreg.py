@@ -1,5 +1,6 @@
 """VICReg: its loss against a step-by-step restatement of the authors' formula, the loss at
 known points, its views, its params, and one step of training."""
+
 import math
 
 import pytest
@@ -29,7 +30,7 @@ def reference(z1, z2, sim=25.0, std=25.0, cov=1.0, eps=1e-4) -> float:
             for k in range(d):
                 if j != k:
                     c = sum(centred[i][j] * centred[i][k] for i in range(b)) / (b - 1)
-                    covariance += c ** 2 / d
+                    covariance += c**2 / d
     return float(sim * invariance + std * variance + cov * covariance)
 
 
@@ -46,8 +47,9 @@ def test_loss_matches_the_reference(seed, scale):
 
 def test_off_diagonal_takes_every_entry_but_the_diagonal():
     m = torch.arange(16.0).view(4, 4)
-    assert sorted(off_diagonal(m).tolist()) == sorted(v for i, row in enumerate(m.tolist())
-                                                      for j, v in enumerate(row) if i != j)
+    assert sorted(off_diagonal(m).tolist()) == sorted(
+        v for i, row in enumerate(m.tolist()) for j, v in enumerate(row) if i != j
+    )
 
 
 def test_known_points():
@@ -72,13 +74,15 @@ def test_variance_term_pushes_a_collapsing_embedding_apart():
 
 
 def build(image_size=16, **overrides):
-    images = torch.randint(0, 256, (8, 3, image_size, image_size), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        0, 256, (8, 3, image_size, image_size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     params = Method.Params(method="vicreg", width=4, proj_dim=32, **overrides)
     params.validate()
     torch.manual_seed(0)
-    method = Method(params, build_backbone("convnet", 4),
-                    Method.inputs(normalizer=Normalizer.fit(images), image_size=image_size))
+    method = Method(
+        params, build_backbone("convnet", 4), Method.inputs(normalizer=Normalizer.fit(images), image_size=image_size)
+    )
     return method, images
 
 
@@ -86,9 +90,13 @@ def test_views_are_byols_recipe():
     """VICReg takes BYOL's views (the paper does): with the same random numbers, the same views."""
     method, images = build()
     byol_cls = get_method("byol")
-    byol = byol_cls(byol_cls.Params(method="byol", width=4), build_backbone("convnet", 4),
-                    byol_cls.inputs(normalizer=Normalizer.fit(images), image_size=16))
+    byol = byol_cls(
+        byol_cls.Params(method="byol", width=4),
+        build_backbone("convnet", 4),
+        byol_cls.inputs(normalizer=Normalizer.fit(images), image_size=16),
+    )
     from bowflow import views
+
     for which in (0, 1):
         ours = views.two_view(images, method.params, which, method.size, torch.Generator().manual_seed(5))
         assert torch.equal(ours, byol.view(images, which, torch.Generator().manual_seed(5)))
@@ -104,8 +112,17 @@ def test_step_logs_the_three_terms_and_scales_the_loss():
     assert all(p.grad is not None for p in method.backbone.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("field,value", [("proj_dim", 0), ("proj_layers", 1), ("sim_coeff", -1.0),
-                                         ("loss_scale", 0.0), ("view_size", 1.5), ("blur_p", [1.0])])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("proj_dim", 0),
+        ("proj_layers", 1),
+        ("sim_coeff", -1.0),
+        ("loss_scale", 0.0),
+        ("view_size", 1.5),
+        ("blur_p", [1.0]),
+    ],
+)
 def test_validate_names_the_bad_field(field, value):
     with pytest.raises(ValueError, match=field):
         Method.Params(**{field: value}).validate()

@@ -1,4 +1,5 @@
 """Methods plug into the shared trainer through the registry."""
+
 import torch
 
 from bowflow.models import Normalizer
@@ -19,13 +20,16 @@ def test_registries():
 
 def small_run(method, tmp_path, context=None, **overrides):
     images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
-    params = get_method(method).Params(method=method, arch="convnet", width=4, epochs=2,
-                                       batch_size=16, lr=0.03, **overrides)
+    params = get_method(method).Params(
+        method=method, arch="convnet", width=4, epochs=2, batch_size=16, lr=0.03, **overrides
+    )
     backbone = build_backbone("convnet", 4)
-    m = get_method(method)(params, backbone, get_method(method).inputs(**{"normalizer": Normalizer.fit(images),
-                                                                          "image_size": 8, **(context or {})}))
-    return train(m, images, params, seed=0, checkpoint_path=tmp_path / "ck.pt", run_id="t",
-                 show_progress=False), m
+    m = get_method(method)(
+        params,
+        backbone,
+        get_method(method).inputs(**{"normalizer": Normalizer.fit(images), "image_size": 8, **(context or {})}),
+    )
+    return train(m, images, params, seed=0, checkpoint_path=tmp_path / "ck.pt", run_id="t", show_progress=False), m
 
 
 def test_rotnet_trains_and_logs(tmp_path):
@@ -39,7 +43,7 @@ def test_bownet_head_normalises_every_forward_and_logs_captured(tmp_path):
     assert {"captured", "target_perplexity", "mean_histogram_ce", "target_entropy"} <= set(history[-1])
     head = method.head
     with torch.no_grad():
-        head.weight.mul_(5.0)                 # scaling the raw rows must not change the logits
+        head.weight.mul_(5.0)  # scaling the raw rows must not change the logits
     f = torch.randn(3, head.weight.shape[1])
     before = head(f)
     with torch.no_grad():

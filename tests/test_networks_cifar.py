@@ -1,4 +1,5 @@
 """The CIFAR distillation benchmark's architectures (CRD / RepDistiller, the IFACD table)."""
+
 import hashlib
 
 import pytest
@@ -22,30 +23,45 @@ class Classifier(nn.Module):
         """x [B, 3, H, W] -> logits [B, num_classes]."""
         return self.fc(self.backbone(x))
 
-    def features_and_logits(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor,
-                                                            torch.Tensor]:
+    def features_and_logits(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """x [B, 3, H, W] -> (stage maps [B, C_i, H / r_i, W / r_i] and pooled feature [B, C]
         as `Backbone.distill_features` gives them; logits [B, num_classes])."""
         maps, pooled = self.backbone.distill_features(x)
         return maps, pooled, self.fc(pooled)
 
+
 # Parameters with a 100-class classifier as published (CRD, CIFAR-100), in millions.
-PUBLISHED = {"resnet20": 0.278, "resnet32": 0.473, "resnet56": 0.861, "resnet110": 1.73,
-             "resnet8x4": 1.23, "resnet32x4": 7.43, "wrn_40_2": 2.25, "wrn_16_2": 0.70,
-             "wrn_40_1": 0.57, "vgg8": 3.96, "vgg13": 9.46}
+PUBLISHED = {
+    "resnet20": 0.278,
+    "resnet32": 0.473,
+    "resnet56": 0.861,
+    "resnet110": 1.73,
+    "resnet8x4": 1.23,
+    "resnet32x4": 7.43,
+    "wrn_40_2": 2.25,
+    "wrn_16_2": 0.70,
+    "wrn_40_1": 0.57,
+    "vgg8": 3.96,
+    "vgg13": 9.46,
+}
 
 # Stage channels and the side of each stage map for a 32x32 input.
-STAGES = {**{f"resnet{d}": ([16, 32, 64], [32, 16, 8]) for d in (20, 32, 56, 110)},
-          "resnet8x4": ([64, 128, 256], [32, 16, 8]), "resnet32x4": ([64, 128, 256], [32, 16, 8]),
-          "wrn_40_2": ([32, 64, 128], [32, 16, 8]), "wrn_16_2": ([32, 64, 128], [32, 16, 8]),
-          "wrn_40_1": ([16, 32, 64], [32, 16, 8]),
-          "vgg8": ([128, 256, 512, 512], [16, 8, 4, 4]),
-          "vgg13": ([128, 256, 512, 512], [16, 8, 4, 4])}
+STAGES = {
+    **{f"resnet{d}": ([16, 32, 64], [32, 16, 8]) for d in (20, 32, 56, 110)},
+    "resnet8x4": ([64, 128, 256], [32, 16, 8]),
+    "resnet32x4": ([64, 128, 256], [32, 16, 8]),
+    "wrn_40_2": ([32, 64, 128], [32, 16, 8]),
+    "wrn_16_2": ([32, 64, 128], [32, 16, 8]),
+    "wrn_40_1": ([16, 32, 64], [32, 16, 8]),
+    "vgg8": ([128, 256, 512, 512], [16, 8, 4, 4]),
+    "vgg13": ([128, 256, 512, 512], [16, 8, 4, 4]),
+}
 
 
 def test_every_benchmark_arch_is_registered():
     """Every fixed-size architecture but the ViTs (tests/test_vit.py) is a benchmark one."""
     from bowflow.vit import VIT_SIZES
+
     assert set(OWN_SIZES) - set(VIT_SIZES) == set(PUBLISHED) == set(STAGES)
 
 
@@ -66,7 +82,7 @@ def test_forward_shapes(arch):
         assert model.backbone.channels == channels
         assert [32 // r for r in model.backbone.reductions] == sides
         assert pooled.shape == (2, channels[-1]) and logits.shape == (2, 100)
-        assert torch.allclose(pooled, model.backbone(x), atol=1e-6)       # pooled last stage map
+        assert torch.allclose(pooled, model.backbone(x), atol=1e-6)  # pooled last stage map
         assert torch.allclose(logits, model(x), atol=1e-6)
 
 
@@ -80,7 +96,8 @@ BENCHMARK_FEAT = {
     "wrn_40_2": ((16, 32), [(32, 32), (64, 16), (128, 8)]),
     "wrn_16_2": ((16, 32), [(32, 32), (64, 16), (128, 8)]),
     "vgg8": ((64, 32), [(128, 16), (256, 8), (512, 4), (512, 4)]),
-    "vgg13": ((64, 32), [(128, 16), (256, 8), (512, 4), (512, 4)])}
+    "vgg13": ((64, 32), [(128, 16), (256, 8), (512, 4), (512, 4)]),
+}
 
 
 @pytest.mark.parametrize("arch", sorted(BENCHMARK_FEAT))
@@ -89,7 +106,7 @@ def test_distill_features_are_the_benchmarks_feature_list(arch):
     net = build_backbone(arch, 0, 0).eval()
     with torch.no_grad():
         for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-            bn.running_mean.uniform_(-0.5, 0.5)           # so BN-ReLU visibly changes a map
+            bn.running_mean.uniform_(-0.5, 0.5)  # so BN-ReLU visibly changes a map
         x = torch.randn(2, 3, 32, 32)
         maps, pooled = net.distill_features(x)
         # the benchmark's forward, restated on our modules: stem (feat[0], excluded), then
@@ -104,10 +121,10 @@ def test_distill_features_are_the_benchmarks_feature_list(arch):
     for ours, reference in zip(maps, expected):
         assert torch.equal(ours, reference)
     assert torch.allclose(pooled, net.head_norm(expected[-1]).mean(dim=(2, 3)), atol=1e-6)
-    assert torch.allclose(pooled, net(x), atol=1e-6)                       # = the classifier's input
+    assert torch.allclose(pooled, net(x), atol=1e-6)  # = the classifier's input
     # FitNet's hint_stage 'stage2' is the benchmark's hint layer 2
     assert maps[net.stage_index("stage2")].shape[1:3] == torch.Size(feat_shapes[1])
-    if arch.startswith("wrn"):       # pre-activation: the last map is the raw block output
+    if arch.startswith("wrn"):  # pre-activation: the last map is the raw block output
         assert (maps[-1] < 0).any() and not torch.allclose(maps[-1], net.feature_maps(x)[-1])
 
 
@@ -117,11 +134,15 @@ def test_own_width_and_depth_build_the_same_net():
         assert count_parameters(zero) == count_parameters(own), arch
 
 
-@pytest.mark.parametrize("arch, width, depth, message", [
-    ("resnet56", 4, 0, "width must be 0 (the architecture's own) or 16 for arch 'resnet56'"),
-    ("resnet56", 0, 20, "depth must be 0 (the architecture's own) or 56 for arch 'resnet56'"),
-    ("wrn_40_2", 4, 40, "width must be 0 (the architecture's own) or 2 for arch 'wrn_40_2'"),
-    ("vgg8", 64, 13, "depth must be 0 (the architecture's own) or 8 for arch 'vgg8'")])
+@pytest.mark.parametrize(
+    "arch, width, depth, message",
+    [
+        ("resnet56", 4, 0, "width must be 0 (the architecture's own) or 16 for arch 'resnet56'"),
+        ("resnet56", 0, 20, "depth must be 0 (the architecture's own) or 56 for arch 'resnet56'"),
+        ("wrn_40_2", 4, 40, "width must be 0 (the architecture's own) or 2 for arch 'wrn_40_2'"),
+        ("vgg8", 64, 13, "depth must be 0 (the architecture's own) or 8 for arch 'vgg8'"),
+    ],
+)
 def test_other_width_or_depth_is_a_clear_error(arch, width, depth, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build_backbone(arch, width, depth)
@@ -129,9 +150,14 @@ def test_other_width_or_depth_is_a_clear_error(arch, width, depth, message):
 
 # The existing architectures, fingerprinted before the CIFAR ones were added: parameter
 # count, number of state-dict entries and a digest of their names and shapes.
-OLD = [("convnet", 4, 0, 4684, 36, "d0cdaafa9753"), ("convnet", 32, 0, 287456, 36, "2afdcb32eb5c"),
-       ("resnet", 8, 18, 175752, 120, "7b84e41ba582"), ("resnet", 16, 34, 1333328, 216, "a74e386aa913"),
-       ("wrn", 1, 10, 77200, 44, "85eafca66897"), ("wrn", 4, 28, 5846480, 153, "385b40478462")]
+OLD = [
+    ("convnet", 4, 0, 4684, 36, "d0cdaafa9753"),
+    ("convnet", 32, 0, 287456, 36, "2afdcb32eb5c"),
+    ("resnet", 8, 18, 175752, 120, "7b84e41ba582"),
+    ("resnet", 16, 34, 1333328, 216, "a74e386aa913"),
+    ("wrn", 1, 10, 77200, 44, "85eafca66897"),
+    ("wrn", 4, 28, 5846480, 153, "385b40478462"),
+]
 
 
 @pytest.mark.parametrize("arch, width, depth, params, entries, digest", OLD)
@@ -141,4 +167,4 @@ def test_old_architectures_are_unchanged(arch, width, depth, params, entries, di
     names = repr([(k, tuple(v.shape)) for k, v in state.items()])
     assert (count_parameters(net), len(state)) == (params, entries)
     assert hashlib.sha1(names.encode()).hexdigest()[:12] == digest
-    assert net.reductions == [2 ** i for i in range(len(net.channels))]
+    assert net.reductions == [2**i for i in range(len(net.channels))]

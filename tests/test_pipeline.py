@@ -8,6 +8,7 @@ images); they import this file's helpers.
 Every training and evaluation stage exists once per run and seed (`pretrain_seed0@g0`,
 dvc.yaml written by workflow/pipeline.py); the tiny params train seed 0 alone, so most
 tests name seed-0 stages (`seeded`)."""
+
 import copy
 import json
 import os
@@ -31,10 +32,12 @@ BIN = Path(sys.executable).parent
 # A user's fresh shell: the project's environment is NOT on PATH (commands are typed as
 # the README shows them, `.venv/bin/dvc repro`), and an empty BOWFLOW_CACHE, so no
 # per-machine compute choice leaks in.
-USER_PATH = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
-                            if Path(p).resolve() != BIN.resolve())
-ENV = {**{k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")},
-       "PATH": USER_PATH, "BOWFLOW_CACHE": tempfile.mkdtemp(prefix="bowflow-test-cache-")}
+USER_PATH = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p).resolve() != BIN.resolve())
+ENV = {
+    **{k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")},
+    "PATH": USER_PATH,
+    "BOWFLOW_CACHE": tempfile.mkdtemp(prefix="bowflow-test-cache-"),
+}
 TIMING_KEYS = {"wall_seconds", "peak_rss_mb", "peak_gpu_mb", "feature_images_per_second"}
 
 # Tiers: the fast tier (`make test`) runs the tiny pipeline once, with one run of each kind
@@ -59,8 +62,7 @@ def repro(project: Path, *options: str) -> set[str]:
 
 def seeded(*stages: str, seeds=(0,)) -> set[str]:
     """The stage names of `kind@run` for each seed: "vocab@g1" -> {"vocab_seed0@g1"}."""
-    return {f"{kind}_seed{seed}@{run}" for stage in stages for kind, run in [stage.split("@")]
-            for seed in seeds}
+    return {f"{kind}_seed{seed}@{run}" for stage in stages for kind, run in [stage.split("@")] for seed in seeds}
 
 
 def untimed(record: dict) -> dict:
@@ -85,7 +87,7 @@ def dvc_project(tmp_path_factory):
     """The tiny pipeline with every method, run once (the slow tests share it)."""
     project = make_project(tmp_path_factory.mktemp("dvc") / "project", tiny_params())
     ran = repro(project)
-    return project, ran, eval_metrics(project)   # metrics before any test edits the project
+    return project, ran, eval_metrics(project)  # metrics before any test edits the project
 
 
 @pytest.mark.parametrize("which", ["one_of_each_project", pytest.param("dvc_project", marks=pytest.mark.slow)])
@@ -95,11 +97,14 @@ def test_dvc_runs_every_stage_and_writes_the_report(which, request):
     assert len(params["distill"]) >= 1 and len(params["pretrain"]) >= 2
     runs = params["pretrain"]
     assert params["seeds"] == [0]
-    assert ran == {"check_params", "prepare", "report",
-                   *seeded("vocab@g1", "vocab@g2", "student@g1", "student@g2", "evaluate_student@g1",
-                           "evaluate_student@g2"),
-                   *seeded(*{f"pretrain@{r}" for r in runs}, *{f"evaluate_pretrain@{r}" for r in runs}),
-                   *seeded(*{f"teacher@{r}" for r in params["teachers"]}, *{f"distill@{r}" for r in params["distill"]})}
+    assert ran == {
+        "check_params",
+        "prepare",
+        "report",
+        *seeded("vocab@g1", "vocab@g2", "student@g1", "student@g2", "evaluate_student@g1", "evaluate_student@g2"),
+        *seeded(*{f"pretrain@{r}" for r in runs}, *{f"evaluate_pretrain@{r}" for r in runs}),
+        *seeded(*{f"teacher@{r}" for r in params["teachers"]}, *{f"distill@{r}" for r in params["distill"]}),
+    }
     report = (project / "data/report/report.md").read_text()
     for row in ("RotNet (g0)", "BoWNet (g1)", "BoWNet x2 (g2)"):
         assert row in report
@@ -148,7 +153,7 @@ def test_results_round_trip_through_a_dvc_remote(dvc_project, tmp_path):
     run(work, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results")
     run(work, ".venv/bin/dvc", "push")
     run(tmp_path, "git", "clone", "-q", str(work), str(clone))
-    assert not (clone / "data/models").exists()            # models come from the remote, not git
+    assert not (clone / "data/models").exists()  # models come from the remote, not git
     (clone / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     run(clone, ".venv/bin/dvc", "pull")
     assert json.loads(run(clone, ".venv/bin/dvc", "status", "--json").stdout) == {}
@@ -164,13 +169,20 @@ def test_dvc_reruns_only_what_a_change_touches(dvc_project):
 
     params["generations"]["g1"]["vocab"]["size"] = 12
     write_params(project, params)
-    assert repro(project) == {"check_params", "report", *seeded("vocab@g1", "student@g1", "evaluate_student@g1",
-                                                                "vocab@g2", "student@g2", "evaluate_student@g2")}
+    assert repro(project) == {
+        "check_params",
+        "report",
+        *seeded("vocab@g1", "student@g1", "evaluate_student@g1", "vocab@g2", "student@g2", "evaluate_student@g2"),
+    }
 
     params["evaluate"]["knn_k"] = 10
     write_params(project, params)
-    assert repro(project) == {"check_params", "report", *seeded("evaluate_student@g1", "evaluate_student@g2"),
-                              *seeded(*{f"evaluate_pretrain@{r}" for r in params["pretrain"]})}
+    assert repro(project) == {
+        "check_params",
+        "report",
+        *seeded("evaluate_student@g1", "evaluate_student@g2"),
+        *seeded(*{f"evaluate_pretrain@{r}" for r in params["pretrain"]}),
+    }
 
     params["generations"]["g3"] = copy.deepcopy(params["generations"]["g2"]) | {"parent": "g2"}
     write_params(project, params)
@@ -179,8 +191,11 @@ def test_dvc_reruns_only_what_a_change_touches(dvc_project):
 
     params["generations"]["g2"]["student"]["epochs"] = 1
     write_params(project, params)
-    assert repro(project) == {"check_params", "report", *seeded("student@g2", "evaluate_student@g2", "vocab@g3",
-                                                                "student@g3", "evaluate_student@g3")}
+    assert repro(project) == {
+        "check_params",
+        "report",
+        *seeded("student@g2", "evaluate_student@g2", "vocab@g3", "student@g3", "evaluate_student@g3"),
+    }
 
     # A new pretrain run reruns nothing that exists; changing it reruns only its branch.
     params["pretrain"]["rot2"] = params["pretrain"]["g0"] | {"epochs": 1}
@@ -215,7 +230,7 @@ def test_dvc_reruns_only_what_a_change_touches(dvc_project):
     params["distill"]["kd_t8"] = params["distill"]["kd"] | {"temperature": 8.0}
     write_params(project, params)
     assert repro(project) == {"check_params", "report", *seeded("distill@kd_t8")}
-    params["teachers"]["vanilla"]["epochs"] = 1        # a vanilla student: no distill run uses it
+    params["teachers"]["vanilla"]["epochs"] = 1  # a vanilla student: no distill run uses it
     write_params(project, params)
     assert repro(project) == {"check_params", "report", *seeded("teacher@vanilla")}
 
@@ -233,15 +248,17 @@ def dvc_status(project: Path) -> dict:
 
 def changed_deps(entries: list) -> set[str]:
     """The dependency paths one stage's `dvc status` entries name as changed."""
-    return {path for entry in entries if isinstance(entry, dict)
-            for path in entry.get("changed deps", {})}
+    return {path for entry in entries if isinstance(entry, dict) for path in entry.get("changed deps", {})}
 
 
 def stale_by_edit(status: dict, module: str) -> set[str]:
     """The stages that editing `module` alone leaves stale: those whose changed deps name it
     or a folder holding it (a stage is stale when any of its deps changed)."""
-    return {stage for stage, entries in status.items()
-            if any(module == dep or module.startswith(dep.rstrip("/") + "/") for dep in changed_deps(entries))}
+    return {
+        stage
+        for stage, entries in status.items()
+        if any(module == dep or module.startswith(dep.rstrip("/") + "/") for dep in changed_deps(entries))
+    }
 
 
 @pytest.mark.slow
@@ -260,11 +277,12 @@ def test_every_code_edit_reruns_what_runs_it(dvc_project):
     with Repo(str(project)) as repo:
         commands = {s.name: s.cmd for s in repo.index.stages if s.cmd}
     runs = {name: code_run_by(cmd) for name, cmd in commands.items()}
-    modules = sorted(str(p.relative_to(project)) for folder in ("bowflow", "stages")
-                     for p in (project / folder).rglob("*.py"))
+    modules = sorted(
+        str(p.relative_to(project)) for folder in ("bowflow", "stages") for p in (project / folder).rglob("*.py")
+    )
     assert len(modules) > 15
     method_modules = [m for m in modules if m.startswith("bowflow/methods/") and not m.endswith("__init__.py")]
-    assert len(method_modules) == len(available_methods())   # one module per method, each edited below
+    assert len(method_modules) == len(available_methods())  # one module per method, each edited below
 
     def edited(paths: list[str]) -> dict:
         originals = {path: (project / path).read_bytes() for path in paths}
@@ -281,7 +299,7 @@ def test_every_code_edit_reruns_what_runs_it(dvc_project):
         expected = {name for name, files in runs.items() if module in files}
         stale = stale_by_edit(status, module)
         assert expected <= stale, f"editing {module} leaves {sorted(expected - stale)} stale"
-        if module in method_modules:     # a method's module: its own runs and check_params, no other
+        if module in method_modules:  # a method's module: its own runs and check_params, no other
             assert stale == expected, f"editing {module} also marks {sorted(stale - expected)} stale"
     for module in ("bowflow/methods/vicreg.py", "bowflow/bow.py"):
         assert set(edited([module])) == stale_by_edit(status, module), module
@@ -303,9 +321,12 @@ def test_adding_a_method_reruns_nothing_that_exists(dvc_project):
     without = copy.deepcopy(params)
     del without["pretrain"]["vicreg"]
     module.unlink()
-    for output in ("data/models/seed0/vicreg", "data/metrics/seed0/train/vicreg.json",
-                   "data/metrics/seed0/eval/vicreg.json",
-                   "data/plots/seed0/train/vicreg.csv"):   # as if it had never run
+    for output in (
+        "data/models/seed0/vicreg",
+        "data/metrics/seed0/train/vicreg.json",
+        "data/metrics/seed0/eval/vicreg.json",
+        "data/plots/seed0/train/vicreg.csv",
+    ):  # as if it had never run
         shutil.rmtree(project / output) if (project / output).is_dir() else (project / output).unlink()
     write_params(project, without)
     assert repro(project) == {"check_params", "report"}
@@ -317,8 +338,11 @@ def test_adding_a_method_reruns_nothing_that_exists(dvc_project):
     # Nothing outside its branch, the params check and the report reruns. (This project ran
     # VICReg before, so DVC may restore its outputs from its caches instead of rerunning it.)
     ran = repro(project, "--no-run-cache")
-    assert "check_params" in ran and ran <= {"check_params", "report",
-                                             *seeded("pretrain@vicreg", "evaluate_pretrain@vicreg")}, ran
+    assert "check_params" in ran and ran <= {
+        "check_params",
+        "report",
+        *seeded("pretrain@vicreg", "evaluate_pretrain@vicreg"),
+    }, ran
     assert (project / "data/metrics/seed0/eval/vicreg.json").is_file() and stale_stages(project) == set()
 
 
@@ -357,15 +381,28 @@ def test_distill_seeds_reruns_locked_stages(dvc_project, tmp_path):
     """benchmarks.distill_seeds reruns dvc.lock's commands with another seed into its own
     folder: new models, the pipeline's outputs untouched, seed 0 read from the pipeline."""
     project, _, _ = dvc_project
-    shutil.copytree(ROOT / "benchmarks", project / "benchmarks", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "benchmarks", project / "benchmarks", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+    )
     own = project / "data/metrics/seed0/train/kd.json"
     model = project / "data/models/seed0/kd/model.pt"
     before = own.read_text(), model.read_bytes()
     out = tmp_path / "seeds"
     vanilla, kd = "teacher_seed0@vanilla", "distill_seed0@kd"
-    result = run(project, ".venv/bin/python", "-m", "benchmarks.distill_seeds", "--vanilla",
-                 vanilla, "--stages", kd, "--seeds", "1", "--out", str(out))
+    result = run(
+        project,
+        ".venv/bin/python",
+        "-m",
+        "benchmarks.distill_seeds",
+        "--vanilla",
+        vanilla,
+        "--stages",
+        kd,
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+    )
     rows = {r["row"]: r for r in json.loads(result.stdout.splitlines()[-1].removeprefix("RESULT "))["rows"]}
     assert rows[kd]["top1"][0] == json.loads(before[0])["top1"]
     assert rows[kd]["top1"][1] == json.loads((out / "s1/kd.json").read_text())["top1"]
@@ -375,5 +412,3 @@ def test_distill_seeds_reruns_locked_stages(dvc_project, tmp_path):
     original = torch.load(model, weights_only=False)["state_dict"]
     assert any(not torch.equal(reseeded[k], original[k]) for k in original), "seed 1 = seed 0"
     assert json.loads((out / "seeds.json").read_text())["seeds"] == [0, 1]
-
-

@@ -4,6 +4,7 @@ killed training resuming from its checkpoint, and an unlabelled folder through t
 
 A file of its own so that `make test-all`'s two workers (pytest-xdist, `--dist loadfile`) run
 it beside test_pipeline.py's every-method project; helpers come from there."""
+
 import json
 import shlex
 import signal
@@ -19,8 +20,16 @@ from bowflow.cli import render_args
 from bowflow.scaffold import core_params, make_project, tiny_params, write_params, write_yaml
 
 # The RotNet -> BoWNet chain's stages of one seed (core_params()).
-CORE_STAGES = ("pretrain@g0", "evaluate_pretrain@g0", "vocab@g1", "student@g1", "evaluate_student@g1",
-               "vocab@g2", "student@g2", "evaluate_student@g2")
+CORE_STAGES = (
+    "pretrain@g0",
+    "evaluate_pretrain@g0",
+    "vocab@g1",
+    "student@g1",
+    "evaluate_student@g1",
+    "vocab@g2",
+    "student@g2",
+    "evaluate_student@g2",
+)
 
 
 @pytest.mark.slow
@@ -67,8 +76,8 @@ def test_check_params_stops_when_dvc_yaml_has_other_seeds(tmp_path):
     params = core_params() | {"seeds": [0, 1]}
     project = make_project(tmp_path / "project", params)
     check = [".venv/bin/python", "-m", "bowflow.config", "params.yaml", "--pipeline-seeds", "0", "1"]
-    run(project, *check)                                    # the seeds agree: valid
-    write_yaml(params | {"seeds": [0, 1, 2]}, project / "params.yaml")     # dvc.yaml left as it was
+    run(project, *check)  # the seeds agree: valid
+    write_yaml(params | {"seeds": [0, 1, 2]}, project / "params.yaml")  # dvc.yaml left as it was
     assert "--pipeline-seeds 0 1\n" in (project / "dvc.yaml").read_text()
     result = run(project, *check, check=False)
     assert result.returncode != 0 and "workflow.pipeline" in result.stderr, result.stderr
@@ -118,30 +127,54 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     project = make_project(tmp_path / "project", tiny_params())
     run(project, ".venv/bin/dvc", "repro", "prepare")
     params = tiny_params()["pretrain"]["g0"] | {"epochs": 4}
-    flags = shlex.split(render_args(params))         # as DVC renders them (lists: one flag, items)
+    flags = shlex.split(render_args(params))  # as DVC renders them (lists: one flag, items)
 
     def args(name):
-        return ["--prepared", "data/prepared",
-                "--model", str(tmp_path / name / "model.pt"), "--metrics", str(tmp_path / name / "m.json"),
-                "--history", str(tmp_path / name / "h.csv"), "--checkpoints", str(tmp_path / name / "ckpt"),
-                "--seed", "0", "--device", "cpu", *flags]
+        return [
+            "--prepared",
+            "data/prepared",
+            "--model",
+            str(tmp_path / name / "model.pt"),
+            "--metrics",
+            str(tmp_path / name / "m.json"),
+            "--history",
+            str(tmp_path / name / "h.csv"),
+            "--checkpoints",
+            str(tmp_path / name / "ckpt"),
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            *flags,
+        ]
 
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_CHECKPOINT, "stages.pretrain", *args("killed")],
-                            cwd=project, env={**ENV, "KILL_AFTER_EPOCH": "2"}, capture_output=True, text=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_CHECKPOINT, "stages.pretrain", *args("killed")],
+        cwd=project,
+        env={**ENV, "KILL_AFTER_EPOCH": "2"},
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    checkpoint = tmp_path / "killed" / "ckpt" / "killed-seed0-rotnet.ckpt"    # <run>-seed<S>-<method>
+    checkpoint = tmp_path / "killed" / "ckpt" / "killed-seed0-rotnet.ckpt"  # <run>-seed<S>-<method>
     assert torch.load(checkpoint, weights_only=False)["epoch"] == 2
     assert not (tmp_path / "killed" / "model.pt").exists()
     assert not (tmp_path / "killed" / "h.csv").exists()
 
-    resumed = subprocess.run([sys.executable, "-m", "stages.pretrain", *args("killed")], cwd=project,
-                             env=ENV, capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "stages.pretrain", *args("killed")], cwd=project, env=ENV, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "at epoch 2/4" in resumed.stderr and "resumed from checkpoint" in resumed.stderr
     assert "epoch=1 " not in resumed.stderr and "epoch=3 " in resumed.stderr, "epochs 1-2 are not redone"
     assert not checkpoint.exists(), "the checkpoint is removed once the model is written"
-    subprocess.run([sys.executable, "-m", "stages.pretrain", *args("straight")], cwd=project, env=ENV,
-                   capture_output=True, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "stages.pretrain", *args("straight")],
+        cwd=project,
+        env=ENV,
+        capture_output=True,
+        check=True,
+    )
 
     def losses(name):
         rows = (tmp_path / name / "h.csv").read_text().splitlines()
@@ -152,7 +185,7 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     assert losses("killed") == losses("straight"), "a resumed run must continue exactly"
 
 
-@pytest.mark.slow       # ~60 s on 2 busy cores; tests/test_data_unlabelled.py covers the stages in the fast tier
+@pytest.mark.slow  # ~60 s on 2 busy cores; tests/test_data_unlabelled.py covers the stages in the fast tier
 def test_an_unlabelled_folder_trains_the_ssl_stage_and_the_labelled_set_evaluates_it(tmp_path):
     """data.unlabelled through the real pipeline: check_params, prepare, one pretrain run
     and its evaluation. The run trains on the unlabelled images alone (unlabelled_use:
@@ -161,20 +194,22 @@ def test_an_unlabelled_folder_trains_the_ssl_stage_and_the_labelled_set_evaluate
 
     photos = tmp_path / "photos"
     rng = __import__("numpy").random.default_rng(0)
-    for i in range(40):                                 # three depths, PNG and JPEG, odd sizes
+    for i in range(40):  # three depths, PNG and JPEG, odd sizes
         folder = photos / ["", "a", "a/b"][i % 3]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (9 + i % 5, 11, 3), dtype="uint8")).save(
-            folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+            folder / f"{i}.{'png' if i % 2 else 'jpg'}"
+        )
     params = core_params()
     params["generations"] = {}
     params["data"].update(unlabelled=str(photos), unlabelled_use="replace")
     project = make_project(tmp_path / "project", params)
     assert repro(project, "evaluate_pretrain_seed0@g0") == {
-        "check_params", "prepare", *seeded("pretrain@g0", "evaluate_pretrain@g0")}
+        "check_params",
+        "prepare",
+        *seeded("pretrain@g0", "evaluate_pretrain@g0"),
+    }
     manifest = json.loads((project / "data/prepared/manifest.json").read_text())
     assert manifest["totals"]["unlabelled"] == 40 and manifest["totals"]["train"] == 1346
     assert json.loads((project / "data/metrics/seed0/train/g0.json").read_text())["train_images"] == 40
     assert "few_shot" in json.loads((project / "data/metrics/seed0/eval/g0.json").read_text())
-
-

@@ -5,6 +5,7 @@ Snakemake trains it to the same metrics, and the README's commands work on it as
 
 A file of its own so that `make test-all`'s two workers (pytest-xdist, `--dist loadfile`) run
 it beside test_pipeline.py's every-method project; helpers come from there."""
+
 import json
 import re
 import shlex
@@ -55,8 +56,7 @@ def test_readme_commands_work_as_typed(one_of_each_project, tmp_path):
         if any(marker in command for marker in NOT_TYPED_HERE):
             continue
         (project / "params.yaml").write_text(own_params)
-        result = subprocess.run(["bash", "-c", command], cwd=project, capture_output=True,
-                                text=True, env=ENV)
+        result = subprocess.run(["bash", "-c", command], cwd=project, capture_output=True, text=True, env=ENV)
         assert result.returncode == 0, f"README command failed: {command}\n{result.stderr[-2000:]}"
         typed += 1
     assert typed >= 8
@@ -71,8 +71,11 @@ TERMINAL_COLUMNS = 200
 
 def flat(tree: dict, prefix: str = "") -> list[str]:
     """Dotted names of a nested dict's leaves, as `dvc exp show` names its columns."""
-    return [name for key, value in tree.items()
-            for name in (flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"])]
+    return [
+        name
+        for key, value in tree.items()
+        for name in (flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"])
+    ]
 
 
 def test_dvc_metrics_are_the_summary_alone(one_of_each_project):
@@ -103,13 +106,29 @@ def test_dvc_metrics_are_the_summary_alone(one_of_each_project):
     table = json.loads(run(project, ".venv/bin/dvc", "exp", "show", "--json").stdout)[0]["data"]
     assert list(table["metrics"]) == [SUMMARY]
     header = run(project, ".venv/bin/dvc", "exp", "show", "--csv").stdout.splitlines()[0].split(",")
-    others = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor", *table["deps"],
-              *flat(table["params"]["params.yaml"]["data"])}
+    others = {
+        "Experiment",
+        "rev",
+        "typ",
+        "Created",
+        "parent",
+        "State",
+        "Executor",
+        *table["deps"],
+        *flat(table["params"]["params.yaml"]["data"]),
+    }
     assert [column for column in header if column not in others] == flat(summary)
-    plain = subprocess.run([".venv/bin/dvc", "exp", "show", "--no-pager"], cwd=project, capture_output=True,
-                           text=True, env={**ENV, "COLUMNS": str(TERMINAL_COLUMNS)}).stdout
-    print(f"\n`dvc exp show --csv`: {len(header)} columns, {len(flat(summary))} of them metrics; "
-          f"`dvc exp show --no-pager` at {TERMINAL_COLUMNS} columns: {max(map(len, plain.splitlines()))} wide")
+    plain = subprocess.run(
+        [".venv/bin/dvc", "exp", "show", "--no-pager"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**ENV, "COLUMNS": str(TERMINAL_COLUMNS)},
+    ).stdout
+    print(
+        f"\n`dvc exp show --csv`: {len(header)} columns, {len(flat(summary))} of them metrics; "
+        f"`dvc exp show --no-pager` at {TERMINAL_COLUMNS} columns: {max(map(len, plain.splitlines()))} wide"
+    )
 
 
 @pytest.mark.slow
@@ -122,8 +141,12 @@ def test_the_readme_exp_show_fits_a_terminal(one_of_each_project):
     assert len(shows) == 1, f"the README shows several `dvc exp show` commands: {shows}"
     command = shows.pop()
     (project / ".gitignore").write_text((ROOT / ".gitignore").read_text() + "/.venv\n")
-    for git in ("config user.name bowflow-test", "config user.email test@bowflow.invalid",
-                "add .gitignore params.yaml dvc.lock data/metrics data/plots", "commit -qm results"):
+    for git in (
+        "config user.name bowflow-test",
+        "config user.email test@bowflow.invalid",
+        "add .gitignore params.yaml dvc.lock data/metrics data/plots",
+        "commit -qm results",
+    ):
         run(project, "git", *shlex.split(git))
     lr = tiny_params(every_method=False)["generations"]["g2"]["student"]["lr"]
     ran = run(project, ".venv/bin/dvc", "exp", "run", "-n", "lr-double", "-S", f"generations.g2.student.lr={2 * lr}")
@@ -132,15 +155,22 @@ def test_the_readme_exp_show_fits_a_terminal(one_of_each_project):
     after = json.loads((project / SUMMARY).read_text())["g2"]
     moved = [f"g2.{key}" for key in after if after[key] != before[key]]
     assert "g2.knn" in moved or "g2.linear" in moved, (before, after)
-    shown = subprocess.run(["bash", "-c", command], cwd=project, capture_output=True, text=True,
-                           env={**ENV, "COLUMNS": str(TERMINAL_COLUMNS)})
+    shown = subprocess.run(
+        ["bash", "-c", command],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**ENV, "COLUMNS": str(TERMINAL_COLUMNS)},
+    )
     assert shown.returncode == 0, shown.stderr
     lines = [line.rstrip() for line in shown.stdout.splitlines()]
     assert "…" not in shown.stdout and max(map(len, lines)) <= TERMINAL_COLUMNS, shown.stdout
     assert lines[1].split() == ["Experiment", "Created", *moved, "generations.g2.student.lr"], shown.stdout
     assert any("[lr-double]" in line for line in lines)
-    print(f"\n{command} at {TERMINAL_COLUMNS} columns: {len(lines[1].split())} columns, "
-          f"{max(map(len, lines))} characters wide\n{shown.stdout}")
+    print(
+        f"\n{command} at {TERMINAL_COLUMNS} columns: {len(lines[1].split())} columns, "
+        f"{max(map(len, lines))} characters wide\n{shown.stdout}"
+    )
 
 
 @pytest.mark.slow
@@ -155,9 +185,12 @@ def test_adding_fine_tuning_reruns_only_its_stages_and_the_report(one_of_each_pr
     params["finetune"] = {"fractions": [0.05, 0.2], "epochs": [2, 1], "batch_size": 64}
     write_params(project, params)
     evaluated = [*params["pretrain"], *params["generations"]]
-    assert repro(project) == {"check_params", "report",
-                              *seeded(*{f"finetune_pretrain@{r}" for r in params["pretrain"]}),
-                              *seeded(*{f"finetune_student@{r}" for r in params["generations"]})}
+    assert repro(project) == {
+        "check_params",
+        "report",
+        *seeded(*{f"finetune_pretrain@{r}" for r in params["pretrain"]}),
+        *seeded(*{f"finetune_student@{r}" for r in params["generations"]}),
+    }
     for name in evaluated:
         record = json.loads((project / f"data/metrics/seed0/finetune/{name}.json").read_text())
         assert set(record["finetune"]) == {"0.05", "0.2"}

@@ -16,6 +16,7 @@ bf16 (BoWNet's soft cross-entropy did: docs/precision.md). These tests fail if:
 - BoW codes or the BoW loss change under autocast;
 - the evaluate stage's features are not float32, or its metrics change, under autocast.
 """
+
 import json
 
 import pytest
@@ -30,10 +31,24 @@ from bowflow.roles.base import get_method
 from bowflow.train import autocast_context, train
 
 # aten ops that must never see a bf16 tensor inside a training step (overload packet names)
-SENSITIVE = {"_softmax", "_log_softmax", "_softmax_backward_data", "_log_softmax_backward_data",
-             "logsumexp", "nll_loss_forward", "nll_loss_backward", "nll_loss2d_forward",
-             "xlogy", "kl_div", "mse_loss", "mse_loss_backward", "smooth_l1_loss",
-             "binary_cross_entropy_with_logits", "cosine_embedding_loss", "huber_loss"}
+SENSITIVE = {
+    "_softmax",
+    "_log_softmax",
+    "_softmax_backward_data",
+    "_log_softmax_backward_data",
+    "logsumexp",
+    "nll_loss_forward",
+    "nll_loss_backward",
+    "nll_loss2d_forward",
+    "xlogy",
+    "kl_div",
+    "mse_loss",
+    "mse_loss_backward",
+    "smooth_l1_loss",
+    "binary_cross_entropy_with_logits",
+    "cosine_embedding_loss",
+    "huber_loss",
+}
 # random_init does not train: its loss is 0 * features (no gradient), in the features' dtype.
 LOSS_DTYPE_EXEMPT = {"random_init"}
 CPU = torch.device("cpu")
@@ -67,7 +82,7 @@ def test_training_step_keeps_losses_and_softmax_targets_in_float32(name):
             loss, _ = method.training_step(images[index], index, torch.Generator().manual_seed(0))
         if loss.requires_grad:
             loss.backward()
-    assert "convolution" in recorder.names        # the step did run under bf16 autocast
+    assert "convolution" in recorder.names  # the step did run under bf16 autocast
     assert not recorder.names & SENSITIVE, f"{name}: in bf16: {sorted(recorder.names & SENSITIVE)}"
     if name not in LOSS_DTYPE_EXEMPT:
         assert loss.dtype == torch.float32, f"{name}: loss is {loss.dtype}"
@@ -77,7 +92,7 @@ def test_bow_loss_under_autocast_equals_the_float32_loss():
     """Same bf16 logits (a bf16 head's output): the loss and its gradient under autocast are
     those of float32 log-softmax (before the guard they were bf16's, ~1e-2 away)."""
     gen = torch.Generator().manual_seed(0)
-    logits = (torch.randn(32, 64, generator=gen) * 3).to(torch.bfloat16)       # [B, K]
+    logits = (torch.randn(32, 64, generator=gen) * 3).to(torch.bfloat16)  # [B, K]
     targets = bow.bow_targets(torch.randint(0, 64, (32, 16), generator=gen), 64)
     a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
     with autocast_context(CPU, bf16=True):
@@ -93,15 +108,15 @@ def test_bow_loss_under_autocast_equals_the_float32_loss():
 def test_bow_codes_under_autocast_equal_the_float32_codes():
     """Words 1e-3 apart: a bf16 product (8-bit mantissa) cannot tell them apart."""
     gen = torch.Generator().manual_seed(0)
-    words = torch.randn(1, 32, generator=gen) + 1e-3 * torch.randn(64, 32, generator=gen)   # [K, C]
+    words = torch.randn(1, 32, generator=gen) + 1e-3 * torch.randn(64, 32, generator=gen)  # [K, C]
     maps = words[torch.randint(0, 64, (4 * 36,), generator=gen)].T.reshape(32, 4, 6, 6)
-    maps = maps.permute(1, 0, 2, 3) + 1e-4 * torch.randn(4, 32, 6, 6, generator=gen)        # [B, C, h, w]
+    maps = maps.permute(1, 0, 2, 3) + 1e-4 * torch.randn(4, 32, 6, 6, generator=gen)  # [B, C, h, w]
     expected = bow.nearest_words(maps, words)
     with autocast_context(CPU, bf16=True):
         got = bow.nearest_words(maps, words)
         unguarded = bow.nearest_words.__wrapped__(maps, words)
     assert torch.equal(got, expected)
-    assert not torch.equal(unguarded, expected)     # what the guard prevents
+    assert not torch.equal(unguarded, expected)  # what the guard prevents
 
 
 @pytest.mark.parametrize("name", ["byol", "moco", "dino", "obow", "bownet"])
@@ -117,9 +132,19 @@ def test_hooks_run_outside_autocast_and_state_stays_float32(name, tmp_path):
         def wrapped(*args, _original=original, _hook=hook):
             seen.append((_hook, torch.is_autocast_enabled("cpu")))
             return _original(*args)
+
         setattr(method, hook, wrapped)
-    train(method, images, params, seed=0, checkpoint_path=tmp_path / "ck.pt", run_id="bf16",
-          bf16=True, channels_last=True, show_progress=False)
+    train(
+        method,
+        images,
+        params,
+        seed=0,
+        checkpoint_path=tmp_path / "ck.pt",
+        run_id="bf16",
+        bf16=True,
+        channels_last=True,
+        show_progress=False,
+    )
     assert seen and not any(on for _, on in seen), seen
     state = method.state_dict()
     dtypes = {k: v.dtype for k, v in state.items() if v.is_floating_point()}
@@ -140,13 +165,14 @@ def test_full_precision_features_ignore_an_ambient_autocast():
             got = pooled_features(backbone, normalizer, images, "last", 16, CPU)
         unguarded = pooled_features(backbone, normalizer, images, "last", 16, CPU)
     assert got.dtype == torch.float32 and torch.equal(got, expected)
-    assert not torch.equal(unguarded, expected)     # what the guard prevents
+    assert not torch.equal(unguarded, expected)  # what the guard prevents
 
 
 def test_evaluate_stage_scores_float32_features_under_autocast(tmp_path, monkeypatch):
     """The evaluate stage inside a bf16 autocast region (and with a bf16 compute mode set)
     writes the same metrics as without, and records float32 features."""
     from stages import evaluate, prepare
+
     prepared = tmp_path / "prepared"
     prepare.main(["--out", str(prepared), "--seed", "0", "--source", "digits", "--image_size", "8"])
     torch.manual_seed(0)
@@ -155,13 +181,28 @@ def test_evaluate_stage_scores_float32_features_under_autocast(tmp_path, monkeyp
     images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
     model = tmp_path / "m" / "model.pt"
     save_model(model, backbone, Normalizer.fit(images), params, 8, extra={"name": "m"})
-    argv = ["--prepared", str(prepared), "--model", str(model), "--seed", "0", "--device", "cpu",
-            "--linear_epochs", "2", "--few_shot_shots", "1", "5", "--few_shot_episodes", "20"]
+    argv = [
+        "--prepared",
+        str(prepared),
+        "--model",
+        str(model),
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--linear_epochs",
+        "2",
+        "--few_shot_shots",
+        "1",
+        "5",
+        "--few_shot_episodes",
+        "20",
+    ]
     evaluate.main(argv + ["--out", str(tmp_path / "fp32.json")])
     monkeypatch.setenv("BOWFLOW_COMPUTE", "bf16-channels-last")
     with autocast_context(CPU, bf16=True):
         evaluate.main(argv + ["--out", str(tmp_path / "bf16.json")])
-    drop = ("feature_images_per_second", "wall_seconds", "peak_rss_mb")       # timings
+    drop = ("feature_images_per_second", "wall_seconds", "peak_rss_mb")  # timings
     fp32, bf16 = (json.loads((tmp_path / f).read_text()) for f in ("fp32.json", "bf16.json"))
     assert bf16["feature_dtype"] == "float32"
     assert {k: v for k, v in bf16.items() if k not in drop} == {k: v for k, v in fp32.items() if k not in drop}
@@ -172,11 +213,13 @@ def test_bench_precision_smoke():
     """The benchmark trains the same BoWNet in each mode per seed and reports the paired
     differences; the bf16 mode really ran under bf16 and was scored on float32 features."""
     from benchmark_cli import benchmark_result
+
     result = benchmark_result("bench_precision", "--smoke", "--modes", "default", "bf16-channels-last+bf16-softmax")
     rows = {r["mode"]: r for r in result["rows"]}
     assert rows["default"]["compute"]["bf16"] is False
     assert rows["bf16-channels-last+bf16-softmax"]["compute"]["bf16"] is True
     assert {r["feature_dtype"] for r in rows.values()} == {"float32"}
     knn = result["summary"]["bf16-channels-last+bf16-softmax"]["knn"]
-    assert knn["diff_mean"] == pytest.approx(rows["bf16-channels-last+bf16-softmax"]["knn"]
-                                             - rows["default"]["knn"], abs=1e-3)
+    assert knn["diff_mean"] == pytest.approx(
+        rows["bf16-channels-last+bf16-softmax"]["knn"] - rows["default"]["knn"], abs=1e-3
+    )

@@ -4,6 +4,7 @@ The committed YAML stays what `cp presets/X.yaml params.yaml && make run` copies
 reads (presets/distill.py says why a generator and not YAML anchors or DVC matrix stages);
 these tests pin the text to the spec. Fast: no bowflow import, no training.
 """
+
 import importlib.util
 from pathlib import Path
 
@@ -38,10 +39,12 @@ def test_committed_preset_is_the_generators_output(name):
     generated = distill.render(name)
     loaded = YAML(typ="safe").load(committed)
     # values first, in order and type, so that a failure names what differs
-    assert ordered(loaded) == ordered(distill.params(distill.PRESETS[name])), \
+    assert ordered(loaded) == ordered(distill.params(distill.PRESETS[name])), (
         f"presets/{name}.yaml differs from presets/distill.py's grid: run .venv/bin/python presets/distill.py"
-    assert committed == generated, \
+    )
+    assert committed == generated, (
         f"presets/{name}.yaml's text (comments or layout) differs: run .venv/bin/python presets/distill.py"
+    )
 
 
 def test_every_distill_preset_comes_from_the_generator():
@@ -58,4 +61,4 @@ def test_check_mode_names_a_stale_preset(tmp_path, monkeypatch, capsys):
     stale.write_text(stale.read_text().replace("gamma: 0.8", "gamma: 0.9", 1))
     assert distill.main(["--check"]) == 1
     assert "distill-cpu.yaml" in capsys.readouterr().err
-    assert stale.read_text().count("gamma: 0.9") == 1      # --check writes nothing
+    assert stale.read_text().count("gamma: 0.9") == 1  # --check writes nothing

@@ -6,6 +6,7 @@ runs the current params do not name. check_params writes the run names and seeds
 (data/runs.json: {"runs": [...], "seeds": [...]}) and the report stage reads only those
 runs' metrics, at those seeds (data/metrics/seed{S}/...).
 """
+
 import json
 
 from bowflow import report
@@ -38,12 +39,18 @@ def test_runs_not_named_stay_out_of_the_report(tmp_path):
             metrics(root / f"seed{seed}" / "eval", name)
             metrics(root / f"seed{seed}" / "train", name, top1=50.0)
     assert set(report.load_seeds(root)) == {"g0", "left_over"}
-    assert {name: list(by_seed) for name, by_seed in report.load_seeds(root, ["g0"], [0, 1]).items()} \
-        == {"g0": [0, 1]}                      # seed 5 is not asked for either
-    assert {name: list(by_seed) for name, by_seed in report.load_supervised_seeds(root, ["g0"], [0, 1]).items()} \
-        == {"g0": [0, 1]}
+    assert {name: list(by_seed) for name, by_seed in report.load_seeds(root, ["g0"], [0, 1]).items()} == {
+        "g0": [0, 1]
+    }  # seed 5 is not asked for either
+    assert {name: list(by_seed) for name, by_seed in report.load_supervised_seeds(root, ["g0"], [0, 1]).items()} == {
+        "g0": [0, 1]
+    }
     assert {name for name, _ in report.seed_stage_times(root, ["g0"], [0, 1])} == {
-        "seed0/eval/g0", "seed0/train/g0", "seed1/eval/g0", "seed1/train/g0"}
+        "seed0/eval/g0",
+        "seed0/train/g0",
+        "seed1/eval/g0",
+        "seed1/train/g0",
+    }
 
 
 def test_one_training_records_still_read(tmp_path):

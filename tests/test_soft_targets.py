@@ -2,6 +2,7 @@
 against that formula in float64 loops; a changed input moves the value; 0 log 0 = 0; the
 target gets no gradient; float32 under bf16 autocast. Its two users (KD, OBoW) are tested
 with their methods (tests/test_distill_losses.py, tests/test_losses.py)."""
+
 import math
 
 import pytest
@@ -39,9 +40,10 @@ def test_kl_to_target_is_the_kl_formula(b, k):
 
 def test_one_hot_targets_are_the_cross_entropy():
     logits, labels = randn(5, 4), torch.tensor([0, 3, 1, 1, 2])
-    one_hot = torch.nn.functional.one_hot(labels, 4).float()         # 0 log 0 = 0: no nan
+    one_hot = torch.nn.functional.one_hot(labels, 4).float()  # 0 log 0 = 0: no nan
     assert kl_to_target(logits, one_hot).item() == pytest.approx(
-        torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-6)
+        torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-6
+    )
 
 
 def test_gradient_reaches_the_logits_only_in_float32_under_autocast():
@@ -56,5 +58,5 @@ def test_gradient_reaches_the_logits_only_in_float32_under_autocast():
 
 def test_kd_loss_is_t_squared_kl_of_the_softened_distributions():
     student, teacher, t = randn(6, 5), randn(6, 5, seed=1), 4.0
-    expected = kl_reference(student / t, torch.softmax(teacher.double() / t, dim=1)) * t ** 2
+    expected = kl_reference(student / t, torch.softmax(teacher.double() / t, dim=1)) * t**2
     assert kd_loss(student, teacher, t).item() == pytest.approx(expected, rel=1e-5)

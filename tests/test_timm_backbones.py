@@ -1,6 +1,7 @@
 """timm models as backbones (`arch: timm/<model>`, bowflow/timm_backbones.py): their sizes
 are timm's, their stages are stage maps as the contract reads them, and a self-supervised
 run trains and evaluates on one. Nothing is downloaded (pretrained=False)."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,7 @@ def test_parameter_counts_are_timms(name):
     assert count_parameters(timm.create_model(name, pretrained=False, num_classes=0)) == SIZES[name]
 
 
-@pytest.mark.parametrize("name, size", [("resnet10t", 32), ("convnext_atto", 32),
-                                        ("vit_tiny_patch16_224", 32)])
+@pytest.mark.parametrize("name, size", [("resnet10t", 32), ("convnext_atto", 32), ("vit_tiny_patch16_224", 32)])
 def test_stage_maps_meet_the_contract(name, size):
     """Every stage a map [B, C_i, H / r_i, W / r_i] with the announced channels and
     reductions; a stage computes no later one; the pooled feature is timm's pre-logits."""
@@ -42,7 +42,7 @@ def test_stage_maps_meet_the_contract(name, size):
         distill_maps, pooled = backbone.distill_features(x)
         assert [tuple(m.shape) for m in distill_maps] == [tuple(m.shape) for m in maps]
         assert torch.allclose(pooled, backbone(x), atol=1e-5)
-        assert torch.allclose(backbone(x), backbone.model(x), atol=1e-5)    # timm's own forward
+        assert torch.allclose(backbone(x), backbone.model(x), atol=1e-5)  # timm's own forward
     assert pooled.shape == (2, backbone.out_channels)
 
 
@@ -52,9 +52,11 @@ def test_params_name_timm_models_and_refuse_sizes():
     params = core_params()
     params["pretrain"]["g0"].update(arch="timm/resnet10t", width=0, depth=0)
     validate_params(params)
-    for key, value, phrase in (("arch", "timm/no_such_net", "has no model 'no_such_net'"),
-                               ("width", 8, "width must be 0 for arch 'timm/resnet10t'"),
-                               ("arch", "tim/resnet10t", "arch must be one of")):
+    for key, value, phrase in (
+        ("arch", "timm/no_such_net", "has no model 'no_such_net'"),
+        ("width", 8, "width must be 0 for arch 'timm/resnet10t'"),
+        ("arch", "tim/resnet10t", "arch must be one of"),
+    ):
         bad = core_params()
         bad["pretrain"]["g0"].update(arch="timm/resnet10t", width=0, depth=0)
         bad["pretrain"]["g0"][key] = value
@@ -65,16 +67,58 @@ def test_params_name_timm_models_and_refuse_sizes():
 
 def test_a_self_supervised_run_trains_and_evaluates_on_a_timm_backbone(tmp_path):
     prepared = tmp_path / "prepared"
-    prepare.main(["--out", str(prepared), "--seed", "0", "--source", "digits", "--image_size", "16",
-                  "--ssl_max_images", "64"])
+    prepare.main(
+        ["--out", str(prepared), "--seed", "0", "--source", "digits", "--image_size", "16", "--ssl_max_images", "64"]
+    )
     model, out = tmp_path / "g0" / "model.pt", tmp_path / "eval.json"
-    pretrain.main(["--prepared", str(prepared), "--model", str(model), "--metrics", str(tmp_path / "m.json"),
-                   "--history", str(tmp_path / "h.csv"), "--checkpoints", str(tmp_path / "ck"),
-                   "--seed", "0", "--device", "cpu", "--method", "rotnet", "--arch", "timm/resnet10t",
-                   "--width", "0", "--epochs", "1", "--batch_size", "32"])
+    pretrain.main(
+        [
+            "--prepared",
+            str(prepared),
+            "--model",
+            str(model),
+            "--metrics",
+            str(tmp_path / "m.json"),
+            "--history",
+            str(tmp_path / "h.csv"),
+            "--checkpoints",
+            str(tmp_path / "ck"),
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--method",
+            "rotnet",
+            "--arch",
+            "timm/resnet10t",
+            "--width",
+            "0",
+            "--epochs",
+            "1",
+            "--batch_size",
+            "32",
+        ]
+    )
     assert json.loads((tmp_path / "m.json").read_text())["parameters"] == SIZES["resnet10t"]
-    evaluate.main(["--prepared", str(prepared), "--model", str(model), "--out", str(out), "--seed", "0",
-                   "--device", "cpu", "--linear_epochs", "2", "--few_shot_shots", "1",
-                   "--few_shot_episodes", "10"])
+    evaluate.main(
+        [
+            "--prepared",
+            str(prepared),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--linear_epochs",
+            "2",
+            "--few_shot_shots",
+            "1",
+            "--few_shot_episodes",
+            "10",
+        ]
+    )
     metrics = json.loads(out.read_text())
     assert metrics["feature_dim"] == 512 and 0 <= metrics["linear_base"] <= 100

@@ -7,6 +7,7 @@ Every method's two-process equivalence is the contract test's
 (tests/test_method_contract.py::test_two_processes_follow_one_process); this file runs the
 real stage command as DVC does.
 """
+
 import json
 import os
 import re
@@ -30,19 +31,60 @@ LAUNCH = str(ROOT / "bin" / "launch")
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     out = tmp_path_factory.mktemp("torchrun") / "prepared"
-    subprocess.run([sys.executable, "-m", "stages.prepare", "--out", str(out), "--seed", "0",
-                    "--source", "digits", "--image_size", "8"], cwd=ROOT, env=ENV, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.prepare",
+            "--out",
+            str(out),
+            "--seed",
+            "0",
+            "--source",
+            "digits",
+            "--image_size",
+            "8",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
 def stage(prepared, out, *launch, epochs=2):
     """The pretrain stage's command for a tiny RotNet run writing under `out`."""
-    return [*launch, "stages.pretrain", "--prepared", str(prepared), "--model", str(out / "model.pt"),
-            "--metrics", str(out / "metrics.json"), "--history", str(out / "history.csv"),
-            "--checkpoints", str(out / "checkpoints"), "--seed", "0", "--device", "cpu",
-            "--method", "rotnet", "--arch", "convnet", "--width", "8", "--epochs", str(epochs),
-            "--batch_size", "32", "--padding", "1"]
+    return [
+        *launch,
+        "stages.pretrain",
+        "--prepared",
+        str(prepared),
+        "--model",
+        str(out / "model.pt"),
+        "--metrics",
+        str(out / "metrics.json"),
+        "--history",
+        str(out / "history.csv"),
+        "--checkpoints",
+        str(out / "checkpoints"),
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--method",
+        "rotnet",
+        "--arch",
+        "convnet",
+        "--width",
+        "8",
+        "--epochs",
+        str(epochs),
+        "--batch_size",
+        "32",
+        "--padding",
+        "1",
+    ]
 
 
 def losses(out):
@@ -62,8 +104,9 @@ def largest_difference(one, two) -> float:
     largest entry in `one`."""
     a = torch.load(one / "model.pt", weights_only=False)["state_dict"]
     b = torch.load(two / "model.pt", weights_only=False)["state_dict"]
-    return max((a[k] - b[k]).abs().max().item() / max(a[k].abs().max().item(), 1e-3)
-               for k in a if a[k].is_floating_point())
+    return max(
+        (a[k] - b[k]).abs().max().item() / max(a[k].abs().max().item(), 1e-3) for k in a if a[k].is_floating_point()
+    )
 
 
 def assert_same_run(one, two):
@@ -84,11 +127,10 @@ def straight(prepared, tmp_path_factory):
 @pytest.mark.slow
 def test_two_processes_follow_one_and_rank_0_writes(prepared, straight, tmp_path):
     two = tmp_path / "two"
-    done = subprocess.run(stage(prepared, two, LAUNCH, "2", "-m"), cwd=ROOT, env=ENV, capture_output=True,
-                          text=True)
+    done = subprocess.run(stage(prepared, two, LAUNCH, "2", "-m"), cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert done.stderr.count("training rotnet on 2 process(es)") == 2      # both ranks trained
-    assert done.stderr.count("epoch=2 ") == 1                              # rank 0 alone logs
+    assert done.stderr.count("training rotnet on 2 process(es)") == 2  # both ranks trained
+    assert done.stderr.count("epoch=2 ") == 1  # rank 0 alone logs
     metrics = json.loads((two / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["compute"]["threads"] == max(1, os.cpu_count() // 2)
     assert sorted(p.name for p in two.iterdir()) == ["checkpoints", "history.csv", "metrics.json", "model.pt"]
@@ -101,16 +143,22 @@ def test_a_killed_two_process_run_resumes_from_its_checkpoint(prepared, straight
     script = tmp_path / "kill_after_checkpoint.py"
     script.write_text(KILL_AFTER_CHECKPOINT)
     killed = tmp_path / "killed"
-    done = subprocess.run(stage(prepared, killed, LAUNCH, "2", str(script)), cwd=ROOT,
-                          env={**ENV, "KILL_AFTER_EPOCH": "1"}, capture_output=True, text=True)
+    done = subprocess.run(
+        stage(prepared, killed, LAUNCH, "2", str(script)),
+        cwd=ROOT,
+        env={**ENV, "KILL_AFTER_EPOCH": "1"},
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode != 0, "torchrun reports the killed worker"
     assert "SIGKILL" in done.stderr, done.stderr[-3000:]
-    checkpoint = killed / "checkpoints" / "killed-seed0-rotnet.ckpt"    # <run>-seed<S>-<method>
+    checkpoint = killed / "checkpoints" / "killed-seed0-rotnet.ckpt"  # <run>-seed<S>-<method>
     assert torch.load(checkpoint, weights_only=False)["epoch"] == 1
     assert not (killed / "model.pt").exists()
 
-    resumed = subprocess.run(stage(prepared, killed, LAUNCH, "2", "-m"), cwd=ROOT, env=ENV,
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        stage(prepared, killed, LAUNCH, "2", "-m"), cwd=ROOT, env=ENV, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert resumed.stderr.count("resumed from checkpoint") == 2, "every rank resumes from the same file"
     assert "epoch=1 " not in resumed.stderr and "epoch=2 " in resumed.stderr
@@ -123,8 +171,9 @@ def test_without_sync_bn_each_process_normalises_its_own_rows(prepared, straight
     leaves the one-process one: BN parameters and running statistics end up to ~0.5 of
     their scale apart (measured), against ~2e-3 with sync_bn."""
     own = tmp_path / "own"
-    done = subprocess.run([*stage(prepared, own, LAUNCH, "2", "-m"), "--no-sync_bn"],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True)
+    done = subprocess.run(
+        [*stage(prepared, own, LAUNCH, "2", "-m"), "--no-sync_bn"], cwd=ROOT, env=ENV, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert torch.load(own / "model.pt", weights_only=False)["params"]["sync_bn"] is False
     assert largest_difference(straight, own) > 10 * WEIGHT_TOLERANCE

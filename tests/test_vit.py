@@ -1,5 +1,6 @@
 """Vision transformer backbones (bowflow/vit.py): sizes against the published ones, the
 stage-map contract, position embeddings on other grids."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -14,7 +15,7 @@ PUBLISHED_224 = {"vit_tiny": 5_717_416, "vit_small": 22_050_664}
 @pytest.mark.parametrize("name", sorted(PUBLISHED_224))
 def test_parameter_count_matches_the_published_model_at_its_patch_grid(name):
     dim, depth, heads, _, _ = VIT_SIZES[name]
-    at_224 = VisionTransformer(dim, depth, heads, patch=16, grid=14)       # 224 px / 16
+    at_224 = VisionTransformer(dim, depth, heads, patch=16, grid=14)  # 224 px / 16
     head = nn.Linear(dim, 1000)
     assert count_parameters(at_224) + count_parameters(head) == PUBLISHED_224[name]
     # ours differs only by the patch embedding (4 x 4 instead of 16 x 16 pixels) and the
@@ -34,7 +35,7 @@ def test_blocks_are_stages_with_token_maps():
     assert vit.reductions == [4, 4, 4] and vit.channels == [32, 32, 32]
     raw, pooled = vit.distill_features(x)
     assert torch.allclose(raw[0], maps[0]) and torch.allclose(raw[1], maps[1])
-    assert not torch.allclose(raw[2], maps[2])                    # the last map is final-normed
+    assert not torch.allclose(raw[2], maps[2])  # the last map is final-normed
     assert torch.allclose(pooled, vit(x)) and pooled.shape == (2, 32)
     assert torch.allclose(vit.pooled(x), vit(x))
     # a middle layer: that block's CLS token, computing no later block
@@ -49,15 +50,15 @@ def test_a_patch_token_map_is_its_patch_token():
     vit = VisionTransformer(dim=16, depth=1, heads=2, patch=4, grid=4).eval()
     x = torch.randn(1, 3, 16, 16)
     y = x.clone()
-    y[..., 4:8, 8:12] += 3.0                                      # patch row 1, column 2
-    change = (vit.feature_maps(y)[0] - vit.feature_maps(x)[0]).abs().sum(1)[0]   # [4, 4]
+    y[..., 4:8, 8:12] += 3.0  # patch row 1, column 2
+    change = (vit.feature_maps(y)[0] - vit.feature_maps(x)[0]).abs().sum(1)[0]  # [4, 4]
     assert change.argmax().item() == 1 * 4 + 2
 
 
 def test_other_image_sizes_get_resized_position_embeddings():
     vit = build_backbone("vit_tiny_p2", 0)
-    assert vit.feature_maps(torch.randn(1, 3, 16, 16))[-1].shape == (1, 192, 8, 8)   # its own grid
-    assert vit(torch.randn(2, 3, 12, 12)).shape == (2, 192)                          # 6 x 6 tokens
+    assert vit.feature_maps(torch.randn(1, 3, 16, 16))[-1].shape == (1, 192, 8, 8)  # its own grid
+    assert vit(torch.randn(2, 3, 12, 12)).shape == (2, 192)  # 6 x 6 tokens
     with pytest.raises(ValueError, match="not a multiple of the patch size 2"):
         vit(torch.randn(1, 3, 15, 15))
 
@@ -75,8 +76,8 @@ def test_it_trains():
     head = nn.Linear(16, 2)
     opt = torch.optim.AdamW([*vit.parameters(), *head.parameters()], lr=1e-2)
     x = torch.rand(32, 3, 8, 8)
-    y = (torch.arange(32) % 2)
-    x[torch.arange(32), y] += 1.0                  # class 0: red brighter, class 1: green
+    y = torch.arange(32) % 2
+    x[torch.arange(32), y] += 1.0  # class 0: red brighter, class 1: green
     assert (head(vit(x)).argmax(1) == y).float().mean() < 0.9
     for _ in range(30):
         loss = nn.functional.cross_entropy(head(vit(x)), y)

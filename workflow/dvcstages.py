@@ -29,6 +29,7 @@ Directories are declared, never guessed from a path:
 Params dependencies are not inputs: their values are in the command, whose change
 Snakemake detects itself.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,7 +44,7 @@ if str(ROOT) not in sys.path:
 
 from bowflow.sections import load_yaml  # noqa: E402
 
-DIRECTORY = "directory"     # the output `type` that declares a directory
+DIRECTORY = "directory"  # the output `type` that declares a directory
 
 
 class DeclarationError(Exception):
@@ -52,18 +53,19 @@ class DeclarationError(Exception):
 
 @dataclass(frozen=True)
 class Output:
-    path: str               # relative to the project root
+    path: str  # relative to the project root
     directory: bool
 
 
 @dataclass(frozen=True)
 class Job:
     """One concrete DVC stage, e.g. `pretrain@byol`, as a Snakemake rule needs it."""
-    name: str                       # DVC's address of the stage
-    cmd: str                        # the command DVC runs, resolved by DVC
-    deps: tuple[str, ...]           # DVC's path dependencies (params excluded)
-    outputs: tuple[Output, ...]     # outs, metrics and plots
-    inputs: tuple[str, ...] = ()    # deps as Snakemake schedules them (see module doc)
+
+    name: str  # DVC's address of the stage
+    cmd: str  # the command DVC runs, resolved by DVC
+    deps: tuple[str, ...]  # DVC's path dependencies (params excluded)
+    outputs: tuple[Output, ...]  # outs, metrics and plots
+    inputs: tuple[str, ...] = ()  # deps as Snakemake schedules them (see module doc)
 
     @property
     def rule(self) -> str:
@@ -80,17 +82,17 @@ class Pipeline:
 
         self.root = Path(root).resolve()
         with Repo(str(self.root)) as repo:
-            repo.index.check_graph()        # DVC's own checks: cycles, overlapping outputs
+            repo.index.check_graph()  # DVC's own checks: cycles, overlapping outputs
             jobs = []
             for stage in repo.index.stages:
-                if not stage.cmd:           # a `dvc add`ed file: data, not a step to run
+                if not stage.cmd:  # a `dvc add`ed file: data, not a step to run
                     continue
                 if Path(stage.wdir).resolve() != self.root:
-                    raise DeclarationError(f"{stage.name}: Snakemake runs every command "
-                                           f"from the project root; wdir {stage.wdir} is not it")
+                    raise DeclarationError(
+                        f"{stage.name}: Snakemake runs every command from the project root; wdir {stage.wdir} is not it"
+                    )
                 cmd = stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd)
-                deps = tuple(self.relative(d.fs_path) for d in stage.deps
-                             if not isinstance(d, ParamsDependency))
+                deps = tuple(self.relative(d.fs_path) for d in stage.deps if not isinstance(d, ParamsDependency))
                 outputs = tuple(self.output(stage.name, out) for out in stage.outs)
                 jobs.append(Job(stage.name, cmd, deps, outputs))
         produced = {out.path: out for job in jobs for out in job.outputs}
@@ -110,10 +112,12 @@ class Pipeline:
         """The output `out` of DVC stage `stage`, its declared kind checked (module doc)."""
         path, kind = self.relative(out.fs_path), out.annot.type
         if kind not in (None, DIRECTORY):
-            raise DeclarationError(f"dvc.yaml: {stage} output {path} has type '{kind}'; the only "
-                                   f"output type this pipeline uses is '{DIRECTORY}'")
+            raise DeclarationError(
+                f"dvc.yaml: {stage} output {path} has type '{kind}'; the only "
+                f"output type this pipeline uses is '{DIRECTORY}'"
+            )
         declared = kind == DIRECTORY
-        known = []          # (is a directory, according to what, the remedy if stale)
+        known = []  # (is a directory, according to what, the remedy if stale)
         if out.hash_info and out.hash_info.value:
             known.append((out.hash_info.isdir, "dvc.lock", f"rerun `dvc repro {stage}`"))
         if os.path.lexists(out.fs_path):
@@ -124,7 +128,8 @@ class Pipeline:
                     f"dvc.yaml: {stage} output {path} is a {'directory' if isdir else 'file'} "
                     f"according to {source}, but is declared as a "
                     f"{'directory (type: directory)' if declared else 'file (no type: directory)'}; "
-                    f"fix the declaration in dvc.yaml, or {remedy} if {source} is out of date")
+                    f"fix the declaration in dvc.yaml, or {remedy} if {source} is out of date"
+                )
         return Output(path, declared)
 
     @staticmethod
@@ -134,10 +139,11 @@ class Pipeline:
         inputs = []
         for dep in job.deps:
             inside = sorted(path for path in produced if path.startswith(dep + "/"))
-            around = [path for path, out in produced.items()
-                      if out.directory and dep.startswith(path + "/")]
+            around = [path for path, out in produced.items() if out.directory and dep.startswith(path + "/")]
             if around:
-                raise DeclarationError(f"dvc.yaml: {job.name} depends on {dep}, inside the "
-                                       f"directory output {around[0]}; depend on {around[0]}")
+                raise DeclarationError(
+                    f"dvc.yaml: {job.name} depends on {dep}, inside the "
+                    f"directory output {around[0]}; depend on {around[0]}"
+                )
             inputs += inside if dep not in produced and inside else [dep]
         return tuple(inputs)

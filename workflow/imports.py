@@ -8,6 +8,7 @@ only the project's own packages (`bowflow`, `stages`); importing a submodule als
 its packages' `__init__.py`. Method modules load lazily by name (`get_method`), so a
 training stage adds `bowflow/methods/<method>.py` and its closure itself.
 """
+
 from __future__ import annotations
 
 import ast

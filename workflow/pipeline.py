@@ -37,6 +37,7 @@ data/metrics/seed<S>/{train,eval,vocab}/<run>.json (outputs with `cache: false`,
 metrics), data/plots/seed<S>/train/<run>.csv; the report writes data/metrics/summary.json,
 the pipeline's one `metrics:` file, what `dvc exp show` compares.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,15 +85,18 @@ def code_deps(module: str, trains: str = "", validates: bool = False) -> list[st
         own = {f"{METHOD_FOLDER}/{m}.py" for m in method_modules()}
         files |= every - own
     if validates:
-        files.add(METHOD_FOLDER)       # every method module, and one added later
+        files.add(METHOD_FOLDER)  # every method module, and one added later
     listed = sorted(files)
     return ([f"{METHOD_FOLDER}/${{{trains}}}.py"] if trains else []) + listed
 
 
 def seed_paths(seed: int) -> dict[str, str]:
     """Where the stages of one seed write (run names fill the `${...}`)."""
-    return {"models": f"data/models/seed{seed}", "metrics": f"data/metrics/seed{seed}",
-            "plots": f"data/plots/seed{seed}"}
+    return {
+        "models": f"data/models/seed{seed}",
+        "metrics": f"data/metrics/seed{seed}",
+        "plots": f"data/plots/seed{seed}",
+    }
 
 
 # The one metrics file (`dvc metrics show`, `dvc exp show`): each run's linear, k-NN,
@@ -109,18 +113,21 @@ def record(path: str) -> dict:
 
 
 def training_outputs(p: dict, run: str = "${key}") -> dict:
-    return {"outs": [f"{p['models']}/{run}/model.pt", record(f"{p['metrics']}/train/{run}.json")],
-            "plots": [{f"{p['plots']}/train/{run}.csv": {"cache": False, "x": "epoch"}}]}
+    return {
+        "outs": [f"{p['models']}/{run}/model.pt", record(f"{p['metrics']}/train/{run}.json")],
+        "plots": [{f"{p['plots']}/train/{run}.csv": {"cache": False, "x": "epoch"}}],
+    }
 
 
 def training_flags(p: dict, seed: int) -> str:
-    return (f"--model {p['models']}/${{key}}/model.pt --metrics {p['metrics']}/train/${{key}}.json "
-            f"--history {p['plots']}/train/${{key}}.csv --seed {seed} --device ${{device}} "
-            f"--compute ${{compute}}")
+    return (
+        f"--model {p['models']}/${{key}}/model.pt --metrics {p['metrics']}/train/${{key}}.json "
+        f"--history {p['plots']}/train/${{key}}.csv --seed {seed} --device ${{device}} "
+        f"--compute ${{compute}}"
+    )
 
 
-def foreach_of(section: str, imports: dict[str, dict[str, str]], trained: list[str] | None,
-               imported: bool = False):
+def foreach_of(section: str, imports: dict[str, dict[str, str]], trained: list[str] | None, imported: bool = False):
     """A group's `foreach`: the whole section (`${pretrain}`) when it imports nothing; else a
     mapping of its trained (or, `imported`, its imported) run names to `${section.NAME}`;
     None when that leaves no run."""
@@ -132,13 +139,19 @@ def foreach_of(section: str, imports: dict[str, dict[str, str]], trained: list[s
 
 def import_group(section: str, p: dict, seed: int, foreach: dict) -> dict:
     """The stages of a section's imported runs (bowflow/weights.py): the weights file is a dep."""
-    return {"foreach": foreach, "do": {
-        "cmd": (f"bin/python -m stages.import_weights --section {section} --prepared data/prepared "
+    return {
+        "foreach": foreach,
+        "do": {
+            "cmd": (
+                f"bin/python -m stages.import_weights --section {section} --prepared data/prepared "
                 f"--model {p['models']}/${{key}}/model.pt --metrics {p['metrics']}/train/${{key}}.json "
-                f"--seed {seed} --device ${{device}} ${{item}}"),
-        "deps": ["data/prepared", "${item.weights}", *code_deps("stages.import_weights")],
-        "params": ["device", f"{section}.${{key}}"],
-        "outs": [f"{p['models']}/${{key}}/model.pt", record(f"{p['metrics']}/train/${{key}}.json")]}}
+                f"--seed {seed} --device ${{device}} ${{item}}"
+            ),
+            "deps": ["data/prepared", "${item.weights}", *code_deps("stages.import_weights")],
+            "params": ["device", f"{section}.${{key}}"],
+            "outs": [f"{p['models']}/${{key}}/model.pt", record(f"{p['metrics']}/train/${{key}}.json")],
+        },
+    }
 
 
 def seed_stages(seed: int, params: dict | None = None) -> dict[str, dict]:
@@ -150,57 +163,104 @@ def seed_stages(seed: int, params: dict | None = None) -> dict[str, dict]:
     runs = {s: list(params.get(s) or {}) for s in ("pretrain", "teachers")}
     train_params = ["device", "compute"]
     evaluate = {
-        "cmd": (f"bin/python -m stages.evaluate --prepared data/prepared --model {p['models']}/${{key}}/model.pt "
-                f"--out {p['metrics']}/eval/${{key}}.json --seed {seed} --device ${{device}} ${{evaluate}}"),
+        "cmd": (
+            f"bin/python -m stages.evaluate --prepared data/prepared --model {p['models']}/${{key}}/model.pt "
+            f"--out {p['metrics']}/eval/${{key}}.json --seed {seed} --device ${{device}} ${{evaluate}}"
+        ),
         "deps": ["data/prepared", f"{p['models']}/${{key}}/model.pt", *code_deps("stages.evaluate")],
         "params": ["device", "evaluate"],
-        "outs": [record(f"{p['metrics']}/eval/${{key}}.json")]}
+        "outs": [record(f"{p['metrics']}/eval/${{key}}.json")],
+    }
     groups = {
-        f"pretrain_seed{seed}": {"foreach": foreach_of("pretrain", imports, runs["pretrain"]), "do": {
-            "cmd": ("bin/launch ${resources.pretrain.processes} -m stages.pretrain --gpus ${resources.pretrain.gpus} "
+        f"pretrain_seed{seed}": {
+            "foreach": foreach_of("pretrain", imports, runs["pretrain"]),
+            "do": {
+                "cmd": (
+                    "bin/launch ${resources.pretrain.processes} -m stages.pretrain --gpus ${resources.pretrain.gpus} "
                     "--prepared data/prepared "
-                    f"{training_flags(p, seed)} ${{item}}"),
-            "deps": ["data/prepared", *code_deps("stages.pretrain", trains="item.method")],
-            "params": [*train_params, "pretrain.${key}"], **training_outputs(p)}},
-        f"vocab_seed{seed}": {"foreach": "${generations}", "do": {
-            "cmd": (f"bin/python -m stages.vocab --prepared data/prepared "
+                    f"{training_flags(p, seed)} ${{item}}"
+                ),
+                "deps": ["data/prepared", *code_deps("stages.pretrain", trains="item.method")],
+                "params": [*train_params, "pretrain.${key}"],
+                **training_outputs(p),
+            },
+        },
+        f"vocab_seed{seed}": {
+            "foreach": "${generations}",
+            "do": {
+                "cmd": (
+                    f"bin/python -m stages.vocab --prepared data/prepared "
                     f"--teacher {p['models']}/${{item.parent}}/model.pt "
                     f"--out {p['models']}/${{key}}/vocab.pt --metrics {p['metrics']}/vocab/${{key}}.json "
-                    f"--seed {seed} --device ${{device}} ${{item.vocab}}"),
-            "deps": ["data/prepared", f"{p['models']}/${{item.parent}}/model.pt", *code_deps("stages.vocab")],
-            "params": ["device", "generations.${key}.vocab"],
-            "outs": [f"{p['models']}/${{key}}/vocab.pt", record(f"{p['metrics']}/vocab/${{key}}.json")]}},
-        f"student_seed{seed}": {"foreach": "${generations}", "do": {
-            "cmd": ("bin/launch ${resources.student.processes} -m stages.student --gpus ${resources.student.gpus} "
+                    f"--seed {seed} --device ${{device}} ${{item.vocab}}"
+                ),
+                "deps": ["data/prepared", f"{p['models']}/${{item.parent}}/model.pt", *code_deps("stages.vocab")],
+                "params": ["device", "generations.${key}.vocab"],
+                "outs": [f"{p['models']}/${{key}}/vocab.pt", record(f"{p['metrics']}/vocab/${{key}}.json")],
+            },
+        },
+        f"student_seed{seed}": {
+            "foreach": "${generations}",
+            "do": {
+                "cmd": (
+                    "bin/launch ${resources.student.processes} -m stages.student --gpus ${resources.student.gpus} "
                     "--prepared data/prepared "
                     f"--vocab {p['models']}/${{key}}/vocab.pt --parent-model {p['models']}/${{item.parent}}/model.pt "
-                    f"{training_flags(p, seed)} ${{item.student}}"),
-            "deps": ["data/prepared", f"{p['models']}/${{key}}/vocab.pt", f"{p['models']}/${{item.parent}}/model.pt",
-                     *code_deps("stages.student", trains="item.student.method")],
-            "params": [*train_params, "generations.${key}.student"], **training_outputs(p)}},
+                    f"{training_flags(p, seed)} ${{item.student}}"
+                ),
+                "deps": [
+                    "data/prepared",
+                    f"{p['models']}/${{key}}/vocab.pt",
+                    f"{p['models']}/${{item.parent}}/model.pt",
+                    *code_deps("stages.student", trains="item.student.method"),
+                ],
+                "params": [*train_params, "generations.${key}.student"],
+                **training_outputs(p),
+            },
+        },
         f"evaluate_pretrain_seed{seed}": {"foreach": "${pretrain}", "do": evaluate},
         f"evaluate_student_seed{seed}": {"foreach": "${generations}", "do": evaluate},
-        f"teacher_seed{seed}": {"foreach": foreach_of("teachers", imports, runs["teachers"]), "do": {
-            "cmd": ("bin/launch ${resources.teacher.processes} -m stages.distill --gpus ${resources.teacher.gpus} "
+        f"teacher_seed{seed}": {
+            "foreach": foreach_of("teachers", imports, runs["teachers"]),
+            "do": {
+                "cmd": (
+                    "bin/launch ${resources.teacher.processes} -m stages.distill --gpus ${resources.teacher.gpus} "
                     "--prepared data/prepared "
-                    f"{training_flags(p, seed)} ${{item}}"),
-            "deps": ["data/prepared", *code_deps("stages.distill", trains="item.method")],
-            "params": [*train_params, "teachers.${key}"], **training_outputs(p)}},
-        f"distill_seed{seed}": {"foreach": "${distill}", "do": {
-            "cmd": ("bin/launch ${resources.distill.processes} -m stages.distill --gpus ${resources.distill.gpus} "
+                    f"{training_flags(p, seed)} ${{item}}"
+                ),
+                "deps": ["data/prepared", *code_deps("stages.distill", trains="item.method")],
+                "params": [*train_params, "teachers.${key}"],
+                **training_outputs(p),
+            },
+        },
+        f"distill_seed{seed}": {
+            "foreach": "${distill}",
+            "do": {
+                "cmd": (
+                    "bin/launch ${resources.distill.processes} -m stages.distill --gpus ${resources.distill.gpus} "
                     "--prepared data/prepared "
-                    f"{training_flags(p, seed)} --teacher_model {p['models']}/${{item.teacher}}/model.pt ${{item}}"),
-            "deps": [f"{p['models']}/${{item.teacher}}/model.pt", "data/prepared",
-                     *code_deps("stages.distill", trains="item.method")],
-            "params": [*train_params, "distill.${key}"], **training_outputs(p)}},
+                    f"{training_flags(p, seed)} --teacher_model {p['models']}/${{item.teacher}}/model.pt ${{item}}"
+                ),
+                "deps": [
+                    f"{p['models']}/${{item.teacher}}/model.pt",
+                    "data/prepared",
+                    *code_deps("stages.distill", trains="item.method"),
+                ],
+                "params": [*train_params, "distill.${key}"],
+                **training_outputs(p),
+            },
+        },
     }
-    if "finetune" in params:      # optional: semi-supervised fine-tuning of every evaluated run
+    if "finetune" in params:  # optional: semi-supervised fine-tuning of every evaluated run
         finetune = {
-            "cmd": (f"bin/python -m stages.finetune --prepared data/prepared --model {p['models']}/${{key}}/model.pt "
-                    f"--out {p['metrics']}/finetune/${{key}}.json --seed {seed} --device ${{device}} ${{finetune}}"),
+            "cmd": (
+                f"bin/python -m stages.finetune --prepared data/prepared --model {p['models']}/${{key}}/model.pt "
+                f"--out {p['metrics']}/finetune/${{key}}.json --seed {seed} --device ${{device}} ${{finetune}}"
+            ),
             "deps": ["data/prepared", f"{p['models']}/${{key}}/model.pt", *code_deps("stages.finetune")],
             "params": ["device", "finetune"],
-            "outs": [record(f"{p['metrics']}/finetune/${{key}}.json")]}
+            "outs": [record(f"{p['metrics']}/finetune/${{key}}.json")],
+        }
         groups[f"finetune_pretrain_seed{seed}"] = {"foreach": "${pretrain}", "do": finetune}
         groups[f"finetune_student_seed{seed}"] = {"foreach": "${generations}", "do": finetune}
     for section, kind in (("pretrain", "pretrain"), ("teachers", "teacher")):
@@ -215,38 +275,54 @@ def stages(seeds: list[int], params: dict | None = None) -> dict[str, dict]:
     layout = dvc_layout(params or {})
     out: dict[str, dict] = {
         "check_params": {
-            "cmd": ("bin/python -m bowflow.config params.yaml --stamp data/checked_params.txt "
-                    "--runs data/runs.json --pipeline-seeds " + " ".join(map(str, seeds))
-                    + "".join(f" {flag}" for flag in (["--pipeline-layout"] if layout else []))
-                    + "".join(f" {shlex.quote(token)}" for token in layout)),
+            "cmd": (
+                "bin/python -m bowflow.config params.yaml --stamp data/checked_params.txt "
+                "--runs data/runs.json --pipeline-seeds "
+                + " ".join(map(str, seeds))
+                + "".join(f" {flag}" for flag in (["--pipeline-layout"] if layout else []))
+                + "".join(f" {shlex.quote(token)}" for token in layout)
+            ),
             "deps": code_deps("bowflow.config", validates=True),
             "params": [{"params.yaml": None}],
-            "outs": [{"data/checked_params.txt": {"cache": False}}, {"data/runs.json": {"cache": False}}]},
+            "outs": [{"data/checked_params.txt": {"cache": False}}, {"data/runs.json": {"cache": False}}],
+        },
         "prepare": {
-            "cmd": ("bin/python -m stages.prepare --out data/prepared --seed ${seed} "
-                    "--needs data/checked_params.txt ${data}"),
+            "cmd": (
+                "bin/python -m stages.prepare --out data/prepared --seed ${seed} "
+                "--needs data/checked_params.txt ${data}"
+            ),
             "deps": ["data/checked_params.txt", *code_deps("stages.prepare")],
             "params": ["seed", "data"],
-            "outs": [{"data/prepared": {"type": "directory"}}]},
+            "outs": [{"data/prepared": {"type": "directory"}}],
+        },
     }
     for seed in seeds:
         out.update(seed_stages(seed, params))
     out["report"] = {
-        "cmd": ("bin/python -m stages.report --prepared data/prepared --metrics data/metrics --plots data/plots "
-                "--models data/models --out data/report --generations-csv data/plots/generations.csv "
-                f"--runs data/runs.json --summary {SUMMARY} ${{report}}"),
-        "deps": ["data/prepared", *[seed_paths(s)["metrics"] for s in seeds], "data/models",
-                 *[f"{seed_paths(s)['plots']}/train" for s in seeds], "data/runs.json",
-                 *code_deps("stages.report")],
+        "cmd": (
+            "bin/python -m stages.report --prepared data/prepared --metrics data/metrics --plots data/plots "
+            "--models data/models --out data/report --generations-csv data/plots/generations.csv "
+            f"--runs data/runs.json --summary {SUMMARY} ${{report}}"
+        ),
+        "deps": [
+            "data/prepared",
+            *[seed_paths(s)["metrics"] for s in seeds],
+            "data/models",
+            *[f"{seed_paths(s)['plots']}/train" for s in seeds],
+            "data/runs.json",
+            *code_deps("stages.report"),
+        ],
         "params": ["report"],
         "outs": [{"data/report": {"type": "directory"}}],
         "metrics": [{SUMMARY: {"cache": False}}],
-        "plots": [{"data/plots/generations.csv": {"cache": False}}]}
+        "plots": [{"data/plots/generations.csv": {"cache": False}}],
+    }
     return out
 
 
-PLOTS = [{"data/plots/generations.csv": {"x": "generation",
-                                         "y": ["linear_base", "knn_all", "few_shot_1", "few_shot_5"]}}]
+PLOTS = [
+    {"data/plots/generations.csv": {"x": "generation", "y": ["linear_base", "knn_all", "few_shot_1", "few_shot_5"]}}
+]
 
 
 def render(seeds: list[int], params: dict | None = None) -> str:
@@ -257,8 +333,9 @@ def render(seeds: list[int], params: dict | None = None) -> str:
         body.append(yaml.safe_dump({name: stage}, sort_keys=False, width=200).rstrip())
     text = "stages:\n" + "\n\n".join("  " + block.replace("\n", "\n  ") for block in body) + "\n"
     plots = yaml.safe_dump({"plots": PLOTS}, sort_keys=False, width=200)
-    return (HEADER + text + "\n# Accuracy by generation (means over seeds): `dvc plots show` / "
-            "`dvc plots diff`.\n" + plots)
+    return (
+        HEADER + text + "\n# Accuracy by generation (means over seeds): `dvc plots show` / `dvc plots diff`.\n" + plots
+    )
 
 
 def seed_order(seed: int, root: Path = Path(".")) -> list[str]:
@@ -271,8 +348,11 @@ def seed_order(seed: int, root: Path = Path(".")) -> list[str]:
 
     with Repo(str(root)) as repo:
         graph = repo.index.graph
-        return [stage.addressing for stage in nx.topological_sort(graph.reverse(copy=True))
-                if f"_seed{seed}@" in stage.addressing]
+        return [
+            stage.addressing
+            for stage in nx.topological_sort(graph.reverse(copy=True))
+            if f"_seed{seed}@" in stage.addressing
+        ]
 
 
 SEEDED = re.compile(r"(?P<kind>.+)_seed(?P<seed>\d+)@(?P<run>.+)")
@@ -291,13 +371,17 @@ def kind_graph(root: Path = Path(".")):
         graph = repo.index.graph
         names = {stage: SEEDED.fullmatch(stage.addressing) for stage in graph.nodes}
         lowest = min((int(m["seed"]) for m in names.values() if m), default=None)
-        shown = {stage: (f"{m['kind']}@{m['run']}" if m else stage.addressing)
-                 for stage, m in names.items() if m is None or int(m["seed"]) == lowest}
+        shown = {
+            stage: (f"{m['kind']}@{m['run']}" if m else stage.addressing)
+            for stage, m in names.items()
+            if m is None or int(m["seed"]) == lowest
+        }
         kinds = nx.DiGraph()
         kinds.add_nodes_from(shown.values())
         # DVC's edges point from a stage to a stage it depends on
-        kinds.add_edges_from((shown[dep], shown[stage]) for stage, dep in graph.edges
-                             if stage in shown and dep in shown)
+        kinds.add_edges_from(
+            (shown[dep], shown[stage]) for stage, dep in graph.edges if stage in shown and dep in shown
+        )
     return nx.transitive_reduction(kinds)
 
 
@@ -326,13 +410,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write dvc.yaml for params.yaml's seeds.")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, default=Path("dvc.yaml"))
-    parser.add_argument("--check", action="store_true", help="exit 1 if --out differs from what "
-                        "this would write (CI runs this)")
-    parser.add_argument("--order", type=int, metavar="SEED", help="print the stages of this seed in "
-                        "dependency order, one a line, and write nothing (bin/repro)")
-    parser.add_argument("--mermaid", action="store_true", help="print a Mermaid flowchart of the "
-                        "stage kinds of one seed, from DVC's graph of dvc.yaml (the README's picture), "
-                        "and write nothing")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if --out differs from what this would write (CI runs this)"
+    )
+    parser.add_argument(
+        "--order",
+        type=int,
+        metavar="SEED",
+        help="print the stages of this seed in dependency order, one a line, and write nothing (bin/repro)",
+    )
+    parser.add_argument(
+        "--mermaid",
+        action="store_true",
+        help="print a Mermaid flowchart of the "
+        "stage kinds of one seed, from DVC's graph of dvc.yaml (the README's picture), "
+        "and write nothing",
+    )
     args = parser.parse_args(argv)
     if args.mermaid:
         print(mermaid(), end="")
@@ -342,18 +435,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     params = yaml.safe_load(args.params.read_text()) or {}
     seeds = params_seeds(params)
-    if not (isinstance(seeds, list) and seeds
-            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
-            and len(set(seeds)) == len(seeds)):
-        print(f"{args.params}: seeds: expected a non-empty list of distinct integers >= 0, got {seeds!r}",
-              file=sys.stderr)
+    if not (
+        isinstance(seeds, list)
+        and seeds
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        and len(set(seeds)) == len(seeds)
+    ):
+        print(
+            f"{args.params}: seeds: expected a non-empty list of distinct integers >= 0, got {seeds!r}", file=sys.stderr
+        )
         return 2
     text = render(seeds, params)
     if args.check:
         current = args.out.read_text() if args.out.exists() else ""
         if current != text:
-            print(f"{args.out} is out of date with workflow/pipeline.py and {args.params} "
-                  f"(seeds {seeds}): run `bin/python -m workflow.pipeline`", file=sys.stderr)
+            print(
+                f"{args.out} is out of date with workflow/pipeline.py and {args.params} "
+                f"(seeds {seeds}): run `bin/python -m workflow.pipeline`",
+                file=sys.stderr,
+            )
             return 1
         return 0
     tmp = args.out.with_name(f".{args.out.name}.tmp")

@@ -5,6 +5,7 @@ teacher's. Both networks must have the same number of stages.
 L_method = sum over stages of the attention-map MSE (`distill_losses.attention_loss`);
 gamma = 1000, the distillation benchmark's weight.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from bowflow.roles.distiller import Distiller, DistillParams, check_same_stages,
 
 # ---------------------------------------------------------------- loss
 
+
 def attention_map(feature_map: torch.Tensor, p: float = 2) -> torch.Tensor:
     """AT's spatial attention: [B, C, H, W] -> mean over channels of |a|^p, flattened and
     L2-normalised per sample -> [B, H*W]. Invariant to scaling the map."""
@@ -26,8 +28,7 @@ def attention_map(feature_map: torch.Tensor, p: float = 2) -> torch.Tensor:
 
 
 @float32
-def attention_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor],
-                   p: float = 2) -> torch.Tensor:
+def attention_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor], p: float = 2) -> torch.Tensor:
     """Attention transfer, summed over stages.
 
     student_maps, teacher_maps: lists of S maps [B, C_i, H_i, W_i] (stage i of each
@@ -37,13 +38,14 @@ def attention_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Te
     as RepDistiller does (it weights the sum by gamma = 1000). p = 2 (the paper).
     """
     if len(student_maps) != len(teacher_maps) or not student_maps:
-        raise ValueError(f"AT needs as many student as teacher stages (>= 1), got "
-                         f"{len(student_maps)} and {len(teacher_maps)}")
+        raise ValueError(
+            f"AT needs as many student as teacher stages (>= 1), got {len(student_maps)} and {len(teacher_maps)}"
+        )
     total: torch.Tensor | float = 0.0
     for s, t in zip(student_maps, teacher_maps):
         s, t = match_spatial(s, t.detach())
         total = total + (attention_map(s, p) - attention_map(t, p)).pow(2).mean()
-    assert isinstance(total, torch.Tensor)     # at least one stage
+    assert isinstance(total, torch.Tensor)  # at least one stage
     return total
 
 
@@ -57,7 +59,7 @@ class ATParams(DistillParams):
 class AT(Distiller):
     label = "AT"
     Params = ATParams
-    params: ATParams                # an instance of Params (typing only)
+    params: ATParams  # an instance of Params (typing only)
 
     @classmethod
     def check_pair(cls, params, student, teacher):

@@ -11,6 +11,7 @@ fraction of the learnable loss the student has captured:
     (CE(y, mean histogram) - loss) / (CE(y, mean histogram) - H(y))
 0 = no better than predicting the training set's mean histogram, 1 = perfect prediction.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,10 +32,8 @@ from bowflow.roles.bow_student import BoWStudent
 @dataclass
 class BoWNetParams(TrainParams):
     method: str = "bownet"
-    pooling: str = param("histogram", "'histogram' counts or 'binary' presence",
-                                      choices=("histogram", "binary"))
-    init: str = param("scratch", "'scratch' (paper) or 'parent' (warm start)",
-                                 choices=("scratch", "parent"))
+    pooling: str = param("histogram", "'histogram' counts or 'binary' presence", choices=("histogram", "binary"))
+    init: str = param("scratch", "'scratch' (paper) or 'parent' (warm start)", choices=("scratch", "parent"))
     crop_scale_min: float = param(0.35, "smallest crop area fraction", above=0, high=1)
     jitter: float = param(0.4, "brightness/contrast/saturation strength", low=0)
     hue: float = param(0.1, "hue shift, fraction of a turn", low=0)
@@ -53,8 +52,9 @@ class BoWNetParams(TrainParams):
         """The same check against a parent's model file record."""
         spec = BackboneSpec.from_record(record)
         if self.init == "parent" and spec != self.backbone_spec:
-            raise ValueError(f"init 'parent' needs the parent's architecture, but the parent is a "
-                             f"{spec.arch} ({spec.describe()})")
+            raise ValueError(
+                f"init 'parent' needs the parent's architecture, but the parent is a {spec.arch} ({spec.describe()})"
+            )
 
 
 class NormalizedLinear(nn.Module):
@@ -74,8 +74,8 @@ class NormalizedLinear(nn.Module):
 class BoWNet(BoWStudent):
     label = "BoWNet"
     Params = BoWNetParams
-    params: BoWNetParams            # an instance of Params (typing only)
-    codes: torch.Tensor             # buffers, registered in __init__ (typing only)
+    params: BoWNetParams  # an instance of Params (typing only)
+    codes: torch.Tensor  # buffers, registered in __init__ (typing only)
     log_mean_histogram: torch.Tensor
     # tests/test_method_learning.py, on the trained RotNet's stage3 vocabulary of 16 words (the
     # test's VOCABULARY): k-NN (measured, seed 0; untrained control 40.6) 55.9.
@@ -83,19 +83,23 @@ class BoWNet(BoWStudent):
 
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)
-        if params.init == "parent":             # warm start from the teacher's weights
+        if params.init == "parent":  # warm start from the teacher's weights
             params.check_parent_model(inputs.parent)
             backbone.load_state_dict(inputs.parent["state_dict"])
         self.num_words = int(inputs.num_words)
         self.register_buffer("codes", inputs.codes.long(), persistent=False)  # [N, L]
         self.head = NormalizedLinear(backbone.out_channels, self.num_words, params.head_scale)
         mean_histogram = bow_targets(self.codes, self.num_words, params.pooling).mean(0)
-        self.register_buffer("log_mean_histogram", torch.log(mean_histogram.clamp_min(1e-8)),
-                             persistent=False)
+        self.register_buffer("log_mean_histogram", torch.log(mean_histogram.clamp_min(1e-8)), persistent=False)
         image_size = inputs.image_size
-        self.view = augment.ViewSpec(size=image_size, crop_scale=(params.crop_scale_min, 1.0),
-                                     jitter=params.jitter, hue=params.hue,
-                                     jitter_p=params.jitter_p, gray_p=params.gray_p)
+        self.view = augment.ViewSpec(
+            size=image_size,
+            crop_scale=(params.crop_scale_min, 1.0),
+            jitter=params.jitter,
+            hue=params.hue,
+            jitter_p=params.jitter_p,
+            gray_p=params.gray_p,
+        )
 
     def views(self, images, index, generator):
         # CutMix pastes boxes between images of the batch and mixes their targets: drawn here,
@@ -103,7 +107,7 @@ class BoWNet(BoWStudent):
         targets = bow_targets(self.codes[index], self.num_words, self.params.pooling)  # [B, K]
         x = augment.make_view(images, self.view, generator)
         x, targets = augment.cutmix(x, targets, p=self.params.cutmix_p, generator=generator)
-        return {"images": x, "targets": targets}                # [B, 3, H, W], [B, K]
+        return {"images": x, "targets": targets}  # [B, 3, H, W], [B, K]
 
     def step(self, views, index):
         # Soft cross-entropy per sample, batch mean: nothing to gather (BN synced by the trainer).
@@ -113,8 +117,12 @@ class BoWNet(BoWStudent):
         with torch.no_grad():
             target_entropy = entropy(targets).mean()
             mean_histogram_ce = -(targets * self.log_mean_histogram).sum(1).mean()
-        return loss, {"loss": loss.detach(), "target_entropy": target_entropy,
-                      "mean_histogram_ce": mean_histogram_ce, "head_scale": self.head.scale.detach()}
+        return loss, {
+            "loss": loss.detach(),
+            "target_entropy": target_entropy,
+            "mean_histogram_ce": mean_histogram_ce,
+            "head_scale": self.head.scale.detach(),
+        }
 
     def summarize(self, means):
         learnable = means["mean_histogram_ce"] - means["target_entropy"]

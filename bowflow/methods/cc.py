@@ -9,6 +9,7 @@ not the paper's kernel-matrix congruence (see docs/fidelity/distillation.md): th
 seed's gamma and numbers are for the benchmark's. The two heads are trainable
 parameters of the run (counted in its parameters, not in the exported student).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,23 +25,24 @@ from bowflow.roles.distiller import Distiller, DistillParams
 
 # ---------------------------------------------------------------- loss
 
+
 @float32
 def cc_loss(s_emb: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
     """Correlation congruence as the benchmark computes it (RepDistiller's `Correlation`,
-    from code the CC authors sent; RepDistiller's gamma = 0.02 is tuned for it:
-https://github.com/HobbitLong/RepDistiller).
+        from code the CC authors sent; RepDistiller's gamma = 0.02 is tuned for it:
+    https://github.com/HobbitLong/RepDistiller).
 
-    s_emb, t_emb [B, D]: the two networks' pooled features through their own trainable,
-    UNnormalised linear embeddings (`EmbedHead(..., normalize=False)`); t_emb is NOT
-    detached (its head is trained too). With delta_i = |s_i - t_i| [D] for image i of
-    the batch, loss = mean over the B - 1 neighbouring pairs (i, i + 1) of
-    sum_d delta_i,d * delta_i+1,d. It is not the paper's kernel-matrix congruence: it
-    compares each image's two embeddings and couples consecutive images only. 0 when
-    the embeddings agree; B >= 2.
+        s_emb, t_emb [B, D]: the two networks' pooled features through their own trainable,
+        UNnormalised linear embeddings (`EmbedHead(..., normalize=False)`); t_emb is NOT
+        detached (its head is trained too). With delta_i = |s_i - t_i| [D] for image i of
+        the batch, loss = mean over the B - 1 neighbouring pairs (i, i + 1) of
+        sum_d delta_i,d * delta_i+1,d. It is not the paper's kernel-matrix congruence: it
+        compares each image's two embeddings and couples consecutive images only. 0 when
+        the embeddings agree; B >= 2.
     """
     if s_emb.shape[0] < 2:
         raise ValueError(f"cc_loss needs a batch of at least 2, got {s_emb.shape[0]}")
-    delta = (s_emb - t_emb).abs()                                         # [B, D]
+    delta = (s_emb - t_emb).abs()  # [B, D]
     return (delta[:-1] * delta[1:]).sum(dim=1).mean()
 
 
@@ -55,7 +57,7 @@ class CCParams(DistillParams):
 class CC(Distiller):
     label = "CC"
     Params = CCParams
-    params: CCParams                # an instance of Params (typing only)
+    params: CCParams  # an instance of Params (typing only)
     # Neighbouring images (i, i + 1) of the global batch are coupled, across process
     # boundaries too: both embeddings are gathered and every process computes the global term.
     batch_spanning = ("neighbouring pairs",)
@@ -65,5 +67,7 @@ class CC(Distiller):
         self.embed_teacher = EmbedHead(teacher_channels[-1], self.params.embed_dim, normalize=False)
 
     def method_loss(self, student, teacher, labels, index, views):
-        return cc_loss(distributed.gather(self.embed_student(student.pooled)),      # [B, D]
-                       distributed.gather(self.embed_teacher(teacher.pooled)))      # trained head
+        return cc_loss(
+            distributed.gather(self.embed_student(student.pooled)),  # [B, D]
+            distributed.gather(self.embed_teacher(teacher.pooled)),
+        )  # trained head

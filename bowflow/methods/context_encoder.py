@@ -17,6 +17,7 @@ adversarial term (weight 0.001): the paper reports the L2-only encoder as well, 
 at CPU scale would dominate the budget. Works on convnets and ViTs (the decoder reads the
 last stage map, [B, C, H/r, W/r]).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ def hole_weights(size: int, fraction: float, overlap: int, weight: float = 10.0)
     w = torch.zeros(size, size)
     w[start:end, start:end] = weight
     inner = min(overlap, (end - start) // 2)
-    w[start + inner:end - inner, start + inner:end - inner] = 1.0
+    w[start + inner : end - inner, start + inner : end - inner] = 1.0
     return w
 
 
@@ -57,10 +58,12 @@ def context_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.
 @dataclass
 class ContextEncoderParams(TrainParams):
     method: str = "context_encoder"
-    hole: float = param(0.5, "side of the blanked centre as a fraction of the image side (theirs 64 of "
-                             "128 px)", above=0, below=1)
-    overlap: int = param(1, "pixels of the hole's border weighted 10x (theirs 4 of 128 px, scaled to "
-                            "small images)", low=0)
+    hole: float = param(
+        0.5, "side of the blanked centre as a fraction of the image side (theirs 64 of 128 px)", above=0, below=1
+    )
+    overlap: int = param(
+        1, "pixels of the hole's border weighted 10x (theirs 4 of 128 px, scaled to small images)", low=0
+    )
     padding: int = param(2, "pad-and-crop shift in px before the hole (random crop + flip)", low=0)
     decoder_width: int = param(64, "channels of the decoder's first block, halved per up-sampling", above=0)
 
@@ -69,8 +72,8 @@ class ContextEncoderParams(TrainParams):
 class ContextEncoder(SelfSupervised):
     label = "Context encoder"
     Params = ContextEncoderParams
-    params: ContextEncoderParams    # an instance of Params (typing only)
-    weights: torch.Tensor           # buffer, registered in __init__ (typing only)
+    params: ContextEncoderParams  # an instance of Params (typing only)
+    weights: torch.Tensor  # buffer, registered in __init__ (typing only)
     # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 61.3.
     learning_recipe = {"epochs": 20, "decoder_width": 32}
 
@@ -79,23 +82,25 @@ class ContextEncoder(SelfSupervised):
         reduction, c = backbone.reductions[-1], params.decoder_width
         layers: list[nn.Module] = [nn.Conv2d(backbone.out_channels, c, 1), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
         while reduction > 1:
-            layers += [nn.ConvTranspose2d(c, max(c // 2, 8), 4, stride=2, padding=1),
-                       nn.BatchNorm2d(max(c // 2, 8)), nn.ReLU(inplace=True)]
+            layers += [
+                nn.ConvTranspose2d(c, max(c // 2, 8), 4, stride=2, padding=1),
+                nn.BatchNorm2d(max(c // 2, 8)),
+                nn.ReLU(inplace=True),
+            ]
             c, reduction = max(c // 2, 8), reduction // 2
         self.decoder = nn.Sequential(*layers, nn.Conv2d(c, 3, 3, padding=1))
-        self.register_buffer("weights", hole_weights(inputs.image_size, params.hole, params.overlap),
-                             persistent=False)
+        self.register_buffer("weights", hole_weights(inputs.image_size, params.hole, params.overlap), persistent=False)
 
     def views(self, images, index, generator):
         x = augment.pad_crop_flip(augment.to_float(images), self.params.padding, generator=generator)
-        return {"view": x}                                                       # [B, 3, H, W]
+        return {"view": x}  # [B, 3, H, W]
 
     def step(self, views, index):
         x = self.normalizer.normalize(views["view"])
         start, end = hole_box(x.shape[-1], self.params.hole)
         inner = min(self.params.overlap, (end - start) // 2)
-        blanked = x.clone()                  # theirs: the blank is the predicted square less its border
-        blanked[..., start + inner:end - inner, start + inner:end - inner] = 0.0   # mean colour, normalised
-        prediction = self.decoder(self.backbone.feature_maps(blanked)[-1])       # [b, 3, H, W]
+        blanked = x.clone()  # theirs: the blank is the predicted square less its border
+        blanked[..., start + inner : end - inner, start + inner : end - inner] = 0.0  # mean colour, normalised
+        prediction = self.decoder(self.backbone.feature_maps(blanked)[-1])  # [b, 3, H, W]
         loss = context_loss(prediction, x, self.weights)
         return loss, {"loss": loss.detach()}

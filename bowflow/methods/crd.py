@@ -9,6 +9,7 @@ from the images of the other classes (the authors' CIFAR recipe; `OtherClassSamp
 and scores with NCE at temperature 0.07 (momentum 0.5 bank update). gamma = 0.8, the
 benchmark's weight.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,6 +28,7 @@ from bowflow.roles.distiller import Distiller, DistillParams
 
 # ---------------------------------------------------------------- loss
 
+
 @float32
 def nce_loss(log_scores: torch.Tensor, n_data: int) -> torch.Tensor:
     """CRD's NCE: tell the positive (column 0) from K noise samples (columns 1..K).
@@ -37,9 +39,9 @@ def nce_loss(log_scores: torch.Tensor, n_data: int) -> torch.Tensor:
     Computed in log space (softplus), so exp(1 / 0.07) never overflows.
     """
     b, k = log_scores.shape[0], log_scores.shape[1] - 1
-    log_noise = math.log(k / n_data)                                 # log(K * P_noise)
-    positive = -F.softplus(log_noise - log_scores[:, 0])             # log h
-    negative = -F.softplus(log_scores[:, 1:] - log_noise)            # log (1 - h)
+    log_noise = math.log(k / n_data)  # log(K * P_noise)
+    positive = -F.softplus(log_noise - log_scores[:, 0])  # log h
+    negative = -F.softplus(log_scores[:, 1:] - log_noise)  # log (1 - h)
     return -(positive.sum() + negative.sum()) / b
 
 
@@ -54,15 +56,16 @@ def _bank_scores(memory: torch.Tensor, rows: torch.Tensor, emb: torch.Tensor) ->
     return torch.einsum("bkd,bd->bk", memory[rows], emb)
 
 
-def sample_negatives(index: torch.Tensor, n_data: int, k: int,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_negatives(
+    index: torch.Tensor, n_data: int, k: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """K indices per row, uniformly (with replacement) from the N - 1 indices other than
     index[b]: index [B] -> [B, K], on index's device. Drawn on the generator's device
     (CPU by default); a seeded generator gives the same negatives every time."""
     device = generator.device if generator is not None else torch.device("cpu")
     draw = torch.randint(0, n_data - 1, (len(index), k), generator=generator, device=device)
     draw = draw.to(index.device)
-    return draw + (draw >= index.unsqueeze(1)).long()                # skip the own index
+    return draw + (draw >= index.unsqueeze(1)).long()  # skip the own index
 
 
 class ContrastiveMemory(nn.Module):
@@ -91,8 +94,15 @@ class ContrastiveMemory(nn.Module):
     Memory: 2 N dim floats (51 MB for CIFAR-100 at dim 128).
     """
 
-    def __init__(self, n_data: int, dim: int = 128, n_negatives: int = 16384,
-                 temperature: float = 0.07, momentum: float = 0.5, seed: int = 0):
+    def __init__(
+        self,
+        n_data: int,
+        dim: int = 128,
+        n_negatives: int = 16384,
+        temperature: float = 0.07,
+        momentum: float = 0.5,
+        seed: int = 0,
+    ):
         super().__init__()
         if n_data < 2:
             raise ValueError(f"CRD needs at least 2 samples, got n_data={n_data}")
@@ -106,32 +116,38 @@ class ContrastiveMemory(nn.Module):
         self.register_buffer("log_z_s", torch.tensor(float("nan")))
         self.register_buffer("log_z_t", torch.tensor(float("nan")))
 
-    def forward(self, s_emb: torch.Tensor, t_emb: torch.Tensor, index: torch.Tensor,
-                generator: torch.Generator | None = None,
-                negatives: torch.Tensor | None = None, update: bool = True) -> torch.Tensor:
+    def forward(
+        self,
+        s_emb: torch.Tensor,
+        t_emb: torch.Tensor,
+        index: torch.Tensor,
+        generator: torch.Generator | None = None,
+        negatives: torch.Tensor | None = None,
+        update: bool = True,
+    ) -> torch.Tensor:
         if negatives is None:
             negatives = sample_negatives(index, self.n_data, self.n_negatives, generator)
         rows = torch.cat([index.unsqueeze(1), negatives], dim=1)
         with torch.autocast(device_type=s_emb.device.type, enabled=False):
             s_emb, t_emb = s_emb.float(), t_emb.float()
-            loss = (self._side(s_emb, self.memory_t, rows, self.log_z_s)
-                    + self._side(t_emb, self.memory_s, rows, self.log_z_t))
-        if update:                                       # every process: the global batch's rows
+            loss = self._side(s_emb, self.memory_t, rows, self.log_z_s) + self._side(
+                t_emb, self.memory_s, rows, self.log_z_t
+            )
+        if update:  # every process: the global batch's rows
             with torch.no_grad():
-                every = distributed.gather_no_grad(index)                    # [B]
+                every = distributed.gather_no_grad(index)  # [B]
                 for bank, emb in ((self.memory_s, s_emb), (self.memory_t, t_emb)):
-                    emb = distributed.gather_no_grad(emb.detach())           # [B, dim]
+                    emb = distributed.gather_no_grad(emb.detach())  # [B, dim]
                     mixed = self.momentum * bank[every] + (1 - self.momentum) * emb
                     bank.index_copy_(0, every, F.normalize(mixed, dim=1).to(bank.dtype))
         return loss
 
     def _side(self, emb, bank, rows, log_z):
         log_p = _bank_scores(bank.detach().float(), rows, emb) / self.temperature
-        if torch.isnan(log_z):              # the first (global) batch fixes Z, on every process
+        if torch.isnan(log_z):  # the first (global) batch fixes Z, on every process
             with torch.no_grad():
-                every = distributed.gather_no_grad(log_p.detach())           # [B, 1 + K]
-                log_z.copy_(torch.logsumexp(every.flatten(), 0) - math.log(every.numel())
-                            + math.log(self.n_data))
+                every = distributed.gather_no_grad(log_p.detach())  # [B, 1 + K]
+                log_z.copy_(torch.logsumexp(every.flatten(), 0) - math.log(every.numel()) + math.log(self.n_data))
         return nce_loss(log_p - log_z, self.n_data)
 
 
@@ -140,8 +156,7 @@ class CRDParams(DistillParams):
     method: str = "crd"
     gamma: float = param(0.8, "CRD weight (the benchmark's 0.8)")
     embed_dim: int = param(128, "embedding size (CRD's 128)", above=0)
-    negatives: int = param(16384, "noise samples per image (CRD's 16384; capped at the training images "
-                                  "- 1)", above=0)
+    negatives: int = param(16384, "noise samples per image (CRD's 16384; capped at the training images - 1)", above=0)
     nce_temperature: float = param(0.07, "NCE temperature (CRD's 0.07)", above=0)
     memory_momentum: float = param(0.5, "bank update momentum (CRD's 0.5)", low=0, high=1)
 
@@ -156,30 +171,28 @@ class OtherClassSampler:
     """
 
     def __init__(self, labels: torch.Tensor):
-        self.labels = labels.long()                                           # [N], on the run's device
-        self.order = torch.argsort(self.labels, stable=True)                  # [N]
-        self.count = torch.bincount(self.labels)                              # [C]
-        self.start = torch.cumsum(self.count, 0) - self.count                 # [C] block starts
+        self.labels = labels.long()  # [N], on the run's device
+        self.order = torch.argsort(self.labels, stable=True)  # [N]
+        self.count = torch.bincount(self.labels)  # [C]
+        self.start = torch.cumsum(self.count, 0) - self.count  # [C] block starts
         if (self.count == len(self.labels)).any():
-            raise ValueError("CRD draws its negatives from other classes, but every training "
-                             "image has the same label")
+            raise ValueError("CRD draws its negatives from other classes, but every training image has the same label")
 
-    def __call__(self, index: torch.Tensor, k: int,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, index: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
         device = generator.device if generator is not None else torch.device("cpu")
         u = torch.rand(len(index), k, generator=generator, device=device).to(self.labels.device)
-        label = self.labels[index.to(self.labels.device)]                     # [B]
-        pool = (len(self.labels) - self.count[label]).unsqueeze(1)            # [B, 1] other-class images
-        u = (u * pool).long().clamp_max_(pool - 1)                            # [B, K]
+        label = self.labels[index.to(self.labels.device)]  # [B]
+        pool = (len(self.labels) - self.count[label]).unsqueeze(1)  # [B, 1] other-class images
+        u = (u * pool).long().clamp_max_(pool - 1)  # [B, K]
         start, count = self.start[label].unsqueeze(1), self.count[label].unsqueeze(1)
-        return self.order[u + (u >= start).long() * count].to(index.device)   # skip the own block
+        return self.order[u + (u >= start).long() * count].to(index.device)  # skip the own block
 
 
 @register_method("crd")
 class CRD(Distiller):
     label = "CRD"
     Params = CRDParams
-    params: CRDParams               # an instance of Params (typing only)
+    params: CRDParams  # an instance of Params (typing only)
     # The NCE loss is per sample (each image against its own sampled negatives, drawn in
     # `views` for the global batch); what spans the batch is the memory: Z and the bank
     # update come from the gathered global batch (`ContrastiveMemory`).
@@ -192,8 +205,9 @@ class CRD(Distiller):
         p = self.params
         self.embed_student = EmbedHead(student_channels[-1], p.embed_dim)
         self.embed_teacher = EmbedHead(teacher_channels[-1], p.embed_dim)
-        self.memory = ContrastiveMemory(len(inputs.labels), p.embed_dim, p.negatives,
-                                        p.nce_temperature, p.memory_momentum)
+        self.memory = ContrastiveMemory(
+            len(inputs.labels), p.embed_dim, p.negatives, p.nce_temperature, p.memory_momentum
+        )
         self.sample_negatives = OtherClassSampler(inputs.labels)
 
     def views(self, images, index, generator):
@@ -204,5 +218,6 @@ class CRD(Distiller):
         return views
 
     def method_loss(self, student, teacher, labels, index, views):
-        return self.memory(self.embed_student(student.pooled), self.embed_teacher(teacher.pooled),
-                           index, negatives=views["negatives"])
+        return self.memory(
+            self.embed_student(student.pooled), self.embed_teacher(teacher.pooled), index, negatives=views["negatives"]
+        )

@@ -7,6 +7,7 @@ distillation benchmark's weight. hint_stage = stage2 is the benchmark's hint lay
 (feat[2]) in every architecture family (see `networks`). Trained jointly with CE + KD
 (the benchmark's single-stage variant, not the paper's two-stage hint pre-training).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from bowflow.roles.base import register_method
 from bowflow.roles.distiller import Distiller, DistillParams
 
 # ---------------------------------------------------------------- loss
+
 
 class HintAdapter(nn.Module):
     """FitNets' regressor, as RepDistiller's `ConvReg`: student map [B, c_s, H, W] ->
@@ -58,8 +60,10 @@ def hint_loss(student_map_adapted: torch.Tensor, teacher_map: torch.Tensor) -> t
     and the teacher map (detached here), both [B, C_t, H, W] (pass the student map through
     `HintAdapter(c_s, c_t, ratio)(s, size=teacher_map.shape[-2:])` first)."""
     if student_map_adapted.shape != teacher_map.shape:
-        raise ValueError(f"hint shapes differ: {tuple(student_map_adapted.shape)} vs "
-                         f"{tuple(teacher_map.shape)}; adapt the student map first")
+        raise ValueError(
+            f"hint shapes differ: {tuple(student_map_adapted.shape)} vs "
+            f"{tuple(teacher_map.shape)}; adapt the student map first"
+        )
     return F.mse_loss(student_map_adapted, teacher_map.detach())
 
 
@@ -67,32 +71,32 @@ def hint_loss(student_map_adapted: torch.Tensor, teacher_map: torch.Tensor) -> t
 class FitNetParams(DistillParams):
     method: str = "fitnet"
     gamma: float = param(100.0, "hint weight (the benchmark's 100)")
-    hint_stage: str = param("stage2", "stage of both networks whose maps are matched (stage2: the "
-                                      "benchmark's hint layer 2)")
+    hint_stage: str = param(
+        "stage2", "stage of both networks whose maps are matched (stage2: the benchmark's hint layer 2)"
+    )
 
 
 @register_method("fitnet")
 class FitNet(Distiller):
     label = "FitNet"
     Params = FitNetParams
-    params: FitNetParams            # an instance of Params (typing only)
+    params: FitNetParams  # an instance of Params (typing only)
 
     @classmethod
     def check_pair(cls, params, student, teacher):
         for who, network in (("student", student), ("teacher", teacher)):
             if params.hint_stage not in network.stage_names:
-                raise ValueError(f"hint_stage: the {who} has no stage '{params.hint_stage}' "
-                                 f"(its stages: {network.stage_names})")
+                raise ValueError(
+                    f"hint_stage: the {who} has no stage '{params.hint_stage}' (its stages: {network.stage_names})"
+                )
 
     def build_extras(self, student_channels, teacher_channels, inputs):
         self.student_stage = self.backbone.stage_index(self.params.hint_stage)
         self.teacher_stage = self.teacher.backbone.stage_index(self.params.hint_stage)
         # student map side / teacher map side, from the down-sampling factors
-        ratio = (self.teacher.backbone.reductions[self.teacher_stage]
-                 / self.backbone.reductions[self.student_stage])
-        self.adapter = HintAdapter(student_channels[self.student_stage],
-                                   teacher_channels[self.teacher_stage], ratio)
+        ratio = self.teacher.backbone.reductions[self.teacher_stage] / self.backbone.reductions[self.student_stage]
+        self.adapter = HintAdapter(student_channels[self.student_stage], teacher_channels[self.teacher_stage], ratio)
 
     def method_loss(self, student, teacher, labels, index, views):
-        target = teacher.maps[self.teacher_stage]                           # [B, C_t, h, w]
+        target = teacher.maps[self.teacher_stage]  # [B, C_t, h, w]
         return hint_loss(self.adapter(student.maps[self.student_stage], size=target.shape[-2:]), target)

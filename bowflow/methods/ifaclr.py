@@ -21,6 +21,7 @@ to CPU budgets (the authors: hidden and output 2048, momentum SGD at lr 3e-4 for
 at 224 px); the augmentation is SimCLR's CIFAR recipe here, as theirs.
 Under torchrun: anchors are this process's rows, candidates the gathered global batch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,33 +64,55 @@ def layer_features(backbone, x: torch.Tensor) -> list[torch.Tensor]:
 
 def layernorm_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     """The authors' ProjectionMLPHead without BN: Linear-LN-GELU, Linear-LN-GELU, Linear-LN."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden, eps=1e-12), nn.GELU(),
-                         nn.Linear(hidden, hidden), nn.LayerNorm(hidden, eps=1e-12), nn.GELU(),
-                         nn.Linear(hidden, out_dim), nn.LayerNorm(out_dim, eps=1e-12))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden),
+        nn.LayerNorm(hidden, eps=1e-12),
+        nn.GELU(),
+        nn.Linear(hidden, hidden),
+        nn.LayerNorm(hidden, eps=1e-12),
+        nn.GELU(),
+        nn.Linear(hidden, out_dim),
+        nn.LayerNorm(out_dim, eps=1e-12),
+    )
 
 
 @dataclass
 class IFACLRParams(TrainParams):
     method: str = "ifaclr"
-    temperature: float = param(0.5, "SupCon temperature T (= base temperature; the authors' default 0.5, "
-                                    "SimCLR's CIFAR-10 value)", above=0)
-    layers: int = param(2, "how many last layers of view 2 are positives of view 1's last layer and of "
-                           "each other (the authors' cont_layers_range, default 2; 1 = SimCLR)", above=0)
-    proj_hidden: int = param(512, "projector hidden width (authors: 2048 on ViT-B; 4x the 128-d convnet "
-                                  "feature here)", above=0)
+    temperature: float = param(
+        0.5, "SupCon temperature T (= base temperature; the authors' default 0.5, SimCLR's CIFAR-10 value)", above=0
+    )
+    layers: int = param(
+        2,
+        "how many last layers of view 2 are positives of view 1's last layer and of "
+        "each other (the authors' cont_layers_range, default 2; 1 = SimCLR)",
+        above=0,
+    )
+    proj_hidden: int = param(
+        512, "projector hidden width (authors: 2048 on ViT-B; 4x the 128-d convnet feature here)", above=0
+    )
     proj_dim: int = param(128, "projector output size (authors: 2048; SimCLR's 128 here)", above=0)
-    bn_proj: bool = param(False, "BatchNorm projector (Linear-BN-ReLU x2, Linear-BN) and rescalers (Linear-BN) "
-                                 "instead of the LayerNorm/GELU ones: the authors' --bn_proj and "
-                                 "--bn_proj_rescaler, off by default (their ViT setting). On a small "
-                                 "convnet with SGD the LayerNorm projector hardly learns (tests/"
-                                 "test_method_learning.py: k-NN 46 against 70 with BN, control 41)")
-    stop_gradient: bool = param(False, "detach view 2's layer features before the rescalers (the "
-                                       "authors' --stop_gradient, off by default)")
+    bn_proj: bool = param(
+        False,
+        "BatchNorm projector (Linear-BN-ReLU x2, Linear-BN) and rescalers (Linear-BN) "
+        "instead of the LayerNorm/GELU ones: the authors' --bn_proj and "
+        "--bn_proj_rescaler, off by default (their ViT setting). On a small "
+        "convnet with SGD the LayerNorm projector hardly learns (tests/"
+        "test_method_learning.py: k-NN 46 against 70 with BN, control 41)",
+    )
+    stop_gradient: bool = param(
+        False, "detach view 2's layer features before the rescalers (the authors' --stop_gradient, off by default)"
+    )
     crop_size: float = param(1.0, "side of both views, as a fraction of the image side", above=0, high=1)
-    crop_scale_min: float = param(0.2, "smallest crop area fraction (SimCLR's recipe, as the authors')",
-                                  above=0, high=1)
-    color_strength: float = param(0.5, "colour distortion strength s: brightness/contrast/saturation "
-                                       "0.8 s, hue 0.2 s (SimCLR's CIFAR-10 value)", low=0, high=2.5)
+    crop_scale_min: float = param(
+        0.2, "smallest crop area fraction (SimCLR's recipe, as the authors')", above=0, high=1
+    )
+    color_strength: float = param(
+        0.5,
+        "colour distortion strength s: brightness/contrast/saturation 0.8 s, hue 0.2 s (SimCLR's CIFAR-10 value)",
+        low=0,
+        high=2.5,
+    )
     jitter_p: float = param(0.8, "probability of colour jitter per view", low=0, high=1)
     gray_p: float = param(0.2, "probability of grayscale per view", low=0, high=1)
 
@@ -98,7 +121,7 @@ class IFACLRParams(TrainParams):
 class IFACLR(SelfSupervised):
     label = "IFACLR"
     Params = IFACLRParams
-    params: IFACLRParams            # an instance of Params (typing only)
+    params: IFACLRParams  # an instance of Params (typing only)
     batch_spanning = ("negatives",)
     # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 75.8.
     learning_recipe = {"epochs": 20, "proj_hidden": 64, "proj_dim": 32, "crop_scale_min": 0.5, "bn_proj": True}
@@ -118,13 +141,15 @@ class IFACLR(SelfSupervised):
         is_vit = hasattr(backbone, "block_tokens")
         self.rescalers = nn.ModuleList(
             nn.Identity() if is_vit else nn.Sequential(nn.Linear(c, out), norm())
-            for c in backbone.channels[depth - params.layers:])
+            for c in backbone.channels[depth - params.layers :]
+        )
 
     def make_view(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> float [B, 3, S, S] in [0, 1], S = view_size."""
         p = self.params
-        return augment.simclr_view(images, self.view_size, p.crop_scale_min, p.color_strength,
-                                   p.jitter_p, p.gray_p, generator)
+        return augment.simclr_view(
+            images, self.view_size, p.crop_scale_min, p.color_strength, p.jitter_p, p.gray_p, generator
+        )
 
     def views(self, images, index, generator):
         return {"view1": self.make_view(images, generator), "view2": self.make_view(images, generator)}
@@ -133,15 +158,14 @@ class IFACLR(SelfSupervised):
         p = self.params
         x1 = self.normalizer.normalize(views["view1"])
         x2 = self.normalizer.normalize(views["view2"])
-        z1 = self.projector(self.backbone(x1))                                     # [b, D]
-        feats = layer_features(self.backbone, x2)[-p.layers:]
+        z1 = self.projector(self.backbone(x1))  # [b, D]
+        feats = layer_features(self.backbone, x2)[-p.layers :]
         if p.stop_gradient:
             feats = [f.detach() for f in feats]
-        z2 = [self.projector(r(f)) for r, f in zip(self.rescalers, feats)]         # layers x [b, D]
-        z = torch.stack([z1, *z2], dim=1)                                          # [b, 1 + layers, D]
+        z2 = [self.projector(r(f)) for r, f in zip(self.rescalers, feats)]  # layers x [b, D]
+        z = torch.stack([z1, *z2], dim=1)  # [b, 1 + layers, D]
         loss = supcon_loss(z, p.temperature)
         with torch.no_grad():
             n = F.normalize(z.float(), dim=2)
-            layer_cos = (n[:, :1] * n[:, 1:]).sum(2).mean()      # view 1 last layer vs view 2's layers
-        return loss, {"loss": loss.detach(), "embedding_std": embedding_std(z1),
-                      "positive_cos": layer_cos}
+            layer_cos = (n[:, :1] * n[:, 1:]).sum(2).mean()  # view 1 last layer vs view 2's layers
+        return loss, {"loss": loss.detach(), "embedding_std": embedding_std(z1), "positive_cos": layer_cos}

@@ -5,6 +5,7 @@ Loss = alpha * CE + beta * T^2 * KL(teacher_T || student_T) (`distill_losses.kd_
 exactly the shared `Distiller` loss with no method term, so every other distillation
 method is "KD plus gamma * its own term", as the benchmark of the IFACD talk runs them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,4 +23,4 @@ class KDParams(DistillParams):
 class KD(Distiller):
     label = "KD"
     Params = KDParams
-    params: KDParams                # an instance of Params (typing only)
+    params: KDParams  # an instance of Params (typing only)

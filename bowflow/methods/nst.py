@@ -5,6 +5,7 @@ feat[1:-1], every block output but the stem and the pooled vector.
 
 gamma = 50, the benchmark's weight. Both networks must have the same number of stages.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from bowflow.roles.distiller import Distiller, DistillParams, check_same_stages,
 
 # ---------------------------------------------------------------- loss
 
+
 @float32
 def nst_loss(s_map: torch.Tensor, t_map: torch.Tensor) -> torch.Tensor:
     """Neuron selectivity transfer: squared MMD between the two networks' channels.
@@ -31,7 +33,7 @@ def nst_loss(s_map: torch.Tensor, t_map: torch.Tensor) -> torch.Tensor:
     order).
     """
     s, t = match_spatial(s_map, t_map.detach())
-    s = F.normalize(s.flatten(2), dim=2)                                  # [B, C_s, HW]
+    s = F.normalize(s.flatten(2), dim=2)  # [B, C_s, HW]
     t = F.normalize(t.flatten(2), dim=2)
 
     def kernel_mean(a, b):
@@ -50,7 +52,7 @@ class NSTParams(DistillParams):
 class NST(Distiller):
     label = "NST"
     Params = NSTParams
-    params: NSTParams               # an instance of Params (typing only)
+    params: NSTParams  # an instance of Params (typing only)
 
     @classmethod
     def check_pair(cls, params, student, teacher):

@@ -5,6 +5,7 @@ L_method = KL between the two conditional-probability matrices of the pooled fea
 (`distill_losses.pkt_loss`); gamma = 30000, the benchmark's weight (its loss is a mean
 over B^2 entries, hence the large weight).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from bowflow.roles.distiller import Distiller, DistillParams
 
 # ---------------------------------------------------------------- loss
 
+
 @float32
 def pkt_loss(s_emb: torch.Tensor, t_emb: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Probabilistic knowledge transfer: match the distributions of neighbours.
@@ -30,6 +32,7 @@ def pkt_loss(s_emb: torch.Tensor, t_emb: torch.Tensor, eps: float = 1e-7) -> tor
     i.e. the mean per-row KL(p_t || p_s) divided by B (RepDistiller's scale, which the
     seed's gamma = 30000 assumes).
     """
+
     def neighbours(x):
         x = F.normalize(x.flatten(1), dim=1)
         p = (x @ x.T + 1) / 2
@@ -49,7 +52,7 @@ class PKTParams(DistillParams):
 class PKT(Distiller):
     label = "PKT"
     Params = PKTParams
-    params: PKTParams               # an instance of Params (typing only)
+    params: PKTParams  # an instance of Params (typing only)
     # Each image's distribution over its similarities to every image of the global batch:
     # the pooled features are gathered and every process computes the global term.
     batch_spanning = ("batch similarities",)

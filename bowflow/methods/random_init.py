@@ -6,6 +6,7 @@ statistics are estimated, over `epochs` passes of the clean training images in t
 mode. On easy small data such a network is a strong baseline: on the 16 px digits its
 k-NN accuracy is above RotNet's (README), so a method's row means little without it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,22 +21,22 @@ from bowflow.roles.self_supervised import SelfSupervised
 @dataclass
 class RandomInitParams(TrainParams):
     method: str = "random_init"
-    epochs: int = param(1, "passes that estimate the BN statistics (one is enough: nothing else "
-                           "changes)")
+    epochs: int = param(1, "passes that estimate the BN statistics (one is enough: nothing else changes)")
     weight_decay: float = param(0.0, "must stay 0: decay would shrink the random weights")
 
     def validate(self) -> None:
         super().validate()
         if self.weight_decay != 0:
-            raise ValueError(f"weight_decay must be 0 for random_init (it would change the "
-                             f"random weights), got {self.weight_decay}")
+            raise ValueError(
+                f"weight_decay must be 0 for random_init (it would change the random weights), got {self.weight_decay}"
+            )
 
 
 @register_method("random_init")
 class RandomInit(SelfSupervised):
     label = "Random init"
     Params = RandomInitParams
-    params: RandomInitParams        # an instance of Params (typing only)
+    params: RandomInitParams  # an instance of Params (typing only)
     # The learning test's control: one pass estimates the BN statistics.
     learning_recipe = {"epochs": 1}
 
@@ -43,11 +44,11 @@ class RandomInit(SelfSupervised):
         super().__init__(params, backbone, inputs)
 
     def views(self, images, index, generator):
-        return {"images": augment.to_float(images)}           # clean images, nothing random
+        return {"images": augment.to_float(images)}  # clean images, nothing random
 
     def step(self, views, index):
         # Under torchrun: BN statistics over the global batch (synced by the trainer); every
         # parameter still requires grad and gets a (zero) gradient, so DDP wraps it as any other.
-        features = self.backbone(self.normalizer.normalize(views["images"]))          # [B, C]
-        loss = (features * 0.0).sum()            # zero, and zero gradients: weights stay put
+        features = self.backbone(self.normalizer.normalize(views["images"]))  # [B, C]
+        loss = (features * 0.0).sum()  # zero, and zero gradients: weights stay put
         return loss, {"loss": loss.detach(), "embedding_std": embedding_std(features)}

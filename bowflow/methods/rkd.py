@@ -4,6 +4,7 @@ triplets of images, in the pooled-feature space, match the teacher's.
 L_method = 25 x distance term + 50 x angle term (`distill_losses.rkd_loss`, the paper's
 weights); gamma = 1, the benchmark's weight.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,22 +20,22 @@ from bowflow.roles.distiller import Distiller, DistillParams
 
 # ---------------------------------------------------------------- loss
 
+
 def _pairwise_distances(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     squared = (x.unsqueeze(0) - x.unsqueeze(1)).pow(2).sum(-1)
-    distances = squared.clamp_min(eps).sqrt()          # clamp: sqrt's gradient at 0 is inf
+    distances = squared.clamp_min(eps).sqrt()  # clamp: sqrt's gradient at 0 is inf
     return distances * (1 - torch.eye(len(x), device=x.device, dtype=x.dtype))
 
 
 def _angles(x: torch.Tensor) -> torch.Tensor:
     """[B, D] -> [B, B, B]: entry (a, b, c) = cos of the angle at x_a between x_b and
     x_c (0 where b or c is a)."""
-    directions = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), dim=2)   # [a, b] = x_b - x_a
+    directions = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), dim=2)  # [a, b] = x_b - x_a
     return directions @ directions.transpose(1, 2)
 
 
 @float32
-def rkd_loss(s_emb: torch.Tensor, t_emb: torch.Tensor, w_distance: float = 25,
-             w_angle: float = 50) -> torch.Tensor:
+def rkd_loss(s_emb: torch.Tensor, t_emb: torch.Tensor, w_distance: float = 25, w_angle: float = 50) -> torch.Tensor:
     """Relational KD: w_distance * distance loss + w_angle * angle loss.
 
     s_emb [B, ...], t_emb [B, ...] (flattened to [B, D_s], [B, D_t]; teacher detached).
@@ -65,7 +66,7 @@ class RKDParams(DistillParams):
 class RKD(Distiller):
     label = "RKD"
     Params = RKDParams
-    params: RKDParams               # an instance of Params (typing only)
+    params: RKDParams  # an instance of Params (typing only)
     # Distances between every pair and angles of every triplet of the global batch (and the
     # mean distance that normalises them): the pooled features are gathered and every
     # process computes the global term.

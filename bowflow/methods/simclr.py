@@ -13,6 +13,7 @@ Logged: loss, embedding_std of the projector output, `positive_accuracy` (% of a
 whose most similar other embedding is their partner: the contrastive task's accuracy) and
 `positive_cos` / `negative_cos` (mean cosine to the partner / to the other images).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
 
 # ---------------------------------------------------------------- loss
+
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """SimCLR's loss: `contrastive.nt_xent` of z1, z2 [b, D] (row i of both = two views of
@@ -45,25 +47,39 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
 @dataclass
 class SimCLRParams(TrainParams):
     method: str = "simclr"
-    lr: float = param(0.1, "peak learning rate. SGD (default) at batch <= 256; the paper's LARS lr is "
-                           "0.3 x B / 256")
-    weight_decay: float = param(5e-4, "L2 on weights. 5e-4 suits SGD on small data; the paper: 1e-6 "
-                                      "with LARS")
-    temperature: float = param(0.5, "NT-Xent temperature T: 0.5, the best value for CIFAR-10 at every "
-                                    "batch size in the paper's appendix (its ImageNet runs use 0.1); "
-                                    "small batches give few negatives, and a low T would weight the "
-                                    "few hardest ones too much", above=0)
-    proj_hidden: int = param(512, "projector hidden width (paper: the backbone's 2048 features; 4x the "
-                                  "128-d convnet feature here, as solo-learn's 2048 on a 512-d "
-                                  "ResNet-18)", above=0)
+    lr: float = param(0.1, "peak learning rate. SGD (default) at batch <= 256; the paper's LARS lr is 0.3 x B / 256")
+    weight_decay: float = param(5e-4, "L2 on weights. 5e-4 suits SGD on small data; the paper: 1e-6 with LARS")
+    temperature: float = param(
+        0.5,
+        "NT-Xent temperature T: 0.5, the best value for CIFAR-10 at every "
+        "batch size in the paper's appendix (its ImageNet runs use 0.1); "
+        "small batches give few negatives, and a low T would weight the "
+        "few hardest ones too much",
+        above=0,
+    )
+    proj_hidden: int = param(
+        512,
+        "projector hidden width (paper: the backbone's 2048 features; 4x the "
+        "128-d convnet feature here, as solo-learn's 2048 on a 512-d "
+        "ResNet-18)",
+        above=0,
+    )
     proj_dim: int = param(128, "projector output size (paper: 128)", above=0)
-    crop_size: float = param(1.0, "side of both views, as a fraction of the image side (>= 4 px)",
-                                  above=0, high=1)
-    crop_scale_min: float = param(0.2, "smallest crop area fraction (paper 0.08 at 224 px; 0.2 keeps a "
-                                       "16-32 px digit or object recognisable)", above=0, high=1)
-    color_strength: float = param(0.5, "colour distortion strength s: brightness/contrast/saturation "
-                                       "0.8 s, hue 0.2 s (paper: s = 1 on ImageNet, 0.5 on CIFAR-10 -> "
-                                       "0.4/0.4/0.4/0.1)", low=0, high=2.5)
+    crop_size: float = param(1.0, "side of both views, as a fraction of the image side (>= 4 px)", above=0, high=1)
+    crop_scale_min: float = param(
+        0.2,
+        "smallest crop area fraction (paper 0.08 at 224 px; 0.2 keeps a 16-32 px digit or object recognisable)",
+        above=0,
+        high=1,
+    )
+    color_strength: float = param(
+        0.5,
+        "colour distortion strength s: brightness/contrast/saturation "
+        "0.8 s, hue 0.2 s (paper: s = 1 on ImageNet, 0.5 on CIFAR-10 -> "
+        "0.4/0.4/0.4/0.1)",
+        low=0,
+        high=2.5,
+    )
     jitter_p: float = param(0.8, "probability of colour jitter per view (paper: 0.8)", low=0, high=1)
     gray_p: float = param(0.2, "probability of grayscale per view (paper: 0.2)", low=0, high=1)
 
@@ -72,7 +88,7 @@ class SimCLRParams(TrainParams):
 class SimCLR(SelfSupervised):
     label = "SimCLR"
     Params = SimCLRParams
-    params: SimCLRParams            # an instance of Params (typing only)
+    params: SimCLRParams  # an instance of Params (typing only)
     batch_spanning = ("negatives",)
     # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 82.8.
     learning_recipe = {"epochs": 20, "proj_hidden": 64, "proj_dim": 32, "crop_scale_min": 0.5}
@@ -85,12 +101,15 @@ class SimCLR(SelfSupervised):
     def make_view(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> float [B, 3, S, S] in [0, 1], S = view_size."""
         p = self.params
-        return augment.simclr_view(images, self.view_size, p.crop_scale_min, p.color_strength,
-                                   p.jitter_p, p.gray_p, generator)
+        return augment.simclr_view(
+            images, self.view_size, p.crop_scale_min, p.color_strength, p.jitter_p, p.gray_p, generator
+        )
 
     def views(self, images, index, generator):
-        return {"view1": self.make_view(images, generator),                     # [B, 3, S, S]
-                "view2": self.make_view(images, generator)}
+        return {
+            "view1": self.make_view(images, generator),  # [B, 3, S, S]
+            "view2": self.make_view(images, generator),
+        }
 
     def step(self, views, index):
         x = torch.cat([views["view1"], views["view2"]])
@@ -98,17 +117,20 @@ class SimCLR(SelfSupervised):
         # paper's global BN (synced over processes under torchrun).
         z1, z2 = self.projector(self.backbone(self.normalizer.normalize(x))).chunk(2)  # [B, D]
         loss = nt_xent(z1, z2, self.params.temperature)
-        with torch.no_grad():       # this process's anchors against the global batch
-            z, candidates, own, partner = contrastive.nt_xent_pairs(z1.float(), z2.float(),
-                                                                   gather, world().rank)
+        with torch.no_grad():  # this process's anchors against the global batch
+            z, candidates, own, partner = contrastive.nt_xent_pairs(z1.float(), z2.float(), gather, world().rank)
             rows = torch.arange(len(z), device=z.device)
-            cos = z @ candidates.T                                                # [2b, 2B]
+            cos = z @ candidates.T  # [2b, 2B]
             cos[rows, own] = -2.0
             positive_cos = cos[rows, partner]
             others = cos.clone()
             others[rows, partner] = -2.0
             negative_cos = others[others > -2.0].mean()
             accuracy = (cos.argmax(1) == partner).float().mean() * 100
-        return loss, {"loss": loss.detach(), "embedding_std": embedding_std(z1),
-                      "positive_accuracy": accuracy, "positive_cos": positive_cos.mean(),
-                      "negative_cos": negative_cos}
+        return loss, {
+            "loss": loss.detach(),
+            "embedding_std": embedding_std(z1),
+            "positive_accuracy": accuracy,
+            "positive_cos": positive_cos.mean(),
+            "negative_cos": negative_cos,
+        }

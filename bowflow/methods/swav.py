@@ -17,6 +17,7 @@ the scores, runs the same Sinkhorn and keeps its rows' codes (`global_codes`).
 Logged: loss, embedding_std of z, and the perplexity of the mean code (how many prototypes
 the batch really uses; collapse drives it to 1).
 """
+
 from __future__ import annotations
 
 import math
@@ -35,6 +36,7 @@ from bowflow.roles.base import TrainParams, register_method
 from bowflow.roles.self_supervised import SelfSupervised
 
 # ---------------------------------------------------------------- loss
+
 
 @torch.no_grad()
 @float32
@@ -69,19 +71,21 @@ def global_codes(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 
     distributed_sinkhorn, which all-reduces its sums) and keeps its own b rows. In one
     process this is `sinkhorn(scores)`.
     """
-    everything = gather_no_grad(scores)                                      # [B, K]
+    everything = gather_no_grad(scores)  # [B, K]
     return sinkhorn(everything, epsilon, iterations)[world().rows(len(everything))]
 
 
 @float32
-def swav_loss(scores1: torch.Tensor, scores2: torch.Tensor, codes1: torch.Tensor,
-              codes2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+def swav_loss(
+    scores1: torch.Tensor, scores2: torch.Tensor, codes1: torch.Tensor, codes2: torch.Tensor, temperature: float = 0.1
+) -> torch.Tensor:
     """SwAV swapped prediction: view 1's scores predict view 2's codes and vice versa.
 
     scores [B, K] prototype similarities; codes [B, K] from `sinkhorn` of the same view's
     scores (detached here). loss = 1/2 [CE(codes2, softmax(scores1 / T))
     + CE(codes1, softmax(scores2 / T))]. temperature = 0.1 (SwAV).
     """
+
     def cross_entropy(scores, codes):
         return -(codes.detach() * F.log_softmax(scores / temperature, dim=1)).sum(dim=1).mean()
 
@@ -92,20 +96,27 @@ def swav_loss(scores1: torch.Tensor, scores2: torch.Tensor, codes1: torch.Tensor
 class SwAVParams(TrainParams):
     method: str = "swav"
     lr: float = param(0.06, "peak SGD lr (SwAV: LARS 4.8 at batch 4096; SGD for small batches)")
-    prototypes: int = param(128, "K, prototypes (SwAV: 3000 on ImageNet; ~10x the classes for "
-                                 "CIFAR-size data, not far above the batch size: there is no feature "
-                                 "queue)", above=0)
+    prototypes: int = param(
+        128,
+        "K, prototypes (SwAV: 3000 on ImageNet; ~10x the classes for "
+        "CIFAR-size data, not far above the batch size: there is no feature "
+        "queue)",
+        above=0,
+    )
     proj_hidden: int = param(512, "projector hidden width (SwAV: 2048)", above=0)
     proj_dim: int = param(128, "embedding size D (SwAV: 128)", above=0)
     temperature: float = param(0.1, "softmax temperature of the prediction (SwAV: 0.1)", above=0)
     epsilon: float = param(0.05, "Sinkhorn entropy weight (SwAV: 0.05)", above=0)
     sinkhorn_iterations: int = param(3, "Sinkhorn iterations (SwAV: 3)", above=0)
     freeze_prototypes_epochs: int = param(1, "epochs without prototype updates (SwAV: 1)", low=0)
-    local_crops: int = param(0, "small crops per image (SwAV: 6 at 96 px of 224; 0 by default on 16-32 "
-                                "px images, where a 3/7-size crop keeps little of the object)", low=0)
+    local_crops: int = param(
+        0,
+        "small crops per image (SwAV: 6 at 96 px of 224; 0 by default on 16-32 "
+        "px images, where a 3/7-size crop keeps little of the object)",
+        low=0,
+    )
     local_size: float = param(3 / 7, "local crop side / image side (SwAV: 96/224)", above=0, high=1)
-    crop_scale_min: float = param(0.2, "smallest global crop area (SwAV: 0.14 at 224 px)",
-                                       above=0, high=1)
+    crop_scale_min: float = param(0.2, "smallest global crop area (SwAV: 0.14 at 224 px)", above=0, high=1)
     jitter: float = param(0.4, "colour jitter strength (SwAV: 0.8 x 0.5)", low=0)
     hue: float = param(0.1, "hue shift in turns", low=0)
     jitter_p: float = param(0.8, "jitter probability (SwAV: 0.8)", low=0, high=1)
@@ -116,7 +127,7 @@ class SwAVParams(TrainParams):
 class SwAV(SelfSupervised):
     label = "SwAV"
     Params = SwAVParams
-    params: SwAVParams              # an instance of Params (typing only)
+    params: SwAVParams  # an instance of Params (typing only)
     batch_spanning = ("sinkhorn",)
     # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 58.2.
     learning_recipe = {"epochs": 20, "proj_hidden": 64, "proj_dim": 32, "prototypes": 32, "crop_scale_min": 0.5}
@@ -124,13 +135,13 @@ class SwAV(SelfSupervised):
     def __init__(self, params, backbone, inputs):
         super().__init__(params, backbone, inputs)
         self.projector = mlp(backbone.out_channels, params.proj_hidden, params.proj_dim)
-        self.prototypes = nn.Parameter(torch.randn(params.prototypes, params.proj_dim)
-                                       / math.sqrt(params.proj_dim))
+        self.prototypes = nn.Parameter(torch.randn(params.prototypes, params.proj_dim) / math.sqrt(params.proj_dim))
         size = inputs.image_size
         colour = dict(jitter=params.jitter, hue=params.hue, jitter_p=params.jitter_p, gray_p=params.gray_p)
         self.global_view = augment.ViewSpec(size=size, crop_scale=(params.crop_scale_min, 1.0), **colour)
-        self.local_view = augment.ViewSpec(size=augment.scaled_size(size, params.local_size),
-                                           crop_scale=(0.05, params.crop_scale_min), **colour)
+        self.local_view = augment.ViewSpec(
+            size=augment.scaled_size(size, params.local_size), crop_scale=(0.05, params.crop_scale_min), **colour
+        )
 
     def scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """float views [N, 3, S, S] -> (embeddings z [N, D], cosine scores [N, K])."""
@@ -140,7 +151,7 @@ class SwAV(SelfSupervised):
     def views(self, images, index, generator):
         p = self.params
         specs = [self.global_view] * 2 + [self.local_view] * p.local_crops
-        crops = augment.make_views(images, specs, generator)                  # each [B, 3, s, s]
+        crops = augment.make_views(images, specs, generator)  # each [B, 3, s, s]
         names = ["global0", "global1"] + [f"local{i}" for i in range(p.local_crops)]
         return dict(zip(names, crops))
 
@@ -160,9 +171,12 @@ class SwAV(SelfSupervised):
         loss = torch.stack(terms).mean()
         with torch.no_grad():
             mean_code = torch.cat(codes).mean(0)
-        return loss, {"loss": loss.detach(), "embedding_std": embedding_std(z_global),
-                      "code_perplexity": perplexity(mean_code)}
+        return loss, {
+            "loss": loss.detach(),
+            "embedding_std": embedding_std(z_global),
+            "code_perplexity": perplexity(mean_code),
+        }
 
     def before_optimizer_step(self, step):
         if step < self.params.freeze_prototypes_epochs * self.steps_per_epoch:
-            self.prototypes.grad = None          # SGD then leaves the prototypes as they are
+            self.prototypes.grad = None  # SGD then leaves the prototypes as they are

@@ -18,6 +18,7 @@ terms, so the loss and every other gradient are unchanged).
 Logged: loss, the three unweighted terms (invariance, variance, covariance) and
 embedding_std of z1.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,14 @@ def off_diagonal(m: torch.Tensor) -> torch.Tensor:
 
 
 @float32
-def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0,
-                cov_coeff: float = 1.0, eps: float = 1e-4) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def vicreg_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    sim_coeff: float = 25.0,
+    std_coeff: float = 25.0,
+    cov_coeff: float = 1.0,
+    eps: float = 1e-4,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """VICReg's loss on the two views' expander outputs z1, z2 [B, D] (B >= 2).
 
     invariance = mean squared difference of z1 and z2 (over B x D);
@@ -60,42 +67,52 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_coeff: float = 25.0, std
     z1, z2 = z1 - z1.mean(0), z2 - z2.mean(0)
     std1, std2 = torch.sqrt(z1.var(0) + eps), torch.sqrt(z2.var(0) + eps)
     variance = F.relu(1 - std1).mean() / 2 + F.relu(1 - std2).mean() / 2
-    cov1, cov2 = z1.T @ z1 / (b - 1), z2.T @ z2 / (b - 1)                   # [D, D]
+    cov1, cov2 = z1.T @ z1 / (b - 1), z2.T @ z2 / (b - 1)  # [D, D]
     covariance = off_diagonal(cov1).pow(2).sum() / d + off_diagonal(cov2).pow(2).sum() / d
     loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
-    return loss, {"invariance": invariance.detach(), "variance": variance.detach(),
-                  "covariance": covariance.detach()}
+    return loss, {"invariance": invariance.detach(), "variance": variance.detach(), "covariance": covariance.detach()}
 
 
 # ---------------------------------------------------------------- params
+
 
 @dataclass
 class VICRegParams(TwoViews, TrainParams):
     """VICReg's hyperparameters; its views are BYOL's recipe (bowflow/views.py), as in the paper."""
 
     method: str = "vicreg"
-    lr: float = param(0.1, "peak learning rate, SGD at batch <= 256 (paper: LARS, 0.2 x batch / 256 "
-                           "at batch 2048), the rate every SGD method here uses", above=0)
-    weight_decay: float = param(5e-4, "L2 on weights: 5e-4 suits SGD on small data (paper: 1e-6 with "
-                                      "LARS)", low=0)
-    proj_dim: int = param(1024, "width D of the 3 expander layers (paper: 8192 on a 2048-d ResNet-50, "
-                                "4x; 1024 = 8x the 128-d convnet feature, as Barlow Twins here: the "
-                                "paper finds wider expanders better, and D x D stays cheap)", above=0)
+    lr: float = param(
+        0.1,
+        "peak learning rate, SGD at batch <= 256 (paper: LARS, 0.2 x batch / 256 "
+        "at batch 2048), the rate every SGD method here uses",
+        above=0,
+    )
+    weight_decay: float = param(5e-4, "L2 on weights: 5e-4 suits SGD on small data (paper: 1e-6 with LARS)", low=0)
+    proj_dim: int = param(
+        1024,
+        "width D of the 3 expander layers (paper: 8192 on a 2048-d ResNet-50, "
+        "4x; 1024 = 8x the 128-d convnet feature, as Barlow Twins here: the "
+        "paper finds wider expanders better, and D x D stays cheap)",
+        above=0,
+    )
     proj_layers: int = param(3, "expander Linear layers (paper: 3)", low=2)
     sim_coeff: float = param(25.0, "weight of the invariance term (paper: 25)", low=0)
     std_coeff: float = param(25.0, "weight of the variance term (paper: 25)", low=0)
     cov_coeff: float = param(1.0, "weight of the covariance term (paper: 1)", low=0)
-    loss_scale: float = param(0.04, "multiplier of the loss: 1 / sim_coeff, so that the invariance "
-                                    "term's gradient is the plain MSE's and SGD's lr is comparable "
-                                    "with the other methods' (the paper's LARS is invariant to it)",
-                              above=0)
+    loss_scale: float = param(
+        0.04,
+        "multiplier of the loss: 1 / sim_coeff, so that the invariance "
+        "term's gradient is the plain MSE's and SGD's lr is comparable "
+        "with the other methods' (the paper's LARS is invariant to it)",
+        above=0,
+    )
 
 
 @register_method("vicreg")
 class VICReg(SelfSupervised):
     label = "VICReg"
     Params = VICRegParams
-    params: VICRegParams            # an instance of Params (typing only)
+    params: VICRegParams  # an instance of Params (typing only)
     batch_spanning = ("variance", "covariance")
     # tests/test_method_learning.py: k-NN (measured, seed 0; untrained control 40.6) 77.0.
     learning_recipe = {"epochs": 20, "proj_dim": 128, "crop_scale_min": 0.5}
@@ -111,19 +128,21 @@ class VICReg(SelfSupervised):
 
     def views(self, images, index, generator):
         p = self.params
-        return {"view1": views.two_view(images, p, 0, self.size, generator),   # [B, 3, S, S]
-                "view2": views.two_view(images, p, 1, self.size, generator)}
+        return {
+            "view1": views.two_view(images, p, 0, self.size, generator),  # [B, 3, S, S]
+            "view2": views.two_view(images, p, 1, self.size, generator),
+        }
 
     def step(self, views, index):
         p = self.params
         # One forward per view, as the authors' code does: each view's BN statistics are its own.
-        z1, z2 = self.embed(views["view1"]), self.embed(views["view2"])      # [b, D] each
+        z1, z2 = self.embed(views["view1"]), self.embed(views["view2"])  # [b, D] each
         # Variance and covariance span the global batch: every process gathers all rows
         # (rank order = the batch's) and computes the global loss (the invariance MSE, a mean
         # over rows, included); gather's backward sums each process's gradient into the rows'
         # owner and DDP averages, so the gradient is the single-process one. The authors
         # gather z the same way (FullGatherLayer). Identity in one process.
-        z1, z2 = distributed.gather(z1), distributed.gather(z2)              # [B, D] each
+        z1, z2 = distributed.gather(z1), distributed.gather(z2)  # [B, D] each
         loss, terms = vicreg_loss(z1, z2, p.sim_coeff, p.std_coeff, p.cov_coeff)
         loss = loss * p.loss_scale
         return loss, {"loss": loss.detach(), **terms, "embedding_std": embedding_std(z1)}

@@ -7,6 +7,7 @@ variance); per stage the larger of the two maps is pooled to the other's size fi
 the benchmark does); L_method = sum over stages of `distill_losses.vid_loss`; gamma = 1,
 the benchmark's weight. Both networks must have the same number of stages.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,6 +24,7 @@ from bowflow.roles.distiller import Distiller, DistillParams, check_same_stages,
 
 # ---------------------------------------------------------------- loss
 
+
 class VIDRegressor(nn.Module):
     """VID's variational q(t | s): mean mu(s) by three 1x1 convs (c_s -> c_mid -> c_mid
     -> c_t, ReLU between, no bias) and a learned per-channel variance
@@ -32,14 +34,16 @@ class VIDRegressor(nn.Module):
     two maps to one size with `match_spatial` first (the benchmark pools the larger).
     """
 
-    def __init__(self, c_s: int, c_t: int, c_mid: int | None = None, init_var: float = 5.0,
-                 eps: float = 1e-5):
+    def __init__(self, c_s: int, c_t: int, c_mid: int | None = None, init_var: float = 5.0, eps: float = 1e-5):
         super().__init__()
         c_mid = c_mid or c_t
         self.mean = nn.Sequential(
-            nn.Conv2d(c_s, c_mid, 1, bias=False), nn.ReLU(),
-            nn.Conv2d(c_mid, c_mid, 1, bias=False), nn.ReLU(),
-            nn.Conv2d(c_mid, c_t, 1, bias=False))
+            nn.Conv2d(c_s, c_mid, 1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(c_mid, c_mid, 1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(c_mid, c_t, 1, bias=False),
+        )
         inverse_softplus = math.log(math.expm1(init_var - eps))
         self.raw_var = nn.Parameter(torch.full((c_t,), inverse_softplus))
         self.eps = eps
@@ -72,7 +76,7 @@ class VIDParams(DistillParams):
 class VID(Distiller):
     label = "VID"
     Params = VIDParams
-    params: VIDParams               # an instance of Params (typing only)
+    params: VIDParams  # an instance of Params (typing only)
 
     @classmethod
     def check_pair(cls, params, student, teacher):

@@ -1,6 +1,7 @@
 """The backbone each run builds, made on PyTorch's meta device, so that the checks can read
 its stage names, channels, patch size and tokens without allocating a weight; a size the
 builder refuses is a ParamsError naming the run's key."""
+
 from __future__ import annotations
 
 import functools
@@ -30,7 +31,7 @@ def run_architecture(run: Any, where: str):
         return architecture(spec)
     except ValueError as error:
         first = str(error).split(" ", 1)[0]
-        if first.startswith("arch_params."):        # a setting the arch refuses
+        if first.startswith("arch_params."):  # a setting the arch refuses
             raise ParamsError(f"{where}.{error} ({spec.describe()})") from None
         key = next((k for k in ("depth", "width") if k in str(error).split()), "arch")
         raise ParamsError(f"{where}.{key}: {error} ({spec.describe()})") from None

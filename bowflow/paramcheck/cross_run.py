@@ -3,6 +3,7 @@ been checked on its own: each generation's student against its parent, the few-s
 against the novel classes, layer names and ViT patches against the backbones, batches
 against image caps and processes, the resources: section, and GPUs against `device:`.
 Each walks the runs once (`bowflow.paramcheck.runs.walk_runs`)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,8 +31,10 @@ def check_few_shot_way(checked: dict) -> None:
     """A few-shot episode draws evaluate.few_shot_way classes from data.novel_classes."""
     novel = checked["data"].novel_classes
     if checked["evaluate"].few_shot_way > len(novel):
-        raise ParamsError(f"evaluate.few_shot_way: {checked['evaluate'].few_shot_way}-way episodes need "
-                          f"as many novel classes, but data.novel_classes lists {len(novel)}")
+        raise ParamsError(
+            f"evaluate.few_shot_way: {checked['evaluate'].few_shot_way}-way episodes need "
+            f"as many novel classes, but data.novel_classes lists {len(novel)}"
+        )
 
 
 def check_layers(checked: dict) -> None:
@@ -44,11 +47,16 @@ def check_layers(checked: dict) -> None:
     stages = {name: run_architecture(run.params, run.key).stage_names for name, run in runs.items()}
     for run in runs.values():
         method = run.params.method
-        if method != IMPORT and get_method(method).token_backbone and not hasattr(
-                run_architecture(run.params, run.key), "block_tokens"):
+        if (
+            method != IMPORT
+            and get_method(method).token_backbone
+            and not hasattr(run_architecture(run.params, run.key), "block_tokens")
+        ):
             vits = sorted(a for a in ARCHITECTURES if a.startswith("vit"))
-            raise ParamsError(f"{run.key}.arch: method '{method}' needs a vision transformer (one of "
-                              f"{vits}): '{run.params.arch}' has no patch tokens")
+            raise ParamsError(
+                f"{run.key}.arch: method '{method}' needs a vision transformer (one of "
+                f"{vits}): '{run.params.arch}' has no patch tokens"
+            )
 
     def describe(name: str) -> str:
         run = runs[name]
@@ -57,14 +65,18 @@ def check_layers(checked: dict) -> None:
     for name, gen in checked["generations"].items():
         layer, parent = gen["vocab"].layer, gen["parent"]
         if layer != "last" and layer not in stages[parent]:
-            raise ParamsError(f"generations.{name}.vocab.layer: '{layer}' is not a stage of the parent "
-                              f"{describe(parent)}: expected 'last' or one of its stages")
+            raise ParamsError(
+                f"generations.{name}.vocab.layer: '{layer}' is not a stage of the parent "
+                f"{describe(parent)}: expected 'last' or one of its stages"
+            )
     layer = checked["evaluate"].layer
     missing = [name for name in runs if layer != "last" and layer not in stages[name]]
     if missing:
-        raise ParamsError(f"evaluate.layer: '{layer}' is not a stage of {describe(missing[0])}"
-                          + (f" (nor of {missing[1:]})" if len(missing) > 1 else "")
-                          + ": expected 'last' or a stage every pretrain run and generation student has")
+        raise ParamsError(
+            f"evaluate.layer: '{layer}' is not a stage of {describe(missing[0])}"
+            + (f" (nor of {missing[1:]})" if len(missing) > 1 else "")
+            + ": expected 'last' or a stage every pretrain run and generation student has"
+        )
 
 
 def check_patches(checked: dict) -> None:
@@ -73,8 +85,10 @@ def check_patches(checked: dict) -> None:
     for run in walk_runs(checked):
         patch = getattr(run_architecture(run.params, run.key), "patch", 1)
         if size % patch:
-            raise ParamsError(f"{run.key}.arch: '{run.params.arch}' cuts images into {patch} x {patch} px "
-                              f"patches, but data.image_size = {size} is not a multiple of {patch}")
+            raise ParamsError(
+                f"{run.key}.arch: '{run.params.arch}' cuts images into {patch} x {patch} px "
+                f"patches, but data.image_size = {size} is not a multiple of {patch}"
+            )
 
 
 def check_batches_static(checked: dict) -> None:
@@ -86,8 +100,10 @@ def check_batches_static(checked: dict) -> None:
         else:
             cap, capped_by = getattr(run.params, "max_images", 0), "its max_images"
         if 0 < cap < run.params.batch_size:
-            raise ParamsError(f"{run.key}.batch_size: {run.params.batch_size} images per step, but the run "
-                              f"trains on {capped_by} = {cap} images: expected a batch_size <= {cap}")
+            raise ParamsError(
+                f"{run.key}.batch_size: {run.params.batch_size} images per step, but the run "
+                f"trains on {capped_by} = {cap} images: expected a batch_size <= {cap}"
+            )
 
 
 def check_resources(values: Any, checked: dict) -> dict:
@@ -98,23 +114,30 @@ def check_resources(values: Any, checked: dict) -> dict:
         raise ParamsError(f"resources: expected a mapping with keys {list(RESOURCE_KINDS)}, got {values!r}")
     for kind in values:
         if kind not in RESOURCE_KINDS:
-            raise ParamsError(f"resources.{kind}: unknown stage kind{did_you_mean(kind, list(RESOURCE_KINDS))} "
-                              f"(expected {list(RESOURCE_KINDS)})")
+            raise ParamsError(
+                f"resources.{kind}: unknown stage kind{did_you_mean(kind, list(RESOURCE_KINDS))} "
+                f"(expected {list(RESOURCE_KINDS)})"
+            )
     missing = [k for k in RESOURCE_KINDS if k not in values]
     if missing:
-        raise ParamsError(f"resources.{missing[0]}: missing (expected an entry for each of "
-                          f"{list(RESOURCE_KINDS)}; dvc.yaml's commands read them)")
-    resources = {kind: check_section(ResourceParams, values[kind], f"resources.{kind}")
-                 for kind in RESOURCE_KINDS}
+        raise ParamsError(
+            f"resources.{missing[0]}: missing (expected an entry for each of "
+            f"{list(RESOURCE_KINDS)}; dvc.yaml's commands read them)"
+        )
+    resources = {kind: check_section(ResourceParams, values[kind], f"resources.{kind}") for kind in RESOURCE_KINDS}
     if resources["other"].processes != 1:
-        raise ParamsError(f"resources.other.processes: the stages that train nothing run one process, "
-                          f"got {resources['other'].processes}")
+        raise ParamsError(
+            f"resources.other.processes: the stages that train nothing run one process, "
+            f"got {resources['other'].processes}"
+        )
     for run in walk_runs(checked):
         kind = run.kind.stage
         processes = resources[kind].processes
         if run.params.batch_size % processes:
-            raise ParamsError(f"{run.key}.batch_size: {run.params.batch_size} does not split over "
-                              f"resources.{kind}.processes = {processes}: expected a multiple of {processes}")
+            raise ParamsError(
+                f"{run.key}.batch_size: {run.params.batch_size} does not split over "
+                f"resources.{kind}.processes = {processes}: expected a multiple of {processes}"
+            )
     return resources
 
 
@@ -122,6 +145,8 @@ def check_gpus_for_device(resources: dict, device: str) -> None:
     """No stage kind asks for GPUs when `device: cpu` trains on the CPU."""
     asking = [kind for kind, r in resources.items() if r.gpus]
     if asking and device == "cpu":
-        raise ParamsError(f"resources.{asking[0]}.gpus: {resources[asking[0]].gpus} GPU(s) "
-                          f"asked for, but device: cpu trains on the CPU: expected gpus: 0, or device: "
-                          f"auto or cuda")
+        raise ParamsError(
+            f"resources.{asking[0]}.gpus: {resources[asking[0]].gpus} GPU(s) "
+            f"asked for, but device: cpu trains on the CPU: expected gpus: 0, or device: "
+            f"auto or cuda"
+        )

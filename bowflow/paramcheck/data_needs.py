@@ -5,6 +5,7 @@ images it has just read, before writing anything (`bowflow.sections.check_data_n
 a few-shot shape or a batch the data cannot fill stops before any training stage. The stamp
 holds only the largest demand per image pool, so an edit that does not change one (a new
 run with an ordinary batch, an lr) leaves the stamp, and so the prepare stage, unchanged."""
+
 from __future__ import annotations
 
 from bowflow.paramcheck.runs import Run, walk_runs
@@ -15,10 +16,15 @@ def data_needs(checked: dict) -> dict:
     "labelled_batch": {key, size} | None}: the largest batch of each image pool and the
     first key asking for it (params order)."""
     evaluate = checked["evaluate"]
-    return {"few_shot": {"way": evaluate.few_shot_way, "shots": max(evaluate.few_shot_shots),
-                         "queries": evaluate.few_shot_queries},
-            "ssl_batch": largest_batch(walk_runs(checked, pool="ssl")),
-            "labelled_batch": largest_batch(walk_runs(checked, pool="labelled"))}
+    return {
+        "few_shot": {
+            "way": evaluate.few_shot_way,
+            "shots": max(evaluate.few_shot_shots),
+            "queries": evaluate.few_shot_queries,
+        },
+        "ssl_batch": largest_batch(walk_runs(checked, pool="ssl")),
+        "labelled_batch": largest_batch(walk_runs(checked, pool="labelled")),
+    }
 
 
 def largest_batch(runs: list[Run]) -> dict | None:

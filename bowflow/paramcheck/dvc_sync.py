@@ -2,6 +2,7 @@
 imported runs it spells out and the optional sections that add stages (workflow/pipeline.py
 passes them to check_params). A difference means dvc.yaml is stale: a ParamsError that says
 how to rewrite it."""
+
 from __future__ import annotations
 
 from bowflow.sections import ParamsError
@@ -11,9 +12,11 @@ from bowflow.weights import pipeline_layout
 def check_pipeline_seeds(seeds: list[int], pipeline_seeds: list[int] | None) -> None:
     """The seeds dvc.yaml has stages for (its check_params command says) must be params.yaml's."""
     if pipeline_seeds is not None and sorted(pipeline_seeds) != sorted(seeds):
-        raise ParamsError(f"seeds: params.yaml lists {seeds} but dvc.yaml has stages for seeds "
-                          f"{pipeline_seeds}: run `bin/python -m workflow.pipeline` to rewrite dvc.yaml "
-                          f"(make run does), then run again")
+        raise ParamsError(
+            f"seeds: params.yaml lists {seeds} but dvc.yaml has stages for seeds "
+            f"{pipeline_seeds}: run `bin/python -m workflow.pipeline` to rewrite dvc.yaml "
+            f"(make run does), then run again"
+        )
 
 
 # Optional params sections that add stage groups to dvc.yaml when present (the fine-tuning
@@ -36,10 +39,14 @@ def check_pipeline_layout(params: dict, layout: list[str]) -> None:
         section = next((s for s in STAGE_SECTIONS if s in differ), None)
         if section:
             state = "has" if section in params else "has no"
-            raise ParamsError(f"{section}: params.yaml {state} a `{section}:` section but dvc.yaml was "
-                              f"written {'without' if section in params else 'with'} its stages: run "
-                              f"`bin/python -m workflow.pipeline` to rewrite dvc.yaml (make run does), "
-                              f"then run again")
-        raise ParamsError(f"pretrain/teachers: dvc.yaml was written for other imported runs or run "
-                          f"names ({differ[0]!r} differs): run `bin/python -m workflow.pipeline` to "
-                          f"rewrite dvc.yaml (make run does), then run again")
+            raise ParamsError(
+                f"{section}: params.yaml {state} a `{section}:` section but dvc.yaml was "
+                f"written {'without' if section in params else 'with'} its stages: run "
+                f"`bin/python -m workflow.pipeline` to rewrite dvc.yaml (make run does), "
+                f"then run again"
+            )
+        raise ParamsError(
+            f"pretrain/teachers: dvc.yaml was written for other imported runs or run "
+            f"names ({differ[0]!r} differs): run `bin/python -m workflow.pipeline` to "
+            f"rewrite dvc.yaml (make run does), then run again"
+        )

@@ -2,6 +2,7 @@
 the data root and data.unlabelled exist and hold images (files counted, nothing decoded),
 the novel classes have enough of them for the few-shot episodes, the device asked for is
 here, and the GPUs resources: asks for are (warnings: a cluster runs the jobs elsewhere)."""
+
 from __future__ import annotations
 
 import unicodedata
@@ -27,17 +28,19 @@ def check_environment(checked: dict, params: dict) -> None:
     data = checked["data"]
     root = Path(data.root) if data.root else None
     if data.source == "imagefolder":
-        assert root is not None         # DataParams.validate: an imagefolder source names its root
-        check_folder_or_tarball(data.root, "data.root", "a folder of class folders, or a .tar.gz of one",
-                                "a folder of class folders")
+        assert root is not None  # DataParams.validate: an imagefolder source names its root
+        check_folder_or_tarball(
+            data.root, "data.root", "a folder of class folders, or a .tar.gz of one", "a folder of class folders"
+        )
         try:
             found = count_class_images(root)
             if found is not None:
                 folder, counts = found
                 check_novel_classes(data.novel_classes, counts, folder)
                 novel = [unicodedata.normalize("NFC", c) for c in data.novel_classes]  # as folders are
-                checked["evaluate"].check_against({"novel_classes": novel, "counts": {"all": counts}},
-                                                  f"the image files under '{data.root}'")
+                checked["evaluate"].check_against(
+                    {"novel_classes": novel, "counts": {"all": counts}}, f"the image files under '{data.root}'"
+                )
         except DataError as error:
             raise ParamsError(str(error)) from None
         except ValueError as error:
@@ -45,8 +48,10 @@ def check_environment(checked: dict, params: dict) -> None:
     check_unlabelled(checked)
     torchvision = data.source not in ("digits", "imagefolder")
     if torchvision and not data.download and (root is None or not root.exists()):
-        raise ParamsError(f"data.root: '{data.root}' does not exist: expected a folder holding a local "
-                          f"copy of {data.source}, or set data.download: true")
+        raise ParamsError(
+            f"data.root: '{data.root}' does not exist: expected a folder holding a local "
+            f"copy of {data.source}, or set data.download: true"
+        )
     try:
         resolve_device(params["device"])
     except SystemExit as error:
@@ -61,8 +66,9 @@ def check_folder_or_tarball(value: str, key: str, expected: str, folder: str) ->
     if not root.exists():
         raise ParamsError(f"{key}: '{value}' does not exist: expected {expected}")
     if root.is_file() and not root.name.lower().endswith(TARBALL_SUFFIXES):
-        raise ParamsError(f"{key}: '{value}' is a file but not a tarball: expected {folder} "
-                          f"or a {', '.join(TARBALL_SUFFIXES)} of one")
+        raise ParamsError(
+            f"{key}: '{value}' is a file but not a tarball: expected {folder} or a {', '.join(TARBALL_SUFFIXES)} of one"
+        )
 
 
 def check_unlabelled(checked: dict) -> None:
@@ -74,8 +80,9 @@ def check_unlabelled(checked: dict) -> None:
     if not data.unlabelled:
         return
     root = Path(data.unlabelled)
-    check_folder_or_tarball(data.unlabelled, "data.unlabelled", "a folder of images (any depth) or a .tar.gz of one",
-                            "a folder of images")
+    check_folder_or_tarball(
+        data.unlabelled, "data.unlabelled", "a folder of images (any depth) or a .tar.gz of one", "a folder of images"
+    )
     try:
         found = count_images(root)
     except DataError as error:
@@ -84,10 +91,12 @@ def check_unlabelled(checked: dict) -> None:
     if found is not None and data.unlabelled_use == "replace" and batch:
         pool = min(found, data.ssl_max_images) if data.ssl_max_images > 0 else found
         if batch["size"] > pool:
-            raise ParamsError(f"{batch['key']}: {batch['size']} images per step, but the run trains on "
-                              f"only {pool} images (the image files under data.unlabelled '{data.unlabelled}'"
-                              f"{', at most data.ssl_max_images' if data.ssl_max_images > 0 else ''}): "
-                              f"expected a batch_size <= {pool}")
+            raise ParamsError(
+                f"{batch['key']}: {batch['size']} images per step, but the run trains on "
+                f"only {pool} images (the image files under data.unlabelled '{data.unlabelled}'"
+                f"{', at most data.ssl_max_images' if data.ssl_max_images > 0 else ''}): "
+                f"expected a batch_size <= {pool}"
+            )
 
 
 def gpu_warnings(checked: dict) -> list[str]:
@@ -98,7 +107,10 @@ def gpu_warnings(checked: dict) -> list[str]:
     import torch
 
     seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return [f"resources.{kind}.gpus = {r.gpus}, but torch sees {seen} GPU(s) on this machine "
-            f"(torch.cuda.is_available() is {torch.cuda.is_available()}): its training stages stop "
-            f"with an error if run here; set resources.{kind}.gpus: 0 to train on the CPU"
-            for kind, r in checked["resources"].items() if r.gpus > seen]
+    return [
+        f"resources.{kind}.gpus = {r.gpus}, but torch sees {seen} GPU(s) on this machine "
+        f"(torch.cuda.is_available() is {torch.cuda.is_available()}): its training stages stop "
+        f"with an error if run here; set resources.{kind}.gpus: 0 to train on the CPU"
+        for kind, r in checked["resources"].items()
+        if r.gpus > seen
+    ]

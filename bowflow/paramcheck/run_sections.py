@@ -3,6 +3,7 @@ on its own: a run name, a registered method of the section's role (or `import`, 
 checked against its architecture), its keys and types; a generation's parent defined above
 it; a distillation run's teacher among teachers: and paired with it (`check_pair`). Every
 name is new. -> the checked sections."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
@@ -48,21 +49,26 @@ def check_generations(generations: Any, pretrain: dict) -> dict:
         if not isinstance(item, dict) or set(item) != set(GENERATION_KEYS):
             if isinstance(item, dict) and set(item) - set(GENERATION_KEYS):
                 extra = sorted(set(item) - set(GENERATION_KEYS), key=str)[0]
-                raise ParamsError(f"{where}.{extra}: unknown key"
-                                  f"{did_you_mean(extra, GENERATION_KEYS)} (expected "
-                                  f"exactly the keys {GENERATION_KEYS})")
+                raise ParamsError(
+                    f"{where}.{extra}: unknown key"
+                    f"{did_you_mean(extra, GENERATION_KEYS)} (expected "
+                    f"exactly the keys {GENERATION_KEYS})"
+                )
             got = sorted(item, key=str) if isinstance(item, dict) else item
             raise ParamsError(f"{where}: expected exactly the keys {GENERATION_KEYS}, got {got}")
         parent = item["parent"]
         if not isinstance(parent, str):
             raise ParamsError(f"{where}.parent: expected the name of one run (str), got {parent!r}")
         if parent == name:
-            raise ParamsError(f"{where}.parent: a generation cannot be its own parent "
-                              f"(expected a pretrain run or a generation defined above '{name}')")
+            raise ParamsError(
+                f"{where}.parent: a generation cannot be its own parent "
+                f"(expected a pretrain run or a generation defined above '{name}')"
+            )
         if parent not in known:
-            raise ParamsError(f"{where}.parent: '{parent}' is not a pretrain run or a "
-                              f"generation defined above it (known: {sorted(known)})"
-                              + parent_cycle(generations, name))
+            raise ParamsError(
+                f"{where}.parent: '{parent}' is not a pretrain run or a "
+                f"generation defined above it (known: {sorted(known)})" + parent_cycle(generations, name)
+            )
         vocab = check_section(VocabParams, item["vocab"], f"{where}.vocab")
         student_cls = method_params(item["student"], f"{where}.student")
         check_role(item["student"]["method"], "generations", f"{where}.student")
@@ -84,7 +90,7 @@ def parent_cycle(generations: dict, start: str) -> str:
             return f"; move '{later}' above '{start}'" if later in generations else ""
         chain.append(parent)
         if parent in chain[:-1]:
-            return f"; the parents form a cycle {' -> '.join(chain[chain.index(parent):])}"
+            return f"; the parents form a cycle {' -> '.join(chain[chain.index(parent) :])}"
         name = parent
 
 
@@ -109,15 +115,17 @@ def check_supervised(teachers: Any, distill: Any, taken: set[str]) -> tuple[dict
             network = run_architecture(run, where)
             if section == "distill":
                 if run.teacher not in checked[0]:
-                    raise ParamsError(f"{where}.teacher: {run.teacher!r} is not an entry of teachers: "
-                                      f"(known: {sorted(checked[0])})")
+                    raise ParamsError(
+                        f"{where}.teacher: {run.teacher!r} is not an entry of teachers: (known: {sorted(checked[0])})"
+                    )
                 teacher = checked[0][run.teacher]
                 try:
-                    distiller = cast("type[Distiller]", cls)    # check_role: a distill: entry is a distiller
+                    distiller = cast("type[Distiller]", cls)  # check_role: a distill: entry is a distiller
                     distiller.check_pair(run, network, run_architecture(teacher, f"teachers.{run.teacher}"))
                 except ValueError as error:
-                    raise ParamsError(keyed(where, str(error), params_cls)
-                                      + f" (teacher '{run.teacher}': {teacher.arch})") from None
+                    raise ParamsError(
+                        keyed(where, str(error), params_cls) + f" (teacher '{run.teacher}': {teacher.arch})"
+                    ) from None
             runs[name] = run
             taken.add(name)
         checked.append(runs)
@@ -142,14 +150,18 @@ def check_role(method: str, section: str, where: str) -> None:
     belongs in pretrain: and teachers:."""
     if method == IMPORT:
         if section not in IMPORT_SECTIONS:
-            raise ParamsError(f"{where}.method: 'import' (a weights file as a run) belongs in "
-                              f"{' or '.join(s + ':' for s in IMPORT_SECTIONS)}, not in {section}:")
+            raise ParamsError(
+                f"{where}.method: 'import' (a weights file as a run) belongs in "
+                f"{' or '.join(s + ':' for s in IMPORT_SECTIONS)}, not in {section}:"
+            )
         return
     cls = get_method(method)
     if cls.section != section:
-        raise ParamsError(f"{where}.method: '{method}' is {ROLE_OF_SECTION.get(cls.section, cls.role)}, "
-                          f"so its runs belong in {cls.section}:; an entry of {section}: must be "
-                          f"{ROLE_OF_SECTION[section]}: one of {methods_of(section)}")
+        raise ParamsError(
+            f"{where}.method: '{method}' is {ROLE_OF_SECTION.get(cls.section, cls.role)}, "
+            f"so its runs belong in {cls.section}:; an entry of {section}: must be "
+            f"{ROLE_OF_SECTION[section]}: one of {methods_of(section)}"
+        )
 
 
 def check_import(run: Any, section: str, where: str) -> Any:

@@ -8,6 +8,7 @@ order, how an error names the role, where a run sits in its entry (a generation'
 `Run`s (section, key, run) in that order; every cross-run check, the data needs and the
 runs list use it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,10 +25,10 @@ from bowflow.roles.supervised import Supervised
 class RunKind:
     """What the checks know of one role's runs."""
 
-    role: type[Method]      # the role class: its `section` lists the runs, its `stage` trains them
-    describes: str          # how an error message names the role
-    part: str | None        # the key of the run inside its section's entry (None: the entry itself)
-    pool: str               # the images it trains on: "ssl" (SSL images) or "labelled" (train split)
+    role: type[Method]  # the role class: its `section` lists the runs, its `stage` trains them
+    describes: str  # how an error message names the role
+    part: str | None  # the key of the run inside its section's entry (None: the entry itself)
+    pool: str  # the images it trains on: "ssl" (SSL images) or "labelled" (train split)
 
     @property
     def section(self) -> str:
@@ -45,7 +46,7 @@ RUN_KINDS = (
     RunKind(Supervised, "a supervised method (learns from labels alone, method: supervised)", None, "labelled"),
     RunKind(Distiller, "a distillation method (learns from a teacher)", None, "labelled"),
 )
-RUN_SECTIONS = tuple(kind.section for kind in RUN_KINDS)      # pretrain, generations, teachers, distill
+RUN_SECTIONS = tuple(kind.section for kind in RUN_KINDS)  # pretrain, generations, teachers, distill
 ROLE_OF_SECTION = {kind.section: kind.describes for kind in RUN_KINDS}
 
 
@@ -70,9 +71,12 @@ class Run:
 def walk_runs(checked: dict, pool: str | None = None) -> list[Run]:
     """Every run of checked params (of one image `pool`, if given), in params order:
     pretrain:, generations: (their students), teachers:, distill:, each in file order."""
-    return [Run(kind, name, entry[kind.part] if kind.part else entry)
-            for kind in RUN_KINDS if pool is None or kind.pool == pool
-            for name, entry in checked[kind.section].items()]
+    return [
+        Run(kind, name, entry[kind.part] if kind.part else entry)
+        for kind in RUN_KINDS
+        if pool is None or kind.pool == pool
+        for name, entry in checked[kind.section].items()
+    ]
 
 
 def run_names(checked: dict) -> list[str]:

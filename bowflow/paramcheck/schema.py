@@ -2,6 +2,7 @@
 dataclass (unknown keys with a did-you-mean, types, the section's own `validate()`), a run
 name, the seeds, and the scalar top-level keys (seed, seeds, compute, device). Every error is
 a ParamsError whose message starts with the key at fault."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +15,7 @@ from typing import Any
 from bowflow.compute import parse_mode
 from bowflow.sections import ParamsError
 
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")   # names data/models/<name>/ and stages
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # names data/models/<name>/ and stages
 
 
 def check_type(where: str, value: Any, kind: Any) -> None:
@@ -26,17 +27,25 @@ def check_type(where: str, value: Any, kind: Any) -> None:
         for i, v in enumerate(value):
             check_type(f"{where}[{i}]", v, item)
         return
-    if dict in (kind, origin):         # a mapping (arch_params): its keys are the section's validate()'s
+    if dict in (kind, origin):  # a mapping (arch_params): its keys are the section's validate()'s
         if not isinstance(value, dict):
             raise ParamsError(f"{where}: expected a mapping (key: value, {{}} for none), got {value!r}")
         return
-    ok = (isinstance(value, bool) if kind is bool else
-          isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
-          isinstance(value, int) and not isinstance(value, bool) if kind is int else
-          isinstance(value, kind))
+    ok = (
+        isinstance(value, bool)
+        if kind is bool
+        else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is float
+        else isinstance(value, int) and not isinstance(value, bool)
+        if kind is int
+        else isinstance(value, kind)
+    )
     if not ok:
-        hint = (f" (quote it: '{value}')" if kind is str and isinstance(value, (int, float))
-                and not isinstance(value, bool) else "")
+        hint = (
+            f" (quote it: '{value}')"
+            if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool)
+            else ""
+        )
         raise ParamsError(f"{where}: expected {kind.__name__}, got {value!r}{hint}")
     if kind is float and not math.isfinite(value):
         raise ParamsError(f"{where}: expected a finite number, got {value!r}")
@@ -50,8 +59,9 @@ def check_section(cls: type, values: Any, where: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names), key=str)
     if unknown:
-        raise ParamsError(f"{where}.{unknown[0]}: unknown key{did_you_mean(unknown[0], names)} "
-                          f"(expected one of {names})")
+        raise ParamsError(
+            f"{where}.{unknown[0]}: unknown key{did_you_mean(unknown[0], names)} (expected one of {names})"
+        )
     for key, value in values.items():
         check_type(f"{where}.{key}", value, hints[key])
     try:
@@ -59,9 +69,9 @@ def check_section(cls: type, values: Any, where: str) -> Any:
         section.validate()
     except ValueError as error:
         first, _, rest = str(error).partition(" ")
-        if first.endswith(":") and first.partition(".")[0] in names:   # a key inside a mapping field
-            raise ParamsError(f"{where}.{first} {rest}") from None      # ('arch_params.drop_path: ...')
-        key = f"{where}.{first}" if first in names else where   # name the key when the message does
+        if first.endswith(":") and first.partition(".")[0] in names:  # a key inside a mapping field
+            raise ParamsError(f"{where}.{first} {rest}") from None  # ('arch_params.drop_path: ...')
+        key = f"{where}.{first}" if first in names else where  # name the key when the message does
         raise ParamsError(f"{key}: {error}") from None
     return section
 
@@ -83,8 +93,9 @@ def keyed(where: str, message: str, cls: type) -> str:
 
 def check_run_name(name: Any, where: str) -> None:
     if not isinstance(name, str) or not RUN_NAME.match(name):
-        raise ParamsError(f"{where}: expected a name of letters, digits, '_' and '-' (it names "
-                          f"folders and stages), got {name!r}")
+        raise ParamsError(
+            f"{where}: expected a name of letters, digits, '_' and '-' (it names folders and stages), got {name!r}"
+        )
 
 
 def check_seeds(seeds: Any) -> None:
@@ -103,8 +114,7 @@ def check_scalars(params: dict) -> None:
     """The top-level keys that are single values, in this order: seed, seeds, compute, device."""
     check_type("seed", params["seed"], int)
     if not 0 <= params["seed"] < 2**32:
-        raise ParamsError(f"seed: expected an integer in [0, 2**32 - 1] (numpy's seed range), "
-                          f"got {params['seed']}")
+        raise ParamsError(f"seed: expected an integer in [0, 2**32 - 1] (numpy's seed range), got {params['seed']}")
     check_seeds(params["seeds"])
     check_type("compute", params["compute"], str)
     try:

@@ -2,6 +2,7 @@
 order (top-level keys, scalars, each section, then what relates runs), so the first bad
 key is the one named; with a prepared manifest of the same data section, also the data
 needs against the prepared images."""
+
 from __future__ import annotations
 
 from bowflow.paramcheck.cross_run import (
@@ -19,9 +20,17 @@ from bowflow.paramcheck.runs import RUN_SECTIONS
 from bowflow.paramcheck.schema import check_scalars, check_section
 from bowflow.sections import DataParams, EvalParams, FineTuneParams, ParamsError, ReportParams, check_data_needs
 
-TOP_LEVEL = {"seed": int, "seeds": list, "device": str, "compute": str, "data": DataParams,
-             **{section: dict for section in RUN_SECTIONS},       # pretrain, generations, teachers, distill
-             "evaluate": EvalParams, "report": ReportParams, "resources": dict}
+TOP_LEVEL = {
+    "seed": int,
+    "seeds": list,
+    "device": str,
+    "compute": str,
+    "data": DataParams,
+    **{section: dict for section in RUN_SECTIONS},  # pretrain, generations, teachers, distill
+    "evaluate": EvalParams,
+    "report": ReportParams,
+    "resources": dict,
+}
 # Sections a params.yaml may leave out: each adds stages when present (workflow/pipeline.py).
 OPTIONAL = {"finetune": FineTuneParams}
 
@@ -36,22 +45,26 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
         raise ParamsError(f"top level: expected a mapping of sections {sorted(TOP_LEVEL)}, got {params!r}")
     unknown = sorted(set(params) - set(TOP_LEVEL) - set(OPTIONAL))
     if unknown:
-        raise ParamsError(f"{unknown[0]}: unknown top-level key (expected {sorted(TOP_LEVEL)}, "
-                          f"optionally {sorted(OPTIONAL)})")
+        raise ParamsError(
+            f"{unknown[0]}: unknown top-level key (expected {sorted(TOP_LEVEL)}, optionally {sorted(OPTIONAL)})"
+        )
     missing = sorted(set(TOP_LEVEL) - set(params))
     if missing:
         raise ParamsError(f"{missing[0]}: missing top-level key")
     check_scalars(params)
     pretrain = check_pretrain(params["pretrain"])
-    checked = {"seeds": list(params["seeds"]), "data": check_section(DataParams, params["data"], "data"),
-               "pretrain": pretrain,
-               "generations": check_generations(params["generations"], pretrain),
-               "evaluate": check_section(EvalParams, params["evaluate"], "evaluate"),
-               "report": check_section(ReportParams, params["report"], "report"),
-               **{key: check_section(section, params[key], key) for key, section in OPTIONAL.items()
-                  if key in params}}
+    checked = {
+        "seeds": list(params["seeds"]),
+        "data": check_section(DataParams, params["data"], "data"),
+        "pretrain": pretrain,
+        "generations": check_generations(params["generations"], pretrain),
+        "evaluate": check_section(EvalParams, params["evaluate"], "evaluate"),
+        "report": check_section(ReportParams, params["report"], "report"),
+        **{key: check_section(section, params[key], key) for key, section in OPTIONAL.items() if key in params},
+    }
     checked["teachers"], checked["distill"] = check_supervised(
-        params["teachers"], params["distill"], set(pretrain) | set(checked["generations"]))
+        params["teachers"], params["distill"], set(pretrain) | set(checked["generations"])
+    )
     check_parents(checked)
     check_few_shot_way(checked)
     check_layers(checked)
@@ -64,8 +77,15 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
     # same data section answers for any seed
     if manifest is not None and all(recorded.get(k) == v for k, v in params["data"].items()):
         data = checked["data"]
-        check_data_needs(data_needs(checked), manifest["counts"], manifest["base_classes"],
-                         manifest["novel_classes"], data.ssl_classes, data.ssl_max_images,
-                         "the prepared data (its manifest)", manifest.get("totals", {}).get("unlabelled", 0),
-                         data.unlabelled_use)
+        check_data_needs(
+            data_needs(checked),
+            manifest["counts"],
+            manifest["base_classes"],
+            manifest["novel_classes"],
+            data.ssl_classes,
+            data.ssl_max_images,
+            "the prepared data (its manifest)",
+            manifest.get("totals", {}).get("unlabelled", 0),
+            data.unlabelled_use,
+        )
     return checked

@@ -32,6 +32,7 @@ Everything a method keeps between steps (EMA networks, queues, centres, prototyp
 running statistics) must be a submodule, parameter or persistent buffer, so that it is in
 `state_dict()` and a killed run resumes bit-for-bit from its checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,7 +60,7 @@ from bowflow.networks import (
 from bowflow.optim import OPTIMIZERS, SCHEDULES, clip_gradients, default_groups
 
 METHODS: dict[str, type[Method]] = {}
-METHODS_PACKAGE = "bowflow.methods"          # the plug-ins: one module per method
+METHODS_PACKAGE = "bowflow.methods"  # the plug-ins: one module per method
 
 
 def register_method(name: str):
@@ -68,6 +69,7 @@ def register_method(name: str):
         cls.label = cls.__dict__.get("label") or name
         METHODS[name] = cls
         return cls
+
     return wrap
 
 
@@ -100,12 +102,13 @@ def get_method(name: str) -> type[Method]:
 
 # ---------------------------------------------------------------- what a stage gives a method
 
+
 @dataclass
 class ImageInputs:
     """What every training stage gives its method, whatever the role."""
 
-    normalizer: Normalizer          # per-channel mean/std of the training images
-    image_size: int                 # pixels: training images are [N, 3, image_size, image_size]
+    normalizer: Normalizer  # per-channel mean/std of the training images
+    image_size: int  # pixels: training images are [N, 3, image_size, image_size]
 
 
 @dataclass
@@ -113,34 +116,51 @@ class TrainParams:
     """Hyperparameters every trained model shares (one section of params.yaml)."""
 
     method: str = param("rotnet", "registered method name")
-    arch: str = param("convnet", f"registered backbone ({', '.join(sorted(ARCHITECTURES))}) or a "
-                                 "timm model as 'timm/<name>' (timm/resnet18, timm/convnext_atto)")
-    width: int = param(32, "convnet/resnet: stage-1 channels; wrn: widening factor; named archs "
-                           "(resnet56, wrn_40_2, vgg8...): 0")
+    arch: str = param(
+        "convnet",
+        f"registered backbone ({', '.join(sorted(ARCHITECTURES))}) or a "
+        "timm model as 'timm/<name>' (timm/resnet18, timm/convnext_atto)",
+    )
+    width: int = param(
+        32, "convnet/resnet: stage-1 channels; wrn: widening factor; named archs (resnet56, wrn_40_2, vgg8...): 0"
+    )
     depth: int = param(0, "resnet 18/34, wrn 6n+4; ignored by convnet; named archs: 0")
-    arch_params: dict[str, Any] = param({}, "the arch's own settings beyond width/depth, as its "
-                                            "registered dataclass declares them (bowflow/networks.py "
-                                            "ARCH_PARAMS; vit*, timm/*: drop_path, stochastic depth); "
-                                            "{}: the arch's defaults, every run's network before them")
+    arch_params: dict[str, Any] = param(
+        {},
+        "the arch's own settings beyond width/depth, as its "
+        "registered dataclass declares them (bowflow/networks.py "
+        "ARCH_PARAMS; vit*, timm/*: drop_path, stochastic depth); "
+        "{}: the arch's defaults, every run's network before them",
+    )
     epochs: int = param(30, "passes over the training images", above=0)
     batch_size: int = param(128, "images per step", above=0)
     lr: float = param(0.1, "peak SGD learning rate", above=0)
     momentum: float = param(0.9, "SGD momentum", low=0, high=1)
     weight_decay: float = param(5e-4, "L2 on weights (not on BN/bias/scale)", low=0)
     warmup_epochs: float = param(1.0, "linear lr warm-up, then the schedule", low=0)
-    lr_schedule: str = param("cosine", "cosine (to 0) | step (x0.1 at lr_decay_at)",
-                             choices=tuple(SCHEDULES))
-    lr_decay_at: list[float] = param([0.625, 0.75, 0.875], "step schedule: fractions of the run where "
-                                     "lr drops x0.1 (150/180/210 of 240 epochs)", above=0, below=1)
+    lr_schedule: str = param("cosine", "cosine (to 0) | step (x0.1 at lr_decay_at)", choices=tuple(SCHEDULES))
+    lr_decay_at: list[float] = param(
+        [0.625, 0.75, 0.875],
+        "step schedule: fractions of the run where lr drops x0.1 (150/180/210 of 240 epochs)",
+        above=0,
+        below=1,
+    )
     optimizer: str = param("sgd", "sgd (Nesterov) | lars | adamw", choices=tuple(OPTIMIZERS))
     clip_grad: float = param(0.0, "max global gradient L2 norm (0 = off; DINO clips at 3.0)", low=0)
-    collapse_std: float = param(0.01, "stop when the epoch's embedding_std (per-dimension std of "
-                                      "L2-normalised embeddings x sqrt(D): ~1 spread, 0 collapsed) "
-                                      "falls below this; 0 = off", low=0)
-    sync_bn: bool = param(True, "under torchrun (resources.*.processes > 1): BatchNorm statistics "
-                                "over the global batch, as the authors of every method here run "
-                                "DDP; false: each process normalises its own rows. No effect in "
-                                "one process")
+    collapse_std: float = param(
+        0.01,
+        "stop when the epoch's embedding_std (per-dimension std of "
+        "L2-normalised embeddings x sqrt(D): ~1 spread, 0 collapsed) "
+        "falls below this; 0 = off",
+        low=0,
+    )
+    sync_bn: bool = param(
+        True,
+        "under torchrun (resources.*.processes > 1): BatchNorm statistics "
+        "over the global batch, as the authors of every method here run "
+        "DDP; false: each process normalises its own rows. No effect in "
+        "one process",
+    )
 
     def validate(self) -> None:
         """The field constraints (`bowflow.checks`), then what relates fields."""
@@ -149,9 +169,8 @@ class TrainParams:
         check_arch(self.arch)
         check_arch_params(self.arch, self.arch_params)
         if list(self.lr_decay_at) != sorted(self.lr_decay_at):
-            raise ValueError(f"lr_decay_at must be increasing fractions of the run in (0, 1), "
-                             f"got {self.lr_decay_at}")
-        if self.arch in OWN_SIZES or family_of(self.arch):   # fixed size: width/depth 0 (its own) or its own
+            raise ValueError(f"lr_decay_at must be increasing fractions of the run in (0, 1), got {self.lr_decay_at}")
+        if self.arch in OWN_SIZES or family_of(self.arch):  # fixed size: width/depth 0 (its own) or its own
             check_size(self.arch, self.width, self.depth)
         elif self.width <= 0:
             raise ValueError(f"width must be > 0, got {self.width}")
@@ -184,10 +203,10 @@ class Method(nn.Module):
     """
 
     name = "base"
-    label = ""            # how reports name the method ("BYOL"); defaults to `name`
-    role = "method"       # set by each role: "self-supervised", "bow-student", ...
-    section = ""          # the params.yaml section whose entries run it
-    stage = ""            # the pipeline stage (dvc.yaml) that trains it
+    label = ""  # how reports name the method ("BYOL"); defaults to `name`
+    role = "method"  # set by each role: "self-supervised", "bow-student", ...
+    section = ""  # the params.yaml section whose entries run it
+    stage = ""  # the pipeline stage (dvc.yaml) that trains it
     Inputs: type = ImageInputs
     Params = TrainParams
     # Under torchrun (bowflow.distributed): what this method's loss shares across the batch,
@@ -204,8 +223,9 @@ class Method(nn.Module):
     def __init__(self, params: TrainParams, backbone: Backbone, inputs: ImageInputs):
         super().__init__()
         if not isinstance(inputs, self.Inputs):
-            raise TypeError(f"method '{self.name}' ({self.role}) takes {self.Inputs.__name__}, "
-                            f"got {type(inputs).__name__}")
+            raise TypeError(
+                f"method '{self.name}' ({self.role}) takes {self.Inputs.__name__}, got {type(inputs).__name__}"
+            )
         self.params = params
         self.backbone = backbone
         self.normalizer = inputs.normalizer
@@ -218,8 +238,10 @@ class Method(nn.Module):
         names = [f.name for f in dataclasses.fields(cls.Inputs)]
         missing = [n for n in names if n not in given]
         if missing:
-            raise ValueError(f"method '{cls.name}' ({cls.role}) needs {missing}, which only stage "
-                             f"'{cls.stage}' gives: run it as an entry of `{cls.section}`")
+            raise ValueError(
+                f"method '{cls.name}' ({cls.role}) needs {missing}, which only stage "
+                f"'{cls.stage}' gives: run it as an entry of `{cls.section}`"
+            )
         return cls.Inputs(**{n: given[n] for n in names})
 
     def optimizer_groups(self) -> list[dict]:
@@ -229,8 +251,7 @@ class Method(nn.Module):
     def configure_schedule(self, steps_per_epoch: int, total_steps: int) -> None:
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
 
-    def views(self, images: torch.Tensor, index: torch.Tensor,
-              generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def views(self, images: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Everything random about one step, drawn for the whole global batch.
 
         images uint8 [B, 3, H, W] on the device, index [B] (rows of the training set),
@@ -243,8 +264,7 @@ class Method(nn.Module):
         """
         return {"images": images}
 
-    def step(self, views: dict[str, torch.Tensor], index: torch.Tensor
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def step(self, views: dict[str, torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward and loss on this process's rows of `views` (index [b]: their rows of the
         training set) -> (scalar loss, {name: scalar tensor} batch statistics).
 
@@ -259,8 +279,9 @@ class Method(nn.Module):
         """`step`, so that DistributedDataParallel (which hooks `forward`) can wrap a method."""
         return self.step(views, index)
 
-    def training_step(self, images: torch.Tensor, index: torch.Tensor,
-                      generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_step(
+        self, images: torch.Tensor, index: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One single-process step: `step(views(images, index, generator), index)`."""
         return self.step(self.views(images, index, generator), index)
 
@@ -279,8 +300,7 @@ class Method(nn.Module):
             clip_gradients(parameters, self.params.clip_grad)
 
     @classmethod
-    def training_images(cls, prepared: str | Path, params: TrainParams
-                        ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def training_images(cls, prepared: str | Path, params: TrainParams) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """The prepared rows this role trains on, as (images uint8 [N, 3, H, W], labels [N],
         manifest). Default: the rows self-supervised stages may use (bowflow.data.prepared's
         SSL split); labelled roles override it."""

@@ -11,6 +11,7 @@ The teacher is loaded by the stage from its model file (`load_teacher`) and give
 registered as a submodule: not in the optimizer, not in `state_dict()` (so not in
 checkpoints or the exported model); the model file records only its name.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from bowflow.soft_targets import kl_to_target
 
 # ---------------------------------------------------------------- shared by the distillers
 
+
 def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Adaptive-average-pool the larger of two maps [B, C, H, W] to the other's H x W
     (RepDistiller's rule for AT, NST and VID); maps of equal size are returned unchanged."""
@@ -38,8 +40,7 @@ def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 @float32
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-            temperature: float = 4.0) -> torch.Tensor:
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
     """Hinton's KD: KL(p_t || p_s) * T^2 with p = softmax(logits / T), mean over the batch.
 
     student_logits, teacher_logits [B, K] (teacher detached here). The KL is
@@ -48,14 +49,16 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     when the logits agree up to a per-row constant.
     """
     target = F.softmax(teacher_logits.detach() / temperature, dim=1)
-    return kl_to_target(student_logits / temperature, target) * temperature ** 2
+    return kl_to_target(student_logits / temperature, target) * temperature**2
 
 
 def check_same_stages(method: str, student_channels: list[int], teacher_channels: list[int]) -> None:
     """Stage-by-stage methods (AT, VID, NST) pair the i-th stages of both networks."""
     if len(student_channels) != len(teacher_channels):
-        raise ValueError(f"{method} pairs the networks' stages one to one, but the student has "
-                         f"{len(student_channels)} stages and the teacher {len(teacher_channels)}")
+        raise ValueError(
+            f"{method} pairs the networks' stages one to one, but the student has "
+            f"{len(student_channels)} stages and the teacher {len(teacher_channels)}"
+        )
 
 
 @dataclass
@@ -64,13 +67,12 @@ class DistillParams(SupervisedParams):
     alpha: float = param(1.0, "weight of cross-entropy on the labels", low=0)
     beta: float = param(1.0, "weight of KL to the teacher at temperature T", low=0)
     gamma: float = param(0.0, "weight of the method's own term", low=0)
-    temperature: float = param(4.0, "KD temperature T (the KL is scaled by T^2); 4 in the benchmark",
-                               above=0)
+    temperature: float = param(4.0, "KD temperature T (the KL is scaled by T^2); 4 in the benchmark", above=0)
 
 
 @dataclass
 class DistillInputs(LabelledInputs):
-    teacher: Teacher                # the frozen teacher (not a submodule: never trained or saved)
+    teacher: Teacher  # the frozen teacher (not a submodule: never trained or saved)
 
 
 class Distiller(Supervised):
@@ -82,7 +84,7 @@ class Distiller(Supervised):
     label = "Distiller"
     Inputs = DistillInputs
     Params = DistillParams
-    params: DistillParams           # an instance of Params (typing only)
+    params: DistillParams  # an instance of Params (typing only)
     # Every distiller's learning recipe (tests/test_method_learning.py), the supervised one;
     # CRD and IFACD add their head sizes to it. Student's test top-1, untrained 25.0 (measured,
     # seed 0): AT 61.7, SP 82.8, IFACD 83.6, CRD 85.9, FitNet 88.7, NST 90.2, PKT 92.2,
@@ -93,7 +95,7 @@ class Distiller(Supervised):
         super().__init__(params, backbone, inputs)
         teacher = inputs.teacher
         self.teacher: Teacher
-        object.__setattr__(self, "teacher", teacher)      # not a submodule: frozen, never saved
+        object.__setattr__(self, "teacher", teacher)  # not a submodule: frozen, never saved
         self.check_pair(params, backbone, teacher.backbone)
         self.build_extras(backbone.channels, teacher.backbone.channels, inputs)
 
@@ -102,12 +104,17 @@ class Distiller(Supervised):
         """Raise ValueError if this method cannot pair these two networks (check_params calls
         it before any training). Default: any pair."""
 
-    def build_extras(self, student_channels: list[int], teacher_channels: list[int],
-                     inputs: DistillInputs) -> None:
+    def build_extras(self, student_channels: list[int], teacher_channels: list[int], inputs: DistillInputs) -> None:
         """Create the method's trainable modules (adapters, heads, memory). Default: none."""
 
-    def method_loss(self, student: Outputs, teacher: Outputs, labels: torch.Tensor,
-                    index: torch.Tensor, views: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    def method_loss(
+        self,
+        student: Outputs,
+        teacher: Outputs,
+        labels: torch.Tensor,
+        index: torch.Tensor,
+        views: dict[str, torch.Tensor],
+    ) -> torch.Tensor | None:
         """The method's own term L_method (scalar), or None for plain KD.
 
         student, teacher: both networks' `Outputs` on this process's rows; labels, index [b]
@@ -130,7 +137,7 @@ class Distiller(Supervised):
         term) the global batch's value on every process, from gathered tensors: its
         gradient reaches each row's owner once per process (the gather's backward sums),
         and DDP's average over processes divides that back to the global gradient."""
-        x = views["crops"]                                                 # [b, 3, H, W]
+        x = views["crops"]  # [b, 3, H, W]
         student, teacher = self.student_outputs(x), self.teacher(x)
         labels = self.labels[index]
         p = self.params
@@ -142,8 +149,7 @@ class Distiller(Supervised):
         if extra is not None:
             loss = loss + p.gamma * extra
             stats["method_loss"] = extra.detach()
-        return loss, {"loss": loss.detach(), **stats,
-                      **self.batch_stats(student.pooled, student.logits, labels)}
+        return loss, {"loss": loss.detach(), **stats, **self.batch_stats(student.pooled, student.logits, labels)}
 
     def export_extra(self) -> dict:
         return {**super().export_extra(), "teacher": self.params.teacher}

@@ -11,6 +11,7 @@ lr x0.1 at epochs 150/180/210 (`lr_schedule: step`, `lr_decay_at: [0.625, 0.75, 
 no warm-up. The classifier is exported with the backbone (`export_extra`), so a distilled
 student's teacher gives logits, and the stage reports top-1 from the exported model.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,8 +29,8 @@ from bowflow.roles.base import ImageInputs, Method, TrainParams
 
 @dataclass
 class LabelledInputs(ImageInputs):
-    labels: torch.Tensor            # [N] int64: the class of each training image
-    num_classes: int                # K, classes of the prepared data (the classifier's outputs)
+    labels: torch.Tensor  # [N] int64: the class of each training image
+    num_classes: int  # K, classes of the prepared data (the classifier's outputs)
 
 
 @dataclass
@@ -37,15 +38,20 @@ class SupervisedParams(TrainParams):
     method: str = "supervised"
     epochs: int = field(default=240, metadata={"help": "the distillation benchmark's 240 epochs"})
     batch_size: int = field(default=64, metadata={"help": "images per step (the benchmark's 64)"})
-    lr: float = field(default=0.05, metadata={"help": "peak SGD lr (0.05 in the benchmark; 0.01 "
-                                                      "for its small-student ShuffleNet/MobileNet)"})
+    lr: float = field(
+        default=0.05,
+        metadata={"help": "peak SGD lr (0.05 in the benchmark; 0.01 for its small-student ShuffleNet/MobileNet)"},
+    )
     warmup_epochs: float = field(default=0.0, metadata={"help": "the benchmark starts at full lr"})
     lr_schedule: str = field(default="step", metadata={"help": "step: x0.1 at lr_decay_at"})
-    padding: int = param(4, "zero padding of the random crop, pixels (4 of 32 in the CIFAR recipe)",
-                         low=0)
-    max_images: int = param(0, "train on a seeded subset of this many labelled train images (0 = all; "
-                               "the same subset for every run of a seed, so teachers and students see "
-                               "the same images)", low=0)
+    padding: int = param(4, "zero padding of the random crop, pixels (4 of 32 in the CIFAR recipe)", low=0)
+    max_images: int = param(
+        0,
+        "train on a seeded subset of this many labelled train images (0 = all; "
+        "the same subset for every run of a seed, so teachers and students see "
+        "the same images)",
+        low=0,
+    )
 
 
 class Supervised(Method):
@@ -57,7 +63,7 @@ class Supervised(Method):
     label = "Supervised"
     Inputs: type[LabelledInputs] = LabelledInputs
     Params = SupervisedParams
-    params: SupervisedParams        # an instance of Params (typing only)
+    params: SupervisedParams  # an instance of Params (typing only)
     # tests/test_method_learning.py: the student's test top-1 93.0, untrained 25.0 (measured, seed 0)
     learning_recipe = {"epochs": 6, "padding": 2}
 
@@ -76,13 +82,14 @@ class Supervised(Method):
     def views(self, images, index, generator):
         """uint8 [B, 3, H, W] -> {"crops": cropped, flipped float [B, 3, H, W] in [0, 1]}
         (the one random draw of a step: each sample's crop offset and flip)."""
-        return {"crops": augment.pad_crop_flip(augment.to_float(images), padding=self.params.padding,
-                                               generator=generator)}
+        return {
+            "crops": augment.pad_crop_flip(augment.to_float(images), padding=self.params.padding, generator=generator)
+        }
 
     def step(self, views, index):
         """Per-sample cross-entropy averaged over this process's rows: nothing spans the batch."""
-        features = self.backbone(self.normalizer.normalize(views["crops"]))   # [B, C]
-        logits = self.classifier(features)                                 # [B, K]
+        features = self.backbone(self.normalizer.normalize(views["crops"]))  # [B, C]
+        logits = self.classifier(features)  # [B, K]
         labels = self.labels[index]
         loss = F.cross_entropy(logits, labels)
         return loss, {"loss": loss.detach(), **self.batch_stats(features, logits, labels)}
@@ -91,9 +98,13 @@ class Supervised(Method):
     @torch.no_grad()
     def batch_stats(features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> dict:
         """Training top-1 (%) of logits [B, K] and the collapse monitor of features [B, C]."""
-        return {"train_top1": (logits.argmax(1) == labels).float().mean() * 100,
-                "embedding_std": embedding_std(features)}
+        return {
+            "train_top1": (logits.argmax(1) == labels).float().mean() * 100,
+            "embedding_std": embedding_std(features),
+        }
 
     def export_extra(self) -> dict:
-        return {"classifier": {k: v.detach().cpu() for k, v in self.classifier.state_dict().items()},
-                "num_classes": self.num_classes}
+        return {
+            "classifier": {k: v.detach().cpu() for k, v in self.classifier.state_dict().items()},
+            "num_classes": self.num_classes,
+        }
