@@ -171,8 +171,8 @@ def wide_resnet(width: int = 4, depth: int = 28) -> Backbone:
 # Sized by params: name -> builder(width, depth).
 SIZED_CONVNETS: dict[str, Callable[..., Backbone]] = {"convnet": convnet, "resnet": resnet, "wrn": wide_resnet}
 
-# The distillation benchmark's architectures, by the talk's names:
-# name -> (own width, own depth, builder()).
+# The distillation benchmark's architectures by RepDistiller's names (CRD's benchmark, which the IFACD paper's
+# tables follow; https://github.com/HobbitLong/RepDistiller): name -> (own width, own depth, builder()).
 NAMED_CONVNETS: dict[str, tuple[int, int, Callable[[], Backbone]]] = {
     **{f"resnet{d}": (16, d, partial(cifar_resnet, d, 16, [16, 32, 64])) for d in (20, 32, 56, 110)},
     **{f"resnet{d}x4": (64, d, partial(cifar_resnet, d, 32, [64, 128, 256])) for d in (8, 32)},

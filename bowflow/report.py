@@ -66,9 +66,10 @@ def finetune_metric(fraction: str) -> str:
 
 
 def comparison_table(records: list[dict]) -> str:
-    """The talk's "evaluating self-supervised pre-trained networks" table: one row per run
-    with its training cost (epochs, batch, parameters, wall time, peak memory, images/s)
-    and its accuracy (base linear, k-NN, few-shot with 95% intervals)."""
+    """The comparison table of self-supervised pre-trained networks, as in OBoW (Gidaris et al.,
+    https://arxiv.org/abs/2012.11552): one row per run with its training cost (epochs, batch,
+    parameters, wall time, peak memory, images/s) and its accuracy (base linear, k-NN, few-shot
+    with 95% intervals)."""
     shots = shots_of(records)
     header = [
         "Run",
@@ -307,8 +308,10 @@ DISTILL_COLUMNS = {  # table title -> (cell value of a run's metrics, format, un
 
 
 def distill_tables(runs: dict[str, dict]) -> str:
-    """The IFACD talk's four tables (accuracy, memory, parameters, time): one column per
-    teacher -> student pair, rows 'Teacher (vanilla)', 'Student (vanilla)' and one per
+    """The four tables of the IFACD paper (Rios et al., "IFACD: Intermediate Features Augmented
+    Contrastive Distillation", https://github.com/arkel23/layerwiseclr; CRD's benchmark,
+    https://github.com/HobbitLong/RepDistiller): accuracy, memory, parameters, time: one column
+    per teacher -> student pair, rows 'Teacher (vanilla)', 'Student (vanilla)' and one per
     distillation method, and the average over pairs. Empty when there is no distill run.
     `runs` from `mean_supervised` (one record per run, averaged over seeds, with `seeds`
     = n) adds "mean over N seeds" to each table's note.

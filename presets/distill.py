@@ -22,6 +22,7 @@ scratch project):
 The YAML is written by ruamel (DVC's YAML library): block mappings in insertion order,
 collections of scalars in flow style, which is byte for byte the presets' existing layout.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,12 +32,26 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# The talk's recipe, every teacher, vanilla student and distilled student (keys in this order).
-RECIPE = {"width": 0, "depth": 0, "epochs": 240, "batch_size": 64, "lr": 0.05, "momentum": 0.9,
-          "weight_decay": 0.0005, "warmup_epochs": 0.0, "lr_schedule": "step",
-          "lr_decay_at": [0.625, 0.75, 0.875], "optimizer": "sgd", "clip_grad": 0.0,
-          "collapse_std": 0.01, "sync_bn": True, "padding": 4, "max_images": 0}
-LOSS = {"alpha": 1.0, "beta": 1.0}          # then each method's gamma, temperature and own keys
+# The IFACD paper's recipe (github.com/arkel23/layerwiseclr): every teacher, vanilla, distilled student (keys in order).
+RECIPE = {
+    "width": 0,
+    "depth": 0,
+    "epochs": 240,
+    "batch_size": 64,
+    "lr": 0.05,
+    "momentum": 0.9,
+    "weight_decay": 0.0005,
+    "warmup_epochs": 0.0,
+    "lr_schedule": "step",
+    "lr_decay_at": [0.625, 0.75, 0.875],
+    "optimizer": "sgd",
+    "clip_grad": 0.0,
+    "collapse_std": 0.01,
+    "sync_bn": True,
+    "padding": 4,
+    "max_images": 0,
+}
+LOSS = {"alpha": 1.0, "beta": 1.0}  # then each method's gamma, temperature and own keys
 TEMPERATURE = 4.0
 # run-name prefix -> (method, gamma, the method's own keys), in the tables' row order
 METHODS = {
@@ -49,28 +64,63 @@ METHODS = {
     "rkd": ("rkd", 1.0, {}),
     "pkt": ("pkt", 30000.0, {}),
     "nst": ("nst", 50.0, {}),
-    "crd": ("crd", 0.8, {"embed_dim": 128, "negatives": 16384, "nce_temperature": 0.07,
-                         "memory_momentum": 0.5}),
-    **{f"ifacd{n}": ("ifacd", 0.8, {"layers": n, "embed_dim": 128, "contrast_temperature": 0.07})
-       for n in (1, 2, 3)},
+    "crd": ("crd", 0.8, {"embed_dim": 128, "negatives": 16384, "nce_temperature": 0.07, "memory_momentum": 0.5}),
+    **{f"ifacd{n}": ("ifacd", 0.8, {"layers": n, "embed_dim": 128, "contrast_temperature": 0.07}) for n in (1, 2, 3)},
 }
 # `pretrain:` holds one run only because the pipeline's SSL branch needs one: the untrained control.
-RANDOM_INIT = {"method": "random_init", "arch": "resnet20", "width": 0, "depth": 0, "epochs": 1,
-               "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0,
-               "warmup_epochs": 1.0, "lr_schedule": "cosine", "lr_decay_at": [0.625, 0.75, 0.875],
-               "optimizer": "sgd", "clip_grad": 0.0, "collapse_std": 0.01, "sync_bn": True}
-EVALUATE = {"layer": "last", "batch_size": 512, "linear_epochs": 10, "knn_k": 20,
-            "knn_temperature": 0.07, "few_shot_way": 5, "few_shot_shots": [1, 5],
-            "few_shot_queries": 15, "few_shot_episodes": 200}
-TALK_PAIRS = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("vgg13", "vgg8"),
-              ("resnet56", "resnet20"), ("resnet32x4", "resnet8x4"), ("resnet110", "resnet20")]
+RANDOM_INIT = {
+    "method": "random_init",
+    "arch": "resnet20",
+    "width": 0,
+    "depth": 0,
+    "epochs": 1,
+    "batch_size": 128,
+    "lr": 0.1,
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "warmup_epochs": 1.0,
+    "lr_schedule": "cosine",
+    "lr_decay_at": [0.625, 0.75, 0.875],
+    "optimizer": "sgd",
+    "clip_grad": 0.0,
+    "collapse_std": 0.01,
+    "sync_bn": True,
+}
+EVALUATE = {
+    "layer": "last",
+    "batch_size": 512,
+    "linear_epochs": 10,
+    "knn_k": 20,
+    "knn_temperature": 0.07,
+    "few_shot_way": 5,
+    "few_shot_shots": [1, 5],
+    "few_shot_queries": 15,
+    "few_shot_episodes": 200,
+}
+PAPER_PAIRS = [
+    ("wrn_40_2", "wrn_16_2"),
+    ("wrn_40_2", "wrn_40_1"),
+    ("vgg13", "vgg8"),
+    ("resnet56", "resnet20"),
+    ("resnet32x4", "resnet8x4"),
+    ("resnet110", "resnet20"),
+]
 
 
-def data(source: str, root: str, image_size: int, novel: list[str], ssl_max_images: int,
-         download: bool = False) -> dict:
-    return {"source": source, "root": root, "download": download, "image_size": image_size,
-            "test_fraction": 0.25, "novel_classes": novel, "ssl_classes": "base",
-            "ssl_max_images": ssl_max_images, "max_bad_fraction": 0.01}
+def data(
+    source: str, root: str, image_size: int, novel: list[str], ssl_max_images: int, download: bool = False
+) -> dict:
+    return {
+        "source": source,
+        "root": root,
+        "download": download,
+        "image_size": image_size,
+        "test_fraction": 0.25,
+        "novel_classes": novel,
+        "ssl_classes": "base",
+        "ssl_max_images": ssl_max_images,
+        "max_bad_fraction": 0.01,
+    }
 
 
 # One entry per preset: its how-to-run header, data, pairs, and what it changes in the recipe
@@ -78,24 +128,32 @@ def data(source: str, root: str, image_size: int, novel: list[str], ssl_max_imag
 PRESETS = {
     "distill-cifar100-gpu": dict(
         header="""\
-IFACD's CIFAR-100 benchmark (Rios et al.) in full, for a GPU (NOT RUN: no GPU was available
+IFACD's CIFAR-100 benchmark (Rios et al., https://github.com/arkel23/layerwiseclr; CRD's,
+https://github.com/HobbitLong/RepDistiller) in full, for a GPU (NOT RUN: no GPU was available
 to the session that wrote it): six teacher -> student pairs, every method, RepDistiller's recipe
 (240 epochs, SGD lr 0.05, wd 5e-4, batch 64, x0.1 at epochs 150/180/210, alpha = beta = 1).
   cp presets/distill-cifar100-gpu.yaml params.yaml && make run
 The prepare stage downloads torchvision's CIFAR-100 into data/cifar100 once (online, 169 MB;
 offline, put its cifar-100-python/ there first). {teachers} teachers/vanilla students and
 {runs} distillation runs: on one GPU budget about a day; `dvc repro distill_seed0@kd-resnet56-resnet20`
-runs one cell of the tables (with its teacher). The talk's figures to compare with are in
-its accuracy table (e.g. resnet56 -> resnet20: KD 71.53, CRD 71.45, vanilla 69.0).""",
-        data=data("cifar100", "data/cifar100", 32, ["whale", "willow_tree", "wolf", "woman", "worm"], 1000,
-                  download=True),
-        pairs=TALK_PAIRS, teacher={}, student={}, evaluate=EVALUATE, gpus=1),
+runs one cell of the tables (with its teacher). The IFACD paper's figures to compare with are
+in its accuracy table (e.g. resnet56 -> resnet20: KD 71.53, CRD 71.45, vanilla 69.0).""",
+        data=data(
+            "cifar100", "data/cifar100", 32, ["whale", "willow_tree", "wolf", "woman", "worm"], 1000, download=True
+        ),
+        pairs=PAPER_PAIRS,
+        teacher={},
+        student={},
+        evaluate=EVALUATE,
+        gpus=1,
+    ),
     "distill-cpu": dict(
         header="""\
-Distillation on CIFAR-10 for a 2-core CPU: the IFACD talk's tables for one pair,
+Distillation on CIFAR-10 for a 2-core CPU: the IFACD paper's tables (Rios et al.,
+https://github.com/arkel23/layerwiseclr) for one pair,
 resnet56 -> resnet20, every method (measured: docs/results/distill-cpu/README.md):
   cp presets/distill-cpu.yaml params.yaml && make run
-The talk's recipe (SGD lr 0.05, wd 5e-4, batch 64, x0.1 at 62.5/75/87.5% of the run,
+The IFACD paper's recipe (SGD lr 0.05, wd 5e-4, batch 64, x0.1 at 62.5/75/87.5% of the run,
 alpha = beta = 1, each method's gamma) with the schedule cut: 5,000 of the 50,000 train
 images (a seeded subset, the same for every run), teacher 20 epochs, every student 6
 (the vanilla student too: the same schedule as the distilled ones).
@@ -106,24 +164,28 @@ untrained control, the cheapest (1 epoch of BN statistics on 1,000 images).
 The prepare stage downloads torchvision's CIFAR-10 into data/cifar10 once (online, 170 MB;
 offline, put its cifar-10-batches-py/ there first). The records read a JPEG tarball of it
 instead: -S data.source=imagefolder -S data.root=PATH/cifar10-jpeg.tar.gz.""",
-        data=data("cifar10", "data/cifar10", 32, ["dog", "frog", "horse", "ship", "truck"], 1000,
-                  download=True),
-        pairs=[("resnet56", "resnet20")], teacher={"epochs": 20, "max_images": 5000},
-        student={"epochs": 6, "max_images": 5000}, evaluate=EVALUATE),
+        data=data("cifar10", "data/cifar10", 32, ["dog", "frog", "horse", "ship", "truck"], 1000, download=True),
+        pairs=[("resnet56", "resnet20")],
+        teacher={"epochs": 20, "max_images": 5000},
+        student={"epochs": 6, "max_images": 5000},
+        evaluate=EVALUATE,
+    ),
     "distill-digits": dict(
         header="""\
 Distillation on the embedded digits (16 px, 1,347 train / 450 test images): the IFACD
-talk's four tables for resnet56 -> resnet20 with every method, in minutes on a CPU:
+paper's four tables (Rios et al., https://github.com/arkel23/layerwiseclr) for resnet56 -> resnet20
+with every method, in minutes on a CPU:
   cp presets/distill-digits.yaml params.yaml && make run
-The talk's recipe (SGD lr 0.05, wd 5e-4, batch 64, x0.1 at 62.5/75/87.5% of the run,
+The IFACD paper's recipe (SGD lr 0.05, wd 5e-4, batch 64, x0.1 at 62.5/75/87.5% of the run,
 alpha = beta = 1, each method's gamma) cut to 20 epochs for teacher and students; crop
 padding 2 px (4 of 32, scaled to 16). Digits are easy: expect every row near the top,
 so this preset shows the pipeline and the costs more than the methods' ranking.""",
         data=data("digits", "", 16, ["5", "6", "7", "8", "9"], 0),
-        pairs=[("resnet56", "resnet20")], teacher={"epochs": 20, "padding": 2},
+        pairs=[("resnet56", "resnet20")],
+        teacher={"epochs": 20, "padding": 2},
         student={"epochs": 20, "padding": 2},
-        evaluate={**EVALUATE, "linear_epochs": 100, "few_shot_shots": [1, 5, 10, 50],
-                  "few_shot_episodes": 1000}),
+        evaluate={**EVALUATE, "linear_epochs": 100, "few_shot_shots": [1, 5, 10, 50], "few_shot_episodes": 1000},
+    ),
 }
 FOOTER = "Written by presets/distill.py from its grid: edit that file, then run it."
 
@@ -132,8 +194,13 @@ def resources(gpus: int) -> dict:
     """params.yaml's resources: one process per training stage (and one GPU each on a GPU
     preset), the other stages on CPU cores (see params.yaml for the keys)."""
     train = {"processes": 1, "gpus": gpus, "threads": 2, "mem_mb": 8000, "runtime": 120}
-    return {"pretrain": dict(train), "student": dict(train), "teacher": dict(train), "distill": dict(train),
-            "other": {"processes": 1, "gpus": 0, "threads": 2, "mem_mb": 4000, "runtime": 60}}
+    return {
+        "pretrain": dict(train),
+        "student": dict(train),
+        "teacher": dict(train),
+        "distill": dict(train),
+        "other": {"processes": 1, "gpus": 0, "threads": 2, "mem_mb": 4000, "runtime": 60},
+    }
 
 
 def params(spec: dict) -> dict:
@@ -141,24 +208,43 @@ def params(spec: dict) -> dict:
     and vanilla students in order of first appearance among the pairs; distillation runs pair
     by pair, method by method, named `<method>-<teacher>-<student>` (`<method>` for one pair)."""
     nets = list(dict.fromkeys(arch for pair in spec["pairs"] for arch in pair))
-    taught = {teacher for teacher, _ in spec["pairs"]}   # the rest are vanilla students
-    teachers = {arch: {"method": "supervised", "arch": arch, **RECIPE,
-                       **spec["teacher" if arch in taught else "student"]} for arch in nets}
+    taught = {teacher for teacher, _ in spec["pairs"]}  # the rest are vanilla students
+    teachers = {
+        arch: {"method": "supervised", "arch": arch, **RECIPE, **spec["teacher" if arch in taught else "student"]}
+        for arch in nets
+    }
     distill = {}
     for teacher, student in spec["pairs"]:
         for prefix, (method, gamma, extra) in METHODS.items():
             name = prefix if len(spec["pairs"]) == 1 else f"{prefix}-{teacher}-{student}"
-            distill[name] = {"method": method, "arch": student, **RECIPE, **spec["student"],
-                             "teacher": teacher, **LOSS, "gamma": gamma,
-                             "temperature": TEMPERATURE, **extra}
-    return {"seed": 0, "seeds": [0], "device": "auto", "compute": "auto", "data": spec["data"],
-            "pretrain": {"random_init": RANDOM_INIT},
-            "generations": {}, "teachers": teachers, "distill": distill,
-            "evaluate": spec["evaluate"], "report": {"words_shown": 8, "patches_per_word": 8},
-            "resources": resources(spec.get("gpus", 0))}
+            distill[name] = {
+                "method": method,
+                "arch": student,
+                **RECIPE,
+                **spec["student"],
+                "teacher": teacher,
+                **LOSS,
+                "gamma": gamma,
+                "temperature": TEMPERATURE,
+                **extra,
+            }
+    return {
+        "seed": 0,
+        "seeds": [0],
+        "device": "auto",
+        "compute": "auto",
+        "data": spec["data"],
+        "pretrain": {"random_init": RANDOM_INIT},
+        "generations": {},
+        "teachers": teachers,
+        "distill": distill,
+        "evaluate": spec["evaluate"],
+        "report": {"words_shown": 8, "patches_per_word": 8},
+        "resources": resources(spec.get("gpus", 0)),
+    }
 
 
-@functools.cache    # the pure-Python emitter takes ~1 s for the CIFAR-100 preset
+@functools.cache  # the pure-Python emitter takes ~1 s for the CIFAR-100 preset
 def render(name: str) -> str:
     """The text of presets/<name>.yaml: its header as comments, then its params."""
     from ruamel.yaml import YAML
@@ -167,9 +253,9 @@ def render(name: str) -> str:
     values = params(spec)
     header = spec["header"].format(teachers=len(values["teachers"]), runs=len(values["distill"]))
     yaml = YAML(typ="safe", pure=True)
-    yaml.default_flow_style = None                 # flow style for collections of scalars only
+    yaml.default_flow_style = None  # flow style for collections of scalars only
     yaml.sort_base_mapping_type_on_output = False  # keep the spec's key order
-    yaml.representer.ignore_aliases = lambda data: True   # runs share RECIPE's list: no &anchors
+    yaml.representer.ignore_aliases = lambda data: True  # runs share RECIPE's list: no &anchors
     body = io.StringIO()
     yaml.dump(values, body)
     comments = "".join(f"# {line}".rstrip() + "\n" for line in [*header.splitlines(), FOOTER])
@@ -193,8 +279,10 @@ def main(argv: list[str]) -> int:
             path.write_text(text)
             print(f"wrote {path.relative_to(HERE.parent)}", file=sys.stderr)
     if stale:
-        print(f"differs from presets/distill.py's output: {', '.join(stale)} "
-              f"(run .venv/bin/python presets/distill.py)", file=sys.stderr)
+        print(
+            f"differs from presets/distill.py's output: {', '.join(stale)} (run .venv/bin/python presets/distill.py)",
+            file=sys.stderr,
+        )
     return 1 if stale else 0
 
 

@@ -13,7 +13,8 @@ Two kinds of runs use it, one DVC stage each per entry of params.yaml:
         --method kd --teacher resnet56 --arch resnet20 --epochs 240 ...
 
 Metrics: top1 (%), the trained parameters (student + the method's extra modules, as the
-talk counts them; the teacher excluded), wall time and peak memory of training.
+IFACD paper counts them: Rios et al., https://github.com/arkel23/layerwiseclr; the teacher
+excluded), wall time and peak memory of training.
 """
 
 from __future__ import annotations

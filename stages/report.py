@@ -113,7 +113,7 @@ def main(argv=None):
                         "## Distillation",
                         "",
                         "Rows: the teacher and the student trained alone, then each distillation method; "
-                        "columns: teacher → student pairs (the IFACD talk's tables).",
+                        "columns: teacher → student pairs (the IFACD paper's tables).",
                         "",
                         distillation,
                     ]

@@ -188,7 +188,7 @@ def test_family_presets_train_every_method_the_same_way():
         assert len(vits) == 1, f"{name}: every ViT method gets the same backbone and budget"
 
 
-def test_distill_presets_run_every_method_on_the_talks_pairs():
+def test_distill_presets_run_every_method_on_the_ifacd_papers_pairs():
     from bowflow.config import distillation_methods
 
     cpu, gpu = (load_yaml(ROOT / "presets" / f"distill-{kind}.yaml") for kind in ("cpu", "cifar100-gpu"))

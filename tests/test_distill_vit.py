@@ -1,4 +1,5 @@
-"""Distillation with a vision transformer on either side (issue 16, the IFACD talk's future work).
+"""Distillation with a vision transformer on either side (issue 16, the future work of the IFACD paper, Rios et
+al., "IFACD: Intermediate Features Augmented Contrastive Distillation", https://github.com/arkel23/layerwiseclr).
 
 A ViT's stages are its blocks and a stage's map is its patch tokens on the grid
 [B, D, H/p, W/p] (bowflow/vit.py), so every distiller reads a ViT as it reads a convnet:

@@ -5,8 +5,8 @@ RepDistiller's `LinearEmbed`; the teacher's head is trained too), and L_method i
 RepDistiller's `Correlation` on the two embeddings (`distill_losses.cc_loss`): the
 products of the student-teacher gaps |s_i - t_i| of neighbouring images in the batch.
 gamma = 0.02, the benchmark's weight for that definition. This is the benchmark's CC,
-not the paper's kernel-matrix congruence (see docs/fidelity/distillation.md): the
-seed's gamma and numbers are for the benchmark's. The two heads are trainable
+not the paper's kernel-matrix congruence (see docs/fidelity/distillation.md): RepDistiller's
+benchmark gamma and numbers are for the benchmark's. The two heads are trainable
 parameters of the run (counted in its parameters, not in the exported student).
 """
 

@@ -1,6 +1,6 @@
 """Context encoder (Pathak et al., CVPR 2016; pathak22/context-encoder, `train.lua`): fill
-in a hidden centre from its surroundings. The classic input-reconstruction baseline of the
-feature-prediction talk.
+in a hidden centre from its surroundings. The classic input-reconstruction baseline of Gidaris et al.'s
+feature-prediction papers (BoWNet https://arxiv.org/abs/2002.12247, OBoW https://arxiv.org/abs/2012.11552).
 
 Each step: a padded random crop + flip of every image -> the central square (`hole`, a
 fraction of the side; theirs 64 of 128 px) less its outer `overlap` pixels is blanked to the

@@ -1,17 +1,17 @@
-"""IFACD (the second reference talk): the teacher's intermediate features are extra
-views of an image in a contrastive loss.
+"""IFACD (Rios et al., "IFACD: Intermediate Features Augmented Contrastive Distillation"): the teacher's
+intermediate features are extra views of an image in a contrastive loss (code: https://github.com/arkel23/layerwiseclr).
 
 View 0 is the student's pooled feature, views 1..L the teacher's last L stage maps
 (ifacd1: the last stage; ifacd2: the last two; ifacd3: three), each through its own
 rescaler MLP (pool -> linear -> BN -> ReLU -> linear, L2-normalised; `RescalerMLP`). A
 SimCLR-style multi-view InfoNCE (`supcon_loss` of bowflow/contrastive.py, without labels,
 temperature 0.07) makes all views of an image positives and every view of every other
-image in the batch a negative: no memory bank. Positives as the talk puts it:
+image in the batch a negative: no memory bank. Positives as the paper puts it:
 "representation for a given image across different layers should be closer between each
 other than to any other image in same layer or in other layers"; the authors' code calls
-SupCon without labels (its labelled form is SupCon's supervised loss, not what the talk
+SupCon without labels (its labelled form is SupCon's supervised loss, not what the paper
 reports). gamma = 0.8, CRD's weight, which the authors' code base (built on CRD's) keeps.
-Trainable extras: L + 1 rescalers (the talk counts them as parameters).
+Trainable extras: L + 1 rescalers (the paper counts them as parameters).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class RescalerMLP(nn.Module):
 
     [B, C, H, W] (global average pool) / [B, N, C] (tokens, mean) / [B, C] -> linear(c_in,
     hidden) -> BatchNorm1d or LayerNorm -> ReLU or GELU -> linear(hidden, dim) ->
-    L2-normalised [B, dim]. hidden defaults to dim (as in the authors' code); the talk
+    L2-normalised [B, dim]. hidden defaults to dim (as in the authors' code); the paper
     pairs BN with ReLU (CNNs) and LN with GELU (ViTs). Note BN needs B > 1 in training.
     """
 
@@ -61,7 +61,7 @@ class IFACDParams(DistillParams):
     method: str = "ifacd"
     gamma: float = param(0.8, "IFACD weight (CRD's 0.8)")
     layers: int = param(
-        1, "teacher stages used as views, counted from the last (the talk: 1, 2, 3; best at 2)", above=0
+        1, "teacher stages used as views, counted from the last (the IFACD paper: 1, 2, 3; best at 2)", above=0
     )
     embed_dim: int = param(128, "common space of the views (128, as CRD)", above=0)
     contrast_temperature: float = param(0.07, "SupCon temperature (0.07)", above=0)

@@ -1,6 +1,6 @@
-"""IFACLR (Rios et al., the IFACD talk's appendix): SimCLR whose positives are also the
-network's own intermediate layers. The authors' code is `arkel23/layerwiseclr`, mode
-`simlwclr` (lit_simlwclr.py); this module follows it.
+"""IFACLR (Rios et al., the appendix of "IFACD: Intermediate Features Augmented Contrastive Distillation"):
+SimCLR whose positives are also the network's own intermediate layers. The authors' code is
+https://github.com/arkel23/layerwiseclr, mode `simlwclr` (lit_simlwclr.py); this module follows it.
 
 Each step: two views of every image (SimCLR's CIFAR recipe, as the authors'). View 1 -> the backbone's last-layer
 feature -> projector -> z_1 [B, D]. View 2 -> the features of its last `layers` layers, each

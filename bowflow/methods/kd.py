@@ -3,7 +3,9 @@ at temperature T, beside the cross-entropy on the labels.
 
 Loss = alpha * CE + beta * T^2 * KL(teacher_T || student_T) (`distill_losses.kd_loss`):
 exactly the shared `Distiller` loss with no method term, so every other distillation
-method is "KD plus gamma * its own term", as the benchmark of the IFACD talk runs them.
+method is "KD plus gamma * its own term", as the benchmark of the IFACD paper (Rios et al.,
+https://github.com/arkel23/layerwiseclr; CRD's benchmark, RepDistiller
+https://github.com/HobbitLong/RepDistiller) runs them.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ def pkt_loss(s_emb: torch.Tensor, t_emb: torch.Tensor, eps: float = 1e-7) -> tor
     s_emb [B, ...], t_emb [B, ...] (flattened, L2-normalised; teacher detached). Row i of
     P = (cos + 1) / 2 divided by its row sum is a distribution over the batch (self
     included); loss = mean over all B^2 entries of p_t log((p_t + eps) / (p_s + eps)),
-    i.e. the mean per-row KL(p_t || p_s) divided by B (RepDistiller's scale, which the
-    seed's gamma = 30000 assumes).
+    i.e. the mean per-row KL(p_t || p_s) divided by B (RepDistiller's scale, which
+    its benchmark's gamma = 30000 assumes: https://github.com/HobbitLong/RepDistiller).
     """
 
     def neighbours(x):

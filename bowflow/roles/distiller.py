@@ -45,8 +45,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
     student_logits, teacher_logits [B, K] (teacher detached here). The KL is
     `soft_targets.kl_to_target` (shared with OBoW). The T^2 keeps the gradient's size
-    comparable to the cross-entropy term as T changes. T = 4 (the seed's benchmark). 0
-    when the logits agree up to a per-row constant.
+    comparable to the cross-entropy term as T changes. T = 4 (RepDistiller's benchmark,
+    https://github.com/HobbitLong/RepDistiller). 0 when the logits agree up to a per-row constant.
     """
     target = F.softmax(teacher_logits.detach() / temperature, dim=1)
     return kl_to_target(student_logits / temperature, target) * temperature**2

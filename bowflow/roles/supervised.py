@@ -1,8 +1,8 @@
-"""Role: supervised from labels. Runs are entries of `teachers:` (the teachers that
-distillation compresses, and the vanilla students the distilled ones are compared with; IFACD
-talk, its CIFAR-100 recipe), trained by stages.distill on every labelled train image. The
-role is itself a complete method (`methods/supervised.py` registers it); the distillers
-(`bowflow.roles.distiller`) extend it.
+"""Role: supervised from labels. Runs are entries of `teachers:` (the teachers that distillation compresses,
+and the vanilla students the distilled ones are compared with; the IFACD paper's CIFAR-100 recipe: Rios et al.,
+https://github.com/arkel23/layerwiseclr), trained by stages.distill on every labelled train image. The role is
+itself a complete method (`methods/supervised.py` registers it); the distillers (`bowflow.roles.distiller`)
+extend it.
 
 Input: the standard CIFAR crop-with-padding + flip. Network: the backbone, global average
 pool, then `classifier` = linear(C, num_classes). Loss: cross-entropy on the labels.
