@@ -287,6 +287,9 @@ def load_supervised(train_dir: Path, names: list[str] | None = None) -> dict[str
             continue
         record = json.loads(path.read_text())
         if "top1" in record:
+            finetune = Path(train_dir).parent / "finetune" / path.name  # stages/finetune.py, when it ran
+            if finetune.exists():
+                record["finetune"] = json.loads(finetune.read_text())["finetune"]
             runs[path.stem] = record
     return runs
 
@@ -819,12 +822,13 @@ def summary(per_seed: dict[str, dict[int, dict]], supervised: dict[str, dict[int
             if record:
                 row |= {"linear": record["linear_base"], "knn": record["knn_all"]}
                 row |= {f"shot_{n}": record["few_shot"][n]["mean"] for n in sorted(record.get("few_shot", {}), key=int)}
-                row |= {
-                    f"ft_{finetune_metric(f)[len('finetune_') :]}": r["top1"]
-                    for f, r in sorted(record.get("finetune", {}).items(), key=lambda item: float(item[0]))
-                }
             if "top1" in train:
                 row["top1"] = train["top1"]
+            finetune = record.get("finetune") or train.get("finetune") or {}  # evaluated or supervised runs
+            row |= {
+                f"ft_{finetune_metric(f)[len('finetune_') :]}": r["top1"]
+                for f, r in sorted(finetune.items(), key=lambda item: float(item[0]))
+            }
             if "wall_seconds" in train:
                 row["train_min"] = train["wall_seconds"] / 60
             for key, value in row.items():

@@ -158,9 +158,10 @@ def novel_counts(manifest: dict) -> dict[str, int]:
 @dataclass
 class FineTuneParams(Section):
     """Semi-supervised fine-tuning (stages/finetune.py, bowflow/finetune.py): an optional
-    section; with it, every pretrain run and generation is also fine-tuned, whole network and
-    a new linear head, on each labelled fraction. Defaults are SimCLR's protocol (appendix
-    B.5 of https://arxiv.org/abs/2002.05709), which OBoW, BYOL and SwAV report."""
+    section; with it, every run (pretrain, generation, teacher, distillation) is also
+    fine-tuned, whole network and a new linear head, on each labelled fraction. Defaults are
+    SimCLR's protocol (appendix B.5 of https://arxiv.org/abs/2002.05709), which OBoW, BYOL
+    and SwAV report."""
 
     fractions: list[float] = param(
         [0.01, 0.1],

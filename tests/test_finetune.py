@@ -100,7 +100,7 @@ def test_the_section_adds_a_finetune_stage_per_evaluated_run_and_seed(params):
     without, with_it = render([0, 1], params), render([0, 1], dict(params, finetune={}))
     assert "stages.finetune" not in without
     for seed in (0, 1):
-        for group in (f"finetune_pretrain_seed{seed}:", f"finetune_student_seed{seed}:"):
+        for group in (f"finetune_{kind}_seed{seed}:" for kind in ("pretrain", "student", "teacher", "distill")):
             assert group in with_it
         assert f"--out data/metrics/seed{seed}/finetune/${{key}}.json" in with_it
     assert "--pipeline-layout finetune" in with_it and "--pipeline-layout" not in without

@@ -176,27 +176,27 @@ def test_the_readme_exp_show_fits_a_terminal(one_of_each_project):
 @pytest.mark.slow
 def test_adding_fine_tuning_reruns_only_its_stages_and_the_report(one_of_each_project, tmp_path):
     """A `finetune:` section added to a finished project (dvc.yaml rewritten, as
-    `python -m workflow.pipeline` does) runs one fine-tuning stage per evaluated run, the
-    params check and the report: nothing that exists reruns. The report and the summary
-    carry a column per fraction, and the stage's record holds each fraction's test top-1."""
+    `python -m workflow.pipeline` does) runs one fine-tuning stage per run (pretrain, generation,
+    teacher, distilled student), the params check and the report: nothing that exists reruns.
+    The report and the summary carry a column per fraction, and the stage's record holds each
+    fraction's test top-1."""
     project = tmp_path / "project"
     shutil.copytree(one_of_each_project[0], project, symlinks=True)
     params = load_yaml(project / "params.yaml")
     params["finetune"] = {"fractions": [0.05, 0.2], "epochs": [2, 1], "batch_size": 64}
     write_params(project, params)
-    evaluated = [*params["pretrain"], *params["generations"]]
+    kinds = {"pretrain": "pretrain", "generations": "student", "teachers": "teacher", "distill": "distill"}
     assert repro(project) == {
         "check_params",
         "report",
-        *seeded(*{f"finetune_pretrain@{r}" for r in params["pretrain"]}),
-        *seeded(*{f"finetune_student@{r}" for r in params["generations"]}),
+        *seeded(*{f"finetune_{kind}@{name}" for section, kind in kinds.items() for name in params[section]}),
     }
-    for name in evaluated:
+    for name in [name for section in kinds for name in params[section]]:
         record = json.loads((project / f"data/metrics/seed0/finetune/{name}.json").read_text())
         assert set(record["finetune"]) == {"0.05", "0.2"}
         assert record["finetune"]["0.05"]["train_images"] < record["finetune"]["0.2"]["train_images"]
         assert all(0 <= r["top1"] <= 100 for r in record["finetune"].values())
     summary = json.loads((project / SUMMARY).read_text())
-    assert all({"ft_5pct", "ft_20pct"} <= set(summary[name]) for name in evaluated)
+    assert all({"ft_5pct", "ft_20pct"} <= set(values) for values in summary.values()), summary
     assert "Fine-tuned 5% | Fine-tuned 20%" in (project / "data/report/report.md").read_text()
     assert repro(project) == set()

@@ -251,7 +251,7 @@ def seed_stages(seed: int, params: dict | None = None) -> dict[str, dict]:
             },
         },
     }
-    if "finetune" in params:  # optional: semi-supervised fine-tuning of every evaluated run
+    if "finetune" in params:  # optional: semi-supervised fine-tuning of every run of every section
         finetune = {
             "cmd": (
                 f"bin/python -m stages.finetune --prepared data/prepared --model {p['models']}/${{key}}/model.pt "
@@ -263,6 +263,8 @@ def seed_stages(seed: int, params: dict | None = None) -> dict[str, dict]:
         }
         groups[f"finetune_pretrain_seed{seed}"] = {"foreach": "${pretrain}", "do": finetune}
         groups[f"finetune_student_seed{seed}"] = {"foreach": "${generations}", "do": finetune}
+        groups[f"finetune_teacher_seed{seed}"] = {"foreach": "${teachers}", "do": finetune}
+        groups[f"finetune_distill_seed{seed}"] = {"foreach": "${distill}", "do": finetune}
     for section, kind in (("pretrain", "pretrain"), ("teachers", "teacher")):
         foreach = foreach_of(section, imports, runs[section], imported=True)
         if foreach:
