@@ -18,7 +18,15 @@ from benchmark_cli import run_benchmark
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("bench_augment", "bench_compute", "bench_targets", "bench_vocab", "bench_fewshot", "bench_pipeline")
+BENCHMARKS = (
+    "bench_augment",
+    "bench_compute",
+    "bench_targets",
+    "bench_vocab",
+    "bench_fewshot",
+    "bench_pipeline",
+    "bench_methods",
+)
 MACHINE_A = ["avx2", "fma", "avx512f", "avx512_bf16"]  # docs/BENCHMARKS.md's machine A class
 
 
