@@ -57,7 +57,21 @@ def load_lineage(eval_dir: Path, names: list[str] | None = None) -> list[dict]:
         finetune = finetune_dir / f"{record['name']}.json"  # stages/finetune.py, when it ran
         if finetune.exists():
             record["finetune"] = json.loads(finetune.read_text())["finetune"]
+        attach_transfer(record, Path(eval_dir).parent, record["name"])
     return ordered
+
+
+def attach_transfer(record: dict, seed_dir: Path, name: str) -> None:
+    """The run's transfer results (stages/transfer.py, when it ran: seedS/transfer/NAME.json)
+    as record["transfer"]: {source: {metric, value, ...}}."""
+    path = Path(seed_dir) / "transfer" / f"{name}.json"
+    if path.exists():
+        record["transfer"] = json.loads(path.read_text())["transfer"]
+
+
+def transfer_metric(source: str, result: dict) -> str:
+    """A transfer source's metric name: 'transfer_<source>_top1' or 'transfer_<source>_map'."""
+    return f"transfer_{source}_{result['metric']}"
 
 
 def finetune_metric(fraction: str) -> str:
@@ -290,6 +304,7 @@ def load_supervised(train_dir: Path, names: list[str] | None = None) -> dict[str
             finetune = Path(train_dir).parent / "finetune" / path.name  # stages/finetune.py, when it ran
             if finetune.exists():
                 record["finetune"] = json.loads(finetune.read_text())["finetune"]
+            attach_transfer(record, Path(train_dir).parent, path.stem)
             runs[path.stem] = record
     return runs
 
@@ -483,6 +498,7 @@ def accuracy_values(record: dict) -> dict[str, float]:
     values = {f"few_shot_{n}": record["few_shot"][n]["mean"] for n in sorted(record.get("few_shot", {}), key=int)}
     values |= {key: record[key] for key in ("linear_base", "knn_all", "top1") if key in record}
     values |= {finetune_metric(f): r["top1"] for f, r in record.get("finetune", {}).items()}
+    values |= {transfer_metric(s, r): r["value"] for s, r in record.get("transfer", {}).items()}
     return values
 
 
@@ -492,18 +508,22 @@ def metric_label(metric: str) -> str:
         return f"n = {metric[len('few_shot_') :]}"
     if metric.startswith("finetune_"):
         return f"Fine-tuned {metric[len('finetune_') : -len('pct')]}%"
+    if metric.startswith("transfer_"):
+        source, _, kind = metric[len("transfer_") :].rpartition("_")
+        return f"Transfer {source} {'mAP' if kind == 'map' else 'top-1'}"
     return {"linear_base": "Base linear", "knn_all": "k-NN", "top1": "Top-1"}[metric]
 
 
 def metric_order(metrics) -> list[str]:
-    """Few-shot columns by n, then base linear, k-NN, fine-tuning by fraction, top-1 (as the
-    main table)."""
+    """Few-shot columns by n, then base linear, k-NN, fine-tuning by fraction, transfer by
+    source name, top-1 (as the main table)."""
     shots = sorted((m for m in set(metrics) if m.startswith("few_shot_")), key=lambda m: int(m[9:]))
     finetuned = sorted(
         (m for m in set(metrics) if m.startswith("finetune_")), key=lambda m: float(m[len("finetune_") : -len("pct")])
     )
     rest = [m for m in ("linear_base", "knn_all") if m in set(metrics)]
-    return shots + rest + finetuned + (["top1"] if "top1" in set(metrics) else [])
+    transferred = sorted(m for m in set(metrics) if m.startswith("transfer_"))
+    return shots + rest + finetuned + transferred + (["top1"] if "top1" in set(metrics) else [])
 
 
 def spread(values: list[float]) -> dict:
@@ -806,7 +826,9 @@ def summary(per_seed: dict[str, dict[int, dict]], supervised: dict[str, dict[int
     `metrics:` (data/metrics/summary.json, written by the report stage; every stage's full
     record stays an output that is not a metric). {run: {linear, knn, shot_N (each shot
     count's mean accuracy over episodes), ft_Ppct (test top-1 after fine-tuning on P% of the
-    labels, with a `finetune:` section), top1 (teacher and distill runs: test top-1),
+    labels, with a `finetune:` section), tr_SOURCE_top1 / tr_SOURCE_map (linear transfer to
+    each source of a `transfer:` section: test top-1, or VOC07 SVM mAP), top1 (teacher and
+    distill runs: test top-1),
     train_min (the training stage's wall clock, minutes), n_seeds}}; each value the mean
     over the run's seeds, rounded to two decimals. `per_seed`: `load_seeds` (evaluated
     runs, lineage order), `supervised`: `load_supervised_seeds` (runs with a test top-1)."""
@@ -829,6 +851,8 @@ def summary(per_seed: dict[str, dict[int, dict]], supervised: dict[str, dict[int
                 f"ft_{finetune_metric(f)[len('finetune_') :]}": r["top1"]
                 for f, r in sorted(finetune.items(), key=lambda item: float(item[0]))
             }
+            transfer = record.get("transfer") or train.get("transfer") or {}  # evaluated or supervised runs
+            row |= {f"tr_{source}_{r['metric']}": r["value"] for source, r in sorted(transfer.items())}
             if "wall_seconds" in train:
                 row["train_min"] = train["wall_seconds"] / 60
             for key, value in row.items():

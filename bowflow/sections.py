@@ -202,6 +202,104 @@ class FineTuneParams(Section):
             raise ValueError(f"fractions lists a fraction more than once: {self.fractions}")
 
 
+# The kinds of labelled source a `transfer:` source can name: the single-label sources of
+# `data:` (bowflow.data.sources, linear probe top-1) and the multi-label box sources
+# (bowflow.data.boxes: VOC-style, per-class linear SVMs, mAP).
+TRANSFER_SINGLE = tuple(SOURCES)
+TRANSFER_MULTI = ("voc", "shapes")
+SINGLE_LABEL, MULTI_LABEL = "single_label", "multi_label"  # a prepared transfer source's `task`
+
+
+@dataclass
+class TransferSourceParams(Section):
+    """One labelled source of `transfer.sources` (stages/prepare_transfer.py,
+    bowflow/data/transfer.py): prepared once, for every run and seed, into its own tables."""
+
+    source: str = param(
+        "",
+        "the kind of source: single-label "
+        + " | ".join(TRANSFER_SINGLE)
+        + " (linear probe, top-1); multi-label "
+        + " | ".join(TRANSFER_MULTI)
+        + " (VOC07 per-class linear SVMs, mAP)",
+        choices=TRANSFER_SINGLE + TRANSFER_MULTI,
+    )
+    root: str = param(
+        "",
+        "folder (or .tar.gz) of the images, torchvision root, or a VOC year folder "
+        "(VOCdevkit/VOC2007; several joined by '+' train on their train splits together)",
+    )
+    download: bool = param(False, "let torchvision download into root")
+    image_size: int = param(
+        16, "pixels; every image is resized to it (the runs' data.image_size is the natural choice)"
+    )
+    test_fraction: float = param(
+        0.25, "test share when the source has no split (digits, a flat image folder)", above=0, below=1
+    )
+    max_bad_fraction: float = param(0.01, "tolerated share of unreadable images", low=0, high=1)
+    train_split: str = param("trainval", "voc: the ImageSets/Main split trained on (VOC07: trainval)")
+    test_split: str = param("test", "voc: the split scored (VOC07: test)")
+    n_train: int = param(1000, "shapes: generated training images", above=0)
+    n_test: int = param(500, "shapes: generated test images", above=0)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.source in TRANSFER_MULTI
+
+    def validate(self) -> None:
+        super().validate()
+        minimum = 12 if self.source == "shapes" else 8  # a shapes glyph is 10 px
+        if self.image_size < minimum:
+            raise ValueError(
+                f"image_size must be >= {minimum} pixels for source '{self.source}', got {self.image_size}"
+            )
+        if self.source not in ("digits", "shapes") and not self.root.strip():
+            raise ValueError(
+                f"root must name the data of source '{self.source}' (a folder, tarball or VOC year folder)"
+            )
+
+
+@dataclass
+class TransferParams(Section):
+    """Linear transfer (stages/transfer.py, bowflow/transfer.py): an optional top-level
+    section; with it, every run (pretrain, generation, teacher, distillation, imported) is
+    also scored on each labelled source of `sources`, its backbone frozen: a single-label
+    source by the linear probe of the evaluate stage (top-1), a multi-label one by the
+    VOC07 protocol of Goyal et al. 2019 as OBoW runs it (one linear SVM per class, cost by
+    3-fold cross-validation, mAP). A section of its own, not a key of `evaluate:`, so that
+    adding it to a finished project reruns only its stages and the report
+    (docs/fidelity/transfer.md)."""
+
+    sources: dict[str, dict] = param(
+        {}, "NAME: a source (TransferSourceParams keys); each is prepared once, as data/transfer/NAME/"
+    )
+    layer: str = param("last", "stage whose pooled features are transferred (as evaluate.layer)")
+    batch_size: int = param(256, "images per forward pass of the frozen backbone", above=0)
+    linear_epochs: int = param(100, "single-label: epochs of the linear probe (as evaluate.linear_epochs)", above=0)
+    svm_costs: list[float] = param(
+        [0.05, 0.1, 0.3, 0.5, 1.0, 3.0, 5.0],
+        "multi-label: SVM costs C tried per class (OBoW's list; 0.5^4 .. 0.5^19 are always added, "
+        "as the benchmark's parse_cost_list does)",
+        above=0,
+    )
+    svm_folds: int = param(
+        3, "multi-label: cross-validation folds choosing each class's cost (the benchmark: 3)", low=2
+    )
+    svm_positive_weight: float = param(
+        2.0, "multi-label: class weight of the positives, negatives 1 (the benchmark: {1: 2, -1: 1})", above=0
+    )
+    svm_max_iter: int = param(2000, "multi-label: LinearSVC iterations (the benchmark: 2000)", above=0)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.sources:
+            raise ValueError("sources must name at least one source (NAME: {source: ..., ...})")
+        if not (self.layer == "last" or self.layer.startswith("stage")):
+            raise ValueError(f"layer must be 'last' or 'stageN', got '{self.layer}'")
+        if not self.svm_costs:
+            raise ValueError("svm_costs must list at least one cost > 0, got []")
+
+
 @dataclass
 class ReportParams(Section):
     words_shown: int = param(8, "visual words pictured in the report", above=0)

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import yaml
 
-from bowflow.paramcheck.dvc_sync import dvc_layout
+from bowflow.paramcheck.dvc_sync import dvc_layout, transfer_sources
 from bowflow.weights import import_runs
 from workflow.imports import ROOT, closure
 
@@ -88,6 +88,10 @@ def code_deps(module: str, trains: str = "", validates: bool = False) -> list[st
         files.add(METHOD_FOLDER)  # every method module, and one added later
     listed = sorted(files)
     return ([f"{METHOD_FOLDER}/${{{trains}}}.py"] if trains else []) + listed
+
+
+# Where prepare_transfer writes each source of params.yaml's optional `transfer.sources`.
+TRANSFER_DATA = "data/transfer"
 
 
 def seed_paths(seed: int) -> dict[str, str]:
@@ -265,6 +269,24 @@ def seed_stages(seed: int, params: dict | None = None) -> dict[str, dict]:
         groups[f"finetune_student_seed{seed}"] = {"foreach": "${generations}", "do": finetune}
         groups[f"finetune_teacher_seed{seed}"] = {"foreach": "${teachers}", "do": finetune}
         groups[f"finetune_distill_seed{seed}"] = {"foreach": "${distill}", "do": finetune}
+    if "transfer" in params:  # optional: linear transfer of every run to each transfer source
+        sources = [f"{TRANSFER_DATA}/{name}" for name in transfer_sources(params)]
+        transfer = {
+            "cmd": (
+                f"bin/python -m stages.transfer --data {' '.join(sources)} --model {p['models']}/${{key}}/model.pt "
+                f"--out {p['metrics']}/transfer/${{key}}.json --seed {seed} --device ${{device}} ${{transfer}}"
+            ),
+            "deps": [*sources, f"{p['models']}/${{key}}/model.pt", *code_deps("stages.transfer")],
+            "params": ["device", "transfer"],
+            "outs": [record(f"{p['metrics']}/transfer/${{key}}.json")],
+        }
+        for section, kind in (
+            ("pretrain", "pretrain"),
+            ("generations", "student"),
+            ("teachers", "teacher"),
+            ("distill", "distill"),
+        ):
+            groups[f"transfer_{kind}_seed{seed}"] = {"foreach": f"${{{section}}}", "do": transfer}
     for section, kind in (("pretrain", "pretrain"), ("teachers", "teacher")):
         foreach = foreach_of(section, imports, runs[section], imported=True)
         if foreach:
@@ -298,6 +320,19 @@ def stages(seeds: list[int], params: dict | None = None) -> dict[str, dict]:
             "outs": [{"data/prepared": {"type": "directory"}}],
         },
     }
+    if "transfer" in (params or {}):  # each transfer source prepared once, for every run and seed
+        out["prepare_transfer"] = {
+            "foreach": "${transfer.sources}",
+            "do": {
+                "cmd": (
+                    f"bin/python -m stages.prepare_transfer --name ${{key}} --out {TRANSFER_DATA}/${{key}} "
+                    "--seed ${seed} ${item}"
+                ),
+                "deps": ["data/checked_params.txt", *code_deps("stages.prepare_transfer")],
+                "params": ["seed", "transfer.sources.${key}"],
+                "outs": [{f"{TRANSFER_DATA}/${{key}}": {"type": "directory"}}],
+            },
+        }
     for seed in seeds:
         out.update(seed_stages(seed, params))
     out["report"] = {

@@ -20,14 +20,24 @@ def check_pipeline_seeds(seeds: list[int], pipeline_seeds: list[int] | None) -> 
 
 
 # Optional params sections that add stage groups to dvc.yaml when present (the fine-tuning
-# stages of `finetune:`): their names are part of the layout.
-STAGE_SECTIONS = ("finetune",)
+# stages of `finetune:`, the transfer stages of `transfer:`): their names are part of the layout.
+STAGE_SECTIONS = ("finetune", "transfer")
+
+
+def transfer_sources(params: dict) -> list[str]:
+    """The names of params.yaml's `transfer.sources`, in params order ([] when none): dvc.yaml
+    names each one's folder as a dep of the transfer stages."""
+    section = params.get("transfer")
+    sources = section.get("sources") if isinstance(section, dict) else None
+    return [str(name) for name in sources] if isinstance(sources, dict) else []
 
 
 def dvc_layout(params: dict) -> list[str]:
     """What dvc.yaml spells out from params.yaml besides its seeds: the imported runs
-    (`bowflow.weights.pipeline_layout`), then each optional section with stages it has."""
-    return pipeline_layout(params) + [section for section in STAGE_SECTIONS if section in params]
+    (`bowflow.weights.pipeline_layout`), then each optional section with stages it has, and
+    the transfer sources as 'transfer.sources.NAME'."""
+    sections = [section for section in STAGE_SECTIONS if section in params]
+    return pipeline_layout(params) + sections + [f"transfer.sources.{name}" for name in transfer_sources(params)]
 
 
 def check_pipeline_layout(params: dict, layout: list[str]) -> None:
@@ -44,6 +54,12 @@ def check_pipeline_layout(params: dict, layout: list[str]) -> None:
                 f"written {'without' if section in params else 'with'} its stages: run "
                 f"`bin/python -m workflow.pipeline` to rewrite dvc.yaml (make run does), "
                 f"then run again"
+            )
+        source = next((token for token in differ if token.startswith("transfer.sources.")), None)
+        if source:
+            raise ParamsError(
+                f"transfer.sources: dvc.yaml was written for other transfer sources ({source!r} differs): "
+                f"run `bin/python -m workflow.pipeline` to rewrite dvc.yaml (make run does), then run again"
             )
         raise ParamsError(
             f"pretrain/teachers: dvc.yaml was written for other imported runs or run "

@@ -18,7 +18,16 @@ from bowflow.paramcheck.data_needs import data_needs
 from bowflow.paramcheck.run_sections import check_generations, check_pretrain, check_supervised
 from bowflow.paramcheck.runs import RUN_SECTIONS
 from bowflow.paramcheck.schema import check_scalars, check_section
-from bowflow.sections import DataParams, EvalParams, FineTuneParams, ParamsError, ReportParams, check_data_needs
+from bowflow.paramcheck.transfer import check_transfer
+from bowflow.sections import (
+    DataParams,
+    EvalParams,
+    FineTuneParams,
+    ParamsError,
+    ReportParams,
+    TransferParams,
+    check_data_needs,
+)
 
 TOP_LEVEL = {
     "seed": int,
@@ -32,7 +41,12 @@ TOP_LEVEL = {
     "resources": dict,
 }
 # Sections a params.yaml may leave out: each adds stages when present (workflow/pipeline.py).
-OPTIONAL = {"finetune": FineTuneParams}
+OPTIONAL = {"finetune": FineTuneParams, "transfer": TransferParams}
+
+
+def check_optional(key: str, section: type, values: object):
+    """One optional section; `transfer:` also checks each of its sources (paramcheck/transfer.py)."""
+    return check_transfer(values) if key == "transfer" else check_section(section, values, key)
 
 
 def validate_params(params: dict, manifest: dict | None = None) -> dict:
@@ -60,7 +74,7 @@ def validate_params(params: dict, manifest: dict | None = None) -> dict:
         "generations": check_generations(params["generations"], pretrain),
         "evaluate": check_section(EvalParams, params["evaluate"], "evaluate"),
         "report": check_section(ReportParams, params["report"], "report"),
-        **{key: check_section(section, params[key], key) for key, section in OPTIONAL.items() if key in params},
+        **{key: check_optional(key, section, params[key]) for key, section in OPTIONAL.items() if key in params},
     }
     checked["teachers"], checked["distill"] = check_supervised(
         params["teachers"], params["distill"], set(pretrain) | set(checked["generations"])
