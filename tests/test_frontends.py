@@ -65,11 +65,18 @@ def snakemake_jobs(result: subprocess.CompletedProcess) -> dict[frozenset, dict]
     return jobs
 
 
-@pytest.fixture(scope="module", params=["repo", "tiny", "finetune"])
+TRANSFER = {"sources": {"scenes": {"source": "shapes", "image_size": 12, "n_train": 80, "n_test": 60}}}
+
+
+@pytest.fixture(scope="module", params=["repo", "tiny", "finetune", "transfer"])
 def dry_run(request, tmp_path_factory):
     """(project, its Snakemake dry run): this repository, a scratch tiny project, and one with
-    the optional `finetune:` section (its stages)."""
-    params = {"tiny": tiny_params, "finetune": lambda: dict(tiny_params(every_method=False), finetune={})}
+    each optional section, `finetune:` and `transfer:` (their stages)."""
+    params = {
+        "tiny": tiny_params,
+        "finetune": lambda: dict(tiny_params(every_method=False), finetune={}),
+        "transfer": lambda: dict(tiny_params(every_method=False), transfer=TRANSFER),
+    }
     root = (
         ROOT
         if request.param == "repo"

@@ -200,3 +200,37 @@ def test_adding_fine_tuning_reruns_only_its_stages_and_the_report(one_of_each_pr
     assert all({"ft_5pct", "ft_20pct"} <= set(values) for values in summary.values()), summary
     assert "Fine-tuned 5% | Fine-tuned 20%" in (project / "data/report/report.md").read_text()
     assert repro(project) == set()
+
+
+@pytest.mark.slow
+def test_adding_transfer_reruns_only_its_stages_and_the_report(one_of_each_project, tmp_path):
+    """A `transfer:` section added to a finished project (dvc.yaml rewritten, as `python -m
+    workflow.pipeline` does) prepares its source once (prepare_transfer@NAME, for every run and
+    seed) and runs one transfer stage per run (pretrain, generation, teacher, distilled
+    student), the params check and the report: nothing that exists reruns, and a second
+    `dvc repro` runs nothing. The report and the summary carry the source's column (one small
+    generated multi-label source: VOC07 SVM mAP)."""
+    project = tmp_path / "project"
+    shutil.copytree(one_of_each_project[0], project, symlinks=True)
+    params = load_yaml(project / "params.yaml")
+    params["transfer"] = {
+        "sources": {"scenes": {"source": "shapes", "image_size": 12, "n_train": 80, "n_test": 60}},
+        "svm_costs": [1.0],
+    }
+    write_params(project, params)
+    kinds = {"pretrain": "pretrain", "generations": "student", "teachers": "teacher", "distill": "distill"}
+    assert repro(project) == {
+        "check_params",
+        "prepare_transfer@scenes",
+        "report",
+        *seeded(*{f"transfer_{kind}@{name}" for section, kind in kinds.items() for name in params[section]}),
+    }
+    for name in [name for section in kinds for name in params[section]]:
+        record = json.loads((project / f"data/metrics/seed0/transfer/{name}.json").read_text())
+        scenes = record["transfer"]["scenes"]
+        assert (scenes["metric"], scenes["train_images"], scenes["test_images"]) == ("map", 80, 60)
+        assert 0 < scenes["value"] <= 100
+    summary = json.loads((project / SUMMARY).read_text())
+    assert all("tr_scenes_map" in values for values in summary.values()), summary
+    assert "Transfer scenes mAP" in (project / "data/report/report.md").read_text()
+    assert repro(project) == set()
