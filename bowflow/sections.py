@@ -270,8 +270,10 @@ class TransferParams(Section):
     adding it to a finished project reruns only its stages and the report
     (docs/fidelity/transfer.md)."""
 
-    sources: dict[str, dict] = param(
-        {}, "NAME: a source (TransferSourceParams keys); each is prepared once, as data/transfer/NAME/"
+    sources: dict[str, Any] = param(
+        {},
+        "NAME: a source (TransferSourceParams keys; check_params turns each into one); each is "
+        "prepared once, as data/transfer/NAME/",
     )
     layer: str = param("last", "stage whose pooled features are transferred (as evaluate.layer)")
     batch_size: int = param(256, "images per forward pass of the frozen backbone", above=0)

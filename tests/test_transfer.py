@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from bowflow import report
-from bowflow.config import ParamsError, load_yaml, validate_params
+from bowflow.config import ParamsError, check_environment, load_yaml, validate_params
 from bowflow.data.boxes import generate_shapes, write_voc
 from bowflow.models import Normalizer, save_model
 from bowflow.networks import build_backbone
@@ -328,8 +328,10 @@ SHAPES = {"sources": {"shapes": {"source": "shapes"}}}
     ],
 )
 def test_bad_transfer_params_are_named(params, section, expected):
+    """As check_params checks them: the file (validate_params), then the disk (check_environment)."""
+    given = dict(params, transfer=section)
     with pytest.raises(ParamsError) as info:
-        validate_params(dict(params, transfer=section))
+        check_environment(validate_params(given), given)
     assert str(info.value).startswith(expected), str(info.value)
 
 

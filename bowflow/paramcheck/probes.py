@@ -1,5 +1,6 @@
 """Probes of this machine and its file system, for what a params file alone cannot tell:
 the data root and data.unlabelled exist and hold images (files counted, nothing decoded),
+each transfer source's root exists (a VOC root with its Annotations/ and split lists),
 the novel classes have enough of them for the few-shot episodes, the device asked for is
 here, and the GPUs resources: asks for are (warnings: a cluster runs the jobs elsewhere)."""
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from bowflow.data.scan import check_novel_classes, count_class_images, count_images
 from bowflow.data.specs import TARBALL_SUFFIXES, DataError
 from bowflow.paramcheck.data_needs import data_needs
-from bowflow.sections import ParamsError
+from bowflow.sections import ParamsError, TransferParams, TransferSourceParams
 
 
 def check_environment(checked: dict, params: dict) -> None:
@@ -52,6 +53,8 @@ def check_environment(checked: dict, params: dict) -> None:
             f"data.root: '{data.root}' does not exist: expected a folder holding a local "
             f"copy of {data.source}, or set data.download: true"
         )
+    if "transfer" in checked:
+        check_transfer_roots(checked["transfer"])
     try:
         resolve_device(params["device"])
     except SystemExit as error:
@@ -114,3 +117,37 @@ def gpu_warnings(checked: dict) -> list[str]:
         for kind, r in checked["resources"].items()
         if r.gpus > seen
     ]
+
+
+TORCHVISION = ("cifar10", "cifar100", "svhn", "stl10")
+
+
+def check_transfer_roots(transfer: TransferParams) -> None:
+    """What each source of `transfer.sources` needs on disk, before any stage: its root
+    (each '+' part of a VOC root: Annotations/, JPEGImages/, ImageSets/Main/<split>.txt);
+    digits and shapes need nothing, a torchvision source with download: true neither."""
+    for name, source in transfer.sources.items():
+        check_source_root(source, f"transfer.sources.{name}")
+
+
+def check_source_root(source: TransferSourceParams, where: str) -> None:
+    """One source's root (`check_transfer_roots`); ParamsError naming `where`.root."""
+    if source.source in ("digits", "shapes") or (source.source in TORCHVISION and source.download):
+        return
+    if source.source != "voc":
+        if not Path(source.root).exists():
+            raise ParamsError(f"{where}.root: '{source.root}' does not exist")
+        return
+    roots = [part for part in source.root.split("+") if part.strip()]
+    for i, root in enumerate(roots):
+        folder = Path(root)
+        if not folder.exists():
+            raise ParamsError(f"{where}.root: '{root}' does not exist")
+        splits = [source.train_split] + ([source.test_split] if i == 0 else [])
+        needed = ["Annotations", "JPEGImages", *(f"ImageSets/Main/{split}.txt" for split in splits)]
+        missing = [n for n in needed if not (folder / n).exists()]
+        if missing:
+            raise ParamsError(
+                f"{where}.root: '{root}' is not a VOC year folder: it has no {missing[0]} (expected "
+                f"{', '.join(needed)}; a folder such as VOCdevkit/VOC2007)"
+            )

@@ -17,8 +17,7 @@ from bowflow.paramcheck.cross_run import (
 from bowflow.paramcheck.data_needs import data_needs
 from bowflow.paramcheck.run_sections import check_generations, check_pretrain, check_supervised
 from bowflow.paramcheck.runs import RUN_SECTIONS
-from bowflow.paramcheck.schema import check_scalars, check_section
-from bowflow.paramcheck.transfer import check_transfer
+from bowflow.paramcheck.schema import RUN_NAME, check_scalars, check_section
 from bowflow.sections import (
     DataParams,
     EvalParams,
@@ -26,6 +25,7 @@ from bowflow.sections import (
     ParamsError,
     ReportParams,
     TransferParams,
+    TransferSourceParams,
     check_data_needs,
 )
 
@@ -45,8 +45,27 @@ OPTIONAL = {"finetune": FineTuneParams, "transfer": TransferParams}
 
 
 def check_optional(key: str, section: type, values: object):
-    """One optional section; `transfer:` also checks each of its sources (paramcheck/transfer.py)."""
+    """One optional section; `transfer:` also checks each of its sources (`check_transfer`)."""
     return check_transfer(values) if key == "transfer" else check_section(section, values, key)
+
+
+def check_transfer(values: object) -> TransferParams:
+    """`transfer:` -> TransferParams whose `sources` maps each name to its checked
+    TransferSourceParams (keys and values; what each needs on disk is
+    `bowflow.paramcheck.probes.check_transfer_roots`, run by check_params)."""
+    section = check_section(TransferParams, values, "transfer")
+    checked = {}
+    for name, spec in section.sources.items():
+        where = f"transfer.sources.{name}"
+        if not isinstance(name, str) or not RUN_NAME.match(name):
+            raise ParamsError(
+                f"{where}: a source name must start with a letter or digit and hold only letters, digits, "
+                f"'_' and '-' (it names data/transfer/NAME and the stage prepare_transfer@NAME)"
+            )
+        source = check_section(TransferSourceParams, spec, where)
+        checked[name] = source
+    section.sources = checked  # the checked entries, same keys
+    return section
 
 
 def validate_params(params: dict, manifest: dict | None = None) -> dict:
