@@ -324,6 +324,7 @@ SHAPES = {"sources": {"shapes": {"source": "shapes"}}}
         (dict(SHAPES, svm_costs=[0.1, -1.0]), "transfer.svm_costs: svm_costs must be > 0"),
         (dict(SHAPES, svm_folds=1), "transfer.svm_folds: svm_folds must be >= 2"),
         (dict(SHAPES, layer="pool5"), "transfer.layer: layer must be 'last' or 'stageN'"),
+        (dict(SHAPES, layer="stage9"), "transfer.layer: 'stage9' is not a stage of 'g0'"),
         (None, "transfer: expected a mapping"),
     ],
 )

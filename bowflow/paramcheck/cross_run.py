@@ -41,8 +41,10 @@ def check_layers(checked: dict) -> None:
     """Every layer name against the architecture that must have it, before any training:
     a generation's `vocab.layer` against its parent's backbone, `evaluate.layer` against
     every evaluated model (each pretrain run and generation student: the SSL runs). A layer
-    is 'last' or one of the backbone's stage names ('stage1', ...). Distillation layer names
-    (FitNet's hint_stage) are the methods' `check_pair`, called by `check_supervised`."""
+    is 'last' or one of the backbone's stage names ('stage1', ...); with a `transfer:`
+    section, `transfer.layer` against every run of the four sections (each is transferred).
+    Distillation layer names (FitNet's hint_stage) are the methods' `check_pair`, called by
+    `check_supervised`."""
     runs = {run.name: run for run in walk_runs(checked, pool="ssl")}
     stages = {name: run_architecture(run.params, run.key).stage_names for name, run in runs.items()}
     for run in runs.values():
@@ -77,6 +79,15 @@ def check_layers(checked: dict) -> None:
             + (f" (nor of {missing[1:]})" if len(missing) > 1 else "")
             + ": expected 'last' or a stage every pretrain run and generation student has"
         )
+    if "transfer" in checked and checked["transfer"].layer != "last":  # every run is transferred
+        layer = checked["transfer"].layer
+        for run in walk_runs(checked):
+            names = run_architecture(run.params, run.key).stage_names
+            if layer not in names:
+                raise ParamsError(
+                    f"transfer.layer: '{layer}' is not a stage of '{run.name}' ({run.key}.arch: "
+                    f"{run.params.arch}, stages {names}): expected 'last' or a stage every run has"
+                )
 
 
 def check_patches(checked: dict) -> None:
