@@ -409,3 +409,23 @@ def test_the_report_reads_transfer_beside_the_evaluation(tmp_path):
         for record in by_seed.values():
             del record["transfer"]
     assert "Transfer" not in report.seed_table(plain)
+
+
+def test_transfer_columns_enter_the_paired_comparisons(tmp_path):
+    """A generation against its parent, paired by seed, on each transfer source as on every
+    accuracy column."""
+    for seed in (0, 1):
+        folder = tmp_path / f"seed{seed}"
+        (folder / "eval").mkdir(parents=True)
+        (folder / "transfer").mkdir()
+        for name, parent, value in (("g0", "", 60.0), ("g1", "g0", 65.0 + seed)):
+            record = dict(evaluation(name, 50.0), parent=parent, generation=int(bool(parent)))
+            (folder / f"eval/{name}.json").write_text(json.dumps(record))
+            (folder / f"transfer/{name}.json").write_text(
+                json.dumps({"name": name, "transfer": {"voc07": {"metric": "map", "value": value}}})
+            )
+    compared = {
+        (c["run"], c["partner"], c["metric"]): c for c in report.paired_comparisons(report.load_seeds(tmp_path))
+    }
+    row = compared["g1", "g0", "transfer_voc07_map"]
+    assert (row["mean"], row["verdict"], row["n"]) == (5.5, "above at every seed", 2)
