@@ -429,3 +429,21 @@ def test_transfer_columns_enter_the_paired_comparisons(tmp_path):
     }
     row = compared["g1", "g0", "transfer_voc07_map"]
     assert (row["mean"], row["verdict"], row["n"]) == (5.5, "above at every seed", 2)
+
+
+def test_a_voc_root_needs_its_split_lists_and_every_part_of_a_joined_root_is_checked(params, tmp_path):
+    """check_params reads the folders, not the images: a root without the test split's list,
+    and the second part of a VOC07+12 style root ('+'), each named before any stage."""
+    root = tmp_path / "VOC2007"
+    write_voc(generate_shapes(8, 16, seed=0), root, "trainval")
+
+    def check(voc_root: str) -> None:
+        given = dict(params, transfer={"sources": {"voc": {"source": "voc", "root": voc_root}}})
+        check_environment(validate_params(given), given)
+
+    with pytest.raises(ParamsError, match=r"^transfer\.sources\.voc\.root: .* it has no ImageSets/Main/test\.txt"):
+        check(str(root))
+    write_voc(generate_shapes(8, 16, seed=1), root, "test")
+    check(str(root))
+    with pytest.raises(ParamsError, match=rf"^transfer\.sources\.voc\.root: '{tmp_path / 'VOC2012'}' does not exist"):
+        check(f"{root}+{tmp_path / 'VOC2012'}")
