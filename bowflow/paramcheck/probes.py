@@ -1,7 +1,7 @@
 """Probes of this machine and its file system, for what a params file alone cannot tell:
 the data root and data.unlabelled exist and hold images (files counted, nothing decoded),
-each transfer source's root exists (a VOC root with its Annotations/ and split lists),
-the novel classes have enough of them for the few-shot episodes, the device asked for is
+the novel classes have enough of them for the few-shot episodes, each transfer source's
+root exists (a VOC root with its Annotations/ and split lists), the device asked for is
 here, and the GPUs resources: asks for are (warnings: a cluster runs the jobs elsewhere)."""
 
 from __future__ import annotations
@@ -134,9 +134,16 @@ def check_source_root(source: TransferSourceParams, where: str) -> None:
     """One source's root (`check_transfer_roots`); ParamsError naming `where`.root."""
     if source.source in ("digits", "shapes") or (source.source in TORCHVISION and source.download):
         return
-    if source.source != "voc":
+    if source.source == "imagefolder":
+        expected = "a folder of class folders (with or without train/ and test/), or a .tar.gz of one"
+        check_folder_or_tarball(source.root, f"{where}.root", expected, "a folder of class folders")
+        return
+    if source.source != "voc":  # a torchvision set without download: its local copy
         if not Path(source.root).exists():
-            raise ParamsError(f"{where}.root: '{source.root}' does not exist")
+            raise ParamsError(
+                f"{where}.root: '{source.root}' does not exist: expected a local copy of "
+                f"{source.source}, or set {where}.download: true"
+            )
         return
     roots = [part for part in source.root.split("+") if part.strip()]
     for i, root in enumerate(roots):
