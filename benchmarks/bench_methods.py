@@ -28,6 +28,11 @@ ratio to it (issue 27 asks every method to be within 2x of it).
     python -m benchmarks.bench_methods --json docs/results/bench/bench_methods/run.json
     python -m benchmarks.bench_methods --profile obow           # where one method's step goes
     python -m benchmarks.bench_methods --smoke                  # tiny, seconds
+    python -m benchmarks.bench_methods --methods obow --before  # OBoW before and after its fix
+
+--before also times, right after each method that has one, the code that method ran before its
+last speed fix (`BEFORE`: OBoW's targets as one [N, K] matrix), as a row "<run> (before)" of the
+same run, left out of the median.
 
 --json PATH writes the record (benchmarks/recording.py); `table(records)` gives the table of
 docs/BENCHMARKS.md's section on methods' throughput.
@@ -36,6 +41,7 @@ docs/BENCHMARKS.md's section on methods' throughput.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -122,6 +128,41 @@ class MethodStep:
         return int(counter.get_total_flops())
 
 
+def obow_targets_before(maps, words, inv_delta, mean_distance, drop_border=1, decay=0.99):
+    """OBoW's targets as they were computed before the chunked version (and as the formula
+    reads): `soft_assign` on all B * h' * w' locations at once ([N, K] distances and codes),
+    then the max over each image's locations, L1-normalised."""
+    from bowflow.methods.obow import soft_assign
+
+    if drop_border:
+        maps = maps[:, :, drop_border:-drop_border, drop_border:-drop_border]
+    b, c = maps.shape[:2]
+    codes, mean_distance = soft_assign(
+        maps.flatten(2).transpose(1, 2).reshape(-1, c), words, inv_delta, mean_distance, decay
+    )
+    bow = codes.view(b, -1, words.shape[0]).amax(dim=1)  # [B, K]
+    return bow / bow.sum(dim=1, keepdim=True), mean_distance
+
+
+# method -> (module, function, the function it replaced): what --before swaps back in
+BEFORE = {"obow": ("bowflow.methods.obow", "obow_bow_targets", obow_targets_before)}
+
+
+@contextlib.contextmanager
+def code_before(method: str):
+    """Run with `method`'s code as it was before its last speed fix (BEFORE), then restore it."""
+    import importlib
+
+    module_name, function, before = BEFORE[method]
+    module = importlib.import_module(module_name)
+    after = getattr(module, function)
+    setattr(module, function, before)
+    try:
+        yield
+    finally:
+        setattr(module, function, after)
+
+
 def measure(name: str, entry: dict, args) -> dict:
     """One method: median step seconds over --steps after --warmup, FLOPs per step."""
     step = MethodStep(entry, args.image_size, args.batch_size, args.warmup + args.steps)
@@ -158,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", metavar="RUN", help="print torch.profiler's top operators of one run's step")
     parser.add_argument("--smoke", action="store_true", help="tiny: 16 px, batch 16, one step of three runs")
     parser.add_argument("--json", type=Path, help="write the run's record here")
+    parser.add_argument("--before", action="store_true", help="also time each method's code before its speed fix")
     args = parser.parse_args(argv)
     preset = yaml.safe_load(args.preset.read_text())
     runs = runs_of(preset)
@@ -179,6 +221,11 @@ def main(argv: list[str] | None = None) -> dict:
         result = measure(name, entry, args)
         results.append(result)
         print(f"{name:14s} {images_per_second(result):9.1f} images/s", file=sys.stderr, flush=True)
+        if args.before and entry["method"] in BEFORE:
+            with code_before(entry["method"]):
+                result = measure(name, entry, args) | {"run": f"{name} (before)", "variant": "before"}
+            results.append(result)
+            print(f"{result['run']:14s} {images_per_second(result):9.1f} images/s", file=sys.stderr, flush=True)
     peak = max(peak, matmul_gflops(args.matmul_n, torch.float32, reps=5))  # best of before and after
     settings = {
         "preset": str(args.preset.relative_to(ROOT) if args.preset.is_absolute() else args.preset),
@@ -189,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
         "matmul_n": args.matmul_n,
         "mode": "eager fp32",
         "smoke": args.smoke,
+        "before": args.before,
     }
     measurements = {"matmul_fp32_gflops": round(peak, 1), "methods": results}
     record = {"settings": settings, "measurements": measurements}
@@ -234,7 +282,8 @@ def table(records: list[dict]) -> list[list[str]]:
         peak = record["measurements"]["matmul_fp32_gflops"]
         by_backbone: dict[tuple, list[float]] = {}
         for r in methods:
-            by_backbone.setdefault((r["arch"], r["width"], r["depth"]), []).append(images_per_second(r))
+            if "variant" not in r:  # a method's code before its fix is not one more method
+                by_backbone.setdefault((r["arch"], r["width"], r["depth"]), []).append(images_per_second(r))
         for r in methods:
             rate = images_per_second(r)
             median = statistics.median(by_backbone[(r["arch"], r["width"], r["depth"])])

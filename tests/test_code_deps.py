@@ -57,8 +57,10 @@ def covered(path: str, deps: list[str]) -> bool:
 @functools.cache
 def pipeline_stages():
     """Every stage of dvc.yaml expanded over the tiny params, which have an entry of every
-    kind (pretrain runs of each method, generations, teachers, distillation runs)."""
-    project = make_project(Path(tempfile.mkdtemp(prefix="bowflow-deps-")) / "project", tiny_params())
+    kind (pretrain runs of each method, generations, teachers, distillation runs), with
+    every optional evaluation section (finetune) so that its stages are checked too."""
+    params = tiny_params() | {"finetune": {"fractions": [0.5], "epochs": [1], "batch_size": 8}}
+    project = make_project(Path(tempfile.mkdtemp(prefix="bowflow-deps-")) / "project", params)
     with Repo(str(project)) as repo:
         return [s for s in repo.index.stages if s.cmd]
 
@@ -97,7 +99,7 @@ def test_the_readme_picture_is_the_pipeline_graph():
 
 def test_every_stage_declares_the_code_it_runs():
     stages = pipeline_stages()
-    assert len(stages) >= 8
+    assert len(stages) >= 8 and any(s.name.startswith("finetune_") for s in stages)
     for stage in stages:
         declared = declared_code(stage)
         missing = sorted(f for f in code_run_by(stage.cmd) if not covered(f, declared))
@@ -120,7 +122,7 @@ def test_no_stage_declares_code_it_does_not_run():
 def test_stages_that_train_nothing_run_no_method_code():
     """prepare, vocab, evaluate and report import no method, role or loss module, so a
     method edit can never rerun them; only prepare runs the decoding side of bowflow/data."""
-    for module in ("stages.prepare", "stages.vocab", "stages.evaluate", "stages.report"):
+    for module in ("stages.prepare", "stages.vocab", "stages.evaluate", "stages.finetune", "stages.report"):
         files = closure(module)
         method_code = sorted(
             f

@@ -658,3 +658,19 @@ def test_bownet_loss_is_the_papers_normalised_linear_soft_cross_entropy():
     logits = (10.0 * (f @ w.T)).double()  # float64: exp of ~40 is fine
     theirs = -(y.double() * torch.log(torch.exp(logits) / torch.exp(logits).sum(1, keepdim=True))).sum(1).mean()
     assert soft_cross_entropy(head(f), y).item() == pytest.approx(theirs.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 50, 2048])
+def test_obow_targets_equal_soft_assign_on_every_location_chunk_by_chunk(monkeypatch, chunk_rows):
+    """The chunked targets (never holding the [N, K] distances) against the formula: soft_assign
+    on all B * h' * w' locations, max over each image's locations, L1-normalised."""
+    import bowflow.methods.obow as obow
+
+    monkeypatch.setattr(obow, "TARGET_CHUNK_ROWS", chunk_rows)  # 1 image, 3 images (a partial last chunk), all
+    maps, words = randn(7, 8, 6, 6).relu(), randn(32, 8, seed=1).relu()
+    targets, m = obow_bow_targets(maps, words, inv_delta=10, mean_distance=0.5, decay=0.9)
+    flat = maps[:, :, 1:-1, 1:-1].flatten(2).transpose(1, 2).reshape(-1, 8)  # [7 * 16, 8]
+    codes, m_ref = soft_assign(flat, words, 10, 0.5, decay=0.9)
+    bow = codes.view(7, 16, 32).amax(1)
+    assert m.item() == pytest.approx(m_ref.item(), rel=1e-6)
+    assert torch.allclose(targets, bow / bow.sum(1, keepdim=True), atol=1e-6)

@@ -32,7 +32,6 @@ synced (`WordBatchNorm`). The random locations are drawn in `views` for the glob
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 import torch.nn as nn
@@ -80,6 +79,13 @@ def soft_assign(
     return F.softmax(-(inv_delta / mean_distance) * distances, dim=1), mean_distance
 
 
+# Rows of [rows, K] scores computed at a time by `obow_bow_targets`: 2048 x 2048 words x 4
+# bytes = 16 MB, which stays in the last-level cache, where the [N, K] matrix of a 128-image
+# batch's 14 x 14 map (51M entries, 205 MB) made every element-wise pass a trip to memory
+# (docs/BENCHMARKS.md, section 15: the targets took about half of OBoW's step).
+TARGET_CHUNK_ROWS = 2048
+
+
 @torch.no_grad()
 @float32
 def obow_bow_targets(
@@ -93,18 +99,41 @@ def obow_bow_targets(
     """OBoW targets of one level: teacher maps [B, C, h, w], words [K, C] -> BoW [B, K].
 
     Drops `drop_border` locations on each side (border cells see the zero padding;
-    authors: 1), soft-assigns every location (`soft_assign`), max-pools the codes over
-    locations (does word k appear anywhere, softly), L1-normalises each row.
+    authors: 1), soft-assigns every location as `soft_assign` does, max-pools the codes
+    over locations (does word k appear anywhere, softly), L1-normalises each row.
     Returns (targets [B, K] rows summing to 1, the updated running mean distance).
+
+    The same codes as `soft_assign` on all B * h' * w' locations, without ever holding
+    their [N, K] distances: with s = 2 f.w - |w|^2 [rows, K], d = |f|^2 - s, so the nearest
+    distance is |f|^2 - max_k s and softmax_k(-a d) = softmax_k(a s) (|f|^2 is constant along
+    the row). One pass over chunks of whole images finds each location's nearest distance
+    (for the running mean, which the authors update before assigning); a second recomputes s
+    per chunk (a [rows, C] x [C, K] product, cheap next to the softmax) and keeps only the
+    chunk's max over locations. Equal to `soft_assign` up to float rounding (tests/test_losses.py).
     """
     if drop_border:
         maps = maps[:, :, drop_border:-drop_border, drop_border:-drop_border]
     b, c = maps.shape[:2]
-    codes, mean_distance = soft_assign(
-        maps.flatten(2).transpose(1, 2).reshape(-1, c), words, inv_delta, mean_distance, decay
-    )
-    bow = codes.view(b, -1, words.shape[0]).amax(dim=1)  # [B, K]
-    return bow / bow.sum(dim=1, keepdim=True), cast(torch.Tensor, mean_distance)  # soft_assign's tensor
+    features = maps.flatten(2).transpose(1, 2)  # [B, L, C], L = h' * w' locations
+    locations = features.shape[1]
+    per_chunk = max(1, TARGET_CHUNK_ROWS // locations)  # whole images per chunk
+    chunks = [features[i : i + per_chunk].reshape(-1, c) for i in range(0, b, per_chunk)]  # [rows, C]
+    words_sq = (words * words).sum(1)  # [K]
+    nearest = torch.cat(
+        [((f * f).sum(1) - torch.addmm(words_sq, f, words.T, beta=-1, alpha=2).amax(1)).clamp_min(0) for f in chunks]
+    )  # [B * L]
+    mean_distance = torch.as_tensor(mean_distance, dtype=torch.float32, device=features.device)
+    mean_distance = decay * mean_distance + (1 - decay) * gather_no_grad(nearest).mean()  # every process's rows
+    sharpness = inv_delta / mean_distance
+    bow = torch.cat(
+        [
+            F.softmax(torch.addmm(words_sq, f, words.T, beta=-1, alpha=2).mul_(sharpness), dim=1)
+            .view(-1, locations, words.shape[0])
+            .amax(dim=1)
+            for f in chunks
+        ]
+    )  # [B, K]
+    return bow / bow.sum(dim=1, keepdim=True), mean_distance
 
 
 @float32
