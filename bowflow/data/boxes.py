@@ -8,6 +8,10 @@ sources (VOC07 classification is "which classes have an object in this image").
     write_voc              a BoxSet -> a VOC year folder (tests, and an example of the layout)
     write_boxes/read_boxes one Parquet table per split, written atomically
     multi_label_targets    VOC07's classification targets: 1 / 0 (difficult only) / -1
+
+BoxSet, read_boxes and multi_label_targets live in `bowflow.data.box_tables` (the reading
+side, which the stages after a preparation import without the decoders) and are
+re-exported here.
     load_box_source        a params source spec (`shapes` or `voc`) -> (train, test)
 
 Every image is resized whole to S x S (no crop, so no object is cut; the aspect ratio is not
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +31,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from bowflow.data.box_tables import BOX_FORMAT, BoxSet
+from bowflow.data.box_tables import multi_label_targets as multi_label_targets  # re-exported
+from bowflow.data.box_tables import read_boxes as read_boxes  # re-exported
 from bowflow.data.decode import _to_rgb
 from bowflow.data.specs import DataError, DataNotFoundError
 from bowflow.io import atomic_path
 
 BOX_SOURCES = ("shapes", "voc")
-BOX_FORMAT = "bowflow-boxes-1"
 # The shapes' glyphs (5 x 5 cells; no two are mirror images, so a flip keeps the class): the
 # four of the learning tests' single-glyph task (tests/synthetic_shapes.py), so a network
 # trained there has learnt these objects.
@@ -43,39 +48,6 @@ GLYPHS = {
     "F": ["#####", "#....", "####.", "#....", "#...."],
     "P": ["####.", "#...#", "####.", "#....", "#...."],
 }
-
-
-@dataclass(frozen=True)
-class BoxSet:
-    """Images with object boxes, every image S x S."""
-
-    images: np.ndarray  # uint8 [N, S, S, 3]
-    boxes: list[np.ndarray]  # per image float32 [M_i, 4]: x1, y1, x2, y2 in pixels
-    labels: list[np.ndarray]  # per image int64 [M_i]: index into class_names
-    difficult: list[np.ndarray]  # per image bool [M_i]: VOC's "difficult" flag
-    class_names: list[str]
-    paths: list[str]  # where each image came from (a file, or "shapes/<index>")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def num_objects(self) -> int:
-        return sum(len(b) for b in self.boxes)
-
-
-def multi_label_targets(s: BoxSet) -> np.ndarray:
-    """VOC07 classification targets, int8 [N, C]: 1 where the image has a non-difficult object
-    of the class, 0 where its objects of the class are all difficult, -1 where it has none
-    (the devkit's ground truth: 0 = "difficult", left out of training and of AP)."""
-    targets = np.full((len(s), len(s.class_names)), -1, dtype=np.int8)
-    for i, (labels, difficult) in enumerate(zip(s.labels, s.difficult)):
-        for label, hard in zip(labels.tolist(), difficult.tolist()):
-            if not hard:
-                targets[i, label] = 1
-            elif targets[i, label] < 0:
-                targets[i, label] = 0
-    return targets
 
 
 # --- PASCAL VOC ------------------------------------------------------------------------------
@@ -276,22 +248,3 @@ def write_boxes(path: str | Path, s: BoxSet) -> None:
     ).replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-
-
-def read_boxes(path: str | Path) -> BoxSet:
-    """A table written by write_boxes -> BoxSet."""
-    table = pq.read_table(path)
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    if meta.get("format") != BOX_FORMAT:
-        raise DataError(f"{path}: not a box table ({BOX_FORMAT}); rerun the stage that prepares it")
-    height, width = int(meta["height"]), int(meta["width"])
-    columns = table.to_pydict()
-    images = np.frombuffer(b"".join(columns["pixels"]), dtype=np.uint8).reshape(-1, height, width, 3).copy()
-    return BoxSet(
-        images,
-        [np.array(b, dtype=np.float32).reshape(-1, 4) for b in columns["boxes"]],
-        [np.array(b, dtype=np.int64) for b in columns["labels"]],
-        [np.array(b, dtype=bool) for b in columns["difficult"]],
-        json.loads(meta["class_names"]),
-        columns["path"],
-    )
