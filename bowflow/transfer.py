@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 from bowflow.backbone import Backbone
-from bowflow.data.boxes import multi_label_targets, read_boxes
+from bowflow.data.box_tables import multi_label_targets, read_boxes
 from bowflow.data.prepared import load_prepared
 from bowflow.evaluation import full_precision, linear_probe
 from bowflow.io import read_json

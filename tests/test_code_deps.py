@@ -58,8 +58,11 @@ def covered(path: str, deps: list[str]) -> bool:
 def pipeline_stages():
     """Every stage of dvc.yaml expanded over the tiny params, which have an entry of every
     kind (pretrain runs of each method, generations, teachers, distillation runs), with
-    every optional evaluation section (finetune) so that its stages are checked too."""
-    params = tiny_params() | {"finetune": {"fractions": [0.5], "epochs": [1], "batch_size": 8}}
+    every optional evaluation section (finetune, transfer) so that their stages are checked too."""
+    params = tiny_params() | {
+        "finetune": {"fractions": [0.5], "epochs": [1], "batch_size": 8},
+        "transfer": {"sources": {"scenes": {"source": "shapes", "image_size": 12}}},
+    }
     project = make_project(Path(tempfile.mkdtemp(prefix="bowflow-deps-")) / "project", params)
     with Repo(str(project)) as repo:
         return [s for s in repo.index.stages if s.cmd]
@@ -99,7 +102,9 @@ def test_the_readme_picture_is_the_pipeline_graph():
 
 def test_every_stage_declares_the_code_it_runs():
     stages = pipeline_stages()
-    assert len(stages) >= 8 and any(s.name.startswith("finetune_") for s in stages)
+    assert len(stages) >= 8 and all(
+        any(s.name.startswith(kind) for s in stages) for kind in ("finetune_", "prepare_transfer", "transfer_")
+    )
     for stage in stages:
         declared = declared_code(stage)
         missing = sorted(f for f in code_run_by(stage.cmd) if not covered(f, declared))
@@ -121,8 +126,10 @@ def test_no_stage_declares_code_it_does_not_run():
 
 def test_stages_that_train_nothing_run_no_method_code():
     """prepare, vocab, evaluate and report import no method, role or loss module, so a
-    method edit can never rerun them; only prepare runs the decoding side of bowflow/data."""
-    for module in ("stages.prepare", "stages.vocab", "stages.evaluate", "stages.finetune", "stages.report"):
+    method edit can never rerun them; only the preparing stages (prepare, prepare_transfer) run
+    the decoding side of bowflow/data (the others read tables: prepared.py, box_tables.py)."""
+    stages = ("prepare", "prepare_transfer", "vocab", "evaluate", "finetune", "transfer", "report")
+    for module in (f"stages.{stage}" for stage in stages):
         files = closure(module)
         method_code = sorted(
             f
@@ -131,12 +138,18 @@ def test_stages_that_train_nothing_run_no_method_code():
             or f in ("bowflow/losses.py", "bowflow/heads.py", "bowflow/views.py")
         )
         assert not method_code, f"{module} runs {method_code}"
-        if module != "stages.prepare":
+        if module not in ("stages.prepare", "stages.prepare_transfer"):
             preparing = sorted(
                 f
                 for f in files
                 if f.startswith("bowflow/data/")
-                and f not in ("bowflow/data/__init__.py", "bowflow/data/prepared.py", "bowflow/data/specs.py")
+                and f
+                not in (
+                    "bowflow/data/__init__.py",
+                    "bowflow/data/prepared.py",
+                    "bowflow/data/box_tables.py",
+                    "bowflow/data/specs.py",
+                )
             )
             assert not preparing, f"{module} runs the preparing side of bowflow/data: {preparing}"
 
