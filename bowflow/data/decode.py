@@ -12,6 +12,7 @@ source (width, height) or, when it could not be read, the reason in words.
 `decode_files` sends chunks of _DECODE_CHUNK files to a process pool (forked on Linux),
 or decodes in-process below _MIN_FILES_FOR_POOL files; results come back in order.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from bowflow.data.resize import fit_square
 
-_DECODE_CHUNK = 256         # files per pool task (and per progress-bar update)
+_DECODE_CHUNK = 256  # files per pool task (and per progress-bar update)
 _MIN_FILES_FOR_POOL = 1000  # below this, decoding in-process is faster than starting workers
 
 
@@ -104,8 +105,7 @@ def decode_files(files: list[str], size: int) -> tuple[np.ndarray, list, list, i
     _DECODE_CHUNK files; results come back in order. On Linux the pool forks (cheap
     start, nothing to re-import); elsewhere it uses the platform default.
     """
-    tasks = [(files[i:i + _DECODE_CHUNK], size)
-             for i in range(0, len(files), _DECODE_CHUNK)]
+    tasks = [(files[i : i + _DECODE_CHUNK], size) for i in range(0, len(files), _DECODE_CHUNK)]
     workers = min(_num_workers(), len(tasks))
     if len(files) < _MIN_FILES_FOR_POOL:
         workers = 1
@@ -116,7 +116,7 @@ def decode_files(files: list[str], size: int) -> tuple[np.ndarray, list, list, i
     def collect(results) -> None:
         with tqdm(total=len(files), desc="decode", unit="img", mininterval=0.5) as bar:
             for out, chunk_sizes, chunk_errors in results:
-                pixels[len(sizes):len(sizes) + len(out)] = out
+                pixels[len(sizes) : len(sizes) + len(out)] = out
                 sizes.extend(chunk_sizes)
                 errors.extend(chunk_errors)
                 bar.update(len(out))

@@ -13,6 +13,7 @@ report (the first _MAX_LISTED also as warnings); more than max_bad_fraction of t
 depth, no classes) for the self-supervised stages, with the same extraction, decoding and
 unreadable-file checks.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -23,8 +24,9 @@ import tarfile
 import tempfile
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -32,12 +34,19 @@ from tqdm import tqdm
 from bowflow.data.decode import decode_files
 from bowflow.data.image_set import ImageSet
 from bowflow.data.resize import note_sizes
-from bowflow.data.scan import (SPLIT_FOLDERS, check_novel_classes, class_counts, scan_images, scan_tree,
-                               single_top_folder, text_name)
+from bowflow.data.scan import (
+    SPLIT_FOLDERS,
+    check_novel_classes,
+    class_counts,
+    scan_images,
+    scan_tree,
+    single_top_folder,
+    text_name,
+)
 from bowflow.data.specs import TARBALL_SUFFIXES, DataError, DataNotFoundError, check_fraction, warn
 from bowflow.data.splits import stratified_split
 
-_MAX_LISTED = 5             # bad files named in an error message / printed as warnings
+_MAX_LISTED = 5  # bad files named in an error message / printed as warnings
 
 
 def cache_dir() -> Path:
@@ -75,10 +84,12 @@ def extract_tarball(tarball: Path, key: str = "data.root") -> Path:
                     else:
                         tar.extractall(tmp, members=members)
             except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-                detail = " ".join(str(e).split())   # one line, even for tarfile's list of methods
-                raise DataError(f"{key}: '{tarball}' is not a readable tar archive "
-                                f"({type(e).__name__}: {detail}); expected a complete .tar.gz, .tgz or "
-                                f".tar of image folders") from None
+                detail = " ".join(str(e).split())  # one line, even for tarfile's list of methods
+                raise DataError(
+                    f"{key}: '{tarball}' is not a readable tar archive "
+                    f"({type(e).__name__}: {detail}); expected a complete .tar.gz, .tgz or "
+                    f".tar of image folders"
+                ) from None
             try:
                 os.rename(tmp, final)
             except OSError:  # another process got there first
@@ -93,8 +104,9 @@ def _is_tarball(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(TARBALL_SUFFIXES)
 
 
-def _skip_unreadable(shown: list[str], errors: list[str | None], data_root: Path,
-                     max_bad_fraction: float, report: dict[str, Any]) -> np.ndarray:
+def _skip_unreadable(
+    shown: list[str], errors: list[str | None], data_root: Path, max_bad_fraction: float, report: dict[str, Any]
+) -> np.ndarray:
     """Unreadable files: list them all in report["skipped"], warn about the first ones,
     DataError naming them if more than max_bad_fraction. -> bool [N], True = readable."""
     bad = [{"path": p, "reason": e} for p, e in zip(shown, errors) if e is not None]
@@ -103,7 +115,8 @@ def _skip_unreadable(shown: list[str], errors: list[str | None], data_root: Path
         listed = "; ".join(f"{data_root / b['path']} ({b['reason']})" for b in bad[:_MAX_LISTED])
         raise DataError(
             f"data.max_bad_fraction: {len(bad)} of {len(shown)} image files under '{data_root}' are "
-            f"unreadable, more than max_bad_fraction={max_bad_fraction} allows. First ones: {listed}")
+            f"unreadable, more than max_bad_fraction={max_bad_fraction} allows. First ones: {listed}"
+        )
     for b in bad[:_MAX_LISTED]:
         warn(report, f"skipped unreadable image '{data_root / b['path']}': {b['reason']}")
     if len(bad) > _MAX_LISTED:
@@ -114,39 +127,53 @@ def _skip_unreadable(shown: list[str], errors: list[str | None], data_root: Path
 def _decode(data_root: Path, rel_paths: list[str], image_size: int, report: dict[str, Any]):
     """decode_files on paths relative to data_root, timed into the report."""
     start = time.perf_counter()
-    pixels, sizes, errors, workers = decode_files([os.path.join(data_root, rel) for rel in rel_paths],
-                                                   image_size)
+    pixels, sizes, errors, workers = decode_files([os.path.join(data_root, rel) for rel in rel_paths], image_size)
     seconds = time.perf_counter() - start
     report["timing"]["decode_images_per_second"] = round(len(rel_paths) / max(seconds, 1e-9), 1)
-    print(f"decoded {len(rel_paths)} images in {seconds:.1f} s "
-          f"({len(rel_paths) / max(seconds, 1e-9):.0f} images/s, {workers} worker(s))", file=sys.stderr)
+    print(
+        f"decoded {len(rel_paths)} images in {seconds:.1f} s "
+        f"({len(rel_paths) / max(seconds, 1e-9):.0f} images/s, {workers} worker(s))",
+        file=sys.stderr,
+    )
     return pixels, sizes, errors
 
 
 def unlabelled_report(root: str) -> dict[str, Any]:
     """The report `load_unlabelled` fills (the prepared manifest keeps it as report.unlabelled)."""
-    return {"root": root, "found": 0, "loaded": 0, "skipped": [], "resized": 0, "source_sizes": {},
-            "warnings": [], "timing": {}}
+    return {
+        "root": root,
+        "found": 0,
+        "loaded": 0,
+        "skipped": [],
+        "resized": 0,
+        "source_sizes": {},
+        "warnings": [],
+        "timing": {},
+    }
 
 
-def load_unlabelled(root: Path, image_size: int, max_bad_fraction: float,
-                    report: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+def load_unlabelled(
+    root: Path, image_size: int, max_bad_fraction: float, report: dict[str, Any]
+) -> tuple[np.ndarray, list[str]]:
     """An unlabelled folder, or tarball of one (`data.unlabelled`): every image file at any
     depth -> (uint8 [N, S, S, 3] of the readable ones, their paths relative to the folder).
     The same checks as an image folder: hidden names ignored, other files listed as
     skipped, unreadable images skipped and listed, more than max_bad_fraction of them a
     DataError naming the first files. `report`: see `unlabelled_report`."""
     if not root.exists():
-        raise DataNotFoundError(f"data.unlabelled: '{root}' does not exist: expected a folder of images "
-                                f"(any depth) or a .tar.gz of one")
+        raise DataNotFoundError(
+            f"data.unlabelled: '{root}' does not exist: expected a folder of images (any depth) or a .tar.gz of one"
+        )
     if _is_tarball(root):
         data_root = extract_tarball(root, "data.unlabelled")
         report["extracted_to"] = str(data_root)
     elif root.is_dir():
         data_root = root
     else:
-        raise DataError(f"data.unlabelled: '{root}' is a file but not a tarball: expected a folder of "
-                        f"images or a {', '.join(TARBALL_SUFFIXES)} of one")
+        raise DataError(
+            f"data.unlabelled: '{root}' is a file but not a tarball: expected a folder of "
+            f"images or a {', '.join(TARBALL_SUFFIXES)} of one"
+        )
     rel_paths = scan_images(data_root, report)
     report["found"] = len(rel_paths)
     pixels, sizes, errors = _decode(data_root, rel_paths, image_size, report)
@@ -159,13 +186,20 @@ def load_unlabelled(root: Path, image_size: int, max_bad_fraction: float,
     return pixels[rows], [text_name(rel_paths[i]) for i in rows]
 
 
-def load_imagefolder(root: Path, image_size: int, test_fraction: float, seed: int,
-                      max_bad_fraction: float, report: dict[str, Any],
-                      novel_classes: Sequence[str] | None = None) -> tuple[ImageSet, ImageSet]:
+def load_imagefolder(
+    root: Path,
+    image_size: int,
+    test_fraction: float,
+    seed: int,
+    max_bad_fraction: float,
+    report: dict[str, Any],
+    novel_classes: Sequence[str] | None = None,
+) -> tuple[ImageSet, ImageSet]:
     """Image-folder tree (or tarball of one) -> (train, test) ImageSets."""
     if not root.exists():
-        raise DataNotFoundError(f"data.root: '{root}' does not exist: expected a folder of class "
-                                f"folders, or a .tar.gz of one")
+        raise DataNotFoundError(
+            f"data.root: '{root}' does not exist: expected a folder of class folders, or a .tar.gz of one"
+        )
     if _is_tarball(root):
         data_root = extract_tarball(root)
         report["extracted_to"] = str(data_root)
@@ -173,13 +207,16 @@ def load_imagefolder(root: Path, image_size: int, test_fraction: float, seed: in
         data_root = root
         inner = single_top_folder(root)
         if inner is not None and inner.name not in SPLIT_FOLDERS:
-            warn(report, f"'{root}' holds only the folder '{text_name(inner.name)}': reading the class "
-                          f"folders inside it")
+            warn(
+                report, f"'{root}' holds only the folder '{text_name(inner.name)}': reading the class folders inside it"
+            )
             data_root = inner
     else:
         hint = " (unpack it, or repack it as .tar.gz)" if root.suffix.lower() == ".zip" else ""
-        raise DataError(f"data.root: '{root}' is a file but not a tarball{hint}: expected a folder of "
-                        f"class folders or a {', '.join(TARBALL_SUFFIXES)} of one")
+        raise DataError(
+            f"data.root: '{root}' is a file but not a tarball{hint}: expected a folder of "
+            f"class folders or a {', '.join(TARBALL_SUFFIXES)} of one"
+        )
 
     entries, class_dirs = scan_tree(data_root, report)
     if novel_classes is not None:

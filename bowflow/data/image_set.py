@@ -2,6 +2,7 @@
 `bowflow.data.write.write_prepared` writes it. Images are uint8 RGB, channels last:
 [N, H, W, 3]; labels int64 [N] index the full, sorted class list.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

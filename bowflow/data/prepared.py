@@ -19,6 +19,7 @@ names), `read_manifest`, and the rows a stage trains on: `load_ssl_split` /
 `ssl_rows` allows and/or the unlabelled images, by data.unlabelled_use) and
 `load_labelled_split` (every class, for supervised teachers and distillation).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ import torch
 from bowflow.io import read_json
 
 SPLITS = ("train", "test")
-UNLABELLED = "unlabelled"     # the table of data.unlabelled's images
+UNLABELLED = "unlabelled"  # the table of data.unlabelled's images
 FORMAT = "bowflow-prepared-v1"
 
 
@@ -65,7 +66,7 @@ def load_prepared(prepared_dir: str | os.PathLike, split: str) -> dict[str, Any]
     h, w, c = int(meta["height"]), int(meta["width"]), int(meta["channels"])
     row_bytes = h * w * c
 
-    images = np.empty((table.num_rows, c, h, w), dtype=np.uint8)   # [N, 3, H, W]
+    images = np.empty((table.num_rows, c, h, w), dtype=np.uint8)  # [N, 3, H, W]
     start = 0
     for chunk in table.column("pixels").chunks:
         m = len(chunk)
@@ -74,15 +75,18 @@ def load_prepared(prepared_dir: str | os.PathLike, split: str) -> dict[str, Any]
         if chunk.null_count:
             raise ValueError(f"'{path}': null pixels")
         _, offset_buf, data_buf = chunk.buffers()
-        offsets = np.frombuffer(offset_buf, dtype=np.int32)[chunk.offset:chunk.offset + m + 1]
+        offsets = np.frombuffer(offset_buf, dtype=np.int32)[chunk.offset : chunk.offset + m + 1]
         if not np.all(np.diff(offsets) == row_bytes):
             raise ValueError(f"'{path}': every pixels value must hold {row_bytes} bytes")
-        data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0]:offsets[-1]]
-        images[start:start + m] = data.reshape(m, h, w, c).transpose(0, 3, 1, 2)
+        data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]]
+        images[start : start + m] = data.reshape(m, h, w, c).transpose(0, 3, 1, 2)
         start += m
     labels = table.column("label").to_numpy().astype(np.int64)
-    return {"images": torch.from_numpy(images), "labels": torch.from_numpy(labels),
-            "class_names": json.loads(meta["class_names"])}
+    return {
+        "images": torch.from_numpy(images),
+        "labels": torch.from_numpy(labels),
+        "class_names": json.loads(meta["class_names"]),
+    }
 
 
 def ssl_rows(labels: torch.Tensor, manifest: dict) -> torch.Tensor:
@@ -141,8 +145,9 @@ def load_ssl_split(prepared: str | Path) -> tuple[torch.Tensor, torch.Tensor, di
     return images[keep].contiguous(), labels[keep].contiguous(), manifest
 
 
-def load_labelled_split(prepared: str | Path, split: str = "train", max_images: int = 0
-                        ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def load_labelled_split(
+    prepared: str | Path, split: str = "train", max_images: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """-> (uint8 images [N, 3, H, W], labels [N] int64, manifest): the rows of `split`, all
     classes (supervised teachers and distillation train on train and score on test);
     `max_images` > 0 keeps a subset drawn with the data seed (the same for every run)."""

@@ -7,9 +7,11 @@ and resized with PIL bilinear filtering (`fit_square`). Cropping keeps the aspec
 through `fit_square` one by one (`bowflow.data.decode`). `note_sizes` keeps the report's
 count of resized images and its histogram of source sizes.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -33,8 +35,7 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     if images.shape[1:3] == (size, size):
         return images
     out = np.empty((len(images), size, size) + images.shape[3:], dtype=np.uint8)
-    for i in tqdm(range(len(images)), desc="resize", unit="img", mininterval=0.5,
-                  disable=len(images) < 5000):
+    for i in tqdm(range(len(images)), desc="resize", unit="img", mininterval=0.5, disable=len(images) < 5000):
         out[i] = np.asarray(fit_square(Image.fromarray(images[i]), size))
     return out
 

@@ -16,6 +16,7 @@ image file, split being "train", "test", or "all" when the caller must split.
 `scan_images` lists an unlabelled folder (`data.unlabelled`): every image file at any
 depth, no classes; `count_images` counts them for the check_params stage.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,7 @@ from typing import Any
 from bowflow.data.specs import DataError, warn
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-SPLIT_FOLDERS = ("train", "test")   # the split folders of the train/test layout
+SPLIT_FOLDERS = ("train", "test")  # the split folders of the train/test layout
 
 
 def _is_hidden(name: str) -> bool:
@@ -74,8 +75,11 @@ def _class_files(folder: Path, data_root: Path) -> tuple[list[str], list[str]]:
 
 
 def _loose_images(folder: Path) -> int:
-    return sum(1 for p in folder.iterdir()
-               if p.is_file() and not _is_hidden(p.name) and p.name.lower().endswith(IMAGE_EXTENSIONS))
+    return sum(
+        1
+        for p in folder.iterdir()
+        if p.is_file() and not _is_hidden(p.name) and p.name.lower().endswith(IMAGE_EXTENSIONS)
+    )
 
 
 def scan_tree(data_root: Path, report: dict[str, Any]) -> tuple[list[tuple[str, str, str]], list[str]]:
@@ -90,14 +94,18 @@ def scan_tree(data_root: Path, report: dict[str, Any]) -> tuple[list[tuple[str, 
     if not folders:
         raise DataError(
             f"data.root: no class folders under '{data_root}': expected train/ and test/ folders "
-            f"holding one folder per class, or one folder per class")
+            f"holding one folder per class, or one folder per class"
+        )
     if "train" in names and "test" in names:
         report["layout"] = "train/ and test/ folders"
         splits = {"train": data_root / "train", "test": data_root / "test"}
         others = [n for n in names if n not in splits]
         if others:
-            warn(report, f"ignoring folder(s) {[text_name(n) for n in others]} under '{data_root}' "
-                          "(only train/ and test/ are read)")
+            warn(
+                report,
+                f"ignoring folder(s) {[text_name(n) for n in others]} under '{data_root}' "
+                "(only train/ and test/ are read)",
+            )
     elif "train" in names:
         warn(report, f"'{data_root}' has train/ but no test/: splitting train/ by test_fraction")
         report["layout"] = "train/ folder, split by test_fraction"
@@ -115,8 +123,10 @@ def scan_tree(data_root: Path, report: dict[str, Any]) -> tuple[list[tuple[str, 
             raise DataError(f"data.root: no class folders under '{split_dir}': expected one folder per class")
         loose = _loose_images(split_dir)
         if loose:
-            warn(report, f"ignoring {loose} image file(s) directly in '{split_dir}': "
-                          "images must sit in one folder per class")
+            warn(
+                report,
+                f"ignoring {loose} image file(s) directly in '{split_dir}': images must sit in one folder per class",
+            )
         for class_dir in class_dirs:
             name = text_name(class_dir.name)
             class_names.add(name)
@@ -128,19 +138,18 @@ def scan_tree(data_root: Path, report: dict[str, Any]) -> tuple[list[tuple[str, 
     if not_images:
         skip_non_images(report, not_images, "in class folders")
     if not entries:
-        raise DataError(f"data.root: no image files ({', '.join(IMAGE_EXTENSIONS)}) found under "
-                        f"'{data_root}'")
+        raise DataError(f"data.root: no image files ({', '.join(IMAGE_EXTENSIONS)}) found under '{data_root}'")
     return entries, sorted(class_names)
 
 
 def skip_non_images(report: dict[str, Any], paths: list[str], where: str) -> None:
     """List `paths` (files that are no images) in report["skipped"] with the reason, and warn
     once, naming `where` they were ("in class folders", "under '<root>'") and the first."""
-    report["skipped"] += [{"path": text_name(p), "reason": "not an image file (expected one of "
-                                                         f"{', '.join(IMAGE_EXTENSIONS)})"}
-                          for p in paths]
-    warn(report, f"skipped {len(paths)} non-image file(s) {where}, e.g. "
-                  f"'{text_name(paths[0])}' (listed in the report)")
+    report["skipped"] += [
+        {"path": text_name(p), "reason": f"not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})"}
+        for p in paths
+    ]
+    warn(report, f"skipped {len(paths)} non-image file(s) {where}, e.g. '{text_name(paths[0])}' (listed in the report)")
 
 
 def class_counts(entries: list[tuple[str, str, str]], class_names: list[str]) -> dict[str, int]:
@@ -158,18 +167,24 @@ def check_novel_classes(novel_classes: Sequence[str], counts: dict[str, int], da
     """
     with_images = sorted(name for name, n in counts.items() if n)
     if len(with_images) < 3:
-        raise DataError(f"data.root: only {len(with_images)} class folder(s) with images under "
-                        f"'{data_root}' ({with_images}): expected at least 3, 1 base class and "
-                        f"the 2 or more novel classes of data.novel_classes")
+        raise DataError(
+            f"data.root: only {len(with_images)} class folder(s) with images under "
+            f"'{data_root}' ({with_images}): expected at least 3, 1 base class and "
+            f"the 2 or more novel classes of data.novel_classes"
+        )
     novel = [unicodedata.normalize("NFC", c) if isinstance(c, str) else c for c in novel_classes]
     unknown = [c for c in novel if c not in counts]
     if unknown:
-        raise DataError(f"data.novel_classes: {unknown} not found under '{data_root}': expected "
-                        f"names of its class folders {sorted(counts)}")
+        raise DataError(
+            f"data.novel_classes: {unknown} not found under '{data_root}': expected "
+            f"names of its class folders {sorted(counts)}"
+        )
     empty = [c for c in novel if not counts[c]]
     if empty:
-        raise DataError(f"data.novel_classes: class folder(s) {empty} under '{data_root}' hold no "
-                        f"image files: expected images of every novel class")
+        raise DataError(
+            f"data.novel_classes: class folder(s) {empty} under '{data_root}' hold no "
+            f"image files: expected images of every novel class"
+        )
 
 
 def count_class_images(root: str | os.PathLike) -> tuple[Path, dict[str, int]] | None:
@@ -198,9 +213,11 @@ def scan_images(data_root: Path, report: dict[str, Any], key: str = "data.unlabe
     if others:
         skip_non_images(report, others, f"under '{data_root}'")
     if not files:
-        raise DataError(f"{key}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found at any depth "
-                        f"under '{data_root}': expected a folder of images (sub-folders allowed), "
-                        f"or a .tar.gz of one")
+        raise DataError(
+            f"{key}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found at any depth "
+            f"under '{data_root}': expected a folder of images (sub-folders allowed), "
+            f"or a .tar.gz of one"
+        )
     return files
 
 

@@ -14,13 +14,15 @@ the policy of `bowflow.data.resize`. The names are `bowflow.data.specs.SOURCES`,
 config validates against; a new source is a loader here returning train/test `ImageSet`s,
 named in SOURCES and dispatched by `load_source`.
 """
+
 from __future__ import annotations
 
 import numbers
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,8 +64,10 @@ def load_source(
         raise DataError(f"data.source: unknown data source {source!r}; expected one of: {', '.join(SOURCES)}")
     _check_image_size(image_size)
     if source != "digits" and not str(root).strip():
-        raise DataError(f"data.root: source {source!r} needs a data root: set `data.root` to a folder "
-                        f"(or, for imagefolder, a .tar.gz)")
+        raise DataError(
+            f"data.root: source {source!r} needs a data root: set `data.root` to a folder "
+            f"(or, for imagefolder, a .tar.gz)"
+        )
     report: dict[str, Any] = {
         "source": source,
         "root": None if source == "digits" else str(root),
@@ -84,8 +88,9 @@ def load_source(
         train, test = _load_digits(int(image_size), test_fraction, seed, report)
     elif source == "imagefolder":
         check_fraction("max_bad_fraction", max_bad_fraction, open_interval=False)
-        train, test = load_imagefolder(Path(root), int(image_size), test_fraction, seed,
-                                        max_bad_fraction, report, novel_classes)
+        train, test = load_imagefolder(
+            Path(root), int(image_size), test_fraction, seed, max_bad_fraction, report, novel_classes
+        )
     else:
         train, test = _load_torchvision(source, Path(root), int(image_size), download, report)
     seconds = time.perf_counter() - start
@@ -110,19 +115,20 @@ def _warn_missing_classes(train: ImageSet, test: ImageSet, report: dict[str, Any
         if a and not b:
             warn(report, f"class {name!r} has {a} train images but none in test; kept")
         elif b and not a:
-            warn(report, f"class {name!r} has {b} test images but none in train; kept, "
-                          "but no model will see it during training")
+            warn(
+                report,
+                f"class {name!r} has {b} test images but none in train; kept, but no model will see it during training",
+            )
 
 
-def _load_digits(image_size: int, test_fraction: float, seed: int,
-                 report: dict[str, Any]) -> tuple[ImageSet, ImageSet]:
+def _load_digits(image_size: int, test_fraction: float, seed: int, report: dict[str, Any]) -> tuple[ImageSet, ImageSet]:
     """scikit-learn digits: [1797, 8, 8] values 0..16 -> uint8, resized, 3 channels."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    gray = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)   # [N, 8, 8]
-    gray = resize_images(gray, image_size)                               # [N, S, S]
-    images = np.repeat(gray[..., None], 3, axis=-1)                      # [N, S, S, 3]
+    gray = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # [N, 8, 8]
+    gray = resize_images(gray, image_size)  # [N, S, S]
+    images = np.repeat(gray[..., None], 3, axis=-1)  # [N, S, S, 3]
     labels = digits.target.astype(np.int64)
     class_names = list(DIGITS_CLASSES)
     report["layout"] = "embedded, split by test_fraction"
@@ -130,12 +136,15 @@ def _load_digits(image_size: int, test_fraction: float, seed: int,
     note_sizes(report, [(8, 8)] * len(labels), image_size)
     train_idx, test_idx = stratified_split(labels, test_fraction, seed)
     paths = [""] * len(labels)
-    return (ImageSet(images[train_idx], labels[train_idx], class_names, [paths[i] for i in train_idx]),
-            ImageSet(images[test_idx], labels[test_idx], class_names, [paths[i] for i in test_idx]))
+    return (
+        ImageSet(images[train_idx], labels[train_idx], class_names, [paths[i] for i in train_idx]),
+        ImageSet(images[test_idx], labels[test_idx], class_names, [paths[i] for i in test_idx]),
+    )
 
 
-def _load_torchvision(source: str, root: Path, image_size: int, download: bool,
-                      report: dict[str, Any]) -> tuple[ImageSet, ImageSet]:
+def _load_torchvision(
+    source: str, root: Path, image_size: int, download: bool, report: dict[str, Any]
+) -> tuple[ImageSet, ImageSet]:
     """Official train/test splits of a torchvision dataset, as [N, S, S, 3] uint8, rows
     sorted by class (stable), as `load_imagefolder` lists a class-folder tree."""
     from torchvision import datasets
@@ -157,8 +166,10 @@ def _load_torchvision(source: str, root: Path, image_size: int, download: bool,
             ds = build(split)
         except RuntimeError as e:
             if download:
-                raise DataError(f"data.root: {source} could not be downloaded into or read from "
-                                f"'{root}' ({e}); expected a writable folder, online") from e
+                raise DataError(
+                    f"data.root: {source} could not be downloaded into or read from "
+                    f"'{root}' ({e}); expected a writable folder, online"
+                ) from e
             raise DataNotFoundError(
                 f"data.root: {source}: no usable copy under data root '{root}' ({e}). Set `data.download: true` "
                 f"to download it there, or point `data.root` at a folder holding a local copy."
@@ -166,7 +177,7 @@ def _load_torchvision(source: str, root: Path, image_size: int, download: bool,
         except OSError as e:  # network failures surface as URLError, an OSError
             raise DataError(f"data.download: {source}: downloading into '{root}' failed: {e}") from e
         if source in ("cifar10", "cifar100"):
-            images = np.asarray(ds.data, dtype=np.uint8)                          # [N, 32, 32, 3]
+            images = np.asarray(ds.data, dtype=np.uint8)  # [N, 32, 32, 3]
             labels = np.asarray(ds.targets, dtype=np.int64)
             class_names = list(ds.classes)
         else:

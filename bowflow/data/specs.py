@@ -12,13 +12,14 @@ message names the parameter (`data.root`, `data.novel_classes`, ...) or the file
 was expected; `stages.prepare` prints it as one line, without a traceback. What a loader
 can carry on past is recorded in its report by `warn` (and printed to stderr).
 """
+
 from __future__ import annotations
 
 import numbers
 import sys
 from typing import Any
 
-SOURCES = ("digits", "imagefolder", "cifar10", "cifar100", "svhn", "stl10")   # the one list; config imports it
+SOURCES = ("digits", "imagefolder", "cifar10", "cifar100", "svhn", "stl10")  # the one list; config imports it
 DIGITS_CLASSES = [str(i) for i in range(10)]
 TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 

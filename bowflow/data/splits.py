@@ -3,6 +3,7 @@ split (`stratified_split`, labels int [N] -> row indices), the base/novel classe
 few-shot protocol (`base_novel_split`), and the rows of some classes (`subset_classes`,
 numpy arrays or torch tensors).
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -41,8 +42,9 @@ def base_novel_split(class_names: list[str], novel_classes: list[str]) -> tuple[
     """
     wrong_type = [c for c in novel_classes if not isinstance(c, str)]
     if wrong_type:
-        raise DataError(f"novel classes must be given by name (strings), got {wrong_type}; "
-                        f"e.g. {[str(c) for c in wrong_type]}")
+        raise DataError(
+            f"novel classes must be given by name (strings), got {wrong_type}; e.g. {[str(c) for c in wrong_type]}"
+        )
     novel_classes = [unicodedata.normalize("NFC", c) for c in novel_classes]
     unknown = [c for c in novel_classes if c not in class_names]
     if unknown:
@@ -70,7 +72,7 @@ def subset_classes(images, labels, class_names: list[str], keep: list[str]):
         raise ValueError(f"unknown class(es) {unknown}; available classes: {list(class_names)}")
     keep_idx = [class_names.index(c) for c in keep]
     if isinstance(labels, np.ndarray):
-        mask: Any = np.isin(labels, keep_idx)      # a numpy or a torch mask
+        mask: Any = np.isin(labels, keep_idx)  # a numpy or a torch mask
     else:
         import torch
 

@@ -9,6 +9,7 @@ writes byte-identical files.
 Images of an unlabelled folder (`data.unlabelled`), when given, go to unlabelled.parquet
 (label -1, no class name), read only by the self-supervised stages (`prepared.load_ssl_split`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,19 +41,29 @@ def content_hash(train: ImageSet, test: ImageSet, unlabelled: ImageSet | None = 
 
 
 def _schema(height: int, width: int, class_names: list[str]) -> pa.Schema:
-    meta = {"format": FORMAT, "height": str(height), "width": str(width), "channels": "3",
-            "class_names": json.dumps(class_names)}
+    meta = {
+        "format": FORMAT,
+        "height": str(height),
+        "width": str(width),
+        "channels": "3",
+        "class_names": json.dumps(class_names),
+    }
     return pa.schema(
-        [("pixels", pa.binary()), ("label", pa.int32()),
-         ("class_name", pa.dictionary(pa.int32(), pa.string())), ("path", pa.string())],
-        metadata=meta)
+        [
+            ("pixels", pa.binary()),
+            ("label", pa.int32()),
+            ("class_name", pa.dictionary(pa.int32(), pa.string())),
+            ("path", pa.string()),
+        ],
+        metadata=meta,
+    )
 
 
 def _write_split(path: Path, s: ImageSet) -> None:
     """One split -> Parquet, in row groups of about _PARQUET_GROUP_BYTES, written atomically."""
     n, h, w, c = s.images.shape
     row_bytes = h * w * c
-    flat = np.ascontiguousarray(s.images).reshape(-1)          # [N * H * W * 3]
+    flat = np.ascontiguousarray(s.images).reshape(-1)  # [N * H * W * 3]
     schema = _schema(h, w, s.class_names)
     names = pa.array(s.class_names, pa.string())
     rows_per_group = max(1, _PARQUET_GROUP_BYTES // row_bytes)
@@ -62,25 +73,35 @@ def _write_split(path: Path, s: ImageSet) -> None:
                 b = min(a + rows_per_group, n)
                 offsets = np.arange(b - a + 1, dtype=np.int32) * row_bytes
                 pixels = pa.Array.from_buffers(
-                    pa.binary(), b - a,
-                    [None, pa.py_buffer(offsets), pa.py_buffer(flat[a * row_bytes:b * row_bytes])])
+                    pa.binary(), b - a, [None, pa.py_buffer(offsets), pa.py_buffer(flat[a * row_bytes : b * row_bytes])]
+                )
                 labels = s.labels[a:b].astype(np.int32)
-                columns = [pixels, pa.array(labels),
-                           pa.DictionaryArray.from_arrays(pa.array(labels, mask=labels < 0), names),
-                           pa.array(s.paths[a:b], pa.string())]
+                columns = [
+                    pixels,
+                    pa.array(labels),
+                    pa.DictionaryArray.from_arrays(pa.array(labels, mask=labels < 0), names),
+                    pa.array(s.paths[a:b], pa.string()),
+                ]
                 writer.write_table(pa.Table.from_arrays(columns, schema=schema))
 
 
 def unlabelled_set(images: np.ndarray, paths: list[str]) -> ImageSet:
     """Unlabelled images (uint8 [N, H, W, 3]) as an ImageSet with label -1 and no classes."""
-    set_ = ImageSet(images[:0], np.zeros(0, np.int64), [], [])     # validates the pixel layout
+    set_ = ImageSet(images[:0], np.zeros(0, np.int64), [], [])  # validates the pixel layout
     set_.images, set_.labels, set_.paths = images, np.full(len(images), -1, np.int64), list(paths)
     return set_
 
 
-def write_prepared(out_dir: str | os.PathLike, train: ImageSet, test: ImageSet, base: list[str],
-                   novel: list[str], report: dict[str, Any], source_info: dict[str, Any],
-                   unlabelled: ImageSet | None = None) -> dict[str, Any]:
+def write_prepared(
+    out_dir: str | os.PathLike,
+    train: ImageSet,
+    test: ImageSet,
+    base: list[str],
+    novel: list[str],
+    report: dict[str, Any],
+    source_info: dict[str, Any],
+    unlabelled: ImageSet | None = None,
+) -> dict[str, Any]:
     """Write train.parquet, test.parquet (unlabelled.parquet when `unlabelled` images are
     given, see `unlabelled_set`), then manifest.json (last, so it marks completion).
 
@@ -97,8 +118,7 @@ def write_prepared(out_dir: str | os.PathLike, train: ImageSet, test: ImageSet, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if unlabelled is not None and unlabelled.images.shape[1:] != train.images.shape[1:]:
-        raise ValueError(f"unlabelled images {unlabelled.images.shape[1:]} vs train images "
-                         f"{train.images.shape[1:]}")
+        raise ValueError(f"unlabelled images {unlabelled.images.shape[1:]} vs train images {train.images.shape[1:]}")
     for split, s in zip(SPLITS, (train, test)):
         _write_split(out_dir / f"{split}.parquet", s)
     stale = out_dir / f"{UNLABELLED}.parquet"
@@ -108,8 +128,10 @@ def write_prepared(out_dir: str | os.PathLike, train: ImageSet, test: ImageSet, 
         stale.unlink(missing_ok=True)
 
     k = len(class_names)
-    counts = {split: dict(zip(class_names, np.bincount(s.labels, minlength=k).tolist()))
-              for split, s in zip(SPLITS, (train, test))}
+    counts = {
+        split: dict(zip(class_names, np.bincount(s.labels, minlength=k).tolist()))
+        for split, s in zip(SPLITS, (train, test))
+    }
     h, w, _ = train.images.shape[1:]
     manifest = {
         "format": FORMAT,
@@ -119,8 +141,11 @@ def write_prepared(out_dir: str | os.PathLike, train: ImageSet, test: ImageSet, 
         "base_classes": list(base),
         "novel_classes": list(novel),
         "counts": counts,
-        "totals": {"train": len(train), "test": len(test),
-                   **({UNLABELLED: len(unlabelled)} if unlabelled is not None else {})},
+        "totals": {
+            "train": len(train),
+            "test": len(test),
+            **({UNLABELLED: len(unlabelled)} if unlabelled is not None else {}),
+        },
         "content_hash": content_hash(train, test, unlabelled),
         "files": {split: f"{split}.parquet" for split in SPLITS + ((UNLABELLED,) if unlabelled is not None else ())},
         "report": {key: value for key, value in report.items() if key != "timing"},
