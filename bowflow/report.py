@@ -57,7 +57,20 @@ def load_lineage(eval_dir: Path, names: list[str] | None = None) -> list[dict]:
         finetune = finetune_dir / f"{record['name']}.json"  # stages/finetune.py, when it ran
         if finetune.exists():
             record["finetune"] = json.loads(finetune.read_text())["finetune"]
+        add_detection(record, Path(eval_dir).parent)
     return ordered
+
+
+def add_detection(record: dict, seed_dir: Path, name: str | None = None) -> None:
+    """record["detection"] = the run's detection record (stages/detect.py: ap50, ap75, ap in %,
+    images, steps, seconds) when seed_dir/detect/<name>.json exists."""
+    path = Path(seed_dir) / "detect" / f"{name or record['name']}.json"
+    if path.exists():
+        record["detection"] = json.loads(path.read_text())["detection"]
+
+
+# Detection columns (stages/detect.py, with a `detection:` section): metric -> the record's key
+DETECTION_METRICS = {"det_ap50": "ap50", "det_ap75": "ap75", "det_ap": "ap"}
 
 
 def finetune_metric(fraction: str) -> str:
@@ -290,6 +303,7 @@ def load_supervised(train_dir: Path, names: list[str] | None = None) -> dict[str
             finetune = Path(train_dir).parent / "finetune" / path.name  # stages/finetune.py, when it ran
             if finetune.exists():
                 record["finetune"] = json.loads(finetune.read_text())["finetune"]
+            add_detection(record, Path(train_dir).parent, path.stem)
             runs[path.stem] = record
     return runs
 
@@ -483,6 +497,7 @@ def accuracy_values(record: dict) -> dict[str, float]:
     values = {f"few_shot_{n}": record["few_shot"][n]["mean"] for n in sorted(record.get("few_shot", {}), key=int)}
     values |= {key: record[key] for key in ("linear_base", "knn_all", "top1") if key in record}
     values |= {finetune_metric(f): r["top1"] for f, r in record.get("finetune", {}).items()}
+    values |= {metric: record["detection"][key] for metric, key in DETECTION_METRICS.items() if "detection" in record}
     return values
 
 
@@ -492,7 +507,14 @@ def metric_label(metric: str) -> str:
         return f"n = {metric[len('few_shot_') :]}"
     if metric.startswith("finetune_"):
         return f"Fine-tuned {metric[len('finetune_') : -len('pct')]}%"
-    return {"linear_base": "Base linear", "knn_all": "k-NN", "top1": "Top-1"}[metric]
+    return {
+        "linear_base": "Base linear",
+        "knn_all": "k-NN",
+        "top1": "Top-1",
+        "det_ap50": "Det AP50",
+        "det_ap75": "Det AP75",
+        "det_ap": "Det AP",
+    }[metric]
 
 
 def metric_order(metrics) -> list[str]:
@@ -503,7 +525,8 @@ def metric_order(metrics) -> list[str]:
         (m for m in set(metrics) if m.startswith("finetune_")), key=lambda m: float(m[len("finetune_") : -len("pct")])
     )
     rest = [m for m in ("linear_base", "knn_all") if m in set(metrics)]
-    return shots + rest + finetuned + (["top1"] if "top1" in set(metrics) else [])
+    detection = [m for m in DETECTION_METRICS if m in set(metrics)]
+    return shots + rest + finetuned + detection + (["top1"] if "top1" in set(metrics) else [])
 
 
 def spread(values: list[float]) -> dict:
@@ -806,7 +829,8 @@ def summary(per_seed: dict[str, dict[int, dict]], supervised: dict[str, dict[int
     `metrics:` (data/metrics/summary.json, written by the report stage; every stage's full
     record stays an output that is not a metric). {run: {linear, knn, shot_N (each shot
     count's mean accuracy over episodes), ft_Ppct (test top-1 after fine-tuning on P% of the
-    labels, with a `finetune:` section), top1 (teacher and distill runs: test top-1),
+    labels, with a `finetune:` section), det_ap50, det_ap75, det_ap (detection fine-tuning's
+    COCO AP in %, with a `detection:` section), top1 (teacher and distill runs: test top-1),
     train_min (the training stage's wall clock, minutes), n_seeds}}; each value the mean
     over the run's seeds, rounded to two decimals. `per_seed`: `load_seeds` (evaluated
     runs, lineage order), `supervised`: `load_supervised_seeds` (runs with a test top-1)."""
@@ -829,6 +853,9 @@ def summary(per_seed: dict[str, dict[int, dict]], supervised: dict[str, dict[int
                 f"ft_{finetune_metric(f)[len('finetune_') :]}": r["top1"]
                 for f, r in sorted(finetune.items(), key=lambda item: float(item[0]))
             }
+            detection = record.get("detection") or train.get("detection")  # evaluated or supervised runs
+            if detection:
+                row |= {metric: detection[key] for metric, key in DETECTION_METRICS.items()}
             if "wall_seconds" in train:
                 row["train_min"] = train["wall_seconds"] / 60
             for key, value in row.items():

@@ -265,6 +265,23 @@ def seed_stages(seed: int, params: dict | None = None) -> dict[str, dict]:
         groups[f"finetune_student_seed{seed}"] = {"foreach": "${generations}", "do": finetune}
         groups[f"finetune_teacher_seed{seed}"] = {"foreach": "${teachers}", "do": finetune}
         groups[f"finetune_distill_seed{seed}"] = {"foreach": "${distill}", "do": finetune}
+    if "detection" in params:  # optional: detection fine-tuning of every run of every section
+        detect = {
+            "cmd": (
+                f"bin/python -m stages.detect --data data/detection --model {p['models']}/${{key}}/model.pt "
+                f"--out {p['metrics']}/detect/${{key}}.json --seed {seed} --device ${{device}} ${{detection}}"
+            ),
+            "deps": ["data/detection", f"{p['models']}/${{key}}/model.pt", *code_deps("stages.detect")],
+            "params": ["device", "detection"],
+            "outs": [record(f"{p['metrics']}/detect/${{key}}.json")],
+        }
+        for section, kind in (
+            ("pretrain", "pretrain"),
+            ("generations", "student"),
+            ("teachers", "teacher"),
+            ("distill", "distill"),
+        ):
+            groups[f"detect_{kind}_seed{seed}"] = {"foreach": f"${{{section}}}", "do": detect}
     for section, kind in (("pretrain", "pretrain"), ("teachers", "teacher")):
         foreach = foreach_of(section, imports, runs[section], imported=True)
         if foreach:
@@ -298,6 +315,16 @@ def stages(seeds: list[int], params: dict | None = None) -> dict[str, dict]:
             "outs": [{"data/prepared": {"type": "directory"}}],
         },
     }
+    if "detection" in (params or {}):  # the box source of every detect stage, prepared once
+        out["prepare_detection"] = {
+            "cmd": (
+                "bin/python -m stages.prepare_detection --out data/detection --seed ${seed} "
+                "--needs data/checked_params.txt ${detection}"
+            ),
+            "deps": ["data/checked_params.txt", *code_deps("stages.prepare_detection")],
+            "params": ["seed", "detection"],
+            "outs": [{"data/detection": {"type": "directory"}}],
+        }
     for seed in seeds:
         out.update(seed_stages(seed, params))
     out["report"] = {

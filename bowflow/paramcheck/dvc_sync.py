@@ -21,7 +21,7 @@ def check_pipeline_seeds(seeds: list[int], pipeline_seeds: list[int] | None) -> 
 
 # Optional params sections that add stage groups to dvc.yaml when present (the fine-tuning
 # stages of `finetune:`): their names are part of the layout.
-STAGE_SECTIONS = ("finetune",)
+STAGE_SECTIONS = ("finetune", "detection")
 
 
 def dvc_layout(params: dict) -> list[str]:

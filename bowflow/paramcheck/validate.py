@@ -18,7 +18,15 @@ from bowflow.paramcheck.data_needs import data_needs
 from bowflow.paramcheck.run_sections import check_generations, check_pretrain, check_supervised
 from bowflow.paramcheck.runs import RUN_SECTIONS
 from bowflow.paramcheck.schema import check_scalars, check_section
-from bowflow.sections import DataParams, EvalParams, FineTuneParams, ParamsError, ReportParams, check_data_needs
+from bowflow.sections import (
+    DataParams,
+    DetectionParams,
+    EvalParams,
+    FineTuneParams,
+    ParamsError,
+    ReportParams,
+    check_data_needs,
+)
 
 TOP_LEVEL = {
     "seed": int,
@@ -32,7 +40,7 @@ TOP_LEVEL = {
     "resources": dict,
 }
 # Sections a params.yaml may leave out: each adds stages when present (workflow/pipeline.py).
-OPTIONAL = {"finetune": FineTuneParams}
+OPTIONAL = {"finetune": FineTuneParams, "detection": DetectionParams}
 
 
 def validate_params(params: dict, manifest: dict | None = None) -> dict:
