@@ -65,11 +65,16 @@ def snakemake_jobs(result: subprocess.CompletedProcess) -> dict[frozenset, dict]
     return jobs
 
 
-@pytest.fixture(scope="module", params=["repo", "tiny", "finetune"])
+@pytest.fixture(scope="module", params=["repo", "tiny", "finetune", "detection"])
 def dry_run(request, tmp_path_factory):
     """(project, its Snakemake dry run): this repository, a scratch tiny project, and one with
-    the optional `finetune:` section (its stages)."""
-    params = {"tiny": tiny_params, "finetune": lambda: dict(tiny_params(every_method=False), finetune={})}
+    each optional section that adds stages (`finetune:`; `detection:`, whose prepare_detection
+    stage and detect stages must appear in both front-ends)."""
+    params = {
+        "tiny": tiny_params,
+        "finetune": lambda: dict(tiny_params(every_method=False), finetune={}),
+        "detection": lambda: dict(tiny_params(every_method=False), detection={}),
+    }
     root = (
         ROOT
         if request.param == "repo"
@@ -95,6 +100,17 @@ def test_same_stages_commands_inputs_outputs(dry_run):
             assert any(path == d or path.startswith(d.rstrip("/") + "/") for d in stage["deps"]), (
                 f"rule {job['rule']}: input {path} is not a DVC dependency of {stage['name']}"
             )
+
+
+def test_the_detection_stages_are_in_the_dry_run(dry_run):
+    """With `detection:`, Snakemake runs prepare_detection once and a detect job per run."""
+    root, result = dry_run
+    if "detection" not in load_yaml(root / "params.yaml"):
+        pytest.skip("no detection: section")
+    rules = [job["rule"] for job in snakemake_jobs(result).values()]
+    assert rules.count("prepare_detection") == 1
+    for kind in ("pretrain", "student", "teacher", "distill"):
+        assert any(rule.startswith(f"detect_{kind}_seed0__") for rule in rules), (kind, rules)
 
 
 def test_dry_run_takes_no_dvc_lock_and_writes_nothing_tracked(dry_run):

@@ -200,3 +200,45 @@ def test_adding_fine_tuning_reruns_only_its_stages_and_the_report(one_of_each_pr
     assert all({"ft_5pct", "ft_20pct"} <= set(values) for values in summary.values()), summary
     assert "Fine-tuned 5% | Fine-tuned 20%" in (project / "data/report/report.md").read_text()
     assert repro(project) == set()
+
+
+@pytest.mark.slow
+def test_adding_detection_reruns_only_its_stages_and_the_report(one_of_each_project, tmp_path):
+    """A `detection:` section added to a finished project (dvc.yaml rewritten, as
+    `python -m workflow.pipeline` does) prepares the box source once and runs one detection
+    stage per run (pretrain, generation, teacher, distilled student), the params check and the
+    report: nothing that exists reruns. The report and the summary carry the three AP columns,
+    and each stage's record its scores, images and steps."""
+    project = tmp_path / "project"
+    shutil.copytree(one_of_each_project[0], project, symlinks=True)
+    params = load_yaml(project / "params.yaml")
+    params["detection"] = {
+        "train_images": 16,
+        "test_images": 8,
+        "image_size": 16,
+        "roi_size": 4,
+        "proposals": 32,
+        "roi_batch": 16,
+        "steps": 2,
+        "batch_size": 4,
+        "warmup_steps": 1,
+        "precise_bn_steps": 1,
+    }
+    write_params(project, params)
+    kinds = {"pretrain": "pretrain", "generations": "student", "teachers": "teacher", "distill": "distill"}
+    assert repro(project) == {
+        "check_params",
+        "prepare_detection",
+        "report",
+        *seeded(*{f"detect_{kind}@{name}" for section, kind in kinds.items() for name in params[section]}),
+    }
+    manifest = json.loads((project / "data/detection/manifest.json").read_text())
+    assert manifest["counts"]["train"]["images"] == 16 and manifest["class_names"] == ["T", "L", "F", "P"]
+    for name in [name for section in kinds for name in params[section]]:
+        record = json.loads((project / f"data/metrics/seed0/detect/{name}.json").read_text())["detection"]
+        assert record["steps"] == 2 and record["images"] == 16 and record["seconds"] > 0
+        assert all(0 <= record[k] <= 100 for k in ("ap50", "ap75", "ap"))
+    summary = json.loads((project / SUMMARY).read_text())
+    assert all({"det_ap50", "det_ap75", "det_ap"} <= set(values) for values in summary.values()), summary
+    assert "Det AP50 | Det AP75 | Det AP" in (project / "data/report/report.md").read_text()
+    assert repro(project) == set()
