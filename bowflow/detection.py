@@ -223,6 +223,9 @@ def build_detector(backbone: Backbone, normalizer: Normalizer, spec: DetectorSpe
         box_batch_size_per_image=spec.roi_batch,
         box_detections_per_img=spec.detections,
     )
+    # batches are padded to a multiple of the coarsest stride the body computes (a ViT's
+    # patch; detectron2: none for C4, the backbone's 32 for FPN), not torchvision's fixed 32
+    model.transform.size_divisible = max(reductions[:1] if spec.head == "c4" else backbone.reductions)
     model.bowflow_sizes = (tuple(spec.train_sizes), spec.test_size)
     return model
 
