@@ -317,14 +317,16 @@ def test_fine_tuning_a_pretrained_network_beats_the_untrained_control(task, cont
 # 32 px images with 1-3 boxed glyphs each (bowflow.data.boxes.generate_shapes: this task's four
 # glyphs, 10 or 15 px), a short fine-tune of DETECTION_STEPS iterations of 16 images, from the
 # trained RotNet and from the untrained control, scored by COCO AP50 on 128 test images.
-# Measured AP50 at fine-tuning seed 0: RotNet 33.8, control 25.4 (+8.5; AP75 5.3 vs 3.6). The
-# gap is a short fine-tune's: after 150 iterations on 256 images the control's AP50 catches up
-# (52.8 vs 51.9; RotNet keeps AP75 31.7 vs 25.3), and on 16 px images (one glyph each) it was
+# Measured AP50 at fine-tuning seeds 0 / 1 / 2: RotNet 33.8 / 34.7 / 38.8, control 25.4 /
+# 10.8 / 21.1 (gains 8.5 / 23.9 / 17.6; AP75 5.3 / 2.8 / 12.3 vs 3.6 / 0.5 / 1.3). 5 points is
+# about half the smallest gain and still fails a network that brings nothing. The gap is a
+# short fine-tune's: after 150 iterations on 256 images the control's AP50 catches up (52.8
+# vs 51.9, RotNet keeping AP75 31.7 vs 25.3), and on 16 px images (one glyph each) it was
 # within noise (+4.7, +2.0, -4.9 over three image/step counts). docs/fidelity/detection.md.
 DETECTION_IMAGES = 128
 DETECTION_SIZE = 32
 DETECTION_STEPS = 60
-DETECTION_MARGIN = 4.0
+DETECTION_MARGIN = 5.0
 
 
 def test_detection_fine_tuning_of_a_pretrained_network_beats_the_untrained_control(task, control, rotnet):
