@@ -49,29 +49,42 @@ def load_lineage(eval_dir: Path, names: list[str] | None = None) -> list[dict]:
         if names is None or p.stem in names
     }
     ordered = sorted(records.values(), key=lambda r: (r.get("generation", 0), r["name"]))
-    train_dir, finetune_dir = Path(eval_dir).parent / "train", Path(eval_dir).parent / "finetune"
+    train_dir = Path(eval_dir).parent / "train"
     for record in ordered:
         record["label"] = model_label(record)
         train = train_dir / f"{record['name']}.json"
         record["train"] = json.loads(train.read_text()) if train.exists() else {}
-        finetune = finetune_dir / f"{record['name']}.json"  # stages/finetune.py, when it ran
-        if finetune.exists():
-            record["finetune"] = json.loads(finetune.read_text())["finetune"]
-        attach_transfer(record, Path(eval_dir).parent, record["name"])
+        attach_evaluations(record, Path(eval_dir).parent, record["name"])
     return ordered
 
 
-def attach_transfer(record: dict, seed_dir: Path, name: str) -> None:
-    """The run's transfer results (stages/transfer.py, when it ran: seedS/transfer/NAME.json)
-    as record["transfer"]: {source: {metric, value, ...}}."""
-    path = Path(seed_dir) / "transfer" / f"{name}.json"
-    if path.exists():
-        record["transfer"] = json.loads(path.read_text())["transfer"]
+# The per-run evaluation stages beside `evaluate` (each only with its optional params section):
+# record key -> (folder under data/metrics/seedS/, the key of the stage's JSON holding the results)
+EVALUATIONS = {
+    "finetune": ("finetune", "finetune"),
+    "transfer": ("transfer", "transfer"),
+    "detection": ("detect", "detection"),
+}
+
+
+def attach_evaluations(record: dict, seed_dir: Path, name: str) -> None:
+    """A run's results of the optional evaluation stages that ran (seedS/finetune/NAME.json,
+    seedS/transfer/NAME.json, seedS/detect/NAME.json) as record["finetune"] ({fraction:
+    {top1, ...}}), record["transfer"] ({source: {metric, value, ...}}) and record["detection"]
+    ({ap50, ap75, ap, ...})."""
+    for key, (folder, field) in EVALUATIONS.items():
+        path = Path(seed_dir) / folder / f"{name}.json"
+        if path.exists():
+            record[key] = json.loads(path.read_text())[field]
 
 
 def transfer_metric(source: str, result: dict) -> str:
     """A transfer source's metric name: 'transfer_<source>_top1' or 'transfer_<source>_map'."""
     return f"transfer_{source}_{result['metric']}"
+
+
+# Detection columns (stages/detect.py, with a `detection:` section): metric -> the record's key
+DETECTION_METRICS = {"det_ap50": "ap50", "det_ap75": "ap75", "det_ap": "ap"}
 
 
 def finetune_metric(fraction: str) -> str:
@@ -301,10 +314,7 @@ def load_supervised(train_dir: Path, names: list[str] | None = None) -> dict[str
             continue
         record = json.loads(path.read_text())
         if "top1" in record:
-            finetune = Path(train_dir).parent / "finetune" / path.name  # stages/finetune.py, when it ran
-            if finetune.exists():
-                record["finetune"] = json.loads(finetune.read_text())["finetune"]
-            attach_transfer(record, Path(train_dir).parent, path.stem)
+            attach_evaluations(record, Path(train_dir).parent, path.stem)
             runs[path.stem] = record
     return runs
 
@@ -499,6 +509,7 @@ def accuracy_values(record: dict) -> dict[str, float]:
     values |= {key: record[key] for key in ("linear_base", "knn_all", "top1") if key in record}
     values |= {finetune_metric(f): r["top1"] for f, r in record.get("finetune", {}).items()}
     values |= {transfer_metric(s, r): r["value"] for s, r in record.get("transfer", {}).items()}
+    values |= {metric: record["detection"][key] for metric, key in DETECTION_METRICS.items() if "detection" in record}
     return values
 
 
@@ -511,7 +522,14 @@ def metric_label(metric: str) -> str:
     if metric.startswith("transfer_"):
         source, _, kind = metric[len("transfer_") :].rpartition("_")
         return f"Transfer {source} {'mAP' if kind == 'map' else 'top-1'}"
-    return {"linear_base": "Base linear", "knn_all": "k-NN", "top1": "Top-1"}[metric]
+    return {
+        "linear_base": "Base linear",
+        "knn_all": "k-NN",
+        "top1": "Top-1",
+        "det_ap50": "Det AP50",
+        "det_ap75": "Det AP75",
+        "det_ap": "Det AP",
+    }[metric]
 
 
 def metric_order(metrics) -> list[str]:
@@ -523,7 +541,8 @@ def metric_order(metrics) -> list[str]:
     )
     rest = [m for m in ("linear_base", "knn_all") if m in set(metrics)]
     transferred = sorted(m for m in set(metrics) if m.startswith("transfer_"))
-    return shots + rest + finetuned + transferred + (["top1"] if "top1" in set(metrics) else [])
+    detection = [m for m in DETECTION_METRICS if m in set(metrics)]
+    return shots + rest + finetuned + transferred + detection + (["top1"] if "top1" in set(metrics) else [])
 
 
 def spread(values: list[float]) -> dict:
@@ -827,8 +846,9 @@ def summary(per_seed: dict[str, dict[int, dict]], supervised: dict[str, dict[int
     record stays an output that is not a metric). {run: {linear, knn, shot_N (each shot
     count's mean accuracy over episodes), ft_Ppct (test top-1 after fine-tuning on P% of the
     labels, with a `finetune:` section), tr_SOURCE_top1 / tr_SOURCE_map (linear transfer to
-    each source of a `transfer:` section: test top-1, or VOC07 SVM mAP), top1 (teacher and
-    distill runs: test top-1),
+    each source of a `transfer:` section: test top-1, or VOC07 SVM mAP), det_ap50, det_ap75,
+    det_ap (detection fine-tuning's COCO AP in %, with a `detection:` section), top1 (teacher
+    and distill runs: test top-1),
     train_min (the training stage's wall clock, minutes), n_seeds}}; each value the mean
     over the run's seeds, rounded to two decimals. `per_seed`: `load_seeds` (evaluated
     runs, lineage order), `supervised`: `load_supervised_seeds` (runs with a test top-1)."""
@@ -853,6 +873,9 @@ def summary(per_seed: dict[str, dict[int, dict]], supervised: dict[str, dict[int
             }
             transfer = record.get("transfer") or train.get("transfer") or {}  # evaluated or supervised runs
             row |= {f"tr_{source}_{r['metric']}": r["value"] for source, r in sorted(transfer.items())}
+            detection = record.get("detection") or train.get("detection")  # evaluated or supervised runs
+            if detection:
+                row |= {metric: detection[key] for metric, key in DETECTION_METRICS.items()}
             if "wall_seconds" in train:
                 row["train_min"] = train["wall_seconds"] / 60
             for key, value in row.items():

@@ -303,6 +303,84 @@ class TransferParams(Section):
 
 
 @dataclass
+class DetectionParams(Section):
+    """Detection fine-tuning (stages/prepare_detection.py, stages/detect.py,
+    bowflow/detection.py): an optional section; with it, the box source is prepared once and
+    every run (pretrain, generation, teacher, distillation) is also fine-tuned as the backbone
+    of a Faster R-CNN and scored by COCO AP50, AP75 and AP on the test split. The recipe's
+    defaults are MoCo's / OBoW's VOC protocol (detectron2 R50-C4, 24k iterations of 16 images,
+    OBoW's lr 0.01; docs/fidelity/detection.md); the source's are the embedded generated
+    shapes at 32 px, so `steps` and the sampling sizes want a CPU's values (params.yaml's
+    commented example)."""
+
+    source: str = param(
+        "shapes",
+        "shapes: seeded generated glyph images with boxes (no download); voc: PASCAL VOC year folder(s)",
+        choices=("shapes", "voc"),
+    )
+    root: str = param(
+        "",
+        "voc: a VOC year folder (ImageSets/Main, Annotations, JPEGImages), or several joined by '+' "
+        "whose train splits are concatenated (VOC07+12: 'VOCdevkit/VOC2007+VOCdevkit/VOC2012'; the "
+        "test split is the first's); shapes: unused",
+    )
+    train_split: str = param("trainval", "voc: the ImageSets/Main list trained on (VOC07+12: trainval)")
+    test_split: str = param("test", "voc: the ImageSets/Main list scored (VOC07: test)")
+    train_images: int = param(1000, "shapes: generated training images", above=0)
+    test_images: int = param(500, "shapes: generated test images", above=0)
+    image_size: int = param(32, "pixels: every image is resized whole to image_size^2 and its boxes with it", low=12)
+    head: str = param(
+        "c4",
+        "c4: the network's last stage is the box head on RoIs of the one before (the reference's "
+        "R50-C4); fpn: a feature pyramid over the stage maps, a 2-layer MLP box head",
+        choices=("c4", "fpn"),
+    )
+    train_sizes: list[int] = param(
+        [],
+        "shorter sides (px) the detector resizes training images to, one drawn per batch (reference: "
+        "480..800 on ~375 px VOC images); [] = image_size",
+        above=0,
+    )
+    test_size: int = param(0, "shorter side (px) at test (reference: 800); 0 = image_size", low=0)
+    anchor_sizes: list[float] = param(
+        [],
+        "anchor sizes (px at the detector's input), aspect ratios 0.5/1/2; [] = the reference's in "
+        "feature strides (C4: 2..32 strides, detectron2's 32..512 px at stride 16; FPN: 8 per level)",
+        above=0,
+    )
+    roi_size: int = param(14, "C4 head: RoIAlign cells per side (detectron2: 14, 7 after res5)", above=0)
+    fpn_channels: int = param(256, "FPN head: pyramid channels (detectron2 / torchvision: 256)", above=0)
+    mlp_dim: int = param(1024, "FPN head: hidden units of the 2-layer box head (torchvision: 1024)", above=0)
+    proposals: int = param(
+        2000, "RPN proposals kept per image after NMS in training (detectron2: 2000; test: half)", above=0
+    )
+    roi_batch: int = param(512, "RoIs sampled per image for the box loss, 25% positive (detectron2: 512)", above=0)
+    steps: int = param(24000, "SGD iterations (MoCo / OBoW: 24,000 of 16 images)", above=0)
+    batch_size: int = param(16, "images per iteration (MoCo / OBoW: 16)", above=0)
+    lr: float = param(
+        0.01,
+        "learning rate per 16 images, scaled by batch_size / 16 (OBoW: 0.01, MoCo: 0.02); momentum "
+        "0.9, warm-up, x0.1 at 75% and 92% of the steps (18k, 22k of 24k)",
+        above=0,
+    )
+    weight_decay: float = param(0.0001, "SGD weight decay, none on norm layers (detectron2: 1e-4)", low=0)
+    warmup_steps: int = param(100, "linear warm-up from lr x 0.001 (detectron2: 100)", low=0)
+    precise_bn_steps: int = param(
+        200, "training batches recomputing BatchNorm statistics before the test (detectron2 PreciseBN: 200)", low=0
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.source == "voc" and not self.root.strip():
+            raise ValueError("root must name a VOC year folder (or several joined by '+') when source is 'voc'")
+        if self.source == "voc" and self.train_split == self.test_split and "+" not in self.root:
+            raise ValueError(
+                f"test_split must differ from train_split ({self.train_split!r}): the test images "
+                f"would be training images"
+            )
+
+
+@dataclass
 class ReportParams(Section):
     words_shown: int = param(8, "visual words pictured in the report", above=0)
     patches_per_word: int = param(8, "image patches per pictured word", above=0)

@@ -62,6 +62,7 @@ def pipeline_stages():
     params = tiny_params() | {
         "finetune": {"fractions": [0.5], "epochs": [1], "batch_size": 8},
         "transfer": {"sources": {"scenes": {"source": "shapes", "image_size": 12}}},
+        "detection": {},
     }
     project = make_project(Path(tempfile.mkdtemp(prefix="bowflow-deps-")) / "project", params)
     with Repo(str(project)) as repo:
@@ -103,7 +104,8 @@ def test_the_readme_picture_is_the_pipeline_graph():
 def test_every_stage_declares_the_code_it_runs():
     stages = pipeline_stages()
     assert len(stages) >= 8 and all(
-        any(s.name.startswith(kind) for s in stages) for kind in ("finetune_", "prepare_transfer", "transfer_")
+        any(s.name.startswith(kind) for s in stages)
+        for kind in ("finetune_", "prepare_transfer", "transfer_", "prepare_detection", "detect_")
     )
     for stage in stages:
         declared = declared_code(stage)
@@ -126,9 +128,20 @@ def test_no_stage_declares_code_it_does_not_run():
 
 def test_stages_that_train_nothing_run_no_method_code():
     """prepare, vocab, evaluate and report import no method, role or loss module, so a
-    method edit can never rerun them; only the preparing stages (prepare, prepare_transfer) run
+    method edit can never rerun them; only the preparing stages (prepare, prepare_transfer,
+    prepare_detection) run
     the decoding side of bowflow/data (the others read tables: prepared.py, box_tables.py)."""
-    stages = ("prepare", "prepare_transfer", "vocab", "evaluate", "finetune", "transfer", "report")
+    stages = (
+        "prepare",
+        "prepare_transfer",
+        "prepare_detection",
+        "vocab",
+        "evaluate",
+        "finetune",
+        "transfer",
+        "detect",
+        "report",
+    )
     for module in (f"stages.{stage}" for stage in stages):
         files = closure(module)
         method_code = sorted(
@@ -138,7 +151,7 @@ def test_stages_that_train_nothing_run_no_method_code():
             or f in ("bowflow/losses.py", "bowflow/heads.py", "bowflow/views.py")
         )
         assert not method_code, f"{module} runs {method_code}"
-        if module not in ("stages.prepare", "stages.prepare_transfer"):
+        if module not in ("stages.prepare", "stages.prepare_transfer", "stages.prepare_detection"):
             preparing = sorted(
                 f
                 for f in files

@@ -68,14 +68,14 @@ def snakemake_jobs(result: subprocess.CompletedProcess) -> dict[frozenset, dict]
 TRANSFER = {"sources": {"scenes": {"source": "shapes", "image_size": 12, "n_train": 80, "n_test": 60}}}
 
 
-@pytest.fixture(scope="module", params=["repo", "tiny", "finetune", "transfer"])
+@pytest.fixture(scope="module", params=["repo", "tiny", "optional"])
 def dry_run(request, tmp_path_factory):
     """(project, its Snakemake dry run): this repository, a scratch tiny project, and one with
-    each optional section, `finetune:` and `transfer:` (their stages)."""
+    every optional section that adds stages (`finetune:`, `transfer:`, `detection:`: their
+    stages must appear in both front-ends; one project for the three, one dry run)."""
     params = {
         "tiny": tiny_params,
-        "finetune": lambda: dict(tiny_params(every_method=False), finetune={}),
-        "transfer": lambda: dict(tiny_params(every_method=False), transfer=TRANSFER),
+        "optional": lambda: dict(tiny_params(every_method=False), finetune={}, transfer=TRANSFER, detection={}),
     }
     root = (
         ROOT
@@ -102,6 +102,19 @@ def test_same_stages_commands_inputs_outputs(dry_run):
             assert any(path == d or path.startswith(d.rstrip("/") + "/") for d in stage["deps"]), (
                 f"rule {job['rule']}: input {path} is not a DVC dependency of {stage['name']}"
             )
+
+
+def test_the_optional_evaluation_stages_are_in_the_dry_run(dry_run):
+    """With `finetune:`, `transfer:` and `detection:`, Snakemake runs each source's prepare job
+    once and a finetune, transfer and detect job per run of every kind."""
+    root, result = dry_run
+    if "detection" not in load_yaml(root / "params.yaml"):
+        pytest.skip("no optional evaluation section")
+    rules = [job["rule"] for job in snakemake_jobs(result).values()]
+    assert rules.count("prepare_detection") == 1 and rules.count("prepare_transfer__scenes") == 1
+    for prefix in ("finetune", "transfer", "detect"):
+        for kind in ("pretrain", "student", "teacher", "distill"):
+            assert any(rule.startswith(f"{prefix}_{kind}_seed0__") for rule in rules), (prefix, kind, rules)
 
 
 def test_dry_run_takes_no_dvc_lock_and_writes_nothing_tracked(dry_run):

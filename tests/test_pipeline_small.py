@@ -203,13 +203,14 @@ def test_adding_fine_tuning_reruns_only_its_stages_and_the_report(one_of_each_pr
 
 
 @pytest.mark.slow
-def test_adding_transfer_reruns_only_its_stages_and_the_report(one_of_each_project, tmp_path):
-    """A `transfer:` section added to a finished project (dvc.yaml rewritten, as `python -m
-    workflow.pipeline` does) prepares its source once (prepare_transfer@NAME, for every run and
-    seed) and runs one transfer stage per run (pretrain, generation, teacher, distilled
-    student), the params check and the report: nothing that exists reruns, and a second
-    `dvc repro` runs nothing. The report and the summary carry the source's column (one small
-    generated multi-label source: VOC07 SVM mAP)."""
+def test_adding_transfer_and_detection_reruns_only_their_stages_and_the_report(one_of_each_project, tmp_path):
+    """`transfer:` and `detection:` added to a finished project (dvc.yaml rewritten, as `python -m
+    workflow.pipeline` does) prepare their sources once (prepare_transfer@NAME and
+    prepare_detection, for every run and seed) and run one transfer and one detect stage per run
+    (pretrain, generation, teacher, distilled student), the params check and the report:
+    nothing that exists reruns, and a second `dvc repro` runs nothing. The report and the
+    summary carry their columns (one small generated multi-label source: VOC07 SVM mAP; the
+    three detection APs), each detect record its scores, images and steps."""
     project = tmp_path / "project"
     shutil.copytree(one_of_each_project[0], project, symlinks=True)
     params = load_yaml(project / "params.yaml")
@@ -217,20 +218,40 @@ def test_adding_transfer_reruns_only_its_stages_and_the_report(one_of_each_proje
         "sources": {"scenes": {"source": "shapes", "image_size": 12, "n_train": 80, "n_test": 60}},
         "svm_costs": [1.0],
     }
+    params["detection"] = {
+        "train_images": 16,
+        "test_images": 8,
+        "image_size": 16,
+        "roi_size": 4,
+        "proposals": 32,
+        "roi_batch": 16,
+        "steps": 2,
+        "batch_size": 4,
+        "warmup_steps": 1,
+        "precise_bn_steps": 1,
+    }
     write_params(project, params)
     kinds = {"pretrain": "pretrain", "generations": "student", "teachers": "teacher", "distill": "distill"}
+    runs = [(kind, name) for section, kind in kinds.items() for name in params[section]]
     assert repro(project) == {
         "check_params",
         "prepare_transfer@scenes",
+        "prepare_detection",
         "report",
-        *seeded(*{f"transfer_{kind}@{name}" for section, kind in kinds.items() for name in params[section]}),
+        *seeded(*{f"{stage}_{kind}@{name}" for kind, name in runs for stage in ("transfer", "detect")}),
     }
-    for name in [name for section in kinds for name in params[section]]:
+    manifest = json.loads((project / "data/detection/manifest.json").read_text())
+    assert manifest["counts"]["train"]["images"] == 16 and manifest["class_names"] == ["T", "L", "F", "P"]
+    for _, name in runs:
         record = json.loads((project / f"data/metrics/seed0/transfer/{name}.json").read_text())
         scenes = record["transfer"]["scenes"]
         assert (scenes["metric"], scenes["train_images"], scenes["test_images"]) == ("map", 80, 60)
         assert 0 < scenes["value"] <= 100
+        record = json.loads((project / f"data/metrics/seed0/detect/{name}.json").read_text())["detection"]
+        assert record["steps"] == 2 and record["images"] == 16 and record["seconds"] > 0
+        assert all(0 <= record[k] <= 100 for k in ("ap50", "ap75", "ap"))
     summary = json.loads((project / SUMMARY).read_text())
-    assert all("tr_scenes_map" in values for values in summary.values()), summary
-    assert "Transfer scenes mAP" in (project / "data/report/report.md").read_text()
+    assert all({"tr_scenes_map", "det_ap50", "det_ap75", "det_ap"} <= set(values) for values in summary.values())
+    report = (project / "data/report/report.md").read_text()
+    assert "Transfer scenes mAP" in report and "Det AP50 | Det AP75 | Det AP" in report
     assert repro(project) == set()

@@ -265,10 +265,7 @@ def seed_stages(seed: int, params: dict | None = None) -> dict[str, dict]:
             "params": ["device", "finetune"],
             "outs": [record(f"{p['metrics']}/finetune/${{key}}.json")],
         }
-        groups[f"finetune_pretrain_seed{seed}"] = {"foreach": "${pretrain}", "do": finetune}
-        groups[f"finetune_student_seed{seed}"] = {"foreach": "${generations}", "do": finetune}
-        groups[f"finetune_teacher_seed{seed}"] = {"foreach": "${teachers}", "do": finetune}
-        groups[f"finetune_distill_seed{seed}"] = {"foreach": "${distill}", "do": finetune}
+        groups |= every_run("finetune", seed, finetune)
     if "transfer" in params:  # optional: linear transfer of every run to each transfer source
         sources = [f"{TRANSFER_DATA}/{name}" for name in transfer_sources(params)]
         transfer = {
@@ -280,18 +277,31 @@ def seed_stages(seed: int, params: dict | None = None) -> dict[str, dict]:
             "params": ["device", "transfer"],
             "outs": [record(f"{p['metrics']}/transfer/${{key}}.json")],
         }
-        for section, kind in (
-            ("pretrain", "pretrain"),
-            ("generations", "student"),
-            ("teachers", "teacher"),
-            ("distill", "distill"),
-        ):
-            groups[f"transfer_{kind}_seed{seed}"] = {"foreach": f"${{{section}}}", "do": transfer}
+        groups |= every_run("transfer", seed, transfer)
+    if "detection" in params:  # optional: detection fine-tuning of every run of every section
+        detect = {
+            "cmd": (
+                f"bin/python -m stages.detect --data data/detection --model {p['models']}/${{key}}/model.pt "
+                f"--out {p['metrics']}/detect/${{key}}.json --seed {seed} --device ${{device}} ${{detection}}"
+            ),
+            "deps": ["data/detection", f"{p['models']}/${{key}}/model.pt", *code_deps("stages.detect")],
+            "params": ["device", "detection"],
+            "outs": [record(f"{p['metrics']}/detect/${{key}}.json")],
+        }
+        groups |= every_run("detect", seed, detect)
     for section, kind in (("pretrain", "pretrain"), ("teachers", "teacher")):
         foreach = foreach_of(section, imports, runs[section], imported=True)
         if foreach:
             groups[f"import_{kind}_seed{seed}"] = import_group(section, p, seed, foreach)
     return {name: group for name, group in groups.items() if group.get("foreach", True) is not None}
+
+
+def every_run(prefix: str, seed: int, do: dict) -> dict[str, dict]:
+    """One stage group per section of runs (pretrain runs, generations' students, teachers,
+    distilled students), `do` for each of its entries: an evaluation that applies to any run
+    (finetune, transfer, detect) -> {"<prefix>_<kind>_seed<S>": {"foreach", "do"}}."""
+    kinds = {"pretrain": "pretrain", "generations": "student", "teachers": "teacher", "distill": "distill"}
+    return {f"{prefix}_{kind}_seed{seed}": {"foreach": f"${{{section}}}", "do": do} for section, kind in kinds.items()}
 
 
 def stages(seeds: list[int], params: dict | None = None) -> dict[str, dict]:
@@ -332,6 +342,16 @@ def stages(seeds: list[int], params: dict | None = None) -> dict[str, dict]:
                 "params": ["seed", "transfer.sources.${key}"],
                 "outs": [{f"{TRANSFER_DATA}/${{key}}": {"type": "directory"}}],
             },
+        }
+    if "detection" in (params or {}):  # the box source of every detect stage, prepared once
+        out["prepare_detection"] = {
+            "cmd": (
+                "bin/python -m stages.prepare_detection --out data/detection --seed ${seed} "
+                "--needs data/checked_params.txt ${detection}"
+            ),
+            "deps": ["data/checked_params.txt", *code_deps("stages.prepare_detection")],
+            "params": ["seed", "detection"],
+            "outs": [{"data/detection": {"type": "directory"}}],
         }
     for seed in seeds:
         out.update(seed_stages(seed, params))

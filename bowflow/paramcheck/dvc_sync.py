@@ -20,8 +20,9 @@ def check_pipeline_seeds(seeds: list[int], pipeline_seeds: list[int] | None) -> 
 
 
 # Optional params sections that add stage groups to dvc.yaml when present (the fine-tuning
-# stages of `finetune:`, the transfer stages of `transfer:`): their names are part of the layout.
-STAGE_SECTIONS = ("finetune", "transfer")
+# stages of `finetune:`, the transfer stages of `transfer:`, the detect stages of `detection:`): their
+# names are part of the layout.
+STAGE_SECTIONS = ("finetune", "transfer", "detection")
 
 
 def transfer_sources(params: dict) -> list[str]:

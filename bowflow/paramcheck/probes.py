@@ -6,6 +6,7 @@ here, and the GPUs resources: asks for are (warnings: a cluster runs the jobs el
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def check_environment(checked: dict, params: dict) -> None:
         except ValueError as error:
             raise ParamsError(f"evaluate.{error}") from None
     check_unlabelled(checked)
+    check_detection_source(checked)
     torchvision = data.source not in ("digits", "imagefolder")
     if torchvision and not data.download and (root is None or not root.exists()):
         raise ParamsError(
@@ -100,6 +102,57 @@ def check_unlabelled(checked: dict) -> None:
                 f"{', at most data.ssl_max_images' if data.ssl_max_images > 0 else ''}): "
                 f"expected a batch_size <= {pool}"
             )
+
+
+_OBJECT_NAME = re.compile(r"<object>.*?<name>\s*([^<]*?)\s*</name>", re.S)
+
+
+def voc_object_names(root: Path, split: str, key: str) -> set[str]:
+    """The class names of the objects a VOC year folder's split annotates (its
+    ImageSets/Main/<split>.txt, each listed image's Annotations/<id>.xml; read as text,
+    nothing decoded): ParamsError naming `key` and the missing path."""
+    ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    for needed in (root, root / "Annotations", ids_file):
+        if not needed.exists():
+            raise ParamsError(
+                f"{key}: '{needed}' does not exist: expected a VOC year folder holding ImageSets/Main/<split>.txt, "
+                f"Annotations/ and JPEGImages/ (VOCdevkit/VOC2007 style)"
+            )
+    names: set[str] = set()
+    for line in ids_file.read_text().splitlines():
+        if not line.strip():
+            continue
+        xml = root / "Annotations" / f"{line.split()[0]}.xml"
+        if not xml.is_file():
+            raise ParamsError(f"{key}: '{xml}' does not exist: {ids_file} lists its image")
+        names.update(_OBJECT_NAME.findall(xml.read_text(errors="replace")))
+    return names
+
+
+def check_detection_source(checked: dict) -> None:
+    """The optional `detection:` section's VOC source holds boxes: every root (joined by '+')
+    has the train split's annotations with at least one object, the first root the test
+    split's with at least one object of the training classes. The shapes source is
+    generated: nothing to probe."""
+    detection = checked.get("detection")
+    if detection is None or detection.source != "voc":
+        return
+    roots = [Path(r.strip()) for r in detection.root.split("+") if r.strip()]
+    classes: set[str] = set()
+    for root in roots:
+        found = voc_object_names(root, detection.train_split, "detection.root")
+        if not found:
+            raise ParamsError(
+                f"detection.root: the annotations of split '{detection.train_split}' under '{root}' hold no "
+                f"object: a detection source needs boxes"
+            )
+        classes |= found
+    tested = voc_object_names(roots[0], detection.test_split, "detection.test_split")
+    if not tested & classes:
+        raise ParamsError(
+            f"detection.test_split: the annotations of split '{detection.test_split}' under '{roots[0]}' hold no "
+            f"object of the training classes {sorted(classes)}: nothing to score"
+        )
 
 
 def gpu_warnings(checked: dict) -> list[str]:

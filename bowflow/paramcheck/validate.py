@@ -20,6 +20,7 @@ from bowflow.paramcheck.runs import RUN_SECTIONS
 from bowflow.paramcheck.schema import RUN_NAME, check_scalars, check_section
 from bowflow.sections import (
     DataParams,
+    DetectionParams,
     EvalParams,
     FineTuneParams,
     ParamsError,
@@ -41,7 +42,7 @@ TOP_LEVEL = {
     "resources": dict,
 }
 # Sections a params.yaml may leave out: each adds stages when present (workflow/pipeline.py).
-OPTIONAL = {"finetune": FineTuneParams, "transfer": TransferParams}
+OPTIONAL = {"finetune": FineTuneParams, "transfer": TransferParams, "detection": DetectionParams}
 
 
 def check_optional(key: str, section: type, values: object):
