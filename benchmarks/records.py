@@ -265,11 +265,17 @@ def lock_stages(record: Path) -> dict:
     return load_yaml(record / "dvc.lock")["stages"]
 
 
+# Stages that prepare an evaluation's source once for every run (prepare_transfer@NAME, where
+# NAME is the source, not a run; prepare_detection).
+SOURCE_STAGES = ("prepare_transfer@", "prepare_detection")
+
+
 def stage_run(stage: str) -> str | None:
-    """The run a stage of a lock trains or evaluates (None for check_params/prepare/report).
+    """The run a stage of a lock trains or evaluates (None for check_params/prepare/report and
+    the stages that prepare an evaluation's source).
     `teacher` and `evaluate_teacher` are the RotNet g0 stages of the pipeline before
     `pretrain:` existed (the cifar10-cpu run)."""
-    if stage in INFRA_STAGES:
+    if stage in INFRA_STAGES or stage.startswith(SOURCE_STAGES):
         return None
     if "@" in stage:
         return stage.split("@", 1)[1]
@@ -773,9 +779,13 @@ def accuracy_columns(record: Path) -> dict:
 
 # Figures quoted in the prose beside a record's tables, by record folder name.
 def prose_metric(metric: str) -> str:
-    """'few_shot_5' -> '5-shot', 'linear_base' -> 'base linear', 'knn_all' -> 'k-NN'."""
+    """'few_shot_5' -> '5-shot', 'linear_base' -> 'base linear', 'knn_all' -> 'k-NN',
+    'finetune_1pct' -> 'fine-tuned 1%', 'transfer_scenes_map' -> 'transfer scenes mAP'."""
     if metric.startswith("few_shot_"):
         return f"{metric[len('few_shot_') :]}-shot"
+    if metric.startswith(("finetune_", "transfer_", "det_")):  # 'fine-tuned 1%', 'transfer scenes mAP', 'Det AP50'
+        label = report.metric_label(metric)
+        return label if metric.startswith("det_") else label[0].lower() + label[1:]
     return {"linear_base": "base linear", "knn_all": "k-NN"}.get(metric, metric)
 
 
