@@ -70,7 +70,13 @@ def main(argv=None):
     write_boxes(args.out / "train.parquet", train)
     write_boxes(args.out / "test.parquet", test)
     counts = {"train": split_counts(train), "test": split_counts(test)}
-    source = {k: getattr(params, k) for k in ("source", "root", "train_split", "test_split", "image_size")}
+    source = {
+        "source": params.source,
+        "root": params.root,
+        "train_split": params.train_split,
+        "test_split": params.test_split,
+        "image_size": params.image_size,
+    }
     if params.source == "shapes":
         source |= {"train_images": params.train_images, "test_images": params.test_images, "seed": args.seed}
     write_json(
