@@ -110,6 +110,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -340,33 +341,23 @@ class _Interrupt(Exception):
     """Raised by the budget hook at an epoch's first step: stop, or resume with a new plan."""
 
 
-def train_ours(
-    images: torch.Tensor, normalizer, init_state: dict, args, seed: int, workdir: Path
-) -> tuple[torch.nn.Module, dict]:
-    """bowflow's BYOL through bowflow.train.train until its measured training time reaches
-    args.seconds (bowflow.budget.EpochBudget; module docstring: the budget)."""
+def train_within(method, images: torch.Tensor, params, seconds: float, seed: int, workdir: Path, name: str) -> dict:
+    """Train `method` (built with `params`) through bowflow.train.train on uint8 `images`
+    [N, 3, S, S] until its measured training time reaches `seconds`
+    (bowflow.budget.EpochBudget; module docstring: the budget). Returns the budget's record
+    plus steps, images, training / wall / CPU seconds, images/s, re-plans and the history."""
     from bowflow.io import load_torch
-    from bowflow.networks import build_backbone
-    from bowflow.roles.base import get_method
-    from bowflow.runtime import seed_everything
     from bowflow.train import train
 
-    batch = min(args.batch_size, len(images))
+    batch = min(params.batch_size, len(images))
     steps_per_epoch = len(images) // batch
-    budget = EpochBudget(args.seconds, steps_per_epoch)
-    params = byol_params(args, budget.planned)
-    seed_everything(seed)
-    backbone = build_backbone("convnet", args.width)
-    backbone.load_state_dict(init_state)
-    method = get_method("byol")(
-        params, backbone, get_method("byol").inputs(**{"normalizer": normalizer, "image_size": args.size})
-    )
+    budget = EpochBudget(seconds, steps_per_epoch)
 
     # The hook: time each epoch from its first step's views to its last after_step return;
     # at the next epoch's first step, interrupt the trainer if the budget says stop or the
     # plan (its total of steps) changed. Nothing of the model has moved at that point.
     inner_views, inner_after = method.views, method.after_step
-    clock = {"steps": 0, "start": 0.0, "go_on": True, "trainer_epochs": params.epochs}
+    clock = {"steps": 0, "start": 0.0, "go_on": True, "trainer_epochs": budget.planned}
 
     def views(batch_images, index, generator):
         if clock["steps"] % steps_per_epoch == 0:
@@ -382,11 +373,11 @@ def train_ours(
             clock["go_on"] = budget.end_epoch(time.perf_counter() - clock["start"])
 
     method.views, method.after_step = views, after_step
-    checkpoint = workdir / f"ours-s{seed}.ckpt"
+    checkpoint = workdir / f"{name}.ckpt"
     checkpoint.unlink(missing_ok=True)
     # torch imports its compiler stack at the first optimizer it builds (seconds on a loaded
-    # 2-core machine): done here, before the clocks, as the lightly runner builds its
-    # optimizer before its clocks start.
+    # 2-core machine): done here, before the clocks, as the peer runners build their
+    # optimizer before their clocks start.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     cpu_start, start = time.process_time(), time.perf_counter()
     resumes = 0
@@ -399,11 +390,11 @@ def train_ours(
                 replace(params, epochs=budget.planned),
                 seed,
                 checkpoint,
-                run_id=f"peer-ours-s{seed}",
+                run_id=name,
                 bf16=False,
                 channels_last=False,
                 show_progress=False,
-                run_name=f"peer-ours-s{seed}",
+                run_name=name,
             )
         except _Interrupt:
             if not budget.stopped:
@@ -413,12 +404,12 @@ def train_ours(
     wall_seconds = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu_start
     if not budget.stopped:
-        raise RuntimeError("bench_peer: the trainer ended before the budget said stop")
+        raise RuntimeError(f"{name}: the trainer ended before the budget said stop")
     history = load_torch(checkpoint)["history"]
     checkpoint.unlink(missing_ok=True)
     del method.views, method.after_step
     images_seen = clock["steps"] * batch
-    return method.export_backbone(), {
+    return {
         **budget.record(),
         "steps": clock["steps"],
         "images": images_seen,
@@ -430,6 +421,26 @@ def train_ours(
         "history": history,
         "threads": torch.get_num_threads(),
     }
+
+
+def train_ours(
+    images: torch.Tensor, normalizer, init_state: dict, args, seed: int, workdir: Path
+) -> tuple[torch.nn.Module, dict]:
+    """bowflow's BYOL through bowflow.train.train until its measured training time reaches
+    args.seconds (`train_within`)."""
+    from bowflow.networks import build_backbone
+    from bowflow.roles.base import get_method
+    from bowflow.runtime import seed_everything
+
+    params = byol_params(args, EpochBudget(args.seconds, 1).planned)
+    seed_everything(seed)
+    backbone = build_backbone("convnet", args.width)
+    backbone.load_state_dict(init_state)
+    method = get_method("byol")(
+        params, backbone, get_method("byol").inputs(**{"normalizer": normalizer, "image_size": args.size})
+    )
+    stats = train_within(method, images, params, args.seconds, seed, workdir, f"peer-ours-s{seed}")
+    return method.export_backbone(), stats
 
 
 def run_ours(x_train, normalizer, init_state, args, seed: int, workdir: Path) -> tuple[dict, dict]:
@@ -451,8 +462,9 @@ def project_site_packages() -> list[str]:
     return list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
 
 
-def lightly_env(folder: Path) -> Path:
-    """A virtual env at `folder` with lightly 1.6 that sees the project's torch; its python."""
+def peer_env(folder: Path, packages: tuple[str, ...], module: str) -> Path:
+    """A virtual env at `folder` with `packages` (pip, no dependencies) that sees the
+    project's torch; its python. Kept and reused once ready."""
     python = folder / "bin" / "python"
     if (folder / READY).exists() and python.exists():
         return python
@@ -476,25 +488,29 @@ def lightly_env(folder: Path) -> Path:
             "--quiet",
             "--disable-pip-version-check",
             "--no-deps",
-            LIGHTLY,
-            *LIGHTLY_IMPORT_DEPS,
+            *packages,
         ],
         check=True,
     )
     check = subprocess.run(
-        [str(python), "-c", "import lightly, torch; print(lightly.__version__, torch.__file__)"],
+        [str(python), "-c", f"import {module}, torch; print({module}.__version__, torch.__file__)"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
     if not check[1].startswith(tuple(project_site_packages())):
-        raise SystemExit(f"bench_peer: the lightly env imports torch from {check[1]}, not the project's")
-    (folder / READY).write_text(f"lightly {check[0]}\n")
+        raise SystemExit(f"the {module} env imports torch from {check[1]}, not the project's")
+    (folder / READY).write_text(f"{module} {check[0]}\n")
     print(
-        f"lightly env: lightly {check[0]} in {folder}, torch from the project ({time.perf_counter() - start:.1f} s)",
+        f"{module} env: {module} {check[0]} in {folder}, torch from the project ({time.perf_counter() - start:.1f} s)",
         flush=True,
     )
     return python
+
+
+def lightly_env(folder: Path) -> Path:
+    """A virtual env at `folder` with lightly 1.6 that sees the project's torch; its python."""
+    return peer_env(folder, (LIGHTLY, *LIGHTLY_IMPORT_DEPS), "lightly")
 
 
 def lightly_config(args, normalizer, seed: int) -> dict:
@@ -577,7 +593,7 @@ def main(argv: list[str] | None = None) -> dict:
     threads_before = torch.get_num_threads()
     workdir = Path(tempfile.mkdtemp(prefix="bench-peer-"))
     try:
-        return _run(args, workdir)
+        return _run(args, workdir, argv)
     finally:
         torch.set_num_threads(threads_before)
         shutil.rmtree(workdir, ignore_errors=True)  # the default lightly env lives here too
@@ -636,7 +652,10 @@ def run_seed(args, seed: int, order: tuple[str, ...], workdir: Path) -> dict:
     return result
 
 
-def _run(args, workdir: Path) -> dict:
+def _run(args, workdir: Path, argv: list[str] | None = None) -> dict:
+    from benchmarks.recording import load_average
+
+    load_before = load_average()
     wall_start = time.perf_counter()
     machine = lscpu_machine()
     print(
@@ -672,10 +691,140 @@ def _run(args, workdir: Path) -> dict:
     print(f"total {result['seconds_total']:.0f} s")
     print("RESULT " + json.dumps({"summary": summary, "seconds_total": result["seconds_total"]}))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        write_peer_record(args.json, "bench_peer", argv, load_before, result)
         print(f"wrote {args.json}")
     return result
+
+
+# ------------------------------------------------------------------ the record and its table
+
+
+def write_peer_record(path: Path, benchmark: str, argv, load_before: list[float], result: dict) -> dict:
+    """The run as a benchmarks/recording.py record: settings = the arguments, measurements =
+    the machine, every seed's sides and the summary (the figures `peer_table` reads)."""
+    from benchmarks.recording import write_record
+
+    keys = ("machine", "teacher", "theirs", "per_seed", "summary", "seconds_total")
+    measurements = {key: result[key] for key in keys if key in result}
+    return write_record(path, benchmark, argv, load_before, result["args"], measurements)
+
+
+def peer_table(records: list[dict], sides: tuple[str, str], metric: str, label: str) -> list[list[str]]:
+    """Per seed, each side's epochs, training seconds, images/s, images per CPU-second and
+    `metric` (the untrained network's too), then each side's mean +- sd over the seeds and,
+    per seed, ours over the peer (images/s, images per CPU-second) and ours minus the peer
+    (`metric`, points)."""
+    peer, ours = sides
+    head = ["seed", "side", "epochs", "training s", "images/s", "images/CPU-s", label]
+    rows = [head]
+
+    def mean_sd(values: list[float], fmt: str) -> str:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.fmean(values):{fmt}} ± {sd:{fmt}}"
+
+    for record in records:
+        per_seed = record["measurements"]["per_seed"]
+        for run in per_seed:
+            for side in (peer, ours, "init"):
+                r = run["sides"].get(side)
+                if r is None:
+                    continue
+                if side == "init":
+                    rows.append([str(run["seed"]), "untrained", "", "", "", "", f"{r[metric]:.2f}"])
+                    continue
+                rows.append(
+                    [
+                        str(run["seed"]),
+                        side,
+                        str(r["epochs"]),
+                        f"{r['seconds']:.1f}",
+                        f"{r['images_per_second']:.1f}",
+                        f"{r['images'] / r['cpu_seconds']:.1f}",
+                        f"{r[metric]:.2f}",
+                    ]
+                )
+        n = len(per_seed)
+        for side in (peer, ours):
+            runs = [run["sides"][side] for run in per_seed if side in run["sides"]]
+            if runs:
+                rows.append(
+                    [
+                        f"mean ± sd ({n} seeds)",
+                        side,
+                        mean_sd([r["epochs"] for r in runs], ".1f"),
+                        mean_sd([r["seconds"] for r in runs], ".1f"),
+                        mean_sd([r["images_per_second"] for r in runs], ".1f"),
+                        mean_sd([r["images"] / r["cpu_seconds"] for r in runs], ".1f"),
+                        mean_sd([r[metric] for r in runs], ".2f"),
+                    ]
+                )
+        for run in per_seed:
+            if peer in run["sides"] and ours in run["sides"]:
+                a, b = run["sides"][ours], run["sides"][peer]
+                per_cpu = (a["images"] / a["cpu_seconds"]) / (b["images"] / b["cpu_seconds"])
+                rows.append(
+                    [
+                        str(run["seed"]),
+                        f"{ours} vs {peer}",
+                        "",
+                        f"{a['seconds'] - b['seconds']:+.1f}",
+                        f"{a['images_per_second'] / b['images_per_second']:.2f}x",
+                        f"{per_cpu:.2f}x",
+                        f"{a[metric] - b[metric]:+.2f}",
+                    ]
+                )
+    return rows
+
+
+def _mean_sd(values: list[float], fmt: str, unit: str = "") -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):{fmt}}{unit} ± {sd:{fmt}}{unit}"
+
+
+def _mean_range(values: list[float], fmt: str, unit: str = "") -> str:
+    return f"{statistics.fmean(values):{fmt}}{unit} ({min(values):{fmt}}{unit} to {max(values):{fmt}}{unit})"
+
+
+def _per_cpu_second(r: dict) -> float:
+    return r["images"] / r["cpu_seconds"]
+
+
+def peer_summary(records: list[dict], sides: tuple[str, str], metric: str, label: str) -> list[list[str]]:
+    """The short table (README): each side's images/s, images per CPU-second and `metric`
+    as mean +- sd over the seeds where both sides ran, then ours over the peer (images/s
+    ratios) and ours minus the peer (`metric`, points) as the mean and range over them."""
+    peer, ours = sides
+    rows = [["side", "seeds", "images/s", "images/CPU-s", label]]
+    for record in records:
+        pairs = [
+            (run["sides"][ours], run["sides"][peer])
+            for run in record["measurements"]["per_seed"]
+            if peer in run["sides"] and ours in run["sides"]
+        ]
+        n = str(len(pairs))
+        for i, side in enumerate((ours, peer)):
+            runs = [pair[i] for pair in pairs]
+            row = [side, n, _mean_sd([r["images_per_second"] for r in runs], ".1f")]
+            row += [_mean_sd([_per_cpu_second(r) for r in runs], ".1f"), _mean_sd([r[metric] for r in runs], ".2f")]
+            rows.insert(1, row)  # the peer first
+        speed = [a["images_per_second"] / b["images_per_second"] for a, b in pairs]
+        per_cpu = [_per_cpu_second(a) / _per_cpu_second(b) for a, b in pairs]
+        points = [a[metric] - b[metric] for a, b in pairs]
+        rows.append(
+            [f"{ours} vs {peer}", n, _mean_range(speed, ".2f", "x"), _mean_range(per_cpu, ".2f", "x")]
+            + [_mean_range(points, "+.2f")]
+        )
+    return rows
+
+
+def table(records: list[dict]) -> list[list[str]]:
+    """docs/BENCHMARKS.md section 10's table from the record(s) (`peer_table`)."""
+    return peer_table(records, SIDES, "knn", "k-NN top-1 (%)")
+
+
+def summary_table(records: list[dict]) -> list[list[str]]:
+    """The README's peer table from the same record(s) (`peer_summary`)."""
+    return peer_summary(records, SIDES, "knn", "k-NN top-1 (%)")
 
 
 if __name__ == "__main__":

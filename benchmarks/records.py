@@ -741,6 +741,14 @@ def table_bench(record: Path) -> tuple[list[list[str]], set[str]]:
     return bench_module(records).table(records), set()
 
 
+def table_peer_summary(record: Path) -> tuple[list[list[str]], set[str]]:
+    """A peer benchmark's short table (README) from its records: `summary_table(records)`."""
+    records = bench_records(record)
+    if not records:
+        raise FileNotFoundError(f"{record}: no benchmark record (*.json)")
+    return bench_module(records).summary_table(records), set()
+
+
 def is_bench(folder: Path) -> bool:
     """A folder of benchmarks/recording.py records (no pipeline metrics, no lock)."""
     return not (folder / "dvc.lock").exists() and any(
@@ -750,6 +758,7 @@ def is_bench(folder: Path) -> bool:
 
 TABLES = {
     "bench": table_bench,
+    "peer-summary": table_peer_summary,
     "seeds": table_seeds,
     "paired": table_paired,
     "modes": table_modes,

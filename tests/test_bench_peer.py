@@ -22,11 +22,15 @@ RUNNER = ROOT / "benchmarks" / "peer_lightly_byol.py"
 
 
 def record(tmp_path: Path, *args) -> dict:
-    """Run bench_peer with `args` and --json; -> the record it wrote."""
+    """Run bench_peer with `args` and --json; -> the measurements of the record it wrote
+    (benchmarks/recording.py's format), with its settings as "args"."""
     out = tmp_path / "record" / "peer.json"
     result = run_benchmark("bench_peer", *args, "--json", out)
     assert "RESULT " in result.stdout
-    return json.loads(out.read_text())
+    written = json.loads(out.read_text())
+    assert written["benchmark"] == "bench_peer" and written["command"].startswith("python -m benchmarks.bench_peer ")
+    assert {"before", "after"} == set(written["load_average"])
+    return {**written["measurements"], "args": written["settings"]}
 
 
 @pytest.mark.slow
@@ -138,3 +142,52 @@ def test_bench_peer_smoke_ours_writes_the_record(tmp_path):
     knn = [run["sides"]["ours"]["knn"] for run in written["per_seed"]]
     assert written["summary"]["ours"]["knn"] == {"mean": round(sum(knn) / 2, 3), "min": min(knn), "max": max(knn)}
     assert "knn_points" not in written["summary"]
+
+
+def test_peer_table_rows_from_a_record():
+    """The published table's rows: per seed each side and the untrained floor, each side's
+    mean +- sd over the seeds, then ours over the peer per seed."""
+    from benchmarks.bench_peer import summary_table, table
+
+    def side(images, cpu, seconds, knn, epochs):
+        return {
+            "images": images,
+            "cpu_seconds": cpu,
+            "seconds": seconds,
+            "images_per_second": images / seconds,
+            "knn": knn,
+            "epochs": epochs,
+        }
+
+    per_seed = [
+        {
+            "seed": s,
+            "sides": {
+                "lightly": side(1000, 20, 10.0, 30.0 + s, 4),
+                "ours": side(3000, 30, 10.5, 32.0, 9),
+                "init": {"knn": 20.0},
+            },
+        }
+        for s in (0, 1)
+    ]
+    rows = table([{"measurements": {"per_seed": per_seed}}])
+    assert rows[0] == ["seed", "side", "epochs", "training s", "images/s", "images/CPU-s", "k-NN top-1 (%)"]
+    assert rows[1] == ["0", "lightly", "4", "10.0", "100.0", "50.0", "30.00"]
+    assert rows[3] == ["0", "untrained", "", "", "", "", "20.00"]
+    assert rows[7] == [
+        "mean ± sd (2 seeds)",
+        "lightly",
+        "4.0 ± 0.0",
+        "10.0 ± 0.0",
+        "100.0 ± 0.0",
+        "50.0 ± 0.0",
+        "30.50 ± 0.71",
+    ]
+    assert rows[9] == ["0", "ours vs lightly", "", "+0.5", "2.86x", "2.00x", "+2.00"]
+    assert rows[10][-1] == "+1.00" and len(rows) == 11
+    assert summary_table([{"measurements": {"per_seed": per_seed}}]) == [
+        ["side", "seeds", "images/s", "images/CPU-s", "k-NN top-1 (%)"],
+        ["lightly", "2", "100.0 ± 0.0", "50.0 ± 0.0", "30.50 ± 0.71"],
+        ["ours", "2", "285.7 ± 0.0", "100.0 ± 0.0", "32.00 ± 0.00"],
+        ["ours vs lightly", "2", "2.86x (2.86x to 2.86x)", "2.00x (2.00x to 2.00x)", "+1.50 (+1.00 to +2.00)"],
+    ]
