@@ -89,14 +89,16 @@ Seeds: --seeds S1 S2 ... runs the whole comparison once per seed (the training s
 shared initial weights and both sides' random streams follow the seed); the order of the two
 sides alternates from seed to seed (lightly first at the first seed, or ours with
 --ours-first), to spread a trend in the machine's load. The summary gives the mean, min and
-max over seeds. --json PATH writes everything (per seed: both sides' training seconds,
-epochs, per-epoch seconds and plans, k-NN, images/s; the summary) for the record.
+max over seeds. --json PATH writes the record (benchmarks/recording.py's format; its
+measurements: per seed both sides' training seconds, epochs, per-epoch seconds and plans,
+k-NN, images/s, CPU seconds and history; the summary), from which `table` and
+`summary_table` derive the published tables (docs/BENCHMARKS.md section 10, the README).
 
 Commands (from the repository root):
     .venv/bin/python -m benchmarks.bench_peer --smoke --only ours      # seconds, no lightly env
     .venv/bin/python -m benchmarks.bench_peer --smoke                  # + lightly env (~30 s)
     .venv/bin/python -m benchmarks.bench_peer --seconds 900 --seeds 0 1 2 --threads 2 \
-        --workers 1 --json docs/results/peer-budget/result.json      # the record: ~95 min
+        --workers 1 --json docs/results/bench/bench_peer/run.json    # the record: ~95 min
     .venv/bin/python -m benchmarks.bench_peer --venv /tmp/peer-venv ...   # keep the env
 Data: default `--source imagefolder --root ../shared/datasets/cifar10-jpeg.tar.gz` (the
 CIFAR-10 JPEG tarball beside the project, read by `bowflow.data.sources.load_source`,

@@ -250,6 +250,7 @@ def train(inputs: dict, cfg: dict) -> tuple[Classifier, dict]:
     wall_seconds = time.perf_counter() - wall_start
     cpu_seconds = time.process_time() - cpu_start + children_cpu_seconds() - children_start
     images_seen = budget.epochs * len(dataset)  # drop_last False: every image once per epoch
+    teacher_in_training_mode = box.teacher_model.training  # as the example leaves it (docstring)
     box.clean_modules()
     stats = {
         **budget.record(),
@@ -264,6 +265,7 @@ def train(inputs: dict, cfg: dict) -> tuple[Classifier, dict]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "workers": cfg["workers"],
+        "teacher_in_training_mode": teacher_in_training_mode,
     }
     return student, stats
 
