@@ -144,10 +144,19 @@ def test_bench_peer_smoke_ours_writes_the_record(tmp_path):
     assert "knn_points" not in written["summary"]
 
 
-def test_peer_table_rows_from_a_record():
-    """The published table's rows: per seed each side and the untrained floor, each side's
-    mean +- sd over the seeds, then ours over the peer per seed."""
-    from benchmarks.bench_peer import summary_table, table
+def render(root: Path, folder: str, kind: str) -> list[list[str]]:
+    """`python -m benchmarks.records render FOLDER --table KIND` in `root`: the table's rows."""
+    result = run_benchmark("records", "--root", root, "render", folder, "--table", kind)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines if "---|" not in line]
+
+
+@pytest.mark.slow
+def test_peer_tables_from_a_record(tmp_path):
+    """The published tables from a record: per seed each side and the untrained floor,
+    each side's mean +- sd over the seeds, then ours over the peer per seed (kind `bench`,
+    docs/BENCHMARKS.md); each side's mean +- sd and the mean and range of ours over the
+    peer (kind `peer-summary`, the README)."""
 
     def side(images, cpu, seconds, knn, epochs):
         return {
@@ -170,7 +179,11 @@ def test_peer_table_rows_from_a_record():
         }
         for s in (0, 1)
     ]
-    rows = table([{"measurements": {"per_seed": per_seed}}])
+    folder = tmp_path / "docs" / "results" / "bench" / "bench_peer"
+    folder.mkdir(parents=True)
+    record = {"benchmark": "bench_peer", "cpu_flags": ["avx2"], "measurements": {"per_seed": per_seed}}
+    (folder / "run.json").write_text(json.dumps(record))
+    rows = render(tmp_path, "docs/results/bench/bench_peer", "bench")
     assert rows[0] == ["seed", "side", "epochs", "training s", "images/s", "images/CPU-s", "k-NN top-1 (%)"]
     assert rows[1] == ["0", "lightly", "4", "10.0", "100.0", "50.0", "30.00"]
     assert rows[3] == ["0", "untrained", "", "", "", "", "20.00"]
@@ -185,7 +198,7 @@ def test_peer_table_rows_from_a_record():
     ]
     assert rows[9] == ["0", "ours vs lightly", "", "+0.5", "2.86x", "2.00x", "+2.00"]
     assert rows[10][-1] == "+1.00" and len(rows) == 11
-    assert summary_table([{"measurements": {"per_seed": per_seed}}]) == [
+    assert render(tmp_path, "docs/results/bench/bench_peer", "peer-summary") == [
         ["side", "seeds", "images/s", "images/CPU-s", "k-NN top-1 (%)"],
         ["lightly", "2", "100.0 ± 0.0", "50.0 ± 0.0", "30.50 ± 0.71"],
         ["ours", "2", "285.7 ± 0.0", "100.0 ± 0.0", "32.00 ± 0.00"],
