@@ -791,6 +791,11 @@ def _per_cpu_second(r: dict) -> float:
     return r["images"] / r["cpu_seconds"]
 
 
+def cpu_rate_ratio(ours: dict, peer: dict) -> float:
+    """ours' training images per CPU-second over the peer's (one seed's sides)."""
+    return _per_cpu_second(ours) / _per_cpu_second(peer)
+
+
 def peer_summary(records: list[dict], sides: tuple[str, str], metric: str, label: str) -> list[list[str]]:
     """The short table (README): each side's images/s, images per CPU-second and `metric`
     as mean +- sd over the seeds where both sides ran, then ours over the peer (images/s
@@ -810,7 +815,7 @@ def peer_summary(records: list[dict], sides: tuple[str, str], metric: str, label
             row += [_mean_sd([_per_cpu_second(r) for r in runs], ".1f"), _mean_sd([r[metric] for r in runs], ".2f")]
             rows.insert(1, row)  # the peer first
         speed = [a["images_per_second"] / b["images_per_second"] for a, b in pairs]
-        per_cpu = [_per_cpu_second(a) / _per_cpu_second(b) for a, b in pairs]
+        per_cpu = [cpu_rate_ratio(a, b) for a, b in pairs]
         points = [a[metric] - b[metric] for a, b in pairs]
         rows.append(
             [f"{ours} vs {peer}", n, _mean_range(speed, ".2f", "x"), _mean_range(per_cpu, ".2f", "x")]

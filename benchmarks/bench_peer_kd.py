@@ -56,14 +56,16 @@ import argparse
 import json
 import os
 import shutil
+import statistics  # noqa: F401  (its claims.yaml reads bench.statistics, as bench_peer's does)
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.bench_peer import (
+from benchmarks.bench_peer import (  # cpu_rate_ratio: for its claims.yaml
     DEFAULT_TARBALL,
+    cpu_rate_ratio,  # noqa: F401
     load_images,
     lscpu_machine,
     peer_env,
