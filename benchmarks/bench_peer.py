@@ -261,21 +261,24 @@ def ratios(ours: dict, lightly: dict) -> dict:
     }
 
 
-def summarize(per_seed: list[dict]) -> dict:
-    """Mean, min and max over seeds of each side's k-NN, training seconds and epochs, and of
-    the ours - lightly k-NN points and images/s ratio (where both sides ran)."""
+def summarize(
+    per_seed: list[dict],
+    sides: tuple[str, ...] = SIDES,
+    side_keys: tuple[str, ...] = ("knn", "seconds", "epochs"),
+    pair_keys: tuple[str, ...] = ("knn_points", "images_per_second_ratio", "seconds_gap"),
+) -> dict:
+    """Mean, min and max over seeds of each side's `side_keys` (the untrained floor's too),
+    and of the per-seed comparisons `pair_keys` (where both sides ran)."""
 
     def stats(values: list[float]) -> dict:
         return {"mean": round(sum(values) / len(values), 3), "min": min(values), "max": max(values)}
 
     out: dict = {"seeds": [r["seed"] for r in per_seed]}
-    for side in (*SIDES, "init"):
+    for side in (*sides, "init"):
         rows = [r["sides"][side] for r in per_seed if side in r["sides"]]
         if rows:
-            out[side] = {
-                key: stats([row[key] for row in rows]) for key in ("knn", "seconds", "epochs") if key in rows[0]
-            }
-    for key in ("knn_points", "images_per_second_ratio", "seconds_gap"):
+            out[side] = {key: stats([row[key] for row in rows]) for key in side_keys if key in rows[0]}
+    for key in pair_keys:
         values = [r[key] for r in per_seed if key in r]
         if values:
             out[key] = stats(values)
@@ -683,17 +686,19 @@ def _run(args, workdir: Path, argv: list[str] | None = None) -> dict:
             f"  ours - lightly: mean {k['mean']:+.2f} points (min {k['min']:+.2f}, max {k['max']:+.2f}); "
             f"images/s ours/lightly mean {r['mean']:.2f}x"
         )
-    result = {
-        "machine": machine,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "per_seed": per_seed,
-        "summary": summary,
-        "seconds_total": round(time.perf_counter() - wall_start, 1),
-    }
+    result = {"machine": machine, "per_seed": per_seed, "summary": summary}
+    return conclude("bench_peer", args, argv, load_before, wall_start, result)
+
+
+def conclude(benchmark: str, args, argv, load_before: list[float], wall_start: float, result: dict) -> dict:
+    """Add the arguments and the total seconds to a peer run's `result`, print its total and
+    RESULT line, and write its record where --json asks."""
+    result["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    result["seconds_total"] = round(time.perf_counter() - wall_start, 1)
     print(f"total {result['seconds_total']:.0f} s")
-    print("RESULT " + json.dumps({"summary": summary, "seconds_total": result["seconds_total"]}))
+    print("RESULT " + json.dumps({"summary": result["summary"], "seconds_total": result["seconds_total"]}))
     if args.json:
-        write_peer_record(args.json, "bench_peer", argv, load_before, result)
+        write_peer_record(args.json, benchmark, argv, load_before, result)
         print(f"wrote {args.json}")
     return result
 

@@ -65,14 +65,15 @@ import torch
 
 from benchmarks.bench_peer import (  # cpu_rate_ratio: for its claims.yaml
     DEFAULT_TARBALL,
+    conclude,
     cpu_rate_ratio,  # noqa: F401
     load_images,
     lscpu_machine,
     peer_env,
     peer_summary,
     peer_table,
+    summarize,
     train_within,
-    write_peer_record,
 )
 from bowflow.budget import EpochBudget
 
@@ -287,26 +288,6 @@ def format_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def summarize(per_seed: list[dict]) -> dict:
-    """Mean, min and max over seeds of each side's top-1, seconds, epochs and images/s, and of
-    ours - torchdistill (top-1 points) and ours / torchdistill (images/s)."""
-
-    def stats(values: list[float]) -> dict:
-        return {"mean": round(sum(values) / len(values), 3), "min": min(values), "max": max(values)}
-
-    out: dict = {"seeds": [r["seed"] for r in per_seed]}
-    for side in (*SIDES, "init"):
-        rows = [r["sides"][side] for r in per_seed if side in r["sides"]]
-        if rows:
-            keys = ("top1", "seconds", "epochs", "images_per_second")
-            out[side] = {key: stats([row[key] for row in rows]) for key in keys if key in rows[0]}
-    for key in ("top1_points", "images_per_second_ratio", "seconds_gap"):
-        values = [r[key] for r in per_seed if key in r]
-        if values:
-            out[key] = stats(values)
-    return out
-
-
 def run_seed(data: dict, args, seed: int, order: tuple[str, ...], workdir: Path) -> dict:
     k = data["num_classes"]
     torch.manual_seed(seed)
@@ -393,7 +374,12 @@ def _run(args, workdir: Path, argv: list[str] | None = None) -> dict:
 
     order = [side_order(i, args.ours_first) for i in range(len(args.seeds))]
     per_seed = [run_seed(data, args, seed, order[i], workdir) for i, seed in enumerate(args.seeds)]
-    summary = summarize(per_seed)
+    summary = summarize(
+        per_seed,
+        SIDES,
+        ("top1", "seconds", "epochs", "images_per_second"),
+        ("top1_points", "images_per_second_ratio", "seconds_gap"),
+    )
     print(f"\nKD {TEACHER} -> {STUDENT}, {what}, budget {args.seconds:g} training s each; test top-1 %")
     for side in (*SIDES, "init"):
         if side in summary:
@@ -405,21 +391,8 @@ def _run(args, workdir: Path, argv: list[str] | None = None) -> dict:
             f"  ours - torchdistill: mean {t['mean']:+.2f} points (min {t['min']:+.2f}, max {t['max']:+.2f}); "
             f"images/s ours/torchdistill mean {r['mean']:.2f}x (min {r['min']:.2f}, max {r['max']:.2f})"
         )
-    result = {
-        "machine": machine,
-        "args": {key: str(v) if isinstance(v, Path) else v for key, v in vars(args).items()},
-        "teacher": teacher_info,
-        "theirs": THEIRS,
-        "per_seed": per_seed,
-        "summary": summary,
-        "seconds_total": round(time.perf_counter() - wall_start, 1),
-    }
-    print(f"total {result['seconds_total']:.0f} s")
-    print("RESULT " + json.dumps({"summary": summary, "seconds_total": result["seconds_total"]}))
-    if args.json:
-        write_peer_record(args.json, "bench_peer_kd", argv, load_before, result)
-        print(f"wrote {args.json}")
-    return result
+    result = {"machine": machine, "teacher": teacher_info, "theirs": THEIRS, "per_seed": per_seed, "summary": summary}
+    return conclude("bench_peer_kd", args, argv, load_before, wall_start, result)
 
 
 def table(records: list[dict]) -> list[list[str]]:

@@ -48,3 +48,17 @@ def result_line(result: subprocess.CompletedProcess) -> dict:
 def benchmark_result(name: str, *args, env: dict | None = None, cwd: Path | None = None) -> dict:
     """Run the benchmark (it must exit 0) and return its RESULT."""
     return result_line(run_benchmark(name, *args, env=env, cwd=cwd))
+
+
+def imports(path: Path) -> set[str]:
+    """The modules a script imports (ast, at any depth) outside the standard library: what a
+    peer runner needs in its throw-away env."""
+    import ast
+
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            modules.add(node.module)
+    return {m for m in modules if m.split(".")[0] not in sys.stdlib_module_names}

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import ast
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from benchmark_cli import ROOT, run_benchmark
+from benchmark_cli import ROOT, imports, run_benchmark
 
 BENCH = ROOT / "benchmarks" / "bench_peer.py"
 RUNNER = ROOT / "benchmarks" / "peer_lightly_byol.py"
@@ -55,16 +54,6 @@ def test_bench_peer_missing_tarball_names_the_file(tmp_path):
     result = run_benchmark("bench_peer", "--root", missing, "--only", "ours", check=False)
     assert result.returncode != 0
     assert "cifar10-jpeg.tar.gz" in result.stderr and "--source digits" in result.stderr, result.stderr
-
-
-def imports(path: Path) -> set[str]:
-    modules = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            modules |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            modules.add(node.module)
-    return {m for m in modules if m.split(".")[0] not in sys.stdlib_module_names}
 
 
 def lightly_config_keys() -> set[str]:

@@ -11,24 +11,12 @@ from __future__ import annotations
 import ast
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
-from benchmark_cli import ROOT, run_benchmark
+from benchmark_cli import ROOT, imports, run_benchmark
 
 BENCH = ROOT / "benchmarks" / "bench_peer_kd.py"
 RUNNER = ROOT / "benchmarks" / "peer_torchdistill_kd.py"
-
-
-def imports(path: Path) -> set[str]:
-    modules = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            modules |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            modules.add(node.module)
-    return {m for m in modules if m.split(".")[0] not in sys.stdlib_module_names}
 
 
 def config_keys() -> set[str]:
