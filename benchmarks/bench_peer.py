@@ -123,7 +123,7 @@ from pathlib import Path
 
 import torch
 
-from bowflow.budget import EpochBudget
+from bowflow.budget import PROVISIONAL_EPOCHS, EpochBudget
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TARBALL = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -437,7 +437,7 @@ def train_ours(
     from bowflow.roles.base import get_method
     from bowflow.runtime import seed_everything
 
-    params = byol_params(args, EpochBudget(args.seconds, 1).planned)
+    params = byol_params(args, PROVISIONAL_EPOCHS)  # train_within lays the epochs out
     seed_everything(seed)
     backbone = build_backbone("convnet", args.width)
     backbone.load_state_dict(init_state)
@@ -814,11 +814,10 @@ def peer_summary(records: list[dict], sides: tuple[str, str], metric: str, label
             if peer in run["sides"] and ours in run["sides"]
         ]
         n = str(len(pairs))
-        for i, side in enumerate((ours, peer)):
-            runs = [pair[i] for pair in pairs]
+        for side, runs in ((peer, [b for _, b in pairs]), (ours, [a for a, _ in pairs])):
             row = [side, n, _mean_sd([r["images_per_second"] for r in runs], ".1f")]
             row += [_mean_sd([_per_cpu_second(r) for r in runs], ".1f"), _mean_sd([r[metric] for r in runs], ".2f")]
-            rows.insert(1, row)  # the peer first
+            rows.append(row)
         speed = [a["images_per_second"] / b["images_per_second"] for a, b in pairs]
         per_cpu = [cpu_rate_ratio(a, b) for a, b in pairs]
         points = [a[metric] - b[metric] for a, b in pairs]

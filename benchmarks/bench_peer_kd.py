@@ -56,17 +56,15 @@ import argparse
 import json
 import os
 import shutil
-import statistics  # noqa: F401  (its claims.yaml reads bench.statistics, as bench_peer's does)
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.bench_peer import (  # cpu_rate_ratio: for its claims.yaml
+from benchmarks.bench_peer import (
     DEFAULT_TARBALL,
     conclude,
-    cpu_rate_ratio,  # noqa: F401
     load_images,
     lscpu_machine,
     peer_env,
@@ -75,7 +73,7 @@ from benchmarks.bench_peer import (  # cpu_rate_ratio: for its claims.yaml
     summarize,
     train_within,
 )
-from bowflow.budget import EpochBudget
+from bowflow.budget import PROVISIONAL_EPOCHS
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = Path(__file__).resolve().with_name("peer_torchdistill_kd.py")
@@ -198,9 +196,7 @@ def run_ours(data: dict, args, seed: int, workdir: Path) -> tuple[dict, dict]:
 
     torch.set_num_threads(args.threads)
     k = data["num_classes"]
-    params = KDParams(
-        arch=STUDENT, width=0, teacher=TEACHER, batch_size=args.batch_size, epochs=EpochBudget(1, 1).planned
-    )
+    params = KDParams(arch=STUDENT, width=0, teacher=TEACHER, batch_size=args.batch_size, epochs=PROVISIONAL_EPOCHS)
     seed_everything(seed)
     backbone, classifier = build(STUDENT, k, data["init_student"])
     teacher_backbone, teacher_classifier = build(TEACHER, k, data["teacher"])

@@ -213,7 +213,7 @@ class BenchValues:
         record, settings, measurements    the only run's, where the folder holds one
         bench          the benchmark module (its helpers: bench.fastest, bench.rates, ...)
         load_range, thousands             benchmarks/recording.py's formatting
-        median         statistics.median"""
+        median, mean, stdev   statistics.median, fmean, stdev"""
 
     def __init__(self, record: Path):
         self.record = record
@@ -237,6 +237,8 @@ class BenchValues:
             "load_range": load_range,
             "thousands": thousands,
             "median": statistics.median,
+            "mean": statistics.fmean,
+            "stdev": statistics.stdev,
         }
 
 
